@@ -1,0 +1,25 @@
+# The two commands of the quick start:
+#   make run    create .venv, install the pinned dependencies, run the whole DVC pipeline
+#   make test   same environment, run the test suite
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: run test bench clean-venv
+
+$(BIN)/.installed: pyproject.toml
+	test -x $(BIN)/python || python3 -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $@
+
+run: $(BIN)/.installed
+	$(BIN)/dvc repro
+
+test: $(BIN)/.installed
+	$(BIN)/python -m pytest
+
+bench: $(BIN)/.installed
+	$(BIN)/python -m pytest benchmarks --benchmark-enable
+
+clean-venv:
+	rm -rf $(VENV)

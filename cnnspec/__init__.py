@@ -1,0 +1,29 @@
+"""cnnspec: describe an image-classification CNN in YAML, get a checked nn.Module.
+
+    import cnnspec
+    spec = cnnspec.load_spec("specs/simcnn.yaml")
+    model = cnnspec.build_model(spec, input_shape=(3, 32, 32), num_classes=10)
+    print(cnnspec.summarize(spec).table())
+
+Attributes are imported on first use, so `cnnspec validate` never pays for
+importing torch.
+"""
+from cnnspec.errors import CnnspecError, DataError, ParamsError, SpecError, TrainingError
+
+__all__ = ["load_spec", "parse_spec", "build_model", "summarize", "SpecError", "CnnspecError",
+           "ParamsError", "DataError", "TrainingError"]
+
+_LAZY = {
+    "load_spec": "cnnspec.spec",
+    "parse_spec": "cnnspec.spec",
+    "build_model": "cnnspec.compiler",
+    "summarize": "cnnspec.summary",
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'cnnspec' has no attribute {name!r}")
