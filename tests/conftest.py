@@ -1,6 +1,6 @@
 """Shared test setup: the repository root is importable, so tests can use
-`from tests.fakedata import ...` and `from stages import train`; torch uses one
-thread so parallel helpers and CI's two cores are not oversubscribed."""
+`from tests.fakedata import ...` and `from stages import train`, and tests
+that make git commits have an identity."""
 import os
 import sys
 from pathlib import Path
