@@ -1,0 +1,160 @@
+"""params.yaml validation: every mistake is one ParamsError line naming the key."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cnnspec.errors import ParamsError
+from cnnspec.params import load_params, load_schema
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def write_params(tmp_path, text):
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    return path
+
+
+def error_for(tmp_path, text, sections=None):
+    with pytest.raises(ParamsError) as caught:
+        load_params(write_params(tmp_path, text), sections)
+    message = str(caught.value)
+    assert "\n" not in message
+    return message
+
+
+BAD_PARAMS = [
+    # (yaml, the key the message must name, words the message must hold)
+    ("trian: {}\n", "trian", "did you mean 'train'"),
+    ("train: {optimzer: {}}\n", "train.optimzer", "did you mean 'optimizer'"),
+    ("train: {optimizer: {lrate: 0.1}}\n", "train.optimizer.lrate", "unknown key"),
+    ("evaluate: {zzz: 1}\n", "evaluate.zzz", "expected one of: batch_size, tta"),
+    ("train: {batch_size: 0}\n", "train.batch_size", "0 is less than the minimum of 1"),
+    ("train: {batch_size: 64.0}\n", "train.batch_size", "not of type 'integer'"),
+    ("train: {epochs: ten}\n", "train.epochs", "not of type 'integer'"),
+    ("train: {compile: 1}\n", "train.compile", "not of type 'boolean'"),
+    ("train: {optimizer: {lr: -1.0e-3}}\n", "train.optimizer.lr", "less than or equal to the minimum of 0"),
+    ("train: {optimizer: {betas: [0.9]}}\n", "train.optimizer.betas", "too short"),
+    ("train: {optimizer: {betas: [0.9, 1.5]}}\n", "train.optimizer.betas[1]", "1.5"),
+    ("train: {optimizer: {name: sgdd}}\n", "train.optimizer.name", "is not one of"),
+    ("train: {scheduler: {name: linear}}\n", "train.scheduler.name", "is not one of"),
+    ("train: {loss: {label_smoothing: 1.0}}\n", "train.loss.label_smoothing", "1.0"),
+    ("train: {early_stopping: {monitor: accuracy}}\n", "train.early_stopping.monitor", "is not one of"),
+    ("train: {class_weights: {multipliers: {cat: 0}}}\n", "train.class_weights.multipliers.cat", "minimum of 0"),
+    ("train: {class_weights: {multipliers: {dog: -2.0}}}\n", "train.class_weights.multipliers.dog", "-2.0"),
+    ("train: {class_weights: {multipliers: [cat]}}\n", "train.class_weights.multipliers", "not of type 'object'"),
+    ("data: {val_split: 1.5}\n", "data.val_split", "1.5"),
+    ("data: {md5: {cifar.tar.gz: nothex}}\n", "data.md5.cifar.tar.gz", "md5 (32 hex digits)"),
+    ("data: {md5: 12}\n", "data.md5", "not of type"),
+    ("data: {url: ftp://mirror/x.tgz}\n", "data.url", "http://"),
+    ("plot: {misclassified: -1}\n", "plot.misclassified", "less than the minimum of 0"),
+    ("model: []\n", "model", "not of type 'object'"),
+]
+
+
+@pytest.mark.parametrize("text, key, words", BAD_PARAMS, ids=[case[1] for case in BAD_PARAMS])
+def test_bad_params_name_the_key(tmp_path, text, key, words):
+    message = error_for(tmp_path, text)
+    assert message.startswith(f"{tmp_path / 'params.yaml'}: {key}: "), message
+    assert words in message
+
+
+def test_missing_file_is_named(tmp_path):
+    with pytest.raises(ParamsError, match=r"nope\.yaml: file not found"):
+        load_params(tmp_path / "nope.yaml")
+
+
+def test_syntax_error_gives_the_line(tmp_path):
+    message = error_for(tmp_path, "data:\n  dataset: cifar10\n  url: [unclosed\nmodel: {}\n")
+    assert message.startswith(f"{tmp_path / 'params.yaml'}:4:")
+    assert "invalid YAML" in message
+
+
+@pytest.mark.parametrize("text, found", [("", "an empty file"), ("- a\n- b\n", "a list"),
+                                         ("just text\n", "a str")])
+def test_non_mapping_is_refused(tmp_path, text, found):
+    assert f"found {found}" in error_for(tmp_path, text)
+
+
+def test_duplicate_key_is_refused(tmp_path):
+    assert "duplicate key 'epochs'" in error_for(tmp_path, "train:\n  epochs: 1\n  epochs: 2\n")
+
+
+def test_exponent_without_dot_is_a_number(tmp_path):
+    params = load_params(write_params(tmp_path, "train: {optimizer: {lr: 1e-4, weight_decay: 5E-4}}\n"))
+    assert params["train"]["optimizer"]["lr"] == pytest.approx(1e-4)
+    assert params["train"]["optimizer"]["weight_decay"] == pytest.approx(5e-4)
+
+
+def test_precision_off_is_the_word_not_a_boolean(tmp_path):
+    params = load_params(write_params(tmp_path, "train: {precision: off}\n"), ["train"])
+    assert params["train"]["precision"] == "off"
+
+
+def test_md5_mapping_and_positive_multipliers_are_accepted(tmp_path):
+    text = ("data: {md5: {train-images-idx3-ubyte.gz: cf8536b0aa1a6ac5fa3f23001093305c}}\n"
+            "train: {class_weights: {mode: balanced, multipliers: {cat: 2.0, dog: 2}}}\n")
+    params = load_params(write_params(tmp_path, text))
+    assert params["data"]["md5"] == {"train-images-idx3-ubyte.gz": "cf8536b0aa1a6ac5fa3f23001093305c"}
+    assert params["train"]["class_weights"]["multipliers"] == {"cat": 2.0, "dog": 2}
+
+
+def test_defaults_fill_missing_keys_at_every_level(tmp_path):
+    params = load_params(write_params(tmp_path, "train: {optimizer: {name: adam}}\n"))
+    schema = load_schema()["properties"]
+    assert params["train"]["optimizer"]["name"] == "adam"
+    assert params["train"]["optimizer"]["betas"] == schema["train"]["properties"]["optimizer"][
+        "properties"]["betas"]["default"]
+    assert params["train"]["early_stopping"]["patience"] == 3
+    assert params["evaluate"]["tta"] == "flip_translate"
+    assert set(params) == set(schema)
+
+
+def test_sections_limit_what_is_checked_and_returned(tmp_path):
+    path = write_params(tmp_path, "train: {batch_size: 0}\nevaluate: {tta: flip}\n")
+    assert load_params(path, ["evaluate"]) == {"evaluate": {"batch_size": 2000, "tta": "flip"}}
+    with pytest.raises(ParamsError, match="train.batch_size"):
+        load_params(path, ["train"])
+
+
+def test_unknown_section_is_an_error_even_when_not_read(tmp_path):
+    path = write_params(tmp_path, "evaluate: {tta: none}\nevalute: {tta: flip}\n")
+    with pytest.raises(ParamsError, match=r"evalute: unknown key \(did you mean 'evaluate'\?\)"):
+        load_params(path, ["evaluate"])
+
+
+def test_the_projects_params_yaml_is_valid_and_complete():
+    params = load_params(REPO_ROOT / "params.yaml")
+    raw = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+
+    def same_keys(filled, written, where):
+        assert set(filled) == set(written), f"{where}: params.yaml and the schema disagree"
+        for key, value in written.items():
+            if isinstance(value, dict) and value:
+                same_keys(filled[key], value, f"{where}.{key}")
+
+    same_keys(params, raw, "params.yaml")
+
+
+def test_every_schema_default_is_itself_valid():
+    from cnnspec.params import check, fill_defaults
+
+    schema = load_schema()
+    check(fill_defaults({}, schema), schema, "defaults")
+
+
+@pytest.mark.parametrize("stage", ["evaluate", "plot"])
+def test_stage_with_bad_params_exits_2_with_one_line(tmp_path, stage):
+    write_params(tmp_path, "evaluate: {batch_size: 0}\nplot: {misclassified: many}\n")
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "stages" / f"{stage}.py")],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "CNNSPEC_DEBUG": ""})
+    key = {"evaluate": "evaluate.batch_size", "plot": "plot.misclassified"}[stage]
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert result.stderr.startswith(f"error: params.yaml: {key}: ")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
