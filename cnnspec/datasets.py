@@ -1,0 +1,402 @@
+"""The datasets cnnspec knows, how to decode their raw files, and the prepared format.
+
+Raw files (what the download stage leaves in data/raw/):
+- CIFAR-10 / CIFAR-100: one .tar.gz of Python pickles, extracted to data/raw/extracted/.
+- MNIST / Fashion-MNIST: four gzipped idx files side by side in data/raw/.
+
+Prepared data (what the preprocess stage writes to data/prepared/, see
+docs/architecture.md): {train,val,test}_images.npy uint8 (N, C, H, W),
+{train,val,test}_labels.npy int64 (N,), and meta.json.
+"""
+from __future__ import annotations
+
+import codecs
+import contextlib
+import gzip
+import json
+import os
+import pickle
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from cnnspec import atomic
+from cnnspec.errors import DataError
+
+SPLITS = ("train", "val", "test")
+EXTRACTED = "extracted"  # data/raw/<this>/ holds an archive's contents
+
+
+@dataclass
+class RawDataset:
+    """A dataset decoded from its raw files, before the validation split."""
+
+    train_images: np.ndarray  # uint8 (N, C, H, W)
+    train_labels: np.ndarray  # int64 (N,)
+    test_images: np.ndarray
+    test_labels: np.ndarray
+    classes: list[str]
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    name: str
+    url: str                      # official URL: the archive, or the folder of the files
+    files: dict[str, str]         # official file name -> md5
+    decode: Callable[[Path], RawDataset]  # the folder holding the files -> RawDataset
+    archive_folder: str | None = None     # archives: the folder they unpack to
+
+    @property
+    def is_archive(self) -> bool:
+        return self.archive_folder is not None
+
+    def data_folder(self, raw: Path) -> Path:
+        """Where the decoder finds the files under data/raw/."""
+        raw = Path(raw)
+        return raw / EXTRACTED / self.archive_folder if self.is_archive else raw
+
+
+# ---------------------------------------------------------------------------------------
+# CIFAR: pickles, read through an unpickler that can build numpy arrays and nothing else.
+
+def _latin1_encode(text, encoding="latin1"):
+    # Python 3 writes bytes in protocol-2 pickles as _codecs.encode(text, "latin1").
+    if not isinstance(text, str) or codecs.lookup(encoding).name != "iso8859-1":
+        raise pickle.UnpicklingError("only latin-1 text may be encoded")
+    return text.encode("latin1")
+
+
+# numpy moved _reconstruct from numpy.core to numpy._core in 2.0; ask an array for it.
+_reconstruct = np.zeros(0).__reduce__()[0]
+
+_PICKLE_ALLOWED = {
+    ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
+    ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+    ("_codecs", "encode"): _latin1_encode,
+}
+
+
+class _ArrayOnlyUnpickler(pickle.Unpickler):
+    """Refuses every global except numpy's array reconstruction, so a malicious
+    archive cannot make decoding call os.system or the like."""
+
+    def find_class(self, module, name):
+        try:
+            return _PICKLE_ALLOWED[(module, name)]
+        except KeyError:
+            raise pickle.UnpicklingError(f"global '{module}.{name}' is not allowed") from None
+
+
+def read_cifar_pickle(path: Path) -> dict:
+    try:
+        with open(path, "rb") as file:
+            batch = _ArrayOnlyUnpickler(file, encoding="bytes").load()
+    except FileNotFoundError:
+        raise DataError(f"{path}: missing; run the download stage (python stages/download.py)") from None
+    except Exception as error:  # a corrupt or hostile pickle: any failure is a data problem
+        raise DataError(f"{path}: not a CIFAR batch: {error}") from None
+    if not isinstance(batch, dict):
+        raise DataError(f"{path}: not a CIFAR batch: holds a {type(batch).__name__}, not a dict")
+    return batch
+
+
+def _batch_arrays(path: Path, label_key: bytes) -> tuple[np.ndarray, np.ndarray]:
+    batch = read_cifar_pickle(path)
+    try:
+        data = np.asarray(batch[b"data"])
+        labels = np.asarray(batch[label_key], dtype=np.int64)
+    except (KeyError, TypeError, ValueError) as error:
+        raise DataError(f"{path}: not a CIFAR batch: bad or missing entry {error}") from None
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+        raise DataError(f"{path}: b'data' must be uint8 [N, 3072], got {data.dtype} {list(data.shape)}")
+    if labels.shape != (len(data),):
+        raise DataError(f"{path}: {len(labels)} labels for {len(data)} images")
+    return data.reshape(-1, 3, 32, 32), labels
+
+
+def _label_names(path: Path, key: bytes) -> list[str]:
+    names = read_cifar_pickle(path).get(key)
+    if not isinstance(names, list) or not names:
+        raise DataError(f"{path}: no {key!r} list of class names")
+    return [name.decode() if isinstance(name, bytes) else str(name) for name in names]
+
+
+def _check_labels(labels: np.ndarray, classes: list[str], where: Path) -> None:
+    if len(labels) and (labels.min() < 0 or labels.max() >= len(classes)):
+        raise DataError(f"{where}: labels must lie in 0..{len(classes) - 1}, "
+                        f"found {labels.min()}..{labels.max()}")
+
+
+def decode_cifar10(folder: Path) -> RawDataset:
+    folder = Path(folder)
+    classes = _label_names(folder / "batches.meta", b"label_names")
+    parts = [_batch_arrays(folder / f"data_batch_{i}", b"labels") for i in range(1, 6)]
+    train_images = np.concatenate([images for images, _ in parts])
+    train_labels = np.concatenate([labels for _, labels in parts])
+    test_images, test_labels = _batch_arrays(folder / "test_batch", b"labels")
+    _check_labels(train_labels, classes, folder / "data_batch_*")
+    _check_labels(test_labels, classes, folder / "test_batch")
+    return RawDataset(train_images, train_labels, test_images, test_labels, classes)
+
+
+def decode_cifar100(folder: Path) -> RawDataset:
+    folder = Path(folder)
+    classes = _label_names(folder / "meta", b"fine_label_names")
+    train_images, train_labels = _batch_arrays(folder / "train", b"fine_labels")
+    test_images, test_labels = _batch_arrays(folder / "test", b"fine_labels")
+    _check_labels(train_labels, classes, folder / "train")
+    _check_labels(test_labels, classes, folder / "test")
+    return RawDataset(train_images, train_labels, test_images, test_labels, classes)
+
+
+# ---------------------------------------------------------------------------------------
+# MNIST-style idx files: a big-endian header (magic, then one uint32 per dimension), then bytes.
+
+IDX_UBYTE_MAGIC = {1: 0x00000801, 3: 0x00000803}  # rank -> magic number of unsigned-byte data
+
+
+def read_idx(path: Path, rank: int) -> np.ndarray:
+    try:
+        with gzip.open(path, "rb") as file:
+            raw = file.read()
+    except FileNotFoundError:
+        raise DataError(f"{path}: missing; run the download stage (python stages/download.py)") from None
+    except (OSError, EOFError) as error:
+        raise DataError(f"{path}: not a gzip file: {error}") from None
+    header_size = 4 * (1 + rank)
+    if len(raw) < header_size:
+        raise DataError(f"{path}: truncated idx header")
+    magic, *shape = np.frombuffer(raw[:header_size], dtype=">u4").tolist()
+    if magic != IDX_UBYTE_MAGIC[rank]:
+        raise DataError(f"{path}: idx magic number {magic:#010x}, expected {IDX_UBYTE_MAGIC[rank]:#010x}")
+    body = np.frombuffer(raw, dtype=np.uint8, offset=header_size)
+    if body.size != int(np.prod(shape)):
+        raise DataError(f"{path}: {body.size} bytes of data, header promises shape {shape}")
+    return body.reshape(shape)
+
+
+def _mnist_decoder(classes: list[str]) -> Callable[[Path], RawDataset]:
+    def decode(folder: Path) -> RawDataset:
+        folder = Path(folder)
+
+        def split(prefix: str) -> tuple[np.ndarray, np.ndarray]:
+            images = read_idx(folder / f"{prefix}-images-idx3-ubyte.gz", rank=3)
+            labels = read_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", rank=1).astype(np.int64)
+            if len(images) != len(labels):
+                raise DataError(f"{folder / prefix}-*: {len(labels)} labels for {len(images)} images")
+            _check_labels(labels, classes, folder / f"{prefix}-labels-idx1-ubyte.gz")
+            return images[:, None, :, :], labels
+
+        train_images, train_labels = split("train")
+        test_images, test_labels = split("t10k")
+        return RawDataset(train_images, train_labels, test_images, test_labels, list(classes))
+
+    return decode
+
+
+# ---------------------------------------------------------------------------------------
+# The registry.
+
+FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                   "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+
+DATASETS: dict[str, DatasetInfo] = {
+    "cifar10": DatasetInfo(
+        name="cifar10",
+        url="https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+        files={"cifar-10-python.tar.gz": "c58f30108f718f92721af3b95e74349a"},
+        decode=decode_cifar10,
+        archive_folder="cifar-10-batches-py",
+    ),
+    "cifar100": DatasetInfo(
+        name="cifar100",
+        url="https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+        files={"cifar-100-python.tar.gz": "eb9058c3a382ffc7106e4002c42a8d85"},
+        decode=decode_cifar100,
+        archive_folder="cifar-100-python",
+    ),
+    "mnist": DatasetInfo(  # the mirror torchvision tries first; yann.lecun.com often refuses
+        name="mnist",
+        url="https://ossci-datasets.s3.amazonaws.com/mnist/",
+        files={
+            "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+            "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
+            "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
+            "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
+        },
+        decode=_mnist_decoder([str(digit) for digit in range(10)]),
+    ),
+    "fashion-mnist": DatasetInfo(
+        name="fashion-mnist",
+        url="http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+        files={
+            "train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+            "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
+            "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
+            "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310",
+        },
+        decode=_mnist_decoder(FASHION_CLASSES),
+    ),
+}
+
+
+def get_dataset(name: str) -> DatasetInfo:
+    try:
+        return DATASETS[name]
+    except KeyError:
+        raise DataError(f"data.dataset: unknown dataset '{name}'; "
+                        f"choose one of {', '.join(DATASETS)}") from None
+
+
+def decode_raw(name: str, raw: Path) -> RawDataset:
+    """Decode the files the download stage left in `raw` (data/raw/)."""
+    info = get_dataset(name)
+    folder = info.data_folder(raw)
+    if not folder.is_dir():
+        raise DataError(f"{folder}: missing; run the download stage (python stages/download.py)")
+    return info.decode(folder)
+
+
+# ---------------------------------------------------------------------------------------
+# Preprocessing: a stratified validation split and the training split's statistics.
+
+def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (train, val), each sorted: every class gives round(val_fraction * its count)
+    images to validation (but keeps at least one for training), picked at random by `seed`."""
+    if not 0 <= val_fraction < 1:
+        raise DataError(f"data.val_split: {val_fraction} must be at least 0 and below 1")
+    rng = np.random.default_rng(seed)
+    val_parts = []
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        n_val = min(int(round(val_fraction * len(members))), len(members) - 1)
+        val_parts.append(rng.permutation(members)[:n_val])
+    val = np.sort(np.concatenate(val_parts)) if val_parts else np.zeros(0, dtype=np.int64)
+    train = np.setdiff1d(np.arange(len(labels)), val, assume_unique=True)
+    return train.astype(np.int64), val.astype(np.int64)
+
+
+def channel_mean_std(images: np.ndarray, chunk: int = 4096) -> tuple[list[float], list[float]]:
+    """Per-channel mean and (population) std of uint8 (N, C, H, W) images, in pixel/255 units.
+
+    Exact and light on memory: counts each of the 256 pixel values per channel, a
+    chunk of images at a time, instead of converting the whole array to floats."""
+    if len(images) == 0:
+        raise DataError("the training split is empty: no images to compute mean and std from")
+    channels = images.shape[1]
+    counts = np.zeros((channels, 256), dtype=np.int64)
+    offsets = (np.arange(channels) * 256).reshape(1, channels, 1, 1)
+    for start in range(0, len(images), chunk):
+        block = images[start:start + chunk].astype(np.int64) + offsets
+        counts += np.bincount(block.ravel(), minlength=channels * 256).reshape(channels, 256)
+    values = np.arange(256) / 255.0
+    total = counts.sum(axis=1)
+    mean = counts @ values / total
+    variance = (counts * (values[None, :] - mean[:, None]) ** 2).sum(axis=1) / total
+    return mean.tolist(), np.sqrt(variance).tolist()
+
+
+def prepare(raw: RawDataset, dataset: str, val_fraction: float, seed: int) -> tuple[dict, dict]:
+    """Split and describe a decoded dataset: (arrays by file stem, meta.json contents)."""
+    train, val = stratified_split(raw.train_labels, val_fraction, seed)
+    arrays = {
+        "train_images": np.ascontiguousarray(raw.train_images[train]),
+        "train_labels": raw.train_labels[train].astype(np.int64),
+        "val_images": np.ascontiguousarray(raw.train_images[val]),
+        "val_labels": raw.train_labels[val].astype(np.int64),
+        "test_images": np.ascontiguousarray(raw.test_images),
+        "test_labels": raw.test_labels.astype(np.int64),
+    }
+    mean, std = channel_mean_std(arrays["train_images"])
+    meta = {
+        "dataset": dataset,
+        "classes": list(raw.classes),
+        "input_shape": list(raw.train_images.shape[1:]),
+        "mean": mean,
+        "std": std,
+        "counts": {split: int(len(arrays[f"{split}_labels"])) for split in SPLITS},
+    }
+    return arrays, meta
+
+
+# ---------------------------------------------------------------------------------------
+# Folders that appear complete or not at all (the extracted archive, data/prepared/).
+
+@contextlib.contextmanager
+def atomic_folder(destination):
+    """Yield an empty temporary folder next to `destination`; on success it replaces
+    `destination` by renames, on failure it is removed and `destination` is untouched."""
+    destination = Path(destination)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    temporary = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", suffix=".tmp",
+                                      dir=destination.parent))
+    try:
+        yield temporary
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
+    _swap_in(temporary, destination)
+
+
+def _swap_in(folder: Path, destination: Path) -> None:
+    # A folder cannot be renamed over a non-empty one: move the old one aside first.
+    if not destination.exists():
+        os.replace(folder, destination)
+        return
+    aside = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", suffix=".old", dir=destination.parent))
+    os.replace(destination, aside / destination.name)
+    os.replace(folder, destination)
+    shutil.rmtree(aside)
+
+
+def write_prepared(folder, arrays: dict, meta: dict) -> None:
+    """Write prepared arrays and meta.json into `folder`: all files or none."""
+    with atomic_folder(folder) as temporary:
+        for stem, array in arrays.items():
+            atomic.save_numpy(temporary / f"{stem}.npy", array)
+        atomic.write_json(temporary / "meta.json", meta)
+
+
+# ---------------------------------------------------------------------------------------
+# Reading prepared data (what train, evaluate and plot use).
+
+PREPARE_HINT = "run the preprocess stage (python stages/preprocess.py or dvc repro preprocess)"
+
+
+def load_prepared(folder="data/prepared", mmap_mode: str | None = None) -> dict:
+    """{"train_images", "train_labels", "val_images", ..., "test_labels": arrays, "meta": dict}."""
+    folder = Path(folder)
+    meta_path = folder / "meta.json"
+    if not meta_path.is_file():
+        raise DataError(f"{meta_path}: missing; {PREPARE_HINT}")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise DataError(f"{meta_path}: unreadable: {error}; {PREPARE_HINT}") from None
+    prepared = {"meta": meta}
+    for split in SPLITS:
+        for kind in ("images", "labels"):
+            path = folder / f"{split}_{kind}.npy"
+            if not path.is_file():
+                raise DataError(f"{path}: missing; {PREPARE_HINT}")
+            try:
+                prepared[f"{split}_{kind}"] = np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
+            except (OSError, ValueError) as error:
+                raise DataError(f"{path}: unreadable: {error}; {PREPARE_HINT}") from None
+        _check_prepared_split(prepared, split, meta, folder)
+    return prepared
+
+
+def _check_prepared_split(prepared: dict, split: str, meta: dict, folder: Path) -> None:
+    images, labels = prepared[f"{split}_images"], prepared[f"{split}_labels"]
+    expected = meta.get("counts", {}).get(split)
+    if images.dtype != np.uint8 or images.ndim != 4 or labels.dtype != np.int64 \
+            or len(images) != len(labels) or (expected is not None and len(labels) != expected):
+        raise DataError(f"{folder}/{split}_*.npy: images {images.dtype} {list(images.shape)} and labels "
+                        f"{labels.dtype} {list(labels.shape)} do not match meta.json; {PREPARE_HINT}")

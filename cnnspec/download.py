@@ -1,0 +1,347 @@
+"""Fetch dataset files with retries and md5 checks, and unpack archives safely.
+
+    fetch("https://.../cifar-10-python.tar.gz", "data/raw/cifar-10-python.tar.gz", md5)
+    safe_extract("data/raw/cifar-10-python.tar.gz", "data/raw/extracted")
+    download_dataset("cifar10", "data/raw", url="", md5="")
+
+A file appears at its destination only once it is complete and its md5 matched:
+bytes arrive in a hidden temporary file beside it, which is renamed into place
+after the check and removed on any failure. Transient faults (refused or reset
+connections, timeouts, bodies cut short, HTTP 5xx) are retried with exponential
+backoff, resuming with an HTTP Range request when the server allows it; a 404
+or a wrong md5 is not retried. Every failure is a DataError of one line naming
+the URL, the cause and the setting that fixes it.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import http.client
+import os
+import socket
+import sys
+import tarfile
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path, PurePosixPath
+
+from cnnspec.datasets import EXTRACTED, DatasetInfo, atomic_folder, get_dataset
+from cnnspec.errors import DataError
+
+DEFAULT_TIMEOUT = 10.0   # seconds without a byte before a connection counts as stalled
+DEFAULT_ATTEMPTS = 4
+DEFAULT_BACKOFF = 0.5    # seconds before the first retry; doubles after each
+CHUNK = 1 << 20
+RETRYABLE_HTTP = {408, 429, 500, 502, 503, 504}
+
+NETWORK_HINT = "check the network, or set data.url to a mirror (http(s):// or file://)"
+MISSING_HINT = "set data.url to a mirror that has the file"
+MD5_HINT = ("if this mirror serves other bytes, set data.md5 to their md5 "
+            "(a mapping file name -> md5 for a folder), or to 'skip'")
+
+
+class TransientFault(Exception):
+    """A failure worth retrying."""
+
+
+class PermanentFault(Exception):
+    """A failure that a retry would repeat; carries the hint that fixes it."""
+
+    def __init__(self, cause: str, hint: str = MISSING_HINT):
+        super().__init__(cause)
+        self.hint = hint
+
+
+def one_line(text) -> str:
+    return " ".join(str(text).split())
+
+
+# ---------------------------------------------------------------------------------------
+# Fetching one file.
+
+def fetch(url: str, destination, md5: str | None, progress: bool = True, *,
+          timeout: float = DEFAULT_TIMEOUT, attempts: int = DEFAULT_ATTEMPTS,
+          backoff: float = DEFAULT_BACKOFF) -> Path:
+    """Download `url` to `destination`, checking `md5` (None: no check, the caller warned).
+
+    Returns the destination; raises DataError and leaves no file behind on failure."""
+    destination = Path(destination)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    handle, name = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".part", dir=destination.parent)
+    os.close(handle)
+    partial = Path(name)
+    try:
+        _transfer_with_retries(url, partial, progress, timeout, attempts, backoff)
+        if md5 is not None:
+            actual = md5_of(partial)
+            if actual != md5.lower():
+                raise DataError(f"{url}: md5 mismatch: got {actual}, expected {md5.lower()}; {MD5_HINT}")
+        with open(partial, "rb") as written:
+            os.fsync(written.fileno())
+        os.replace(partial, destination)
+        return destination
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def _transfer_with_retries(url, partial, progress, timeout, attempts, backoff) -> None:
+    transfer = _transfer_for(url)
+    for attempt in range(1, attempts + 1):
+        try:
+            transfer(url, partial, progress, timeout)
+            return
+        except PermanentFault as fault:
+            raise DataError(f"{url}: {fault}; {fault.hint}") from None
+        except TransientFault as fault:
+            if attempt == attempts:
+                tries = f" (after {attempts} attempts)" if attempts > 1 else ""
+                raise DataError(f"{url}: {fault}{tries}; {NETWORK_HINT}") from None
+            time.sleep(backoff * 2 ** (attempt - 1))
+
+
+def _transfer_for(url: str):
+    scheme = urllib.parse.urlsplit(url).scheme.lower()
+    transfers = {"http": _http_transfer, "https": _http_transfer, "file": _file_transfer}
+    if scheme not in transfers:
+        raise DataError(f"{url}: unsupported URL scheme '{scheme}'; "
+                        "set data.url to an http://, https:// or file:// URL")
+    return transfers[scheme]
+
+
+def _http_transfer(url: str, partial: Path, progress: bool, timeout: float) -> None:
+    """Append the rest of `url` to `partial`, resuming from its size when the server allows."""
+    offset = partial.stat().st_size
+    headers = {"User-Agent": "cnnspec"}
+    if offset:
+        headers["Range"] = f"bytes={offset}-"
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout) as response:
+            if offset and not _resumes_at(response, offset):
+                offset = 0  # the server sent the whole file again
+            length = response.headers.get("Content-Length")
+            expected = offset + int(length) if length and length.isdigit() else None
+            received = _copy(response, partial, offset, expected, progress, url)
+    except urllib.error.HTTPError as error:
+        if error.code == 416 and offset:  # the partial file is longer than the file itself
+            partial.write_bytes(b"")
+            raise TransientFault("HTTP 416 for a resumed download; starting over") from None
+        cause = f"HTTP {error.code} {one_line(error.reason)}"
+        if error.code in RETRYABLE_HTTP:
+            raise TransientFault(cause) from None
+        raise PermanentFault(cause) from None
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as error:
+        raise _classify(error, timeout) from None
+    if expected is not None and received < expected:
+        raise TransientFault(f"the server closed the connection after {received} of {expected} bytes")
+
+
+def _resumes_at(response, offset: int) -> bool:
+    content_range = response.headers.get("Content-Range", "")
+    return response.status == 206 and content_range.startswith(f"bytes {offset}-")
+
+
+def _classify(error: BaseException, timeout: float) -> Exception:
+    """Turn a network exception into a TransientFault or PermanentFault with a short cause."""
+    reason = error.reason if isinstance(error, urllib.error.URLError) else error
+    if isinstance(reason, socket.gaierror):
+        return PermanentFault("cannot resolve the host name (no network?)", NETWORK_HINT)
+    if isinstance(reason, (TimeoutError, socket.timeout)) or "timed out" in str(reason):
+        return TransientFault(f"no response within {timeout:g} s")
+    if isinstance(reason, ConnectionRefusedError):
+        return TransientFault("connection refused")
+    if isinstance(reason, (ConnectionResetError, ConnectionAbortedError, BrokenPipeError)):
+        return TransientFault("connection reset by the server")
+    if isinstance(reason, http.client.IncompleteRead):
+        return TransientFault("the server closed the connection mid-transfer")
+    if isinstance(reason, (http.client.HTTPException, ConnectionError)):
+        return TransientFault(f"{type(reason).__name__}: {one_line(reason)}")
+    return PermanentFault(f"{type(reason).__name__}: {one_line(reason)}", NETWORK_HINT)
+
+
+def _file_transfer(url: str, partial: Path, progress: bool, timeout: float) -> None:
+    parts = urllib.parse.urlsplit(url)
+    if parts.netloc not in ("", "localhost"):
+        raise PermanentFault(f"file:// URLs must name a local path, not host '{parts.netloc}'")
+    source = Path(urllib.request.url2pathname(parts.path))
+    try:
+        with open(source, "rb") as reader:
+            _copy(reader, partial, 0, source.stat().st_size, progress, url)
+    except FileNotFoundError:
+        raise PermanentFault(f"no such file {source}") from None
+    except IsADirectoryError:
+        raise PermanentFault(f"{source} is a folder, not a file") from None
+    except OSError as error:
+        raise PermanentFault(f"cannot read {source}: {one_line(error.strerror or error)}") from None
+
+
+def _copy(reader, partial: Path, offset: int, expected: int | None, progress: bool, url: str) -> int:
+    """Copy `reader` into `partial` from byte `offset`; returns the file's size afterwards."""
+    with open(partial, "r+b" if offset else "wb") as out, _progress_bar(progress, expected, offset, url) as bar:
+        out.seek(offset)
+        out.truncate()
+        while chunk := reader.read(CHUNK):
+            out.write(chunk)
+            bar(len(chunk))
+        return out.tell()
+
+
+@contextlib.contextmanager
+def _progress_bar(enabled: bool, total: int | None, initial: int, url: str):
+    """Yield update(n): a tqdm bar on an interactive terminal, nothing otherwise."""
+    if not (enabled and sys.stderr.isatty()):
+        yield lambda n: None
+        return
+    from tqdm import tqdm
+
+    name = PurePosixPath(urllib.parse.urlsplit(url).path).name or url
+    with tqdm(total=total, initial=initial, unit="B", unit_scale=True, unit_divisor=1024,
+              desc=name, leave=False) as bar:
+        yield bar.update
+
+
+def md5_of(path) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as file:
+        while chunk := file.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------
+# Safe extraction.
+
+def safe_extract(tar_path, folder) -> Path:
+    """Unpack the tar archive `tar_path` into `folder` (replacing it), refusing any
+    member that could write outside it: absolute paths, '..', links that point out,
+    devices. The folder appears complete or not at all."""
+    tar_path, folder = Path(tar_path), Path(folder)
+    try:
+        with tarfile.open(tar_path, "r:*") as archive, atomic_folder(folder) as temporary:
+            members = archive.getmembers()
+            for member in members:
+                _check_member(member, tar_path)
+            archive.extractall(temporary, members=members, filter="data")
+    except tarfile.FilterError as error:  # anything our own check missed
+        member = getattr(error, "tarinfo", None)
+        name = member.name if member is not None else "?"
+        raise DataError(f"{tar_path}: refusing member '{name}': {one_line(error)}") from None
+    except (tarfile.TarError, EOFError, OSError) as error:
+        raise DataError(f"{tar_path}: not a readable tar archive: {one_line(error)}") from None
+    return folder
+
+
+def _check_member(member: tarfile.TarInfo, tar_path: Path) -> None:
+    def refuse(why: str):
+        raise DataError(f"{tar_path}: refusing member '{member.name}': {why}")
+
+    if member.name.startswith(("/", "\\")) or PurePosixPath(member.name).is_absolute() \
+            or (len(member.name) > 1 and member.name[1] == ":"):
+        refuse("absolute path")
+    if ".." in PurePosixPath(member.name.replace("\\", "/")).parts:
+        refuse("path contains '..'")
+    if member.isdev() or not (member.isfile() or member.isdir() or member.issym() or member.islnk()):
+        refuse("device or special file")
+    if member.issym() or member.islnk():
+        # A symlink's target is relative to its own folder; a hard link's to the archive root.
+        base = PurePosixPath(member.name).parent if member.issym() else PurePosixPath()
+        target = member.linkname
+        if target.startswith("/") or _escapes(base / target):
+            refuse(f"link to '{target}' points outside the archive folder")
+
+
+def _escapes(path: PurePosixPath) -> bool:
+    depth = 0
+    for part in path.parts:
+        if part == "..":
+            depth -= 1
+        elif part not in ("", "."):
+            depth += 1
+        if depth < 0:
+            return True
+    return False
+
+
+# ---------------------------------------------------------------------------------------
+# A whole dataset: which files, from where, checked against which sums.
+
+def file_urls(info: DatasetInfo, url: str = "") -> dict[str, str]:
+    """File name -> URL. `url` is "" (official), an archive's URL, or a folder's URL."""
+    base = url or info.url
+    if info.is_archive and not base.endswith("/"):
+        (name,) = info.files
+        return {name: base}
+    folder = base if base.endswith("/") else base + "/"
+    return {name: folder + name for name in info.files}
+
+
+def expected_md5s(info: DatasetInfo, md5="") -> dict[str, str | None]:
+    """File name -> expected md5 (None: not checked), from the `data.md5` param."""
+    if md5 == "":
+        return dict(info.files)
+    if md5 == "skip":
+        return {name: None for name in info.files}
+    if isinstance(md5, str):
+        if not info.is_archive:
+            raise DataError(f"data.md5: {info.name} has {len(info.files)} files; give a mapping "
+                            f"file name -> md5 ({', '.join(info.files)}) or 'skip'")
+        return {name: _checked_md5(md5, "data.md5") for name in info.files}
+    if isinstance(md5, dict):
+        unknown = sorted(set(md5) - set(info.files))
+        if unknown:
+            raise DataError(f"data.md5: unknown file '{unknown[0]}' for {info.name}; "
+                            f"its files are {', '.join(info.files)}")
+        return {name: _checked_md5(md5.get(name, official), f"data.md5.{name}")
+                for name, official in info.files.items()}
+    raise DataError(f"data.md5: expected '', 'skip', an md5 or a mapping, got {type(md5).__name__}")
+
+
+def _checked_md5(value, key: str) -> str | None:
+    if value == "skip":
+        return None
+    text = str(value).lower()
+    if len(text) != 32 or any(c not in "0123456789abcdef" for c in text):
+        raise DataError(f"{key}: '{value}' is not an md5 (32 hex digits) or 'skip'")
+    return text
+
+
+def download_dataset(name: str, raw="data/raw", url: str = "", md5="", progress: bool = True,
+                     log=print, **fetch_options) -> Path:
+    """Fetch a dataset's files into `raw` (and unpack an archive into raw/extracted/),
+    skipping files already there and verified. Returns the folder the decoder reads."""
+    info = get_dataset(name)
+    raw = Path(raw)
+    sums = expected_md5s(info, md5)
+    unchecked = [file for file, expected in sums.items() if expected is None]
+    if unchecked:
+        print(f"warning: data.md5 opts out of checking {', '.join(unchecked)}: "
+              "a corrupt or wrong file will not be detected here", file=sys.stderr)
+    for file, source in file_urls(info, url).items():
+        destination = raw / file
+        if destination.is_file() and (sums[file] is None or md5_of(destination) == sums[file]):
+            log(f"{destination}: present and verified, not downloading")
+            continue
+        log(f"downloading {source} -> {destination}")
+        fetch(source, destination, sums[file], progress, **fetch_options)
+    if info.is_archive:
+        _extract_once(raw / next(iter(info.files)), raw / EXTRACTED, log)
+        if not info.data_folder(raw).is_dir():
+            raise DataError(f"{raw / next(iter(info.files))}: the archive has no folder "
+                            f"'{info.archive_folder}/'; is data.url the {name} archive?")
+    return info.data_folder(raw)
+
+
+STAMP = ".cnnspec-archive-md5"  # inside raw/extracted/: which archive it came from
+
+
+def _extract_once(archive: Path, folder: Path, log) -> None:
+    archive_md5 = md5_of(archive)
+    stamp = folder / STAMP
+    if stamp.is_file() and stamp.read_text().strip() == archive_md5:
+        log(f"{folder}: already extracted from {archive.name}")
+        return
+    log(f"extracting {archive} -> {folder}")
+    safe_extract(archive, folder)
+    (folder / STAMP).write_text(archive_md5 + "\n")
