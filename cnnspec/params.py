@@ -14,13 +14,11 @@ from __future__ import annotations
 import copy
 import difflib
 import json
-import re
 from pathlib import Path
 
 import jsonschema
-import yaml
-
-from cnnspec.errors import ParamsError
+from cnnspec import yamlio
+from cnnspec.errors import ParamsError, SpecError
 
 SCHEMA_PATH = Path(__file__).with_name("params_schema.json")
 
@@ -63,9 +61,9 @@ def read_yaml_mapping(path) -> dict:
     try:
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ParamsError(f"{name}: file not found (stages read it from the directory they run in)")
+        raise ParamsError(f"{name}: file not found (stages read it from the directory they run in)") from None
     except (OSError, UnicodeDecodeError) as error:
-        raise ParamsError(f"{name}: cannot read: {error}")
+        raise ParamsError(f"{name}: cannot read: {error}") from None
     data = parse_yaml(text, name)
     if not isinstance(data, dict):
         found = "an empty file" if data is None else f"a {type(data).__name__}"
@@ -74,54 +72,20 @@ def read_yaml_mapping(path) -> dict:
 
 
 def parse_yaml(text: str, name: str):
-    """Parse with the project's loader (cnnspec/yamlio.py) when it offers a plain
-    loader, else with `_ParamsLoader`; both read 1e-4 as a number."""
+    """Parse with the project's loader (1e-4 is a number, duplicate keys are
+    refused) and hand back plain dicts and lists, fit for a checkpoint."""
     try:
-        return _project_loader()(text, name)
-    except yaml.YAMLError as error:
-        raise ParamsError(f"{_where(name, error)}: invalid YAML: {_yaml_problem(error)}")
+        return plain(yamlio.load_yaml(text, name))
+    except SpecError as error:
+        raise ParamsError(str(error)) from None
 
 
-def _project_loader():
-    try:
-        from cnnspec import yamlio
-    except ImportError:
-        return _load_with_safe_loader
-    return getattr(yamlio, "load_plain", None) or _load_with_safe_loader
-
-
-def _load_with_safe_loader(text: str, name: str):
-    return yaml.load(text, Loader=_ParamsLoader)  # _ParamsLoader is a yaml.SafeLoader
-
-
-class _ParamsLoader(yaml.SafeLoader):
-    """SafeLoader that reads `1e-4` as a float (YAML 1.2 does, PyYAML's 1.1 rules
-    do not) and refuses duplicate keys instead of keeping the last one."""
-
-    def construct_mapping(self, node, deep=False):
-        seen = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=True)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r}", key_node.start_mark)
-            seen.add(key)
-        return super().construct_mapping(node, deep)
-
-
-_FLOAT_WITHOUT_DOT = re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$")
-_ParamsLoader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_WITHOUT_DOT,
-                                    list("-+0123456789"))
-
-
-def _where(name: str, error: yaml.YAMLError) -> str:
-    mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
-    return f"{name}:{mark.line + 1}:{mark.column + 1}" if mark else name
-
-
-def _yaml_problem(error: yaml.YAMLError) -> str:
-    problem = getattr(error, "problem", None) or str(error)
-    return " ".join(problem.split())
+def plain(value):
+    if isinstance(value, dict):
+        return {key: plain(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [plain(item) for item in value]
+    return value
 
 
 def _yaml11_spellings(section: str, value):

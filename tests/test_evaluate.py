@@ -1,0 +1,285 @@
+"""The evaluate stage: metrics against their definitions, test-time augmentation
+views, outputs that are deterministic and complete."""
+import csv
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from cnnspec import evaluation
+from cnnspec.errors import DataError, TrainingError
+from stages import evaluate as evaluate_stage
+
+CLASSES = ["cat", "dog", "frog"]
+
+
+def one_hot_probabilities(predicted, num_classes, confidence=0.9):
+    rest = (1 - confidence) / (num_classes - 1)
+    probabilities = np.full((len(predicted), num_classes), rest)
+    probabilities[np.arange(len(predicted)), predicted] = confidence
+    return probabilities
+
+
+def scores_by_counting(actual, predicted, label):
+    """Precision, recall, F1 of one class straight from their definitions."""
+    pairs = list(zip(actual, predicted))
+    true_positive = sum(1 for a, p in pairs if a == label and p == label)
+    predicted_positive = sum(1 for a, p in pairs if p == label)
+    actual_positive = sum(1 for a, p in pairs if a == label)
+    precision = true_positive / predicted_positive if predicted_positive else 0.0
+    recall = true_positive / actual_positive if actual_positive else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return precision, recall, f1, actual_positive
+
+
+# frog (2) is never predicted: its precision must be 0, as sklearn's zero_division=0
+ACTUAL = [0, 0, 0, 0, 1, 1, 1, 2, 2, 0]
+PREDICTED = [0, 0, 1, 0, 1, 1, 0, 1, 0, 0]
+
+
+def test_report_matches_the_definitions():
+    report = evaluation.classification_report(
+        np.array(ACTUAL), one_hot_probabilities(np.array(PREDICTED), 3), CLASSES)
+    expected = {name: scores_by_counting(ACTUAL, PREDICTED, label) for label, name in enumerate(CLASSES)}
+
+    correct = sum(a == p for a, p in zip(ACTUAL, PREDICTED))
+    assert report["accuracy"] == round(correct / len(ACTUAL), 4)
+    assert report["per_class"]["frog"]["precision"] == 0.0
+    for name, (precision, recall, f1, support) in expected.items():
+        got = report["per_class"][name]
+        assert got["precision"] == pytest.approx(precision, abs=5e-5)
+        assert got["recall"] == pytest.approx(recall, abs=5e-5)
+        assert got["f1"] == pytest.approx(f1, abs=5e-5)
+        assert got["support"] == support
+
+    supports = [expected[name][3] for name in CLASSES]
+    for position, metric in enumerate(["precision", "recall", "f1"]):
+        values = [expected[name][position] for name in CLASSES]
+        assert report["macro_avg"][metric] == pytest.approx(sum(values) / 3, abs=5e-5)
+        weighted = sum(v * s for v, s in zip(values, supports)) / sum(supports)
+        assert report["weighted_avg"][metric] == pytest.approx(weighted, abs=5e-5)
+    assert report["macro_avg"]["support"] == report["weighted_avg"]["support"] == len(ACTUAL)
+
+
+def test_confusion_matrix_rows_are_actual_columns_predicted():
+    report = evaluation.classification_report(
+        np.array(ACTUAL), one_hot_probabilities(np.array(PREDICTED), 3), CLASSES)
+    matrix = report["confusion_matrix"]
+    for a in range(3):
+        for p in range(3):
+            assert matrix[a][p] == sum(1 for x, y in zip(ACTUAL, PREDICTED) if (x, y) == (a, p))
+
+
+def test_loss_is_cross_entropy_of_the_probabilities():
+    rng = np.random.default_rng(0)
+    probabilities = rng.dirichlet(np.ones(3), size=20)
+    actual = rng.integers(0, 3, size=20)
+    expected = torch.nn.functional.nll_loss(torch.log(torch.from_numpy(probabilities)),
+                                            torch.from_numpy(actual)).item()
+    report = evaluation.classification_report(actual, probabilities, CLASSES)
+    assert report["loss"] == round(expected, 4)
+
+
+def test_a_certain_wrong_answer_gives_a_finite_loss():
+    report = evaluation.classification_report(np.array([0]), np.array([[0.0, 1.0, 0.0]]), CLASSES)
+    assert np.isfinite(report["loss"]) and report["loss"] > 20
+
+
+# --- test-time augmentation ------------------------------------------------
+
+def expected_views(batch: torch.Tensor) -> dict:
+    """The views each TTA mode should show, built with numpy's reflect padding."""
+    padded = torch.from_numpy(np.pad(batch.numpy(), ((0, 0), (0, 0), (1, 1), (1, 1)), mode="reflect"))
+    height, width = batch.shape[-2:]
+    down_right = padded[:, :, :height, :width]
+    up_left = padded[:, :, 2:, 2:]
+    return {"plain": batch, "mirror": batch.flip(-1),
+            "down_right": down_right, "down_right_mirror": down_right.flip(-1),
+            "up_left": up_left, "up_left_mirror": up_left.flip(-1)}
+
+
+class ViewSpotter(nn.Module):
+    """Answers class k with near certainty when shown view k, so the averaged
+    probabilities are exactly the weight each view got."""
+
+    def __init__(self, views: dict):
+        super().__init__()
+        self.views = list(views.values())
+        self.seen = []
+
+    def forward(self, batch):
+        matches = [k for k, view in enumerate(self.views) if torch.equal(batch, view)]
+        assert len(matches) == 1, "shown an image that is none of the expected views"
+        self.seen.append(matches[0])
+        logits = torch.full((len(batch), len(self.views)), -60.0)
+        logits[:, matches[0]] = 60.0
+        return logits
+
+
+@pytest.mark.parametrize("tta, weights", [
+    ("none", {"plain": 1.0}),
+    ("flip", {"plain": 0.5, "mirror": 0.5}),
+    ("flip_translate", {"plain": 0.25, "mirror": 0.25, "down_right": 0.125,
+                        "down_right_mirror": 0.125, "up_left": 0.125, "up_left_mirror": 0.125}),
+])
+def test_tta_averages_exactly_the_stated_views(tta, weights):
+    images = np.random.default_rng(1).integers(0, 256, size=(2, 3, 5, 6), dtype=np.uint8)
+    views = expected_views(torch.from_numpy(images).float() / 255)
+    model = ViewSpotter(views)
+    probabilities = evaluation.predict_probabilities(model, images, [0.0] * 3, [1.0] * 3, tta=tta,
+                                                     device="cpu")
+    names = list(views)
+    assert sorted(names[k] for k in model.seen) == sorted(weights)
+    expected = np.array([weights.get(name, 0.0) for name in names])
+    np.testing.assert_allclose(probabilities, np.tile(expected, (2, 1)), atol=1e-12)
+
+
+def test_batches_do_not_change_the_probabilities():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3))
+    images = np.random.default_rng(2).integers(0, 256, size=(7, 1, 8, 8), dtype=np.uint8)
+    whole = evaluation.predict_probabilities(model, images, [0.5], [0.25], "flip_translate", 100, "cpu")
+    pieces = evaluation.predict_probabilities(model, images, [0.5], [0.25], "flip_translate", 3, "cpu")
+    np.testing.assert_allclose(whole, pieces, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(whole.sum(axis=1), 1.0, rtol=1e-6)
+
+
+def test_images_are_normalized_with_the_given_mean_and_std():
+    class Echo(nn.Module):  # logits = the pixels themselves
+        def forward(self, batch):
+            return batch.flatten(1) * 1000
+
+    images = np.array([[[[255, 0]]], [[[0, 255]]]], dtype=np.uint8)  # (2, 1, 1, 2)
+    mean, std = [0.5], [0.5]
+    probabilities = evaluation.predict_probabilities(Echo(), images, mean, std, "none", device="cpu")
+    assert probabilities.argmax(axis=1).tolist() == [0, 1]
+    # (1 - 0.5) / 0.5 = 1 and (0 - 0.5) / 0.5 = -1: softmax of 1000 * [1, -1]
+    np.testing.assert_allclose(probabilities[0], [1.0, 0.0], atol=1e-12)
+
+
+# --- outputs ---------------------------------------------------------------
+
+def test_predictions_csv_has_class_names_and_quotes_commas():
+    text = evaluation.predictions_csv(np.array([0, 1, 2]), np.array([1, 1, 0]), ["a", "b, c", "d"])
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert [list(row.values()) for row in rows] == [["0", "a", "b, c"], ["1", "b, c", "b, c"],
+                                                  ["2", "d", "a"]]
+
+
+def test_report_table_lists_every_class_and_the_averages():
+    report = evaluation.classification_report(
+        np.array(ACTUAL), one_hot_probabilities(np.array(PREDICTED), 3), CLASSES)
+    table = evaluation.report_table(report)
+    for word in CLASSES + ["macro avg", "weighted avg", "accuracy", f"{report['accuracy']:.4f}"]:
+        assert word in table
+
+
+# --- the stage, with a hand-built checkpoint -------------------------------
+
+class TinyNet(nn.Module):
+    def __init__(self, num_classes=3):
+        super().__init__()
+        torch.manual_seed(0)
+        self.body = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(),
+                                  nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, num_classes))
+
+    def forward(self, x):
+        return self.body(x)
+
+
+def write_prepared(folder: Path, classes=CLASSES, count=24, shape=(3, 8, 8)):
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(3)
+    for split in ("train", "val", "test"):
+        np.save(folder / f"{split}_images.npy", rng.integers(0, 256, (count, *shape), dtype=np.uint8))
+        np.save(folder / f"{split}_labels.npy", rng.integers(0, len(classes), count).astype(np.int64))
+    meta = {"dataset": "fake", "classes": list(classes), "input_shape": list(shape),
+            "mean": [0.5] * shape[0], "std": [0.25] * shape[0],
+            "counts": {"train": count, "val": count, "test": count}}
+    (folder / "meta.json").write_text(json.dumps(meta))
+
+
+def hand_built_checkpoint(classes=CLASSES, shape=(3, 8, 8)) -> dict:
+    return {"format": "cnnspec-checkpoint/1", "state_dict": TinyNet(len(classes)).state_dict(),
+            "spec_text": "", "spec_path": None, "classes": list(classes), "mean": [0.5] * 3,
+            "std": [0.25] * 3, "input_shape": list(shape), "num_classes": len(classes),
+            "params": {}, "epoch": 1, "best_epoch": 1}
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    """A working directory with params.yaml, data/prepared and models/model.pt.
+    load_model rebuilds TinyNet, since the spec compiler is not needed here."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text("evaluate: {batch_size: 10, tta: flip}\n")
+    write_prepared(tmp_path / "data" / "prepared")
+    (tmp_path / "models").mkdir()
+    torch.save(hand_built_checkpoint(), tmp_path / "models" / "model.pt")
+
+    def load_model(path, device="cpu"):
+        checkpoint = torch.load(path, weights_only=True)
+        model = TinyNet(checkpoint["num_classes"])
+        model.load_state_dict(checkpoint["state_dict"])
+        return model.to(device).eval(), checkpoint
+
+    monkeypatch.setattr("cnnspec.checkpoint.load_model", load_model)
+    return tmp_path
+
+
+def test_stage_writes_eval_json_and_predictions(project, capsys):
+    evaluate_stage.main()
+    report = json.loads((project / "metrics" / "eval.json").read_text())
+    labels = np.load(project / "data" / "prepared" / "test_labels.npy")
+    rows = list(csv.DictReader(open(project / "metrics" / "predictions.csv")))
+
+    assert set(report) >= {"accuracy", "loss", "per_class", "macro_avg", "weighted_avg",
+                           "confusion_matrix", "classes", "tta"}
+    assert report["tta"] == "flip" and report["classes"] == CLASSES
+    assert [row["actual"] for row in rows] == [CLASSES[label] for label in labels]
+    hits = sum(row["actual"] == row["predicted"] for row in rows)
+    assert report["accuracy"] == round(hits / len(rows), 4)
+    assert np.array(report["confusion_matrix"]).sum() == len(labels)
+    assert "weighted avg" in capsys.readouterr().out
+    assert not list((project / "metrics").glob(".*.tmp"))
+
+
+def test_eval_json_is_byte_identical_on_two_runs(project):
+    evaluate_stage.main()
+    first = (project / "metrics" / "eval.json").read_bytes()
+    first_csv = (project / "metrics" / "predictions.csv").read_bytes()
+    evaluate_stage.main()
+    assert (project / "metrics" / "eval.json").read_bytes() == first
+    assert (project / "metrics" / "predictions.csv").read_bytes() == first_csv
+
+
+def test_missing_model_names_the_file_and_the_train_stage(project):
+    (project / "models" / "model.pt").unlink()
+    with pytest.raises(TrainingError, match=r"models/model\.pt: missing; run the train stage"):
+        evaluation.evaluate_checkpoint("models/model.pt", "data/prepared")
+    assert not (project / "metrics").exists()
+
+
+def test_missing_data_names_the_file_and_the_preprocess_stage(project):
+    (project / "data" / "prepared" / "test_images.npy").unlink()
+    with pytest.raises(DataError, match=r"test_images\.npy.*preprocess"):
+        evaluation.evaluate_checkpoint("models/model.pt", "data/prepared")
+
+
+def test_model_trained_on_other_classes_is_refused(project):
+    torch.save(hand_built_checkpoint(classes=["a", "b", "c"]), project / "models" / "model.pt")
+    with pytest.raises(DataError, match="classes"):
+        evaluation.evaluate_checkpoint("models/model.pt", "data/prepared")
+
+
+def test_stage_exits_1_with_one_line_when_the_model_is_missing(project, capsys):
+    (project / "models" / "model.pt").unlink()
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate_stage.main()
+    assert exit_info.value.code == 1
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "models/model.pt" in error and "train" in error
+    assert not (project / "metrics").exists()
