@@ -1,0 +1,476 @@
+"""From YAML text to a checked, expanded tree of LayerNodes.
+
+    spec = load_spec("specs/simcnn.yaml")      # or parse_spec(text, file)
+
+The steps, top to bottom in this file:
+1. read YAML with locations (yamlio), validate the top level against schema.json;
+2. walk `layers`: split each item into TYPE and options (shorthand `dropout: 0.5`
+   becomes `{rate: 0.5}`), expand `repeat` inline and `use` into a `group` node
+   (block arguments substituted, so `$filters` = -2 is reported where it is passed);
+3. for every other layer: merge `defaults` under its options, validate them against
+   the type's sub-schema, fill the schema's defaults, and expand child layer lists;
+4. name every layer (`conv_3`, or the name the user wrote, which must be unique).
+
+Every problem is a SpecError `file:line:col: key: message` pointing at the value or
+key at fault, with "did you mean ...?" for misspellings.
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+import functools
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import jsonschema
+
+from cnnspec.errors import SpecError
+from cnnspec.nodes import LayerNode, Location, Spec
+from cnnspec.yamlio import LocatedDict, LocatedList, load_mapping, where_in
+
+SCHEMA = json.loads((Path(__file__).parent / "schema.json").read_text(encoding="utf-8"))
+LAYER_SCHEMAS = {name: sub for name, sub in SCHEMA["$defs"].items() if sub.get("x-layer")}
+ARGUMENT = re.compile(r"^\$([A-Za-z_][A-Za-z0-9_]*)$")
+
+MAX_LAYERS = 10_000   # after expanding every repeat and block
+MAX_NESTING = 32      # layer lists inside layer lists (residual bodies, blocks, repeats)
+
+
+# ---------------------------------------------------------------- messages
+
+def did_you_mean(word, choices) -> str:
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def describe(value) -> str:
+    """A short description of a YAML value for messages."""
+    if value is None:
+        return "nothing (null)"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def join_key(base: str, part) -> str:
+    if isinstance(part, int):
+        return f"{base}[{part}]"
+    return f"{base}.{part}" if base else str(part)
+
+
+def plain(data):
+    """Located containers -> ordinary dicts and lists (what LayerNode.options holds)."""
+    if isinstance(data, dict):
+        return {key: plain(value) for key, value in data.items()}
+    if isinstance(data, list):
+        return [plain(item) for item in data]
+    return data
+
+
+def fail(message: str, where: Location, key: str | None = None):
+    raise SpecError(message, where.file, where.line, where.col, key)
+
+
+# ---------------------------------------------------------------- schema checks
+
+Strict = jsonschema.Draft202012Validator
+# Defaults may leave out required options: the layer that gets them supplies the rest.
+WithoutRequired = jsonschema.validators.extend(Strict, {"required": lambda *args: None})
+
+
+@functools.lru_cache(maxsize=None)
+def validator_for(definition: str, kind=Strict):
+    """A validator for one entry of $defs (or the whole schema for definition '')."""
+    schema = SCHEMA if not definition else {"$defs": SCHEMA["$defs"],
+                                            "$ref": f"#/$defs/{definition}"}
+    return kind(schema)
+
+
+def explain(error: jsonschema.ValidationError) -> tuple[str, str | None]:
+    """The message for one schema error, and the key it is about when that key is
+    not in the error's path (an unknown or a missing key)."""
+    rule, instance, schema = error.validator, error.instance, error.schema
+    if rule == "additionalProperties":
+        known = schema.get("properties", {})
+        unknown = [key for key in instance if key not in known]
+        if unknown:
+            key = unknown[0]
+            hint = did_you_mean(key, known) or f"; expected one of: {', '.join(known)}"
+            return f"unknown key '{key}'{hint}", key
+    if rule == "required":
+        missing = [key for key in error.validator_value if key not in instance]
+        return f"'{missing[0]}' is required", missing[0]
+    if rule == "enum" and "propertyNames" in error.schema_path:
+        return f"unknown key '{instance}'{did_you_mean(instance, error.validator_value)}", instance
+    if rule == "pattern" and "propertyNames" in error.schema_path:
+        return f"'{instance}' is not a valid name: use letters, digits and underscores", instance
+    if rule == "enum":
+        choices = ", ".join(str(c) for c in error.validator_value)
+        return f"{describe(instance)} is not one of: {choices}{did_you_mean(instance, error.validator_value)}", None
+    if rule in ("type", "pattern") and "x-hint" in schema:
+        return f"{describe(instance)} is not {schema['x-hint']}", None
+    if rule == "type":
+        wanted = error.validator_value
+        wanted = " or ".join(wanted) if isinstance(wanted, list) else wanted
+        return f"expected {wanted}, got {describe(instance)}", None
+    if rule in ("minItems", "maxItems") and isinstance(instance, list):
+        return error.message.replace(repr(instance), f"a list of {len(instance)}"), None
+    if rule in ("minProperties", "maxProperties") and isinstance(instance, dict):
+        return f"a layer is one TYPE: options pair, found {len(instance)} keys: {', '.join(instance)}", None
+    return error.message, None
+
+
+def locate(root, path) -> tuple[Location, object]:
+    """Where the value at `path` inside `root` is written, and that value."""
+    container, where, value = None, getattr(root, "where", Location(None)), root
+    for part in path:
+        container, value = value, value[part]
+        where = where_in(container, part)
+    return where, value
+
+
+def check(instance, definition: str, key: str, kind=Strict, skip=lambda path: False):
+    """Validate `instance` against a $defs entry; raise the first error in the file
+    (the deepest where several share a place) as a SpecError."""
+    errors = [e for e in validator_for(definition, kind).iter_errors(instance)
+              if not skip(list(e.absolute_path))]
+    if not errors:
+        return
+    found = []
+    for error in errors:
+        path = list(error.absolute_path)
+        where, value = locate(instance, path)
+        message, about = explain(error)
+        full_key = key
+        for part in path:
+            full_key = join_key(full_key, part)
+        if about is not None:
+            if isinstance(value, dict) and about in getattr(value, "key_where", {}):
+                where = value.key_where[about]
+            full_key = join_key(full_key, about)
+        found.append(((where.line or 0, where.col or 0, -len(path)), message, where, full_key))
+    _, message, where, full_key = min(found, key=lambda item: item[0])
+    fail(message, where, full_key)
+
+
+def inside_a_layer(path) -> bool:
+    """True for paths below an item of a layer list: spec.py checks those itself."""
+    return any(part == "layers" and i + 1 < len(path) for i, part in enumerate(path))
+
+
+# ---------------------------------------------------------------- block arguments
+
+def find_argument(data, where: Location):
+    """The first `$arg` placeholder in `data` and where it is written, or None."""
+    if isinstance(data, str):
+        return (data, where) if ARGUMENT.match(data) else None
+    items = data.items() if isinstance(data, dict) else enumerate(data) if isinstance(data, list) else ()
+    for key, value in items:
+        found = find_argument(value, where_in(data, key))
+        if found:
+            return found
+    return None
+
+
+def substitute(data, values: dict, block: str, where: Location):
+    """A copy of `data` with every `$arg` replaced by (value, where the value is written)."""
+    if isinstance(data, str) and ARGUMENT.match(data):
+        name = ARGUMENT.match(data).group(1)
+        if name not in values:
+            fail(f"'{data}' is not an argument of block '{block}'{did_you_mean(name, values)}",
+                 where, data)
+        return copy.deepcopy(values[name][0]), values[name][1]
+    if isinstance(data, dict):
+        copied = LocatedDict(where=getattr(data, "where", where))
+        for key, value in data.items():
+            copied[key], copied.value_where[key] = substitute(value, values, block, where_in(data, key))
+            copied.key_where[key] = getattr(data, "key_where", {}).get(key, where)
+        return copied, where
+    if isinstance(data, list):
+        pairs = [substitute(item, values, block, where_in(data, i)) for i, item in enumerate(data)]
+        return LocatedList([p[0] for p in pairs], where=getattr(data, "where", where),
+                           item_where=[p[1] for p in pairs]), where
+    return data, where
+
+
+# ---------------------------------------------------------------- expansion
+
+@dataclass
+class Expansion:
+    """What walking the layer lists needs besides the list itself."""
+
+    file: str
+    defaults: dict
+    blocks: dict
+    in_block: bool = False
+    calls: tuple = ()          # blocks being expanded, outermost first
+    depth: int = 0
+    count: list = field(default_factory=lambda: [0])   # shared layer counter
+
+    def deeper(self, **changes) -> "Expansion":
+        values = {**self.__dict__, "depth": self.depth + 1, **changes}
+        return Expansion(**values)
+
+
+def split_layer(item, where: Location, path: str) -> tuple[str, LocatedDict, Location]:
+    """TYPE, its options (shorthand resolved) and where TYPE is written."""
+    if isinstance(item, str):
+        layer_type, value, type_where = item, None, where
+    elif isinstance(item, dict) and len(item) == 1:
+        layer_type = next(iter(item))
+        value, type_where = item[layer_type], item.key_where[layer_type]
+    elif isinstance(item, dict):
+        keys = list(item)
+        second = item.key_where[keys[1]] if keys else where
+        if not keys:
+            fail("an empty layer: write TYPE or TYPE: {options}", where, path)
+        fail(f"a layer is one TYPE: options pair, found {len(keys)} keys: {', '.join(keys)}"
+             " (are the options indented under the type?)", second, path)
+    else:
+        fail(f"a layer must be TYPE or TYPE: {{options}}, not {describe(item)}", where, path)
+    if layer_type not in LAYER_SCHEMAS:
+        fail(f"unknown layer type '{layer_type}'{did_you_mean(layer_type, LAYER_SCHEMAS)}",
+             type_where, path)
+    shorthand = LAYER_SCHEMAS[layer_type].get("x-shorthand")
+    if value is None:
+        options = LocatedDict(where=type_where)
+    elif isinstance(value, dict):
+        options = value
+    elif shorthand:
+        value_where = item.value_where[layer_type]
+        options = LocatedDict({shorthand: value}, where=value_where)
+        options.key_where[shorthand] = options.value_where[shorthand] = value_where
+    else:
+        fail(f"{layer_type} takes a mapping of options, not {describe(value)}",
+             item.value_where[layer_type], join_key(path, layer_type))
+    return layer_type, options, type_where
+
+
+def expand_list(items, prefix: str, state: Expansion) -> list[LayerNode]:
+    if state.depth > MAX_NESTING:
+        fail(f"layers nested deeper than {MAX_NESTING} levels", items.where, prefix)
+    nodes = []
+    for index, item in enumerate(items):
+        path = f"{prefix}[{index}]"
+        layer_type, options, where = split_layer(item, items.where_of(index), path)
+        expand = EXPANDERS.get(layer_type, expand_layer)
+        nodes.extend(expand(layer_type, options, where, path, state))
+    return nodes
+
+
+def count_layer(where: Location, path: str, state: Expansion) -> None:
+    state.count[0] += 1
+    if state.count[0] > MAX_LAYERS:
+        fail(f"the spec expands to more than {MAX_LAYERS:,} layers", where, path)
+
+
+def expand_repeat(layer_type, options, where, path, state) -> list[LayerNode]:
+    key = join_key(path, "repeat")
+    check(options, "repeat", key, skip=inside_a_layer)
+    inner = state.deeper()
+    nodes = []
+    for _ in range(options["n"]):
+        nodes.extend(expand_list(options["layers"], f"{key}.layers", inner))
+    return nodes
+
+
+def block_arguments(block: str, definition: dict, call: LocatedDict, key: str) -> dict:
+    """Argument name -> (value, where written): the call's values over the defaults."""
+    declared = definition.get("args") or LocatedDict()
+    values = {}
+    for name, value in call.items():
+        if name in ("block", "name", "trainable"):
+            continue
+        if name not in declared:
+            hint = did_you_mean(name, declared) or (
+                f"; it takes: {', '.join(declared)}" if declared else "; it takes no arguments")
+            fail(f"block '{block}' has no argument '{name}'{hint}", call.key_where[name],
+                 join_key(key, name))
+        values[name] = (value, call.where_of(name))
+    for name, default in declared.items():
+        if name not in values:
+            if default is None:
+                fail(f"block '{block}' needs argument '{name}'", call.where, join_key(key, name))
+            values[name] = (default, declared.where_of(name))
+    return values
+
+
+def expand_use(layer_type, options, where, path, state) -> list[LayerNode]:
+    key = join_key(path, "use")
+    check(options, "use", key)
+    block = options["block"]
+    if block not in state.blocks:
+        hint = did_you_mean(block, state.blocks) or (
+            f"; blocks defined: {', '.join(state.blocks)}" if state.blocks else "; no blocks are defined")
+        fail(f"undefined block '{block}'{hint}", options.where_of("block"), join_key(key, "block"))
+    if block in state.calls:
+        cycle = " -> ".join(state.calls[state.calls.index(block):] + (block,))
+        fail(f"recursive block use: {cycle}", options.where_of("block"), join_key(key, "block"))
+    definition = state.blocks[block]
+    values = block_arguments(block, definition, options, key)
+    layers, _ = substitute(definition["layers"], values, block, definition.where_of("layers"))
+    count_layer(where, path, state)
+    children = expand_list(layers, f"{path} (block {block}) > layers",
+                           state.deeper(in_block=True, calls=state.calls + (block,)))
+    group_options = {"block": block, "args": {name: value for name, (value, _) in values.items()},
+                     "trainable": options.get("trainable", True)}
+    return [LayerNode("group", options.get("name", ""), group_options, where, path,
+                      {"layers": children}, {"block": options.where_of("block")})]
+
+
+def with_defaults(options: LocatedDict, defaults) -> LocatedDict:
+    """The layer's options over the spec's `defaults` for its type (locations kept)."""
+    if not defaults:
+        return options
+    merged = LocatedDict(defaults, where=options.where)
+    merged.key_where.update(defaults.key_where)
+    merged.value_where.update(defaults.value_where)
+    merged.update(options)
+    merged.key_where.update(options.key_where)
+    merged.value_where.update(options.value_where)
+    return merged
+
+
+def fill_schema_defaults(layer_type: str, options: dict, option_where: dict, where: Location):
+    properties = LAYER_SCHEMAS[layer_type]["properties"]
+    for key, schema in properties.items():
+        if key not in options and "default" in schema:
+            options[key] = copy.deepcopy(schema["default"])
+            option_where[key] = where
+    for key, schema in properties.items():   # `stride: null` means "the kernel size"
+        source = schema.get("x-default-from")
+        if source and options.get(key) is None:
+            options[key] = copy.deepcopy(options.get(source))
+            option_where[key] = option_where.get(source, where)
+
+
+def child_lists(layer_type: str, located: dict, options: dict, path: str, state: Expansion) -> dict:
+    """Expand residual's pre/body/shortcut and parallel's branches (read from the
+    located options) into children, and drop them from `options`."""
+    key = join_key(path, layer_type)
+    inner = state.deeper()
+    children = {}
+    if layer_type == "residual":
+        for part in ("pre", "body", "shortcut"):
+            if isinstance(located.get(part), list):
+                children[part] = expand_list(located[part], f"{key}.{part}", inner)
+                options.pop(part)
+        if "shortcut" in children:
+            options["shortcut"] = "layers"
+    if layer_type == "parallel":
+        for index, branch in enumerate(located["branches"]):
+            children[f"branch_{index}"] = expand_list(branch, f"{key}.branches[{index}]", inner)
+        options.pop("branches")
+    return children
+
+
+def expand_layer(layer_type, options, where, path, state) -> list[LayerNode]:
+    key = join_key(path, layer_type)
+    if not state.in_block:
+        placeholder = find_argument(options, options.where)
+        if placeholder:
+            fail(f"'{placeholder[0]}' can only be used inside a block", placeholder[1], key)
+    merged = with_defaults(options, state.defaults.get(layer_type))
+    check(merged, layer_type, key)
+    count_layer(where, path, state)
+    option_where = {k: merged.where_of(k) for k in merged}
+    values = plain(merged)
+    name = values.pop("name", "")
+    fill_schema_defaults(layer_type, values, option_where, where)
+    children = child_lists(layer_type, merged, values, path, state)
+    for child_key in children:
+        option_where.pop(child_key, None)
+    option_where.pop("name", None)
+    return [LayerNode(layer_type, name, values, where, path, children, option_where)]
+
+
+EXPANDERS = {"repeat": expand_repeat, "use": expand_use}
+
+
+# ---------------------------------------------------------------- naming
+
+def walk(nodes):
+    for node in nodes:
+        yield node
+        for children in node.children.values():
+            yield from walk(children)
+
+
+def assign_names(nodes: list[LayerNode]) -> None:
+    """Keep user names (which must be unique), give the others TYPE_N in order."""
+    taken = {}
+    for node in walk(nodes):
+        if node.name:
+            if node.name in taken:
+                first = taken[node.name].where
+                fail(f"duplicate layer name '{node.name}' (also used on line {first.line})",
+                     node.where,
+                     join_key(node.path, "name"))
+            taken[node.name] = node
+    counters = {}
+    for node in walk(nodes):
+        if node.name:
+            continue
+        base = node.options["block"] if node.type == "group" else node.type
+        while True:
+            counters[base] = counters.get(base, 0) + 1
+            candidate = f"{base}_{counters[base]}"
+            if candidate not in taken:
+                break
+        node.name = candidate
+        taken[candidate] = node
+
+
+# ---------------------------------------------------------------- top level
+
+def check_defaults(defaults: LocatedDict) -> dict:
+    for layer_type, options in defaults.items():
+        key = f"defaults.{layer_type}"
+        check(options, layer_type, key, kind=WithoutRequired)
+        if "name" in options:
+            fail("a default name would give every layer the same name", options.key_where["name"],
+                 f"{key}.name")
+    return defaults
+
+
+def check_blocks(blocks: LocatedDict) -> None:
+    """A `$arg` in a block must be one of its declared arguments (checked even for
+    blocks that are never used)."""
+    for block, definition in blocks.items():
+        declared = definition.get("args") or {}
+        substitute(definition["layers"], {name: (None, None) for name in declared},
+                   block, definition.where_of("layers"))
+
+
+def parse_spec(text: str, file: str | None = None) -> Spec:
+    """Validate and expand a spec given as YAML text; `file` names it in messages."""
+    file = str(file) if file else "<spec>"
+    document = load_mapping(text, file, "spec")
+    check(document, "", "", skip=inside_a_layer)
+    blocks = document.get("blocks") or LocatedDict()
+    check_blocks(blocks)
+    state = Expansion(file=file, defaults=check_defaults(document.get("defaults") or LocatedDict()),
+                      blocks=blocks)
+    layers = expand_list(document["layers"], "layers", state)
+    assign_names(layers)
+    shape = document.get("input")
+    input_shape = (shape["channels"], shape["height"], shape["width"]) if shape else None
+    return Spec(name=document["name"], description=document.get("description", ""),
+                input=input_shape, layers=layers, file=file, text=text)
+
+
+def load_spec(path) -> Spec:
+    """Read and parse a spec file (a Spec passes through unchanged)."""
+    if isinstance(path, Spec):
+        return path
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        reason = getattr(error, "strerror", None) or str(error)
+        raise SpecError(f"cannot read the spec: {reason}", str(path)) from None
+    return parse_spec(text, str(path))

@@ -1,0 +1,168 @@
+"""Safe YAML loading that remembers where every key and value is written.
+
+`load_yaml(text, file)` parses with a `yaml.SafeLoader` subclass and returns
+plain data whose mappings and lists are `LocatedDict` / `LocatedList`: ordinary
+dicts and lists that also carry the 1-based line and column of each key, value
+and item, so a later check can say `specs/x.yaml:14:7: ...`.
+
+Three differences from `yaml.safe_load`:
+- `1e-4`, `5E3` are floats (YAML 1.1 wants a dot and would give a string);
+- a key written twice in one mapping is an error, not a silent overwrite;
+- every YAML error becomes a one-line `SpecError` with file:line:col.
+"""
+from __future__ import annotations
+
+import re
+
+import yaml
+
+from cnnspec.errors import SpecError
+from cnnspec.nodes import Location
+
+# Generous bounds that no real spec comes near; they turn hostile input (deep
+# nesting, alias bombs) into an error instead of a hang or a RecursionError.
+MAX_DEPTH = 64
+MAX_NODES = 200_000
+
+
+class LocatedDict(dict):
+    """A dict that knows where it, each of its keys and each value are written."""
+
+    def __init__(self, *args, where: Location | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.where = where or Location(None)
+        self.key_where: dict = {}
+        self.value_where: dict = {}
+
+    def where_of(self, key) -> Location:
+        """Where the value of `key` is written (the mapping itself if unknown)."""
+        return self.value_where.get(key) or self.key_where.get(key) or self.where
+
+
+class LocatedList(list):
+    """A list that knows where it and each of its items are written."""
+
+    def __init__(self, *args, where: Location | None = None, item_where=None):
+        super().__init__(*args)
+        self.where = where or Location(None)
+        self.item_where: list[Location] = list(item_where or [])
+
+    def where_of(self, index: int) -> Location:
+        if 0 <= index < len(self.item_where):
+            return self.item_where[index]
+        return self.where
+
+
+def where_in(container, key) -> Location:
+    """Where `container[key]` is written, for any container (located or not)."""
+    where_of = getattr(container, "where_of", None)
+    return where_of(key) if where_of else Location(None)
+
+
+# `1e-4`, `-2.5E+3`, `1_000e3`: an exponent with or without a dot.
+EXPONENT_FLOAT = re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$")
+
+
+class LocatingLoader(yaml.SafeLoader):
+    """SafeLoader that builds LocatedDict/LocatedList and refuses duplicate keys."""
+
+    file: str | None = None
+
+    def location(self, mark) -> Location:
+        return Location(self.file, mark.line + 1, mark.column + 1)
+
+
+# add_implicit_resolver copies the class's resolver table first, so SafeLoader
+# itself (and yaml.safe_load elsewhere) is unchanged.
+LocatingLoader.add_implicit_resolver("tag:yaml.org,2002:float", EXPONENT_FLOAT,
+                                     list("-+0123456789"))
+
+
+def construct_located_mapping(loader: LocatingLoader, node: yaml.MappingNode) -> LocatedDict:
+    # Merge keys (`<<: *base`) are not flattened: `<<` stays an ordinary key that
+    # the schema then rejects, which is clearer than half-supporting it.
+    mapping = LocatedDict(where=loader.location(node.start_mark))
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        key_where = loader.location(key_node.start_mark)
+        if not isinstance(key, str):
+            raise SpecError(f"keys must be text, not {type(key).__name__} {key!r}",
+                            key_where.file, key_where.line, key_where.col)
+        if key in mapping:
+            first = mapping.key_where[key]
+            raise SpecError(f"duplicate key {key!r} (first written on line {first.line})",
+                            key_where.file, key_where.line, key_where.col, key)
+        mapping[key] = loader.construct_object(value_node, deep=True)
+        mapping.key_where[key] = key_where
+        mapping.value_where[key] = loader.location(value_node.start_mark)
+    return mapping
+
+
+def construct_located_sequence(loader: LocatingLoader, node: yaml.SequenceNode) -> LocatedList:
+    items = [loader.construct_object(child, deep=True) for child in node.value]
+    places = [loader.location(child.start_mark) for child in node.value]
+    return LocatedList(items, where=loader.location(node.start_mark), item_where=places)
+
+
+LocatingLoader.add_constructor("tag:yaml.org,2002:map", construct_located_mapping)
+LocatingLoader.add_constructor("tag:yaml.org,2002:seq", construct_located_sequence)
+
+
+def yaml_error_to_spec_error(error: yaml.YAMLError, file: str | None) -> SpecError:
+    mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
+    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+    context = getattr(error, "context", None)
+    message = f"invalid YAML: {problem}" + (f" ({context})" if context else "")
+    message = message.replace("\n", " ")
+    if mark is None:
+        return SpecError(message, file)
+    return SpecError(message, file, mark.line + 1, mark.column + 1)
+
+
+def check_size(data, file: str | None) -> None:
+    """Refuse documents nested deeper than MAX_DEPTH or with more than MAX_NODES
+    values (aliases count each time they are used)."""
+    stack = [(data, 1)]
+    count = 0
+    while stack:
+        value, depth = stack.pop()
+        count += 1
+        if count > MAX_NODES:
+            raise SpecError(f"the document is too large (more than {MAX_NODES:,} values)", file)
+        if isinstance(value, (dict, list)) and depth > MAX_DEPTH:
+            where = getattr(value, "where", Location(file))
+            raise SpecError(f"nesting deeper than {MAX_DEPTH} levels", where.file,
+                            where.line, where.col)
+        if isinstance(value, dict):
+            stack.extend((item, depth + 1) for item in value.values())
+        elif isinstance(value, list):
+            stack.extend((item, depth + 1) for item in value)
+
+
+def load_yaml(text: str, file: str | None = None):
+    """Parse one YAML document into located data; any problem is a SpecError."""
+    loader = LocatingLoader(text)
+    loader.file = file
+    try:
+        data = loader.get_single_data()
+    except yaml.YAMLError as error:
+        raise yaml_error_to_spec_error(error, file) from None
+    except RecursionError:
+        raise SpecError(f"nesting deeper than {MAX_DEPTH} levels", file) from None
+    finally:
+        loader.dispose()
+    check_size(data, file)
+    return data
+
+
+def load_mapping(text: str, file: str | None = None, what: str = "spec") -> LocatedDict:
+    """Parse a document whose top level must be a non-empty mapping."""
+    data = load_yaml(text, file)
+    if data is None:
+        raise SpecError(f"the {what} is empty", file, 1, 1)
+    if not isinstance(data, dict):
+        where = getattr(data, "where", Location(file, 1, 1))
+        kind = "a list" if isinstance(data, list) else f"a {type(data).__name__}"
+        raise SpecError(f"the top level of a {what} must be a mapping of keys, not {kind}",
+                        file, where.line or 1, where.col or 1)
+    return data
