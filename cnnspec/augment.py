@@ -1,0 +1,130 @@
+"""Batched data augmentation that runs where the batch already is (CPU or GPU).
+
+Every function takes a whole batch `(N, C, H, W)` (uint8 or float) and draws one
+random choice per image from a `torch.Generator` on the batch's device, so a run
+with the same seed sees the same augmented images. Nothing loops over images.
+
+`Augmentation.from_params(params["augment"], ...)` chains the ones the params
+turn on, in the order flips -> translate -> crop -> cutout.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+def _draw(shape, generator, device) -> torch.Tensor:
+    return torch.rand(shape, generator=generator, device=device)
+
+
+def _where_images(mask: torch.Tensor, changed: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    return torch.where(mask.view(-1, 1, 1, 1), changed, images)
+
+
+def random_flip(images, generator, dim: int = -1) -> torch.Tensor:
+    """Mirror each image along `dim` (-1: left-right, -2: up-down) with probability 1/2."""
+    mask = _draw(images.shape[0], generator, images.device) < 0.5
+    return _where_images(mask, images.flip(dim), images)
+
+
+def alternating_flip_mask(num_images: int, seed: int, device) -> torch.Tensor:
+    """The epoch-0 flip decision of every image in the dataset, from its own seed so a
+    resumed run rebuilds the same mask without replaying the data generator."""
+    generator = torch.Generator(device=device).manual_seed(seed)
+    return _draw(num_images, generator, device) < 0.5
+
+
+def alternating_flip(images, indices, epoch: int, first_epoch_mask) -> torch.Tensor:
+    """airbench's flip: in epoch 0 image i is flipped when first_epoch_mask[i]; in every
+    later epoch it is flipped exactly when it was not in the epoch before. Every image is
+    thus seen both ways in any two consecutive epochs. `indices` are the batch's positions
+    in the dataset."""
+    mask = first_epoch_mask[indices] ^ bool(epoch % 2)
+    return _where_images(mask, images.flip(-1), images)
+
+
+def _reflect(positions: torch.Tensor, size: int) -> torch.Tensor:
+    """Map positions in [-size+1, 2*size-2] into [0, size) by mirroring at the edges
+    (the 'reflect' padding of numpy/torch: the edge pixel is not repeated)."""
+    positions = positions.abs()
+    return torch.where(positions > size - 1, 2 * (size - 1) - positions, positions)
+
+
+def random_shift(images, max_shift: int, generator, mode: str = "reflect") -> torch.Tensor:
+    """Shift each image by its own (dy, dx), each uniform in [-max_shift, max_shift].
+
+    Equivalent to padding by `max_shift` (reflect or zeros) and cropping the original
+    size at a random offset, but done as one gather, so it works on uint8 too and never
+    allocates the padded batch."""
+    if max_shift <= 0:
+        return images
+    n, _, height, width = images.shape
+    if mode == "reflect" and max_shift >= min(height, width):
+        raise ValueError(f"a reflect shift of {max_shift} needs images larger than {height}x{width}")
+    device = images.device
+    dy = torch.randint(-max_shift, max_shift + 1, (n, 1), generator=generator, device=device)
+    dx = torch.randint(-max_shift, max_shift + 1, (n, 1), generator=generator, device=device)
+    rows = dy + torch.arange(height, device=device)  # (N, H): source row of each output row
+    cols = dx + torch.arange(width, device=device)  # (N, W)
+    inside = None
+    if mode == "zeros":
+        inside = ((rows >= 0) & (rows < height))[:, :, None] & ((cols >= 0) & (cols < width))[:, None, :]
+        rows, cols = rows.clamp(0, height - 1), cols.clamp(0, width - 1)
+    else:
+        rows, cols = _reflect(rows, height), _reflect(cols, width)
+    batch = torch.arange(n, device=device)[:, None, None]
+    shifted = images[batch, :, rows[:, :, None], cols[:, None, :]]  # (N, H, W, C)
+    shifted = shifted.permute(0, 3, 1, 2)
+    if inside is not None:
+        shifted = shifted * inside[:, None].to(shifted.dtype)
+    return shifted.contiguous()
+
+
+def cutout(images, size: int, generator) -> torch.Tensor:
+    """Zero a size x size square at a random place, wholly inside each image."""
+    if size <= 0:
+        return images
+    n, _, height, width = images.shape
+    size_y, size_x = min(size, height), min(size, width)
+    device = images.device
+    top = torch.randint(0, height - size_y + 1, (n, 1, 1), generator=generator, device=device)
+    left = torch.randint(0, width - size_x + 1, (n, 1, 1), generator=generator, device=device)
+    rows = torch.arange(height, device=device).view(1, height, 1)
+    cols = torch.arange(width, device=device).view(1, 1, width)
+    square = (rows >= top) & (rows < top + size_y) & (cols >= left) & (cols < left + size_x)
+    return images.masked_fill(square[:, None], 0)
+
+
+@dataclass
+class Augmentation:
+    """The training-time augmentation chosen in params.yaml `train.augment`."""
+
+    hflip: bool = False
+    vflip: bool = False
+    translate: int = 0
+    crop_padding: int = 0
+    cutout: int = 0
+    first_epoch_flips: torch.Tensor | None = None  # set when alternating_flip is on
+
+    @classmethod
+    def from_params(cls, options: dict, num_images: int, seed: int, device) -> "Augmentation":
+        mask = None
+        if options.get("alternating_flip"):
+            mask = alternating_flip_mask(num_images, seed, device)
+        return cls(hflip=bool(options.get("hflip")), vflip=bool(options.get("vflip")),
+                   translate=int(options.get("translate", 0)),
+                   crop_padding=int(options.get("crop_padding", 0)),
+                   cutout=int(options.get("cutout", 0)), first_epoch_flips=mask)
+
+    def __call__(self, images, indices, epoch: int, generator) -> torch.Tensor:
+        if self.first_epoch_flips is not None:
+            images = alternating_flip(images, indices, epoch, self.first_epoch_flips)
+        elif self.hflip:
+            images = random_flip(images, generator, dim=-1)
+        if self.vflip:
+            images = random_flip(images, generator, dim=-2)
+        images = random_shift(images, self.translate, generator, mode="reflect")
+        # A random crop of the original size after zero padding (torchvision's RandomCrop).
+        images = random_shift(images, self.crop_padding, generator, mode="zeros")
+        return cutout(images, self.cutout, generator)

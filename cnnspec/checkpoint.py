@@ -1,0 +1,87 @@
+"""Self-contained model checkpoints: the weights plus everything needed to rebuild
+and use the model (spec text, class names, normalization, params).
+
+A checkpoint holds only tensors and plain Python values, so it loads with
+`torch.load(weights_only=True)`: a file that tries to run code when unpickled is
+refused instead of executed.
+"""
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import torch
+
+from cnnspec.atomic import save_torch
+from cnnspec.errors import CnnspecError, TrainingError
+
+FORMAT = "cnnspec-checkpoint/1"
+
+
+def _spec_text_and_path(spec) -> tuple[str, str | None]:
+    """Accept a parsed Spec (has .text and .file) or the path of a spec file."""
+    if hasattr(spec, "text"):
+        return spec.text, getattr(spec, "file", None)
+    return Path(spec).read_text(encoding="utf-8"), str(spec)
+
+
+def cpu_state_dict(model) -> dict:
+    return {name: tensor.detach().cpu().clone() for name, tensor in model.state_dict().items()}
+
+
+def save_checkpoint(path, model, spec, meta: dict, params: dict, epoch: int, best_epoch: int) -> None:
+    """Write the checkpoint of docs/architecture.md atomically. `meta` is the prepared
+    data's meta.json (classes, mean, std, input_shape)."""
+    spec_text, spec_path = _spec_text_and_path(spec)
+    checkpoint = {
+        "format": FORMAT,
+        "state_dict": cpu_state_dict(model),
+        "spec_text": spec_text,
+        "spec_path": spec_path,
+        "classes": list(meta["classes"]),
+        "mean": [float(v) for v in meta["mean"]],
+        "std": [float(v) for v in meta["std"]],
+        "input_shape": [int(v) for v in meta["input_shape"]],
+        "num_classes": len(meta["classes"]),
+        "params": params,
+        "epoch": int(epoch),
+        "best_epoch": int(best_epoch),
+    }
+    save_torch(path, checkpoint)
+
+
+def read_checkpoint(path) -> dict:
+    """torch.load with weights_only=True; anything that is not a cnnspec checkpoint
+    (a missing file, another format, a pickle that wants to run code) is a one-line
+    TrainingError."""
+    path = Path(path)
+    if not path.is_file():
+        raise TrainingError(f"{path}: no such checkpoint file")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as error:
+        first_line = (str(error).strip().splitlines() or ["unreadable"])[0]
+        raise TrainingError(f"{path}: not a loadable cnnspec checkpoint "
+                            f"(refused by torch.load(weights_only=True): {first_line})") from None
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
+        raise TrainingError(f"{path}: not a cnnspec checkpoint (expected format {FORMAT!r})")
+    return checkpoint
+
+
+def load_model(path, device="cpu"):
+    """Rebuild the model a checkpoint describes, load its weights, put it in eval mode
+    on `device`. Returns (model, checkpoint)."""
+    from cnnspec import build_model, parse_spec
+
+    checkpoint = read_checkpoint(path)
+    try:
+        spec = parse_spec(checkpoint["spec_text"], checkpoint.get("spec_path") or str(path))
+        model = build_model(spec, tuple(checkpoint["input_shape"]), checkpoint["num_classes"])
+        model.load_state_dict(checkpoint["state_dict"])
+    except CnnspecError:
+        raise
+    except (RuntimeError, KeyError) as error:
+        first_line = (str(error).strip().splitlines() or ["mismatch"])[0]
+        raise TrainingError(f"{path}: the weights do not fit the spec stored with them: "
+                            f"{first_line}") from None
+    return model.to(device).eval(), checkpoint

@@ -1,0 +1,273 @@
+"""The pieces of a training recipe, each chosen by name in params.yaml `train`:
+optimizers, learning-rate schedules, losses, class weights, early stopping,
+lookahead and an EMA of the weights.
+
+Every registry is a dict from the name in params.yaml to a small function, so
+adding an option is adding one entry.
+"""
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+import torch.nn.functional as F
+
+from cnnspec.errors import ParamsError
+
+# ---------------------------------------------------------------- optimizers
+# Each gets the model's parameter groups (lr and weight decay already multiplied by
+# the layers' lr_mult / wd_mult) and the `train.optimizer` options.
+
+OPTIMIZERS = {
+    "sgd": lambda groups, o: torch.optim.SGD(
+        groups, lr=o["lr"], momentum=o["momentum"], weight_decay=o["weight_decay"],
+        nesterov=bool(o["nesterov"]) and o["momentum"] > 0),
+    "adam": lambda groups, o: torch.optim.Adam(
+        groups, lr=o["lr"], betas=tuple(o["betas"]), weight_decay=o["weight_decay"]),
+    "adamw": lambda groups, o: torch.optim.AdamW(
+        groups, lr=o["lr"], betas=tuple(o["betas"]), weight_decay=o["weight_decay"]),
+    "rmsprop": lambda groups, o: torch.optim.RMSprop(
+        groups, lr=o["lr"], momentum=o["momentum"], weight_decay=o["weight_decay"]),
+}
+
+
+def make_optimizer(model, options: dict) -> torch.optim.Optimizer:
+    groups = model.param_groups(options["lr"], options["weight_decay"])
+    return OPTIMIZERS[options["name"]](groups, options)
+
+
+# ---------------------------------------------------------------- schedules
+# Per-step schedules are LambdaLR factors of each group's own lr, so the layers'
+# lr_mult survive. `step` counts optimizer steps already taken (0 for the first).
+
+def warmup_linear_factor(step: int, warmup_steps: int, total_steps: int, final: float) -> float:
+    """Linear warm-up to 1 over `warmup_steps`, then linear decay to `final` at the
+    last step (airbench's triangle)."""
+    done = step + 1
+    if done <= warmup_steps:
+        return done / warmup_steps
+    return 1.0 - (1.0 - final) * (done - warmup_steps) / max(1, total_steps - warmup_steps)
+
+
+def cosine_factor(step: int, total_steps: int, final: float) -> float:
+    return final + (1.0 - final) * 0.5 * (1.0 + math.cos(math.pi * step / total_steps))
+
+
+class Schedule:
+    """A torch scheduler and when to step it: after every batch ("step"), after every
+    epoch ("epoch") or after every epoch with the validation loss ("plateau")."""
+
+    def __init__(self, scheduler, when: str):
+        self.scheduler, self.when = scheduler, when
+
+    def after_step(self) -> None:
+        if self.when == "step":
+            self.scheduler.step()
+
+    def after_epoch(self, val_loss: float) -> None:
+        if self.when == "epoch":
+            self.scheduler.step()
+        elif self.when == "plateau":
+            self.scheduler.step(val_loss)
+
+    def state_dict(self) -> dict:
+        return self.scheduler.state_dict() if self.scheduler else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.scheduler:
+            self.scheduler.load_state_dict(state)
+
+
+def _warmup_steps(options: dict, steps_per_epoch: int) -> int:
+    return round(options["warmup_epochs"] * steps_per_epoch)
+
+
+def _lambda(optimizer, factor):
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _onecycle(optimizer, o, epochs, steps_per_epoch):
+    total = epochs * steps_per_epoch
+    warmup = o["warmup_epochs"]
+    # warmup_epochs < 1 is a fraction of the run (torch's pct_start), else epochs.
+    fraction = warmup if warmup < 1 else warmup * steps_per_epoch / total
+    return torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=[group["lr"] for group in optimizer.param_groups],
+        total_steps=total, pct_start=min(max(fraction, 1.0 / total), 1.0), cycle_momentum=False)
+
+
+SCHEDULES = {
+    "none": lambda opt, o, epochs, spe: Schedule(None, "never"),
+    "plateau": lambda opt, o, epochs, spe: Schedule(torch.optim.lr_scheduler.ReduceLROnPlateau(
+        opt, mode="min", factor=o["factor"], patience=o["patience"], min_lr=o["min_lr"]), "plateau"),
+    "step": lambda opt, o, epochs, spe: Schedule(torch.optim.lr_scheduler.StepLR(
+        opt, step_size=o["step_size"], gamma=o["factor"]), "epoch"),
+    "cosine": lambda opt, o, epochs, spe: Schedule(_lambda(
+        opt, lambda s: cosine_factor(s, epochs * spe, o["final_lr_fraction"])), "step"),
+    "onecycle": lambda opt, o, epochs, spe: Schedule(_onecycle(opt, o, epochs, spe), "step"),
+    "warmup_linear": lambda opt, o, epochs, spe: Schedule(_lambda(
+        opt, lambda s: warmup_linear_factor(s, _warmup_steps(o, spe), epochs * spe,
+                                            o["final_lr_fraction"])), "step"),
+}
+
+
+def make_schedule(optimizer, options: dict, epochs: int, steps_per_epoch: int) -> Schedule:
+    return SCHEDULES[options["name"]](optimizer, options, epochs, steps_per_epoch)
+
+
+# ---------------------------------------------------------------- losses
+# Each returns `criterion(logits, labels) -> mean loss`; class weights make it the
+# weighted mean (sum of w[y] * loss / sum of w[y]), as torch's cross_entropy does.
+# A spec's final softmax is folded into these: the model returns logits.
+
+def focal_loss(logits, labels, gamma: float, alpha: float | None = None, weight=None):
+    """Lin et al.'s focal loss: alpha * (1 - p_t)^gamma * -log(p_t), p_t the probability
+    of the true class. gamma 0 and alpha None is cross-entropy."""
+    log_p = F.log_softmax(logits.float(), dim=1).gather(1, labels[:, None]).squeeze(1)
+    losses = -((1.0 - log_p.exp()) ** gamma) * log_p
+    if alpha is not None:
+        losses = alpha * losses
+    if weight is None:
+        return losses.mean()
+    sample_weight = weight[labels]
+    return (sample_weight * losses).sum() / sample_weight.sum()
+
+
+LOSSES = {
+    "cross_entropy": lambda o, weight: lambda logits, labels: F.cross_entropy(
+        logits.float(), labels, weight=weight, label_smoothing=o["label_smoothing"]),
+    "focal": lambda o, weight: lambda logits, labels: focal_loss(
+        logits, labels, o["gamma"], o.get("alpha"), weight),
+}
+
+
+def make_loss(options: dict, class_weight: torch.Tensor | None = None):
+    return LOSSES[options["name"]](options, class_weight)
+
+
+def class_weights(labels, classes: list[str], options: dict) -> torch.Tensor | None:
+    """Per-class loss weights: `balanced` is scikit-learn's n_samples / (n_classes * count),
+    then each class named in `multipliers` is scaled by its factor. None when both are off."""
+    multipliers = options.get("multipliers") or {}
+    if options["mode"] == "none" and not multipliers:
+        return None
+    labels = torch.as_tensor(labels)
+    weights = torch.ones(len(classes))
+    if options["mode"] == "balanced":
+        counts = torch.bincount(labels.cpu(), minlength=len(classes)).float()
+        weights = len(labels) / (len(classes) * counts.clamp(min=1))
+    for name, factor in multipliers.items():
+        if name not in classes:
+            raise ParamsError(f"params.yaml: train.class_weights.multipliers.{name}: "
+                              f"unknown class {name!r}; the classes are {', '.join(classes)}")
+        weights[classes.index(name)] *= factor
+    return weights
+
+
+# ---------------------------------------------------------------- early stopping
+
+class EarlyStopping:
+    """Stop when the monitored metric has not improved by more than `min_delta` for
+    `patience` epochs; optionally keep the best weights to restore at the end."""
+
+    def __init__(self, options: dict):
+        self.monitor = options["monitor"]
+        mode = options["mode"]
+        self.mode = mode if mode != "auto" else ("max" if "accuracy" in self.monitor else "min")
+        self.patience, self.min_delta = options["patience"], options["min_delta"]
+        self.restore_best = options["restore_best"]
+        self.best, self.best_epoch, self.wait, self.best_state = None, -1, 0, None
+
+    def improved(self, value: float) -> bool:
+        if self.best is None:
+            return True
+        if self.mode == "min":
+            return value < self.best - self.min_delta
+        return value > self.best + self.min_delta
+
+    def update(self, epoch: int, metrics: dict, model) -> bool:
+        """Record this epoch's metrics; return True when training should stop."""
+        value = metrics[self.monitor]
+        if self.improved(value):
+            self.best, self.best_epoch, self.wait = value, epoch, 0
+            if self.restore_best:
+                self.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            return False
+        self.wait += 1
+        return self.wait >= self.patience
+
+    def restore(self, model) -> None:
+        if self.restore_best and self.best_state is not None:
+            model.load_state_dict(self.best_state)
+
+    def state_dict(self) -> dict:
+        return {"best": self.best, "best_epoch": self.best_epoch, "wait": self.wait,
+                "best_state": self.best_state}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best, self.best_epoch = state["best"], state["best_epoch"]
+        self.wait, self.best_state = state["wait"], state["best_state"]
+
+
+# ---------------------------------------------------------------- weight averaging
+
+def _float_parameters(model) -> list[torch.Tensor]:
+    return [p for p in model.parameters() if p.dtype.is_floating_point]
+
+
+class Lookahead:
+    """Zhang et al.'s lookahead: every `steps` optimizer steps,
+    slow += alpha * (fast - slow), then fast = slow."""
+
+    def __init__(self, model, steps: int, alpha: float):
+        self.params = _float_parameters(model)
+        self.slow = [p.detach().clone() for p in self.params]
+        self.steps, self.alpha, self.count = steps, alpha, 0
+
+    @torch.no_grad()
+    def after_step(self) -> None:
+        self.count += 1
+        if self.count % self.steps == 0:
+            self.sync()
+
+    @torch.no_grad()
+    def sync(self) -> None:
+        torch._foreach_lerp_(self.slow, self.params, self.alpha)
+        torch._foreach_copy_(self.params, self.slow)
+
+    @torch.no_grad()
+    def finish(self) -> None:
+        """End training on the slow weights (airbench evaluates those)."""
+        torch._foreach_copy_(self.params, self.slow)
+
+    def state_dict(self) -> dict:
+        return {"slow": self.slow, "count": self.count}
+
+    def load_state_dict(self, state: dict) -> None:
+        torch._foreach_copy_(self.slow, state["slow"])
+        self.count = state["count"]
+
+
+class EMA:
+    """An exponential moving average of the weights, kept in a copy of the model:
+    after every step, avg = decay * avg + (1 - decay) * weights; buffers (batch-norm
+    statistics) are copied. The copy is what gets validated and saved."""
+
+    def __init__(self, model, decay: float):
+        self.model = copy.deepcopy(model)
+        self.model.requires_grad_(False)
+        self.source, self.decay = model, decay
+
+    @torch.no_grad()
+    def after_step(self) -> None:
+        torch._foreach_lerp_(_float_parameters(self.model), _float_parameters(self.source),
+                             1.0 - self.decay)
+        for average, current in zip(self.model.buffers(), self.source.buffers()):
+            average.copy_(current)
+
+    def state_dict(self) -> dict:
+        return self.model.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state)

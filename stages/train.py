@@ -1,0 +1,63 @@
+"""Stage train: build the spec's model for the prepared dataset, train it, and write
+models/model.pt (one self-contained checkpoint) and metrics/train/ (DVCLive).
+
+    python stages/train.py        # reads params.yaml (model, train) and data/prepared
+
+A run killed or interrupted part-way leaves models/resume/state.pt (not a DVC
+output, so `dvc repro` keeps it); the next run with the same params, spec and data
+continues from it. It is removed once models/model.pt is written.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # `python stages/train.py` from the repository root
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from cnnspec.errors import exit_on_user_error
+
+PARAMS = "params.yaml"
+PREPARED = Path("data/prepared")
+MODEL = Path("models/model.pt")
+RESUME = Path("models/resume/state.pt")
+LOG_DIR = Path("metrics/train")
+
+
+def run(params_path=PARAMS, prepared=PREPARED, model_path=MODEL, resume_path=RESUME,
+        log_dir=LOG_DIR):
+    import torch
+
+    from cnnspec import build_model, load_spec
+    from cnnspec.checkpoint import save_checkpoint
+    from cnnspec.datasets import load_prepared
+    from cnnspec.params import load_params
+    from cnnspec.training import pick_device, run_fingerprint, train
+
+    params = load_params(params_path, sections=["model", "train"])
+    options = params["train"]
+    data = load_prepared(prepared)
+    meta = data["meta"]
+    spec = load_spec(params["model"]["spec"])
+    device = pick_device(options["device"])
+    torch.manual_seed(options["seed"])  # the initial weights
+    model = build_model(spec, tuple(meta["input_shape"]), len(meta["classes"]))
+    result = train(model, data, options, device, resume_path=resume_path, log_dir=log_dir,
+                   fingerprint=run_fingerprint(params, spec.text, meta))
+    save_checkpoint(model_path, result.model, spec, meta, params,
+                    epoch=len(result.history) - 1, best_epoch=result.best_epoch)
+    Path(resume_path).unlink(missing_ok=True)
+    last = result.history[-1]
+    print(f"trained {len(result.history)} epochs on {device}: val accuracy {last['val/accuracy']:.4f}; "
+          f"first step {result.first_step_seconds:.2f}s (includes compile), "
+          f"rest {result.train_seconds:.2f}s; wrote {model_path}")
+    return result
+
+
+@exit_on_user_error
+def main():
+    run()
+
+
+if __name__ == "__main__":
+    main()
