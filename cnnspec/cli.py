@@ -1,0 +1,185 @@
+"""The `cnnspec` command.
+
+    cnnspec validate specs/*.yaml            # ok: ... lines; errors one per line; exit 1 if any
+    cnnspec summary specs/simcnn.yaml --input 3x32x32 --classes 10
+    cnnspec layers                           # every layer type, its keys, defaults and meaning
+
+A mistake in a spec or an argument prints one line and exits non-zero; `--debug`
+(or CNNSPEC_DEBUG=1) shows the traceback instead. `validate` and `layers` do not
+import torch, so they answer at once.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+from cnnspec.errors import CnnspecError, exit_on_user_error
+
+DEFAULT_INPUT = (3, 32, 32)
+DEFAULT_CLASSES = 10
+SHAPE = re.compile(r"^(\d+)x(\d+)x(\d+)$")
+
+
+class UsageError(CnnspecError):
+    """A bad command-line argument."""
+
+    exit_code = 2
+
+
+def parse_shape(text: str | None) -> tuple[int, int, int] | None:
+    if text is None:
+        return None
+    match = SHAPE.match(text.strip().lower())
+    if not match or 0 in (shape := tuple(int(part) for part in match.groups())):
+        raise UsageError(f"--input: expected CxHxW with sizes >= 1, like 3x32x32, not '{text}'")
+    return shape
+
+
+def check_classes(classes: int) -> int:
+    if classes < 1:
+        raise UsageError(f"--classes: expected a number >= 1, not {classes}")
+    return classes
+
+
+def input_shape_for(spec, args) -> tuple[int, int, int]:
+    """--input wins, then the spec's own `input`, then 3x32x32."""
+    return parse_shape(args.input) or spec.input or DEFAULT_INPUT
+
+
+def check_shapes(spec, args) -> None:
+    try:
+        from cnnspec.compiler import infer_shapes
+    except ModuleNotFoundError as error:
+        if error.name != "cnnspec.compiler":
+            raise
+        return  # the compiler is not installed: the spec itself is checked
+    infer_shapes(spec, input_shape_for(spec, args), check_classes(args.classes))
+
+
+def one_line(error: CnnspecError, path: str) -> str:
+    text = str(error)
+    return text if text.startswith(str(path)) else f"{path}: {text}"
+
+
+def validate(args) -> int:
+    from cnnspec.spec import load_spec
+
+    parse_shape(args.input)
+    check_classes(args.classes)
+    failed = False
+    for path in args.specs:
+        try:
+            check_shapes(load_spec(path), args)
+        except CnnspecError as error:
+            if args.debug:
+                raise
+            print(f"error: {one_line(error, path)}", file=sys.stderr)
+            failed = True
+        else:
+            print(f"ok: {path}")
+    return 1 if failed else 0
+
+
+def summary(args) -> int:
+    from cnnspec.spec import load_spec
+    from cnnspec.summary import summarize
+
+    spec = load_spec(args.spec)
+    result = summarize(spec, input_shape=input_shape_for(spec, args),
+                       num_classes=check_classes(args.classes))
+    print(result.table())
+    return 0
+
+
+# ---------------------------------------------------------------- cnnspec layers
+
+def type_text(schema: dict) -> str:
+    kinds = schema.get("type", "any")
+    kinds = [kinds] if isinstance(kinds, str) else list(kinds)
+    if "enum" in schema:
+        return " | ".join(str(choice) for choice in schema["enum"])
+    if "x-hint" in schema:
+        return schema["x-hint"]
+    if "$ref" in schema:
+        return "layer list"
+    bounds = [f"{word} {schema[key]}" for key, word in
+              (("minimum", ">="), ("exclusiveMinimum", ">"), ("maximum", "<="), ("exclusiveMaximum", "<"))
+              if key in schema]
+    text = " or ".join(kinds)
+    return f"{text} {', '.join(bounds)}" if bounds else text
+
+
+def default_text(key: str, schema: dict, required: list) -> str:
+    if key in required:
+        return "required"
+    if "x-default-from" in schema:
+        return f"= {schema['x-default-from']}"
+    if "default" in schema:
+        return json.dumps(schema["default"])
+    return "-"
+
+
+def describe_layer(layer_type: str, schema: dict) -> list[str]:
+    shorthand = schema.get("x-shorthand")
+    lines = [f"{layer_type}: {schema['description']}"]
+    if shorthand:
+        lines.append(f"    shorthand: - {layer_type}: VALUE  sets {shorthand}")
+    required = schema.get("required", [])
+    for key, option in schema.get("properties", {}).items():
+        lines.append(f"    {key:<16} {default_text(key, option, required):<12} "
+                     f"{type_text(option)}: {option.get('description', '')}")
+    if isinstance(schema.get("additionalProperties"), dict):
+        lines.append(f"    {'ARG':<16} {'':<12} {schema['additionalProperties']['description']}")
+    return lines
+
+
+def layers(args) -> int:
+    schema = json.loads((Path(__file__).parent / "schema.json").read_text(encoding="utf-8"))
+    for layer_type, definition in schema["$defs"].items():
+        if definition.get("x-layer"):
+            print("\n".join(describe_layer(layer_type, definition)))
+            print()
+    return 0
+
+
+# ---------------------------------------------------------------- arguments
+
+def build_parser() -> argparse.ArgumentParser:
+    debug = argparse.ArgumentParser(add_help=False)
+    debug.add_argument("--debug", action="store_true", help="show tracebacks")
+    shape = argparse.ArgumentParser(add_help=False)
+    shape.add_argument("--input", metavar="CxHxW",
+                       help="input shape (default: the spec's input, else 3x32x32)")
+    shape.add_argument("--classes", type=int, default=DEFAULT_CLASSES,
+                       help=f"number of classes (default {DEFAULT_CLASSES})")
+
+    parser = argparse.ArgumentParser(prog="cnnspec", parents=[debug],
+                                     description="Describe a CNN in YAML; check it, summarize it.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    command = commands.add_parser("validate", parents=[debug, shape],
+                                  help="check specs (schema and shapes)")
+    command.add_argument("specs", nargs="+", metavar="SPEC")
+    command.set_defaults(run=validate)
+    command = commands.add_parser("summary", parents=[debug, shape],
+                                  help="a Keras-style table of layers, shapes and params")
+    command.add_argument("spec", metavar="SPEC")
+    command.set_defaults(run=summary)
+    command = commands.add_parser("layers", parents=[debug],
+                                  help="every layer type with its options")
+    command.set_defaults(run=layers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    # The sub-parser's --debug default would hide one given before the command.
+    args.debug = args.debug or "--debug" in (sys.argv[1:] if argv is None else argv)
+    run = args.run if args.debug else exit_on_user_error(args.run)
+    return run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
