@@ -1,0 +1,184 @@
+"""Plot stage: the figures people look at after a run, as PNGs in metrics/plots/.
+
+- confusion_matrix.png: counts of true class (rows) against predicted class (columns)
+- learning_curves.png: loss and accuracy per epoch, train against validation, and the learning rate
+- misclassified.png:    a grid of wrongly classified test images with true and predicted labels
+
+Reads metrics/predictions.csv (evaluate), the DVCLive logs in metrics/train/plots/metrics
+(train) and data/prepared (preprocess). Figures are drawn on matplotlib's Agg canvas
+(no pyplot, no display) at fixed sizes, and each file is written atomically.
+
+    python stages/plot.py        (reads the `plot` section of params.yaml)
+"""
+import csv
+import math
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from cnnspec.atomic import atomic_path
+from cnnspec.datasets import load_prepared
+from cnnspec.errors import DataError, TrainingError, exit_on_user_error
+from cnnspec.params import load_params
+
+PREPARED = Path("data/prepared")
+PREDICTIONS_CSV = Path("metrics/predictions.csv")
+TRAIN_LOGS = Path("metrics/train/plots/metrics")
+PLOTS = Path("metrics/plots")
+DPI = 100
+ANNOTATE_UP_TO = 30  # classes; beyond that the counts in the cells are too small to read
+
+EVALUATE_HINT = "run the evaluate stage (python stages/evaluate.py or dvc repro evaluate)"
+TRAIN_HINT = "run the train stage (python stages/train.py or dvc repro train)"
+
+
+# --- reading ---------------------------------------------------------------
+
+def read_predictions(path: Path, classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(actual, predicted) class indices from predictions.csv's class names."""
+    if not path.is_file():
+        raise DataError(f"{path}: missing; {EVALUATE_HINT}")
+    index_of = {name: index for index, name in enumerate(classes)}
+    actual, predicted = [], []
+    with open(path, newline="", encoding="utf-8") as handle:
+        for row in csv.DictReader(handle):
+            for column, out in (("actual", actual), ("predicted", predicted)):
+                name = row.get(column)
+                if name not in index_of:
+                    raise DataError(f"{path}: {column} class {name!r} is not one of the prepared "
+                                    f"data's classes; {EVALUATE_HINT} again")
+                out.append(index_of[name])
+    return np.array(actual, dtype=np.int64), np.array(predicted, dtype=np.int64)
+
+
+def read_series(path: Path) -> tuple[list[float], list[float]]:
+    """(steps, values) from one DVCLive TSV: columns timestamp, step, <metric name>."""
+    if not path.is_file():
+        raise TrainingError(f"{path}: missing; {TRAIN_HINT}")
+    steps, values = [], []
+    with open(path, newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle, delimiter="\t")
+        column = path.stem if path.stem in (reader.fieldnames or []) else (reader.fieldnames or [""])[-1]
+        for row in reader:
+            try:
+                steps.append(float(row["step"]))
+                values.append(float(row[column]))
+            except (KeyError, TypeError, ValueError):
+                raise TrainingError(f"{path}: not a DVCLive log (columns step and {column}); "
+                                    f"{TRAIN_HINT} again") from None
+    return steps, values
+
+
+def confusion_counts(actual: np.ndarray, predicted: np.ndarray, num_classes: int) -> np.ndarray:
+    counts = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(counts, (actual, predicted), 1)
+    return counts
+
+
+# --- figures ---------------------------------------------------------------
+
+def confusion_figure(counts: np.ndarray, classes: list[str]) -> Figure:
+    side = min(20.0, max(6.0, 0.5 * len(classes) + 3))  # inches: 600 to 2000 px
+    figure = Figure(figsize=(side, side), dpi=DPI, layout="constrained")
+    axes = figure.add_subplot()
+    image = axes.imshow(counts, cmap="Blues", interpolation="nearest")
+    figure.colorbar(image, ax=axes, shrink=0.8)
+    ticks = range(len(classes))
+    axes.set_xticks(ticks, classes, rotation=45, ha="right")
+    axes.set_yticks(ticks, classes)
+    axes.set_xlabel("predicted")
+    axes.set_ylabel("true")
+    axes.set_title(f"Confusion matrix ({int(counts.sum())} test images, "
+                   f"accuracy {_accuracy(counts):.2%})")
+    if len(classes) <= ANNOTATE_UP_TO:
+        dark = counts.max() / 2
+        for (row, column), count in np.ndenumerate(counts):
+            axes.text(column, row, str(count), ha="center", va="center", fontsize=9,
+                      color="white" if count > dark else "black")
+    return figure
+
+
+def _accuracy(counts: np.ndarray) -> float:
+    return counts.trace() / counts.sum() if counts.sum() else 0.0
+
+
+def learning_curves_figure(logs: Path) -> Figure:
+    figure = Figure(figsize=(15, 4.5), dpi=DPI, layout="constrained")
+    loss_axes, accuracy_axes, lr_axes = figure.subplots(1, 3)
+    for metric, axes in (("loss", loss_axes), ("accuracy", accuracy_axes)):
+        for split, style in (("train", "-o"), ("val", "-s")):
+            steps, values = read_series(logs / split / f"{metric}.tsv")
+            axes.plot(_epochs(steps), values, style, markersize=3, label=split)
+        axes.set_title(metric)
+        axes.legend()
+    steps, values = read_series(logs / "lr.tsv")
+    lr_axes.plot(_epochs(steps), values, "-", color="tab:green")
+    lr_axes.set_title("learning rate")
+    for axes in (loss_axes, accuracy_axes, lr_axes):
+        axes.set_xlabel("epoch")
+        axes.grid(alpha=0.3)
+    return figure
+
+
+def _epochs(steps: list[float]) -> list[float]:
+    # DVCLive counts steps from 0; one step is one epoch
+    return [step + 1 for step in steps]
+
+
+def misclassified_figure(images: np.ndarray, actual: np.ndarray, predicted: np.ndarray,
+                         classes: list[str], count: int) -> Figure:
+    """The first `count` mistakes in test-set order (the same ones every run)."""
+    wrong = np.flatnonzero(actual != predicted)[:count]
+    columns = max(1, math.ceil(math.sqrt(len(wrong))))
+    rows = max(1, math.ceil(len(wrong) / columns))
+    cell = min(1.8, 16 / columns)  # inches, so the grid stays under 2000 px wide
+    figure = Figure(figsize=(max(6.0, columns * cell), max(2.0, rows * cell * 1.15)), dpi=DPI,
+                    layout="constrained")
+    if len(wrong) == 0:
+        figure.text(0.5, 0.5, "no misclassified test images", ha="center", va="center", fontsize=14)
+        return figure
+    for position, index in enumerate(wrong):
+        axes = figure.add_subplot(rows, columns, position + 1)
+        picture = images[index].transpose(1, 2, 0)  # (C, H, W) -> (H, W, C)
+        if picture.shape[2] == 1:
+            axes.imshow(picture[:, :, 0], cmap="gray", vmin=0, vmax=255)
+        else:
+            axes.imshow(picture)
+        axes.set_title(f"true: {classes[actual[index]]}\npred: {classes[predicted[index]]}",
+                       fontsize=8, color="darkred")
+        axes.axis("off")
+    return figure
+
+
+def save_png(figure: Figure, path: Path) -> None:
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, format="png", dpi=DPI)
+
+
+# --- the stage -------------------------------------------------------------
+
+@exit_on_user_error
+def main() -> None:
+    params = load_params("params.yaml", ["plot"])["plot"]
+    data = load_prepared(PREPARED, mmap_mode="r")  # only the test images are read from disk
+    classes = list(data["meta"]["classes"])
+    actual, predicted = read_predictions(PREDICTIONS_CSV, classes)
+    if len(actual) != len(data["test_labels"]):
+        raise DataError(f"{PREDICTIONS_CSV}: {len(actual)} rows for {len(data['test_labels'])} "
+                        f"test images; {EVALUATE_HINT} again")
+
+    # Draw all three before writing any, so a bad input leaves the old set whole.
+    figures = {
+        "confusion_matrix.png": confusion_figure(confusion_counts(actual, predicted, len(classes)), classes),
+        "learning_curves.png": learning_curves_figure(TRAIN_LOGS),
+        "misclassified.png": misclassified_figure(data["test_images"], actual, predicted, classes,
+                                                  params["misclassified"]),
+    }
+    for name, figure in figures.items():
+        save_png(figure, PLOTS / name)
+        print(f"wrote {PLOTS / name}")
+
+
+if __name__ == "__main__":
+    main()

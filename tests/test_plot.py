@@ -1,0 +1,133 @@
+"""The plot stage: PNGs that open at sensible sizes and show what they claim."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from dvclive import Live
+from matplotlib.image import imread
+
+from cnnspec.errors import DataError, TrainingError
+from stages import plot as plot_stage
+
+CLASSES = ["airplane", "cat", "dog", "frog"]
+EPOCHS = 3
+
+
+def write_prepared(folder: Path, channels=3, count=20):
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for split in ("train", "val", "test"):
+        np.save(folder / f"{split}_images.npy",
+                rng.integers(0, 256, (count, channels, 8, 8), dtype=np.uint8))
+        np.save(folder / f"{split}_labels.npy", (np.arange(count) % len(CLASSES)).astype(np.int64))
+    meta = {"dataset": "fake", "classes": CLASSES, "input_shape": [channels, 8, 8],
+            "mean": [0.5] * channels, "std": [0.25] * channels,
+            "counts": {"train": count, "val": count, "test": count}}
+    (folder / "meta.json").write_text(json.dumps(meta))
+
+
+def write_predictions(path: Path, actual, predicted):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = [f"{i},{CLASSES[a]},{CLASSES[p]}" for i, (a, p) in enumerate(zip(actual, predicted))]
+    path.write_text("index,actual,predicted\n" + "\n".join(rows) + "\n")
+
+
+def training_history():
+    return {"train/loss": [2.0, 1.2, 0.8], "val/loss": [2.1, 1.4, 1.1],
+            "train/accuracy": [0.3, 0.6, 0.8], "val/accuracy": [0.25, 0.5, 0.7],
+            "lr": [0.1, 0.05, 0.01]}
+
+
+def write_training_logs(folder: Path):
+    """The logs as the train stage writes them: DVCLive's TSVs."""
+    with Live(str(folder), dvcyaml=False, save_dvc_exp=False) as live:
+        for epoch in range(EPOCHS):
+            for name, values in training_history().items():
+                live.log_metric(name, values[epoch])
+            live.next_step()
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text("plot: {misclassified: 9}\n")
+    write_prepared(tmp_path / "data" / "prepared")
+    actual = np.arange(20) % len(CLASSES)
+    predicted = actual.copy()
+    predicted[[1, 4, 7, 10, 13]] = 0  # index 4 is an airplane already: four mistakes
+    write_predictions(tmp_path / "metrics" / "predictions.csv", actual, predicted)
+    write_training_logs(tmp_path / "metrics" / "train")
+    return tmp_path
+
+
+def test_stage_writes_three_pngs_of_sensible_size(project):
+    plot_stage.main()
+    written = sorted(path.name for path in (project / "metrics" / "plots").iterdir())
+    assert written == ["confusion_matrix.png", "learning_curves.png", "misclassified.png"]
+    for name in written:
+        pixels = imread(project / "metrics" / "plots" / name)
+        height, width = pixels.shape[:2]
+        assert 600 <= width <= 2000 and 200 <= height <= 2000, (name, pixels.shape)
+        assert pixels.std() > 0.01, f"{name} is blank"
+
+
+def test_confusion_heatmap_has_a_cell_and_a_count_per_class_pair():
+    counts = np.arange(16).reshape(4, 4)
+    axes = plot_stage.confusion_figure(counts, CLASSES).axes[0]
+    assert axes.images[0].get_array().shape == (4, 4)
+    assert [text.get_text() for text in axes.texts] == [str(n) for n in counts.flatten()]
+    assert [label.get_text() for label in axes.get_xticklabels()] == CLASSES
+    assert [label.get_text() for label in axes.get_yticklabels()] == CLASSES
+
+
+def test_confusion_counts_come_from_the_predictions(project):
+    actual, predicted = plot_stage.read_predictions(project / "metrics" / "predictions.csv", CLASSES)
+    counts = plot_stage.confusion_counts(actual, predicted, len(CLASSES))
+    assert counts.sum() == 20 and counts.trace() == 16
+    assert counts[1, 0] == 2 and counts[2, 0] == 1 and counts[3, 0] == 1
+
+
+def test_learning_curves_plot_train_and_validation_and_the_learning_rate(project):
+    figure = plot_stage.learning_curves_figure(project / "metrics" / "train" / "plots" / "metrics")
+    loss_axes, accuracy_axes, lr_axes = figure.axes
+    history = training_history()
+    for axes, metric in ((loss_axes, "loss"), (accuracy_axes, "accuracy")):
+        lines = {line.get_label(): line for line in axes.get_lines()}
+        assert set(lines) == {"train", "val"}
+        for split in ("train", "val"):
+            assert list(lines[split].get_xdata()) == [1, 2, 3]
+            assert list(lines[split].get_ydata()) == history[f"{split}/{metric}"]
+    assert list(lr_axes.get_lines()[0].get_ydata()) == history["lr"]
+
+
+def test_misclassified_grid_shows_the_first_mistakes_with_both_labels():
+    images = np.zeros((6, 1, 5, 5), dtype=np.uint8)
+    actual = np.array([0, 1, 2, 3, 1, 2])
+    predicted = np.array([0, 0, 0, 3, 3, 3])  # mistakes at 1, 2, 4, 5
+    figure = plot_stage.misclassified_figure(images, actual, predicted, CLASSES, count=3)
+    titles = [axes.get_title() for axes in figure.axes]
+    assert titles == ["true: cat\npred: airplane", "true: dog\npred: airplane",
+                      "true: cat\npred: frog"]
+    assert all(axes.images[0].get_array().shape == (5, 5) for axes in figure.axes)
+
+
+def test_no_mistakes_still_gives_a_figure(project):
+    write_predictions(project / "metrics" / "predictions.csv", np.arange(20) % 4, np.arange(20) % 4)
+    plot_stage.main()
+    assert imread(project / "metrics" / "plots" / "misclassified.png").shape[1] >= 600
+
+
+def test_missing_training_log_names_it_and_writes_nothing(project):
+    (project / "metrics" / "train" / "plots" / "metrics" / "val" / "loss.tsv").unlink()
+    with pytest.raises(TrainingError, match=r"val/loss\.tsv: missing; run the train stage"):
+        plot_stage.learning_curves_figure(project / "metrics" / "train" / "plots" / "metrics")
+    with pytest.raises(SystemExit):
+        plot_stage.main()
+    assert not (project / "metrics" / "plots").exists()
+
+
+def test_predictions_of_unknown_classes_are_refused(project):
+    (project / "metrics" / "predictions.csv").write_text("index,actual,predicted\n0,cat,zebra\n")
+    with pytest.raises(DataError, match="predicted class 'zebra'"):
+        plot_stage.read_predictions(project / "metrics" / "predictions.csv", CLASSES)
