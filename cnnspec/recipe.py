@@ -97,10 +97,17 @@ def _onecycle(optimizer, o, epochs, steps_per_epoch):
         total_steps=total, pct_start=min(max(fraction, 1.0 / total), 1.0), cycle_momentum=False)
 
 
+def _plateau(optimizer, o):
+    """Keras' ReduceLROnPlateau (seed 000): the lr drops once val_loss has not improved by
+    1e-4 for `patience` epochs; torch counts `patience` epochs of grace before that."""
+    return torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="min", factor=o["factor"], patience=max(0, o["patience"] - 1),
+        threshold=1e-4, threshold_mode="abs", min_lr=o["min_lr"])
+
+
 SCHEDULES = {
     "none": lambda opt, o, epochs, spe: Schedule(None, "never"),
-    "plateau": lambda opt, o, epochs, spe: Schedule(torch.optim.lr_scheduler.ReduceLROnPlateau(
-        opt, mode="min", factor=o["factor"], patience=o["patience"], min_lr=o["min_lr"]), "plateau"),
+    "plateau": lambda opt, o, epochs, spe: Schedule(_plateau(opt, o), "plateau"),
     "step": lambda opt, o, epochs, spe: Schedule(torch.optim.lr_scheduler.StepLR(
         opt, step_size=o["step_size"], gamma=o["factor"]), "epoch"),
     "cosine": lambda opt, o, epochs, spe: Schedule(_lambda(

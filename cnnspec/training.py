@@ -442,6 +442,12 @@ def _validate(run: _Run) -> tuple[torch.Tensor, torch.Tensor]:
     return loss_sum, correct
 
 
+def _nominal_lr(optimizer) -> float:
+    """The schedule's lr now, without the first group's lr_mult."""
+    group = optimizer.param_groups[0]
+    return float(group["lr"] / group.get("lr_mult", 1.0))
+
+
 def _divergence_error(epoch: int, step: int) -> TrainingError:
     return TrainingError(
         f"the training loss became nan or inf at epoch {epoch + 1}, step {step + 1}; "
@@ -494,7 +500,7 @@ def _train(model, data, params, device, resume_path, log_dir, fingerprint, cuda_
                 break
             epoch_started = time.perf_counter()
             progress, run.progress = run.progress, None
-            epoch_lr = progress["lr"] if progress else float(run.optimizer.param_groups[0]["lr"])
+            epoch_lr = progress["lr"] if progress else _nominal_lr(run.optimizer)
             try:
                 sums = _train_steps(run, epoch, epoch_lr, progress, interrupt, resume_path, timing)
                 if run.lookahead and epoch == run.epochs - 1:
