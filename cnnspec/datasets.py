@@ -106,7 +106,7 @@ def read_cifar_pickle(path: Path) -> dict:
     return batch
 
 
-def _batch_arrays(path: Path, label_key: bytes) -> tuple[np.ndarray, np.ndarray]:
+def read_cifar_batch(path: Path, label_key: bytes) -> tuple[np.ndarray, np.ndarray]:
     batch = read_cifar_pickle(path)
     try:
         data = np.asarray(batch[b"data"])
@@ -136,10 +136,10 @@ def _check_labels(labels: np.ndarray, classes: list[str], where: Path) -> None:
 def decode_cifar10(folder: Path) -> RawDataset:
     folder = Path(folder)
     classes = _label_names(folder / "batches.meta", b"label_names")
-    parts = [_batch_arrays(folder / f"data_batch_{i}", b"labels") for i in range(1, 6)]
+    parts = [read_cifar_batch(folder / f"data_batch_{i}", b"labels") for i in range(1, 6)]
     train_images = np.concatenate([images for images, _ in parts])
     train_labels = np.concatenate([labels for _, labels in parts])
-    test_images, test_labels = _batch_arrays(folder / "test_batch", b"labels")
+    test_images, test_labels = read_cifar_batch(folder / "test_batch", b"labels")
     _check_labels(train_labels, classes, folder / "data_batch_*")
     _check_labels(test_labels, classes, folder / "test_batch")
     return RawDataset(train_images, train_labels, test_images, test_labels, classes)
@@ -148,8 +148,8 @@ def decode_cifar10(folder: Path) -> RawDataset:
 def decode_cifar100(folder: Path) -> RawDataset:
     folder = Path(folder)
     classes = _label_names(folder / "meta", b"fine_label_names")
-    train_images, train_labels = _batch_arrays(folder / "train", b"fine_labels")
-    test_images, test_labels = _batch_arrays(folder / "test", b"fine_labels")
+    train_images, train_labels = read_cifar_batch(folder / "train", b"fine_labels")
+    test_images, test_labels = read_cifar_batch(folder / "test", b"fine_labels")
     _check_labels(train_labels, classes, folder / "train")
     _check_labels(test_labels, classes, folder / "test")
     return RawDataset(train_images, train_labels, test_images, test_labels, classes)

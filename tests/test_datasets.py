@@ -1,0 +1,175 @@
+"""Decoding the raw formats (safely), the registry, and reading prepared data."""
+from __future__ import annotations
+
+import gzip
+import os
+import pickle
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cnnspec.datasets import (DATASETS, decode_cifar10, decode_cifar100, decode_raw, get_dataset,
+                              load_prepared, read_cifar_batch, read_idx, write_prepared)
+from cnnspec.download import safe_extract
+from cnnspec.errors import DataError
+from tests.fakedata import (CIFAR10_CLASSES, class_images, idx_bytes, make_cifar10_archive,
+                            make_cifar100_archive, make_mnist_folder)
+
+
+def extract(archive: Path, tmp_path: Path, folder: str) -> Path:
+    return safe_extract(archive, tmp_path / "extracted") / folder
+
+
+def test_registry_has_the_four_datasets_with_official_sums():
+    assert set(DATASETS) == {"cifar10", "cifar100", "mnist", "fashion-mnist"}
+    assert DATASETS["cifar10"].files == {"cifar-10-python.tar.gz": "c58f30108f718f92721af3b95e74349a"}
+    assert DATASETS["cifar100"].files == {"cifar-100-python.tar.gz": "eb9058c3a382ffc7106e4002c42a8d85"}
+    for name in ("mnist", "fashion-mnist"):
+        assert sorted(DATASETS[name].files) == sorted(
+            f"{split}-{kind}.gz" for split in ("train", "t10k")
+            for kind in ("images-idx3-ubyte", "labels-idx1-ubyte"))
+        assert all(len(md5) == 32 for md5 in DATASETS[name].files.values())
+    with pytest.raises(DataError, match="unknown dataset 'cifar11'; choose one of cifar10"):
+        get_dataset("cifar11")
+
+
+def test_cifar10_decodes_to_the_generated_images(tmp_path):
+    archive = make_cifar10_archive(tmp_path / "c.tar.gz", n_train_per_class=3, n_test_per_class=2, seed=5)
+    raw = decode_cifar10(extract(archive, tmp_path, "cifar-10-batches-py"))
+    expected_train, expected_labels = class_images(3, 10, 3, 32, np.random.default_rng(5))
+    assert raw.classes == CIFAR10_CLASSES
+    assert raw.train_images.dtype == np.uint8 and raw.train_images.shape == (30, 3, 32, 32)
+    np.testing.assert_array_equal(raw.train_images, expected_train)
+    np.testing.assert_array_equal(raw.train_labels, expected_labels)
+    assert raw.test_images.shape == (20, 3, 32, 32) and raw.test_labels.dtype == np.int64
+    assert np.bincount(raw.test_labels).tolist() == [2] * 10
+
+
+def test_cifar100_decodes_fine_labels(tmp_path):
+    archive = make_cifar100_archive(tmp_path / "c.tar.gz", n_train_per_class=1, n_test_per_class=1)
+    raw = decode_cifar100(extract(archive, tmp_path, "cifar-100-python"))
+    assert len(raw.classes) == 100 and raw.classes[7] == "fine_07"
+    assert raw.train_images.shape == (100, 3, 32, 32)
+    assert sorted(raw.train_labels.tolist()) == list(range(100))
+
+
+def test_mnist_folder_decodes(tmp_path):
+    make_mnist_folder(tmp_path, n_train_per_class=2, n_test_per_class=1, seed=3)
+    raw = decode_raw("mnist", tmp_path)
+    expected, labels = class_images(2, 10, 1, 28, np.random.default_rng(3))
+    assert raw.train_images.shape == (20, 1, 28, 28)
+    np.testing.assert_array_equal(raw.train_images, expected)
+    np.testing.assert_array_equal(raw.train_labels, labels)
+    assert raw.classes == [str(d) for d in range(10)]
+    assert decode_raw("fashion-mnist", tmp_path).classes[0] == "T-shirt/top"
+
+
+class Exploit:
+    """Unpickling this would call os.system; the decoder must refuse before that."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_malicious_pickle_in_a_cifar_archive_does_not_run(tmp_path):
+    marker = tmp_path / "pwned"
+    hostile = pickle.dumps({b"data": Exploit(marker), b"labels": []}, protocol=2)
+    archive = make_cifar10_archive(tmp_path / "c.tar.gz", 1, 1, extra_files={"data_batch_3": hostile})
+    folder = extract(archive, tmp_path, "cifar-10-batches-py")
+    with pytest.raises(DataError) as caught:
+        decode_cifar10(folder)
+    message = str(caught.value)
+    assert "data_batch_3" in message and "not allowed" in message and "\n" not in message
+    assert not marker.exists()
+    # The same pickle through the plain unpickler does run: the test's exploit is real.
+    pickle.loads(hostile)
+    assert marker.exists()
+
+
+@pytest.mark.parametrize("content, problem", [
+    (pickle.dumps([1, 2, 3]), "holds a list"),
+    (pickle.dumps({b"data": np.zeros((2, 10), np.uint8), b"labels": [0, 1]}), "uint8 [N, 3072]"),
+    (pickle.dumps({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0]}), "1 labels for 2 images"),
+    (pickle.dumps({b"labels": [0]}), "bad or missing entry"),
+    (b"garbage", "not a CIFAR batch"),
+])
+def test_malformed_cifar_batch_is_a_one_line_data_error(tmp_path, content, problem):
+    (tmp_path / "batch").write_bytes(content)
+    with pytest.raises(DataError, match=re.escape(problem)) as caught:
+        read_cifar_batch(tmp_path / "batch", b"labels")
+    assert str(tmp_path / "batch") in str(caught.value)
+
+
+def test_out_of_range_labels_are_refused(tmp_path):
+    bad = pickle.dumps({b"data": np.zeros((1, 3072), np.uint8), b"labels": [10]}, protocol=2)
+    archive = make_cifar10_archive(tmp_path / "c.tar.gz", 1, 1, extra_files={"test_batch": bad})
+    with pytest.raises(DataError, match="test_batch: labels must lie in 0..9, found 10..10"):
+        decode_cifar10(extract(archive, tmp_path, "cifar-10-batches-py"))
+
+
+def test_idx_header_is_checked(tmp_path):
+    path = tmp_path / "x.gz"
+    path.write_bytes(gzip.compress(idx_bytes(np.zeros((2, 4, 4), np.uint8))))
+    assert read_idx(path, rank=3).shape == (2, 4, 4)
+    with pytest.raises(DataError, match="magic number 0x00000803, expected 0x00000801"):
+        read_idx(path, rank=1)
+    path.write_bytes(gzip.compress(idx_bytes(np.zeros((2, 4, 4), np.uint8))[:-3]))
+    with pytest.raises(DataError, match="29 bytes of data, header promises shape \\[2, 4, 4\\]"):
+        read_idx(path, rank=3)
+    path.write_bytes(b"not gzip at all")
+    with pytest.raises(DataError, match="not a gzip file"):
+        read_idx(path, rank=3)
+
+
+def test_decode_raw_before_download_names_the_stage(tmp_path):
+    with pytest.raises(DataError, match="extracted/cifar-10-batches-py: missing; run the download stage"):
+        decode_raw("cifar10", tmp_path)
+    with pytest.raises(DataError, match="train-images-idx3-ubyte.gz: missing; run the download stage"):
+        decode_raw("mnist", tmp_path)
+
+
+def _prepared_arrays(n_train=6, n_val=2, n_test=3):
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for split, n in (("train", n_train), ("val", n_val), ("test", n_test)):
+        arrays[f"{split}_images"] = rng.integers(0, 256, (n, 3, 4, 4), dtype=np.uint8)
+        arrays[f"{split}_labels"] = rng.integers(0, 2, n).astype(np.int64)
+    meta = {"dataset": "cifar10", "classes": ["a", "b"], "input_shape": [3, 4, 4], "mean": [0.5] * 3,
+            "std": [0.2] * 3, "counts": {"train": n_train, "val": n_val, "test": n_test}}
+    return arrays, meta
+
+
+def test_load_prepared_round_trip(tmp_path):
+    arrays, meta = _prepared_arrays()
+    write_prepared(tmp_path / "prepared", arrays, meta)
+    loaded = load_prepared(tmp_path / "prepared")
+    assert loaded["meta"] == meta
+    for name, array in arrays.items():
+        np.testing.assert_array_equal(loaded[name], array)
+        assert loaded[name].dtype == array.dtype
+
+
+def test_load_prepared_names_the_missing_file_and_the_stage(tmp_path):
+    with pytest.raises(DataError, match=r"meta.json: missing; run the preprocess stage"):
+        load_prepared(tmp_path)
+    arrays, meta = _prepared_arrays()
+    write_prepared(tmp_path / "prepared", arrays, meta)
+    (tmp_path / "prepared" / "val_labels.npy").unlink()
+    with pytest.raises(DataError, match=r"val_labels.npy: missing; run the preprocess stage"):
+        load_prepared(tmp_path / "prepared")
+
+
+def test_load_prepared_refuses_arrays_that_disagree_with_meta(tmp_path):
+    arrays, meta = _prepared_arrays()
+    meta["counts"]["test"] = 99
+    write_prepared(tmp_path / "prepared", arrays, meta)
+    with pytest.raises(DataError, match="test_.*do not match meta.json"):
+        load_prepared(tmp_path / "prepared")
+    (tmp_path / "prepared" / "meta.json").write_text("{not json")
+    with pytest.raises(DataError, match="meta.json: unreadable"):
+        load_prepared(tmp_path / "prepared")

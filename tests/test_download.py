@@ -1,0 +1,450 @@
+"""Download faults against a local server that misbehaves on purpose, safe
+extraction, md5 settings, file:// mirrors, and the download stage as a command."""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import http.server
+import io
+import os
+import re
+import socket
+import struct
+import subprocess
+import sys
+import tarfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cnnspec.datasets import get_dataset
+from cnnspec.download import download_dataset, expected_md5s, fetch, file_urls, safe_extract
+from cnnspec.errors import DataError
+from tests.fakedata import make_cifar10_archive, make_mnist_folder, md5_of, serve_folder
+
+REPO = Path(__file__).resolve().parent.parent
+PAYLOAD = bytes(range(256)) * 400  # 100 KiB
+PAYLOAD_MD5 = hashlib.md5(PAYLOAD).hexdigest()
+FAST = dict(timeout=0.5, attempts=3, backoff=0.01)  # keeps every fault test well under a second
+
+
+# ---------------------------------------------------------------------------------------
+# A server that answers each request with the next fault of its plan, then serves
+# PAYLOAD properly (honouring Range requests).
+
+class FaultyServer:
+    def __init__(self, plan: list[str], payload: bytes = PAYLOAD):
+        self.plan = list(plan)
+        self.payload = payload
+        self.requests: list[dict] = []  # what each request asked for, and the fault it got
+        self.release = threading.Event()  # frees stalled handlers at shutdown
+
+    @contextlib.contextmanager
+    def running(self):
+        owner = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                fault = owner.plan.pop(0) if owner.plan else "ok"
+                owner.requests.append({"range": self.headers.get("Range"), "fault": fault})
+                FAULTS[fault](self, owner)
+
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        server.daemon_threads = True
+        thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+        thread.start()
+        try:
+            yield f"http://127.0.0.1:{server.server_address[1]}/cifar-10-python.tar.gz"
+        finally:
+            self.release.set()
+            server.shutdown()
+            server.server_close()
+
+
+def _send(handler, body: bytes, status=200, length=None, extra=()):
+    handler.send_response(status)
+    handler.send_header("Content-Length", str(len(body) if length is None else length))
+    for key, value in extra:
+        handler.send_header(key, value)
+    handler.end_headers()
+    handler.wfile.write(body)
+    handler.wfile.flush()
+
+
+def _serve_ok(handler, owner):
+    match = re.fullmatch(r"bytes=(\d+)-", handler.headers.get("Range") or "")
+    if match:
+        start = int(match.group(1))
+        body = owner.payload[start:]
+        _send(handler, body, 206, extra=[("Content-Range", f"bytes {start}-{len(owner.payload) - 1}"
+                                                            f"/{len(owner.payload)}")])
+    else:
+        _send(handler, owner.payload)
+
+
+def _serve_ok_no_range(handler, owner):
+    _send(handler, owner.payload)
+
+
+def _short_body(handler, owner):
+    # Promise the whole file, send a third of it, close cleanly.
+    _send(handler, owner.payload[: len(owner.payload) // 3], length=len(owner.payload))
+    handler.close_connection = True
+
+
+def _drop_mid_transfer(handler, owner):
+    # Send half the file, then reset the connection (RST, not a clean close).
+    _send(handler, owner.payload[: len(owner.payload) // 2], length=len(owner.payload))
+    handler.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    handler.close_connection = True
+
+
+def _stall(handler, owner):
+    owner.release.wait(10)  # never answer; the client's timeout must fire first
+
+
+FAULTS = {
+    "ok": _serve_ok,
+    "ok_no_range": _serve_ok_no_range,
+    "404": lambda handler, owner: handler.send_error(404, "Not Found"),
+    "503": lambda handler, owner: handler.send_error(503, "Service Unavailable"),
+    "wrong": lambda handler, owner: _send(handler, b"not the archive" * 100),
+    "short": _short_body,
+    "drop": _drop_mid_transfer,
+    "stall": _stall,
+}
+
+
+def closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def assert_nothing_left(folder: Path):
+    assert sorted(p.name for p in folder.iterdir()) == [], "a partial or unverified file was left behind"
+
+
+def assert_one_line_error(error: DataError, url: str, cause_pattern: str, hint: str):
+    message = str(error)
+    assert "\n" not in message
+    assert url in message
+    assert re.search(cause_pattern, message), message
+    assert hint in message, message
+
+
+# ---------------------------------------------------------------------------------------
+# Faults that end in a DataError.
+
+@pytest.mark.parametrize("plan, cause, hint", [
+    (["404"], r"HTTP 404", "data.url"),
+    (["wrong"], r"md5 mismatch: got [0-9a-f]{32}, expected " + PAYLOAD_MD5, "data.md5"),
+    (["stall"] * 3, r"no response within 0.5 s \(after 3 attempts\)", "data.url"),
+    (["short"] * 3, r"closed the connection after \d+ of 102400 bytes", "data.url"),
+    (["drop"] * 3, r"connection reset|closed the connection after \d+ of 102400 bytes", "data.url"),
+    (["503"] * 3, r"HTTP 503", "data.url"),
+], ids=["404", "md5-mismatch", "stall", "short-body", "drop", "503-forever"])
+def test_fault_fails_with_one_line_and_leaves_nothing(tmp_path, plan, cause, hint):
+    server = FaultyServer(plan)
+    destination = tmp_path / "raw" / "cifar-10-python.tar.gz"
+    with server.running() as url:
+        started = time.monotonic()
+        with pytest.raises(DataError) as caught:
+            fetch(url, destination, PAYLOAD_MD5, progress=False, **FAST)
+        assert time.monotonic() - started < 5
+    assert_one_line_error(caught.value, url, cause, hint)
+    assert_nothing_left(tmp_path / "raw")
+
+
+def test_404_and_md5_mismatch_are_not_retried(tmp_path):
+    for fault in ("404", "wrong"):
+        server = FaultyServer([fault] * 3)
+        with server.running() as url, pytest.raises(DataError):
+            fetch(url, tmp_path / "file", PAYLOAD_MD5, progress=False, **FAST)
+        assert len(server.requests) == 1, fault
+
+
+def test_connection_refused_fails_fast_with_one_line(tmp_path):
+    url = f"http://127.0.0.1:{closed_port()}/cifar-10-python.tar.gz"
+    with pytest.raises(DataError) as caught:
+        fetch(url, tmp_path / "cifar-10-python.tar.gz", PAYLOAD_MD5, progress=False, **FAST)
+    assert_one_line_error(caught.value, url, r"connection refused \(after 3 attempts\)", "data.url")
+    assert_nothing_left(tmp_path)
+
+
+def test_retries_transient_failures_then_succeeds(tmp_path):
+    server = FaultyServer(["503", "stall"])
+    destination = tmp_path / "cifar-10-python.tar.gz"
+    with server.running() as url:
+        fetch(url, destination, PAYLOAD_MD5, progress=False, **FAST)
+    assert destination.read_bytes() == PAYLOAD
+    assert [r["fault"] for r in server.requests] == ["503", "stall", "ok"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [destination.name]
+
+
+def test_backoff_doubles_between_attempts(tmp_path, monkeypatch):
+    sleeps = []
+    monkeypatch.setattr("cnnspec.download.time.sleep", sleeps.append)
+    with pytest.raises(DataError):
+        fetch(f"http://127.0.0.1:{closed_port()}/x", tmp_path / "x", None, progress=False,
+              timeout=0.5, attempts=4, backoff=0.25)
+    assert sleeps == [0.25, 0.5, 1.0]
+
+
+def test_dropped_connection_resumes_with_a_range_request(tmp_path):
+    server = FaultyServer(["drop"])
+    destination = tmp_path / "cifar-10-python.tar.gz"
+    with server.running() as url:
+        fetch(url, destination, PAYLOAD_MD5, progress=False, **FAST)
+    assert destination.read_bytes() == PAYLOAD
+    resumed = server.requests[1]["range"]
+    assert resumed is not None and 0 < int(re.fullmatch(r"bytes=(\d+)-", resumed).group(1)) < len(PAYLOAD)
+
+
+def test_server_without_range_support_restarts_from_zero(tmp_path):
+    server = FaultyServer(["short", "ok_no_range"])
+    destination = tmp_path / "cifar-10-python.tar.gz"
+    with server.running() as url:
+        fetch(url, destination, PAYLOAD_MD5, progress=False, **FAST)
+    assert destination.read_bytes() == PAYLOAD  # not the first third twice
+    assert server.requests[1]["range"] is not None
+
+
+def test_next_run_starts_clean_after_a_failure(tmp_path):
+    destination = tmp_path / "cifar-10-python.tar.gz"
+    with FaultyServer(["drop"] * 3).running() as url, pytest.raises(DataError):
+        fetch(url, destination, PAYLOAD_MD5, progress=False, **FAST)
+    assert_nothing_left(tmp_path)
+    server = FaultyServer([])
+    with server.running() as url:
+        fetch(url, destination, PAYLOAD_MD5, progress=False, **FAST)
+    assert destination.read_bytes() == PAYLOAD
+    assert server.requests[0]["range"] is None
+
+
+def test_failed_fetch_keeps_a_previous_good_file(tmp_path):
+    destination = tmp_path / "cifar-10-python.tar.gz"
+    destination.write_bytes(b"previous")
+    with FaultyServer(["wrong"]).running() as url, pytest.raises(DataError):
+        fetch(url, destination, PAYLOAD_MD5, progress=False, **FAST)
+    assert destination.read_bytes() == b"previous"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [destination.name]
+
+
+# ---------------------------------------------------------------------------------------
+# file:// URLs and data.md5.
+
+def test_file_url_copies_and_verifies(tmp_path):
+    source = tmp_path / "mirror" / "archive.tar.gz"
+    source.parent.mkdir()
+    source.write_bytes(PAYLOAD)
+    fetch(source.as_uri(), tmp_path / "raw" / "a.tar.gz", PAYLOAD_MD5, progress=False)
+    assert (tmp_path / "raw" / "a.tar.gz").read_bytes() == PAYLOAD
+
+
+def test_missing_file_url_is_one_line_and_not_retried(tmp_path, monkeypatch):
+    monkeypatch.setattr("cnnspec.download.time.sleep", lambda s: pytest.fail("retried a missing file"))
+    url = (tmp_path / "nowhere.tar.gz").as_uri()
+    with pytest.raises(DataError) as caught:
+        fetch(url, tmp_path / "raw" / "a.tar.gz", PAYLOAD_MD5, progress=False)
+    assert_one_line_error(caught.value, url, "no such file", "data.url")
+    assert_nothing_left(tmp_path / "raw")
+
+
+def test_md5_param_forms():
+    cifar, mnist = get_dataset("cifar10"), get_dataset("mnist")
+    assert expected_md5s(cifar, "") == cifar.files
+    assert expected_md5s(cifar, "A" * 32) == {"cifar-10-python.tar.gz": "a" * 32}
+    assert set(expected_md5s(mnist, "skip").values()) == {None}
+    mixed = expected_md5s(mnist, {"train-images-idx3-ubyte.gz": "b" * 32})
+    assert mixed["train-images-idx3-ubyte.gz"] == "b" * 32
+    assert mixed["t10k-labels-idx1-ubyte.gz"] == mnist.files["t10k-labels-idx1-ubyte.gz"]
+    with pytest.raises(DataError, match="data.md5: unknown file 'train.gz'"):
+        expected_md5s(mnist, {"train.gz": "b" * 32})
+    with pytest.raises(DataError, match="mapping file name -> md5"):
+        expected_md5s(mnist, "c" * 32)
+    with pytest.raises(DataError, match="data.md5: 'xyz' is not an md5"):
+        expected_md5s(cifar, "xyz")
+
+
+def test_file_urls_for_archives_and_folders():
+    assert file_urls(get_dataset("cifar10")) == {
+        "cifar-10-python.tar.gz": "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"}
+    assert file_urls(get_dataset("cifar10"), "file:///m/") == {"cifar-10-python.tar.gz": "file:///m/cifar-10-python.tar.gz"}
+    mnist = file_urls(get_dataset("mnist"), "http://h/mnist")
+    assert mnist["t10k-labels-idx1-ubyte.gz"] == "http://h/mnist/t10k-labels-idx1-ubyte.gz"
+    assert len(mnist) == 4
+
+
+def test_download_dataset_skips_verified_files_and_replaces_bad_ones(tmp_path):
+    sums = make_mnist_folder(tmp_path / "mirror")
+    raw = tmp_path / "raw"
+    lines = []
+    download_dataset("mnist", raw, url=(tmp_path / "mirror").as_uri(), md5=sums, log=lines.append)
+    assert {name: md5_of(raw / name) for name in sums} == sums
+    (raw / "t10k-labels-idx1-ubyte.gz").write_bytes(b"corrupted")
+    lines.clear()
+    download_dataset("mnist", raw, url=(tmp_path / "mirror").as_uri(), md5=sums, log=lines.append)
+    assert [line for line in lines if line.startswith("downloading")] == [
+        f"downloading {(tmp_path / 'mirror').as_uri()}/t10k-labels-idx1-ubyte.gz -> {raw / 't10k-labels-idx1-ubyte.gz'}"]
+    assert md5_of(raw / "t10k-labels-idx1-ubyte.gz") == sums["t10k-labels-idx1-ubyte.gz"]
+
+
+def test_download_dataset_extracts_cifar_once(tmp_path):
+    archive = make_cifar10_archive(tmp_path / "mirror" / "cifar-10-python.tar.gz", 2, 1)
+    raw = tmp_path / "raw"
+    with serve_folder(tmp_path / "mirror") as base:
+        folder = download_dataset("cifar10", raw, url=f"{base}/cifar-10-python.tar.gz",
+                                  md5=md5_of(archive), log=lambda line: None)
+        assert sorted(p.name for p in folder.iterdir()) == sorted(
+            ["batches.meta", "test_batch"] + [f"data_batch_{i}" for i in range(1, 6)])
+        lines = []
+        download_dataset("cifar10", raw, url=f"{base}/cifar-10-python.tar.gz", md5=md5_of(archive),
+                         log=lines.append)
+    assert not any(line.startswith(("downloading", "extracting")) for line in lines), lines
+
+
+def test_download_dataset_official_md5_rejects_a_mirror_of_other_bytes(tmp_path):
+    make_cifar10_archive(tmp_path / "mirror" / "cifar-10-python.tar.gz", 1, 1)
+    with pytest.raises(DataError) as caught:
+        download_dataset("cifar10", tmp_path / "raw", url=(tmp_path / "mirror").as_uri() + "/",
+                         log=lambda line: None)
+    assert "expected c58f30108f718f92721af3b95e74349a" in str(caught.value)
+    assert "data.md5" in str(caught.value)
+    assert not (tmp_path / "raw" / "cifar-10-python.tar.gz").exists()
+    assert not (tmp_path / "raw" / "extracted").exists()
+
+
+DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
+DEBIAN_SUMS = {  # Debian recompressed the .gz files: these differ from upstream's
+    "train-images-idx3-ubyte.gz": "cf8536b0aa1a6ac5fa3f23001093305c",
+    "train-labels-idx1-ubyte.gz": "10bea18fdb374794d4bb42e356e600c9",
+    "t10k-images-idx3-ubyte.gz": "f78720b4224f21cce2f2ccf2d7a94c9a",
+    "t10k-labels-idx1-ubyte.gz": "0d30e22e447f3c33dab9ed536400ac01",
+}
+needs_debian_fashion = pytest.mark.skipif(
+    not DEBIAN_FASHION.is_dir(),
+    reason="Debian's Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")
+
+
+@needs_debian_fashion
+@pytest.mark.parametrize("md5", ["skip", DEBIAN_SUMS], ids=["skip", "debian-sums"])
+def test_debian_fashion_mnist_mirror(tmp_path, capsys, md5):
+    folder = download_dataset("fashion-mnist", tmp_path, url=DEBIAN_FASHION.as_uri() + "/", md5=md5,
+                              log=lambda line: None)
+    assert {p.name for p in folder.iterdir()} == set(DEBIAN_SUMS)
+    warned = "warning: data.md5 opts out of checking" in capsys.readouterr().err
+    assert warned == (md5 == "skip")
+
+
+@needs_debian_fashion
+def test_debian_fashion_mnist_with_official_sums_is_refused(tmp_path):
+    with pytest.raises(DataError, match="md5 mismatch.*expected 8d4fb7e6c68d591d4c3dfef9ec88bf0d"):
+        download_dataset("fashion-mnist", tmp_path, url=DEBIAN_FASHION.as_uri(), log=lambda line: None)
+    assert list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------------------------------
+# Safe extraction.
+
+def _tar_with(path: Path, member: tarfile.TarInfo, payload: bytes = b"x") -> Path:
+    with tarfile.open(path, "w:gz") as archive:
+        ok = tarfile.TarInfo("data/ok.txt")
+        ok.size = 2
+        archive.addfile(ok, io.BytesIO(b"ok"))
+        if member.isfile():
+            member.size = len(payload)
+            archive.addfile(member, io.BytesIO(payload))
+        else:
+            archive.addfile(member)
+    return path
+
+
+def _member(name, kind=tarfile.REGTYPE, linkname=""):
+    member = tarfile.TarInfo(name)
+    member.type, member.linkname = kind, linkname
+    return member
+
+
+@pytest.mark.parametrize("member, why", [
+    (_member("../evil.txt"), "'..'"),
+    (_member("data/../../evil.txt"), "'..'"),
+    (_member("/tmp/evil.txt"), "absolute path"),
+    (_member("data/link", tarfile.SYMTYPE, "../../etc/passwd"), "points outside"),
+    (_member("data/link", tarfile.SYMTYPE, "/etc/passwd"), "points outside"),
+    (_member("data/hard", tarfile.LNKTYPE, "../outside"), "points outside"),
+    (_member("data/dev", tarfile.CHRTYPE), "device"),
+], ids=["dotdot", "nested-dotdot", "absolute", "symlink-up", "symlink-absolute", "hardlink", "device"])
+def test_safe_extract_refuses_escaping_members(tmp_path, member, why):
+    archive = _tar_with(tmp_path / "evil.tar.gz", member)
+    target = tmp_path / "out" / "extracted"
+    with pytest.raises(DataError) as caught:
+        safe_extract(archive, target)
+    message = str(caught.value)
+    assert f"refusing member '{member.name}'" in message and why in message and "\n" not in message
+    assert not target.exists()
+    assert list((tmp_path / "out").iterdir()) == []  # no temporary folder left either
+    assert not (tmp_path / "evil.txt").exists()
+
+
+def test_safe_extract_allows_links_inside_and_replaces_the_folder(tmp_path):
+    archive = _tar_with(tmp_path / "good.tar.gz", _member("data/link", tarfile.SYMTYPE, "ok.txt"))
+    target = tmp_path / "extracted"
+    target.mkdir()
+    (target / "stale").write_text("old")
+    safe_extract(archive, target)
+    assert (target / "data" / "link").read_text() == "ok"
+    assert not (target / "stale").exists()
+
+
+def test_safe_extract_of_a_corrupt_archive_is_one_line(tmp_path):
+    archive = tmp_path / "broken.tar.gz"
+    archive.write_bytes(b"\x1f\x8b" + os.urandom(200))
+    with pytest.raises(DataError, match="not a readable tar archive"):
+        safe_extract(archive, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------------------------------
+# The stage as a command.
+
+def _write_params(folder: Path, **data):
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["data"].update(data)
+    (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def _run_stage(folder: Path):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("CNNSPEC_DEBUG", None)
+    return subprocess.run([sys.executable, str(REPO / "stages" / "download.py")], cwd=folder, env=env,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_download_stage_offline_fails_within_seconds_with_one_line(tmp_path):
+    url = f"http://127.0.0.1:{closed_port()}/x.tar.gz"
+    _write_params(tmp_path, url=url)
+    started = time.monotonic()
+    result = _run_stage(tmp_path)
+    elapsed = time.monotonic() - started
+    assert result.returncode != 0
+    assert elapsed < 15, elapsed
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert url in lines[0] and "connection refused" in lines[0] and "data.url" in lines[0]
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "data" / "raw" / "cifar-10-python.tar.gz").exists()
+
+
+def test_download_stage_fetches_from_a_local_mirror(tmp_path):
+    archive = make_cifar10_archive(tmp_path / "mirror" / "cifar-10-python.tar.gz", 2, 1)
+    _write_params(tmp_path, url=(tmp_path / "mirror").as_uri() + "/", md5=md5_of(archive))
+    result = _run_stage(tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "data" / "raw" / "extracted" / "cifar-10-batches-py" / "test_batch").is_file()
