@@ -36,6 +36,7 @@ ARGUMENT = re.compile(r"^\$([A-Za-z_][A-Za-z0-9_]*)$")
 
 MAX_LAYERS = 10_000   # after expanding every repeat and block
 MAX_NESTING = 32      # layer lists inside layer lists (residual bodies, blocks, repeats)
+MAX_BLOCK_DEPTH = 16  # blocks using blocks
 
 
 # ---------------------------------------------------------------- messages
@@ -43,6 +44,21 @@ MAX_NESTING = 32      # layer lists inside layer lists (residual bodies, blocks,
 def did_you_mean(word, choices) -> str:
     close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
     return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+# Names other frameworks use for cnnspec's layer types, for "did you mean".
+ALIASES = {"conv2d": "conv", "convolution": "conv", "batchnorm": "bn", "batchnorm2d": "bn",
+           "batchnormalization": "bn", "norm": "bn", "linear": "dense", "fc": "dense",
+           "fullyconnected": "dense", "maxpool": "max_pool", "maxpool2d": "max_pool",
+           "maxpooling2d": "max_pool", "avgpool": "avg_pool", "averagepooling2d": "avg_pool",
+           "globalaveragepooling2d": "global_avg_pool", "adaptiveavgpool2d": "global_avg_pool",
+           "relu": "activation", "gelu": "activation", "softmax": "activation",
+           "zeropadding2d": "pad", "spatialdropout2d": "spatial_dropout", "block": "use"}
+
+
+def did_you_mean_type(word) -> str:
+    alias = ALIASES.get(str(word).lower().replace("_", ""))
+    return f" (did you mean '{alias}'?)" if alias else did_you_mean(word, LAYER_SCHEMAS)
 
 
 def describe(value) -> str:
@@ -78,7 +94,11 @@ def fail(message: str, where: Location, key: str | None = None):
 
 # ---------------------------------------------------------------- schema checks
 
-Strict = jsonschema.Draft202012Validator
+# JSON Schema counts 100.0 as an integer; a spec's `filters: 1e2` should not pass as one.
+Strict = jsonschema.validators.extend(
+    jsonschema.Draft202012Validator,
+    type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine(
+        "integer", lambda checker, value: isinstance(value, int) and not isinstance(value, bool)))
 # Defaults may leave out required options: the layer that gets them supplies the rest.
 WithoutRequired = jsonschema.validators.extend(Strict, {"required": lambda *args: None})
 
@@ -141,6 +161,10 @@ def check(instance, definition: str, key: str, kind=Strict, skip=lambda path: Fa
               if not skip(list(e.absolute_path))]
     if not errors:
         return
+    # A misspelled required key shows up twice, as unknown and as missing: say "unknown".
+    with_unknown_keys = {id(e.instance) for e in errors if e.validator == "additionalProperties"}
+    errors = [e for e in errors
+              if not (e.validator == "required" and id(e.instance) in with_unknown_keys)]
     found = []
     for error in errors:
         path = list(error.absolute_path)
@@ -234,7 +258,7 @@ def split_layer(item, where: Location, path: str) -> tuple[str, LocatedDict, Loc
     else:
         fail(f"a layer must be TYPE or TYPE: {{options}}, not {describe(item)}", where, path)
     if layer_type not in LAYER_SCHEMAS:
-        fail(f"unknown layer type '{layer_type}'{did_you_mean(layer_type, LAYER_SCHEMAS)}",
+        fail(f"unknown layer type '{layer_type}'{did_you_mean_type(layer_type)}",
              type_where, path)
     shorthand = LAYER_SCHEMAS[layer_type].get("x-shorthand")
     if value is None:
@@ -311,6 +335,10 @@ def expand_use(layer_type, options, where, path, state) -> list[LayerNode]:
     if block in state.calls:
         cycle = " -> ".join(state.calls[state.calls.index(block):] + (block,))
         fail(f"recursive block use: {cycle}", options.where_of("block"), join_key(key, "block"))
+    if len(state.calls) >= MAX_BLOCK_DEPTH:
+        chain = " -> ".join(state.calls[:3] + ("...",) + state.calls[-2:] + (block,))
+        fail(f"blocks nested deeper than {MAX_BLOCK_DEPTH} levels: {chain}",
+             options.where_of("block"), join_key(key, "block"))
     definition = state.blocks[block]
     values = block_arguments(block, definition, options, key)
     layers, _ = substitute(definition["layers"], values, block, definition.where_of("layers"))
@@ -320,7 +348,7 @@ def expand_use(layer_type, options, where, path, state) -> list[LayerNode]:
     group_options = {"block": block, "args": {name: value for name, (value, _) in values.items()},
                      "trainable": options.get("trainable", True)}
     return [LayerNode("group", options.get("name", ""), group_options, where, path,
-                      {"layers": children}, {"block": options.where_of("block")})]
+                      {"layers": children}, {key: options.where_of(key) for key in options})]
 
 
 def with_defaults(options: LocatedDict, defaults) -> LocatedDict:
@@ -385,7 +413,6 @@ def expand_layer(layer_type, options, where, path, state) -> list[LayerNode]:
     children = child_lists(layer_type, merged, values, path, state)
     for child_key in children:
         option_where.pop(child_key, None)
-    option_where.pop("name", None)
     return [LayerNode(layer_type, name, values, where, path, children, option_where)]
 
 
@@ -409,8 +436,8 @@ def assign_names(nodes: list[LayerNode]) -> None:
             if node.name in taken:
                 first = taken[node.name].where
                 fail(f"duplicate layer name '{node.name}' (also used on line {first.line})",
-                     node.where,
-                     join_key(node.path, "name"))
+                     node.option_where.get("name", node.where),
+                     f"{join_key(node.path, 'use' if node.type == 'group' else node.type)}.name")
             taken[node.name] = node
     counters = {}
     for node in walk(nodes):

@@ -109,9 +109,16 @@ LocatingLoader.add_constructor("tag:yaml.org,2002:seq", construct_located_sequen
 
 
 def yaml_error_to_spec_error(error: yaml.YAMLError, file: str | None) -> SpecError:
-    mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
+    problem_mark = getattr(error, "problem_mark", None)
+    context_mark = getattr(error, "context_mark", None)
     problem = getattr(error, "problem", None) or str(error).splitlines()[0]
     context = getattr(error, "context", None)
+    mark = problem_mark or context_mark
+    if context and context_mark:
+        if "<stream end>" in problem:   # an unclosed bracket: point at where it opened
+            mark = context_mark
+        else:
+            context += f" that starts on line {context_mark.line + 1}"
     message = f"invalid YAML: {problem}" + (f" ({context})" if context else "")
     message = message.replace("\n", " ")
     if mark is None:
@@ -139,12 +146,13 @@ def check_size(data, file: str | None) -> None:
             stack.extend((item, depth + 1) for item in value)
 
 
-def load_yaml(text: str, file: str | None = None):
-    """Parse one YAML document into located data; any problem is a SpecError."""
+def load_located(text: str, file: str | None = None) -> tuple[object, Location]:
+    """Parse one YAML document into located data, and where its top value starts."""
     loader = LocatingLoader(text)
     loader.file = file
     try:
-        data = loader.get_single_data()
+        node = loader.get_single_node()
+        data = None if node is None else loader.construct_document(node)
     except yaml.YAMLError as error:
         raise yaml_error_to_spec_error(error, file) from None
     except RecursionError:
@@ -152,17 +160,26 @@ def load_yaml(text: str, file: str | None = None):
     finally:
         loader.dispose()
     check_size(data, file)
-    return data
+    return data, (Location(file, 1, 1) if node is None else loader.location(node.start_mark))
+
+
+def load_yaml(text: str, file: str | None = None):
+    """Parse one YAML document into located data; any problem is a SpecError."""
+    return load_located(text, file)[0]
 
 
 def load_mapping(text: str, file: str | None = None, what: str = "spec") -> LocatedDict:
     """Parse a document whose top level must be a non-empty mapping."""
-    data = load_yaml(text, file)
+    data, where = load_located(text, file)
     if data is None:
         raise SpecError(f"the {what} is empty", file, 1, 1)
     if not isinstance(data, dict):
-        where = getattr(data, "where", Location(file, 1, 1))
-        kind = "a list" if isinstance(data, list) else f"a {type(data).__name__}"
+        kind = "a list" if isinstance(data, list) else f"a single value ({describe_scalar(data)})"
         raise SpecError(f"the top level of a {what} must be a mapping of keys, not {kind}",
-                        file, where.line or 1, where.col or 1)
+                        file, where.line, where.col)
     return data
+
+
+def describe_scalar(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
