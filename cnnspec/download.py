@@ -36,6 +36,7 @@ DEFAULT_ATTEMPTS = 4
 DEFAULT_BACKOFF = 0.5    # seconds before the first retry; doubles after each
 CHUNK = 1 << 20
 RETRYABLE_HTTP = {408, 429, 500, 502, 503, 504}
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 NETWORK_HINT = "check the network, or set data.url to a mirror (http(s):// or file://)"
 MISSING_HINT = "set data.url to a mirror that has the file"
@@ -118,7 +119,7 @@ def _http_transfer(url: str, partial: Path, progress: bool, timeout: float) -> N
     if offset:
         headers["Range"] = f"bytes={offset}-"
     try:
-        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout) as response:
+        with _opener_for(url).open(urllib.request.Request(url, headers=headers), timeout=timeout) as response:
             if offset and not _resumes_at(response, offset):
                 offset = 0  # the server sent the whole file again
             length = response.headers.get("Content-Length")
@@ -136,6 +137,13 @@ def _http_transfer(url: str, partial: Path, progress: bool, timeout: float) -> N
         raise _classify(error, timeout) from None
     if expected is not None and received < expected:
         raise TransientFault(f"the server closed the connection after {received} of {expected} bytes")
+
+
+def _opener_for(url: str):
+    # A mirror on this machine is never reached through the http_proxy of the environment.
+    if urllib.parse.urlsplit(url).hostname in LOOPBACK:
+        return urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    return urllib.request.build_opener()
 
 
 def _resumes_at(response, offset: int) -> bool:

@@ -448,3 +448,26 @@ def test_download_stage_fetches_from_a_local_mirror(tmp_path):
     result = _run_stage(tmp_path)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "data" / "raw" / "extracted" / "cifar-10-batches-py" / "test_batch").is_file()
+
+
+def test_loopback_mirror_bypasses_the_environment_proxy(tmp_path, monkeypatch):
+    monkeypatch.setenv("http_proxy", f"http://127.0.0.1:{closed_port()}")
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    with FaultyServer([]).running() as url:
+        fetch(url, tmp_path / "a.tar.gz", PAYLOAD_MD5, progress=False, **FAST)
+    assert (tmp_path / "a.tar.gz").read_bytes() == PAYLOAD
+
+
+class FakeTerminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_progress_bar_only_on_a_terminal(tmp_path, monkeypatch):
+    source = tmp_path / "archive.tar.gz"
+    source.write_bytes(PAYLOAD)
+    for terminal, shown in ((io.StringIO(), False), (FakeTerminal(), True)):
+        monkeypatch.setattr(sys, "stderr", terminal)
+        fetch(source.as_uri(), tmp_path / "raw" / "a.tar.gz", PAYLOAD_MD5, progress=True)
+        assert ("archive.tar.gz" in terminal.getvalue() and "100k" in terminal.getvalue()) == shown
