@@ -10,7 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from cnnspec import evaluation
+from cnnspec import build_model, evaluation, parse_spec
+from cnnspec.checkpoint import save_checkpoint
 from cnnspec.errors import DataError, TrainingError
 from stages import evaluate as evaluate_stage
 
@@ -178,20 +179,18 @@ def test_report_table_lists_every_class_and_the_averages():
         assert word in table
 
 
-# --- the stage, with a hand-built checkpoint -------------------------------
+# --- the stage, with a real checkpoint ------------------------------------
 
-class TinyNet(nn.Module):
-    def __init__(self, num_classes=3):
-        super().__init__()
-        torch.manual_seed(0)
-        self.body = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(),
-                                  nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, num_classes))
-
-    def forward(self, x):
-        return self.body(x)
+TINY_SPEC = """\
+name: tiny
+layers:
+  - conv: {filters: 4, kernel: 3, padding: same, activation: relu}
+  - global_avg_pool
+  - dense: num_classes
+"""
 
 
-def write_prepared(folder: Path, classes=CLASSES, count=24, shape=(3, 8, 8)):
+def write_prepared(folder: Path, classes=CLASSES, count=24, shape=(3, 8, 8)) -> dict:
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(3)
     for split in ("train", "val", "test"):
@@ -201,32 +200,25 @@ def write_prepared(folder: Path, classes=CLASSES, count=24, shape=(3, 8, 8)):
             "mean": [0.5] * shape[0], "std": [0.25] * shape[0],
             "counts": {"train": count, "val": count, "test": count}}
     (folder / "meta.json").write_text(json.dumps(meta))
+    return meta
 
 
-def hand_built_checkpoint(classes=CLASSES, shape=(3, 8, 8)) -> dict:
-    return {"format": "cnnspec-checkpoint/1", "state_dict": TinyNet(len(classes)).state_dict(),
-            "spec_text": "", "spec_path": None, "classes": list(classes), "mean": [0.5] * 3,
-            "std": [0.25] * 3, "input_shape": list(shape), "num_classes": len(classes),
-            "params": {}, "epoch": 1, "best_epoch": 1}
+def save_tiny_checkpoint(path: Path, meta: dict):
+    """A spec-built model saved as the train stage saves it; returns the model."""
+    torch.manual_seed(0)
+    spec = parse_spec(TINY_SPEC, "tiny.yaml")
+    model = build_model(spec, tuple(meta["input_shape"]), len(meta["classes"]))
+    save_checkpoint(path, model, spec, meta, {}, epoch=1, best_epoch=1)
+    return model
 
 
 @pytest.fixture
 def project(tmp_path, monkeypatch):
-    """A working directory with params.yaml, data/prepared and models/model.pt.
-    load_model rebuilds TinyNet, since the spec compiler is not needed here."""
+    """A working directory with params.yaml, data/prepared and models/model.pt."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / "params.yaml").write_text("evaluate: {batch_size: 10, tta: flip}\n")
-    write_prepared(tmp_path / "data" / "prepared")
-    (tmp_path / "models").mkdir()
-    torch.save(hand_built_checkpoint(), tmp_path / "models" / "model.pt")
-
-    def load_model(path, device="cpu"):
-        checkpoint = torch.load(path, weights_only=True)
-        model = TinyNet(checkpoint["num_classes"])
-        model.load_state_dict(checkpoint["state_dict"])
-        return model.to(device).eval(), checkpoint
-
-    monkeypatch.setattr("cnnspec.checkpoint.load_model", load_model)
+    meta = write_prepared(tmp_path / "data" / "prepared")
+    save_tiny_checkpoint(tmp_path / "models" / "model.pt", meta)
     return tmp_path
 
 
@@ -270,7 +262,8 @@ def test_missing_data_names_the_file_and_the_preprocess_stage(project):
 
 
 def test_model_trained_on_other_classes_is_refused(project):
-    torch.save(hand_built_checkpoint(classes=["a", "b", "c"]), project / "models" / "model.pt")
+    meta = json.loads((project / "data" / "prepared" / "meta.json").read_text())
+    save_tiny_checkpoint(project / "models" / "model.pt", {**meta, "classes": ["a", "b", "c"]})
     with pytest.raises(DataError, match="classes"):
         evaluation.evaluate_checkpoint("models/model.pt", "data/prepared")
 
@@ -283,3 +276,22 @@ def test_stage_exits_1_with_one_line_when_the_model_is_missing(project, capsys):
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "models/model.pt" in error and "train" in error
     assert not (project / "metrics").exists()
+
+
+def test_stage_scores_the_checkpoint_as_the_model_itself_does(project):
+    """load_model must rebuild the very model that was saved: same predictions."""
+    meta = json.loads((project / "data" / "prepared" / "meta.json").read_text())
+    model = save_tiny_checkpoint(project / "models" / "model.pt", meta)
+    (project / "params.yaml").write_text("evaluate: {batch_size: 7, tta: none}\n")
+
+    evaluate_stage.main()
+
+    images = torch.from_numpy(np.load(project / "data" / "prepared" / "test_images.npy")).float() / 255
+    mean, std = (torch.tensor(meta[key]).view(1, -1, 1, 1) for key in ("mean", "std"))
+    with torch.no_grad():
+        expected = model.eval()((images - mean) / std).argmax(dim=1).numpy()
+    rows = list(csv.DictReader(open(project / "metrics" / "predictions.csv")))
+    assert [row["predicted"] for row in rows] == [CLASSES[k] for k in expected]
+    labels = np.load(project / "data" / "prepared" / "test_labels.npy")
+    report = json.loads((project / "metrics" / "eval.json").read_text())
+    assert report["accuracy"] == round(float((expected == labels).mean()), 4)
