@@ -6,7 +6,11 @@ DVC's confusion template), each atomically, and prints the report.
 
     python stages/evaluate.py        (reads the `evaluate` section of params.yaml)
 """
+import sys
 from pathlib import Path
+
+if __package__ in (None, ""):  # `python stages/<name>.py`: use this checkout's cnnspec
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cnnspec.atomic import write_json, write_text
 from cnnspec.errors import exit_on_user_error

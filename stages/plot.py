@@ -12,10 +12,15 @@ Reads metrics/predictions.csv (evaluate), the DVCLive logs in metrics/train/plot
 """
 import csv
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+if __package__ in (None, ""):  # `python stages/<name>.py`: use this checkout's cnnspec
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cnnspec.atomic import atomic_path
 from cnnspec.datasets import load_prepared
@@ -117,6 +122,7 @@ def learning_curves_figure(logs: Path) -> Figure:
     lr_axes.set_title("learning rate")
     for axes in (loss_axes, accuracy_axes, lr_axes):
         axes.set_xlabel("epoch")
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         axes.grid(alpha=0.3)
     return figure
 
