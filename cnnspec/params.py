@@ -17,6 +17,7 @@ import json
 from pathlib import Path
 
 import jsonschema
+
 from cnnspec import yamlio
 from cnnspec.errors import ParamsError, SpecError
 
