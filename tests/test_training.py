@@ -1,0 +1,311 @@
+"""The training loop end to end on tiny data (3 classes, 8x8 images): logging, options,
+determinism, resume after SIGKILL and Ctrl-C, divergence, out-of-memory, the stage."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+import cnnspec
+from cnnspec.checkpoint import load_model
+from cnnspec.errors import TrainingError
+from cnnspec.params import fill_defaults, load_schema
+from cnnspec.training import TrainingInterrupted, run_fingerprint, train
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SPEC = """name: tiny
+layers:
+  - conv: {filters: 8, bias: false}
+  - bn
+  - activation: relu
+  - dropout: 0.1
+  - global_avg_pool
+  - dense: {units: num_classes}
+"""
+CLASSES = ["cat", "dog", "ship"]
+
+
+def tiny_data(n_train=48, n_val=24, seed=0) -> dict:
+    """Learnable images: each class its own brightness, under noise."""
+    rng = np.random.default_rng(seed)
+
+    def split(n):
+        labels = np.arange(n) % 3
+        images = rng.integers(0, 80, (n, 3, 8, 8)) + labels[:, None, None, None] * 80
+        return images.astype(np.uint8), labels.astype(np.int64)
+
+    train_images, train_labels = split(n_train)
+    val_images, val_labels = split(n_val)
+    return {"train_images": train_images, "train_labels": train_labels, "val_images": val_images,
+            "val_labels": val_labels,
+            "meta": {"classes": CLASSES, "mean": [0.5] * 3, "std": [0.3] * 3, "input_shape": [3, 8, 8],
+                     "counts": {"train": n_train, "val": n_val, "test": 0}}}
+
+
+def train_params(**sections) -> dict:
+    """Schema defaults, small sizes; keyword arguments replace or update sections."""
+    schema = {"properties": {"train": load_schema()["properties"]["train"]}}
+    base = fill_defaults({"train": {"epochs": 3, "batch_size": 16}}, schema)["train"]
+    for key, value in sections.items():
+        base[key] = {**base[key], **value} if isinstance(value, dict) else value
+    return base
+
+
+def tiny_model(seed=0):
+    torch.manual_seed(seed)
+    return cnnspec.build_model(cnnspec.parse_spec(SPEC, "tiny.yaml"), (3, 8, 8), 3)
+
+
+def run_training(params, tmp_path=None, model=None, **kwargs):
+    log_dir = None if tmp_path is None else tmp_path / "log"
+    resume = None if tmp_path is None else tmp_path / "resume" / "state.pt"
+    return train(model or tiny_model(), tiny_data(), params, "cpu", resume_path=resume,
+                 log_dir=log_dir, fingerprint="f", **kwargs)
+
+
+def weights(model) -> dict:
+    return {key: value.clone() for key, value in model.state_dict().items()}
+
+
+def test_logs_every_epoch_with_dvclive_and_learns(tmp_path):
+    result = run_training(train_params(epochs=4), tmp_path)
+    assert len(result.history) == 4
+    summary = json.loads((tmp_path / "log" / "metrics.json").read_text())
+    assert summary["step"] == 3
+    assert summary["val"]["accuracy"] == result.history[-1]["val/accuracy"]
+    rows = (tmp_path / "log" / "plots" / "metrics" / "train" / "loss.tsv").read_text().splitlines()
+    assert [row.split("\t")[0] for row in rows[1:]] == ["0", "1", "2", "3"]
+    for name in ["lr.tsv", "val/accuracy.tsv", "val/loss.tsv", "train/accuracy.tsv"]:
+        assert (tmp_path / "log" / "plots" / "metrics" / name).is_file()
+    assert result.history[-1]["val/accuracy"] > 0.6  # chance is 1/3
+    assert result.history[-1]["train/loss"] < result.history[0]["train/loss"]
+    assert not result.model.training
+
+
+def test_two_cpu_runs_give_byte_identical_metrics(tmp_path):
+    first, second = tmp_path / "a", tmp_path / "b"
+    run_a = run_training(train_params(), first)
+    run_b = run_training(train_params(), second)
+    for name in ["metrics.json", "plots/metrics/train/loss.tsv", "plots/metrics/val/accuracy.tsv"]:
+        assert (first / "log" / name).read_bytes() == (second / "log" / name).read_bytes()
+    for key, value in weights(run_a.model).items():
+        assert torch.equal(value, run_b.model.state_dict()[key])
+    other_seed = run_training(train_params(seed=1))
+    assert other_seed.history != run_a.history
+
+
+OPTION_CHANGES = {
+    "adam": {"optimizer": {"name": "adam", "lr": 0.01}},
+    "rmsprop": {"optimizer": {"name": "rmsprop", "lr": 0.01}},
+    "cosine": {"scheduler": {"name": "cosine"}},
+    "plateau": {"scheduler": {"name": "plateau"}},
+    "focal": {"loss": {"name": "focal"}},
+    "no_label_smoothing": {"loss": {"label_smoothing": 0.0}},
+    "balanced_weights": {"class_weights": {"mode": "none", "multipliers": {"cat": 3.0}}},
+    "hflip_instead_of_alternating": {"augment": {"alternating_flip": False, "hflip": True}},
+    "no_translate": {"augment": {"translate": 0}},
+    "cutout": {"augment": {"cutout": 3}},
+    "crop": {"augment": {"crop_padding": 2}},
+    "vflip": {"augment": {"vflip": True}},
+    "no_lookahead": {"lookahead": {"enabled": False}},
+    "ema": {"ema": {"enabled": True, "decay": 0.5}},
+    "batch_size": {"batch_size": 8},
+}
+
+
+@pytest.mark.parametrize("name", OPTION_CHANGES)
+def test_each_option_changes_the_trained_weights(name):
+    reference = weights(run_training(train_params(epochs=2)).model)
+    changed = run_training(train_params(epochs=2, **OPTION_CHANGES[name])).model.state_dict()
+    assert any(not torch.equal(reference[key], changed[key]) for key in reference)
+
+
+def test_ema_weights_are_the_ones_returned():
+    params = train_params(epochs=2, ema={"enabled": True, "decay": 0.9}, lookahead={"enabled": False})
+    model = tiny_model()
+    result = run_training(params, model=model)
+    assert result.model is model
+    no_ema = run_training(train_params(epochs=2, lookahead={"enabled": False}))
+    # EMA at 0.9 over 6 steps stays close to the initial weights; plain training moves further
+    key = [k for k in model.state_dict() if k.endswith("weight") and model.state_dict()[k].dim() == 2][0]
+    start = tiny_model().state_dict()[key]
+    assert (result.model.state_dict()[key] - start).norm() < (no_ema.model.state_dict()[key] - start).norm()
+
+
+def test_early_stopping_ends_the_run_and_restores_the_best_epoch():
+    params = train_params(epochs=6, early_stopping={"enabled": True, "patience": 1, "min_delta": 100.0})
+    result = run_training(params)
+    assert len(result.history) == 2  # epoch 1 set the best; epoch 2 could not beat it by 100
+    assert result.stopped_early and result.best_epoch == 0
+
+
+def test_cuda_paths_bf16_autocast_and_channels_last_run_on_cpu():
+    fp32 = run_training(train_params(epochs=2))
+    bf16 = run_training(train_params(epochs=2, precision="bf16", channels_last=True), cuda_paths_on_cpu=True)
+    assert bf16.history != fp32.history  # autocast really ran
+    assert bf16.history[-1]["train/loss"] == pytest.approx(fp32.history[-1]["train/loss"], rel=0.1)
+    assert all(np.isfinite(record["train/loss"]) for record in bf16.history)
+
+
+@pytest.mark.slow
+def test_compiled_training_matches_the_uncompiled_loss():
+    plain = run_training(train_params(epochs=1))
+    compiled = run_training(train_params(epochs=1, compile=True))
+    assert compiled.first_step_seconds > 0
+    assert compiled.history[0]["train/loss"] == pytest.approx(plain.history[0]["train/loss"], rel=1e-3)
+    assert compiled.history[0]["val/loss"] == pytest.approx(plain.history[0]["val/loss"], rel=1e-3)
+
+
+def Sabotage(model, at_call, action):
+    """`model` with a forward hook that runs `action` on the output of its training
+    forward number `at_call` (state_dict keys unchanged, so a resumed run can load it)."""
+    calls = {"n": 0}
+
+    def hook(module, inputs, output):
+        if module.training:
+            calls["n"] += 1
+            if calls["n"] == at_call:
+                return action(output)
+        return None
+
+    model.register_forward_hook(hook)
+    return model
+
+
+def test_nan_loss_stops_with_one_line_naming_epoch_and_step_and_keeps_the_last_state(tmp_path):
+    model = Sabotage(tiny_model(), at_call=5, action=lambda out: out * float("nan"))  # epoch 2, step 2
+    with pytest.raises(TrainingError) as caught:
+        run_training(train_params(epochs=3), tmp_path, model=model)
+    message = str(caught.value)
+    assert "epoch 2, step 2" in message and "lr" in message and "\n" not in message
+    state = torch.load(tmp_path / "resume" / "state.pt", weights_only=True)
+    assert state["next_epoch"] == 1  # epoch 1's state, not the diverged one
+    assert all(torch.isfinite(value).all() for value in state["model"].values() if value.is_floating_point())
+
+
+def test_out_of_memory_names_the_batch_size():
+    def out_of_memory(out):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    with pytest.raises(TrainingError) as caught:
+        run_training(train_params(), model=Sabotage(tiny_model(), 2, out_of_memory))
+    assert "batch_size 16" in str(caught.value) and "batch_size 8" in str(caught.value)
+
+
+def test_ctrl_c_saves_mid_epoch_and_the_rerun_ends_exactly_like_an_uninterrupted_run(tmp_path):
+    params = train_params(epochs=3)
+    reference = run_training(params, tmp_path / "reference")
+
+    def press_ctrl_c(out):
+        os.kill(os.getpid(), signal.SIGINT)
+        return out
+
+    with pytest.raises(TrainingInterrupted) as caught:  # epoch 2, step 2 of 3
+        run_training(params, tmp_path / "run", model=Sabotage(tiny_model(), 5, press_ctrl_c))
+    assert "epoch 2, step 2" in str(caught.value) and caught.value.exit_code == 130
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    resumed = run_training(params, tmp_path / "run")
+    assert resumed.resumed_from_epoch == 1
+    assert resumed.history == reference.history
+    for key, value in weights(reference.model).items():
+        assert torch.equal(value, resumed.model.state_dict()[key]), key
+    for name in ["metrics.json", "plots/metrics/train/loss.tsv", "plots/metrics/lr.tsv"]:
+        assert ((tmp_path / "run" / "log" / name).read_bytes()
+                == (tmp_path / "reference" / "log" / name).read_bytes())
+
+
+def test_a_resume_state_for_other_params_is_ignored(tmp_path, capsys):
+    run_training(train_params(epochs=2), tmp_path)  # leaves its state behind (the stage deletes it)
+    fresh = train(tiny_model(), tiny_data(), train_params(epochs=2), "cpu",
+                  resume_path=tmp_path / "resume" / "state.pt", fingerprint="other")
+    assert fresh.resumed_from_epoch == 0 and len(fresh.history) == 2
+    assert "saved for other params" in capsys.readouterr().err
+
+
+KILLED_RUN = """
+import os, signal, sys, torch
+sys.path.insert(0, {tests!r})
+torch.set_num_threads(1)
+from test_training import Sabotage, run_training, tiny_model, train_params
+from pathlib import Path
+kill_at = int(sys.argv[2])
+model = tiny_model()
+if kill_at:
+    model = Sabotage(model, kill_at, lambda out: os.kill(os.getpid(), signal.SIGKILL))
+result = run_training(train_params(epochs=3), Path(sys.argv[1]), model=model)
+torch.save(result.model.state_dict(), Path(sys.argv[1]) / "final.pt")
+"""
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_rerun_equals_an_uninterrupted_run(tmp_path):
+    script = tmp_path / "run.py"
+    script.write_text(KILLED_RUN.format(tests=str(REPO_ROOT / "tests")))
+
+    def launch(folder, kill_at):
+        return subprocess.run([sys.executable, str(script), str(folder), str(kill_at)],
+                              capture_output=True, text=True, timeout=120)
+
+    uninterrupted = launch(tmp_path / "whole", 0)
+    assert uninterrupted.returncode == 0, uninterrupted.stderr
+    killed = launch(tmp_path / "killed", 5)  # epoch 2, step 2 of 3
+    assert killed.returncode == -signal.SIGKILL
+    assert torch.load(tmp_path / "killed" / "resume" / "state.pt", weights_only=True)["next_epoch"] == 1
+    resumed = launch(tmp_path / "killed", 0)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming" in resumed.stderr
+    for name in ["log/metrics.json", "log/plots/metrics/train/loss.tsv", "log/plots/metrics/val/loss.tsv"]:
+        assert (tmp_path / "killed" / name).read_bytes() == (tmp_path / "whole" / name).read_bytes(), name
+    whole = torch.load(tmp_path / "whole" / "final.pt", weights_only=True)
+    again = torch.load(tmp_path / "killed" / "final.pt", weights_only=True)
+    assert all(torch.equal(whole[key], again[key]) for key in whole)
+
+
+def write_stage_inputs(folder: Path, **train_overrides):
+    from cnnspec.datasets import write_prepared
+
+    data = tiny_data()
+    meta = data.pop("meta")
+    data["test_images"], data["test_labels"] = data["val_images"], data["val_labels"]
+    meta["counts"]["test"] = len(data["test_labels"])
+    write_prepared(folder / "data" / "prepared", data, meta)
+    (folder / "specs").mkdir()
+    (folder / "specs" / "tiny.yaml").write_text(SPEC)
+    params = {"model": {"spec": "specs/tiny.yaml"},
+              "train": {"device": "cpu", "epochs": 2, "batch_size": 16, **train_overrides}}
+    (folder / "params.yaml").write_text(yaml.safe_dump(params))
+
+
+def test_stage_writes_a_loadable_model_and_metrics_and_removes_its_resume_state(tmp_path, monkeypatch):
+    from stages import train as stage
+
+    write_stage_inputs(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    result = stage.run()
+    model, checkpoint = load_model(tmp_path / "models" / "model.pt")
+    assert checkpoint["classes"] == CLASSES and checkpoint["params"]["train"]["epochs"] == 2
+    assert checkpoint["epoch"] == 1 and checkpoint["spec_text"] == SPEC
+    images = torch.randn(3, 3, 8, 8)
+    assert torch.equal(model(images), result.model(images))
+    assert json.loads((tmp_path / "metrics" / "train" / "metrics.json").read_text())["step"] == 1
+    assert not (tmp_path / "models" / "resume" / "state.pt").exists()
+    fingerprint = run_fingerprint(checkpoint["params"], SPEC, json.loads(
+        (tmp_path / "data" / "prepared" / "meta.json").read_text()))
+    assert len(fingerprint) == 64
+
+
+def test_stage_reports_a_bad_param_in_one_line_and_writes_nothing(tmp_path):
+    write_stage_inputs(tmp_path, batch_size=0)
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    finished = subprocess.run([sys.executable, str(REPO_ROOT / "stages" / "train.py")], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=120, env=env)
+    assert finished.returncode == 2
+    assert finished.stderr.strip().count("\n") == 0 and "train.batch_size" in finished.stderr
+    assert not (tmp_path / "models").exists() and not (tmp_path / "metrics").exists()
