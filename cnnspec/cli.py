@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -178,7 +179,11 @@ def main(argv: list[str] | None = None) -> int:
     # The sub-parser's --debug default would hide one given before the command.
     args.debug = args.debug or "--debug" in (sys.argv[1:] if argv is None else argv)
     run = args.run if args.debug else exit_on_user_error(args.run)
-    return run(args)
+    try:
+        return run(args)
+    except BrokenPipeError:  # `cnnspec layers | head`: the reader left, nothing is wrong
+        sys.stdout = open(os.devnull, "w")
+        return 0
 
 
 if __name__ == "__main__":

@@ -228,7 +228,6 @@ def substitute(data, values: dict, block: str, where: Location):
 class Expansion:
     """What walking the layer lists needs besides the list itself."""
 
-    file: str
     defaults: dict
     blocks: dict
     in_block: bool = False
@@ -481,7 +480,7 @@ def parse_spec(text: str, file: str | None = None) -> Spec:
     check(document, "", "", skip=inside_a_layer)
     blocks = document.get("blocks") or LocatedDict()
     check_blocks(blocks)
-    state = Expansion(file=file, defaults=check_defaults(document.get("defaults") or LocatedDict()),
+    state = Expansion(defaults=check_defaults(document.get("defaults") or LocatedDict()),
                       blocks=blocks)
     layers = expand_list(document["layers"], "layers", state)
     assign_names(layers)

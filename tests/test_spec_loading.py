@@ -233,3 +233,19 @@ def test_validate_does_not_import_torch():
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 0, done.stderr
+
+
+def doc_examples():
+    text = (ROOT / "docs" / "spec.md").read_text()
+    return [block for block in text.split("```yaml\n")[1:]]
+
+
+@pytest.mark.parametrize("index", range(len(doc_examples())))
+def test_every_example_in_the_reference_parses(index):
+    example = doc_examples()[index].split("```")[0]
+    if example.startswith("- "):
+        example = "layers:\n" + "".join(f"  {line}\n" for line in example.splitlines())
+    if not example.startswith("name:"):
+        example = "name: example\n" + example
+    spec = parse_spec(example, "docs/spec.md")
+    assert spec.layers
