@@ -1,0 +1,146 @@
+"""End to end: the real DVC pipeline in a temporary repository.
+
+A generated CIFAR-10-format archive is served from 127.0.0.1; `dvc repro` runs
+all five stages with a small spec for one epoch; then an experiment with another
+batch size re-runs only train, evaluate and plot.
+"""
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import matplotlib.image
+import pytest
+import yaml
+
+from tests.fakedata import make_cifar10_archive, serve_folder
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+STAGES = ["download", "preprocess", "train", "evaluate", "plot"]
+
+TINY_SPEC = """\
+name: e2e_tiny
+description: a small CNN for the end-to-end test
+layers:
+  - conv: {filters: 16, kernel: 3, bias: false}
+  - bn
+  - activation: relu
+  - max_pool: 2
+  - conv: {filters: 32, kernel: 3, bias: false}
+  - bn
+  - activation: relu
+  - global_avg_pool
+  - dense: {units: num_classes}
+"""
+
+pytestmark = pytest.mark.slow
+
+
+def copy_working_tree(destination: Path) -> None:
+    """Copy the files git would commit (tracked and untracked-not-ignored), so the
+    test exercises the working tree as it is, then make it a fresh repository."""
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+                            cwd=REPO_ROOT, capture_output=True, check=True).stdout
+    for name in filter(None, listed.decode().split("\0")):
+        source = REPO_ROOT / name
+        if source.is_file():
+            target = destination / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
+    for command in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "clone"]):
+        subprocess.run(command, cwd=destination, check=True)
+
+
+def run(command, cwd, **kwargs):
+    env = dict(os.environ, PATH=f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}",
+               DVC_NO_ANALYTICS="1")
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, **kwargs)
+    assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stdout}\n{result.stderr}"
+    return result.stdout + result.stderr
+
+
+def ran_stages(output: str) -> list[str]:
+    return [stage for stage in STAGES if f"Running stage '{stage}'" in output]
+
+
+@pytest.fixture(scope="module")
+def pipeline_repo(tmp_path_factory):
+    served = tmp_path_factory.mktemp("mirror")
+    archive = make_cifar10_archive(served / "cifar-10-python.tar.gz", n_train_per_class=60,
+                                   n_test_per_class=20, seed=0)
+    md5 = hashlib.md5(Path(archive).read_bytes()).hexdigest()
+    repo = tmp_path_factory.mktemp("repo")
+    copy_working_tree(repo)
+    (repo / "specs" / "e2e_tiny.yaml").write_text(TINY_SPEC)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    with serve_folder(served) as base_url:
+        params["data"].update(url=f"{base_url}/cifar-10-python.tar.gz", md5=md5, val_split=0.1)
+        params["model"]["spec"] = "specs/e2e_tiny.yaml"
+        params["train"].update(device="cpu", epochs=1, batch_size=64, precision="off", compile=False)
+        params["train"]["optimizer"].update(name="adam", lr=0.003, weight_decay=0.0)
+        params["train"]["scheduler"]["name"] = "none"
+        params["train"]["lookahead"]["enabled"] = False
+        params["train"]["loss"]["label_smoothing"] = 0.0
+        params["evaluate"]["tta"] = "none"
+        (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        run(["git", "add", "-A"], repo)
+        run(["git", "commit", "-qm", "small e2e params"], repo)
+        first = run(["dvc", "repro"], repo, timeout=600)
+        yield repo, first, base_url
+
+
+def test_repro_runs_every_stage_and_learns(pipeline_repo):
+    repo, output, _ = pipeline_repo
+    assert ran_stages(output) == STAGES
+    metrics = json.loads((repo / "metrics" / "eval.json").read_text())
+    assert metrics["accuracy"] > 0.2, metrics  # 10 classes: chance is 0.1
+    assert metrics["loss"] > 0
+
+
+def test_repro_writes_sensible_pngs(pipeline_repo):
+    repo, _, _ = pipeline_repo
+    pngs = sorted((repo / "metrics" / "plots").glob("*.png"))
+    assert {p.name for p in pngs} >= {"confusion_matrix.png", "learning_curves.png", "misclassified.png"}
+    for png in pngs:
+        height, width = matplotlib.image.imread(png).shape[:2]
+        assert 300 <= width <= 4000 and 200 <= height <= 4000, (png.name, width, height)
+
+
+def test_checkpoint_reloads_and_reproduces_accuracy(pipeline_repo):
+    import torch
+
+    from cnnspec.checkpoint import load_model
+    from cnnspec.datasets import load_prepared
+
+    repo, _, _ = pipeline_repo
+    model, checkpoint = load_model(repo / "models" / "model.pt", device="cpu")
+    raw = torch.load(repo / "models" / "model.pt", weights_only=True)
+    assert raw["classes"] == checkpoint["classes"]
+    data = load_prepared(repo / "data" / "prepared")
+    images = torch.from_numpy(data["test_images"]).float() / 255
+    mean = torch.tensor(checkpoint["mean"]).view(1, -1, 1, 1)
+    std = torch.tensor(checkpoint["std"]).view(1, -1, 1, 1)
+    with torch.inference_mode():
+        predictions = model.eval()((images - mean) / std).argmax(1)
+    accuracy = (predictions == torch.from_numpy(data["test_labels"])).float().mean().item()
+    evaluated = json.loads((repo / "metrics" / "eval.json").read_text())["accuracy"]
+    assert accuracy == pytest.approx(evaluated, abs=1e-4)
+
+
+def test_experiment_reruns_only_training_side_and_diffs(pipeline_repo):
+    repo, _, base_url = pipeline_repo
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-qm", "first results"], repo)
+    before = json.loads((repo / "metrics" / "eval.json").read_text())
+    output = run(["dvc", "exp", "run", "-S", "train.batch_size=32"], repo, timeout=600)
+    assert ran_stages(output) == ["train", "evaluate", "plot"]
+    after = json.loads((repo / "metrics" / "eval.json").read_text())
+    diff = run(["dvc", "metrics", "diff", "--json"], repo)
+    changed = json.loads(diff)["metrics/eval.json"]
+    assert changed["loss"]["old"] == pytest.approx(before["loss"])
+    assert changed["loss"]["new"] == pytest.approx(after["loss"])
+    assert before["loss"] != after["loss"]
