@@ -326,6 +326,7 @@ def block_arguments(block: str, definition: dict, call: LocatedDict, key: str) -
 def expand_use(layer_type, options, where, path, state) -> list[LayerNode]:
     key = join_key(path, "use")
     check(options, "use", key)
+    refuse_arguments_outside_blocks(options, key, state)
     block = options["block"]
     if block not in state.blocks:
         hint = did_you_mean(block, state.blocks) or (
@@ -396,12 +397,16 @@ def child_lists(layer_type: str, located: dict, options: dict, path: str, state:
     return children
 
 
-def expand_layer(layer_type, options, where, path, state) -> list[LayerNode]:
-    key = join_key(path, layer_type)
+def refuse_arguments_outside_blocks(options, key: str, state: Expansion) -> None:
     if not state.in_block:
         placeholder = find_argument(options, options.where)
         if placeholder:
             fail(f"'{placeholder[0]}' can only be used inside a block", placeholder[1], key)
+
+
+def expand_layer(layer_type, options, where, path, state) -> list[LayerNode]:
+    key = join_key(path, layer_type)
+    refuse_arguments_outside_blocks(options, key, state)
     merged = with_defaults(options, state.defaults.get(layer_type))
     check(merged, layer_type, key)
     count_layer(where, path, state)
