@@ -309,3 +309,26 @@ def test_stage_reports_a_bad_param_in_one_line_and_writes_nothing(tmp_path):
     assert finished.returncode == 2
     assert finished.stderr.strip().count("\n") == 0 and "train.batch_size" in finished.stderr
     assert not (tmp_path / "models").exists() and not (tmp_path / "metrics").exists()
+
+
+def test_whitening_init_gets_the_first_training_images_normalized_once(tmp_path):
+    model, seen = tiny_model(), []
+    original = model.init_from_data
+    model.init_from_data = lambda images: seen.append(images.clone()) or original(images)
+    run_training(train_params(epochs=1), tmp_path, model=model)
+    data = tiny_data()
+    expected = (torch.from_numpy(data["train_images"]).float() / 255 - 0.5) / 0.3
+    assert len(seen) == 1 and torch.allclose(seen[0], expected)
+    resumed_model = tiny_model()
+    resumed_model.init_from_data = lambda images: seen.append(images)
+    resumed = run_training(train_params(epochs=1), tmp_path, model=resumed_model)
+    assert resumed.resumed_from_epoch == 1
+    assert len(seen) == 1  # a resumed run keeps the saved (whitened) weights
+
+
+def test_deterministic_mode_is_on_while_training_and_restored_after():
+    during = []
+    model = Sabotage(tiny_model(), 1, lambda out: during.append(torch.are_deterministic_algorithms_enabled()) or out)
+    run_training(train_params(epochs=1, deterministic=True), model=model)
+    assert during == [True]
+    assert not torch.are_deterministic_algorithms_enabled()
