@@ -8,38 +8,12 @@ they go, named by layer, into one nn.Sequential: `model.layers.conv_1.weight`.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from torch import nn
 
-from cnnspec import layers as registry
 from cnnspec.modules import WhiteningConv
-from cnnspec.nodes import LayerNode, Spec
-
-DEFAULT_INPUT = (3, 32, 32)
-
-
-def as_spec(spec_or_path) -> Spec:
-    if isinstance(spec_or_path, Spec):
-        return spec_or_path
-    from cnnspec.spec import load_spec
-
-    return load_spec(Path(spec_or_path))
-
-
-def resolve_input(spec: Spec, input_shape) -> tuple:
-    if input_shape is not None:
-        return tuple(int(size) for size in input_shape)
-    return tuple(spec.input) if spec.input else DEFAULT_INPUT
-
-
-def infer_shapes(spec_or_path, input_shape=None, num_classes: int = 10) -> list:
-    """[(node, in_shape, out_shape)] for every layer, parents before children.
-    Raises SpecError at the first layer that cannot work."""
-    spec = as_spec(spec_or_path)
-    ctx = registry.infer_tree(spec.layers, resolve_input(spec, input_shape), num_classes)
-    return [(record.node, record.in_shape, record.out_shape) for record in ctx.records]
+from cnnspec.nodes import LayerNode
+from cnnspec.shapes import as_spec, infer, infer_shapes, resolve_input  # noqa: F401 (infer_shapes re-exported)
 
 
 def final_softmax(nodes: list[LayerNode]) -> LayerNode | None:
@@ -60,13 +34,7 @@ def build_model(spec_or_path, input_shape=None, num_classes: int = 10,
     model whose state_dict is about to be loaded from a checkpoint anyway)."""
     spec = as_spec(spec_or_path)
     shape = resolve_input(spec, input_shape)
-    ctx = registry.infer_tree(spec.layers, shape, num_classes, load_weights)
-    out_shape = ctx.records[-1].out_shape if ctx.records else shape
-    if tuple(out_shape) != (num_classes,):
-        last = spec.layers[-1]
-        raise registry.error(last, f"{last.name}: the model ends in shape {registry.fmt(out_shape)}; "
-                                   f"it must end in ({num_classes},), one logit per class "
-                                   f"(write units: num_classes)")
+    ctx = infer(spec, shape, num_classes, load_weights)
     ctx.softmax_node = final_softmax(spec.layers)
     body = ctx.build_list(spec.layers)
     frozen = [node.name for node in walk(spec.layers) if not node.options.get("trainable", True)]

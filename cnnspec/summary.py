@@ -10,12 +10,9 @@ unless the spec holds a backbone, so `cnnspec summary` answers in well under a s
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
-from cnnspec import layers as registry
-from cnnspec.nodes import Spec
+from cnnspec.shapes import as_spec, infer, resolve_input
 
-DEFAULT_INPUT = (3, 32, 32)
 BYTES_PER_PARAM = 4  # float32
 
 
@@ -72,22 +69,14 @@ def size_text(params: int) -> str:
         size /= 1024
 
 
-def as_spec(spec_or_path) -> Spec:
-    if isinstance(spec_or_path, Spec):
-        return spec_or_path
-    from cnnspec.spec import load_spec
-
-    return load_spec(Path(spec_or_path))
-
-
 def subtotal(record) -> int:
     return record.trainable + record.non_trainable + sum(subtotal(child) for child in record.children)
 
 
 def summarize(spec_or_path, input_shape=None, num_classes: int = 10) -> Summary:
     spec = as_spec(spec_or_path)
-    shape = tuple(input_shape) if input_shape is not None else tuple(spec.input or DEFAULT_INPUT)
-    records = registry.infer_tree(spec.layers, shape, num_classes, load_weights=False).records
+    shape = resolve_input(spec, input_shape)
+    records = infer(spec, shape, num_classes).records
     rows = [Row(r.node.name, r.node.options.get("block", r.node.type) if r.node.type == "group" else r.node.type,
                 r.out_shape, subtotal(r), r.depth) for r in records]
     return Summary(name=spec.name, input_shape=shape, rows=rows,

@@ -224,9 +224,6 @@ def test_layers_command_does_not_import_torch():
     assert done.returncode == 0, done.stderr
 
 
-@pytest.mark.xfail(reason="cnnspec.compiler imports torch at module level, so validate's shape "
-                          "check pulls it in (contract: validate must not import torch)",
-                   strict=False)
 def test_validate_does_not_import_torch():
     code = ("import sys; from cnnspec import cli; cli.main(['validate', 'specs/simcnn.yaml']); "
             "assert 'torch' not in sys.modules, 'torch was imported'")
