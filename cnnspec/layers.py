@@ -18,9 +18,11 @@ anything is built) and records one `Record` per layer; `build_list` then builds 
 from __future__ import annotations
 
 import importlib
+import json
 import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 from cnnspec.errors import DataError, SpecError
@@ -715,11 +717,12 @@ def pooled(node, out):
     return (out[0],) if node.options.get("pooling", "none") != "none" else out
 
 
-def shape_backbone(node, in_shape, ctx):
-    need_image(node, in_shape)
-    if in_shape[0] != 3:
-        raise error(node, f"{node.name}: backbone {node.options['model']} needs 3 input channels, "
-                          f"got {fmt(in_shape)}")
+BACKBONE_FACTS = Path(__file__).with_name("backbone_facts.json")
+
+
+def measure_backbone(node, in_shape, ctx) -> dict:
+    """Output shape, parameter and BN-buffer counts and MACs of a backbone's features,
+    measured on the meta device (needs torch and torchvision: a few seconds)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     features = backbone_meta(node, ctx)
@@ -730,10 +733,32 @@ def shape_backbone(node, in_shape, ctx):
     except RuntimeError as failure:
         raise error(node, f"{node.name}: input {fmt(in_shape)} is too small for backbone "
                           f"{node.options['model']} ({str(failure).splitlines()[0]})") from None
-    trainable = sum(p.numel() for p in features.parameters())
-    buffers = sum(b.numel() for name, b in features.named_buffers() if name.endswith(("running_mean", "running_var")))
-    return Inferred(pooled(node, tuple(out)), trainable=trainable, non_trainable=buffers,
-                    macs=counter.get_total_flops() // 2)
+    return {"out": list(out), "params": sum(p.numel() for p in features.parameters()),
+            "buffers": sum(b.numel() for name, b in features.named_buffers()
+                           if name.endswith(("running_mean", "running_var"))),
+            "macs": counter.get_total_flops() // 2}
+
+
+def shipped_backbone_facts(model_name: str, in_shape: tuple) -> dict | None:
+    """The measurement stored in backbone_facts.json (scripts/backbone_facts.py writes it)
+    for the installed torchvision, so `cnnspec summary` need not import torch."""
+    from importlib.metadata import version
+
+    facts = json.loads(BACKBONE_FACTS.read_text()) if BACKBONE_FACTS.exists() else {}
+    if facts.get("torchvision") != version("torchvision"):
+        return None
+    return facts["models"].get(f"{model_name}@{'x'.join(map(str, in_shape))}")
+
+
+def shape_backbone(node, in_shape, ctx):
+    need_image(node, in_shape)
+    if in_shape[0] != 3:
+        raise error(node, f"{node.name}: backbone {node.options['model']} needs 3 input channels, "
+                          f"got {fmt(in_shape)}")
+    facts = (shipped_backbone_facts(node.options["model"], in_shape)
+             or measure_backbone(node, in_shape, ctx))
+    return Inferred(pooled(node, tuple(facts["out"])), trainable=facts["params"],
+                    non_trainable=facts["buffers"], macs=facts["macs"])
 
 
 def build_backbone(node, in_shape, ctx):
