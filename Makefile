@@ -12,8 +12,9 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $@
 
+# The stages run `python stages/...`: the venv's python must come first on PATH.
 run: $(BIN)/.installed
-	$(BIN)/dvc repro
+	PATH="$(abspath $(BIN)):$$PATH" dvc repro
 
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest
