@@ -103,6 +103,8 @@ def measure(spec: str, data: dict, batch: int, epochs: int, compile: bool, preci
     result = train(model, data, params, device, cuda_paths_on_cpu=True)
     synchronize(device)
     steps = len(data["train_labels"]) // batch * epochs
+    if steps < 2:
+        raise ValueError(f"{spec}: {steps} step(s) of batch {batch}; the first is timed apart, so use more images")
     images_per_second = (steps - 1) * batch / result.train_seconds
     return Row(spec, compile, precision, batch, len(data["train_labels"]) / images_per_second,
                images_per_second, peak_memory_bytes(device), flops, result.first_step_seconds)
