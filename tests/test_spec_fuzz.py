@@ -1,0 +1,516 @@
+"""Property-based robustness of the spec language (issue 5).
+
+Whatever text a user feeds cnnspec, one of two things happens:
+
+    parse_spec -> infer_shapes -> (small specs only) build_model -> forward on 1 image
+    succeeds, or raises SpecError naming where the problem is.
+
+Never another exception, never a hang, never an attempt to allocate absurd memory.
+The inputs come from three generators: (a) random layer lists drawn from every layer
+type of cnnspec/schema.json with sane and hostile option values; (b) mutations of the
+shipped specs/*.yaml; (c) truncated and garbled YAML, plus hand-made hostile documents
+(alias bombs, deep nesting, huge files). Runs are derandomized, so CI sees the same
+1,000+ cases every time.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import cnnspec
+from cnnspec import SpecError
+from cnnspec.compiler import infer_shapes
+
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMA = json.loads((ROOT / "cnnspec" / "schema.json").read_text(encoding="utf-8"))
+LAYER_SCHEMAS = {name: sub for name, sub in SCHEMA["$defs"].items() if sub.get("x-layer")}
+COMPOSITES = {"residual", "parallel", "repeat", "use"}
+LEAVES = sorted(set(LAYER_SCHEMAS) - COMPOSITES)
+REAL_SPECS = {path.name: path.read_text(encoding="utf-8") for path in sorted((ROOT / "specs").glob("*.yaml"))}
+
+FILE = "fuzz.yaml"
+INPUT = (3, 32, 32)
+CLASSES = 10
+# Only specs this small are built and run: the point is the contract, not the maths.
+BUILD_PARAMS = 200_000
+BUILD_ACTIVATIONS = 100_000   # largest layer output, in numbers per image
+BUILD_MACS = 20_000_000
+# Errors about the whole document have no line or key to point at, only the file.
+WHOLE_DOCUMENT = re.compile(r"too large|nesting deeper|is empty|top level")
+
+FUZZ = settings(derandomize=True, database=None, deadline=10_000, print_blob=False,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                       HealthCheck.filter_too_much, HealthCheck.large_base_example])
+
+
+@pytest.fixture(scope="module", autouse=True)
+def warm_up():
+    """Pay torch's and the compiler's first-call costs before the deadline clock runs."""
+    torch.set_num_threads(1)
+    check_text(REAL_SPECS["simcnn.yaml"])
+
+
+# ---------------------------------------------------------------- the property
+
+def assert_located(error: SpecError, text: str) -> None:
+    message = str(error)
+    assert "\n" not in message, f"not one line: {message!r}"
+    assert message.startswith(f"{FILE}:"), f"no file in: {message}"
+    if error.line is None and not error.key:
+        assert WHOLE_DOCUMENT.search(message), f"no line or key in: {message}"
+    if error.line is not None:
+        assert 1 <= error.line <= text.count("\n") + 2, f"line out of the file: {message}"
+
+
+def largest_activation(records) -> int:
+    return max((math.prod(out_shape) for _, _, out_shape in records), default=0)
+
+
+def check_text(text: str) -> str:
+    """The property for one input; returns how far the input got (for the counts)."""
+    try:
+        spec = cnnspec.parse_spec(text, FILE)
+        records = infer_shapes(spec, INPUT, CLASSES)
+        summary = cnnspec.summarize(spec, input_shape=INPUT, num_classes=CLASSES)
+    except SpecError as error:
+        assert_located(error, text)
+        return "refused"
+    if (summary.total > BUILD_PARAMS or summary.macs > BUILD_MACS
+            or largest_activation(records) > BUILD_ACTIVATIONS):
+        return "checked"
+    try:
+        model = cnnspec.build_model(spec, INPUT, CLASSES).eval()
+    except SpecError as error:
+        assert_located(error, text)
+        return "refused"
+    assert counted_in_model(model) == (summary.trainable, summary.non_trainable)
+    with torch.no_grad():
+        logits = model(torch.randn(1, *INPUT, generator=torch.Generator().manual_seed(0)))
+    assert logits.shape == (1, CLASSES)
+    return "built"
+
+
+def counted_in_model(model) -> tuple[int, int]:
+    """Keras' counts from the built model: trainable = parameters that require grad;
+    non-trainable = frozen parameters + batch norm's running mean and variance."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
+    statistics = sum(b.numel() for name, b in model.named_buffers()
+                     if name.endswith(("running_mean", "running_var")))
+    return trainable, frozen + statistics
+
+
+def without_known_bugs(data):
+    """Drop the values that hit the bugs pinned by the xfail tests below, so the random
+    tests stay green and keep looking for new ones. Remove once those are fixed."""
+    if isinstance(data, dict):
+        if data.get("alpha") == 0:  # KNOWN_BUGS["celu_alpha_zero"]
+            del data["alpha"]
+        for key in ("height", "width"):  # KNOWN_BUGS["nan_translation"]
+            if isinstance(data.get(key), float) and math.isnan(data[key]):
+                del data[key]
+        for value in data.values():
+            without_known_bugs(value)
+    elif isinstance(data, list):
+        for value in data:
+            without_known_bugs(value)
+    return data
+
+
+def dump(data) -> str:
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=None, allow_unicode=True)
+
+
+# ---------------------------------------------------------------- (a) random specs
+
+HOSTILE = st.sampled_from([0, -1, -7, 10**9, 2**63, 10**30, 0.5, -0.0, 1e-300, float("inf"),
+                           float("nan"), "", "x", "same", "num_classes", "$n", None, True, False,
+                           [], [1], [1, [2]], [0, 0, 0, 0], {}, {"a": 1}, "conv"])
+NAMES = st.sampled_from(["a", "stem", "x_1", "conv_1", "b", "1bad", "has space", "a"])
+
+
+def sane_value(key: str, prop: dict, layers) -> st.SearchStrategy:
+    """A value that fits the option's schema (or nearly: sizes stay small)."""
+    if "$ref" in prop:
+        return layers
+    if key == "branches":
+        return st.lists(layers, min_size=1, max_size=3)
+    if key == "name":
+        return NAMES
+    if "enum" in prop:
+        return st.sampled_from(prop["enum"])
+    kinds = prop.get("type", [])
+    kinds = [kinds] if isinstance(kinds, str) else kinds
+    choices = []
+    if "integer" in kinds:
+        low = prop.get("minimum", 0)
+        high = 16 if key in ("filters", "units", "n") else 5
+        choices.append(st.integers(low, max(low, min(high, prop.get("maximum", high)))))
+    if "number" in kinds:
+        low, high = prop.get("minimum", 0), min(prop.get("maximum", 2), 2)
+        choices.append(st.floats(low, high, exclude_max="exclusiveMaximum" in prop))
+    if "boolean" in kinds:
+        choices.append(st.booleans())
+    if "string" in kinds:
+        pattern = prop.get("pattern", "")
+        words = re.findall(r"[a-z_]+", pattern) or ["text"]
+        choices.append(st.sampled_from(words))
+    if "array" in kinds:
+        size, low = prop.get("minItems", 2), prop.get("items", {}).get("minimum", 0)
+        choices.append(st.lists(st.integers(low, low + 3), min_size=size, max_size=size))
+    if key in ("filters", "units"):
+        choices.append(st.just("num_classes"))
+    return st.one_of(choices) if choices else HOSTILE
+
+
+def options_for(layer_type: str, layers, wild: bool = True) -> st.SearchStrategy:
+    """TYPE's options: required ones mostly present, others sometimes; values mostly sane."""
+    properties = LAYER_SCHEMAS[layer_type].get("properties", {})
+    required = set(LAYER_SCHEMAS[layer_type].get("required", []))
+
+    @st.composite
+    def draw_options(draw):
+        options = {}
+        for key, prop in properties.items():
+            keep = draw(st.integers(0, 19)) < (18 if key in required else 5)
+            if keep:
+                hostile = wild and draw(st.integers(0, 9)) == 0
+                options[key] = draw(HOSTILE if hostile else sane_value(key, prop, layers))
+        if wild and draw(st.integers(0, 29)) == 0:
+            options[draw(st.sampled_from(["kernal", "filter", "x", "unit"]))] = 1
+        return options
+
+    return draw_options()
+
+
+def layer_item(layer_type: str, layers, blocks: list[str], wild: bool) -> st.SearchStrategy:
+    """One layer list item, as TYPE, TYPE: shorthand or TYPE: {options}."""
+    if layer_type == "use":
+        call = st.fixed_dictionaries({"block": st.sampled_from(blocks or ["nowhere"])},
+                                     optional={"filters": sane_value("filters", {"type": "integer", "minimum": 1}, layers),
+                                               **({"name": NAMES, "bogus": HOSTILE} if wild else {})})
+        return call.map(lambda options: {"use": options})
+    shorthand = LAYER_SCHEMAS[layer_type].get("x-shorthand")
+    forms = [options_for(layer_type, layers, wild).map(lambda options: {layer_type: options})]
+    if shorthand:
+        prop = LAYER_SCHEMAS[layer_type]["properties"][shorthand]
+        forms.append(sane_value(shorthand, prop, layers).map(lambda value: {layer_type: value}))
+    if not LAYER_SCHEMAS[layer_type].get("required"):
+        forms.append(st.just(layer_type))
+    return st.one_of(forms)
+
+
+def layer_lists(blocks: list[str], wild: bool, depth: int = 0) -> st.SearchStrategy:
+    """A list of up to 6 layers; composites nest up to three levels. Tame lists (not
+    `wild`) hold only in-schema values, so many of them get as far as a model."""
+    inner = layer_lists(blocks, wild, depth + 1) if depth < 2 else st.just(["flatten"])
+    types = LEAVES + (sorted(COMPOSITES) if depth < 2 else ["use"])
+    item = st.sampled_from(types).flatmap(lambda kind: layer_item(kind, inner, blocks, wild))
+    odd = st.one_of(HOSTILE, st.just({"conv": 4, "bn": {}}), st.just({"conv2d": 8}), st.just({"relu": None}))
+    items = st.one_of(item, item, item, item, item, odd) if wild else item
+    return st.lists(items, min_size=0 if wild and depth == 0 else 1, max_size=6)
+
+
+@st.composite
+def random_specs(draw) -> str:
+    wild = draw(st.booleans())
+    block_names = draw(st.lists(st.sampled_from(["unit", "down", "fire"]), max_size=2, unique=True))
+    blocks = {}
+    for name in block_names:
+        args = {"filters": draw(st.one_of(st.none(), st.integers(1, 8)))}
+        if wild:
+            args = draw(st.dictionaries(st.sampled_from(["filters", "stride", "rate"]),
+                                        st.one_of(st.none(), st.integers(1, 8)), max_size=2))
+        body = draw(layer_lists(block_names, wild, depth=1))
+        if "filters" in args:
+            body = [{"conv": {"filters": "$filters", "kernel": 3}}] + body
+        if wild and draw(st.booleans()):
+            body.append({"use": {"block": draw(st.sampled_from(block_names))}})  # maybe recursive
+        blocks[name] = {"args": args, "layers": body} if args else {"layers": body}
+    body = draw(layer_lists(block_names, wild))
+    for name in block_names:
+        if draw(st.booleans()):
+            body.insert(0, {"use": {"block": name, "filters": draw(st.integers(1, 8))}})
+    tail = draw(st.sampled_from([[]] * wild + [["global_avg_pool", {"dense": "num_classes"}],
+                                 ["flatten", {"dense": {"units": "num_classes", "activation": "softmax"}}]]))
+    document = {"name": draw(st.one_of(st.just("fuzz"), HOSTILE)) if wild else "fuzz", "layers": body + tail}
+    if blocks:
+        document["blocks"] = blocks
+    if draw(st.integers(0, 4)) == 0:
+        defaults = draw(options_for("conv", st.just(["flatten"]), wild))
+        if not wild:
+            defaults.pop("name", None)
+        document["defaults"] = {"conv": defaults}
+    if wild and draw(st.integers(0, 9)) == 0:
+        document["input"] = {"channels": 3, "height": draw(st.one_of(st.integers(1, 64), HOSTILE)),
+                             "width": 32}
+    return dump(without_known_bugs(document))
+
+
+@pytest.mark.timeout(120)
+@settings(FUZZ, max_examples=400)
+@given(random_specs())
+def test_random_specs_build_or_raise_a_located_spec_error(text):
+    check_text(text)
+
+
+def test_random_specs_reach_every_stage():
+    """The generator is useful only if its specs get past parsing and into models."""
+    outcomes = {"refused": 0, "checked": 0, "built": 0}
+
+    @settings(FUZZ, max_examples=150)
+    @given(random_specs())
+    def tally(text):
+        outcomes[check_text(text)] += 1
+
+    tally()
+    assert outcomes["refused"] >= 15 and outcomes["built"] >= 15, outcomes
+
+
+# ---------------------------------------------------------------- (b) mutated real specs
+
+def paths_in(data, path=()):
+    """Every (path to a container, key or index) in a YAML tree."""
+    if isinstance(data, dict):
+        for key, value in data.items():
+            yield path, key
+            yield from paths_in(value, path + (key,))
+    elif isinstance(data, list):
+        for index, value in enumerate(data):
+            yield path, index
+            yield from paths_in(value, path + (index,))
+
+
+def at(data, path):
+    for part in path:
+        data = data[part]
+    return data
+
+
+def swap_type(value):
+    swaps = {int: str, float: str, str: lambda v: [v], bool: int, list: lambda v: {"items": v},
+             dict: lambda v: [list(pair) for pair in v.items()], type(None): lambda v: {}}
+    return swaps.get(type(value), str)(value)
+
+
+MUTATIONS = ["delete", "rename", "replace", "swap_type", "wrap", "duplicate_item"]
+
+
+@st.composite
+def mutated_specs(draw) -> str:
+    name = draw(st.sampled_from(sorted(REAL_SPECS)))
+    data = yaml.safe_load(REAL_SPECS[name])
+    for _ in range(draw(st.integers(1, 3))):
+        places = list(paths_in(data))
+        path, key = draw(st.sampled_from(places))
+        parent, kind = at(data, path), draw(st.sampled_from(MUTATIONS))
+        if kind == "delete":
+            del parent[key]
+        elif kind == "rename" and isinstance(parent, dict):
+            typo = draw(st.sampled_from([key[:-1], key + "s", key.upper(), "layer", "kernal", "Conv2D", ""]))
+            parent[typo or "x"] = parent.pop(key)
+        elif kind == "replace":
+            parent[key] = draw(HOSTILE)
+        elif kind == "swap_type":
+            parent[key] = swap_type(parent[key])
+        elif kind == "wrap":
+            for _ in range(draw(st.sampled_from([1, 2, 40, 70]))):
+                parent[key] = [parent[key]]
+        elif kind == "duplicate_item" and isinstance(parent, list):
+            parent.insert(key, parent[key])
+    text = dump(without_known_bugs(data))
+    if draw(st.integers(0, 4)) == 0:  # a key written twice in one mapping
+        lines = text.splitlines(keepends=True)
+        index = draw(st.integers(0, len(lines) - 1))
+        text = "".join(lines[:index + 1] + lines[index:])
+    return text
+
+
+@pytest.mark.timeout(120)
+@settings(FUZZ, max_examples=300)
+@given(mutated_specs())
+def test_mutated_real_specs_build_or_raise_a_located_spec_error(text):
+    check_text(text)
+
+
+# ---------------------------------------------------------------- (c) garbled YAML text
+
+PRINTABLE_JUNK = st.sampled_from(["", " ", "  ", "\t", "\n", "-", ":", ": ", "{", "}", "[", "]", ",", "&a ",
+                                  "*a", "*nowhere", "!!", "!!python/object:os.system ", "!!binary ", "<<: ",
+                                  "'", '"', "#", "|", ">", "%YAML 1.1\n", "---\n", "...\n", "? ", "é", "\u2028",
+                                  "\ufeff", "1e999", "-0", "0x1F", "~", "$filters", "😀"])
+
+
+@st.composite
+def garbled_texts(draw) -> str:
+    text = REAL_SPECS[draw(st.sampled_from(sorted(REAL_SPECS)))]
+    if draw(st.booleans()):
+        text = text[:draw(st.integers(0, len(text)))]  # truncated
+    for _ in range(draw(st.integers(0, 4))):
+        position = draw(st.integers(0, len(text)))
+        removed = draw(st.integers(0, 5))
+        insert = draw(st.one_of(PRINTABLE_JUNK, st.text(st.characters(codec="utf-8", exclude_categories=["Cs", "Cc"]),
+                                                        max_size=4)))
+        text = text[:position] + insert + text[position + removed:]
+    if draw(st.integers(0, 5)) == 0:
+        text = text.replace("  ", "\t")
+    return text
+
+
+@pytest.mark.timeout(120)
+@settings(FUZZ, max_examples=300)
+@given(garbled_texts())
+def test_garbled_yaml_builds_or_raises_a_located_spec_error(text):
+    check_text(text)
+
+
+def alias_bomb(levels: int = 9) -> str:
+    lines = ["a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    for level in range(1, levels):
+        lines.append(f"a{level}: &a{level} [" + ", ".join([f"*a{level - 1}"] * 10) + "]")
+    return "\n".join(lines) + "\nname: bomb\nlayers: [flatten, {dense: num_classes}]\n"
+
+
+def spec_with_layers(layers: str) -> str:
+    return f"name: hostile\nlayers:\n{layers}"
+
+
+HOSTILE_DOCUMENTS = {
+    "alias_bomb": alias_bomb(),
+    "alias_bomb_in_layers": "name: bomb\nlayers: &l [flatten, {dense: num_classes}]\nblocks:\n"
+                            + "".join(f"  b{i}: {{layers: [{', '.join(['{use: {block: b%d}}' % (i - 1)] * 10)}]}}\n"
+                                      for i in range(1, 8)).replace("b0", "b7")
+                            + "  b0: {layers: [flatten]}\n",
+    "alias_repeat_bomb": "name: bomb\nlayers:\n  - repeat: {n: 1000, layers: &r [repeat: {n: 1000, layers: [repeat: {n: 1000, layers: [flatten]}]}]}\n",
+    "deep_flow_lists": "name: deep\nlayers: " + "[" * 5000 + "]" * 5000 + "\n",
+    "deep_flow_maps": "name: deep\nlayers: " + "{a: " * 3000 + "1" + "}" * 3000 + "\n",
+    "deep_residuals": spec_with_layers("  - " + "residual: {body: [" * 40 + "conv: 4" + "]}" * 40 + "\n"),
+    "deep_block_chain": "name: chain\nblocks:\n" + "".join(f"  b{i}: {{layers: [use: b{i + 1}]}}\n" for i in range(40))
+                        + "  b40: {layers: [flatten]}\nlayers: [use: b0, dense: num_classes]\n",
+    "recursive_block": "name: loop\nblocks: {a: {layers: [use: b]}, b: {layers: [use: a]}}\nlayers: [use: a]\n",
+    "many_layers": spec_with_layers("  - scale: 1.0\n" * 20_000),
+    "huge_scalar": "name: " + "x" * 2_000_000 + "\nlayers: [flatten, {dense: num_classes}]\n",
+    "many_keys": "name: keys\n" + "".join(f"k{i}: {i}\n" for i in range(20_000)) + "layers: [flatten]\n",
+    "huge_integer": spec_with_layers("  - conv: " + "9" * 4000 + "\n"),
+    "unbalanced_open": spec_with_layers("  - conv: {filters: [8, 8\n  - flatten\n"),
+    "unbalanced_close": spec_with_layers("  - conv: 8}]\n"),
+    "tabs": "name: tabs\nlayers:\n\t- conv: 8\n",
+    "python_tag": "name: !!python/object/apply:os.system [echo hacked]\nlayers: [flatten]\n",
+    "merge_key": spec_with_layers("  - conv: {<<: {filters: 3}, kernel: 3}\n"),
+    "two_documents": "name: a\nlayers: [flatten]\n---\nname: b\nlayers: [flatten]\n",
+    "only_a_comment": "# nothing here\n",
+    "a_list": "- conv: 8\n",
+    "float_size": spec_with_layers("  - conv: 1e2\n"),
+    "absurd_width": spec_with_layers("  - conv: 1000000\n  - conv: 1000000\n"),
+    "absurd_dense": spec_with_layers("  - flatten\n  - dense: 1000000\n  - dense: 1000000\n  - dense: num_classes\n"),
+    "absurd_resize": spec_with_layers("  - resize: {height: 8192}\n  - conv: 1000000\n  - global_avg_pool\n"
+                                      "  - dense: num_classes\n"),
+}
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("name", sorted(HOSTILE_DOCUMENTS))
+def test_hostile_documents_are_refused_or_checked_without_blowing_up(name):
+    check_text(HOSTILE_DOCUMENTS[name])
+
+
+# ---------------------------------------------------------------- known bugs (xfail until fixed)
+
+def known_bug(text: str, reason: str):
+    return pytest.param(text, marks=pytest.mark.xfail(strict=True, reason=reason))
+
+
+KNOWN_BUGS = {
+    "control_character": known_bug(
+        "name: a\nlayers:\n  - flatten\x00\n  - dense: num_classes\n",
+        "yamlio lets yaml.ReaderError (NUL or another control character) escape, not a SpecError"),
+    "nan_translation": known_bug(
+        spec_with_layers("  - random_translation: {height: .nan}\n  - flatten\n  - dense: num_classes\n"),
+        "random_translation height .nan passes the schema (nan is neither < 0 nor > 1); "
+        "round(nan) in layers.translation_pixels raises ValueError"),
+    "celu_alpha_zero": known_bug(
+        spec_with_layers("  - activation: {fn: celu, alpha: 0}\n  - flatten\n  - dense: num_classes\n"),
+        "activation alpha has no minimum in schema.json: celu with alpha 0 raises "
+        "RuntimeError (ZeroDivisionError) in forward"),
+    "integer_over_4300_digits": known_bug(
+        spec_with_layers("  - conv: " + "9" * 5000 + "\n"),
+        "PyYAML's int() of a 5000-digit scalar raises ValueError (Python's 4300-digit limit); "
+        "yamlio catches only YAMLError"),
+}
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("text", KNOWN_BUGS.values(), ids=KNOWN_BUGS.keys())
+def test_known_bugs_are_located_spec_errors(text):
+    check_text(text)
+
+
+@pytest.mark.xfail(strict=True, reason="no parameter limit: infer_shapes and build_model accept "
+                                       "a 1e12-parameter spec (4 TB of float32)")
+@pytest.mark.parametrize("name", ["absurd_dense", "absurd_width"])
+def test_absurd_parameter_counts_are_refused_with_their_size(name):
+    spec = cnnspec.parse_spec(HOSTILE_DOCUMENTS[name], FILE)
+    with torch.device("meta"), pytest.raises(SpecError) as refused:  # meta: nothing is allocated
+        infer_shapes(spec, INPUT, CLASSES)
+        cnnspec.build_model(spec, INPUT, CLASSES)
+    total = cnnspec.summarize(spec, input_shape=INPUT, num_classes=CLASSES).total
+    assert "param" in str(refused.value)
+    assert re.search(r"\d", str(refused.value)) and total > 10**9
+    assert_located(refused.value, HOSTILE_DOCUMENTS[name])
+
+
+# ---------------------------------------------------------------- the command line
+
+def bad_inputs(count: int, seed: int = 5) -> list[str]:
+    """Deterministically garbled and mutated shipped specs (what the fuzzers draw from)."""
+    rng = random.Random(seed)
+    texts = [HOSTILE_DOCUMENTS[name] for name in ("deep_flow_lists", "alias_bomb", "tabs", "merge_key")]
+    while len(texts) < count:
+        text = REAL_SPECS[rng.choice(sorted(REAL_SPECS))]
+        position = rng.randrange(len(text))
+        junk = rng.choice(["", "\t", "{", "]", ": :", "-1", "&a", "*b", "1e999", "'"])
+        texts.append(text[:position] + junk + text[position + rng.randrange(8):])
+    return texts
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "CNNSPEC_DEBUG": ""}
+    return subprocess.run([sys.executable, "-m", "cnnspec.cli", *args], capture_output=True,
+                          text=True, env=env, cwd=ROOT, timeout=120)
+
+
+@pytest.mark.timeout(150)
+def test_validate_prints_one_line_per_bad_input_and_never_a_traceback(tmp_path):
+    paths = []
+    for index, text in enumerate(bad_inputs(20)):
+        paths.append(tmp_path / f"bad_{index:02d}.yaml")
+        paths[-1].write_text(text, encoding="utf-8")
+    result = run_cli("validate", *map(str, paths))
+    assert "Traceback" not in result.stderr + result.stdout
+    errors = result.stderr.splitlines()
+    assert all(line.startswith("error: ") for line in errors), result.stderr
+    assert len(errors) + len(result.stdout.splitlines()) == len(paths)
+    assert len(errors) >= 10 and result.returncode == 1
+    for line in errors:
+        assert re.match(r"error: \S+bad_\d\d\.yaml(:\d+:\d+)?: ", line), line
+
+
+@pytest.mark.timeout(60)
+def test_validate_with_debug_shows_the_traceback(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text(HOSTILE_DOCUMENTS["unbalanced_open"], encoding="utf-8")
+    result = run_cli("validate", "--debug", str(path))
+    assert result.returncode != 0
+    assert "Traceback" in result.stderr and "SpecError" in result.stderr
