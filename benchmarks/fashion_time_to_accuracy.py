@@ -138,7 +138,7 @@ def report(runs: list[Run], budgets: list[float]) -> list[str]:
 
 def settings(args) -> dict:
     if args.quick:
-        return {"budgets": [60.0], "train_images": 4000, "test_images": 2000, "batch": 128}
+        return {"budgets": [60.0], "train_images": 2000, "test_images": 2000, "batch": 64}
     return {"budgets": [15.0, 60.0, 180.0], "train_images": None, "test_images": None, "batch": 512}
 
 
@@ -146,7 +146,7 @@ def settings(args) -> dict:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
-    parser.add_argument("--quick", action="store_true", help="CPU: a 60 s budget on 4,000 training images")
+    parser.add_argument("--quick", action="store_true", help="CPU: a 60 s budget on 2,000 training images")
     parser.add_argument("--data", type=Path, default=DEBIAN_FOLDER, help="folder of the four idx .gz files")
     parser.add_argument("--spec", type=Path, default=SPEC)
     parser.add_argument("--budgets", type=float, nargs="+", help="seconds of training")
