@@ -413,7 +413,7 @@ HOSTILE_DOCUMENTS = {
     "only_a_comment": "# nothing here\n",
     "a_list": "- conv: 8\n",
     "float_size": spec_with_layers("  - conv: 1e2\n"),
-    "absurd_width": spec_with_layers("  - conv: 1000000\n  - conv: 1000000\n"),
+    "absurd_width": spec_with_layers("  - conv: 1000000\n  - conv: 1000000\n  - global_avg_pool\n  - dense: num_classes\n"),
     "absurd_dense": spec_with_layers("  - flatten\n  - dense: 1000000\n  - dense: 1000000\n  - dense: num_classes\n"),
     "absurd_resize": spec_with_layers("  - resize: {height: 8192}\n  - conv: 1000000\n  - global_avg_pool\n"
                                       "  - dense: num_classes\n"),
