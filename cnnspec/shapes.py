@@ -11,6 +11,7 @@ from cnnspec import layers as registry
 from cnnspec.nodes import Spec
 
 DEFAULT_INPUT = (3, 32, 32)
+MAX_PARAMS = 1_000_000_000  # 4 GB of float32 weights: refused before anything is allocated
 
 
 def as_spec(spec_or_path) -> Spec:
@@ -33,6 +34,7 @@ def infer(spec: Spec, input_shape, num_classes: int, load_weights: bool = False)
     one logit per class."""
     shape = resolve_input(spec, input_shape)
     ctx = registry.infer_tree(spec.layers, shape, num_classes, load_weights)
+    check_size(ctx.records)
     out_shape = ctx.records[-1].out_shape if ctx.records else shape
     if tuple(out_shape) != (num_classes,):
         last = spec.layers[-1]
@@ -40,6 +42,16 @@ def infer(spec: Spec, input_shape, num_classes: int, load_weights: bool = False)
                                    f"it must end in ({num_classes},), one logit per class "
                                    f"(write units: num_classes)")
     return ctx
+
+
+def check_size(records) -> None:
+    """Refuse a model whose parameters would not fit any sane memory, naming its biggest layer."""
+    total = sum(record.trainable + record.non_trainable for record in records)
+    if total > MAX_PARAMS:
+        biggest = max(records, key=lambda record: record.trainable + record.non_trainable)
+        own = biggest.trainable + biggest.non_trainable
+        raise registry.error(biggest.node, f"the model would have {total:,} parameters, more than the "
+                                           f"limit of {MAX_PARAMS:,}; {biggest.node.name} alone has {own:,}")
 
 
 def infer_shapes(spec_or_path, input_shape=None, num_classes: int = 10) -> list:

@@ -12,6 +12,7 @@ Three differences from `yaml.safe_load`:
 """
 from __future__ import annotations
 
+import math
 import re
 
 import yaml
@@ -104,6 +105,24 @@ def construct_located_sequence(loader: LocatingLoader, node: yaml.SequenceNode) 
     return LocatedList(items, where=loader.location(node.start_mark), item_where=places)
 
 
+def construct_number(loader: LocatingLoader, node: yaml.ScalarNode):
+    """Numbers as PyYAML reads them, but a spec or params file holds only finite numbers
+    of sane length: `.nan`, `.inf` and a 5,000-digit integer are located errors."""
+    where = loader.location(node.start_mark)
+    reader = (yaml.SafeLoader.construct_yaml_int if node.tag.endswith(":int")
+              else yaml.SafeLoader.construct_yaml_float)
+    try:
+        value = reader(loader, node)
+    except ValueError as failure:  # Python refuses int() of more than 4,300 digits
+        raise SpecError(f"{describe_scalar(node.value)} is not a usable number ({failure})",
+                        where.file, where.line, where.col) from None
+    if isinstance(value, float) and not math.isfinite(value):
+        raise SpecError(f"{node.value} is not a finite number", where.file, where.line, where.col)
+    return value
+
+
+LocatingLoader.add_constructor("tag:yaml.org,2002:int", construct_number)
+LocatingLoader.add_constructor("tag:yaml.org,2002:float", construct_number)
 LocatingLoader.add_constructor("tag:yaml.org,2002:map", construct_located_mapping)
 LocatingLoader.add_constructor("tag:yaml.org,2002:seq", construct_located_sequence)
 
@@ -148,7 +167,14 @@ def check_size(data, file: str | None) -> None:
 
 def load_located(text: str, file: str | None = None) -> tuple[object, Location]:
     """Parse one YAML document into located data, and where its top value starts."""
-    loader = LocatingLoader(text)
+    try:
+        loader = LocatingLoader(text)  # the reader refuses control characters right here
+    except yaml.reader.ReaderError as error:
+        line = text.count("\n", 0, error.position) + 1
+        col = error.position - (text.rfind("\n", 0, error.position) + 1) + 1
+        code = error.character if isinstance(error.character, int) else ord(error.character)
+        raise SpecError(f"invalid YAML: the control character U+{code:04X} is not allowed",
+                        file, line, col) from None
     loader.file = file
     try:
         node = loader.get_single_node()
