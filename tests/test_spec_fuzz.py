@@ -71,7 +71,13 @@ def assert_located(error: SpecError, text: str) -> None:
     if error.line is None and not error.key:
         assert WHOLE_DOCUMENT.search(message), f"no line or key in: {message}"
     if error.line is not None:
-        assert 1 <= error.line <= text.count("\n") + 2, f"line out of the file: {message}"
+        assert 1 <= error.line <= yaml_line_count(text) + 1, f"line out of the file: {message}"
+
+
+def yaml_line_count(text: str) -> int:
+    """Lines as YAML (and most editors) count them: a carriage return, NEL and the
+    Unicode line and paragraph separators end a line too, not only a newline."""
+    return len(re.split("\r\n|[\n\r\x85\u2028\u2029]", text))
 
 
 def largest_activation(records) -> int:
