@@ -277,3 +277,4 @@ def test_scheduler_states_load_back_with_weights_only(tmp_path):
         again = recipe.make_schedule(torch.optim.SGD(TinyModel().parameters(), lr=0.1),
                                      {**train_defaults()["scheduler"], "name": name}, 3, 4)
         again.load_state_dict(copy.deepcopy(loaded["s"]))
+        assert again.state_dict() == schedule.state_dict(), name
