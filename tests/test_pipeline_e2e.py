@@ -131,6 +131,15 @@ def test_checkpoint_reloads_and_reproduces_accuracy(pipeline_repo):
     assert accuracy == pytest.approx(evaluated, abs=1e-4)
 
 
+def test_retraining_with_the_same_params_gives_byte_identical_eval_json(pipeline_repo):
+    repo, _, _ = pipeline_repo
+    before = (repo / "metrics" / "eval.json").read_bytes()
+    output = run(["dvc", "repro", "--force", "--single-item", "train"], repo, timeout=600)
+    output += run(["dvc", "repro", "--force", "--single-item", "evaluate"], repo, timeout=600)
+    assert ran_stages(output) == ["train", "evaluate"]
+    assert (repo / "metrics" / "eval.json").read_bytes() == before
+
+
 def test_experiment_reruns_only_training_side_and_diffs(pipeline_repo):
     repo, _, base_url = pipeline_repo
     run(["git", "add", "-A"], repo)
