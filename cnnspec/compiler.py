@@ -63,6 +63,9 @@ class SpecModel(nn.Module):
         by_id = {id(p): name for name, p in self.named_parameters()}
         self.param_options = {by_id[key]: settings for key, settings in param_settings.items() if key in by_id}
         self.frozen_layers = frozen_layers
+        # Found once here, not on every training step: (parameter, coefficient) of each L2 term.
+        self.l2_terms = [(parameter, self.options_of(name)["l2"])
+                         for name, parameter in self.named_parameters() if self.options_of(name)["l2"]]
 
     def forward(self, x):
         return self.layers(x)
@@ -80,13 +83,9 @@ class SpecModel(nn.Module):
 
     def regularization_loss(self):
         """Sum over layers with `l2: c` of c * (kernel ** 2).sum(), Keras' kernel_regularizer."""
-        total = None
-        for name, parameter in self.named_parameters():
-            l2 = self.options_of(name)["l2"]
-            if l2:
-                term = l2 * parameter.pow(2).sum()
-                total = term if total is None else total + term
-        return total if total is not None else torch.zeros((), device=self.device_of())
+        if not self.l2_terms:
+            return torch.zeros((), device=self.device_of())
+        return sum(l2 * parameter.pow(2).sum() for parameter, l2 in self.l2_terms)
 
     def device_of(self):
         parameter = next(self.parameters(), None)
