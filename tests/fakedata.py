@@ -170,10 +170,9 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
 
 
 @contextlib.contextmanager
-def serve_folder(folder):
-    """Serve `folder` over HTTP on 127.0.0.1 on a free port; yields the base URL
-    ("http://127.0.0.1:PORT", without a trailing slash)."""
-    handler = functools.partial(_QuietHandler, directory=str(folder))
+def running_server(handler):
+    """Run an HTTP server with `handler` on 127.0.0.1 on a free port in a thread;
+    yields the base URL ("http://127.0.0.1:PORT", without a trailing slash)."""
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
@@ -184,3 +183,10 @@ def serve_folder(folder):
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
+
+
+@contextlib.contextmanager
+def serve_folder(folder):
+    """Serve `folder` over HTTP on 127.0.0.1 on a free port; yields the base URL."""
+    with running_server(functools.partial(_QuietHandler, directory=str(folder))) as base_url:
+        yield base_url

@@ -23,7 +23,7 @@ import yaml
 from cnnspec.datasets import get_dataset
 from cnnspec.download import download_dataset, expected_md5s, fetch, file_urls, safe_extract
 from cnnspec.errors import DataError
-from tests.fakedata import make_cifar10_archive, make_mnist_folder, md5_of, serve_folder
+from tests.fakedata import make_cifar10_archive, make_mnist_folder, md5_of, running_server, serve_folder
 
 REPO = Path(__file__).resolve().parent.parent
 PAYLOAD = bytes(range(256)) * 400  # 100 KiB
@@ -55,16 +55,11 @@ class FaultyServer:
                 owner.requests.append({"range": self.headers.get("Range"), "fault": fault})
                 FAULTS[fault](self, owner)
 
-        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        server.daemon_threads = True
-        thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-        thread.start()
-        try:
-            yield f"http://127.0.0.1:{server.server_address[1]}/cifar-10-python.tar.gz"
-        finally:
-            self.release.set()
-            server.shutdown()
-            server.server_close()
+        with running_server(Handler) as base_url:
+            try:
+                yield f"{base_url}/cifar-10-python.tar.gz"
+            finally:
+                self.release.set()  # stalled handlers return before the server shuts down
 
 
 def _send(handler, body: bytes, status=200, length=None, extra=()):
