@@ -106,6 +106,13 @@ class SpecModel(nn.Module):
             groups[key]["params"].append(parameter)
         return list(groups.values())
 
+    def start_epoch(self, epoch: int) -> None:
+        """Called by the training loop before each epoch (0-based): layers whose
+        trainability depends on the epoch (the whitening bias) set it here."""
+        for module in self.modules():
+            if isinstance(module, WhiteningConv):
+                module.start_epoch(epoch)
+
     @torch.no_grad()
     def init_from_data(self, images) -> bool:
         """Data-dependent initialisation: each whitening conv from the batch as it reaches it."""

@@ -559,7 +559,8 @@ def shape_whiten(node, in_shape, ctx):
 def build_whiten(node, in_shape, ctx):
     kernel, _ = whiten_geometry(node, in_shape)
     return one(node, modules.WhiteningConv(in_shape[0], kernel, eps=node.options.get("eps", 5e-4),
-                                           bias=node.options.get("bias", True)))
+                                           bias=node.options.get("bias", True),
+                                           bias_epochs=node.options.get("bias_epochs")))
 
 
 # ---------------------------------------------------------------- composites

@@ -173,13 +173,20 @@ class WhiteningConv(nn.Module):
     The filter responses on those patches are then decorrelated with unit variance.
     """
 
-    def __init__(self, in_channels: int, kernel: int = 2, eps: float = 5e-4, bias: bool = True):
+    def __init__(self, in_channels: int, kernel: int = 2, eps: float = 5e-4, bias: bool = True,
+                 bias_epochs: int | None = None):
         super().__init__()
         out_channels = 2 * in_channels * kernel * kernel
-        self.kernel, self.eps = kernel, eps
+        self.kernel, self.eps, self.bias_epochs = kernel, eps, bias_epochs
         self.weight = nn.Parameter(torch.zeros(out_channels, in_channels, kernel, kernel),
                                    requires_grad=False)
         self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
+
+    def start_epoch(self, epoch: int) -> None:
+        """airbench trains the bias for the first `bias_epochs` epochs only. A parameter
+        without a gradient is skipped by the optimizer: no update, no weight decay."""
+        if self.bias is not None and self.bias_epochs is not None:
+            self.bias.requires_grad_(epoch < self.bias_epochs)
 
     def forward(self, x):
         return F.conv2d(x, self.weight, self.bias)
@@ -197,8 +204,9 @@ class WhiteningConv(nn.Module):
         self.weight.copy_(torch.cat([filters, -filters]))
 
     def extra_repr(self):
+        limit = "" if self.bias_epochs is None else f", bias_epochs={self.bias_epochs}"
         return f"in_channels={self.weight.shape[1]}, out_channels={self.weight.shape[0]}, " \
-               f"kernel={self.kernel}, eps={self.eps}"
+               f"kernel={self.kernel}, eps={self.eps}{limit}"
 
 
 class Backbone(nn.Module):

@@ -501,6 +501,7 @@ def _train(model, data, params, device, resume_path, log_dir, fingerprint, cuda_
             epoch_started = time.perf_counter()
             progress, run.progress = run.progress, None
             epoch_lr = progress["lr"] if progress else _nominal_lr(run.optimizer)
+            run.model.start_epoch(epoch)
             try:
                 sums = _train_steps(run, epoch, epoch_lr, progress, interrupt, resume_path, timing)
                 if run.lookahead and epoch == run.epochs - 1:

@@ -326,6 +326,34 @@ def test_whitening_init_gets_the_first_training_images_normalized_once(tmp_path)
     assert len(seen) == 1  # a resumed run keeps the saved (whitened) weights
 
 
+WHITEN_SPEC = """name: tiny_whiten
+layers:
+  - whiten: {kernel: 2, bias_epochs: 1}
+  - activation: gelu
+  - global_avg_pool
+  - dense: {units: num_classes}
+"""
+
+
+def whiten_bias_after(epochs: int, spec: str = WHITEN_SPEC) -> torch.Tensor:
+    torch.manual_seed(0)
+    model = cnnspec.build_model(cnnspec.parse_spec(spec, "tiny_whiten.yaml"), (3, 8, 8), 3)
+    params = train_params(epochs=epochs, lookahead={"enabled": False},
+                          scheduler={"name": "none"}, optimizer={"weight_decay": 0.01})
+    train(model, tiny_data(), params, "cpu")
+    return model.layers.whiten_1.bias.detach().clone()
+
+
+def test_whitening_bias_trains_only_for_its_bias_epochs():
+    """airbench: the whitening conv's bias learns in the first epochs, then stays put
+    (no gradient step and no weight decay)."""
+    after_one, after_three = whiten_bias_after(1), whiten_bias_after(3)
+    assert after_one.abs().sum() > 0
+    assert torch.equal(after_one, after_three)
+    unlimited = WHITEN_SPEC.replace(", bias_epochs: 1", "")
+    assert not torch.equal(whiten_bias_after(1, unlimited), whiten_bias_after(3, unlimited))
+
+
 def test_deterministic_mode_is_on_while_training_and_restored_after():
     during = []
     model = Sabotage(tiny_model(), 1, lambda out: during.append(torch.are_deterministic_algorithms_enabled()) or out)
