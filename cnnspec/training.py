@@ -296,7 +296,8 @@ class _Run:
         options = params["early_stopping"]
         self.early_stopping = recipe.EarlyStopping(options) if options["enabled"] else None
         options = params["lookahead"]
-        self.lookahead = recipe.Lookahead(model, options["steps"], options["alpha"]) if options["enabled"] else None
+        self.lookahead = recipe.Lookahead(model, options["steps"], options["alpha"], options["schedule"],
+                                          self.epochs * self.steps_per_epoch) if options["enabled"] else None
         options = params["ema"]
         self.ema = recipe.EMA(model, options["decay"]) if options["enabled"] else None
         self.step_model = torch.compile(model) if params["compile"] else model

@@ -104,6 +104,14 @@ def test_warmup_linear_rises_then_falls_to_the_final_fraction():
     assert seen[4] == pytest.approx(1.0) and seen[-1] == pytest.approx(0.1)
 
 
+def test_warmup_linear_can_start_from_a_fraction_of_lr_like_airbench():
+    options = {**train_defaults()["scheduler"], "name": "warmup_linear", "warmup_epochs": 1,
+               "initial_lr_fraction": 0.2, "final_lr_fraction": 0.07}
+    seen = lr_sequence(options)
+    assert seen[:5] == pytest.approx([0.2 + 0.8 * (s + 1) / 5 for s in range(5)])
+    assert seen[-1] == pytest.approx(0.07)
+
+
 def test_cosine_follows_its_formula():
     options = {**train_defaults()["scheduler"], "name": "cosine", "final_lr_fraction": 0.0}
     seen = lr_sequence(options)
@@ -248,6 +256,27 @@ def test_lookahead_pulls_fast_weights_toward_slow_every_k_steps():
     expected = slow_start + 0.5 * 3.0  # slow += 0.5 * (fast - slow); fast = slow
     assert torch.allclose(model.linear.weight, expected)
     assert torch.allclose(lookahead.slow[0], expected)
+
+
+def test_cubic_lookahead_follows_fast_weights_early_and_holds_back_late():
+    """airbench's schedule: alpha(t) = 1 - (1 - alpha) * (t / T) ** 3."""
+    lookahead = recipe.Lookahead(TinyModel(), steps=5, alpha=1 - 0.95 ** 5, schedule="cubic",
+                                 total_steps=100)
+    assert lookahead.alpha_at(0) == 1.0
+    assert abs(lookahead.alpha_at(50) - (1 - 0.95 ** 5 * 0.125)) < 1e-12
+    assert abs(lookahead.alpha_at(100) - (1 - 0.95 ** 5)) < 1e-12
+    assert recipe.Lookahead(TinyModel(), 5, 0.5).alpha_at(100) == 0.5
+
+    model = TinyModel()
+    slow_start = model.linear.weight.detach().clone()
+    lookahead = recipe.Lookahead(model, steps=2, alpha=0.2, schedule="cubic", total_steps=4)
+    for _ in range(4):
+        with torch.no_grad():
+            model.linear.weight.add_(1.0)
+        lookahead.after_step()
+    # sync at step 2: alpha 1 - 0.8 / 8 = 0.9 -> slow = start + 1.8;
+    # sync at step 4: fast = slow + 2, alpha 0.2 -> slow = start + 1.8 + 0.4
+    assert torch.allclose(model.linear.weight, slow_start + 2.2)
 
 
 def test_ema_averages_weights_with_its_decay():
