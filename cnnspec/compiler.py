@@ -63,6 +63,7 @@ class SpecModel(nn.Module):
         by_id = {id(p): name for name, p in self.named_parameters()}
         self.param_options = {by_id[key]: settings for key, settings in param_settings.items() if key in by_id}
         self.frozen_layers = frozen_layers
+        self.frozen_this_epoch: list[nn.Parameter] = []
         # Found once here, not on every training step: (parameter, coefficient) of each L2 term.
         self.l2_terms = [(parameter, self.options_of(name)["l2"])
                          for name, parameter in self.named_parameters() if self.options_of(name)["l2"]]
@@ -107,11 +108,18 @@ class SpecModel(nn.Module):
         return list(groups.values())
 
     def start_epoch(self, epoch: int) -> None:
-        """Called by the training loop before each epoch (0-based): layers whose
-        trainability depends on the epoch (the whitening bias) set it here."""
-        for module in self.modules():
-            if isinstance(module, WhiteningConv):
-                module.start_epoch(epoch)
+        """Called by the training loop before each epoch (0-based): finds the parameters
+        that stop learning from this epoch on (a whitening conv's bias after `bias_epochs`)."""
+        self.frozen_this_epoch = [parameter for module in self.modules() if isinstance(module, WhiteningConv)
+                                  for parameter in module.frozen_in_epoch(epoch)]
+
+    def drop_frozen_gradients(self) -> None:
+        """Called between backward and the optimizer step. The optimizer skips a parameter
+        without a gradient (no step, no weight decay). Dropping the gradient, rather than
+        switching requires_grad off, leaves the graph as it was: torch.compile does not
+        recompile mid-run."""
+        for parameter in self.frozen_this_epoch:
+            parameter.grad = None
 
     @torch.no_grad()
     def init_from_data(self, images) -> bool:

@@ -182,11 +182,11 @@ class WhiteningConv(nn.Module):
                                    requires_grad=False)
         self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
 
-    def start_epoch(self, epoch: int) -> None:
-        """airbench trains the bias for the first `bias_epochs` epochs only. A parameter
-        without a gradient is skipped by the optimizer: no update, no weight decay."""
-        if self.bias is not None and self.bias_epochs is not None:
-            self.bias.requires_grad_(epoch < self.bias_epochs)
+    def frozen_in_epoch(self, epoch: int) -> list[nn.Parameter]:
+        """airbench trains the bias for the first `bias_epochs` epochs only."""
+        if self.bias is not None and self.bias_epochs is not None and epoch >= self.bias_epochs:
+            return [self.bias]
+        return []
 
     def forward(self, x):
         return F.conv2d(x, self.weight, self.bias)

@@ -380,6 +380,7 @@ def _train_steps(run: _Run, epoch: int, epoch_lr: float, progress: dict | None,
             loss = run.criterion(logits, labels) + run.model.regularization_loss()
         run.optimizer.zero_grad(set_to_none=True)
         run.scaler.scale(loss).backward()
+        run.model.drop_frozen_gradients()
         run.scaler.step(run.optimizer)
         run.scaler.update()
         run.schedule.after_step()

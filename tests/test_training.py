@@ -354,6 +354,16 @@ def test_whitening_bias_trains_only_for_its_bias_epochs():
     assert not torch.equal(whiten_bias_after(1, unlimited), whiten_bias_after(3, unlimited))
 
 
+@pytest.mark.slow
+def test_freezing_the_whitening_bias_does_not_recompile(tmp_path):
+    torch.manual_seed(0)
+    model = cnnspec.build_model(cnnspec.parse_spec(WHITEN_SPEC, "tiny_whiten.yaml"), (3, 8, 8), 3)
+    torch._dynamo.reset()
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        result = train(model, tiny_data(), train_params(epochs=2, compile=True), "cpu")
+    assert len(result.history) == 2
+
+
 def test_deterministic_mode_is_on_while_training_and_restored_after():
     during = []
     model = Sabotage(tiny_model(), 1, lambda out: during.append(torch.are_deterministic_algorithms_enabled()) or out)
