@@ -111,9 +111,11 @@ def measure(spec: str, data: dict, batch: int, epochs: int, compile: bool, preci
 
 
 def ten_epoch_run(data: dict, compile: bool, device: torch.device) -> tuple[float, float]:
-    """speedrun94 with params.yaml's recipe for 10 epochs: (seconds without the first
-    step, which holds the compile; that first step's seconds)."""
+    """speedrun94 with params.yaml's recipe for 10 epochs on every training image and no
+    validation between epochs, as airbench times it (data.val_split: 0): (seconds without
+    the first step, which holds the compile; that first step's seconds)."""
     meta = data["meta"]
+    data = {**data, "val_images": data["val_images"][:0], "val_labels": data["val_labels"][:0]}
     params = train_params(epochs=10, compile=compile, precision="bf16")
     model = spec_model(ROOT / "specs" / "speedrun94.yaml", meta["input_shape"], len(meta["classes"]), 0)
     result = train(model, data, params, device, cuda_paths_on_cpu=True)
@@ -177,7 +179,8 @@ def main(argv=None):
     if not args.no_ten_epoch:
         for compile in compiles:
             seconds, first = ten_epoch_run(data, compile, device)
-            print(f"\nspeedrun94, 10 epochs on {images} images, bf16, compile={'yes' if compile else 'no'}: "
+            print(f"\nspeedrun94, 10 epochs on {images} images (no validation), bf16, "
+                  f"compile={'yes' if compile else 'no'}: "
                   f"{seconds:.2f} s without the first step, first step {first:.2f} s "
                   f"(target on one H100 with 50,000 images: <= 3.0 s excluding compile)")
     return rows

@@ -66,7 +66,7 @@ class Schedule:
         if self.when == "step":
             self.scheduler.step()
 
-    def after_epoch(self, val_loss: float) -> None:
+    def after_epoch(self, val_loss: float | None) -> None:
         if self.when == "epoch":
             self.scheduler.step()
         elif self.when == "plateau":

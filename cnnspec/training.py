@@ -43,7 +43,7 @@ import torch
 from cnnspec import recipe
 from cnnspec.atomic import save_torch
 from cnnspec.augment import Augmentation
-from cnnspec.errors import TrainingError
+from cnnspec.errors import ParamsError, TrainingError
 
 RESUME_FORMAT = "cnnspec-resume/1"
 WHITENING_IMAGES = 5000  # training images handed to model.init_from_data (airbench's figure)
@@ -222,15 +222,17 @@ class EpochLog:
 
     def _log(self, record: dict) -> None:
         for key in self.KEYS:
-            self.live.log_metric(key, float(record[key]))
+            if key in record:  # no val/* without a validation split
+                self.live.log_metric(key, float(record[key]))
         self.live.next_step()
 
     def epoch(self, epoch: int, record: dict, seconds: float) -> None:
         if self.live is not None:
             self._log(record)
+        val = (f"  val loss {record['val/loss']:.4f} acc {record['val/accuracy']:.4f}"
+               if "val/loss" in record else "")
         line = (f"epoch {epoch + 1}/{self.epochs}  train loss {record['train/loss']:.4f} "
-                f"acc {record['train/accuracy']:.4f}  val loss {record['val/loss']:.4f} "
-                f"acc {record['val/accuracy']:.4f}  lr {record['lr']:.3g}  {seconds:.1f}s")
+                f"acc {record['train/accuracy']:.4f}{val}  lr {record['lr']:.3g}  {seconds:.1f}s")
         _print_line(line)
 
     def close(self) -> None:
@@ -444,6 +446,20 @@ def _validate(run: _Run) -> tuple[torch.Tensor, torch.Tensor]:
     return loss_sum, correct
 
 
+def _check_validation_needs(params: dict, num_val: int) -> None:
+    """Early stopping and the plateau schedule watch the validation split."""
+    if num_val:
+        return
+    needs = []
+    if params["early_stopping"]["enabled"]:
+        needs.append("train.early_stopping.enabled: true")
+    if params["scheduler"]["name"] == "plateau":
+        needs.append("train.scheduler.name: plateau")
+    if needs:
+        raise ParamsError(f"params.yaml: {' and '.join(needs)} needs a validation split, but the "
+                          "prepared data has none (data.val_split: 0); set data.val_split above 0")
+
+
 def _nominal_lr(optimizer) -> float:
     """The schedule's lr now, without the first group's lr_mult."""
     group = optimizer.param_groups[0]
@@ -477,6 +493,7 @@ def train(model, data: dict, params: dict, device="cpu", *, resume_path=None, lo
 
 def _train(model, data, params, device, resume_path, log_dir, fingerprint, cuda_paths_on_cpu,
            interrupt) -> TrainResult:
+    _check_validation_needs(params, len(data["val_labels"]))
     torch.manual_seed(params["seed"])
     device_data = DeviceData(data, device)
     model = model.to(device)
@@ -492,6 +509,7 @@ def _train(model, data, params, device, resume_path, log_dir, fingerprint, cuda_
         run.load_state_dict(saved)
         print(f"resuming from {resume_path} at epoch {run.next_epoch + 1}", file=sys.stderr)
     start_epoch = run.next_epoch
+    num_val = len(device_data.val_labels)
     log = EpochLog(log_dir, run.history, start_epoch, run.epochs)
     timing = {"first_step_done": False, "first_step_seconds": 0.0}
     stopped_early = run.stopped_early
@@ -508,7 +526,10 @@ def _train(model, data, params, device, resume_path, log_dir, fingerprint, cuda_
                 sums = _train_steps(run, epoch, epoch_lr, progress, interrupt, resume_path, timing)
                 if run.lookahead and epoch == run.epochs - 1:
                     run.lookahead.finish()
-                val_loss, val_correct = _validate(run)
+                if num_val:
+                    val_loss, val_correct = _validate(run)
+                else:  # data.val_split: 0, training on every image (airbench's protocol)
+                    val_loss = val_correct = torch.zeros((), dtype=torch.float64, device=run.device)
             except torch.OutOfMemoryError:
                 raise _oom_error(run.batch_size, epoch) from None
             # The one read of the epoch: everything the device accumulated.
@@ -517,12 +538,13 @@ def _train(model, data, params, device, resume_path, log_dir, fingerprint, cuda_
                              val_loss, val_correct.double()]).tolist())
             if bad_step >= 0 or not math.isfinite(val_loss):
                 raise _divergence_error(epoch, int(bad_step) if bad_step >= 0 else run.steps_per_epoch - 1)
-            seen, num_val = run.steps_per_epoch * run.batch_size, len(device_data.val_labels)
-            record = {"train/loss": loss_sum / seen, "train/accuracy": correct / seen,
-                      "val/loss": val_loss / max(1, num_val), "val/accuracy": val_correct / max(1, num_val),
-                      "lr": epoch_lr}
+            seen = run.steps_per_epoch * run.batch_size
+            record = {"train/loss": loss_sum / seen, "train/accuracy": correct / seen}
+            if num_val:
+                record |= {"val/loss": val_loss / num_val, "val/accuracy": val_correct / num_val}
+            record["lr"] = epoch_lr
             run.history.append(record)
-            run.schedule.after_epoch(record["val/loss"])
+            run.schedule.after_epoch(record.get("val/loss"))
             if run.early_stopping:
                 metrics = {"val_loss": record["val/loss"], "val_accuracy": record["val/accuracy"]}
                 stopped_early = run.early_stopping.update(epoch, metrics, run.evaluated_model)

@@ -113,6 +113,8 @@ def learning_curves_figure(logs: Path) -> Figure:
     loss_axes, accuracy_axes, lr_axes = figure.subplots(1, 3)
     for metric, axes in (("loss", loss_axes), ("accuracy", accuracy_axes)):
         for split, style in (("train", "-o"), ("val", "-s")):
+            if split == "val" and not (logs / "val").is_dir():
+                continue  # trained with data.val_split: 0: no validation curves
             steps, values = read_series(logs / split / f"{metric}.tsv")
             axes.plot(_epochs(steps), values, style, markersize=3, label=split)
         axes.set_title(metric)

@@ -48,7 +48,8 @@ def run(params_path=PARAMS, prepared=PREPARED, model_path=MODEL, resume_path=RES
                     epoch=len(result.history) - 1, best_epoch=result.best_epoch)
     Path(resume_path).unlink(missing_ok=True)
     last = result.history[-1]
-    print(f"trained {len(result.history)} epochs on {device}: val accuracy {last['val/accuracy']:.4f}; "
+    split = "val" if "val/accuracy" in last else "train"  # data.val_split: 0 has no val metrics
+    print(f"trained {len(result.history)} epochs on {device}: {split} accuracy {last[split + '/accuracy']:.4f}; "
           f"first step {result.first_step_seconds:.2f}s (includes compile), "
           f"rest {result.train_seconds:.2f}s; wrote {model_path}")
     return result

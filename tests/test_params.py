@@ -48,6 +48,7 @@ BAD_PARAMS = [
     ("train: {class_weights: {multipliers: {dog: -2.0}}}\n", "train.class_weights.multipliers.dog", "-2.0"),
     ("train: {class_weights: {multipliers: [cat]}}\n", "train.class_weights.multipliers", "not of type 'object'"),
     ("data: {val_split: 1.5}\n", "data.val_split", "1.5"),
+    ("data: {val_split: -0.1}\n", "data.val_split", "-0.1"),
     ("data: {md5: {cifar.tar.gz: nothex}}\n", "data.md5.cifar.tar.gz", "md5 (32 hex digits)"),
     ("data: {md5: 12}\n", "data.md5", "not of type"),
     ("data: {url: ftp://mirror/x.tgz}\n", "data.url", "http://"),
@@ -101,6 +102,16 @@ def test_md5_mapping_and_positive_multipliers_are_accepted(tmp_path):
     params = load_params(write_params(tmp_path, text))
     assert params["data"]["md5"] == {"train-images-idx3-ubyte.gz": "cf8536b0aa1a6ac5fa3f23001093305c"}
     assert params["train"]["class_weights"]["multipliers"] == {"cat": 2.0, "dog": 2}
+
+
+def test_val_split_zero_and_the_airbench_knobs_are_accepted(tmp_path):
+    path = write_params(tmp_path, "data: {val_split: 0}\n"
+                                  "train: {lookahead: {schedule: cubic, alpha: 0.226},"
+                                  " scheduler: {initial_lr_fraction: 0.2}}\n")
+    params = load_params(path)
+    assert params["data"]["val_split"] == 0
+    assert params["train"]["lookahead"]["schedule"] == "cubic"
+    assert params["train"]["scheduler"]["initial_lr_fraction"] == 0.2
 
 
 def test_defaults_fill_missing_keys_at_every_level(tmp_path):

@@ -153,3 +153,20 @@ def test_experiment_reruns_only_training_side_and_diffs(pipeline_repo):
     assert changed["loss"]["old"] == pytest.approx(before["loss"])
     assert changed["loss"]["new"] == pytest.approx(after["loss"])
     assert before["loss"] != after["loss"]
+
+
+def test_experiment_without_validation_split_trains_on_every_image(pipeline_repo):
+    """data.val_split: 0 (airbench's protocol): preprocess keeps every training image, the
+    train stage logs training curves only, and evaluate, plot and `dvc plots show` still work."""
+    repo, _, _ = pipeline_repo
+    output = run(["dvc", "exp", "run", "-S", "data.val_split=0"], repo, timeout=600)
+    assert ran_stages(output) == ["preprocess", "train", "evaluate", "plot"]
+    assert "train accuracy" in output
+    meta = json.loads((repo / "data" / "prepared" / "meta.json").read_text())
+    assert meta["counts"]["val"] == 0 and meta["counts"]["train"] == 600
+    logs = repo / "metrics" / "train" / "plots" / "metrics"
+    assert (logs / "train" / "loss.tsv").is_file() and not (logs / "val").exists()
+    assert json.loads((repo / "metrics" / "eval.json").read_text())["accuracy"] > 0.1
+    assert (repo / "metrics" / "plots" / "learning_curves.png").is_file()
+    shown = run(["dvc", "plots", "show", "--json"], repo)
+    assert "learning_rate" in shown

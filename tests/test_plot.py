@@ -101,6 +101,18 @@ def test_learning_curves_plot_train_and_validation_and_the_learning_rate(project
     assert list(lr_axes.get_lines()[0].get_ydata()) == history["lr"]
 
 
+def test_learning_curves_without_a_validation_split_show_training_only(project):
+    """data.val_split: 0 logs no val/ series; the curves are the training ones."""
+    import shutil
+    logs = project / "metrics" / "train" / "plots" / "metrics"
+    shutil.rmtree(logs / "val")
+    figure = plot_stage.learning_curves_figure(logs)
+    for axes in figure.axes[:2]:
+        assert [line.get_label() for line in axes.get_lines()] == ["train"]
+    plot_stage.main()
+    assert imread(project / "metrics" / "plots" / "learning_curves.png").shape[1] >= 600
+
+
 def test_misclassified_grid_shows_the_first_mistakes_with_both_labels():
     images = np.zeros((6, 1, 5, 5), dtype=np.uint8)
     actual = np.array([0, 1, 2, 3, 1, 2])

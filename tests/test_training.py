@@ -326,6 +326,33 @@ def test_whitening_init_gets_the_first_training_images_normalized_once(tmp_path)
     assert len(seen) == 1  # a resumed run keeps the saved (whitened) weights
 
 
+def without_validation(data: dict) -> dict:
+    """Prepared data as data.val_split: 0 leaves it: empty validation arrays."""
+    return {**data, "val_images": data["val_images"][:0], "val_labels": data["val_labels"][:0],
+            "meta": {**data["meta"], "counts": {**data["meta"]["counts"], "val": 0}}}
+
+
+def test_without_a_validation_split_trains_on_everything_and_logs_training_only(tmp_path):
+    result = train(tiny_model(), without_validation(tiny_data()), train_params(epochs=2), "cpu",
+                   log_dir=tmp_path / "log")
+    assert [sorted(record) for record in result.history] == [["lr", "train/accuracy", "train/loss"]] * 2
+    logged = tmp_path / "log" / "plots" / "metrics"
+    assert (logged / "train" / "loss.tsv").is_file() and not (logged / "val").exists()
+    assert result.history[-1]["train/loss"] < result.history[0]["train/loss"]
+
+
+@pytest.mark.parametrize("options, key", [
+    ({"early_stopping": {"enabled": True}}, "train.early_stopping.enabled"),
+    ({"scheduler": {"name": "plateau"}}, "train.scheduler.name: plateau"),
+])
+def test_what_watches_validation_needs_a_validation_split(options, key, tmp_path):
+    from cnnspec.errors import ParamsError
+    with pytest.raises(ParamsError, match=f"{key}.*needs a validation split.*data.val_split"):
+        train(tiny_model(), without_validation(tiny_data()), train_params(**options), "cpu",
+              resume_path=tmp_path / "resume" / "state.pt", log_dir=tmp_path / "log")
+    assert not (tmp_path / "resume").exists() and not (tmp_path / "log").exists()
+
+
 WHITEN_SPEC = """name: tiny_whiten
 layers:
   - whiten: {kernel: 2, bias_epochs: 1}
