@@ -45,7 +45,7 @@ from cnnspec.atomic import save_torch
 from cnnspec.augment import Augmentation
 from cnnspec.errors import ParamsError, TrainingError
 
-RESUME_FORMAT = "cnnspec-resume/1"
+RESUME_FORMAT = "cnnspec-resume/2"  # 2: per-step losses in a mid-epoch state
 WHITENING_IMAGES = 5000  # training images handed to model.init_from_data (airbench's figure)
 DEVICE_MEMORY_SHARE = 0.5  # the dataset may take this share of free GPU memory
 
@@ -100,8 +100,10 @@ class DeviceData:
         self.val_images = self._images(data["val_images"], storage)
         self.train_labels = torch.as_tensor(np.asarray(data["train_labels"]), dtype=torch.int64).to(device)
         self.val_labels = torch.as_tensor(np.asarray(data["val_labels"]), dtype=torch.int64).to(device)
-        self.mean = torch.tensor(meta["mean"], dtype=torch.float32, device=device).view(1, -1, 1, 1)
-        self.std = torch.tensor(meta["std"], dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        mean = torch.tensor(meta["mean"], dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        std = torch.tensor(meta["std"], dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        # (pixels / 255 - mean) / std as one multiply-add: pixels * scale + shift
+        self.scale, self.shift = 1.0 / (255.0 * std), -mean / std
         self.classes = list(meta["classes"])
 
     def _images(self, array, storage: torch.device) -> torch.Tensor:
@@ -115,7 +117,7 @@ class DeviceData:
         if not self.resident:
             indices = indices.cpu()
         pixels = images[indices].to(self.device, non_blocking=True)
-        return (pixels.float() / 255.0 - self.mean) / self.std
+        return torch.addcmul(self.shift, pixels.float(), self.scale)
 
 
 # ---------------------------------------------------------------- precision and torch settings
@@ -357,13 +359,14 @@ def _to_layout(images: torch.Tensor, channels_last: bool) -> torch.Tensor:
 def _train_steps(run: _Run, epoch: int, epoch_lr: float, progress: dict | None,
                  interrupt: _InterruptFlag, resume_path, timing: dict) -> dict:
     """One epoch of optimizer steps (from `progress` when resuming mid-epoch). Returns
-    the device-side sums of the epoch; `epoch_lr` is only kept with an interrupted state."""
+    the device-side record of the epoch: every step's loss and the correct count (two
+    kernels a step; sums and the divergence check wait for the epoch's end).
+    `epoch_lr` is only kept with an interrupted state."""
     data, model = run.data, run.step_model
     if progress is None:
         order = torch.randperm(len(data.train_labels), device=run.device, generator=run.generator)
-        sums = {"loss": torch.zeros((), dtype=torch.float64, device=run.device),
-                "correct": torch.zeros((), dtype=torch.int64, device=run.device),
-                "bad_step": torch.full((), -1, dtype=torch.int64, device=run.device)}
+        sums = {"losses": torch.zeros(run.steps_per_epoch, dtype=torch.float32, device=run.device),
+                "correct": torch.zeros((), dtype=torch.int64, device=run.device)}
         start = 0
     else:
         order, sums, start = progress["order"].to(run.device), progress["sums"], progress["step"]
@@ -379,7 +382,9 @@ def _train_steps(run: _Run, epoch: int, epoch_lr: float, progress: dict | None,
         labels = data.train_labels[indices]
         with _autocast(run.device, run.autocast_dtype):
             logits = model(_to_layout(images, run.channels_last))
-            loss = run.criterion(logits, labels) + run.model.regularization_loss()
+            loss = run.criterion(logits, labels)
+            if run.model.l2_terms:
+                loss = loss + run.model.regularization_loss()
         run.optimizer.zero_grad(set_to_none=True)
         run.scaler.scale(loss).backward()
         run.model.drop_frozen_gradients()
@@ -390,12 +395,8 @@ def _train_steps(run: _Run, epoch: int, epoch_lr: float, progress: dict | None,
             run.lookahead.after_step()
         if run.ema:
             run.ema.after_step()
-        loss = loss.detach()
-        sums["loss"] += loss.double() * len(indices)
+        sums["losses"][step] = loss.detach()
         sums["correct"] += (logits.detach().argmax(1) == labels).sum()
-        # Remember the first step whose loss was nan/inf, without waiting for the device.
-        fresh_bad = (sums["bad_step"] < 0) & ~torch.isfinite(loss)
-        sums["bad_step"] = torch.where(fresh_bad, step, sums["bad_step"])
         if first:
             if run.device.type == "cuda":
                 torch.cuda.synchronize(run.device)
@@ -404,9 +405,8 @@ def _train_steps(run: _Run, epoch: int, epoch_lr: float, progress: dict | None,
         if bar is not None:
             bar.update(1)
             if step % max(1, run.steps_per_epoch // 10) == 0:  # a few syncs, interactive only
-                seen = (step + 1) * run.batch_size
-                bar.set_postfix(loss=f"{sums['loss'].item() / seen:.4f}",
-                                acc=f"{sums['correct'].item() / seen:.4f}")
+                bar.set_postfix(loss=f"{sums['losses'][:step + 1].mean().item():.4f}",
+                                acc=f"{sums['correct'].item() / ((step + 1) * run.batch_size):.4f}")
         if interrupt.raised:
             _save_interrupted(run, epoch, epoch_lr, step, order, sums, resume_path, bar)
     if bar is not None:
@@ -533,13 +533,16 @@ def _train(model, data, params, device, resume_path, log_dir, fingerprint, cuda_
             except torch.OutOfMemoryError:
                 raise _oom_error(run.batch_size, epoch) from None
             # The one read of the epoch: everything the device accumulated.
-            loss_sum, correct, bad_step, val_loss, val_correct = (
-                torch.stack([sums["loss"], sums["correct"].double(), sums["bad_step"].double(),
+            losses = sums["losses"]
+            bad = ~torch.isfinite(losses)
+            first_bad = torch.where(bad.any(), bad.int().argmax(), -1)
+            mean_loss, correct, bad_step, val_loss, val_correct = (
+                torch.stack([losses.double().mean(), sums["correct"].double(), first_bad.double(),
                              val_loss, val_correct.double()]).tolist())
             if bad_step >= 0 or not math.isfinite(val_loss):
                 raise _divergence_error(epoch, int(bad_step) if bad_step >= 0 else run.steps_per_epoch - 1)
             seen = run.steps_per_epoch * run.batch_size
-            record = {"train/loss": loss_sum / seen, "train/accuracy": correct / seen}
+            record = {"train/loss": mean_loss, "train/accuracy": correct / seen}
             if num_val:
                 record |= {"val/loss": val_loss / num_val, "val/accuracy": val_correct / num_val}
             record["lr"] = epoch_lr
