@@ -11,11 +11,13 @@ Never asserts a timing.
 
 Two ratios are printed:
 - whole call: wall time of `train(...)` (moving uint8 data to the device, init,
-  logging, the per-epoch validation of a small split) against the bare loop's epochs;
+  logging) against the bare loop's epochs. Neither loop validates: the data has no
+  validation split (data.val_split: 0), since validation is work, not overhead;
 - in loop: the loop's own clock (`TrainResult.train_seconds`, which leaves out the
   first step) against the bare loop timed the same way.
 Augmentation, lookahead, EMA and the lr schedule are off in both, so both do the same
-arithmetic; the tests check that they end with the same weights.
+arithmetic; the tests check that they end with the same weights. `--compile` compiles
+the model in both loops, which tells a cost of torch.compile itself from one of the loop.
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -95,11 +98,14 @@ NO_EXTRAS = {
     "scheduler": {"name": "none"},
     "class_weights": {"mode": "none", "multipliers": {}},
     "compile": False,
+    # The lr does not change what a step costs; params.yaml's 1.5 is meant for speedrun94
+    # under its warm-up and makes other specs diverge without one (the real loop stops on nan).
+    "optimizer": {"lr": 0.01},
 }
 
 
-def loop_params(batch_size: int, epochs: int, seed: int = 0) -> dict:
-    return train_params(batch_size=batch_size, epochs=epochs, seed=seed, **NO_EXTRAS)
+def loop_params(batch_size: int, epochs: int, seed: int = 0, compile: bool = False) -> dict:
+    return train_params(batch_size=batch_size, epochs=epochs, seed=seed, **{**NO_EXTRAS, "compile": compile})
 
 
 def real_loop(model, data: dict, params: dict, device) -> tuple[float, float, int]:
@@ -137,6 +143,7 @@ def bare_loop(model, bare: BareData, params: dict, device) -> tuple[float, float
     model = model.to(device).train()
     if device.type == "cuda" and params["channels_last"]:
         model = model.to(memory_format=torch.channels_last)
+    step_model = torch.compile(model) if params["compile"] else model
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(params["precision"])
     use_autocast = device.type == "cuda" and dtype is not None
     optimizer = recipe.make_optimizer(model, params["optimizer"])
@@ -151,7 +158,7 @@ def bare_loop(model, bare: BareData, params: dict, device) -> tuple[float, float
         for step in range(steps):
             indices = order[step * batch:(step + 1) * batch]
             with torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=use_autocast):
-                loss = criterion(model(bare.images[indices]), bare.labels[indices])
+                loss = criterion(step_model(bare.images[indices]), bare.labels[indices])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -196,10 +203,46 @@ def overhead(spec, data: dict, params: dict, device, rounds: int) -> dict:
             "rounds": rounds}
 
 
+# ---------------------------------------------------------------- operations per step (no clock needed)
+
+class _CountOperations(TorchDispatchMode):
+    """Counts every aten operation dispatched while it is active."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def operations_per_step(spec, batch: int = 16) -> dict:
+    """aten operations each loop dispatches per training step, on CPU: the difference
+    between an epoch of 8 steps and one of 4, so setup and per-epoch work cancel out.
+    On a GPU each operation is a kernel launch or a view, so what the real loop adds
+    here is what it adds to every step there."""
+    params = loop_params(batch, epochs=1)
+
+    def count(kind: str, steps: int) -> int:
+        data = random_prepared(batch * steps, 0)
+        shape, num_classes = data["meta"]["input_shape"], len(data["meta"]["classes"])
+        model = spec_model(spec, shape, num_classes, 0)
+        bare = BareData(data, torch.device("cpu")) if kind == "bare" else None
+        with _CountOperations() as counter:
+            if kind == "real":
+                train(model, data, params, "cpu")
+            else:
+                bare_loop(model, bare, params, "cpu")
+        return counter.count
+
+    return {kind: (count(kind, 8) - count(kind, 4)) / 4 for kind in ("real", "bare")}
+
+
 # ---------------------------------------------------------------- pytest-benchmark (timings printed, never asserted)
 
 def _tiny_setup():
-    data = random_prepared(256, 64)
+    data = random_prepared(256, 0)
     params = loop_params(batch_size=64, epochs=1)
     return data, params
 
@@ -237,22 +280,28 @@ def main(argv=None):
     parser.add_argument("--epochs", type=int, help="epochs per round")
     parser.add_argument("--rounds", type=int)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the model in both loops (the first step holds the compile)")
     args = parser.parse_args(argv)
     chosen = settings(args)
     chosen.update({key: value for key in chosen if (value := getattr(args, key)) is not None})
     torch.set_num_threads(args.threads)
     device = pick_device(args.device)
     spec = Path(chosen["spec"]) if chosen["spec"].endswith(".yaml") else ROOT / "specs" / f"{chosen['spec']}.yaml"
-    data = random_prepared(chosen["images"], max(chosen["batch"], 256))
-    params = loop_params(chosen["batch"], chosen["epochs"])
+    data = random_prepared(chosen["images"], 0)  # no validation: the bare loop has none
+    params = loop_params(chosen["batch"], chosen["epochs"], compile=args.compile)
     figures = overhead(spec, data, params, device, chosen["rounds"])
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"loop overhead: {spec.stem}, {chosen['images']} random {CIFAR_SHAPE} images, batch {chosen['batch']}, "
           f"{chosen['epochs']} epoch(s) per round, {figures['rounds']} interleaved rounds, {where}, "
-          f"precision {params['precision'] if device.type == 'cuda' else 'fp32'}")
+          f"precision {params['precision'] if device.type == 'cuda' else 'fp32'}, "
+          f"compile {'on' if params['compile'] else 'off'}")
     print(f"real loop {figures['real_images_per_s']:.0f} images/s, bare loop {figures['bare_images_per_s']:.0f} images/s")
     print(f"median ratio real/bare: whole call {figures['ratio_whole_call']:.3f}, "
           f"in loop {figures['ratio_in_loop']:.3f} (target on a GPU >= 0.95)")
+    operations = operations_per_step(spec)
+    print(f"aten operations per training step (counted on CPU, batch 16): real loop {operations['real']:.0f}, "
+          f"bare loop {operations['bare']:.0f}, added by the loop {operations['real'] - operations['bare']:.0f}")
     return figures
 
 

@@ -105,6 +105,15 @@ def test_bare_loop_trains_the_same_weights_as_the_real_loop():
         torch.testing.assert_close(real_model.state_dict()[name], value, rtol=1e-4, atol=1e-5)
 
 
+def test_the_real_loop_adds_at_most_ten_operations_per_step():
+    """The loop's per-step bookkeeping (gather and normalize the uint8 batch, record the
+    loss, count correct predictions) is a handful of operations beside the model's step;
+    sums, the divergence check and logging wait for the epoch's end."""
+    operations = loop.operations_per_step(loop.ROOT / "specs" / "simcnn.yaml")
+    assert operations["bare"] > 50  # forward, backward and the optimizer were counted
+    assert operations["real"] - operations["bare"] <= 10, operations
+
+
 def test_train_params_overrides_reach_sub_sections():
     params = loop.loop_params(batch_size=16, epochs=3)
     assert (params["batch_size"], params["epochs"]) == (16, 3)
