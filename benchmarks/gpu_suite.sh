@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Every GPU check and figure of issue 4 in one command, for one device session:
+# the CUDA tests, then the loop-overhead, throughput/MFU and Fashion-MNIST benchmarks.
+# Each step's output goes to OUT_FOLDER/<step>.txt; a failing step does not stop the rest.
+#
+#   bash benchmarks/gpu_suite.sh OUT_FOLDER [FASHION_MNIST_FOLDER]
+#
+# FASHION_MNIST_FOLDER holds the four idx .gz files (default: Debian's
+# /usr/share/datasets/fashion-mnist). Takes about 8 minutes on one H100 (estimate, not
+# yet measured); docs/benchmarks.md says where each figure goes.
+#
+# The workplace's GPU machines have torch but not dvclive or jsonschema, and no package
+# index. Fetch Python 3.12 wheels here first (about 20 MB, ignored by git):
+#   P="--only-binary=:all: --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64
+#      --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux1_x86_64"
+#   grep -v -e '^#' -e antlr4 benchmarks/gpu_requirements.txt | xargs python3 -m pip download --no-deps $P -d .whl
+#   python3 -m pip wheel --no-deps -w .whl antlr4-python3-runtime==4.9.3
+#   mkdir -p .fashion && cp /usr/share/datasets/fashion-mnist/*.gz .fashion/   (also in .gitignore)
+# then, on the device machine, carrying .whl and .fashion:
+#   bash benchmarks/gpu_suite.sh "$OUT" .fashion
+# This script installs .whl/ into /tmp/site when it is there.
+set -uo pipefail
+out=${1:?usage: bash benchmarks/gpu_suite.sh OUT_FOLDER [FASHION_MNIST_FOLDER]}
+fashion=${2:-/usr/share/datasets/fashion-mnist}
+python=${PYTHON:-python3}
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1
+cd "$(dirname "$0")/.."
+if [ -d .whl ]; then
+    "$python" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+
+step() {
+    local name=$1; shift
+    echo "== $name: $*"
+    local started=$SECONDS
+    "$@" >"$out/$name.txt" 2>&1
+    local status=$?
+    echo "   exit $status after $((SECONDS - started)) s; last lines:"
+    tail -n 4 "$out/$name.txt" | sed 's/^/   /'
+}
+
+step machine bash -c "nvidia-smi; $python -c 'import torch; print(torch.__version__, torch.cuda.get_device_name())'"
+step cuda_tests "$python" -m pytest tests/test_cuda.py -q
+step loop_overhead "$python" benchmarks/bench_loop_overhead.py --device cuda
+step loop_overhead_compiled "$python" benchmarks/bench_loop_overhead.py --device cuda --compile
+step throughput "$python" benchmarks/gpu_throughput.py --device cuda
+step fashion "$python" benchmarks/fashion_time_to_accuracy.py --device cuda --data "$fashion"

@@ -1,0 +1,89 @@
+"""The CUDA-only paths of the training loop, on a real GPU: bf16 and fp16 (grad
+scaler) autocast, channels_last, torch.compile, the host-memory streaming fallback, a
+real out-of-memory error, deterministic mode, and evaluation on the device.
+
+Skipped where torch sees no GPU (CI, the 2-core workplace machines). The CPU suite runs
+the same code through `cuda_paths_on_cpu`; this file checks what only a GPU can show.
+Run on a GPU machine: `python -m pytest tests/test_cuda.py -q`.
+"""
+import numpy as np
+import pytest
+import torch
+
+import cnnspec
+from cnnspec import training
+from cnnspec.errors import TrainingError
+from cnnspec.evaluation import predict_probabilities
+from tests.test_training import tiny_data, tiny_model, train_params
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def cuda_run(**options):
+    params = train_params(**{"epochs": 4, **options})
+    return training.train(tiny_model(), tiny_data(), params, "cuda")
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16", "off"])
+def test_each_precision_learns_on_the_gpu(precision):
+    result = cuda_run(precision=precision, channels_last=True)
+    losses = [record["train/loss"] for record in result.history]
+    assert all(np.isfinite(losses)) and losses[-1] < losses[0]
+    assert next(result.model.parameters()).device.type == "cuda"
+
+
+def test_the_dataset_lives_on_the_gpu_as_uint8():
+    data = training.DeviceData(tiny_data(), torch.device("cuda"))
+    assert data.resident and data.train_images.is_cuda and data.train_images.dtype == torch.uint8
+
+
+def test_streaming_fallback_trains_the_same_weights(monkeypatch):
+    resident = cuda_run(deterministic=True, precision="off")
+    monkeypatch.setattr(training, "DEVICE_MEMORY_SHARE", 0.0)
+    assert not training.DeviceData(tiny_data(), torch.device("cuda")).resident
+    streamed = cuda_run(deterministic=True, precision="off")
+    assert streamed.history == pytest.approx(resident.history, rel=1e-5)
+
+
+def test_deterministic_mode_repeats_exactly_on_the_gpu():
+    first = cuda_run(deterministic=True)
+    second = cuda_run(deterministic=True)
+    assert first.history == second.history
+
+
+def test_compiled_training_matches_eager_on_the_gpu():
+    eager = cuda_run(precision="off", epochs=1)
+    compiled = cuda_run(precision="off", epochs=1, compile=True)
+    assert compiled.history[0]["train/loss"] == pytest.approx(eager.history[0]["train/loss"], rel=1e-3)
+
+
+def test_real_out_of_memory_names_the_batch_size_and_leaves_the_gpu_usable():
+    huge = """name: huge
+layers:
+  - conv: {filters: 8192, kernel: 3}
+  - conv: {filters: 8192, kernel: 3}
+  - global_avg_pool
+  - dense: num_classes
+"""
+    torch.manual_seed(0)
+    model = cnnspec.build_model(cnnspec.parse_spec(huge, "huge.yaml"), (3, 64, 64), 3)
+    rng = np.random.default_rng(0)
+    data = tiny_data()
+    data["train_images"] = rng.integers(0, 256, (4096, 3, 64, 64), dtype=np.uint8)
+    data["train_labels"] = (np.arange(4096) % 3).astype(np.int64)
+    data["val_images"] = data["train_images"][:8]
+    data["val_labels"] = data["train_labels"][:8]
+    data["meta"] = {**data["meta"], "input_shape": [3, 64, 64]}
+    with pytest.raises(TrainingError, match=r"out of memory.*train.batch_size 4096; try train.batch_size 2048"):
+        training.train(model, data, train_params(epochs=1, batch_size=4096, precision="off"), "cuda")
+    del model
+    torch.cuda.empty_cache()
+    assert cuda_run(epochs=1).history[0]["train/loss"] > 0
+
+
+def test_evaluation_on_the_gpu_matches_the_cpu():
+    model = tiny_model().eval()
+    images = tiny_data()["val_images"]
+    on_gpu = predict_probabilities(model, images, [0.5] * 3, [0.3] * 3, tta="flip_translate", device="cuda")
+    on_cpu = predict_probabilities(model.cpu(), images, [0.5] * 3, [0.3] * 3, tta="flip_translate", device="cpu")
+    np.testing.assert_allclose(on_gpu, on_cpu, rtol=1e-4, atol=1e-6)
