@@ -359,8 +359,8 @@ def _to_layout(images: torch.Tensor, channels_last: bool) -> torch.Tensor:
 def _train_steps(run: _Run, epoch: int, epoch_lr: float, progress: dict | None,
                  interrupt: _InterruptFlag, resume_path, timing: dict) -> dict:
     """One epoch of optimizer steps (from `progress` when resuming mid-epoch). Returns
-    the device-side record of the epoch: every step's loss and the correct count (two
-    kernels a step; sums and the divergence check wait for the epoch's end).
+    the device-side record of the epoch: every step's loss and the correct count (five
+    small kernels a step; the sum and the divergence check wait for the epoch's end).
     `epoch_lr` is only kept with an interrupted state."""
     data, model = run.data, run.step_model
     if progress is None:
