@@ -76,17 +76,9 @@ def parse_yaml(text: str, name: str):
     """Parse with the project's loader (1e-4 is a number, duplicate keys are
     refused) and hand back plain dicts and lists, fit for a checkpoint."""
     try:
-        return plain(yamlio.load_yaml(text, name))
+        return yamlio.plain(yamlio.load_yaml(text, name))
     except SpecError as error:
         raise ParamsError(str(error)) from None
-
-
-def plain(value):
-    if isinstance(value, dict):
-        return {key: plain(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [plain(item) for item in value]
-    return value
 
 
 def _yaml11_spellings(section: str, value):

@@ -28,7 +28,7 @@ import jsonschema
 
 from cnnspec.errors import SpecError
 from cnnspec.nodes import LayerNode, Location, Spec
-from cnnspec.yamlio import LocatedDict, LocatedList, load_mapping, where_in
+from cnnspec.yamlio import LocatedDict, LocatedList, load_mapping, plain, where_in
 
 SCHEMA = json.loads((Path(__file__).parent / "schema.json").read_text(encoding="utf-8"))
 LAYER_SCHEMAS = {name: sub for name, sub in SCHEMA["$defs"].items() if sub.get("x-layer")}
@@ -77,15 +77,6 @@ def join_key(base: str, part) -> str:
     if isinstance(part, int):
         return f"{base}[{part}]"
     return f"{base}.{part}" if base else str(part)
-
-
-def plain(data):
-    """Located containers -> ordinary dicts and lists (what LayerNode.options holds)."""
-    if isinstance(data, dict):
-        return {key: plain(value) for key, value in data.items()}
-    if isinstance(data, list):
-        return [plain(item) for item in data]
-    return data
 
 
 def fail(message: str, where: Location, key: str | None = None):

@@ -54,6 +54,15 @@ class LocatedList(list):
         return self.where
 
 
+def plain(data):
+    """Located containers -> ordinary dicts and lists (for options, params, checkpoints)."""
+    if isinstance(data, dict):
+        return {key: plain(value) for key, value in data.items()}
+    if isinstance(data, list):
+        return [plain(item) for item in data]
+    return data
+
+
 def where_in(container, key) -> Location:
     """Where `container[key]` is written, for any container (located or not)."""
     where_of = getattr(container, "where_of", None)
