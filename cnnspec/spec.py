@@ -27,7 +27,8 @@ from pathlib import Path
 import jsonschema
 
 from cnnspec.errors import SpecError
-from cnnspec.nodes import LayerNode, Location, Spec
+from cnnspec.layers import LAYERS
+from cnnspec.nodes import LayerNode, Location, Spec, walk
 from cnnspec.yamlio import LocatedDict, LocatedList, load_mapping, plain, where_in
 
 SCHEMA = json.loads((Path(__file__).parent / "schema.json").read_text(encoding="utf-8"))
@@ -369,22 +370,22 @@ def fill_schema_defaults(layer_type: str, options: dict, option_where: dict, whe
 
 
 def child_lists(layer_type: str, located: dict, options: dict, path: str, state: Expansion) -> dict:
-    """Expand residual's pre/body/shortcut and parallel's branches (read from the
-    located options) into children, and drop them from `options`."""
+    """Expand the options the registry names as layer lists (residual's pre/body/shortcut,
+    parallel's branches; read from the located options) into children, and drop them
+    from `options`. An option that may also be a word (shortcut: auto) stays when it is one."""
+    rule = LAYERS[layer_type]
     key = join_key(path, layer_type)
     inner = state.deeper()
     children = {}
-    if layer_type == "residual":
-        for part in ("pre", "body", "shortcut"):
-            if isinstance(located.get(part), list):
-                children[part] = expand_list(located[part], f"{key}.{part}", inner)
-                options.pop(part)
-        if "shortcut" in children:
-            options["shortcut"] = "layers"
-    if layer_type == "parallel":
-        for index, branch in enumerate(located["branches"]):
-            children[f"branch_{index}"] = expand_list(branch, f"{key}.branches[{index}]", inner)
-        options.pop("branches")
+    for part in rule.child_lists:
+        if isinstance(located.get(part), list):
+            children[part] = expand_list(located[part], f"{key}.{part}", inner)
+            options.pop(part)
+    if rule.branch_lists:
+        for index, branch in enumerate(located[rule.branch_lists]):
+            children[f"branch_{index}"] = expand_list(
+                branch, f"{key}.{rule.branch_lists}[{index}]", inner)
+        options.pop(rule.branch_lists)
     return children
 
 
@@ -415,13 +416,6 @@ EXPANDERS = {"repeat": expand_repeat, "use": expand_use}
 
 
 # ---------------------------------------------------------------- naming
-
-def walk(nodes):
-    for node in nodes:
-        yield node
-        for children in node.children.values():
-            yield from walk(children)
-
 
 def assign_names(nodes: list[LayerNode]) -> None:
     """Keep user names (which must be unique), give the others TYPE_N in order."""

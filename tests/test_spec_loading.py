@@ -124,7 +124,7 @@ layers:
     pre_act, custom, fire, bn = spec.layers
     assert set(pre_act.children) == {"pre", "body"} and pre_act.options["shortcut"] == "projection"
     assert "body" not in pre_act.options and "pre" not in pre_act.options
-    assert set(custom.children) == {"body", "shortcut"} and custom.options["shortcut"] == "layers"
+    assert set(custom.children) == {"body", "shortcut"} and "shortcut" not in custom.options
     parallel = fire.children["layers"][1]
     assert list(parallel.children) == ["branch_0", "branch_1"] and "branches" not in parallel.options
     assert [b[0].options["kernel"] for b in parallel.children.values()] == [1, 3]
