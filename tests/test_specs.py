@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cnnspec import layers
+from cnnspec import download
 from cnnspec.compiler import build_model
 from cnnspec.errors import DataError
 from cnnspec.spec import load_spec
