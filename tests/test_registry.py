@@ -143,3 +143,19 @@ def test_drift_between_registry_and_schema_is_reported_as_cnnspec_s_bug(monkeypa
 def test_a_type_registered_twice_is_refused():
     with pytest.raises(ValueError, match="already registered"):
         layers.register_layer("conv", layers.shape_conv, layers.build_conv)
+
+
+def fenced(text: str, language: str) -> list[str]:
+    return [block.split("```")[0] for block in text.split(f"```{language}\n")[1:]]
+
+
+def test_the_adding_a_layer_type_example_in_the_docs_is_the_shipped_code():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    section = (root / "docs" / "spec.md").read_text().split("## Adding a layer type")[1]
+    source = (root / "cnnspec" / "layers.py").read_text()
+    code = fenced(section, "python")
+    assert len(code) == 2 and all(block in source for block in code)
+    (entry,) = fenced(section, "json")
+    assert json.loads("{" + entry + "}") == {"scale": LAYER_SCHEMAS["scale"]}
