@@ -5,8 +5,9 @@
 
 A rule also carries the facts the rest of cnnspec asks about a type (does it take
 l2 / lr_mult / wd_mult, which options hold child layer lists, which option may end
-the model in a softmax). A layer type is one `register_layer(...)` call at the end
-of this file plus its entry in schema.json; tests/test_registry.py checks the two agree.
+the model in a softmax). A layer type is one LayerRule, in BUILT_IN_LAYERS at the end of
+this file or passed to `register_layer`, plus its entry in schema.json;
+tests/test_registry.py checks the two agree.
 
 Shapes are tuples without the batch: (C, H, W) or (F,). A shape rule raises SpecError
 naming the layer, its line and the shapes when the spec cannot work, and counts the layer's
@@ -78,12 +79,12 @@ class LayerRule:
 LAYERS: dict[str, LayerRule] = {}
 
 
-def register_layer(layer_type: str, shape, build, **facts) -> LayerRule:
-    """Add a layer type to the registry (see LayerRule for the facts); its options
-    must also be described in schema.json's $defs under the same name."""
+def register_layer(layer_type: str, rule: LayerRule) -> LayerRule:
+    """Add a layer type to the registry; its options must also be described in
+    schema.json's $defs under the same name."""
     if layer_type in LAYERS:
         raise ValueError(f"layer type {layer_type!r} is already registered")
-    LAYERS[layer_type] = rule = LayerRule(shape, build, **facts)
+    LAYERS[layer_type] = rule
     return rule
 
 
@@ -689,25 +690,29 @@ def shape_free(node, in_shape, ctx):
     return Inferred(in_shape)
 
 
-register_layer("conv", shape_conv, build_conv, weighted=True, softmax_option="activation")
-register_layer("dense", shape_dense, build_dense, weighted=True, softmax_option="activation")
-register_layer("bn", shape_bn, build_bn, weighted=True)
-register_layer("max_pool", shape_pool, build_pool)
-register_layer("avg_pool", shape_pool, build_pool)
-register_layer("global_avg_pool", shape_global_pool, build_global_pool)
-register_layer("global_max_pool", shape_global_pool, build_global_pool)
-register_layer("dropout", shape_free, build_dropout)
-register_layer("spatial_dropout", shape_image_free, build_spatial_dropout)
-register_layer("flatten", shape_flatten, build_flatten)
-register_layer("activation", shape_free, build_activation, softmax_option="fn")
-register_layer("scale", shape_free, build_scale)
-register_layer("pad", shape_pad, build_pad)
-register_layer("random_flip", shape_augment, build_augment)
-register_layer("random_translation", shape_augment, build_augment)
-register_layer("random_crop", shape_augment, build_augment)
-register_layer("resize", shape_resize, build_resize)
-register_layer("whiten", shape_whiten, build_whiten, weighted=True)
-register_layer("residual", shape_residual, build_residual, child_lists=("pre", "body", "shortcut"))
-register_layer("parallel", shape_parallel, build_parallel, branch_lists="branches")
-register_layer("group", shape_group, build_group, child_lists=("layers",), written=False)
-register_layer("backbone", shape_backbone, build_backbone, weighted=True)
+BUILT_IN_LAYERS = {
+    "conv": LayerRule(shape_conv, build_conv, weighted=True, softmax_option="activation"),
+    "dense": LayerRule(shape_dense, build_dense, weighted=True, softmax_option="activation"),
+    "bn": LayerRule(shape_bn, build_bn, weighted=True),
+    "max_pool": LayerRule(shape_pool, build_pool),
+    "avg_pool": LayerRule(shape_pool, build_pool),
+    "global_avg_pool": LayerRule(shape_global_pool, build_global_pool),
+    "global_max_pool": LayerRule(shape_global_pool, build_global_pool),
+    "dropout": LayerRule(shape_free, build_dropout),
+    "spatial_dropout": LayerRule(shape_image_free, build_spatial_dropout),
+    "flatten": LayerRule(shape_flatten, build_flatten),
+    "activation": LayerRule(shape_free, build_activation, softmax_option="fn"),
+    "scale": LayerRule(shape_free, build_scale),
+    "pad": LayerRule(shape_pad, build_pad),
+    "random_flip": LayerRule(shape_augment, build_augment),
+    "random_translation": LayerRule(shape_augment, build_augment),
+    "random_crop": LayerRule(shape_augment, build_augment),
+    "resize": LayerRule(shape_resize, build_resize),
+    "whiten": LayerRule(shape_whiten, build_whiten, weighted=True),
+    "residual": LayerRule(shape_residual, build_residual, child_lists=("pre", "body", "shortcut")),
+    "parallel": LayerRule(shape_parallel, build_parallel, branch_lists="branches"),
+    "group": LayerRule(shape_group, build_group, child_lists=("layers",), written=False),
+    "backbone": LayerRule(shape_backbone, build_backbone, weighted=True),
+}
+for layer_type, rule in BUILT_IN_LAYERS.items():
+    register_layer(layer_type, rule)

@@ -142,7 +142,7 @@ def test_drift_between_registry_and_schema_is_reported_as_cnnspec_s_bug(monkeypa
 
 def test_a_type_registered_twice_is_refused():
     with pytest.raises(ValueError, match="already registered"):
-        layers.register_layer("conv", layers.shape_conv, layers.build_conv)
+        layers.register_layer("conv", layers.LayerRule(layers.shape_conv, layers.build_conv))
 
 
 def fenced(text: str, language: str) -> list[str]:
