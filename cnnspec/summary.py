@@ -71,7 +71,7 @@ def subtotal(record) -> int:
 def summarize(spec_or_path, input_shape=None, num_classes: int = 10) -> Summary:
     spec = as_spec(spec_or_path)
     records = infer(spec, input_shape, num_classes).records
-    rows = [Row(r.node.name, r.node.options.get("block", r.node.type) if r.node.type == "group" else r.node.type,
+    rows = [Row(r.node.name, r.node.options["block"] if r.node.type == "group" else r.node.type,
                 r.out_shape, subtotal(r), r.depth) for r in records]
     return Summary(name=spec.name, rows=rows,
                    trainable=sum(r.trainable for r in records),
