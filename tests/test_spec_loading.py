@@ -217,6 +217,16 @@ def test_debug_shows_the_traceback():
     assert loud.returncode == 1 and "Traceback" in loud.stderr and "SpecError" in loud.stderr
 
 
+@pytest.mark.parametrize("how", ["--debug before the command", "CNNSPEC_DEBUG=1"])
+def test_every_way_of_asking_for_debug_shows_the_traceback(how, monkeypatch, capsys):
+    bad = str(ROOT / "tests/bad_specs/negative_filters.yaml")
+    argv = ["--debug", "validate", bad] if how.startswith("--") else ["validate", bad]
+    if how.startswith("CNNSPEC"):
+        monkeypatch.setenv("CNNSPEC_DEBUG", "1")
+    with pytest.raises(SpecError, match="filters"):
+        cli.main(argv)
+
+
 def test_layers_command_does_not_import_torch():
     run_without_torch("from cnnspec import cli; cli.main(['layers'])")
 
