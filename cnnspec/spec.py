@@ -278,7 +278,7 @@ def expand_use(layer_type, options, where, path, state) -> list[LayerNode]:
     children = expand_list(layers, f"{path} (block {block}) > layers",
                            state.deeper(in_block=True, calls=state.calls + (block,)))
     group_options = {"block": block, "args": {name: value for name, (value, _) in values.items()},
-                     "trainable": options.get("trainable", True)}
+                     "trainable": options.get("trainable", layer_options("use")["trainable"]["default"])}
     return [LayerNode("group", options.get("name", ""), group_options, where, path,
                       {"layers": children}, {key: options.where_of(key) for key in options})]
 
