@@ -15,11 +15,9 @@ import json
 import os
 import re
 import sys
-from pathlib import Path
 
-from cnnspec.errors import CnnspecError, exit_on_user_error
+from cnnspec.errors import CnnspecError, debug_enabled, exit_on_user_error
 
-DEFAULT_INPUT = (3, 32, 32)
 DEFAULT_CLASSES = 10
 SHAPE = re.compile(r"^(\d+)x(\d+)x(\d+)$")
 
@@ -45,18 +43,14 @@ def check_classes(classes: int) -> int:
     return classes
 
 
-def input_shape_for(spec, args) -> tuple[int, int, int]:
-    """--input wins, then the spec's own `input`, then 3x32x32."""
-    return parse_shape(args.input) or spec.input or DEFAULT_INPUT
-
-
 def check_shapes(spec, args) -> None:
     from cnnspec.shapes import infer_shapes
 
-    infer_shapes(spec, input_shape_for(spec, args), check_classes(args.classes))
+    infer_shapes(spec, parse_shape(args.input), check_classes(args.classes))
 
 
-def one_line(error: CnnspecError, path: str) -> str:
+def naming_the_file(error: CnnspecError, path: str) -> str:
+    """The error's line, starting with the spec's path (a read error may lack it)."""
     text = str(error)
     return text if text.startswith(str(path)) else f"{path}: {text}"
 
@@ -73,7 +67,7 @@ def validate(args) -> int:
         except CnnspecError as error:
             if args.debug:
                 raise
-            print(f"error: {one_line(error, path)}", file=sys.stderr)
+            print(f"error: {naming_the_file(error, path)}", file=sys.stderr)
             failed = True
         else:
             print(f"ok: {path}")
@@ -85,7 +79,7 @@ def summary(args) -> int:
     from cnnspec.summary import summarize
 
     spec = load_spec(args.spec)
-    result = summarize(spec, input_shape=input_shape_for(spec, args),
+    result = summarize(spec, input_shape=parse_shape(args.input),
                        num_classes=check_classes(args.classes))
     print(result.table())
     return 0
@@ -100,7 +94,7 @@ def type_text(schema: dict) -> str:
         return " | ".join(str(choice) for choice in schema["enum"])
     if "x-hint" in schema:
         return schema["x-hint"]
-    if "$ref" in schema:
+    if schema.get("$ref", "").endswith("/layer_list"):
         return "layer list"
     bounds = [f"{word} {schema[key]}" for key, word in
               (("minimum", ">="), ("exclusiveMinimum", ">"), ("maximum", "<="), ("exclusiveMaximum", "<"))
@@ -119,34 +113,38 @@ def default_text(key: str, schema: dict, required: list) -> str:
     return "-"
 
 
-def describe_layer(layer_type: str, schema: dict) -> list[str]:
+def layer_help(layer_type: str) -> list[str]:
+    from cnnspec.spec import LAYER_SCHEMAS, layer_options
+
+    schema = LAYER_SCHEMAS[layer_type]
     shorthand = schema.get("x-shorthand")
     lines = [f"{layer_type}: {schema['description']}"]
     if shorthand:
         lines.append(f"    shorthand: - {layer_type}: VALUE  sets {shorthand}")
     required = schema.get("required", [])
-    for key, option in schema.get("properties", {}).items():
+    for key, option in layer_options(layer_type).items():
         lines.append(f"    {key:<16} {default_text(key, option, required):<12} "
                      f"{type_text(option)}: {option.get('description', '')}")
-    if isinstance(schema.get("additionalProperties"), dict):
-        lines.append(f"    {'ARG':<16} {'':<12} {schema['additionalProperties']['description']}")
+    arguments = schema.get("unevaluatedProperties")
+    if isinstance(arguments, dict):
+        lines.append(f"    {'ARG':<16} {'':<12} {arguments['description']}")
     return lines
 
 
 def layers(args) -> int:
-    schema = json.loads((Path(__file__).parent / "schema.json").read_text(encoding="utf-8"))
-    for layer_type, definition in schema["$defs"].items():
-        if definition.get("x-layer"):
-            print("\n".join(describe_layer(layer_type, definition)))
-            print()
+    from cnnspec.spec import LAYER_SCHEMAS
+
+    for layer_type in LAYER_SCHEMAS:
+        print("\n".join(layer_help(layer_type)))
+        print()
     return 0
 
 
 # ---------------------------------------------------------------- arguments
 
 def build_parser() -> argparse.ArgumentParser:
-    debug = argparse.ArgumentParser(add_help=False)
-    debug.add_argument("--debug", action="store_true", help="show tracebacks")
+    debug = argparse.ArgumentParser(add_help=False)  # read by errors.debug_enabled, anywhere on the line
+    debug.add_argument("--debug", action="store_true", help="show tracebacks (or CNNSPEC_DEBUG=1)")
     shape = argparse.ArgumentParser(add_help=False)
     shape.add_argument("--input", metavar="CxHxW",
                        help="input shape (default: the spec's input, else 3x32x32)")
@@ -172,8 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    # The sub-parser's --debug default would hide one given before the command.
-    args.debug = args.debug or "--debug" in (sys.argv[1:] if argv is None else argv)
+    args.debug = debug_enabled(sys.argv[1:] if argv is None else argv)
     run = args.run if args.debug else exit_on_user_error(args.run)
     try:
         return run(args)

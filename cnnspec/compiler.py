@@ -2,18 +2,25 @@
 
     model = build_model("specs/simcnn.yaml", input_shape=(3, 32, 32), num_classes=10)
 
-Shape inference runs over the whole layer tree first, so every shape error is raised
-before anything is built; then each layer's builder (layers.py) makes its modules and
-they go, named by layer, into one nn.Sequential: `model.layers.conv_1.weight`.
+Shape inference (shapes.py) runs over the whole layer tree first, so every shape error
+is raised before anything is built; then a `Builder` asks each layer's rule (layers.py)
+for its modules, which go, named by layer, into one nn.Sequential:
+`model.layers.conv_1.weight`.
 """
 from __future__ import annotations
+
+from collections import OrderedDict
 
 import torch
 from torch import nn
 
+from cnnspec.layers import error, rule_for
 from cnnspec.modules import WhiteningConv
-from cnnspec.nodes import LayerNode
-from cnnspec.shapes import as_spec, infer, infer_shapes, resolve_input  # noqa: F401 (infer_shapes re-exported)
+from cnnspec.nodes import LayerNode, walk
+from cnnspec.shapes import Context, as_spec, infer, infer_shapes, resolve_input  # noqa: F401 (infer_shapes re-exported)
+
+# l2 / lr_mult / wd_mult of a parameter no weighted layer set (a pool, a residual's projection)
+DEFAULT_PARAM_OPTIONS = {"l2": 0.0, "lr_mult": 1.0, "wd_mult": 1.0}
 
 
 def final_softmax(nodes: list[LayerNode]) -> LayerNode | None:
@@ -21,11 +28,51 @@ def final_softmax(nodes: list[LayerNode]) -> LayerNode | None:
     while nodes:
         last = nodes[-1]
         if last.type == "group":
-            nodes = last.children.get("layers", [])
+            nodes = last.children["layers"]
             continue
-        fn = last.options.get("fn" if last.type == "activation" else "activation")
-        return last if fn == "softmax" and last.type in ("activation", "dense", "conv") else None
+        option = rule_for(last).softmax_option
+        return last if option and last.options[option] == "softmax" else None
     return None
+
+
+class Builder:
+    """What the builders share: the inferred shapes, and what building collects on the
+    way (each weighted parameter's l2 / lr_mult / wd_mult)."""
+
+    def __init__(self, shapes: Context, softmax_node: LayerNode | None, load_weights: bool):
+        self.shapes = shapes
+        self.num_classes = shapes.num_classes
+        self.softmax_node = softmax_node  # the final softmax folded into the loss
+        self.load_weights = load_weights  # backbone: fetch ImageNet weights when the spec asks
+        self.param_settings: dict = {}  # id(parameter) -> its options
+
+    def out_shape(self, node: LayerNode) -> tuple:
+        return self.shapes.out_shape(node)
+
+    def build_list(self, nodes: list[LayerNode]):
+        """The modules of a layer list as one nn.Sequential, named by layer."""
+        named = OrderedDict()
+        for node in nodes:
+            for name, module in self.build(node):
+                if name in named:
+                    raise error(node, f"{node.type} {node.name!r}: module name {name!r} is already used")
+                named[name] = module
+        return nn.Sequential(named)
+
+    def build(self, node: LayerNode) -> list:
+        rule = rule_for(node)
+        pairs = rule.build(node, self.shapes.in_shape(node), self)
+        if not node.options["trainable"]:
+            for _, module in pairs:
+                module.requires_grad_(False)
+        if rule.weighted:
+            settings = {key: node.options[key] for key in DEFAULT_PARAM_OPTIONS}
+            for _, module in pairs:
+                kernel = getattr(module, "weight", None)
+                for parameter in module.parameters():
+                    self.param_settings[id(parameter)] = dict(
+                        settings, l2=settings["l2"] if parameter is kernel else 0.0)
+        return pairs
 
 
 def build_model(spec_or_path, input_shape=None, num_classes: int = 10,
@@ -34,19 +81,11 @@ def build_model(spec_or_path, input_shape=None, num_classes: int = 10,
     model whose state_dict is about to be loaded from a checkpoint anyway)."""
     spec = as_spec(spec_or_path)
     shape = resolve_input(spec, input_shape)
-    ctx = infer(spec, shape, num_classes, load_weights)
-    ctx.softmax_node = final_softmax(spec.layers)
-    body = ctx.build_list(spec.layers)
-    frozen = [node.name for node in walk(spec.layers) if not node.options.get("trainable", True)]
-    return SpecModel(body, shape, num_classes, ctx.param_settings, frozen,
-                     final_activation="softmax" if ctx.softmax_node is not None else None)
-
-
-def walk(nodes: list[LayerNode]):
-    for node in nodes:
-        yield node
-        for children in node.children.values():
-            yield from walk(children)
+    builder = Builder(infer(spec, shape, num_classes), final_softmax(spec.layers), load_weights)
+    body = builder.build_list(spec.layers)
+    frozen = [node.name for node in walk(spec.layers) if not node.options["trainable"]]
+    return SpecModel(body, shape, num_classes, builder.param_settings, frozen,
+                     final_activation="softmax" if builder.softmax_node is not None else None)
 
 
 class SpecModel(nn.Module):
@@ -80,7 +119,7 @@ class SpecModel(nn.Module):
         return self
 
     def options_of(self, name: str) -> dict:
-        return self.param_options.get(name, {"l2": 0.0, "lr_mult": 1.0, "wd_mult": 1.0})
+        return self.param_options.get(name, dict(DEFAULT_PARAM_OPTIONS))
 
     def regularization_loss(self):
         """Sum over layers with `l2: c` of c * (kernel ** 2).sum(), Keras' kernel_regularizer."""

@@ -63,6 +63,8 @@ class TrainingError(CnnspecError):
 
 
 def debug_enabled(argv: list[str] | None = None) -> bool:
+    """Show tracebacks? `--debug` anywhere on the command line (default: this process's),
+    or CNNSPEC_DEBUG set to anything but 0. The one place cnnspec decides it."""
     argv = sys.argv if argv is None else argv
     return "--debug" in argv or os.environ.get("CNNSPEC_DEBUG", "") not in ("", "0")
 

@@ -1,19 +1,26 @@
-"""The layer registry: for every layer type of the spec language, a shape rule and a builder.
+"""The layer registry: for every layer type of the spec language, one LayerRule.
 
     LAYERS["conv"].shape(node, in_shape, ctx) -> Inferred(out_shape, trainable, non_trainable, macs)
     LAYERS["conv"].build(node, in_shape, ctx) -> [(module_name, nn.Module), ...]
 
+A rule also carries the facts the rest of cnnspec asks about a type (does it take
+l2 / lr_mult / wd_mult, which options hold child layer lists, which option may end
+the model in a softmax). A layer type is one LayerRule, in BUILT_IN_LAYERS at the end of
+this file or passed to `register_layer`, plus its entry in schema.json;
+tests/test_registry.py checks the two agree.
+
 Shapes are tuples without the batch: (C, H, W) or (F,). A shape rule raises SpecError
 naming the layer, its line and the shapes when the spec cannot work, and counts the layer's
 own parameters and multiply-accumulates analytically, so `cnnspec summary` never imports
-torch (about 2-4 s here) unless the spec holds a backbone.
+torch (about 2-4 s here) unless the spec holds a backbone. Options arrive complete: the
+front end (spec.py) has filled in every default the schema declares.
 
 A builder returns the layer's modules as (name, module) pairs, nearly always one pair
 named after the layer, so state_dict keys read `layers.conv_1.weight`. A conv with an
 activation adds a sibling `conv_1_relu`; an asymmetric "same" padding adds `conv_1_pad`.
 
-`Context` walks a layer list: `infer` runs every shape rule first (all shape errors before
-anything is built) and records one `Record` per layer; `build_list` then builds them.
+Shape rules get the inference context of shapes.py (`ctx.infer_list`, `ctx.num_classes`);
+builders get the compiler's (`ctx.build_list`, `ctx.out_shape`, `ctx.num_classes`).
 """
 from __future__ import annotations
 
@@ -21,11 +28,11 @@ import importlib
 import json
 import math
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from cnnspec.errors import DataError, SpecError
+from cnnspec.errors import SpecError
 from cnnspec.nodes import LayerNode
 
 
@@ -44,7 +51,7 @@ nn = LazyModule("torch.nn")
 modules = LazyModule("cnnspec.modules")
 
 
-# ---------------------------------------------------------------- walking a layer tree
+# ---------------------------------------------------------------- the registry
 
 @dataclass
 class Inferred:
@@ -56,118 +63,45 @@ class Inferred:
     macs: int = 0
 
 
-@dataclass
-class Record:
-    """One layer of an inferred spec, in order (a parent before its children)."""
-
-    node: LayerNode
-    in_shape: tuple
-    out_shape: tuple
-    depth: int
-    trainable: int = 0  # own parameters, plus those of its children once walked
-    non_trainable: int = 0
-    macs: int = 0
-    children: list = field(default_factory=list)
-
-
-@dataclass
-class Context:
-    num_classes: int = 10
-    load_weights: bool = True  # backbone: fetch ImageNet weights when the spec asks for them
-    records: list = field(default_factory=list)
-    softmax_node: LayerNode | None = None  # the final softmax folded into the loss
-    param_settings: dict = field(default_factory=dict)  # id(parameter) -> layer options
-    _depth: int = -1
-    _frozen: int = 0
-    _in_shapes: dict = field(default_factory=dict)
-    _out_shapes: dict = field(default_factory=dict)
-    _backbones: dict = field(default_factory=dict)
-
-    # -- shape inference
-    def infer_list(self, nodes: list[LayerNode], in_shape: tuple) -> tuple:
-        """Run every node's shape rule in order; return the last output shape."""
-        shape = in_shape
-        for node in nodes:
-            shape = self.infer(node, shape).out_shape
-        return shape
-
-    def infer(self, node: LayerNode, in_shape: tuple) -> Record:
-        rule = rule_for(node)
-        frozen = not node.options.get("trainable", True)
-        record = Record(node, in_shape, in_shape, self._depth + 1)
-        self.records.append(record)
-        first_child = len(self.records)
-        self._depth += 1
-        self._frozen += frozen
-        try:
-            inferred = rule.shape(node, in_shape, self)
-        finally:
-            self._depth -= 1
-            self._frozen -= frozen
-        record.out_shape = tuple(inferred.out_shape)
-        record.trainable, record.non_trainable = inferred.trainable, inferred.non_trainable
-        if self._frozen or frozen:
-            record.trainable, record.non_trainable = 0, inferred.trainable + inferred.non_trainable
-        record.macs = inferred.macs
-        record.children = [r for r in self.records[first_child:] if r.depth == record.depth + 1]
-        self._in_shapes[id(node)] = in_shape
-        self._out_shapes[id(node)] = record.out_shape
-        return record
-
-    def out_shape(self, node: LayerNode) -> tuple:
-        return self._out_shapes[id(node)]
-
-    # -- building
-    def build_list(self, nodes: list[LayerNode]):
-        """The modules of a layer list as one nn.Sequential, named by layer."""
-        named = OrderedDict()
-        for node in nodes:
-            for name, module in self.build(node):
-                if name in named:
-                    raise error(node, f"{node.type} {node.name!r}: module name {name!r} is already used")
-                named[name] = module
-        return nn.Sequential(named)
-
-    def build(self, node: LayerNode) -> list:
-        pairs = rule_for(node).build(node, self._in_shapes[id(node)], self)
-        if not node.options.get("trainable", True):
-            for _, module in pairs:
-                module.requires_grad_(False)
-        if node.type in WEIGHTED:
-            settings = {key: node.options.get(key, default) for key, default in
-                        (("l2", 0.0), ("lr_mult", 1.0), ("wd_mult", 1.0))}
-            for _, module in pairs:
-                kernel = getattr(module, "weight", None)
-                for parameter in module.parameters():
-                    self.param_settings[id(parameter)] = dict(
-                        settings, l2=settings["l2"] if parameter is kernel else 0.0)
-        return pairs
-
-
-def infer_tree(nodes: list[LayerNode], in_shape: tuple, num_classes: int = 10,
-               load_weights: bool = True) -> Context:
-    """Infer every layer's shape and costs; the records are in `ctx.records`."""
-    ctx = Context(num_classes=num_classes, load_weights=load_weights)
-    ctx.infer_list(nodes, tuple(in_shape))
-    return ctx
-
-
 @dataclass(frozen=True)
 class LayerRule:
-    shape: Callable[[LayerNode, tuple, Context], Inferred]
-    build: Callable[[LayerNode, tuple, Context], list]
+    """Everything cnnspec knows about one layer type besides its schema entry."""
+
+    shape: Callable[..., Inferred]  # (node, in_shape, ctx) -> Inferred
+    build: Callable[..., list]      # (node, in_shape, ctx) -> [(name, nn.Module), ...]
+    weighted: bool = False          # takes l2 / lr_mult / wd_mult (schema: allOf weighted_options)
+    child_lists: tuple = ()         # options holding a layer list: expanded into node.children[key]
+    branch_lists: str | None = None  # the option holding a list of layer lists: children branch_0, ...
+    softmax_option: str | None = None  # the option whose softmax, on the model's last layer, the loss takes over
+    written: bool = True            # False for a type only the front end makes (group: an expanded `use`)
+
+
+LAYERS: dict[str, LayerRule] = {}
+
+
+def register_layer(layer_type: str, rule: LayerRule) -> LayerRule:
+    """Add a layer type to the registry; its options must also be described in
+    schema.json's $defs under the same name."""
+    if layer_type in LAYERS:
+        raise ValueError(f"layer type {layer_type!r} is already registered")
+    LAYERS[layer_type] = rule
+    return rule
 
 
 def rule_for(node: LayerNode) -> LayerRule:
-    if node.type not in LAYERS:
-        raise error(node, f"{node.name}: unknown layer type {node.type!r}")
+    if node.type not in LAYERS:  # the schema let through a type the registry lacks
+        raise RuntimeError(f"cnnspec bug: layer type {node.type!r} ({node.path}) is in schema.json "
+                           f"but not in the layer registry")
     return LAYERS[node.type]
 
 
+def registry_drift(node: LayerNode, option: str, table: dict) -> RuntimeError:
+    value = node.options[option]
+    return RuntimeError(f"cnnspec bug: {node.path}.{option}: {value!r} passed schema.json but has "
+                        f"no entry in the registry (known: {', '.join(table)})")
+
+
 # ---------------------------------------------------------------- small helpers
-
-WEIGHTED = {"conv", "dense", "bn", "whiten", "backbone"}
-
 
 def error(node: LayerNode, message: str, option: str | None = None) -> SpecError:
     where = node.option_where.get(option) if option else None
@@ -186,7 +120,7 @@ def pair(value) -> tuple[int, int]:
     return (value, value) if isinstance(value, int) else tuple(value)
 
 
-def count(node: LayerNode, option: str, ctx: Context) -> int:
+def count(node: LayerNode, option: str, ctx) -> int:
     """filters / units: an int or the string num_classes."""
     value = node.options[option]
     return ctx.num_classes if value == "num_classes" else int(value)
@@ -236,6 +170,8 @@ def symmetric(pads) -> bool:
 
 # ---------------------------------------------------------------- activations
 
+# Options of the layer that applies the activation: an `activation` layer has alpha and
+# negative_slope; a conv, dense or residual with `activation: elu` gets torch's defaults.
 ACTIVATIONS = {
     "relu": lambda o: nn.ReLU(),
     "gelu": lambda o: nn.GELU(),
@@ -250,24 +186,19 @@ ACTIVATIONS = {
 }
 
 
-def activation_of(node: LayerNode, ctx: Context, option: str = "activation") -> str:
+def activation_of(node: LayerNode, ctx, option: str = "activation") -> str:
     """The activation a layer applies; a final softmax is folded into the loss instead."""
-    fn = node.options.get(option, "identity")
+    fn = node.options[option]
     if fn not in ACTIVATIONS:
-        raise error(node, f"{node.name}: unknown activation {fn!r}", option)
+        raise registry_drift(node, option, ACTIVATIONS)
     return "identity" if node is ctx.softmax_node else fn
 
 
-def with_activation(node: LayerNode, ctx: Context, pairs: list) -> list:
+def with_activation(node: LayerNode, ctx, pairs: list) -> list:
     fn = activation_of(node, ctx)
     if fn != "identity":
         pairs.append((f"{node.name}_{fn}", ACTIVATIONS[fn](node.options)))
     return pairs
-
-
-def shape_activation(node, in_shape, ctx):
-    activation_of(node, ctx, "fn")
-    return Inferred(in_shape)
 
 
 def build_activation(node, in_shape, ctx):
@@ -296,9 +227,9 @@ INITS = {
 
 
 def initialise(node: LayerNode, module):
-    name = node.options.get("init", "default")
+    name = node.options["init"]
     if name not in INITS:
-        raise error(node, f"{node.name}: unknown init {name!r}", "init")
+        raise registry_drift(node, "init", INITS)
     if INITS[name] is not None:
         with torch.no_grad():
             INITS[name](module.weight)
@@ -311,9 +242,9 @@ def initialise(node: LayerNode, module):
 def conv_geometry(node, in_shape, ctx):
     need_image(node, in_shape)
     o = node.options
-    kernel, stride, dilation = pair(o.get("kernel", 3)), pair(o.get("stride", 1)), pair(o.get("dilation", 1))
-    (height, width), pads = spatial(node, in_shape, kernel, stride, o.get("padding", "same"), dilation)
-    filters, groups = count(node, "filters", ctx), o.get("groups", 1)
+    kernel, stride, dilation = pair(o["kernel"]), pair(o["stride"]), pair(o["dilation"])
+    (height, width), pads = spatial(node, in_shape, kernel, stride, o["padding"], dilation)
+    filters, groups = count(node, "filters", ctx), o["groups"]
     if in_shape[0] % groups or filters % groups:
         raise error(node, f"{node.name}: groups {groups} must divide the input channels "
                           f"{in_shape[0]} and the filters {filters}", "groups")
@@ -322,9 +253,8 @@ def conv_geometry(node, in_shape, ctx):
 
 def shape_conv(node, in_shape, ctx):
     kernel, _, _, _, filters, groups, out = conv_geometry(node, in_shape, ctx)
-    activation_of(node, ctx)
     per_output = in_shape[0] // groups * kernel[0] * kernel[1]
-    bias = filters if node.options.get("bias", True) else 0
+    bias = filters if node.options["bias"] else 0
     return Inferred(out, trainable=filters * per_output + bias,
                     macs=out[0] * out[1] * out[2] * per_output)
 
@@ -336,7 +266,7 @@ def build_conv(node, in_shape, ctx):
         pairs.append((f"{node.name}_pad", nn.ZeroPad2d((pads[2], pads[3], pads[0], pads[1]))))
         pads = (0, 0, 0, 0)
     conv = nn.Conv2d(in_shape[0], filters, kernel, stride=stride, padding=(pads[0], pads[2]),
-                     dilation=dilation, groups=groups, bias=node.options.get("bias", True))
+                     dilation=dilation, groups=groups, bias=node.options["bias"])
     initialise(node, conv)
     pairs.append((node.name, conv))
     return with_activation(node, ctx, pairs)
@@ -346,14 +276,13 @@ def shape_dense(node, in_shape, ctx):
     if len(in_shape) != 1:
         raise error(node, f"{node.name}: input {fmt(in_shape)} is not flat; add a flatten or "
                           f"global_avg_pool layer before this dense layer")
-    activation_of(node, ctx)
     units = count(node, "units", ctx)
-    bias = units if node.options.get("bias", True) else 0
+    bias = units if node.options["bias"] else 0
     return Inferred((units,), trainable=in_shape[0] * units + bias, macs=in_shape[0] * units)
 
 
 def build_dense(node, in_shape, ctx):
-    dense = nn.Linear(in_shape[0], count(node, "units", ctx), bias=node.options.get("bias", True))
+    dense = nn.Linear(in_shape[0], count(node, "units", ctx), bias=node.options["bias"])
     initialise(node, dense)
     return with_activation(node, ctx, [(node.name, dense)])
 
@@ -362,9 +291,9 @@ def shape_bn(node, in_shape, ctx):
     if len(in_shape) not in (1, 3):
         raise error(node, f"{node.name}: batch norm needs a flat or image input, got {fmt(in_shape)}")
     channels = in_shape[0]
-    if not node.options.get("affine", True):
+    if not node.options["affine"]:
         return Inferred(in_shape, non_trainable=2 * channels)  # moving mean and variance only
-    frozen_weight = not node.options.get("weight_trainable", True)
+    frozen_weight = not node.options["weight_trainable"]
     return Inferred(in_shape, trainable=channels * (1 if frozen_weight else 2),
                     non_trainable=2 * channels + (channels if frozen_weight else 0))
 
@@ -372,9 +301,8 @@ def shape_bn(node, in_shape, ctx):
 def build_bn(node, in_shape, ctx):
     norm = nn.BatchNorm2d if len(in_shape) == 3 else nn.BatchNorm1d
     o = node.options
-    bn = norm(in_shape[0], eps=o.get("eps", 1e-5), momentum=o.get("momentum", 0.1),
-              affine=o.get("affine", True))
-    if bn.affine and not o.get("weight_trainable", True):
+    bn = norm(in_shape[0], eps=o["eps"], momentum=o["momentum"], affine=o["affine"])
+    if bn.affine and not o["weight_trainable"]:
         bn.weight.requires_grad_(False)  # gamma stays at 1 (airbench)
     return one(node, bn)
 
@@ -384,9 +312,9 @@ def build_bn(node, in_shape, ctx):
 def pool_geometry(node, in_shape):
     need_image(node, in_shape)
     o = node.options
-    kernel = pair(o.get("kernel", 2))
-    stride = pair(o.get("stride") or kernel)
-    padding = o.get("padding", "valid")
+    kernel = pair(o["kernel"])
+    stride = pair(o["stride"])
+    padding = o["padding"]
     if isinstance(padding, (int, list)) and any(2 * p > k for p, k in zip(pair(padding), kernel)):
         raise error(node, f"{node.name}: padding {padding} is more than half the kernel "
                           f"{kernel[0]}x{kernel[1]}", "padding")
@@ -409,7 +337,7 @@ def build_pool(node, in_shape, ctx):
         pads = (0, 0, 0, 0)
     padding = (pads[0], pads[2])
     pool = (nn.MaxPool2d(kernel, stride, padding) if is_max else
-            nn.AvgPool2d(kernel, stride, padding, count_include_pad=node.options.get("padding") != "same"))
+            nn.AvgPool2d(kernel, stride, padding, count_include_pad=node.options["padding"] != "same"))
     pairs.append((node.name, pool))
     return pairs
 
@@ -431,30 +359,18 @@ def build_flatten(node, in_shape, ctx):
     return one(node, nn.Flatten())
 
 
-def rate_of(node):
-    rate = node.options["rate"]
-    if not 0 <= rate < 1:
-        raise error(node, f"{node.name}: rate {rate} must be in [0, 1)", "rate")
-    return rate
-
-
-def shape_dropout(node, in_shape, ctx):
-    rate_of(node)
-    return Inferred(in_shape)
-
-
 def build_dropout(node, in_shape, ctx):
-    return one(node, nn.Dropout(rate_of(node)))
+    return one(node, nn.Dropout(node.options["rate"]))
 
 
-def shape_spatial_dropout(node, in_shape, ctx):
+def shape_image_free(node, in_shape, ctx):
+    """Any image input passes through unchanged."""
     need_image(node, in_shape)
-    rate_of(node)
     return Inferred(in_shape)
 
 
 def build_spatial_dropout(node, in_shape, ctx):
-    return one(node, nn.Dropout2d(rate_of(node)))
+    return one(node, nn.Dropout2d(node.options["rate"]))
 
 
 def build_scale(node, in_shape, ctx):
@@ -469,8 +385,8 @@ def pad_sizes(node):
 def shape_pad(node, in_shape, ctx):
     need_image(node, in_shape)
     top, bottom, left, right = pad_sizes(node)
-    if node.options.get("mode", "zeros") == "reflect" and max(top, bottom) >= in_shape[1] or \
-            node.options.get("mode", "zeros") == "reflect" and max(left, right) >= in_shape[2]:
+    if node.options["mode"] == "reflect" and max(top, bottom) >= in_shape[1] or \
+            node.options["mode"] == "reflect" and max(left, right) >= in_shape[2]:
         raise error(node, f"{node.name}: reflect padding {max(top, bottom, left, right)} needs an "
                           f"input larger than it, got {fmt(in_shape)}", "padding")
     return Inferred((in_shape[0], in_shape[1] + top + bottom, in_shape[2] + left + right))
@@ -482,7 +398,7 @@ PADS = {"zeros": lambda p: nn.ZeroPad2d(p), "reflect": lambda p: nn.ReflectionPa
 
 def build_pad(node, in_shape, ctx):
     top, bottom, left, right = pad_sizes(node)
-    return one(node, PADS[node.options.get("mode", "zeros")]((left, right, top, bottom)))
+    return one(node, PADS[node.options["mode"]]((left, right, top, bottom)))
 
 
 # ---------------------------------------------------------------- augmentation and resizing
@@ -492,29 +408,28 @@ def shape_augment(node, in_shape, ctx):
     if node.type == "random_translation":
         o = node.options
         shifts = translation_pixels(node, in_shape)
-        if o.get("fill", "reflect") == "reflect" and (shifts[0] >= in_shape[1] or shifts[1] >= in_shape[2]):
+        if o["fill"] == "reflect" and (shifts[0] >= in_shape[1] or shifts[1] >= in_shape[2]):
             raise error(node, f"{node.name}: a shift of {shifts} pixels needs a larger input than "
                               f"{fmt(in_shape)} for reflect fill")
-    if node.type == "random_crop" and node.options.get("mode", "reflect") == "reflect" and \
-            node.options.get("padding", 4) >= min(in_shape[1:]):
-        raise error(node, f"{node.name}: reflect padding {node.options.get('padding', 4)} needs "
+    if node.type == "random_crop" and node.options["mode"] == "reflect" and \
+            node.options["padding"] >= min(in_shape[1:]):
+        raise error(node, f"{node.name}: reflect padding {node.options['padding']} needs "
                           f"an input larger than {fmt(in_shape)}", "padding")
     return Inferred(in_shape)
 
 
 def translation_pixels(node, in_shape) -> tuple[int, int]:
     height = node.options["height"]
-    width = node.options.get("width")
-    width = height if width is None else width
+    width = node.options["width"]
     return round(height * in_shape[1]), round(width * in_shape[2])
 
 
 AUGMENTS = {
-    "random_flip": lambda node, in_shape: modules.RandomFlip(node.options.get("mode", "horizontal")),
+    "random_flip": lambda node, in_shape: modules.RandomFlip(node.options["mode"]),
     "random_translation": lambda node, in_shape: modules.RandomTranslation(
-        *translation_pixels(node, in_shape), fill=node.options.get("fill", "reflect")),
+        *translation_pixels(node, in_shape), fill=node.options["fill"]),
     "random_crop": lambda node, in_shape: modules.RandomCrop(
-        node.options.get("padding", 4), mode=node.options.get("mode", "reflect")),
+        node.options["padding"], mode=node.options["mode"]),
 }
 
 
@@ -523,9 +438,7 @@ def build_augment(node, in_shape, ctx):
 
 
 def resize_to(node):
-    height = node.options["height"]
-    width = node.options.get("width")
-    return height, height if width is None else width
+    return node.options["height"], node.options["width"]
 
 
 def shape_resize(node, in_shape, ctx):
@@ -534,14 +447,14 @@ def shape_resize(node, in_shape, ctx):
 
 
 def build_resize(node, in_shape, ctx):
-    return one(node, modules.Resize(resize_to(node), node.options.get("mode", "bilinear")))
+    return one(node, modules.Resize(resize_to(node), node.options["mode"]))
 
 
 # ---------------------------------------------------------------- whitening conv (airbench)
 
 def whiten_geometry(node, in_shape):
     need_image(node, in_shape)
-    kernel = node.options.get("kernel", 2)
+    kernel = node.options["kernel"]
     if min(in_shape[1:]) < kernel:
         raise error(node, f"{node.name}: input {fmt(in_shape)} is smaller than the kernel {kernel}x{kernel}")
     return kernel, 2 * in_shape[0] * kernel * kernel
@@ -550,7 +463,7 @@ def whiten_geometry(node, in_shape):
 def shape_whiten(node, in_shape, ctx):
     kernel, filters = whiten_geometry(node, in_shape)
     out = (filters, in_shape[1] - kernel + 1, in_shape[2] - kernel + 1)
-    bias = filters if node.options.get("bias", True) else 0
+    bias = filters if node.options["bias"] else 0
     per_output = in_shape[0] * kernel * kernel
     return Inferred(out, trainable=bias, non_trainable=filters * per_output,
                     macs=out[0] * out[1] * out[2] * per_output)
@@ -558,25 +471,25 @@ def shape_whiten(node, in_shape, ctx):
 
 def build_whiten(node, in_shape, ctx):
     kernel, _ = whiten_geometry(node, in_shape)
-    return one(node, modules.WhiteningConv(in_shape[0], kernel, eps=node.options.get("eps", 5e-4),
-                                           bias=node.options.get("bias", True),
+    return one(node, modules.WhiteningConv(in_shape[0], kernel, eps=node.options["eps"],
+                                           bias=node.options["bias"],
                                            bias_epochs=node.options.get("bias_epochs")))
 
 
 # ---------------------------------------------------------------- composites
 
 def shape_group(node, in_shape, ctx):
-    return Inferred(ctx.infer_list(node.children.get("layers", []), in_shape))
+    return Inferred(ctx.infer_list(node.children["layers"], in_shape))
 
 
 def build_group(node, in_shape, ctx):
-    return one(node, ctx.build_list(node.children.get("layers", [])))
+    return one(node, ctx.build_list(node.children["layers"]))
 
 
 def shortcut_kind(node, source, body_out):
     if "shortcut" in node.children:
         return "layers"
-    kind = node.options.get("shortcut", "auto")
+    kind = node.options["shortcut"]
     if kind == "auto":
         return "identity" if tuple(source) == tuple(body_out) else "projection"
     return kind
@@ -600,13 +513,12 @@ def shortcut_stride(node, source, body_out) -> tuple[int, int]:
 def residual_shapes(node, in_shape, ctx):
     pre_out = ctx.infer_list(node.children.get("pre", []), in_shape)
     body_out = ctx.infer_list(node.children["body"], pre_out)
-    source = pre_out if node.options.get("shortcut_from", "input") == "pre" else in_shape
+    source = pre_out if node.options["shortcut_from"] == "pre" else in_shape
     return pre_out, body_out, source
 
 
 def shape_residual(node, in_shape, ctx):
     _, body_out, source = residual_shapes(node, in_shape, ctx)
-    activation_of(node, ctx)
     kind = shortcut_kind(node, source, body_out)
     own = Inferred(body_out)
     if kind == "layers":
@@ -616,14 +528,12 @@ def shape_residual(node, in_shape, ctx):
     elif kind == "pool":
         stride = shortcut_stride(node, source, body_out)
         short_out = (source[0], *(-(-s // k) for s, k in zip(source[1:], stride)))
-    elif kind == "projection":
+    else:  # projection: the schema allows no other kind
         shortcut_stride(node, source, body_out)
         short_out = body_out
         own.trainable = source[0] * body_out[0] + 2 * body_out[0]
         own.non_trainable = 2 * body_out[0]
         own.macs = math.prod(body_out) * source[0]
-    else:
-        raise error(node, f"{node.name}: unknown shortcut {kind!r}", "shortcut")
     if tuple(short_out) != tuple(body_out):
         raise error(node, f"{node.name}: cannot add the shortcut {fmt(short_out)} to the body's "
                           f"output {fmt(body_out)}", "shortcut")
@@ -648,7 +558,7 @@ def build_residual(node, in_shape, ctx):
     return one(node, modules.Residual(
         body=ctx.build_list(node.children["body"]), shortcut=shortcut,
         pre=ctx.build_list(node.children["pre"]) if node.children.get("pre") else None,
-        shortcut_from_pre=node.options.get("shortcut_from", "input") == "pre",
+        shortcut_from_pre=node.options["shortcut_from"] == "pre",
         activation=ACTIVATIONS[fn](node.options)))
 
 
@@ -657,7 +567,7 @@ def residual_shapes_recorded(node, in_shape, ctx):
     pre = node.children.get("pre", [])
     pre_out = ctx.out_shape(pre[-1]) if pre else in_shape
     body_out = ctx.out_shape(node)
-    source = pre_out if node.options.get("shortcut_from", "input") == "pre" else in_shape
+    source = pre_out if node.options["shortcut_from"] == "pre" else in_shape
     return pre_out, body_out, source
 
 
@@ -670,7 +580,7 @@ def shape_parallel(node, in_shape, ctx):
     outs = [ctx.infer_list(branch, in_shape) for branch in branches(node)]
     if len(outs) < 2:
         raise error(node, f"{node.name}: parallel needs at least 2 branches, got {len(outs)}", "branches")
-    merge = node.options.get("merge", "concat")
+    merge = node.options["merge"]
     shown = " and ".join(fmt(out) for out in outs)
     if merge == "add":
         if len({tuple(out) for out in outs}) > 1:
@@ -684,7 +594,7 @@ def shape_parallel(node, in_shape, ctx):
 
 def build_parallel(node, in_shape, ctx):
     return one(node, modules.Parallel([ctx.build_list(branch) for branch in branches(node)],
-                                      merge=node.options.get("merge", "concat")))
+                                      merge=node.options["merge"]))
 
 
 # ---------------------------------------------------------------- backbone (torchvision)
@@ -715,7 +625,7 @@ def backbone_meta(node, ctx):
 
 
 def pooled(node, out):
-    return (out[0],) if node.options.get("pooling", "none") != "none" else out
+    return (out[0],) if node.options["pooling"] != "none" else out
 
 
 BACKBONE_FACTS = Path(__file__).with_name("backbone_facts.json")
@@ -767,84 +677,42 @@ def build_backbone(node, in_shape, ctx):
 
     name = node.options["model"]
     model = torchvision.models.get_model(name, weights=None)
-    if node.options.get("weights", "none") == "imagenet" and ctx.load_weights:
+    if node.options["weights"] == "imagenet" and ctx.load_weights:
+        from cnnspec.download import imagenet_state_dict
+
         model.load_state_dict(imagenet_state_dict(node, name))
-    return one(node, modules.Backbone(backbone_features(name, model), node.options.get("pooling", "none")))
+    return one(node, modules.Backbone(backbone_features(name, model), node.options["pooling"]))
 
 
-DOWNLOAD_TIMEOUT_S = 20
-
-
-def imagenet_state_dict(node, model_name):
-    """torchvision's ImageNet weights from torch.hub's checkpoint folder, downloaded there
-    if missing; never hangs: the download gets DOWNLOAD_TIMEOUT_S seconds."""
-    import os
-    import threading
-
-    import torchvision
-
-    weights = torchvision.models.get_model_weights(model_name).DEFAULT
-    folder = os.path.join(torch.hub.get_dir(), "checkpoints")
-    file_name = os.path.basename(weights.url)
-    path = os.path.join(folder, file_name)
-    if not os.path.exists(path):
-        failure = download_with_timeout(weights.url, path, threading)
-        if failure:
-            where = node.where
-            place = f"{where.file}:{where.line}: " if where and where.file else ""
-            raise DataError(f"{place}{node.name}: ImageNet weights for {model_name} are not available "
-                            f"({failure}); place {file_name} in {folder} (from {weights.url})")
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def download_with_timeout(url, path, threading) -> str | None:
-    """Download in a daemon thread; give up after DOWNLOAD_TIMEOUT_S. Returns why it failed."""
-    import os
-
-    outcome = {}
-
-    def fetch():
-        try:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            torch.hub.download_url_to_file(url, path, progress=False)  # writes a temp file, then moves
-        except Exception as failure:  # noqa: BLE001 - any failure means: tell the user where to put it
-            outcome["error"] = f"download failed: {str(failure).splitlines()[0] if str(failure) else type(failure).__name__}"
-
-    thread = threading.Thread(target=fetch, daemon=True)
-    thread.start()
-    thread.join(DOWNLOAD_TIMEOUT_S)
-    if thread.is_alive():
-        return f"download timed out after {DOWNLOAD_TIMEOUT_S} s"
-    return outcome.get("error")
-
-
-# ---------------------------------------------------------------- the registry
+# ---------------------------------------------------------------- the built-in layer types
 
 def shape_free(node, in_shape, ctx):
     return Inferred(in_shape)
 
 
-LAYERS: dict[str, LayerRule] = {
-    "conv": LayerRule(shape_conv, build_conv),
-    "dense": LayerRule(shape_dense, build_dense),
-    "bn": LayerRule(shape_bn, build_bn),
+BUILT_IN_LAYERS = {
+    "conv": LayerRule(shape_conv, build_conv, weighted=True, softmax_option="activation"),
+    "dense": LayerRule(shape_dense, build_dense, weighted=True, softmax_option="activation"),
+    "bn": LayerRule(shape_bn, build_bn, weighted=True),
     "max_pool": LayerRule(shape_pool, build_pool),
     "avg_pool": LayerRule(shape_pool, build_pool),
     "global_avg_pool": LayerRule(shape_global_pool, build_global_pool),
     "global_max_pool": LayerRule(shape_global_pool, build_global_pool),
-    "dropout": LayerRule(shape_dropout, build_dropout),
-    "spatial_dropout": LayerRule(shape_spatial_dropout, build_spatial_dropout),
+    "dropout": LayerRule(shape_free, build_dropout),
+    "spatial_dropout": LayerRule(shape_image_free, build_spatial_dropout),
     "flatten": LayerRule(shape_flatten, build_flatten),
-    "activation": LayerRule(shape_activation, build_activation),
+    "activation": LayerRule(shape_free, build_activation, softmax_option="fn"),
     "scale": LayerRule(shape_free, build_scale),
     "pad": LayerRule(shape_pad, build_pad),
     "random_flip": LayerRule(shape_augment, build_augment),
     "random_translation": LayerRule(shape_augment, build_augment),
     "random_crop": LayerRule(shape_augment, build_augment),
     "resize": LayerRule(shape_resize, build_resize),
-    "whiten": LayerRule(shape_whiten, build_whiten),
-    "residual": LayerRule(shape_residual, build_residual),
-    "parallel": LayerRule(shape_parallel, build_parallel),
-    "group": LayerRule(shape_group, build_group),
-    "backbone": LayerRule(shape_backbone, build_backbone),
+    "whiten": LayerRule(shape_whiten, build_whiten, weighted=True),
+    "residual": LayerRule(shape_residual, build_residual, child_lists=("pre", "body", "shortcut")),
+    "parallel": LayerRule(shape_parallel, build_parallel, branch_lists="branches"),
+    "group": LayerRule(shape_group, build_group, child_lists=("layers",), written=False),
+    "backbone": LayerRule(shape_backbone, build_backbone, weighted=True),
 }
+for layer_type, rule in BUILT_IN_LAYERS.items():
+    register_layer(layer_type, rule)

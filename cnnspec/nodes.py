@@ -58,3 +58,11 @@ class Spec:
     layers: list[LayerNode]
     file: str | None
     text: str  # the YAML source, kept so a checkpoint can rebuild the model
+
+
+def walk(nodes: list[LayerNode]):
+    """Every node of a layer tree, a parent before its children, in spec order."""
+    for node in nodes:
+        yield node
+        for children in node.children.values():
+            yield from walk(children)

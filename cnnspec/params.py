@@ -7,19 +7,17 @@ Every stage calls `load_params` first, so a typo stops the pipeline before any
 work is done, with one line that names the key:
 
     params.yaml: train.batch_size: 0 is less than the minimum of 1
-    params.yaml: train.optimzer: unknown key (did you mean 'optimizer'?)
+    params.yaml: train.optimzer: unknown key 'optimzer' (did you mean 'optimizer'?)
 """
 from __future__ import annotations
 
 import copy
-import difflib
 import json
 from pathlib import Path
 
-import jsonschema
-
 from cnnspec import yamlio
 from cnnspec.errors import ParamsError, SpecError
+from cnnspec.schema_errors import Strict, explain, key_path, unknown_key
 
 SCHEMA_PATH = Path(__file__).with_name("params_schema.json")
 
@@ -42,7 +40,7 @@ def load_params(path="params.yaml", sections=None) -> dict:
     params = read_yaml_mapping(path)
     for key in params:
         if key not in known_sections:
-            raise ParamsError(f"{name}: {key}: {unknown_key_hint(key, known_sections)}")
+            raise ParamsError(f"{name}: {key}: {unknown_key(key, known_sections)}")
 
     chosen = {section: params.get(section, {}) for section in sections}
     chosen = {section: _yaml11_spellings(section, value) for section, value in chosen.items()}
@@ -90,54 +88,22 @@ def _yaml11_spellings(section: str, value):
 
 # --- checking --------------------------------------------------------------
 
-def _is_integer(checker, instance) -> bool:
-    # JSON Schema calls 10.0 an integer; range(10.0) disagrees.
-    return isinstance(instance, int) and not isinstance(instance, bool)
-
-
-_Validator = jsonschema.validators.extend(
-    jsonschema.Draft202012Validator,
-    type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine("integer", _is_integer),
-)
-
-
 def check(params: dict, schema: dict, name: str) -> None:
     """Raise ParamsError for the first problem, in key order."""
-    errors = sorted(_Validator(schema).iter_errors(params), key=_error_order)
+    errors = sorted(Strict(schema).iter_errors(params), key=_error_order)
     if errors:
-        raise ParamsError(f"{name}: {describe(errors[0])}")
+        raise ParamsError(f"{name}: {describe_error(errors[0], schema)}")
 
 
 def _error_order(error):
     return [str(part) for part in error.absolute_path]
 
 
-def describe(error: jsonschema.ValidationError) -> str:
+def describe_error(error, schema: dict) -> str:
     """`key.path: message` for one schema error."""
-    if error.validator == "additionalProperties" and isinstance(error.instance, dict):
-        allowed = list(error.schema.get("properties", {}))
-        extra = sorted(key for key in error.instance if key not in allowed)
-        if extra and isinstance(error.schema.get("additionalProperties"), bool):
-            key = key_path(list(error.absolute_path) + [extra[0]])
-            return f"{key}: {unknown_key_hint(extra[0], allowed)}"
-    key = key_path(error.absolute_path) or "(top level)"
-    if error.validator == "pattern" and "description" in error.schema:
-        return f"{key}: {error.instance!r} is not {error.schema['description']}"
-    return f"{key}: {' '.join(error.message.split())}"
-
-
-def key_path(parts) -> str:
-    text = ""
-    for part in parts:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
-    return text
-
-
-def unknown_key_hint(key, allowed) -> str:
-    close = difflib.get_close_matches(str(key), allowed, n=1)
-    if close:
-        return f"unknown key (did you mean {close[0]!r}?)"
-    return f"unknown key (expected one of: {', '.join(allowed)})"
+    message, about = explain(error, schema)
+    parts = list(error.absolute_path) + ([about] if about is not None else [])
+    return f"{key_path(parts) or '(top level)'}: {message}"
 
 
 # --- defaults --------------------------------------------------------------

@@ -1,17 +1,92 @@
 """Shape inference for a whole spec, without importing torch.
 
-`cnnspec validate` and `cnnspec summary` run only this; `build_model` runs it
-first, so every shape error is raised before anything is built.
+    ctx = infer(spec, (3, 32, 32), num_classes=10)   # ctx.records: one Record per layer
+
+Every layer's shape rule (layers.py) runs in spec order, a parent before its children,
+so every shape error is raised before anything is built. `cnnspec validate` and
+`cnnspec summary` run only this; `build_model` (compiler.py) runs it first and builds
+from its records.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from cnnspec import layers as registry
-from cnnspec.nodes import Spec
+from cnnspec.layers import error, fmt, rule_for
+from cnnspec.nodes import LayerNode, Spec
 
 DEFAULT_INPUT = (3, 32, 32)
 MAX_PARAMS = 1_000_000_000  # 4 GB of float32 weights: refused before anything is allocated
+
+
+@dataclass
+class Record:
+    """One layer of an inferred spec, in order (a parent before its children)."""
+
+    node: LayerNode
+    in_shape: tuple
+    out_shape: tuple
+    depth: int
+    trainable: int = 0  # the layer's own parameters (children have their own records)
+    non_trainable: int = 0
+    macs: int = 0
+    children: list = field(default_factory=list)
+
+
+@dataclass
+class Context:
+    """What the shape rules share while walking a tree; what the compiler reads after."""
+
+    num_classes: int = 10
+    records: list = field(default_factory=list)
+    _depth: int = -1
+    _frozen: int = 0
+    _in_shapes: dict = field(default_factory=dict)
+    _out_shapes: dict = field(default_factory=dict)
+    _backbones: dict = field(default_factory=dict)  # model name -> features on the meta device
+
+    def infer_list(self, nodes: list[LayerNode], in_shape: tuple) -> tuple:
+        """Run every node's shape rule in order; return the last output shape."""
+        shape = in_shape
+        for node in nodes:
+            shape = self.infer(node, shape).out_shape
+        return shape
+
+    def infer(self, node: LayerNode, in_shape: tuple) -> Record:
+        rule = rule_for(node)
+        frozen = not node.options["trainable"]
+        record = Record(node, in_shape, in_shape, self._depth + 1)
+        self.records.append(record)
+        first_child = len(self.records)
+        self._depth += 1
+        self._frozen += frozen
+        try:
+            inferred = rule.shape(node, in_shape, self)
+        finally:
+            self._depth -= 1
+            self._frozen -= frozen
+        record.out_shape = tuple(inferred.out_shape)
+        record.trainable, record.non_trainable = inferred.trainable, inferred.non_trainable
+        if self._frozen or frozen:
+            record.trainable, record.non_trainable = 0, inferred.trainable + inferred.non_trainable
+        record.macs = inferred.macs
+        record.children = [r for r in self.records[first_child:] if r.depth == record.depth + 1]
+        self._in_shapes[id(node)] = in_shape
+        self._out_shapes[id(node)] = record.out_shape
+        return record
+
+    def in_shape(self, node: LayerNode) -> tuple:
+        return self._in_shapes[id(node)]
+
+    def out_shape(self, node: LayerNode) -> tuple:
+        return self._out_shapes[id(node)]
+
+
+def infer_tree(nodes: list[LayerNode], in_shape: tuple, num_classes: int = 10) -> Context:
+    """Infer every layer's shape and costs; the records are in `ctx.records`."""
+    ctx = Context(num_classes=num_classes)
+    ctx.infer_list(nodes, tuple(in_shape))
+    return ctx
 
 
 def as_spec(spec_or_path) -> Spec:
@@ -29,29 +104,28 @@ def resolve_input(spec: Spec, input_shape) -> tuple:
     return tuple(spec.input) if spec.input else DEFAULT_INPUT
 
 
-def infer(spec: Spec, input_shape, num_classes: int, load_weights: bool = False):
-    """The registry's context after walking the whole tree; the model must end in
-    one logit per class."""
+def infer(spec: Spec, input_shape, num_classes: int) -> Context:
+    """The context after walking the whole tree; the model must end in one logit per class."""
     shape = resolve_input(spec, input_shape)
-    ctx = registry.infer_tree(spec.layers, shape, num_classes, load_weights)
-    check_size(ctx.records)
+    ctx = infer_tree(spec.layers, shape, num_classes)
+    check_param_limit(ctx.records)
     out_shape = ctx.records[-1].out_shape if ctx.records else shape
     if tuple(out_shape) != (num_classes,):
         last = spec.layers[-1]
-        raise registry.error(last, f"{last.name}: the model ends in shape {registry.fmt(out_shape)}; "
-                                   f"it must end in ({num_classes},), one logit per class "
-                                   f"(write units: num_classes)")
+        raise error(last, f"{last.name}: the model ends in shape {fmt(out_shape)}; "
+                          f"it must end in ({num_classes},), one logit per class "
+                          f"(write units: num_classes)")
     return ctx
 
 
-def check_size(records) -> None:
+def check_param_limit(records) -> None:
     """Refuse a model whose parameters would not fit any sane memory, naming its biggest layer."""
     total = sum(record.trainable + record.non_trainable for record in records)
     if total > MAX_PARAMS:
         biggest = max(records, key=lambda record: record.trainable + record.non_trainable)
         own = biggest.trainable + biggest.non_trainable
-        raise registry.error(biggest.node, f"the model would have {total:,} parameters, more than the "
-                                           f"limit of {MAX_PARAMS:,}; {biggest.node.name} alone has {own:,}")
+        raise error(biggest.node, f"the model would have {total:,} parameters, more than the "
+                                  f"limit of {MAX_PARAMS:,}; {biggest.node.name} alone has {own:,}")
 
 
 def infer_shapes(spec_or_path, input_shape=None, num_classes: int = 10) -> list:

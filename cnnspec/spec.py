@@ -17,7 +17,6 @@ key at fault, with "did you mean ...?" for misspellings.
 from __future__ import annotations
 
 import copy
-import difflib
 import functools
 import json
 import re
@@ -27,7 +26,9 @@ from pathlib import Path
 import jsonschema
 
 from cnnspec.errors import SpecError
-from cnnspec.nodes import LayerNode, Location, Spec
+from cnnspec.layers import LAYERS
+from cnnspec.nodes import LayerNode, Location, Spec, walk
+from cnnspec.schema_errors import Strict, describe_value, did_you_mean, explain, join_key, key_path, properties_of
 from cnnspec.yamlio import LocatedDict, LocatedList, load_mapping, plain, where_in
 
 SCHEMA = json.loads((Path(__file__).parent / "schema.json").read_text(encoding="utf-8"))
@@ -40,11 +41,6 @@ MAX_BLOCK_DEPTH = 16  # blocks using blocks
 
 
 # ---------------------------------------------------------------- messages
-
-def did_you_mean(word, choices) -> str:
-    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
-    return f" (did you mean '{close[0]}'?)" if close else ""
-
 
 # Names other frameworks use for cnnspec's layer types, for "did you mean".
 ALIASES = {"conv2d": "conv", "convolution": "conv", "batchnorm": "bn", "batchnorm2d": "bn",
@@ -61,35 +57,12 @@ def did_you_mean_type(word) -> str:
     return f" (did you mean '{alias}'?)" if alias else did_you_mean(word, LAYER_SCHEMAS)
 
 
-def describe(value) -> str:
-    """A short description of a YAML value for messages."""
-    if value is None:
-        return "nothing (null)"
-    if isinstance(value, dict):
-        return "a mapping"
-    if isinstance(value, list):
-        return "a list"
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-def join_key(base: str, part) -> str:
-    if isinstance(part, int):
-        return f"{base}[{part}]"
-    return f"{base}.{part}" if base else str(part)
-
-
 def fail(message: str, where: Location, key: str | None = None):
     raise SpecError(message, where.file, where.line, where.col, key)
 
 
 # ---------------------------------------------------------------- schema checks
 
-# JSON Schema counts 100.0 as an integer; a spec's `filters: 1e2` should not pass as one.
-Strict = jsonschema.validators.extend(
-    jsonschema.Draft202012Validator,
-    type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine(
-        "integer", lambda checker, value: isinstance(value, int) and not isinstance(value, bool)))
 # Defaults may leave out required options: the layer that gets them supplies the rest.
 WithoutRequired = jsonschema.validators.extend(Strict, {"required": lambda *args: None})
 
@@ -100,40 +73,6 @@ def validator_for(definition: str, kind=Strict):
     schema = SCHEMA if not definition else {"$defs": SCHEMA["$defs"],
                                             "$ref": f"#/$defs/{definition}"}
     return kind(schema)
-
-
-def explain(error: jsonschema.ValidationError) -> tuple[str, str | None]:
-    """The message for one schema error, and the key it is about when that key is
-    not in the error's path (an unknown or a missing key)."""
-    rule, instance, schema = error.validator, error.instance, error.schema
-    if rule == "additionalProperties":
-        known = schema.get("properties", {})
-        unknown = [key for key in instance if key not in known]
-        if unknown:
-            key = unknown[0]
-            hint = did_you_mean(key, known) or f"; expected one of: {', '.join(known)}"
-            return f"unknown key '{key}'{hint}", key
-    if rule == "required":
-        missing = [key for key in error.validator_value if key not in instance]
-        return f"'{missing[0]}' is required", missing[0]
-    if rule == "enum" and "propertyNames" in error.schema_path:
-        return f"unknown key '{instance}'{did_you_mean(instance, error.validator_value)}", instance
-    if rule == "pattern" and "propertyNames" in error.schema_path:
-        return f"'{instance}' is not a valid name: use letters, digits and underscores", instance
-    if rule == "enum":
-        choices = ", ".join(str(c) for c in error.validator_value)
-        return f"{describe(instance)} is not one of: {choices}{did_you_mean(instance, error.validator_value)}", None
-    if rule in ("type", "pattern") and "x-hint" in schema:
-        return f"{describe(instance)} is not {schema['x-hint']}", None
-    if rule == "type":
-        wanted = error.validator_value
-        wanted = " or ".join(wanted) if isinstance(wanted, list) else wanted
-        return f"expected {wanted}, got {describe(instance)}", None
-    if rule in ("minItems", "maxItems") and isinstance(instance, list):
-        return error.message.replace(repr(instance), f"a list of {len(instance)}"), None
-    if rule in ("minProperties", "maxProperties") and isinstance(instance, dict):
-        return f"a layer is one TYPE: options pair, found {len(instance)} keys: {', '.join(instance)}", None
-    return error.message, None
 
 
 def locate(root, path) -> tuple[Location, object]:
@@ -153,17 +92,19 @@ def check(instance, definition: str, key: str, kind=Strict, skip=lambda path: Fa
     if not errors:
         return
     # A misspelled required key shows up twice, as unknown and as missing: say "unknown".
-    with_unknown_keys = {id(e.instance) for e in errors if e.validator == "additionalProperties"}
+    with_unknown_keys = {id(e.instance) for e in errors
+                         if e.validator in ("additionalProperties", "unevaluatedProperties")}
     errors = [e for e in errors
               if not (e.validator == "required" and id(e.instance) in with_unknown_keys)]
     found = []
     for error in errors:
+        explained = explain(error, SCHEMA)
+        if explained is None:
+            continue
+        message, about = explained
         path = list(error.absolute_path)
         where, value = locate(instance, path)
-        message, about = explain(error)
-        full_key = key
-        for part in path:
-            full_key = join_key(full_key, part)
+        full_key = key_path(path, key)
         if about is not None:
             if isinstance(value, dict) and about in getattr(value, "key_where", {}):
                 where = value.key_where[about]
@@ -246,7 +187,7 @@ def split_layer(item, where: Location, path: str) -> tuple[str, LocatedDict, Loc
         fail(f"a layer is one TYPE: options pair, found {len(keys)} keys: {', '.join(keys)}"
              " (are the options indented under the type?)", second, path)
     else:
-        fail(f"a layer must be TYPE or TYPE: {{options}}, not {describe(item)}", where, path)
+        fail(f"a layer must be TYPE or TYPE: {{options}}, not {describe_value(item)}", where, path)
     if layer_type not in LAYER_SCHEMAS:
         fail(f"unknown layer type '{layer_type}'{did_you_mean_type(layer_type)}",
              type_where, path)
@@ -260,7 +201,7 @@ def split_layer(item, where: Location, path: str) -> tuple[str, LocatedDict, Loc
         options = LocatedDict({shorthand: value}, where=value_where)
         options.key_where[shorthand] = options.value_where[shorthand] = value_where
     else:
-        fail(f"{layer_type} takes a mapping of options, not {describe(value)}",
+        fail(f"{layer_type} takes a mapping of options, not {describe_value(value)}",
              item.value_where[layer_type], join_key(path, layer_type))
     return layer_type, options, type_where
 
@@ -337,7 +278,7 @@ def expand_use(layer_type, options, where, path, state) -> list[LayerNode]:
     children = expand_list(layers, f"{path} (block {block}) > layers",
                            state.deeper(in_block=True, calls=state.calls + (block,)))
     group_options = {"block": block, "args": {name: value for name, (value, _) in values.items()},
-                     "trainable": options.get("trainable", True)}
+                     "trainable": options.get("trainable", layer_options("use")["trainable"]["default"])}
     return [LayerNode("group", options.get("name", ""), group_options, where, path,
                       {"layers": children}, {key: options.where_of(key) for key in options})]
 
@@ -355,8 +296,25 @@ def with_defaults(options: LocatedDict, defaults) -> LocatedDict:
     return merged
 
 
+def shared(schema: dict) -> dict:
+    """A property's schema with the shared `$defs` entry it refers to merged under its own keys
+    (a layer list stays a reference: it is a list of layers, not an option to fill)."""
+    name = schema.get("$ref", "").rsplit("/", 1)[-1]
+    if not name or name == "layer_list":
+        return schema
+    return {**SCHEMA["$defs"][name], **{k: v for k, v in schema.items() if k != "$ref"}}
+
+
+@functools.lru_cache(maxsize=None)
+def layer_options(layer_type: str) -> dict:
+    """Every option of a layer type, its own first, then the shared ones (name, trainable,
+    l2, ...), each with its shared definition merged in."""
+    known = properties_of(LAYER_SCHEMAS[layer_type], SCHEMA)
+    return {key: shared(schema) for key, schema in known.items()}
+
+
 def fill_schema_defaults(layer_type: str, options: dict, option_where: dict, where: Location):
-    properties = LAYER_SCHEMAS[layer_type]["properties"]
+    properties = layer_options(layer_type)
     for key, schema in properties.items():
         if key not in options and "default" in schema:
             options[key] = copy.deepcopy(schema["default"])
@@ -369,22 +327,22 @@ def fill_schema_defaults(layer_type: str, options: dict, option_where: dict, whe
 
 
 def child_lists(layer_type: str, located: dict, options: dict, path: str, state: Expansion) -> dict:
-    """Expand residual's pre/body/shortcut and parallel's branches (read from the
-    located options) into children, and drop them from `options`."""
+    """Expand the options the registry names as layer lists (residual's pre/body/shortcut,
+    parallel's branches; read from the located options) into children, and drop them
+    from `options`. An option that may also be a word (shortcut: auto) stays when it is one."""
+    rule = LAYERS[layer_type]
     key = join_key(path, layer_type)
     inner = state.deeper()
     children = {}
-    if layer_type == "residual":
-        for part in ("pre", "body", "shortcut"):
-            if isinstance(located.get(part), list):
-                children[part] = expand_list(located[part], f"{key}.{part}", inner)
-                options.pop(part)
-        if "shortcut" in children:
-            options["shortcut"] = "layers"
-    if layer_type == "parallel":
-        for index, branch in enumerate(located["branches"]):
-            children[f"branch_{index}"] = expand_list(branch, f"{key}.branches[{index}]", inner)
-        options.pop("branches")
+    for part in rule.child_lists:
+        if isinstance(located.get(part), list):
+            children[part] = expand_list(located[part], f"{key}.{part}", inner)
+            options.pop(part)
+    if rule.branch_lists:
+        for index, branch in enumerate(located[rule.branch_lists]):
+            children[f"branch_{index}"] = expand_list(
+                branch, f"{key}.{rule.branch_lists}[{index}]", inner)
+        options.pop(rule.branch_lists)
     return children
 
 
@@ -415,13 +373,6 @@ EXPANDERS = {"repeat": expand_repeat, "use": expand_use}
 
 
 # ---------------------------------------------------------------- naming
-
-def walk(nodes):
-    for node in nodes:
-        yield node
-        for children in node.children.values():
-            yield from walk(children)
-
 
 def assign_names(nodes: list[LayerNode]) -> None:
     """Keep user names (which must be unique), give the others TYPE_N in order."""

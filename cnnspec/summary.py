@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cnnspec.shapes import as_spec, infer, resolve_input
+from cnnspec.shapes import as_spec, infer
 
 BYTES_PER_PARAM = 4  # float32
 
@@ -28,19 +28,14 @@ class Row:
 @dataclass
 class Summary:
     name: str
-    input_shape: tuple
     rows: list[Row]
     trainable: int
     non_trainable: int
-    flops: int  # forward MACs per image (multiply-accumulates, not 2x FLOPs); also `.macs`
+    macs: int  # forward multiply-accumulates per image (a FLOP count would be about twice this)
 
     @property
     def total(self) -> int:
         return self.trainable + self.non_trainable
-
-    @property
-    def macs(self) -> int:
-        return self.flops
 
     def table(self) -> str:
         cells = [(("  " * row.depth) + f"{row.name} ({row.type})", shape_text(row.output_shape),
@@ -54,7 +49,7 @@ class Summary:
                           f"Total params: {self.total:,} ({size_text(self.total)})",
                           f"Trainable params: {self.trainable:,} ({size_text(self.trainable)})",
                           f"Non-trainable params: {self.non_trainable:,} ({size_text(self.non_trainable)})",
-                          f"MACs per image: {self.flops:,} ({self.flops / 1e6:,.2f} M)"])
+                          f"MACs per image: {self.macs:,} ({self.macs / 1e6:,.2f} M)"])
 
 
 def shape_text(shape: tuple) -> str:
@@ -75,11 +70,10 @@ def subtotal(record) -> int:
 
 def summarize(spec_or_path, input_shape=None, num_classes: int = 10) -> Summary:
     spec = as_spec(spec_or_path)
-    shape = resolve_input(spec, input_shape)
-    records = infer(spec, shape, num_classes).records
-    rows = [Row(r.node.name, r.node.options.get("block", r.node.type) if r.node.type == "group" else r.node.type,
+    records = infer(spec, input_shape, num_classes).records
+    rows = [Row(r.node.name, r.node.options["block"] if r.node.type == "group" else r.node.type,
                 r.out_shape, subtotal(r), r.depth) for r in records]
-    return Summary(name=spec.name, input_shape=shape, rows=rows,
+    return Summary(name=spec.name, rows=rows,
                    trainable=sum(r.trainable for r in records),
                    non_trainable=sum(r.non_trainable for r in records),
-                   flops=sum(r.macs for r in records))
+                   macs=sum(r.macs for r in records))

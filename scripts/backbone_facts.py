@@ -15,7 +15,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cnnspec.atomic import write_text  # noqa: E402
-from cnnspec.layers import BACKBONE_FACTS, Context, measure_backbone  # noqa: E402
+from cnnspec.layers import BACKBONE_FACTS, measure_backbone  # noqa: E402
+from cnnspec.shapes import Context  # noqa: E402
 from cnnspec.nodes import LayerNode, Location  # noqa: E402
 from cnnspec.spec import LAYER_SCHEMAS  # noqa: E402
 

@@ -193,7 +193,7 @@ def whitened_patches(weight, images, k):
 
 
 def test_whitening_decorrelates_training_patches():
-    """Issue 4: the whitening conv's responses on the training patches have covariance ~ I."""
+    """The whitening conv's responses on the training patches have covariance ~ I."""
     torch.manual_seed(0)
     mixing = torch.randn(3, 3) + 2 * torch.eye(3)  # strongly correlated channels
     images = torch.einsum("ij,njhw->nihw", mixing, torch.randn(64, 3, 16, 16))

@@ -34,9 +34,9 @@ BAD_PARAMS = [
     ("train: {optimizer: {lrate: 0.1}}\n", "train.optimizer.lrate", "unknown key"),
     ("evaluate: {zzz: 1}\n", "evaluate.zzz", "expected one of: batch_size, tta"),
     ("train: {batch_size: 0}\n", "train.batch_size", "0 is less than the minimum of 1"),
-    ("train: {batch_size: 64.0}\n", "train.batch_size", "not of type 'integer'"),
-    ("train: {epochs: ten}\n", "train.epochs", "not of type 'integer'"),
-    ("train: {compile: 1}\n", "train.compile", "not of type 'boolean'"),
+    ("train: {batch_size: 64.0}\n", "train.batch_size", "expected integer, got"),
+    ("train: {epochs: ten}\n", "train.epochs", "expected integer, got"),
+    ("train: {compile: 1}\n", "train.compile", "expected boolean, got 1"),
     ("train: {optimizer: {lr: -1.0e-3}}\n", "train.optimizer.lr", "less than or equal to the minimum of 0"),
     ("train: {optimizer: {betas: [0.9]}}\n", "train.optimizer.betas", "too short"),
     ("train: {optimizer: {betas: [0.9, 1.5]}}\n", "train.optimizer.betas[1]", "1.5"),
@@ -46,14 +46,14 @@ BAD_PARAMS = [
     ("train: {early_stopping: {monitor: accuracy}}\n", "train.early_stopping.monitor", "is not one of"),
     ("train: {class_weights: {multipliers: {cat: 0}}}\n", "train.class_weights.multipliers.cat", "minimum of 0"),
     ("train: {class_weights: {multipliers: {dog: -2.0}}}\n", "train.class_weights.multipliers.dog", "-2.0"),
-    ("train: {class_weights: {multipliers: [cat]}}\n", "train.class_weights.multipliers", "not of type 'object'"),
+    ("train: {class_weights: {multipliers: [cat]}}\n", "train.class_weights.multipliers", "expected object, got a list"),
     ("data: {val_split: 1.5}\n", "data.val_split", "1.5"),
     ("data: {val_split: -0.1}\n", "data.val_split", "-0.1"),
     ("data: {md5: {cifar.tar.gz: nothex}}\n", "data.md5.cifar.tar.gz", "md5 (32 hex digits)"),
-    ("data: {md5: 12}\n", "data.md5", "not of type"),
+    ("data: {md5: 12}\n", "data.md5", "expected string or object, got 12"),
     ("data: {url: ftp://mirror/x.tgz}\n", "data.url", "http://"),
     ("plot: {misclassified: -1}\n", "plot.misclassified", "less than the minimum of 0"),
-    ("model: []\n", "model", "not of type 'object'"),
+    ("model: []\n", "model", "expected object, got a list"),
 ]
 
 
@@ -134,7 +134,7 @@ def test_sections_limit_what_is_checked_and_returned(tmp_path):
 
 def test_unknown_section_is_an_error_even_when_not_read(tmp_path):
     path = write_params(tmp_path, "evaluate: {tta: none}\nevalute: {tta: flip}\n")
-    with pytest.raises(ParamsError, match=r"evalute: unknown key \(did you mean 'evaluate'\?\)"):
+    with pytest.raises(ParamsError, match=r"evalute: unknown key 'evalute' \(did you mean 'evaluate'\?\)"):
         load_params(path, ["evaluate"])
 
 

@@ -1,4 +1,4 @@
-"""Issue 2's table: every seed architecture's spec has the seed's exact parameter counts,
+"""Every seed architecture's spec has the seed's exact parameter counts,
 and the ResNet-18 / SqueezeNet specs match torchvision's models."""
 from pathlib import Path
 

@@ -1,4 +1,4 @@
-"""Property-based robustness of the spec language (issue 5).
+"""Property-based robustness of the spec language.
 
 Whatever text a user feeds cnnspec, one of two things happens:
 

@@ -124,7 +124,7 @@ layers:
     pre_act, custom, fire, bn = spec.layers
     assert set(pre_act.children) == {"pre", "body"} and pre_act.options["shortcut"] == "projection"
     assert "body" not in pre_act.options and "pre" not in pre_act.options
-    assert set(custom.children) == {"body", "shortcut"} and custom.options["shortcut"] == "layers"
+    assert set(custom.children) == {"body", "shortcut"} and "shortcut" not in custom.options
     parallel = fire.children["layers"][1]
     assert list(parallel.children) == ["branch_0", "branch_1"] and "branches" not in parallel.options
     assert [b[0].options["kernel"] for b in parallel.children.values()] == [1, 3]
@@ -215,6 +215,16 @@ def test_debug_shows_the_traceback():
     quiet, loud = run_cli("validate", bad), run_cli("validate", "--debug", bad)
     assert quiet.returncode == 1 and "Traceback" not in quiet.stderr
     assert loud.returncode == 1 and "Traceback" in loud.stderr and "SpecError" in loud.stderr
+
+
+@pytest.mark.parametrize("how", ["--debug before the command", "CNNSPEC_DEBUG=1"])
+def test_every_way_of_asking_for_debug_shows_the_traceback(how, monkeypatch, capsys):
+    bad = str(ROOT / "tests/bad_specs/negative_filters.yaml")
+    argv = ["--debug", "validate", bad] if how.startswith("--") else ["validate", bad]
+    if how.startswith("CNNSPEC"):
+        monkeypatch.setenv("CNNSPEC_DEBUG", "1")
+    with pytest.raises(SpecError, match="filters"):
+        cli.main(argv)
 
 
 def test_layers_command_does_not_import_torch():

@@ -38,7 +38,7 @@ layers:
     assert rows["dense_1"].output_shape == (10,) and rows["dense_1"].params == 192 * 10 + 10
     assert "  conv_1 (conv)" in summary.table()
     # MACs: conv 3x3x3 per output of 3x8x8, dense 192x10
-    assert summary.flops == 3 * 8 * 8 * 27 + 192 * 10
+    assert summary.macs == 3 * 8 * 8 * 27 + 192 * 10
 
 
 def test_summary_counts_follow_the_options():

@@ -1,0 +1,104 @@
+"""One-line messages for JSON Schema errors, shared by specs (spec.py) and params (params.py).
+
+    for error in Strict(schema).iter_errors(document):
+        message, about = explain(error)   # "unknown key 'filtrs' (did you mean 'filters'?)", "filtrs"
+
+Each caller says *where* (a spec's file:line:col, params.yaml's key path); this module
+says *what*: an unknown key with the closest known one, a missing key, a value that is
+not one of a list, not of a type, out of range.
+"""
+from __future__ import annotations
+
+import difflib
+
+import jsonschema
+
+# JSON Schema counts 100.0 as an integer; `filters: 1e2` or `batch_size: 64.0` should not pass as one.
+Strict = jsonschema.validators.extend(
+    jsonschema.Draft202012Validator,
+    type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine(
+        "integer", lambda checker, value: isinstance(value, int) and not isinstance(value, bool)))
+
+
+def did_you_mean(word, choices) -> str:
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def describe_value(value) -> str:
+    """A short description of a YAML value for messages."""
+    if value is None:
+        return "nothing (null)"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def join_key(base: str, part) -> str:
+    """`train.optimizer` + `lr` -> `train.optimizer.lr`; `layers` + 3 -> `layers[3]`."""
+    if isinstance(part, int):
+        return f"{base}[{part}]"
+    return f"{base}.{part}" if base else str(part)
+
+
+def key_path(parts, base: str = "") -> str:
+    for part in parts:
+        base = join_key(base, part)
+    return base
+
+
+def unknown_key(key, known) -> str:
+    hint = did_you_mean(key, known) or f"; expected one of: {', '.join(known)}"
+    return f"unknown key '{key}'{hint}"
+
+
+def properties_of(schema: dict, root: dict) -> dict:
+    """The keys an object schema knows: its own `properties` and those of the
+    `#/$defs/...` schemas it takes in through `allOf`."""
+    known = dict(schema.get("properties", {}))
+    for part in schema.get("allOf", []):
+        if "$ref" in part:
+            known.update(root["$defs"][part["$ref"].rsplit("/", 1)[-1]].get("properties", {}))
+    return known
+
+
+def explain(error: jsonschema.ValidationError, root: dict) -> tuple[str, str | None] | None:
+    """The message for one schema error of a document checked against `root`, and the
+    key it is about when that key is not in the error's path (an unknown or a missing key).
+    None for an error that only echoes another (a key reported unevaluated because a
+    shared option beside it failed)."""
+    rule, instance, schema = error.validator, error.instance, error.schema
+    if rule in ("additionalProperties", "unevaluatedProperties") and isinstance(instance, dict):
+        known = properties_of(schema, root)
+        unknown = [key for key in instance if key not in known]
+        if unknown:
+            return unknown_key(unknown[0], known), unknown[0]
+        if rule == "unevaluatedProperties":
+            return None
+    if rule == "required":
+        missing = [key for key in error.validator_value if key not in instance]
+        return f"'{missing[0]}' is required", missing[0]
+    if rule == "enum" and "propertyNames" in error.schema_path:
+        return f"unknown key '{instance}'{did_you_mean(instance, error.validator_value)}", instance
+    if rule == "pattern" and "propertyNames" in error.schema_path:
+        return f"'{instance}' is not a valid name: use letters, digits and underscores", instance
+    if rule == "enum":
+        choices = ", ".join(str(c) for c in error.validator_value)
+        return (f"{describe_value(instance)} is not one of: {choices}"
+                f"{did_you_mean(instance, error.validator_value)}", None)
+    if rule in ("type", "pattern") and "x-hint" in schema:
+        return f"{describe_value(instance)} is not {schema['x-hint']}", None
+    if rule == "pattern" and "description" in schema:
+        return f"{describe_value(instance)} is not {schema['description']}", None
+    if rule == "type":
+        wanted = error.validator_value
+        wanted = " or ".join(wanted) if isinstance(wanted, list) else wanted
+        return f"expected {wanted}, got {describe_value(instance)}", None
+    if rule in ("minItems", "maxItems") and isinstance(instance, list):
+        return error.message.replace(repr(instance), f"a list of {len(instance)}"), None
+    if rule in ("minProperties", "maxProperties") and isinstance(instance, dict):
+        return f"a layer is one TYPE: options pair, found {len(instance)} keys: {', '.join(instance)}", None
+    return " ".join(error.message.split()), None

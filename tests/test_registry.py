@@ -1,0 +1,161 @@
+"""The layer registry and schema.json describe the same language (as timm's tests iterate
+list_models(), these iterate the registry): every registered layer type, built from the
+example its schema entry carries, infers the shapes its modules really produce and the
+parameter counts the built model really has; and every name list in the schema equals
+the table in the code that gives it meaning."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from cnnspec import layers, modules
+from cnnspec.compiler import build_model
+from cnnspec.shapes import infer
+from cnnspec.spec import EXPANDERS, LAYER_SCHEMAS, SCHEMA, layer_options, parse_spec
+from cnnspec.summary import summarize
+
+INPUT = (3, 32, 32)
+CLASSES = 5
+WRITTEN = sorted(t for t, rule in layers.LAYERS.items() if rule.written)
+
+BLOCK_SPEC = """
+name: group
+blocks:
+  conv_bn:
+    args: {width: 4}
+    layers: [{conv: $width}, bn]
+layers:
+  - use: {block: conv_bn, width: 6}
+  - global_avg_pool
+  - dense: num_classes
+"""
+
+
+def spec_for(layer_type: str) -> str:
+    """A model around the schema's example of the type: example, flatten if needed, logits."""
+    if layer_type == "group":  # what a `use` of a block becomes
+        return BLOCK_SPEC
+    example = LAYER_SCHEMAS[layer_type]["x-example"]
+    spec = {"name": layer_type, "input": dict(zip(("channels", "height", "width"), INPUT)),
+            "layers": [*example, "flatten", {"dense": "num_classes"}]}
+    return json.dumps(spec)  # JSON is YAML
+
+
+def module_of(model, name: str):
+    """The module a layer named `name` built under that name, wherever it is nested."""
+    found = [module for path, module in model.named_modules() if path.rsplit(".", 1)[-1] == name]
+    assert len(found) == 1, f"{name}: {len(found)} modules of that name"
+    return found[0]
+
+
+def model_counts(model) -> tuple[int, int]:
+    """(trainable, non-trainable) the Keras way: frozen weights and BN statistics are non-trainable."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
+    statistics = sum(b.numel() for name, b in model.named_buffers()
+                     if name.endswith(("running_mean", "running_var")))
+    return trainable, frozen + statistics
+
+
+@pytest.mark.parametrize("layer_type", sorted(layers.LAYERS))
+def test_every_layer_type_infers_what_its_modules_compute(layer_type):
+    spec = parse_spec(spec_for(layer_type), f"<{layer_type}>")
+    records = infer(spec, INPUT, CLASSES).records
+    assert layer_type in {record.node.type for record in records}
+    model = build_model(spec, INPUT, CLASSES).eval()
+    seen = {}
+    hooks = [module_of(model, record.node.name).register_forward_hook(
+        lambda module, args, out, name=record.node.name: seen.__setitem__(name, tuple(out.shape[1:])))
+        for record in records]
+    with torch.no_grad():
+        logits = model(torch.randn(2, *INPUT))
+    for hook in hooks:
+        hook.remove()
+    assert logits.shape == (2, CLASSES)
+    for record in records:
+        assert seen[record.node.name] == record.out_shape, (record.node.name, record.node.type)
+
+    summary = summarize(spec, INPUT, CLASSES)
+    assert (summary.trainable, summary.non_trainable) == model_counts(model)
+
+
+def test_every_written_layer_type_is_in_the_schema_with_an_example():
+    assert set(LAYER_SCHEMAS) - set(EXPANDERS) == set(WRITTEN)
+    assert sorted(SCHEMA["properties"]["defaults"]["propertyNames"]["enum"]) == WRITTEN
+    assert all("x-example" in LAYER_SCHEMAS[t] for t in WRITTEN)
+
+
+def shared_refs(layer_type: str) -> set[str]:
+    return {part["$ref"].rsplit("/", 1)[-1] for part in LAYER_SCHEMAS[layer_type].get("allOf", [])}
+
+
+@pytest.mark.parametrize("layer_type", WRITTEN)
+def test_registry_facts_match_the_schema(layer_type):
+    rule, own = layers.LAYERS[layer_type], LAYER_SCHEMAS[layer_type]["properties"]
+    assert "layer_options" in shared_refs(layer_type)
+    assert rule.weighted == ("weighted_options" in shared_refs(layer_type))
+    lists = {key for key, option in own.items()
+             if option.get("$ref", "").endswith("/layer_list")
+             or option.get("items", {}).get("$ref", "").endswith("/layer")}
+    branches = {key for key, option in own.items()
+                if option.get("items", {}).get("$ref", "").endswith("/layer_list")}
+    assert set(rule.child_lists) == lists and {rule.branch_lists} - {None} == branches
+    activations = {key for key, option in own.items() if option.get("$ref", "").endswith("/activation_name")}
+    assert rule.softmax_option is None or rule.softmax_option in activations
+
+
+def enum(layer_type: str, option: str) -> set:
+    return set(layer_options(layer_type)[option]["enum"])
+
+
+def test_schema_name_lists_equal_the_tables_that_give_them_meaning():
+    assert set(SCHEMA["$defs"]["activation_name"]["enum"]) == set(layers.ACTIVATIONS)
+    assert enum("conv", "init") == enum("dense", "init") == set(layers.INITS)
+    assert enum("pad", "mode") == set(layers.PADS)
+    assert enum("random_flip", "mode") == set(modules.RandomFlip.AXES)
+    assert enum("random_translation", "fill") == enum("random_crop", "mode") == set(modules.PAD_MODES)
+    assert set(layers.AUGMENTS) == {"random_flip", "random_translation", "random_crop"}
+    # every option naming an activation refers to the one shared list
+    for layer_type in WRITTEN:
+        for key, option in LAYER_SCHEMAS[layer_type]["properties"].items():
+            if key in ("activation", "fn"):
+                assert option["$ref"] == "#/$defs/activation_name", (layer_type, key)
+
+
+def test_shared_options_are_defined_once():
+    for layer_type in WRITTEN:
+        own = LAYER_SCHEMAS[layer_type]["properties"]
+        assert not {"name", "trainable", "l2", "lr_mult", "wd_mult"} & set(own), layer_type
+
+
+def test_drift_between_registry_and_schema_is_reported_as_cnnspec_s_bug(monkeypatch):
+    spec = parse_spec(spec_for("conv"), "<conv>")
+    monkeypatch.delitem(layers.ACTIVATIONS, "relu")
+    with pytest.raises(RuntimeError, match="cnnspec bug: .*'relu' passed schema.json"):
+        build_model(spec, INPUT, CLASSES)
+    monkeypatch.delitem(layers.LAYERS, "flatten")
+    with pytest.raises(RuntimeError, match="cnnspec bug: layer type 'flatten'"):
+        infer(spec, INPUT, CLASSES)
+
+
+def test_a_type_registered_twice_is_refused():
+    with pytest.raises(ValueError, match="already registered"):
+        layers.register_layer("conv", layers.LayerRule(layers.shape_conv, layers.build_conv))
+
+
+def fenced(text: str, language: str) -> list[str]:
+    return [block.split("```")[0] for block in text.split(f"```{language}\n")[1:]]
+
+
+def test_the_adding_a_layer_type_example_in_the_docs_is_the_shipped_code():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    section = (root / "docs" / "spec.md").read_text().split("## Adding a layer type")[1]
+    source = (root / "cnnspec" / "layers.py").read_text()
+    code = fenced(section, "python")
+    assert len(code) == 2 and all(block in source for block in code)
+    (entry,) = fenced(section, "json")
+    assert json.loads("{" + entry + "}") == {"scale": LAYER_SCHEMAS["scale"]}
