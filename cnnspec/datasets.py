@@ -25,7 +25,7 @@ from typing import Callable
 import numpy as np
 
 from cnnspec import atomic
-from cnnspec.errors import DataError
+from cnnspec.errors import DataError, DiskFullError
 
 SPLITS = ("train", "val", "test")
 EXTRACTED = "extracted"  # data/raw/<this>/ holds an archive's contents
@@ -338,8 +338,11 @@ def atomic_folder(destination):
                                       dir=destination.parent))
     try:
         yield temporary
-    except BaseException:
+    except BaseException as error:
         shutil.rmtree(temporary, ignore_errors=True)
+        if isinstance(error, DiskFullError) and Path(error.path).is_relative_to(temporary):
+            # name the file by where it was going, not by the temporary folder
+            raise DiskFullError(destination / Path(error.path).relative_to(temporary)) from None
         raise
     _swap_in(temporary, destination)
 
