@@ -82,10 +82,11 @@ def test_only_the_loaded_sections_are_checked():
     check_named_paths({"evaluate": {"batch_size": 10}})
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads every file")
-def test_an_unreadable_spec_is_named(tmp_path):
+def test_an_unreadable_spec_is_named(tmp_path, monkeypatch):
     spec = tmp_path / "secret.yaml"
     spec.write_text("name: x\n")
-    spec.chmod(0)
-    with pytest.raises(ParamsError, match="model.spec: .*secret.yaml: not readable"):
+    # chmod 0 does not stop root, who runs these tests in CI: deny the access check instead
+    monkeypatch.setattr(params_module.os, "access", lambda path, mode: False)
+    with pytest.raises(ParamsError) as caught:
         check_named_paths({"model": {"spec": str(spec)}})
+    assert str(caught.value) == f"params.yaml: model.spec: {spec}: not readable (permission denied)"
