@@ -90,3 +90,21 @@ def test_an_unreadable_spec_is_named(tmp_path, monkeypatch):
     with pytest.raises(ParamsError) as caught:
         check_named_paths({"model": {"spec": str(spec)}})
     assert str(caught.value) == f"params.yaml: model.spec: {spec}: not readable (permission denied)"
+
+
+@pytest.mark.parametrize("stage_name", ["download", "preprocess"])
+def test_the_data_stages_check_their_path_params_before_touching_data(stage_name, tmp_path, monkeypatch,
+                                                                      capsys):
+    """The data stages already run the check: a data param that names a folder only needs
+    its NAMED_PATHS entry. (data.dataset stands in for such a param here.)"""
+    import importlib
+
+    stage = importlib.import_module(f"stages.{stage_name}")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setitem(params_module.NAMED_PATHS, "data.dataset", "folder")
+    (tmp_path / "params.yaml").write_text("data: {dataset: mnist}\n")
+    with pytest.raises(SystemExit) as exit_info:
+        stage.main()
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == "error: params.yaml: data.dataset: mnist: no such folder\n"
+    assert not (tmp_path / "data").exists()
