@@ -2,8 +2,9 @@
 
 - `set_aside(path)`: move a damaged file out of the way (`state.pt` -> `state.pt.damaged`)
   so the next run starts over instead of tripping on it again.
-- `check_prepared(prepared, folder)`: the arrays of data/prepared/ agree with meta.json
-  (counts, shapes, dtypes, label range) - else one line naming the file and the fix.
+- `check_meta(meta, path)`, `check_split(images, labels, split, meta, folder)`: meta.json has
+  the documented keys, and the arrays of data/prepared/ agree with it (counts, shapes, dtypes,
+  label range) - else one line naming the file and the fix (`load_prepared` calls both).
 """
 from __future__ import annotations
 
