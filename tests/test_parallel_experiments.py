@@ -40,18 +40,23 @@ def git_show(repo: Path, rev: str, path: str) -> str:
 
 
 def wait_for_queue(repo: Path, timeout: float = 300) -> int:
-    """Poll `dvc queue status` until nothing is queued or running; returns the most
-    tasks seen running at once."""
-    most_running, deadline = 0, time.monotonic() + timeout
+    """Wait until every queued experiment has its ref; returns the most temporary
+    workspaces (.dvc/tmp/exps/tmp*, one per running experiment) seen at once. Polls
+    cheap things often, and `dvc queue status` (a second of CPU) only now and then, to
+    notice a failed task."""
+    most_workspaces, deadline, next_status = 0, time.monotonic() + timeout, time.monotonic() + 10
     while time.monotonic() < deadline:
-        status = run(["dvc", "queue", "status"], repo)
-        rows = [line.split() for line in status.splitlines()]
-        running = sum("Running" in row for row in rows)
-        most_running = max(most_running, running)
-        if not any("Running" in row or "Queued" in row for row in rows):
-            return most_running
-        time.sleep(2)
-    raise AssertionError(f"the queue did not finish in {timeout} s:\n{status}")
+        workspaces = list((repo / ".dvc" / "tmp" / "exps").glob("tmp*"))
+        most_workspaces = max(most_workspaces, len(workspaces))
+        refs = run(["git", "for-each-ref", "--format=%(refname)", "refs/exps"], repo).split()
+        if {ref.rsplit("/", 1)[-1] for ref in refs} >= set(EXPERIMENTS) and not workspaces:
+            return most_workspaces
+        if time.monotonic() > next_status:
+            status = run(["dvc", "queue", "status"], repo)
+            assert "Failed" not in status, status
+            next_status = time.monotonic() + 10
+        time.sleep(0.3)
+    raise AssertionError(f"the queue did not finish in {timeout} s:\n{run(['dvc', 'queue', 'status'], repo)}")
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +90,7 @@ def queued_repo(tmp_path_factory):
     with open(repo.parent / "queue-start.log", "w") as log:
         subprocess.run(["dvc", "queue", "start", "-j", "2"], cwd=repo, stdout=log,
                        stderr=subprocess.STDOUT, env=dvc_env(), check=True, timeout=120)
-    most_running = wait_for_queue(repo)
+    most_workspaces = wait_for_queue(repo)
     shown = subprocess.run(["dvc", "exp", "show", "--json"], cwd=repo, capture_output=True,
                            text=True, check=True, env=dvc_env())
     experiments = {}
@@ -93,12 +98,12 @@ def queued_repo(tmp_path_factory):
         for experiment in commit.get("experiments") or []:
             for rev in experiment["revs"]:
                 experiments[rev["name"]] = rev
-    return repo, experiments, most_running
+    return repo, experiments, most_workspaces
 
 
 def test_both_experiments_land_with_their_own_params_and_metrics(queued_repo):
-    repo, experiments, most_running = queued_repo
-    assert most_running == 2  # side by side, not one after the other
+    repo, experiments, most_workspaces = queued_repo
+    assert most_workspaces == 2  # side by side in two workspaces, not one after the other
     assert set(experiments) >= set(EXPERIMENTS), sorted(experiments)
     for name, options in EXPERIMENTS.items():
         data = experiments[name]["data"]
