@@ -50,17 +50,31 @@ def save_checkpoint(path, model, spec, meta: dict, params: dict, epoch: int, bes
     save_torch(path, checkpoint)
 
 
+RETRAIN_HINT = "train it again (dvc repro -f train, or python stages/train.py)"
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes a zip archive
+
+
 def read_checkpoint(path) -> dict:
     """torch.load with weights_only=True; anything that is not a cnnspec checkpoint
-    (a missing file, another format, a pickle that wants to run code) is a one-line
-    TrainingError."""
+    (a missing, empty or truncated file, another format, a pickle that wants to run
+    code) is a one-line TrainingError naming the file and what to do."""
     path = Path(path)
     if not path.is_file():
         raise TrainingError(f"{path}: no such checkpoint file")
+    with open(path, "rb") as file:
+        head = file.read(len(ZIP_MAGIC))
+    if not head:
+        raise TrainingError(f"{path}: the checkpoint is an empty file (damaged: a write that did "
+                            f"not finish?); {RETRAIN_HINT}")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as error:
         first_line = (str(error).strip().splitlines() or ["unreadable"])[0]
+        refused = isinstance(error, pickle.UnpicklingError) and len(head) == len(ZIP_MAGIC)
+        if ZIP_MAGIC.startswith(head) and not refused:  # began as torch.save's zip: damaged
+            cause = first_line.split(". ")[0][:120]
+            raise TrainingError(f"{path}: the checkpoint is damaged or truncated ({cause}); "
+                                f"{RETRAIN_HINT}") from None
         raise TrainingError(f"{path}: not a loadable cnnspec checkpoint "
                             f"(refused by torch.load(weights_only=True): {first_line})") from None
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:

@@ -25,7 +25,7 @@ from typing import Callable
 import numpy as np
 
 from cnnspec import atomic
-from cnnspec.errors import DataError
+from cnnspec.errors import DataError, DiskFullError
 
 SPLITS = ("train", "val", "test")
 EXTRACTED = "extracted"  # data/raw/<this>/ holds an archive's contents
@@ -338,8 +338,11 @@ def atomic_folder(destination):
                                       dir=destination.parent))
     try:
         yield temporary
-    except BaseException:
+    except BaseException as error:
         shutil.rmtree(temporary, ignore_errors=True)
+        if isinstance(error, DiskFullError) and Path(error.path).is_relative_to(temporary):
+            # name the file by where it was going, not by the temporary folder
+            raise DiskFullError(destination / Path(error.path).relative_to(temporary)) from None
         raise
     _swap_in(temporary, destination)
 
@@ -370,7 +373,12 @@ PREPARE_HINT = "run the preprocess stage (python stages/preprocess.py or dvc rep
 
 
 def load_prepared(folder="data/prepared", mmap_mode: str | None = None) -> dict:
-    """{"train_images", "train_labels", "val_images", ..., "test_labels": arrays, "meta": dict}."""
+    """{"train_images", "train_labels", "val_images", ..., "test_labels": arrays, "meta": dict}.
+
+    A missing file says to run preprocess; a damaged one (truncated, not an array, or
+    not what meta.json describes) is named with the way to rebuild the folder."""
+    from cnnspec import integrity
+
     folder = Path(folder)
     meta_path = folder / "meta.json"
     if not meta_path.is_file():
@@ -378,7 +386,9 @@ def load_prepared(folder="data/prepared", mmap_mode: str | None = None) -> dict:
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:
-        raise DataError(f"{meta_path}: unreadable: {error}; {PREPARE_HINT}") from None
+        raise DataError(f"{meta_path}: damaged ({' '.join(str(error).split())}); "
+                        f"{integrity.REPREPARE_HINT}") from None
+    integrity.check_meta(meta, meta_path)
     prepared = {"meta": meta}
     for split in SPLITS:
         for kind in ("images", "labels"):
@@ -387,16 +397,8 @@ def load_prepared(folder="data/prepared", mmap_mode: str | None = None) -> dict:
                 raise DataError(f"{path}: missing; {PREPARE_HINT}")
             try:
                 prepared[f"{split}_{kind}"] = np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
-            except (OSError, ValueError) as error:
-                raise DataError(f"{path}: unreadable: {error}; {PREPARE_HINT}") from None
-        _check_prepared_split(prepared, split, meta, folder)
+            except (OSError, ValueError, EOFError) as error:
+                raise DataError(f"{path}: damaged or truncated ({' '.join(str(error).split())}); "
+                                f"{integrity.REPREPARE_HINT}") from None
+        integrity.check_split(prepared[f"{split}_images"], prepared[f"{split}_labels"], split, meta, folder)
     return prepared
-
-
-def _check_prepared_split(prepared: dict, split: str, meta: dict, folder: Path) -> None:
-    images, labels = prepared[f"{split}_images"], prepared[f"{split}_labels"]
-    expected = meta.get("counts", {}).get(split)
-    if images.dtype != np.uint8 or images.ndim != 4 or labels.dtype != np.int64 \
-            or len(images) != len(labels) or (expected is not None and len(labels) != expected):
-        raise DataError(f"{folder}/{split}_*.npy: images {images.dtype} {list(images.shape)} and labels "
-                        f"{labels.dtype} {list(labels.shape)} do not match meta.json; {PREPARE_HINT}")

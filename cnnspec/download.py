@@ -18,6 +18,7 @@ import contextlib
 import hashlib
 import http.client
 import os
+import shutil
 import socket
 import sys
 import tarfile
@@ -28,8 +29,9 @@ import urllib.parse
 import urllib.request
 from pathlib import Path, PurePosixPath
 
+from cnnspec.atomic import disk_is_full
 from cnnspec.datasets import EXTRACTED, DatasetInfo, atomic_folder, get_dataset
-from cnnspec.errors import DataError
+from cnnspec.errors import DataError, DiskFullError
 
 DEFAULT_TIMEOUT = 10.0   # seconds without a byte before a connection counts as stalled
 DEFAULT_ATTEMPTS = 4
@@ -237,6 +239,8 @@ def safe_extract(tar_path, folder) -> Path:
         name = member.name if member is not None else "?"
         raise DataError(f"{tar_path}: refusing member '{name}': {one_line(error)}") from None
     except (tarfile.TarError, EOFError, OSError) as error:
+        if isinstance(error, OSError) and disk_is_full(error, folder.parent):
+            raise DiskFullError(folder) from None  # the archive is fine: keep it
         raise DataError(f"{tar_path}: not a readable tar archive: {one_line(error)}") from None
     return folder
 
@@ -334,11 +338,24 @@ def download_dataset(name: str, raw="data/raw", url: str = "", md5="", progress:
         log(f"downloading {source} -> {destination}")
         fetch(source, destination, sums[file], progress, **fetch_options)
     if info.is_archive:
-        _extract_once(raw / next(iter(info.files)), raw / EXTRACTED, log)
-        if not info.data_folder(raw).is_dir():
-            raise DataError(f"{raw / next(iter(info.files))}: the archive has no folder "
-                            f"'{info.archive_folder}/'; is data.url the {name} archive?")
+        archive = raw / next(iter(info.files))
+        try:
+            _extract_once(archive, raw / EXTRACTED, log)
+            if not info.data_folder(raw).is_dir():
+                raise DataError(f"{archive}: the archive has no folder "
+                                f"'{info.archive_folder}/'; is data.url the {name} archive?")
+        except DataError as error:
+            raise DataError(f"{error}; {_discard_archive(archive, raw / EXTRACTED)}") from None
     return info.data_folder(raw)
+
+
+def _discard_archive(archive: Path, extracted: Path) -> str:
+    """Remove an archive that matched its md5 but cannot be used, and what came out of
+    it, so that the next run downloads it again instead of failing the same way."""
+    archive.unlink(missing_ok=True)
+    if extracted.is_dir():
+        shutil.rmtree(extracted)
+    return f"removed {archive} so the next run downloads it again"
 
 
 STAMP = ".cnnspec-archive-md5"  # inside raw/extracted/: which archive it came from

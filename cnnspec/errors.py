@@ -62,6 +62,15 @@ class TrainingError(CnnspecError):
     """Training cannot go on: divergence, out of memory, a bad checkpoint."""
 
 
+class DiskFullError(CnnspecError):
+    """A write failed for lack of space; the file it was replacing is unchanged."""
+
+    def __init__(self, path, reason: str = "no space left on device"):
+        self.path = path
+        super().__init__(f"{path}: {reason} while writing it (the previous version, if any, "
+                         "is unchanged); free some disk space and run again")
+
+
 def debug_enabled(argv: list[str] | None = None) -> bool:
     """Show tracebacks? `--debug` anywhere on the command line (default: this process's),
     or CNNSPEC_DEBUG set to anything but 0. The one place cnnspec decides it."""

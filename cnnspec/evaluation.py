@@ -176,9 +176,9 @@ def evaluate_checkpoint(model_path="models/model.pt", prepared="data/prepared", 
     model_path = Path(model_path)
     if not model_path.is_file():
         raise TrainingError(f"{model_path}: missing; {TRAIN_HINT}")
-    data = load_prepared(prepared, mmap_mode="r")  # only the test split is read from disk
     device = torch.device(device) if device is not None else best_device()
-    model, checkpoint = load_model(model_path, device)
+    model, checkpoint = load_model(model_path, device)  # a damaged model is named before the data is read
+    data = load_prepared(prepared, mmap_mode="r")  # only the test split is read from disk
     check_model_fits_data(checkpoint, data["meta"], model_path, prepared)
 
     images, actual = data["test_images"], np.asarray(data["test_labels"], dtype=np.int64)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 from pathlib import Path
 
 from cnnspec import yamlio
@@ -118,3 +119,46 @@ def fill_defaults(params: dict, schema: dict) -> dict:
         if isinstance(filled.get(key), dict) and "properties" in sub_schema:
             filled[key] = fill_defaults(filled[key], sub_schema)
     return filled
+
+
+# --- params that name files ------------------------------------------------
+
+# Every param whose value is a path on disk, with what must be there. A stage calls
+# `check_named_paths` right after `load_params`, before it reads any data, so a
+# misspelt path is reported with its key instead of after the data was loaded.
+# "" or null means the param is not used. Keys of sections not loaded are skipped.
+NAMED_PATHS = {
+    "model.spec": "file",
+}
+
+
+def check_named_paths(params: dict, name="params.yaml", keys=None) -> None:
+    """Raise ParamsError for the first param in NAMED_PATHS (or `keys`) whose value
+    does not name an existing, readable file (or folder, as the registry says).
+
+        params.yaml: model.spec: specs/does_not_exist.yaml: no such file
+    """
+    for key in NAMED_PATHS if keys is None else keys:
+        kind = NAMED_PATHS[key]
+        section, _, rest = key.partition(".")
+        value = params.get(section, {})
+        for part in rest.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        if value in (None, ""):
+            continue
+        problem = path_problem(Path(str(value)), kind)
+        if problem:
+            raise ParamsError(f"{name}: {key}: {value}: {problem}")
+
+
+def path_problem(path: Path, kind: str) -> str | None:
+    """Why `path` cannot be read as a `kind` ("file", "folder" or "path": either), or None."""
+    if not path.exists():
+        return {"file": "no such file", "folder": "no such folder"}.get(kind, "no such file or folder")
+    if kind == "file" and not path.is_file():
+        return "is a folder, not a file" if path.is_dir() else "not a regular file"
+    if kind == "folder" and not path.is_dir():
+        return "is a file, not a folder"
+    if not os.access(path, os.R_OK | (os.X_OK if path.is_dir() else 0)):
+        return "not readable (permission denied)"
+    return None

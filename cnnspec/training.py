@@ -44,6 +44,7 @@ from cnnspec import recipe
 from cnnspec.atomic import save_torch
 from cnnspec.augment import Augmentation
 from cnnspec.errors import ParamsError, TrainingError
+from cnnspec.integrity import set_aside
 
 RESUME_FORMAT = "cnnspec-resume/2"  # 2: per-step losses in a mid-epoch state
 WHITENING_IMAGES = 5000  # training images handed to model.init_from_data (airbench's figure)
@@ -165,8 +166,10 @@ def read_resume_state(path, fingerprint: str) -> dict | None:
         return None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # a torn or foreign file: start over rather than fail
-        print(f"note: ignoring unreadable resume state {path}: {type(error).__name__}", file=sys.stderr)
+    except Exception as error:  # a torn or foreign file: set it aside and start over
+        aside = set_aside(path)
+        print(f"note: resume state {path} is damaged ({type(error).__name__}); moved it to {aside} "
+              "and training starts over from epoch 1", file=sys.stderr)
         return None
     if not isinstance(state, dict) or state.get("format") != RESUME_FORMAT:
         print(f"note: ignoring {path}: not a cnnspec resume state", file=sys.stderr)

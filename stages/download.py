@@ -11,14 +11,16 @@ from pathlib import Path
 
 from cnnspec.download import download_dataset
 from cnnspec.errors import exit_on_user_error
-from cnnspec.params import load_params
+from cnnspec.params import check_named_paths, load_params
 
 RAW = Path("data/raw")
 
 
 @exit_on_user_error
 def main() -> None:
-    data = load_params("params.yaml", sections=["data"])["data"]
+    params = load_params("params.yaml", sections=["data"])
+    check_named_paths(params)  # any data.* param that names a file or folder
+    data = params["data"]
     folder = download_dataset(data["dataset"], RAW, url=data["url"], md5=data["md5"])
     print(f"{data['dataset']}: raw files ready in {folder}")
 

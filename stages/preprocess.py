@@ -13,7 +13,7 @@ from pathlib import Path
 
 from cnnspec.datasets import decode_raw, prepare, write_prepared
 from cnnspec.errors import exit_on_user_error
-from cnnspec.params import load_params
+from cnnspec.params import check_named_paths, load_params
 
 RAW = Path("data/raw")
 PREPARED = Path("data/prepared")
@@ -21,7 +21,9 @@ PREPARED = Path("data/prepared")
 
 @exit_on_user_error
 def main() -> None:
-    data = load_params("params.yaml", sections=["data"])["data"]
+    params = load_params("params.yaml", sections=["data"])
+    check_named_paths(params)  # any data.* param that names a file or folder
+    data = params["data"]
     started = time.perf_counter()
     raw = decode_raw(data["dataset"], RAW)
     arrays, meta = prepare(raw, data["dataset"], data["val_split"], data["seed"])

@@ -31,14 +31,15 @@ def run(params_path=PARAMS, prepared=PREPARED, model_path=MODEL, resume_path=RES
     from cnnspec import build_model, load_spec
     from cnnspec.checkpoint import save_checkpoint
     from cnnspec.datasets import load_prepared
-    from cnnspec.params import load_params
+    from cnnspec.params import check_named_paths, load_params
     from cnnspec.training import pick_device, run_fingerprint, train
 
     params = load_params(params_path, sections=["model", "train"])
+    check_named_paths(params, params_path)
+    spec = load_spec(params["model"]["spec"])  # a bad spec is reported before the data is read
     options = params["train"]
     data = load_prepared(prepared)
     meta = data["meta"]
-    spec = load_spec(params["model"]["spec"])
     device = pick_device(options["device"])
     torch.manual_seed(options["seed"])  # the initial weights
     model = build_model(spec, tuple(meta["input_shape"]), len(meta["classes"]))

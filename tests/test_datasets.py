@@ -168,8 +168,8 @@ def test_load_prepared_refuses_arrays_that_disagree_with_meta(tmp_path):
     arrays, meta = _prepared_arrays()
     meta["counts"]["test"] = 99
     write_prepared(tmp_path / "prepared", arrays, meta)
-    with pytest.raises(DataError, match="test_.*do not match meta.json"):
+    with pytest.raises(DataError, match="test_labels.npy: .* but meta.json counts 99 .*dvc repro -f preprocess"):
         load_prepared(tmp_path / "prepared")
     (tmp_path / "prepared" / "meta.json").write_text("{not json")
-    with pytest.raises(DataError, match="meta.json: unreadable"):
+    with pytest.raises(DataError, match="meta.json: damaged .*dvc repro -f preprocess"):
         load_prepared(tmp_path / "prepared")

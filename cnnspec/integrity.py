@@ -1,0 +1,75 @@
+"""Files already on disk that are damaged: say which file and what to do, never crash.
+
+- `set_aside(path)`: move a damaged file out of the way (`state.pt` -> `state.pt.damaged`)
+  so the next run starts over instead of tripping on it again.
+- `check_meta(meta, path)`, `check_split(images, labels, split, meta, folder)`: meta.json has
+  the documented keys, and the arrays of data/prepared/ agree with it (counts, shapes, dtypes,
+  label range) - else one line naming the file and the fix (`load_prepared` calls both).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from cnnspec.errors import DataError
+
+DAMAGED_SUFFIX = ".damaged"
+REPREPARE_HINT = ("re-run preprocess (dvc repro -f preprocess, or delete data/prepared "
+                  "and run python stages/preprocess.py)")
+
+
+def set_aside(path) -> Path:
+    """Rename `path` to `path.damaged` (replacing an older one) and return the new path."""
+    path = Path(path)
+    aside = path.with_name(path.name + DAMAGED_SUFFIX)
+    os.replace(path, aside)
+    return aside
+
+
+# --- prepared data ---------------------------------------------------------
+
+META_KEYS = {"classes": list, "input_shape": list, "mean": list, "std": list, "counts": dict}
+
+
+def check_meta(meta, meta_path: Path) -> None:
+    """meta.json has the keys and types the prepared format documents."""
+    if not isinstance(meta, dict):
+        raise DataError(f"{meta_path}: expected a JSON object; {REPREPARE_HINT}")
+    for key, kind in META_KEYS.items():
+        if not isinstance(meta.get(key), kind):
+            raise DataError(f"{meta_path}: '{key}' is missing or not a {kind.__name__}; {REPREPARE_HINT}")
+    shape = meta["input_shape"]
+    if len(shape) != 3 or not all(isinstance(v, int) and v > 0 for v in shape):
+        raise DataError(f"{meta_path}: input_shape {shape} is not [channels, height, width]; "
+                        f"{REPREPARE_HINT}")
+    for key in ("mean", "std"):
+        if len(meta[key]) != shape[0]:
+            raise DataError(f"{meta_path}: {key} has {len(meta[key])} values for {shape[0]} "
+                            f"channels; {REPREPARE_HINT}")
+    if not meta["classes"]:
+        raise DataError(f"{meta_path}: no classes; {REPREPARE_HINT}")
+
+
+def check_split(images, labels, split: str, meta: dict, folder: Path) -> None:
+    """One split's arrays against meta.json, naming the file that disagrees."""
+    images_path, labels_path = folder / f"{split}_images.npy", folder / f"{split}_labels.npy"
+    meta_path = folder / "meta.json"
+    shape = [int(v) for v in meta["input_shape"]]
+    if images.dtype != np.uint8 or images.ndim != 4 or list(images.shape[1:]) != shape:
+        raise DataError(f"{images_path}: {images.dtype} {list(images.shape)}, but meta.json says uint8 "
+                        f"(N, {', '.join(map(str, shape))}); {REPREPARE_HINT}")
+    if labels.dtype != np.int64 or labels.ndim != 1:
+        raise DataError(f"{labels_path}: {labels.dtype} {list(labels.shape)}, expected int64 (N,); "
+                        f"{REPREPARE_HINT}")
+    expected = meta["counts"].get(split)
+    if expected is not None and len(labels) != expected:
+        raise DataError(f"{labels_path}: {len(labels)} labels, but meta.json counts {expected} "
+                        f"for {split}; {REPREPARE_HINT}")
+    if len(images) != len(labels):
+        raise DataError(f"{images_path}: {len(images)} images for {len(labels)} labels in "
+                        f"{labels_path.name}; {REPREPARE_HINT}")
+    if len(labels) and (labels.min() < 0 or labels.max() >= len(meta["classes"])):
+        raise DataError(f"{labels_path}: labels from {labels.min()} to {labels.max()}, but "
+                        f"{meta_path.name} has {len(meta['classes'])} classes; {REPREPARE_HINT}")
