@@ -55,7 +55,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -529,6 +529,58 @@ def parameter_counts(task: Task) -> dict[str, tuple[int, int]]:
     return counts
 
 
+# ---------------------------------------------------------------- the whole pipeline, end to end
+
+def copy_working_tree(destination: Path) -> None:
+    """The files git would commit, in a fresh repository (as the end-to-end test does)."""
+    import shutil
+    import subprocess
+
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+                            cwd=ROOT, capture_output=True, check=True).stdout
+    for name in filter(None, listed.decode().split("\0")):
+        if (ROOT / name).is_file():
+            (destination / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, destination / name)
+    for command in (["git", "init", "-q"], ["git", "add", "-A"],
+                    ["git", "-c", "user.name=bench", "-c", "user.email=bench@cnnspec.invalid", "commit", "-qm", "copy"]):
+        subprocess.run(command, cwd=destination, check=True)
+
+
+def dvc_repro(model: str, task: Task, folder: Path) -> dict:
+    """Wall seconds of `dvc repro` (download from the local Fashion-MNIST folder,
+    preprocess without a validation split, train with the shared recipe on every
+    training image, evaluate on the test set, plot) in a copy of this repository."""
+    import subprocess
+
+    import yaml
+
+    with tempfile.TemporaryDirectory() as repo:
+        repo = Path(repo)
+        copy_working_tree(repo)
+        params = yaml.safe_load((repo / "params.yaml").read_text())
+        from cnnspec.download import md5_of
+
+        # Debian recompressed the files: their checksums, not the official ones
+        md5 = {name: md5_of(Path(folder) / name) for name in get_dataset("fashion-mnist").files}
+        params["data"].update({"dataset": "fashion-mnist", "url": Path(folder).resolve().as_uri() + "/",
+                               "md5": md5, "val_split": 0.0})
+        params["model"]["spec"] = f"specs/{model}.yaml"
+        params["train"] = {**cnnspec_params(task), "device": str(task.device)}
+        params["evaluate"]["tta"] = "none"
+        (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+                   DVC_NO_ANALYTICS="1", PYTHONPATH=str(repo))
+        started = time.perf_counter()
+        done = subprocess.run(["dvc", "repro"], cwd=repo, env=env, capture_output=True, text=True)
+        seconds = time.perf_counter() - started
+        if done.returncode != 0:
+            raise BenchmarkMismatch(f"dvc repro failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
+        metrics = json.loads((repo / "metrics" / "eval.json").read_text())
+    return {"model": model, "seconds": seconds, "test_accuracy": metrics.get("accuracy"),
+            "train_images": 60_000, "epochs": task.epochs, "batch": task.batch}
+
+
 # ---------------------------------------------------------------- running and reporting
 
 RUNNERS = {"cnnspec": run_cnnspec, "keras": run_keras, "lightning": run_lightning, "plain": run_plain}
@@ -636,6 +688,26 @@ def settings(args) -> dict:
             "models": ["simcnn", "ironhack_cnn"], "target": 0.80}
 
 
+def profile(task: Task, frameworks: list[str], rows: int = 12) -> dict:
+    """Where one epoch's time goes, per framework (the main process only: DataLoader
+    workers are not seen). A warm-up epoch runs first, unprofiled."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as profiler
+
+    task, tables = replace(task, epochs=1), {}
+    for framework in frameworks:
+        RUNNERS[framework](task)
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if task.device.type == "cuda" else [])
+        with profiler(activities=activities) as recorded:
+            started = time.perf_counter()
+            RUNNERS[framework](task)
+            seconds = time.perf_counter() - started
+        tables[framework] = recorded.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
+        print(f"\n{framework}, {task.model}, one epoch of {len(task.train_labels):,} images: {seconds:.2f} s "
+              f"(profiled)\n{tables[framework]}")
+    return tables
+
+
 @exit_on_user_error
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -656,6 +728,11 @@ def main(argv=None):
     parser.add_argument("--accuracy-tolerance", type=float, default=0.01)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, help="also write the rows and every run to this file")
+    parser.add_argument("--profile", nargs="+", choices=FRAMEWORKS,
+                        help="instead of the benchmark: one epoch of the first model per framework under "
+                             "torch.profiler, the operators that took the most time")
+    parser.add_argument("--dvc-repro", action="store_true",
+                        help="also time the whole pipeline (dvc repro) for each model on all 60,000 images")
     args = parser.parse_args(argv)
     chosen = settings(args)
     chosen.update({key: value for key in chosen if (value := getattr(args, key)) is not None})
@@ -668,6 +745,8 @@ def main(argv=None):
         import_keras(device)
     if "lightning" in frameworks:
         import pytorch_lightning  # noqa: F401  (imported before the first timed run)
+    if args.profile:
+        return profile(tasks[0], args.profile)
     counts = {task.model: parameter_counts(task) for task in tasks}
     runs = interleaved(tasks, frameworks, chosen["repeats"])
     rows = summarize(runs, counts, chosen["target"], args.accuracy_tolerance)
@@ -682,8 +761,17 @@ def main(argv=None):
               f"{counts[model]['cnnspec'][1]:,} non-trainable")
     for note in dict.fromkeys(f"{row.model}: {note}" for row in rows for note in row.notes):
         print(f"FLAG {note}")
+    pipelines = []
+    if args.dvc_repro:
+        for task in tasks:
+            pipelines.append(dvc_repro(task.model, task, args.data))
+            figure = pipelines[-1]
+            print(f"{task.model}: dvc repro end to end (download from {args.data}, preprocess, train "
+                  f"{figure['epochs']} epochs on all 60,000 images, evaluate, plot): {figure['seconds']:.1f} s, "
+                  f"test accuracy {figure['test_accuracy']}")
     if args.json:
         args.json.write_text(json.dumps({"rows": [asdict(row) for row in rows], "runs": [asdict(run) for run in runs],
+                                         "dvc_repro": pipelines,
                                          "settings": {**chosen, "batch": args.batch, "lr": args.lr,
                                                       "hflip": args.hflip, "device": str(device),
                                                       "workers": args.workers}}, indent=1))
