@@ -726,6 +726,8 @@ def main(argv=None):
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers (lightning, plain)")
     parser.add_argument("--target", type=float, help="the test accuracy whose time is reported")
     parser.add_argument("--accuracy-tolerance", type=float, default=0.01)
+    parser.add_argument("--threads", type=int, help="torch threads of the process (default: torch's own); "
+                        "1 keeps a shared machine from stalling every step at OpenMP barriers")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, help="also write the rows and every run to this file")
     parser.add_argument("--profile", nargs="+", choices=FRAMEWORKS,
@@ -737,6 +739,8 @@ def main(argv=None):
     chosen = settings(args)
     chosen.update({key: value for key in chosen if (value := getattr(args, key)) is not None})
     device = pick_device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     frameworks = list(dict.fromkeys(["cnnspec", *args.frameworks]))
     data = fashion_task_data(args.data, chosen["train_images"], chosen["test_images"], args.batch)
     tasks = [Task(model=model, **data, epochs=chosen["epochs"], batch=args.batch, lr=args.lr, hflip=args.hflip,
