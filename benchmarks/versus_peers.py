@@ -39,7 +39,9 @@ included), seconds to --target test accuracy (median over repeats, from the star
 the fit call), final test accuracy (median), peak memory (CUDA: max_memory_allocated;
 CPU: peak PSS of the process and its DataLoader workers, sampled from /proc every
 0.1 s; the process holds all four frameworks' libraries, so the figure includes them),
-and each peer's ratio to cnnspec (peer / cnnspec for times: above 1 = cnnspec faster).
+and each peer's ratio to cnnspec (peer / cnnspec for times: above 1 = cnnspec faster;
+the median over repeats of the ratio within each repeat, which cancels load that drifts
+between repeats on a shared machine).
 Parameter counts (trainable, and non-trainable buffers such as batch-norm statistics)
 must be equal across the four, or the script stops before training. Final accuracies
 more than --accuracy-tolerance apart are flagged. Never asserts a timing.
@@ -646,18 +648,28 @@ def summarize(runs: list[Run], counts: dict, target: float, tolerance: float) ->
                             statistics.median(run.test_accuracy[-1] for run in mine),
                             max(run.peak_memory for run in mine)))
         mine = [row for row in rows if row.model == model]
-        base = next((row for row in mine if row.framework == "cnnspec"), None)
         for row in mine:
-            if base is not None:
-                row.ratio_epoch = row.epoch_seconds / base.epoch_seconds
-                if row.seconds_to_target is not None and base.seconds_to_target is not None:
-                    row.ratio_to_target = row.seconds_to_target / base.seconds_to_target
+            if "cnnspec" in by_framework:
+                row.ratio_epoch, row.ratio_to_target = paired_ratios(by_framework[row.framework],
+                                                                     by_framework["cnnspec"], target)
         accuracies = [row.final_accuracy for row in mine]
         if max(accuracies) - min(accuracies) > tolerance:
             for row in mine:
                 row.notes.append(f"final accuracies differ by {100 * (max(accuracies) - min(accuracies)):.1f} "
                                  f"points (> {100 * tolerance:g})")
     return rows
+
+
+def paired_ratios(runs: list[Run], base_runs: list[Run], target: float) -> tuple[float, float | None]:
+    """Median over repeats of this framework's time / cnnspec's time in the same repeat
+    (all epochs; and to the target where both reached it): load that drifts between
+    repeats on a shared machine cancels within each pair."""
+    base = {run.repeat: run for run in base_runs}
+    pairs = [(run, base[run.repeat]) for run in runs if run.repeat in base]
+    epochs = statistics.median(run.epoch_ends[-1] / other.epoch_ends[-1] for run, other in pairs)
+    reached = [run.seconds_to(target) / other.seconds_to(target) for run, other in pairs
+               if run.seconds_to(target) is not None and other.seconds_to(target) is not None]
+    return epochs, statistics.median(reached) if reached else None
 
 
 def _ratio(value: float | None) -> str:
@@ -708,6 +720,18 @@ def profile(task: Task, frameworks: list[str], rows: int = 12) -> dict:
     return tables
 
 
+def reprint(path: Path, target: float | None, tolerance: float) -> list[Row]:
+    saved = json.loads(Path(path).read_text())
+    runs = [Run(**run) for run in saved["runs"]]
+    counts = {}
+    for row in saved["rows"]:
+        counts.setdefault(row["model"], {})[row["framework"]] = (row["params"], row["buffers"])
+    target = target if target is not None else saved["settings"]["target"]
+    rows = summarize(runs, counts, target, tolerance)
+    print("\n".join(markdown_table(rows, target, saved["settings"]["repeats"])))
+    return rows
+
+
 @exit_on_user_error
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -730,12 +754,16 @@ def main(argv=None):
                         "1 keeps a shared machine from stalling every step at OpenMP barriers")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, help="also write the rows and every run to this file")
+    parser.add_argument("--from-json", type=Path, help="print the table of an earlier run's --json file "
+                        "(with --target, --accuracy-tolerance) instead of training")
     parser.add_argument("--profile", nargs="+", choices=FRAMEWORKS,
                         help="instead of the benchmark: one epoch of the first model per framework under "
                              "torch.profiler, the operators that took the most time")
     parser.add_argument("--dvc-repro", action="store_true",
                         help="also time the whole pipeline (dvc repro) for each model on all 60,000 images")
     args = parser.parse_args(argv)
+    if args.from_json:
+        return reprint(args.from_json, args.target, args.accuracy_tolerance)
     chosen = settings(args)
     chosen.update({key: value for key in chosen if (value := getattr(args, key)) is not None})
     device = pick_device(args.device)
