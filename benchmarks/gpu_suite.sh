@@ -47,3 +47,6 @@ step loop_overhead "$python" benchmarks/bench_loop_overhead.py --device cuda
 step loop_overhead_compiled "$python" benchmarks/bench_loop_overhead.py --device cuda --compile
 step throughput "$python" benchmarks/gpu_throughput.py --device cuda
 step fashion "$python" benchmarks/fashion_time_to_accuracy.py --device cuda --data "$fashion"
+step versus_peers "$python" benchmarks/versus_peers.py --device cuda --data "$fashion" \
+    --models simcnn ironhack_cnn resnet18_cifar --train-images 0 --test-images 10000 --epochs 5 --repeats 3 \
+    --workers 8 --target 0.90

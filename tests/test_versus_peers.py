@@ -1,0 +1,111 @@
+"""The benchmark against Keras, Lightning and a plain PyTorch script compares like with
+like: the four build networks with equal parameter counts (and it stops when they do
+not), every framework gets the same images, and the printed table has one row per
+framework with ratios to cnnspec. Timings are printed, never asserted."""
+import gzip
+import importlib.util
+import json
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from benchmarks import versus_peers as peers
+
+needs_peers = pytest.mark.skipif(
+    importlib.util.find_spec("keras") is None or importlib.util.find_spec("pytorch_lightning") is None,
+    reason="the bench extra (keras, pytorch-lightning) is not installed: pip install -e '.[bench]'")
+
+
+def _write_idx(path, array, magic):
+    header = np.array([magic, *array.shape], dtype=">u4").tobytes()
+    with gzip.open(path, "wb") as file:
+        file.write(header + array.astype(np.uint8).tobytes())
+
+
+@pytest.fixture
+def tiny_fashion(tmp_path):
+    """Fashion-MNIST-shaped idx files: 200 training and 40 test images whose class is
+    the brightness of the image, so one epoch learns something."""
+    rng = np.random.default_rng(0)
+    for prefix, count in (("train", 200), ("t10k", 40)):
+        labels = np.arange(count) % 10
+        images = np.clip(labels[:, None, None] * 25 + rng.integers(0, 20, (count, 28, 28)), 0, 255)
+        _write_idx(tmp_path / f"{prefix}-images-idx3-ubyte.gz", images, 0x803)
+        _write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte.gz", labels, 0x801)
+    return tmp_path
+
+
+def _task(data, model="simcnn"):
+    return peers.Task(model=model, **data, epochs=1, batch=32, lr=1e-3, hflip=False, seed=0,
+                      device=torch.device("cpu"), workers=0)
+
+
+def test_training_set_is_cut_to_whole_batches(tiny_fashion):
+    data = peers.fashion_task_data(tiny_fashion, None, 30, batch=64)
+    assert len(data["train_labels"]) == 192 and data["train_images"].shape == (192, 1, 28, 28)
+    assert len(data["test_labels"]) == 30
+    assert data["train_images"].flags.writeable
+
+
+@pytest.mark.parametrize("model", ["simcnn", "ironhack_cnn", "resnet18_cifar"])
+def test_hand_written_torch_model_matches_the_spec(tiny_fashion, model):
+    task = _task(peers.fashion_task_data(tiny_fashion, None, None, batch=32), model)
+    assert peers.torch_counts(peers.torch_model(task)) == peers.torch_counts(peers.cnnspec_model(task))
+
+
+@needs_peers
+@pytest.mark.parametrize("model", ["simcnn", "ironhack_cnn", "resnet18_cifar"])
+def test_all_four_build_the_same_network(tiny_fashion, model):
+    task = _task(peers.fashion_task_data(tiny_fashion, None, None, batch=32), model)
+    counts = peers.parameter_counts(task)
+    assert set(counts) == set(peers.FRAMEWORKS) and len(set(counts.values())) == 1
+    if model == "ironhack_cnn":
+        assert counts["keras"][1] == 448  # 3 batch norms' moving mean and variance: 2 x (32 + 64 + 128)
+
+
+@needs_peers
+def test_a_different_network_stops_the_benchmark(tiny_fashion, monkeypatch):
+    task = _task(peers.fashion_task_data(tiny_fashion, None, None, batch=32))
+    monkeypatch.setattr(peers, "torch_model", lambda task: torch.nn.Linear(784, 10))
+    with pytest.raises(SystemExit, match="simcnn: parameter counts differ .*plain 7,850 trainable"):
+        peers.parameter_counts(task)
+
+
+def test_summary_ratios_and_accuracy_flag():
+    def run(framework, ends, accuracy):
+        return peers.Run(framework, "simcnn", 0, ends, [accuracy - 0.1, accuracy], 2**20, 640)
+
+    runs = [run("cnnspec", [2.0, 3.0], 0.80), run("keras", [3.0, 5.0], 0.85)]
+    counts = {"simcnn": {"cnnspec": (10, 0), "keras": (10, 0)}}
+    base, keras = peers.summarize(runs, counts, target=0.80, tolerance=0.01)
+    assert base.epoch_seconds == 1.5 and keras.epoch_seconds == 2.5  # median of (2, 1) and (3, 2)
+    assert keras.ratio_epoch == pytest.approx(2.5 / 1.5) and base.ratio_epoch == 1.0
+    assert (base.seconds_to_target, keras.seconds_to_target) == (3.0, 5.0)  # both reach 80% in epoch 2
+    assert keras.ratio_to_target == pytest.approx(5.0 / 3.0)
+    assert peers.summarize(runs, counts, target=0.9, tolerance=0.01)[0].seconds_to_target is None
+    assert keras.images_per_second == pytest.approx(640 / 2.5)
+    assert keras.notes and "differ by 5.0 points" in keras.notes[0]
+    assert not peers.summarize(runs, counts, target=0.80, tolerance=0.06)[0].notes
+
+
+@needs_peers
+@pytest.mark.slow
+def test_quick_mode_prints_one_row_per_framework(tiny_fashion, tmp_path, capsys):
+    out_json = tmp_path / "peers.json"
+    rows = peers.main(["--quick", "--device", "cpu", "--data", str(tiny_fashion), "--batch", "32",
+                       "--workers", "0", "--json", str(out_json)])
+    out = capsys.readouterr().out
+    assert [row.framework for row in rows] == list(peers.FRAMEWORKS)
+    assert len({(row.params, row.buffers) for row in rows}) == 1
+    assert "192 training / 40 test images" in out
+    assert re.search(r"simcnn: parameter counts equal in all four: [\d,]+ trainable", out)
+    table = [line for line in out.splitlines() if line.startswith("| simcnn |")]
+    assert [line.split(" | ")[1] for line in table] == list(peers.FRAMEWORKS)
+    assert all(line.count("|") == 11 for line in table)
+    for row in rows:
+        assert row.epoch_seconds > 0 and 0.0 <= row.final_accuracy <= 1.0 and row.peak_memory > 0
+        assert row.ratio_epoch == pytest.approx(row.epoch_seconds / rows[0].epoch_seconds)
+    saved = json.loads(out_json.read_text())
+    assert len(saved["runs"]) == 4 and all(len(run["test_accuracy"]) == 1 for run in saved["runs"])
