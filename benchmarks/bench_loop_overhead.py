@@ -36,7 +36,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from cnnspec import recipe  # noqa: E402
+from cnnspec import optimization  # noqa: E402
 from cnnspec.compiler import build_model  # noqa: E402
 from cnnspec.errors import exit_on_user_error  # noqa: E402
 from cnnspec.params import load_params  # noqa: E402
@@ -146,8 +146,8 @@ def bare_loop(model, bare: BareData, params: dict, device) -> tuple[float, float
     step_model = torch.compile(model) if params["compile"] else model
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(params["precision"])
     use_autocast = device.type == "cuda" and dtype is not None
-    optimizer = recipe.make_optimizer(model, params["optimizer"])
-    criterion = recipe.make_loss(params["loss"])
+    optimizer = optimization.make_optimizer(model, params["optimizer"])
+    criterion = optimization.make_loss(params["loss"])
     generator = torch.Generator(device=device).manual_seed(params["seed"])
     batch, count = params["batch_size"], len(bare.labels)
     steps = count // batch

@@ -302,6 +302,23 @@ def channel_mean_std(images: np.ndarray, chunk: int = 4096) -> tuple[list[float]
     return mean.tolist(), np.sqrt(variance).tolist()
 
 
+class Normalize:
+    """(pixels / 255 - mean) / std, per channel, with the training split's mean and std
+    (meta.json, pixel/255 units), as one multiply-add on the device. Training,
+    validation and test images all go through this one formula."""
+
+    def __init__(self, mean, std, device):
+        import torch
+
+        mean = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        std = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        self.scale, self.shift = 1.0 / (255.0 * std), -mean / std
+
+    def __call__(self, pixels):
+        """Normalized float32 of a uint8 batch (N, C, H, W) on the same device."""
+        return self.shift.addcmul(pixels.float(), self.scale)
+
+
 def prepare(raw: RawDataset, dataset: str, val_fraction: float, seed: int) -> tuple[dict, dict]:
     """Split and describe a decoded dataset: (arrays by file stem, meta.json contents)."""
     train, val = stratified_split(raw.train_labels, val_fraction, seed)
