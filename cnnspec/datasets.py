@@ -11,13 +11,9 @@ docs/architecture.md): {train,val,test}_images.npy uint8 (N, C, H, W),
 from __future__ import annotations
 
 import codecs
-import contextlib
 import gzip
 import json
-import os
 import pickle
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -26,9 +22,12 @@ import numpy as np
 
 from cnnspec import atomic
 from cnnspec.errors import DataError
+from cnnspec.pipeline import PREPARED, run_stage_hint
 
 SPLITS = ("train", "val", "test")
 EXTRACTED = "extracted"  # data/raw/<this>/ holds an archive's contents
+DOWNLOAD_HINT = run_stage_hint("download")
+PREPARE_HINT = run_stage_hint("preprocess")
 
 
 @dataclass
@@ -98,7 +97,7 @@ def read_cifar_pickle(path: Path) -> dict:
         with open(path, "rb") as file:
             batch = _ArrayOnlyUnpickler(file, encoding="bytes").load()
     except FileNotFoundError:
-        raise DataError(f"{path}: missing; run the download stage (python stages/download.py)") from None
+        raise DataError(f"{path}: missing; {DOWNLOAD_HINT}") from None
     except Exception as error:  # a corrupt or hostile pickle: any failure is a data problem
         raise DataError(f"{path}: not a CIFAR batch: {error}") from None
     if not isinstance(batch, dict):
@@ -166,7 +165,7 @@ def read_idx(path: Path, rank: int) -> np.ndarray:
         with gzip.open(path, "rb") as file:
             raw = file.read()
     except FileNotFoundError:
-        raise DataError(f"{path}: missing; run the download stage (python stages/download.py)") from None
+        raise DataError(f"{path}: missing; {DOWNLOAD_HINT}") from None
     except (OSError, EOFError) as error:
         raise DataError(f"{path}: not a gzip file: {error}") from None
     header_size = 4 * (1 + rank)
@@ -259,7 +258,7 @@ def decode_raw(name: str, raw: Path) -> RawDataset:
     info = get_dataset(name)
     folder = info.data_folder(raw)
     if not folder.is_dir():
-        raise DataError(f"{folder}: missing; run the download stage (python stages/download.py)")
+        raise DataError(f"{folder}: missing; {DOWNLOAD_HINT}")
     return info.decode(folder)
 
 
@@ -342,39 +341,9 @@ def prepare(raw: RawDataset, dataset: str, val_fraction: float, seed: int) -> tu
     return arrays, meta
 
 
-# ---------------------------------------------------------------------------------------
-# Folders that appear complete or not at all (the extracted archive, data/prepared/).
-
-@contextlib.contextmanager
-def atomic_folder(destination):
-    """Yield an empty temporary folder next to `destination`; on success it replaces
-    `destination` by renames, on failure it is removed and `destination` is untouched."""
-    destination = Path(destination)
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    temporary = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", suffix=".tmp",
-                                      dir=destination.parent))
-    try:
-        yield temporary
-    except BaseException:
-        shutil.rmtree(temporary, ignore_errors=True)
-        raise
-    _swap_in(temporary, destination)
-
-
-def _swap_in(folder: Path, destination: Path) -> None:
-    # A folder cannot be renamed over a non-empty one: move the old one aside first.
-    if not destination.exists():
-        os.replace(folder, destination)
-        return
-    aside = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", suffix=".old", dir=destination.parent))
-    os.replace(destination, aside / destination.name)
-    os.replace(folder, destination)
-    shutil.rmtree(aside)
-
-
 def write_prepared(folder, arrays: dict, meta: dict) -> None:
     """Write prepared arrays and meta.json into `folder`: all files or none."""
-    with atomic_folder(folder) as temporary:
+    with atomic.atomic_folder(folder) as temporary:
         for stem, array in arrays.items():
             atomic.save_numpy(temporary / f"{stem}.npy", array)
         atomic.write_json(temporary / "meta.json", meta)
@@ -383,10 +352,9 @@ def write_prepared(folder, arrays: dict, meta: dict) -> None:
 # ---------------------------------------------------------------------------------------
 # Reading prepared data (what train, evaluate and plot use).
 
-PREPARE_HINT = "run the preprocess stage (python stages/preprocess.py or dvc repro preprocess)"
 
 
-def load_prepared(folder="data/prepared", mmap_mode: str | None = None) -> dict:
+def load_prepared(folder=PREPARED, mmap_mode: str | None = None) -> dict:
     """{"train_images", "train_labels", "val_images", ..., "test_labels": arrays, "meta": dict}."""
     folder = Path(folder)
     meta_path = folder / "meta.json"
