@@ -1,4 +1,4 @@
-"""Loop overhead (issue 4, benchmark 2): images/s of cnnspec's real training loop
+"""Loop overhead: images/s of cnnspec's real training loop
 (`cnnspec.training.train`, logging to DVCLive in a temporary folder as the stage does)
 against a bare loop that trains the same model on the same data, already normalized
 on the device, with the same optimizer and loss and nothing else. Both run in the same
@@ -38,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 from cnnspec import optimization  # noqa: E402
 from cnnspec.compiler import build_model  # noqa: E402
+from cnnspec.datasets import Normalize  # noqa: E402
 from cnnspec.errors import exit_on_user_error  # noqa: E402
 from cnnspec.params import load_params  # noqa: E402
 from cnnspec.training import pick_device, train  # noqa: E402
@@ -126,10 +127,8 @@ class BareData:
 
     def __init__(self, data: dict, device: torch.device):
         meta = data["meta"]
-        mean = torch.tensor(meta["mean"], device=device).view(1, -1, 1, 1)
-        std = torch.tensor(meta["std"], device=device).view(1, -1, 1, 1)
         images = torch.from_numpy(data["train_images"]).to(device)
-        self.images = (images.float() / 255.0 - mean) / std
+        self.images = Normalize(meta["mean"], meta["std"], device)(images)
         if device.type == "cuda":
             self.images = self.images.contiguous(memory_format=torch.channels_last)
         self.labels = torch.from_numpy(data["train_labels"]).to(device)

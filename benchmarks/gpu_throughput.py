@@ -1,4 +1,4 @@
-"""GPU figures (issue 4, benchmark 3): for speedrun94 and resnet18_cifar on CIFAR-shaped
+"""GPU figures: for speedrun94 and resnet18_cifar on CIFAR-shaped
 random data, the real training loop (`cnnspec.training.train`, the params.yaml recipe)
 with and without torch.compile, bf16 autocast against fp32: seconds per epoch, images/s,
 peak memory, and MFU = model FLOPs per second / 790e12 (an H100's dense bf16 rate), the
