@@ -22,12 +22,10 @@ import numpy as np
 
 from cnnspec import atomic
 from cnnspec.errors import DataError
-from cnnspec.pipeline import PREPARED, run_stage_hint
+from cnnspec.pipeline import DOWNLOAD_HINT, PREPARED, PREPROCESS_HINT
 
 SPLITS = ("train", "val", "test")
 EXTRACTED = "extracted"  # data/raw/<this>/ holds an archive's contents
-DOWNLOAD_HINT = run_stage_hint("download")
-PREPARE_HINT = run_stage_hint("preprocess")
 
 
 @dataclass
@@ -359,21 +357,21 @@ def load_prepared(folder=PREPARED, mmap_mode: str | None = None) -> dict:
     folder = Path(folder)
     meta_path = folder / "meta.json"
     if not meta_path.is_file():
-        raise DataError(f"{meta_path}: missing; {PREPARE_HINT}")
+        raise DataError(f"{meta_path}: missing; {PREPROCESS_HINT}")
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:
-        raise DataError(f"{meta_path}: unreadable: {error}; {PREPARE_HINT}") from None
+        raise DataError(f"{meta_path}: unreadable: {error}; {PREPROCESS_HINT}") from None
     prepared = {"meta": meta}
     for split in SPLITS:
         for kind in ("images", "labels"):
             path = folder / f"{split}_{kind}.npy"
             if not path.is_file():
-                raise DataError(f"{path}: missing; {PREPARE_HINT}")
+                raise DataError(f"{path}: missing; {PREPROCESS_HINT}")
             try:
                 prepared[f"{split}_{kind}"] = np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
             except (OSError, ValueError) as error:
-                raise DataError(f"{path}: unreadable: {error}; {PREPARE_HINT}") from None
+                raise DataError(f"{path}: unreadable: {error}; {PREPROCESS_HINT}") from None
         _check_prepared_split(prepared, split, meta, folder)
     return prepared
 
@@ -384,4 +382,4 @@ def _check_prepared_split(prepared: dict, split: str, meta: dict, folder: Path) 
     if images.dtype != np.uint8 or images.ndim != 4 or labels.dtype != np.int64 \
             or len(images) != len(labels) or (expected is not None and len(labels) != expected):
         raise DataError(f"{folder}/{split}_*.npy: images {images.dtype} {list(images.shape)} and labels "
-                        f"{labels.dtype} {list(labels.shape)} do not match meta.json; {PREPARE_HINT}")
+                        f"{labels.dtype} {list(labels.shape)} do not match meta.json; {PREPROCESS_HINT}")

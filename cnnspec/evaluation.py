@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from cnnspec.datasets import Normalize, load_prepared
 from cnnspec.errors import DataError, TrainingError
-from cnnspec.pipeline import MODEL, PREPARED, run_stage_hint
+from cnnspec.pipeline import MODEL, PREPARED, TRAIN_HINT
 
 DECIMALS = 4  # metrics/eval.json is diffed by people; four digits are enough to read
 SMALLEST_PROBABILITY = 1e-12  # keeps log(0) out of the loss when a model is certain and wrong
@@ -163,9 +163,6 @@ def rounded(value):
 
 
 # --- the whole evaluation -------------------------------------------------
-
-TRAIN_HINT = run_stage_hint("train")
-
 
 def evaluate_checkpoint(model_path=MODEL, prepared=PREPARED, tta="none",
                         batch_size=2000, device=None) -> tuple[dict, np.ndarray, np.ndarray]:

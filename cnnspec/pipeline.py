@@ -24,3 +24,9 @@ PLOTS = Path("metrics/plots")
 def run_stage_hint(stage: str) -> str:
     """What to run to make a missing or stale file of `stage`."""
     return f"run the {stage} stage (python stages/{stage}.py or dvc repro {stage})"
+
+
+DOWNLOAD_HINT = run_stage_hint("download")
+PREPROCESS_HINT = run_stage_hint("preprocess")
+TRAIN_HINT = run_stage_hint("train")
+EVALUATE_HINT = run_stage_hint("evaluate")

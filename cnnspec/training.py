@@ -104,9 +104,7 @@ def train(model, data: dict, params: dict, device="cpu", *, resume_path=None, lo
                     break
                 epoch_started = time.perf_counter()
                 # the steps, and the validation of the weights they leave
-                progress = run.saved_progress or run.new_epoch()
-                run.saved_progress = None
-                run.model.start_epoch(epoch)
+                progress = run.start_epoch(epoch)
                 try:
                     _train_steps(run, epoch, progress, stop_signal, clock)
                     if run.lookahead and epoch == run.epochs - 1:
@@ -119,9 +117,8 @@ def train(model, data: dict, params: dict, device="cpu", *, resume_path=None, lo
                     raise _oom_error(run.batch_size, epoch) from None
                 # the one read of the epoch, then what depends on its numbers
                 totals = read_epoch_totals(progress["losses"], progress["correct"], val_loss, val_correct)
-                if totals.first_bad_step >= 0 or not math.isfinite(totals.val_loss_sum):
-                    bad_step = totals.first_bad_step if totals.first_bad_step >= 0 else run.steps_per_epoch - 1
-                    raise _divergence_error(epoch, bad_step)
+                if totals.diverged:
+                    raise _divergence_error(epoch, totals.first_bad_step)
                 record = run.end_epoch(epoch, totals, progress["lr"])
                 _save_resume_state(run, resume_path, fingerprint, epoch + 1)
                 log.epoch(epoch, record, time.perf_counter() - epoch_started)
@@ -152,9 +149,13 @@ def _train_steps(run: _Run, epoch: int, progress: dict, stop_signal: StopSignals
 class EpochTotals(NamedTuple):
     mean_loss: float
     correct: float
-    first_bad_step: int  # -1 when every step's loss is finite
+    first_bad_step: int  # the first nan/inf loss (the last step when only validation's is); -1: none
     val_loss_sum: float
     val_correct: float
+
+    @property
+    def diverged(self) -> bool:
+        return self.first_bad_step >= 0
 
 
 def read_epoch_totals(losses: torch.Tensor, correct: torch.Tensor, val_loss_sum: torch.Tensor,
@@ -168,6 +169,8 @@ def read_epoch_totals(losses: torch.Tensor, correct: torch.Tensor, val_loss_sum:
     mean_loss, correct, first_bad, val_loss_sum, val_correct = torch.stack([
         losses.double().mean(), correct.double(), first_bad.double(), val_loss_sum, val_correct.double(),
     ]).tolist()
+    if first_bad < 0 and not math.isfinite(val_loss_sum):
+        first_bad = len(losses) - 1
     return EpochTotals(mean_loss, correct, int(first_bad), val_loss_sum, val_correct)
 
 
@@ -223,14 +226,18 @@ class _Run:
     def to_layout(self, images: torch.Tensor) -> torch.Tensor:
         return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
 
-    def new_epoch(self) -> dict:
-        """The progress of an epoch not yet begun: its lr, its shuffled order, and room
-        for every step's loss and the correct count."""
-        return {"step": 0, "lr": _nominal_lr(self.optimizer),
-                "order": torch.randperm(len(self.data.train_labels), device=self.device,
-                                        generator=self.generator),
-                "losses": torch.zeros(self.steps_per_epoch, dtype=torch.float32, device=self.device),
-                "correct": torch.zeros((), dtype=torch.int64, device=self.device)}
+    def start_epoch(self, epoch: int) -> dict:
+        """The progress of `epoch`: the one an interrupted run saved, else a fresh one
+        (its lr, its shuffled order, room for every step's loss and the correct count)."""
+        progress, self.saved_progress = self.saved_progress, None
+        if progress is None:
+            progress = {"step": 0, "lr": _nominal_lr(self.optimizer),
+                        "order": torch.randperm(len(self.data.train_labels), device=self.device,
+                                                generator=self.generator),
+                        "losses": torch.zeros(self.steps_per_epoch, dtype=torch.float32, device=self.device),
+                        "correct": torch.zeros((), dtype=torch.int64, device=self.device)}
+        self.model.start_epoch(epoch)
+        return progress
 
     def step(self, indices: torch.Tensor, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimizer step on the training images at `indices`. Returns the step's

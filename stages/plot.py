@@ -31,13 +31,11 @@ from cnnspec.atomic import atomic_path
 from cnnspec.datasets import load_prepared
 from cnnspec.errors import DataError, TrainingError, exit_on_user_error
 from cnnspec.params import load_params
-from cnnspec.pipeline import EVAL_JSON, PARAMS, PLOTS, PREDICTIONS_CSV, PREPARED, TRAIN_CURVES, run_stage_hint
+from cnnspec.pipeline import (EVAL_JSON, EVALUATE_HINT, PARAMS, PLOTS, PREDICTIONS_CSV, PREPARED,
+                              TRAIN_CURVES, TRAIN_HINT)
 
 DPI = 100
 ANNOTATE_UP_TO = 30  # classes; beyond that the counts in the cells are too small to read
-
-EVALUATE_HINT = run_stage_hint("evaluate")
-TRAIN_HINT = run_stage_hint("train")
 
 
 # --- reading ---------------------------------------------------------------
