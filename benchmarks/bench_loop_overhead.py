@@ -1,4 +1,4 @@
-"""Loop overhead (issue 4, benchmark 2): images/s of cnnspec's real training loop
+"""Loop overhead: images/s of cnnspec's real training loop
 (`cnnspec.training.train`, logging to DVCLive in a temporary folder as the stage does)
 against a bare loop that trains the same model on the same data, already normalized
 on the device, with the same optimizer and loss and nothing else. Both run in the same
@@ -36,8 +36,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from cnnspec import recipe  # noqa: E402
+from cnnspec import optimization  # noqa: E402
 from cnnspec.compiler import build_model  # noqa: E402
+from cnnspec.datasets import Normalize  # noqa: E402
 from cnnspec.errors import exit_on_user_error  # noqa: E402
 from cnnspec.params import load_params  # noqa: E402
 from cnnspec.training import pick_device, train  # noqa: E402
@@ -126,10 +127,8 @@ class BareData:
 
     def __init__(self, data: dict, device: torch.device):
         meta = data["meta"]
-        mean = torch.tensor(meta["mean"], device=device).view(1, -1, 1, 1)
-        std = torch.tensor(meta["std"], device=device).view(1, -1, 1, 1)
         images = torch.from_numpy(data["train_images"]).to(device)
-        self.images = (images.float() / 255.0 - mean) / std
+        self.images = Normalize(meta["mean"], meta["std"], device)(images)
         if device.type == "cuda":
             self.images = self.images.contiguous(memory_format=torch.channels_last)
         self.labels = torch.from_numpy(data["train_labels"]).to(device)
@@ -146,8 +145,8 @@ def bare_loop(model, bare: BareData, params: dict, device) -> tuple[float, float
     step_model = torch.compile(model) if params["compile"] else model
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(params["precision"])
     use_autocast = device.type == "cuda" and dtype is not None
-    optimizer = recipe.make_optimizer(model, params["optimizer"])
-    criterion = recipe.make_loss(params["loss"])
+    optimizer = optimization.make_optimizer(model, params["optimizer"])
+    criterion = optimization.make_loss(params["loss"])
     generator = torch.Generator(device=device).manual_seed(params["seed"])
     batch, count = params["batch_size"], len(bare.labels)
     steps = count // batch

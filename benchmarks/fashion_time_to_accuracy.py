@@ -1,4 +1,4 @@
-"""Time to accuracy on real data (issue 4, benchmark 4): Fashion-MNIST from Debian's
+"""Time to accuracy on real data: Fashion-MNIST from Debian's
 dataset-fashion-mnist package, through the pipeline's own code (the fashion-mnist
 decoder and `prepare` of cnnspec.datasets, `cnnspec.training.train`, the evaluate
 stage's `predict_probabilities`), with specs/fashion_resnet.yaml.

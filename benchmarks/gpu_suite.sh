@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every GPU check and figure of issue 4 in one command, for one device session:
+# Every GPU check and figure in one command, for one device session:
 # the CUDA tests, then the loop-overhead, throughput/MFU and Fashion-MNIST benchmarks.
 # Each step's output goes to OUT_FOLDER/<step>.txt; a failing step does not stop the rest.
 #

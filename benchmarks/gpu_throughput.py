@@ -1,4 +1,4 @@
-"""GPU figures (issue 4, benchmark 3): for speedrun94 and resnet18_cifar on CIFAR-shaped
+"""GPU figures: for speedrun94 and resnet18_cifar on CIFAR-shaped
 random data, the real training loop (`cnnspec.training.train`, the params.yaml recipe)
 with and without torch.compile, bf16 autocast against fp32: seconds per epoch, images/s,
 peak memory, and MFU = model FLOPs per second / 790e12 (an H100's dense bf16 rate), the
@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.bench_loop_overhead import (CIFAR_SHAPE, random_prepared, spec_model,  # noqa: E402
                                             synchronize, train_params)
 from cnnspec.errors import exit_on_user_error  # noqa: E402
+from cnnspec import training  # noqa: E402
 from cnnspec.training import pick_device, train  # noqa: E402
 
 H100_BF16_FLOPS = 790e12  # dense bf16 matrix work per second (ANCHORS.md)
@@ -100,7 +101,7 @@ def measure(spec: str, data: dict, batch: int, epochs: int, compile: bool, preci
     params = train_params(batch_size=batch, epochs=epochs, compile=compile, precision=precision)
     model = spec_model(ROOT / "specs" / f"{spec}.yaml", meta["input_shape"], len(meta["classes"]), 0)
     reset_peak_memory(device)
-    result = train(model, data, params, device, cuda_paths_on_cpu=True)
+    result = train(model, data, params, device)
     synchronize(device)
     steps = len(data["train_labels"]) // batch * epochs
     if steps < 2:
@@ -118,7 +119,7 @@ def ten_epoch_run(data: dict, compile: bool, device: torch.device) -> tuple[floa
     data = {**data, "val_images": data["val_images"][:0], "val_labels": data["val_labels"][:0]}
     params = train_params(epochs=10, compile=compile, precision="bf16")
     model = spec_model(ROOT / "specs" / "speedrun94.yaml", meta["input_shape"], len(meta["classes"]), 0)
-    result = train(model, data, params, device, cuda_paths_on_cpu=True)
+    result = train(model, data, params, device)
     return result.train_seconds, result.first_step_seconds
 
 
@@ -158,6 +159,7 @@ def main(argv=None):
     chosen = main_settings(args)
     images, epochs = args.images or chosen["images"], args.epochs or chosen["epochs"]
     device = pick_device(args.device)
+    training.CUDA_PATHS_ON_CPU = True  # a CPU run measures the same precision and layout paths
     device_name = f"cuda: {torch.cuda.get_device_name(device)}" if device.type == "cuda" else \
         f"cpu: {torch.get_num_threads()} threads"
     data = random_prepared(images, chosen["val"])

@@ -1,9 +1,9 @@
-"""Write files so that they appear complete or not at all.
+"""Write files and folders so that they appear complete or not at all.
 
-Each helper writes to a temporary file in the destination's folder, flushes it
-to disk, then renames it over the destination (an atomic operation on POSIX).
-If anything fails midway the temporary file is removed and the destination is
-left as it was; a write that fails because the disk is full is a DiskFullError,
+Each helper writes to a temporary file (or folder) in the destination's folder,
+flushes it to disk, then renames it over the destination (an atomic operation on
+POSIX). If anything fails midway the temporary file is removed and the destination
+is left as it was; a write that fails because the disk is full is a DiskFullError,
 one line naming the destination.
 """
 from __future__ import annotations
@@ -91,3 +91,34 @@ def save_torch(destination, obj) -> None:
 
     with atomic_path(destination) as temporary, open(temporary, "wb") as out:
         torch.save(obj, out)  # through a Python file, so a full disk raises OSError(ENOSPC)
+
+
+@contextlib.contextmanager
+def atomic_folder(destination):
+    """Yield an empty temporary folder next to `destination`; on success it replaces
+    `destination` by renames, on failure it is removed and `destination` is untouched.
+    (The extracted archive in data/raw/, data/prepared/.)"""
+    destination = Path(destination)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    temporary = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", suffix=".tmp",
+                                      dir=destination.parent))
+    try:
+        yield temporary
+    except BaseException as error:
+        shutil.rmtree(temporary, ignore_errors=True)
+        if isinstance(error, DiskFullError) and Path(error.path).is_relative_to(temporary):
+            # name the file by where it was going, not by the temporary folder
+            raise DiskFullError(destination / Path(error.path).relative_to(temporary)) from None
+        raise
+    _swap_in(temporary, destination)
+
+
+def _swap_in(folder: Path, destination: Path) -> None:
+    # A folder cannot be renamed over a non-empty one: move the old one aside first.
+    if not destination.exists():
+        os.replace(folder, destination)
+        return
+    aside = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", suffix=".old", dir=destination.parent))
+    os.replace(destination, aside / destination.name)
+    os.replace(folder, destination)
+    shutil.rmtree(aside)

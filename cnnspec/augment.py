@@ -51,20 +51,28 @@ def _reflect(positions: torch.Tensor, size: int) -> torch.Tensor:
     return torch.where(positions > size - 1, 2 * (size - 1) - positions, positions)
 
 
-def random_shift(images, max_shift: int, generator, mode: str = "reflect") -> torch.Tensor:
-    """Shift each image by its own (dy, dx), each uniform in [-max_shift, max_shift].
+SHIFT_MODES = ("reflect", "zeros")  # how random_shift fills the edge it uncovers
+
+
+def random_shift(images, max_shift, generator=None, mode: str = "reflect") -> torch.Tensor:
+    """Shift each image by its own (dy, dx), uniform in [-max_shift, max_shift]
+    (`max_shift` one int, or (rows, columns)). `generator` None draws from torch's
+    global generator (what a spec's random_translation / random_crop layers use).
 
     Equivalent to padding by `max_shift` (reflect or zeros) and cropping the original
     size at a random offset, but done as one gather, so it works on uint8 too and never
     allocates the padded batch."""
-    if max_shift <= 0:
+    if mode not in SHIFT_MODES:
+        raise ValueError(f"random_shift mode {mode!r} is not one of {SHIFT_MODES}")
+    shift_y, shift_x = (max_shift, max_shift) if isinstance(max_shift, int) else max_shift
+    if shift_y <= 0 and shift_x <= 0:
         return images
     n, _, height, width = images.shape
-    if mode == "reflect" and max_shift >= min(height, width):
-        raise ValueError(f"a reflect shift of {max_shift} needs images larger than {height}x{width}")
+    if mode == "reflect" and (shift_y >= height or shift_x >= width):
+        raise ValueError(f"a reflect shift of {shift_y}x{shift_x} needs images larger than {height}x{width}")
     device = images.device
-    dy = torch.randint(-max_shift, max_shift + 1, (n, 1), generator=generator, device=device)
-    dx = torch.randint(-max_shift, max_shift + 1, (n, 1), generator=generator, device=device)
+    dy = torch.randint(-shift_y, shift_y + 1, (n, 1), generator=generator, device=device)
+    dx = torch.randint(-shift_x, shift_x + 1, (n, 1), generator=generator, device=device)
     rows = dy + torch.arange(height, device=device)  # (N, H): source row of each output row
     cols = dx + torch.arange(width, device=device)  # (N, W)
     inside = None

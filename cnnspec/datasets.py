@@ -11,13 +11,9 @@ docs/architecture.md): {train,val,test}_images.npy uint8 (N, C, H, W),
 from __future__ import annotations
 
 import codecs
-import contextlib
 import gzip
 import json
-import os
 import pickle
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -25,7 +21,8 @@ from typing import Callable
 import numpy as np
 
 from cnnspec import atomic
-from cnnspec.errors import DataError, DiskFullError
+from cnnspec.errors import DataError
+from cnnspec.pipeline import DOWNLOAD_HINT, PREPARED, PREPROCESS_HINT
 
 SPLITS = ("train", "val", "test")
 EXTRACTED = "extracted"  # data/raw/<this>/ holds an archive's contents
@@ -98,7 +95,7 @@ def read_cifar_pickle(path: Path) -> dict:
         with open(path, "rb") as file:
             batch = _ArrayOnlyUnpickler(file, encoding="bytes").load()
     except FileNotFoundError:
-        raise DataError(f"{path}: missing; run the download stage (python stages/download.py)") from None
+        raise DataError(f"{path}: missing; {DOWNLOAD_HINT}") from None
     except Exception as error:  # a corrupt or hostile pickle: any failure is a data problem
         raise DataError(f"{path}: not a CIFAR batch: {error}") from None
     if not isinstance(batch, dict):
@@ -166,7 +163,7 @@ def read_idx(path: Path, rank: int) -> np.ndarray:
         with gzip.open(path, "rb") as file:
             raw = file.read()
     except FileNotFoundError:
-        raise DataError(f"{path}: missing; run the download stage (python stages/download.py)") from None
+        raise DataError(f"{path}: missing; {DOWNLOAD_HINT}") from None
     except (OSError, EOFError) as error:
         raise DataError(f"{path}: not a gzip file: {error}") from None
     header_size = 4 * (1 + rank)
@@ -259,7 +256,7 @@ def decode_raw(name: str, raw: Path) -> RawDataset:
     info = get_dataset(name)
     folder = info.data_folder(raw)
     if not folder.is_dir():
-        raise DataError(f"{folder}: missing; run the download stage (python stages/download.py)")
+        raise DataError(f"{folder}: missing; {DOWNLOAD_HINT}")
     return info.decode(folder)
 
 
@@ -302,6 +299,23 @@ def channel_mean_std(images: np.ndarray, chunk: int = 4096) -> tuple[list[float]
     return mean.tolist(), np.sqrt(variance).tolist()
 
 
+class Normalize:
+    """(pixels / 255 - mean) / std, per channel, with the training split's mean and std
+    (meta.json, pixel/255 units), as one multiply-add on the device. Training,
+    validation and test images all go through this one formula."""
+
+    def __init__(self, mean, std, device):
+        import torch
+
+        mean = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        std = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        self.scale, self.shift = 1.0 / (255.0 * std), -mean / std
+
+    def __call__(self, pixels):
+        """Normalized float32 of a uint8 batch (N, C, H, W) on the same device."""
+        return self.shift.addcmul(pixels.float(), self.scale)
+
+
 def prepare(raw: RawDataset, dataset: str, val_fraction: float, seed: int) -> tuple[dict, dict]:
     """Split and describe a decoded dataset: (arrays by file stem, meta.json contents)."""
     train, val = stratified_split(raw.train_labels, val_fraction, seed)
@@ -325,42 +339,9 @@ def prepare(raw: RawDataset, dataset: str, val_fraction: float, seed: int) -> tu
     return arrays, meta
 
 
-# ---------------------------------------------------------------------------------------
-# Folders that appear complete or not at all (the extracted archive, data/prepared/).
-
-@contextlib.contextmanager
-def atomic_folder(destination):
-    """Yield an empty temporary folder next to `destination`; on success it replaces
-    `destination` by renames, on failure it is removed and `destination` is untouched."""
-    destination = Path(destination)
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    temporary = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", suffix=".tmp",
-                                      dir=destination.parent))
-    try:
-        yield temporary
-    except BaseException as error:
-        shutil.rmtree(temporary, ignore_errors=True)
-        if isinstance(error, DiskFullError) and Path(error.path).is_relative_to(temporary):
-            # name the file by where it was going, not by the temporary folder
-            raise DiskFullError(destination / Path(error.path).relative_to(temporary)) from None
-        raise
-    _swap_in(temporary, destination)
-
-
-def _swap_in(folder: Path, destination: Path) -> None:
-    # A folder cannot be renamed over a non-empty one: move the old one aside first.
-    if not destination.exists():
-        os.replace(folder, destination)
-        return
-    aside = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", suffix=".old", dir=destination.parent))
-    os.replace(destination, aside / destination.name)
-    os.replace(folder, destination)
-    shutil.rmtree(aside)
-
-
 def write_prepared(folder, arrays: dict, meta: dict) -> None:
     """Write prepared arrays and meta.json into `folder`: all files or none."""
-    with atomic_folder(folder) as temporary:
+    with atomic.atomic_folder(folder) as temporary:
         for stem, array in arrays.items():
             atomic.save_numpy(temporary / f"{stem}.npy", array)
         atomic.write_json(temporary / "meta.json", meta)
@@ -369,10 +350,9 @@ def write_prepared(folder, arrays: dict, meta: dict) -> None:
 # ---------------------------------------------------------------------------------------
 # Reading prepared data (what train, evaluate and plot use).
 
-PREPARE_HINT = "run the preprocess stage (python stages/preprocess.py or dvc repro preprocess)"
 
 
-def load_prepared(folder="data/prepared", mmap_mode: str | None = None) -> dict:
+def load_prepared(folder=PREPARED, mmap_mode: str | None = None) -> dict:
     """{"train_images", "train_labels", "val_images", ..., "test_labels": arrays, "meta": dict}.
 
     A missing file says to run preprocess; a damaged one (truncated, not an array, or
@@ -382,7 +362,7 @@ def load_prepared(folder="data/prepared", mmap_mode: str | None = None) -> dict:
     folder = Path(folder)
     meta_path = folder / "meta.json"
     if not meta_path.is_file():
-        raise DataError(f"{meta_path}: missing; {PREPARE_HINT}")
+        raise DataError(f"{meta_path}: missing; {PREPROCESS_HINT}")
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:
@@ -394,7 +374,7 @@ def load_prepared(folder="data/prepared", mmap_mode: str | None = None) -> dict:
         for kind in ("images", "labels"):
             path = folder / f"{split}_{kind}.npy"
             if not path.is_file():
-                raise DataError(f"{path}: missing; {PREPARE_HINT}")
+                raise DataError(f"{path}: missing; {PREPROCESS_HINT}")
             try:
                 prepared[f"{split}_{kind}"] = np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
             except (OSError, ValueError, EOFError) as error:

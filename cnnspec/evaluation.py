@@ -14,7 +14,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cnnspec.datasets import Normalize, load_prepared
 from cnnspec.errors import DataError, TrainingError
+from cnnspec.pipeline import MODEL, PREPARED, TRAIN_HINT
 
 DECIMALS = 4  # metrics/eval.json is diffed by people; four digits are enough to read
 SMALLEST_PROBABILITY = 1e-12  # keeps log(0) out of the loss when a model is certain and wrong
@@ -63,17 +65,17 @@ def predict_probabilities(model, images: np.ndarray, mean, std, tta: str = "none
     """Class probabilities (N, num_classes) as float64 for uint8 images (N, C, H, W).
 
     Images travel to the device one batch at a time and are normalized there
-    with the training split's per-channel `mean` and `std` (pixel/255 units).
+    with the training split's per-channel `mean` and `std` (pixel/255 units), by
+    the same Normalize as in training.
     """
     views = TTA[tta]
     device = torch.device(device) if device is not None else best_device()
     model.eval().to(device)
-    mean = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
-    std = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+    normalize = Normalize(mean, std, device)
     outputs = []
     for start in range(0, len(images), batch_size):
         batch = torch.from_numpy(np.array(images[start:start + batch_size])).to(device)  # a copy: mmap is read-only
-        batch = (batch.float() / 255 - mean) / std
+        batch = normalize(batch)
         outputs.append(views(model, batch).double().cpu())
     if not outputs:
         return np.zeros((0, 0))
@@ -162,16 +164,12 @@ def rounded(value):
 
 # --- the whole evaluation -------------------------------------------------
 
-TRAIN_HINT = "run the train stage (python stages/train.py or dvc repro train)"
-
-
-def evaluate_checkpoint(model_path="models/model.pt", prepared="data/prepared", tta="none",
+def evaluate_checkpoint(model_path=MODEL, prepared=PREPARED, tta="none",
                         batch_size=2000, device=None) -> tuple[dict, np.ndarray, np.ndarray]:
     """Score a checkpoint on the prepared test split.
 
     Returns (report, actual labels, predicted labels)."""
     from cnnspec.checkpoint import load_model
-    from cnnspec.datasets import load_prepared
 
     model_path = Path(model_path)
     if not model_path.is_file():

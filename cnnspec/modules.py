@@ -95,25 +95,11 @@ class RandomFlip(nn.Module):
         return self.mode
 
 
-def crop_batch(padded, top, left, height: int, width: int):
-    """Per-image crops of size (height, width) at offsets top[i], left[i], by two gathers."""
-    n, c, _, padded_width = padded.shape
-    rows = top.view(n, 1, 1, 1) + torch.arange(height, device=padded.device).view(1, 1, height, 1)
-    x = padded.gather(2, rows.expand(n, c, height, padded_width))
-    cols = left.view(n, 1, 1, 1) + torch.arange(width, device=padded.device).view(1, 1, 1, width)
-    return x.gather(3, cols.expand(n, c, height, width))
-
-
-PAD_MODES = {"reflect": "reflect", "zeros": "constant"}
-
-
 def random_shift(x, pad_h: int, pad_w: int, mode: str):
     """Shift each image by a random whole number of pixels in [-pad, pad], filling the edge."""
-    n, _, height, width = x.shape
-    padded = F.pad(x, (pad_w, pad_w, pad_h, pad_h), mode=PAD_MODES[mode])
-    top = torch.randint(0, 2 * pad_h + 1, (n,), device=x.device)
-    left = torch.randint(0, 2 * pad_w + 1, (n,), device=x.device)
-    return crop_batch(padded, top, left, height, width)
+    from cnnspec.augment import random_shift as shift
+
+    return shift(x, (pad_h, pad_w), None, mode)
 
 
 class RandomTranslation(nn.Module):

@@ -1,9 +1,9 @@
-"""The training loop: one readable function in the style of airbench / nanoGPT.
+"""The training loop, read top to bottom in `train` (in the style of airbench / nanoGPT).
 
     result = train(model, load_prepared("data/prepared"), params["train"], device,
                    resume_path="models/resume/state.pt", log_dir="metrics/train")
 
-What makes it fast on a GPU (issue 4):
+What makes it fast on a GPU:
 - the dataset goes to the device once, as uint8; each batch is gathered, normalized
   and augmented there (a host-memory fallback streams batches when it does not fit);
 - shuffling is torch.randperm on the device; every random draw comes from one seeded
@@ -11,15 +11,16 @@ What makes it fast on a GPU (issue 4):
 - channels_last, bf16 autocast (fp16 with a grad scaler as an option), cudnn.benchmark,
   optional torch.compile (the first step is timed apart: it holds the compile);
 - losses, correct counts and the divergence check stay on the device and are read once
-  per epoch: the loop never waits for the GPU inside an epoch (except the progress bar
-  of an interactive run, a few times an epoch).
+  per epoch (`read_epoch_totals`): the loop never waits for the GPU inside an epoch
+  (except the progress bar of an interactive run, a few times an epoch).
 
-What makes it safe (issue 5):
+What makes it safe:
 - after every epoch a resume state (weights, optimizer, schedule, early stopping,
   lookahead/EMA, RNG states, history) is written atomically to `resume_path`, stamped
   with a fingerprint of the params, spec and data; a re-run with the same fingerprint
   continues from it and ends with exactly the numbers an uninterrupted run gives;
-- Ctrl-C saves the state of the epoch in progress and stops with one line;
+- Ctrl-C or SIGTERM ends the step in progress, saves the state of the epoch so far and
+  stops with one line;
 - a nan/inf loss stops with one line naming the epoch and step; the last good state stays;
 - CUDA out-of-memory becomes one line with the batch size.
 """
@@ -34,27 +35,35 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
-from cnnspec import recipe
+from cnnspec import optimization
 from cnnspec.atomic import save_torch
 from cnnspec.augment import Augmentation
+from cnnspec.datasets import Normalize
 from cnnspec.errors import ParamsError, TrainingError
 from cnnspec.integrity import set_aside
 
-RESUME_FORMAT = "cnnspec-resume/2"  # 2: per-step losses in a mid-epoch state
+RESUME_FORMAT = "cnnspec-resume/3"  # 3: a mid-epoch state keeps its per-step losses as `losses`
 WHITENING_IMAGES = 5000  # training images handed to model.init_from_data (airbench's figure)
 DEVICE_MEMORY_SHARE = 0.5  # the dataset may take this share of free GPU memory
 
+# Run autocast and channels_last on CPU as on CUDA. Only tests and CPU benchmarks turn it
+# on (tests/conftest.py's `cuda_paths_on_cpu` fixture): on a real CPU run they cost speed.
+CUDA_PATHS_ON_CPU = False
 
 class TrainingInterrupted(TrainingError):
-    """Ctrl-C: the progress is saved; exit status 130 like any interrupted command."""
+    """Ctrl-C or SIGTERM: the progress is saved; the exit status is 128 + the signal's
+    number (130 for Ctrl-C), like any command a signal stopped."""
 
-    exit_code = 130
+    def __init__(self, message: str, signum: int = signal.SIGINT):
+        super().__init__(message)
+        self.exit_code = 128 + int(signum)
 
 
 @dataclass
@@ -66,7 +75,409 @@ class TrainResult:
     first_step_seconds: float = 0.0  # includes torch.compile when it is on
     train_seconds: float = 0.0  # every other step and the validations of this process
     resumed_from_epoch: int = 0
-    extras: dict = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------- the loop
+
+def train(model, data: dict, params: dict, device="cpu", *, resume_path=None, log_dir=None,
+          fingerprint: str = "") -> TrainResult:
+    """Train `model` (a SpecModel) on prepared `data` (load_prepared's dict) with the
+    `train` section of params.yaml. `resume_path`: where the per-epoch resume state
+    lives (None: no resume); `log_dir`: the DVCLive folder (None: print only);
+    `fingerprint`: run_fingerprint of what a resume state must match."""
+    device = torch.device(device)
+    _check_validation_needs(params, len(data["val_labels"]))
+    with torch_settings(device, params["deterministic"]), StopSignals() as stop_signal:
+        # setup: the data on the device, then the saved state or a fresh start
+        torch.manual_seed(params["seed"])
+        device_data = DeviceData(data, device)
+        saved = read_resume_state(resume_path, fingerprint) if resume_path else None
+        run = _Run(model, device_data, params, device, init_from_data=saved is None)
+        if saved is not None:
+            run.load_state_dict(saved)
+            print(f"resuming from {resume_path} at epoch {run.next_epoch + 1}", file=sys.stderr)
+        start_epoch = run.next_epoch
+        log = EpochLog(log_dir, run.history, start_epoch, run.epochs)
+        clock = Clock(device)
+        try:
+            for epoch in range(start_epoch, run.epochs):
+                if run.stopped_early:
+                    break
+                epoch_started = time.perf_counter()
+                # the steps, and the validation of the weights they leave
+                progress = run.start_epoch(epoch)
+                try:
+                    _train_steps(run, epoch, progress, stop_signal, clock)
+                    if run.lookahead and epoch == run.epochs - 1:
+                        run.lookahead.finish()
+                    val_loss, val_correct = _validate(run)
+                except StepsInterrupted as stopped:
+                    _save_resume_state(run, resume_path, fingerprint, epoch, stopped.progress)
+                    raise _interrupted_error(stopped, epoch, resume_path) from None
+                except torch.OutOfMemoryError:
+                    raise _oom_error(run.batch_size, epoch) from None
+                # the one read of the epoch, then what depends on its numbers
+                totals = read_epoch_totals(progress["losses"], progress["correct"], val_loss, val_correct)
+                if totals.diverged:
+                    raise _divergence_error(epoch, totals.first_bad_step)
+                record = run.end_epoch(epoch, totals, progress["lr"])
+                _save_resume_state(run, resume_path, fingerprint, epoch + 1)
+                log.epoch(epoch, record, time.perf_counter() - epoch_started)
+        finally:
+            log.close()
+        return run.result(clock, start_epoch)
+
+
+def _train_steps(run: _Run, epoch: int, progress: dict, stop_signal: StopSignals, clock: Clock) -> None:
+    """One epoch of optimizer steps from progress["step"], each step's loss and the
+    correct count kept on the device in `progress`. A stop signal ends it between
+    steps with StepsInterrupted."""
+    losses, correct, order = progress["losses"], progress["correct"], progress["order"]
+    run.model.train()
+    with EpochProgressBar(epoch, run.epochs, run.steps_per_epoch, progress["step"], run.batch_size) as bar:
+        for step in range(progress["step"], run.steps_per_epoch):
+            clock.step_starts()
+            loss, step_correct = run.step(order[step * run.batch_size:(step + 1) * run.batch_size], epoch)
+            losses[step] = loss
+            correct += step_correct
+            progress["step"] = step + 1
+            clock.step_ends()
+            bar.update(step, losses, correct)
+            if stop_signal.received:
+                raise StepsInterrupted(progress, stop_signal.received)
+
+
+class EpochTotals(NamedTuple):
+    mean_loss: float
+    correct: float
+    first_bad_step: int  # the first nan/inf loss (the last step when only validation's is); -1: none
+    val_loss_sum: float
+    val_correct: float
+
+    @property
+    def diverged(self) -> bool:
+        return self.first_bad_step >= 0
+
+
+def read_epoch_totals(losses: torch.Tensor, correct: torch.Tensor, val_loss_sum: torch.Tensor,
+                      val_correct: torch.Tensor) -> EpochTotals:
+    """Everything the device accumulated over an epoch, in one transfer: the mean of
+    the per-step losses, the correct count, the first step whose loss is nan/inf (the
+    divergence check, done here rather than with a sync every step), and the
+    validation sums."""
+    bad = ~torch.isfinite(losses)
+    first_bad = torch.where(bad.any(), bad.int().argmax(), -1)
+    mean_loss, correct, first_bad, val_loss_sum, val_correct = torch.stack([
+        losses.double().mean(), correct.double(), first_bad.double(), val_loss_sum, val_correct.double(),
+    ]).tolist()
+    if first_bad < 0 and not math.isfinite(val_loss_sum):
+        first_bad = len(losses) - 1
+    return EpochTotals(mean_loss, correct, int(first_bad), val_loss_sum, val_correct)
+
+
+# ---------------------------------------------------------------- what a run holds
+
+class _Run:
+    """Everything that changes during training, so that it can be saved and restored
+    as one resume state, and the step that changes it."""
+
+    def __init__(self, model, data: DeviceData, params: dict, device: torch.device,
+                 init_from_data: bool):
+        self.params, self.device, self.data = params, device, data
+        self.channels_last = params["channels_last"] and _cuda_paths(device)
+        model = model.to(device)
+        if init_from_data:  # a resumed run keeps the saved (data-initialised) weights
+            with torch.no_grad():
+                model.init_from_data(_first_images(data))
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.model = model
+        num_train = len(data.train_labels)
+        self.batch_size = min(params["batch_size"], num_train)
+        # Full batches only (the remainder is reshuffled into later epochs): one shape
+        # for cudnn.benchmark and torch.compile, and never a batch of one for batch norm.
+        self.steps_per_epoch = num_train // self.batch_size
+        self.epochs = params["epochs"]
+        self.generator = torch.Generator(device=device).manual_seed(params["seed"])
+        self.augment = Augmentation.from_params(params["augment"], num_train, params["seed"] + 1, device)
+        self.autocast_dtype = autocast_dtype(device, params["precision"])
+        weight = optimization.class_weights(data.train_labels, data.classes, params["class_weights"])
+        self.criterion = optimization.make_loss(params["loss"], None if weight is None else weight.to(device))
+        self.optimizer = optimization.make_optimizer(model, params["optimizer"])
+        self.schedule = optimization.make_schedule(self.optimizer, params["scheduler"], self.epochs,
+                                                   self.steps_per_epoch)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.autocast_dtype is torch.float16)
+        options = params["early_stopping"]
+        self.early_stopping = optimization.EarlyStopping(options) if options["enabled"] else None
+        options = params["lookahead"]
+        self.lookahead = optimization.Lookahead(
+            model, options["steps"], options["alpha"], options["schedule"],
+            self.epochs * self.steps_per_epoch) if options["enabled"] else None
+        options = params["ema"]
+        self.ema = optimization.EMA(model, options["decay"]) if options["enabled"] else None
+        self.step_model = torch.compile(model) if params["compile"] else model
+        self.history: list[dict] = []
+        self.next_epoch, self.saved_progress, self.stopped_early = 0, None, False
+
+    @property
+    def evaluated_model(self):
+        """The weights that are validated and saved: the EMA's when it is on."""
+        return self.ema.model if self.ema else self.model
+
+    def to_layout(self, images: torch.Tensor) -> torch.Tensor:
+        return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
+
+    def start_epoch(self, epoch: int) -> dict:
+        """The progress of `epoch`: the one an interrupted run saved, else a fresh one
+        (its lr, its shuffled order, room for every step's loss and the correct count)."""
+        progress, self.saved_progress = self.saved_progress, None
+        if progress is None:
+            progress = {"step": 0, "lr": _nominal_lr(self.optimizer),
+                        "order": torch.randperm(len(self.data.train_labels), device=self.device,
+                                                generator=self.generator),
+                        "losses": torch.zeros(self.steps_per_epoch, dtype=torch.float32, device=self.device),
+                        "correct": torch.zeros((), dtype=torch.int64, device=self.device)}
+        self.model.start_epoch(epoch)
+        return progress
+
+    def step(self, indices: torch.Tensor, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimizer step on the training images at `indices`. Returns the step's
+        loss and correct count, left on the device."""
+        data = self.data
+        images = self.augment(data.batch(data.train_images, indices), indices, epoch, self.generator)
+        labels = data.train_labels[indices]
+        with _autocast(self.device, self.autocast_dtype):
+            logits = self.step_model(self.to_layout(images))
+            loss = self.criterion(logits, labels)
+            if self.model.l2_terms:
+                loss = loss + self.model.regularization_loss()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.model.drop_frozen_gradients()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.after_step()
+        return loss.detach(), (logits.detach().argmax(1) == labels).sum()
+
+    def after_step(self) -> None:
+        """What follows every optimizer step: the per-step schedule and weight averaging."""
+        self.schedule.after_step()
+        if self.lookahead:
+            self.lookahead.after_step()
+        if self.ema:
+            self.ema.after_step()
+
+    def end_epoch(self, epoch: int, totals: EpochTotals, lr: float) -> dict:
+        """Record the epoch in the history, step the per-epoch schedule and early
+        stopping with it; returns the record."""
+        num_val = len(self.data.val_labels)
+        seen = self.steps_per_epoch * self.batch_size
+        record = {"train/loss": totals.mean_loss, "train/accuracy": totals.correct / seen}
+        if num_val:
+            record |= {"val/loss": totals.val_loss_sum / num_val, "val/accuracy": totals.val_correct / num_val}
+        record["lr"] = lr
+        self.history.append(record)
+        self.schedule.after_epoch(record.get("val/loss"))
+        if self.early_stopping:
+            metrics = {"val_loss": record["val/loss"], "val_accuracy": record["val/accuracy"]}
+            self.stopped_early = self.early_stopping.update(epoch, metrics, self.evaluated_model)
+        return record
+
+    def result(self, clock: Clock, start_epoch: int) -> TrainResult:
+        """The weights to save (the EMA's, or the best epoch's when early stopping keeps
+        it), in eval mode, with the history and the timings."""
+        model = self.model
+        if self.ema:
+            model.load_state_dict(self.ema.model.state_dict())
+        best_epoch = len(self.history) - 1
+        if self.early_stopping and self.early_stopping.restore_best and self.early_stopping.best_state:
+            self.early_stopping.restore(model)
+            best_epoch = self.early_stopping.best_epoch
+        model.eval()
+        return TrainResult(model=model, history=self.history, best_epoch=best_epoch,
+                           stopped_early=self.stopped_early, first_step_seconds=clock.first_step_seconds,
+                           train_seconds=clock.seconds_without_first_step(), resumed_from_epoch=start_epoch)
+
+    def state_dict(self, next_epoch: int, progress: dict | None) -> dict:
+        parts = {"early_stopping": self.early_stopping, "lookahead": self.lookahead, "ema": self.ema}
+        return {
+            "format": RESUME_FORMAT,
+            "next_epoch": next_epoch,
+            "stopped_early": self.stopped_early,
+            "progress": None if progress is None else {
+                key: value.cpu() if isinstance(value, torch.Tensor) else value for key, value in progress.items()},
+            "history": self.history,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            **{name: part.state_dict() for name, part in parts.items() if part is not None},
+            "rng": {"torch": torch.get_rng_state(), "data": self.generator.get_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else []},
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        self.scaler.load_state_dict(state["scaler"])
+        for name in ("early_stopping", "lookahead", "ema"):
+            part = getattr(self, name)
+            if part is not None:
+                part.load_state_dict(state[name])
+        torch.set_rng_state(state["rng"]["torch"])
+        self.generator.set_state(state["rng"]["data"])
+        if self.device.type == "cuda" and state["rng"]["cuda"]:
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        self.history, self.next_epoch = list(state["history"]), state["next_epoch"]
+        self.stopped_early = state["stopped_early"]
+        progress = state["progress"]
+        self.saved_progress = None if progress is None else {
+            key: value.to(self.device) if isinstance(value, torch.Tensor) else value
+            for key, value in progress.items()}
+
+
+def _first_images(data: DeviceData) -> torch.Tensor:
+    count = min(WHITENING_IMAGES, len(data.train_labels))
+    return data.batch(data.train_images, torch.arange(count, device=data.device))
+
+
+def _nominal_lr(optimizer) -> float:
+    """The schedule's lr now, without the first group's lr_mult."""
+    group = optimizer.param_groups[0]
+    return float(group["lr"] / group.get("lr_mult", 1.0))
+
+
+@torch.inference_mode()
+def _validate(run: _Run) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validation loss sum and correct count, in large batches, left on the device
+    (zeros when data.val_split: 0 left no validation split, airbench's protocol)."""
+    model, data = run.evaluated_model, run.data
+    loss_sum = torch.zeros((), dtype=torch.float64, device=run.device)
+    correct = torch.zeros((), dtype=torch.int64, device=run.device)
+    if not len(data.val_labels):
+        return loss_sum, correct
+    model.eval()
+    indices = torch.arange(len(data.val_labels), device=run.device)
+    for chunk in indices.split(max(4 * run.batch_size, 1024)):
+        images = run.to_layout(data.batch(data.val_images, chunk))
+        labels = data.val_labels[chunk]
+        with _autocast(run.device, run.autocast_dtype):
+            logits = model(images)
+        loss_sum += run.criterion(logits, labels).double() * len(chunk)
+        correct += (logits.argmax(1) == labels).sum()
+    model.train()
+    return loss_sum, correct
+
+
+# ---------------------------------------------------------------- resume state
+
+def run_fingerprint(params: dict, spec_text: str, meta: dict) -> str:
+    """What a resume state must match to be continued: params, spec and data."""
+    text = json.dumps({"params": params, "spec": spec_text, "meta": meta}, sort_keys=True)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _save_resume_state(run: _Run, resume_path, fingerprint: str, next_epoch: int,
+                       progress: dict | None = None) -> None:
+    """The one writer of the resume state: after an epoch (`next_epoch` the one to run
+    next) or mid-epoch after a stop signal (`progress` of epoch `next_epoch`)."""
+    if resume_path is not None:
+        save_torch(resume_path, run.state_dict(next_epoch, progress) | {"fingerprint": fingerprint})
+
+
+def read_resume_state(path, fingerprint: str) -> dict | None:
+    """The saved state when it belongs to this run, else None (with a note why)."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # a torn or foreign file: set it aside and start over
+        aside = set_aside(path)
+        print(f"note: resume state {path} is damaged ({type(error).__name__}); moved it to {aside} "
+              "and training starts over from epoch 1", file=sys.stderr)
+        return None
+    if not isinstance(state, dict) or state.get("format") != RESUME_FORMAT:
+        print(f"note: ignoring {path}: not a cnnspec resume state of this version", file=sys.stderr)
+        return None
+    if state.get("fingerprint") != fingerprint:
+        print(f"note: ignoring {path}: it was saved for other params, spec or data", file=sys.stderr)
+        return None
+    return state
+
+
+# ---------------------------------------------------------------- stopping: signals and errors
+
+class StepsInterrupted(Exception):
+    """Raised between two steps after Ctrl-C or SIGTERM; carries the epoch's progress
+    so far (next step, order, per-step losses, correct count, lr) to be saved."""
+
+    def __init__(self, progress: dict, signum: int):
+        super().__init__(f"stopped by signal {signum}")
+        self.progress, self.signum = progress, signum
+
+
+class StopSignals:
+    """Turns the first Ctrl-C (SIGINT) or SIGTERM into `received` (the signal's number),
+    which the step loop checks between steps; a second signal interrupts at once."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.received = 0
+        self.previous = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self.previous = {signum: signal.signal(signum, self._handle) for signum in self.SIGNALS}
+        return self
+
+    def _handle(self, signum, frame):
+        if self.received:
+            raise KeyboardInterrupt
+        self.received = signum
+
+    def __exit__(self, *exc):
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+
+
+def _interrupted_error(stopped: StepsInterrupted, epoch: int, resume_path) -> TrainingInterrupted:
+    name = signal.Signals(stopped.signum).name
+    where = f"epoch {epoch + 1}, step {stopped.progress['step']}"
+    if resume_path is None:
+        return TrainingInterrupted(f"training interrupted ({name}) at {where}; nothing saved "
+                                   "(no resume path)", stopped.signum)
+    return TrainingInterrupted(f"training interrupted ({name}) at {where}; progress saved to "
+                               f"{resume_path}, run the train stage again to continue", stopped.signum)
+
+
+def _check_validation_needs(params: dict, num_val: int) -> None:
+    """Early stopping and the plateau schedule watch the validation split."""
+    if num_val:
+        return
+    needs = []
+    if params["early_stopping"]["enabled"]:
+        needs.append("train.early_stopping.enabled: true")
+    if params["scheduler"]["name"] == "plateau":
+        needs.append("train.scheduler.name: plateau")
+    if needs:
+        raise ParamsError(f"params.yaml: {' and '.join(needs)} needs a validation split, but the "
+                          "prepared data has none (data.val_split: 0); set data.val_split above 0")
+
+
+def _divergence_error(epoch: int, step: int) -> TrainingError:
+    return TrainingError(
+        f"the training loss became nan or inf at epoch {epoch + 1}, step {step + 1}; "
+        "lower train.optimizer.lr, set train.precision: off, or add l2 / batch norm to the spec "
+        "(the last good resume state is kept)")
+
+
+def _oom_error(batch_size: int, epoch: int) -> TrainingError:
+    return TrainingError(
+        f"CUDA out of memory at epoch {epoch + 1} with train.batch_size {batch_size}; "
+        f"try train.batch_size {max(1, batch_size // 2)}, or train.precision: bf16")
 
 
 # ---------------------------------------------------------------- device and data
@@ -101,10 +512,7 @@ class DeviceData:
         self.val_images = self._images(data["val_images"], storage)
         self.train_labels = torch.as_tensor(np.asarray(data["train_labels"]), dtype=torch.int64).to(device)
         self.val_labels = torch.as_tensor(np.asarray(data["val_labels"]), dtype=torch.int64).to(device)
-        mean = torch.tensor(meta["mean"], dtype=torch.float32, device=device).view(1, -1, 1, 1)
-        std = torch.tensor(meta["std"], dtype=torch.float32, device=device).view(1, -1, 1, 1)
-        # (pixels / 255 - mean) / std as one multiply-add: pixels * scale + shift
-        self.scale, self.shift = 1.0 / (255.0 * std), -mean / std
+        self.normalize = Normalize(meta["mean"], meta["std"], device)
         self.classes = list(meta["classes"])
 
     def _images(self, array, storage: torch.device) -> torch.Tensor:
@@ -117,15 +525,19 @@ class DeviceData:
         """The images at `indices`, on the device, as normalized float32."""
         if not self.resident:
             indices = indices.cpu()
-        pixels = images[indices].to(self.device, non_blocking=True)
-        return torch.addcmul(self.shift, pixels.float(), self.scale)
+        return self.normalize(images[indices].to(self.device, non_blocking=True))
 
 
 # ---------------------------------------------------------------- precision and torch settings
 
-def autocast_dtype(device: torch.device, precision: str, cuda_paths_on_cpu: bool):
-    """bf16/fp16 autocast on CUDA; on CPU only when asked (tests exercise the CUDA paths)."""
-    if precision == "off" or (device.type != "cuda" and not cuda_paths_on_cpu):
+def _cuda_paths(device: torch.device) -> bool:
+    """Whether the CUDA-only speed-ups (autocast, channels_last) apply on `device`."""
+    return device.type == "cuda" or CUDA_PATHS_ON_CPU
+
+
+def autocast_dtype(device: torch.device, precision: str):
+    """bf16/fp16 autocast on CUDA (on CPU only under CUDA_PATHS_ON_CPU); None when off."""
+    if precision == "off" or not _cuda_paths(device):
         return None
     return {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
@@ -151,59 +563,32 @@ def torch_settings(device: torch.device, deterministic: bool):
         torch.use_deterministic_algorithms(before[1])
 
 
-# ---------------------------------------------------------------- resume state
+# ---------------------------------------------------------------- timing and output
 
-def run_fingerprint(params: dict, spec_text: str, meta: dict) -> str:
-    """What a resume state must match to be continued: params, spec and data."""
-    text = json.dumps({"params": params, "spec": spec_text, "meta": meta}, sort_keys=True)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+class Clock:
+    """The loop's own seconds in this process, with its first step apart (it holds
+    torch.compile's work when compile is on); the device is synchronized once, after
+    that first step."""
 
+    def __init__(self, device: torch.device):
+        self.device, self.started = device, time.perf_counter()
+        self.first_step_seconds, self._first_step_started = 0.0, None
+        self._first_step_done = False
 
-def read_resume_state(path, fingerprint: str) -> dict | None:
-    """The saved state when it belongs to this run, else None (with a note why)."""
-    path = Path(path)
-    if not path.is_file():
-        return None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # a torn or foreign file: set it aside and start over
-        aside = set_aside(path)
-        print(f"note: resume state {path} is damaged ({type(error).__name__}); moved it to {aside} "
-              "and training starts over from epoch 1", file=sys.stderr)
-        return None
-    if not isinstance(state, dict) or state.get("format") != RESUME_FORMAT:
-        print(f"note: ignoring {path}: not a cnnspec resume state", file=sys.stderr)
-        return None
-    if state.get("fingerprint") != fingerprint:
-        print(f"note: ignoring {path}: it was saved for other params, spec or data", file=sys.stderr)
-        return None
-    return state
+    def step_starts(self) -> None:
+        if not self._first_step_done:
+            self._first_step_started = time.perf_counter()
 
+    def step_ends(self) -> None:
+        if not self._first_step_done:
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            self.first_step_seconds = time.perf_counter() - self._first_step_started
+            self._first_step_done = True
 
-class _InterruptFlag:
-    """Turns the first Ctrl-C into a flag the loop checks between steps; a second one
-    interrupts at once."""
+    def seconds_without_first_step(self) -> float:
+        return time.perf_counter() - self.started - self.first_step_seconds
 
-    def __init__(self):
-        self.raised = False
-
-    def __enter__(self):
-        self.previous = None
-        if threading.current_thread() is threading.main_thread():
-            self.previous = signal.signal(signal.SIGINT, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        if self.raised:
-            raise KeyboardInterrupt
-        self.raised = True
-
-    def __exit__(self, *exc):
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
-
-
-# ---------------------------------------------------------------- logging
 
 class EpochLog:
     """DVCLive under `log_dir` (train/loss, train/accuracy, val/loss, val/accuracy, lr
@@ -265,314 +650,30 @@ def _print_line(line: str) -> None:
         print(line, flush=True)
 
 
-def _progress_bar(epoch: int, epochs: int, steps: int, start: int):
-    if not _interactive():
-        return None
-    from tqdm import tqdm
+class EpochProgressBar:
+    """A tqdm bar of an epoch's steps on an interactive terminal, nothing otherwise.
+    Its loss and accuracy are read from the device about ten times an epoch: the only
+    syncs inside an epoch, and only when someone watches."""
 
-    return tqdm(total=steps, initial=start, desc=f"epoch {epoch + 1}/{epochs}", leave=False,
-                file=sys.stderr, dynamic_ncols=True)
+    def __init__(self, epoch: int, epochs: int, steps: int, start: int, batch_size: int):
+        self.bar, self.batch_size, self.every = None, batch_size, max(1, steps // 10)
+        if _interactive():
+            from tqdm import tqdm
 
+            self.bar = tqdm(total=steps, initial=start, desc=f"epoch {epoch + 1}/{epochs}",
+                            leave=False, file=sys.stderr, dynamic_ncols=True)
 
-# ---------------------------------------------------------------- the run
+    def __enter__(self):
+        return self
 
-class _Run:
-    """Everything that changes during training, so that it can be saved and restored
-    as one resume state."""
+    def update(self, step: int, losses: torch.Tensor, correct: torch.Tensor) -> None:
+        if self.bar is None:
+            return
+        self.bar.update(1)
+        if step % self.every == 0:
+            self.bar.set_postfix(loss=f"{losses[:step + 1].mean().item():.4f}",
+                                 acc=f"{correct.item() / ((step + 1) * self.batch_size):.4f}")
 
-    def __init__(self, model, data: DeviceData, params: dict, device: torch.device,
-                 cuda_paths_on_cpu: bool):
-        self.params, self.device, self.data = params, device, data
-        self.model = model
-        num_train = len(data.train_labels)
-        self.batch_size = min(params["batch_size"], num_train)
-        # Full batches only (the remainder is reshuffled into later epochs): one shape
-        # for cudnn.benchmark and torch.compile, and never a batch of one for batch norm.
-        self.steps_per_epoch = num_train // self.batch_size
-        self.epochs = params["epochs"]
-        self.generator = torch.Generator(device=device).manual_seed(params["seed"])
-        self.augment = Augmentation.from_params(params["augment"], num_train, params["seed"] + 1, device)
-        self.autocast_dtype = autocast_dtype(device, params["precision"], cuda_paths_on_cpu)
-        self.channels_last = params["channels_last"] and (device.type == "cuda" or cuda_paths_on_cpu)
-        weight = recipe.class_weights(data.train_labels, data.classes, params["class_weights"])
-        self.criterion = recipe.make_loss(params["loss"], None if weight is None else weight.to(device))
-        self.optimizer = recipe.make_optimizer(model, params["optimizer"])
-        self.schedule = recipe.make_schedule(self.optimizer, params["scheduler"], self.epochs,
-                                             self.steps_per_epoch)
-        self.scaler = torch.amp.GradScaler(device.type, enabled=self.autocast_dtype is torch.float16)
-        options = params["early_stopping"]
-        self.early_stopping = recipe.EarlyStopping(options) if options["enabled"] else None
-        options = params["lookahead"]
-        self.lookahead = recipe.Lookahead(model, options["steps"], options["alpha"], options["schedule"],
-                                          self.epochs * self.steps_per_epoch) if options["enabled"] else None
-        options = params["ema"]
-        self.ema = recipe.EMA(model, options["decay"]) if options["enabled"] else None
-        self.step_model = torch.compile(model) if params["compile"] else model
-        self.history: list[dict] = []
-        self.next_epoch, self.progress, self.stopped_early = 0, None, False
-
-    @property
-    def evaluated_model(self):
-        """The weights that are validated and saved: the EMA's when it is on."""
-        return self.ema.model if self.ema else self.model
-
-    def state_dict(self, next_epoch: int, progress: dict | None = None) -> dict:
-        parts = {"early_stopping": self.early_stopping, "lookahead": self.lookahead, "ema": self.ema}
-        return {
-            "format": RESUME_FORMAT,
-            "next_epoch": next_epoch,
-            "stopped_early": self.stopped_early,
-            "progress": progress,
-            "history": self.history,
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "schedule": self.schedule.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            **{name: part.state_dict() for name, part in parts.items() if part is not None},
-            "rng": {"torch": torch.get_rng_state(), "data": self.generator.get_state(),
-                    "cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else []},
-        }
-
-    def load_state_dict(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.schedule.load_state_dict(state["schedule"])
-        self.scaler.load_state_dict(state["scaler"])
-        for name in ("early_stopping", "lookahead", "ema"):
-            part = getattr(self, name)
-            if part is not None:
-                part.load_state_dict(state[name])
-        torch.set_rng_state(state["rng"]["torch"])
-        self.generator.set_state(state["rng"]["data"])
-        if self.device.type == "cuda" and state["rng"]["cuda"]:
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-        self.history, self.next_epoch = list(state["history"]), state["next_epoch"]
-        self.progress, self.stopped_early = state["progress"], state["stopped_early"]
-
-
-def _first_images(data: DeviceData) -> torch.Tensor:
-    count = min(WHITENING_IMAGES, len(data.train_labels))
-    return data.batch(data.train_images, torch.arange(count, device=data.device))
-
-
-def _to_layout(images: torch.Tensor, channels_last: bool) -> torch.Tensor:
-    return images.contiguous(memory_format=torch.channels_last) if channels_last else images
-
-
-def _train_steps(run: _Run, epoch: int, epoch_lr: float, progress: dict | None,
-                 interrupt: _InterruptFlag, resume_path, timing: dict) -> dict:
-    """One epoch of optimizer steps (from `progress` when resuming mid-epoch). Returns
-    the device-side record of the epoch: every step's loss and the correct count (five
-    small kernels a step; the sum and the divergence check wait for the epoch's end).
-    `epoch_lr` is only kept with an interrupted state."""
-    data, model = run.data, run.step_model
-    if progress is None:
-        order = torch.randperm(len(data.train_labels), device=run.device, generator=run.generator)
-        sums = {"losses": torch.zeros(run.steps_per_epoch, dtype=torch.float32, device=run.device),
-                "correct": torch.zeros((), dtype=torch.int64, device=run.device)}
-        start = 0
-    else:
-        order, sums, start = progress["order"].to(run.device), progress["sums"], progress["step"]
-        sums = {key: value.to(run.device) for key, value in sums.items()}
-    run.model.train()
-    bar = _progress_bar(epoch, run.epochs, run.steps_per_epoch, start)
-    for step in range(start, run.steps_per_epoch):
-        first = not timing["first_step_done"]
-        if first:
-            started = time.perf_counter()
-        indices = order[step * run.batch_size:(step + 1) * run.batch_size]
-        images = run.augment(data.batch(data.train_images, indices), indices, epoch, run.generator)
-        labels = data.train_labels[indices]
-        with _autocast(run.device, run.autocast_dtype):
-            logits = model(_to_layout(images, run.channels_last))
-            loss = run.criterion(logits, labels)
-            if run.model.l2_terms:
-                loss = loss + run.model.regularization_loss()
-        run.optimizer.zero_grad(set_to_none=True)
-        run.scaler.scale(loss).backward()
-        run.model.drop_frozen_gradients()
-        run.scaler.step(run.optimizer)
-        run.scaler.update()
-        run.schedule.after_step()
-        if run.lookahead:
-            run.lookahead.after_step()
-        if run.ema:
-            run.ema.after_step()
-        sums["losses"][step] = loss.detach()
-        sums["correct"] += (logits.detach().argmax(1) == labels).sum()
-        if first:
-            if run.device.type == "cuda":
-                torch.cuda.synchronize(run.device)
-            timing["first_step_seconds"] = time.perf_counter() - started
-            timing["first_step_done"] = True
-        if bar is not None:
-            bar.update(1)
-            if step % max(1, run.steps_per_epoch // 10) == 0:  # a few syncs, interactive only
-                bar.set_postfix(loss=f"{sums['losses'][:step + 1].mean().item():.4f}",
-                                acc=f"{sums['correct'].item() / ((step + 1) * run.batch_size):.4f}")
-        if interrupt.raised:
-            _save_interrupted(run, epoch, epoch_lr, step, order, sums, resume_path, bar)
-    if bar is not None:
-        bar.close()
-    return sums
-
-
-def _save_interrupted(run, epoch, epoch_lr, step, order, sums, resume_path, bar):
-    if bar is not None:
-        bar.close()
-    where = f"epoch {epoch + 1}, step {step + 1}"
-    if resume_path is None:
-        raise TrainingInterrupted(f"training interrupted at {where}; nothing saved (no resume path)")
-    progress = {"step": step + 1, "order": order.cpu(), "lr": epoch_lr,
-                "sums": {key: value.cpu() for key, value in sums.items()}}
-    save_torch(resume_path, run.state_dict(epoch, progress) | {"fingerprint": run.fingerprint})
-    raise TrainingInterrupted(f"training interrupted at {where}; progress saved to {resume_path}, "
-                              "run the train stage again to continue")
-
-
-@torch.inference_mode()
-def _validate(run: _Run) -> tuple[torch.Tensor, torch.Tensor]:
-    """Validation loss sum and correct count, in large batches, left on the device."""
-    model, data = run.evaluated_model, run.data
-    model.eval()
-    loss_sum = torch.zeros((), dtype=torch.float64, device=run.device)
-    correct = torch.zeros((), dtype=torch.int64, device=run.device)
-    indices = torch.arange(len(data.val_labels), device=run.device)
-    for chunk in indices.split(max(4 * run.batch_size, 1024)):
-        images = _to_layout(data.batch(data.val_images, chunk), run.channels_last)
-        labels = data.val_labels[chunk]
-        with _autocast(run.device, run.autocast_dtype):
-            logits = model(images)
-        loss_sum += run.criterion(logits, labels).double() * len(chunk)
-        correct += (logits.argmax(1) == labels).sum()
-    model.train()
-    return loss_sum, correct
-
-
-def _check_validation_needs(params: dict, num_val: int) -> None:
-    """Early stopping and the plateau schedule watch the validation split."""
-    if num_val:
-        return
-    needs = []
-    if params["early_stopping"]["enabled"]:
-        needs.append("train.early_stopping.enabled: true")
-    if params["scheduler"]["name"] == "plateau":
-        needs.append("train.scheduler.name: plateau")
-    if needs:
-        raise ParamsError(f"params.yaml: {' and '.join(needs)} needs a validation split, but the "
-                          "prepared data has none (data.val_split: 0); set data.val_split above 0")
-
-
-def _nominal_lr(optimizer) -> float:
-    """The schedule's lr now, without the first group's lr_mult."""
-    group = optimizer.param_groups[0]
-    return float(group["lr"] / group.get("lr_mult", 1.0))
-
-
-def _divergence_error(epoch: int, step: int) -> TrainingError:
-    return TrainingError(
-        f"the training loss became nan or inf at epoch {epoch + 1}, step {step + 1}; "
-        "lower train.optimizer.lr, set train.precision: off, or add l2 / batch norm to the spec "
-        "(the last good resume state is kept)")
-
-
-def _oom_error(batch_size: int, epoch: int) -> TrainingError:
-    return TrainingError(
-        f"CUDA out of memory at epoch {epoch + 1} with train.batch_size {batch_size}; "
-        f"try train.batch_size {max(1, batch_size // 2)}, or train.precision: bf16")
-
-
-def train(model, data: dict, params: dict, device="cpu", *, resume_path=None, log_dir=None,
-          fingerprint: str = "", cuda_paths_on_cpu: bool = False) -> TrainResult:
-    """Train `model` (a SpecModel) on prepared `data` (load_prepared's dict) with the
-    `train` section of params.yaml. `resume_path`: where the per-epoch resume state
-    lives (None: no resume); `log_dir`: the DVCLive folder (None: print only).
-    `cuda_paths_on_cpu` runs the CUDA-only paths (autocast, channels_last) on CPU."""
-    device = torch.device(device)
-    with torch_settings(device, params["deterministic"]), _InterruptFlag() as interrupt:
-        return _train(model, data, params, device, resume_path, log_dir, fingerprint,
-                      cuda_paths_on_cpu, interrupt)
-
-
-def _train(model, data, params, device, resume_path, log_dir, fingerprint, cuda_paths_on_cpu,
-           interrupt) -> TrainResult:
-    _check_validation_needs(params, len(data["val_labels"]))
-    torch.manual_seed(params["seed"])
-    device_data = DeviceData(data, device)
-    model = model.to(device)
-    saved = read_resume_state(resume_path, fingerprint) if resume_path else None
-    if saved is None:
-        with torch.no_grad():
-            model.init_from_data(_first_images(device_data))
-    if params["channels_last"] and (device.type == "cuda" or cuda_paths_on_cpu):
-        model = model.to(memory_format=torch.channels_last)
-    run = _Run(model, device_data, params, device, cuda_paths_on_cpu)
-    run.fingerprint = fingerprint
-    if saved is not None:
-        run.load_state_dict(saved)
-        print(f"resuming from {resume_path} at epoch {run.next_epoch + 1}", file=sys.stderr)
-    start_epoch = run.next_epoch
-    num_val = len(device_data.val_labels)
-    log = EpochLog(log_dir, run.history, start_epoch, run.epochs)
-    timing = {"first_step_done": False, "first_step_seconds": 0.0}
-    stopped_early = run.stopped_early
-    started = time.perf_counter()
-    try:
-        for epoch in range(start_epoch, run.epochs):
-            if stopped_early:
-                break
-            epoch_started = time.perf_counter()
-            progress, run.progress = run.progress, None
-            epoch_lr = progress["lr"] if progress else _nominal_lr(run.optimizer)
-            run.model.start_epoch(epoch)
-            try:
-                sums = _train_steps(run, epoch, epoch_lr, progress, interrupt, resume_path, timing)
-                if run.lookahead and epoch == run.epochs - 1:
-                    run.lookahead.finish()
-                if num_val:
-                    val_loss, val_correct = _validate(run)
-                else:  # data.val_split: 0, training on every image (airbench's protocol)
-                    val_loss = val_correct = torch.zeros((), dtype=torch.float64, device=run.device)
-            except torch.OutOfMemoryError:
-                raise _oom_error(run.batch_size, epoch) from None
-            # The one read of the epoch: everything the device accumulated.
-            losses = sums["losses"]
-            bad = ~torch.isfinite(losses)
-            first_bad = torch.where(bad.any(), bad.int().argmax(), -1)
-            mean_loss, correct, bad_step, val_loss, val_correct = (
-                torch.stack([losses.double().mean(), sums["correct"].double(), first_bad.double(),
-                             val_loss, val_correct.double()]).tolist())
-            if bad_step >= 0 or not math.isfinite(val_loss):
-                raise _divergence_error(epoch, int(bad_step) if bad_step >= 0 else run.steps_per_epoch - 1)
-            seen = run.steps_per_epoch * run.batch_size
-            record = {"train/loss": mean_loss, "train/accuracy": correct / seen}
-            if num_val:
-                record |= {"val/loss": val_loss / num_val, "val/accuracy": val_correct / num_val}
-            record["lr"] = epoch_lr
-            run.history.append(record)
-            run.schedule.after_epoch(record.get("val/loss"))
-            if run.early_stopping:
-                metrics = {"val_loss": record["val/loss"], "val_accuracy": record["val/accuracy"]}
-                stopped_early = run.early_stopping.update(epoch, metrics, run.evaluated_model)
-            run.stopped_early = stopped_early
-            if resume_path is not None:
-                save_torch(resume_path, run.state_dict(epoch + 1) | {"fingerprint": fingerprint})
-            log.epoch(epoch, record, time.perf_counter() - epoch_started)
-    finally:
-        log.close()
-    return _finish(run, stopped_early, timing, time.perf_counter() - started, start_epoch)
-
-
-def _finish(run: _Run, stopped_early: bool, timing: dict, seconds: float, start_epoch: int) -> TrainResult:
-    model = run.model
-    if run.ema:
-        model.load_state_dict(run.ema.model.state_dict())
-    best_epoch = len(run.history) - 1
-    if run.early_stopping and run.early_stopping.restore_best and run.early_stopping.best_state:
-        run.early_stopping.restore(model)
-        best_epoch = run.early_stopping.best_epoch
-    model.eval()
-    first = timing["first_step_seconds"]
-    return TrainResult(model=model, history=run.history, best_epoch=best_epoch,
-                       stopped_early=stopped_early, first_step_seconds=first,
-                       train_seconds=seconds - first, resumed_from_epoch=start_epoch)
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.close()

@@ -1,25 +1,28 @@
-"""Stage 1: fetch the dataset named in params.yaml into data/raw/.
+"""Stage 1 of 5, download: fetch the dataset named in params.yaml into data/raw/.
 
-    python stages/download.py
+    python stages/download.py        (reads params.yaml: data.dataset, data.url, data.md5)
 
-Reads `data.dataset`, `data.url` (a mirror) and `data.md5` (its checksums) from
-params.yaml. Files already in data/raw/ with the right md5 are not fetched again.
+`data.url` is a mirror and `data.md5` its checksums. Files already in data/raw/ with
+the right md5 are not fetched again; an archive is extracted all at once or not at all.
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
+
+if __package__ in (None, ""):  # `python stages/<name>.py`: import this checkout's cnnspec
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cnnspec.download import download_dataset
 from cnnspec.errors import exit_on_user_error
 from cnnspec.params import check_named_paths, load_params
-
-RAW = Path("data/raw")
+from cnnspec.pipeline import PARAMS, RAW
 
 
 @exit_on_user_error
 def main() -> None:
-    params = load_params("params.yaml", sections=["data"])
-    check_named_paths(params)  # any data.* param that names a file or folder
+    params = load_params(PARAMS, sections=["data"])
+    check_named_paths(params, PARAMS)  # any data.* param that names a file or folder
     data = params["data"]
     folder = download_dataset(data["dataset"], RAW, url=data["url"], md5=data["md5"])
     print(f"{data['dataset']}: raw files ready in {folder}")

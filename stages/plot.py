@@ -1,16 +1,21 @@
-"""Plot stage: the figures people look at after a run, as PNGs in metrics/plots/.
+"""Stage 5 of 5, plot: the figures people look at after a run, as PNGs in metrics/plots/.
 
-- confusion_matrix.png: counts of true class (rows) against predicted class (columns)
+    python stages/plot.py        (reads params.yaml: plot)
+
+- confusion_matrix.png: counts of true class (rows) against predicted class (columns),
+  as metrics/eval.json holds them
 - learning_curves.png: loss and accuracy per epoch, train against validation, and the learning rate
 - misclassified.png:    a grid of wrongly classified test images with true and predicted labels
 
-Reads metrics/predictions.csv (evaluate), the DVCLive logs in metrics/train/plots/metrics
-(train) and data/prepared (preprocess). Figures are drawn on matplotlib's Agg canvas
-(no pyplot, no display) at fixed sizes, and each file is written atomically.
-
-    python stages/plot.py        (reads the `plot` section of params.yaml)
+Reads metrics/eval.json and metrics/predictions.csv (evaluate), the DVCLive logs in
+metrics/train/plots/metrics (train) and data/prepared (preprocess). Figures are drawn
+on matplotlib's Agg canvas (no pyplot, no display) at fixed sizes, and each file is
+written atomically.
 """
+from __future__ import annotations
+
 import csv
+import json
 import math
 import sys
 from pathlib import Path
@@ -19,23 +24,18 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-if __package__ in (None, ""):  # `python stages/<name>.py`: use this checkout's cnnspec
+if __package__ in (None, ""):  # `python stages/<name>.py`: import this checkout's cnnspec
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cnnspec.atomic import atomic_path
 from cnnspec.datasets import load_prepared
 from cnnspec.errors import DataError, TrainingError, exit_on_user_error
 from cnnspec.params import load_params
+from cnnspec.pipeline import (EVAL_JSON, EVALUATE_HINT, PARAMS, PLOTS, PREDICTIONS_CSV, PREPARED,
+                              TRAIN_CURVES, TRAIN_HINT)
 
-PREPARED = Path("data/prepared")
-PREDICTIONS_CSV = Path("metrics/predictions.csv")
-TRAIN_LOGS = Path("metrics/train/plots/metrics")
-PLOTS = Path("metrics/plots")
 DPI = 100
 ANNOTATE_UP_TO = 30  # classes; beyond that the counts in the cells are too small to read
-
-EVALUATE_HINT = "run the evaluate stage (python stages/evaluate.py or dvc repro evaluate)"
-TRAIN_HINT = "run the train stage (python stages/train.py or dvc repro train)"
 
 
 # --- reading ---------------------------------------------------------------
@@ -75,9 +75,18 @@ def read_series(path: Path) -> tuple[list[float], list[float]]:
     return steps, values
 
 
-def confusion_counts(actual: np.ndarray, predicted: np.ndarray, num_classes: int) -> np.ndarray:
-    counts = np.zeros((num_classes, num_classes), dtype=np.int64)
-    np.add.at(counts, (actual, predicted), 1)
+def read_confusion_matrix(path: Path, classes: list[str]) -> np.ndarray:
+    """The confusion matrix the evaluate stage wrote to eval.json, for these classes."""
+    if not path.is_file():
+        raise DataError(f"{path}: missing; {EVALUATE_HINT}")
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+        counts = np.array(report["confusion_matrix"], dtype=np.int64)
+        report_classes = list(report["classes"])
+    except (OSError, ValueError, KeyError, TypeError):
+        raise DataError(f"{path}: no confusion_matrix and classes; {EVALUATE_HINT} again") from None
+    if report_classes != classes or counts.shape != (len(classes), len(classes)):
+        raise DataError(f"{path}: made for other classes than the prepared data's; {EVALUATE_HINT} again")
     return counts
 
 
@@ -168,18 +177,20 @@ def save_png(figure: Figure, path: Path) -> None:
 
 @exit_on_user_error
 def main() -> None:
-    params = load_params("params.yaml", ["plot"])["plot"]
+    params = load_params(PARAMS, sections=["plot"])["plot"]
     data = load_prepared(PREPARED, mmap_mode="r")  # only the test images are read from disk
     classes = list(data["meta"]["classes"])
     actual, predicted = read_predictions(PREDICTIONS_CSV, classes)
-    if len(actual) != len(data["test_labels"]):
-        raise DataError(f"{PREDICTIONS_CSV}: {len(actual)} rows for {len(data['test_labels'])} "
-                        f"test images; {EVALUATE_HINT} again")
+    counts = read_confusion_matrix(EVAL_JSON, classes)
+    for path, count in ((PREDICTIONS_CSV, len(actual)), (EVAL_JSON, int(counts.sum()))):
+        if count != len(data["test_labels"]):
+            raise DataError(f"{path}: {count} test images counted for {len(data['test_labels'])} "
+                            f"in {PREPARED}; {EVALUATE_HINT} again")
 
     # Draw all three before writing any, so a bad input leaves the old set whole.
     figures = {
-        "confusion_matrix.png": confusion_figure(confusion_counts(actual, predicted, len(classes)), classes),
-        "learning_curves.png": learning_curves_figure(TRAIN_LOGS),
+        "confusion_matrix.png": confusion_figure(counts, classes),
+        "learning_curves.png": learning_curves_figure(TRAIN_CURVES),
         "misclassified.png": misclassified_figure(data["test_images"], actual, predicted, classes,
                                                   params["misclassified"]),
     }

@@ -1,7 +1,7 @@
-"""Stage train: build the spec's model for the prepared dataset, train it, and write
+"""Stage 3 of 5, train: build the spec's model for the prepared data, train it, and write
 models/model.pt (one self-contained checkpoint) and metrics/train/ (DVCLive).
 
-    python stages/train.py        # reads params.yaml (model, train) and data/prepared
+    python stages/train.py        (reads params.yaml: model, train; and data/prepared/)
 
 A run killed or interrupted part-way leaves models/resume/state.pt (not a DVC
 output, so `dvc repro` keeps it); the next run with the same params, spec and data
@@ -12,30 +12,26 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # `python stages/train.py` from the repository root
+if __package__ in (None, ""):  # `python stages/<name>.py`: import this checkout's cnnspec
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cnnspec.errors import exit_on_user_error
-
-PARAMS = "params.yaml"
-PREPARED = Path("data/prepared")
-MODEL = Path("models/model.pt")
-RESUME = Path("models/resume/state.pt")
-LOG_DIR = Path("metrics/train")
+from cnnspec.params import check_named_paths, load_params
+from cnnspec.pipeline import MODEL, PARAMS, PREPARED, RESUME_STATE, TRAIN_LOG
 
 
-def run(params_path=PARAMS, prepared=PREPARED, model_path=MODEL, resume_path=RESUME,
-        log_dir=LOG_DIR):
+def run(params_path=PARAMS, prepared=PREPARED, model_path=MODEL, resume_path=RESUME_STATE,
+        log_dir=TRAIN_LOG):
+    params = load_params(params_path, sections=["model", "train"])
+    check_named_paths(params, params_path)
+    # torch loads only after params.yaml passed, so a typo fails in a blink.
     import torch
 
     from cnnspec import build_model, load_spec
     from cnnspec.checkpoint import save_checkpoint
     from cnnspec.datasets import load_prepared
-    from cnnspec.params import check_named_paths, load_params
     from cnnspec.training import pick_device, run_fingerprint, train
 
-    params = load_params(params_path, sections=["model", "train"])
-    check_named_paths(params, params_path)
     spec = load_spec(params["model"]["spec"])  # a bad spec is reported before the data is read
     options = params["train"]
     data = load_prepared(prepared)
@@ -57,7 +53,7 @@ def run(params_path=PARAMS, prepared=PREPARED, model_path=MODEL, resume_path=RES
 
 
 @exit_on_user_error
-def main():
+def main() -> None:
     run()
 
 

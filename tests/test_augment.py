@@ -91,6 +91,15 @@ def test_translate_works_on_uint8_batches():
     assert all(matching_shift(images[i].numpy(), shifted[i].numpy(), 1, "reflect") for i in range(6))
 
 
+def test_rows_and_columns_can_shift_by_different_amounts():
+    """(rows, columns) limits, as a spec's random_translation layer passes them."""
+    images = distinct_images(40)
+    shifted = random_shift(images, (0, 2), seeded(6), mode="reflect")
+    shifts = [matching_shift(images[i].numpy(), shifted[i].numpy(), 2, "reflect") for i in range(40)]
+    assert None not in shifts
+    assert all(dy == 0 for dy, _ in shifts) and any(dx != 0 for _, dx in shifts)
+
+
 def test_crop_with_padding_fills_zeros():
     images = distinct_images(30) + 1  # no zero pixel of its own
     cropped = random_shift(images, 3, seeded(5), mode="zeros")

@@ -3,7 +3,7 @@ scaler) autocast, channels_last, torch.compile, the host-memory streaming fallba
 real out-of-memory error, deterministic mode, and evaluation on the device.
 
 Skipped where torch sees no GPU (CI, the 2-core workplace machines). The CPU suite runs
-the same code through `cuda_paths_on_cpu`; this file checks what only a GPU can show.
+the same code through the `cuda_paths_on_cpu` fixture (tests/conftest.py); this file checks what only a GPU can show.
 Run on a GPU machine: `python -m pytest tests/test_cuda.py -q`.
 """
 import numpy as np

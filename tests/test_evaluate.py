@@ -12,6 +12,7 @@ from torch import nn
 
 from cnnspec import build_model, evaluation, parse_spec
 from cnnspec.checkpoint import save_checkpoint
+from cnnspec.datasets import Normalize
 from cnnspec.errors import DataError, TrainingError
 from stages import evaluate as evaluate_stage
 
@@ -129,7 +130,7 @@ class ViewSpotter(nn.Module):
 ])
 def test_tta_averages_exactly_the_stated_views(tta, weights):
     images = np.random.default_rng(1).integers(0, 256, size=(2, 3, 5, 6), dtype=np.uint8)
-    views = expected_views(torch.from_numpy(images).float() / 255)
+    views = expected_views(Normalize([0.0] * 3, [1.0] * 3, "cpu")(torch.from_numpy(images)))
     model = ViewSpotter(views)
     probabilities = evaluation.predict_probabilities(model, images, [0.0] * 3, [1.0] * 3, tta=tta,
                                                      device="cpu")
@@ -160,6 +161,32 @@ def test_images_are_normalized_with_the_given_mean_and_std():
     assert probabilities.argmax(axis=1).tolist() == [0, 1]
     # (1 - 0.5) / 0.5 = 1 and (0 - 0.5) / 0.5 = -1: softmax of 1000 * [1, -1]
     np.testing.assert_allclose(probabilities[0], [1.0, 0.0], atol=1e-12)
+
+
+def test_training_and_evaluation_show_the_model_the_same_numbers():
+    """One normalization for train and test: a drift between them would cost accuracy
+    silently."""
+    from cnnspec.training import DeviceData
+
+    images = np.random.default_rng(3).integers(0, 256, size=(6, 3, 4, 4), dtype=np.uint8)
+    labels = np.arange(6) % 2
+    mean, std = [0.49, 0.48, 0.45], [0.25, 0.24, 0.26]
+    data = DeviceData({"train_images": images, "train_labels": labels, "val_images": images[:0],
+                       "val_labels": labels[:0], "meta": {"mean": mean, "std": std, "classes": ["a", "b"]}},
+                      torch.device("cpu"))
+    in_training = data.batch(data.train_images, torch.arange(6))
+
+    seen = []
+
+    class Capture(nn.Module):
+        def forward(self, batch):
+            seen.append(batch.clone())
+            return torch.zeros(len(batch), 2)
+
+    evaluation.predict_probabilities(Capture(), images, mean, std, "none", device="cpu")
+    assert torch.equal(seen[0], in_training)
+    np.testing.assert_allclose(seen[0].numpy(), (images / 255 - np.array(mean)[:, None, None])
+                               / np.array(std)[:, None, None], rtol=1e-5, atol=1e-6)
 
 
 # --- outputs ---------------------------------------------------------------

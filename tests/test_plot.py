@@ -8,6 +8,7 @@ from dvclive import Live
 from matplotlib.image import imread
 
 from cnnspec.errors import DataError, TrainingError
+from cnnspec.evaluation import confusion_matrix
 from stages import plot as plot_stage
 
 CLASSES = ["airplane", "cat", "dog", "frog"]
@@ -31,6 +32,13 @@ def write_predictions(path: Path, actual, predicted):
     path.parent.mkdir(parents=True, exist_ok=True)
     rows = [f"{i},{CLASSES[a]},{CLASSES[p]}" for i, (a, p) in enumerate(zip(actual, predicted))]
     path.write_text("index,actual,predicted\n" + "\n".join(rows) + "\n")
+
+
+def write_eval_json(path: Path, actual, predicted):
+    """What the evaluate stage writes, as far as plot reads it."""
+    counts = confusion_matrix(np.asarray(actual), np.asarray(predicted), len(CLASSES))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"classes": CLASSES, "confusion_matrix": counts.tolist()}))
 
 
 def training_history():
@@ -57,6 +65,7 @@ def project(tmp_path, monkeypatch):
     predicted = actual.copy()
     predicted[[1, 4, 7, 10, 13]] = 0  # index 4 is an airplane already: four mistakes
     write_predictions(tmp_path / "metrics" / "predictions.csv", actual, predicted)
+    write_eval_json(tmp_path / "metrics" / "eval.json", actual, predicted)
     write_training_logs(tmp_path / "metrics" / "train")
     return tmp_path
 
@@ -81,11 +90,38 @@ def test_confusion_heatmap_has_a_cell_and_a_count_per_class_pair():
     assert [label.get_text() for label in axes.get_yticklabels()] == CLASSES
 
 
-def test_confusion_counts_come_from_the_predictions(project):
-    actual, predicted = plot_stage.read_predictions(project / "metrics" / "predictions.csv", CLASSES)
-    counts = plot_stage.confusion_counts(actual, predicted, len(CLASSES))
+def test_the_confusion_figure_shows_eval_json_s_matrix(project):
+    counts = plot_stage.read_confusion_matrix(project / "metrics" / "eval.json", CLASSES)
     assert counts.sum() == 20 and counts.trace() == 16
     assert counts[1, 0] == 2 and counts[2, 0] == 1 and counts[3, 0] == 1
+    plot_stage.main()
+    drawn = [text.get_text() for text in
+             plot_stage.confusion_figure(counts, CLASSES).axes[0].texts]
+    assert drawn == [str(n) for n in counts.flatten()]
+
+
+@pytest.mark.parametrize("report, problem", [
+    (None, "missing; run the evaluate stage"),
+    ({"classes": ["a", "b"], "confusion_matrix": [[1, 0], [0, 1]]}, "other classes"),
+    ({"classes": CLASSES}, "no confusion_matrix"),
+])
+def test_an_eval_json_that_does_not_fit_is_refused_and_nothing_is_written(project, report, problem):
+    path = project / "metrics" / "eval.json"
+    path.unlink()
+    if report is not None:
+        path.write_text(json.dumps(report))
+    with pytest.raises(DataError, match=problem):
+        plot_stage.read_confusion_matrix(path, CLASSES)
+    with pytest.raises(SystemExit):
+        plot_stage.main()
+    assert not (project / "metrics" / "plots").exists()
+
+
+def test_an_eval_json_of_another_test_split_is_refused(project):
+    write_eval_json(project / "metrics" / "eval.json", np.arange(8) % 4, np.arange(8) % 4)
+    with pytest.raises(SystemExit):
+        plot_stage.main()
+    assert not (project / "metrics" / "plots").exists()
 
 
 def test_learning_curves_plot_train_and_validation_and_the_learning_rate(project):

@@ -10,7 +10,7 @@ import json
 import pytest
 import torch
 
-from cnnspec import layers, modules
+from cnnspec import augment, layers, modules
 from cnnspec.compiler import build_model
 from cnnspec.shapes import infer
 from cnnspec.spec import EXPANDERS, LAYER_SCHEMAS, SCHEMA, layer_options, parse_spec
@@ -115,7 +115,7 @@ def test_schema_name_lists_equal_the_tables_that_give_them_meaning():
     assert enum("conv", "init") == enum("dense", "init") == set(layers.INITS)
     assert enum("pad", "mode") == set(layers.PADS)
     assert enum("random_flip", "mode") == set(modules.RandomFlip.AXES)
-    assert enum("random_translation", "fill") == enum("random_crop", "mode") == set(modules.PAD_MODES)
+    assert enum("random_translation", "fill") == enum("random_crop", "mode") == set(augment.SHIFT_MODES)
     assert set(layers.AUGMENTS) == {"random_flip", "random_translation", "random_crop"}
     # every option naming an activation refers to the one shared list
     for layer_type in WRITTEN:

@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -146,9 +145,9 @@ def test_early_stopping_ends_the_run_and_restores_the_best_epoch():
     assert result.stopped_early and result.best_epoch == 0
 
 
-def test_cuda_paths_bf16_autocast_and_channels_last_run_on_cpu():
-    fp32 = run_training(train_params(epochs=2))
-    bf16 = run_training(train_params(epochs=2, precision="bf16", channels_last=True), cuda_paths_on_cpu=True)
+def test_cuda_paths_bf16_autocast_and_channels_last_run_on_cpu(cuda_paths_on_cpu):
+    fp32 = run_training(train_params(epochs=2, precision="off", channels_last=False))
+    bf16 = run_training(train_params(epochs=2, precision="bf16", channels_last=True))
     assert bf16.history != fp32.history  # autocast really ran
     assert bf16.history[-1]["train/loss"] == pytest.approx(fp32.history[-1]["train/loss"], rel=0.1)
     assert all(np.isfinite(record["train/loss"]) for record in bf16.history)
@@ -219,6 +218,21 @@ def test_ctrl_c_saves_mid_epoch_and_the_rerun_ends_exactly_like_an_uninterrupted
     for name in ["metrics.json", "plots/metrics/train/loss.tsv", "plots/metrics/lr.tsv"]:
         assert ((tmp_path / "run" / "log" / name).read_bytes()
                 == (tmp_path / "reference" / "log" / name).read_bytes())
+
+
+def test_sigterm_saves_like_ctrl_c_and_exits_143(tmp_path):
+    def send_sigterm(out):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return out
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(TrainingInterrupted) as caught:  # epoch 1, step 2 of 3
+        run_training(train_params(epochs=2), tmp_path, model=Sabotage(tiny_model(), 2, send_sigterm))
+    assert "SIGTERM" in str(caught.value) and "epoch 1, step 2" in str(caught.value)
+    assert caught.value.exit_code == 143 and signal.getsignal(signal.SIGTERM) is before
+    state = torch.load(tmp_path / "resume" / "state.pt", weights_only=True)
+    assert state["next_epoch"] == 0 and state["progress"]["step"] == 2
+    assert torch.isfinite(state["progress"]["losses"][:2]).all() and state["progress"]["losses"][2] == 0
 
 
 def test_a_resume_state_for_other_params_is_ignored(tmp_path, capsys):

@@ -1,4 +1,4 @@
-"""The pieces of a training recipe, each chosen by name in params.yaml `train`:
+"""How the weights are optimized, each piece chosen by name in params.yaml `train`:
 optimizers, learning-rate schedules, losses, class weights, early stopping,
 lookahead and an EMA of the weights.
 

@@ -1,4 +1,5 @@
-"""Each recipe option changes what training does, as its formula says."""
+"""Each optimization option (optimizer, schedule, loss, early stopping, lookahead, EMA)
+changes what training does, as its formula says."""
 import copy
 import math
 
@@ -8,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import cnnspec
-from cnnspec import recipe
+from cnnspec import optimization
 from cnnspec.errors import ParamsError
 from cnnspec.params import fill_defaults, load_schema
 
@@ -20,7 +21,7 @@ def train_defaults(**sections) -> dict:
 
 
 class TinyModel(nn.Module):
-    """A hand-written stand-in with the SpecModel methods the recipe uses."""
+    """A hand-written stand-in with the SpecModel methods cnnspec.optimization uses."""
 
     def __init__(self):
         super().__init__()
@@ -36,7 +37,7 @@ class TinyModel(nn.Module):
 
 def one_step(optimizer_options) -> torch.Tensor:
     model = TinyModel()
-    optimizer = recipe.make_optimizer(model, optimizer_options)
+    optimizer = optimization.make_optimizer(model, optimizer_options)
     torch.manual_seed(1)
     inputs, labels = torch.randn(8, 4), torch.randint(0, 3, (8,))
     for _ in range(2):  # two steps so momentum terms matter
@@ -48,7 +49,7 @@ def one_step(optimizer_options) -> torch.Tensor:
 
 def test_each_optimizer_moves_the_weights_differently():
     base = train_defaults()["optimizer"]
-    results = {name: one_step({**base, "name": name, "lr": 0.05}) for name in recipe.OPTIMIZERS}
+    results = {name: one_step({**base, "name": name, "lr": 0.05}) for name in optimization.OPTIMIZERS}
     start = TinyModel().linear.weight.detach()
     names = list(results)
     for i, name in enumerate(names):
@@ -68,7 +69,7 @@ layers:
   - dense: {units: num_classes}
 """, "mult.yaml")
     model = cnnspec.build_model(spec, (3, 8, 8), 2)
-    optimizer = recipe.make_optimizer(model, {**train_defaults()["optimizer"], "lr": 0.1,
+    optimizer = optimization.make_optimizer(model, {**train_defaults()["optimizer"], "lr": 0.1,
                                               "weight_decay": 1e-3})
     by_lr = {round(group["lr"], 9): group for group in optimizer.param_groups}
     assert set(by_lr) == {0.1, 6.4}
@@ -82,7 +83,7 @@ layers:
 def lr_sequence(scheduler_options, epochs=4, steps_per_epoch=5, lr=1.0):
     model = TinyModel()
     optimizer = torch.optim.SGD(model.parameters(), lr=lr)
-    schedule = recipe.make_schedule(optimizer, scheduler_options, epochs, steps_per_epoch)
+    schedule = optimization.make_schedule(optimizer, scheduler_options, epochs, steps_per_epoch)
     seen = []
     for _ in range(epochs):
         for _ in range(steps_per_epoch):
@@ -142,7 +143,7 @@ def test_plateau_halves_the_lr_after_patience_epochs_without_improvement():
     model = TinyModel()
     optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
     options = {**train_defaults()["scheduler"], "name": "plateau", "patience": 2, "factor": 0.5}
-    schedule = recipe.make_schedule(optimizer, options, 10, 3)
+    schedule = optimization.make_schedule(optimizer, options, 10, 3)
     lrs = []
     for val_loss in [1.0, 1.0, 1.0, 1.0, 0.5, 0.5, 0.5, 0.5]:
         for _ in range(3):
@@ -156,7 +157,7 @@ def test_plateau_halves_the_lr_after_patience_epochs_without_improvement():
 def test_plateau_respects_min_lr():
     optimizer = torch.optim.SGD(TinyModel().parameters(), lr=1.0)
     options = {**train_defaults()["scheduler"], "name": "plateau", "patience": 0, "min_lr": 0.3}
-    schedule = recipe.make_schedule(optimizer, options, 10, 1)
+    schedule = optimization.make_schedule(optimizer, options, 10, 1)
     for _ in range(5):
         schedule.after_epoch(1.0)
     assert optimizer.param_groups[0]["lr"] == 0.3
@@ -166,11 +167,11 @@ def test_label_smoothing_changes_the_loss_as_the_formula_says():
     torch.manual_seed(0)
     logits, labels = torch.randn(6, 4), torch.randint(0, 4, (6,))
     options = {**train_defaults()["loss"], "name": "cross_entropy", "label_smoothing": 0.2}
-    loss = recipe.make_loss(options)(logits, labels)
+    loss = optimization.make_loss(options)(logits, labels)
     log_p = F.log_softmax(logits, 1)
     target = torch.full((6, 4), 0.2 / 4).scatter_(1, labels[:, None], 0.8 + 0.2 / 4)
     assert loss.item() == pytest.approx(-(target * log_p).sum(1).mean().item(), rel=1e-6)
-    plain = recipe.make_loss({**options, "label_smoothing": 0.0})(logits, labels)
+    plain = optimization.make_loss({**options, "label_smoothing": 0.0})(logits, labels)
     assert plain.item() == pytest.approx(F.nll_loss(log_p, labels).item(), rel=1e-6)
     assert loss.item() != pytest.approx(plain.item())
 
@@ -181,30 +182,30 @@ def test_focal_loss_equals_its_formula_and_reduces_to_cross_entropy():
     p_true = F.softmax(logits, 1)[torch.arange(10), labels]
     expected = (0.25 * (1 - p_true) ** 2 * -torch.log(p_true)).mean()
     options = {**train_defaults()["loss"], "name": "focal", "gamma": 2.0, "alpha": 0.25}
-    assert recipe.make_loss(options)(logits, labels).item() == pytest.approx(expected.item(), rel=1e-5)
-    assert recipe.focal_loss(logits, labels, gamma=0.0, alpha=None).item() == pytest.approx(
+    assert optimization.make_loss(options)(logits, labels).item() == pytest.approx(expected.item(), rel=1e-5)
+    assert optimization.focal_loss(logits, labels, gamma=0.0, alpha=None).item() == pytest.approx(
         F.cross_entropy(logits, labels).item(), rel=1e-6)
     weight = torch.tensor([1.0, 2.0, 3.0])
-    weighted = recipe.focal_loss(logits, labels, gamma=0.0, alpha=None, weight=weight)
+    weighted = optimization.focal_loss(logits, labels, gamma=0.0, alpha=None, weight=weight)
     assert weighted.item() == pytest.approx(F.cross_entropy(logits, labels, weight=weight).item(), rel=1e-6)
 
 
 def test_balanced_class_weights_and_multipliers():
     classes = ["cat", "dog", "ship"]
     labels = torch.tensor([0] * 6 + [1] * 3 + [2] * 1)
-    weights = recipe.class_weights(labels, classes, {"mode": "balanced", "multipliers": {}})
+    weights = optimization.class_weights(labels, classes, {"mode": "balanced", "multipliers": {}})
     assert weights.tolist() == pytest.approx([10 / (3 * 6), 10 / (3 * 3), 10 / (3 * 1)])
-    doubled = recipe.class_weights(labels, classes, {"mode": "balanced",
+    doubled = optimization.class_weights(labels, classes, {"mode": "balanced",
                                                      "multipliers": {"cat": 2.0, "dog": 2.0}})
     assert doubled.tolist() == pytest.approx([2 * 10 / 18, 2 * 10 / 9, 10 / 3])
-    assert recipe.class_weights(labels, classes, {"mode": "none", "multipliers": {}}) is None
-    only = recipe.class_weights(labels, classes, {"mode": "none", "multipliers": {"ship": 3.0}})
+    assert optimization.class_weights(labels, classes, {"mode": "none", "multipliers": {}}) is None
+    only = optimization.class_weights(labels, classes, {"mode": "none", "multipliers": {"ship": 3.0}})
     assert only.tolist() == [1.0, 1.0, 3.0]
 
 
 def test_unknown_class_in_multipliers_is_a_params_error_naming_key_and_classes():
     with pytest.raises(ParamsError) as caught:
-        recipe.class_weights(torch.tensor([0, 1]), ["cat", "dog"],
+        optimization.class_weights(torch.tensor([0, 1]), ["cat", "dog"],
                              {"mode": "balanced", "multipliers": {"kat": 2.0}})
     message = str(caught.value)
     assert "train.class_weights.multipliers.kat" in message and "cat, dog" in message
@@ -212,7 +213,7 @@ def test_unknown_class_in_multipliers_is_a_params_error_naming_key_and_classes()
 
 
 def early_stopping(**overrides):
-    return recipe.EarlyStopping({**train_defaults()["early_stopping"], "enabled": True, **overrides})
+    return optimization.EarlyStopping({**train_defaults()["early_stopping"], "enabled": True, **overrides})
 
 
 def test_early_stopping_stops_after_patience_and_restores_the_best_weights():
@@ -246,7 +247,7 @@ def test_early_stopping_auto_mode_maximises_accuracy_and_min_delta_counts():
 def test_lookahead_pulls_fast_weights_toward_slow_every_k_steps():
     model = TinyModel()
     slow_start = model.linear.weight.detach().clone()
-    lookahead = recipe.Lookahead(model, steps=3, alpha=0.5)
+    lookahead = optimization.Lookahead(model, steps=3, alpha=0.5)
     for step in range(1, 4):
         with torch.no_grad():
             model.linear.weight.add_(1.0)
@@ -260,16 +261,16 @@ def test_lookahead_pulls_fast_weights_toward_slow_every_k_steps():
 
 def test_cubic_lookahead_follows_fast_weights_early_and_holds_back_late():
     """airbench's schedule: alpha(t) = 1 - (1 - alpha) * (t / T) ** 3."""
-    lookahead = recipe.Lookahead(TinyModel(), steps=5, alpha=1 - 0.95 ** 5, schedule="cubic",
+    lookahead = optimization.Lookahead(TinyModel(), steps=5, alpha=1 - 0.95 ** 5, schedule="cubic",
                                  total_steps=100)
     assert lookahead.alpha_at(0) == 1.0
     assert abs(lookahead.alpha_at(50) - (1 - 0.95 ** 5 * 0.125)) < 1e-12
     assert abs(lookahead.alpha_at(100) - (1 - 0.95 ** 5)) < 1e-12
-    assert recipe.Lookahead(TinyModel(), 5, 0.5).alpha_at(100) == 0.5
+    assert optimization.Lookahead(TinyModel(), 5, 0.5).alpha_at(100) == 0.5
 
     model = TinyModel()
     slow_start = model.linear.weight.detach().clone()
-    lookahead = recipe.Lookahead(model, steps=2, alpha=0.2, schedule="cubic", total_steps=4)
+    lookahead = optimization.Lookahead(model, steps=2, alpha=0.2, schedule="cubic", total_steps=4)
     for _ in range(4):
         with torch.no_grad():
             model.linear.weight.add_(1.0)
@@ -282,7 +283,7 @@ def test_cubic_lookahead_follows_fast_weights_early_and_holds_back_late():
 def test_ema_averages_weights_with_its_decay():
     model = TinyModel()
     start = model.linear.weight.detach().clone()
-    ema = recipe.EMA(model, decay=0.9)
+    ema = optimization.EMA(model, decay=0.9)
     with torch.no_grad():
         model.linear.weight.add_(1.0)
     ema.after_step()
@@ -296,14 +297,14 @@ def test_ema_averages_weights_with_its_decay():
 
 def test_scheduler_states_load_back_with_weights_only(tmp_path):
     """Resume states go through torch.load(weights_only=True): every schedule's state must."""
-    for name in recipe.SCHEDULES:
+    for name in optimization.SCHEDULES:
         optimizer = torch.optim.SGD(TinyModel().parameters(), lr=0.1)
-        schedule = recipe.make_schedule(optimizer, {**train_defaults()["scheduler"], "name": name}, 3, 4)
+        schedule = optimization.make_schedule(optimizer, {**train_defaults()["scheduler"], "name": name}, 3, 4)
         optimizer.step()
         schedule.after_step()
         torch.save({"s": schedule.state_dict(), "o": optimizer.state_dict()}, tmp_path / "s.pt")
         loaded = torch.load(tmp_path / "s.pt", weights_only=True)
-        again = recipe.make_schedule(torch.optim.SGD(TinyModel().parameters(), lr=0.1),
+        again = optimization.make_schedule(torch.optim.SGD(TinyModel().parameters(), lr=0.1),
                                      {**train_defaults()["scheduler"], "name": name}, 3, 4)
         again.load_state_dict(copy.deepcopy(loaded["s"]))
         assert again.state_dict() == schedule.state_dict(), name

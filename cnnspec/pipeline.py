@@ -1,0 +1,32 @@
+"""The DVC pipeline's files, named once: what each stage reads and writes (dvc.yaml
+lists the same paths, relative to the repository root), and the hint that names the
+stage to run when one of them is missing.
+
+    download -> data/raw -> preprocess -> data/prepared -> train -> models/model.pt,
+    metrics/train -> evaluate -> metrics/eval.json, metrics/predictions.csv -> plot -> metrics/plots
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+PARAMS = Path("params.yaml")
+RAW = Path("data/raw")
+PREPARED = Path("data/prepared")
+MODEL = Path("models/model.pt")
+RESUME_STATE = Path("models/resume/state.pt")  # not a DVC output: `dvc repro` keeps it
+TRAIN_LOG = Path("metrics/train")  # DVCLive's folder
+TRAIN_CURVES = TRAIN_LOG / "plots" / "metrics"  # DVCLive's TSVs, one per metric
+EVAL_JSON = Path("metrics/eval.json")
+PREDICTIONS_CSV = Path("metrics/predictions.csv")
+PLOTS = Path("metrics/plots")
+
+
+def run_stage_hint(stage: str) -> str:
+    """What to run to make a missing or stale file of `stage`."""
+    return f"run the {stage} stage (python stages/{stage}.py or dvc repro {stage})"
+
+
+DOWNLOAD_HINT = run_stage_hint("download")
+PREPROCESS_HINT = run_stage_hint("preprocess")
+TRAIN_HINT = run_stage_hint("train")
+EVALUATE_HINT = run_stage_hint("evaluate")
