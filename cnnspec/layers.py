@@ -174,10 +174,14 @@ def symmetric(pads) -> bool:
 # negative_slope; a conv, dense or residual with `activation: elu` gets torch's defaults.
 ACTIVATIONS = {
     "relu": lambda o: nn.ReLU(),
+    "relu6": lambda o: nn.ReLU6(),
     "gelu": lambda o: nn.GELU(),
     "elu": lambda o: nn.ELU(alpha=o.get("alpha", 1.0)),
     "celu": lambda o: nn.CELU(alpha=o.get("alpha", 1.0)),
     "silu": lambda o: nn.SiLU(),
+    "mish": lambda o: nn.Mish(),
+    "hardswish": lambda o: nn.Hardswish(),
+    "hardsigmoid": lambda o: nn.Hardsigmoid(),
     "leaky_relu": lambda o: nn.LeakyReLU(negative_slope=o.get("negative_slope", 0.01)),
     "tanh": lambda o: nn.Tanh(),
     "sigmoid": lambda o: nn.Sigmoid(),
@@ -357,6 +361,10 @@ def shape_flatten(node, in_shape, ctx):
 
 def build_flatten(node, in_shape, ctx):
     return one(node, nn.Flatten())
+
+
+def build_identity(node, in_shape, ctx):
+    return one(node, nn.Identity())
 
 
 def build_dropout(node, in_shape, ctx):
@@ -701,6 +709,7 @@ BUILT_IN_LAYERS = {
     "dropout": LayerRule(shape_free, build_dropout),
     "spatial_dropout": LayerRule(shape_image_free, build_spatial_dropout),
     "flatten": LayerRule(shape_flatten, build_flatten),
+    "identity": LayerRule(shape_free, build_identity),
     "activation": LayerRule(shape_free, build_activation, softmax_option="fn"),
     "scale": LayerRule(shape_free, build_scale),
     "pad": LayerRule(shape_pad, build_pad),
