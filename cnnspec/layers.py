@@ -348,11 +348,12 @@ def build_pool(node, in_shape, ctx):
 
 def shape_global_pool(node, in_shape, ctx):
     need_image(node, in_shape)
-    return Inferred((in_shape[0],))
+    return Inferred((in_shape[0], 1, 1) if node.options["keep_dims"] else (in_shape[0],))
 
 
 def build_global_pool(node, in_shape, ctx):
-    return one(node, modules.GlobalPool("max" if node.type == "global_max_pool" else "avg"))
+    return one(node, modules.GlobalPool("max" if node.type == "global_max_pool" else "avg",
+                                        keep_dims=node.options["keep_dims"]))
 
 
 def shape_flatten(node, in_shape, ctx):
@@ -584,16 +585,37 @@ def branches(node) -> list[list[LayerNode]]:
             if key.startswith("branch_")]
 
 
+def broadcast(shapes: list[tuple]) -> tuple | None:
+    """The shape an elementwise merge of `shapes` gives: same rank, each size equal or 1
+    (no implicit new axes: a flat (C,) against (C, H, W) would meet W, not C). None if not."""
+    if len({len(shape) for shape in shapes}) > 1:
+        return None
+    merged = []
+    for sizes in zip(*shapes):
+        wanted = {size for size in sizes if size != 1} or {1}
+        if len(wanted) > 1:
+            return None
+        merged.append(wanted.pop())
+    return tuple(merged)
+
+
+MERGE_VERBS = {"add": "add", "multiply": "multiply"}
+
+
 def shape_parallel(node, in_shape, ctx):
     outs = [ctx.infer_list(branch, in_shape) for branch in branches(node)]
     if len(outs) < 2:
         raise error(node, f"{node.name}: parallel needs at least 2 branches, got {len(outs)}", "branches")
     merge = node.options["merge"]
     shown = " and ".join(fmt(out) for out in outs)
-    if merge == "add":
-        if len({tuple(out) for out in outs}) > 1:
-            raise error(node, f"{node.name}: cannot add branches of shapes {shown}", "merge")
-        return Inferred(outs[0])
+    if merge in MERGE_VERBS:
+        merged = broadcast(outs)
+        if merged is None:
+            hint = "; a global pool with keep_dims: true gives a Cx1x1 gate" \
+                if any(len(out) == 1 for out in outs) and any(len(out) == 3 for out in outs) else ""
+            raise error(node, f"{node.name}: cannot {MERGE_VERBS[merge]} branches of shapes {shown}: "
+                              f"each size must be equal or 1{hint}", "merge")
+        return Inferred(merged)
     if len({(len(out), *out[1:]) for out in outs}) > 1:
         raise error(node, f"{node.name}: cannot concatenate branches of shapes {shown} on channels",
                     "merge")

@@ -31,7 +31,8 @@ class Residual(nn.Module):
 
 
 class Parallel(nn.Module):
-    """Run every branch on the same input; concatenate on channels or add."""
+    """Run every branch on the same input; concatenate on channels, add or multiply
+    (add and multiply broadcast: a (N, C, 1, 1) gate scales each channel of a feature map)."""
 
     def __init__(self, branches: list[nn.Module], merge: str = "concat"):
         super().__init__()
@@ -40,9 +41,15 @@ class Parallel(nn.Module):
 
     def forward(self, x):
         outputs = [branch(x) for branch in self.branches]
-        if self.merge == "add":
-            return torch.stack(outputs).sum(0)
-        return torch.cat(outputs, dim=1)
+        if self.merge == "concat":
+            return torch.cat(outputs, dim=1)
+        merged = outputs[0]
+        for output in outputs[1:]:
+            merged = merged * output if self.merge == "multiply" else merged + output
+        return merged
+
+    def extra_repr(self):
+        return f"merge={self.merge}"
 
 
 class Scale(nn.Module):
@@ -60,17 +67,19 @@ class Scale(nn.Module):
 
 
 class GlobalPool(nn.Module):
-    """Average or max over H and W: (N, C, H, W) -> (N, C)."""
+    """Average or max over H and W: (N, C, H, W) -> (N, C), or (N, C, 1, 1) with keep_dims."""
 
-    def __init__(self, kind: str = "avg"):
+    def __init__(self, kind: str = "avg", keep_dims: bool = False):
         super().__init__()
-        self.kind = kind
+        self.kind, self.keep_dims = kind, keep_dims
 
     def forward(self, x):
-        return x.mean((2, 3)) if self.kind == "avg" else x.amax((2, 3))
+        if self.kind == "avg":
+            return x.mean((2, 3), keepdim=self.keep_dims)
+        return x.amax((2, 3), keepdim=self.keep_dims)
 
     def extra_repr(self):
-        return self.kind
+        return f"{self.kind}, keep_dims=True" if self.keep_dims else self.kind
 
 
 class RandomFlip(nn.Module):
