@@ -44,6 +44,7 @@ class Context:
     _in_shapes: dict = field(default_factory=dict)
     _out_shapes: dict = field(default_factory=dict)
     _backbones: dict = field(default_factory=dict)  # model name -> features on the meta device
+    _block_inputs: dict = field(default_factory=dict)  # block call -> its input channels ($in_channels)
 
     def infer_list(self, nodes: list[LayerNode], in_shape: tuple) -> tuple:
         """Run every node's shape rule in order; return the last output shape."""
@@ -54,6 +55,12 @@ class Context:
 
     def infer(self, node: LayerNode, in_shape: tuple) -> Record:
         rule = rule_for(node)
+        if node.block_call is not None:
+            self._block_inputs[node.block_call] = in_shape[0]
+        if node.deferred:
+            from cnnspec.spec import resolve_deferred
+
+            resolve_deferred(node, self._block_inputs)
         frozen = not node.options["trainable"]
         record = Record(node, in_shape, in_shape, self._depth + 1)
         self.records.append(record)

@@ -26,6 +26,7 @@ from pathlib import Path
 import jsonschema
 
 from cnnspec.errors import SpecError
+from cnnspec.expressions import IN_CHANNELS, Deferred, ExpressionError, bind, evaluate, is_expression, needs_shapes, parse
 from cnnspec.layers import LAYERS
 from cnnspec.nodes import LayerNode, Location, Spec, walk
 from cnnspec.schema_errors import Strict, describe_value, did_you_mean, explain, join_key, key_path, properties_of
@@ -124,7 +125,7 @@ def inside_a_layer(path) -> bool:
 def find_argument(data, where: Location):
     """The first `$arg` placeholder in `data` and where it is written, or None."""
     if isinstance(data, str):
-        return (data, where) if ARGUMENT.match(data) else None
+        return (data, where) if ARGUMENT.match(data) or (is_expression(data) and "$" in data) else None
     items = data.items() if isinstance(data, dict) else enumerate(data) if isinstance(data, list) else ()
     for key, value in items:
         found = find_argument(value, where_in(data, key))
@@ -133,25 +134,82 @@ def find_argument(data, where: Location):
     return None
 
 
-def substitute(data, values: dict, block: str, where: Location):
-    """A copy of `data` with every `$arg` replaced by (value, where the value is written)."""
+def substitute(data, values: dict, block: str, where: Location, call: int | None = None):
+    """A copy of `data` with every `$arg` replaced by (value, where the value is written)
+    and every expression evaluated (or, when it needs `$in_channels`, made a Deferred value
+    bound to the block call `call`). With call None the block is only checked: its names
+    must be declared arguments."""
     if isinstance(data, str) and ARGUMENT.match(data):
         name = ARGUMENT.match(data).group(1)
+        if name == IN_CHANNELS:
+            return (Deferred(("in", call, 0), data, where) if call is not None else data), where
         if name not in values:
             fail(f"'{data}' is not an argument of block '{block}'{did_you_mean(name, values)}",
                  where, data)
         return copy.deepcopy(values[name][0]), values[name][1]
+    if is_expression(data):
+        return expression_value(data, values, block, where, call), where
     if isinstance(data, dict):
         copied = LocatedDict(where=getattr(data, "where", where))
         for key, value in data.items():
-            copied[key], copied.value_where[key] = substitute(value, values, block, where_in(data, key))
+            copied[key], copied.value_where[key] = substitute(value, values, block, where_in(data, key), call)
             copied.key_where[key] = getattr(data, "key_where", {}).get(key, where)
         return copied, where
     if isinstance(data, list):
-        pairs = [substitute(item, values, block, where_in(data, i)) for i, item in enumerate(data)]
+        pairs = [substitute(item, values, block, where_in(data, i), call) for i, item in enumerate(data)]
         return LocatedList([p[0] for p in pairs], where=getattr(data, "where", where),
                            item_where=[p[1] for p in pairs]), where
     return data, where
+
+
+def at_offset(where: Location, offset: int) -> Location:
+    """Where the character `offset` of a value written at `where` is."""
+    return Location(where.file, where.line, where.col + offset if where.col is not None else None)
+
+
+def parsed(text: str, where: Location):
+    try:
+        return parse(text)
+    except ExpressionError as problem:
+        hint = ("; inside { } a comma ends the value: quote the expression or write the "
+                "options one per line") if text.count("(") > text.count(")") else ""
+        fail(f"'{text}': {problem.message}{hint}", at_offset(where, problem.offset))
+
+
+def expression_value(text: str, values: dict, block: str | None, where: Location, call: int | None):
+    """The value of an expression: a number, or a Deferred one when it needs $in_channels."""
+    tree = parsed(text, where)
+
+    def lookup(name, offset):
+        if name == IN_CHANNELS and block is not None:
+            return ("in", call, offset) if call is not None else ("num", 1, offset)
+        if name not in values:
+            if block is None:
+                fail(f"'{text}': ${name} can only be used inside a block", at_offset(where, offset))
+            fail(f"'{text}': '${name}' is not an argument of block '{block}'{did_you_mean(name, values)}",
+                 at_offset(where, offset))
+        value = values[name][0]
+        if isinstance(value, Deferred):
+            return value.tree
+        if value is None and call is None:  # only checking a block's names
+            return ("num", 1, offset)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            fail(f"'{text}': ${name} is {describe_value(value)}, not a number", at_offset(where, offset))
+        return ("num", value, offset)
+
+    tree = bind(tree, lookup)
+    if call is None and block is not None:
+        return text
+    if needs_shapes(tree):
+        return Deferred(tree, text, where)
+    return evaluated(tree, text, where)
+
+
+def evaluated(tree, text: str, where: Location, block_inputs: dict | None = None):
+    try:
+        return evaluate(tree, block_inputs)
+    except ExpressionError as problem:
+        fail(f"'{text}': {problem.message}", at_offset(where, problem.offset))
 
 
 # ---------------------------------------------------------------- expansion
@@ -246,6 +304,8 @@ def block_arguments(block: str, definition: dict, call: LocatedDict, key: str) -
                 f"; it takes: {', '.join(declared)}" if declared else "; it takes no arguments")
             fail(f"block '{block}' has no argument '{name}'{hint}", call.key_where[name],
                  join_key(key, name))
+        if is_expression(value):  # a call outside any block: `out: make_divisible(24 * 1.4, 8)`
+            value = expression_value(value, {}, None, call.where_of(name), None)
         values[name] = (value, call.where_of(name))
     for name, default in declared.items():
         if name not in values:
@@ -273,14 +333,16 @@ def expand_use(layer_type, options, where, path, state) -> list[LayerNode]:
              options.where_of("block"), join_key(key, "block"))
     definition = state.blocks[block]
     values = block_arguments(block, definition, options, key)
-    layers, _ = substitute(definition["layers"], values, block, definition.where_of("layers"))
     count_layer(where, path, state)
+    block_call = state.count[0]  # this call's $in_channels: its input's channels
+    layers, _ = substitute(definition["layers"], values, block, definition.where_of("layers"), block_call)
     children = expand_list(layers, f"{path} (block {block}) > layers",
                            state.deeper(in_block=True, calls=state.calls + (block,)))
     group_options = {"block": block, "args": {name: value for name, (value, _) in values.items()},
                      "trainable": options.get("trainable", layer_options("use")["trainable"]["default"])}
     return [LayerNode("group", options.get("name", ""), group_options, where, path,
-                      {"layers": children}, {key: options.where_of(key) for key in options})]
+                      {"layers": children}, {key: options.where_of(key) for key in options},
+                      block_call=block_call)]
 
 
 def with_defaults(options: LocatedDict, defaults) -> LocatedDict:
@@ -353,11 +415,23 @@ def refuse_arguments_outside_blocks(options, key: str, state: Expansion) -> None
             fail(f"'{placeholder[0]}' can only be used inside a block", placeholder[1], key)
 
 
+def deferred_in(data, path=()) -> dict:
+    """Path -> Deferred for every value that waits for $in_channels."""
+    if isinstance(data, Deferred):
+        return {path: data}
+    items = data.items() if isinstance(data, dict) else enumerate(data) if isinstance(data, list) else ()
+    return {found: value for key, item in items for found, value in deferred_in(item, path + (key,)).items()}
+
+
 def expand_layer(layer_type, options, where, path, state) -> list[LayerNode]:
     key = join_key(path, layer_type)
     refuse_arguments_outside_blocks(options, key, state)
+    if not state.in_block:  # arithmetic on numbers alone: `filters: make_divisible(24 * 1.4, 8)`
+        options, _ = substitute(options, {}, None, where, None)
     merged = with_defaults(options, state.defaults.get(layer_type))
-    check(merged, layer_type, key)
+    waiting = deferred_in(merged)
+    check(merged, layer_type, key, skip=lambda error_path: any(
+        tuple(error_path[:len(waiting_path)]) == waiting_path for waiting_path in waiting))
     count_layer(where, path, state)
     option_where = {k: merged.where_of(k) for k in merged}
     values = plain(merged)
@@ -366,7 +440,8 @@ def expand_layer(layer_type, options, where, path, state) -> list[LayerNode]:
     children = child_lists(layer_type, merged, values, path, state)
     for child_key in children:
         option_where.pop(child_key, None)
-    return [LayerNode(layer_type, name, values, where, path, children, option_where)]
+    return [LayerNode(layer_type, name, values, where, path, children, option_where,
+                      deferred={p: d for p, d in deferred_in(values).items()})]
 
 
 EXPANDERS = {"repeat": expand_repeat, "use": expand_use}
@@ -447,3 +522,25 @@ def load_spec(path) -> Spec:
         reason = getattr(error, "strerror", None) or str(error)
         raise SpecError(f"cannot read the spec: {reason}", str(path)) from None
     return parse_spec(text, str(path))
+
+
+# ---------------------------------------------------------------- $in_channels, during shape inference
+
+def resolve_deferred(node: LayerNode, block_inputs: dict) -> None:
+    """Evaluate the node's expressions over $in_channels into its options, each checked
+    against the option's schema like a written value."""
+    for path, value in node.deferred.items():
+        result = evaluated(value.tree, value.text, value.where, block_inputs)
+        container = node.options
+        for part in path[:-1]:
+            container = container[part]
+        container[path[-1]] = result
+    for option in {path[0] for path in node.deferred}:
+        schema = {"$defs": SCHEMA["$defs"], **layer_options(node.type)[option]}
+        problem = next(iter(Strict(schema).iter_errors(node.options[option])), None)
+        if problem is not None:
+            message = (explain(problem, SCHEMA) or (problem.message,))[0]
+            text = node.deferred.get((option,), next(iter(node.deferred.values()))).text
+            where = node.deferred.get((option,), next(iter(node.deferred.values()))).where
+            fail(f"'{text}' is {node.options[option]!r} here: {message}", where,
+                 join_key(join_key(node.path, node.type), option))
