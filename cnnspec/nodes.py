@@ -17,6 +17,7 @@ class Location:
     file: str | None
     line: int | None = None
     col: int | None = None
+    quoted: bool = False  # a quoted scalar: its text starts at col + 1
 
 
 @dataclass

@@ -100,6 +100,9 @@ def explain(error: jsonschema.ValidationError, root: dict) -> tuple[str, str | N
         return f"'{missing[0]}' is required", missing[0]
     if rule == "enum" and "propertyNames" in error.schema_path:
         return f"unknown key '{instance}'{did_you_mean(instance, error.validator_value)}", instance
+    if rule == "not" and "propertyNames" in error.schema_path:
+        reserved = ", ".join(error.validator_value.get("enum", []))
+        return f"'{instance}' is reserved (not a name for this: {reserved})", instance
     if rule == "pattern" and "propertyNames" in error.schema_path:
         return f"'{instance}' is not a valid name: use letters, digits and underscores", instance
     if rule == "enum":

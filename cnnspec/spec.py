@@ -164,7 +164,9 @@ def substitute(data, values: dict, block: str, where: Location, call: int | None
 
 def at_offset(where: Location, offset: int) -> Location:
     """Where the character `offset` of a value written at `where` is."""
-    return Location(where.file, where.line, where.col + offset if where.col is not None else None)
+    if where.col is None:
+        return where
+    return Location(where.file, where.line, where.col + offset + where.quoted)
 
 
 def parsed(text: str, where: Location):
