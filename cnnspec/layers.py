@@ -28,7 +28,7 @@ import importlib
 import json
 import math
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -61,6 +61,7 @@ class Inferred:
     trainable: int = 0
     non_trainable: int = 0
     macs: int = 0
+    parts: list = field(default_factory=list)  # (label, shape, params) of modules with no layer of their own
 
 
 @dataclass(frozen=True)
@@ -150,6 +151,9 @@ def spatial(node, in_shape, kernel, stride, padding, dilation=(1, 1)):
             same_padding(width, kernel[1], stride[1], dilation[1])
     elif padding == "valid":
         pads = (0, 0, 0, 0)
+    elif padding == "symmetric":  # PyTorch's usual padding=(k - 1) // 2: the same on both sides
+        ph, pw = (d * (k - 1) // 2 for k, d in zip(kernel, dilation))
+        pads = (ph, ph, pw, pw)
     else:
         ph, pw = pair(padding)
         pads = (ph, ph, pw, pw)
@@ -256,7 +260,12 @@ def conv_geometry(node, in_shape, ctx):
 
 
 def shape_conv(node, in_shape, ctx):
-    kernel, _, _, _, filters, groups, out = conv_geometry(node, in_shape, ctx)
+    kernel, stride, _, pads, filters, groups, out = conv_geometry(node, in_shape, ctx)
+    if node.options["padding"] == "same" and not symmetric(pads):
+        ctx.warn(node, f"{node.name}: padding same with stride {fmt(stride)} on {fmt(in_shape)} pads "
+                       f"{pads[0]}/{pads[1]} rows and {pads[2]}/{pads[3]} columns before/after (TensorFlow's "
+                       f"convention); a PyTorch model pads both sides alike: write padding: symmetric "
+                       f"when porting one", "padding")
     per_output = in_shape[0] // groups * kernel[0] * kernel[1]
     bias = filters if node.options["bias"] else 0
     return Inferred(out, trainable=filters * per_output + bias,
@@ -291,9 +300,17 @@ def build_dense(node, in_shape, ctx):
     return with_activation(node, ctx, [(node.name, dense)])
 
 
+KERAS_MOMENTUM = 0.5  # above it, a momentum is most likely Keras' (1 - PyTorch's)
+
+
 def shape_bn(node, in_shape, ctx):
     if len(in_shape) not in (1, 3):
         raise error(node, f"{node.name}: batch norm needs a flat or image input, got {fmt(in_shape)}")
+    momentum = node.options["momentum"]
+    if momentum > KERAS_MOMENTUM:
+        ctx.warn(node, f"{node.name}: momentum {momentum} is the weight of each new batch here "
+                       f"(PyTorch's convention); Keras' momentum {momentum} is "
+                       f"{round(1 - momentum, 6)} here", "momentum")
     channels = in_shape[0]
     if not node.options["affine"]:
         return Inferred(in_shape, non_trainable=2 * channels)  # moving mean and variance only
@@ -543,6 +560,13 @@ def shape_residual(node, in_shape, ctx):
         own.trainable = source[0] * body_out[0] + 2 * body_out[0]
         own.non_trainable = 2 * body_out[0]
         own.macs = math.prod(body_out) * source[0]
+        if node.options["shortcut"] == "auto":
+            ctx.warn(node, f"{node.name}: shortcut auto adds a projection (1x1 conv + bn, "
+                           f"{own.trainable + own.non_trainable:,} params) because the body turns "
+                           f"{fmt(source)} into {fmt(body_out)}; write shortcut: projection if "
+                           f"that is meant", "shortcut")
+    if kind in ("projection", "pool") and "shortcut" not in node.children:
+        own.parts = [(f"shortcut ({kind})", short_out, own.trainable + own.non_trainable)]
     if tuple(short_out) != tuple(body_out):
         raise error(node, f"{node.name}: cannot add the shortcut {fmt(short_out)} to the body's "
                           f"output {fmt(body_out)}", "shortcut")

@@ -31,6 +31,7 @@ class Record:
     non_trainable: int = 0
     macs: int = 0
     children: list = field(default_factory=list)
+    parts: list = field(default_factory=list)  # Inferred.parts: e.g. an automatic shortcut
 
 
 @dataclass
@@ -39,6 +40,7 @@ class Context:
 
     num_classes: int = 10
     records: list = field(default_factory=list)
+    warnings: list = field(default_factory=list)  # SpecErrors the spec is valid despite
     _depth: int = -1
     _frozen: int = 0
     _in_shapes: dict = field(default_factory=dict)
@@ -77,10 +79,18 @@ class Context:
         if self._frozen or frozen:
             record.trainable, record.non_trainable = 0, inferred.trainable + inferred.non_trainable
         record.macs = inferred.macs
+        record.parts = inferred.parts
         record.children = [r for r in self.records[first_child:] if r.depth == record.depth + 1]
         self._in_shapes[id(node)] = in_shape
         self._out_shapes[id(node)] = record.out_shape
         return record
+
+    def warn(self, node: LayerNode, message: str, option: str | None = None) -> None:
+        """A likely mistake that still gives a working model: `cnnspec validate` and `summary`
+        print it; `--strict` makes it an error."""
+        warning = error(node, message, option)
+        if str(warning) not in {str(seen) for seen in self.warnings}:
+            self.warnings.append(warning)
 
     def in_shape(self, node: LayerNode) -> tuple:
         return self._in_shapes[id(node)]

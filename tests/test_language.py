@@ -235,3 +235,133 @@ def test_in_channels_cannot_be_declared_as_an_argument():
     message = error_of(spec_of("  - use: b\n  - flatten\n  - dense: num_classes",
                                "blocks:\n  b:\n    args: {in_channels: 3}\n    layers: [identity]\n"))
     assert message.startswith("t.yaml:") and "'in_channels' is reserved" in message
+
+
+# ---------------------------------------------------------------- padding, warnings, --strict
+
+from pathlib import Path  # noqa: E402
+
+from cnnspec import cli  # noqa: E402
+from cnnspec.summary import summarize  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize("kernel, dilation", [(3, 1), (5, 1), (3, 2), (7, 1)])
+def test_symmetric_padding_is_torch_s_conv_padding(kernel, dilation):
+    text = spec_of(f"  - conv: {{filters: 4, kernel: {kernel}, stride: 2, dilation: {dilation}, padding: symmetric}}\n"
+                   "  - flatten\n  - dense: num_classes", input_line="input: {channels: 3, height: 15, width: 15}")
+    model = build_model(parse_spec(text, "t.yaml")).eval()
+    conv = model.layers.conv_1
+    reference = torch.nn.Conv2d(3, 4, kernel, stride=2, dilation=dilation, padding=dilation * (kernel - 1) // 2)
+    reference.load_state_dict(conv.state_dict())
+    x = torch.randn(1, 3, 15, 15)
+    assert torch.equal(model.layers[:1](x), reference(x))  # no separate pad module: one conv, same numbers
+    assert infer(parse_spec(text, "t.yaml"), None, 10).records[0].out_shape == tuple(reference(x).shape[1:])
+
+
+def warnings_of(text: str) -> list[str]:
+    return [str(w) for w in infer(parse_spec(text, "t.yaml"), None, 10).warnings]
+
+
+def test_uneven_same_padding_on_a_strided_conv_is_a_warning():
+    found = warnings_of(spec_of("  - conv: {filters: 4, stride: 2}\n  - flatten\n  - dense: num_classes"))
+    assert len(found) == 1 and found[0].startswith("t.yaml:4:")
+    assert "conv_1: padding same with stride 2x2 on 3x8x8 pads 0/1 rows" in found[0]
+    assert "padding: symmetric" in found[0]
+    assert warnings_of(spec_of("  - conv: {filters: 4, stride: 2, padding: symmetric}\n  - flatten\n  - dense: num_classes")) == []
+    assert warnings_of(spec_of("  - conv: {filters: 4, stride: 1}\n  - flatten\n  - dense: num_classes")) == []
+
+
+def test_keras_style_bn_momentum_is_a_warning():
+    (found,) = warnings_of(spec_of("  - bn: {momentum: 0.99}\n  - flatten\n  - dense: num_classes"))
+    assert found.startswith("t.yaml:4:") and "layers[0].momentum: bn_1: momentum 0.99" in found
+    assert "Keras' momentum 0.99 is 0.01 here" in found
+
+
+AUTO_PROJECTION = spec_of("""  - residual:
+      activation: relu
+      body:
+        - conv: {filters: 8, stride: 2, padding: symmetric}
+        - bn
+  - flatten
+  - dense: num_classes""")
+
+
+def test_an_automatic_projection_is_a_warning_and_a_summary_row():
+    (found,) = warnings_of(AUTO_PROJECTION)
+    projection = 3 * 8 + 2 * 8 + 2 * 8  # 1x1 conv without bias, BN weights, BN statistics
+    assert f"residual_1: shortcut auto adds a projection (1x1 conv + bn, {projection:,} params)" in found
+    assert "because the body turns 3x8x8 into 8x4x4" in found
+    summary = summarize(parse_spec(AUTO_PROJECTION, "t.yaml"))
+    rows = {row.name: row for row in summary.rows}
+    assert rows["shortcut (projection)"].params == projection and rows["shortcut (projection)"].depth == 1
+    assert rows["residual_1"].params == rows["body"].params + projection
+    model = build_model(parse_spec(AUTO_PROJECTION, "t.yaml"))
+    assert sum(p.numel() for p in model.layers.residual_1.shortcut.parameters()) + 16 == projection
+    explicit = AUTO_PROJECTION.replace("activation: relu\n", "activation: relu\n      shortcut: projection\n")
+    assert warnings_of(explicit) == []
+
+
+def write(tmp_path, text: str) -> str:
+    path = tmp_path / "t.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_validate_prints_warnings_and_strict_fails(tmp_path, capsys):
+    path = write(tmp_path, AUTO_PROJECTION)
+    assert cli.main(["validate", path]) == 0
+    out, err = capsys.readouterr()
+    assert out == f"ok: {path} (1 warning)\n" and err.startswith(f"warning: {path}:4:")
+    assert cli.main(["validate", "--strict", path]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith(f"error: {path}:4:") and "adds a projection" in err
+    assert cli.main(["summary", "--strict", path]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and "adds a projection" in err
+
+
+def test_every_shipped_spec_is_clean_under_strict(capsys):
+    specs = sorted(str(path) for path in (ROOT / "specs").glob("*.yaml"))
+    assert cli.main(["validate", "--strict", *specs]) == 0, capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- summary
+
+def test_summary_labels_parts_collapses_repeats_and_limits_depth():
+    text = spec_of("""  - conv: {filters: 6, name: features}
+  - repeat:
+      n: 3
+      layers:
+        - parallel:
+            merge: multiply
+            branches:
+              - []
+              - [global_avg_pool: {keep_dims: true}, conv: {filters: 6, kernel: 1, activation: sigmoid}]
+  - flatten
+  - dense: num_classes""")
+    summary = summarize(parse_spec(text, "t.yaml"))
+    table = summary.table()
+    assert "\nparallel_1..parallel_3 (parallel) x3 " in table
+    assert "\n  branch 0 (the input) " in table and "\n  branch 1 " in table
+    gate = 6 * 6 + 6
+    assert any(line.startswith("parallel_1..parallel_3") and line.endswith(f"  {3 * gate:,}")
+               for line in table.splitlines())
+    assert len([row for row in summary.rows if row.type == "parallel"]) == 3  # rows stay one per layer
+    assert "branch" not in summary.table(depth=0) and "parallel_1..parallel_3" in summary.table(depth=0)
+    assert "parallel_2 (parallel)" in summary.table(collapse=False)
+
+
+@pytest.mark.parametrize("macs, text", [(4_548_608, "4.55 M"), (3_663_250_000, "3.66 G"), (950, "950"),
+                                        (12_500, "12.50 K")])
+def test_mac_counts_read_in_k_m_g(macs, text):
+    from cnnspec.summary import count_text
+
+    assert count_text(macs) == text
+
+
+def test_summary_depth_option_on_the_command_line(capsys):
+    assert cli.main(["summary", str(ROOT / "specs" / "resnet18_cifar.yaml"), "--depth", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "stage_2 (stage)" in out and "basic_block" not in out and "Total params: 11,183,562" in out
