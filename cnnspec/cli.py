@@ -159,6 +159,10 @@ def layers(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     debug = argparse.ArgumentParser(add_help=False)  # read by errors.debug_enabled, anywhere on the line
     debug.add_argument("--debug", action="store_true", help="show tracebacks (or CNNSPEC_DEBUG=1)")
+    plugin = argparse.ArgumentParser(add_help=False)
+    plugin.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                        help="import MODULE (a dotted name or a .py path) first: it may register "
+                             "layer types (repeatable)")
     shape = argparse.ArgumentParser(add_help=False)
     shape.add_argument("--input", metavar="CxHxW",
                        help="input shape (default: the spec's input, else 3x32x32)")
@@ -170,26 +174,38 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cnnspec", parents=[debug],
                                      description="Describe a CNN in YAML; check it, summarize it.")
     commands = parser.add_subparsers(dest="command", required=True)
-    command = commands.add_parser("validate", parents=[debug, shape],
+    command = commands.add_parser("validate", parents=[debug, plugin, shape],
                                   help="check specs (schema and shapes)")
     command.add_argument("specs", nargs="+", metavar="SPEC")
     command.set_defaults(run=validate)
-    command = commands.add_parser("summary", parents=[debug, shape],
+    command = commands.add_parser("summary", parents=[debug, plugin, shape],
                                   help="a Keras-style table of layers, shapes and params")
     command.add_argument("spec", metavar="SPEC")
     command.add_argument("--depth", type=int, default=None, metavar="N",
                          help="show nested rows down to depth N only (0: top-level layers)")
     command.set_defaults(run=summary)
-    command = commands.add_parser("layers", parents=[debug],
+    command = commands.add_parser("layers", parents=[debug, plugin],
                                   help="every layer type with its options")
     command.set_defaults(run=layers)
     return parser
+
+
+def with_plugins(run, names: list[str]):
+    def loading_first(args):
+        from cnnspec.plugins import load_plugins
+
+        load_plugins(names)
+        return run(args)
+
+    return exit_on_user_error(loading_first) if not debug_enabled() else loading_first
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.debug = debug_enabled(sys.argv[1:] if argv is None else argv)
     run = args.run if args.debug else exit_on_user_error(args.run)
+    if args.plugin:
+        run = with_plugins(run, args.plugin)
     try:
         return run(args)
     except BrokenPipeError:  # `cnnspec layers | head`: the reader left, nothing is wrong

@@ -80,11 +80,17 @@ class LayerRule:
 LAYERS: dict[str, LayerRule] = {}
 
 
-def register_layer(layer_type: str, rule: LayerRule) -> LayerRule:
-    """Add a layer type to the registry; its options must also be described in
-    schema.json's $defs under the same name."""
+def register_layer(layer_type: str, rule: LayerRule, schema: dict | None = None) -> LayerRule:
+    """Add a layer type to the registry. A built-in type's options are in schema.json's
+    $defs under the same name; a type from user code passes them as `schema`, a JSON
+    Schema fragment: {"description", "properties", "required", "x-shorthand", "x-example"}
+    (docs/spec.md, "Custom layer types")."""
     if layer_type in LAYERS:
         raise ValueError(f"layer type {layer_type!r} is already registered")
+    if schema is not None:
+        from cnnspec.spec import add_layer_schema
+
+        add_layer_schema(layer_type, schema, rule)
     LAYERS[layer_type] = rule
     return rule
 

@@ -526,6 +526,40 @@ def load_spec(path) -> Spec:
     return parse_spec(text, str(path))
 
 
+# ---------------------------------------------------------------- layer types from user code
+
+CUSTOM_SCHEMA_KEYS = {"description", "properties", "required", "x-shorthand", "x-example"}
+TYPE_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+def add_layer_schema(layer_type: str, fragment: dict, rule) -> None:
+    """Describe a layer type registered from user code, as schema.json describes a built-in
+    one: its own options plus the shared ones (name, trainable; l2, lr_mult, wd_mult if
+    rule.weighted), unknown keys refused. Raises ValueError for a fragment that cannot be one."""
+    if not TYPE_NAME.match(layer_type) or layer_type in SCHEMA["$defs"]:
+        raise ValueError(f"layer type name {layer_type!r} must be new and written in lower case, "
+                         f"digits and underscores")
+    unknown = set(fragment) - CUSTOM_SCHEMA_KEYS
+    if unknown:
+        raise ValueError(f"schema of {layer_type!r}: unknown keys {sorted(unknown)}; "
+                         f"expected some of {sorted(CUSTOM_SCHEMA_KEYS)}")
+    shared_parts = ["layer_options"] + (["weighted_options"] if rule.weighted else [])
+    entry = {"x-layer": True, "description": fragment.get("description", f"{layer_type} (a plugin)"),
+             "type": "object", "allOf": [{"$ref": f"#/$defs/{part}"} for part in shared_parts],
+             "properties": dict(fragment.get("properties", {})), "unevaluatedProperties": False}
+    for key in ("required", "x-shorthand", "x-example"):
+        if key in fragment:
+            entry[key] = fragment[key]
+    clash = set(entry["properties"]) & set(properties_of({"allOf": entry["allOf"]}, SCHEMA))
+    if clash:
+        raise ValueError(f"schema of {layer_type!r}: {sorted(clash)} are options every layer has already")
+    jsonschema.Draft202012Validator.check_schema({"$defs": SCHEMA["$defs"], **entry})
+    SCHEMA["$defs"][layer_type] = LAYER_SCHEMAS[layer_type] = entry
+    SCHEMA["properties"]["defaults"]["propertyNames"]["enum"].append(layer_type)
+    validator_for.cache_clear()
+    layer_options.cache_clear()
+
+
 # ---------------------------------------------------------------- $in_channels, during shape inference
 
 def resolve_deferred(node: LayerNode, block_inputs: dict) -> None:

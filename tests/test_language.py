@@ -365,3 +365,85 @@ def test_summary_depth_option_on_the_command_line(capsys):
     assert cli.main(["summary", str(ROOT / "specs" / "resnet18_cifar.yaml"), "--depth", "0"]) == 0
     out = capsys.readouterr().out
     assert "stage_2 (stage)" in out and "basic_block" not in out and "Total params: 11,183,562" in out
+
+
+# ---------------------------------------------------------------- layer types from user code
+
+import sys  # noqa: E402
+
+from cnnspec import layers as layer_registry  # noqa: E402
+from cnnspec import spec as front_end  # noqa: E402
+
+PLUGIN = ROOT / "examples" / "channel_shuffle.py"
+SHUFFLE_SPEC = spec_of("  - conv: 6\n  - channel_shuffle: 3\n  - global_avg_pool\n  - dense: num_classes")
+
+
+@pytest.fixture
+def registry_restored():
+    """Registering is process-wide: put the registry and the schema back afterwards."""
+    saved = (dict(layer_registry.LAYERS), dict(front_end.SCHEMA["$defs"]), dict(front_end.LAYER_SCHEMAS),
+             list(front_end.SCHEMA["properties"]["defaults"]["propertyNames"]["enum"]), set(sys.modules))
+    yield
+    for live, before in zip((layer_registry.LAYERS, front_end.SCHEMA["$defs"], front_end.LAYER_SCHEMAS), saved):
+        live.clear()
+        live.update(before)
+    front_end.SCHEMA["properties"]["defaults"]["propertyNames"]["enum"][:] = saved[3]
+    for name in set(sys.modules) - saved[4]:
+        if name.startswith("cnnspec_plugin_"):
+            del sys.modules[name]
+    front_end.validator_for.cache_clear()
+    front_end.layer_options.cache_clear()
+
+
+def test_an_unregistered_type_is_an_unknown_layer_type(tmp_path, capsys):
+    assert cli.main(["validate", write(tmp_path, SHUFFLE_SPEC)]) == 1
+    assert "layers[1]: unknown layer type 'channel_shuffle'" in capsys.readouterr().err
+
+
+def test_a_plugin_layer_is_checked_like_a_built_in_one(tmp_path, capsys, registry_restored):
+    from tests.test_registry import model_counts, module_of, spec_for
+
+    path = write(tmp_path, SHUFFLE_SPEC)
+    assert cli.main(["validate", "--plugin", str(PLUGIN), path]) == 0
+    # the registry test's own check, on the plugin's x-example: inferred shapes = real ones
+    spec = parse_spec(spec_for("channel_shuffle"), "<channel_shuffle>")
+    records = infer(spec, (3, 32, 32), 5).records
+    model = build_model(spec, (3, 32, 32), 5).eval()
+    record = next(r for r in records if r.node.type == "channel_shuffle")
+    x = torch.randn(2, 4, 32, 32)
+    shuffled = module_of(model, record.node.name)(x)
+    assert tuple(shuffled.shape[1:]) == record.out_shape == (4, 32, 32)
+    assert torch.equal(shuffled[:, 1], x[:, 2]) and torch.equal(shuffled[:, 2], x[:, 1])
+    assert (summarize(spec, (3, 32, 32), 5).trainable, summarize(spec, (3, 32, 32), 5).non_trainable) == model_counts(model)
+    # its options are checked and its shape rule's errors point at the spec
+    assert cli.main(["validate", write(tmp_path, SHUFFLE_SPEC.replace("channel_shuffle: 3", "channel_shuffle: 4"))]) == 1
+    assert "t.yaml:5:22: layers[1].groups: channel_shuffle_1: needs an image whose channels divide by 4" in capsys.readouterr().err
+    assert cli.main(["validate", write(tmp_path, SHUFFLE_SPEC.replace("channel_shuffle: 3", "channel_shuffle: {groops: 3}"))]) == 1
+    assert "unknown key 'groops' (did you mean 'groups'?)" in capsys.readouterr().err
+
+
+def test_registration_refuses_a_bad_schema_or_a_taken_name(registry_restored):
+    rule = layer_registry.LayerRule(layer_registry.shape_free, layer_registry.build_identity)
+    with pytest.raises(ValueError, match="must be new"):
+        layer_registry.register_layer("block", rule, schema={})
+    with pytest.raises(ValueError, match="unknown keys"):
+        layer_registry.register_layer("noop", rule, schema={"propertys": {}})
+    with pytest.raises(ValueError, match="options every layer has already"):
+        layer_registry.register_layer("noop", rule, schema={"properties": {"name": {"type": "string"}}})
+
+
+def test_a_missing_plugin_is_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["validate", "--plugin", "no_such_plugin_module", write(tmp_path, SHUFFLE_SPEC)])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.startswith("error: plugin no_such_plugin_module: No module named")
+
+
+def test_params_model_plugins_are_loaded_with_the_model_section(tmp_path, registry_restored):
+    from cnnspec.params import load_params
+
+    params = tmp_path / "params.yaml"
+    params.write_text(f"model:\n  spec: {write(tmp_path, SHUFFLE_SPEC)}\n  plugins: [{PLUGIN}]\n")
+    assert load_params(params, ["model"])["model"]["plugins"] == [str(PLUGIN)]
+    assert "channel_shuffle" in layer_registry.LAYERS
+    infer(parse_spec(SHUFFLE_SPEC, "t.yaml"), None, 10)
