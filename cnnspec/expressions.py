@@ -11,8 +11,8 @@ The grammar (a tokenizer and a recursive-descent parser, nothing is ever passed 
     unary      := "-" unary | atom
     atom       := NUMBER | "$" NAME | FUNCTION "(" expression ("," expression)* ")" | "(" expression ")"
 
-`$in_channels` is the channel count entering the block call the expression is written in:
-it is known only when shapes are inferred, so an expression that uses it stays a tree
+`$in_channels` is the channel count entering the block call the expression is written in
+(outside any block: entering the layer whose value it is): it is known only when shapes are inferred, so an expression that uses it stays a tree
 (a `Deferred` value) until then. Every other `$name` is a block argument, bound when the
 block is expanded. Trees are tuples whose last item is the token's offset in the text:
 ("num", value, at), ("arg", name, at), ("in", block_call, at), ("neg", tree, at),
@@ -51,6 +51,7 @@ FUNCTIONS = {  # name -> (fewest arguments, most arguments, function)
     "make_divisible": (1, 3, make_divisible),
 }
 IN_CHANNELS = "in_channels"
+THIS_LAYER = 0  # the block call of an $in_channels written outside any block: the layer's own input
 
 TOKEN = re.compile(r"(?P<space>\s+)|(?P<number>\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)|(?P<arg>\$[A-Za-z_]\w*)"
                    r"|(?P<name>[A-Za-z_]\w*)|(?P<op>//|[-+*/%(),])")

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cnnspec.expressions import THIS_LAYER
 from cnnspec.layers import error, fmt, rule_for
 from cnnspec.nodes import LayerNode, Spec
 
@@ -62,6 +63,7 @@ class Context:
         if node.deferred:
             from cnnspec.spec import resolve_deferred
 
+            self._block_inputs[THIS_LAYER] = in_shape[0]
             resolve_deferred(node, self._block_inputs)
         frozen = not node.options["trainable"]
         record = Record(node, in_shape, in_shape, self._depth + 1)

@@ -26,7 +26,7 @@ from pathlib import Path
 import jsonschema
 
 from cnnspec.errors import SpecError
-from cnnspec.expressions import IN_CHANNELS, Deferred, ExpressionError, bind, evaluate, is_expression, needs_shapes, parse
+from cnnspec.expressions import IN_CHANNELS, THIS_LAYER, Deferred, ExpressionError, bind, evaluate, is_expression, needs_shapes, parse
 from cnnspec.layers import LAYERS
 from cnnspec.nodes import LayerNode, Location, Spec, walk
 from cnnspec.schema_errors import Strict, describe_value, did_you_mean, explain, join_key, key_path, properties_of
@@ -125,7 +125,8 @@ def inside_a_layer(path) -> bool:
 def find_argument(data, where: Location):
     """The first `$arg` placeholder in `data` and where it is written, or None."""
     if isinstance(data, str):
-        return (data, where) if ARGUMENT.match(data) or (is_expression(data) and "$" in data) else None
+        named = set(re.findall(r"\$([A-Za-z_]\w*)", data)) - {IN_CHANNELS}
+        return (data, where) if named else None
     items = data.items() if isinstance(data, dict) else enumerate(data) if isinstance(data, list) else ()
     for key, value in items:
         found = find_argument(value, where_in(data, key))
@@ -142,7 +143,9 @@ def substitute(data, values: dict, block: str, where: Location, call: int | None
     if isinstance(data, str) and ARGUMENT.match(data):
         name = ARGUMENT.match(data).group(1)
         if name == IN_CHANNELS:
-            return (Deferred(("in", call, 0), data, where) if call is not None else data), where
+            if call is None and block is not None:  # only checking the block
+                return data, where
+            return Deferred(("in", THIS_LAYER if call is None else call, 0), data, where), where
         if name not in values:
             fail(f"'{data}' is not an argument of block '{block}'{did_you_mean(name, values)}",
                  where, data)
@@ -183,8 +186,10 @@ def expression_value(text: str, values: dict, block: str | None, where: Location
     tree = parsed(text, where)
 
     def lookup(name, offset):
-        if name == IN_CHANNELS and block is not None:
-            return ("in", call, offset) if call is not None else ("num", 1, offset)
+        if name == IN_CHANNELS:
+            if call is None and block is not None:  # only checking the block
+                return ("num", 1, offset)
+            return ("in", THIS_LAYER if call is None else call, offset)
         if name not in values:
             if block is None:
                 fail(f"'{text}': ${name} can only be used inside a block", at_offset(where, offset))
@@ -294,7 +299,7 @@ def expand_repeat(layer_type, options, where, path, state) -> list[LayerNode]:
     return nodes
 
 
-def block_arguments(block: str, definition: dict, call: LocatedDict, key: str) -> dict:
+def block_arguments(block: str, definition: dict, call: LocatedDict, key: str, block_call: int) -> dict:
     """Argument name -> (value, where written): the call's values over the defaults."""
     declared = definition.get("args") or LocatedDict()
     values = {}
@@ -306,8 +311,8 @@ def block_arguments(block: str, definition: dict, call: LocatedDict, key: str) -
                 f"; it takes: {', '.join(declared)}" if declared else "; it takes no arguments")
             fail(f"block '{block}' has no argument '{name}'{hint}", call.key_where[name],
                  join_key(key, name))
-        if is_expression(value):  # a call outside any block: `out: make_divisible(24 * 1.4, 8)`
-            value = expression_value(value, {}, None, call.where_of(name), None)
+        if is_expression(value):  # a call outside any block: `out: $in_channels * 2`
+            value = expression_value(value, {}, None, call.where_of(name), block_call)
         values[name] = (value, call.where_of(name))
     for name, default in declared.items():
         if name not in values:
@@ -334,9 +339,9 @@ def expand_use(layer_type, options, where, path, state) -> list[LayerNode]:
         fail(f"blocks nested deeper than {MAX_BLOCK_DEPTH} levels: {chain}",
              options.where_of("block"), join_key(key, "block"))
     definition = state.blocks[block]
-    values = block_arguments(block, definition, options, key)
     count_layer(where, path, state)
     block_call = state.count[0]  # this call's $in_channels: its input's channels
+    values = block_arguments(block, definition, options, key, block_call)
     layers, _ = substitute(definition["layers"], values, block, definition.where_of("layers"), block_call)
     children = expand_list(layers, f"{path} (block {block}) > layers",
                            state.deeper(in_block=True, calls=state.calls + (block,)))

@@ -224,11 +224,16 @@ def test_a_bad_expression_points_at_its_column(written, column, message):
     assert found.startswith(f"t.yaml:7:{column}: ") and message in found, found
 
 
-def test_arithmetic_on_plain_numbers_works_outside_blocks_and_in_channels_does_not():
-    assert infer(parse_spec(spec_of("  - conv: 4 * (2 + 1)\n  - flatten\n  - dense: num_classes"), "t.yaml"),
-                 None, 10).records[0].out_shape == (12, 8, 8)
-    message = error_of(spec_of("  - conv: $in_channels * 2\n  - flatten\n  - dense: num_classes"))
-    assert message.startswith("t.yaml:4:11: ") and "can only be used inside a block" in message
+def test_outside_blocks_in_channels_is_the_layer_s_own_input():
+    records = infer(parse_spec(spec_of("""  - conv: 4 * (2 + 1)
+  - conv: $in_channels * 2
+  - use: {block: transition}
+  - use: {block: inverted, out: $in_channels, expand: 1}
+  - flatten
+  - dense: num_classes""", DENSE_AND_MOBILE), "t.yaml"), None, 10).records
+    assert [r.out_shape[0] for r in records if r.node.type in ("conv", "group")] == [12, 24, 12, 12, 12, 16, 16, 12]
+    message = error_of(spec_of("  - conv: $width * 2\n  - flatten\n  - dense: num_classes"))
+    assert message.startswith("t.yaml:4:11: ") and "'$width * 2' can only be used inside a block" in message
 
 
 def test_in_channels_cannot_be_declared_as_an_argument():
