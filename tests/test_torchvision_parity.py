@@ -43,3 +43,13 @@ def test_spec_equals_torchvision(spec, model_name, size):
     with torch.no_grad():
         expected, got = reference(images), ours(images)
     assert torch.allclose(got, expected, atol=1e-5, rtol=1e-4), (got - expected).abs().max()
+
+
+def test_the_docs_give_each_spec_s_true_line_count():
+    import re
+
+    docs = (SPECS.parent / "docs" / "spec.md").read_text()
+    stated = dict(re.findall(r"`specs/(\w+\.yaml)` \((\d+) lines\)", docs))
+    assert set(stated) == {"mobilenet_v2.yaml", "mobilenet_v3_small.yaml", "efficientnet_b0.yaml"}
+    for name, lines in stated.items():
+        assert len((SPECS / name).read_text().splitlines()) == int(lines), name
