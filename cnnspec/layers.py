@@ -371,12 +371,14 @@ def build_pool(node, in_shape, ctx):
 
 def shape_global_pool(node, in_shape, ctx):
     need_image(node, in_shape)
+    if node.options["over"] == "channels":
+        return Inferred((1, *in_shape[1:]))
     return Inferred((in_shape[0], 1, 1) if node.options["keep_dims"] else (in_shape[0],))
 
 
 def build_global_pool(node, in_shape, ctx):
     return one(node, modules.GlobalPool("max" if node.type == "global_max_pool" else "avg",
-                                        keep_dims=node.options["keep_dims"]))
+                                        keep_dims=node.options["keep_dims"], over=node.options["over"]))
 
 
 def shape_flatten(node, in_shape, ctx):

@@ -67,19 +67,21 @@ class Scale(nn.Module):
 
 
 class GlobalPool(nn.Module):
-    """Average or max over H and W: (N, C, H, W) -> (N, C), or (N, C, 1, 1) with keep_dims."""
+    """Average or max over H and W: (N, C, H, W) -> (N, C), or (N, C, 1, 1) with keep_dims;
+    over="channels": over C instead, (N, C, H, W) -> (N, 1, H, W)."""
 
-    def __init__(self, kind: str = "avg", keep_dims: bool = False):
+    def __init__(self, kind: str = "avg", keep_dims: bool = False, over: str = "spatial"):
         super().__init__()
-        self.kind, self.keep_dims = kind, keep_dims
+        self.kind, self.over = kind, over
+        self.dims, self.keep_dims = ((1,), True) if over == "channels" else ((2, 3), keep_dims)
 
     def forward(self, x):
         if self.kind == "avg":
-            return x.mean((2, 3), keepdim=self.keep_dims)
-        return x.amax((2, 3), keepdim=self.keep_dims)
+            return x.mean(self.dims, keepdim=self.keep_dims)
+        return x.amax(self.dims, keepdim=self.keep_dims)
 
     def extra_repr(self):
-        return f"{self.kind}, keep_dims=True" if self.keep_dims else self.kind
+        return f"{self.kind}, over={self.over}, keep_dims={self.keep_dims}"
 
 
 class RandomFlip(nn.Module):

@@ -452,3 +452,28 @@ def test_params_model_plugins_are_loaded_with_the_model_section(tmp_path, regist
     assert load_params(params, ["model"])["model"]["plugins"] == [str(PLUGIN)]
     assert "channel_shuffle" in layer_registry.LAYERS
     infer(parse_spec(SHUFFLE_SPEC, "t.yaml"), None, 10)
+
+
+def test_spatial_attention_gate_weighs_every_position_like_cbam():
+    text = spec_of("""  - conv: {filters: 6, name: features}
+  - parallel:
+      merge: multiply
+      branches:
+        - []
+        - - parallel:
+              branches:
+                - [global_avg_pool: {over: channels}]
+                - [global_max_pool: {over: channels}]
+          - conv: {filters: 1, kernel: 7, padding: symmetric, activation: sigmoid, name: attention}
+  - flatten
+  - dense: num_classes""")
+    spec = parse_spec(text, "t.yaml")
+    shapes = {r.node.name: r.out_shape for r in infer(spec, None, 10).records}
+    assert shapes["global_avg_pool_1"] == (1, 8, 8) and shapes["parallel_2"] == (2, 8, 8)
+    assert shapes["parallel_1"] == (6, 8, 8)
+    model = build_model(spec).eval()
+    features = torch.randn(2, 6, 8, 8)
+    attention = model.layers.parallel_1.branches[1].attention
+    pooled = torch.cat([features.mean(1, keepdim=True), features.amax(1, keepdim=True)], 1)
+    expected = features * torch.sigmoid(attention(pooled))
+    assert torch.allclose(model.layers.parallel_1(features), expected)
