@@ -477,3 +477,11 @@ def test_spatial_attention_gate_weighs_every_position_like_cbam():
     pooled = torch.cat([features.mean(1, keepdim=True), features.amax(1, keepdim=True)], 1)
     expected = features * torch.sigmoid(attention(pooled))
     assert torch.allclose(model.layers.parallel_1(features), expected)
+
+
+def test_gates_export_like_any_module():
+    """Exports must trace the new modules: no Python-side branching on data in forward."""
+    model = build_model(parse_spec(spec_of(SQUEEZE_EXCITE), "t.yaml")).eval()
+    x = torch.randn(2, 3, 8, 8)
+    exported = torch.export.export(model, (x,))
+    assert torch.allclose(exported.module()(x), model(x))
