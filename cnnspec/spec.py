@@ -314,11 +314,14 @@ def block_arguments(block: str, definition: dict, call: LocatedDict, key: str, b
         if is_expression(value):  # a call outside any block: `out: $in_channels * 2`
             value = expression_value(value, {}, None, call.where_of(name), block_call)
         values[name] = (value, call.where_of(name))
+    passed = dict(values)
     for name, default in declared.items():
         if name not in values:
             if default is None:
                 fail(f"block '{block}' needs argument '{name}'", call.where, join_key(key, name))
-            values[name] = (default, declared.where_of(name))
+            if is_expression(default):  # `squeeze: max(1, $out // 4)`: over the arguments before it
+                default = expression_value(default, passed, block, declared.where_of(name), block_call)
+            values[name] = passed[name] = (default, declared.where_of(name))
     return values
 
 

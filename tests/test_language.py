@@ -485,3 +485,18 @@ def test_gates_export_like_any_module():
     x = torch.randn(2, 3, 8, 8)
     exported = torch.export.export(model, (x,))
     assert torch.allclose(exported.module()(x), model(x))
+
+
+def test_an_argument_default_may_be_an_expression_over_the_call():
+    text = spec_of("""  - use: {block: bottleneck, out: 12}
+  - use: bottleneck
+  - flatten
+  - dense: num_classes""", """blocks:
+  bottleneck:
+    args: {out: $in_channels, squeeze: "max(1, $out // 4)"}
+    layers:
+      - conv: {filters: $squeeze, kernel: 1}
+      - conv: {filters: $out, kernel: 1}
+""", "input: {channels: 16, height: 4, width: 4}")
+    records = infer(parse_spec(text, "t.yaml"), None, 10).records
+    assert [r.out_shape[0] for r in records if r.node.type == "conv"] == [3, 12, 3, 12]
