@@ -90,6 +90,8 @@ def summary(args) -> int:
     from cnnspec.spec import load_spec
     from cnnspec.summary import summarize
 
+    if args.depth is not None and args.depth < 0:
+        raise UsageError(f"--depth: expected a number >= 0, not {args.depth}")
     spec = load_spec(args.spec)
     result = summarize(spec, input_shape=parse_shape(args.input),
                        num_classes=check_classes(args.classes))

@@ -500,3 +500,9 @@ def test_an_argument_default_may_be_an_expression_over_the_call():
 """, "input: {channels: 16, height: 4, width: 4}")
     records = infer(parse_spec(text, "t.yaml"), None, 10).records
     assert [r.out_shape[0] for r in records if r.node.type == "conv"] == [3, 12, 3, 12]
+
+
+def test_a_negative_depth_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["summary", str(ROOT / "specs" / "simcnn.yaml"), "--depth", "-1"])
+    assert exit_info.value.code == 2 and "--depth: expected a number >= 0, not -1" in capsys.readouterr().err
