@@ -631,7 +631,7 @@ def broadcast(shapes: list[tuple]) -> tuple | None:
     return tuple(merged)
 
 
-MERGE_VERBS = {"add": "add", "multiply": "multiply"}
+ELEMENTWISE_MERGES = ("add", "multiply")
 
 
 def shape_parallel(node, in_shape, ctx):
@@ -640,12 +640,12 @@ def shape_parallel(node, in_shape, ctx):
         raise error(node, f"{node.name}: parallel needs at least 2 branches, got {len(outs)}", "branches")
     merge = node.options["merge"]
     shown = " and ".join(fmt(out) for out in outs)
-    if merge in MERGE_VERBS:
+    if merge in ELEMENTWISE_MERGES:
         merged = broadcast(outs)
         if merged is None:
             hint = "; a global pool with keep_dims: true gives a Cx1x1 gate" \
                 if any(len(out) == 1 for out in outs) and any(len(out) == 3 for out in outs) else ""
-            raise error(node, f"{node.name}: cannot {MERGE_VERBS[merge]} branches of shapes {shown}: "
+            raise error(node, f"{node.name}: cannot {merge} branches of shapes {shown}: "
                               f"each size must be equal or 1{hint}", "merge")
         return Inferred(merged)
     if len({(len(out), *out[1:]) for out in outs}) > 1:

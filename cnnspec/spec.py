@@ -436,7 +436,7 @@ def deferred_in(data, path=()) -> dict:
 def expand_layer(layer_type, options, where, path, state) -> list[LayerNode]:
     key = join_key(path, layer_type)
     refuse_arguments_outside_blocks(options, key, state)
-    if not state.in_block:  # arithmetic on numbers alone: `filters: make_divisible(24 * 1.4, 8)`
+    if not state.in_block:  # `filters: make_divisible(24 * 1.4, 8)`, `filters: $in_channels * 2`
         options, _ = substitute(options, {}, None, where, None)
     merged = with_defaults(options, state.defaults.get(layer_type))
     waiting = deferred_in(merged)
@@ -451,7 +451,7 @@ def expand_layer(layer_type, options, where, path, state) -> list[LayerNode]:
     for child_key in children:
         option_where.pop(child_key, None)
     return [LayerNode(layer_type, name, values, where, path, children, option_where,
-                      deferred={p: d for p, d in deferred_in(values).items()})]
+                      deferred=deferred_in(values))]
 
 
 EXPANDERS = {"repeat": expand_repeat, "use": expand_use}
@@ -584,7 +584,6 @@ def resolve_deferred(node: LayerNode, block_inputs: dict) -> None:
         problem = next(iter(Strict(schema).iter_errors(node.options[option])), None)
         if problem is not None:
             message = (explain(problem, SCHEMA) or (problem.message,))[0]
-            text = node.deferred.get((option,), next(iter(node.deferred.values()))).text
-            where = node.deferred.get((option,), next(iter(node.deferred.values()))).where
-            fail(f"'{text}' is {node.options[option]!r} here: {message}", where,
+            written = next(value for path, value in node.deferred.items() if path[0] == option)
+            fail(f"'{written.text}' is {node.options[option]!r} here: {message}", written.where,
                  join_key(join_key(node.path, node.type), option))
