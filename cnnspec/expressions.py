@@ -12,9 +12,10 @@ The grammar (a tokenizer and a recursive-descent parser, nothing is ever passed 
     atom       := NUMBER | "$" NAME | FUNCTION "(" expression ("," expression)* ")" | "(" expression ")"
 
 `$in_channels` is the channel count entering the block call the expression is written in
-(outside any block: entering the layer whose value it is): it is known only when shapes are inferred, so an expression that uses it stays a tree
-(a `Deferred` value) until then. Every other `$name` is a block argument, bound when the
-block is expanded. Trees are tuples whose last item is the token's offset in the text:
+(outside any block: entering the layer whose value it is): it is known only when shapes are
+inferred, so an expression that uses it stays a tree (a `Deferred` value) until then. Every
+other `$name` is a block argument, bound when the block is expanded. Trees are tuples whose
+last item is the token's offset in the text:
 ("num", value, at), ("arg", name, at), ("in", block_call, at), ("neg", tree, at),
 ("op", symbol, left, right, at), ("call", function, [trees], at).
 """

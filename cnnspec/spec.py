@@ -26,7 +26,8 @@ from pathlib import Path
 import jsonschema
 
 from cnnspec.errors import SpecError
-from cnnspec.expressions import IN_CHANNELS, THIS_LAYER, Deferred, ExpressionError, bind, evaluate, is_expression, needs_shapes, parse
+from cnnspec.expressions import (IN_CHANNELS, THIS_LAYER, Deferred, ExpressionError, bind, evaluate, is_expression,
+                                 needs_shapes, parse)
 from cnnspec.layers import LAYERS
 from cnnspec.nodes import LayerNode, Location, Spec, walk
 from cnnspec.schema_errors import Strict, describe_value, did_you_mean, explain, join_key, key_path, properties_of

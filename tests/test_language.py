@@ -45,7 +45,8 @@ def test_misspelt_activation_is_refused_with_a_suggestion(written, suggested):
 
 
 def test_relu6_is_its_own_function_not_relu():
-    spec = parse_spec(spec_of("  - conv: {filters: 4, activation: relu6}\n  - flatten\n  - dense: num_classes"), "t.yaml")
+    spec = parse_spec(spec_of("  - conv: {filters: 4, activation: relu6}\n  - flatten\n  - dense: num_classes"),
+                      "t.yaml")
     model = build_model(spec)
     assert isinstance(model.layers.conv_1_relu6, torch.nn.ReLU6)
 
@@ -274,7 +275,8 @@ def test_uneven_same_padding_on_a_strided_conv_is_a_warning():
     assert len(found) == 1 and found[0].startswith("t.yaml:4:")
     assert "conv_1: padding same with stride 2x2 on 3x8x8 pads 0/1 rows" in found[0]
     assert "padding: symmetric" in found[0]
-    assert warnings_of(spec_of("  - conv: {filters: 4, stride: 2, padding: symmetric}\n  - flatten\n  - dense: num_classes")) == []
+    symmetric = "  - conv: {filters: 4, stride: 2, padding: symmetric}\n  - flatten\n  - dense: num_classes"
+    assert warnings_of(spec_of(symmetric)) == []
     assert warnings_of(spec_of("  - conv: {filters: 4, stride: 1}\n  - flatten\n  - dense: num_classes")) == []
 
 
@@ -419,11 +421,13 @@ def test_a_plugin_layer_is_checked_like_a_built_in_one(tmp_path, capsys, registr
     shuffled = module_of(model, record.node.name)(x)
     assert tuple(shuffled.shape[1:]) == record.out_shape == (4, 32, 32)
     assert torch.equal(shuffled[:, 1], x[:, 2]) and torch.equal(shuffled[:, 2], x[:, 1])
-    assert (summarize(spec, (3, 32, 32), 5).trainable, summarize(spec, (3, 32, 32), 5).non_trainable) == model_counts(model)
+    summary = summarize(spec, (3, 32, 32), 5)
+    assert (summary.trainable, summary.non_trainable) == model_counts(model)
     # its options are checked and its shape rule's errors point at the spec
-    assert cli.main(["validate", write(tmp_path, SHUFFLE_SPEC.replace("channel_shuffle: 3", "channel_shuffle: 4"))]) == 1
-    assert "t.yaml:5:22: layers[1].groups: channel_shuffle_1: needs an image whose channels divide by 4" in capsys.readouterr().err
-    assert cli.main(["validate", write(tmp_path, SHUFFLE_SPEC.replace("channel_shuffle: 3", "channel_shuffle: {groops: 3}"))]) == 1
+    assert cli.main(["validate", write(tmp_path, SHUFFLE_SPEC.replace("shuffle: 3", "shuffle: 4"))]) == 1
+    assert "t.yaml:5:22: layers[1].groups: channel_shuffle_1: needs an image whose channels divide by 4" \
+        in capsys.readouterr().err
+    assert cli.main(["validate", write(tmp_path, SHUFFLE_SPEC.replace("shuffle: 3", "shuffle: {groops: 3}"))]) == 1
     assert "unknown key 'groops' (did you mean 'groups'?)" in capsys.readouterr().err
 
 
