@@ -56,7 +56,7 @@ THIS_LAYER = 0  # the block call of an $in_channels written outside any block: t
 
 TOKEN = re.compile(r"(?P<space>\s+)|(?P<number>\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)|(?P<arg>\$[A-Za-z_]\w*)"
                    r"|(?P<name>[A-Za-z_]\w*)|(?P<op>//|[-+*/%(),])")
-LOOKS_LIKE = re.compile(r"\$|^\s*[A-Za-z_]\w*\s*\(|^[\d\s.()]*\d[\d\s.()]*[-+*/%][\d\s.+\-*/%()]*$")
+LOOKS_LIKE = re.compile(r"\$|^\s*[A-Za-z_]\w*\s*\(|^(?=.*\d)(?=.*[-+*/%])[\d\s.()+\-*/%]+$")
 
 
 def is_expression(value) -> bool:

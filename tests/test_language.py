@@ -510,3 +510,34 @@ def test_a_negative_depth_is_a_usage_error(capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["summary", str(ROOT / "specs" / "simcnn.yaml"), "--depth", "-1"])
     assert exit_info.value.code == 2 and "--depth: expected a number >= 0, not -1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text, value", [
+    ("2 + 3 * 4", 14), ("(2 + 3) * 4", 20), ("-3 // 2", -2), ("7 % 4", 3), ("10 - 4 - 3", 3),
+    ("64 // 2 // 2", 16), ("min(3, 5, 1)", 1), ("max(1, 6 // 4)", 1), ("round(2.5)", 2), ("round(3.5)", 4),
+    ("ceil(7 / 2)", 4), ("floor(7 / 2)", 3), ("0.5 * 64", 32), ("make_divisible(37, 8)", 40), ("3 / 2", 1.5)])
+def test_expression_grammar_and_values(text, value):
+    from cnnspec.expressions import evaluate, is_expression, parse
+
+    assert is_expression(text)
+    result = evaluate(parse(text))
+    assert result == value and type(result) is type(value)
+
+
+@pytest.mark.parametrize("text, offset, message", [
+    ("round(1, 2)", 0, "round takes 1 arguments, got 2"), ("2 +", 3, "found the end"),
+    ("(2 + 3", 6, "expected ')'"), ("2 3", 2, "expected an operator, found '3'"), ("2 ^ 3", 2, "unexpected character '^'"),
+    ("eval(1)", 0, "unknown function 'eval'")])
+def test_expression_errors_carry_the_offset(text, offset, message):
+    from cnnspec.expressions import ExpressionError, parse
+
+    with pytest.raises(ExpressionError) as caught:
+        parse(text)
+    assert caught.value.offset == offset and message in caught.value.message
+
+
+@pytest.mark.parametrize("word", ["same", "valid", "symmetric", "num_classes", "relu6", "horizontal_and_vertical"])
+def test_words_are_not_expressions(word):
+    from cnnspec.expressions import is_expression
+
+    assert not is_expression(word)
