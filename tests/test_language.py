@@ -541,3 +541,29 @@ def test_words_are_not_expressions(word):
     from cnnspec.expressions import is_expression
 
     assert not is_expression(word)
+
+
+@pytest.mark.slow
+def test_a_checkpoint_of_a_plugin_model_loads_in_a_fresh_process(tmp_path, registry_restored):
+    """Evaluation rebuilds the model from the checkpoint: the params it keeps name the plugin."""
+    import subprocess
+
+    from cnnspec.checkpoint import save_checkpoint
+    from cnnspec.plugins import load_plugins
+
+    load_plugins([str(PLUGIN)])
+    spec = parse_spec(SHUFFLE_SPEC, "t.yaml")
+    model = build_model(spec).eval()
+    meta = {"classes": [str(i) for i in range(10)], "mean": [0.0] * 3, "std": [1.0] * 3, "input_shape": [3, 8, 8]}
+    path = tmp_path / "model.pt"
+    save_checkpoint(path, model, spec, meta, {"model": {"spec": "t.yaml", "plugins": [str(PLUGIN)]}}, 0, 0)
+    x = torch.randn(1, 3, 8, 8)
+    torch.save(x, tmp_path / "x.pt")
+    expected = model(x)
+    done = subprocess.run(
+        [sys.executable, "-c", "import sys, torch; from cnnspec.checkpoint import load_model; "
+         "model, _ = load_model(sys.argv[1]); x = torch.load(sys.argv[2], weights_only=True); "
+         "print(' '.join(f'{v:.6f}' for v in model(x)[0].tolist()))", str(path), str(tmp_path / "x.pt")],
+        capture_output=True, text=True, cwd=ROOT, env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr
+    assert [float(v) for v in done.stdout.split()] == pytest.approx(expected[0].tolist(), abs=1e-5)
