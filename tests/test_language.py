@@ -306,6 +306,7 @@ def test_an_automatic_projection_is_a_warning_and_a_summary_row():
     assert rows["residual_1"].params == rows["body"].params + projection
     model = build_model(parse_spec(AUTO_PROJECTION, "t.yaml"))
     assert sum(p.numel() for p in model.layers.residual_1.shortcut.parameters()) + 16 == projection
+    assert [str(warning) for warning in model.spec_warnings] == [found]  # the train stage prints them
     explicit = AUTO_PROJECTION.replace("activation: relu\n", "activation: relu\n      shortcut: projection\n")
     assert warnings_of(explicit) == []
 
