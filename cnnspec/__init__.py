@@ -10,14 +10,18 @@ importing torch.
 """
 from cnnspec.errors import CnnspecError, DataError, ParamsError, SpecError, TrainingError
 
-__all__ = ["load_spec", "parse_spec", "build_model", "summarize", "SpecError", "CnnspecError",
-           "ParamsError", "DataError", "TrainingError"]
+__all__ = ["load_spec", "parse_spec", "build_model", "summarize", "register_layer", "LayerRule",
+           "Inferred", "load_plugins", "SpecError", "CnnspecError", "ParamsError", "DataError", "TrainingError"]
 
 _LAZY = {
     "load_spec": "cnnspec.spec",
     "parse_spec": "cnnspec.spec",
     "build_model": "cnnspec.compiler",
     "summarize": "cnnspec.summary",
+    "register_layer": "cnnspec.layers",   # a layer type from user code (docs/spec.md)
+    "LayerRule": "cnnspec.layers",
+    "Inferred": "cnnspec.layers",
+    "load_plugins": "cnnspec.plugins",
 }
 
 

@@ -86,9 +86,11 @@ def load_model(path, device="cpu"):
     """Rebuild the model a checkpoint describes, load its weights, put it in eval mode
     on `device`. Returns (model, checkpoint)."""
     from cnnspec import build_model, parse_spec
+    from cnnspec.plugins import load_plugins
 
     checkpoint = read_checkpoint(path)
     try:
+        load_plugins(((checkpoint.get("params") or {}).get("model") or {}).get("plugins"))
         spec = parse_spec(checkpoint["spec_text"], checkpoint.get("spec_path") or str(path))
         model = build_model(spec, tuple(checkpoint["input_shape"]), checkpoint["num_classes"])
         model.load_state_dict(checkpoint["state_dict"])

@@ -1,7 +1,8 @@
 """The `cnnspec` command.
 
     cnnspec validate specs/*.yaml            # ok: ... lines; errors one per line; exit 1 if any
-    cnnspec summary specs/simcnn.yaml --input 3x32x32 --classes 10
+    cnnspec summary specs/simcnn.yaml --input 3x32x32 --classes 10 --depth 1
+    cnnspec validate --strict specs/*.yaml   # warnings (likely mistakes) fail too
     cnnspec layers                           # every layer type, its keys, defaults and meaning
 
 A mistake in a spec or an argument prints one line and exits non-zero; `--debug`
@@ -43,10 +44,18 @@ def check_classes(classes: int) -> int:
     return classes
 
 
-def check_shapes(spec, args) -> None:
-    from cnnspec.shapes import infer_shapes
+def check_shapes(spec, args) -> list:
+    """Infer every shape; the warnings (likely mistakes in a working spec)."""
+    from cnnspec.shapes import infer
 
-    infer_shapes(spec, parse_shape(args.input), check_classes(args.classes))
+    return infer(spec, parse_shape(args.input), check_classes(args.classes)).warnings
+
+
+def report_warnings(warnings: list, path: str, strict: bool) -> bool:
+    """Print each warning (an error under --strict); True when that fails the spec."""
+    for warning in warnings:
+        print(f"{'error' if strict else 'warning'}: {naming_the_file(warning, path)}", file=sys.stderr)
+    return strict and bool(warnings)
 
 
 def naming_the_file(error: CnnspecError, path: str) -> str:
@@ -63,14 +72,17 @@ def validate(args) -> int:
     failed = False
     for path in args.specs:
         try:
-            check_shapes(load_spec(path), args)
+            warnings = check_shapes(load_spec(path), args)
         except CnnspecError as error:
             if args.debug:
                 raise
             print(f"error: {naming_the_file(error, path)}", file=sys.stderr)
             failed = True
+            continue
+        if report_warnings(warnings, path, args.strict):
+            failed = True
         else:
-            print(f"ok: {path}")
+            print(f"ok: {path}" + (f" ({len(warnings)} warning{'s' * (len(warnings) != 1)})" if warnings else ""))
     return 1 if failed else 0
 
 
@@ -78,10 +90,14 @@ def summary(args) -> int:
     from cnnspec.spec import load_spec
     from cnnspec.summary import summarize
 
+    if args.depth is not None and args.depth < 0:
+        raise UsageError(f"--depth: expected a number >= 0, not {args.depth}")
     spec = load_spec(args.spec)
     result = summarize(spec, input_shape=parse_shape(args.input),
                        num_classes=check_classes(args.classes))
-    print(result.table())
+    if report_warnings(result.warnings, args.spec, args.strict):
+        return 1
+    print(result.table(depth=args.depth))
     return 0
 
 
@@ -145,33 +161,53 @@ def layers(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     debug = argparse.ArgumentParser(add_help=False)  # read by errors.debug_enabled, anywhere on the line
     debug.add_argument("--debug", action="store_true", help="show tracebacks (or CNNSPEC_DEBUG=1)")
+    plugin = argparse.ArgumentParser(add_help=False)
+    plugin.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                        help="import MODULE (a dotted name or a .py path) first: it may register "
+                             "layer types (repeatable)")
     shape = argparse.ArgumentParser(add_help=False)
     shape.add_argument("--input", metavar="CxHxW",
                        help="input shape (default: the spec's input, else 3x32x32)")
     shape.add_argument("--classes", type=int, default=DEFAULT_CLASSES,
                        help=f"number of classes (default {DEFAULT_CLASSES})")
+    shape.add_argument("--strict", action="store_true",
+                       help="treat warnings (likely mistakes in a valid spec) as errors")
 
     parser = argparse.ArgumentParser(prog="cnnspec", parents=[debug],
                                      description="Describe a CNN in YAML; check it, summarize it.")
     commands = parser.add_subparsers(dest="command", required=True)
-    command = commands.add_parser("validate", parents=[debug, shape],
+    command = commands.add_parser("validate", parents=[debug, plugin, shape],
                                   help="check specs (schema and shapes)")
     command.add_argument("specs", nargs="+", metavar="SPEC")
     command.set_defaults(run=validate)
-    command = commands.add_parser("summary", parents=[debug, shape],
+    command = commands.add_parser("summary", parents=[debug, plugin, shape],
                                   help="a Keras-style table of layers, shapes and params")
     command.add_argument("spec", metavar="SPEC")
+    command.add_argument("--depth", type=int, default=None, metavar="N",
+                         help="show nested rows down to depth N only (0: top-level layers)")
     command.set_defaults(run=summary)
-    command = commands.add_parser("layers", parents=[debug],
+    command = commands.add_parser("layers", parents=[debug, plugin],
                                   help="every layer type with its options")
     command.set_defaults(run=layers)
     return parser
+
+
+def with_plugins(run, names: list[str]):
+    def loading_first(args):
+        from cnnspec.plugins import load_plugins
+
+        load_plugins(names)
+        return run(args)
+
+    return exit_on_user_error(loading_first) if not debug_enabled() else loading_first
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.debug = debug_enabled(sys.argv[1:] if argv is None else argv)
     run = args.run if args.debug else exit_on_user_error(args.run)
+    if args.plugin:
+        run = with_plugins(run, args.plugin)
     try:
         return run(args)
     except BrokenPipeError:  # `cnnspec layers | head`: the reader left, nothing is wrong

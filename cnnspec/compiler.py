@@ -84,8 +84,10 @@ def build_model(spec_or_path, input_shape=None, num_classes: int = 10,
     builder = Builder(infer(spec, shape, num_classes), final_softmax(spec.layers), load_weights)
     body = builder.build_list(spec.layers)
     frozen = [node.name for node in walk(spec.layers) if not node.options["trainable"]]
-    return SpecModel(body, shape, num_classes, builder.param_settings, frozen,
-                     final_activation="softmax" if builder.softmax_node is not None else None)
+    model = SpecModel(body, shape, num_classes, builder.param_settings, frozen,
+                      final_activation="softmax" if builder.softmax_node is not None else None)
+    model.spec_warnings = builder.shapes.warnings  # likely mistakes (cnnspec validate prints them too)
+    return model
 
 
 class SpecModel(nn.Module):

@@ -28,7 +28,7 @@ import importlib
 import json
 import math
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -61,6 +61,7 @@ class Inferred:
     trainable: int = 0
     non_trainable: int = 0
     macs: int = 0
+    parts: list = field(default_factory=list)  # (label, shape, params) of modules with no layer of their own
 
 
 @dataclass(frozen=True)
@@ -79,11 +80,17 @@ class LayerRule:
 LAYERS: dict[str, LayerRule] = {}
 
 
-def register_layer(layer_type: str, rule: LayerRule) -> LayerRule:
-    """Add a layer type to the registry; its options must also be described in
-    schema.json's $defs under the same name."""
+def register_layer(layer_type: str, rule: LayerRule, schema: dict | None = None) -> LayerRule:
+    """Add a layer type to the registry. A built-in type's options are in schema.json's
+    $defs under the same name; a type from user code passes them as `schema`, a JSON
+    Schema fragment: {"description", "properties", "required", "x-shorthand", "x-example"}
+    (docs/spec.md, "Custom layer types")."""
     if layer_type in LAYERS:
         raise ValueError(f"layer type {layer_type!r} is already registered")
+    if schema is not None:
+        from cnnspec.spec import add_layer_schema
+
+        add_layer_schema(layer_type, schema, rule)
     LAYERS[layer_type] = rule
     return rule
 
@@ -150,6 +157,9 @@ def spatial(node, in_shape, kernel, stride, padding, dilation=(1, 1)):
             same_padding(width, kernel[1], stride[1], dilation[1])
     elif padding == "valid":
         pads = (0, 0, 0, 0)
+    elif padding == "symmetric":  # PyTorch's usual padding=(k - 1) // 2: the same on both sides
+        ph, pw = (d * (k - 1) // 2 for k, d in zip(kernel, dilation))
+        pads = (ph, ph, pw, pw)
     else:
         ph, pw = pair(padding)
         pads = (ph, ph, pw, pw)
@@ -174,10 +184,14 @@ def symmetric(pads) -> bool:
 # negative_slope; a conv, dense or residual with `activation: elu` gets torch's defaults.
 ACTIVATIONS = {
     "relu": lambda o: nn.ReLU(),
+    "relu6": lambda o: nn.ReLU6(),
     "gelu": lambda o: nn.GELU(),
     "elu": lambda o: nn.ELU(alpha=o.get("alpha", 1.0)),
     "celu": lambda o: nn.CELU(alpha=o.get("alpha", 1.0)),
     "silu": lambda o: nn.SiLU(),
+    "mish": lambda o: nn.Mish(),
+    "hardswish": lambda o: nn.Hardswish(),
+    "hardsigmoid": lambda o: nn.Hardsigmoid(),
     "leaky_relu": lambda o: nn.LeakyReLU(negative_slope=o.get("negative_slope", 0.01)),
     "tanh": lambda o: nn.Tanh(),
     "sigmoid": lambda o: nn.Sigmoid(),
@@ -252,7 +266,12 @@ def conv_geometry(node, in_shape, ctx):
 
 
 def shape_conv(node, in_shape, ctx):
-    kernel, _, _, _, filters, groups, out = conv_geometry(node, in_shape, ctx)
+    kernel, stride, _, pads, filters, groups, out = conv_geometry(node, in_shape, ctx)
+    if node.options["padding"] == "same" and not symmetric(pads):
+        ctx.warn(node, f"{node.name}: padding same with stride {fmt(stride)} on {fmt(in_shape)} pads "
+                       f"{pads[0]}/{pads[1]} rows and {pads[2]}/{pads[3]} columns before/after (TensorFlow's "
+                       f"convention); a PyTorch model pads both sides alike: write padding: symmetric "
+                       f"when porting one", "padding")
     per_output = in_shape[0] // groups * kernel[0] * kernel[1]
     bias = filters if node.options["bias"] else 0
     return Inferred(out, trainable=filters * per_output + bias,
@@ -287,9 +306,17 @@ def build_dense(node, in_shape, ctx):
     return with_activation(node, ctx, [(node.name, dense)])
 
 
+KERAS_MOMENTUM = 0.5  # above it, a momentum is most likely Keras' (1 - PyTorch's)
+
+
 def shape_bn(node, in_shape, ctx):
     if len(in_shape) not in (1, 3):
         raise error(node, f"{node.name}: batch norm needs a flat or image input, got {fmt(in_shape)}")
+    momentum = node.options["momentum"]
+    if momentum > KERAS_MOMENTUM:
+        ctx.warn(node, f"{node.name}: momentum {momentum} is the weight of each new batch here "
+                       f"(PyTorch's convention); Keras' momentum {momentum} is "
+                       f"{round(1 - momentum, 6)} here", "momentum")
     channels = in_shape[0]
     if not node.options["affine"]:
         return Inferred(in_shape, non_trainable=2 * channels)  # moving mean and variance only
@@ -344,11 +371,14 @@ def build_pool(node, in_shape, ctx):
 
 def shape_global_pool(node, in_shape, ctx):
     need_image(node, in_shape)
-    return Inferred((in_shape[0],))
+    if node.options["over"] == "channels":
+        return Inferred((1, *in_shape[1:]))
+    return Inferred((in_shape[0], 1, 1) if node.options["keep_dims"] else (in_shape[0],))
 
 
 def build_global_pool(node, in_shape, ctx):
-    return one(node, modules.GlobalPool("max" if node.type == "global_max_pool" else "avg"))
+    return one(node, modules.GlobalPool("max" if node.type == "global_max_pool" else "avg",
+                                        keep_dims=node.options["keep_dims"], over=node.options["over"]))
 
 
 def shape_flatten(node, in_shape, ctx):
@@ -357,6 +387,10 @@ def shape_flatten(node, in_shape, ctx):
 
 def build_flatten(node, in_shape, ctx):
     return one(node, nn.Flatten())
+
+
+def build_identity(node, in_shape, ctx):
+    return one(node, nn.Identity())
 
 
 def build_dropout(node, in_shape, ctx):
@@ -534,6 +568,13 @@ def shape_residual(node, in_shape, ctx):
         own.trainable = source[0] * body_out[0] + 2 * body_out[0]
         own.non_trainable = 2 * body_out[0]
         own.macs = math.prod(body_out) * source[0]
+        if node.options["shortcut"] == "auto":
+            ctx.warn(node, f"{node.name}: shortcut auto adds a projection (1x1 conv + bn, "
+                           f"{own.trainable + own.non_trainable:,} params) because the body turns "
+                           f"{fmt(source)} into {fmt(body_out)}; write shortcut: projection if "
+                           f"that is meant", "shortcut")
+    if kind in ("projection", "pool") and "shortcut" not in node.children:
+        own.parts = [(f"shortcut ({kind})", short_out, own.trainable + own.non_trainable)]
     if tuple(short_out) != tuple(body_out):
         raise error(node, f"{node.name}: cannot add the shortcut {fmt(short_out)} to the body's "
                           f"output {fmt(body_out)}", "shortcut")
@@ -576,16 +617,37 @@ def branches(node) -> list[list[LayerNode]]:
             if key.startswith("branch_")]
 
 
+def broadcast(shapes: list[tuple]) -> tuple | None:
+    """The shape an elementwise merge of `shapes` gives: same rank, each size equal or 1
+    (no implicit new axes: a flat (C,) against (C, H, W) would meet W, not C). None if not."""
+    if len({len(shape) for shape in shapes}) > 1:
+        return None
+    merged = []
+    for sizes in zip(*shapes):
+        wanted = {size for size in sizes if size != 1} or {1}
+        if len(wanted) > 1:
+            return None
+        merged.append(wanted.pop())
+    return tuple(merged)
+
+
+ELEMENTWISE_MERGES = ("add", "multiply")
+
+
 def shape_parallel(node, in_shape, ctx):
     outs = [ctx.infer_list(branch, in_shape) for branch in branches(node)]
     if len(outs) < 2:
         raise error(node, f"{node.name}: parallel needs at least 2 branches, got {len(outs)}", "branches")
     merge = node.options["merge"]
     shown = " and ".join(fmt(out) for out in outs)
-    if merge == "add":
-        if len({tuple(out) for out in outs}) > 1:
-            raise error(node, f"{node.name}: cannot add branches of shapes {shown}", "merge")
-        return Inferred(outs[0])
+    if merge in ELEMENTWISE_MERGES:
+        merged = broadcast(outs)
+        if merged is None:
+            hint = "; a global pool with keep_dims: true gives a Cx1x1 gate" \
+                if any(len(out) == 1 for out in outs) and any(len(out) == 3 for out in outs) else ""
+            raise error(node, f"{node.name}: cannot {merge} branches of shapes {shown}: "
+                              f"each size must be equal or 1{hint}", "merge")
+        return Inferred(merged)
     if len({(len(out), *out[1:]) for out in outs}) > 1:
         raise error(node, f"{node.name}: cannot concatenate branches of shapes {shown} on channels",
                     "merge")
@@ -701,6 +763,7 @@ BUILT_IN_LAYERS = {
     "dropout": LayerRule(shape_free, build_dropout),
     "spatial_dropout": LayerRule(shape_image_free, build_spatial_dropout),
     "flatten": LayerRule(shape_flatten, build_flatten),
+    "identity": LayerRule(shape_free, build_identity),
     "activation": LayerRule(shape_free, build_activation, softmax_option="fn"),
     "scale": LayerRule(shape_free, build_scale),
     "pad": LayerRule(shape_pad, build_pad),

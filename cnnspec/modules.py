@@ -31,7 +31,8 @@ class Residual(nn.Module):
 
 
 class Parallel(nn.Module):
-    """Run every branch on the same input; concatenate on channels or add."""
+    """Run every branch on the same input; concatenate on channels, add or multiply
+    (add and multiply broadcast: a (N, C, 1, 1) gate scales each channel of a feature map)."""
 
     def __init__(self, branches: list[nn.Module], merge: str = "concat"):
         super().__init__()
@@ -40,9 +41,15 @@ class Parallel(nn.Module):
 
     def forward(self, x):
         outputs = [branch(x) for branch in self.branches]
-        if self.merge == "add":
-            return torch.stack(outputs).sum(0)
-        return torch.cat(outputs, dim=1)
+        if self.merge == "concat":
+            return torch.cat(outputs, dim=1)
+        merged = outputs[0]
+        for output in outputs[1:]:
+            merged = merged * output if self.merge == "multiply" else merged + output
+        return merged
+
+    def extra_repr(self):
+        return f"merge={self.merge}"
 
 
 class Scale(nn.Module):
@@ -60,17 +67,21 @@ class Scale(nn.Module):
 
 
 class GlobalPool(nn.Module):
-    """Average or max over H and W: (N, C, H, W) -> (N, C)."""
+    """Average or max over H and W: (N, C, H, W) -> (N, C), or (N, C, 1, 1) with keep_dims;
+    over="channels": over C instead, (N, C, H, W) -> (N, 1, H, W)."""
 
-    def __init__(self, kind: str = "avg"):
+    def __init__(self, kind: str = "avg", keep_dims: bool = False, over: str = "spatial"):
         super().__init__()
-        self.kind = kind
+        self.kind, self.over = kind, over
+        self.dims, self.keep_dims = ((1,), True) if over == "channels" else ((2, 3), keep_dims)
 
     def forward(self, x):
-        return x.mean((2, 3)) if self.kind == "avg" else x.amax((2, 3))
+        if self.kind == "avg":
+            return x.mean(self.dims, keepdim=self.keep_dims)
+        return x.amax(self.dims, keepdim=self.keep_dims)
 
     def extra_repr(self):
-        return self.kind
+        return f"{self.kind}, over={self.over}, keep_dims={self.keep_dims}"
 
 
 class RandomFlip(nn.Module):

@@ -17,6 +17,7 @@ class Location:
     file: str | None
     line: int | None = None
     col: int | None = None
+    quoted: bool = False  # a quoted scalar: its text starts at col + 1
 
 
 @dataclass
@@ -37,6 +38,8 @@ class LayerNode:
         `layers[5] (block fire) > layers[1]`.
     option_where: where each option's value is written, for messages that
         point at one key.
+    deferred: options whose value is an expression over `$in_channels`, by path
+        (`("filters",)`); shape inference evaluates them into `options`.
     """
 
     type: str
@@ -46,6 +49,8 @@ class LayerNode:
     path: str
     children: dict[str, list["LayerNode"]] = field(default_factory=dict)
     option_where: dict[str, Location] = field(default_factory=dict)
+    deferred: dict = field(default_factory=dict)  # option path -> expressions.Deferred (uses $in_channels)
+    block_call: int | None = None  # group: the call whose input channels $in_channels means
 
 
 @dataclass

@@ -47,7 +47,12 @@ def load_params(path="params.yaml", sections=None) -> dict:
     chosen = {section: _yaml11_spellings(section, value) for section, value in chosen.items()}
     sub_schema = {**schema, "properties": {s: schema["properties"][s] for s in sections}}
     check(chosen, sub_schema, name)
-    return fill_defaults(chosen, sub_schema)
+    filled = fill_defaults(chosen, sub_schema)
+    if "model" in filled:  # layer types from the user's code, before any spec is read
+        from cnnspec.plugins import load_plugins
+
+        load_plugins(filled["model"].get("plugins"))
+    return filled
 
 
 def load_schema() -> dict:

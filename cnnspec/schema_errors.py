@@ -20,8 +20,25 @@ Strict = jsonschema.validators.extend(
         "integer", lambda checker, value: isinstance(value, int) and not isinstance(value, bool)))
 
 
+# Other frameworks' names for the same function, suggested (never substituted) when offered.
+SYNONYMS = {"swish": "silu", "hswish": "hardswish", "hsigmoid": "hardsigmoid", "linear": "identity"}
+
+
+def folded(word) -> str:
+    """`ReLU`, `hard_swish` and `Hard-Swish` all fold to one spelling for comparison."""
+    return str(word).lower().replace("_", "").replace("-", "")
+
+
 def did_you_mean(word, choices) -> str:
-    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
+    """A hint, never a correction: the value stays an error until the user changes it.
+    Same letters in another case or with other separators first, then a known synonym,
+    then the closest spelling."""
+    choices = [str(c) for c in choices]
+    by_fold = {folded(c): c for c in choices}
+    close = [by_fold.get(folded(word)) or by_fold.get(SYNONYMS.get(folded(word), ""))]
+    if close[0] is None:
+        close = difflib.get_close_matches(str(word), choices, n=1, cutoff=0.6) or \
+            [by_fold[c] for c in difflib.get_close_matches(folded(word), list(by_fold), n=1, cutoff=0.6)]
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
@@ -83,6 +100,9 @@ def explain(error: jsonschema.ValidationError, root: dict) -> tuple[str, str | N
         return f"'{missing[0]}' is required", missing[0]
     if rule == "enum" and "propertyNames" in error.schema_path:
         return f"unknown key '{instance}'{did_you_mean(instance, error.validator_value)}", instance
+    if rule == "not" and "propertyNames" in error.schema_path:
+        reserved = ", ".join(error.validator_value.get("enum", []))
+        return f"'{instance}' is reserved (not a name for this: {reserved})", instance
     if rule == "pattern" and "propertyNames" in error.schema_path:
         return f"'{instance}' is not a valid name: use letters, digits and underscores", instance
     if rule == "enum":
@@ -97,6 +117,9 @@ def explain(error: jsonschema.ValidationError, root: dict) -> tuple[str, str | N
         wanted = error.validator_value
         wanted = " or ".join(wanted) if isinstance(wanted, list) else wanted
         return f"expected {wanted}, got {describe_value(instance)}", None
+    if rule == "minItems" and instance == [] and schema.get("items", {}).get("$ref", "").endswith("/layer"):
+        return ("an empty layer list: write at least one layer (`identity` passes the input "
+                "through; only a parallel branch may be [])"), None
     if rule in ("minItems", "maxItems") and isinstance(instance, list):
         return error.message.replace(repr(instance), f"a list of {len(instance)}"), None
     if rule in ("minProperties", "maxProperties") and isinstance(instance, dict):

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cnnspec.expressions import THIS_LAYER
 from cnnspec.layers import error, fmt, rule_for
 from cnnspec.nodes import LayerNode, Spec
 
@@ -31,6 +32,7 @@ class Record:
     non_trainable: int = 0
     macs: int = 0
     children: list = field(default_factory=list)
+    parts: list = field(default_factory=list)  # Inferred.parts: e.g. an automatic shortcut
 
 
 @dataclass
@@ -39,11 +41,13 @@ class Context:
 
     num_classes: int = 10
     records: list = field(default_factory=list)
+    warnings: list = field(default_factory=list)  # SpecErrors the spec is valid despite
     _depth: int = -1
     _frozen: int = 0
     _in_shapes: dict = field(default_factory=dict)
     _out_shapes: dict = field(default_factory=dict)
     _backbones: dict = field(default_factory=dict)  # model name -> features on the meta device
+    _block_inputs: dict = field(default_factory=dict)  # block call -> its input channels ($in_channels)
 
     def infer_list(self, nodes: list[LayerNode], in_shape: tuple) -> tuple:
         """Run every node's shape rule in order; return the last output shape."""
@@ -54,6 +58,13 @@ class Context:
 
     def infer(self, node: LayerNode, in_shape: tuple) -> Record:
         rule = rule_for(node)
+        if node.block_call is not None:
+            self._block_inputs[node.block_call] = in_shape[0]
+        if node.deferred:
+            from cnnspec.spec import resolve_deferred
+
+            self._block_inputs[THIS_LAYER] = in_shape[0]
+            resolve_deferred(node, self._block_inputs)
         frozen = not node.options["trainable"]
         record = Record(node, in_shape, in_shape, self._depth + 1)
         self.records.append(record)
@@ -70,10 +81,18 @@ class Context:
         if self._frozen or frozen:
             record.trainable, record.non_trainable = 0, inferred.trainable + inferred.non_trainable
         record.macs = inferred.macs
+        record.parts = inferred.parts
         record.children = [r for r in self.records[first_child:] if r.depth == record.depth + 1]
         self._in_shapes[id(node)] = in_shape
         self._out_shapes[id(node)] = record.out_shape
         return record
+
+    def warn(self, node: LayerNode, message: str, option: str | None = None) -> None:
+        """A likely mistake that still gives a working model: `cnnspec validate` and `summary`
+        print it; `--strict` makes it an error."""
+        warning = error(node, message, option)
+        if str(warning) not in {str(seen) for seen in self.warnings}:
+            self.warnings.append(warning)
 
     def in_shape(self, node: LayerNode) -> tuple:
         return self._in_shapes[id(node)]

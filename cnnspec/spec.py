@@ -26,6 +26,8 @@ from pathlib import Path
 import jsonschema
 
 from cnnspec.errors import SpecError
+from cnnspec.expressions import (IN_CHANNELS, THIS_LAYER, Deferred, ExpressionError, bind, evaluate, is_expression,
+                                 needs_shapes, parse)
 from cnnspec.layers import LAYERS
 from cnnspec.nodes import LayerNode, Location, Spec, walk
 from cnnspec.schema_errors import Strict, describe_value, did_you_mean, explain, join_key, key_path, properties_of
@@ -124,7 +126,8 @@ def inside_a_layer(path) -> bool:
 def find_argument(data, where: Location):
     """The first `$arg` placeholder in `data` and where it is written, or None."""
     if isinstance(data, str):
-        return (data, where) if ARGUMENT.match(data) else None
+        named = set(re.findall(r"\$([A-Za-z_]\w*)", data)) - {IN_CHANNELS}
+        return (data, where) if named else None
     items = data.items() if isinstance(data, dict) else enumerate(data) if isinstance(data, list) else ()
     for key, value in items:
         found = find_argument(value, where_in(data, key))
@@ -133,25 +136,88 @@ def find_argument(data, where: Location):
     return None
 
 
-def substitute(data, values: dict, block: str, where: Location):
-    """A copy of `data` with every `$arg` replaced by (value, where the value is written)."""
+def substitute(data, values: dict, block: str, where: Location, call: int | None = None):
+    """A copy of `data` with every `$arg` replaced by (value, where the value is written)
+    and every expression evaluated (or, when it needs `$in_channels`, made a Deferred value
+    bound to the block call `call`). With call None the block is only checked: its names
+    must be declared arguments."""
     if isinstance(data, str) and ARGUMENT.match(data):
         name = ARGUMENT.match(data).group(1)
+        if name == IN_CHANNELS:
+            if call is None and block is not None:  # only checking the block
+                return data, where
+            return Deferred(("in", THIS_LAYER if call is None else call, 0), data, where), where
         if name not in values:
             fail(f"'{data}' is not an argument of block '{block}'{did_you_mean(name, values)}",
                  where, data)
         return copy.deepcopy(values[name][0]), values[name][1]
+    if is_expression(data):
+        return expression_value(data, values, block, where, call), where
     if isinstance(data, dict):
         copied = LocatedDict(where=getattr(data, "where", where))
         for key, value in data.items():
-            copied[key], copied.value_where[key] = substitute(value, values, block, where_in(data, key))
+            copied[key], copied.value_where[key] = substitute(value, values, block, where_in(data, key), call)
             copied.key_where[key] = getattr(data, "key_where", {}).get(key, where)
         return copied, where
     if isinstance(data, list):
-        pairs = [substitute(item, values, block, where_in(data, i)) for i, item in enumerate(data)]
+        pairs = [substitute(item, values, block, where_in(data, i), call) for i, item in enumerate(data)]
         return LocatedList([p[0] for p in pairs], where=getattr(data, "where", where),
                            item_where=[p[1] for p in pairs]), where
     return data, where
+
+
+def at_offset(where: Location, offset: int) -> Location:
+    """Where the character `offset` of a value written at `where` is."""
+    if where.col is None:
+        return where
+    return Location(where.file, where.line, where.col + offset + where.quoted)
+
+
+def parsed(text: str, where: Location):
+    try:
+        return parse(text)
+    except ExpressionError as problem:
+        hint = ("; inside { } a comma ends the value: quote the expression or write the "
+                "options one per line") if text.count("(") > text.count(")") else ""
+        fail(f"'{text}': {problem.message}{hint}", at_offset(where, problem.offset))
+
+
+def expression_value(text: str, values: dict, block: str | None, where: Location, call: int | None):
+    """The value of an expression: a number, or a Deferred one when it needs $in_channels."""
+    tree = parsed(text, where)
+
+    def lookup(name, offset):
+        if name == IN_CHANNELS:
+            if call is None and block is not None:  # only checking the block
+                return ("num", 1, offset)
+            return ("in", THIS_LAYER if call is None else call, offset)
+        if name not in values:
+            if block is None:
+                fail(f"'{text}': ${name} can only be used inside a block", at_offset(where, offset))
+            fail(f"'{text}': '${name}' is not an argument of block '{block}'{did_you_mean(name, values)}",
+                 at_offset(where, offset))
+        value = values[name][0]
+        if isinstance(value, Deferred):
+            return value.tree
+        if value is None and call is None:  # only checking a block's names
+            return ("num", 1, offset)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            fail(f"'{text}': ${name} is {describe_value(value)}, not a number", at_offset(where, offset))
+        return ("num", value, offset)
+
+    tree = bind(tree, lookup)
+    if call is None and block is not None:
+        return text
+    if needs_shapes(tree):
+        return Deferred(tree, text, where)
+    return evaluated(tree, text, where)
+
+
+def evaluated(tree, text: str, where: Location, block_inputs: dict | None = None):
+    try:
+        return evaluate(tree, block_inputs)
+    except ExpressionError as problem:
+        fail(f"'{text}': {problem.message}", at_offset(where, problem.offset))
 
 
 # ---------------------------------------------------------------- expansion
@@ -234,7 +300,7 @@ def expand_repeat(layer_type, options, where, path, state) -> list[LayerNode]:
     return nodes
 
 
-def block_arguments(block: str, definition: dict, call: LocatedDict, key: str) -> dict:
+def block_arguments(block: str, definition: dict, call: LocatedDict, key: str, block_call: int) -> dict:
     """Argument name -> (value, where written): the call's values over the defaults."""
     declared = definition.get("args") or LocatedDict()
     values = {}
@@ -246,12 +312,17 @@ def block_arguments(block: str, definition: dict, call: LocatedDict, key: str) -
                 f"; it takes: {', '.join(declared)}" if declared else "; it takes no arguments")
             fail(f"block '{block}' has no argument '{name}'{hint}", call.key_where[name],
                  join_key(key, name))
+        if is_expression(value):  # a call outside any block: `out: $in_channels * 2`
+            value = expression_value(value, {}, None, call.where_of(name), block_call)
         values[name] = (value, call.where_of(name))
+    passed = dict(values)
     for name, default in declared.items():
         if name not in values:
             if default is None:
                 fail(f"block '{block}' needs argument '{name}'", call.where, join_key(key, name))
-            values[name] = (default, declared.where_of(name))
+            if is_expression(default):  # `squeeze: max(1, $out // 4)`: over the arguments before it
+                default = expression_value(default, passed, block, declared.where_of(name), block_call)
+            values[name] = passed[name] = (default, declared.where_of(name))
     return values
 
 
@@ -272,15 +343,17 @@ def expand_use(layer_type, options, where, path, state) -> list[LayerNode]:
         fail(f"blocks nested deeper than {MAX_BLOCK_DEPTH} levels: {chain}",
              options.where_of("block"), join_key(key, "block"))
     definition = state.blocks[block]
-    values = block_arguments(block, definition, options, key)
-    layers, _ = substitute(definition["layers"], values, block, definition.where_of("layers"))
     count_layer(where, path, state)
+    block_call = state.count[0]  # this call's $in_channels: its input's channels
+    values = block_arguments(block, definition, options, key, block_call)
+    layers, _ = substitute(definition["layers"], values, block, definition.where_of("layers"), block_call)
     children = expand_list(layers, f"{path} (block {block}) > layers",
                            state.deeper(in_block=True, calls=state.calls + (block,)))
     group_options = {"block": block, "args": {name: value for name, (value, _) in values.items()},
                      "trainable": options.get("trainable", layer_options("use")["trainable"]["default"])}
     return [LayerNode("group", options.get("name", ""), group_options, where, path,
-                      {"layers": children}, {key: options.where_of(key) for key in options})]
+                      {"layers": children}, {key: options.where_of(key) for key in options},
+                      block_call=block_call)]
 
 
 def with_defaults(options: LocatedDict, defaults) -> LocatedDict:
@@ -353,11 +426,23 @@ def refuse_arguments_outside_blocks(options, key: str, state: Expansion) -> None
             fail(f"'{placeholder[0]}' can only be used inside a block", placeholder[1], key)
 
 
+def deferred_in(data, path=()) -> dict:
+    """Path -> Deferred for every value that waits for $in_channels."""
+    if isinstance(data, Deferred):
+        return {path: data}
+    items = data.items() if isinstance(data, dict) else enumerate(data) if isinstance(data, list) else ()
+    return {found: value for key, item in items for found, value in deferred_in(item, path + (key,)).items()}
+
+
 def expand_layer(layer_type, options, where, path, state) -> list[LayerNode]:
     key = join_key(path, layer_type)
     refuse_arguments_outside_blocks(options, key, state)
+    if not state.in_block:  # `filters: make_divisible(24 * 1.4, 8)`, `filters: $in_channels * 2`
+        options, _ = substitute(options, {}, None, where, None)
     merged = with_defaults(options, state.defaults.get(layer_type))
-    check(merged, layer_type, key)
+    waiting = deferred_in(merged)
+    check(merged, layer_type, key, skip=lambda error_path: any(
+        tuple(error_path[:len(waiting_path)]) == waiting_path for waiting_path in waiting))
     count_layer(where, path, state)
     option_where = {k: merged.where_of(k) for k in merged}
     values = plain(merged)
@@ -366,7 +451,8 @@ def expand_layer(layer_type, options, where, path, state) -> list[LayerNode]:
     children = child_lists(layer_type, merged, values, path, state)
     for child_key in children:
         option_where.pop(child_key, None)
-    return [LayerNode(layer_type, name, values, where, path, children, option_where)]
+    return [LayerNode(layer_type, name, values, where, path, children, option_where,
+                      deferred=deferred_in(values))]
 
 
 EXPANDERS = {"repeat": expand_repeat, "use": expand_use}
@@ -447,3 +533,58 @@ def load_spec(path) -> Spec:
         reason = getattr(error, "strerror", None) or str(error)
         raise SpecError(f"cannot read the spec: {reason}", str(path)) from None
     return parse_spec(text, str(path))
+
+
+# ---------------------------------------------------------------- layer types from user code
+
+CUSTOM_SCHEMA_KEYS = {"description", "properties", "required", "x-shorthand", "x-example"}
+TYPE_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+def add_layer_schema(layer_type: str, fragment: dict, rule) -> None:
+    """Describe a layer type registered from user code, as schema.json describes a built-in
+    one: its own options plus the shared ones (name, trainable; l2, lr_mult, wd_mult if
+    rule.weighted), unknown keys refused. Raises ValueError for a fragment that cannot be one."""
+    if not TYPE_NAME.match(layer_type) or layer_type in SCHEMA["$defs"]:
+        raise ValueError(f"layer type name {layer_type!r} must be new and written in lower case, "
+                         f"digits and underscores")
+    unknown = set(fragment) - CUSTOM_SCHEMA_KEYS
+    if unknown:
+        raise ValueError(f"schema of {layer_type!r}: unknown keys {sorted(unknown)}; "
+                         f"expected some of {sorted(CUSTOM_SCHEMA_KEYS)}")
+    shared_parts = ["layer_options"] + (["weighted_options"] if rule.weighted else [])
+    entry = {"x-layer": True, "description": fragment.get("description", f"{layer_type} (a plugin)"),
+             "type": "object", "allOf": [{"$ref": f"#/$defs/{part}"} for part in shared_parts],
+             "properties": dict(fragment.get("properties", {})), "unevaluatedProperties": False}
+    for key in ("required", "x-shorthand", "x-example"):
+        if key in fragment:
+            entry[key] = fragment[key]
+    clash = set(entry["properties"]) & set(properties_of({"allOf": entry["allOf"]}, SCHEMA))
+    if clash:
+        raise ValueError(f"schema of {layer_type!r}: {sorted(clash)} are options every layer has already")
+    jsonschema.Draft202012Validator.check_schema({"$defs": SCHEMA["$defs"], **entry})
+    SCHEMA["$defs"][layer_type] = LAYER_SCHEMAS[layer_type] = entry
+    SCHEMA["properties"]["defaults"]["propertyNames"]["enum"].append(layer_type)
+    validator_for.cache_clear()
+    layer_options.cache_clear()
+
+
+# ---------------------------------------------------------------- $in_channels, during shape inference
+
+def resolve_deferred(node: LayerNode, block_inputs: dict) -> None:
+    """Evaluate the node's expressions over $in_channels into its options, each checked
+    against the option's schema like a written value."""
+    for path, value in node.deferred.items():
+        result = evaluated(value.tree, value.text, value.where, block_inputs)
+        container = node.options
+        for part in path[:-1]:
+            container = container[part]
+        container[path[-1]] = result
+    for option in {path[0] for path in node.deferred}:
+        schema = {"$defs": SCHEMA["$defs"], **layer_options(node.type)[option]}
+        problem = next(iter(Strict(schema).iter_errors(node.options[option])), None)
+        if problem is not None:
+            message = (explain(problem, SCHEMA) or (problem.message,))[0]
+            written = next(value for path, value in node.deferred.items() if path[0] == option)
+            fail(f"'{written.text}' is {node.options[option]!r} here: {message}", written.where,
+                 join_key(join_key(node.path, node.type), option))

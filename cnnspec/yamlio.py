@@ -81,6 +81,12 @@ class LocatingLoader(yaml.SafeLoader):
     def location(self, mark) -> Location:
         return Location(self.file, mark.line + 1, mark.column + 1)
 
+    def value_location(self, node) -> Location:
+        """Where a value starts; a quoted scalar's text starts one column after its quote."""
+        where = self.location(node.start_mark)
+        quoted = isinstance(node, yaml.ScalarNode) and node.style in ('"', "'")
+        return Location(where.file, where.line, where.col, quoted=True) if quoted else where
+
 
 # add_implicit_resolver copies the class's resolver table first, so SafeLoader
 # itself (and yaml.safe_load elsewhere) is unchanged.
@@ -104,13 +110,13 @@ def construct_located_mapping(loader: LocatingLoader, node: yaml.MappingNode) ->
                             key_where.file, key_where.line, key_where.col, key)
         mapping[key] = loader.construct_object(value_node, deep=True)
         mapping.key_where[key] = key_where
-        mapping.value_where[key] = loader.location(value_node.start_mark)
+        mapping.value_where[key] = loader.value_location(value_node)
     return mapping
 
 
 def construct_located_sequence(loader: LocatingLoader, node: yaml.SequenceNode) -> LocatedList:
     items = [loader.construct_object(child, deep=True) for child in node.value]
-    places = [loader.location(child.start_mark) for child in node.value]
+    places = [loader.value_location(child) for child in node.value]
     return LocatedList(items, where=loader.location(node.start_mark), item_where=places)
 
 

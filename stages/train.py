@@ -39,6 +39,8 @@ def run(params_path=PARAMS, prepared=PREPARED, model_path=MODEL, resume_path=RES
     device = pick_device(options["device"])
     torch.manual_seed(options["seed"])  # the initial weights
     model = build_model(spec, tuple(meta["input_shape"]), len(meta["classes"]))
+    for warning in model.spec_warnings:  # e.g. an automatic projection shortcut; docs/spec.md
+        print(f"warning: {warning}", file=sys.stderr)
     result = train(model, data, options, device, resume_path=resume_path, log_dir=log_dir,
                    fingerprint=run_fingerprint(params, spec.text, meta))
     save_checkpoint(model_path, result.model, spec, meta, params,

@@ -100,7 +100,7 @@ def test_registry_facts_match_the_schema(layer_type):
              if option.get("$ref", "").endswith("/layer_list")
              or option.get("items", {}).get("$ref", "").endswith("/layer")}
     branches = {key for key, option in own.items()
-                if option.get("items", {}).get("$ref", "").endswith("/layer_list")}
+                if option.get("items", {}).get("$ref", "").endswith(("/layer_list", "/branch"))}
     assert set(rule.child_lists) == lists and {rule.branch_lists} - {None} == branches
     activations = {key for key, option in own.items() if option.get("$ref", "").endswith("/activation_name")}
     assert rule.softmax_option is None or rule.softmax_option in activations

@@ -32,11 +32,12 @@ layers:
 """, "nest.yaml")
     summary = summarize(spec)
     rows = {row.name: row for row in summary.rows}
-    assert [row.depth for row in summary.rows] == [0, 1, 1, 0, 0]
+    assert [(row.name, row.depth) for row in summary.rows] == [
+        ("residual_1", 0), ("body", 1), ("conv_1", 2), ("bn_1", 2), ("flatten_1", 0), ("dense_1", 0)]
     assert rows["conv_1"].params == 81 and rows["bn_1"].params == 12
-    assert rows["residual_1"].params == 81 + 12
+    assert rows["residual_1"].params == rows["body"].params == 81 + 12
     assert rows["dense_1"].output_shape == (10,) and rows["dense_1"].params == 192 * 10 + 10
-    assert "  conv_1 (conv)" in summary.table()
+    assert "\n  body " in summary.table() and "\n    conv_1 (conv)" in summary.table()
     # MACs: conv 3x3x3 per output of 3x8x8, dense 192x10
     assert summary.macs == 3 * 8 * 8 * 27 + 192 * 10
 

@@ -1,0 +1,233 @@
+"""Arithmetic in spec values: `filters: $growth * 4`, `filters: make_divisible($in_channels * $expand, 8)`.
+
+    tree = parse("$growth * 4")            # ExpressionError(message, offset) if it is not one
+    tree = bind(tree, lookup)              # every $name replaced by a number or a deferred tree
+    evaluate(tree, block_inputs)           # -> int or float
+
+The grammar (a tokenizer and a recursive-descent parser, nothing is ever passed to eval):
+
+    expression := product (("+" | "-") product)*
+    product    := unary (("*" | "//" | "/" | "%") unary)*
+    unary      := "-" unary | atom
+    atom       := NUMBER | "$" NAME | FUNCTION "(" expression ("," expression)* ")" | "(" expression ")"
+
+`$in_channels` is the channel count entering the block call the expression is written in
+(outside any block: entering the layer whose value it is): it is known only when shapes are
+inferred, so an expression that uses it stays a tree (a `Deferred` value) until then. Every
+other `$name` is a block argument, bound when the block is expanded. Trees are tuples whose
+last item is the token's offset in the text:
+("num", value, at), ("arg", name, at), ("in", block_call, at), ("neg", tree, at),
+("op", symbol, left, right, at), ("call", function, [trees], at).
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+from cnnspec.schema_errors import did_you_mean
+
+
+class ExpressionError(Exception):
+    def __init__(self, message: str, offset: int):
+        super().__init__(message)
+        self.message, self.offset = message, offset
+
+
+def make_divisible(value, divisor=8, min_value=None):
+    """MobileNet's and EfficientNet's channel rounding (torchvision's _make_divisible): the
+    nearest multiple of `divisor`, at least `min_value` (default: divisor), and never more
+    than 10% below `value`."""
+    min_value = divisor if min_value is None else min_value
+    rounded = max(min_value, int(value + divisor / 2) // divisor * divisor)
+    return rounded + divisor if rounded < 0.9 * value else rounded
+
+
+FUNCTIONS = {  # name -> (fewest arguments, most arguments, function)
+    "round": (1, 1, round),          # Python's: halves go to the even neighbour
+    "floor": (1, 1, math.floor),
+    "ceil": (1, 1, math.ceil),
+    "min": (2, 8, min),
+    "max": (2, 8, max),
+    "make_divisible": (1, 3, make_divisible),
+}
+IN_CHANNELS = "in_channels"
+THIS_LAYER = 0  # the block call of an $in_channels written outside any block: the layer's own input
+
+TOKEN = re.compile(r"(?P<space>\s+)|(?P<number>\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)|(?P<arg>\$[A-Za-z_]\w*)"
+                   r"|(?P<name>[A-Za-z_]\w*)|(?P<op>//|[-+*/%(),])")
+LOOKS_LIKE = re.compile(r"\$|^\s*[A-Za-z_]\w*\s*\(|^(?=.*\d)(?=.*[-+*/%])[\d\s.()+\-*/%]+$")
+
+
+def is_expression(value) -> bool:
+    """A string that is meant as arithmetic: it holds a `$`, starts with a function call, or
+    is numbers and operators (`4 * 16`). Words like `same` or `num_classes` are not."""
+    return isinstance(value, str) and bool(LOOKS_LIKE.search(value))
+
+
+def tokenize(text: str) -> list[tuple[str, str, int]]:
+    tokens, at = [], 0
+    while at < len(text):
+        match = TOKEN.match(text, at)
+        if not match:
+            raise ExpressionError(f"unexpected character {text[at]!r}", at)
+        if match.lastgroup != "space":
+            tokens.append((match.lastgroup, match.group(), at))
+        at = match.end()
+    tokens.append(("end", "", len(text)))
+    return tokens
+
+
+class Parser:
+    def __init__(self, text: str):
+        self.tokens = tokenize(text)
+        self.index = 0
+
+    def peek(self):
+        return self.tokens[self.index]
+
+    def take(self, *values):
+        token = self.peek()
+        if token[0] == "op" and token[1] in values:
+            self.index += 1
+            return token
+        return None
+
+    def expect(self, value: str, what: str):
+        if not self.take(value):
+            raise ExpressionError(f"expected {what}, found {describe(self.peek())}", self.peek()[2])
+
+    def expression(self):
+        tree = self.product()
+        while token := self.take("+", "-"):
+            tree = ("op", token[1], tree, self.product(), token[2])
+        return tree
+
+    def product(self):
+        tree = self.unary()
+        while token := self.take("*", "//", "/", "%"):
+            tree = ("op", token[1], tree, self.unary(), token[2])
+        return tree
+
+    def unary(self):
+        if token := self.take("-"):
+            return ("neg", self.unary(), token[2])
+        return self.atom()
+
+    def atom(self):
+        kind, value, at = self.peek()
+        if kind == "number":
+            self.index += 1
+            return ("num", float(value) if any(c in value for c in ".eE") else int(value), at)
+        if kind == "arg":
+            self.index += 1
+            return ("arg", value[1:], at)
+        if kind == "name":
+            if value not in FUNCTIONS:
+                hint = did_you_mean(value, FUNCTIONS) or f"; functions: {', '.join(FUNCTIONS)}"
+                raise ExpressionError(f"unknown function '{value}'{hint} (arguments are written $name)", at)
+            self.index += 1
+            self.expect("(", f"'(' after {value}")
+            arguments = [self.expression()]
+            while self.take(","):
+                arguments.append(self.expression())
+            self.expect(")", "',' or ')'")
+            fewest, most, _ = FUNCTIONS[value]
+            if not fewest <= len(arguments) <= most:
+                wanted = str(fewest) if fewest == most else f"{fewest} to {most}"
+                raise ExpressionError(f"{value} takes {wanted} arguments, got {len(arguments)}", at)
+            return ("call", value, arguments, at)
+        if self.take("("):
+            tree = self.expression()
+            self.expect(")", "')'")
+            return tree
+        raise ExpressionError(f"expected a number, $argument, function or '(', found {describe(self.peek())}", at)
+
+
+def describe(token) -> str:
+    return "the end" if token[0] == "end" else f"'{token[1]}'"
+
+
+def parse(text: str):
+    parser = Parser(text)
+    tree = parser.expression()
+    if parser.peek()[0] != "end":
+        raise ExpressionError(f"expected an operator, found {describe(parser.peek())}", parser.peek()[2])
+    return tree
+
+
+def arguments_of(tree) -> list[tuple[str, int]]:
+    """Every `$name` of a parsed tree with its offset."""
+    kind = tree[0]
+    if kind == "arg":
+        return [(tree[1], tree[2])]
+    if kind == "neg":
+        return arguments_of(tree[1])
+    if kind == "op":
+        return arguments_of(tree[2]) + arguments_of(tree[3])
+    if kind == "call":
+        return [found for argument in tree[2] for found in arguments_of(argument)]
+    return []
+
+
+def bind(tree, lookup):
+    """The tree with each ("arg", name, at) replaced by lookup(name, at), itself a tree."""
+    kind = tree[0]
+    if kind == "arg":
+        return lookup(tree[1], tree[2])
+    if kind == "neg":
+        return ("neg", bind(tree[1], lookup), tree[2])
+    if kind == "op":
+        return ("op", tree[1], bind(tree[2], lookup), bind(tree[3], lookup), tree[4])
+    if kind == "call":
+        return ("call", tree[1], [bind(argument, lookup) for argument in tree[2]], tree[3])
+    return tree
+
+
+def needs_shapes(tree) -> bool:
+    """True when the tree uses $in_channels (directly or through an argument)."""
+    kind = tree[0]
+    if kind == "in":
+        return True
+    if kind == "neg":
+        return needs_shapes(tree[1])
+    if kind == "op":
+        return needs_shapes(tree[2]) or needs_shapes(tree[3])
+    if kind == "call":
+        return any(needs_shapes(argument) for argument in tree[2])
+    return False
+
+
+def whole(value):
+    """An integral float becomes an int (`0.5 * 64` is 32); other values stay as they are."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def evaluate(tree, block_inputs: dict | None = None):
+    """The value of a bound tree; block_inputs maps a block call to its input channels."""
+    kind = tree[0]
+    if kind == "num":
+        return tree[1]
+    if kind == "in":
+        return block_inputs[tree[1]]
+    if kind == "neg":
+        return -evaluate(tree[1], block_inputs)
+    if kind == "call":
+        return whole(FUNCTIONS[tree[1]][2](*(evaluate(argument, block_inputs) for argument in tree[2])))
+    symbol, left, right = tree[1], evaluate(tree[2], block_inputs), evaluate(tree[3], block_inputs)
+    if symbol in ("//", "/", "%") and right == 0:
+        raise ExpressionError(f"division by zero ({left} {symbol} 0)", tree[4])
+    return whole({"+": lambda: left + right, "-": lambda: left - right, "*": lambda: left * right,
+                  "//": lambda: left // right, "/": lambda: left / right, "%": lambda: left % right}[symbol]())
+
+
+@dataclass(frozen=True)
+class Deferred:
+    """An option value that needs $in_channels: evaluated by shape inference (shapes.py)."""
+
+    tree: tuple
+    text: str
+    where: object  # nodes.Location of the expression
+
+    def __repr__(self):
+        return repr(self.text)
