@@ -20,6 +20,7 @@ import collections
 import concurrent.futures
 import csv
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,12 +40,25 @@ SHOWN_BAD_IMAGES = 5        # skipped images named in the log
 
 @dataclass
 class Listing:
-    """What a source holds, before decoding: one entry per image."""
+    """What a source holds, before decoding: one entry per image (plain strings, about
+    150 bytes an image: the only memory that grows with the dataset)."""
 
-    paths: list[Path] = field(default_factory=list)   # absolute, checked to lie in the source
-    names: list[str] = field(default_factory=list)    # how messages name each image
+    paths: list[str] = field(default_factory=list)    # checked to lie in the source
     labels: list[str] = field(default_factory=list)
     splits: list[str] = field(default_factory=list)   # "train" | "val" | "test" | "" (not given)
+    places: list[str] | None = None                   # csv: "labels.csv:12: a.jpg" for messages
+
+    def add(self, path, label: str, split: str, place: str | None = None) -> None:
+        self.paths.append(str(path))
+        self.labels.append(sys.intern(label))
+        self.splits.append(split)
+        if place is not None:
+            self.places = [] if self.places is None else self.places
+            self.places.append(place)
+
+    def name(self, index: int) -> str:
+        """How messages name an image: its path, or its CSV line and path."""
+        return self.places[index] if self.places is not None else self.paths[index]
 
 
 # ---------------------------------------------------------------------------------------
@@ -118,10 +132,7 @@ def scan_folder(source) -> Listing:
                 raise DataError(f"{class_folder}: empty class folder (no {'/'.join(IMAGE_SUFFIXES)} "
                                 "files); add images or remove it")
             for path in images:
-                listing.paths.append(path)
-                listing.names.append(str(path))
-                listing.labels.append(class_folder.name)
-                listing.splits.append(split)
+                listing.add(path, class_folder.name, split)
     if ignored:
         print(f"{root}: ignored {ignored} files that are not images ({', '.join(IMAGE_SUFFIXES)})")
     return listing
@@ -171,17 +182,14 @@ def scan_csv(source, columns: dict) -> Listing:
                 if key in first_line:
                     raise DataError(f"{where}: {text}: duplicate path, first listed on line {first_line[key]}")
                 first_line[key] = reader.line_num
-                listing.paths.append(path)
-                listing.names.append(f"{where}: {text}")
-                listing.labels.append(label)
-                listing.splits.append(split)
+                listing.add(path, label, split, place=f"{where}: {text}")
     except UnicodeDecodeError as error:
         raise DataError(f"{manifest}: not UTF-8 text ({error.reason})") from None
     except csv.Error as error:
         raise DataError(f"{manifest}: not a readable CSV ({error})") from None
     if split_column and "" in listing.splits and set(listing.splits) != {""}:
         line = [i for i, s in enumerate(listing.splits) if s == ""][0]
-        raise DataError(f"{listing.names[line]}: empty {split_column}; give every row a split or none")
+        raise DataError(f"{listing.name(line)}: empty {split_column}; give every row a split or none")
     return listing
 
 
@@ -308,7 +316,7 @@ def write_split(path: Path, listing: Listing, indices: np.ndarray, shape, option
     def submit(start):
         chosen = indices[start:start + batch]
         tasks.append((start, executor.submit(
-            _decode_batch, [str(listing.paths[i]) for i in chosen], [listing.names[i] for i in chosen],
+            _decode_batch, [listing.paths[i] for i in chosen], [listing.name(i) for i in chosen],
             channels, (height, width), options["resize"])))
 
     with open(path, "r+b") as file:
