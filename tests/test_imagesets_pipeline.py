@@ -11,7 +11,8 @@ import yaml
 
 from tests.fakedata import idx_bytes
 from tests.imagefiles import FASHION, class_folder_name, fashion_subset, write_image_folder
-from tests.test_pipeline_e2e import TINY_SPEC, copy_working_tree, ran_stages, run
+from tests.test_fashion_mnist import SPEC
+from tests.test_pipeline_e2e import copy_working_tree, ran_stages, run
 
 pytestmark = [
     pytest.mark.slow,
@@ -37,11 +38,11 @@ def test_folder_dataset_through_dvc_matches_the_idx_pipeline(tmp_path):
 
     repo = tmp_path / "repo"
     copy_working_tree(repo)
-    (repo / "specs" / "e2e_tiny.yaml").write_text(TINY_SPEC)
+    (repo / "specs" / "fashion_small.yaml").write_text(SPEC)
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["data"].update(dataset="fashion-mnist", url=f"file://{mirror}/", md5="skip", val_split=0.1,
                           image_size=[28, 28], channels=1)
-    params["model"]["spec"] = "specs/e2e_tiny.yaml"
+    params["model"]["spec"] = "specs/fashion_small.yaml"
     params["train"].update(device="cpu", epochs=2, batch_size=64, precision="off", compile=False)
     params["train"]["optimizer"].update(name="adam", lr=0.003, weight_decay=0.0)
     params["train"]["scheduler"]["name"] = "none"
@@ -71,8 +72,8 @@ def test_folder_dataset_through_dvc_matches_the_idx_pipeline(tmp_path):
     folder_eval = json.loads((repo / "metrics" / "eval.json").read_text())
     assert np.array_equal(np.load(repo / "data" / "prepared" / "train_images.npy"), idx_train)
     assert folder_eval["classes"][0] == "0_T-shirt-top" and len(folder_eval["classes"]) == 10
-    assert idx_eval["accuracy"] > 0.6, idx_eval["accuracy"]
-    assert abs(folder_eval["accuracy"] - idx_eval["accuracy"]) <= 0.01
+    assert abs(folder_eval["accuracy"] - idx_eval["accuracy"]) <= 0.01, (folder_eval["accuracy"], idx_eval["accuracy"])
+    assert idx_eval["accuracy"] > 0.6, idx_eval["accuracy"]  # it learned: chance is 0.1
 
     # One image changed: DVC sees the tracked folder modified and preprocess stale.
     changed = sorted((images_root / "train").glob("3_*/*.png"))[0]
