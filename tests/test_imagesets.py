@@ -252,11 +252,11 @@ def test_csv_without_the_named_column_names_the_param(tmp_path):
 # ---------------------------------------------------------------- params and the stage
 
 @pytest.mark.parametrize("change, message", [
-    ({"channels": 2}, "data.channels: 2 is not one of [1, 3]"),
-    ({"image_size": [32]}, "data.image_size: [32] is too short"),
-    ({"resize": "crop"}, "data.resize: 'crop' is not one of"),
-    ({"bad_images": "ignore"}, "data.bad_images: 'ignore' is not one of"),
-    ({"csv": {"path_colum": "p"}}, "data.csv.path_colum: unknown key (did you mean 'path_column'?)"),
+    ({"channels": 2}, "data.channels: 2 is not one of: 1, 3"),
+    ({"image_size": [32]}, "data.image_size: a list of 1 is too short"),
+    ({"resize": "crop"}, "data.resize: 'crop' is not one of: stretch, center_crop"),
+    ({"bad_images": "ignore"}, "data.bad_images: 'ignore' is not one of: fail, skip"),
+    ({"csv": {"path_colum": "p"}}, "data.csv.path_colum: unknown key 'path_colum' (did you mean 'path_column'?)"),
 ])
 def test_bad_data_params_name_the_key(tmp_path, change, message):
     from cnnspec.errors import ParamsError
@@ -273,6 +273,16 @@ def run_stage(cwd, name):
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
     return subprocess.run([sys.executable, str(REPO_ROOT / "stages" / f"{name}.py")], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=120)
+
+
+def test_a_missing_source_is_named_by_its_key(tmp_path):
+    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    params["data"].update(dataset="csv", source="data/labels.csv")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    result = run_stage(tmp_path, "preprocess")
+    assert result.returncode == 2
+    assert result.stderr.strip() == "error: params.yaml: data.source: data/labels.csv: no such file"
+    assert not (tmp_path / "data").exists()
 
 
 def test_stages_on_a_folder_dataset_and_a_bad_image(tmp_path, fashion):
