@@ -118,7 +118,8 @@ def scan_folder(source) -> Listing:
     subfolders = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     presplit = "train" in subfolders and set(subfolders) <= set(SPLITS)
     parts = [(split, root / split) for split in SPLITS if split in subfolders] if presplit else [("", root)]
-    listing, ignored = Listing(), 0
+    listing = Listing()
+    ignored = sum(1 for p in root.iterdir() if p.is_file() and not p.name.startswith("."))  # not in a class
     for split, folder in parts:
         class_folders = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
         if not class_folders:
@@ -134,7 +135,8 @@ def scan_folder(source) -> Listing:
             for path in images:
                 listing.add(path, class_folder.name, split)
     if ignored:
-        print(f"{root}: ignored {ignored} files that are not images ({', '.join(IMAGE_SUFFIXES)})")
+        print(f"{root}: ignored {ignored} files outside the class folders or not images "
+              f"({' '.join(IMAGE_SUFFIXES)})")
     return listing
 
 
@@ -249,7 +251,8 @@ def _decode_batch(paths: list[str], names: list[str], channels: int, size, resiz
             good.append(read_image(path, channels, size, resize))
             positions.append(position)
         except ImageReadError as error:
-            errors.append(f"{name}: {str(error).split(': ', 1)[-1]}")
+            reason = str(error).removeprefix(f"{path}: ")  # read_image names the path first
+            errors.append(f"{name}: {reason}")
     height, width = size
     array = np.stack(good) if good else np.zeros((0, channels, height, width), np.uint8)
     return array, positions, errors

@@ -146,7 +146,7 @@ def test_bad_image_fail_names_the_file_and_leaves_the_old_prepared_data(tmp_path
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".prepared")]
 
 
-def test_bad_images_skip_counts_names_and_leaves_them_out(tmp_path, fashion):
+def test_bad_images_skip_counts_names_and_leaves_them_out(tmp_path, fashion, capsys):
     root = folder_of(tmp_path, fashion)
     victims = sorted(root.glob("*/*.png"))[::9][:7]  # spread over the classes
     for victim in victims:
@@ -155,6 +155,7 @@ def test_bad_images_skip_counts_names_and_leaves_them_out(tmp_path, fashion):
     (victims[0].parent / "fake.jpg").write_text("not an image either")
     meta, prepared, lines = prepare(tmp_path, data_params(tmp_path, source=str(root), bad_images="skip"))
     assert meta["skipped_images"] == 8
+    assert f"{root}: ignored 1 files outside the class folders or not images" in capsys.readouterr().out
     assert sum(meta["counts"].values()) == 60 - 7
     skipped = [line for line in lines if line.startswith("skipped 8 unreadable images")]
     assert skipped and str(victims[0]) in skipped[0] and skipped[0].count(str(root)) == 5
