@@ -29,8 +29,8 @@ from numpy.lib import format as npy_format
 
 from cnnspec import atomic
 from cnnspec.atomic import atomic_folder
-from cnnspec.datasets import SPLITS, USER_DATASETS, histogram_mean_std, stratified_split
-from cnnspec.errors import DataError
+from cnnspec.datasets import SPLITS, histogram_mean_std, stratified_split
+from cnnspec.errors import DataError, DiskFullError
 from cnnspec.images import IMAGE_SUFFIXES, ImageReadError, is_image_file, read_image
 
 BATCH_IMAGES = 256          # images one worker decodes per task
@@ -304,6 +304,15 @@ def write_split(path: Path, listing: Listing, indices: np.ndarray, shape, option
                 executor, bad: _BadImages, histogram: np.ndarray | None) -> np.ndarray:
     """Decode the images at `indices` into `path` (.npy, shape (n,) + shape), in order.
     Returns the positions (into `indices`) of the images written (bad ones skipped)."""
+    try:
+        return _write_split(path, listing, indices, shape, options, executor, bad, histogram)
+    except OSError as error:
+        if atomic.disk_is_full(error, path.parent):
+            raise DiskFullError(path) from None
+        raise
+
+
+def _write_split(path, listing, indices, shape, options, executor, bad, histogram):
     channels, height, width = shape
     row_bytes = channels * height * width
     created = npy_format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(len(indices), *shape))

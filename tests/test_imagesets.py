@@ -163,6 +163,26 @@ def test_bad_images_skip_counts_names_and_leaves_them_out(tmp_path, fashion, cap
         assert len(prepared[f"{split}_images"]) == len(prepared[f"{split}_labels"]) == meta["counts"][split]
 
 
+def test_a_full_disk_names_the_prepared_file_and_keeps_the_old_folder(tmp_path, fashion, monkeypatch):
+    import errno
+
+    from cnnspec.errors import DiskFullError
+
+    root = folder_of(tmp_path, fashion)
+    data = data_params(tmp_path, source=str(root))
+    prepare(tmp_path, data)
+    before = (tmp_path / "prepared" / "meta.json").read_bytes()
+
+    def no_space(*args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(imagesets.os, "pwrite", no_space)
+    with pytest.raises(DiskFullError, match=r"prepared/train_images\.npy: no space left on device"):
+        prepare(tmp_path, data)
+    assert (tmp_path / "prepared" / "meta.json").read_bytes() == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".prepared")]
+
+
 def test_empty_class_folder_is_named(tmp_path, fashion):
     root = folder_of(tmp_path, fashion)
     (root / "Zebra").mkdir()
