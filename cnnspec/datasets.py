@@ -25,6 +25,7 @@ from cnnspec.errors import DataError
 from cnnspec.pipeline import DOWNLOAD_HINT, PREPARED, PREPROCESS_HINT
 
 SPLITS = ("train", "val", "test")
+USER_DATASETS = ("folder", "csv")  # the user's own files (cnnspec/imagesets.py), nothing to download
 EXTRACTED = "extracted"  # data/raw/<this>/ holds an archive's contents
 
 
@@ -248,7 +249,7 @@ def get_dataset(name: str) -> DatasetInfo:
         return DATASETS[name]
     except KeyError:
         raise DataError(f"data.dataset: unknown dataset '{name}'; "
-                        f"choose one of {', '.join(DATASETS)}") from None
+                        f"choose one of {', '.join(DATASETS)}, folder, csv") from None
 
 
 def decode_raw(name: str, raw: Path) -> RawDataset:
@@ -292,6 +293,11 @@ def channel_mean_std(images: np.ndarray, chunk: int = 4096) -> tuple[list[float]
     for start in range(0, len(images), chunk):
         block = images[start:start + chunk].astype(np.int64) + offsets
         counts += np.bincount(block.ravel(), minlength=channels * 256).reshape(channels, 256)
+    return histogram_mean_std(counts)
+
+
+def histogram_mean_std(counts: np.ndarray) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std from (C, 256) counts of each pixel value."""
     values = np.arange(256) / 255.0
     total = counts.sum(axis=1)
     mean = counts @ values / total
@@ -332,6 +338,11 @@ def prepare(raw: RawDataset, dataset: str, val_fraction: float, seed: int) -> tu
         "dataset": dataset,
         "classes": list(raw.classes),
         "input_shape": list(raw.train_images.shape[1:]),
+        # how an image file becomes this input (predict reads files the same way): the
+        # built-ins' native size, no resize
+        "image_size": list(raw.train_images.shape[2:]),
+        "resize": "stretch",
+        "channels": int(raw.train_images.shape[1]),
         "mean": mean,
         "std": std,
         "counts": {split: int(len(arrays[f"{split}_labels"])) for split in SPLITS},

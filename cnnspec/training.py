@@ -500,7 +500,8 @@ def _fits_on_device(num_bytes: int, device: torch.device) -> bool:
 
 class DeviceData:
     """Training and validation images as uint8 tensors, on the device when they fit
-    (else in pinned host memory, batches streamed over); labels always on the device."""
+    (else in pinned host memory, or read from the memory-mapped files when `data`
+    holds np.memmap arrays, batches streamed over); labels always on the device."""
 
     def __init__(self, data: dict, device: torch.device):
         meta = data["meta"]
@@ -516,6 +517,10 @@ class DeviceData:
         self.classes = list(meta["classes"])
 
     def _images(self, array, storage: torch.device) -> torch.Tensor:
+        if isinstance(array, np.memmap) and storage.type == "cpu":
+            # Prepared data opened as a memory map (mmap_mode="c") stays on disk: each
+            # batch reads its pages, so data larger than RAM still trains.
+            return torch.from_numpy(array)
         images = torch.from_numpy(np.ascontiguousarray(array))
         if storage.type == "cpu" and self.device.type == "cuda":
             return images.pin_memory()

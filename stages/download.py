@@ -4,6 +4,8 @@
 
 `data.url` is a mirror and `data.md5` its checksums. Files already in data/raw/ with
 the right md5 are not fetched again; an archive is extracted all at once or not at all.
+folder and csv datasets are the user's own files (data.source, tracked with `dvc add`):
+nothing is fetched, data/raw/ only holds a note saying so.
 """
 from __future__ import annotations
 
@@ -13,6 +15,8 @@ from pathlib import Path
 if __package__ in (None, ""):  # `python stages/<name>.py`: import this checkout's cnnspec
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from cnnspec import atomic
+from cnnspec.datasets import USER_DATASETS
 from cnnspec.download import download_dataset
 from cnnspec.errors import exit_on_user_error
 from cnnspec.params import check_named_paths, load_params
@@ -24,6 +28,12 @@ def main() -> None:
     params = load_params(PARAMS, sections=["data"])
     check_named_paths(params, PARAMS)  # any data.* param that names a file or folder
     data = params["data"]
+    if data["dataset"] in USER_DATASETS:
+        RAW.mkdir(parents=True, exist_ok=True)
+        atomic.write_text(RAW / "README.txt", f"data.dataset is {data['dataset']}: preprocess reads "
+                          "the images from data.source; nothing is downloaded.\n")
+        print(f"{data['dataset']}: nothing to download (preprocess reads data.source)")
+        return
     folder = download_dataset(data["dataset"], RAW, url=data["url"], md5=data["md5"])
     print(f"{data['dataset']}: raw files ready in {folder}")
 

@@ -1,10 +1,13 @@
-"""Stage 2 of 5, preprocess: decode data/raw/ into a few uint8 arrays in data/prepared/.
+"""Stage 2 of 5, preprocess: decode the dataset into a few uint8 arrays in data/prepared/.
 
-    python stages/preprocess.py        (reads params.yaml: data.dataset, data.val_split, data.seed)
+    python stages/preprocess.py        (reads params.yaml: data.*, but url and md5)
 
-Holds out a stratified `data.val_split` of the training set (seeded by `data.seed`)
-and records the class names and the training split's per-channel mean and std in
-meta.json. The folder is written all at once or not at all.
+Built-ins (cifar10, ...): decodes data.source (data/raw, what the download stage
+fetched) and holds out a stratified `data.val_split` of the training set (seeded by
+`data.seed`). folder / csv: reads the user's images from data.source, resizes them to
+`data.image_size` and splits them (cnnspec/imagesets.py, docs/datasets.md). Either way
+meta.json records the class names and the training split's per-channel mean and std,
+and the folder is written all at once or not at all.
 """
 from __future__ import annotations
 
@@ -15,10 +18,11 @@ from pathlib import Path
 if __package__ in (None, ""):  # `python stages/<name>.py`: import this checkout's cnnspec
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cnnspec.datasets import decode_raw, prepare, write_prepared
-from cnnspec.errors import exit_on_user_error
-from cnnspec.params import check_named_paths, load_params
-from cnnspec.pipeline import PARAMS, PREPARED, RAW
+from cnnspec.datasets import USER_DATASETS, decode_raw, prepare, write_prepared
+from cnnspec.errors import ParamsError, exit_on_user_error
+from cnnspec.imagesets import prepare_image_dataset
+from cnnspec.params import check_named_paths, load_params, path_problem
+from cnnspec.pipeline import PARAMS, PREPARED
 
 
 @exit_on_user_error
@@ -27,9 +31,16 @@ def main() -> None:
     check_named_paths(params, PARAMS)  # any data.* param that names a file or folder
     data = params["data"]
     started = time.perf_counter()
-    raw = decode_raw(data["dataset"], RAW)
-    arrays, meta = prepare(raw, data["dataset"], data["val_split"], data["seed"])
-    write_prepared(PREPARED, arrays, meta)
+    if data["dataset"] in USER_DATASETS:
+        kind = "folder" if data["dataset"] == "folder" else "file"  # csv: the manifest
+        problem = path_problem(Path(data["source"]), kind)
+        if problem:
+            raise ParamsError(f"{PARAMS}: data.source: {data['source']}: {problem}")
+        meta = prepare_image_dataset(data, PREPARED)
+    else:
+        raw = decode_raw(data["dataset"], Path(data["source"]))
+        arrays, meta = prepare(raw, data["dataset"], data["val_split"], data["seed"])
+        write_prepared(PREPARED, arrays, meta)
     counts = ", ".join(f"{split} {n}" for split, n in meta["counts"].items())
     print(f"{data['dataset']}: {counts} images of shape {meta['input_shape']} -> {PREPARED}/ "
           f"in {time.perf_counter() - started:.1f} s")

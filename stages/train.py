@@ -34,7 +34,7 @@ def run(params_path=PARAMS, prepared=PREPARED, model_path=MODEL, resume_path=RES
 
     spec = load_spec(params["model"]["spec"])  # a bad spec is reported before the data is read
     options = params["train"]
-    data = load_prepared(prepared)
+    data = load_prepared(prepared, mmap_mode="c")  # memory-mapped: copied to the device or streamed
     meta = data["meta"]
     device = pick_device(options["device"])
     torch.manual_seed(options["seed"])  # the initial weights

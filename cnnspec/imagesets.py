@@ -1,0 +1,430 @@
+"""Datasets from the user's own image files: a folder of class subfolders or a CSV
+manifest, scanned, split, decoded in parallel and written chunk by chunk.
+
+    prepare_image_dataset(data_params, "data/prepared")
+
+Layouts (docs/datasets.md):
+- folder: `root/<class>/<any depth>/<image>`, or the same under `root/train/`,
+  `root/test/` and optionally `root/val/`.
+- csv: a manifest with a path column and a label column (and optionally a split
+  column of train / val / test); paths are relative to the CSV's folder.
+
+The result is the prepared format every later stage reads (docs/architecture.md):
+{split}_images.npy uint8 (N, C, H, W), {split}_labels.npy int64, meta.json. The image
+files are written through the file, a window of decoded images at a time, never the
+whole array: memory stays at one window however large the dataset.
+"""
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import csv
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from numpy.lib import format as npy_format
+
+from cnnspec import atomic
+from cnnspec.atomic import atomic_folder
+from cnnspec.datasets import SPLITS, histogram_mean_std, stratified_split
+from cnnspec.errors import DataError, DiskFullError
+from cnnspec.images import IMAGE_SUFFIXES, ImageReadError, is_image_file, read_image
+
+BATCH_IMAGES = 256          # images one worker decodes per task
+WINDOW_BYTES = 32 << 20     # decoded pixels in flight at once: "one chunk"
+SHOWN_BAD_IMAGES = 5        # skipped images named in the log
+
+
+@dataclass
+class Listing:
+    """What a source holds, before decoding: one entry per image (plain strings, about
+    150 bytes an image: the only memory that grows with the dataset)."""
+
+    paths: list[str] = field(default_factory=list)    # checked to lie in the source
+    labels: list[str] = field(default_factory=list)
+    splits: list[str] = field(default_factory=list)   # "train" | "val" | "test" | "" (not given)
+    places: list[str] | None = None                   # csv: "labels.csv:12: a.jpg" for messages
+
+    def add(self, path, label: str, split: str, place: str | None = None) -> None:
+        self.paths.append(str(path))
+        self.labels.append(sys.intern(label))
+        self.splits.append(split)
+        if place is not None:
+            self.places = [] if self.places is None else self.places
+            self.places.append(place)
+
+    def name(self, index: int) -> str:
+        """How messages name an image: its path, or its CSV line and path."""
+        return self.places[index] if self.places is not None else self.paths[index]
+
+
+# ---------------------------------------------------------------------------------------
+# Paths that must stay inside the source.
+
+def _allowed_roots(root: Path) -> list[Path]:
+    """The source itself, and a DVC cache above it (`cache.type: symlink` links there)."""
+    roots = [root.resolve()]
+    for parent in [Path.cwd(), *Path.cwd().parents]:
+        if (parent / ".dvc").is_dir():
+            roots.append((parent / ".dvc" / "cache").resolve())
+            break
+    return roots
+
+
+def _inside(path: Path, roots: list[Path]) -> bool:
+    resolved = path.resolve()
+    return any(resolved == root or root in resolved.parents for root in roots)
+
+
+def _escape_error(name: str, where: str) -> DataError:
+    return DataError(f"{name}: {where} leads outside data.source; copy the image into it instead")
+
+
+# ---------------------------------------------------------------------------------------
+# Folder layout.
+
+def _images_under(folder: Path, roots: list[Path], display: Path) -> tuple[list[Path], int]:
+    """Image files under `folder` at any depth, sorted, and the count of other files.
+    Hidden files are left out; a symlink (file or folder) leading outside is an error."""
+    found, others = [], 0
+    for current, dirnames, filenames in os.walk(folder, followlinks=False):
+        current = Path(current)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in dirnames:
+            if (current / name).is_symlink() and not _inside(current / name, roots):
+                raise _escape_error(str(display / (current / name).relative_to(folder)), "a symlinked folder")
+        for name in filenames:
+            path = current / name
+            if name.startswith("."):
+                continue
+            if path.is_symlink() and not _inside(path, roots):
+                raise _escape_error(str(display / path.relative_to(folder)), "a symlink")
+            if is_image_file(path):
+                found.append(path)
+            else:
+                others += 1
+    return sorted(found), others
+
+
+def scan_folder(source) -> Listing:
+    root = Path(source)
+    if not root.is_dir():
+        raise DataError(f"data.source: {root} is not a folder (data.dataset: folder wants a folder "
+                        "with one subfolder per class)")
+    roots = _allowed_roots(root)
+    subfolders = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    presplit = "train" in subfolders and set(subfolders) <= set(SPLITS)
+    parts = [(split, root / split) for split in SPLITS if split in subfolders] if presplit else [("", root)]
+    listing = Listing()
+    ignored = sum(1 for p in root.iterdir() if p.is_file() and not p.name.startswith("."))  # not in a class
+    for split, folder in parts:
+        class_folders = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+        if not class_folders:
+            raise DataError(f"{folder}: no class subfolders; expected {folder}/<class name>/<images>")
+        for class_folder in class_folders:
+            if class_folder.is_symlink() and not _inside(class_folder, roots):
+                raise _escape_error(str(class_folder), "a symlinked class folder")
+            images, others = _images_under(class_folder, roots, class_folder)
+            ignored += others
+            if not images:
+                raise DataError(f"{class_folder}: empty class folder (no {'/'.join(IMAGE_SUFFIXES)} "
+                                "files); add images or remove it")
+            for path in images:
+                listing.add(path, class_folder.name, split)
+    if ignored:
+        print(f"{root}: ignored {ignored} files outside the class folders or not images "
+              f"({' '.join(IMAGE_SUFFIXES)})")
+    return listing
+
+
+# ---------------------------------------------------------------------------------------
+# CSV layout.
+
+def scan_csv(source, columns: dict) -> Listing:
+    manifest = Path(source)
+    if not manifest.is_file():
+        raise DataError(f"data.source: {manifest} is not a file (data.dataset: csv wants a CSV manifest)")
+    root = manifest.parent
+    roots = _allowed_roots(root)
+    path_column, label_column = columns["path_column"], columns["label_column"]
+    split_column = columns.get("split_column") or ""
+    listing, first_line = Listing(), {}
+    try:
+        with open(manifest, newline="", encoding="utf-8-sig") as file:
+            reader = csv.DictReader(file)
+            header = reader.fieldnames or []
+            for key, column in (("path_column", path_column), ("label_column", label_column),
+                                ("split_column", split_column)):
+                if column and column not in header:
+                    raise DataError(f"{manifest}:1: no column '{column}' (data.csv.{key}); "
+                                    f"the header has: {', '.join(header) or 'nothing'}")
+            for row in reader:
+                where = f"{manifest}:{reader.line_num}"
+                if not any((value or "").strip() for value in row.values()):
+                    continue  # a blank line
+                text = (row.get(path_column) or "").strip()
+                label = (row.get(label_column) or "").strip()
+                split = (row.get(split_column) or "").strip().lower() if split_column else ""
+                if not text:
+                    raise DataError(f"{where}: empty {path_column}")
+                if not label:
+                    raise DataError(f"{where}: empty {label_column} for {text}")
+                if split not in ("", *SPLITS):
+                    raise DataError(f"{where}: {split_column} '{split}' must be train, val or test")
+                relative = Path(text)
+                if relative.is_absolute():
+                    raise DataError(f"{where}: {text}: absolute path; paths are relative to {root}/")
+                path = root / relative
+                if not _inside(path, roots):
+                    raise _escape_error(f"{where}: {text}", "the path")
+                key = os.path.normpath(text)
+                if key in first_line:
+                    raise DataError(f"{where}: {text}: duplicate path, first listed on line {first_line[key]}")
+                first_line[key] = reader.line_num
+                listing.add(path, label, split, place=f"{where}: {text}")
+    except UnicodeDecodeError as error:
+        raise DataError(f"{manifest}: not UTF-8 text ({error.reason})") from None
+    except csv.Error as error:
+        raise DataError(f"{manifest}: not a readable CSV ({error})") from None
+    if split_column and "" in listing.splits and set(listing.splits) != {""}:
+        line = [i for i, s in enumerate(listing.splits) if s == ""][0]
+        raise DataError(f"{listing.name(line)}: empty {split_column}; give every row a split or none")
+    return listing
+
+
+# ---------------------------------------------------------------------------------------
+# Classes and splits.
+
+def assign_splits(listing: Listing, val_split: float, test_split: float, seed: int):
+    """(classes, {split: (indices into the listing, label ids)}).
+
+    The source's own splits are kept; without a test split, a stratified `test_split`
+    is held out (seeded); without a val split, a stratified `val_split` of train."""
+    if not listing.paths:
+        raise DataError("data.source: no images found (empty dataset)")
+    classes = sorted(set(listing.labels))
+    if len(classes) < 2:
+        raise DataError(f"data.source: only one class ('{classes[0]}'); a classifier needs at least two")
+    ids = _label_ids(listing.labels, classes)
+    given = np.array(listing.splits)
+    given_splits = set(listing.splits) - {""}
+    if given_splits and "train" not in given_splits:
+        raise DataError("data.source: the source is split but has no train split")
+    train_pool = np.flatnonzero((given == "train") | (given == ""))
+    split_indices = {s: np.flatnonzero(given == s) for s in ("val", "test")}
+    if "test" not in given_splits:
+        if test_split == 0:
+            raise DataError("data.test_split: 0, but data.source has no test split; "
+                            "set a fraction such as 0.2 or add a test split")
+        keep, held = stratified_split(ids[train_pool], test_split, seed)
+        split_indices["test"], train_pool = train_pool[held], train_pool[keep]
+    if "val" not in given_splits:
+        keep, held = stratified_split(ids[train_pool], val_split, seed)
+        split_indices["val"], train_pool = train_pool[held], train_pool[keep]
+    split_indices["train"] = train_pool
+    in_train = set(ids[train_pool].tolist())
+    for split in ("val", "test"):
+        missing = sorted(set(ids[split_indices[split]].tolist()) - in_train)
+        if missing:
+            names = ", ".join(f"'{classes[i]}'" for i in missing)
+            raise DataError(f"data.source: class {names} has images in {split} but none in train; "
+                            "the model cannot learn a class it never sees")
+    return classes, {s: (np.sort(split_indices[s]), ids[np.sort(split_indices[s])]) for s in SPLITS}
+
+
+def _label_ids(labels, classes):
+    lookup = {name: i for i, name in enumerate(classes)}
+    return np.array([lookup[label] for label in labels], dtype=np.int64)
+
+
+# ---------------------------------------------------------------------------------------
+# Decoding, in parallel, in order, a window at a time.
+
+def _decode_batch(paths: list[str], names: list[str], channels: int, size, resize: str):
+    """Worker task: (uint8 (n_good, C, H, W), positions of the good ones, errors)."""
+    good, positions, errors = [], [], []
+    for position, (path, name) in enumerate(zip(paths, names)):
+        try:
+            good.append(read_image(path, channels, size, resize))
+            positions.append(position)
+        except ImageReadError as error:
+            reason = str(error).removeprefix(f"{path}: ")  # read_image names the path first
+            errors.append(f"{name}: {reason}")
+    height, width = size
+    array = np.stack(good) if good else np.zeros((0, channels, height, width), np.uint8)
+    return array, positions, errors
+
+
+class _InlineExecutor:
+    """The executor interface, run in this process (one core, or tiny datasets)."""
+
+    def submit(self, function, *args):
+        future = concurrent.futures.Future()
+        future.set_result(function(*args))
+        return future
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def default_workers() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+class _BadImages:
+    def __init__(self, policy: str):
+        self.policy, self.count, self.first = policy, 0, []
+
+    def add(self, errors: list[str]) -> None:
+        if errors and self.policy == "fail":
+            raise ImageReadError(f"{errors[0]} (data.bad_images: fail; 'skip' leaves such images out)")
+        self.count += len(errors)
+        self.first.extend(errors[:SHOWN_BAD_IMAGES - len(self.first)])
+
+
+def _pixel_histogram(images: np.ndarray, histogram: np.ndarray) -> None:
+    """Add the per-channel counts of the 256 pixel values, ~1 MB of pixels at a time."""
+    step = max(1, (1 << 20) // max(1, images[0].size if len(images) else 1))
+    for start in range(0, len(images), step):
+        block = images[start:start + step]
+        for channel in range(images.shape[1]):
+            histogram[channel] += np.bincount(block[:, channel].ravel(), minlength=256)
+
+
+def write_split(path: Path, listing: Listing, indices: np.ndarray, shape, options: dict,
+                executor, bad: _BadImages, histogram: np.ndarray | None) -> np.ndarray:
+    """Decode the images at `indices` into `path` (.npy, shape (n,) + shape), in order.
+    Returns the positions (into `indices`) of the images written (bad ones skipped)."""
+    try:
+        return _write_split(path, listing, indices, shape, options, executor, bad, histogram)
+    except OSError as error:
+        if atomic.disk_is_full(error, path.parent):
+            raise DiskFullError(path) from None
+        raise
+
+
+def _write_split(path, listing, indices, shape, options, executor, bad, histogram):
+    channels, height, width = shape
+    row_bytes = channels * height * width
+    created = npy_format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(len(indices), *shape))
+    header_bytes = created.offset
+    del created  # the header and the file's size are set; the pixels go in by pwrite, so
+    #              no page of the file stays mapped (mapped pages would count as our memory)
+    batch = max(1, min(BATCH_IMAGES, WINDOW_BYTES // row_bytes // 8))
+    window = max(1, WINDOW_BYTES // (batch * row_bytes))
+    kept, written = [], 0
+    tasks = collections.deque()
+    starts = iter(range(0, len(indices), batch))
+
+    def submit(start):
+        chosen = indices[start:start + batch]
+        tasks.append((start, executor.submit(
+            _decode_batch, [listing.paths[i] for i in chosen], [listing.name(i) for i in chosen],
+            channels, (height, width), options["resize"])))
+
+    with open(path, "r+b") as file:
+        for start in starts:
+            submit(start)
+            if len(tasks) >= window:
+                break
+        while tasks:
+            start, future = tasks.popleft()
+            array, positions, errors = future.result()
+            next_start = next(starts, None)
+            if next_start is not None:
+                submit(next_start)
+            bad.add(errors)
+            if len(array):
+                os.pwrite(file.fileno(), array.tobytes(), header_bytes + written * row_bytes)
+                written += len(array)
+                kept.extend(start + p for p in positions)
+                if histogram is not None:
+                    _pixel_histogram(array, histogram)
+    if written < len(indices):
+        _shrink_npy(path, header_bytes, (written, *shape), row_bytes)
+    return np.array(kept, dtype=np.int64)
+
+
+def _shrink_npy(path: Path, header_bytes: int, shape, row_bytes: int) -> None:
+    """Rewrite a .npy's header for fewer rows and cut the file (after skipped images)."""
+    import io
+
+    header = io.BytesIO()
+    npy_format.write_array_header_1_0(header, {"descr": "|u1", "fortran_order": False, "shape": shape})
+    if len(header.getvalue()) != header_bytes:  # the header's padding absorbs a shorter count
+        raise DataError(f"{path}: cannot shrink the .npy header")  # never seen: 64-byte padding
+    with open(path, "r+b") as file:
+        file.write(header.getvalue())
+        file.truncate(header_bytes + shape[0] * row_bytes)
+
+
+# ---------------------------------------------------------------------------------------
+# The whole preprocess of a folder or CSV dataset.
+
+def scan(data: dict) -> Listing:
+    source = data["source"]
+    if data["dataset"] == "folder":
+        return scan_folder(source)
+    if data["dataset"] == "csv":
+        return scan_csv(source, data["csv"])
+    raise ValueError(f"not a user dataset: {data['dataset']}")
+
+
+def prepare_image_dataset(data: dict, out_folder, workers: int | None = None, log=print) -> dict:
+    """Scan, split, decode and write `out_folder` (all files or none). Returns meta.json."""
+    listing = scan(data)
+    classes, splits = assign_splits(listing, data["val_split"], data["test_split"], data["seed"])
+    height, width = data["image_size"]
+    shape = (data["channels"], height, width)
+    workers = default_workers() if workers is None else workers
+    small = len(listing.paths) < 4 * BATCH_IMAGES
+    bad = _BadImages(data["bad_images"])
+    histogram = np.zeros((shape[0], 256), dtype=np.int64)
+    counts, per_class = {}, {}
+    executor = _InlineExecutor() if workers <= 1 or small else \
+        concurrent.futures.ProcessPoolExecutor(max_workers=workers)
+    with atomic_folder(out_folder) as temporary, executor:
+        for split in SPLITS:
+            indices, labels = splits[split]
+            kept = write_split(temporary / f"{split}_images.npy", listing, indices, shape, data,
+                               executor, bad, histogram if split == "train" else None)
+            labels = labels[kept]
+            atomic.save_numpy(temporary / f"{split}_labels.npy", labels)
+            counts[split] = int(len(labels))
+            per_class[split] = np.bincount(labels, minlength=len(classes))
+        if counts["train"] == 0:
+            raise DataError("data.source: no readable training images")
+        missing = [classes[i] for i in np.flatnonzero(per_class["train"] == 0)]
+        if missing:
+            raise DataError(f"data.source: class '{missing[0]}' has no readable training image left")
+        mean, std = histogram_mean_std(histogram)
+        meta = {
+            "dataset": data["dataset"],
+            "source": str(data["source"]),
+            "classes": classes,
+            "input_shape": list(shape),
+            "image_size": [height, width],
+            "resize": data["resize"],
+            "channels": shape[0],
+            "mean": mean,
+            "std": std,
+            "counts": counts,
+            "skipped_images": bad.count,
+        }
+        atomic.write_json(temporary / "meta.json", meta)
+    if bad.count:
+        log(f"skipped {bad.count} unreadable images (data.bad_images: skip), first: " + "; ".join(bad.first))
+    total = sum(per_class.values())
+    log("images per class: " + ", ".join(f"{name} {int(n)}" for name, n in zip(classes, total)))
+    return meta
+
+

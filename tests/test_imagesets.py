@@ -1,0 +1,353 @@
+"""folder and csv datasets on real images (Fashion-MNIST written to files here):
+layouts, splits, the bad inputs each with its one-line answer, parallel decoding,
+and the prepared files (whole or absent, loadable as memory maps)."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from cnnspec import imagesets
+from cnnspec.datasets import load_prepared
+from cnnspec.errors import DataError
+from cnnspec.images import ImageReadError
+from cnnspec.params import load_params
+from tests.imagefiles import (FASHION, class_folder_name, fashion_subset, write_colour_set, write_csv,
+                              write_image_folder)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+pytestmark = pytest.mark.skipif(not FASHION.is_dir(),
+                                reason="needs Debian's dataset-fashion-mnist (.ci/run installs it)")
+
+
+@pytest.fixture(scope="module")
+def fashion():
+    return fashion_subset(200, 60)
+
+
+def data_params(tmp_path, **changes) -> dict:
+    data = load_params(REPO_ROOT / "params.yaml", ["data"])["data"]
+    data.update(dataset="folder", image_size=[28, 28], channels=1, val_split=0.1, test_split=0.2)
+    data.update(changes)
+    return data
+
+
+def folder_of(tmp_path, fashion, n=60, split=None, suffix=".png") -> Path:
+    root = tmp_path / "images"
+    write_image_folder(root, fashion[0][:n], fashion[1][:n], suffix, split=split)
+    return root
+
+
+def prepare(tmp_path, data, workers=1, log=None):
+    lines = []
+    meta = imagesets.prepare_image_dataset(data, tmp_path / "prepared", workers=workers,
+                                           log=log or lines.append)
+    return meta, load_prepared(tmp_path / "prepared", mmap_mode="r"), lines
+
+
+# ---------------------------------------------------------------- layouts and splits
+
+def test_folder_without_splits_holds_out_a_stratified_seeded_test_split(tmp_path, fashion):
+    root = folder_of(tmp_path, fashion, n=200)
+    meta, prepared, lines = prepare(tmp_path, data_params(tmp_path, source=str(root)))
+    names = sorted({class_folder_name(label) for label in fashion[1][:200]})
+    assert meta["classes"] == names
+    assert meta["image_size"] == [28, 28] and meta["channels"] == 1 and meta["resize"] == "stretch"
+    assert meta["input_shape"] == [1, 28, 28]
+    assert sum(meta["counts"].values()) == 200
+    per_class = np.bincount(fashion[1][:200], minlength=10)
+    test_per_class = np.bincount(prepared["test_labels"], minlength=10)
+    folder_order = [names.index(class_folder_name(i)) for i in range(10)]
+    assert np.abs(test_per_class[folder_order] - 0.2 * per_class).max() <= 1  # stratified
+    assert any(line.startswith("images per class: ") for line in lines)
+    again = imagesets.assign_splits(imagesets.scan_folder(root), 0.1, 0.2, seed=0)[1]
+    other = imagesets.assign_splits(imagesets.scan_folder(root), 0.1, 0.2, seed=1)[1]
+    assert np.array_equal(again["test"][0], imagesets.assign_splits(imagesets.scan_folder(root), 0.1, 0.2, 0)[1]["test"][0])
+    assert not np.array_equal(again["test"][0], other["test"][0])
+
+
+def test_presplit_folder_keeps_its_splits_and_the_pixels(tmp_path, fashion):
+    root = tmp_path / "images"
+    write_image_folder(root, fashion[0][:100], fashion[1][:100], ".png", split="train")
+    write_image_folder(root, fashion[2][:30], fashion[3][:30], ".png", split="test")
+    meta, prepared, _ = prepare(tmp_path, data_params(tmp_path, source=str(root), val_split=0.0))
+    assert meta["counts"] == {"train": 100, "val": 0, "test": 30}
+    # PNG is lossless: the test images are the idx pixels, in class-then-file order
+    order = sorted(range(30), key=lambda i: (class_folder_name(fashion[3][i]), i))
+    assert np.array_equal(prepared["test_images"][:, 0], fashion[2][:30][order])
+    assert [meta["classes"][k] for k in prepared["test_labels"]] == \
+        [class_folder_name(fashion[3][i]) for i in order]
+
+
+def test_csv_with_renamed_columns_and_a_split_column(tmp_path, fashion):
+    root = tmp_path / "shop"
+    paths = write_image_folder(root / "pictures", fashion[0][:40], fashion[1][:40], ".jpg")
+    rows = [{"file": str(p.relative_to(root)), "kind": f"k{fashion[1][i] % 3}",
+             "part": "test" if i % 4 == 0 else "train"} for i, p in enumerate(paths)]
+    data = data_params(tmp_path, dataset="csv", source=str(write_csv(root / "labels.csv", rows)),
+                       csv={"path_column": "file", "label_column": "kind", "split_column": "part"})
+    meta, prepared, _ = prepare(tmp_path, data)
+    assert meta["classes"] == ["k0", "k1", "k2"]
+    assert meta["counts"]["test"] == 10 and meta["counts"]["train"] + meta["counts"]["val"] == 30
+    assert prepared["train_images"].shape[1:] == (1, 28, 28)
+
+
+def test_parallel_decoding_writes_the_same_files(tmp_path, fashion, monkeypatch):
+    monkeypatch.setattr(imagesets, "BATCH_IMAGES", 8)  # several tasks per worker
+    root = folder_of(tmp_path, fashion, n=200, suffix=".jpg")
+    data = data_params(tmp_path, source=str(root))
+    one = imagesets.prepare_image_dataset(data, tmp_path / "one", workers=1, log=lambda line: None)
+    two = imagesets.prepare_image_dataset(data, tmp_path / "two", workers=2, log=lambda line: None)
+    assert one == two
+    for name in ("train_images", "val_images", "test_images", "train_labels", "test_labels"):
+        assert (tmp_path / "one" / f"{name}.npy").read_bytes() == (tmp_path / "two" / f"{name}.npy").read_bytes()
+
+
+def test_mixed_formats_modes_and_sizes_become_rgb_of_one_size(tmp_path):
+    expected = write_colour_set(tmp_path / "colours", per_class=8)
+    for resize in ("stretch", "center_crop"):
+        data = data_params(tmp_path, source=str(tmp_path / "colours"), image_size=[16, 24], channels=3,
+                           resize=resize, val_split=0.0, test_split=0.25)
+        meta, prepared, _ = prepare(tmp_path, data)
+        assert meta["classes"] == ["cool", "warm"] and meta["resize"] == resize
+        images = np.concatenate([prepared["train_images"], prepared["test_images"]])
+        labels = np.concatenate([prepared["train_labels"], prepared["test_labels"]])
+        assert images.shape == (16, 3, 16, 24)
+        colour_images = [channel for channel in expected.values() if channel is not None]
+        means = images.reshape(16, 3, -1).mean(axis=2)
+        dominant = means.argmax(axis=1)
+        coloured = means.std(axis=1) > 20  # grayscale files decode to equal channels
+        assert coloured.sum() == len(colour_images)
+        assert all(dominant[coloured] == np.where(labels[coloured] == 1, 0, 2))  # warm: red, cool: blue
+
+
+# ---------------------------------------------------------------- bad input
+
+def damage(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:60])  # a truncated image
+
+
+def test_bad_image_fail_names_the_file_and_leaves_the_old_prepared_data(tmp_path, fashion):
+    root = folder_of(tmp_path, fashion)
+    data = data_params(tmp_path, source=str(root))
+    prepare(tmp_path, data)
+    before = (tmp_path / "prepared" / "train_images.npy").read_bytes()
+    victim = sorted(root.glob("*/*.png"))[7]
+    damage(victim)
+    with pytest.raises(ImageReadError) as error:
+        prepare(tmp_path, data)
+    message = str(error.value)
+    assert str(victim) in message and "data.bad_images" in message and "\n" not in message
+    assert (tmp_path / "prepared" / "train_images.npy").read_bytes() == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".prepared")]
+
+
+def test_bad_images_skip_counts_names_and_leaves_them_out(tmp_path, fashion, capsys):
+    root = folder_of(tmp_path, fashion)
+    victims = sorted(root.glob("*/*.png"))[::9][:7]  # spread over the classes
+    for victim in victims:
+        damage(victim)
+    (victims[0].parent / "notes.txt").write_text("not an image")  # ignored, not an error
+    (victims[0].parent / "fake.jpg").write_text("not an image either")
+    meta, prepared, lines = prepare(tmp_path, data_params(tmp_path, source=str(root), bad_images="skip"))
+    assert meta["skipped_images"] == 8
+    assert f"{root}: ignored 1 files outside the class folders or not images" in capsys.readouterr().out
+    assert sum(meta["counts"].values()) == 60 - 7
+    skipped = [line for line in lines if line.startswith("skipped 8 unreadable images")]
+    assert skipped and str(victims[0]) in skipped[0] and skipped[0].count(str(root)) == 5
+    for split in ("train", "val", "test"):  # the shortened .npy files are whole and consistent
+        assert len(prepared[f"{split}_images"]) == len(prepared[f"{split}_labels"]) == meta["counts"][split]
+
+
+def test_a_full_disk_names_the_prepared_file_and_keeps_the_old_folder(tmp_path, fashion, monkeypatch):
+    import errno
+
+    from cnnspec.errors import DiskFullError
+
+    root = folder_of(tmp_path, fashion)
+    data = data_params(tmp_path, source=str(root))
+    prepare(tmp_path, data)
+    before = (tmp_path / "prepared" / "meta.json").read_bytes()
+
+    def no_space(*args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(imagesets.os, "pwrite", no_space)
+    with pytest.raises(DiskFullError, match=r"prepared/train_images\.npy: no space left on device"):
+        prepare(tmp_path, data)
+    assert (tmp_path / "prepared" / "meta.json").read_bytes() == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".prepared")]
+
+
+def test_empty_class_folder_is_named(tmp_path, fashion):
+    root = folder_of(tmp_path, fashion)
+    (root / "Zebra").mkdir()
+    with pytest.raises(DataError, match=r"Zebra: empty class folder"):
+        prepare(tmp_path, data_params(tmp_path, source=str(root)))
+
+
+@pytest.mark.parametrize("policy", ["fail", "skip"])
+def test_csv_row_naming_a_missing_file(tmp_path, fashion, policy):
+    root = folder_of(tmp_path, fashion)
+    rows = [{"path": str(p.relative_to(tmp_path)), "label": p.parent.name} for p in sorted(root.glob("*/*.png"))]
+    rows[4]["path"] = "images/nowhere/missing.png"
+    data = data_params(tmp_path, dataset="csv", source=str(write_csv(tmp_path / "list.csv", rows)),
+                       bad_images=policy)
+    if policy == "fail":
+        with pytest.raises(ImageReadError, match=r"list\.csv:6: images/nowhere/missing\.png: no such image file"):
+            prepare(tmp_path, data)
+    else:
+        meta, _, lines = prepare(tmp_path, data)
+        assert meta["skipped_images"] == 1 and sum(meta["counts"].values()) == 59
+        assert any("list.csv:6: images/nowhere/missing.png" in line for line in lines)
+
+
+def test_a_label_only_in_test_is_refused(tmp_path, fashion):
+    root = tmp_path / "images"
+    write_image_folder(root, fashion[0][:40], fashion[1][:40], ".png", split="train")
+    write_image_folder(root, fashion[2][:10], fashion[3][:10], ".png", split="test")
+    only_test = root / "test" / "Unicorn"
+    only_test.mkdir()
+    (only_test / "1.png").write_bytes(next(root.glob("train/*/*.png")).read_bytes())
+    with pytest.raises(DataError, match=r"class 'Unicorn' has images in test but none in train"):
+        prepare(tmp_path, data_params(tmp_path, source=str(root)))
+
+
+def test_duplicate_csv_paths_name_both_lines(tmp_path, fashion):
+    root = folder_of(tmp_path, fashion)
+    rows = [{"path": str(p.relative_to(tmp_path)), "label": p.parent.name} for p in sorted(root.glob("*/*.png"))]
+    rows.append({"path": "./" + rows[2]["path"], "label": "other"})
+    data = data_params(tmp_path, dataset="csv", source=str(write_csv(tmp_path / "list.csv", rows)))
+    with pytest.raises(DataError, match=r"list\.csv:62: \./images/.*: duplicate path, first listed on line 4"):
+        prepare(tmp_path, data)
+
+
+@pytest.mark.parametrize("how", ["dotdot", "absolute", "symlink", "symlinked_folder"])
+def test_paths_escaping_the_source_are_refused(tmp_path, fashion, how):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    secret = outside / "secret.png"
+    secret.write_bytes(b"\x89PNG not really")
+    root = tmp_path / "source"
+    write_image_folder(root, fashion[0][:20], fashion[1][:20], ".png")
+    if how in ("symlink", "symlinked_folder"):
+        target, link = (secret, root / "Bag" / "link.png") if how == "symlink" else (outside, root / "Bag" / "more")
+        (root / "Bag").mkdir(exist_ok=True)
+        os.symlink(target, link)
+        data = data_params(tmp_path, source=str(root))
+    else:
+        rows = [{"path": str(p.relative_to(root)), "label": p.parent.name} for p in sorted(root.glob("*/*.png"))]
+        rows[1]["path"] = "../outside/secret.png" if how == "dotdot" else str(secret)
+        data = data_params(tmp_path, dataset="csv", source=str(write_csv(root / "list.csv", rows)))
+    with pytest.raises(DataError, match=r"outside data.source|absolute path"):
+        prepare(tmp_path, data)
+    assert not (tmp_path / "prepared").exists()
+
+
+def test_empty_dataset_and_single_class_are_refused(tmp_path, fashion):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DataError, match=r"no class subfolders"):
+        prepare(tmp_path, data_params(tmp_path, source=str(empty)))
+    header_only = tmp_path / "header.csv"
+    header_only.write_text("path,label\n")
+    with pytest.raises(DataError, match=r"no images found \(empty dataset\)"):
+        prepare(tmp_path, data_params(tmp_path, dataset="csv", source=str(header_only)))
+    one = tmp_path / "one"
+    write_image_folder(one, fashion[0][:10], np.zeros(10, dtype=np.int64), ".png")
+    with pytest.raises(DataError, match=r"only one class \('T-shirt-top'\)"):
+        prepare(tmp_path, data_params(tmp_path, source=str(one)))
+
+
+def test_csv_without_the_named_column_names_the_param(tmp_path):
+    manifest = tmp_path / "list.csv"
+    manifest.write_text("file,label\na.png,x\n")
+    with pytest.raises(DataError, match=r"list\.csv:1: no column 'path' \(data\.csv\.path_column\)"):
+        prepare(tmp_path, data_params(tmp_path, dataset="csv", source=str(manifest)))
+
+
+# ---------------------------------------------------------------- params and the stage
+
+@pytest.mark.parametrize("change, message", [
+    ({"channels": 2}, "data.channels: 2 is not one of: 1, 3"),
+    ({"image_size": [32]}, "data.image_size: a list of 1 is too short"),
+    ({"resize": "crop"}, "data.resize: 'crop' is not one of: stretch, center_crop"),
+    ({"bad_images": "ignore"}, "data.bad_images: 'ignore' is not one of: fail, skip"),
+    ({"csv": {"path_colum": "p"}}, "data.csv.path_colum: unknown key 'path_colum' (did you mean 'path_column'?)"),
+])
+def test_bad_data_params_name_the_key(tmp_path, change, message):
+    from cnnspec.errors import ParamsError
+
+    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    params["data"].update(change)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    with pytest.raises(ParamsError) as error:
+        load_params(tmp_path / "params.yaml", ["data"])
+    assert message in str(error.value)
+
+
+def run_stage(cwd, name):
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+    return subprocess.run([sys.executable, str(REPO_ROOT / "stages" / f"{name}.py")], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_a_missing_source_is_named_by_its_key(tmp_path):
+    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    params["data"].update(dataset="csv", source="data/labels.csv")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    result = run_stage(tmp_path, "preprocess")
+    assert result.returncode == 2
+    assert result.stderr.strip() == "error: params.yaml: data.source: data/labels.csv: no such file"
+    assert not (tmp_path / "data").exists()
+
+
+def test_stages_on_a_folder_dataset_and_a_bad_image(tmp_path, fashion):
+    folder_of(tmp_path, fashion)
+    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    params["data"].update(dataset="folder", source="images", image_size=[28, 28], channels=1)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    download = run_stage(tmp_path, "download")
+    assert download.returncode == 0 and "nothing to download" in download.stdout
+    assert (tmp_path / "data" / "raw" / "README.txt").is_file()
+    done = run_stage(tmp_path, "preprocess")
+    assert done.returncode == 0, done.stderr
+    assert "images per class: Ankle boot" in done.stdout
+    damage(sorted((tmp_path / "images").glob("*/*.png"))[0])
+    failed = run_stage(tmp_path, "preprocess")
+    assert failed.returncode == 1 and len(failed.stderr.strip().splitlines()) == 1
+    assert "images/" in failed.stderr and "damaged or unreadable image" in failed.stderr
+
+
+def test_training_data_streams_from_the_memory_map(tmp_path, fashion):
+    import torch
+
+    from cnnspec.training import DeviceData
+
+    root = folder_of(tmp_path, fashion)
+    prepare(tmp_path, data_params(tmp_path, source=str(root)))
+    mapped = load_prepared(tmp_path / "prepared", mmap_mode="c")
+    loaded = load_prepared(tmp_path / "prepared")
+    streamed, resident = DeviceData(mapped, torch.device("cpu")), DeviceData(loaded, torch.device("cpu"))
+    address = mapped["train_images"].ctypes.data
+    assert streamed.train_images.data_ptr() == address  # no copy of the file in memory
+    indices = torch.tensor([5, 0, 17, 3])
+    assert torch.equal(streamed.batch(streamed.train_images, indices),
+                       resident.batch(resident.train_images, indices))
+
+
+@pytest.mark.slow
+def test_the_preparation_benchmark_prints_its_figures(tmp_path):
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / "bench_prepare_folder.py"),
+                             "--sizes", "300", "600", "--workdir", str(tmp_path), "--workers", "2"],
+                            capture_output=True, text=True, timeout=300,
+                            env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)))
+    assert result.returncode == 0, result.stderr
+    rows = [line for line in result.stdout.splitlines() if " images: " in line]
+    assert [row.split()[0] for row in rows] == ["300", "600"]
+    assert all("images/s" in row and "stage peak RSS" in row and "target <" in row for row in rows)
+    assert len(list((tmp_path / "jpegs_300").glob("class_*/*.jpg"))) == 300
