@@ -245,7 +245,7 @@ def add_export_command(commands, parents) -> None:
 
 
 def predict_images(args) -> int:
-    from cnnspec.predict import run_command
+    from cnnspec.inference import run_command
 
     return run_command(args)
 

@@ -3,7 +3,7 @@
     cnnspec export models/model.pt --format onnx          # -> models/model.onnx
     cnnspec export models/model.pt --format torchscript   # -> models/model.torchscript.pt
 
-The exported graph is predict.InferenceModel in eval mode: normalization, the network,
+The exported graph is inference.InferenceModel in eval mode: normalization, the network,
 softmax. Input `images`: float32 (N, C, H, W), pixels in 0..1 (uint8 / 255, what
 torchvision's ToTensor gives), N dynamic; output `probabilities`: float32 (N, classes).
 In eval mode the in-model augmentation layers return their input and dropout is the
@@ -108,7 +108,7 @@ def largest_difference(path: Path, fmt: str, model, images: torch.Tensor) -> flo
 def export(checkpoint, fmt: str, output=None, prepared="data/prepared", opset: int = 17) -> dict:
     """Export `checkpoint` to `output` (default: beside it) and check it. Returns
     {"output", "difference", "checked_on"}; raises ExportError when it does not match."""
-    from cnnspec.predict import load_model
+    from cnnspec.inference import load_model
 
     if fmt not in SUFFIXES:
         raise ExportError(f"--format: expected onnx or torchscript, not {fmt!r}")

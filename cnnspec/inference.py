@@ -1,4 +1,5 @@
-"""Use a trained model: classify images from files, PIL images, arrays or tensors.
+"""Use a trained model: classify images from files, PIL images, arrays or tensors
+(`cnnspec predict`, `cnnspec.load_model`, `cnnspec.predict`).
 
     model = cnnspec.load_model("models/model.pt")           # eval mode, normalization inside
     probabilities = model(pixels)                            # uint8 0..255 or float 0..1, (N, C, H, W)
@@ -94,7 +95,7 @@ def _from_array(array: np.ndarray, model: InferenceModel, name: str) -> torch.Te
             hwc = array.transpose(1, 2, 0)
             image = Image.fromarray(hwc[:, :, 0] if hwc.shape[2] == 1 else hwc)
             array = read_image(image, channels, (height, width), model.resize)
-        return torch.from_numpy(np.ascontiguousarray(array))
+        return torch.from_numpy(np.array(array))  # a copy: the caller keeps its array
     if array.shape != (channels, height, width):
         raise DataError(f"{name}: a float image must already be {channels}x{height}x{width} "
                         f"(C, H, W) in 0..1, got shape {array.shape}; pass uint8 pixels to resize it")
@@ -108,7 +109,7 @@ def to_pixels(item, model: InferenceModel, name: str = "input") -> torch.Tensor:
         item = item.detach().cpu().numpy()
     if isinstance(item, np.ndarray):
         return _from_array(item, model, name)
-    return torch.from_numpy(read_image(item, model.channels, model.image_size, model.resize))
+    return torch.tensor(read_image(item, model.channels, model.image_size, model.resize))
 
 
 def _expand(inputs) -> list:
@@ -199,7 +200,7 @@ def predict_files(model: InferenceModel, paths: list[str], top_k: int = 1, batch
         for start in range(0, len(paths), batch_size):
             names = paths[start:start + batch_size]
             decoded = list(pool.map(decode, names))
-            good = [(name, torch.from_numpy(array)) for name, array in zip(names, decoded)
+            good = [(name, torch.tensor(array)) for name, array in zip(names, decoded)
                     if not isinstance(array, Exception)]
             predicted = iter(_predict_batch(model, [p for _, p in good], [n for n, _ in good], top_k, tta)
                              if good else [])
