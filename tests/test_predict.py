@@ -245,6 +245,26 @@ layers:
   - dense: {units: num_classes}
 """
 
+RESIDUAL_SPEC = """name: tiny_residual
+layers:
+  - conv: {filters: 8, kernel: 3}
+  - residual:
+      activation: relu
+      body:
+        - conv: {filters: 8, kernel: 3}
+        - bn
+        - activation: relu
+        - conv: {filters: 8, kernel: 3}
+        - bn
+  - residual:
+      body:
+        - conv: {filters: 16, kernel: 3, stride: 2}
+        - bn
+  - global_avg_pool
+  - dense: num_classes
+"""
+SPECS = {"simcnn": None, "residual": RESIDUAL_SPEC, "augmented": AUGMENTED_SPEC}
+
 
 def random_checkpoint(folder: Path, spec_text: str, shape, meta=None, name="model.pt") -> Path:
     spec = cnnspec.parse_spec(spec_text, "spec.yaml")
@@ -259,12 +279,12 @@ def random_checkpoint(folder: Path, spec_text: str, shape, meta=None, name="mode
     return folder / name
 
 
-@pytest.mark.parametrize("spec_file", ["specs/simcnn.yaml", "specs/resnet18_cifar.yaml", "augmented"])
+@pytest.mark.parametrize("spec_name", list(SPECS))
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
-def test_export_of_plain_residual_and_augmented_specs_matches_pytorch(tmp_path, spec_file, fmt):
+def test_export_of_plain_residual_and_augmented_specs_matches_pytorch(tmp_path, spec_name, fmt):
     from cnnspec.export import export, run_exported
 
-    text = AUGMENTED_SPEC if spec_file == "augmented" else (Path(__file__).parent.parent / spec_file).read_text()
+    text = SPECS[spec_name] or (Path(__file__).parent.parent / "specs" / "simcnn.yaml").read_text()
     checkpoint = random_checkpoint(tmp_path, text, (3, 32, 32))
     result = export(checkpoint, fmt, prepared=tmp_path / "none")
     assert "random images" in result["checked_on"] and result["difference"] <= 1e-4
@@ -272,7 +292,7 @@ def test_export_of_plain_residual_and_augmented_specs_matches_pytorch(tmp_path, 
     images = torch.rand(5, 3, 32, 32)
     expected = model(images).detach().numpy()
     np.testing.assert_allclose(run_exported(Path(result["output"]), fmt, images), expected, atol=1e-4)
-    if spec_file == "augmented":  # eval mode: augmentation and dropout are the identity
+    if spec_name == "augmented":  # eval mode: augmentation and dropout are the identity
         np.testing.assert_array_equal(model(images).detach().numpy(), expected)
         assert torch.equal(model.network.layers[:3](images), images)
 
