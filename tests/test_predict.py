@@ -310,3 +310,25 @@ def test_a_failing_check_writes_nothing(tmp_path, monkeypatch):
 def test_load_model_refuses_a_missing_file_in_one_line(tmp_path):
     with pytest.raises(TrainingError, match="no such checkpoint"):
         cnnspec.load_model(tmp_path / "missing.pt")
+
+
+def test_the_optional_export_stage_writes_a_checked_onnx_file(tmp_path):
+    import shutil
+    import subprocess
+    import sys
+
+    import yaml
+
+    root = Path(__file__).resolve().parent.parent
+    (tmp_path / "models").mkdir()
+    random_checkpoint(tmp_path / "models", SPEC, (1, 28, 28), META_GRAY)
+    shutil.copy(root / "params.yaml", tmp_path / "params.yaml")
+    result = subprocess.run([sys.executable, str(root / "stages" / "export.py")], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "wrote models/export/model.onnx" in result.stdout and "random images" in result.stdout
+    assert (tmp_path / "models" / "export" / "model.onnx").stat().st_size > 1000
+    # off the default `dvc repro`: its own dvc.yaml, run from the repository root
+    stage = yaml.safe_load((root / "export" / "dvc.yaml").read_text())["stages"]["export"]
+    assert stage["wdir"] == ".." and stage["outs"] == ["models/export"] and "models/model.pt" in stage["deps"]
+    assert "export" not in yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
