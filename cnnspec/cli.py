@@ -4,6 +4,8 @@
     cnnspec summary specs/simcnn.yaml --input 3x32x32 --classes 10 --depth 1
     cnnspec validate --strict specs/*.yaml   # warnings (likely mistakes) fail too
     cnnspec layers                           # every layer type, its keys, defaults and meaning
+    cnnspec predict models/model.pt photos/  # one row per image: path, class, probability
+    cnnspec export models/model.pt --format onnx
 
 A mistake in a spec or an argument prints one line and exits non-zero; `--debug`
 (or CNNSPEC_DEBUG=1) shows the traceback instead. `validate` and `layers` do not
