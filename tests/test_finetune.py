@@ -1,6 +1,7 @@
 """Fine-tuning: train.init_from (match by layer name and shape, head re-initialised for
 another number of classes) and train.unfreeze (frozen layers join at an epoch, and a
 run killed before or after that epoch resumes exactly)."""
+import functools
 import os
 import signal
 
@@ -145,11 +146,16 @@ def test_a_name_matching_no_layer_is_an_error_naming_the_param():
         run(params)
 
 
+@functools.cache
+def uninterrupted():
+    return run(unfreeze_params())
+
+
 @pytest.mark.parametrize("stop_at_call", [5, 8, 11], ids=["before-unfreeze", "in-unfreeze-epoch", "after-unfreeze"])
 @pytest.mark.parametrize("how", ["ctrl_c", "kill"])
 def test_a_run_stopped_before_or_after_the_unfreeze_resumes_exactly(tmp_path, stop_at_call, how):
     params = unfreeze_params()
-    reference = run(params)
+    reference = uninterrupted()
 
     def stop(out):
         if how == "ctrl_c":
@@ -164,3 +170,31 @@ def test_a_run_stopped_before_or_after_the_unfreeze_resumes_exactly(tmp_path, st
     assert resumed.history == reference.history
     for key, value in reference.model.state_dict().items():
         assert torch.equal(value, resumed.model.state_dict()[key]), key
+
+
+def test_the_train_stage_fine_tunes_from_init_from_and_refuses_a_missing_file(tmp_path, monkeypatch, capsys):
+    import shutil
+
+    from stages import train as stage
+    from tests.test_training import write_stage_inputs
+
+    write_stage_inputs(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    stage.run()
+    shutil.move("models/model.pt", "base.pt")
+    params = yaml.safe_load(open("params.yaml"))
+    params["train"]["init_from"] = "missing.pt"
+    yaml.safe_dump(params, open("params.yaml", "w"))
+    with pytest.raises(ParamsError, match=r"^params.yaml: train.init_from: missing.pt: no such checkpoint file$"):
+        stage.run()
+    assert not (tmp_path / "models" / "model.pt").exists()
+
+    params["train"]["init_from"] = "base.pt"
+    params["train"]["epochs"] = 1
+    yaml.safe_dump(params, open("params.yaml", "w"))
+    capsys.readouterr()
+    stage.run()
+    out = capsys.readouterr().out
+    base = torch.load("base.pt", weights_only=True)["state_dict"]
+    assert f"train.init_from: loaded {len(base)} of {len(base)} tensors from base.pt" in out
+    assert (tmp_path / "models" / "model.pt").exists()
