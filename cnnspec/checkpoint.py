@@ -117,7 +117,9 @@ def load_model(path, device="cpu"):
     try:
         load_plugins(((checkpoint.get("params") or {}).get("model") or {}).get("plugins"))
         spec = parse_spec(checkpoint["spec_text"], checkpoint.get("spec_path") or str(path))
-        model = build_model(spec, tuple(checkpoint["input_shape"]), checkpoint["num_classes"])
+        # the weights are all in the checkpoint: no ImageNet download for a backbone
+        model = build_model(spec, tuple(checkpoint["input_shape"]), checkpoint["num_classes"],
+                            load_weights=False)
         model.load_state_dict(checkpoint["state_dict"])
     except CnnspecError:
         raise

@@ -332,3 +332,25 @@ def test_the_optional_export_stage_writes_a_checked_onnx_file(tmp_path):
     stage = yaml.safe_load((root / "export" / "dvc.yaml").read_text())["stages"]["export"]
     assert stage["wdir"] == ".." and stage["outs"] == ["models/export"] and "models/model.pt" in stage["deps"]
     assert "export" not in yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
+
+
+@pytest.mark.slow
+def test_a_backbone_checkpoint_loads_offline_from_the_file_alone(tmp_path, monkeypatch):
+    from cnnspec import download
+
+    spec = cnnspec.parse_spec("name: transfer\nlayers:\n  - backbone: {model: resnet18, weights: imagenet, "
+                              "trainable: false, pooling: avg}\n  - dense: num_classes\n", "transfer.yaml")
+    torch.manual_seed(0)
+    model = cnnspec.build_model(spec, (3, 32, 32), 10, load_weights=False).eval()
+    save_checkpoint(tmp_path / "model.pt", model, spec, {**META_GRAY, "mean": [0.5] * 3, "std": [0.25] * 3,
+                                                         "input_shape": [3, 32, 32]}, {}, 0, 0)
+
+    def no_download(*args):
+        raise AssertionError("loading a checkpoint fetched ImageNet weights")
+
+    monkeypatch.setattr(download, "imagenet_state_dict", no_download)
+    loaded = cnnspec.load_model(tmp_path / "model.pt")
+    images = torch.rand(2, 3, 32, 32)
+    with torch.inference_mode():
+        np.testing.assert_allclose(loaded(images).numpy(), model(loaded.normalize(images)).softmax(1).numpy(),
+                                   atol=1e-6)
