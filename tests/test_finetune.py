@@ -185,7 +185,7 @@ def test_the_train_stage_fine_tunes_from_init_from_and_refuses_a_missing_file(tm
     params = yaml.safe_load(open("params.yaml"))
     params["train"]["init_from"] = "missing.pt"
     yaml.safe_dump(params, open("params.yaml", "w"))
-    with pytest.raises(ParamsError, match=r"^params.yaml: train.init_from: missing.pt: no such checkpoint file$"):
+    with pytest.raises(ParamsError, match=r"^params.yaml: train.init_from: missing.pt: no such file$"):
         stage.run()
     assert not (tmp_path / "models" / "model.pt").exists()
 
