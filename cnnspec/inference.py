@@ -155,6 +155,10 @@ def predict(model_or_path, inputs, top_k: int = 1, batch_size: int = 64, device=
     """Classify `inputs`: a path, bytes, PIL image, numpy array (uint8 HWC / CHW, or a
     float CHW in 0..1), tensor, or a list of them (a 4-D array is a batch). Returns one
     Prediction per image, in order. An unreadable image raises ImageReadError."""
+    from cnnspec.evaluation import TTA
+
+    if tta not in TTA:
+        raise ValueError(f"tta must be one of {', '.join(TTA)}, not {tta!r}")
     model = model_or_path if isinstance(model_or_path, InferenceModel) else \
         load_model(model_or_path, device or "cpu")
     items = _expand(inputs)
