@@ -32,6 +32,7 @@ def main(argv=None) -> None:
     parser.add_argument("--images", type=int, default=2000)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--data", type=Path, default=FASHION, help="folder of the Fashion-MNIST .gz files")
     args = parser.parse_args(argv)
 
     import cnnspec
@@ -42,7 +43,7 @@ def main(argv=None) -> None:
     from cnnspec.images import read_image
     from cnnspec.inference import load_model, predict_files
 
-    images = read_idx(FASHION / "t10k-images-idx3-ubyte.gz", rank=3)[:args.images]
+    images = read_idx(args.data / "t10k-images-idx3-ubyte.gz", rank=3)[:args.images]
     spec_text = SPEC.read_text().split('SPEC = """\\\n', 1)[1].split('"""', 1)[0]
     spec = cnnspec.parse_spec(spec_text, "fashion_small.yaml")
     meta = {"classes": [str(i) for i in range(10)], "mean": [0.286], "std": [0.353],
