@@ -44,17 +44,21 @@ class InferenceModel(nn.Module):
                  image_size: tuple[int, int], resize: str, checkpoint: dict | None = None):
         super().__init__()
         self.network = network
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+        from cnnspec.datasets import Normalize
+
+        normalize = Normalize(mean, std, "cpu")  # training's and evaluation's formula, as buffers
+        self.register_buffer("scale", normalize.scale)
+        self.register_buffer("shift", normalize.shift)
         self.classes = list(classes)
         self.channels, self.image_size, self.resize = int(channels), tuple(image_size), resize
         self.checkpoint = checkpoint or {}
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        # evaluation.predict_probabilities' arithmetic, so both give the same numbers
+        """(pixels / 255 - mean) / std as datasets.Normalize computes it (one multiply-add),
+        so a uint8 image gets bit for bit the input evaluate gives the network."""
         if x.dtype == torch.uint8:
-            x = x.float() / 255
-        return (x - self.mean) / self.std
+            return self.shift.addcmul(x.float(), self.scale)
+        return self.shift.addcmul(x, self.scale * 255)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         return self.network(self.normalize(x)).float()
@@ -139,7 +143,7 @@ def probabilities_of(model: InferenceModel, pixels: torch.Tensor, tta: str = "no
     """Class probabilities of a (N, C, H, W) batch, with evaluate's test-time augmentation."""
     from cnnspec.evaluation import TTA
 
-    device = model.mean.device
+    device = model.shift.device
     pixels = pixels.to(device)
     return TTA[tta](model.network, model.normalize(pixels)).float()
 
