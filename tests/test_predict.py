@@ -354,3 +354,35 @@ def test_a_backbone_checkpoint_loads_offline_from_the_file_alone(tmp_path, monke
     with torch.inference_mode():
         np.testing.assert_allclose(loaded(images).numpy(), model(loaded.normalize(images)).softmax(1).numpy(),
                                    atol=1e-6)
+
+
+def test_predict_reads_folder_dataset_files_exactly_as_preprocess_did(tmp_path, capsys):
+    """Mixed formats, modes and sizes, resized by center_crop: predict on the source files
+    of the test split gives evaluate's probabilities on the prepared arrays."""
+    from cnnspec import imagesets
+    from cnnspec.params import load_params
+    from tests.imagefiles import write_colour_set
+
+    root = tmp_path / "images"
+    write_colour_set(root, per_class=10)
+    data = load_params(Path(__file__).parent.parent / "params.yaml", ["data"])["data"]
+    data.update(dataset="folder", source=str(root), image_size=[16, 20], channels=3,
+                resize="center_crop", val_split=0.1, test_split=0.3)
+    meta = imagesets.prepare_image_dataset(data, tmp_path / "prepared", workers=1, log=lambda line: None)
+    prepared = load_prepared(tmp_path / "prepared")
+    listing = imagesets.scan(data)
+    _, splits = imagesets.assign_splits(listing, data["val_split"], data["test_split"], data["seed"])
+    test_paths = [listing.paths[i] for i in splits["test"][0]]
+    assert len(test_paths) == len(prepared["test_labels"]) >= 4
+
+    checkpoint = random_checkpoint(tmp_path, SPEC.replace("max_pool: 2\n  - flatten", "global_avg_pool"),
+                                   (3, 16, 20), meta)
+    assert cnnspec.load_model(checkpoint).resize == "center_crop"
+    expected = evaluate_probabilities(checkpoint, prepared["test_images"])
+    assert cli(["predict", str(checkpoint), *test_paths, "--format", "json", "--top-k", "2"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [row["path"] for row in rows] == test_paths
+    for row, probabilities in zip(rows, expected):
+        assert row["class"] == meta["classes"][probabilities.argmax()]
+        by_class = {entry["class"]: entry["probability"] for entry in row["top_k"]}
+        np.testing.assert_allclose([by_class[name] for name in meta["classes"]], probabilities, atol=1e-5)
