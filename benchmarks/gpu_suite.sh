@@ -50,3 +50,4 @@ step fashion "$python" benchmarks/fashion_time_to_accuracy.py --device cuda --da
 step versus_peers "$python" benchmarks/versus_peers.py --device cuda --data "$fashion" \
     --models simcnn ironhack_cnn resnet18_cifar --train-images 0 --test-images 10000 --epochs 5 --repeats 3 \
     --workers 8 --target 0.90
+step predict "$python" benchmarks/predict_throughput.py --device cuda --data "$fashion" --images 10000 --batch-size 256

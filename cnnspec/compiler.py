@@ -165,7 +165,9 @@ class SpecModel(nn.Module):
     @torch.no_grad()
     def init_from_data(self, images) -> bool:
         """Data-dependent initialisation: each whitening conv from the batch as it reaches it."""
-        whitening = [m for m in self.modules() if isinstance(m, WhiteningConv)]
+        # a whitening conv loaded by train.init_from keeps the filters it was trained with
+        whitening = [m for m in self.modules() if isinstance(m, WhiteningConv)
+                     and not getattr(m, "loaded_from_checkpoint", False)]
         for layer in whitening:
             layer.init_from_data(self.input_of(layer, images))
         return bool(whitening)

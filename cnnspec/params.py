@@ -134,6 +134,7 @@ def fill_defaults(params: dict, schema: dict) -> dict:
 # "" or null means the param is not used. Keys of sections not loaded are skipped.
 NAMED_PATHS = {
     "model.spec": "file",
+    "train.init_from": "file",
 }
 
 

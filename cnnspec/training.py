@@ -47,6 +47,7 @@ from cnnspec.atomic import save_torch
 from cnnspec.augment import Augmentation
 from cnnspec.datasets import Normalize
 from cnnspec.errors import ParamsError, TrainingError
+from cnnspec.finetune import UnfreezeSchedule
 from cnnspec.integrity import set_aside
 
 RESUME_FORMAT = "cnnspec-resume/3"  # 3: a mid-epoch state keeps its per-step losses as `losses`
@@ -203,7 +204,9 @@ class _Run:
         self.autocast_dtype = autocast_dtype(device, params["precision"])
         weight = optimization.class_weights(data.train_labels, data.classes, params["class_weights"])
         self.criterion = optimization.make_loss(params["loss"], None if weight is None else weight.to(device))
-        self.optimizer = optimization.make_optimizer(model, params["optimizer"])
+        self.unfreeze = UnfreezeSchedule(model, params.get("unfreeze"))
+        with self.unfreeze.all_in_optimizer():  # layers unfrozen later are in its groups from the start
+            self.optimizer = optimization.make_optimizer(model, params["optimizer"])
         self.schedule = optimization.make_schedule(self.optimizer, params["scheduler"], self.epochs,
                                                    self.steps_per_epoch)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.autocast_dtype is torch.float16)
@@ -237,6 +240,8 @@ class _Run:
                                                 generator=self.generator),
                         "losses": torch.zeros(self.steps_per_epoch, dtype=torch.float32, device=self.device),
                         "correct": torch.zeros((), dtype=torch.int64, device=self.device)}
+        if self.unfreeze.apply(epoch):
+            _print_line(f"epoch {epoch + 1}: unfreezing {', '.join(self.unfreeze.entries)}")
         self.model.start_epoch(epoch)
         return progress
 

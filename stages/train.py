@@ -30,10 +30,12 @@ def run(params_path=PARAMS, prepared=PREPARED, model_path=MODEL, resume_path=RES
     from cnnspec import build_model, load_spec
     from cnnspec.checkpoint import save_checkpoint
     from cnnspec.datasets import load_prepared
+    from cnnspec.finetune import check_init_from, init_from
     from cnnspec.training import pick_device, run_fingerprint, train
 
     spec = load_spec(params["model"]["spec"])  # a bad spec is reported before the data is read
     options = params["train"]
+    start_from = check_init_from(options)
     data = load_prepared(prepared, mmap_mode="c")  # memory-mapped: copied to the device or streamed
     meta = data["meta"]
     device = pick_device(options["device"])
@@ -41,6 +43,8 @@ def run(params_path=PARAMS, prepared=PREPARED, model_path=MODEL, resume_path=RES
     model = build_model(spec, tuple(meta["input_shape"]), len(meta["classes"]))
     for warning in model.spec_warnings:  # e.g. an automatic projection shortcut; docs/spec.md
         print(f"warning: {warning}", file=sys.stderr)
+    if start_from is not None:
+        init_from(model, start_from)
     result = train(model, data, options, device, resume_path=resume_path, log_dir=log_dir,
                    fingerprint=run_fingerprint(params, spec.text, meta))
     save_checkpoint(model_path, result.model, spec, meta, params,
