@@ -488,11 +488,23 @@ def _oom_error(batch_size: int, epoch: int) -> TrainingError:
 # ---------------------------------------------------------------- device and data
 
 def pick_device(name: str) -> torch.device:
+    """`train.device` as a torch.device: auto, cpu, cuda, cuda:N (one GPU of those
+    CUDA_VISIBLE_DEVICES shows, to pin a queued experiment) or mps."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise TrainingError("params.yaml: train.device: cuda is not available on this machine; "
-                            "use auto or cpu")
+    if name.startswith("cuda"):
+        available = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if not available:
+            raise TrainingError(f"params.yaml: train.device: {name} is not available on this machine "
+                                "(no CUDA device); use auto or cpu")
+        device = torch.device(name)
+        if device.index is not None and device.index >= available:
+            raise TrainingError(f"params.yaml: train.device: {name}, but this machine shows {available} "
+                                f"CUDA device{'s' if available != 1 else ''} (cuda:0 to cuda:{available - 1})")
+        return device
+    if name == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise TrainingError("params.yaml: train.device: mps is not available on this machine "
+                            "(Apple GPUs only); use auto or cpu")
     return torch.device(name)
 
 
