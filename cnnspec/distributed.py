@@ -194,10 +194,25 @@ def joined(options: dict, env=None):
     if device.type == "cuda":
         torch.cuda.set_device(device)
     torch.distributed.init_process_group(backend, device_id=device if device.type == "cuda" else None)
+    ranks = Ranks(place["rank"], place["world_size"], place["local_rank"], device, backend)
     try:
-        yield Ranks(place["rank"], place["world_size"], place["local_rank"], device, backend)
+        with _silent_unless(ranks.is_main):
+            yield ranks
     finally:
         torch.distributed.destroy_process_group()
+
+
+@contextlib.contextmanager
+def _silent_unless(speaks: bool):
+    """Only rank 0 prints (epoch lines, notes, progress bars): the others' Python-level
+    output goes nowhere while they train. A traceback is printed after this context
+    has ended, so a rank's crash is still shown."""
+    if speaks:
+        yield
+        return
+    with open(os.devnull, "w", encoding="utf-8") as nowhere, \
+            contextlib.redirect_stdout(nowhere), contextlib.redirect_stderr(nowhere):
+        yield
 
 
 # ---------------------------------------------------------------- inside the loop
@@ -230,7 +245,15 @@ def data_parallel(model: torch.nn.Module, ranks: Ranks, sync_bn: bool) -> torch.
     if sync_bn:
         torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # replaces the layers in place
     device_ids = [ranks.device.index] if ranks.device.type == "cuda" else None
-    return DistributedDataParallel(model, device_ids=device_ids)
+    return DistributedDataParallel(model, device_ids=device_ids, gradient_as_bucket_view=True)
+
+
+def from_rank_0(ranks: Ranks, read):
+    """What `read()` returns on rank 0, on every rank: a resume state lives on rank 0's
+    disk, and the ranks of other nodes must continue from the same one."""
+    box = [read() if ranks.is_main else None]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def broadcast_buffers(model: torch.nn.Module) -> None:
