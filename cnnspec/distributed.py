@@ -309,9 +309,13 @@ def _launch_error(failed) -> CnnspecError:
             error = TrainingError(message[len("cnnspec: "):])
             error.exit_code = failure.exitcode
             return error
-    killed = [(rank, failure) for rank, failure in failures if failure.exitcode < 0]
-    others = [(rank, failure) for rank, failure in failures if failure.exitcode not in (PEER_LOST_EXIT,)]
-    rank, failure = (killed or others or failures)[0]
+    # The cause, before its consequences: torchrun stops the other ranks with SIGTERM,
+    # and a rank that lost its peer exits with PEER_LOST_EXIT.
+    def consequence(item) -> int:
+        exitcode = item[1].exitcode
+        return 2 if exitcode == PEER_LOST_EXIT else 1 if exitcode == -signal.SIGTERM else 0
+
+    rank, failure = sorted(failures, key=consequence)[0]
     cause = (f"was killed by {failure.signal_name()}" if failure.exitcode < 0
              else f"exited with status {failure.exitcode}")
     return TrainingError(f"rank {rank} (pid {failure.pid}) {cause}; every rank was stopped; the last "
