@@ -157,7 +157,8 @@ def test_device_param_takes_pinned_gpus_and_refuses_other_words(tmp_path):
         (tmp_path / "params.yaml").write_text(f"train:\n  device: {good}\n  devices: auto\n")
         assert load_params(tmp_path / "params.yaml", ["train"])["train"]["device"] == good
     for bad, words in [("device: 'cuda:x'", "train.device: 'cuda:x' is not auto, cpu, cuda, cuda:N"),
-                       ("devices: 0", "train.devices: 0 is not a number of processes")]:
+                       ("devices: two", "train.devices: 'two' is not a number of processes"),
+                       ("devices: 0", "train.devices: 0 is less than the minimum of 1")]:
         (tmp_path / "params.yaml").write_text(f"train:\n  {bad}\n")
         with pytest.raises(ParamsError, match=words):
             load_params(tmp_path / "params.yaml", ["train"])
