@@ -292,7 +292,7 @@ from cnnspec import distributed
 from cnnspec.training import train
 
 root = Path(sys.argv[1])
-options = train_params(epochs=2, batch_size=16, devices=2)
+options = train_params(epochs=int(sys.argv[2]), batch_size=16, devices=2)
 with distributed.joined(options) as ranks:
     mine = root / f"rank{{ranks.rank}}"
     print(f"rank {{ranks.rank}} speaks", flush=True)
@@ -302,18 +302,31 @@ with distributed.joined(options) as ranks:
 
 
 @pytest.mark.slow
-def test_only_rank_0_writes_logs_and_resume_state_and_prints(tmp_path):
+def test_only_rank_0_writes_and_every_rank_resumes_from_its_state(tmp_path):
+    """Each rank is given its own folder, as if each were on its own node: only rank 0's
+    gets files, and a second run resumes on both ranks from the state on rank 0's disk
+    (rank 1 has none; were it to start over, the ranks' steps would not match)."""
     script = tmp_path / "ranks.py"
     script.write_text(RANK_WRITER.format(tests=str(REPO_ROOT / "tests")))
-    finished = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                               "--nproc-per-node", "2", str(script), str(tmp_path)],
+
+    def launch(epochs):
+        return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                               "--nproc-per-node", "2", str(script), str(tmp_path), str(epochs)],
                               capture_output=True, text=True, timeout=180, env=stage_environment())
+
+    finished = launch(2)  # under a torchrun the user started
     assert finished.returncode == 0, finished.stderr
     assert (tmp_path / "rank0" / "resume" / "state.pt").is_file()
     assert json.loads((tmp_path / "rank0" / "log" / "metrics.json").read_text())["step"] == 1
     assert not (tmp_path / "rank1").exists()
     assert "rank 0 speaks" in finished.stdout and "rank 1 speaks" not in finished.stdout
     assert finished.stdout.count("epoch 1/2") == 1
+    longer = launch(3)
+    assert longer.returncode == 0, longer.stderr
+    assert longer.stderr.count("resuming from") == 1 and "at epoch 3" in longer.stderr
+    assert "epoch 1/3" not in longer.stdout and longer.stdout.count("epoch 3/3") == 1
+    assert json.loads((tmp_path / "rank0" / "log" / "metrics.json").read_text())["step"] == 2
+    assert not (tmp_path / "rank1").exists()
 
 
 def rank_pids(launcher_pid: int) -> dict[int, int]:
