@@ -3,6 +3,7 @@ every epoch, augmentation that stays in step with one process, the checks that r
 impossible requests, and real multi-process runs through torchrun: a checkpoint that
 loads and scores like a single process's, only rank 0 writing, a rank killed and the
 run resumed on the same or another number of processes."""
+import contextlib
 import json
 import os
 import signal
@@ -429,3 +430,61 @@ def test_a_state_saved_by_two_processes_resumes_in_one(killed_run, tmp_path):
     logged = (folder / "metrics" / "train" / "plots" / "metrics" / "train" / "loss.tsv").read_text()
     assert len(logged.splitlines()) == 1 + KILL_PARAMS["epochs"]
     assert json.loads((folder / "metrics" / "train" / "metrics.json").read_text())["val"]["accuracy"] > 0.6
+
+
+# ---------------------------------------------------------------- the queue across GPUs
+
+STAND_IN = "stand-in-training"  # in the command line of the queued experiments' stage
+
+
+def processes_under(folder: Path) -> dict[int, tuple[str, str]]:
+    """pid -> (command line, CUDA_VISIBLE_DEVICES) of the processes working in `folder`."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        try:
+            if not entry.name.isdigit() or not Path(os.readlink(entry / "cwd")).is_relative_to(folder):
+                continue
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            environ = dict(item.split(b"=", 1) for item in (entry / "environ").read_bytes().split(b"\0")
+                           if b"=" in item)
+        except OSError:
+            continue
+        found[int(entry.name)] = (command, environ.get(b"CUDA_VISIBLE_DEVICES", b"").decode())
+    return found
+
+
+@pytest.mark.slow
+def test_queue_script_runs_each_queued_experiment_on_its_own_gpu(tmp_path):
+    """scripts/queue_on_gpus.sh on a machine without GPUs: two queued experiments run side
+    by side, one under CUDA_VISIBLE_DEVICES=0 and the other under 1 (what a stage
+    training on `cuda` then sees as its one GPU)."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "DVC_NO_ANALYTICS": "1"}
+    (tmp_path / "dvc.yaml").write_text(
+        f"stages:\n  train:\n    cmd: python -c 'import time; time.sleep(300)' {STAND_IN}\n"
+        "    params:\n      - lr\n")
+    (tmp_path / "params.yaml").write_text("lr: 0.1\n")
+    for command in (["git", "init", "-q"], ["dvc", "init", "-q"], ["git", "add", "-A"],
+                    ["git", "commit", "-qm", "init"], ["dvc", "exp", "run", "--queue", "-S", "lr=0.2"],
+                    ["dvc", "exp", "run", "--queue", "-S", "lr=0.4"]):
+        subprocess.run(command, cwd=tmp_path, env=env, check=True, capture_output=True, timeout=120)
+    log = tmp_path / "started.txt"
+    try:
+        with open(log, "w") as out:  # a file, not a pipe: the workers outlive the script
+            started = subprocess.run(["bash", str(REPO_ROOT / "scripts" / "queue_on_gpus.sh"), "0", "1"],
+                                     cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT, timeout=180)
+        assert started.returncode == 0, log.read_text()
+        assert log.read_text().splitlines() == ["queue worker 1: CUDA_VISIBLE_DEVICES=0",
+                                                "queue worker 2: CUDA_VISIBLE_DEVICES=1"]
+        deadline, running = time.monotonic() + 90, []
+        while len(running) < 2 and time.monotonic() < deadline:
+            time.sleep(0.5)
+            running = [gpu for command, gpu in processes_under(tmp_path).values()
+                       if command.startswith("python -c") and STAND_IN in command]
+        assert sorted(running) == ["0", "1"]
+    finally:
+        subprocess.run(["dvc", "queue", "stop", "--kill"], cwd=tmp_path, env=env, capture_output=True,
+                       timeout=120)
+        for pid in processes_under(tmp_path):  # what this test started and is still there
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
