@@ -241,6 +241,16 @@ def test_stage_refuses_a_batch_that_does_not_split_before_starting_anything(tmp_
     assert not (tmp_path / "models").exists() and not (tmp_path / "metrics").exists()
 
 
+@pytest.mark.slow
+def test_a_mistake_every_rank_finds_is_told_once_in_its_own_words(tmp_path):
+    write_stage_params(tmp_path, SMALL_SPEC, devices=2)  # no data/prepared: each rank fails to read it
+    finished = run_stage(tmp_path)
+    assert finished.returncode == 1
+    lines = finished.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: data/prepared/meta.json: missing"), finished.stderr
+    assert not (tmp_path / "models").exists() and not (tmp_path / "metrics").exists()
+
+
 def test_accuracy(model_path: Path, folder: Path) -> float:
     from cnnspec.checkpoint import load_model
     from cnnspec.datasets import load_prepared
