@@ -127,6 +127,7 @@ def main(argv=None):
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch", type=int, help="cpu: the global batch (128); cuda: per GPU (512)")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, help="threads of every process (default: cores / processes)")
     args = parser.parse_args(argv)
     cuda = args.device == "cuda"
     processes = args.processes or ([1, 2] if not cuda else list(range(1, torch.cuda.device_count() + 1)))
@@ -156,7 +157,7 @@ def main(argv=None):
         for round_number in range(args.rounds):
             for count in processes:
                 batch = (args.batch or 512) * count if cuda else (args.batch or 128)
-                threads = max(1, cores // count)
+                threads = args.threads or max(1, cores // count)
                 write_params(folder, spec, {**train, "devices": count, "batch_size": batch})
                 epochs, rest = run_stage(folder, threads)
                 rate = images_per_second(epochs, num_train, batch, rest)
@@ -176,7 +177,7 @@ def main(argv=None):
         accuracy = "n/a (random images)" if cuda else f"{statistics.median(results[count]['accuracy']):.4f}"
         # On the CPU every row shares the same cores: only the ratio to the first row means something.
         efficiency = f"{scaling_efficiency(rate, count / processes[0], single):.3f}" if cuda else "-"
-        print(f"| {count} | {max(1, cores // count)} | {batch} | {rate:,.0f} | {rate / single:.3f} | "
+        print(f"| {count} | {args.threads or max(1, cores // count)} | {batch} | {rate:,.0f} | {rate / single:.3f} | "
               f"{efficiency} | {accuracy} |")
 
 
