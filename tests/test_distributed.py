@@ -426,6 +426,32 @@ def test_after_a_kill_the_rerun_ends_like_an_uninterrupted_run_on_the_same_proce
 
 
 @pytest.mark.slow
+def test_sigterm_to_the_launcher_stops_every_rank_with_one_line(tmp_path):
+    """What `dvc queue kill` or a scheduler sends: torchrun stops the ranks, the stage
+    says so once and exits 128 + 15; no rank is left running."""
+    from tests.test_training import write_stage_inputs
+
+    write_stage_inputs(tmp_path, **KILL_PARAMS)
+    launcher = subprocess.Popen([sys.executable, str(REPO_ROOT / "stages" / "train.py")], cwd=tmp_path,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=stage_environment())
+    state = tmp_path / "models" / "resume" / "state.pt"
+    deadline = time.monotonic() + 120
+    while not state.exists() and launcher.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.002)
+    ranks = rank_pids(launcher.pid)
+    assert launcher.poll() is None and len(ranks) == 2, "the run ended before it could be stopped"
+    launcher.send_signal(signal.SIGTERM)
+    _, stderr = launcher.communicate(timeout=120)
+    assert launcher.returncode == 128 + signal.SIGTERM
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: training stopped by SIGTERM"), stderr
+    for pid in ranks.values():
+        assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
+    assert torch.load(state, weights_only=True)["next_epoch"] >= 1
+
+
+@pytest.mark.slow
 def test_a_state_saved_by_two_processes_resumes_in_one(killed_run, tmp_path):
     import shutil
 
