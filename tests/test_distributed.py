@@ -283,6 +283,9 @@ def test_two_processes_train_a_checkpoint_that_scores_like_one_process(tmp_path)
     assert double.returncode == 0, double.stderr
     assert "training on 2 processes" in double.stdout and "on 2 processes (cpu, gloo)" in double.stdout
     assert double.stdout.count("epoch 2/2") == 1  # printed by rank 0 alone
+    from benchmarks.bench_data_parallel import STAGE_LINE  # what the scaling benchmark reads
+
+    assert STAGE_LINE.search(single.stdout) and STAGE_LINE.search(double.stdout)
     state = torch.load(two / "models" / "model.pt", weights_only=True)["state_dict"]
     reference = torch.load(one / "models" / "model.pt", weights_only=True)["state_dict"]
     assert list(state) == list(reference)  # no `module.` prefix
