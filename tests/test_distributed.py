@@ -251,18 +251,18 @@ def test_a_mistake_every_rank_finds_is_told_once_in_its_own_words(tmp_path):
     assert not (tmp_path / "models").exists() and not (tmp_path / "metrics").exists()
 
 
-def test_accuracy(model_path: Path, folder: Path) -> float:
+def test_accuracy(model_path: Path, folder: Path, split: str = "test") -> float:
     from cnnspec.checkpoint import load_model
     from cnnspec.datasets import load_prepared
 
     model, checkpoint = load_model(model_path)
     data = load_prepared(folder / "data" / "prepared")
-    images = torch.from_numpy(data["test_images"]).float() / 255
+    images = torch.from_numpy(data[f"{split}_images"]).float() / 255
     mean = torch.tensor(checkpoint["mean"]).view(1, -1, 1, 1)
     std = torch.tensor(checkpoint["std"]).view(1, -1, 1, 1)
     with torch.inference_mode():
         predicted = model((images - mean) / std).argmax(1)
-    return (predicted == torch.from_numpy(data["test_labels"])).double().mean().item()
+    return (predicted == torch.from_numpy(data[f"{split}_labels"])).double().mean().item()
 
 
 test_accuracy.__test__ = False  # a helper, not a test
@@ -294,7 +294,27 @@ def test_two_processes_train_a_checkpoint_that_scores_like_one_process(tmp_path)
         test_accuracy(two / "models" / "model.pt", two)
     assert accuracy_one > 0.6, accuracy_one  # it learned (chance is 0.1)
     assert abs(accuracy_two - accuracy_one) <= 0.01, (accuracy_one, accuracy_two)
+    # what rank 0 logged is the whole validation split's, summed over both ranks' halves
+    logged = json.loads((two / "metrics" / "train" / "metrics.json").read_text())["val"]["accuracy"]
+    assert logged == pytest.approx(test_accuracy(two / "models" / "model.pt", two, "val"), abs=1 / 200)
     assert not (two / "models" / "resume" / "state.pt").exists()
+
+
+@pytest.mark.slow
+def test_the_stage_joins_a_torchrun_the_user_started(tmp_path):
+    """`torchrun --nproc-per-node 2 stages/train.py` (as on a cluster): the stage sees the
+    torchrun environment and trains as one of its ranks instead of launching its own."""
+    from tests.test_training import write_stage_inputs
+
+    write_stage_inputs(tmp_path)  # train.devices is left at 1: torchrun's environment wins
+    finished = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                               "--nproc-per-node", "2", str(REPO_ROOT / "stages" / "train.py")],
+                              cwd=tmp_path, capture_output=True, text=True, timeout=180, env=stage_environment())
+    assert finished.returncode == 0, finished.stderr
+    assert finished.stdout.count("on 2 processes (cpu, gloo)") == 1
+    assert "training on" not in finished.stdout  # no launch of its own
+    assert (tmp_path / "models" / "model.pt").is_file()
+    assert not (tmp_path / "models" / "resume" / "state.pt").exists()
 
 
 RANK_WRITER = """
