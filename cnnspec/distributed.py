@@ -139,6 +139,15 @@ def local_batch_size(batch_size: int, world_size: int) -> int:
     return batch_size // world_size
 
 
+def check_unfreeze(options: dict) -> None:
+    """DistributedDataParallel averages the gradients of the parameters that train when
+    it is built; layers unfrozen later would train apart on each rank."""
+    if (options.get("unfreeze") or {}).get("layers"):
+        raise ParamsError("params.yaml: train.unfreeze with train.devices above 1 is not supported "
+                          "(DistributedDataParallel keeps the set of trained parameters it starts with); "
+                          "train on one process, or mark the layers trainable in the spec")
+
+
 def check_sync_bn(sync_bn: bool, cuda: bool) -> None:
     if sync_bn and not cuda:
         raise ParamsError("params.yaml: train.sync_bn: true needs CUDA devices (torch's SyncBatchNorm "
@@ -147,11 +156,12 @@ def check_sync_bn(sync_bn: bool, cuda: bool) -> None:
 
 def check_request(options: dict, world_size: int) -> None:
     """Every impossible request, before any process starts: the backend, the batch
-    split, synchronised batch norm."""
+    split, synchronised batch norm, layers unfrozen part-way."""
     cuda = uses_cuda(options["device"])
     choose_backend(options["backend"], cuda)
     local_batch_size(options["batch_size"], world_size)
     check_sync_bn(options["sync_bn"], cuda)
+    check_unfreeze(options)
 
 
 def fingerprint_params(params: dict) -> dict:

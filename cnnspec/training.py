@@ -209,8 +209,9 @@ class _Run:
         self.model = model
         num_train = len(data.train_labels)
         self.batch_size = min(params["batch_size"], num_train)  # the global batch
-        if ranks:
-            distributed.local_batch_size(self.batch_size, ranks.world_size)  # divides evenly, or a ParamsError
+        if ranks:  # the batch divides evenly, no layer unfreezes part-way: else a ParamsError
+            distributed.local_batch_size(self.batch_size, ranks.world_size)
+            distributed.check_unfreeze(params)
         # Full batches only (the remainder is reshuffled into later epochs): one shape
         # for cudnn.benchmark and torch.compile, and never a batch of one for batch norm.
         self.steps_per_epoch = num_train // self.batch_size

@@ -128,12 +128,15 @@ def test_a_batch_that_does_not_split_evenly_is_refused_with_a_suggestion():
         distributed.local_batch_size(100, 3)
 
 
-def test_unavailable_backend_and_cpu_sync_bn_are_refused():
+def test_unavailable_backend_cpu_sync_bn_and_unfreezing_are_refused():
     assert distributed.choose_backend("auto", cuda=False) == "gloo"
     with pytest.raises(ParamsError, match="train.backend: nccl needs CUDA devices"):
         distributed.choose_backend("nccl", cuda=False)
     with pytest.raises(ParamsError, match="train.sync_bn: true needs CUDA"):
         distributed.check_request(train_options(devices=2, batch_size=64, sync_bn=True), 2)
+    with pytest.raises(ParamsError, match="train.unfreeze with train.devices above 1 is not supported"):
+        distributed.check_request(train_options(devices=2, batch_size=64,
+                                                unfreeze={"after_epochs": 2, "layers": ["conv_1"]}), 2)
     distributed.check_request(train_options(devices=2, batch_size=64), 2)  # a possible one passes
 
 
