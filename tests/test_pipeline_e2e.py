@@ -170,3 +170,18 @@ def test_experiment_without_validation_split_trains_on_every_image(pipeline_repo
     assert (repo / "metrics" / "plots" / "learning_curves.png").is_file()
     shown = run(["dvc", "plots", "show", "--json"], repo)
     assert "learning_rate" in shown
+
+
+def test_experiment_on_two_processes_runs_the_same_stages(pipeline_repo):
+    """`dvc exp run -S train.devices=2` on a CPU-only machine: the train stage launches two
+    gloo ranks through torchrun, and evaluate and plot read the checkpoint rank 0 wrote."""
+    import torch
+
+    repo, _, _ = pipeline_repo
+    output = run(["dvc", "exp", "run", "-S", "train.devices=2"], repo, timeout=600)
+    assert ran_stages(output)[0] == "train" and ran_stages(output)[-2:] == ["evaluate", "plot"]
+    assert "training on 2 processes" in output and "on 2 processes (cpu, gloo)" in output
+    state = torch.load(repo / "models" / "model.pt", weights_only=True)
+    assert state["params"]["train"]["devices"] == 2
+    assert not any(key.startswith("module.") for key in state["state_dict"])
+    assert json.loads((repo / "metrics" / "eval.json").read_text())["accuracy"] > 0.1
