@@ -155,7 +155,8 @@ def test_loop_overhead_quick_mode_prints_the_ratio(capsys):
     assert figures["real_images_per_s"] > 0 and figures["bare_images_per_s"] > 0
 
 
-def test_gpu_throughput_quick_mode_prints_a_table(capsys):
+def test_gpu_throughput_quick_mode_prints_a_table(capsys, cuda_paths_on_cpu):
+    # the script switches the CUDA paths on for the whole process; the fixture switches them back after
     rows = gpu.main(["--quick", "--device", "cpu", "--specs", "simcnn", "--compile", "off",
                      "--precisions", "off", "--images", "192", "--no-ten-epoch"])
     out = capsys.readouterr().out
