@@ -8,7 +8,6 @@ import tarfile
 
 import numpy as np
 import pytest
-import torch
 
 from cnnspec.checkpoint import RETRAIN_HINT, load_model, read_checkpoint
 from cnnspec.datasets import load_prepared, write_prepared
