@@ -97,8 +97,8 @@ def parse_arguments(argv=None) -> dict:
 
 
 @exit_on_user_error
-def main() -> None:
-    arguments = parse_arguments()
+def main(argv=None) -> None:
+    arguments = parse_arguments(argv)
     if distributed.torchrun_environment() is None:
         run(**arguments)
     else:  # one rank of several: how it ends is told once, by the launcher

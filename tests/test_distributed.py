@@ -12,7 +12,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import yaml
@@ -202,14 +201,9 @@ layers:
 
 def fashion_stage_folder(folder: Path, n_train: int, n_test: int, **train) -> Path:
     """A stage's working folder with a subset of Debian's Fashion-MNIST, prepared."""
-    from cnnspec.datasets import decode_raw, prepare, write_prepared
+    from benchmarks.bench_data_parallel import write_fashion
 
-    raw = decode_raw("fashion-mnist", FASHION)
-    keep = np.random.default_rng(0).permutation(len(raw.train_labels))[:n_train]
-    raw.train_images, raw.train_labels = raw.train_images[keep], raw.train_labels[keep]
-    raw.test_images, raw.test_labels = raw.test_images[:n_test], raw.test_labels[:n_test]
-    arrays, meta = prepare(raw, "fashion-mnist", 0.1, 0)
-    write_prepared(folder / "data" / "prepared", arrays, meta)
+    write_fashion(folder, FASHION, n_train, n_test, val_split=0.1)
     write_stage_params(folder, SMALL_SPEC, **train)
     return folder
 
