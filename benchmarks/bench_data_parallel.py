@@ -54,12 +54,13 @@ layers:
 STAGE_LINE = re.compile(r"trained (\d+) epochs on .*; first step ([\d.]+)s \(includes compile\), rest ([\d.]+)s")
 
 
-def write_fashion(folder: Path, data_folder: Path, num_train: int, num_test: int) -> dict:
+def write_fashion(folder: Path, data_folder: Path, num_train: int, num_test: int, val_split=0.02) -> dict:
+    """folder/data/prepared: a seeded subset of Fashion-MNIST's images, prepared as preprocess would."""
     raw = decode_raw("fashion-mnist", data_folder)
     keep = np.random.default_rng(0).permutation(len(raw.train_labels))[:num_train]
     raw.train_images, raw.train_labels = raw.train_images[keep], raw.train_labels[keep]
     raw.test_images, raw.test_labels = raw.test_images[:num_test], raw.test_labels[:num_test]
-    arrays, meta = prepare(raw, "fashion-mnist", 0.02, 0)
+    arrays, meta = prepare(raw, "fashion-mnist", val_split, 0)
     write_prepared(folder / "data" / "prepared", arrays, meta)
     return meta
 

@@ -17,7 +17,7 @@ from torch import nn
 from cnnspec.layers import error, rule_for
 from cnnspec.modules import WhiteningConv
 from cnnspec.nodes import LayerNode, walk
-from cnnspec.shapes import Context, as_spec, infer, infer_shapes, resolve_input  # noqa: F401 (infer_shapes re-exported)
+from cnnspec.shapes import Context, as_spec, infer, resolve_input
 
 # l2 / lr_mult / wd_mult of a parameter no weighted layer set (a pool, a residual's projection)
 DEFAULT_PARAM_OPTIONS = {"l2": 0.0, "lr_mult": 1.0, "wd_mult": 1.0}

@@ -233,13 +233,6 @@ def rank_slice(indices: torch.Tensor, ranks: Ranks) -> torch.Tensor:
     return indices[ranks.rank * share:(ranks.rank + 1) * share]
 
 
-def epoch_shard(order: torch.Tensor, steps: int, batch_size: int, ranks: Ranks) -> torch.Tensor:
-    """Every index this rank trains on in an epoch of `order`, step after step (what the
-    loop's `rank_slice` of each global batch adds up to)."""
-    return torch.cat([rank_slice(order[step * batch_size:(step + 1) * batch_size], ranks)
-                      for step in range(steps)])
-
-
 def seed_rank(seed: int, epoch: int, ranks: Ranks) -> None:
     """Give this rank's dropout (torch's global generator) its own stream, from the seed,
     the epoch and the rank only, so a run resumed at an epoch draws what it drew before."""

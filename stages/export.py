@@ -1,25 +1,25 @@
 """Export stage (optional; export/dvc.yaml): models/model.pt -> models/export/model.onnx
 (or model.torchscript.pt), checked against PyTorch on data/prepared's test images.
 
-    python stages/export.py        (reads the `export` section of params.yaml)
+    python stages/export.py        (reads params.yaml: export)
 """
+from __future__ import annotations
+
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # `python stages/<name>.py`: use this checkout's cnnspec
+if __package__ in (None, ""):  # `python stages/<name>.py`: import this checkout's cnnspec
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cnnspec.errors import exit_on_user_error
-from cnnspec.params import load_params
-
-MODEL = Path("models/model.pt")
-PREPARED = Path("data/prepared")
-EXPORT = Path("models/export")
+from cnnspec.params import load_stage_params
+from cnnspec.pipeline import EXPORT, MODEL, PARAMS, PREPARED
 
 
 @exit_on_user_error
 def main() -> None:
-    params = load_params("params.yaml", ["export"])["export"]
+    params = load_stage_params(PARAMS, sections=["export"])["export"]
+    # torch loads only after params.yaml passed, so a typo fails in a blink.
     from cnnspec.export import SUFFIXES, TOLERANCE, export
 
     output = EXPORT / f"model{SUFFIXES[params['format']]}"

@@ -23,14 +23,13 @@ if __package__ in (None, ""):  # `python stages/<name>.py`: import this checkout
 
 from cnnspec import distributed
 from cnnspec.errors import exit_on_user_error
-from cnnspec.params import check_named_paths, load_params
+from cnnspec.params import load_stage_params
 from cnnspec.pipeline import MODEL, PARAMS, PREPARED, RESUME_STATE, TRAIN_LOG
 
 
 def run(params_path=PARAMS, prepared=PREPARED, model_path=MODEL, resume_path=RESUME_STATE,
         log_dir=TRAIN_LOG):
-    params = load_params(params_path, sections=["model", "train"])
-    check_named_paths(params, params_path)
+    params = load_stage_params(params_path, sections=["model", "train"])
     # torch loads only after params.yaml passed, so a typo fails in a blink.
     import torch
 
@@ -98,8 +97,8 @@ def parse_arguments(argv=None) -> dict:
 
 
 @exit_on_user_error
-def main() -> None:
-    arguments = parse_arguments()
+def main(argv=None) -> None:
+    arguments = parse_arguments(argv)
     if distributed.torchrun_environment() is None:
         run(**arguments)
     else:  # one rank of several: how it ends is told once, by the launcher

@@ -12,7 +12,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import yaml
@@ -32,6 +31,12 @@ def ranks_of(world_size: int):
     return [distributed.Ranks(rank, world_size, rank, CPU, "gloo") for rank in range(world_size)]
 
 
+def epoch_shard(order: torch.Tensor, steps: int, batch_size: int, ranks) -> torch.Tensor:
+    """Every index a rank trains on in an epoch of `order`: its `rank_slice` of each global batch."""
+    return torch.cat([distributed.rank_slice(order[step * batch_size:(step + 1) * batch_size], ranks)
+                      for step in range(steps)])
+
+
 # ---------------------------------------------------------------- sharding
 
 @pytest.mark.parametrize("num_images, batch_size, world_size", [
@@ -39,7 +44,7 @@ def ranks_of(world_size: int):
 def test_rank_shards_cover_every_image_of_the_epoch_exactly_once(num_images, batch_size, world_size):
     order = torch.randperm(num_images, generator=torch.Generator().manual_seed(num_images))
     steps = num_images // batch_size  # full batches only, as the loop trains
-    shards = [distributed.epoch_shard(order, steps, batch_size, ranks) for ranks in ranks_of(world_size)]
+    shards = [epoch_shard(order, steps, batch_size, ranks) for ranks in ranks_of(world_size)]
     together = torch.cat(shards)
     assert len(together) == len(set(together.tolist())) == steps * batch_size  # nobody sees an image twice
     assert sorted(together.tolist()) == sorted(order[:steps * batch_size].tolist())  # one process's images
@@ -196,14 +201,9 @@ layers:
 
 def fashion_stage_folder(folder: Path, n_train: int, n_test: int, **train) -> Path:
     """A stage's working folder with a subset of Debian's Fashion-MNIST, prepared."""
-    from cnnspec.datasets import decode_raw, prepare, write_prepared
+    from benchmarks.bench_data_parallel import write_fashion
 
-    raw = decode_raw("fashion-mnist", FASHION)
-    keep = np.random.default_rng(0).permutation(len(raw.train_labels))[:n_train]
-    raw.train_images, raw.train_labels = raw.train_images[keep], raw.train_labels[keep]
-    raw.test_images, raw.test_labels = raw.test_images[:n_test], raw.test_labels[:n_test]
-    arrays, meta = prepare(raw, "fashion-mnist", 0.1, 0)
-    write_prepared(folder / "data" / "prepared", arrays, meta)
+    write_fashion(folder, FASHION, n_train, n_test, val_split=0.1)
     write_stage_params(folder, SMALL_SPEC, **train)
     return folder
 

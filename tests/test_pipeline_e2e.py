@@ -55,6 +55,16 @@ def copy_working_tree(destination: Path) -> None:
         subprocess.run(command, cwd=destination, check=True)
 
 
+def quick_training(params: dict) -> None:
+    """One short, deterministic epoch on CPU: no compile, schedule, lookahead, smoothing or TTA."""
+    params["train"].update(device="cpu", epochs=1, batch_size=64, precision="off", compile=False)
+    params["train"]["optimizer"].update(name="adam", lr=0.003, weight_decay=0.0)
+    params["train"]["scheduler"]["name"] = "none"
+    params["train"]["lookahead"]["enabled"] = False
+    params["train"]["loss"]["label_smoothing"] = 0.0
+    params["evaluate"]["tta"] = "none"
+
+
 def run(command, cwd, **kwargs):
     env = dict(os.environ, PATH=f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}",
                DVC_NO_ANALYTICS="1")
@@ -80,12 +90,7 @@ def pipeline_repo(tmp_path_factory):
     with serve_folder(served) as base_url:
         params["data"].update(url=f"{base_url}/cifar-10-python.tar.gz", md5=md5, val_split=0.1)
         params["model"]["spec"] = "specs/e2e_tiny.yaml"
-        params["train"].update(device="cpu", epochs=1, batch_size=64, precision="off", compile=False)
-        params["train"]["optimizer"].update(name="adam", lr=0.003, weight_decay=0.0)
-        params["train"]["scheduler"]["name"] = "none"
-        params["train"]["lookahead"]["enabled"] = False
-        params["train"]["loss"]["label_smoothing"] = 0.0
-        params["evaluate"]["tta"] = "none"
+        quick_training(params)
         (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
         run(["git", "add", "-A"], repo)
         run(["git", "commit", "-qm", "small e2e params"], repo)
