@@ -1,8 +1,8 @@
 """End to end: the real DVC pipeline in a temporary repository.
 
 A generated CIFAR-10-format archive is served from 127.0.0.1; `dvc repro` runs
-all five stages with a small spec for one epoch; then an experiment with another
-batch size re-runs only train, evaluate and plot.
+all six stages with a small spec for one epoch; then an experiment with another
+batch size re-runs only resolve, train, evaluate and plot.
 """
 import hashlib
 import json
@@ -20,7 +20,7 @@ from tests.fakedata import make_cifar10_archive, serve_folder
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
-STAGES = ["download", "preprocess", "train", "evaluate", "plot"]
+STAGES = ["download", "preprocess", "resolve", "train", "evaluate", "plot"]
 
 TINY_SPEC = """\
 name: e2e_tiny
@@ -146,7 +146,7 @@ def test_experiment_reruns_only_training_side_and_diffs(pipeline_repo):
     run(["git", "commit", "-qm", "first results"], repo)
     before = json.loads((repo / "metrics" / "eval.json").read_text())
     output = run(["dvc", "exp", "run", "-S", "train.batch_size=32"], repo, timeout=600)
-    assert ran_stages(output) == ["train", "evaluate", "plot"]
+    assert ran_stages(output) == ["resolve", "train", "evaluate", "plot"]
     after = json.loads((repo / "metrics" / "eval.json").read_text())
     diff = run(["dvc", "metrics", "diff", "--json"], repo)
     changed = json.loads(diff)["metrics/eval.json"]
