@@ -155,6 +155,39 @@ def test_experiment_reruns_only_training_side_and_diffs(pipeline_repo):
     assert before["loss"] != after["loss"]
 
 
+# The `dvc exp show` flags README.md recommends (make exps runs them).
+EXP_SHOW_FLAGS = ["--only-changed", "--drop", "Created|params\\.yaml:|cnnspec|stages/|recipes|specs/|data/|step|lr",
+                  "--sort-by", "metrics/eval.json:accuracy"]
+
+
+def test_exp_show_reads_well_in_120_columns(pipeline_repo):
+    """After the batch-size experiment: the headline metrics and the one param that
+    differs, nothing cut, no dependency hashes; `dvc metrics diff` stays a few rows."""
+    repo, _, _ = pipeline_repo
+    header = run(["dvc", "exp", "show", "--csv", *EXP_SHOW_FLAGS], repo).splitlines()[0].split(",")
+    assert {"Experiment", "metrics/eval.json:accuracy", "loss", "macro_f1", "metrics/eval.json:learned",
+            "params.resolved.yaml:train.batch_size"} <= set(header), header
+    assert not [column for column in header if column.startswith(("cnnspec", "stages/", "params.yaml:"))], header
+    env_run = dict(os.environ, COLUMNS="120", PATH=f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}")
+    table = subprocess.run(["dvc", "exp", "show", "--no-pager", *EXP_SHOW_FLAGS], cwd=repo, env=env_run,
+                           capture_output=True, text=True, check=True).stdout
+    assert max(len(line) for line in table.splitlines()) <= 120, table
+    assert "…" not in table, table
+    rows = json.loads(run(["dvc", "metrics", "diff", "--json", "--all"], repo))
+    assert sum(len(values) for values in rows.values()) <= 15, rows
+
+
+def test_train_depends_on_the_spec_in_use_only(pipeline_repo):
+    repo, _, _ = pipeline_repo
+    with open(repo / "specs" / "fan.yaml", "a") as spec:
+        spec.write("# an edit to a spec that is not model.spec\n")
+    assert "Data and pipelines are up to date" in run(["dvc", "status", "train"], repo)
+    with open(repo / "specs" / "e2e_tiny.yaml", "a") as spec:
+        spec.write("# an edit to the spec in use\n")
+    assert "specs/e2e_tiny.yaml" in run(["dvc", "status", "train"], repo)
+    run(["git", "checkout", "specs/"], repo)
+
+
 def test_experiment_without_validation_split_trains_on_every_image(pipeline_repo):
     """data.val_split: 0 (airbench's protocol): preprocess keeps every training image, the
     train stage logs training curves only, and evaluate, plot and `dvc plots show` still work."""
