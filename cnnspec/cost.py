@@ -14,7 +14,8 @@ import torch
 TIMED_STEPS = 5     # steps timed after the first for the estimate
 CPU_MINUTES = 5     # a CPU run longer than this gets the advice below
 CPU_SIZED_RUN = ("dvc exp run -S model.spec=specs/simcnn.yaml -S train.epochs=2 "
-                 "(about 2 minutes an epoch on Fashion-MNIST; see docs/benchmarks.md)")
+                 "(a 122k-parameter CNN with its own recipe; docs/benchmarks.md has its time and accuracy), "
+                 "or fewer epochs: -S train.epochs=N")
 
 
 def duration(seconds: float) -> str:
@@ -35,7 +36,8 @@ class CostClock:
         self.steps_per_epoch, self.early_stopping = steps_per_epoch, early_stopping
         self.seen, self.started = 0, None
         resumed = f", resuming at epoch {start_epoch + 1}" if start_epoch else ""
-        say(f"training on {device}: {epochs} epochs x {steps_per_epoch} steps of {batch_size} "
+        plural = "" if epochs == 1 else "s"
+        say(f"training on {device}: {epochs} epoch{plural} x {steps_per_epoch} steps of {batch_size} "
             f"images ({num_train} training images){resumed}")
 
     def step_done(self) -> None:

@@ -159,3 +159,20 @@ def test_realistic_comment_shows_the_headline_once_per_param_and_the_warning(rea
 def test_a_run_that_learned_has_no_warning(realistic_repo):
     comment = pr_comment.build_comment("pr", "main", cwd=realistic_repo)
     assert "did not learn" not in comment and "Smoke run" not in comment and "### Plots" not in comment
+
+
+def test_the_workflow_runs_the_smoke_recipe_only_without_real_results(tmp_path):
+    import yaml
+
+    from cnnspec.params import load_params
+
+    workflow = yaml.safe_load((REPO_ROOT / ".github" / "workflows" / "pr.yml").read_text())
+    steps = {step.get("name"): step for step in workflow["jobs"]["metrics-diff"]["steps"]}
+    results = steps["Pull the real results, or run the smoke recipe"]["run"]
+    assert "dvc pull --run-cache" in results and "dvc exp run -S recipe=smoke" in results
+    assert "dvc repro\n" not in results  # never the full recipe on the CPU runner
+    assert "--smoke" in steps["Write the comment"]["run"] and "--plots-url" in steps["Write the comment"]["run"]
+    text = (REPO_ROOT / "params.yaml").read_text().replace("recipe: auto", "recipe: smoke")
+    (tmp_path / "params.yaml").write_text(text)
+    params = load_params(tmp_path / "params.yaml")
+    assert params["train"]["epochs"] == 1 and params["evaluate"]["tta"] == "none"
