@@ -26,7 +26,8 @@ bench: $(BIN)/.installed
 # (README, Experiments). `dvc exp show` has no config file for its columns.
 exps: $(BIN)/.installed
 	$(BIN)/dvc exp show --only-changed --sort-by metrics/eval.json:accuracy \
-	  --drop 'Created|params\.yaml:|cnnspec|stages/|recipes|specs/|data/|step|lr'
+	  --keep '(metrics/eval\.json:)?(accuracy|top5_accuracy|loss|macro_f1|learned)$$' \
+	  --drop 'Created|params\.yaml:|cnnspec|stages/|recipes|specs/|data/|metrics/|models/|step|lr'
 
 clean-venv:
 	rm -rf $(VENV)

@@ -67,7 +67,7 @@ def find_recipe(name: str, asked_where: str, params_path=None) -> Path:
     raise ParamsError(f"{asked_where}: no recipe {name!r} in recipes/{hint}")
 
 
-def spec_recipe(spec_path, params_path=None) -> tuple[str | None, str]:
+def spec_recipe(spec_path, params_path=None, name="params.yaml") -> tuple[str | None, str]:
     """The `recipe:` a spec file names (None if it names none) and where it is written."""
     path = Path(spec_path)
     if not path.is_file() and params_path is not None:
@@ -75,8 +75,11 @@ def spec_recipe(spec_path, params_path=None) -> tuple[str | None, str]:
         path = beside if beside.is_file() else path
     try:
         document = yamlio.load_yaml(path.read_text(encoding="utf-8"), str(spec_path))
+    except FileNotFoundError:
+        raise ParamsError(f"{name}: model.spec: {spec_path}: no such file") from None
     except (OSError, UnicodeDecodeError) as error:
-        raise ParamsError(f"model.spec: cannot read {spec_path}: {getattr(error, 'strerror', None) or error}") from None
+        reason = getattr(error, "strerror", None) or error
+        raise ParamsError(f"{name}: model.spec: {spec_path}: cannot read: {reason}") from None
     except SpecError as error:
         raise ParamsError(str(error)) from None
     if not isinstance(document, dict) or "recipe" not in document:
@@ -129,7 +132,7 @@ def choose(params: dict, name: str, params_path=None) -> tuple[str | None, str]:
     spec = (params.get("model") or {}).get("spec")
     if not spec:
         return DEFAULT_RECIPE, f"{name}: recipe"
-    named, where = spec_recipe(spec, params_path)
+    named, where = spec_recipe(spec, params_path, name)
     return (named or DEFAULT_RECIPE), (where if named else f"{name}: recipe")
 
 

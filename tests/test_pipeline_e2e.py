@@ -156,8 +156,9 @@ def test_experiment_reruns_only_training_side_and_diffs(pipeline_repo):
 
 
 # The `dvc exp show` flags README.md recommends (make exps runs them).
-EXP_SHOW_FLAGS = ["--only-changed", "--drop", "Created|params\\.yaml:|cnnspec|stages/|recipes|specs/|data/|step|lr",
-                  "--sort-by", "metrics/eval.json:accuracy"]
+EXP_SHOW_FLAGS = ["--only-changed", "--sort-by", "metrics/eval.json:accuracy",
+                  "--keep", r"(metrics/eval\.json:)?(accuracy|top5_accuracy|loss|macro_f1|learned)$",
+                  "--drop", "Created|params\\.yaml:|cnnspec|stages/|recipes|specs/|data/|metrics/|models/|step|lr"]
 
 
 def test_exp_show_reads_well_in_120_columns(pipeline_repo):
@@ -171,7 +172,7 @@ def test_exp_show_reads_well_in_120_columns(pipeline_repo):
     missing = [name for name in ("Experiment", "accuracy", "loss", "macro_f1", "learned", "train.batch_size")
                if not has(name)]
     assert not missing, f"{missing} not in {', '.join(header)}"
-    assert not [column for column in header if column.startswith(("cnnspec", "stages/", "params.yaml:"))], \
+    assert not [column for column in header if column.startswith(("cnnspec", "stages/", "params.yaml:", "models/"))], \
         ", ".join(header)
     env_run = dict(os.environ, COLUMNS="120", PATH=f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}")
     table = subprocess.run(["dvc", "exp", "show", "--no-pager", *EXP_SHOW_FLAGS], cwd=repo, env=env_run,

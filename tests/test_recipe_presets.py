@@ -136,7 +136,7 @@ def test_a_bad_value_in_a_recipe_names_the_recipe_file_and_line(project):
     ({"recipes/loop.yaml": "base: loop\n"}, "recipe: loop\n", r"recipe bases loop: loop -> loop"),
     ({"recipes/data.yaml": "data: {val_split: 0.1}\n"}, "recipe: data\n",
      r"^recipes/data.yaml:1:1: data: a recipe holds only base, train, evaluate"),
-    ({}, "recipe: auto\nmodel: {spec: specs/missing.yaml}\n", r"model.spec: cannot read specs/missing.yaml"),
+    ({}, "recipe: auto\nmodel: {spec: specs/missing.yaml}\n", r"params.yaml: model.spec: specs/missing.yaml: no such file$"),
 ], ids=["unknown", "spec-names-unknown", "base-loop", "data-section", "missing-spec"])
 def test_recipe_mistakes_are_one_line_naming_the_place(project, files, params_text, message):
     for name, text in files.items():
