@@ -183,7 +183,8 @@ def apply(params: dict, name: str, schema: dict, params_path=None) -> tuple[dict
         for path, document in chain(recipe, asked_where, params_path):
             body = {key: yamlio.plain(document[key]) for key in SECTIONS if key in document}
             effective = merge(effective, body, schema, origin, (path, document))
-    own = drop_nulls({key: value for key, value in params.items() if key != "recipe"})
+    own = {key: drop_nulls(value) if key in SECTIONS else value
+           for key, value in params.items() if key != "recipe"}
     effective = merge(effective, own, schema, origin, None)
     effective["recipe"] = recipe or "none"
     return effective, recipe, origin
