@@ -27,7 +27,7 @@ bench: $(BIN)/.installed
 exps: $(BIN)/.installed
 	$(BIN)/dvc exp show --only-changed --sort-by metrics/eval.json:accuracy \
 	  --keep '(metrics/eval\.json:)?(accuracy|top5_accuracy|loss|macro_f1|learned)$$' \
-	  --drop 'Created|params\.yaml:|cnnspec|stages/|recipes|specs/|data/|metrics/|models/|step|lr'
+	  --drop 'Created|params\.yaml:|cnnspec|stages/|recipes|specs/|data/|metrics/|models/|train\.|val\.|step|lr'
 
 clean-venv:
 	rm -rf $(VENV)

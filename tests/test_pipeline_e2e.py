@@ -158,7 +158,7 @@ def test_experiment_reruns_only_training_side_and_diffs(pipeline_repo):
 # The `dvc exp show` flags README.md recommends (make exps runs them).
 EXP_SHOW_FLAGS = ["--only-changed", "--sort-by", "metrics/eval.json:accuracy",
                   "--keep", r"(metrics/eval\.json:)?(accuracy|top5_accuracy|loss|macro_f1|learned)$",
-                  "--drop", "Created|params\\.yaml:|cnnspec|stages/|recipes|specs/|data/|metrics/|models/|step|lr"]
+                  "--drop", "Created|params\\.yaml:|cnnspec|stages/|recipes|specs/|data/|metrics/|models/|train\\.|val\\.|step|lr"]
 
 
 def test_exp_show_reads_well_in_120_columns(pipeline_repo):
