@@ -76,11 +76,13 @@ def warn(reason: str, params: dict | None = None) -> None:
 
 
 def record(metrics_path, learned: bool) -> None:
-    """Add `learned` to a metrics JSON file (DVCLive's metrics.json), if it exists."""
+    """Add `train.learned` to DVCLive's metrics.json, if it exists (nested under `train`, so
+    that its `dvc exp show` column does not collide with the headline's `learned`)."""
     path = Path(metrics_path)
     try:
         metrics = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return
     if isinstance(metrics, dict):
-        write_json(path, {**metrics, "learned": learned})
+        train = metrics.get("train") if isinstance(metrics.get("train"), dict) else {}
+        write_json(path, {**metrics, "train": {**train, "learned": learned}})

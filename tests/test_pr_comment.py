@@ -114,7 +114,7 @@ def commit_run(repo, spec, recipe, batch_size, lr, headline, message):
     (repo / "metrics" / "eval.json").write_text(json.dumps(headline))
     (repo / "metrics" / "train").mkdir(parents=True, exist_ok=True)
     (repo / "metrics" / "train" / "metrics.json").write_text(json.dumps(
-        {"train": {"loss": headline["loss"]}, "step": 9, "learned": headline["learned"]}))
+        {"train": {"loss": headline["loss"], "learned": headline["learned"]}, "step": 9}))
     git(repo, "add", "-A")
     git(repo, "commit", "-q", "-m", message)
 

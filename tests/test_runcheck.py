@@ -79,12 +79,12 @@ def test_a_broken_learning_rate_warns_in_train_and_evaluate(fashion, tmp_path, m
     warnings = [line for line in printed.splitlines() if line.startswith("warning: this run did not learn")]
     assert len(warnings) == 2, printed  # one from train, one from evaluate
     assert "train.optimizer.lr 30" in warnings[0] and "test accuracy" in warnings[1]
-    assert train_metrics["learned"] is False and headline["learned"] is False
+    assert train_metrics["train"]["learned"] is False and headline["learned"] is False
 
 
 @pytest.mark.slow
 def test_a_sane_learning_rate_learns_without_a_warning(fashion, tmp_path, monkeypatch, capsys):
     train_metrics, headline, printed = train_and_evaluate(tmp_path / "sane", fashion, 0.002, monkeypatch, capsys)
     assert "did not learn" not in printed
-    assert train_metrics["learned"] is True and headline["learned"] is True
+    assert train_metrics["train"]["learned"] is True and headline["learned"] is True
     assert headline["accuracy"] > 0.6
