@@ -3,7 +3,7 @@ lists the same paths, relative to the repository root), and the hint that names 
 stage to run when one of them is missing.
 
     download -> data/raw -> preprocess -> data/prepared -> train -> models/model.pt,
-    metrics/train -> evaluate -> metrics/eval.json, metrics/predictions.csv -> plot -> metrics/plots
+    metrics/train -> evaluate -> metrics/eval.json, eval_report.json, predictions.csv -> plot -> metrics/plots
 """
 from __future__ import annotations
 
