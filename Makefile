@@ -26,7 +26,7 @@ bench: $(BIN)/.installed
 # (README, Experiments). `dvc exp show` has no config file for its columns.
 exps: $(BIN)/.installed
 	$(BIN)/dvc exp show --only-changed --sort-by metrics/eval.json:accuracy \
-	  --keep '(metrics/eval\.json:)?(accuracy|top5_accuracy|loss|macro_f1|learned)$$' \
+	  --keep '(metrics/eval\.json:)?(accuracy|learned)$$' \
 	  --drop 'Created|params\.yaml:|cnnspec|stages/|recipes|specs/|data/|metrics/|models/|train\.|val\.|step|lr'
 
 clean-venv:
