@@ -4,7 +4,7 @@
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test bench clean-venv
+.PHONY: run test bench exps clean-venv
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || python3 -m venv $(VENV)
@@ -21,6 +21,13 @@ test: $(BIN)/.installed
 
 bench: $(BIN)/.installed
 	$(BIN)/python -m pytest benchmarks --benchmark-enable
+
+# dvc exp show trimmed to fit a terminal: name, headline metrics, the params that differ
+# (README, Experiments). `dvc exp show` has no config file for its columns.
+exps: $(BIN)/.installed
+	$(BIN)/dvc exp show --only-changed --sort-by metrics/eval.json:accuracy \
+	  --keep '(metrics/eval\.json:)?(accuracy|learned)$$' \
+	  --drop 'Created|params\.yaml:|cnnspec|stages/|recipes|specs/|data/|metrics/|models/|train\.|val\.|step|lr'
 
 clean-venv:
 	rm -rf $(VENV)

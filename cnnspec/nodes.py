@@ -63,6 +63,7 @@ class Spec:
     layers: list[LayerNode]
     file: str | None
     text: str  # the YAML source, kept so a checkpoint can rebuild the model
+    recipe: str | None = None  # the recipes/NAME.yaml it is meant to train with
 
 
 def walk(nodes: list[LayerNode]):

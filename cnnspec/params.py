@@ -17,7 +17,7 @@ import json
 import os
 from pathlib import Path
 
-from cnnspec import yamlio
+from cnnspec import recipes, yamlio
 from cnnspec.errors import ParamsError, SpecError
 from cnnspec.schema_errors import Strict, explain, key_path, unknown_key
 
@@ -44,10 +44,14 @@ def load_params(path="params.yaml", sections=None) -> dict:
         if key not in known_sections:
             raise ParamsError(f"{name}: {key}: {unknown_key(key, known_sections)}")
 
-    chosen = {section: params.get(section, {}) for section in sections}
+    origin = {}
+    if set(sections) & {"recipe", *recipes.SECTIONS}:  # only these read the recipe
+        params, _, origin = recipes.apply(params, name, schema, path)
+    chosen = {section: params.get(section, schema["properties"][section].get("default", {}))
+              for section in sections}
     chosen = {section: _yaml11_spellings(section, value) for section, value in chosen.items()}
     sub_schema = {**schema, "properties": {s: schema["properties"][s] for s in sections}}
-    check(chosen, sub_schema, name)
+    check(chosen, sub_schema, name, lambda key_path: recipes.origin_of(origin, key_path))
     filled = fill_defaults(chosen, sub_schema)
     if "model" in filled:  # layer types from the user's code, before any spec is read
         from cnnspec.plugins import load_plugins
@@ -103,11 +107,14 @@ def _yaml11_spellings(section: str, value):
 
 # --- checking --------------------------------------------------------------
 
-def check(params: dict, schema: dict, name: str) -> None:
-    """Raise ParamsError for the first problem, in key order."""
+def check(params: dict, schema: dict, name: str, origin_of=lambda key_path: None) -> None:
+    """Raise ParamsError for the first problem, in key order; a value that came from
+    a recipe is named by its recipe file and line (`origin_of`)."""
     errors = sorted(Strict(schema).iter_errors(params), key=_error_order)
     if errors:
-        raise ParamsError(f"{name}: {describe_error(errors[0], schema)}")
+        _, about = explain(errors[0], schema)
+        path = list(errors[0].absolute_path) + ([about] if about is not None else [])
+        raise ParamsError(f"{origin_of(path) or name}: {describe_error(errors[0], schema)}")
 
 
 def _error_order(error):

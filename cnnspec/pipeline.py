@@ -3,7 +3,7 @@ lists the same paths, relative to the repository root), and the hint that names 
 stage to run when one of them is missing.
 
     download -> data/raw -> preprocess -> data/prepared -> train -> models/model.pt,
-    metrics/train -> evaluate -> metrics/eval.json, metrics/predictions.csv -> plot -> metrics/plots
+    metrics/train -> evaluate -> metrics/eval.json, eval_report.json, predictions.csv -> plot -> metrics/plots
 """
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ MODEL = Path("models/model.pt")
 RESUME_STATE = Path("models/resume/state.pt")  # not a DVC output: `dvc repro` keeps it
 TRAIN_LOG = Path("metrics/train")  # DVCLive's folder
 TRAIN_CURVES = TRAIN_LOG / "plots" / "metrics"  # DVCLive's TSVs, one per metric
-EVAL_JSON = Path("metrics/eval.json")
+EVAL_JSON = Path("metrics/eval.json")  # the headline metrics
+EVAL_REPORT = Path("metrics/eval_report.json")  # per-class scores, confusion matrix
 PREDICTIONS_CSV = Path("metrics/predictions.csv")
 PLOTS = Path("metrics/plots")
 EXPORT = Path("models/export")  # the optional export stage's (export/dvc.yaml)

@@ -520,7 +520,8 @@ def parse_spec(text: str, file: str | None = None) -> Spec:
     shape = document.get("input")
     input_shape = (shape["channels"], shape["height"], shape["width"]) if shape else None
     return Spec(name=document["name"], description=document.get("description", ""),
-                input=input_shape, layers=layers, file=file, text=text)
+                input=input_shape, layers=layers, file=file, text=text,
+                recipe=document.get("recipe"))
 
 
 def load_spec(path) -> Spec:

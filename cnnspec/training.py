@@ -45,6 +45,7 @@ import torch
 from cnnspec import distributed, optimization
 from cnnspec.atomic import save_torch
 from cnnspec.augment import Augmentation
+from cnnspec.cost import CostClock
 from cnnspec.datasets import Normalize
 from cnnspec.errors import ParamsError, TrainingError
 from cnnspec.finetune import UnfreezeSchedule
@@ -110,6 +111,9 @@ def train(model, data: dict, params: dict, device="cpu", *, resume_path=None, lo
         start_epoch = run.next_epoch
         log = EpochLog(log_dir, run.history, start_epoch, run.epochs)
         clock = Clock(device)
+        if ranks is None or ranks.is_main:  # the device, the steps, then the time estimate
+            clock.cost = CostClock(_print_line, device, run.epochs, start_epoch, run.steps_per_epoch,
+                                   run.batch_size, len(device_data.train_labels), run.early_stopping is not None)
         try:
             for epoch in range(start_epoch, run.epochs):
                 if run.stopped_early:
@@ -626,6 +630,7 @@ class Clock:
         self.device, self.started = device, time.perf_counter()
         self.first_step_seconds, self._first_step_started = 0.0, None
         self._first_step_done = False
+        self.cost = None  # a cost.CostClock, told after each step
 
     def step_starts(self) -> None:
         if not self._first_step_done:
@@ -637,6 +642,8 @@ class Clock:
                 torch.cuda.synchronize(self.device)
             self.first_step_seconds = time.perf_counter() - self._first_step_started
             self._first_step_done = True
+        if self.cost is not None:
+            self.cost.step_done()
 
     def seconds_without_first_step(self) -> float:
         return time.perf_counter() - self.started - self.first_step_seconds

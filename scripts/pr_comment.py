@@ -2,24 +2,38 @@
 
     python scripts/pr_comment.py --base origin/main                 # print the markdown
     python scripts/pr_comment.py --base origin/main --output pr.md  # or write it to a file
+    python scripts/pr_comment.py --base origin/main --smoke --plots-url URL
 
-It runs `dvc metrics diff <base> --md` and `dvc params diff <base> --md` (against
-the workspace, or against `--head` when given) and puts each under its own
-heading; a diff with no rows reads "no changes". The workflow in
-.github/workflows/pr.yml posts the result on the pull request.
+It runs `dvc metrics diff <base> --json` on the headline file (metrics/eval.json:
+accuracy, top-5, loss, macro F1, learned) and `dvc params diff <base> --json`
+(against the workspace, or against `--head` when given) and writes each as a table;
+a diff with no rows reads "no changes". Params appear once, with their effective
+value (params.resolved.yaml) where the run has one. `--smoke` labels the results as
+the CI smoke recipe's; a run that did not learn gets a warning at the top; `--plots-url`
+links the plots diff. The workflow in .github/workflows/pr.yml posts the result.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+if __package__ in (None, ""):  # `python scripts/pr_comment.py` from the repository root
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
 from cnnspec.atomic import write_text
 from cnnspec.errors import CnnspecError, exit_on_user_error
 
 MARKER = "<!-- cnnspec-pr-comment -->"  # lets a workflow find its earlier comment
+HEADLINE = "metrics/eval.json"
+RESOLVED = "params.resolved.yaml"
+SMOKE_NOTE = ("> **Smoke run.** These results come from the `smoke` recipe (one short epoch "
+              "on the CI runner's CPU), not from the recipe the PR trains with: they show that "
+              "the pipeline runs and learns, not how good the model is. Real results appear "
+              "here when the PR's outputs are pushed to the DVC remote (see README, Pull requests).")
 
 
 class DvcDiffError(CnnspecError):
@@ -37,6 +51,11 @@ def run_dvc(arguments: list[str], cwd) -> str:
     return result.stdout
 
 
+def dvc_json(arguments: list[str], cwd) -> dict:
+    text = run_dvc(arguments, cwd).strip()
+    return json.loads(text) if text else {}
+
+
 def table_rows(markdown: str) -> list[str]:
     """The data rows of a markdown table (its header and |---| line left out)."""
     rows = [line for line in markdown.splitlines() if line.startswith("|")]
@@ -49,16 +68,74 @@ def diff_section(title: str, markdown: str) -> str:
     return f"### {title}\n\n{markdown.strip()}\n"
 
 
-def build_comment(base: str, head: str | None = None, cwd=".") -> str:
+def cell(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value).replace("|", "\\|")
+
+
+def markdown_table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(cell(value) for value in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def metrics_table(diff: dict, base: str, head: str) -> str:
+    """`dvc metrics diff --json` of the headline file as rows: metric, base, head, change."""
+    rows = []
+    for path in sorted(diff):
+        for name, change in sorted(diff[path].items()):
+            rows.append([name, change.get("old"), change.get("new"), change.get("diff")])
+    return markdown_table(["metric", base, head, "change"], rows)
+
+
+def params_table(diff: dict, base: str, head: str) -> str:
+    """`dvc params diff --json` as rows; a param the resolved file has is shown once,
+    with its effective values (params.yaml holds `~` for what the recipe sets)."""
+    resolved = diff.get(RESOLVED, {})
+    rows = [[name, change.get("old"), change.get("new")] for name, change in sorted(resolved.items())]
+    for path in sorted(p for p in diff if p != RESOLVED):
+        for name, change in sorted(diff[path].items()):
+            if name not in resolved:
+                rows.append([name if path == "params.yaml" else f"{path}:{name}",
+                             change.get("old"), change.get("new")])
+    return markdown_table(["param", base, head], rows)
+
+
+def head_headline(head: str | None, cwd) -> dict:
+    """The head's metrics/eval.json, {} when it has none."""
+    try:
+        if head is None:
+            text = (Path(cwd) / HEADLINE).read_text(encoding="utf-8")
+        else:
+            text = subprocess.run(["git", "show", f"{head}:{HEADLINE}"], cwd=cwd, capture_output=True,
+                                  text=True, check=True).stdout
+        data = json.loads(text)
+    except (OSError, ValueError, subprocess.CalledProcessError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def build_comment(base: str, head: str | None = None, cwd=".", smoke: bool = False,
+                  plots_url: str | None = None) -> str:
     revisions = [base] + ([head] if head else [])
-    metrics = run_dvc(["metrics", "diff", *revisions, "--md"], cwd)
-    params = run_dvc(["params", "diff", *revisions, "--md"], cwd)
-    return "\n".join([
-        MARKER,
-        f"## cnnspec: `{base}` → `{head or 'workspace'}`\n",
-        diff_section("Metrics", metrics),
-        diff_section("Params", params),
-    ])
+    head_name = head or "workspace"
+    metrics = dvc_json(["metrics", "diff", *revisions, "--targets", HEADLINE, "--json"], cwd)
+    params = dvc_json(["params", "diff", *revisions, "--json"], cwd)
+    parts = [MARKER, f"## cnnspec: `{base}` → `{head_name}`\n"]
+    if smoke:
+        parts.append(SMOKE_NOTE + "\n")
+    if head_headline(head, cwd).get("learned") is False:
+        parts.append("> **Warning: this run did not learn**: its test accuracy is at chance level "
+                     "(see the train and evaluate logs for the likely causes).\n")
+    parts.append(diff_section("Metrics", metrics_table(metrics, base, head_name)))
+    parts.append(diff_section("Params", params_table(params, base, head_name)))
+    if plots_url:
+        parts.append(f"### Plots\n\n[plots diff against `{base}`]({plots_url}) "
+                     "(`dvc plots diff`: learning curves, confusion matrix)\n")
+    return "\n".join(parts)
 
 
 @exit_on_user_error
@@ -68,9 +145,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--head", help="revision to compare (default: the workspace)")
     parser.add_argument("--output", type=Path, help="write the markdown here instead of printing it")
     parser.add_argument("--repo", default=".", help="the repository (default: the current folder)")
+    parser.add_argument("--smoke", action="store_true", help="label the results as the CI smoke recipe's")
+    parser.add_argument("--plots-url", help="where the plots diff can be seen (a CI artifact)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     options = parser.parse_args(argv)
-    comment = build_comment(options.base, options.head, options.repo)
+    comment = build_comment(options.base, options.head, options.repo, options.smoke, options.plots_url)
     if options.output:
         write_text(options.output, comment)
     else:

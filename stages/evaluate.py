@@ -2,9 +2,11 @@
 
     python stages/evaluate.py        (reads params.yaml: evaluate)
 
-Writes metrics/eval.json (accuracy, loss, per-class precision/recall/F1, the
-confusion matrix) and metrics/predictions.csv (`index,actual,predicted`, for
-DVC's confusion template), each atomically, and prints the report.
+Writes metrics/eval.json (the headline: accuracy, top-5 accuracy where it applies,
+loss, macro F1, learned), metrics/eval_report.json (the full report: per-class
+precision/recall/F1, the confusion matrix) and metrics/predictions.csv
+(`index,actual,predicted`, for DVC's confusion template), each atomically, and
+prints the report. A test accuracy at chance level prints one warning line.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ if __package__ in (None, ""):  # `python stages/<name>.py`: import this checkout
 from cnnspec.atomic import write_json, write_text
 from cnnspec.errors import exit_on_user_error
 from cnnspec.params import load_stage_params
-from cnnspec.pipeline import EVAL_JSON, MODEL, PARAMS, PREDICTIONS_CSV, PREPARED
+from cnnspec.pipeline import EVAL_JSON, EVAL_REPORT, MODEL, PARAMS, PREDICTIONS_CSV, PREPARED
 
 
 @exit_on_user_error
@@ -28,10 +30,24 @@ def main() -> None:
 
     report, actual, predicted = evaluation.evaluate_checkpoint(
         MODEL, PREPARED, tta=params["tta"], batch_size=params["batch_size"])
-    write_json(EVAL_JSON, report)
+    from cnnspec import runcheck
+    from cnnspec.headline import headline
+
+    learned, reason = runcheck.verdict(len(report["classes"]), report["accuracy"], "test accuracy")
+    write_json(EVAL_REPORT, report)
     write_text(PREDICTIONS_CSV, evaluation.predictions_csv(actual, predicted, report["classes"]))
+    write_json(EVAL_JSON, headline(report, learned))
     print(evaluation.report_table(report))
-    print(f"wrote {EVAL_JSON} and {PREDICTIONS_CSV}")
+    if not learned:
+        runcheck.warn(reason, trained_with(MODEL))
+    print(f"wrote {EVAL_JSON}, {EVAL_REPORT} and {PREDICTIONS_CSV}")
+
+
+def trained_with(model_path) -> dict:
+    """The params the checkpoint was trained with, for the warning's likely causes."""
+    import torch
+
+    return torch.load(model_path, map_location="cpu", weights_only=True).get("params") or {}
 
 
 if __name__ == "__main__":

@@ -3,11 +3,11 @@
     python stages/plot.py        (reads params.yaml: plot)
 
 - confusion_matrix.png: counts of true class (rows) against predicted class (columns),
-  as metrics/eval.json holds them
+  as metrics/eval_report.json holds them
 - learning_curves.png: loss and accuracy per epoch, train against validation, and the learning rate
 - misclassified.png:    a grid of wrongly classified test images with true and predicted labels
 
-Reads metrics/eval.json and metrics/predictions.csv (evaluate), the DVCLive logs in
+Reads metrics/eval_report.json and metrics/predictions.csv (evaluate), the DVCLive logs in
 metrics/train/plots/metrics (train) and data/prepared (preprocess). Figures are drawn
 on matplotlib's Agg canvas (no pyplot, no display) at fixed sizes, and each file is
 written atomically.
@@ -31,7 +31,7 @@ from cnnspec.atomic import atomic_path
 from cnnspec.datasets import load_prepared
 from cnnspec.errors import DataError, TrainingError, exit_on_user_error
 from cnnspec.params import load_stage_params
-from cnnspec.pipeline import (EVAL_JSON, EVALUATE_HINT, PARAMS, PLOTS, PREDICTIONS_CSV, PREPARED,
+from cnnspec.pipeline import (EVAL_REPORT, EVALUATE_HINT, PARAMS, PLOTS, PREDICTIONS_CSV, PREPARED,
                               TRAIN_CURVES, TRAIN_HINT)
 
 DPI = 100
@@ -76,7 +76,7 @@ def read_series(path: Path) -> tuple[list[float], list[float]]:
 
 
 def read_confusion_matrix(path: Path, classes: list[str]) -> np.ndarray:
-    """The confusion matrix the evaluate stage wrote to eval.json, for these classes."""
+    """The confusion matrix the evaluate stage wrote to eval_report.json, for these classes."""
     if not path.is_file():
         raise DataError(f"{path}: missing; {EVALUATE_HINT}")
     try:
@@ -181,8 +181,8 @@ def main() -> None:
     data = load_prepared(PREPARED, mmap_mode="r")  # only the test images are read from disk
     classes = list(data["meta"]["classes"])
     actual, predicted = read_predictions(PREDICTIONS_CSV, classes)
-    counts = read_confusion_matrix(EVAL_JSON, classes)
-    for path, count in ((PREDICTIONS_CSV, len(actual)), (EVAL_JSON, int(counts.sum()))):
+    counts = read_confusion_matrix(EVAL_REPORT, classes)
+    for path, count in ((PREDICTIONS_CSV, len(actual)), (EVAL_REPORT, int(counts.sum()))):
         if count != len(data["test_labels"]):
             raise DataError(f"{path}: {count} test images counted for {len(data['test_labels'])} "
                             f"in {PREPARED}; {EVALUATE_HINT} again")

@@ -29,11 +29,11 @@ from cnnspec.pipeline import MODEL, PARAMS, PREPARED, RESUME_STATE, TRAIN_LOG
 
 def run(params_path=PARAMS, prepared=PREPARED, model_path=MODEL, resume_path=RESUME_STATE,
         log_dir=TRAIN_LOG):
-    params = load_stage_params(params_path, sections=["model", "train"])
+    params = load_stage_params(params_path, sections=["recipe", "model", "train"])
     # torch loads only after params.yaml passed, so a typo fails in a blink.
     import torch
 
-    from cnnspec import build_model, load_spec
+    from cnnspec import build_model, load_spec, runcheck
     from cnnspec.checkpoint import save_checkpoint
     from cnnspec.datasets import load_prepared
     from cnnspec.finetune import check_init_from, init_from
@@ -68,6 +68,11 @@ def run(params_path=PARAMS, prepared=PREPARED, model_path=MODEL, resume_path=RES
         save_checkpoint(model_path, result.model, spec, meta, params,
                         epoch=len(result.history) - 1, best_epoch=result.best_epoch)
         Path(resume_path).unlink(missing_ok=True)
+    learned, reason = runcheck.history_verdict(result.history, len(meta["classes"]))
+    if log_dir is not None:
+        runcheck.record(Path(log_dir) / "metrics.json", learned)
+    if not learned:
+        runcheck.warn(reason, params)
     last = result.history[-1]
     split = "val" if "val/accuracy" in last else "train"  # data.val_split: 0 has no val metrics
     where = f"{ranks.world_size} processes ({device.type}, {ranks.backend})" if ranks else str(device)

@@ -251,7 +251,10 @@ def project(tmp_path, monkeypatch):
 
 def test_stage_writes_eval_json_and_predictions(project, capsys):
     evaluate_stage.main()
-    report = json.loads((project / "metrics" / "eval.json").read_text())
+    report = json.loads((project / "metrics" / "eval_report.json").read_text())
+    headline = json.loads((project / "metrics" / "eval.json").read_text())
+    assert set(headline) == {"accuracy", "loss", "macro_f1", "learned"}  # the DVC metrics: a few rows
+    assert headline["accuracy"] == report["accuracy"] and headline["macro_f1"] == report["macro_avg"]["f1"]
     labels = np.load(project / "data" / "prepared" / "test_labels.npy")
     rows = list(csv.DictReader(open(project / "metrics" / "predictions.csv")))
 
@@ -320,7 +323,7 @@ def test_stage_scores_the_checkpoint_as_the_model_itself_does(project):
     rows = list(csv.DictReader(open(project / "metrics" / "predictions.csv")))
     assert [row["predicted"] for row in rows] == [CLASSES[k] for k in expected]
     labels = np.load(project / "data" / "prepared" / "test_labels.npy")
-    report = json.loads((project / "metrics" / "eval.json").read_text())
+    report = json.loads((project / "metrics" / "eval_report.json").read_text())
     assert report["accuracy"] == round(float((expected == labels).mean()), 4)
 
 

@@ -62,6 +62,6 @@ def test_one_cpu_epoch_on_fashion_mnist_reaches_85_percent(tmp_path):
     for stage in ("download", "preprocess", "train", "evaluate"):
         run_stage(stage, tmp_path)
 
-    metrics = json.loads((tmp_path / "metrics" / "eval.json").read_text())
+    metrics = json.loads((tmp_path / "metrics" / "eval_report.json").read_text())
     assert metrics["classes"][0] == "T-shirt/top" or len(metrics["classes"]) == 10
     assert metrics["accuracy"] >= 0.85, metrics["accuracy"]

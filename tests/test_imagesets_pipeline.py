@@ -49,7 +49,7 @@ def test_folder_dataset_through_dvc_matches_the_idx_pipeline(tmp_path):
     run(["git", "commit", "-qm", "idx params"], repo)
     for stage in ("download", "preprocess", "train", "evaluate"):  # the stages dvc repro would run
         run(["python", f"stages/{stage}.py"], repo, timeout=300)
-    idx_eval = json.loads((repo / "metrics" / "eval.json").read_text())
+    idx_eval = json.loads((repo / "metrics" / "eval_report.json").read_text())
     idx_train = np.load(repo / "data" / "prepared" / "train_images.npy")
 
     # Folder names sort in label order, so both pipelines see the same images in the same order.
@@ -64,8 +64,8 @@ def test_folder_dataset_through_dvc_matches_the_idx_pipeline(tmp_path):
     run(["git", "commit", "-qm", "track the images with DVC"], repo)
     output = run(["dvc", "exp", "run", "-S", "data.dataset=folder", "-S", "data.source=data/my_images"],
                  repo, timeout=300)
-    assert ran_stages(output) == ["download", "preprocess", "train", "evaluate", "plot"]
-    folder_eval = json.loads((repo / "metrics" / "eval.json").read_text())
+    assert ran_stages(output) == ["download", "preprocess", "resolve", "train", "evaluate", "plot"]
+    folder_eval = json.loads((repo / "metrics" / "eval_report.json").read_text())
     assert np.array_equal(np.load(repo / "data" / "prepared" / "train_images.npy"), idx_train)
     assert folder_eval["classes"][0] == "0_T-shirt-top" and len(folder_eval["classes"]) == 10
     assert abs(folder_eval["accuracy"] - idx_eval["accuracy"]) <= 0.01, (folder_eval["accuracy"], idx_eval["accuracy"])

@@ -1,8 +1,8 @@
 """End to end: the real DVC pipeline in a temporary repository.
 
 A generated CIFAR-10-format archive is served from 127.0.0.1; `dvc repro` runs
-all five stages with a small spec for one epoch; then an experiment with another
-batch size re-runs only train, evaluate and plot.
+all six stages with a small spec for one epoch; then an experiment with another
+batch size re-runs only resolve, train, evaluate and plot.
 """
 import hashlib
 import json
@@ -20,7 +20,7 @@ from tests.fakedata import make_cifar10_archive, serve_folder
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
-STAGES = ["download", "preprocess", "train", "evaluate", "plot"]
+STAGES = ["download", "preprocess", "resolve", "train", "evaluate", "plot"]
 
 TINY_SPEC = """\
 name: e2e_tiny
@@ -151,13 +151,52 @@ def test_experiment_reruns_only_training_side_and_diffs(pipeline_repo):
     run(["git", "commit", "-qm", "first results"], repo)
     before = json.loads((repo / "metrics" / "eval.json").read_text())
     output = run(["dvc", "exp", "run", "-S", "train.batch_size=32"], repo, timeout=600)
-    assert ran_stages(output) == ["train", "evaluate", "plot"]
+    assert ran_stages(output) == ["resolve", "train", "evaluate", "plot"]
     after = json.loads((repo / "metrics" / "eval.json").read_text())
     diff = run(["dvc", "metrics", "diff", "--json"], repo)
     changed = json.loads(diff)["metrics/eval.json"]
     assert changed["loss"]["old"] == pytest.approx(before["loss"])
     assert changed["loss"]["new"] == pytest.approx(after["loss"])
     assert before["loss"] != after["loss"]
+
+
+# The `dvc exp show` flags README.md recommends (make exps runs them).
+EXP_SHOW_FLAGS = ["--only-changed", "--sort-by", "metrics/eval.json:accuracy",
+                  "--keep", r"(metrics/eval\.json:)?(accuracy|learned)$",
+                  "--drop", "Created|params\\.yaml:|cnnspec|stages/|recipes|specs/|data/|metrics/|models/|train\\.|val\\.|step|lr"]
+
+
+def test_exp_show_reads_well_in_120_columns(pipeline_repo):
+    """After the batch-size experiment: the headline metrics and the one param that
+    differs, nothing cut, no dependency hashes; `dvc metrics diff` stays a few rows."""
+    repo, _, _ = pipeline_repo
+    header = run(["dvc", "exp", "show", "--csv", *EXP_SHOW_FLAGS], repo).splitlines()[0].split(",")
+    def has(name):  # DVC prefixes a column with its file only when two files share the name
+        return any(column == name or column.endswith(":" + name) for column in header)
+
+    missing = [name for name in ("Experiment", "accuracy", "loss", "macro_f1", "learned", "train.batch_size")
+               if not has(name)]
+    assert not missing, f"{missing} not in {', '.join(header)}"
+    assert not [column for column in header if column.startswith(("cnnspec", "stages/", "params.yaml:", "models/"))], \
+        ", ".join(header)
+    env_run = dict(os.environ, COLUMNS="120", PATH=f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}")
+    table = subprocess.run(["dvc", "exp", "show", "--no-pager", *EXP_SHOW_FLAGS], cwd=repo, env=env_run,
+                           capture_output=True, text=True, check=True).stdout
+    assert max(len(line) for line in table.splitlines()) <= 120, table
+    assert "…" not in table, table
+    rows = json.loads(run(["dvc", "metrics", "diff", "--json", "--all"], repo))
+    assert sum(len(values) for values in rows.values()) <= 15, rows
+
+
+def test_train_depends_on_the_spec_in_use_only(pipeline_repo):
+    repo, _, _ = pipeline_repo
+    with open(repo / "specs" / "fan.yaml", "a") as spec:
+        spec.write("# an edit to a spec that is not model.spec\n")
+    assert "Data and pipelines are up to date" in run(["dvc", "status", "train"], repo)
+    with open(repo / "specs" / "e2e_tiny.yaml", "a") as spec:
+        spec.write("# an edit to the spec in use\n")
+    assert "specs/e2e_tiny.yaml" in run(["dvc", "status", "train"], repo)
+    run(["git", "checkout", "specs/"], repo)
 
 
 def test_experiment_without_validation_split_trains_on_every_image(pipeline_repo):
@@ -184,7 +223,7 @@ def test_experiment_on_two_processes_runs_the_same_stages(pipeline_repo):
 
     repo, _, _ = pipeline_repo
     output = run(["dvc", "exp", "run", "-S", "train.devices=2"], repo, timeout=600)
-    assert ran_stages(output)[0] == "train" and ran_stages(output)[-2:] == ["evaluate", "plot"]
+    assert ran_stages(output)[:2] == ["resolve", "train"] and ran_stages(output)[-2:] == ["evaluate", "plot"]
     assert "training on 2 processes" in output and "on 2 processes (cpu, gloo)" in output
     state = torch.load(repo / "models" / "model.pt", weights_only=True)
     assert state["params"]["train"]["devices"] == 2

@@ -65,7 +65,7 @@ def project(tmp_path, monkeypatch):
     predicted = actual.copy()
     predicted[[1, 4, 7, 10, 13]] = 0  # index 4 is an airplane already: four mistakes
     write_predictions(tmp_path / "metrics" / "predictions.csv", actual, predicted)
-    write_eval_json(tmp_path / "metrics" / "eval.json", actual, predicted)
+    write_eval_json(tmp_path / "metrics" / "eval_report.json", actual, predicted)
     write_training_logs(tmp_path / "metrics" / "train")
     return tmp_path
 
@@ -91,7 +91,7 @@ def test_confusion_heatmap_has_a_cell_and_a_count_per_class_pair():
 
 
 def test_the_confusion_figure_shows_eval_json_s_matrix(project):
-    counts = plot_stage.read_confusion_matrix(project / "metrics" / "eval.json", CLASSES)
+    counts = plot_stage.read_confusion_matrix(project / "metrics" / "eval_report.json", CLASSES)
     assert counts.sum() == 20 and counts.trace() == 16
     assert counts[1, 0] == 2 and counts[2, 0] == 1 and counts[3, 0] == 1
     plot_stage.main()
@@ -106,7 +106,7 @@ def test_the_confusion_figure_shows_eval_json_s_matrix(project):
     ({"classes": CLASSES}, "no confusion_matrix"),
 ])
 def test_an_eval_json_that_does_not_fit_is_refused_and_nothing_is_written(project, report, problem):
-    path = project / "metrics" / "eval.json"
+    path = project / "metrics" / "eval_report.json"
     path.unlink()
     if report is not None:
         path.write_text(json.dumps(report))
@@ -118,7 +118,7 @@ def test_an_eval_json_that_does_not_fit_is_refused_and_nothing_is_written(projec
 
 
 def test_an_eval_json_of_another_test_split_is_refused(project):
-    write_eval_json(project / "metrics" / "eval.json", np.arange(8) % 4, np.arange(8) % 4)
+    write_eval_json(project / "metrics" / "eval_report.json", np.arange(8) % 4, np.arange(8) % 4)
     with pytest.raises(SystemExit):
         plot_stage.main()
     assert not (project / "metrics" / "plots").exists()

@@ -87,3 +87,92 @@ def test_an_empty_table_has_no_rows():
     empty = "| Path   | Metric   | HEAD   | workspace   | Change   |\n|--------|----------|\n"
     assert pr_comment.table_rows(empty) == []
     assert pr_comment.diff_section("Metrics", empty) == "### Metrics\n\nno changes\n"
+
+
+REALISTIC_DVC_YAML = """\
+stages:
+  resolve:
+    cmd: python stages/resolve.py
+    params: [recipe, model, train]
+    outs:
+      - params.resolved.yaml: {cache: false}
+  evaluate:
+    cmd: python stages/evaluate.py
+    params:
+      - params.resolved.yaml: [recipe, model, train]
+    metrics:
+      - metrics/eval.json: {cache: false}
+      - metrics/train/metrics.json: {cache: false}
+"""
+
+
+def commit_run(repo, spec, recipe, batch_size, lr, headline, message):
+    (repo / "params.yaml").write_text(f"recipe: auto\nmodel:\n  spec: {spec}\n"
+                                      "train:\n  batch_size: ~\n  optimizer:\n    lr: ~\n")
+    (repo / "params.resolved.yaml").write_text(
+        f"recipe: {recipe}\nmodel:\n  spec: {spec}\ntrain:\n  batch_size: {batch_size}\n  optimizer:\n    lr: {lr}\n")
+    (repo / "metrics" / "eval.json").write_text(json.dumps(headline))
+    (repo / "metrics" / "train").mkdir(parents=True, exist_ok=True)
+    (repo / "metrics" / "train" / "metrics.json").write_text(json.dumps(
+        {"train": {"loss": headline["loss"], "learned": headline["learned"]}, "step": 9}))
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", message)
+
+
+@pytest.fixture(scope="module")
+def realistic_repo(tmp_path_factory):
+    """main: speedrun94 with airbench; pr: switches to simcnn and keeps airbench's lr by
+    mistake, so it ends at chance level."""
+    repo = tmp_path_factory.mktemp("realistic")
+    git(repo, "init", "-q", "-b", "main")
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=repo, check=True)
+    (repo / "metrics").mkdir()
+    (repo / "dvc.yaml").write_text(REALISTIC_DVC_YAML)
+    commit_run(repo, "specs/speedrun94.yaml", "airbench", 1024, 1.5,
+               {"accuracy": 0.9401, "top5_accuracy": 0.9981, "loss": 0.6502, "macro_f1": 0.9398,
+                "learned": True}, "base")
+    git(repo, "checkout", "-q", "-b", "pr")
+    commit_run(repo, "specs/simcnn.yaml", "airbench", 1024, 1.5,
+               {"accuracy": 0.1, "top5_accuracy": 0.5, "loss": 2.3026, "macro_f1": 0.0182,
+                "learned": False}, "simcnn")
+    return repo
+
+
+def test_realistic_comment_shows_the_headline_once_per_param_and_the_warning(realistic_repo):
+    comment = pr_comment.build_comment("main", "pr", cwd=realistic_repo, smoke=True,
+                                       plots_url="https://ci.example/run/1")
+    metrics = comment.split("### Metrics")[1].split("### Params")[0]
+    rows = pr_comment.table_rows(metrics)
+    assert {row.split("|")[1].strip() for row in rows} == {"accuracy", "top5_accuracy", "loss", "macro_f1", "learned"}
+    accuracy = next(row for row in rows if row.startswith("| accuracy "))
+    assert "0.9401" in accuracy and "0.1" in accuracy and "-0.8401" in accuracy
+    assert "step" not in metrics  # only the headline file, not the training log's metrics
+
+    params = pr_comment.table_rows(comment.split("### Params")[1].split("### Plots")[0])
+    assert [row.split("|")[1].strip() for row in params] == ["model.spec"]  # once, not per file
+    assert "specs/speedrun94.yaml" in params[0] and "specs/simcnn.yaml" in params[0]
+
+    assert "**Smoke run.**" in comment and "**Warning: this run did not learn**" in comment
+    assert "[plots diff against `main`](https://ci.example/run/1)" in comment
+
+
+def test_a_run_that_learned_has_no_warning(realistic_repo):
+    comment = pr_comment.build_comment("pr", "main", cwd=realistic_repo)
+    assert "did not learn" not in comment and "Smoke run" not in comment and "### Plots" not in comment
+
+
+def test_the_workflow_runs_the_smoke_recipe_only_without_real_results(tmp_path):
+    import yaml
+
+    from cnnspec.params import load_params
+
+    workflow = yaml.safe_load((REPO_ROOT / ".github" / "workflows" / "pr.yml").read_text())
+    steps = {step.get("name"): step for step in workflow["jobs"]["metrics-diff"]["steps"]}
+    results = steps["Pull the real results, or run the smoke recipe"]["run"]
+    assert "dvc pull --run-cache" in results and "dvc exp run -S recipe=smoke" in results
+    assert "dvc repro\n" not in results  # never the full recipe on the CPU runner
+    assert "--smoke" in steps["Write the comment"]["run"] and "--plots-url" in steps["Write the comment"]["run"]
+    text = (REPO_ROOT / "params.yaml").read_text().replace("recipe: auto", "recipe: smoke")
+    (tmp_path / "params.yaml").write_text(text)
+    params = load_params(tmp_path / "params.yaml")
+    assert params["train"]["epochs"] == 1 and params["evaluate"]["tta"] == "none"

@@ -1,0 +1,203 @@
+"""Recipes: named training presets in `recipes/NAME.yaml`, merged under params.yaml.
+
+A recipe holds the `train` and `evaluate` knobs that belong together (optimizer,
+schedule, loss, augmentation, batch size, epochs, lookahead/EMA, precision, TTA).
+params.yaml picks one with its top-level `recipe` key:
+
+    recipe: auto          # the recipe the spec names (`recipe: keras_adam` in the spec),
+                          # else DEFAULT_RECIPE
+    recipe: airbench      # a file recipes/airbench.yaml
+    recipe: none          # no recipe: params.yaml and the schema's defaults only
+
+The effective params are, from weakest to strongest: the schema's defaults, the
+recipe (a recipe may start from another with `base: NAME`), then every value that
+params.yaml sets. A key params.yaml writes as `null` (`~`) takes the recipe's value;
+params.yaml keeps every key so that `dvc exp run -S train.batch_size=64` finds it.
+
+Recipes are looked up in `recipes/` of the working directory, then beside the
+params file, then the ones shipped with cnnspec; the first file found wins.
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+import re
+from pathlib import Path
+
+from cnnspec import yamlio
+from cnnspec.errors import ParamsError, SpecError
+
+DEFAULT_RECIPE = "keras_adam"   # for a spec that names none: Adam 1e-3 trains most CNNs
+SECTIONS = ("train", "evaluate")   # what a recipe may set; data.* stays in params.yaml
+SHIPPED = Path(__file__).resolve().parent.parent / "recipes"
+NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+MAX_BASES = 16
+
+
+def recipe_dirs(params_path=None) -> list[Path]:
+    dirs = [Path("recipes")]
+    if params_path is not None:
+        dirs.append(Path(params_path).resolve().parent / "recipes")
+    dirs.append(SHIPPED)
+    unique = []
+    for folder in dirs:
+        if folder.resolve() not in [d.resolve() for d in unique]:
+            unique.append(folder)
+    return unique
+
+
+def available(params_path=None) -> list[str]:
+    names = set()
+    for folder in recipe_dirs(params_path):
+        names.update(path.stem for path in folder.glob("*.yaml"))
+    return sorted(names)
+
+
+def find_recipe(name: str, asked_where: str, params_path=None) -> Path:
+    """The file of recipe `name`; ParamsError naming `asked_where` if there is none."""
+    if not isinstance(name, str) or not NAME.match(name):
+        raise ParamsError(f"{asked_where}: {name!r} is not a recipe name (letters, digits, _ . -)")
+    for folder in recipe_dirs(params_path):
+        path = folder / f"{name}.yaml"
+        if path.is_file():
+            return path
+    names = available(params_path)
+    close = difflib.get_close_matches(name, names, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else f"; known: {', '.join(names) or 'none'}"
+    raise ParamsError(f"{asked_where}: no recipe {name!r} in recipes/{hint}")
+
+
+def spec_recipe(spec_path, params_path=None, name="params.yaml") -> tuple[str | None, str]:
+    """The `recipe:` a spec file names (None if it names none) and where it is written."""
+    path = Path(spec_path)
+    if not path.is_file() and params_path is not None:
+        beside = Path(params_path).resolve().parent / spec_path
+        path = beside if beside.is_file() else path
+    try:
+        document = yamlio.load_yaml(path.read_text(encoding="utf-8"), str(spec_path))
+    except FileNotFoundError:
+        raise ParamsError(f"{name}: model.spec: {spec_path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as error:
+        reason = getattr(error, "strerror", None) or error
+        raise ParamsError(f"{name}: model.spec: {spec_path}: cannot read: {reason}") from None
+    except SpecError as error:
+        raise ParamsError(str(error)) from None
+    if not isinstance(document, dict) or "recipe" not in document:
+        return None, str(spec_path)
+    where = document.where_of("recipe")
+    return document["recipe"], f"{spec_path}:{where.line}:{where.col}: recipe"
+
+
+def read_recipe(path: Path) -> yamlio.LocatedDict:
+    name = str(path)
+    try:
+        document = yamlio.load_mapping(path.read_text(encoding="utf-8"), name, "recipe")
+    except SpecError as error:
+        raise ParamsError(str(error)) from None
+    for key in document:
+        if key != "base" and key not in SECTIONS:
+            where = document.key_where.get(key) or document.where
+            raise ParamsError(f"{name}:{where.line}:{where.col}: {key}: a recipe holds only "
+                              f"base, {', '.join(SECTIONS)} (data and model stay in params.yaml)")
+    return document
+
+
+def chain(name: str, asked_where: str, params_path=None) -> list[tuple[Path, yamlio.LocatedDict]]:
+    """The recipe and its bases, base first."""
+    found, seen = [], []
+    while name is not None:
+        if name in seen:
+            raise ParamsError(f"{asked_where}: recipe bases loop: {' -> '.join(seen + [name])}")
+        if len(seen) >= MAX_BASES:
+            raise ParamsError(f"{asked_where}: more than {MAX_BASES} recipe bases")
+        seen.append(name)
+        path = find_recipe(name, asked_where, params_path)
+        document = read_recipe(path)
+        found.append((path, document))
+        base = document.get("base")
+        if base is not None:
+            where = document.where_of("base")
+            asked_where = f"{path}:{where.line}:{where.col}: base"
+        name = base
+    return list(reversed(found))
+
+
+def choose(params: dict, name: str, params_path=None) -> tuple[str | None, str]:
+    """The recipe's name (None for `none`) and where that choice is written."""
+    choice = params.get("recipe", "none")
+    if choice == "none":
+        return None, f"{name}: recipe"
+    if choice != "auto":
+        return choice, f"{name}: recipe"
+    spec = (params.get("model") or {}).get("spec")
+    if not spec:
+        return DEFAULT_RECIPE, f"{name}: recipe"
+    named, where = spec_recipe(spec, params_path, name)
+    return (named or DEFAULT_RECIPE), (where if named else f"{name}: recipe")
+
+
+def drop_nulls(value):
+    """params.yaml without its `null`s: a null key takes the recipe's value."""
+    if isinstance(value, dict):
+        return {key: drop_nulls(item) for key, item in value.items() if item is not None}
+    return value
+
+
+def merge(under: dict, over: dict, schema: dict, origin: dict, source, prefix=()) -> dict:
+    """`over` on top of `under`, section by section; a mapping the schema treats as one
+    value (class_weights.multipliers) is replaced, not merged. `origin` records `source`
+    (a recipe's (file, document), or None for params.yaml) for each key path `over` sets."""
+    result = dict(under)
+    properties = schema.get("properties", {}) if isinstance(schema, dict) else {}
+    for key, value in over.items():
+        path = prefix + (key,)
+        sub_schema = properties.get(key, {})
+        if isinstance(value, dict) and isinstance(result.get(key), dict) and "properties" in sub_schema:
+            result[key] = merge(result[key], value, sub_schema, origin, source, path)
+        else:
+            result[key] = copy.deepcopy(value)
+            for stale in [p for p in origin if p[:len(path)] == path]:
+                del origin[stale]
+            origin[path] = source
+    return result
+
+
+def located(document, path) -> str:
+    """`line:col` of a key path in a located document, '' if unknown."""
+    node, where = document, None
+    for part in path:
+        if not isinstance(node, dict) or part not in node:
+            break
+        where = node.where_of(part)
+        node = node[part]
+    return f":{where.line}:{where.col}" if where is not None and where.line else ""
+
+
+def apply(params: dict, name: str, schema: dict, params_path=None) -> tuple[dict, str | None, dict]:
+    """(effective params, recipe name or None, origins for `origin_of`). The result is
+    not yet validated; its `recipe` is the name used ("none" for none)."""
+    recipe, asked_where = choose(params, name, params_path)
+    origin: dict = {}
+    effective = {}
+    if recipe is not None:
+        for path, document in chain(recipe, asked_where, params_path):
+            body = {key: yamlio.plain(document[key]) for key in SECTIONS if key in document}
+            effective = merge(effective, body, schema, origin, (path, document))
+    own = {key: drop_nulls(value) if key in SECTIONS else value
+           for key, value in params.items() if key != "recipe"}
+    effective = merge(effective, own, schema, origin, None)
+    effective["recipe"] = recipe or "none"
+    return effective, recipe, origin
+
+
+def origin_of(origin: dict, key_path) -> str | None:
+    """'recipes/x.yaml:12:5' when the value at `key_path` came from a recipe, else None."""
+    key_path = tuple(key_path)
+    for length in range(len(key_path), 0, -1):
+        if key_path[:length] in origin:
+            source = origin[key_path[:length]]
+            if source is None:
+                return None
+            path, document = source
+            return f"{path}{located(document, key_path)}"
+    return None

@@ -1,0 +1,88 @@
+"""Did the run learn? One verdict for train and evaluate, so a chance-level result is
+never silent.
+
+A run did not learn when its accuracy is within a small margin of chance for its
+class count (1/classes), or when its training loss never fell below the first
+epoch's. Both stages print one warning line with the likely causes and record
+`learned` in their metrics, so `dvc exp show` and the PR comment show it.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from cnnspec.atomic import write_json
+
+
+def chance(num_classes: int) -> float:
+    return 1.0 / max(1, num_classes)
+
+
+def margin(num_classes: int) -> float:
+    """How close to chance counts as chance: 5 points, or half of chance when chance is
+    smaller (0.15 for 10 classes, 0.015 for 100, 0.55 for 2)."""
+    return min(0.05, chance(num_classes) / 2)
+
+
+def at_chance(accuracy: float, num_classes: int) -> bool:
+    return accuracy <= chance(num_classes) + margin(num_classes)
+
+
+def verdict(num_classes: int, accuracy: float | None = None, accuracy_name: str = "accuracy",
+            train_losses: list[float] | None = None) -> tuple[bool, str]:
+    """(learned, reason it did not: '' when it did)."""
+    if accuracy is not None and at_chance(accuracy, num_classes):
+        return False, (f"{accuracy_name} {accuracy:.4f} is within {margin(num_classes):.3g} of chance "
+                       f"({chance(num_classes):.4f} for {num_classes} classes)")
+    losses = [loss for loss in (train_losses or [])]
+    if len(losses) >= 2 and min(losses[1:]) >= losses[0]:
+        return False, (f"the training loss never fell below its first epoch's "
+                       f"({losses[0]:.4f}; best later {min(losses[1:]):.4f})")
+    return True, ""
+
+
+def history_verdict(history: list[dict], num_classes: int) -> tuple[bool, str]:
+    """The verdict on a training history (training.train's per-epoch records): the last
+    epoch's validation accuracy (training accuracy without a validation split) and the
+    training loss."""
+    if not history:
+        return True, ""
+    last = history[-1]
+    split = "val" if "val/accuracy" in last else "train"
+    return verdict(num_classes, last[f"{split}/accuracy"], f"{split} accuracy",
+                   [record["train/loss"] for record in history])
+
+
+def warning_line(reason: str, params: dict | None = None) -> str:
+    """The one line a stage prints when a run did not learn."""
+    causes = []
+    if params:
+        train, recipe, spec = params.get("train", {}), params.get("recipe"), params.get("model", {}).get("spec")
+        lr = train.get("optimizer", {}).get("lr")
+        if lr is not None:
+            causes.append(f"train.optimizer.lr {lr:g} too high or too low for this network")
+        if recipe and spec:
+            causes.append(f"recipe {recipe!r} not meant for {spec} (set `recipe:` in the spec, "
+                          f"or -S recipe=keras_adam)")
+    if not causes:
+        causes = ["the learning rate (train.optimizer.lr)", "a recipe not meant for this spec"]
+    causes.append("too few steps (train.epochs, data size)")
+    return f"warning: this run did not learn: {reason}; likely causes: {'; '.join(causes)}"
+
+
+def warn(reason: str, params: dict | None = None) -> None:
+    print(warning_line(reason, params), file=sys.stderr, flush=True)
+
+
+def record(metrics_path, learned: bool) -> None:
+    """Add `train.learned` to DVCLive's metrics.json, if it exists (nested under `train`, so
+    that its `dvc exp show` column does not collide with the headline's `learned`)."""
+    path = Path(metrics_path)
+    try:
+        metrics = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    if isinstance(metrics, dict):
+        train = metrics.get("train") if isinstance(metrics.get("train"), dict) else {}
+        write_json(path, {**metrics, "train": {**train, "learned": learned}})

@@ -1,0 +1,62 @@
+"""Know the cost before paying it: cnnspec/cost.py's lines, and the loop printing them."""
+import numpy as np
+import torch
+
+from cnnspec import cost
+from cnnspec.compiler import build_model
+from cnnspec.params import load_params
+
+
+def clock_lines(device, per_step, steps_per_epoch=100, epochs=10, early_stopping=False):
+    lines = []
+    clock = cost.CostClock(lines.append, torch.device(device), epochs, 0, steps_per_epoch, 32, 3200,
+                           early_stopping)
+    clock.report(per_step)
+    return lines
+
+
+def test_first_line_names_device_steps_and_images():
+    line = clock_lines("cpu", 0.01)[0]
+    assert line == "training on cpu: 10 epochs x 100 steps of 32 images (3200 training images)"
+
+
+def test_a_long_cpu_run_says_so_and_names_a_cpu_sized_run():
+    lines = clock_lines("cpu", 0.5)  # 1000 steps x 0.5 s = 8 min
+    assert lines[1].startswith("estimate: 8 min for the run, 50 s per epoch (500 ms per step)")
+    assert "long run for a CPU" in lines[2] and "specs/simcnn.yaml" in lines[2]
+
+
+def test_a_short_run_or_a_gpu_run_gets_no_advice():
+    assert len(clock_lines("cpu", 0.01)) == 2
+    assert len(clock_lines("cuda", 0.5)) == 2  # long, but not on a CPU
+    assert "at most (early stopping" in clock_lines("cpu", 0.01, early_stopping=True)[1]
+
+
+def test_the_training_loop_prints_both_lines(capsys, tmp_path):
+    """Through cnnspec.training.train, non-interactive (pytest captures stderr)."""
+    from cnnspec.training import train
+
+    params = load_params(write_params(tmp_path), ["train"])["train"]
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(256, 1, 8, 8), dtype=np.uint8)
+    labels = np.arange(256, dtype=np.int64) % 2
+    data = {"train_images": images, "train_labels": labels, "val_images": images[:16],
+            "val_labels": labels[:16], "test_images": images[:0], "test_labels": labels[:0],
+            "meta": {"classes": ["a", "b"], "input_shape": [1, 8, 8], "mean": [0.5], "std": [0.25]}}
+    model = build_model(_spec(tmp_path), (1, 8, 8), 2)
+    train(model, data, params, "cpu")
+    out = capsys.readouterr().out
+    assert "training on cpu: 1 epoch x 16 steps of 16 images (256 training images)" in out
+    assert "estimate: " in out and "ms per step" in out
+
+
+def write_params(folder):
+    path = folder / "params.yaml"
+    path.write_text("recipe: keras_adam\ntrain: {device: cpu, epochs: 1, batch_size: 16}\n")
+    return path
+
+
+def _spec(folder):
+    path = folder / "tiny.yaml"
+    path.write_text("name: tiny\nlayers: [flatten, {dense: num_classes}]\n")
+    return path
