@@ -31,7 +31,7 @@ from hypothesis import strategies as st
 
 import cnnspec
 from cnnspec import SpecError
-from cnnspec.compiler import infer_shapes
+from cnnspec.shapes import infer_shapes
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = json.loads((ROOT / "cnnspec" / "schema.json").read_text(encoding="utf-8"))
