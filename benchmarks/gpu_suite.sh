@@ -47,6 +47,9 @@ step loop_overhead "$python" benchmarks/bench_loop_overhead.py --device cuda
 step loop_overhead_compiled "$python" benchmarks/bench_loop_overhead.py --device cuda --compile
 step throughput "$python" benchmarks/gpu_throughput.py --device cuda
 step fashion "$python" benchmarks/fashion_time_to_accuracy.py --device cuda --data "$fashion"
+# data-parallel scaling of resnet18_cifar over every GPU the machine has (1 GPU: one row)
+step data_parallel "$python" benchmarks/bench_data_parallel.py --device cuda --rounds 2
 step versus_peers "$python" benchmarks/versus_peers.py --device cuda --data "$fashion" \
     --models simcnn ironhack_cnn resnet18_cifar --train-images 0 --test-images 10000 --epochs 5 --repeats 3 \
     --workers 8 --target 0.90
+step predict "$python" benchmarks/predict_throughput.py --device cuda --data "$fashion" --images 10000 --batch-size 256

@@ -126,8 +126,8 @@ def ten_epoch_run(data: dict, compile: bool, device: torch.device) -> tuple[floa
 # ---------------------------------------------------------------- the table
 
 def markdown_table(rows: list[Row], device_name: str) -> str:
-    lines = [f"| spec | compile | precision | batch | s/epoch | images/s | peak memory | "
-             f"train GFLOP/image | MFU (of 790 TFLOP/s) | first step s (compile) |",
+    lines = ["| spec | compile | precision | batch | s/epoch | images/s | peak memory | "
+             "train GFLOP/image | MFU (of 790 TFLOP/s) | first step s (compile) |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     memory = "peak allocated" if device_name.startswith("cuda") else "peak RSS"
     for row in rows:

@@ -5,13 +5,17 @@
     model = cnnspec.build_model(spec, input_shape=(3, 32, 32), num_classes=10)
     print(cnnspec.summarize(spec).table())
 
+    model = cnnspec.load_model("models/model.pt")      # normalization and softmax inside
+    rows = cnnspec.predict(model, ["cat.jpg"], top_k=3)
+
 Attributes are imported on first use, so `cnnspec validate` never pays for
 importing torch.
 """
 from cnnspec.errors import CnnspecError, DataError, ParamsError, SpecError, TrainingError
 
 __all__ = ["load_spec", "parse_spec", "build_model", "summarize", "register_layer", "LayerRule",
-           "Inferred", "load_plugins", "SpecError", "CnnspecError", "ParamsError", "DataError", "TrainingError"]
+           "Inferred", "load_plugins", "load_model", "predict", "SpecError", "CnnspecError", "ParamsError",
+           "DataError", "TrainingError"]
 
 _LAZY = {
     "load_spec": "cnnspec.spec",
@@ -22,6 +26,8 @@ _LAZY = {
     "LayerRule": "cnnspec.layers",
     "Inferred": "cnnspec.layers",
     "load_plugins": "cnnspec.plugins",
+    "load_model": "cnnspec.inference",
+    "predict": "cnnspec.inference",
 }
 
 

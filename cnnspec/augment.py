@@ -4,6 +4,11 @@ Every function takes a whole batch `(N, C, H, W)` (uint8 or float) and draws one
 random choice per image from a `torch.Generator` on the batch's device, so a run
 with the same seed sees the same augmented images. Nothing loops over images.
 
+In data-parallel training a batch is one rank's share of the global batch: with
+`shard=(rank, world_size)` the draws are made for the whole global batch and the
+rank keeps its rows, so every rank's generator stays in step with a single
+process's and each image gets the draw it would get there.
+
 `Augmentation.from_params(params["augment"], ...)` chains the ones the params
 turn on, in the order flips -> translate -> crop -> cutout.
 """
@@ -18,13 +23,26 @@ def _draw(shape, generator, device) -> torch.Tensor:
     return torch.rand(shape, generator=generator, device=device)
 
 
+def _rank_rows(draws: torch.Tensor, shard) -> torch.Tensor:
+    """This rank's rows of draws made for the whole global batch (`shard` None: all)."""
+    if shard is None:
+        return draws
+    rank, world_size = shard
+    share = len(draws) // world_size
+    return draws[rank * share:(rank + 1) * share]
+
+
+def _global_count(n: int, shard) -> int:
+    return n if shard is None else n * shard[1]
+
+
 def _where_images(mask: torch.Tensor, changed: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
     return torch.where(mask.view(-1, 1, 1, 1), changed, images)
 
 
-def random_flip(images, generator, dim: int = -1) -> torch.Tensor:
+def random_flip(images, generator, dim: int = -1, shard=None) -> torch.Tensor:
     """Mirror each image along `dim` (-1: left-right, -2: up-down) with probability 1/2."""
-    mask = _draw(images.shape[0], generator, images.device) < 0.5
+    mask = _rank_rows(_draw(_global_count(images.shape[0], shard), generator, images.device), shard) < 0.5
     return _where_images(mask, images.flip(dim), images)
 
 
@@ -54,7 +72,7 @@ def _reflect(positions: torch.Tensor, size: int) -> torch.Tensor:
 SHIFT_MODES = ("reflect", "zeros")  # how random_shift fills the edge it uncovers
 
 
-def random_shift(images, max_shift, generator=None, mode: str = "reflect") -> torch.Tensor:
+def random_shift(images, max_shift, generator=None, mode: str = "reflect", shard=None) -> torch.Tensor:
     """Shift each image by its own (dy, dx), uniform in [-max_shift, max_shift]
     (`max_shift` one int, or (rows, columns)). `generator` None draws from torch's
     global generator (what a spec's random_translation / random_crop layers use).
@@ -71,8 +89,9 @@ def random_shift(images, max_shift, generator=None, mode: str = "reflect") -> to
     if mode == "reflect" and (shift_y >= height or shift_x >= width):
         raise ValueError(f"a reflect shift of {shift_y}x{shift_x} needs images larger than {height}x{width}")
     device = images.device
-    dy = torch.randint(-shift_y, shift_y + 1, (n, 1), generator=generator, device=device)
-    dx = torch.randint(-shift_x, shift_x + 1, (n, 1), generator=generator, device=device)
+    drawn = (_global_count(n, shard), 1)
+    dy = _rank_rows(torch.randint(-shift_y, shift_y + 1, drawn, generator=generator, device=device), shard)
+    dx = _rank_rows(torch.randint(-shift_x, shift_x + 1, drawn, generator=generator, device=device), shard)
     rows = dy + torch.arange(height, device=device)  # (N, H): source row of each output row
     cols = dx + torch.arange(width, device=device)  # (N, W)
     inside = None
@@ -89,15 +108,16 @@ def random_shift(images, max_shift, generator=None, mode: str = "reflect") -> to
     return shifted.contiguous()
 
 
-def cutout(images, size: int, generator) -> torch.Tensor:
+def cutout(images, size: int, generator, shard=None) -> torch.Tensor:
     """Zero a size x size square at a random place, wholly inside each image."""
     if size <= 0:
         return images
     n, _, height, width = images.shape
     size_y, size_x = min(size, height), min(size, width)
     device = images.device
-    top = torch.randint(0, height - size_y + 1, (n, 1, 1), generator=generator, device=device)
-    left = torch.randint(0, width - size_x + 1, (n, 1, 1), generator=generator, device=device)
+    drawn = (_global_count(n, shard), 1, 1)
+    top = _rank_rows(torch.randint(0, height - size_y + 1, drawn, generator=generator, device=device), shard)
+    left = _rank_rows(torch.randint(0, width - size_x + 1, drawn, generator=generator, device=device), shard)
     rows = torch.arange(height, device=device).view(1, height, 1)
     cols = torch.arange(width, device=device).view(1, 1, width)
     square = (rows >= top) & (rows < top + size_y) & (cols >= left) & (cols < left + size_x)
@@ -114,6 +134,7 @@ class Augmentation:
     crop_padding: int = 0
     cutout: int = 0
     first_epoch_flips: torch.Tensor | None = None  # set when alternating_flip is on
+    shard: tuple[int, int] | None = None  # (rank, world_size) in data-parallel training
 
     @classmethod
     def from_params(cls, options: dict, num_images: int, seed: int, device) -> "Augmentation":
@@ -129,10 +150,10 @@ class Augmentation:
         if self.first_epoch_flips is not None:
             images = alternating_flip(images, indices, epoch, self.first_epoch_flips)
         elif self.hflip:
-            images = random_flip(images, generator, dim=-1)
+            images = random_flip(images, generator, dim=-1, shard=self.shard)
         if self.vflip:
-            images = random_flip(images, generator, dim=-2)
-        images = random_shift(images, self.translate, generator, mode="reflect")
+            images = random_flip(images, generator, dim=-2, shard=self.shard)
+        images = random_shift(images, self.translate, generator, mode="reflect", shard=self.shard)
         # A random crop of the original size after zero padding (torchvision's RandomCrop).
-        images = random_shift(images, self.crop_padding, generator, mode="zeros")
-        return cutout(images, self.cutout, generator)
+        images = random_shift(images, self.crop_padding, generator, mode="zeros", shard=self.shard)
+        return cutout(images, self.cutout, generator, shard=self.shard)

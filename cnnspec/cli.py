@@ -4,6 +4,8 @@
     cnnspec summary specs/simcnn.yaml --input 3x32x32 --classes 10 --depth 1
     cnnspec validate --strict specs/*.yaml   # warnings (likely mistakes) fail too
     cnnspec layers                           # every layer type, its keys, defaults and meaning
+    cnnspec predict models/model.pt photos/  # one row per image: path, class, probability
+    cnnspec export models/model.pt --format onnx
 
 A mistake in a spec or an argument prints one line and exits non-zero; `--debug`
 (or CNNSPEC_DEBUG=1) shows the traceback instead. `validate` and `layers` do not
@@ -189,6 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
     command = commands.add_parser("layers", parents=[debug, plugin],
                                   help="every layer type with its options")
     command.set_defaults(run=layers)
+    add_predict_command(commands, [debug, plugin])
+    add_export_command(commands, [debug, plugin])
     return parser
 
 
@@ -200,6 +204,58 @@ def with_plugins(run, names: list[str]):
         return run(args)
 
     return exit_on_user_error(loading_first) if not debug_enabled() else loading_first
+
+
+# ---------------------------------------------------------------- using a trained model
+# The work is in inference.py and export.py; importing them (and torch) waits for the command.
+
+def add_predict_command(commands, parents) -> None:
+    command = commands.add_parser(
+        "predict", parents=parents, help="classify image files with a trained checkpoint",
+        description="Classify images (files, folders searched recursively, or globs) with a "
+                    "checkpoint. Exit status: 0 every image classified; 1 some images could not "
+                    "be read (their rows and stderr say why; the rest are classified); 2 bad "
+                    "arguments or no images found; 1 for a file that is not a cnnspec checkpoint.")
+    command.add_argument("checkpoint", metavar="CHECKPOINT", help="a cnnspec checkpoint (models/model.pt)")
+    command.add_argument("paths", nargs="+", metavar="PATH", help="image file, folder or glob")
+    command.add_argument("--top-k", type=int, default=1, metavar="K", help="classes per image (default 1)")
+    command.add_argument("--format", choices=("csv", "json", "table"), default="csv",
+                         help="output format (default csv)")
+    command.add_argument("--output", metavar="FILE", help="write here (atomically) instead of stdout")
+    command.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
+    command.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
+    command.add_argument("--tta", choices=("none", "flip", "flip_translate"), default="none",
+                         help="test-time augmentation, as the evaluate stage's (default none)")
+    command.set_defaults(run=predict_images)
+
+
+def add_export_command(commands, parents) -> None:
+    command = commands.add_parser(
+        "export", parents=parents, help="export a checkpoint to ONNX or TorchScript",
+        description="Export a checkpoint's inference graph (normalization and softmax included; "
+                    "input float32 (N, C, H, W) in 0..1, dynamic N) and check it against PyTorch "
+                    "on real test images.")
+    command.add_argument("checkpoint", metavar="CHECKPOINT", help="a cnnspec checkpoint (models/model.pt)")
+    command.add_argument("--format", choices=("onnx", "torchscript"), required=True)
+    command.add_argument("--output", metavar="FILE",
+                         help="default: the checkpoint's path with .onnx or .torchscript.pt")
+    command.add_argument("--check-images", metavar="FOLDER", default="data/prepared",
+                         help="prepared data whose test images the export is checked on "
+                              "(default data/prepared; without it, images are generated)")
+    command.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    command.set_defaults(run=export_model)
+
+
+def predict_images(args) -> int:
+    from cnnspec.inference import run_command
+
+    return run_command(args)
+
+
+def export_model(args) -> int:
+    from cnnspec.export import run_command
+
+    return run_command(args)
 
 
 def main(argv: list[str] | None = None) -> int:

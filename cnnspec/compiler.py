@@ -17,7 +17,7 @@ from torch import nn
 from cnnspec.layers import error, rule_for
 from cnnspec.modules import WhiteningConv
 from cnnspec.nodes import LayerNode, walk
-from cnnspec.shapes import Context, as_spec, infer, infer_shapes, resolve_input  # noqa: F401 (infer_shapes re-exported)
+from cnnspec.shapes import Context, as_spec, infer, resolve_input
 
 # l2 / lr_mult / wd_mult of a parameter no weighted layer set (a pool, a residual's projection)
 DEFAULT_PARAM_OPTIONS = {"l2": 0.0, "lr_mult": 1.0, "wd_mult": 1.0}
@@ -165,7 +165,9 @@ class SpecModel(nn.Module):
     @torch.no_grad()
     def init_from_data(self, images) -> bool:
         """Data-dependent initialisation: each whitening conv from the batch as it reaches it."""
-        whitening = [m for m in self.modules() if isinstance(m, WhiteningConv)]
+        # a whitening conv loaded by train.init_from keeps the filters it was trained with
+        whitening = [m for m in self.modules() if isinstance(m, WhiteningConv)
+                     and not getattr(m, "loaded_from_checkpoint", False)]
         for layer in whitening:
             layer.init_from_data(self.input_of(layer, images))
         return bool(whitening)

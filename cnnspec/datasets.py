@@ -204,21 +204,18 @@ def _mnist_decoder(classes: list[str]) -> Callable[[Path], RawDataset]:
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 
+
+def _cifar(name: str, archive: str, md5: str, decode, archive_folder: str) -> DatasetInfo:
+    """CIFAR-10 and -100: one archive each on the authors' page."""
+    return DatasetInfo(name=name, url=f"https://www.cs.toronto.edu/~kriz/{archive}", files={archive: md5},
+                       decode=decode, archive_folder=archive_folder)
+
+
 DATASETS: dict[str, DatasetInfo] = {
-    "cifar10": DatasetInfo(
-        name="cifar10",
-        url="https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
-        files={"cifar-10-python.tar.gz": "c58f30108f718f92721af3b95e74349a"},
-        decode=decode_cifar10,
-        archive_folder="cifar-10-batches-py",
-    ),
-    "cifar100": DatasetInfo(
-        name="cifar100",
-        url="https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
-        files={"cifar-100-python.tar.gz": "eb9058c3a382ffc7106e4002c42a8d85"},
-        decode=decode_cifar100,
-        archive_folder="cifar-100-python",
-    ),
+    "cifar10": _cifar("cifar10", "cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a",
+                      decode_cifar10, archive_folder="cifar-10-batches-py"),
+    "cifar100": _cifar("cifar100", "cifar-100-python.tar.gz", "eb9058c3a382ffc7106e4002c42a8d85",
+                       decode_cifar100, archive_folder="cifar-100-python"),
     "mnist": DatasetInfo(  # the mirror torchvision tries first; yann.lecun.com often refuses
         name="mnist",
         url="https://ossci-datasets.s3.amazonaws.com/mnist/",

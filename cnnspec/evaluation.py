@@ -97,6 +97,15 @@ def mean_log_loss(actual: np.ndarray, probabilities: np.ndarray) -> float:
     return float(-np.log(np.maximum(chosen, SMALLEST_PROBABILITY)).mean())
 
 
+def top_k_accuracy(actual: np.ndarray, probabilities: np.ndarray, k: int) -> float:
+    """Share of images whose true class is among the k most probable (ties broken by
+    class index, as argsort does)."""
+    if not len(actual):
+        return 0.0
+    top = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
+    return float((top == actual[:, None]).any(axis=1).mean())
+
+
 def _ratio(numerator: float, denominator: float) -> float:
     # sklearn's zero_division=0: a class never predicted has precision 0
     return float(numerator) / float(denominator) if denominator else 0.0
@@ -140,6 +149,7 @@ def classification_report(actual: np.ndarray, probabilities: np.ndarray, classes
     macro, weighted = averages(scores)
     report = {
         "accuracy": _ratio(int(counts.trace()), len(actual)),
+        **({"top5_accuracy": top_k_accuracy(actual, probabilities, 5)} if len(classes) > 5 else {}),
         "loss": mean_log_loss(actual, probabilities),
         "tta": tta,
         "num_test": len(actual),

@@ -1,10 +1,11 @@
 """Read params.yaml, check it against params_schema.json, fill in the defaults.
 
-    params = load_params("params.yaml", sections=["evaluate"])
+    params = load_stage_params("params.yaml", sections=["evaluate"])
     params["evaluate"]["batch_size"]
 
-Every stage calls `load_params` first, so a typo stops the pipeline before any
-work is done, with one line that names the key:
+Every stage calls `load_stage_params` first (`load_params`, then `check_named_paths`),
+so a typo or a misspelt path stops the pipeline before any work is done, with one line
+that names the key:
 
     params.yaml: train.batch_size: 0 is less than the minimum of 1
     params.yaml: train.optimzer: unknown key 'optimzer' (did you mean 'optimizer'?)
@@ -53,6 +54,14 @@ def load_params(path="params.yaml", sections=None) -> dict:
 
         load_plugins(filled["model"].get("plugins"))
     return filled
+
+
+def load_stage_params(path="params.yaml", sections=None) -> dict:
+    """`load_params`, then `check_named_paths` on what it returned: what every stage
+    does first, before it imports torch or reads any data."""
+    params = load_params(path, sections)
+    check_named_paths(params, str(path))
+    return params
 
 
 def load_schema() -> dict:
@@ -128,12 +137,13 @@ def fill_defaults(params: dict, schema: dict) -> dict:
 
 # --- params that name files ------------------------------------------------
 
-# Every param whose value is a path on disk, with what must be there. A stage calls
-# `check_named_paths` right after `load_params`, before it reads any data, so a
+# Every param whose value is a path on disk, with what must be there. A stage checks
+# them in `load_stage_params`, right after `load_params`, before it reads any data, so a
 # misspelt path is reported with its key instead of after the data was loaded.
 # "" or null means the param is not used. Keys of sections not loaded are skipped.
 NAMED_PATHS = {
     "model.spec": "file",
+    "train.init_from": "file",
 }
 
 

@@ -19,6 +19,7 @@ TRAIN_CURVES = TRAIN_LOG / "plots" / "metrics"  # DVCLive's TSVs, one per metric
 EVAL_JSON = Path("metrics/eval.json")
 PREDICTIONS_CSV = Path("metrics/predictions.csv")
 PLOTS = Path("metrics/plots")
+EXPORT = Path("models/export")  # the optional export stage's (export/dvc.yaml)
 
 
 def run_stage_hint(stage: str) -> str:

@@ -42,11 +42,12 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from cnnspec import optimization
+from cnnspec import distributed, optimization
 from cnnspec.atomic import save_torch
 from cnnspec.augment import Augmentation
 from cnnspec.datasets import Normalize
 from cnnspec.errors import ParamsError, TrainingError
+from cnnspec.finetune import UnfreezeSchedule
 from cnnspec.integrity import set_aside
 
 RESUME_FORMAT = "cnnspec-resume/3"  # 3: a mid-epoch state keeps its per-step losses as `losses`
@@ -80,19 +81,29 @@ class TrainResult:
 # ---------------------------------------------------------------- the loop
 
 def train(model, data: dict, params: dict, device="cpu", *, resume_path=None, log_dir=None,
-          fingerprint: str = "") -> TrainResult:
+          fingerprint: str = "", ranks: distributed.Ranks | None = None) -> TrainResult:
     """Train `model` (a SpecModel) on prepared `data` (load_prepared's dict) with the
     `train` section of params.yaml. `resume_path`: where the per-epoch resume state
     lives (None: no resume); `log_dir`: the DVCLive folder (None: print only);
-    `fingerprint`: run_fingerprint of what a resume state must match."""
+    `fingerprint`: run_fingerprint of what a resume state must match; `ranks`: this
+    process's place in a data-parallel run (cnnspec/distributed.py), None for one
+    process. With several, only rank 0 writes, and a stop signal is torchrun's to
+    handle: it stops every rank, and the last finished epoch is the state kept."""
     device = torch.device(device)
     _check_validation_needs(params, len(data["val_labels"]))
-    with torch_settings(device, params["deterministic"]), StopSignals() as stop_signal:
-        # setup: the data on the device, then the saved state or a fresh start
+    if ranks and not ranks.is_main:
+        log_dir = None
+    stop_signals = StopSignals() if ranks is None else contextlib.nullcontext(StopSignals())
+    with torch_settings(device, params["deterministic"]), stop_signals as stop_signal:
+        # setup: the data on the device, then the saved state (rank 0's) or a fresh start
         torch.manual_seed(params["seed"])
         device_data = DeviceData(data, device)
-        saved = read_resume_state(resume_path, fingerprint) if resume_path else None
-        run = _Run(model, device_data, params, device, init_from_data=saved is None)
+
+        def read_saved():
+            return read_resume_state(resume_path, fingerprint) if resume_path else None
+
+        saved = distributed.from_rank_0(ranks, read_saved) if ranks else read_saved()
+        run = _Run(model, device_data, params, device, init_from_data=saved is None, ranks=ranks)
         if saved is not None:
             run.load_state_dict(saved)
             print(f"resuming from {resume_path} at epoch {run.next_epoch + 1}", file=sys.stderr)
@@ -116,8 +127,12 @@ def train(model, data: dict, params: dict, device="cpu", *, resume_path=None, lo
                     raise _interrupted_error(stopped, epoch, resume_path) from None
                 except torch.OutOfMemoryError:
                     raise _oom_error(run.batch_size, epoch) from None
-                # the one read of the epoch, then what depends on its numbers
-                totals = read_epoch_totals(progress["losses"], progress["correct"], val_loss, val_correct)
+                # the one read of the epoch (of every rank's sums), then what depends on its numbers
+                losses, correct = progress["losses"], progress["correct"]
+                if ranks:
+                    losses, correct, val_loss, val_correct = distributed.sum_epoch_totals(
+                        ranks, losses, correct, val_loss, val_correct)
+                totals = read_epoch_totals(losses, correct, val_loss, val_correct)
                 if totals.diverged:
                     raise _divergence_error(epoch, totals.first_bad_step)
                 record = run.end_epoch(epoch, totals, progress["lr"])
@@ -182,8 +197,8 @@ class _Run:
     as one resume state, and the step that changes it."""
 
     def __init__(self, model, data: DeviceData, params: dict, device: torch.device,
-                 init_from_data: bool):
-        self.params, self.device, self.data = params, device, data
+                 init_from_data: bool, ranks: distributed.Ranks | None = None):
+        self.params, self.device, self.data, self.ranks = params, device, data, ranks
         # on CPU too: oneDNN's channels-last convolutions train faster there as well
         self.channels_last = params["channels_last"]
         model = model.to(device)
@@ -194,17 +209,24 @@ class _Run:
             model = model.to(memory_format=torch.channels_last)
         self.model = model
         num_train = len(data.train_labels)
-        self.batch_size = min(params["batch_size"], num_train)
+        self.batch_size = min(params["batch_size"], num_train)  # the global batch
+        if ranks:  # the batch divides evenly, no layer unfreezes part-way: else a ParamsError
+            distributed.local_batch_size(self.batch_size, ranks.world_size)
+            distributed.check_unfreeze(params)
         # Full batches only (the remainder is reshuffled into later epochs): one shape
         # for cudnn.benchmark and torch.compile, and never a batch of one for batch norm.
         self.steps_per_epoch = num_train // self.batch_size
         self.epochs = params["epochs"]
         self.generator = torch.Generator(device=device).manual_seed(params["seed"])
         self.augment = Augmentation.from_params(params["augment"], num_train, params["seed"] + 1, device)
+        if ranks:
+            self.augment.shard = (ranks.rank, ranks.world_size)
         self.autocast_dtype = autocast_dtype(device, params["precision"])
         weight = optimization.class_weights(data.train_labels, data.classes, params["class_weights"])
         self.criterion = optimization.make_loss(params["loss"], None if weight is None else weight.to(device))
-        self.optimizer = optimization.make_optimizer(model, params["optimizer"])
+        self.unfreeze = UnfreezeSchedule(model, params.get("unfreeze"))
+        with self.unfreeze.all_in_optimizer():  # layers unfrozen later are in its groups from the start
+            self.optimizer = optimization.make_optimizer(model, params["optimizer"])
         self.schedule = optimization.make_schedule(self.optimizer, params["scheduler"], self.epochs,
                                                    self.steps_per_epoch)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.autocast_dtype is torch.float16)
@@ -216,7 +238,9 @@ class _Run:
             self.epochs * self.steps_per_epoch) if options["enabled"] else None
         options = params["ema"]
         self.ema = optimization.EMA(model, options["decay"]) if options["enabled"] else None
-        self.step_model = torch.compile(model) if params["compile"] else model
+        self.step_model = distributed.data_parallel(model, ranks, params["sync_bn"]) if ranks else model
+        if params["compile"]:
+            self.step_model = torch.compile(self.step_model)
         self.history: list[dict] = []
         self.next_epoch, self.saved_progress, self.stopped_early = 0, None, False
 
@@ -238,12 +262,19 @@ class _Run:
                                                 generator=self.generator),
                         "losses": torch.zeros(self.steps_per_epoch, dtype=torch.float32, device=self.device),
                         "correct": torch.zeros((), dtype=torch.int64, device=self.device)}
+        if self.unfreeze.apply(epoch):
+            _print_line(f"epoch {epoch + 1}: unfreezing {', '.join(self.unfreeze.entries)}")
         self.model.start_epoch(epoch)
+        if self.ranks:
+            distributed.seed_rank(self.params["seed"], epoch, self.ranks)
         return progress
 
     def step(self, indices: torch.Tensor, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimizer step on the training images at `indices`. Returns the step's
-        loss and correct count, left on the device."""
+        loss and correct count, left on the device. With several processes `indices` is
+        the global batch, and this rank trains on its slice."""
+        if self.ranks:
+            indices = distributed.rank_slice(indices, self.ranks)
         data = self.data
         images = self.augment(data.batch(data.train_images, indices), indices, epoch, self.generator)
         labels = data.train_labels[indices]
@@ -361,6 +392,9 @@ def _validate(run: _Run) -> tuple[torch.Tensor, torch.Tensor]:
         return loss_sum, correct
     model.eval()
     indices = torch.arange(len(data.val_labels), device=run.device)
+    if run.ranks:  # each rank validates every world_size-th image, with rank 0's statistics
+        distributed.broadcast_buffers(model)
+        indices = indices[run.ranks.rank::run.ranks.world_size]
     for chunk in indices.split(max(4 * run.batch_size, 1024)):
         images = run.to_layout(data.batch(data.val_images, chunk))
         labels = data.val_labels[chunk]
@@ -383,8 +417,9 @@ def run_fingerprint(params: dict, spec_text: str, meta: dict) -> str:
 def _save_resume_state(run: _Run, resume_path, fingerprint: str, next_epoch: int,
                        progress: dict | None = None) -> None:
     """The one writer of the resume state: after an epoch (`next_epoch` the one to run
-    next) or mid-epoch after a stop signal (`progress` of epoch `next_epoch`)."""
-    if resume_path is not None:
+    next) or mid-epoch after a stop signal (`progress` of epoch `next_epoch`). Rank 0's
+    alone when there are several processes."""
+    if resume_path is not None and (run.ranks is None or run.ranks.is_main):
         save_torch(resume_path, run.state_dict(next_epoch, progress) | {"fingerprint": fingerprint})
 
 
@@ -485,11 +520,23 @@ def _oom_error(batch_size: int, epoch: int) -> TrainingError:
 # ---------------------------------------------------------------- device and data
 
 def pick_device(name: str) -> torch.device:
+    """`train.device` as a torch.device: auto, cpu, cuda, cuda:N (one GPU of those
+    CUDA_VISIBLE_DEVICES shows, to pin a queued experiment) or mps."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise TrainingError("params.yaml: train.device: cuda is not available on this machine; "
-                            "use auto or cpu")
+    if name.startswith("cuda"):
+        available = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if not available:
+            raise TrainingError(f"params.yaml: train.device: {name} is not available on this machine "
+                                "(no CUDA device); use auto or cpu")
+        device = torch.device(name)
+        if device.index is not None and device.index >= available:
+            raise TrainingError(f"params.yaml: train.device: {name}, but this machine shows {available} "
+                                f"CUDA device{'s' if available != 1 else ''} (cuda:0 to cuda:{available - 1})")
+        return device
+    if name == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise TrainingError("params.yaml: train.device: mps is not available on this machine "
+                            "(Apple GPUs only); use auto or cpu")
     return torch.device(name)
 
 

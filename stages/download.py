@@ -19,15 +19,13 @@ from cnnspec import atomic
 from cnnspec.datasets import USER_DATASETS
 from cnnspec.download import download_dataset
 from cnnspec.errors import exit_on_user_error
-from cnnspec.params import check_named_paths, load_params
+from cnnspec.params import load_stage_params
 from cnnspec.pipeline import PARAMS, RAW
 
 
 @exit_on_user_error
 def main() -> None:
-    params = load_params(PARAMS, sections=["data"])
-    check_named_paths(params, PARAMS)  # any data.* param that names a file or folder
-    data = params["data"]
+    data = load_stage_params(PARAMS, sections=["data"])["data"]
     if data["dataset"] in USER_DATASETS:
         RAW.mkdir(parents=True, exist_ok=True)
         atomic.write_text(RAW / "README.txt", f"data.dataset is {data['dataset']}: preprocess reads "

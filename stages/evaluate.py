@@ -16,13 +16,13 @@ if __package__ in (None, ""):  # `python stages/<name>.py`: import this checkout
 
 from cnnspec.atomic import write_json, write_text
 from cnnspec.errors import exit_on_user_error
-from cnnspec.params import load_params
+from cnnspec.params import load_stage_params
 from cnnspec.pipeline import EVAL_JSON, MODEL, PARAMS, PREDICTIONS_CSV, PREPARED
 
 
 @exit_on_user_error
 def main() -> None:
-    params = load_params(PARAMS, sections=["evaluate"])["evaluate"]
+    params = load_stage_params(PARAMS, sections=["evaluate"])["evaluate"]
     # torch loads only after params.yaml passed, so a typo fails in a blink.
     from cnnspec import evaluation
 

@@ -30,7 +30,7 @@ if __package__ in (None, ""):  # `python stages/<name>.py`: import this checkout
 from cnnspec.atomic import atomic_path
 from cnnspec.datasets import load_prepared
 from cnnspec.errors import DataError, TrainingError, exit_on_user_error
-from cnnspec.params import load_params
+from cnnspec.params import load_stage_params
 from cnnspec.pipeline import (EVAL_JSON, EVALUATE_HINT, PARAMS, PLOTS, PREDICTIONS_CSV, PREPARED,
                               TRAIN_CURVES, TRAIN_HINT)
 
@@ -177,7 +177,7 @@ def save_png(figure: Figure, path: Path) -> None:
 
 @exit_on_user_error
 def main() -> None:
-    params = load_params(PARAMS, sections=["plot"])["plot"]
+    params = load_stage_params(PARAMS, sections=["plot"])["plot"]
     data = load_prepared(PREPARED, mmap_mode="r")  # only the test images are read from disk
     classes = list(data["meta"]["classes"])
     actual, predicted = read_predictions(PREDICTIONS_CSV, classes)

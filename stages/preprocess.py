@@ -21,15 +21,13 @@ if __package__ in (None, ""):  # `python stages/<name>.py`: import this checkout
 from cnnspec.datasets import USER_DATASETS, decode_raw, prepare, write_prepared
 from cnnspec.errors import ParamsError, exit_on_user_error
 from cnnspec.imagesets import prepare_image_dataset
-from cnnspec.params import check_named_paths, load_params, path_problem
+from cnnspec.params import load_stage_params, path_problem
 from cnnspec.pipeline import PARAMS, PREPARED
 
 
 @exit_on_user_error
 def main() -> None:
-    params = load_params(PARAMS, sections=["data"])
-    check_named_paths(params, PARAMS)  # any data.* param that names a file or folder
-    data = params["data"]
+    data = load_stage_params(PARAMS, sections=["data"])["data"]
     started = time.perf_counter()
     if data["dataset"] in USER_DATASETS:
         kind = "folder" if data["dataset"] == "folder" else "file"  # csv: the manifest

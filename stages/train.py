@@ -6,57 +6,103 @@ models/model.pt (one self-contained checkpoint) and metrics/train/ (DVCLive).
 A run killed or interrupted part-way leaves models/resume/state.pt (not a DVC
 output, so `dvc repro` keeps it); the next run with the same params, spec and data
 continues from it. It is removed once models/model.pt is written.
+
+With `train.devices` above 1 it starts that many processes through torchrun
+(torch.distributed.run), each training a share of every batch (DistributedDataParallel);
+run under a torchrun of your own, it joins as one of its ranks (docs/scaling.md).
+Only rank 0 writes.
 """
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
 if __package__ in (None, ""):  # `python stages/<name>.py`: import this checkout's cnnspec
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from cnnspec import distributed
 from cnnspec.errors import exit_on_user_error
-from cnnspec.params import check_named_paths, load_params
+from cnnspec.params import load_stage_params
 from cnnspec.pipeline import MODEL, PARAMS, PREPARED, RESUME_STATE, TRAIN_LOG
 
 
 def run(params_path=PARAMS, prepared=PREPARED, model_path=MODEL, resume_path=RESUME_STATE,
         log_dir=TRAIN_LOG):
-    params = load_params(params_path, sections=["model", "train"])
-    check_named_paths(params, params_path)
+    params = load_stage_params(params_path, sections=["model", "train"])
     # torch loads only after params.yaml passed, so a typo fails in a blink.
     import torch
 
     from cnnspec import build_model, load_spec
     from cnnspec.checkpoint import save_checkpoint
     from cnnspec.datasets import load_prepared
+    from cnnspec.finetune import check_init_from, init_from
     from cnnspec.training import pick_device, run_fingerprint, train
 
     spec = load_spec(params["model"]["spec"])  # a bad spec is reported before the data is read
     options = params["train"]
+    start_from = check_init_from(options)
+    if distributed.torchrun_environment() is None:
+        processes = distributed.process_count(options)
+        if processes > 1:  # this process launches the ranks and waits for them
+            distributed.check_request(options, processes)
+            print(f"training on {processes} processes (torch.distributed.run)", flush=True)
+            distributed.launch(processes, str(Path(__file__).resolve()),
+                               path_arguments(params_path, prepared, model_path, resume_path, log_dir))
+            return None
     data = load_prepared(prepared, mmap_mode="c")  # memory-mapped: copied to the device or streamed
     meta = data["meta"]
-    device = pick_device(options["device"])
-    torch.manual_seed(options["seed"])  # the initial weights
-    model = build_model(spec, tuple(meta["input_shape"]), len(meta["classes"]))
-    for warning in model.spec_warnings:  # e.g. an automatic projection shortcut; docs/spec.md
-        print(f"warning: {warning}", file=sys.stderr)
-    result = train(model, data, options, device, resume_path=resume_path, log_dir=log_dir,
-                   fingerprint=run_fingerprint(params, spec.text, meta))
-    save_checkpoint(model_path, result.model, spec, meta, params,
-                    epoch=len(result.history) - 1, best_epoch=result.best_epoch)
-    Path(resume_path).unlink(missing_ok=True)
+    with distributed.joined(options) as ranks:
+        device = ranks.device if ranks else pick_device(options["device"])
+        torch.manual_seed(options["seed"])  # the initial weights, the same on every rank
+        model = build_model(spec, tuple(meta["input_shape"]), len(meta["classes"]))
+        for warning in model.spec_warnings:  # e.g. an automatic projection shortcut; docs/spec.md
+            print(f"warning: {warning}", file=sys.stderr)  # (rank 0 only: the others are silent)
+        if start_from is not None:
+            init_from(model, start_from)
+        fingerprint = run_fingerprint(distributed.fingerprint_params(params), spec.text, meta)
+        result = train(model, data, options, device, resume_path=resume_path, log_dir=log_dir,
+                       fingerprint=fingerprint, ranks=ranks)
+        if ranks is not None and not ranks.is_main:
+            return result
+        save_checkpoint(model_path, result.model, spec, meta, params,
+                        epoch=len(result.history) - 1, best_epoch=result.best_epoch)
+        Path(resume_path).unlink(missing_ok=True)
     last = result.history[-1]
     split = "val" if "val/accuracy" in last else "train"  # data.val_split: 0 has no val metrics
-    print(f"trained {len(result.history)} epochs on {device}: {split} accuracy {last[split + '/accuracy']:.4f}; "
+    where = f"{ranks.world_size} processes ({device.type}, {ranks.backend})" if ranks else str(device)
+    print(f"trained {len(result.history)} epochs on {where}: {split} accuracy {last[split + '/accuracy']:.4f}; "
           f"first step {result.first_step_seconds:.2f}s (includes compile), "
           f"rest {result.train_seconds:.2f}s; wrote {model_path}")
     return result
 
 
+def path_arguments(params_path, prepared, model_path, resume_path, log_dir) -> list[str]:
+    """run()'s paths as command-line options, for the ranks a launch starts."""
+    return ["--params", str(params_path), "--prepared", str(prepared), "--model", str(model_path),
+            "--resume", str(resume_path), "--log-dir", str(log_dir)]
+
+
+def parse_arguments(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description="the train stage (dvc.yaml runs it without options)")
+    parser.add_argument("--params", dest="params_path", default=PARAMS)
+    parser.add_argument("--prepared", default=PREPARED, type=Path)
+    parser.add_argument("--model", dest="model_path", default=MODEL, type=Path)
+    parser.add_argument("--resume", dest="resume_path", default=RESUME_STATE, type=Path)
+    parser.add_argument("--log-dir", default=TRAIN_LOG, type=Path)
+    parser.add_argument("--debug", action="store_true", help="show tracebacks (also CNNSPEC_DEBUG=1)")
+    arguments = vars(parser.parse_args(argv))
+    arguments.pop("debug")
+    return arguments
+
+
 @exit_on_user_error
-def main() -> None:
-    run()
+def main(argv=None) -> None:
+    arguments = parse_arguments(argv)
+    if distributed.torchrun_environment() is None:
+        run(**arguments)
+    else:  # one rank of several: how it ends is told once, by the launcher
+        distributed.exit_as_rank(lambda: run(**arguments))
 
 
 if __name__ == "__main__":

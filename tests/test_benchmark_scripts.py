@@ -156,7 +156,8 @@ def test_loop_overhead_quick_mode_prints_the_ratio(capsys):
     assert figures["real_images_per_s"] > 0 and figures["bare_images_per_s"] > 0
 
 
-def test_gpu_throughput_quick_mode_prints_a_table(capsys):
+def test_gpu_throughput_quick_mode_prints_a_table(capsys, cuda_paths_on_cpu):
+    # the script switches the CUDA paths on for the whole process; the fixture switches them back after
     rows = gpu.main(["--quick", "--device", "cpu", "--specs", "simcnn", "--compile", "off",
                      "--precisions", "off", "--images", "192", "--no-ten-epoch"])
     out = capsys.readouterr().out
@@ -187,3 +188,20 @@ def test_fashion_quick_mode_reads_idx_files_and_prints_the_budgets(tmp_path, cap
     assert "180 training / 40 test images" in out
     assert "| 30 s |" in out and "| 60 s |" in out
     assert "seconds to 93% test accuracy:" in out
+
+
+# ---------------------------------------------------------------- data-parallel scaling
+
+def test_data_parallel_benchmark_reads_the_stage_line_and_counts_images_after_the_first_step():
+    from benchmarks import bench_data_parallel as parallel
+
+    single = ("trained 3 epochs on cpu: val accuracy 0.8123; first step 0.21s (includes compile), "
+              "rest 12.50s; wrote models/model.pt")
+    several = ("trained 2 epochs on 2 processes (cpu, gloo): val accuracy 0.8000; first step 0.03s "
+               "(includes compile), rest 4.00s; wrote models/model.pt")
+    assert parallel.STAGE_LINE.search(single).groups() == ("3", "0.21", "12.50")
+    assert parallel.STAGE_LINE.search(several).groups() == ("2", "0.03", "4.00")
+    # 1,000 images in batches of 100: 10 steps an epoch, 20 in 2 epochs, the first one timed apart
+    assert parallel.images_per_second(2, 1000, 100, 4.0) == pytest.approx(19 * 100 / 4.0)
+    assert parallel.images_per_second(2, 1050, 100, 4.0) == pytest.approx(19 * 100 / 4.0)  # full batches
+    assert parallel.scaling_efficiency(360.0, 4, 100.0) == pytest.approx(0.9)

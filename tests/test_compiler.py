@@ -5,8 +5,9 @@ import io
 import pytest
 import torch
 
-from cnnspec.compiler import build_model, infer_shapes
+from cnnspec.compiler import build_model
 from cnnspec.modules import RandomCrop, RandomFlip, RandomTranslation, WhiteningConv
+from cnnspec.shapes import infer_shapes
 from cnnspec.spec import parse_spec
 
 TINY = """

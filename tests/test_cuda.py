@@ -1,11 +1,17 @@
 """The CUDA-only paths of the training loop, on a real GPU: bf16 and fp16 (grad
 scaler) autocast, channels_last, torch.compile, the host-memory streaming fallback, a
-real out-of-memory error, deterministic mode, and evaluation on the device.
+real out-of-memory error, deterministic mode, evaluation on the device, a pinned
+`cuda:N`, and data-parallel training on two GPUs (NCCL, with and without SyncBatchNorm).
 
 Skipped where torch sees no GPU (CI, the 2-core workplace machines). The CPU suite runs
 the same code through the `cuda_paths_on_cpu` fixture (tests/conftest.py); this file checks what only a GPU can show.
 Run on a GPU machine: `python -m pytest tests/test_cuda.py -q`.
 """
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -87,3 +93,29 @@ def test_evaluation_on_the_gpu_matches_the_cpu():
     on_gpu = predict_probabilities(model, images, [0.5] * 3, [0.3] * 3, tta="flip_translate", device="cuda")
     on_cpu = predict_probabilities(model.cpu(), images, [0.5] * 3, [0.3] * 3, tta="flip_translate", device="cpu")
     np.testing.assert_allclose(on_gpu, on_cpu, rtol=1e-4, atol=1e-6)
+
+
+def test_pinned_gpu_that_is_not_there_is_one_line():
+    missing = f"cuda:{torch.cuda.device_count()}"
+    with pytest.raises(TrainingError, match=f"train.device: {missing}, but this machine shows"):
+        training.pick_device(missing)
+    assert training.pick_device("cuda:0") == torch.device("cuda", 0)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
+@pytest.mark.parametrize("sync_bn", [False, True])
+def test_two_gpus_train_with_nccl_through_the_stage(tmp_path, sync_bn):
+    """train.devices: 2 on CUDA: two NCCL ranks, each holding the data on its own GPU,
+    batch norm synchronised or not; the checkpoint loads in one process."""
+    from cnnspec.checkpoint import load_model
+    from tests.test_training import write_stage_inputs
+
+    write_stage_inputs(tmp_path, device="cuda", devices=2, sync_bn=sync_bn, epochs=3, batch_size=16)
+    root = Path(__file__).resolve().parent.parent
+    finished = subprocess.run([sys.executable, str(root / "stages" / "train.py")], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "PYTHONPATH": str(root)})
+    assert finished.returncode == 0, finished.stderr
+    assert "on 2 processes (cuda, nccl)" in finished.stdout
+    model, checkpoint = load_model(tmp_path / "models" / "model.pt")
+    assert not any(key.startswith("module.") for key in checkpoint["state_dict"])

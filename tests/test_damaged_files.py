@@ -8,7 +8,6 @@ import tarfile
 
 import numpy as np
 import pytest
-import torch
 
 from cnnspec.checkpoint import RETRAIN_HINT, load_model, read_checkpoint
 from cnnspec.datasets import load_prepared, write_prepared
@@ -186,7 +185,7 @@ def test_train_stage_on_damaged_prepared_data_is_one_line(tmp_path, monkeypatch,
     truncate(tmp_path / "data" / "prepared" / "train_images.npy", 0.5)
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as exit_info:
-        train_stage.main()
+        train_stage.main([])  # not pytest's own arguments
     error = capsys.readouterr().err
     assert exit_info.value.code == 1 and error.count("\n") == 1
     assert error.startswith("error: data/prepared/train_images.npy: damaged or truncated") and REPREPARE in error

@@ -101,7 +101,7 @@ def test_a_full_disk_while_saving_the_resume_state_stops_in_one_line_and_keeps_t
     real_save = torch.save
     monkeypatch.setattr(torch, "save", fail_after(1, torch.save))
     with pytest.raises(SystemExit) as exit_info:
-        train_stage.main()
+        train_stage.main([])  # not pytest's own arguments
     error = capsys.readouterr().err
     assert exit_info.value.code == 1 and error.count("\n") == 1
     assert error.startswith(f"error: models/resume/state.pt: {FULL}")
@@ -126,7 +126,7 @@ def test_a_full_disk_while_saving_the_checkpoint_keeps_the_previous_model(tmp_pa
                                           .replace("epochs: 2", "epochs: 1"))
     monkeypatch.setattr(torch, "save", fail_after(1, torch.save))  # resume state ok, model.pt not
     with pytest.raises(SystemExit):
-        train_stage.main()
+        train_stage.main([])  # not pytest's own arguments
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and error.startswith(f"error: models/model.pt: {FULL}")
     assert model.read_bytes() == before and read_checkpoint(model)["epoch"] == 1

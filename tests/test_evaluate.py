@@ -322,3 +322,17 @@ def test_stage_scores_the_checkpoint_as_the_model_itself_does(project):
     labels = np.load(project / "data" / "prepared" / "test_labels.npy")
     report = json.loads((project / "metrics" / "eval.json").read_text())
     assert report["accuracy"] == round(float((expected == labels).mean()), 4)
+
+
+def test_top5_accuracy_counts_the_true_class_among_the_five_most_probable():
+    rng = np.random.default_rng(0)
+    probabilities = rng.dirichlet(np.ones(8), size=200)
+    actual = rng.integers(0, 8, 200)
+    ranks = [int((probabilities[i] > probabilities[i, actual[i]]).sum()) for i in range(200)]
+    expected = sum(rank < 5 for rank in ranks) / 200
+    report = evaluation.classification_report(actual, probabilities, [f"c{i}" for i in range(8)])
+    assert report["top5_accuracy"] == round(expected, 4)
+    assert report["accuracy"] <= report["top5_accuracy"] < 1.0
+    # five classes or fewer: top-5 would always be 1, so it is left out
+    small = evaluation.classification_report(np.array(ACTUAL), one_hot_probabilities(np.array(PREDICTED), 3), CLASSES)
+    assert "top5_accuracy" not in small

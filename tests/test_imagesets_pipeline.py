@@ -12,7 +12,7 @@ import yaml
 from tests.fakedata import idx_bytes
 from tests.imagefiles import FASHION, class_folder_name, fashion_subset, write_image_folder
 from tests.test_fashion_mnist import SPEC
-from tests.test_pipeline_e2e import copy_working_tree, ran_stages, run
+from tests.test_pipeline_e2e import copy_working_tree, quick_training, ran_stages, run
 
 pytestmark = [
     pytest.mark.slow,
@@ -43,12 +43,7 @@ def test_folder_dataset_through_dvc_matches_the_idx_pipeline(tmp_path):
     params["data"].update(dataset="fashion-mnist", url=f"file://{mirror}/", md5="skip", val_split=0.1,
                           image_size=[28, 28], channels=1)
     params["model"]["spec"] = "specs/fashion_small.yaml"
-    params["train"].update(device="cpu", epochs=1, batch_size=64, precision="off", compile=False)
-    params["train"]["optimizer"].update(name="adam", lr=0.003, weight_decay=0.0)
-    params["train"]["scheduler"]["name"] = "none"
-    params["train"]["lookahead"]["enabled"] = False
-    params["train"]["loss"]["label_smoothing"] = 0.0
-    params["evaluate"]["tta"] = "none"
+    quick_training(params)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run(["git", "add", "-A"], repo)
     run(["git", "commit", "-qm", "idx params"], repo)

@@ -108,3 +108,27 @@ def test_the_data_stages_check_their_path_params_before_touching_data(stage_name
     assert exit_info.value.code == 2
     assert capsys.readouterr().err == "error: params.yaml: data.dataset: mnist: no such folder\n"
     assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.parametrize("stage_name, params_text, key, value", [
+    ("train", "model: {spec: tiny}\n", "model.spec", "tiny"),
+    ("evaluate", "evaluate: {tta: none}\n", "evaluate.tta", "none"),
+    ("plot", "plot: {misclassified: 36}\n", "plot.misclassified", "36"),
+    ("export", "export: {format: onnx}\n", "export.format", "onnx"),
+])
+def test_every_stage_checks_the_path_params_of_its_sections_first(stage_name, params_text, key, value,
+                                                                   tmp_path, monkeypatch, capsys):
+    """All stages start with load_stage_params, so a path param added to any section is
+    checked before models/, data/ or metrics/ are read. (An existing param stands in.)"""
+    import importlib
+
+    stage = importlib.import_module(f"stages.{stage_name}")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setitem(params_module.NAMED_PATHS, key, "folder")
+    (tmp_path / "params.yaml").write_text(params_text)
+    with pytest.raises(SystemExit) as exit_info:
+        stage.main(*([[]] if stage_name == "train" else []))  # train parses options: none here
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == f"error: params.yaml: {key}: {value}: no such folder\n"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["params.yaml"]
+

@@ -55,6 +55,16 @@ def copy_working_tree(destination: Path) -> None:
         subprocess.run(command, cwd=destination, check=True)
 
 
+def quick_training(params: dict) -> None:
+    """One short, deterministic epoch on CPU: no compile, schedule, lookahead, smoothing or TTA."""
+    params["train"].update(device="cpu", epochs=1, batch_size=64, precision="off", compile=False)
+    params["train"]["optimizer"].update(name="adam", lr=0.003, weight_decay=0.0)
+    params["train"]["scheduler"]["name"] = "none"
+    params["train"]["lookahead"]["enabled"] = False
+    params["train"]["loss"]["label_smoothing"] = 0.0
+    params["evaluate"]["tta"] = "none"
+
+
 def run(command, cwd, **kwargs):
     env = dict(os.environ, PATH=f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}",
                DVC_NO_ANALYTICS="1")
@@ -80,12 +90,7 @@ def pipeline_repo(tmp_path_factory):
     with serve_folder(served) as base_url:
         params["data"].update(url=f"{base_url}/cifar-10-python.tar.gz", md5=md5, val_split=0.1)
         params["model"]["spec"] = "specs/e2e_tiny.yaml"
-        params["train"].update(device="cpu", epochs=1, batch_size=64, precision="off", compile=False)
-        params["train"]["optimizer"].update(name="adam", lr=0.003, weight_decay=0.0)
-        params["train"]["scheduler"]["name"] = "none"
-        params["train"]["lookahead"]["enabled"] = False
-        params["train"]["loss"]["label_smoothing"] = 0.0
-        params["evaluate"]["tta"] = "none"
+        quick_training(params)
         (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
         run(["git", "add", "-A"], repo)
         run(["git", "commit", "-qm", "small e2e params"], repo)
@@ -170,3 +175,18 @@ def test_experiment_without_validation_split_trains_on_every_image(pipeline_repo
     assert (repo / "metrics" / "plots" / "learning_curves.png").is_file()
     shown = run(["dvc", "plots", "show", "--json"], repo)
     assert "learning_rate" in shown
+
+
+def test_experiment_on_two_processes_runs_the_same_stages(pipeline_repo):
+    """`dvc exp run -S train.devices=2` on a CPU-only machine: the train stage launches two
+    gloo ranks through torchrun, and evaluate and plot read the checkpoint rank 0 wrote."""
+    import torch
+
+    repo, _, _ = pipeline_repo
+    output = run(["dvc", "exp", "run", "-S", "train.devices=2"], repo, timeout=600)
+    assert ran_stages(output)[0] == "train" and ran_stages(output)[-2:] == ["evaluate", "plot"]
+    assert "training on 2 processes" in output and "on 2 processes (cpu, gloo)" in output
+    state = torch.load(repo / "models" / "model.pt", weights_only=True)
+    assert state["params"]["train"]["devices"] == 2
+    assert not any(key.startswith("module.") for key in state["state_dict"])
+    assert json.loads((repo / "metrics" / "eval.json").read_text())["accuracy"] > 0.1

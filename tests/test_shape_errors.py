@@ -2,8 +2,9 @@
 line and the shapes involved, as one SpecError line."""
 import pytest
 
-from cnnspec.compiler import build_model, infer_shapes
+from cnnspec.compiler import build_model
 from cnnspec.errors import SpecError
+from cnnspec.shapes import infer_shapes
 from cnnspec.spec import parse_spec
 from cnnspec.summary import summarize
 

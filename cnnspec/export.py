@@ -1,0 +1,140 @@
+"""Export a checkpoint's inference graph to ONNX or TorchScript, and prove it matches.
+
+    cnnspec export models/model.pt --format onnx          # -> models/model.onnx
+    cnnspec export models/model.pt --format torchscript   # -> models/model.torchscript.pt
+
+The exported graph is inference.InferenceModel in eval mode: normalization, the network,
+softmax. Input `images`: float32 (N, C, H, W), pixels in 0..1 (uint8 / 255, what
+torchvision's ToTensor gives), N dynamic; output `probabilities`: float32 (N, classes).
+In eval mode the in-model augmentation layers return their input and dropout is the
+identity, so neither leaves a trace in the graph.
+
+Before the file is put in place, its outputs are compared with PyTorch's on real test
+images (the prepared test split when it fits the model, else seeded random images, and
+the message says which), at two batch sizes; a difference above TOLERANCE is an error
+and nothing is written.
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cnnspec.atomic import atomic_path
+from cnnspec.errors import CnnspecError
+
+TOLERANCE = 1e-4  # largest |exported - PyTorch| probability accepted
+CHECK_IMAGES = 64
+SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
+
+
+class ExportError(CnnspecError):
+    """The export failed or does not match PyTorch."""
+
+
+def default_output(checkpoint, fmt: str) -> Path:
+    checkpoint = Path(checkpoint)
+    return checkpoint.with_name(checkpoint.name.removesuffix(".pt") + SUFFIXES[fmt])
+
+
+def check_images(model, prepared="data/prepared", count: int = CHECK_IMAGES) -> tuple[torch.Tensor, str]:
+    """float32 (N, C, H, W) in 0..1 to check an export on, and where they came from: the
+    first `count` test images of `prepared` when their shape is the model's, else
+    seeded uniform noise (said so)."""
+    import json
+
+    shape = tuple(model.checkpoint["input_shape"])
+    folder = Path(prepared)
+    try:
+        meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+        if tuple(meta["input_shape"]) == shape:
+            images = np.load(folder / "test_images.npy", mmap_mode="r", allow_pickle=False)[:count]
+            if len(images):
+                return torch.from_numpy(np.array(images)).float() / 255, \
+                    f"{len(images)} test images of {folder}"
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    generator = torch.Generator().manual_seed(0)
+    noise = torch.randint(0, 256, (count, *shape), generator=generator, dtype=torch.uint8)
+    return noise.float() / 255, f"{count} random images (no prepared test images of shape {list(shape)} in {folder})"
+
+
+def _export_onnx(model, example: torch.Tensor, path: Path, opset: int) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript-based exporter's deprecation notice
+        torch.onnx.export(model, (example,), str(path), dynamo=False, opset_version=opset,
+                          input_names=["images"], output_names=["probabilities"],
+                          dynamic_axes={"images": {0: "batch"}, "probabilities": {0: "batch"}})
+
+
+def _export_torchscript(model, example: torch.Tensor, path: Path) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(model, example, check_trace=False)
+        torch.jit.save(traced, str(path))
+
+
+def run_exported(path: Path, fmt: str, images: torch.Tensor) -> np.ndarray:
+    """The exported file's probabilities for `images` (float32 NCHW in 0..1)."""
+    if fmt == "onnx":
+        try:
+            import onnxruntime
+        except ImportError:
+            raise ExportError("checking an ONNX export needs onnxruntime: "
+                              "pip install 'cnnspec[export]'") from None
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return session.run(["probabilities"], {"images": images.numpy()})[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        loaded = torch.jit.load(str(path), map_location="cpu")
+    with torch.inference_mode():
+        return loaded(images).numpy()
+
+
+def largest_difference(path: Path, fmt: str, model, images: torch.Tensor) -> float:
+    """max |exported - PyTorch| over `images` run as one batch and one image at a time
+    (a batch size the graph was not traced with: the batch dimension is dynamic)."""
+    with torch.inference_mode():
+        expected = model(images).numpy()
+    whole = run_exported(path, fmt, images)
+    single = np.concatenate([run_exported(path, fmt, images[i:i + 1]) for i in range(min(3, len(images)))])
+    if whole.shape != expected.shape:
+        raise ExportError(f"{path}: the export returns shape {whole.shape}, PyTorch {expected.shape}")
+    return float(max(np.abs(whole - expected).max(), np.abs(single - expected[:len(single)]).max()))
+
+
+def export(checkpoint, fmt: str, output=None, prepared="data/prepared", opset: int = 17) -> dict:
+    """Export `checkpoint` to `output` (default: beside it) and check it. Returns
+    {"output", "difference", "checked_on"}; raises ExportError when it does not match."""
+    from cnnspec.inference import load_model
+
+    if fmt not in SUFFIXES:
+        raise ExportError(f"--format: expected onnx or torchscript, not {fmt!r}")
+    model = load_model(checkpoint, "cpu")
+    output = Path(output) if output else default_output(checkpoint, fmt)
+    images, checked_on = check_images(model, prepared)
+    example = images[:2]
+    with atomic_path(output) as temporary:
+        try:
+            if fmt == "onnx":
+                _export_onnx(model, example, temporary, opset)
+            else:
+                _export_torchscript(model, example, temporary)
+        except (RuntimeError, torch.onnx.errors.OnnxExporterError) as error:
+            first = (str(error).strip().splitlines() or ["failed"])[0]
+            raise ExportError(f"{checkpoint}: {fmt} export failed: {first}") from None
+        difference = largest_difference(temporary, fmt, model, images)
+        if not difference <= TOLERANCE:
+            raise ExportError(f"{checkpoint}: the {fmt} export differs from PyTorch by {difference:.2e} "
+                              f"(> {TOLERANCE:g}) on {checked_on}; nothing written")
+    return {"output": str(output), "difference": difference, "checked_on": checked_on}
+
+
+def run_command(args) -> int:
+    result = export(args.checkpoint, args.format, args.output, args.check_images, args.opset)
+    print(f"wrote {result['output']}: input images float32 (N, C, H, W) in 0..1, output "
+          f"probabilities; matches PyTorch within {TOLERANCE:g} (largest difference "
+          f"{result['difference']:.1e}) on {result['checked_on']}")
+    return 0

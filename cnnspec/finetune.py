@@ -1,0 +1,144 @@
+"""Fine-tuning: start from an earlier checkpoint, and unfreeze layers part-way through.
+
+    train:
+      init_from: models/base.pt          # "" = fresh weights
+      unfreeze: {after_epochs: 3, layers: [backbone]}
+
+`init_from` copies every tensor of the checkpoint whose name (state_dict key) and shape
+match the new model's, and prints which layers were loaded and which were not. A head
+sized for another number of classes keeps its fresh initialisation, and the log says so;
+a checkpoint none of whose tensors fit is an error naming `train.init_from`.
+
+`unfreeze` makes layers the spec marks `trainable: false` train from the epoch after
+`after_epochs` on. The optimizer holds those parameters from the first step (they get no
+gradient while frozen, so it leaves them alone), and which layers are frozen is a
+function of the epoch number alone: a run resumed before or after the unfreeze epoch
+continues exactly as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import contextlib
+import sys
+from pathlib import Path
+
+from cnnspec.errors import ParamsError, TrainingError
+
+SHOWN = 12  # names listed per line of the init_from report before "... and N more"
+
+
+def check_init_from(options: dict) -> Path | None:
+    """The checkpoint `train.init_from` names, which must be a readable file (the stages
+    check it with every other path param, params.NAMED_PATHS); None when it is ""."""
+    from cnnspec.params import check_named_paths
+
+    if not options.get("init_from"):
+        return None
+    check_named_paths({"train": options}, keys=["train.init_from"])
+    return Path(options["init_from"])
+
+
+def _layer(key: str) -> str:
+    """'layers.conv_1.weight' -> 'conv_1': the layer a state_dict key belongs to."""
+    name = key.removeprefix("layers.")
+    return name.rsplit(".", 1)[0] if "." in name else name
+
+
+def _listed(names) -> str:
+    names = list(dict.fromkeys(names))
+    more = f" ... and {len(names) - SHOWN} more" if len(names) > SHOWN else ""
+    return ", ".join(names[:SHOWN]) + more
+
+
+def init_from(model, path, out=None) -> dict:
+    """Load the tensors of checkpoint `path` that fit `model` (same key, same shape).
+    Returns {"loaded", "reshaped", "missing", "unused"}: lists of state_dict keys."""
+    from cnnspec.checkpoint import read_checkpoint
+    from cnnspec.modules import WhiteningConv
+
+    out = out or sys.stdout
+    try:
+        checkpoint = read_checkpoint(path)
+    except TrainingError as error:
+        raise ParamsError(f"params.yaml: train.init_from: {error}") from None
+    source, target = checkpoint["state_dict"], model.state_dict()
+    loaded = [key for key in target if key in source and source[key].shape == target[key].shape]
+    reshaped = [key for key in target if key in source and source[key].shape != target[key].shape]
+    missing = [key for key in target if key not in source]
+    unused = [key for key in source if key not in target]
+    if not loaded:
+        first = reshaped[0] if reshaped else next(iter(target), "")
+        why = (f"{first} is {list(source[first].shape)} there, {list(target[first].shape)} here"
+               if reshaped else f"it has no tensor named like this model's ({first})")
+        raise ParamsError(f"params.yaml: train.init_from: {path}: no weight fits this model's spec "
+                          f"({why}); is it a checkpoint of another spec?")
+    model.load_state_dict({key: source[key] for key in loaded}, strict=False)
+    for name, module in model.named_modules():
+        if isinstance(module, WhiteningConv) and f"{name}.weight" in loaded:
+            module.loaded_from_checkpoint = True  # keep its filters: no re-init from the new data
+
+    print(f"train.init_from: loaded {len(loaded)} of {len(target)} tensors from {path} "
+          f"(layers: {_listed(_layer(k) for k in loaded)})", file=out)
+    old_classes, new_classes = checkpoint.get("num_classes"), getattr(model, "num_classes", None)
+    if reshaped:
+        shapes = [f"{k} {list(source[k].shape)} -> {list(target[k].shape)}" for k in reshaped]
+        head = (f"; the head is re-initialised: the checkpoint has {old_classes} classes, this model "
+                f"{new_classes}" if old_classes != new_classes else "")
+        print(f"  not loaded, other shape (fresh weights){head}: {_listed(shapes)}", file=out)
+    if missing:
+        print(f"  not loaded, not in the checkpoint (fresh weights): {_listed(missing)}", file=out)
+    if unused:
+        print(f"  in the checkpoint but not in this model (ignored): {_listed(unused)}", file=out)
+    return {"loaded": loaded, "reshaped": reshaped, "missing": missing, "unused": unused}
+
+
+def _matches(parameter_name: str, entry: str) -> bool:
+    """`entry` is a layer name (conv_1) or a dotted path into one (backbone.features.layer4):
+    it matches the parameters under it."""
+    return f".{parameter_name}.".find(f".{entry}.") >= 0
+
+
+class UnfreezeSchedule:
+    """`train.unfreeze`: the parameters of `layers` get requires_grad from epoch
+    `after_epochs` (0-based) on. `apply(epoch)` before every epoch sets the state that
+    epoch should have, whatever happened before: resuming needs nothing saved."""
+
+    def __init__(self, model, options: dict | None):
+        options = options or {}
+        self.after_epochs = int(options.get("after_epochs", 0))
+        self.entries = list(options.get("layers") or [])
+        self.model = model
+        named = list(model.named_parameters())
+        self.parameters = []
+        for entry in self.entries:
+            matched = [p for name, p in named if _matches(name, entry)]
+            if not matched:
+                layers = _listed(dict.fromkeys(_layer(name) for name, _ in named))
+                raise ParamsError(f"params.yaml: train.unfreeze.layers: {entry!r} names no layer "
+                                  f"with parameters in this spec (layers: {layers})")
+            self.parameters += [p for p in matched if not p.requires_grad]
+        self.frozen_layers = list(getattr(model, "frozen_layers", []))
+
+    @contextlib.contextmanager
+    def all_in_optimizer(self):
+        """While the optimizer is built: the parameters to unfreeze count as trainable,
+        so they are in its groups from the start (with their layer's lr_mult)."""
+        for parameter in self.parameters:
+            parameter.requires_grad_(True)
+        try:
+            yield
+        finally:
+            for parameter in self.parameters:
+                parameter.requires_grad_(False)
+
+    def apply(self, epoch: int) -> bool:
+        """Freeze or unfreeze for `epoch`; True in the epoch the layers are unfrozen."""
+        if not self.parameters and not self.entries:
+            return False
+        unfrozen = epoch >= self.after_epochs
+        for parameter in self.parameters:
+            parameter.requires_grad_(unfrozen)
+        if hasattr(self.model, "frozen_layers"):
+            # a layer named whole runs in training mode again (its batch norms update)
+            self.model.frozen_layers = [name for name in self.frozen_layers
+                                        if not (unfrozen and name in self.entries)]
+        return unfrozen and epoch == self.after_epochs

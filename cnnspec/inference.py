@@ -1,0 +1,341 @@
+"""Use a trained model: classify images from files, PIL images, arrays or tensors
+(`cnnspec predict`, `cnnspec.load_model`, `cnnspec.predict`).
+
+    model = cnnspec.load_model("models/model.pt")           # eval mode, normalization inside
+    probabilities = model(pixels)                            # uint8 0..255 or float 0..1, (N, C, H, W)
+    for row in cnnspec.predict(model, ["cat.jpg", "dog.png"], top_k=3):
+        print(row.source, row.classes[0], row.probabilities[0])
+
+Everything comes from the checkpoint (spec text, class names, mean/std, input shape,
+image size, channels and resize policy), so a fresh clone with only the .pt file can
+predict. Images are decoded by `images.read_image`, the same code the preprocess stage
+uses, and normalized with the same float32 arithmetic as the evaluate stage, so a
+prediction equals evaluate's probability for the same image.
+"""
+from __future__ import annotations
+
+import glob
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from cnnspec.errors import CnnspecError, DataError
+from cnnspec.images import ImageReadError, is_image_file, read_image
+
+DECODE_THREADS = 4  # Pillow releases the GIL while decoding
+
+
+class InferenceModel(nn.Module):
+    """A trained SpecModel with its normalization in front and softmax behind.
+
+    `forward(x)`: `x` is (N, C, H, W) pixels, uint8 in 0..255 or float in 0..1 (what
+    torchvision's ToTensor gives); returns class probabilities (N, num_classes), float32.
+    `logits(x)` returns the scores before softmax. Attributes: `classes`, `channels`,
+    `image_size` (H, W), `resize` (the policy images are resized with), `checkpoint`
+    (the checkpoint's plain values, without the weights).
+    """
+
+    def __init__(self, network: nn.Module, mean, std, classes, channels: int,
+                 image_size: tuple[int, int], resize: str, checkpoint: dict | None = None):
+        super().__init__()
+        self.network = network
+        from cnnspec.datasets import Normalize
+
+        normalize = Normalize(mean, std, "cpu")  # training's and evaluation's formula, as buffers
+        self.register_buffer("scale", normalize.scale)
+        self.register_buffer("shift", normalize.shift)
+        self.classes = list(classes)
+        self.channels, self.image_size, self.resize = int(channels), tuple(image_size), resize
+        self.checkpoint = checkpoint or {}
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """(pixels / 255 - mean) / std as datasets.Normalize computes it (one multiply-add),
+        so a uint8 image gets bit for bit the input evaluate gives the network."""
+        if x.dtype == torch.uint8:
+            return self.shift.addcmul(x.float(), self.scale)
+        return self.shift.addcmul(x, self.scale * 255)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.network(self.normalize(x)).float()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.logits(x).softmax(dim=1)
+
+
+def load_model(path, device="cpu") -> InferenceModel:
+    """The checkpoint at `path` as an InferenceModel in eval mode on `device`. A file that
+    is not a cnnspec checkpoint, or of a format this version cannot read, raises a
+    one-line TrainingError."""
+    from cnnspec.checkpoint import image_settings, load_model as load_network
+
+    network, checkpoint = load_network(path, "cpu")
+    channels, size, resize = image_settings(checkpoint)
+    plain = {key: value for key, value in checkpoint.items() if key != "state_dict"}
+    model = InferenceModel(network, checkpoint["mean"], checkpoint["std"], checkpoint["classes"],
+                           channels, size, resize, plain)
+    return model.to(device).eval()
+
+
+# ---------------------------------------------------------------- inputs
+
+def _from_array(array: np.ndarray, model: InferenceModel, name: str) -> torch.Tensor:
+    """One image array: uint8 (H, W), (H, W, C) or (C, H, W), or float in 0..1 (C, H, W)."""
+    channels, (height, width) = model.channels, model.image_size
+    if array.ndim == 2:
+        array = array[None]
+    if array.ndim != 3:
+        raise DataError(f"{name}: expected an image of 2 or 3 dimensions, got shape {array.shape}")
+    if array.shape[0] != channels and array.shape[-1] in (1, 3, 4):
+        array = array.transpose(2, 0, 1)  # HWC -> CHW
+    if array.dtype == np.uint8:
+        if array.shape != (channels, height, width):
+            from PIL import Image  # another size or colour layout: the checkpoint's resize policy
+
+            hwc = array.transpose(1, 2, 0)
+            image = Image.fromarray(hwc[:, :, 0] if hwc.shape[2] == 1 else hwc)
+            array = read_image(image, channels, (height, width), model.resize)
+        return torch.from_numpy(np.array(array))  # a copy: the caller keeps its array
+    if array.shape != (channels, height, width):
+        raise DataError(f"{name}: a float image must already be {channels}x{height}x{width} "
+                        f"(C, H, W) in 0..1, got shape {array.shape}; pass uint8 pixels to resize it")
+    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+
+
+def to_pixels(item, model: InferenceModel, name: str = "input") -> torch.Tensor:
+    """One input (a path, bytes, a PIL image, a numpy array or a tensor) as a (C, H, W)
+    tensor the model takes: uint8 pixels, or float in 0..1 for float inputs."""
+    if isinstance(item, torch.Tensor):
+        item = item.detach().cpu().numpy()
+    if isinstance(item, np.ndarray):
+        return _from_array(item, model, name)
+    return torch.tensor(read_image(item, model.channels, model.image_size, model.resize))
+
+
+def _expand(inputs) -> list:
+    """A single input or a sequence of them; a 4-D array or tensor is a batch of images."""
+    if isinstance(inputs, (str, Path, bytes, bytearray)) or hasattr(inputs, "getpixel"):
+        return [inputs]
+    if isinstance(inputs, (np.ndarray, torch.Tensor)):
+        return list(inputs) if inputs.ndim == 4 else [inputs]
+    return list(inputs)
+
+
+# ---------------------------------------------------------------- prediction
+
+@dataclass
+class Prediction:
+    """The top-k classes of one input, most probable first; `error` instead when the
+    input could not be read (then classes and probabilities are empty)."""
+
+    source: str
+    classes: list[str] = field(default_factory=list)
+    probabilities: list[float] = field(default_factory=list)
+    error: str | None = None
+
+
+@torch.inference_mode()
+def probabilities_of(model: InferenceModel, pixels: torch.Tensor, tta: str = "none") -> torch.Tensor:
+    """Class probabilities of a (N, C, H, W) batch, with evaluate's test-time augmentation."""
+    from cnnspec.evaluation import TTA
+
+    device = model.shift.device
+    pixels = pixels.to(device)
+    return TTA[tta](model.network, model.normalize(pixels)).float()
+
+
+def _top_k(probabilities: torch.Tensor, classes: list[str], k: int):
+    values, indices = probabilities.topk(min(k, probabilities.shape[1]), dim=1)
+    return [([classes[i] for i in row_indices], [float(v) for v in row_values])
+            for row_indices, row_values in zip(indices.tolist(), values.tolist())]
+
+
+def predict(model_or_path, inputs, top_k: int = 1, batch_size: int = 64, device=None,
+            tta: str = "none") -> list[Prediction]:
+    """Classify `inputs`: a path, bytes, PIL image, numpy array (uint8 HWC / CHW, or a
+    float CHW in 0..1), tensor, or a list of them (a 4-D array is a batch). Returns one
+    Prediction per image, in order. An unreadable image raises ImageReadError."""
+    from cnnspec.evaluation import TTA
+
+    if tta not in TTA:
+        raise ValueError(f"tta must be one of {', '.join(TTA)}, not {tta!r}")
+    model = model_or_path if isinstance(model_or_path, InferenceModel) else \
+        load_model(model_or_path, device or "cpu")
+    items = _expand(inputs)
+    names = [str(item) if isinstance(item, (str, Path)) else f"input {index}"
+             for index, item in enumerate(items)]
+    results = []
+    for start in range(0, len(items), batch_size):
+        chunk = [to_pixels(item, model, name) for item, name in
+                 zip(items[start:start + batch_size], names[start:start + batch_size])]
+        results += _predict_batch(model, chunk, names[start:start + batch_size], top_k, tta)
+    return results
+
+
+def _predict_batch(model, pixels: list[torch.Tensor], names: list[str], top_k: int, tta: str):
+    # Mixed uint8 and float inputs share one float batch: uint8 / 255 is normalize's own step.
+    if all(p.dtype == torch.uint8 for p in pixels):
+        batch = torch.stack(pixels)
+    else:
+        batch = torch.stack([p.float() / 255 if p.dtype == torch.uint8 else p for p in pixels])
+    probabilities = probabilities_of(model, batch, tta).cpu()
+    return [Prediction(name, classes, values) for name, (classes, values)
+            in zip(names, _top_k(probabilities, model.classes, top_k))]
+
+
+def predict_files(model: InferenceModel, paths: list[str], top_k: int = 1, batch_size: int = 64,
+                  tta: str = "none", progress: bool = False) -> list[Prediction]:
+    """Classify image files; an unreadable one gets a Prediction with its `error` and
+    the others go on. Files are decoded in a few threads while the model runs."""
+    results: list[Prediction] = []
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(paths), unit="image", file=sys.stderr, dynamic_ncols=True, leave=False)
+
+    def decode(path):
+        try:
+            return read_image(path, model.channels, model.image_size, model.resize)
+        except ImageReadError as error:
+            return error
+
+    with ThreadPoolExecutor(DECODE_THREADS) as pool:
+        for start in range(0, len(paths), batch_size):
+            names = paths[start:start + batch_size]
+            decoded = list(pool.map(decode, names))
+            good = [(name, torch.tensor(array)) for name, array in zip(names, decoded)
+                    if not isinstance(array, Exception)]
+            predicted = iter(_predict_batch(model, [p for _, p in good], [n for n, _ in good], top_k, tta)
+                             if good else [])
+            for name, array in zip(names, decoded):
+                results.append(Prediction(name, error=str(array)) if isinstance(array, Exception)
+                               else next(predicted))
+            if bar is not None:
+                bar.update(len(names))
+    if bar is not None:
+        bar.close()
+    return results
+
+
+# ---------------------------------------------------------------- files on the command line
+
+class NoImagesError(CnnspecError):
+    exit_code = 2
+
+
+def find_images(patterns: list[str]) -> list[str]:
+    """Every image named by `patterns`: a file (taken as given, whatever its suffix), a
+    folder (its image files, recursively) or a glob (`**` recurses). Sorted within each
+    pattern, in the order the patterns came; a path given twice is listed once."""
+    found: list[str] = []
+    for pattern in patterns:
+        path = Path(pattern)
+        if path.is_file():
+            found.append(pattern)
+        elif path.is_dir():
+            found += sorted(str(p) for p in path.rglob("*") if p.is_file() and is_image_file(p))
+        elif glob.has_magic(pattern):
+            matches = sorted(glob.glob(pattern, recursive=True))
+            if not matches:
+                raise NoImagesError(f"{pattern}: no file matches this pattern")
+            for match in matches:
+                found += find_images([match]) if Path(match).is_dir() else [match]
+        else:
+            raise NoImagesError(f"{pattern}: no such file or folder")
+    unique = list(dict.fromkeys(found))
+    if not unique:
+        raise NoImagesError(f"no image files in {' '.join(patterns)} (suffixes: .jpg .jpeg .png "
+                            ".bmp .webp .gif .tif .tiff)")
+    return unique
+
+
+def as_csv(predictions: list[Prediction], top_k: int) -> str:
+    """`path,class,probability[,class_2,probability_2,...],error`."""
+    import csv
+    import io
+
+    header = ["path", "class", "probability"]
+    for rank in range(2, top_k + 1):
+        header += [f"class_{rank}", f"probability_{rank}"]
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(header + ["error"])
+    for p in predictions:
+        cells = []
+        for rank in range(top_k):
+            cells += ([p.classes[rank], f"{p.probabilities[rank]:.6f}"] if rank < len(p.classes) else ["", ""])
+        writer.writerow([p.source] + cells + [p.error or ""])
+    return out.getvalue()
+
+
+def as_json(predictions: list[Prediction]) -> str:
+    import json
+
+    rows = [{"path": p.source,
+             "class": p.classes[0] if p.classes else None,
+             "probability": p.probabilities[0] if p.probabilities else None,
+             "top_k": [{"class": c, "probability": v} for c, v in zip(p.classes, p.probabilities)],
+             "error": p.error} for p in predictions]
+    return json.dumps(rows, indent=2) + "\n"
+
+
+def as_table(predictions: list[Prediction]) -> str:
+    width = max(len(p.source) for p in predictions)
+    lines = []
+    for p in predictions:
+        if p.error:
+            lines.append(f"{p.source:<{width}}  error: {p.error}")
+        else:
+            lines.append(f"{p.source:<{width}}  " + "  ".join(
+                f"{c} {v:.4f}" for c, v in zip(p.classes, p.probabilities)))
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------- the command
+
+def device_from_argument(name: str) -> torch.device:
+    """--device: auto (CUDA when there is one), cpu, cuda, cuda:N."""
+    from cnnspec.cli import UsageError
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"--device: expected auto, cpu, cuda or cuda:N, not {name!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device: cuda is not available on this machine; use auto or cpu")
+    return device
+
+
+def run_command(args) -> int:
+    from cnnspec.cli import UsageError
+
+    if args.top_k < 1:
+        raise UsageError(f"--top-k: expected a number >= 1, not {args.top_k}")
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size: expected a number >= 1, not {args.batch_size}")
+    model = load_model(args.checkpoint, device_from_argument(args.device))
+    paths = find_images(args.paths)
+    predictions = predict_files(model, paths, args.top_k, args.batch_size, args.tta,
+                                progress=sys.stderr.isatty() and len(paths) > args.batch_size)
+    text = {"csv": lambda: as_csv(predictions, args.top_k), "json": lambda: as_json(predictions),
+            "table": lambda: as_table(predictions)}[args.format]()
+    failed = [p for p in predictions if p.error]
+    for p in failed:
+        print(f"error: {p.error}", file=sys.stderr)
+    if args.output:
+        from cnnspec.atomic import write_text
+
+        write_text(args.output, text)
+        print(f"wrote {len(predictions)} predictions to {args.output}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    if failed:
+        print(f"{len(failed)} of {len(predictions)} images could not be read", file=sys.stderr)
+    return 1 if failed else 0

@@ -1,0 +1,32 @@
+"""Export stage (optional; export/dvc.yaml): models/model.pt -> models/export/model.onnx
+(or model.torchscript.pt), checked against PyTorch on data/prepared's test images.
+
+    python stages/export.py        (reads params.yaml: export)
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # `python stages/<name>.py`: import this checkout's cnnspec
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from cnnspec.errors import exit_on_user_error
+from cnnspec.params import load_stage_params
+from cnnspec.pipeline import EXPORT, MODEL, PARAMS, PREPARED
+
+
+@exit_on_user_error
+def main() -> None:
+    params = load_stage_params(PARAMS, sections=["export"])["export"]
+    # torch loads only after params.yaml passed, so a typo fails in a blink.
+    from cnnspec.export import SUFFIXES, TOLERANCE, export
+
+    output = EXPORT / f"model{SUFFIXES[params['format']]}"
+    result = export(MODEL, params["format"], output, PREPARED, params["opset"])
+    print(f"wrote {output}: matches PyTorch within {TOLERANCE:g} (largest difference "
+          f"{result['difference']:.1e}) on {result['checked_on']}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,47 @@
+"""dvc.yaml's deps name every cnnspec file a stage runs, so a change to one of them
+re-runs the stage (download, preprocess and plot list modules one by one)."""
+import ast
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+STAGES = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]
+STAGES["export"] = yaml.safe_load((REPO_ROOT / "export" / "dvc.yaml").read_text())["stages"]["export"]
+
+
+def cnnspec_files(script: str, seen=None) -> set[str]:
+    """The cnnspec files `script` imports, at any depth, lazy imports included."""
+    seen = set() if seen is None else seen
+    for node in ast.walk(ast.parse((REPO_ROOT / script).read_text())):
+        names = []
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "cnnspec":
+            names = [node.module] + ([f"cnnspec.{alias.name}" for alias in node.names]
+                                     if node.module == "cnnspec" else [])
+        elif isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names if alias.name.startswith("cnnspec")]
+        for name in names:
+            for path in ("cnnspec/__init__.py", name.replace(".", "/") + ".py"):
+                if path not in seen and (REPO_ROOT / path).is_file():
+                    seen.add(path)
+                    cnnspec_files(path, seen)
+    return seen
+
+
+@pytest.mark.parametrize("stage", sorted(STAGES))
+def test_every_cnnspec_file_a_stage_runs_is_a_dep(stage):
+    deps = STAGES[stage]["deps"]
+    if "cnnspec" in deps:
+        return  # the whole package
+    needed = cnnspec_files(f"stages/{stage}.py")
+    if "model" not in STAGES[stage]["params"]:
+        needed.discard("cnnspec/plugins.py")  # load_params imports it for the model section only
+    if "cnnspec/params.py" in needed:
+        needed.add("cnnspec/params_schema.json")
+    assert "cnnspec/datasets.py" in needed  # the import walk itself works
+    assert sorted(needed - set(deps)) == []
+
+
+def test_the_import_walk_follows_lazy_imports():
+    assert "cnnspec/export.py" in cnnspec_files("stages/export.py")  # imported inside main()
