@@ -122,15 +122,14 @@ def real_loop(model, data: dict, params: dict, device) -> tuple[float, float, in
 
 
 class BareData:
-    """Training images normalized once, on the device (channels_last on CUDA), as the
-    real loop's data would be if gathering and normalizing per batch cost nothing."""
+    """Training images normalized once, on the device, as the real loop's data would be
+    if gathering and normalizing per batch cost nothing (bare_loop puts them in the
+    loop's memory layout)."""
 
     def __init__(self, data: dict, device: torch.device):
         meta = data["meta"]
         images = torch.from_numpy(data["train_images"]).to(device)
         self.images = Normalize(meta["mean"], meta["std"], device)(images)
-        if device.type == "cuda":
-            self.images = self.images.contiguous(memory_format=torch.channels_last)
         self.labels = torch.from_numpy(data["train_labels"]).to(device)
 
 
@@ -140,8 +139,10 @@ def bare_loop(model, bare: BareData, params: dict, device) -> tuple[float, float
     device = torch.device(device)
     torch.manual_seed(params["seed"])
     model = model.to(device).train()
-    if device.type == "cuda" and params["channels_last"]:
+    images = bare.images
+    if params["channels_last"]:  # as the real loop, on every device
         model = model.to(memory_format=torch.channels_last)
+        images = images.contiguous(memory_format=torch.channels_last)
     step_model = torch.compile(model) if params["compile"] else model
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(params["precision"])
     use_autocast = device.type == "cuda" and dtype is not None
@@ -157,7 +158,7 @@ def bare_loop(model, bare: BareData, params: dict, device) -> tuple[float, float
         for step in range(steps):
             indices = order[step * batch:(step + 1) * batch]
             with torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=use_autocast):
-                loss = criterion(step_model(bare.images[indices]), bare.labels[indices])
+                loss = criterion(step_model(images[indices]), bare.labels[indices])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

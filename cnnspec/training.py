@@ -55,8 +55,8 @@ RESUME_FORMAT = "cnnspec-resume/3"  # 3: a mid-epoch state keeps its per-step lo
 WHITENING_IMAGES = 5000  # training images handed to model.init_from_data (airbench's figure)
 DEVICE_MEMORY_SHARE = 0.5  # the dataset may take this share of free GPU memory
 
-# Run autocast and channels_last on CPU as on CUDA. Only tests and CPU benchmarks turn it
-# on (tests/conftest.py's `cuda_paths_on_cpu` fixture): on a real CPU run they cost speed.
+# Run autocast on CPU as on CUDA. Only tests and CPU benchmarks turn it on
+# (tests/conftest.py's `cuda_paths_on_cpu` fixture): on a real CPU run it costs speed.
 CUDA_PATHS_ON_CPU = False
 
 class TrainingInterrupted(TrainingError):
@@ -203,7 +203,8 @@ class _Run:
     def __init__(self, model, data: DeviceData, params: dict, device: torch.device,
                  init_from_data: bool, ranks: distributed.Ranks | None = None):
         self.params, self.device, self.data, self.ranks = params, device, data, ranks
-        self.channels_last = params["channels_last"] and _cuda_paths(device)
+        # on CPU too: oneDNN's channels-last convolutions train faster there as well
+        self.channels_last = params["channels_last"]
         model = model.to(device)
         if init_from_data:  # a resumed run keeps the saved (data-initialised) weights
             with torch.no_grad():
@@ -320,8 +321,9 @@ class _Run:
 
     def result(self, clock: Clock, start_epoch: int) -> TrainResult:
         """The weights to save (the EMA's, or the best epoch's when early stopping keeps
-        it), in eval mode, with the history and the timings."""
-        model = self.model
+        it), in eval mode, in the standard memory layout (a reloaded model computes the
+        same outputs bit for bit), with the history and the timings."""
+        model = self.model.to(memory_format=torch.contiguous_format)
         if self.ema:
             model.load_state_dict(self.ema.model.state_dict())
         best_epoch = len(self.history) - 1
@@ -587,7 +589,7 @@ class DeviceData:
 # ---------------------------------------------------------------- precision and torch settings
 
 def _cuda_paths(device: torch.device) -> bool:
-    """Whether the CUDA-only speed-ups (autocast, channels_last) apply on `device`."""
+    """Whether the CUDA-only speed-up (autocast) applies on `device`."""
     return device.type == "cuda" or CUDA_PATHS_ON_CPU
 
 

@@ -19,7 +19,7 @@ os.environ.setdefault("GIT_COMMITTER_EMAIL", "tests@cnnspec.invalid")
 
 @pytest.fixture
 def cuda_paths_on_cpu(monkeypatch):
-    """Run the training loop's CUDA-only paths (autocast, channels_last) on CPU."""
+    """Run the training loop's CUDA-only path (autocast) on CPU."""
     from cnnspec import training
 
     monkeypatch.setattr(training, "CUDA_PATHS_ON_CPU", True)

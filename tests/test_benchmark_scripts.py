@@ -105,13 +105,14 @@ def test_bare_loop_trains_the_same_weights_as_the_real_loop():
         torch.testing.assert_close(real_model.state_dict()[name], value, rtol=1e-4, atol=1e-5)
 
 
-def test_the_real_loop_adds_at_most_ten_operations_per_step():
-    """The loop's per-step bookkeeping (gather and normalize the uint8 batch, record the
-    loss, count correct predictions) is a handful of operations beside the model's step;
-    sums, the divergence check and logging wait for the epoch's end."""
+def test_the_real_loop_adds_at_most_eleven_operations_per_step():
+    """The loop's per-step bookkeeping (gather and normalize the uint8 batch, copy it into
+    the channels-last layout, record the loss, count correct predictions) is a handful of
+    operations beside the model's step; sums, the divergence check and logging wait for
+    the epoch's end. The bare loop holds its images in the model's layout already."""
     operations = loop.operations_per_step(loop.ROOT / "specs" / "simcnn.yaml")
     assert operations["bare"] > 50  # forward, backward and the optimizer were counted
-    assert operations["real"] - operations["bare"] <= 10, operations
+    assert operations["real"] - operations["bare"] <= 11, operations
 
 
 def test_train_params_overrides_reach_sub_sections():

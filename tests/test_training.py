@@ -158,7 +158,9 @@ def test_compiled_training_matches_the_uncompiled_loss():
     plain = run_training(train_params(epochs=1))
     compiled = run_training(train_params(epochs=1, compile=True))
     assert compiled.first_step_seconds > 0
-    assert compiled.history[0]["train/loss"] == pytest.approx(plain.history[0]["train/loss"], rel=1e-3)
+    # the same arithmetic reassociated (inductor's fused kernels; channels-last convolutions,
+    # on CPU too) drifts the mean training loss of an epoch by a few 1e-3
+    assert compiled.history[0]["train/loss"] == pytest.approx(plain.history[0]["train/loss"], rel=5e-3)
     assert compiled.history[0]["val/loss"] == pytest.approx(plain.history[0]["val/loss"], rel=1e-3)
 
 

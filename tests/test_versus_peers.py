@@ -1,7 +1,9 @@
 """The benchmark against Keras, Lightning and a plain PyTorch script compares like with
 like: the four build networks with equal parameter counts (and it stops when they do
 not), every framework gets the same images, and the printed table has one row per
-framework with ratios to cnnspec. Timings are printed, never asserted."""
+framework with ratios to cnnspec; all four start from the same initial weights (the same
+outputs before training). Timings are printed, never asserted."""
+import dataclasses
 import gzip
 import importlib.util
 import json
@@ -52,7 +54,7 @@ def test_training_set_is_cut_to_whole_batches(tiny_fashion):
 @pytest.mark.parametrize("model", ["simcnn", "ironhack_cnn", "resnet18_cifar"])
 def test_hand_written_torch_model_matches_the_spec(tiny_fashion, model):
     task = _task(peers.fashion_task_data(tiny_fashion, None, None, batch=32), model)
-    assert peers.torch_counts(peers.torch_model(task)) == peers.torch_counts(peers.cnnspec_model(task))
+    assert peers.torch_counts(peers.torch_architecture(task)) == peers.torch_counts(peers.cnnspec_model(task))
 
 
 @needs_peers
@@ -71,6 +73,69 @@ def test_a_different_network_stops_the_benchmark(tiny_fashion, monkeypatch):
     monkeypatch.setattr(peers, "torch_model", lambda task: torch.nn.Linear(784, 10))
     with pytest.raises(SystemExit, match="simcnn: parameter counts differ .*plain 7,850 trainable"):
         peers.parameter_counts(task)
+
+
+def test_flatten_order_conversion_for_the_first_dense_layer():
+    """torch flattens a feature map (c, h, w), Keras (h, w, c): the converted kernel gives
+    the Keras-layout input the torch layer's output, and a plain transpose would not."""
+    torch.manual_seed(0)
+    channels, height, width = 3, 2, 4
+    feature_map = torch.randn(5, channels, height, width)
+    dense = torch.nn.Linear(channels * height * width, 7, bias=False)
+    expected = dense(feature_map.flatten(1)).detach().numpy()
+    keras_input = feature_map.permute(0, 2, 3, 1).reshape(5, -1).numpy()
+    kernel = peers.keras_dense_kernel(dense.weight.detach(), (height, width, channels))
+    assert kernel.shape == (channels * height * width, 7)
+    np.testing.assert_allclose(keras_input @ kernel, expected, rtol=1e-5, atol=1e-5)
+    transposed = peers.keras_dense_kernel(dense.weight.detach(), None)
+    assert np.abs(keras_input @ transposed - expected).max() > 0.1
+    np.testing.assert_allclose(feature_map.flatten(1).numpy() @ transposed, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_torch_module_gets_cnnspecs_initial_weights(tiny_fashion):
+    task = _task(peers.fashion_task_data(tiny_fashion, None, None, batch=32), "ironhack_cnn")
+    source = peers.cnnspec_model(task)
+    target = peers.torch_architecture(dataclasses.replace(task, seed=1))
+    assert not torch.equal(target[0].weight, source.state_dict()["layers.conv_conv_bn_pool_1.conv_1.weight"])
+    target[4].running_var.fill_(3.0)  # batch-norm statistics are copied too
+    peers.copy_torch_weights(source, target)
+    for ours, theirs in zip(peers._weights(source), peers._weights(target), strict=True):
+        assert torch.equal(ours, theirs)
+    assert all(torch.equal(ours, theirs) for ours, theirs in
+               zip(peers._weights(source), peers._weights(peers.torch_model(task)), strict=True))
+    with pytest.raises(SystemExit, match="do not line up"):
+        peers.copy_torch_weights(source, peers.torch_architecture(dataclasses.replace(task, model="simcnn")))
+
+
+@needs_peers
+@pytest.mark.parametrize("model", ["simcnn", "ironhack_cnn", "resnet18_cifar"])
+def test_all_four_start_from_the_same_weights(tiny_fashion, model):
+    task = _task(peers.fashion_task_data(tiny_fashion, None, None, batch=32), model)
+    outputs = peers.start_logits(task)
+    assert set(outputs) == {"cnnspec", "torch", "keras"} and outputs["cnnspec"].shape == (32, 10)
+    assert np.abs(outputs["cnnspec"]).max() > 0.5  # log-probabilities of ten classes, not zeros
+    for name in ("torch", "keras"):
+        np.testing.assert_allclose(outputs[name], outputs["cnnspec"], atol=1e-4)
+    assert peers.check_same_start(task) <= 1e-4
+
+
+@needs_peers
+def test_keras_with_its_own_initial_weights_stops_the_benchmark(tiny_fashion, monkeypatch):
+    task = _task(peers.fashion_task_data(tiny_fashion, None, None, batch=32))
+    monkeypatch.setattr(peers, "set_keras_weights", lambda model, source: None)  # Glorot-uniform, zero biases
+    with pytest.raises(SystemExit, match="simcnn: the frameworks do not start from the same weights"):
+        peers.check_same_start(task)
+
+
+def test_dvc_subset_files_decode_to_the_task_images(tiny_fashion, tmp_path):
+    task = _task(peers.fashion_task_data(tiny_fashion, 96, 20, batch=32))
+    folder = tmp_path / "subset"
+    folder.mkdir()
+    peers.write_fashion_subset(task, folder)
+    decoded = peers.fashion_task_data(folder, None, None, batch=32)
+    for key in ("train_images", "train_labels", "test_images", "test_labels"):
+        np.testing.assert_array_equal(decoded[key], getattr(task, key))
+    assert decoded["train_images"].shape == (96, 1, 28, 28)
 
 
 def test_summary_ratios_and_accuracy_flag():
