@@ -3,7 +3,8 @@ data, with the same recipe, trained by
   cnnspec    `cnnspec.training.train`, called as stages/train.py calls it (resume state
              and DVCLive log written every epoch, to a temporary folder);
   keras      Keras 3 on its torch backend, `model.fit` on numpy arrays (the seeds' API),
-             the model written with keras layers mirroring the spec;
+             one unshuffled fit call per epoch, the model written with keras layers
+             mirroring the spec;
   lightning  PyTorch Lightning, `Trainer.fit` with a LightningModule and DataLoaders
              (defaults kept: checkpoint and logger in a temporary folder);
   plain      a script in the style of torchvision's reference train.py: a Dataset that
@@ -21,7 +22,11 @@ Data: Fashion-MNIST from Debian (/usr/share/datasets/fashion-mnist/), decoded an
 described by cnnspec's own `get_dataset(...).decode` and `prepare` (no validation split;
 per-channel mean/std of the training images, which every framework uses to normalize).
 The training set is cut to a whole number of batches so that every framework trains
-the same images per epoch (cnnspec drops a partial last batch, Keras does not). Every
+the same images per epoch (cnnspec drops a partial last batch, Keras does not), and
+all four see them in cnnspec's order: each epoch's torch.randperm from a generator seeded
+as cnnspec's loop seeds it (`cnnspec_epoch_orders`), served to Lightning and plain by a
+Sampler and to Keras as the epoch's images gathered in that order (the gather is timed,
+as Keras' own shuffle inside fit was). Every
 framework evaluates the test set after every epoch (cnnspec through its validation
 split, which is the test set here; Keras through `validation_data`; Lightning through
 `val_dataloaders`), in batches of max(4 x batch, 1024) as cnnspec does.
