@@ -3,7 +3,8 @@ data, with the same recipe, trained by
   cnnspec    `cnnspec.training.train`, called as stages/train.py calls it (resume state
              and DVCLive log written every epoch, to a temporary folder);
   keras      Keras 3 on its torch backend, `model.fit` on numpy arrays (the seeds' API),
-             the model written with keras layers mirroring the spec;
+             one unshuffled fit call per epoch, the model written with keras layers
+             mirroring the spec;
   lightning  PyTorch Lightning, `Trainer.fit` with a LightningModule and DataLoaders
              (defaults kept: checkpoint and logger in a temporary folder);
   plain      a script in the style of torchvision's reference train.py: a Dataset that
@@ -21,7 +22,11 @@ Data: Fashion-MNIST from Debian (/usr/share/datasets/fashion-mnist/), decoded an
 described by cnnspec's own `get_dataset(...).decode` and `prepare` (no validation split;
 per-channel mean/std of the training images, which every framework uses to normalize).
 The training set is cut to a whole number of batches so that every framework trains
-the same images per epoch (cnnspec drops a partial last batch, Keras does not). Every
+the same images per epoch (cnnspec drops a partial last batch, Keras does not), and
+all four see them in cnnspec's order: each epoch's torch.randperm from a generator seeded
+as cnnspec's loop seeds it (`cnnspec_epoch_orders`), served to Lightning and plain by a
+Sampler and to Keras as the epoch's images gathered in that order (the gather is timed,
+as Keras' own shuffle inside fit was). Every
 framework evaluates the test set after every epoch (cnnspec through its validation
 split, which is the test set here; Keras through `validation_data`; Lightning through
 `val_dataloaders`), in batches of max(4 x batch, 1024) as cnnspec does.
@@ -321,13 +326,51 @@ class ImageArrays(torch.utils.data.Dataset):
         return image, int(self.labels[index])
 
 
+def cnnspec_epoch_orders(task: Task) -> list[torch.Tensor]:
+    """The order in which cnnspec's loop (cnnspec/training.py) visits the training
+    images in each epoch, as CPU index tensors: one generator on the training device
+    seeded with the seed, a torch.randperm of all training images at the start of every
+    epoch, cut into consecutive batches (the task's set is a whole number of batches, so
+    the loop drops none). With --hflip the loop's flips draw torch.rand(batch) from the
+    same generator at every step; those draws are replayed so later epochs stay in step.
+    Every framework trains in these orders: otherwise each shuffles its own way, and the
+    final accuracies land points apart for that alone."""
+    generator = torch.Generator(device=task.device).manual_seed(task.seed)
+    count = len(task.train_labels)
+    orders = []
+    for _ in range(task.epochs):
+        orders.append(torch.randperm(count, device=task.device, generator=generator).cpu())
+        if task.hflip:
+            for _ in range(count // task.batch):
+                torch.rand(task.batch, device=task.device, generator=generator)
+    return orders
+
+
+class EpochOrderSampler(torch.utils.data.Sampler):
+    """Yields epoch e's indices from `orders` (cnnspec_epoch_orders). Lightning calls
+    set_epoch before every epoch (as it does for a DistributedSampler); the plain loop
+    calls it as torchvision's reference script does."""
+
+    def __init__(self, orders: list[torch.Tensor]):
+        self.orders, self.epoch = orders, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self):
+        return len(self.orders[0])
+
+    def __iter__(self):
+        return iter(self.orders[self.epoch].tolist())
+
+
 def loaders(task: Task):
     cuda = task.device.type == "cuda"
     train_set = ImageArrays(task.train_images, task.train_labels, task.mean, task.std, task.hflip)
     test_set = ImageArrays(task.test_images, task.test_labels, task.mean, task.std)
-    generator = torch.Generator().manual_seed(task.seed)
-    train_loader = torch.utils.data.DataLoader(train_set, batch_size=task.batch, shuffle=True,
-                                               num_workers=task.workers, pin_memory=cuda, generator=generator)
+    train_loader = torch.utils.data.DataLoader(train_set, batch_size=task.batch,
+                                               sampler=EpochOrderSampler(cnnspec_epoch_orders(task)),
+                                               num_workers=task.workers, pin_memory=cuda)
     test_loader = torch.utils.data.DataLoader(test_set, batch_size=task.eval_batch, num_workers=task.workers,
                                               pin_memory=cuda)
     return train_loader, test_loader
@@ -346,7 +389,8 @@ def run_plain(task: Task) -> tuple[list[float], list[float]]:
     train_loader, test_loader = loaders(task)
     ends, accuracies = [], []
     started = time.perf_counter()
-    for _ in range(task.epochs):
+    for epoch in range(task.epochs):
+        train_loader.sampler.set_epoch(epoch)
         model.train()
         running_loss = 0.0
         for images, labels in train_loader:
@@ -514,12 +558,19 @@ def run_keras(task: Task) -> tuple[list[float], list[float]]:
         def on_epoch_end(self, epoch, logs=None):
             ends.append(time.perf_counter() - started)
 
+    orders = [order.numpy() for order in cnnspec_epoch_orders(task)]
+    accuracies = []
     started = time.perf_counter()
-    history = model.fit(x_train, task.train_labels, batch_size=task.batch, epochs=task.epochs, shuffle=True,
-                        validation_data=(x_test, task.test_labels), validation_batch_size=task.eval_batch,
-                        callbacks=[EpochEnds()], verbose=0)
+    for epoch, order in enumerate(orders):
+        # One fit call per epoch on the images in cnnspec's order, unshuffled: the gather
+        # stands in for the shuffle fit(shuffle=True) does inside the timed call, so it is timed too.
+        history = model.fit(x_train[order], task.train_labels[order], batch_size=task.batch,
+                            initial_epoch=epoch, epochs=epoch + 1, shuffle=False,
+                            validation_data=(x_test, task.test_labels), validation_batch_size=task.eval_batch,
+                            callbacks=[EpochEnds()], verbose=0)
+        accuracies += history.history["val_accuracy"]
     _synchronize(task.device)
-    return ends, list(history.history["val_accuracy"])
+    return ends, accuracies
 
 
 # ---------------------------------------------------------------- the same network everywhere

@@ -174,3 +174,81 @@ def test_quick_mode_prints_one_row_per_framework(tiny_fashion, tmp_path, capsys)
         assert row.ratio_epoch == pytest.approx(row.epoch_seconds / rows[0].epoch_seconds)
     saved = json.loads(out_json.read_text())
     assert len(saved["runs"]) == 4 and all(len(run["test_accuracy"]) == 1 for run in saved["runs"])
+
+
+# ---------------------------------------------------------------- the same data order everywhere
+
+@pytest.mark.parametrize("hflip", [False, True])
+def test_epoch_orders_are_the_ones_cnnspecs_loop_trains_in(tiny_fashion, monkeypatch, hflip):
+    """The indices cnnspec's loop hands each step, recorded from a real train() call,
+    are cnnspec_epoch_orders cut into consecutive batches; with hflip the flips' draws
+    from the same generator are replayed, so epoch 2 still matches."""
+    from cnnspec import training
+
+    task = dataclasses.replace(_task(peers.fashion_task_data(tiny_fashion, None, 40, batch=32)),
+                               epochs=2, hflip=hflip)
+    steps = []
+    original_step = training._Run.step
+
+    def recording_step(run, indices, epoch):
+        steps.append((epoch, indices.clone()))
+        return original_step(run, indices, epoch)
+
+    monkeypatch.setattr(training._Run, "step", recording_step)
+    peers.run_cnnspec(task)
+    orders = peers.cnnspec_epoch_orders(task)
+    assert len(orders) == 2 and len(steps) == 2 * 192 // 32
+    for epoch, order in enumerate(orders):
+        batches = [indices for seen, indices in steps if seen == epoch]
+        assert all(len(indices) == 32 for indices in batches)
+        assert torch.equal(torch.cat(batches), order)
+        assert sorted(order.tolist()) == list(range(192))
+    assert not torch.equal(orders[0], orders[1])
+    assert not torch.equal(orders[1], peers.cnnspec_epoch_orders(dataclasses.replace(task, hflip=not hflip))[1])
+
+
+def test_torch_loader_serves_cnnspecs_order_each_epoch(tiny_fashion):
+    task = dataclasses.replace(_task(peers.fashion_task_data(tiny_fashion, None, 40, batch=32)), epochs=2)
+    train_loader, _ = peers.loaders(task)
+    for epoch, order in enumerate(peers.cnnspec_epoch_orders(task)):
+        train_loader.sampler.set_epoch(epoch)
+        batches = list(train_loader)
+        assert [len(labels) for _, labels in batches] == [32] * 6
+        images = torch.cat([images for images, _ in batches])
+        np.testing.assert_allclose(images.numpy(), task.normalized(task.train_images[order.numpy()]), atol=1e-6)
+
+
+@needs_peers
+def test_lightning_moves_the_sampler_to_each_epoch(tiny_fashion, monkeypatch):
+    task = dataclasses.replace(_task(peers.fashion_task_data(tiny_fashion, None, 40, batch=32)), epochs=2)
+    served = []
+    original_iter = peers.EpochOrderSampler.__iter__
+
+    def recording_iter(sampler):
+        served.append(sampler.epoch)
+        return original_iter(sampler)
+
+    monkeypatch.setattr(peers.EpochOrderSampler, "__iter__", recording_iter)
+    ends, accuracies = peers.run_lightning(task)
+    assert served == [0, 1] and len(accuracies) == 2
+
+
+@needs_peers
+def test_keras_fits_each_epoch_on_cnnspecs_order_unshuffled(tiny_fashion, monkeypatch):
+    task = dataclasses.replace(_task(peers.fashion_task_data(tiny_fashion, None, 40, batch=32)), epochs=2)
+    keras = peers.import_keras(task.device)
+    calls = []
+    original_fit = keras.Model.fit
+
+    def recording_fit(model, x, y, **options):
+        calls.append((np.array(x), options["shuffle"], options["initial_epoch"], options["epochs"]))
+        return original_fit(model, x, y, **options)
+
+    monkeypatch.setattr(keras.Model, "fit", recording_fit)
+    ends, accuracies = peers.run_keras(task)
+    assert len(ends) == len(accuracies) == 2
+    for epoch, (order, (x, shuffle, initial, last)) in enumerate(zip(peers.cnnspec_epoch_orders(task), calls,
+                                                                      strict=True)):
+        assert (shuffle, initial, last) == (False, epoch, epoch + 1)
+        expected = task.normalized(task.train_images[order.numpy()]).transpose(0, 2, 3, 1)
+        np.testing.assert_allclose(x, expected, atol=1e-6)
