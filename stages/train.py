@@ -46,7 +46,7 @@ def run(params_path=PARAMS, prepared=PREPARED, model_path=MODEL, resume_path=RES
         processes = distributed.process_count(options)
         if processes > 1:  # this process launches the ranks and waits for them
             distributed.check_request(options, processes)
-            print(f"training on {processes} processes (torch.distributed.run)", flush=True)
+            print(f"launching {processes} processes (torch.distributed.run)", flush=True)
             distributed.launch(processes, str(Path(__file__).resolve()),
                                path_arguments(params_path, prepared, model_path, resume_path, log_dir))
             return None

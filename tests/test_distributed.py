@@ -284,7 +284,7 @@ def test_two_processes_train_a_checkpoint_that_scores_like_one_process(tmp_path)
     assert single.returncode == 0, single.stderr
     double = run_stage(two)
     assert double.returncode == 0, double.stderr
-    assert "training on 2 processes" in double.stdout and "on 2 processes (cpu, gloo)" in double.stdout
+    assert "launching 2 processes" in double.stdout and "on 2 processes (cpu, gloo)" in double.stdout
     assert double.stdout.count("epoch 2/2") == 1  # printed by rank 0 alone
     from benchmarks.bench_data_parallel import STAGE_LINE  # what the scaling benchmark reads
 
@@ -315,7 +315,7 @@ def test_the_stage_joins_a_torchrun_the_user_started(tmp_path):
                               cwd=tmp_path, capture_output=True, text=True, timeout=180, env=stage_environment())
     assert finished.returncode == 0, finished.stderr
     assert finished.stdout.count("on 2 processes (cpu, gloo)") == 1
-    assert "training on" not in finished.stdout  # no launch of its own
+    assert "launching" not in finished.stdout  # no launch of its own
     assert (tmp_path / "models" / "model.pt").is_file()
     assert not (tmp_path / "models" / "resume" / "state.pt").exists()
 
@@ -488,7 +488,7 @@ def test_a_state_saved_by_two_processes_resumes_in_one(killed_run, tmp_path):
     finished = run_stage(folder)
     assert finished.returncode == 0, finished.stderr
     assert f"resuming from models/resume/state.pt at epoch {next_epoch + 1}" in finished.stderr
-    assert "training on" not in finished.stdout  # one process, no launch
+    assert "launching" not in finished.stdout  # one process, no launch
     logged = (folder / "metrics" / "train" / "plots" / "metrics" / "train" / "loss.tsv").read_text()
     assert len(logged.splitlines()) == 1 + KILL_PARAMS["epochs"]
     assert json.loads((folder / "metrics" / "train" / "metrics.json").read_text())["val"]["accuracy"] > 0.6

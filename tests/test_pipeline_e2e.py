@@ -224,7 +224,7 @@ def test_experiment_on_two_processes_runs_the_same_stages(pipeline_repo):
     repo, _, _ = pipeline_repo
     output = run(["dvc", "exp", "run", "-S", "train.devices=2"], repo, timeout=600)
     assert ran_stages(output)[:2] == ["resolve", "train"] and ran_stages(output)[-2:] == ["evaluate", "plot"]
-    assert "training on 2 processes" in output and "on 2 processes (cpu, gloo)" in output
+    assert "launching 2 processes" in output and "on 2 processes (cpu, gloo)" in output
     state = torch.load(repo / "models" / "model.pt", weights_only=True)
     assert state["params"]["train"]["devices"] == 2
     assert not any(key.startswith("module.") for key in state["state_dict"])
