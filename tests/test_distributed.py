@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -254,21 +255,17 @@ def test_a_mistake_every_rank_finds_is_told_once_in_its_own_words(tmp_path):
     assert not (tmp_path / "models").exists() and not (tmp_path / "metrics").exists()
 
 
-def test_accuracy(model_path: Path, folder: Path, split: str = "test") -> float:
-    from cnnspec.checkpoint import load_model
+def accuracy_of(model_path: Path, folder: Path, split: str = "test") -> float:
+    """The checkpoint's accuracy on a prepared split, through cnnspec's own inference model
+    (its normalization is the one training and evaluation use)."""
+    import cnnspec
     from cnnspec.datasets import load_prepared
 
-    model, checkpoint = load_model(model_path)
+    model = cnnspec.load_model(model_path)
     data = load_prepared(folder / "data" / "prepared")
-    images = torch.from_numpy(data[f"{split}_images"]).float() / 255
-    mean = torch.tensor(checkpoint["mean"]).view(1, -1, 1, 1)
-    std = torch.tensor(checkpoint["std"]).view(1, -1, 1, 1)
     with torch.inference_mode():
-        predicted = model((images - mean) / std).argmax(1)
+        predicted = model.logits(torch.from_numpy(np.ascontiguousarray(data[f"{split}_images"]))).argmax(1)
     return (predicted == torch.from_numpy(data[f"{split}_labels"])).double().mean().item()
-
-
-test_accuracy.__test__ = False  # a helper, not a test
 
 
 @pytest.mark.slow
@@ -293,13 +290,13 @@ def test_two_processes_train_a_checkpoint_that_scores_like_one_process(tmp_path)
     reference = torch.load(one / "models" / "model.pt", weights_only=True)["state_dict"]
     assert list(state) == list(reference)  # no `module.` prefix
     assert not any(key.startswith("module.") for key in state)
-    accuracy_one, accuracy_two = test_accuracy(one / "models" / "model.pt", one), \
-        test_accuracy(two / "models" / "model.pt", two)
+    accuracy_one, accuracy_two = accuracy_of(one / "models" / "model.pt", one), \
+        accuracy_of(two / "models" / "model.pt", two)
     assert accuracy_one > 0.6, accuracy_one  # it learned (chance is 0.1)
     assert abs(accuracy_two - accuracy_one) <= 0.01, (accuracy_one, accuracy_two)
     # what rank 0 logged is the whole validation split's, summed over both ranks' halves
     logged = json.loads((two / "metrics" / "train" / "metrics.json").read_text())["val"]["accuracy"]
-    assert logged == pytest.approx(test_accuracy(two / "models" / "model.pt", two, "val"), abs=1 / 200)
+    assert logged == pytest.approx(accuracy_of(two / "models" / "model.pt", two, "val"), abs=1 / 200)
     assert not (two / "models" / "resume" / "state.pt").exists()
 
 
