@@ -1,5 +1,5 @@
 """Does `train.channels_last` speed up cnnspec's training on a CPU? The real loop
-(`cnnspec.training.train`, fp32, Adam, batch 64) on Fashion-MNIST, NCHW against
+(`cnnspec.training.loop.train`, fp32, Adam, batch 64) on Fashion-MNIST, NCHW against
 channels_last, in interleaved rounds (the order alternating each round), per model and
 torch thread count. Prints the median seconds of the steps (first step excluded) and the
 median of the per-round ratio NCHW / channels_last (above 1: channels_last is faster).
@@ -20,7 +20,8 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.bench_loop_overhead import NO_EXTRAS, train_params  # noqa: E402
 from benchmarks.versus_peers import DEBIAN_FOLDER, fashion_task_data  # noqa: E402
-from cnnspec import build_model, load_spec, training  # noqa: E402
+from cnnspec import build_model, load_spec  # noqa: E402
+from cnnspec.training import loop as training  # noqa: E402
 
 
 def seconds(model_name: str, data: dict, channels_last: bool, epochs: int) -> float:

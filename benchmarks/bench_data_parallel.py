@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.bench_loop_overhead import random_prepared  # noqa: E402
-from cnnspec.datasets import decode_raw, prepare, write_prepared  # noqa: E402
+from cnnspec.data.datasets import decode_raw, prepare, write_prepared  # noqa: E402
 
 DEBIAN_FOLDER = Path("/usr/share/datasets/fashion-mnist")
 CPU_SPEC = """name: fashion_small
@@ -90,8 +90,8 @@ def scaling_efficiency(throughput: float, processes: int, single: float) -> floa
 
 
 def test_accuracy(folder: Path) -> float:
-    from cnnspec.checkpoint import load_model
-    from cnnspec.datasets import load_prepared
+    from cnnspec.models.checkpoint import load_model
+    from cnnspec.data.datasets import load_prepared
 
     model, checkpoint = load_model(folder / "models" / "model.pt")
     data = load_prepared(folder / "data" / "prepared")

@@ -1,5 +1,5 @@
 """Loop overhead: images/s of cnnspec's real training loop
-(`cnnspec.training.train`, logging to DVCLive in a temporary folder as the stage does)
+(`cnnspec.training.loop.train`, logging to DVCLive in a temporary folder as the stage does)
 against a bare loop that trains the same model on the same data, already normalized
 on the device, with the same optimizer and loss and nothing else. Both run in the same
 process, in interleaved rounds; the median ratio is printed (target on a GPU: >= 0.95).
@@ -36,12 +36,12 @@ from torch.utils._python_dispatch import TorchDispatchMode
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from cnnspec import optimization  # noqa: E402
-from cnnspec.compiler import build_model  # noqa: E402
-from cnnspec.datasets import Normalize  # noqa: E402
+from cnnspec.training import optimization  # noqa: E402
+from cnnspec.models.compiler import build_model  # noqa: E402
+from cnnspec.data.datasets import Normalize  # noqa: E402
 from cnnspec.errors import exit_on_user_error  # noqa: E402
-from cnnspec.params import load_params  # noqa: E402
-from cnnspec.training import pick_device, train  # noqa: E402
+from cnnspec.pipeline.params import load_params  # noqa: E402
+from cnnspec.training.loop import pick_device, train  # noqa: E402
 
 CIFAR_SHAPE = (3, 32, 32)
 
@@ -111,7 +111,7 @@ def loop_params(batch_size: int, epochs: int, seed: int = 0, compile: bool = Fal
 
 def real_loop(model, data: dict, params: dict, device) -> tuple[float, float, int]:
     """(wall seconds of the call, the loop's own seconds without its first step, images
-    trained) for cnnspec.training.train logging to a temporary DVCLive folder."""
+    trained) for cnnspec.training.loop.train logging to a temporary DVCLive folder."""
     with tempfile.TemporaryDirectory() as log_dir:
         started = time.perf_counter()
         result = train(model, data, params, device, log_dir=log_dir)

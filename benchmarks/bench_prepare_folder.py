@@ -7,7 +7,7 @@ images, each pasted at a random offset on a tinted background so every file diff
 written in parallel and kept for the next run), then runs the real preprocess stage
 (`python stages/preprocess.py`, data.dataset: folder) as a child process and prints:
 images/s, the stage process's peak RSS (VmHWM), the interpreter's RSS before the data
-is touched, the decode window ("one chunk", cnnspec.imagesets.WINDOW_BYTES), and the
+is touched, the decode window ("one chunk", cnnspec.data.user_datasets.WINDOW_BYTES), and the
 largest peak RSS of any process of the tree (the decode workers included).
 
 Target: stage peak RSS below interpreter + 1.5 x one chunk, whatever N (what still
@@ -40,7 +40,7 @@ def status(key):
         if line.startswith(key):
             return int(line.split()[1]) * 1024
 sys.path.insert(0, {repo!r})
-import numpy, PIL.Image, cnnspec.imagesets, cnnspec.params, cnnspec.datasets
+import numpy, PIL.Image, cnnspec.data.user_datasets, cnnspec.pipeline.params, cnnspec.data.datasets
 baseline = status('VmRSS:')
 sys.argv = ['stages/preprocess.py']
 import runpy
@@ -135,7 +135,7 @@ def measure(folder: Path, count: int) -> dict:
         prepared = Path(scratch) / "data" / "prepared"
         meta = json.loads((prepared / "meta.json").read_text())
         assert sum(meta["counts"].values()) == count, meta["counts"]
-    from cnnspec.imagesets import WINDOW_BYTES, default_workers
+    from cnnspec.data.user_datasets import WINDOW_BYTES, default_workers
 
     return {"images": count, "seconds": seconds, "images_per_s": count / seconds,
             "baseline_mib": figures["baseline"] / 2**20, "peak_mib": figures["peak"] / 2**20,

@@ -19,7 +19,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from cnnspec.compiler import build_model  # noqa: E402
+from cnnspec.models.compiler import build_model  # noqa: E402
 
 SPEC = ROOT / "specs" / "simcnn.yaml"
 

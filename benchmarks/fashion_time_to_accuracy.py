@@ -1,6 +1,6 @@
 """Time to accuracy on real data: Fashion-MNIST from Debian's
 dataset-fashion-mnist package, through the pipeline's own code (the fashion-mnist
-decoder and `prepare` of cnnspec.datasets, `cnnspec.training.train`, the evaluate
+decoder and `prepare` of cnnspec.data.datasets, `cnnspec.training.loop.train`, the evaluate
 stage's `predict_probabilities`), with specs/fashion_resnet.yaml.
 
     python benchmarks/fashion_time_to_accuracy.py                  # GPU: budgets 15, 60, 180 s
@@ -30,10 +30,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.bench_loop_overhead import spec_model, train_params  # noqa: E402
-from cnnspec.datasets import get_dataset, prepare  # noqa: E402
+from cnnspec.data.datasets import get_dataset, prepare  # noqa: E402
 from cnnspec.errors import exit_on_user_error  # noqa: E402
-from cnnspec.evaluation import predict_probabilities  # noqa: E402
-from cnnspec.training import pick_device, train  # noqa: E402
+from cnnspec.inference.evaluation import predict_probabilities  # noqa: E402
+from cnnspec.training.loop import pick_device, train  # noqa: E402
 
 DEBIAN_FOLDER = Path("/usr/share/datasets/fashion-mnist")
 SPEC = ROOT / "specs" / "fashion_resnet.yaml"

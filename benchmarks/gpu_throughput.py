@@ -1,5 +1,5 @@
 """GPU figures: for speedrun94 and resnet18_cifar on CIFAR-shaped
-random data, the real training loop (`cnnspec.training.train`, the params.yaml recipe)
+random data, the real training loop (`cnnspec.training.loop.train`, the params.yaml recipe)
 with and without torch.compile, bf16 autocast against fp32: seconds per epoch, images/s,
 peak memory, and MFU = model FLOPs per second / 790e12 (an H100's dense bf16 rate), the
 FLOPs of one training step (forward + backward) counted by torch.utils.flop_counter.
@@ -33,8 +33,8 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.bench_loop_overhead import (CIFAR_SHAPE, random_prepared, spec_model,  # noqa: E402
                                             synchronize, train_params)
 from cnnspec.errors import exit_on_user_error  # noqa: E402
-from cnnspec import training  # noqa: E402
-from cnnspec.training import pick_device, train  # noqa: E402
+from cnnspec.training import loop as training  # noqa: E402
+from cnnspec.training.loop import pick_device, train  # noqa: E402
 
 H100_BF16_FLOPS = 790e12  # dense bf16 matrix work per second (ANCHORS.md)
 BATCH_SIZES = {"speedrun94": 1024, "resnet18_cifar": 512}

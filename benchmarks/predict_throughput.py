@@ -38,10 +38,10 @@ def main(argv=None) -> None:
     import cnnspec
     from PIL import Image
 
-    from cnnspec.checkpoint import save_checkpoint
-    from cnnspec.datasets import read_idx
-    from cnnspec.images import read_image
-    from cnnspec.inference import load_model, predict_files
+    from cnnspec.models.checkpoint import save_checkpoint
+    from cnnspec.data.datasets import read_idx
+    from cnnspec.data.images import read_image
+    from cnnspec.inference.predict import load_model, predict_files
 
     images = read_idx(args.data / "t10k-images-idx3-ubyte.gz", rank=3)[:args.images]
     spec_text = SPEC.read_text().split('SPEC = """\\\n', 1)[1].split('"""', 1)[0]

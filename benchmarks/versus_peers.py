@@ -1,6 +1,6 @@
 """cnnspec against what a user would pick instead: the same network, on the same real
 data, with the same recipe, trained by
-  cnnspec    `cnnspec.training.train`, called as stages/train.py calls it (resume state
+  cnnspec    `cnnspec.training.loop.train`, called as stages/train.py calls it (resume state
              and DVCLive log written every epoch, to a temporary folder);
   keras      Keras 3 on its torch backend, `model.fit` on numpy arrays (the seeds' API),
              one unshuffled fit call per epoch, the model written with keras layers
@@ -77,9 +77,9 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.bench_loop_overhead import NO_EXTRAS, train_params  # noqa: E402
 from cnnspec import build_model, load_spec  # noqa: E402
-from cnnspec.datasets import get_dataset, prepare  # noqa: E402
+from cnnspec.data.datasets import get_dataset, prepare  # noqa: E402
 from cnnspec.errors import exit_on_user_error  # noqa: E402
-from cnnspec.training import pick_device, train  # noqa: E402
+from cnnspec.training.loop import pick_device, train  # noqa: E402
 
 DEBIAN_FOLDER = Path("/usr/share/datasets/fashion-mnist")
 FRAMEWORKS = ("cnnspec", "keras", "lightning", "plain")
@@ -327,7 +327,7 @@ class ImageArrays(torch.utils.data.Dataset):
 
 
 def cnnspec_epoch_orders(task: Task) -> list[torch.Tensor]:
-    """The order in which cnnspec's loop (cnnspec/training.py) visits the training
+    """The order in which cnnspec's loop (cnnspec/training/loop.py) visits the training
     images in each epoch, as CPU index tensors: one generator on the training device
     seeded with the seed, a torch.randperm of all training images at the start of every
     epoch, cut into consecutive batches (the task's set is a whole number of batches, so
@@ -746,7 +746,7 @@ def dvc_repro(model: str, task: Task) -> dict:
 
     import yaml
 
-    from cnnspec.download import md5_of
+    from cnnspec.data.download import md5_of
 
     with tempfile.TemporaryDirectory() as repo, tempfile.TemporaryDirectory() as images:
         repo, images = Path(repo), Path(images)

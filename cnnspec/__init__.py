@@ -18,16 +18,16 @@ __all__ = ["load_spec", "parse_spec", "build_model", "summarize", "register_laye
            "DataError", "TrainingError"]
 
 _LAZY = {
-    "load_spec": "cnnspec.spec",
-    "parse_spec": "cnnspec.spec",
-    "build_model": "cnnspec.compiler",
-    "summarize": "cnnspec.summary",
+    "load_spec": "cnnspec.spec.reader",
+    "parse_spec": "cnnspec.spec.reader",
+    "build_model": "cnnspec.models.compiler",
+    "summarize": "cnnspec.models.summary",
     "register_layer": "cnnspec.layers",   # a layer type from user code (docs/spec.md)
     "LayerRule": "cnnspec.layers",
     "Inferred": "cnnspec.layers",
-    "load_plugins": "cnnspec.plugins",
-    "load_model": "cnnspec.inference",
-    "predict": "cnnspec.inference",
+    "load_plugins": "cnnspec.spec.plugins",
+    "load_model": "cnnspec.inference.predict",
+    "predict": "cnnspec.inference.predict",
 }
 
 

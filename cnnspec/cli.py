@@ -19,16 +19,10 @@ import os
 import re
 import sys
 
-from cnnspec.errors import CnnspecError, debug_enabled, exit_on_user_error
+from cnnspec.errors import CnnspecError, UsageError, debug_enabled, exit_on_user_error
 
 DEFAULT_CLASSES = 10
 SHAPE = re.compile(r"^(\d+)x(\d+)x(\d+)$")
-
-
-class UsageError(CnnspecError):
-    """A bad command-line argument."""
-
-    exit_code = 2
 
 
 def parse_shape(text: str | None) -> tuple[int, int, int] | None:
@@ -48,7 +42,7 @@ def check_classes(classes: int) -> int:
 
 def check_shapes(spec, args) -> list:
     """Infer every shape; the warnings (likely mistakes in a working spec)."""
-    from cnnspec.shapes import infer
+    from cnnspec.models.shapes import infer
 
     return infer(spec, parse_shape(args.input), check_classes(args.classes)).warnings
 
@@ -67,7 +61,7 @@ def naming_the_file(error: CnnspecError, path: str) -> str:
 
 
 def validate(args) -> int:
-    from cnnspec.spec import load_spec
+    from cnnspec.spec.reader import load_spec
 
     parse_shape(args.input)
     check_classes(args.classes)
@@ -89,8 +83,8 @@ def validate(args) -> int:
 
 
 def summary(args) -> int:
-    from cnnspec.spec import load_spec
-    from cnnspec.summary import summarize
+    from cnnspec.spec.reader import load_spec
+    from cnnspec.models.summary import summarize
 
     if args.depth is not None and args.depth < 0:
         raise UsageError(f"--depth: expected a number >= 0, not {args.depth}")
@@ -132,7 +126,7 @@ def default_text(key: str, schema: dict, required: list) -> str:
 
 
 def layer_help(layer_type: str) -> list[str]:
-    from cnnspec.spec import LAYER_SCHEMAS, layer_options
+    from cnnspec.spec.reader import LAYER_SCHEMAS, layer_options
 
     schema = LAYER_SCHEMAS[layer_type]
     shorthand = schema.get("x-shorthand")
@@ -150,7 +144,7 @@ def layer_help(layer_type: str) -> list[str]:
 
 
 def layers(args) -> int:
-    from cnnspec.spec import LAYER_SCHEMAS
+    from cnnspec.spec.reader import LAYER_SCHEMAS
 
     for layer_type in LAYER_SCHEMAS:
         print("\n".join(layer_help(layer_type)))
@@ -198,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def with_plugins(run, names: list[str]):
     def loading_first(args):
-        from cnnspec.plugins import load_plugins
+        from cnnspec.spec.plugins import load_plugins
 
         load_plugins(names)
         return run(args)
@@ -247,13 +241,13 @@ def add_export_command(commands, parents) -> None:
 
 
 def predict_images(args) -> int:
-    from cnnspec.inference import run_command
+    from cnnspec.inference.predict import run_command
 
     return run_command(args)
 
 
 def export_model(args) -> int:
-    from cnnspec.export import run_command
+    from cnnspec.inference.export import run_command
 
     return run_command(args)
 

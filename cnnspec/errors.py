@@ -62,6 +62,12 @@ class TrainingError(CnnspecError):
     """Training cannot go on: divergence, out of memory, a bad checkpoint."""
 
 
+class UsageError(CnnspecError):
+    """A bad command-line argument."""
+
+    exit_code = 2
+
+
 class DiskFullError(CnnspecError):
     """A write failed for lack of space; the file it was replacing is unchanged."""
 

@@ -1,4 +1,4 @@
-"""Write cnnspec/backbone_facts.json: each torchvision backbone's output shape,
+"""Write cnnspec/layers/backbone_facts.json: each torchvision backbone's output shape,
 parameter count and MACs at the common input sizes, measured on the meta device.
 
     python scripts/backbone_facts.py
@@ -16,9 +16,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cnnspec.atomic import write_text  # noqa: E402
 from cnnspec.layers import BACKBONE_FACTS, measure_backbone  # noqa: E402
-from cnnspec.shapes import Context  # noqa: E402
-from cnnspec.nodes import LayerNode, Location  # noqa: E402
-from cnnspec.spec import LAYER_SCHEMAS  # noqa: E402
+from cnnspec.models.shapes import Context  # noqa: E402
+from cnnspec.spec.nodes import LayerNode, Location  # noqa: E402
+from cnnspec.spec.reader import LAYER_SCHEMAS  # noqa: E402
 
 INPUT_SHAPES = [(3, 32, 32), (3, 224, 224)]
 

@@ -16,11 +16,11 @@ if __package__ in (None, ""):  # `python stages/<name>.py`: import this checkout
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cnnspec import atomic
-from cnnspec.datasets import USER_DATASETS
-from cnnspec.download import download_dataset
+from cnnspec.data.datasets import USER_DATASETS
+from cnnspec.data.download import download_dataset
 from cnnspec.errors import exit_on_user_error
-from cnnspec.params import load_stage_params
-from cnnspec.pipeline import PARAMS, RAW
+from cnnspec.pipeline.params import load_stage_params
+from cnnspec.paths import PARAMS, RAW
 
 
 @exit_on_user_error

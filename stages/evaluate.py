@@ -18,20 +18,20 @@ if __package__ in (None, ""):  # `python stages/<name>.py`: import this checkout
 
 from cnnspec.atomic import write_json, write_text
 from cnnspec.errors import exit_on_user_error
-from cnnspec.params import load_stage_params
-from cnnspec.pipeline import EVAL_JSON, EVAL_REPORT, MODEL, PARAMS, PREDICTIONS_CSV, PREPARED
+from cnnspec.pipeline.params import load_stage_params
+from cnnspec.paths import EVAL_JSON, EVAL_REPORT, MODEL, PARAMS, PREDICTIONS_CSV, PREPARED
 
 
 @exit_on_user_error
 def main() -> None:
     params = load_stage_params(PARAMS, sections=["evaluate"])["evaluate"]
     # torch loads only after params.yaml passed, so a typo fails in a blink.
-    from cnnspec import evaluation
+    from cnnspec.inference import evaluation
 
     report, actual, predicted = evaluation.evaluate_checkpoint(
         MODEL, PREPARED, tta=params["tta"], batch_size=params["batch_size"])
-    from cnnspec import runcheck
-    from cnnspec.headline import headline
+    from cnnspec.training import learning_check as runcheck
+    from cnnspec.pipeline.headline import headline
 
     learned, reason = runcheck.verdict(len(report["classes"]), report["accuracy"], "test accuracy")
     write_json(EVAL_REPORT, report)

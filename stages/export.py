@@ -12,15 +12,15 @@ if __package__ in (None, ""):  # `python stages/<name>.py`: import this checkout
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cnnspec.errors import exit_on_user_error
-from cnnspec.params import load_stage_params
-from cnnspec.pipeline import EXPORT, MODEL, PARAMS, PREPARED
+from cnnspec.pipeline.params import load_stage_params
+from cnnspec.paths import EXPORT, MODEL, PARAMS, PREPARED
 
 
 @exit_on_user_error
 def main() -> None:
     params = load_stage_params(PARAMS, sections=["export"])["export"]
     # torch loads only after params.yaml passed, so a typo fails in a blink.
-    from cnnspec.export import SUFFIXES, TOLERANCE, export
+    from cnnspec.inference.export import SUFFIXES, TOLERANCE, export
 
     output = EXPORT / f"model{SUFFIXES[params['format']]}"
     result = export(MODEL, params["format"], output, PREPARED, params["opset"])

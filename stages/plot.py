@@ -28,10 +28,10 @@ if __package__ in (None, ""):  # `python stages/<name>.py`: import this checkout
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cnnspec.atomic import atomic_path
-from cnnspec.datasets import load_prepared
+from cnnspec.data.datasets import load_prepared
 from cnnspec.errors import DataError, TrainingError, exit_on_user_error
-from cnnspec.params import load_stage_params
-from cnnspec.pipeline import (EVAL_REPORT, EVALUATE_HINT, PARAMS, PLOTS, PREDICTIONS_CSV, PREPARED,
+from cnnspec.pipeline.params import load_stage_params
+from cnnspec.paths import (EVAL_REPORT, EVALUATE_HINT, PARAMS, PLOTS, PREDICTIONS_CSV, PREPARED,
                               TRAIN_CURVES, TRAIN_HINT)
 
 DPI = 100

@@ -5,7 +5,7 @@
 Built-ins (cifar10, ...): decodes data.source (data/raw, what the download stage
 fetched) and holds out a stratified `data.val_split` of the training set (seeded by
 `data.seed`). folder / csv: reads the user's images from data.source, resizes them to
-`data.image_size` and splits them (cnnspec/imagesets.py, docs/datasets.md). Either way
+`data.image_size` and splits them (cnnspec/data/user_datasets.py, docs/datasets.md). Either way
 meta.json records the class names and the training split's per-channel mean and std,
 and the folder is written all at once or not at all.
 """
@@ -18,11 +18,11 @@ from pathlib import Path
 if __package__ in (None, ""):  # `python stages/<name>.py`: import this checkout's cnnspec
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cnnspec.datasets import USER_DATASETS, decode_raw, prepare, write_prepared
+from cnnspec.data.datasets import USER_DATASETS, decode_raw, prepare, write_prepared
 from cnnspec.errors import ParamsError, exit_on_user_error
-from cnnspec.imagesets import prepare_image_dataset
-from cnnspec.params import load_stage_params, path_problem
-from cnnspec.pipeline import PARAMS, PREPARED
+from cnnspec.data.user_datasets import prepare_image_dataset
+from cnnspec.pipeline.params import load_stage_params, path_problem
+from cnnspec.paths import PARAMS, PREPARED
 
 
 @exit_on_user_error

@@ -3,7 +3,7 @@
     python stages/resolve.py
 
 params.yaml picks a recipe (`recipe: auto` takes the one model.spec names) and sets
-what differs from it; this stage merges the two (cnnspec/recipes.py), checks the
+what differs from it; this stage merges the two (cnnspec/pipeline/recipes.py), checks the
 result against the params schema, and writes it out whole. DVC tracks it as the
 train and evaluate stages' params file, so `dvc params diff` and `dvc exp show` show
 the values a run really used, not only the overrides.
@@ -18,7 +18,7 @@ import yaml
 
 from cnnspec.atomic import write_text
 from cnnspec.errors import exit_on_user_error
-from cnnspec.params import load_params
+from cnnspec.pipeline.params import load_params
 
 PARAMS = "params.yaml"
 RESOLVED = Path("params.resolved.yaml")

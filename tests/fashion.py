@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cnnspec.datasets import get_dataset, prepare, write_prepared
+from cnnspec.data.datasets import get_dataset, prepare, write_prepared
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 _DECODED = {}

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cnnspec.datasets import FASHION_CLASSES, read_idx
+from cnnspec.data.datasets import FASHION_CLASSES, read_idx
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 

@@ -3,7 +3,7 @@ the same generator seed gives the same batch."""
 import numpy as np
 import torch
 
-from cnnspec.augment import (Augmentation, alternating_flip, alternating_flip_mask, cutout,
+from cnnspec.training.augment import (Augmentation, alternating_flip, alternating_flip_mask, cutout,
                              random_flip, random_shift)
 
 

@@ -1,4 +1,4 @@
-"""The shipped backbone measurements (cnnspec/backbone_facts.json) equal a fresh
+"""The shipped backbone measurements (cnnspec/layers/backbone_facts.json) equal a fresh
 measurement with the installed torchvision, and let `cnnspec summary` skip torch."""
 import json
 

@@ -13,7 +13,7 @@ from torch import nn
 from benchmarks import bench_loop_overhead as loop
 from benchmarks import fashion_time_to_accuracy as fashion
 from benchmarks import gpu_throughput as gpu
-from cnnspec.compiler import build_model
+from cnnspec.models.compiler import build_model
 
 TINY_SPEC = """\
 name: tiny

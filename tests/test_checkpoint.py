@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import cnnspec
-from cnnspec.checkpoint import FORMAT, load_model, save_checkpoint
+from cnnspec.models.checkpoint import FORMAT, load_model, save_checkpoint
 from cnnspec.errors import TrainingError
 
 SPEC = """name: tiny

@@ -5,10 +5,10 @@ import io
 import pytest
 import torch
 
-from cnnspec.compiler import build_model
-from cnnspec.modules import RandomCrop, RandomFlip, RandomTranslation, WhiteningConv
-from cnnspec.shapes import infer_shapes
-from cnnspec.spec import parse_spec
+from cnnspec.models.compiler import build_model
+from cnnspec.layers.modules import RandomCrop, RandomFlip, RandomTranslation, WhiteningConv
+from cnnspec.models.shapes import infer_shapes
+from cnnspec.spec.reader import parse_spec
 
 TINY = """
 name: tiny

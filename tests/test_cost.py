@@ -1,10 +1,10 @@
-"""Know the cost before paying it: cnnspec/cost.py's lines, and the loop printing them."""
+"""Know the cost before paying it: cnnspec/training/cost.py's lines, and the loop printing them."""
 import numpy as np
 import torch
 
-from cnnspec import cost
-from cnnspec.compiler import build_model
-from cnnspec.params import load_params
+from cnnspec.training import cost
+from cnnspec.models.compiler import build_model
+from cnnspec.pipeline.params import load_params
 
 
 def clock_lines(device, per_step, steps_per_epoch=100, epochs=10, early_stopping=False):
@@ -33,8 +33,8 @@ def test_a_short_run_or_a_gpu_run_gets_no_advice():
 
 
 def test_the_training_loop_prints_both_lines(capsys, tmp_path):
-    """Through cnnspec.training.train, non-interactive (pytest captures stderr)."""
-    from cnnspec.training import train
+    """Through cnnspec.training.loop.train, non-interactive (pytest captures stderr)."""
+    from cnnspec.training.loop import train
 
     params = load_params(write_params(tmp_path), ["train"])["train"]
     rng = np.random.default_rng(0)

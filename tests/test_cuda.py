@@ -17,9 +17,9 @@ import pytest
 import torch
 
 import cnnspec
-from cnnspec import training
+from cnnspec.training import loop as training
 from cnnspec.errors import TrainingError
-from cnnspec.evaluation import predict_probabilities
+from cnnspec.inference.evaluation import predict_probabilities
 from tests.test_training import tiny_data, tiny_model, train_params
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -107,7 +107,7 @@ def test_pinned_gpu_that_is_not_there_is_one_line():
 def test_two_gpus_train_with_nccl_through_the_stage(tmp_path, sync_bn):
     """train.devices: 2 on CUDA: two NCCL ranks, each holding the data on its own GPU,
     batch norm synchronised or not; the checkpoint loads in one process."""
-    from cnnspec.checkpoint import load_model
+    from cnnspec.models.checkpoint import load_model
     from tests.test_training import write_stage_inputs
 
     write_stage_inputs(tmp_path, device="cuda", devices=2, sync_bn=sync_bn, epochs=3, batch_size=16)

@@ -9,9 +9,9 @@ import tarfile
 import numpy as np
 import pytest
 
-from cnnspec.checkpoint import RETRAIN_HINT, load_model, read_checkpoint
-from cnnspec.datasets import load_prepared, write_prepared
-from cnnspec.download import download_dataset
+from cnnspec.models.checkpoint import RETRAIN_HINT, load_model, read_checkpoint
+from cnnspec.data.datasets import load_prepared, write_prepared
+from cnnspec.data.download import download_dataset
 from cnnspec.errors import DataError, TrainingError
 from stages import evaluate as evaluate_stage
 from tests.fakedata import make_cifar10_archive, md5_of

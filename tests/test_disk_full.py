@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from cnnspec import atomic
-from cnnspec.checkpoint import read_checkpoint
-from cnnspec.datasets import load_prepared, write_prepared
+from cnnspec.models.checkpoint import read_checkpoint
+from cnnspec.data.datasets import load_prepared, write_prepared
 from cnnspec.errors import DiskFullError
 from tests.test_training import write_stage_inputs
 

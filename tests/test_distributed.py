@@ -1,4 +1,4 @@
-"""Data-parallel training on the CPU with gloo (cnnspec/distributed.py): the sharding of
+"""Data-parallel training on the CPU with gloo (cnnspec/training/distributed.py): the sharding of
 every epoch, augmentation that stays in step with one process, the checks that refuse
 impossible requests, and real multi-process runs through torchrun: a checkpoint that
 loads and scores like a single process's, only rank 0 writing, a rank killed and the
@@ -17,11 +17,11 @@ import pytest
 import torch
 import yaml
 
-from cnnspec import distributed
-from cnnspec.augment import Augmentation
+from cnnspec.training import distributed
+from cnnspec.training.augment import Augmentation
 from cnnspec.errors import ParamsError, TrainingError
-from cnnspec.params import load_params
-from cnnspec.training import pick_device, run_fingerprint
+from cnnspec.pipeline.params import load_params
+from cnnspec.training.loop import pick_device, run_fingerprint
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 FASHION = Path("/usr/share/datasets/fashion-mnist")
@@ -259,7 +259,7 @@ def accuracy_of(model_path: Path, folder: Path, split: str = "test") -> float:
     """The checkpoint's accuracy on a prepared split, through cnnspec's own inference model
     (its normalization is the one training and evaluation use)."""
     import cnnspec
-    from cnnspec.datasets import load_prepared
+    from cnnspec.data.datasets import load_prepared
 
     model = cnnspec.load_model(model_path)
     data = load_prepared(folder / "data" / "prepared")
@@ -322,8 +322,8 @@ import os, sys
 from pathlib import Path
 sys.path.insert(0, {tests!r})
 from test_training import tiny_data, tiny_model, train_params
-from cnnspec import distributed
-from cnnspec.training import train
+from cnnspec.training import distributed
+from cnnspec.training.loop import train
 
 root = Path(sys.argv[1])
 options = train_params(epochs=int(sys.argv[2]), batch_size=16, devices=2)

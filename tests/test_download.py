@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cnnspec.datasets import get_dataset
-from cnnspec.download import download_dataset, expected_md5s, fetch, file_urls, safe_extract
+from cnnspec.data.datasets import get_dataset
+from cnnspec.data.download import download_dataset, expected_md5s, fetch, file_urls, safe_extract
 from cnnspec.errors import DataError
 from tests.fakedata import make_cifar10_archive, make_mnist_folder, md5_of, running_server, serve_folder
 
@@ -185,7 +185,7 @@ def test_retries_transient_failures_then_succeeds(tmp_path):
 
 def test_backoff_doubles_between_attempts(tmp_path, monkeypatch):
     sleeps = []
-    monkeypatch.setattr("cnnspec.download.time.sleep", sleeps.append)
+    monkeypatch.setattr("cnnspec.data.download.time.sleep", sleeps.append)
     with pytest.raises(DataError):
         fetch(f"http://127.0.0.1:{closed_port()}/x", tmp_path / "x", None, progress=False,
               timeout=0.5, attempts=4, backoff=0.25)
@@ -244,7 +244,7 @@ def test_file_url_copies_and_verifies(tmp_path):
 
 
 def test_missing_file_url_is_one_line_and_not_retried(tmp_path, monkeypatch):
-    monkeypatch.setattr("cnnspec.download.time.sleep", lambda s: pytest.fail("retried a missing file"))
+    monkeypatch.setattr("cnnspec.data.download.time.sleep", lambda s: pytest.fail("retried a missing file"))
     url = (tmp_path / "nowhere.tar.gz").as_uri()
     with pytest.raises(DataError) as caught:
         fetch(url, tmp_path / "raw" / "a.tar.gz", PAYLOAD_MD5, progress=False)

@@ -10,9 +10,10 @@ import pytest
 import torch
 from torch import nn
 
-from cnnspec import build_model, evaluation, parse_spec
-from cnnspec.checkpoint import save_checkpoint
-from cnnspec.datasets import Normalize
+from cnnspec import build_model, parse_spec
+from cnnspec.inference import evaluation
+from cnnspec.models.checkpoint import save_checkpoint
+from cnnspec.data.datasets import Normalize
 from cnnspec.errors import DataError, TrainingError
 from stages import evaluate as evaluate_stage
 
@@ -166,7 +167,7 @@ def test_images_are_normalized_with_the_given_mean_and_std():
 def test_training_and_evaluation_show_the_model_the_same_numbers():
     """One normalization for train and test: a drift between them would cost accuracy
     silently."""
-    from cnnspec.training import DeviceData
+    from cnnspec.training.loop import DeviceData
 
     images = np.random.default_rng(3).integers(0, 256, size=(6, 3, 4, 4), dtype=np.uint8)
     labels = np.arange(6) % 2

@@ -10,11 +10,11 @@ import torch
 import yaml
 
 import cnnspec
-from cnnspec.checkpoint import save_checkpoint
+from cnnspec.models.checkpoint import save_checkpoint
 from cnnspec.errors import ParamsError
-from cnnspec.finetune import check_init_from, init_from
-from cnnspec.params import load_params
-from cnnspec.training import TrainingInterrupted, train
+from cnnspec.training.finetune import check_init_from, init_from
+from cnnspec.pipeline.params import load_params
+from cnnspec.training.loop import TrainingInterrupted, train
 from tests.test_training import Sabotage, tiny_data, train_params
 
 SPEC = """name: base

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import yaml
 
-from cnnspec import imagesets
-from cnnspec.datasets import load_prepared
+from cnnspec.data import user_datasets as imagesets
+from cnnspec.data.datasets import load_prepared
 from cnnspec.errors import DataError
-from cnnspec.images import ImageReadError
-from cnnspec.params import load_params
+from cnnspec.data.images import ImageReadError
+from cnnspec.pipeline.params import load_params
 from tests.imagefiles import (FASHION, class_folder_name, fashion_subset, write_colour_set, write_csv,
                               write_image_folder)
 
@@ -326,7 +326,7 @@ def test_stages_on_a_folder_dataset_and_a_bad_image(tmp_path, fashion):
 def test_training_data_streams_from_the_memory_map(tmp_path, fashion):
     import torch
 
-    from cnnspec.training import DeviceData
+    from cnnspec.training.loop import DeviceData
 
     root = folder_of(tmp_path, fashion)
     prepare(tmp_path, data_params(tmp_path, source=str(root)))

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cnnspec.compiler import build_model
+from cnnspec.models.compiler import build_model
 from cnnspec.errors import SpecError
-from cnnspec.shapes import infer
-from cnnspec.spec import parse_spec
+from cnnspec.models.shapes import infer
+from cnnspec.spec.reader import parse_spec
 
 
 def spec_of(layers: str, blocks: str = "", input_line: str = "input: {channels: 3, height: 8, width: 8}") -> str:
@@ -137,7 +137,7 @@ def test_shapes_that_do_not_broadcast_are_named(merge, gate, expected):
 
 # ---------------------------------------------------------------- expressions
 
-from cnnspec.expressions import make_divisible  # noqa: E402
+from cnnspec.spec.expressions import make_divisible  # noqa: E402
 
 DENSE_AND_MOBILE = """blocks:
   dense_layer:
@@ -248,7 +248,7 @@ def test_in_channels_cannot_be_declared_as_an_argument():
 from pathlib import Path  # noqa: E402
 
 from cnnspec import cli  # noqa: E402
-from cnnspec.summary import summarize  # noqa: E402
+from cnnspec.models.summary import summarize  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -364,7 +364,7 @@ def test_summary_labels_parts_collapses_repeats_and_limits_depth():
 @pytest.mark.parametrize("macs, text", [(4_548_608, "4.55 M"), (3_663_250_000, "3.66 G"), (950, "950"),
                                         (12_500, "12.50 K")])
 def test_mac_counts_read_in_k_m_g(macs, text):
-    from cnnspec.summary import count_text
+    from cnnspec.models.summary import count_text
 
     assert count_text(macs) == text
 
@@ -380,7 +380,7 @@ def test_summary_depth_option_on_the_command_line(capsys):
 import sys  # noqa: E402
 
 from cnnspec import layers as layer_registry  # noqa: E402
-from cnnspec import spec as front_end  # noqa: E402
+from cnnspec.spec import reader as front_end  # noqa: E402
 
 PLUGIN = ROOT / "examples" / "channel_shuffle.py"
 SHUFFLE_SPEC = spec_of("  - conv: 6\n  - channel_shuffle: 3\n  - global_avg_pool\n  - dense: num_classes")
@@ -450,7 +450,7 @@ def test_a_missing_plugin_is_one_line(tmp_path, capsys):
 
 
 def test_params_model_plugins_are_loaded_with_the_model_section(tmp_path, registry_restored):
-    from cnnspec.params import load_params
+    from cnnspec.pipeline.params import load_params
 
     params = tmp_path / "params.yaml"
     params.write_text(f"model:\n  spec: {write(tmp_path, SHUFFLE_SPEC)}\n  plugins: [{PLUGIN}]\n")
@@ -518,7 +518,7 @@ def test_a_negative_depth_is_a_usage_error(capsys):
     ("64 // 2 // 2", 16), ("min(3, 5, 1)", 1), ("max(1, 6 // 4)", 1), ("round(2.5)", 2), ("round(3.5)", 4),
     ("ceil(7 / 2)", 4), ("floor(7 / 2)", 3), ("0.5 * 64", 32), ("make_divisible(37, 8)", 40), ("3 / 2", 1.5)])
 def test_expression_grammar_and_values(text, value):
-    from cnnspec.expressions import evaluate, is_expression, parse
+    from cnnspec.spec.expressions import evaluate, is_expression, parse
 
     assert is_expression(text)
     result = evaluate(parse(text))
@@ -530,7 +530,7 @@ def test_expression_grammar_and_values(text, value):
     ("(2 + 3", 6, "expected ')'"), ("2 3", 2, "expected an operator, found '3'"), ("2 ^ 3", 2, "unexpected character '^'"),
     ("eval(1)", 0, "unknown function 'eval'")])
 def test_expression_errors_carry_the_offset(text, offset, message):
-    from cnnspec.expressions import ExpressionError, parse
+    from cnnspec.spec.expressions import ExpressionError, parse
 
     with pytest.raises(ExpressionError) as caught:
         parse(text)
@@ -539,7 +539,7 @@ def test_expression_errors_carry_the_offset(text, offset, message):
 
 @pytest.mark.parametrize("word", ["same", "valid", "symmetric", "num_classes", "relu6", "horizontal_and_vertical"])
 def test_words_are_not_expressions(word):
-    from cnnspec.expressions import is_expression
+    from cnnspec.spec.expressions import is_expression
 
     assert not is_expression(word)
 
@@ -549,8 +549,8 @@ def test_a_checkpoint_of_a_plugin_model_loads_in_a_fresh_process(tmp_path, regis
     """Evaluation rebuilds the model from the checkpoint: the params it keeps name the plugin."""
     import subprocess
 
-    from cnnspec.checkpoint import save_checkpoint
-    from cnnspec.plugins import load_plugins
+    from cnnspec.models.checkpoint import save_checkpoint
+    from cnnspec.spec.plugins import load_plugins
 
     load_plugins([str(PLUGIN)])
     spec = parse_spec(SHUFFLE_SPEC, "t.yaml")
@@ -562,7 +562,7 @@ def test_a_checkpoint_of_a_plugin_model_loads_in_a_fresh_process(tmp_path, regis
     torch.save(x, tmp_path / "x.pt")
     expected = model(x)
     done = subprocess.run(
-        [sys.executable, "-c", "import sys, torch; from cnnspec.checkpoint import load_model; "
+        [sys.executable, "-c", "import sys, torch; from cnnspec.models.checkpoint import load_model; "
          "model, _ = load_model(sys.argv[1]); x = torch.load(sys.argv[2], weights_only=True); "
          "print(' '.join(f'{v:.6f}' for v in model(x)[0].tolist()))", str(path), str(tmp_path / "x.pt")],
         capture_output=True, text=True, cwd=ROOT, env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})

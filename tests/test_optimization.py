@@ -9,9 +9,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import cnnspec
-from cnnspec import optimization
+from cnnspec.training import optimization
 from cnnspec.errors import ParamsError
-from cnnspec.params import fill_defaults, load_schema
+from cnnspec.pipeline.params import fill_defaults, load_schema
 
 
 def train_defaults(**sections) -> dict:
@@ -21,7 +21,7 @@ def train_defaults(**sections) -> dict:
 
 
 class TinyModel(nn.Module):
-    """A hand-written stand-in with the SpecModel methods cnnspec.optimization uses."""
+    """A hand-written stand-in with the SpecModel methods cnnspec.training.optimization uses."""
 
     def __init__(self):
         super().__init__()

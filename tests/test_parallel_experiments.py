@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cnnspec.checkpoint import read_checkpoint
+from cnnspec.models.checkpoint import read_checkpoint
 from tests.fakedata import make_mnist_folder
 from tests.test_pipeline_e2e import VENV_BIN, copy_working_tree, run
 

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from cnnspec.errors import ParamsError
-from cnnspec.params import load_params, load_schema
+from cnnspec.pipeline.params import load_params, load_schema
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -152,7 +152,7 @@ def test_the_projects_params_yaml_is_valid_and_complete():
 
 
 def test_every_schema_default_is_itself_valid():
-    from cnnspec.params import check, fill_defaults
+    from cnnspec.pipeline.params import check, fill_defaults
 
     schema = load_schema()
     check(fill_defaults({}, schema), schema, "defaults")

@@ -6,8 +6,8 @@ import pytest
 import torch
 import torchvision
 
-from cnnspec.compiler import build_model
-from cnnspec.summary import summarize
+from cnnspec.models.compiler import build_model
+from cnnspec.models.summary import summarize
 
 SPECS = Path(__file__).resolve().parent.parent / "specs"
 

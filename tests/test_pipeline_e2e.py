@@ -118,8 +118,8 @@ def test_repro_writes_sensible_pngs(pipeline_repo):
 def test_checkpoint_reloads_and_reproduces_accuracy(pipeline_repo):
     import torch
 
-    from cnnspec.checkpoint import load_model
-    from cnnspec.datasets import load_prepared
+    from cnnspec.models.checkpoint import load_model
+    from cnnspec.data.datasets import load_prepared
 
     repo, _, _ = pipeline_repo
     model, checkpoint = load_model(repo / "models" / "model.pt", device="cpu")

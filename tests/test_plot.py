@@ -8,7 +8,7 @@ from dvclive import Live
 from matplotlib.image import imread
 
 from cnnspec.errors import DataError, TrainingError
-from cnnspec.evaluation import confusion_matrix
+from cnnspec.inference.evaluation import confusion_matrix
 from stages import plot as plot_stage
 
 CLASSES = ["airplane", "cat", "dog", "frog"]

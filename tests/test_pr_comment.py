@@ -164,7 +164,7 @@ def test_a_run_that_learned_has_no_warning(realistic_repo):
 def test_the_workflow_runs_the_smoke_recipe_only_without_real_results(tmp_path):
     import yaml
 
-    from cnnspec.params import load_params
+    from cnnspec.pipeline.params import load_params
 
     workflow = yaml.safe_load((REPO_ROOT / ".github" / "workflows" / "pr.yml").read_text())
     steps = {step.get("name"): step for step in workflow["jobs"]["metrics-diff"]["steps"]}

@@ -9,14 +9,14 @@ import torch
 from PIL import Image
 
 import cnnspec
-from cnnspec import evaluation
-from cnnspec.checkpoint import FORMAT, save_checkpoint
+from cnnspec.inference import evaluation
+from cnnspec.models.checkpoint import FORMAT, save_checkpoint
 from cnnspec.cli import main as cli
-from cnnspec.datasets import RawDataset, decode_raw, load_prepared, prepare, write_prepared
+from cnnspec.data.datasets import RawDataset, decode_raw, load_prepared, prepare, write_prepared
 from cnnspec.errors import TrainingError
-from cnnspec.images import ImageReadError
-from cnnspec.params import fill_defaults, load_schema
-from cnnspec.training import train
+from cnnspec.data.images import ImageReadError
+from cnnspec.pipeline.params import fill_defaults, load_schema
+from cnnspec.training.loop import train
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 needs_fashion = pytest.mark.skipif(not FASHION.is_dir(), reason="needs Debian's dataset-fashion-mnist")
@@ -84,7 +84,7 @@ def write_pngs(images: np.ndarray, folder: Path) -> list[Path]:
 
 def evaluate_probabilities(checkpoint, images, tta="none") -> np.ndarray:
     """What the evaluate stage computes for these images."""
-    from cnnspec.checkpoint import load_model as load_network
+    from cnnspec.models.checkpoint import load_model as load_network
 
     network, saved = load_network(checkpoint)
     return evaluation.predict_probabilities(network, images, saved["mean"], saved["std"], tta,
@@ -143,7 +143,7 @@ def test_python_api_takes_paths_pil_numpy_and_tensors_alike(trained, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
 def test_export_matches_pytorch_on_real_test_images(trained, tmp_path, capsys, fmt):
-    from cnnspec.export import run_exported
+    from cnnspec.inference.export import run_exported
 
     checkpoint, prepared, data = trained
     output = tmp_path / f"model.{fmt}"
@@ -282,7 +282,7 @@ def random_checkpoint(folder: Path, spec_text: str, shape, meta=None, name="mode
 @pytest.mark.parametrize("spec_name", list(SPECS))
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
 def test_export_of_plain_residual_and_augmented_specs_matches_pytorch(tmp_path, spec_name, fmt):
-    from cnnspec.export import export, run_exported
+    from cnnspec.inference.export import export, run_exported
 
     text = SPECS[spec_name] or (Path(__file__).parent.parent / "specs" / "simcnn.yaml").read_text()
     checkpoint = random_checkpoint(tmp_path, text, (3, 32, 32))
@@ -298,7 +298,7 @@ def test_export_of_plain_residual_and_augmented_specs_matches_pytorch(tmp_path, 
 
 
 def test_a_failing_check_writes_nothing(tmp_path, monkeypatch):
-    from cnnspec import export as export_module
+    from cnnspec.inference import export as export_module
 
     checkpoint = random_checkpoint(tmp_path, SPEC, (1, 28, 28), META_GRAY)
     monkeypatch.setattr(export_module, "run_exported", lambda path, fmt, images: np.zeros((len(images), 10)))
@@ -336,7 +336,7 @@ def test_the_optional_export_stage_writes_a_checked_onnx_file(tmp_path):
 
 @pytest.mark.slow
 def test_a_backbone_checkpoint_loads_offline_from_the_file_alone(tmp_path, monkeypatch):
-    from cnnspec import download
+    from cnnspec.data import download
 
     spec = cnnspec.parse_spec("name: transfer\nlayers:\n  - backbone: {model: resnet18, weights: imagenet, "
                               "trainable: false, pooling: avg}\n  - dense: num_classes\n", "transfer.yaml")
@@ -359,8 +359,8 @@ def test_a_backbone_checkpoint_loads_offline_from_the_file_alone(tmp_path, monke
 def test_predict_reads_folder_dataset_files_exactly_as_preprocess_did(tmp_path, capsys):
     """Mixed formats, modes and sizes, resized by center_crop: predict on the source files
     of the test split gives evaluate's probabilities on the prepared arrays."""
-    from cnnspec import imagesets
-    from cnnspec.params import load_params
+    from cnnspec.data import user_datasets as imagesets
+    from cnnspec.pipeline.params import load_params
     from tests.imagefiles import write_colour_set
 
     root = tmp_path / "images"

@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 import yaml
 
-from cnnspec import atomic, datasets
-from cnnspec.datasets import (RawDataset, channel_mean_std, load_prepared, prepare, stratified_split,
+from cnnspec import atomic
+from cnnspec.data import datasets
+from cnnspec.data.datasets import (RawDataset, channel_mean_std, load_prepared, prepare, stratified_split,
                               write_prepared)
-from cnnspec.download import download_dataset
+from cnnspec.data.download import download_dataset
 from cnnspec.errors import DataError
 from tests.fakedata import make_cifar10_archive, make_mnist_folder, md5_of
 

@@ -1,4 +1,4 @@
-"""Recipes as files (cnnspec/recipes.py, recipes/*.yaml).
+"""Recipes as files (cnnspec/pipeline/recipes.py, recipes/*.yaml).
 
 The seed commands of docs/recipes.md used to repeat about 17 `-S` flags each; they are
 now at most three overrides. The long commands, and the params.yaml they edited, are
@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from cnnspec.errors import ParamsError
-from cnnspec.params import load_params
+from cnnspec.pipeline.params import load_params
 from tests.test_recipes import RECIPES, applied_params
 
 REPO = Path(__file__).resolve().parent.parent
@@ -153,7 +153,7 @@ def test_a_stage_that_reads_no_recipe_section_ignores_the_recipe(project):
 
 def test_shipped_recipes_and_specs_all_resolve():
     """Every recipe file is valid params on its own, and every spec names one that exists."""
-    from cnnspec import recipes
+    from cnnspec.pipeline import recipes
 
     for name in recipes.available():
         assert load_params_for(name)["recipe"] == name

@@ -4,7 +4,7 @@ For each command: bash parses it (quoting, line continuations, brace expansion),
 own Hydra code applies its `-S` overrides to a copy of params.yaml (keys must already
 exist there), `load_params` accepts the result, `model.spec` names a spec that builds,
 and the recipe trains two epochs (one for the biggest specs) on a few random images
-through `cnnspec.training.train` with exactly its options (only device, compile, epochs
+through `cnnspec.training.loop.train` with exactly its options (only device, compile, epochs
 and the data size are changed).
 A failing recipe fails the test named after its `-n`.
 """
@@ -20,10 +20,10 @@ import numpy as np
 import pytest
 import torch
 
-from cnnspec.compiler import build_model
-from cnnspec.params import load_params
-from cnnspec.spec import load_spec
-from cnnspec.training import train
+from cnnspec.models.compiler import build_model
+from cnnspec.pipeline.params import load_params
+from cnnspec.spec.reader import load_spec
+from cnnspec.training.loop import train
 from tests.fakedata import CIFAR10_CLASSES
 
 REPO = Path(__file__).resolve().parent.parent

@@ -10,11 +10,13 @@ import json
 import pytest
 import torch
 
-from cnnspec import augment, layers, modules
-from cnnspec.compiler import build_model
-from cnnspec.shapes import infer
-from cnnspec.spec import EXPANDERS, LAYER_SCHEMAS, SCHEMA, layer_options, parse_spec
-from cnnspec.summary import summarize
+from cnnspec.training import augment
+from cnnspec import layers
+from cnnspec.layers import modules
+from cnnspec.models.compiler import build_model
+from cnnspec.models.shapes import infer
+from cnnspec.spec.reader import EXPANDERS, LAYER_SCHEMAS, SCHEMA, layer_options, parse_spec
+from cnnspec.models.summary import summarize
 
 INPUT = (3, 32, 32)
 CLASSES = 5
@@ -154,7 +156,7 @@ def test_the_adding_a_layer_type_example_in_the_docs_is_the_shipped_code():
 
     root = Path(__file__).resolve().parent.parent
     section = (root / "docs" / "spec.md").read_text().split("## Adding a layer type")[1]
-    source = (root / "cnnspec" / "layers.py").read_text()
+    source = (root / "cnnspec" / "layers" / "__init__.py").read_text()
     code = fenced(section, "python")
     assert len(code) == 2 and all(block in source for block in code)
     (entry,) = fenced(section, "json")

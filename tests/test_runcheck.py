@@ -1,12 +1,12 @@
 """A run that did not learn says so: one warning line from train and evaluate, and
-`learned: false` in the metrics (cnnspec/runcheck.py)."""
+`learned: false` in the metrics (cnnspec/training/learning_check.py)."""
 import json
 import shutil
 from pathlib import Path
 
 import pytest
 
-from cnnspec import runcheck
+from cnnspec.training import learning_check as runcheck
 from tests.fashion import FASHION, write_subset
 
 REPO = Path(__file__).resolve().parent.parent

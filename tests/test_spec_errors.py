@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from cnnspec import cli
 from cnnspec.errors import SpecError
-from cnnspec.spec import load_spec, parse_spec
+from cnnspec.spec.reader import load_spec, parse_spec
 
 HERE = Path(__file__).parent
 BAD = sorted((HERE / "bad_specs").glob("*.yaml"))
@@ -77,7 +77,7 @@ def test_cli_process_exits_1_without_traceback():
 
 @pytest.mark.parametrize("path", BAD_SHAPES, ids=lambda p: p.stem)
 def test_impossible_shapes_name_line_and_layer(path, capsys, monkeypatch):
-    pytest.importorskip("cnnspec.compiler")
+    pytest.importorskip("cnnspec.models.compiler")
     monkeypatch.chdir(HERE.parent)
     load_spec(path)  # the spec itself is valid; only its shapes are wrong
     line, key = expectation(path)

@@ -7,7 +7,7 @@ Whatever text a user feeds cnnspec, one of two things happens:
 
 Never another exception, never a hang, never an attempt to allocate absurd memory.
 The inputs come from three generators: (a) random layer lists drawn from every layer
-type of cnnspec/schema.json with sane and hostile option values; (b) mutations of the
+type of cnnspec/spec/schema.json with sane and hostile option values; (b) mutations of the
 shipped specs/*.yaml; (c) truncated and garbled YAML, plus hand-made hostile documents
 (alias bombs, deep nesting, huge files). Runs are derandomized, so CI sees the same
 1,000+ cases every time.
@@ -31,10 +31,10 @@ from hypothesis import strategies as st
 
 import cnnspec
 from cnnspec import SpecError
-from cnnspec.shapes import infer_shapes
+from cnnspec.models.shapes import infer_shapes
 
 ROOT = Path(__file__).resolve().parents[1]
-SCHEMA = json.loads((ROOT / "cnnspec" / "schema.json").read_text(encoding="utf-8"))
+SCHEMA = json.loads((ROOT / "cnnspec" / "spec" / "schema.json").read_text(encoding="utf-8"))
 LAYER_SCHEMAS = {name: sub for name, sub in SCHEMA["$defs"].items() if sub.get("x-layer")}
 COMPOSITES = {"residual", "parallel", "repeat", "use"}
 LEAVES = sorted(set(LAYER_SCHEMAS) - COMPOSITES)

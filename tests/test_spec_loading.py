@@ -9,13 +9,13 @@ import yaml
 
 from cnnspec import cli
 from cnnspec.errors import SpecError
-from cnnspec.nodes import Spec
-from cnnspec.spec import LAYER_SCHEMAS, load_spec, parse_spec
-from cnnspec.yamlio import load_yaml
+from cnnspec.spec.nodes import Spec
+from cnnspec.spec.reader import LAYER_SCHEMAS, load_spec, parse_spec
+from cnnspec.spec.yamlio import load_yaml
 from tests.no_torch import run_without_torch
 
 ROOT = Path(__file__).parent.parent
-SCHEMA = json.loads((ROOT / "cnnspec" / "schema.json").read_text())
+SCHEMA = json.loads((ROOT / "cnnspec" / "spec" / "schema.json").read_text())
 
 TINY = """\
 name: tiny

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from cnnspec.params import load_params
+from cnnspec.pipeline.params import load_params
 from tests.fashion import FASHION, write_subset
 
 REPO = Path(__file__).resolve().parent.parent
@@ -43,7 +43,7 @@ pytestmark = [
 def test_switching_only_the_spec_trains_it(spec, tmp_path, monkeypatch):
     from dvc.utils.hydra import apply_overrides
 
-    from cnnspec.evaluation import evaluate_checkpoint
+    from cnnspec.inference.evaluation import evaluate_checkpoint
     from stages.train import run
 
     recipe, images, test_bar, train_bar = SWITCHES[spec]

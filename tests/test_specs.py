@@ -5,11 +5,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from cnnspec import download
-from cnnspec.compiler import build_model
+from cnnspec.data import download
+from cnnspec.models.compiler import build_model
 from cnnspec.errors import DataError
-from cnnspec.spec import load_spec
-from cnnspec.summary import summarize
+from cnnspec.spec.reader import load_spec
+from cnnspec.models.summary import summarize
 
 SPECS = sorted((Path(__file__).resolve().parent.parent / "specs").glob("*.yaml"))
 
@@ -86,7 +86,7 @@ def test_imagenet_weights_load_from_checkpoint_folder(tmp_path, monkeypatch):
     (tmp_path / "checkpoints").mkdir()
     file_name = Path(torchvision.models.ResNet18_Weights.DEFAULT.url).name
     torch.save(reference.state_dict(), tmp_path / "checkpoints" / file_name)
-    from cnnspec.spec import parse_spec
+    from cnnspec.spec.reader import parse_spec
 
     spec = parse_spec("name: t\nlayers:\n  - backbone: {model: resnet18, weights: imagenet}\n"
                       "  - global_avg_pool\n  - dense: num_classes\n", "t.yaml")

@@ -36,12 +36,12 @@ def test_every_cnnspec_file_a_stage_runs_is_a_dep(stage):
         return  # the whole package
     needed = cnnspec_files(f"stages/{stage}.py")
     if "model" not in STAGES[stage]["params"]:
-        needed.discard("cnnspec/plugins.py")  # load_params imports it for the model section only
-    if "cnnspec/params.py" in needed:
-        needed.add("cnnspec/params_schema.json")
-    assert "cnnspec/params.py" in needed  # the import walk itself works: every stage reads params
+        needed.discard("cnnspec/spec/plugins.py")  # load_params imports it for the model section only
+    if "cnnspec/pipeline/params.py" in needed:
+        needed.add("cnnspec/pipeline/params_schema.json")
+    assert "cnnspec/pipeline/params.py" in needed  # the import walk itself works: every stage reads params
     assert sorted(needed - set(deps)) == []
 
 
 def test_the_import_walk_follows_lazy_imports():
-    assert "cnnspec/export.py" in cnnspec_files("stages/export.py")  # imported inside main()
+    assert "cnnspec/inference/export.py" in cnnspec_files("stages/export.py")  # imported inside main()

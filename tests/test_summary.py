@@ -1,8 +1,8 @@
 """The Keras-style summary: rows, footer format, MACs, and no torch import."""
 from pathlib import Path
 
-from cnnspec.spec import parse_spec
-from cnnspec.summary import summarize
+from cnnspec.spec.reader import parse_spec
+from cnnspec.models.summary import summarize
 from tests.no_torch import run_without_torch
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,5 +61,5 @@ layers:
 
 def test_summary_does_not_import_torch():
     """`cnnspec summary` must answer in under a second; importing torch alone takes seconds."""
-    run_without_torch("from cnnspec.summary import summarize; "
+    run_without_torch("from cnnspec.models.summary import summarize; "
                       "s = summarize('specs/resnet50v2_transfer.yaml'); assert s.total == 26159370")

@@ -7,10 +7,10 @@ import pytest
 import torch
 import torchvision
 
-from cnnspec.compiler import build_model
-from cnnspec.shapes import infer
-from cnnspec.spec import load_spec
-from cnnspec.summary import summarize
+from cnnspec.models.compiler import build_model
+from cnnspec.models.shapes import infer
+from cnnspec.spec.reader import load_spec
+from cnnspec.models.summary import summarize
 
 SPECS = Path(__file__).resolve().parent.parent / "specs"
 CLASSES = 10

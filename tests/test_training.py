@@ -13,10 +13,10 @@ import torch
 import yaml
 
 import cnnspec
-from cnnspec.checkpoint import load_model
+from cnnspec.models.checkpoint import load_model
 from cnnspec.errors import TrainingError
-from cnnspec.params import fill_defaults, load_schema
-from cnnspec.training import TrainingInterrupted, run_fingerprint, train
+from cnnspec.pipeline.params import fill_defaults, load_schema
+from cnnspec.training.loop import TrainingInterrupted, run_fingerprint, train
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SPEC = """name: tiny
@@ -285,7 +285,7 @@ def test_sigkill_mid_epoch_then_rerun_equals_an_uninterrupted_run(tmp_path):
 
 
 def write_stage_inputs(folder: Path, **train_overrides):
-    from cnnspec.datasets import write_prepared
+    from cnnspec.data.datasets import write_prepared
 
     data = tiny_data()
     meta = data.pop("meta")

@@ -183,7 +183,7 @@ def test_epoch_orders_are_the_ones_cnnspecs_loop_trains_in(tiny_fashion, monkeyp
     """The indices cnnspec's loop hands each step, recorded from a real train() call,
     are cnnspec_epoch_orders cut into consecutive batches; with hflip the flips' draws
     from the same generator are replayed, so epoch 2 still matches."""
-    from cnnspec import training
+    from cnnspec.training import loop as training
 
     task = dataclasses.replace(_task(peers.fashion_task_data(tiny_fashion, None, 40, batch=32)),
                                epochs=2, hflip=hflip)

@@ -42,14 +42,15 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from cnnspec import distributed, optimization
+from cnnspec.training import distributed
+from cnnspec.training import optimization
 from cnnspec.atomic import save_torch
-from cnnspec.augment import Augmentation
-from cnnspec.cost import CostClock
-from cnnspec.datasets import Normalize
+from cnnspec.training.augment import Augmentation
+from cnnspec.training.cost import CostClock
+from cnnspec.data.datasets import Normalize
 from cnnspec.errors import ParamsError, TrainingError
-from cnnspec.finetune import UnfreezeSchedule
-from cnnspec.integrity import set_aside
+from cnnspec.training.finetune import UnfreezeSchedule
+from cnnspec.data.integrity import set_aside
 
 RESUME_FORMAT = "cnnspec-resume/3"  # 3: a mid-epoch state keeps its per-step losses as `losses`
 WHITENING_IMAGES = 5000  # training images handed to model.init_from_data (airbench's figure)
@@ -87,7 +88,7 @@ def train(model, data: dict, params: dict, device="cpu", *, resume_path=None, lo
     `train` section of params.yaml. `resume_path`: where the per-epoch resume state
     lives (None: no resume); `log_dir`: the DVCLive folder (None: print only);
     `fingerprint`: run_fingerprint of what a resume state must match; `ranks`: this
-    process's place in a data-parallel run (cnnspec/distributed.py), None for one
+    process's place in a data-parallel run (cnnspec/training/distributed.py), None for one
     process. With several, only rank 0 writes, and a stop signal is torchrun's to
     handle: it stops every rank, and the last finished epoch is the state kept."""
     device = torch.device(device)

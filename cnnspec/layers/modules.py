@@ -108,7 +108,7 @@ class RandomFlip(nn.Module):
 
 def random_shift(x, pad_h: int, pad_w: int, mode: str):
     """Shift each image by a random whole number of pixels in [-pad, pad], filling the edge."""
-    from cnnspec.augment import random_shift as shift
+    from cnnspec.training.augment import random_shift as shift
 
     return shift(x, (pad_h, pad_w), None, mode)
 

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Callable
 
 from cnnspec.errors import SpecError
-from cnnspec.nodes import LayerNode
+from cnnspec.spec.nodes import LayerNode
 
 
 class LazyModule:
@@ -48,7 +48,7 @@ class LazyModule:
 
 torch = LazyModule("torch")
 nn = LazyModule("torch.nn")
-modules = LazyModule("cnnspec.modules")
+modules = LazyModule("cnnspec.layers.modules")
 
 
 # ---------------------------------------------------------------- the registry
@@ -88,7 +88,7 @@ def register_layer(layer_type: str, rule: LayerRule, schema: dict | None = None)
     if layer_type in LAYERS:
         raise ValueError(f"layer type {layer_type!r} is already registered")
     if schema is not None:
-        from cnnspec.spec import add_layer_schema
+        from cnnspec.spec.reader import add_layer_schema
 
         add_layer_schema(layer_type, schema, rule)
     LAYERS[layer_type] = rule
@@ -740,7 +740,7 @@ def build_backbone(node, in_shape, ctx):
     name = node.options["model"]
     model = torchvision.models.get_model(name, weights=None)
     if node.options["weights"] == "imagenet" and ctx.load_weights:
-        from cnnspec.download import imagenet_state_dict
+        from cnnspec.data.download import imagenet_state_dict
 
         model.load_state_dict(imagenet_state_dict(node, name))
     return one(node, modules.Backbone(backbone_features(name, model), node.options["pooling"]))

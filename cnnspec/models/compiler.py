@@ -15,9 +15,9 @@ import torch
 from torch import nn
 
 from cnnspec.layers import error, rule_for
-from cnnspec.modules import WhiteningConv
-from cnnspec.nodes import LayerNode, walk
-from cnnspec.shapes import Context, as_spec, infer, resolve_input
+from cnnspec.layers.modules import WhiteningConv
+from cnnspec.spec.nodes import LayerNode, walk
+from cnnspec.models.shapes import Context, as_spec, infer, resolve_input
 
 # l2 / lr_mult / wd_mult of a parameter no weighted layer set (a pool, a residual's projection)
 DEFAULT_PARAM_OPTIONS = {"l2": 0.0, "lr_mult": 1.0, "wd_mult": 1.0}

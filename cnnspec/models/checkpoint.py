@@ -111,7 +111,7 @@ def load_model(path, device="cpu"):
     """Rebuild the model a checkpoint describes, load its weights, put it in eval mode
     on `device`. Returns (model, checkpoint)."""
     from cnnspec import build_model, parse_spec
-    from cnnspec.plugins import load_plugins
+    from cnnspec.spec.plugins import load_plugins
 
     checkpoint = read_checkpoint(path)
     try:

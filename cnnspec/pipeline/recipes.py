@@ -24,12 +24,12 @@ import difflib
 import re
 from pathlib import Path
 
-from cnnspec import yamlio
+from cnnspec.spec import yamlio
 from cnnspec.errors import ParamsError, SpecError
 
 DEFAULT_RECIPE = "keras_adam"   # for a spec that names none: Adam 1e-3 trains most CNNs
 SECTIONS = ("train", "evaluate")   # what a recipe may set; data.* stays in params.yaml
-SHIPPED = Path(__file__).resolve().parent.parent / "recipes"
+SHIPPED = Path(__file__).resolve().parents[2] / "recipes"
 NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 MAX_BASES = 16
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cnnspec.expressions import THIS_LAYER
+from cnnspec.spec.expressions import THIS_LAYER
 from cnnspec.layers import error, fmt, rule_for
-from cnnspec.nodes import LayerNode, Spec
+from cnnspec.spec.nodes import LayerNode, Spec
 
 DEFAULT_INPUT = (3, 32, 32)
 MAX_PARAMS = 1_000_000_000  # 4 GB of float32 weights: refused before anything is allocated
@@ -61,7 +61,7 @@ class Context:
         if node.block_call is not None:
             self._block_inputs[node.block_call] = in_shape[0]
         if node.deferred:
-            from cnnspec.spec import resolve_deferred
+            from cnnspec.spec.reader import resolve_deferred
 
             self._block_inputs[THIS_LAYER] = in_shape[0]
             resolve_deferred(node, self._block_inputs)
@@ -111,7 +111,7 @@ def infer_tree(nodes: list[LayerNode], in_shape: tuple, num_classes: int = 10) -
 def as_spec(spec_or_path) -> Spec:
     if isinstance(spec_or_path, Spec):
         return spec_or_path
-    from cnnspec.spec import load_spec
+    from cnnspec.spec.reader import load_spec
 
     return load_spec(Path(spec_or_path))
 

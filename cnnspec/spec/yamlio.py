@@ -18,7 +18,7 @@ import re
 import yaml
 
 from cnnspec.errors import SpecError
-from cnnspec.nodes import Location
+from cnnspec.spec.nodes import Location
 
 # Generous bounds that no real spec comes near; they turn hostile input (deep
 # nesting, alias bombs) into an error instead of a hang or a RecursionError.

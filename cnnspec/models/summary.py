@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from cnnspec.layers import rule_for
-from cnnspec.shapes import as_spec, infer
+from cnnspec.models.shapes import as_spec, infer
 
 BYTES_PER_PARAM = 4  # float32
 

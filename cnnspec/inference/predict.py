@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from cnnspec.errors import CnnspecError, DataError
-from cnnspec.images import ImageReadError, is_image_file, read_image
+from cnnspec.data.images import ImageReadError, is_image_file, read_image
 
 DECODE_THREADS = 4  # Pillow releases the GIL while decoding
 
@@ -44,7 +44,7 @@ class InferenceModel(nn.Module):
                  image_size: tuple[int, int], resize: str, checkpoint: dict | None = None):
         super().__init__()
         self.network = network
-        from cnnspec.datasets import Normalize
+        from cnnspec.data.datasets import Normalize
 
         normalize = Normalize(mean, std, "cpu")  # training's and evaluation's formula, as buffers
         self.register_buffer("scale", normalize.scale)
@@ -71,7 +71,7 @@ def load_model(path, device="cpu") -> InferenceModel:
     """The checkpoint at `path` as an InferenceModel in eval mode on `device`. A file that
     is not a cnnspec checkpoint, or of a format this version cannot read, raises a
     one-line TrainingError."""
-    from cnnspec.checkpoint import image_settings, load_model as load_network
+    from cnnspec.models.checkpoint import image_settings, load_model as load_network
 
     network, checkpoint = load_network(path, "cpu")
     channels, size, resize = image_settings(checkpoint)
@@ -141,7 +141,7 @@ class Prediction:
 @torch.inference_mode()
 def probabilities_of(model: InferenceModel, pixels: torch.Tensor, tta: str = "none") -> torch.Tensor:
     """Class probabilities of a (N, C, H, W) batch, with evaluate's test-time augmentation."""
-    from cnnspec.evaluation import TTA
+    from cnnspec.inference.evaluation import TTA
 
     device = model.shift.device
     pixels = pixels.to(device)
@@ -159,7 +159,7 @@ def predict(model_or_path, inputs, top_k: int = 1, batch_size: int = 64, device=
     """Classify `inputs`: a path, bytes, PIL image, numpy array (uint8 HWC / CHW, or a
     float CHW in 0..1), tensor, or a list of them (a 4-D array is a batch). Returns one
     Prediction per image, in order. An unreadable image raises ImageReadError."""
-    from cnnspec.evaluation import TTA
+    from cnnspec.inference.evaluation import TTA
 
     if tta not in TTA:
         raise ValueError(f"tta must be one of {', '.join(TTA)}, not {tta!r}")
@@ -300,7 +300,7 @@ def as_table(predictions: list[Prediction]) -> str:
 
 def device_from_argument(name: str) -> torch.device:
     """--device: auto (CUDA when there is one), cpu, cuda, cuda:N."""
-    from cnnspec.cli import UsageError
+    from cnnspec.errors import UsageError
 
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -314,7 +314,7 @@ def device_from_argument(name: str) -> torch.device:
 
 
 def run_command(args) -> int:
-    from cnnspec.cli import UsageError
+    from cnnspec.errors import UsageError
 
     if args.top_k < 1:
         raise UsageError(f"--top-k: expected a number >= 1, not {args.top_k}")

@@ -22,10 +22,10 @@ import numpy as np
 
 from cnnspec import atomic
 from cnnspec.errors import DataError
-from cnnspec.pipeline import DOWNLOAD_HINT, PREPARED, PREPROCESS_HINT
+from cnnspec.paths import DOWNLOAD_HINT, PREPARED, PREPROCESS_HINT
 
 SPLITS = ("train", "val", "test")
-USER_DATASETS = ("folder", "csv")  # the user's own files (cnnspec/imagesets.py), nothing to download
+USER_DATASETS = ("folder", "csv")  # the user's own files (cnnspec/data/user_datasets.py), nothing to download
 EXTRACTED = "extracted"  # data/raw/<this>/ holds an archive's contents
 
 
@@ -365,7 +365,7 @@ def load_prepared(folder=PREPARED, mmap_mode: str | None = None) -> dict:
 
     A missing file says to run preprocess; a damaged one (truncated, not an array, or
     not what meta.json describes) is named with the way to rebuild the folder."""
-    from cnnspec import integrity
+    from cnnspec.data import integrity
 
     folder = Path(folder)
     meta_path = folder / "meta.json"

@@ -25,7 +25,7 @@ import math
 import re
 from dataclasses import dataclass
 
-from cnnspec.schema_errors import did_you_mean
+from cnnspec.spec.schema_errors import did_you_mean
 
 
 class ExpressionError(Exception):

@@ -14,9 +14,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cnnspec.datasets import Normalize, load_prepared
+from cnnspec.data.datasets import Normalize, load_prepared
 from cnnspec.errors import DataError, TrainingError
-from cnnspec.pipeline import MODEL, PREPARED, TRAIN_HINT
+from cnnspec.paths import MODEL, PREPARED, TRAIN_HINT
 
 DECIMALS = 4  # metrics/eval.json is diffed by people; four digits are enough to read
 SMALLEST_PROBABILITY = 1e-12  # keeps log(0) out of the loss when a model is certain and wrong
@@ -179,7 +179,7 @@ def evaluate_checkpoint(model_path=MODEL, prepared=PREPARED, tta="none",
     """Score a checkpoint on the prepared test split.
 
     Returns (report, actual labels, predicted labels)."""
-    from cnnspec.checkpoint import load_model
+    from cnnspec.models.checkpoint import load_model
 
     model_path = Path(model_path)
     if not model_path.is_file():

@@ -26,12 +26,12 @@ from pathlib import Path
 import jsonschema
 
 from cnnspec.errors import SpecError
-from cnnspec.expressions import (IN_CHANNELS, THIS_LAYER, Deferred, ExpressionError, bind, evaluate, is_expression,
+from cnnspec.spec.expressions import (IN_CHANNELS, THIS_LAYER, Deferred, ExpressionError, bind, evaluate, is_expression,
                                  needs_shapes, parse)
 from cnnspec.layers import LAYERS
-from cnnspec.nodes import LayerNode, Location, Spec, walk
-from cnnspec.schema_errors import Strict, describe_value, did_you_mean, explain, join_key, key_path, properties_of
-from cnnspec.yamlio import LocatedDict, LocatedList, load_mapping, plain, where_in
+from cnnspec.spec.nodes import LayerNode, Location, Spec, walk
+from cnnspec.spec.schema_errors import Strict, describe_value, did_you_mean, explain, join_key, key_path, properties_of
+from cnnspec.spec.yamlio import LocatedDict, LocatedList, load_mapping, plain, where_in
 
 SCHEMA = json.loads((Path(__file__).parent / "schema.json").read_text(encoding="utf-8"))
 LAYER_SCHEMAS = {name: sub for name, sub in SCHEMA["$defs"].items() if sub.get("x-layer")}

@@ -29,7 +29,7 @@ SHOWN = 12  # names listed per line of the init_from report before "... and N mo
 def check_init_from(options: dict) -> Path | None:
     """The checkpoint `train.init_from` names, which must be a readable file (the stages
     check it with every other path param, params.NAMED_PATHS); None when it is ""."""
-    from cnnspec.params import check_named_paths
+    from cnnspec.pipeline.params import check_named_paths
 
     if not options.get("init_from"):
         return None
@@ -52,8 +52,8 @@ def _listed(names) -> str:
 def init_from(model, path, out=None) -> dict:
     """Load the tensors of checkpoint `path` that fit `model` (same key, same shape).
     Returns {"loaded", "reshaped", "missing", "unused"}: lists of state_dict keys."""
-    from cnnspec.checkpoint import read_checkpoint
-    from cnnspec.modules import WhiteningConv
+    from cnnspec.models.checkpoint import read_checkpoint
+    from cnnspec.layers.modules import WhiteningConv
 
     out = out or sys.stdout
     try:

@@ -29,9 +29,9 @@ from numpy.lib import format as npy_format
 
 from cnnspec import atomic
 from cnnspec.atomic import atomic_folder
-from cnnspec.datasets import SPLITS, histogram_mean_std, stratified_split
+from cnnspec.data.datasets import SPLITS, histogram_mean_std, stratified_split
 from cnnspec.errors import DataError, DiskFullError
-from cnnspec.images import IMAGE_SUFFIXES, ImageReadError, is_image_file, read_image
+from cnnspec.data.images import IMAGE_SUFFIXES, ImageReadError, is_image_file, read_image
 
 BATCH_IMAGES = 256          # images one worker decodes per task
 WINDOW_BYTES = 32 << 20     # decoded pixels in flight at once: "one chunk"

@@ -9,7 +9,7 @@ A process started by torchrun (RANK, WORLD_SIZE and LOCAL_RANK in its environmen
 joins as one rank, whatever `train.devices` says; any other train stage with
 `train.devices` above 1 launches itself through torchrun on this machine.
 
-What a rank does differently from a single process (cnnspec/training.py calls these):
+What a rank does differently from a single process (cnnspec/training/loop.py calls these):
 - every rank draws the same permutation of the training set each epoch, from the
   same seeded generator, and takes its slice of every global batch
   (`rank_slice`): the ranks together see exactly the images, in the order, that one

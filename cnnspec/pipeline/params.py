@@ -17,9 +17,10 @@ import json
 import os
 from pathlib import Path
 
-from cnnspec import recipes, yamlio
+from cnnspec.pipeline import recipes
+from cnnspec.spec import yamlio
 from cnnspec.errors import ParamsError, SpecError
-from cnnspec.schema_errors import Strict, explain, key_path, unknown_key
+from cnnspec.spec.schema_errors import Strict, explain, key_path, unknown_key
 
 SCHEMA_PATH = Path(__file__).with_name("params_schema.json")
 
@@ -54,7 +55,7 @@ def load_params(path="params.yaml", sections=None) -> dict:
     check(chosen, sub_schema, name, lambda key_path: recipes.origin_of(origin, key_path))
     filled = fill_defaults(chosen, sub_schema)
     if "model" in filled:  # layer types from the user's code, before any spec is read
-        from cnnspec.plugins import load_plugins
+        from cnnspec.spec.plugins import load_plugins
 
         load_plugins(filled["model"].get("plugins"))
     return filled

@@ -108,7 +108,7 @@ def largest_difference(path: Path, fmt: str, model, images: torch.Tensor) -> flo
 def export(checkpoint, fmt: str, output=None, prepared="data/prepared", opset: int = 17) -> dict:
     """Export `checkpoint` to `output` (default: beside it) and check it. Returns
     {"output", "difference", "checked_on"}; raises ExportError when it does not match."""
-    from cnnspec.inference import load_model
+    from cnnspec.inference.predict import load_model
 
     if fmt not in SUFFIXES:
         raise ExportError(f"--format: expected onnx or torchscript, not {fmt!r}")

@@ -30,7 +30,7 @@ import urllib.request
 from pathlib import Path, PurePosixPath
 
 from cnnspec.atomic import atomic_folder, disk_is_full
-from cnnspec.datasets import EXTRACTED, DatasetInfo, get_dataset
+from cnnspec.data.datasets import EXTRACTED, DatasetInfo, get_dataset
 from cnnspec.errors import DataError, DiskFullError
 
 DEFAULT_TIMEOUT = 10.0   # seconds without a byte before a connection counts as stalled
