@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.bench_loop_overhead import NO_EXTRAS, train_params  # noqa: E402
-from benchmarks.versus_peers import DEBIAN_FOLDER, fashion_task_data  # noqa: E402
+from benchmarks.versus_peers.data import DEBIAN_FOLDER, fashion_task_data  # noqa: E402
 from cnnspec import build_model, load_spec  # noqa: E402
 from cnnspec.training import loop as training  # noqa: E402
 

@@ -70,7 +70,7 @@ def test_all_four_build_the_same_network(tiny_fashion, model):
 @needs_peers
 def test_a_different_network_stops_the_benchmark(tiny_fashion, monkeypatch):
     task = _task(peers.fashion_task_data(tiny_fashion, None, None, batch=32))
-    monkeypatch.setattr(peers, "torch_model", lambda task: torch.nn.Linear(784, 10))
+    monkeypatch.setattr(peers.torch_models, "torch_model", lambda task: torch.nn.Linear(784, 10))
     with pytest.raises(SystemExit, match="simcnn: parameter counts differ .*plain 7,850 trainable"):
         peers.parameter_counts(task)
 
@@ -99,10 +99,10 @@ def test_torch_module_gets_cnnspecs_initial_weights(tiny_fashion):
     assert not torch.equal(target[0].weight, source.state_dict()["layers.conv_conv_bn_pool_1.conv_1.weight"])
     target[4].running_var.fill_(3.0)  # batch-norm statistics are copied too
     peers.copy_torch_weights(source, target)
-    for ours, theirs in zip(peers._weights(source), peers._weights(target), strict=True):
+    for ours, theirs in zip(peers.torch_models.weights(source), peers.torch_models.weights(target), strict=True):
         assert torch.equal(ours, theirs)
     assert all(torch.equal(ours, theirs) for ours, theirs in
-               zip(peers._weights(source), peers._weights(peers.torch_model(task)), strict=True))
+               zip(peers.torch_models.weights(source), peers.torch_models.weights(peers.torch_model(task)), strict=True))
     with pytest.raises(SystemExit, match="do not line up"):
         peers.copy_torch_weights(source, peers.torch_architecture(dataclasses.replace(task, model="simcnn")))
 
@@ -122,7 +122,7 @@ def test_all_four_start_from_the_same_weights(tiny_fashion, model):
 @needs_peers
 def test_keras_with_its_own_initial_weights_stops_the_benchmark(tiny_fashion, monkeypatch):
     task = _task(peers.fashion_task_data(tiny_fashion, None, None, batch=32))
-    monkeypatch.setattr(peers, "set_keras_weights", lambda model, source: None)  # Glorot-uniform, zero biases
+    monkeypatch.setattr(peers.keras_fit, "set_keras_weights", lambda model, source: None)  # Glorot-uniform, zero biases
     with pytest.raises(SystemExit, match="simcnn: the frameworks do not start from the same weights"):
         peers.check_same_start(task)
 

@@ -1,0 +1,91 @@
+"""The whole pipeline, end to end: `dvc repro` in a copy of this repository on the
+task's images, against the train stage's own training time."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from benchmarks.versus_peers.cnnspec_train import cnnspec_params
+from benchmarks.versus_peers.data import ROOT, BenchmarkMismatch, Task
+from cnnspec.data.datasets import get_dataset
+
+
+def copy_working_tree(destination: Path) -> None:
+    """The files git would commit, in a fresh repository (as the end-to-end test does)."""
+    import shutil
+    import subprocess
+
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+                            cwd=ROOT, capture_output=True, check=True).stdout
+    for name in filter(None, listed.decode().split("\0")):
+        if (ROOT / name).is_file():
+            (destination / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, destination / name)
+    for command in (["git", "init", "-q"], ["git", "add", "-A"],
+                    ["git", "-c", "user.name=bench", "-c", "user.email=bench@cnnspec.invalid", "commit", "-qm", "copy"]):
+        subprocess.run(command, cwd=destination, check=True)
+
+
+def write_fashion_subset(task: Task, folder: Path) -> None:
+    """The task's training and test images as Fashion-MNIST's four idx .gz files, so
+    that the pipeline downloads, prepares and trains exactly what the other runs train."""
+    import gzip
+
+    arrays = {"train-images-idx3-ubyte.gz": (task.train_images[:, 0], 0x803),
+              "train-labels-idx1-ubyte.gz": (task.train_labels, 0x801),
+              "t10k-images-idx3-ubyte.gz": (task.test_images[:, 0], 0x803),
+              "t10k-labels-idx1-ubyte.gz": (task.test_labels, 0x801)}
+    for name, (array, magic) in arrays.items():
+        header = np.array([magic, *array.shape], dtype=">u4").tobytes()
+        with gzip.open(folder / name, "wb") as file:
+            file.write(header + np.ascontiguousarray(array, dtype=np.uint8).tobytes())
+
+
+TRAIN_STAGE_TIMES = re.compile(r"first step ([\d.]+)s \(includes compile\), rest ([\d.]+)s")
+
+
+def dvc_repro(model: str, task: Task) -> dict:
+    """Wall seconds of `dvc repro` (download from a local folder holding the task's
+    images as Fashion-MNIST files, preprocess without a validation split, train with the
+    shared recipe, evaluate on the test images, plot) in a copy of this repository, and
+    the train stage's own training seconds: the difference is what the pipeline adds.
+    The stages run with this process's torch thread count (OMP_NUM_THREADS)."""
+    import subprocess
+
+    import yaml
+
+    from cnnspec.data.download import md5_of
+
+    with tempfile.TemporaryDirectory() as repo, tempfile.TemporaryDirectory() as images:
+        repo, images = Path(repo), Path(images)
+        copy_working_tree(repo)
+        write_fashion_subset(task, images)
+        params = yaml.safe_load((repo / "params.yaml").read_text())
+        md5 = {name: md5_of(images / name) for name in get_dataset("fashion-mnist").files}
+        params["data"].update({"dataset": "fashion-mnist", "url": images.resolve().as_uri() + "/",
+                               "md5": md5, "val_split": 0.0})
+        params["model"]["spec"] = f"specs/{model}.yaml"
+        params["train"] = {**cnnspec_params(task), "device": str(task.device)}
+        params["evaluate"]["tta"] = "none"
+        (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+                   DVC_NO_ANALYTICS="1", PYTHONPATH=str(repo), OMP_NUM_THREADS=str(torch.get_num_threads()))
+        started = time.perf_counter()
+        done = subprocess.run(["dvc", "repro"], cwd=repo, env=env, capture_output=True, text=True)
+        seconds = time.perf_counter() - started
+        if done.returncode != 0:
+            raise BenchmarkMismatch(f"dvc repro failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
+        metrics = json.loads((repo / "metrics" / "eval.json").read_text())
+    times = TRAIN_STAGE_TIMES.search(done.stdout + done.stderr)
+    train_seconds = float(times[1]) + float(times[2]) if times else None
+    return {"model": model, "seconds": seconds, "train_seconds": train_seconds,
+            "test_accuracy": metrics.get("accuracy"), "train_images": len(task.train_labels),
+            "test_images": len(task.test_labels), "epochs": task.epochs, "batch": task.batch}
