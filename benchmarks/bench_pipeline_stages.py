@@ -1,0 +1,113 @@
+"""Where `dvc repro` spends its time outside training: each stage of the pipeline
+timed on real Fashion-MNIST in a scratch copy of this repository, and a no-op
+`dvc repro` afterwards.
+
+    python benchmarks/bench_pipeline_stages.py                       # simcnn, untrained weights
+    python benchmarks/bench_pipeline_stages.py --epochs 1            # the train stage too
+
+Each stage runs as `dvc repro` runs it (`python stages/NAME.py`, a fresh process, its
+imports included). Without --epochs the train stage is replaced by a checkpoint of
+untrained weights (what evaluate and plot cost does not depend on the weights), so the
+other stages can be timed in a minute. Then `dvc commit -f` records the outputs and a
+no-op `dvc repro` is timed (DVC hashes the dependencies and finds nothing to run).
+Prints one line per stage with its wall seconds and the load average; asserts nothing.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.versus_peers.pipeline import copy_working_tree  # noqa: E402
+
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+STAGES = ("download", "preprocess", "resolve", "train", "evaluate", "plot")
+
+
+def load_average() -> str:
+    try:
+        return Path("/proc/loadavg").read_text().split()[0]
+    except OSError:
+        return "?"
+
+
+def timed(command: list[str], cwd: Path, env: dict) -> tuple[float, str]:
+    started = time.perf_counter()
+    done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, check=False)
+    seconds = time.perf_counter() - started
+    if done.returncode != 0:
+        sys.exit(f"{' '.join(command)} failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
+    return seconds, done.stdout + done.stderr
+
+
+def untrained_checkpoint(repo: Path, env: dict) -> None:
+    """models/model.pt as the train stage writes it, from the spec's untrained weights."""
+    script = (
+        "import torch\n"
+        "from cnnspec import build_model, load_spec\n"
+        "from cnnspec.data.datasets import load_prepared\n"
+        "from cnnspec.models.checkpoint import save_checkpoint\n"
+        "from cnnspec.pipeline.params import load_params\n"
+        "params = load_params('params.yaml', sections=['model', 'train'])\n"
+        "meta = load_prepared('data/prepared')['meta']\n"
+        "spec = load_spec(params['model']['spec'])\n"
+        "torch.manual_seed(0)\n"
+        "model = build_model(spec, tuple(meta['input_shape']), len(meta['classes'])).eval()\n"
+        "save_checkpoint('models/model.pt', model, spec, meta, params, epoch=0, best_epoch=0)\n")
+    subprocess.run([sys.executable, "-c", script], cwd=repo, env=env, check=True)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=FASHION, help="folder of the four idx .gz files")
+    parser.add_argument("--spec", default="specs/simcnn.yaml")
+    parser.add_argument("--epochs", type=int, help="run the train stage for this many epochs")
+    parser.add_argument("--tta", help="evaluate.tta (default: the recipe's)")
+    args = parser.parse_args(argv)
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+               DVC_NO_ANALYTICS="1")
+    figures = {}
+    with tempfile.TemporaryDirectory() as scratch:
+        repo = Path(scratch)
+        copy_working_tree(repo)
+        env["PYTHONPATH"] = str(repo)
+        params = yaml.safe_load((repo / "params.yaml").read_text())
+        params["data"].update({"dataset": "fashion-mnist", "url": args.data.resolve().as_uri() + "/", "md5": "skip"})
+        params["model"]["spec"] = args.spec
+        params["train"].update({"device": "cpu", "epochs": args.epochs})
+        if args.tta:
+            params["evaluate"]["tta"] = args.tta
+        (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        for stage in STAGES:
+            load = load_average()
+            if stage == "train" and not args.epochs:
+                started = time.perf_counter()
+                untrained_checkpoint(repo, env)
+                seconds, stage = time.perf_counter() - started, "train (untrained checkpoint written instead)"
+            else:
+                seconds, _ = timed([sys.executable, f"stages/{stage.split()[0]}.py"], repo, env)
+            figures[stage] = seconds
+            print(f"{stage}: {seconds:.2f} s (load {load})", flush=True)
+        timed(["dvc", "commit", "-f", "-q"], repo, env)
+        for attempt in (1, 2):
+            load = load_average()
+            seconds, output = timed(["dvc", "repro"], repo, env)
+            figures[f"no-op dvc repro {attempt}"] = seconds
+            print(f"no-op dvc repro ({attempt}): {seconds:.2f} s (load {load}): "
+                  f"{output.strip().splitlines()[-1] if output.strip() else ''}", flush=True)
+    outside = sum(s for name, s in figures.items() if not name.startswith(("train", "no-op")))
+    print(f"stages other than train: {outside:.1f} s in all")
+    return figures
+
+
+if __name__ == "__main__":
+    main()
