@@ -50,7 +50,8 @@ def timed(command: list[str], cwd: Path, env: dict) -> tuple[float, str]:
 
 
 def untrained_checkpoint(repo: Path, env: dict) -> None:
-    """models/model.pt as the train stage writes it, from the spec's untrained weights."""
+    """models/model.pt as the train stage writes it, from the spec's untrained weights,
+    and a one-epoch DVCLive log in metrics/train (what plot reads)."""
     script = (
         "import torch\n"
         "from cnnspec import build_model, load_spec\n"
@@ -62,7 +63,13 @@ def untrained_checkpoint(repo: Path, env: dict) -> None:
         "spec = load_spec(params['model']['spec'])\n"
         "torch.manual_seed(0)\n"
         "model = build_model(spec, tuple(meta['input_shape']), len(meta['classes'])).eval()\n"
-        "save_checkpoint('models/model.pt', model, spec, meta, params, epoch=0, best_epoch=0)\n")
+        "save_checkpoint('models/model.pt', model, spec, meta, params, epoch=0, best_epoch=0)\n"
+        "from dvclive import Live\n"
+        "live = Live('metrics/train', dvcyaml=False, save_dvc_exp=False, report=None)\n"
+        "for key in ('train/loss', 'train/accuracy', 'val/loss', 'val/accuracy', 'lr'):\n"
+        "    live.log_metric(key, 0.5)\n"
+        "live.next_step()\n"
+        "live.end()\n")
     subprocess.run([sys.executable, "-c", script], cwd=repo, env=env, check=True)
 
 
@@ -72,12 +79,16 @@ def main(argv=None):
     parser.add_argument("--spec", default="specs/simcnn.yaml")
     parser.add_argument("--epochs", type=int, help="run the train stage for this many epochs")
     parser.add_argument("--tta", help="evaluate.tta (default: the recipe's)")
+    parser.add_argument("--keep", type=Path, help="work in this new folder and leave it there (to profile a stage)")
     args = parser.parse_args(argv)
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
                DVC_NO_ANALYTICS="1")
     figures = {}
     with tempfile.TemporaryDirectory() as scratch:
         repo = Path(scratch)
+        if args.keep:
+            repo = args.keep
+            repo.mkdir(parents=True)
         copy_working_tree(repo)
         env["PYTHONPATH"] = str(repo)
         params = yaml.safe_load((repo / "params.yaml").read_text())
@@ -97,7 +108,7 @@ def main(argv=None):
                 seconds, _ = timed([sys.executable, f"stages/{stage.split()[0]}.py"], repo, env)
             figures[stage] = seconds
             print(f"{stage}: {seconds:.2f} s (load {load})", flush=True)
-        timed(["dvc", "commit", "-f", "-q"], repo, env)
+        timed(["dvc", "commit", "-f", "--with-deps", "plot"], repo, env)
         for attempt in (1, 2):
             load = load_average()
             seconds, output = timed(["dvc", "repro"], repo, env)

@@ -27,7 +27,8 @@ SMALLEST_PROBABILITY = 1e-12  # keeps log(0) out of the loss when a model is cer
 # class probabilities averaged over its views.
 
 def probabilities_plain(model, batch):
-    return model(batch).float().softmax(dim=1)
+    # channels-last (NHWC), the layout training uses: oneDNN's and cuDNN's faster convolutions
+    return model(batch.contiguous(memory_format=torch.channels_last)).float().softmax(dim=1)
 
 
 def probabilities_flip(model, batch):
@@ -73,10 +74,14 @@ def predict_probabilities(model, images: np.ndarray, mean, std, tta: str = "none
     model.eval().to(device)
     normalize = Normalize(mean, std, device)
     outputs = []
-    for start in range(0, len(images), batch_size):
-        batch = torch.from_numpy(np.array(images[start:start + batch_size])).to(device)  # a copy: mmap is read-only
-        batch = normalize(batch)
-        outputs.append(views(model, batch).double().cpu())
+    model.to(memory_format=torch.channels_last)  # as in training; put back below
+    try:
+        for start in range(0, len(images), batch_size):
+            batch = torch.from_numpy(np.array(images[start:start + batch_size])).to(device)  # a copy: mmap is read-only
+            batch = normalize(batch)
+            outputs.append(views(model, batch).double().cpu())
+    finally:
+        model.to(memory_format=torch.contiguous_format)
     if not outputs:
         return np.zeros((0, 0))
     return torch.cat(outputs).numpy()
