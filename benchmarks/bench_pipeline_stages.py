@@ -90,7 +90,7 @@ def main(argv=None):
             repo = args.keep
             repo.mkdir(parents=True)
         copy_working_tree(repo)
-        env["PYTHONPATH"] = str(repo)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(repo), os.environ.get("PYTHONPATH")]))
         params = yaml.safe_load((repo / "params.yaml").read_text())
         params["data"].update({"dataset": "fashion-mnist", "url": args.data.resolve().as_uri() + "/", "md5": "skip"})
         params["model"]["spec"] = args.spec
@@ -108,10 +108,10 @@ def main(argv=None):
                 seconds, _ = timed([sys.executable, f"stages/{stage.split()[0]}.py"], repo, env)
             figures[stage] = seconds
             print(f"{stage}: {seconds:.2f} s (load {load})", flush=True)
-        timed(["dvc", "commit", "-f", "--with-deps", "plot"], repo, env)
+        timed([sys.executable, "-m", "dvc", "commit", "-f", "--with-deps", "plot"], repo, env)
         for attempt in (1, 2):
             load = load_average()
-            seconds, output = timed(["dvc", "repro"], repo, env)
+            seconds, output = timed([sys.executable, "-m", "dvc", "repro"], repo, env)
             figures[f"no-op dvc repro {attempt}"] = seconds
             print(f"no-op dvc repro ({attempt}): {seconds:.2f} s (load {load}): "
                   f"{output.strip().splitlines()[-1] if output.strip() else ''}", flush=True)

@@ -6,7 +6,7 @@
 #   bash benchmarks/gpu_suite.sh OUT_FOLDER [FASHION_MNIST_FOLDER]
 #
 # FASHION_MNIST_FOLDER holds the four idx .gz files (default: Debian's
-# /usr/share/datasets/fashion-mnist). Takes about 8 minutes on one H100 (estimate, not
+# /usr/share/datasets/fashion-mnist). Takes about 15 minutes on one H100 (estimate, not
 # yet measured); docs/benchmarks.md says where each figure goes.
 #
 # The workplace's GPU machines have torch but not dvclive or jsonschema, and no package
@@ -46,10 +46,18 @@ step cuda_tests "$python" -m pytest tests/test_cuda.py -q
 step loop_overhead "$python" benchmarks/bench_loop_overhead.py --device cuda
 step loop_overhead_compiled "$python" benchmarks/bench_loop_overhead.py --device cuda --compile
 step throughput "$python" benchmarks/gpu_throughput.py --device cuda
-step fashion "$python" benchmarks/fashion_time_to_accuracy.py --device cuda --data "$fashion"
+# the CPU speedrun's spec and recipe (fashion_cpu) on the GPU, then the small ResNet the GPU targets were set for
+step fashion "$python" benchmarks/fashion_time_to_accuracy.py --device cuda --data "$fashion" --epochs 1 2 4 8 16
+step fashion_resnet "$python" benchmarks/fashion_time_to_accuracy.py --device cuda --data "$fashion" \
+    --spec specs/fashion_resnet.yaml --recipe airbench --batch 512 --lr 0.1 --budgets 15 60 180 --targets 0.94 0.95 0.955 \
+    --epochs 1 2 4 8 16 32 64
 # data-parallel scaling of resnet18_cifar over every GPU the machine has (1 GPU: one row)
 step data_parallel "$python" benchmarks/bench_data_parallel.py --device cuda --rounds 2
-step versus_peers "$python" benchmarks/versus_peers.py --device cuda --data "$fashion" \
+step versus_peers "$python" -m benchmarks.versus_peers --device cuda --data "$fashion" \
     --models simcnn ironhack_cnn resnet18_cifar --train-images 0 --test-images 10000 --epochs 5 --repeats 3 \
     --workers 8 --target 0.90
 step predict "$python" benchmarks/predict_throughput.py --device cuda --data "$fashion" --images 10000 --batch-size 256
+# per-stage pipeline times and a no-op dvc repro (evaluate runs on the GPU)
+step pipeline_stages "$python" benchmarks/bench_pipeline_stages.py --data "$fashion"
+# cnnspec predict's forward pass against onnxruntime on the machine's CPU cores (needs the onnx wheels in .whl)
+step predict_vs_onnxruntime "$python" benchmarks/predict_vs_onnxruntime.py --data "$fashion" --batch-size 256

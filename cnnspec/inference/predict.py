@@ -313,6 +313,15 @@ def device_from_argument(name: str) -> torch.device:
     return device
 
 
+def in_fast_layout(model: InferenceModel) -> InferenceModel:
+    """The network's weights in the channels-last layout its batches arrive in
+    (evaluation's view functions send them so): oneDNN's convolutions then run about
+    2.5x faster on a CPU (benchmarks/predict_vs_onnxruntime.py). The probabilities
+    agree with the standard layout's to float rounding, not bit for bit."""
+    model.network.to(memory_format=torch.channels_last)
+    return model
+
+
 def run_command(args) -> int:
     from cnnspec.errors import UsageError
 
@@ -320,7 +329,7 @@ def run_command(args) -> int:
         raise UsageError(f"--top-k: expected a number >= 1, not {args.top_k}")
     if args.batch_size < 1:
         raise UsageError(f"--batch-size: expected a number >= 1, not {args.batch_size}")
-    model = load_model(args.checkpoint, device_from_argument(args.device))
+    model = in_fast_layout(load_model(args.checkpoint, device_from_argument(args.device)))
     paths = find_images(args.paths)
     predictions = predict_files(model, paths, args.top_k, args.batch_size, args.tta,
                                 progress=sys.stderr.isatty() and len(paths) > args.batch_size)
