@@ -3,6 +3,7 @@ MFU formula, a bare loop that does the same training as the real one, the readin
 time-to-accuracy ladder, and each script's small CPU mode printing its figures.
 Timings are printed by the scripts, never asserted here."""
 import gzip
+import importlib.util
 import re
 
 import numpy as np
@@ -205,3 +206,25 @@ def test_data_parallel_benchmark_reads_the_stage_line_and_counts_images_after_th
     assert parallel.images_per_second(2, 1000, 100, 4.0) == pytest.approx(19 * 100 / 4.0)
     assert parallel.images_per_second(2, 1050, 100, 4.0) == pytest.approx(19 * 100 / 4.0)  # full batches
     assert parallel.scaling_efficiency(360.0, 4, 100.0) == pytest.approx(0.9)
+
+
+# ---------------------------------------------------------------- predict against onnxruntime
+
+@pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None, reason="needs onnxruntime")
+def test_predict_vs_onnxruntime_prints_both_rates_from_the_same_images(tmp_path, capsys):
+    from benchmarks import predict_vs_onnxruntime as versus_onnx
+
+    rng = np.random.default_rng(0)
+    _write_idx(tmp_path / "t10k-images-idx3-ubyte.gz", rng.integers(0, 256, (48, 28, 28)), 0x803)
+    threads = torch.get_num_threads()
+    try:
+        rates = versus_onnx.main(["--data", str(tmp_path), "--images", "48", "--batch-size", "16",
+                                  "--rounds", "1", "--threads", "1"])
+    finally:
+        torch.set_num_threads(threads)  # the script sets the process's thread count
+    out = capsys.readouterr().out
+    assert set(rates) == {"torch (cnnspec predict)", "onnxruntime", "torch, network in channels-last too"}
+    assert all(rate > 0 for rate in rates.values())
+    assert "48 Fashion-MNIST test images, batch 16, 1 threads" in out
+    difference = float(re.search(r"largest probability difference ([\d.e+-]+)", out).group(1))
+    assert difference < 1e-4  # the exported model computes what cnnspec's does
