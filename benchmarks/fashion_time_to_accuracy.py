@@ -21,8 +21,9 @@ wall time of the `train` call (the per-epoch validation of the small split inclu
 the test-set evaluation not; torch.compile, when on, is counted apart).
 
 On a shared machine wall time is pessimistic: each run also prints the process's CPU
-seconds divided by its threads (what the run would take with the cores to itself) and
-the load average before and after. Never asserts a timing.
+seconds divided by its threads and the load average before and after. The CPU seconds
+are no idle-machine figure either: OpenMP threads spin while they wait for each other,
+so contention adds CPU time too. `--threads 1` avoids the waiting. Never asserts a timing.
 """
 from __future__ import annotations
 
@@ -65,7 +66,7 @@ class Run:
 
     @property
     def idle_seconds(self) -> float:
-        """The seconds the run would take with its threads' cores to itself."""
+        """CPU seconds per thread: spin-waiting under contention included."""
         return self.cpu_seconds / max(1, self.threads)
 
 
@@ -210,7 +211,11 @@ def main(argv=None):
     parser.add_argument("--tta", choices=["none", "flip", "flip_translate"], help="default: the recipe's")
     parser.add_argument("--val-split", type=float, default=0.02, help="as params.yaml's data.val_split")
     parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's own, one per core); "
+                        "1 keeps a shared machine from stalling every step at OpenMP barriers")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     chosen = settings(args)
     chosen.update({key: value for key in chosen if (value := getattr(args, key, None)) is not None})
     device = pick_device(args.device)
