@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 
 from cnnspec.errors import ParamsError, TrainingError
+from cnnspec.paths import path_problem
 
 SHOWN = 12  # names listed per line of the init_from report before "... and N more"
 
@@ -29,11 +30,11 @@ SHOWN = 12  # names listed per line of the init_from report before "... and N mo
 def check_init_from(options: dict) -> Path | None:
     """The checkpoint `train.init_from` names, which must be a readable file (the stages
     check it with every other path param, params.NAMED_PATHS); None when it is ""."""
-    from cnnspec.pipeline.params import check_named_paths
-
     if not options.get("init_from"):
         return None
-    check_named_paths({"train": options}, keys=["train.init_from"])
+    problem = path_problem(Path(str(options["init_from"])), "file")
+    if problem:
+        raise ParamsError(f"params.yaml: train.init_from: {options['init_from']}: {problem}")
     return Path(options["init_from"])
 
 
@@ -53,7 +54,7 @@ def init_from(model, path, out=None) -> dict:
     """Load the tensors of checkpoint `path` that fit `model` (same key, same shape).
     Returns {"loaded", "reshaped", "missing", "unused"}: lists of state_dict keys."""
     from cnnspec.models.checkpoint import read_checkpoint
-    from cnnspec.layers.modules import WhiteningConv
+    from cnnspec.layers.whiten import WhiteningConv
 
     out = out or sys.stdout
     try:
