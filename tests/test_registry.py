@@ -182,3 +182,22 @@ def test_an_out_of_date_schema_file_is_reported_and_rewritten(tmp_path, monkeypa
     assert schema_file.main(["--write"]) == 0
     assert stale.read_text() == schema_file.schema_text()
 
+
+
+def test_modules_defined_on_first_use_pickle_and_import_by_name():
+    """A type file defines its nn.Modules inside modules() (so shape rules never import torch);
+    they still carry their file's name, so pickle (and torch.save of a whole model) finds them."""
+    import pickle
+
+    from cnnspec.layers.residual import Residual
+
+    assert (Residual.__module__, Residual.__qualname__) == ("cnnspec.layers.residual", "Residual")
+    spec = parse_spec(spec_for("residual"), "<residual>")
+    model = build_model(spec, INPUT, CLASSES).eval()
+    copied = pickle.loads(pickle.dumps(model))
+    assert any(isinstance(module, Residual) for module in copied.modules())
+    images = torch.randn(2, *INPUT)
+    with torch.no_grad():
+        assert torch.equal(model(images), copied(images))
+    with pytest.raises(ImportError, match="Residuals"):
+        from cnnspec.layers.residual import Residuals  # noqa: F401

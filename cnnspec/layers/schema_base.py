@@ -133,7 +133,7 @@ SHARED_DEFS = {
             "sigmoid",
             "softmax",
         ],
-        "description": "an element-wise activation function (layers.ACTIVATIONS)",
+        "description": "an element-wise activation function (cnnspec.layers.activations.ACTIVATIONS)",
     },
     "block": {
         "type": "object",
