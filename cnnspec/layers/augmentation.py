@@ -6,15 +6,7 @@ from __future__ import annotations
 
 import functools
 
-from cnnspec.layers.geometry import (
-    error,
-    fmt,
-    module_attribute,
-    need_image,
-    one,
-    torch,
-    torch_modules,
-)
+from cnnspec.layers.geometry import error, fmt, module_attribute, need_image, one, torch, torch_modules
 from cnnspec.layers.registry import Inferred, LayerRule, register_layer
 
 

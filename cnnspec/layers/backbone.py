@@ -13,16 +13,7 @@ from pathlib import Path
 
 from cnnspec.errors import DataError, SpecError
 from cnnspec.fetch import download_with_timeout
-from cnnspec.layers.geometry import (
-    error,
-    fmt,
-    module_attribute,
-    need_image,
-    nn,
-    one,
-    torch,
-    torch_modules,
-)
+from cnnspec.layers.geometry import error, fmt, module_attribute, need_image, nn, one, torch, torch_modules
 from cnnspec.layers.pooling import modules as pooling_modules
 from cnnspec.layers.registry import Inferred, LayerRule, register_layer
 

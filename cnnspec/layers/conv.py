@@ -7,17 +7,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from cnnspec.layers.activations import with_activation
-from cnnspec.layers.geometry import (
-    count,
-    error,
-    fmt,
-    need_image,
-    nn,
-    pair,
-    spatial,
-    symmetric,
-    torch,
-)
+from cnnspec.layers.geometry import count, error, fmt, need_image, nn, pair, spatial, symmetric, torch
 from cnnspec.layers.registry import Inferred, LayerRule, register_layer, registry_drift
 
 if TYPE_CHECKING:

@@ -91,7 +91,7 @@ def shape_parallel(node, in_shape, ctx):
 
 def build_parallel(node, in_shape, ctx):
     return one(node, modules()["Parallel"]([ctx.build_list(branch) for branch in branches(node)],
-                                      merge=node.options["merge"]))
+                                           merge=node.options["merge"]))
 
 
 PARALLEL_OPTIONS = {

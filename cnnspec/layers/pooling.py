@@ -5,17 +5,8 @@ from __future__ import annotations
 
 import functools
 
-from cnnspec.layers.geometry import (
-    error,
-    module_attribute,
-    need_image,
-    nn,
-    one,
-    pair,
-    spatial,
-    symmetric,
-    torch_modules,
-)
+from cnnspec.layers.geometry import (error, module_attribute, need_image, nn, one, pair, spatial, symmetric,
+                                     torch_modules)
 from cnnspec.layers.registry import Inferred, LayerRule, register_layer
 
 
@@ -90,7 +81,7 @@ def shape_global_pool(node, in_shape, ctx):
 
 def build_global_pool(node, in_shape, ctx):
     return one(node, modules()["GlobalPool"]("max" if node.type == "global_max_pool" else "avg",
-                                        keep_dims=node.options["keep_dims"], over=node.options["over"]))
+                                             keep_dims=node.options["keep_dims"], over=node.options["over"]))
 
 
 MAX_POOL_OPTIONS = {

@@ -5,14 +5,7 @@ from __future__ import annotations
 
 import functools
 
-from cnnspec.layers.geometry import (
-    error,
-    fmt,
-    module_attribute,
-    need_image,
-    one,
-    torch_modules,
-)
+from cnnspec.layers.geometry import error, fmt, module_attribute, need_image, one, torch_modules
 from cnnspec.layers.registry import Inferred, LayerRule, register_layer
 
 
@@ -94,8 +87,8 @@ def shape_whiten(node, in_shape, ctx):
 def build_whiten(node, in_shape, ctx):
     kernel, _ = whiten_geometry(node, in_shape)
     return one(node, modules()["WhiteningConv"](in_shape[0], kernel, eps=node.options["eps"],
-                                           bias=node.options["bias"],
-                                           bias_epochs=node.options.get("bias_epochs")))
+                                                bias=node.options["bias"],
+                                                bias_epochs=node.options.get("bias_epochs")))
 
 
 WHITEN_OPTIONS = {
