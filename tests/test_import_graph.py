@@ -125,6 +125,19 @@ def test_type_checking_imports_are_not_edges_but_function_level_ones_are():
     assert "cnnspec.models.compiler" in GRAPH["cnnspec.models.checkpoint"]  # inside a function
 
 
+def test_the_layer_registry_stands_on_the_base_alone():
+    """The spec reader imports the registry, so the registry imports no layer type and
+    nothing of cnnspec above the base (its schema's fixed parts are data beside it)."""
+    assert GRAPH["cnnspec.layers.registry"] <= {"cnnspec.errors", "cnnspec.layers.schema_base"}
+    assert GRAPH["cnnspec.layers.schema_base"] == set()
+
+
+def test_every_part_says_what_it_owns_and_may_import():
+    for part in ORDER[1:-1]:
+        doc = ast.get_docstring(ast.parse((PACKAGE / part / "__init__.py").read_text())) or ""
+        assert f"The {part} part" in doc and "import" in doc, part
+
+
 def test_the_checks_catch_what_they_claim_to():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None

@@ -18,7 +18,10 @@ Shape rules count a layer's own parameters and multiply-accumulates analytically
 `cnnspec summary` never imports torch unless the spec holds a backbone. Options arrive
 complete: the spec reader has filled in every default the schema declares. A builder
 returns the layer's modules as (name, module) pairs, nearly always one pair named after
-the layer, so state_dict keys read `layers.conv_1.weight`.
+the layer, so state_dict keys read `layers.conv_1.weight` (a conv with an activation adds a
+sibling `conv_1_relu`; an asymmetric "same" padding adds `conv_1_pad`). Shape rules get the
+inference context of models/shapes.py (`ctx.infer_list`, `ctx.num_classes`, `ctx.warn`);
+builders get the compiler's (`ctx.build_list`, `ctx.out_shape`, `ctx.num_classes`).
 
 This module imports nothing of cnnspec but its errors: the spec reader imports it.
 """
