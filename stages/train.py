@@ -38,7 +38,7 @@ def run(params_path=PARAMS, prepared=PREPARED, model_path=MODEL, resume_path=RES
     from cnnspec.models.checkpoint import save_checkpoint
     from cnnspec.data.datasets import load_prepared
     from cnnspec.training.finetune import check_init_from, init_from
-    from cnnspec.training.loop import pick_device, run_fingerprint, train
+    from cnnspec.training.loop import run_fingerprint, train
 
     spec = load_spec(params["model"]["spec"])  # a bad spec is reported before the data is read
     options = params["train"]
@@ -53,8 +53,8 @@ def run(params_path=PARAMS, prepared=PREPARED, model_path=MODEL, resume_path=RES
             return None
     data = load_prepared(prepared, mmap_mode="c")  # memory-mapped: copied to the device or streamed
     meta = data["meta"]
-    with distributed.joined(options) as ranks:
-        device = ranks.device if ranks else pick_device(options["device"])
+    with distributed.joined(options) as world:  # one process: a world of size one
+        device = world.device
         torch.manual_seed(options["seed"])  # the initial weights, the same on every rank
         model = build_model(spec, tuple(meta["input_shape"]), len(meta["classes"]))
         for warning in model.spec_warnings:  # e.g. an automatic projection shortcut; docs/spec.md
@@ -63,8 +63,8 @@ def run(params_path=PARAMS, prepared=PREPARED, model_path=MODEL, resume_path=RES
             init_from(model, start_from)
         fingerprint = run_fingerprint(distributed.fingerprint_params(params), spec.text, meta)
         result = train(model, data, options, device, resume_path=resume_path, log_dir=log_dir,
-                       fingerprint=fingerprint, ranks=ranks)
-        if ranks is not None and not ranks.is_main:
+                       fingerprint=fingerprint, world=world)
+        if not world.is_writer:
             return result
         save_checkpoint(model_path, result.model, spec, meta, params,
                         epoch=len(result.history) - 1, best_epoch=result.best_epoch)
@@ -76,8 +76,7 @@ def run(params_path=PARAMS, prepared=PREPARED, model_path=MODEL, resume_path=RES
         runcheck.warn(reason, params)
     last = result.history[-1]
     split = "val" if "val/accuracy" in last else "train"  # data.val_split: 0 has no val metrics
-    where = f"{ranks.world_size} processes ({device.type}, {ranks.backend})" if ranks else str(device)
-    print(f"trained {len(result.history)} epochs on {where}: {split} accuracy {last[split + '/accuracy']:.4f}; "
+    print(f"trained {len(result.history)} epochs on {world}: {split} accuracy {last[split + '/accuracy']:.4f}; "
           f"first step {result.first_step_seconds:.2f}s (includes compile), "
           f"rest {result.train_seconds:.2f}s; wrote {model_path}")
     return result

@@ -21,7 +21,8 @@ from cnnspec.training import distributed
 from cnnspec.training.augment import Augmentation
 from cnnspec.errors import ParamsError, TrainingError
 from cnnspec.pipeline.params import load_params
-from cnnspec.training.loop import pick_device, run_fingerprint
+from cnnspec.training.device import pick_device
+from cnnspec.training.loop import run_fingerprint
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 FASHION = Path("/usr/share/datasets/fashion-mnist")
@@ -29,7 +30,7 @@ CPU = torch.device("cpu")
 
 
 def ranks_of(world_size: int):
-    return [distributed.Ranks(rank, world_size, rank, CPU, "gloo") for rank in range(world_size)]
+    return [distributed.World(rank, world_size, rank, CPU, "gloo") for rank in range(world_size)]
 
 
 def epoch_shard(order: torch.Tensor, steps: int, batch_size: int, ranks) -> torch.Tensor:
@@ -61,14 +62,15 @@ def test_rank_shards_cover_every_image_of_the_epoch_exactly_once(num_images, bat
 def test_sharded_augmentation_gives_each_image_the_draw_one_process_gives_it():
     images = torch.randint(0, 256, (8, 3, 10, 10), dtype=torch.uint8)
     indices = torch.arange(8)
-    options = {"hflip": True, "vflip": True, "translate": 2, "crop_padding": 1, "cutout": 3}
+    options = {"hflip": True, "alternating_flip": False, "vflip": True, "translate": 2, "crop_padding": 1,
+               "cutout": 3}
     whole = Augmentation.from_params(options, 8, 0, CPU)
     one_process = torch.Generator().manual_seed(5)
     expected = whole(images, indices, 0, one_process)
     parts, generators = [], []
     for ranks in ranks_of(2):
         shard = Augmentation.from_params(options, 8, 0, CPU)
-        shard.shard = (ranks.rank, ranks.world_size)
+        shard.shard = ranks.augment_shard
         generator = torch.Generator().manual_seed(5)
         mine = distributed.rank_slice(indices, ranks)
         parts.append(shard(images[mine], mine, 0, generator))
@@ -331,7 +333,7 @@ with distributed.joined(options) as ranks:
     mine = root / f"rank{{ranks.rank}}"
     print(f"rank {{ranks.rank}} speaks", flush=True)
     train(tiny_model(), tiny_data(), options, ranks.device, resume_path=mine / "resume" / "state.pt",
-          log_dir=mine / "log", fingerprint="f", ranks=ranks)
+          log_dir=mine / "log", fingerprint="f", world=ranks)
 """
 
 

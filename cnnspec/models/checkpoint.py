@@ -107,8 +107,8 @@ def read_checkpoint(path) -> dict:
     return checkpoint
 
 
-def load_model(path, device="cpu"):
-    """Rebuild the model a checkpoint describes, load its weights, put it in eval mode
+def load_network(path, device="cpu"):
+    """Rebuild the network (the SpecModel) a checkpoint describes, load its weights, put it in eval mode
     on `device`. Returns (model, checkpoint)."""
     from cnnspec import build_model, parse_spec
     from cnnspec.spec.plugins import load_plugins
