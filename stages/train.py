@@ -1,7 +1,10 @@
-"""Stage 3 of 5, train: build the spec's model for the prepared data, train it, and write
+"""Stage 4 of 6, train: build the spec's model for the prepared data, train it, and write
 models/model.pt (one self-contained checkpoint) and metrics/train/ (DVCLive).
 
-    python stages/train.py        (reads params.yaml: model, train; and data/prepared/)
+    python stages/train.py        (reads params.resolved.yaml: model, train; and data/prepared/)
+
+Its params come from params.resolved.yaml, which the resolve stage writes; run alone
+after an edit of params.yaml or its recipe, it resolves them itself and says so.
 
 A run killed or interrupted part-way leaves models/resume/state.pt (not a DVC
 output, so `dvc repro` keeps it); the next run with the same params, spec and data
@@ -23,14 +26,14 @@ if __package__ in (None, ""):  # `python stages/<name>.py`: import this checkout
 
 from cnnspec.training import distributed
 from cnnspec.errors import exit_on_user_error
-from cnnspec.pipeline.params import load_stage_params
+from cnnspec.pipeline.params import load_resolved_params
 from cnnspec.paths import MODEL, PARAMS, PREPARED, RESUME_STATE, TRAIN_LOG
 
 
 def run(params_path=PARAMS, prepared=PREPARED, model_path=MODEL, resume_path=RESUME_STATE,
         log_dir=TRAIN_LOG):
-    params = load_stage_params(params_path, sections=["recipe", "model", "train"])
-    # torch loads only after params.yaml passed, so a typo fails in a blink.
+    params = load_resolved_params(params_path, sections=["recipe", "model", "train"])
+    # torch loads only after the params passed, so a typo fails in a blink.
     import torch
 
     from cnnspec import build_model, load_spec

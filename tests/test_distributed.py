@@ -90,6 +90,46 @@ def test_each_rank_gets_its_own_dropout_stream_that_a_resumed_epoch_repeats():
     assert torch.equal(torch.rand(4), draws[1])
 
 
+def test_one_process_is_a_world_of_size_one_whose_collectives_do_nothing():
+    """No process group exists for one process: every collective the loop calls hands
+    back its input, so the loop needs no branch of its own for it."""
+    world = distributed.World(device=CPU)
+    assert world.is_writer and world.handles_signals and world.augment_shard is None
+    assert not torch.distributed.is_initialized()
+    indices, losses = torch.arange(10), torch.rand(5)
+    assert distributed.rank_slice(indices, world) is indices
+    assert distributed.every_nth(indices, world) is indices
+    sums = (losses, torch.tensor(3), torch.tensor(1.5, dtype=torch.float64), torch.tensor(2))
+    assert all(a is b for a, b in zip(distributed.sum_epoch_totals(world, *sums), sums))
+    assert distributed.from_rank_0(world, lambda: "state") == "state"
+    model = torch.nn.Linear(2, 2)
+    assert distributed.data_parallel(model, world, sync_bn=True) is model
+    distributed.broadcast_buffers(model, world)
+    before = torch.get_rng_state()
+    distributed.seed_rank(0, 3, world)  # one process keeps its generator: its resume state holds it
+    assert torch.equal(torch.get_rng_state(), before)
+    distributed.check_world(train_options(unfreeze={"after_epochs": 1, "layers": ["conv_1"]},
+                                          batch_size=33), 33, world)  # nothing to split, no DDP
+    assert str(world) == "cpu"
+    assert str(distributed.World(1, 2, 1, CPU, "gloo")) == "2 processes (cpu, gloo)"
+
+
+@pytest.mark.parametrize("env", [{}, {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"}])
+def test_joined_without_several_processes_yields_a_world_of_one_and_no_process_group(env):
+    with distributed.joined(train_options(device="cpu"), env) as world:
+        assert (world.rank, world.size, world.device) == (0, 1, CPU)
+        assert not torch.distributed.is_initialized()
+
+
+def test_a_world_of_several_refuses_an_uneven_batch_and_unfreezing():
+    world = ranks_of(2)[1]
+    assert not world.is_writer and not world.handles_signals and world.augment_shard == (1, 2)
+    with pytest.raises(ParamsError, match="cannot be split evenly between 2 processes"):
+        distributed.check_world(train_options(), 33, world)
+    with pytest.raises(ParamsError, match="train.unfreeze with train.devices above 1"):
+        distributed.check_world(train_options(unfreeze={"after_epochs": 1, "layers": ["conv_1"]}), 32, world)
+
+
 # ---------------------------------------------------------------- requests and their errors
 
 def train_options(**changes) -> dict:

@@ -166,7 +166,7 @@ def local_batch_size(batch_size: int, world_size: int) -> int:
 def check_unfreeze(options: dict) -> None:
     """DistributedDataParallel averages the gradients of the parameters that train when
     it is built; layers unfrozen later would train apart on each rank."""
-    if (options.get("unfreeze") or {}).get("layers"):
+    if options["unfreeze"]["layers"]:
         raise ParamsError("params.yaml: train.unfreeze with train.devices above 1 is not supported "
                           "(DistributedDataParallel keeps the set of trained parameters it starts with); "
                           "train on one process, or mark the layers trainable in the spec")

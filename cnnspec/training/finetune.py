@@ -31,7 +31,7 @@ def check_init_from(options: dict) -> Path | None:
     check it with every other path param, params.NAMED_PATHS); None when it is ""."""
     from cnnspec.pipeline.params import check_named_paths
 
-    if not options.get("init_from"):
+    if not options["init_from"]:
         return None
     check_named_paths({"train": options}, keys=["train.init_from"])
     return Path(options["init_from"])
@@ -102,10 +102,9 @@ class UnfreezeSchedule:
     `after_epochs` (0-based) on. `apply(epoch)` before every epoch sets the state that
     epoch should have, whatever happened before: resuming needs nothing saved."""
 
-    def __init__(self, model, options: dict | None):
-        options = options or {}
-        self.after_epochs = int(options.get("after_epochs", 0))
-        self.entries = list(options.get("layers") or [])
+    def __init__(self, model, options: dict):
+        self.after_epochs = int(options["after_epochs"])
+        self.entries = list(options["layers"])
         self.model = model
         named = list(model.named_parameters())
         self.parameters = []

@@ -58,6 +58,7 @@ from cnnspec.training.progress import Clock, CostClock, EpochLog, EpochProgressB
 RESUME_FORMAT = "cnnspec-resume/3"  # 3: a mid-epoch state keeps its per-step losses as `losses`
 WHITENING_IMAGES = 5000  # training images handed to model.init_from_data (airbench's figure)
 
+
 class TrainingInterrupted(TrainingError):
     """Ctrl-C or SIGTERM: the progress is saved; the exit status is 128 + the signal's
     number (130 for Ctrl-C), like any command a signal stopped."""

@@ -157,7 +157,7 @@ def make_loss(options: dict, class_weight: torch.Tensor | None = None):
 def class_weights(labels, classes: list[str], options: dict) -> torch.Tensor | None:
     """Per-class loss weights: `balanced` is scikit-learn's n_samples / (n_classes * count),
     then each class named in `multipliers` is scaled by its factor. None when both are off."""
-    multipliers = options.get("multipliers") or {}
+    multipliers = options["multipliers"]
     if options["mode"] == "none" and not multipliers:
         return None
     labels = torch.as_tensor(labels)
