@@ -32,7 +32,11 @@ from cnnspec.paths import MODEL, PARAMS, PREPARED, RESUME_STATE, TRAIN_LOG
 
 def run(params_path=PARAMS, prepared=PREPARED, model_path=MODEL, resume_path=RESUME_STATE,
         log_dir=TRAIN_LOG):
-    params = load_resolved_params(params_path, sections=["recipe", "model", "train"])
+    # The ranks torchrun starts say nothing about a stale params.resolved.yaml: the
+    # launching train stage said it once, and every rank would repeat it.
+    one_process = distributed.torchrun_environment() is None
+    params = load_resolved_params(params_path, sections=["recipe", "model", "train"],
+                                  say=print if one_process else lambda line: None)
     # torch loads only after the params passed, so a typo fails in a blink.
     import torch
 
@@ -46,7 +50,7 @@ def run(params_path=PARAMS, prepared=PREPARED, model_path=MODEL, resume_path=RES
     spec = load_spec(params["model"]["spec"])  # a bad spec is reported before the data is read
     options = params["train"]
     start_from = check_init_from(options)
-    if distributed.torchrun_environment() is None:
+    if one_process:
         processes = distributed.process_count(options)
         if processes > 1:  # this process launches the ranks and waits for them
             distributed.check_request(options, processes)
