@@ -129,6 +129,11 @@ class DeviceData:
             return images.pin_memory()
         return images.to(storage)
 
+    def first_train_images(self, count: int) -> torch.Tensor:
+        """Up to `count` training images, normalized (what model.init_from_data sees)."""
+        count = min(count, len(self.train_labels))
+        return self.batch(self.train_images, torch.arange(count, device=self.device))
+
     def batch(self, images: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
         """The images at `indices`, on the device, as normalized float32."""
         if not self.resident:

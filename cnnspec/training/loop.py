@@ -47,7 +47,7 @@ import torch
 
 from cnnspec.atomic import save_torch
 from cnnspec.data.integrity import set_aside
-from cnnspec.errors import ParamsError, TrainingError
+from cnnspec.errors import TrainingError
 from cnnspec.training import distributed, optimization
 from cnnspec.training.augment import Augmentation
 from cnnspec.training.device import DeviceData, autocast, autocast_dtype, to_layout, torch_settings
@@ -92,7 +92,7 @@ def train(model, data: dict, params: dict, device="cpu", *, resume_path=None, lo
     stop signal is torchrun's to handle: it stops every rank, and the last finished
     epoch is the state kept."""
     device = torch.device(device)
-    _check_validation_needs(params, len(data["val_labels"]))
+    optimization.check_validation_needs(params, len(data["val_labels"]))
     resume_path, log_dir = (resume_path, log_dir) if world.is_writer else (None, None)
     with torch_settings(device, params["deterministic"]), StopSignals(world.handles_signals) as stop_signal:
         # setup: the data on the device, then the saved state (rank 0's) or a fresh start
@@ -201,7 +201,7 @@ class Run:
         model = model.to(device)
         if init_from_data:  # a resumed run keeps the saved (data-initialised) weights
             with torch.no_grad():
-                model.init_from_data(_first_images(data))
+                model.init_from_data(data.first_train_images(WHITENING_IMAGES))
         self.model = model = to_layout(model, self.channels_last)
         num_train = len(data.train_labels)
         self.batch_size = min(params["batch_size"], num_train)  # the global batch
@@ -357,11 +357,6 @@ class Run:
             for key, value in progress.items()}
 
 
-def _first_images(data: DeviceData) -> torch.Tensor:
-    count = min(WHITENING_IMAGES, len(data.train_labels))
-    return data.batch(data.train_images, torch.arange(count, device=data.device))
-
-
 def _nominal_lr(optimizer) -> float:
     """The schedule's lr now, without the first group's lr_mult."""
     group = optimizer.param_groups[0]
@@ -474,20 +469,6 @@ def _interrupted_error(stopped: StepsInterrupted, epoch: int, resume_path) -> Tr
                                    "(no resume path)", stopped.signum)
     return TrainingInterrupted(f"training interrupted ({name}) at {where}; progress saved to "
                                f"{resume_path}, run the train stage again to continue", stopped.signum)
-
-
-def _check_validation_needs(params: dict, num_val: int) -> None:
-    """Early stopping and the plateau schedule watch the validation split."""
-    if num_val:
-        return
-    needs = []
-    if params["early_stopping"]["enabled"]:
-        needs.append("train.early_stopping.enabled: true")
-    if params["scheduler"]["name"] == "plateau":
-        needs.append("train.scheduler.name: plateau")
-    if needs:
-        raise ParamsError(f"params.yaml: {' and '.join(needs)} needs a validation split, but the "
-                          "prepared data has none (data.val_split: 0); set data.val_split above 0")
 
 
 def _divergence_error(epoch: int, step: int) -> TrainingError:
