@@ -91,8 +91,9 @@ layers:
 def test_evaluation_on_the_gpu_matches_the_cpu():
     model = tiny_model().eval()
     images = tiny_data()["val_images"]
-    on_gpu = predict_probabilities(model, images, [0.5] * 3, [0.3] * 3, tta="flip_translate", batch_size=2000, device="cuda")
-    on_cpu = predict_probabilities(model.cpu(), images, [0.5] * 3, [0.3] * 3, tta="flip_translate", batch_size=2000, device="cpu")
+    options = {"tta": "flip_translate", "batch_size": 2000}
+    on_gpu = predict_probabilities(model, images, [0.5] * 3, [0.3] * 3, **options, device="cuda")
+    on_cpu = predict_probabilities(model.cpu(), images, [0.5] * 3, [0.3] * 3, **options, device="cpu")
     np.testing.assert_allclose(on_gpu, on_cpu, rtol=1e-4, atol=1e-6)
 
 
