@@ -7,7 +7,8 @@ averages the gradients, gloo (CPU) or NCCL (CUDA) carries them.
 
 A process started by torchrun (RANK, WORLD_SIZE and LOCAL_RANK in its environment)
 joins as one rank, whatever `train.devices` says; any other train stage with
-`train.devices` above 1 launches itself through torchrun on this machine.
+`train.devices` above 1 launches itself through torchrun on this machine. One process
+(WORLD_SIZE=1 included) is a `World` of size one, and joins no process group.
 
 What a rank does differently from a single process (cnnspec/training/loop.py calls these
 with its World; for a world of size one each of them does nothing):
