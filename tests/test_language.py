@@ -560,8 +560,8 @@ def test_a_checkpoint_of_a_plugin_model_loads_in_a_fresh_process(tmp_path, regis
     torch.save(x, tmp_path / "x.pt")
     expected = model(x)
     done = subprocess.run(
-        [sys.executable, "-c", "import sys, torch; from cnnspec.models.checkpoint import load_model; "
-         "model, _ = load_model(sys.argv[1]); x = torch.load(sys.argv[2], weights_only=True); "
+        [sys.executable, "-c", "import sys, torch; from cnnspec.models.checkpoint import load_network; "
+         "model, _ = load_network(sys.argv[1]); x = torch.load(sys.argv[2], weights_only=True); "
          "print(' '.join(f'{v:.6f}' for v in model(x)[0].tolist()))", str(path), str(tmp_path / "x.pt")],
         capture_output=True, text=True, cwd=ROOT, env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
     assert done.returncode == 0, done.stderr

@@ -84,11 +84,11 @@ def write_pngs(images: np.ndarray, folder: Path) -> list[Path]:
 
 def evaluate_probabilities(checkpoint, images, tta="none") -> np.ndarray:
     """What the evaluate stage computes for these images."""
-    from cnnspec.models.checkpoint import load_model as load_network
+    from cnnspec.models.checkpoint import load_network
 
     network, saved = load_network(checkpoint)
     return evaluation.predict_probabilities(network, images, saved["mean"], saved["std"], tta,
-                                            device="cpu")
+                                            batch_size=2000, device="cpu")
 
 
 @needs_fashion

@@ -32,6 +32,7 @@ from pathlib import Path, PurePosixPath
 from cnnspec.atomic import atomic_folder, disk_is_full
 from cnnspec.data.datasets import EXTRACTED, DatasetInfo, get_dataset
 from cnnspec.errors import DataError, DiskFullError
+from cnnspec.paths import RAW
 
 DEFAULT_TIMEOUT = 10.0   # seconds without a byte before a connection counts as stalled
 DEFAULT_ATTEMPTS = 4
@@ -319,7 +320,7 @@ def _checked_md5(value, key: str) -> str | None:
     return text
 
 
-def download_dataset(name: str, raw="data/raw", url: str = "", md5="", progress: bool = True,
+def download_dataset(name: str, raw=RAW, url: str = "", md5="", progress: bool = True,
                      log=print, **fetch_options) -> Path:
     """Fetch a dataset's files into `raw` (and unpack an archive into raw/extracted/),
     skipping files already there and verified. Returns the folder the decoder reads."""
