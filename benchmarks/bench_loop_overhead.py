@@ -41,7 +41,8 @@ from cnnspec.models.compiler import build_model  # noqa: E402
 from cnnspec.data.datasets import Normalize  # noqa: E402
 from cnnspec.errors import exit_on_user_error  # noqa: E402
 from cnnspec.pipeline.params import load_params  # noqa: E402
-from cnnspec.training.loop import pick_device, train  # noqa: E402
+from cnnspec.training.device import pick_device  # noqa: E402
+from cnnspec.training.loop import train  # noqa: E402
 
 CIFAR_SHAPE = (3, 32, 32)
 

@@ -46,7 +46,8 @@ from cnnspec.data.datasets import get_dataset, prepare  # noqa: E402
 from cnnspec.errors import exit_on_user_error  # noqa: E402
 from cnnspec.inference.evaluation import predict_probabilities  # noqa: E402
 from cnnspec.pipeline.params import load_params, read_yaml_mapping  # noqa: E402
-from cnnspec.training.loop import pick_device, train  # noqa: E402
+from cnnspec.training.device import pick_device  # noqa: E402
+from cnnspec.training.loop import train  # noqa: E402
 
 DEBIAN_FOLDER = Path("/usr/share/datasets/fashion-mnist")
 SPEC = ROOT / "specs" / "fashion_cpu.yaml"
@@ -126,7 +127,8 @@ def resolved_params(spec: Path, recipe: str = "auto", params_path: Path = ROOT /
 
 
 def score_on_test(model, meta: dict, images: np.ndarray, labels: np.ndarray, tta: str, device) -> float:
-    probabilities = predict_probabilities(model, images, meta["mean"], meta["std"], tta=tta, device=device)
+    probabilities = predict_probabilities(model, images, meta["mean"], meta["std"], tta=tta,
+                                          batch_size=2000, device=device)
     return float((probabilities.argmax(1) == labels).mean())
 
 

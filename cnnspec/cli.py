@@ -20,6 +20,7 @@ import re
 import sys
 
 from cnnspec.errors import CnnspecError, UsageError, debug_enabled, exit_on_user_error
+from cnnspec.paths import PREPARED
 
 DEFAULT_CLASSES = 10
 SHAPE = re.compile(r"^(\d+)x(\d+)x(\d+)$")
@@ -126,9 +127,9 @@ def default_text(key: str, schema: dict, required: list) -> str:
 
 
 def layer_help(layer_type: str) -> list[str]:
-    from cnnspec.spec.reader import LAYER_SCHEMAS, layer_options
+    from cnnspec.spec.reader import layer_options, layer_schemas
 
-    schema = LAYER_SCHEMAS[layer_type]
+    schema = layer_schemas()[layer_type]
     shorthand = schema.get("x-shorthand")
     lines = [f"{layer_type}: {schema['description']}"]
     if shorthand:
@@ -144,9 +145,9 @@ def layer_help(layer_type: str) -> list[str]:
 
 
 def layers(args) -> int:
-    from cnnspec.spec.reader import LAYER_SCHEMAS
+    from cnnspec.spec.reader import layer_schemas
 
-    for layer_type in LAYER_SCHEMAS:
+    for layer_type in layer_schemas():
         print("\n".join(layer_help(layer_type)))
         print()
     return 0
@@ -233,9 +234,9 @@ def add_export_command(commands, parents) -> None:
     command.add_argument("--format", choices=("onnx", "torchscript"), required=True)
     command.add_argument("--output", metavar="FILE",
                          help="default: the checkpoint's path with .onnx or .torchscript.pt")
-    command.add_argument("--check-images", metavar="FOLDER", default="data/prepared",
+    command.add_argument("--check-images", metavar="FOLDER", default=str(PREPARED),
                          help="prepared data whose test images the export is checked on "
-                              "(default data/prepared; without it, images are generated)")
+                              f"(default {PREPARED}; without it, images are generated)")
     command.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     command.set_defaults(run=export_model)
 

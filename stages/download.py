@@ -1,4 +1,4 @@
-"""Stage 1 of 5, download: fetch the dataset named in params.yaml into data/raw/.
+"""Stage 1 of 6, download: fetch the dataset named in params.yaml into data/raw/.
 
     python stages/download.py        (reads params.yaml: data.dataset, data.url, data.md5)
 

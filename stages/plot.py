@@ -1,4 +1,4 @@
-"""Stage 5 of 5, plot: the figures people look at after a run, as PNGs in metrics/plots/.
+"""Stage 6 of 6, plot: the figures people look at after a run, as PNGs in metrics/plots/.
 
     python stages/plot.py        (reads params.yaml: plot)
 

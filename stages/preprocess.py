@@ -1,4 +1,4 @@
-"""Stage 2 of 5, preprocess: decode the dataset into a few uint8 arrays in data/prepared/.
+"""Stage 2 of 6, preprocess: decode the dataset into a few uint8 arrays in data/prepared/.
 
     python stages/preprocess.py        (reads params.yaml: data.*, but url and md5)
 

@@ -20,6 +20,6 @@ os.environ.setdefault("GIT_COMMITTER_EMAIL", "tests@cnnspec.invalid")
 @pytest.fixture
 def cuda_paths_on_cpu(monkeypatch):
     """Run the training loop's CUDA-only path (autocast) on CPU."""
-    from cnnspec.training import loop as training
+    from cnnspec.training import device
 
-    monkeypatch.setattr(training, "CUDA_PATHS_ON_CPU", True)
+    monkeypatch.setattr(device, "CUDA_PATHS_ON_CPU", True)

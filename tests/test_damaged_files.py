@@ -9,7 +9,7 @@ import tarfile
 import numpy as np
 import pytest
 
-from cnnspec.models.checkpoint import RETRAIN_HINT, load_model, read_checkpoint
+from cnnspec.models.checkpoint import RETRAIN_HINT, load_network, read_checkpoint
 from cnnspec.data.datasets import load_prepared, write_prepared
 from cnnspec.data.download import download_dataset
 from cnnspec.errors import DataError, TrainingError
@@ -118,7 +118,7 @@ def test_read_checkpoint_tells_a_damaged_file_from_a_foreign_one(tmp_path):
     assert read_checkpoint(path)["classes"] == ["a", "b"]
     truncate(path, 0.7)
     with pytest.raises(TrainingError, match="damaged or truncated"):
-        load_model(path)
+        load_network(path)
     path.write_bytes(b"plain text, not made by torch.save")
     with pytest.raises(TrainingError, match="not a loadable cnnspec checkpoint"):
         read_checkpoint(path)

@@ -379,8 +379,9 @@ def test_summary_depth_option_on_the_command_line(capsys):
 
 import sys  # noqa: E402
 
-from cnnspec import layers as layer_registry  # noqa: E402
-from cnnspec.spec import reader as front_end  # noqa: E402
+from cnnspec.layers import registry as layer_registry  # noqa: E402
+from cnnspec.layers.geometry import shape_free  # noqa: E402
+from cnnspec.layers.reshape import build_identity  # noqa: E402
 
 PLUGIN = ROOT / "examples" / "channel_shuffle.py"
 SHUFFLE_SPEC = spec_of("  - conv: 6\n  - channel_shuffle: 3\n  - global_avg_pool\n  - dense: num_classes")
@@ -388,19 +389,16 @@ SHUFFLE_SPEC = spec_of("  - conv: 6\n  - channel_shuffle: 3\n  - global_avg_pool
 
 @pytest.fixture
 def registry_restored():
-    """Registering is process-wide: put the registry and the schema back afterwards."""
-    saved = (dict(layer_registry.LAYERS), dict(front_end.SCHEMA["$defs"]), dict(front_end.LAYER_SCHEMAS),
-             list(front_end.SCHEMA["properties"]["defaults"]["propertyNames"]["enum"]), set(sys.modules))
+    """Registering is process-wide: put the registry (rules and schemas) back afterwards."""
+    saved = (dict(layer_registry.LAYERS), dict(layer_registry.LAYER_SCHEMAS), set(sys.modules))
     yield
-    for live, before in zip((layer_registry.LAYERS, front_end.SCHEMA["$defs"], front_end.LAYER_SCHEMAS), saved):
+    for live, before in zip((layer_registry.LAYERS, layer_registry.LAYER_SCHEMAS), saved):
         live.clear()
         live.update(before)
-    front_end.SCHEMA["properties"]["defaults"]["propertyNames"]["enum"][:] = saved[3]
-    for name in set(sys.modules) - saved[4]:
+    layer_registry.schema_changed()
+    for name in set(sys.modules) - saved[2]:
         if name.startswith("cnnspec_plugin_"):
             del sys.modules[name]
-    front_end.validator_for.cache_clear()
-    front_end.layer_options.cache_clear()
 
 
 def test_an_unregistered_type_is_an_unknown_layer_type(tmp_path, capsys):
@@ -433,7 +431,7 @@ def test_a_plugin_layer_is_checked_like_a_built_in_one(tmp_path, capsys, registr
 
 
 def test_registration_refuses_a_bad_schema_or_a_taken_name(registry_restored):
-    rule = layer_registry.LayerRule(layer_registry.shape_free, layer_registry.build_identity)
+    rule = layer_registry.LayerRule(shape_free, build_identity)
     with pytest.raises(ValueError, match="must be new"):
         layer_registry.register_layer("block", rule, schema={})
     with pytest.raises(ValueError, match="unknown keys"):
@@ -562,8 +560,8 @@ def test_a_checkpoint_of_a_plugin_model_loads_in_a_fresh_process(tmp_path, regis
     torch.save(x, tmp_path / "x.pt")
     expected = model(x)
     done = subprocess.run(
-        [sys.executable, "-c", "import sys, torch; from cnnspec.models.checkpoint import load_model; "
-         "model, _ = load_model(sys.argv[1]); x = torch.load(sys.argv[2], weights_only=True); "
+        [sys.executable, "-c", "import sys, torch; from cnnspec.models.checkpoint import load_network; "
+         "model, _ = load_network(sys.argv[1]); x = torch.load(sys.argv[2], weights_only=True); "
          "print(' '.join(f'{v:.6f}' for v in model(x)[0].tolist()))", str(path), str(tmp_path / "x.pt")],
         capture_output=True, text=True, cwd=ROOT, env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
     assert done.returncode == 0, done.stderr

@@ -118,11 +118,11 @@ def test_repro_writes_sensible_pngs(pipeline_repo):
 def test_checkpoint_reloads_and_reproduces_accuracy(pipeline_repo):
     import torch
 
-    from cnnspec.models.checkpoint import load_model
+    from cnnspec.models.checkpoint import load_network
     from cnnspec.data.datasets import load_prepared
 
     repo, _, _ = pipeline_repo
-    model, checkpoint = load_model(repo / "models" / "model.pt", device="cpu")
+    model, checkpoint = load_network(repo / "models" / "model.pt", device="cpu")
     raw = torch.load(repo / "models" / "model.pt", weights_only=True)
     assert raw["classes"] == checkpoint["classes"]
     data = load_prepared(repo / "data" / "prepared")

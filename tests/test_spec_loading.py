@@ -10,12 +10,14 @@ import yaml
 from cnnspec import cli
 from cnnspec.errors import SpecError
 from cnnspec.spec.nodes import Spec
-from cnnspec.spec.reader import LAYER_SCHEMAS, load_spec, parse_spec
+from cnnspec.layers.registry import spec_schema
+from cnnspec.spec.reader import layer_schemas, load_spec, parse_spec
 from cnnspec.spec.yamlio import load_yaml
 from tests.no_torch import run_without_torch
 
 ROOT = Path(__file__).parent.parent
-SCHEMA = json.loads((ROOT / "cnnspec" / "spec" / "schema.json").read_text())
+SCHEMA = spec_schema()
+LAYER_SCHEMAS = layer_schemas()
 
 TINY = """\
 name: tiny

@@ -13,7 +13,7 @@ import torch
 import yaml
 
 import cnnspec
-from cnnspec.models.checkpoint import load_model
+from cnnspec.models.checkpoint import load_network
 from cnnspec.errors import TrainingError
 from cnnspec.pipeline.params import fill_defaults, load_schema
 from cnnspec.training.loop import TrainingInterrupted, run_fingerprint, train
@@ -305,7 +305,7 @@ def test_stage_writes_a_loadable_model_and_metrics_and_removes_its_resume_state(
     write_stage_inputs(tmp_path)
     monkeypatch.chdir(tmp_path)
     result = stage.run()
-    model, checkpoint = load_model(tmp_path / "models" / "model.pt")
+    model, checkpoint = load_network(tmp_path / "models" / "model.pt")
     assert checkpoint["classes"] == CLASSES and checkpoint["params"]["train"]["epochs"] == 2
     assert checkpoint["epoch"] == 1 and checkpoint["spec_text"] == SPEC
     images = torch.randn(3, 3, 8, 8)

@@ -25,7 +25,7 @@ from benchmarks.versus_peers.pipeline import dvc_repro
 from benchmarks.versus_peers.report import markdown_table, reprint, summarize
 from benchmarks.versus_peers.same_network import check_same_start, parameter_counts
 from cnnspec.errors import exit_on_user_error
-from cnnspec.training.loop import pick_device
+from cnnspec.training.device import pick_device
 
 
 def settings(args) -> dict:

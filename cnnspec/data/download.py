@@ -32,6 +32,7 @@ from pathlib import Path, PurePosixPath
 from cnnspec.atomic import atomic_folder, disk_is_full
 from cnnspec.data.datasets import EXTRACTED, DatasetInfo, get_dataset
 from cnnspec.errors import DataError, DiskFullError
+from cnnspec.paths import RAW
 
 DEFAULT_TIMEOUT = 10.0   # seconds without a byte before a connection counts as stalled
 DEFAULT_ATTEMPTS = 4
@@ -319,7 +320,7 @@ def _checked_md5(value, key: str) -> str | None:
     return text
 
 
-def download_dataset(name: str, raw="data/raw", url: str = "", md5="", progress: bool = True,
+def download_dataset(name: str, raw=RAW, url: str = "", md5="", progress: bool = True,
                      log=print, **fetch_options) -> Path:
     """Fetch a dataset's files into `raw` (and unpack an archive into raw/extracted/),
     skipping files already there and verified. Returns the folder the decoder reads."""
@@ -370,53 +371,3 @@ def _extract_once(archive: Path, folder: Path, log) -> None:
     log(f"extracting {archive} -> {folder}")
     safe_extract(archive, folder)
     (folder / STAMP).write_text(archive_md5 + "\n")
-
-
-# ---------------------------------------------------------------- ImageNet weights of a backbone
-
-IMAGENET_TIMEOUT_S = 20
-
-
-def imagenet_state_dict(node, model_name):
-    """torchvision's ImageNet weights from torch.hub's checkpoint folder, downloaded there
-    if missing; never hangs: the download gets IMAGENET_TIMEOUT_S seconds."""
-    import torch
-    import torchvision
-
-    weights = torchvision.models.get_model_weights(model_name).DEFAULT
-    folder = os.path.join(torch.hub.get_dir(), "checkpoints")
-    file_name = os.path.basename(weights.url)
-    path = os.path.join(folder, file_name)
-    if not os.path.exists(path):
-        failure = download_with_timeout(weights.url, path)
-        if failure:
-            where = node.where
-            place = f"{where.file}:{where.line}: " if where and where.file else ""
-            raise DataError(f"{place}{node.name}: ImageNet weights for {model_name} are not available "
-                            f"({failure}); place {file_name} in {folder} (from {weights.url})")
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def download_with_timeout(url, path) -> str | None:
-    """torch.hub's download in a daemon thread, given up after IMAGENET_TIMEOUT_S (torch.hub
-    has no timeout of its own). Returns why it failed, or None."""
-    import threading
-
-    import torch
-
-    outcome = {}
-
-    def fetch():
-        try:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            torch.hub.download_url_to_file(url, path, progress=False)  # writes a temp file, then moves
-        except Exception as failure:  # noqa: BLE001 - any failure means: tell the user where to put it
-            text = str(failure)
-            outcome["error"] = f"download failed: {text.splitlines()[0] if text else type(failure).__name__}"
-
-    thread = threading.Thread(target=fetch, daemon=True)
-    thread.start()
-    thread.join(IMAGENET_TIMEOUT_S)
-    if thread.is_alive():
-        return f"download timed out after {IMAGENET_TIMEOUT_S} s"
-    return outcome.get("error")

@@ -14,6 +14,7 @@ import torch
 
 from cnnspec.atomic import save_torch
 from cnnspec.errors import CnnspecError, TrainingError
+from cnnspec.paths import MODEL
 
 FORMAT = "cnnspec-checkpoint/1"
 # Keys added after format 1 was first written are optional: an older file lacks
@@ -101,16 +102,17 @@ def read_checkpoint(path) -> dict:
                             f"of cnnspec cannot read (it reads {FORMAT!r})")
     if isinstance(found, str) and found.startswith("cnnspec-resume/"):
         raise TrainingError(f"{path}: a training resume state, not a model checkpoint "
-                            "(use models/model.pt)")
+                            f"(use {MODEL})")
     if found != FORMAT:
         raise TrainingError(f"{path}: not a cnnspec checkpoint (expected format {FORMAT!r})")
     return checkpoint
 
 
-def load_model(path, device="cpu"):
-    """Rebuild the model a checkpoint describes, load its weights, put it in eval mode
+def load_network(path, device="cpu"):
+    """Rebuild the network (the SpecModel) a checkpoint describes, load its weights, put it in eval mode
     on `device`. Returns (model, checkpoint)."""
-    from cnnspec import build_model, parse_spec
+    from cnnspec.models.compiler import build_model
+    from cnnspec.spec.reader import parse_spec
     from cnnspec.spec.plugins import load_plugins
 
     checkpoint = read_checkpoint(path)

@@ -1,11 +1,12 @@
 """Read params.yaml, check it against params_schema.json, fill in the defaults.
 
-    params = load_stage_params("params.yaml", sections=["evaluate"])
+    params = load_stage_params(PARAMS, sections=["data"])
+    params = load_resolved_params(PARAMS, sections=["evaluate"])   # train and evaluate
     params["evaluate"]["batch_size"]
 
-Every stage calls `load_stage_params` first (`load_params`, then `check_named_paths`),
-so a typo or a misspelt path stops the pipeline before any work is done, with one line
-that names the key:
+Every stage calls `load_stage_params` or `load_resolved_params` first (`load_params`,
+then `check_named_paths`), so a typo or a misspelt path stops the pipeline before any
+work is done, with one line that names the key:
 
     params.yaml: train.batch_size: 0 is less than the minimum of 1
     params.yaml: train.optimzer: unknown key 'optimzer' (did you mean 'optimizer'?)
@@ -14,18 +15,18 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 from pathlib import Path
 
+from cnnspec.errors import ParamsError, SpecError
+from cnnspec.paths import PARAMS, RESOLVE_HINT, RESOLVED_PARAMS, path_problem
 from cnnspec.pipeline import recipes
 from cnnspec.spec import yamlio
-from cnnspec.errors import ParamsError, SpecError
 from cnnspec.spec.schema_errors import Strict, explain, key_path, unknown_key
 
 SCHEMA_PATH = Path(__file__).with_name("params_schema.json")
 
 
-def load_params(path="params.yaml", sections=None) -> dict:
+def load_params(path=PARAMS, sections=None) -> dict:
     """Return params.yaml as a dict, validated and with defaults filled in.
 
     `sections` (e.g. ["train", "model"]) limits the check to the sections a stage
@@ -61,12 +62,45 @@ def load_params(path="params.yaml", sections=None) -> dict:
     return filled
 
 
-def load_stage_params(path="params.yaml", sections=None) -> dict:
+def load_stage_params(path=PARAMS, sections=None) -> dict:
     """`load_params`, then `check_named_paths` on what it returned: what every stage
     does first, before it imports torch or reads any data."""
     params = load_params(path, sections)
     check_named_paths(params, str(path))
     return params
+
+
+def load_resolved_params(path=PARAMS, sections=None, say=print) -> dict:
+    """What the train and evaluate stages run with: params.resolved.yaml beside `path`,
+    the file the resolve stage writes and DVC tracks as their params, so the values DVC
+    shows are the values used. It must hold what `path` and its recipe resolve to now;
+    when it is missing or out of date (a stage run alone after an edit), the params
+    resolved here are used instead and one line through `say` says so. Then
+    `check_named_paths`, as in load_stage_params."""
+    current = load_params(path, sections)
+    resolved_path = Path(path).with_name(RESOLVED_PARAMS.name)
+    written = _written_sections(resolved_path, list(current))
+    if written is None:
+        say(f"note: {resolved_path} is missing, so {path} and its recipe are resolved here; "
+            f"{RESOLVE_HINT} to write it")
+    elif written != current:
+        say(f"note: {resolved_path} is older than {path} or its recipe, so they are resolved here; "
+            f"{RESOLVE_HINT} to update it")
+    params = current if written != current else written
+    check_named_paths(params, str(path))
+    return params
+
+
+def _written_sections(path: Path, sections: list[str]):
+    """`sections` of a resolved params file, as written; None when it is missing.
+    A file that does not parse, or lacks one of them, reads as out of date ({})."""
+    if not path.is_file():
+        return None
+    try:
+        written = read_yaml_mapping(path)
+    except ParamsError:
+        return {}
+    return {section: written[section] for section in sections if section in written}
 
 
 def load_schema() -> dict:
@@ -155,7 +189,7 @@ NAMED_PATHS = {
 }
 
 
-def check_named_paths(params: dict, name="params.yaml", keys=None) -> None:
+def check_named_paths(params: dict, name=str(PARAMS), keys=None) -> None:
     """Raise ParamsError for the first param in NAMED_PATHS (or `keys`) whose value
     does not name an existing, readable file (or folder, as the registry says).
 
@@ -172,16 +206,3 @@ def check_named_paths(params: dict, name="params.yaml", keys=None) -> None:
         problem = path_problem(Path(str(value)), kind)
         if problem:
             raise ParamsError(f"{name}: {key}: {value}: {problem}")
-
-
-def path_problem(path: Path, kind: str) -> str | None:
-    """Why `path` cannot be read as a `kind` ("file", "folder" or "path": either), or None."""
-    if not path.exists():
-        return {"file": "no such file", "folder": "no such folder"}.get(kind, "no such file or folder")
-    if kind == "file" and not path.is_file():
-        return "is a folder, not a file" if path.is_dir() else "not a regular file"
-    if kind == "folder" and not path.is_dir():
-        return "is a file, not a folder"
-    if not os.access(path, os.R_OK | (os.X_OK if path.is_dir() else 0)):
-        return "not readable (permission denied)"
-    return None

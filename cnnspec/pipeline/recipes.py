@@ -26,6 +26,7 @@ from pathlib import Path
 
 from cnnspec.spec import yamlio
 from cnnspec.errors import ParamsError, SpecError
+from cnnspec.paths import PARAMS
 
 DEFAULT_RECIPE = "keras_adam"   # for a spec that names none: Adam 1e-3 trains most CNNs
 SECTIONS = ("train", "evaluate")   # what a recipe may set; data.* stays in params.yaml
@@ -67,7 +68,7 @@ def find_recipe(name: str, asked_where: str, params_path=None) -> Path:
     raise ParamsError(f"{asked_where}: no recipe {name!r} in recipes/{hint}")
 
 
-def spec_recipe(spec_path, params_path=None, name="params.yaml") -> tuple[str | None, str]:
+def spec_recipe(spec_path, params_path=None, name=str(PARAMS)) -> tuple[str | None, str]:
     """The `recipe:` a spec file names (None if it names none) and where it is written."""
     path = Path(spec_path)
     if not path.is_file() and params_path is not None:

@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 
 from cnnspec.errors import ParamsError, TrainingError
+from cnnspec.paths import path_problem
 
 SHOWN = 12  # names listed per line of the init_from report before "... and N more"
 
@@ -29,11 +30,11 @@ SHOWN = 12  # names listed per line of the init_from report before "... and N mo
 def check_init_from(options: dict) -> Path | None:
     """The checkpoint `train.init_from` names, which must be a readable file (the stages
     check it with every other path param, params.NAMED_PATHS); None when it is ""."""
-    from cnnspec.pipeline.params import check_named_paths
-
-    if not options.get("init_from"):
+    if not options["init_from"]:
         return None
-    check_named_paths({"train": options}, keys=["train.init_from"])
+    problem = path_problem(Path(str(options["init_from"])), "file")
+    if problem:
+        raise ParamsError(f"params.yaml: train.init_from: {options['init_from']}: {problem}")
     return Path(options["init_from"])
 
 
@@ -53,7 +54,7 @@ def init_from(model, path, out=None) -> dict:
     """Load the tensors of checkpoint `path` that fit `model` (same key, same shape).
     Returns {"loaded", "reshaped", "missing", "unused"}: lists of state_dict keys."""
     from cnnspec.models.checkpoint import read_checkpoint
-    from cnnspec.layers.modules import WhiteningConv
+    from cnnspec.layers.whiten import WhiteningConv
 
     out = out or sys.stdout
     try:
@@ -102,10 +103,9 @@ class UnfreezeSchedule:
     `after_epochs` (0-based) on. `apply(epoch)` before every epoch sets the state that
     epoch should have, whatever happened before: resuming needs nothing saved."""
 
-    def __init__(self, model, options: dict | None):
-        options = options or {}
-        self.after_epochs = int(options.get("after_epochs", 0))
-        self.entries = list(options.get("layers") or [])
+    def __init__(self, model, options: dict):
+        self.after_epochs = int(options["after_epochs"])
+        self.entries = list(options["layers"])
         self.model = model
         named = list(model.named_parameters())
         self.parameters = []
