@@ -9,26 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-FASHION = Path("/usr/share/datasets/fashion-mnist")
+from tests.fashion import FASHION, SPEC
 
-SPEC = """\
-name: fashion_small
-description: two conv blocks with batch norm; about 89% after one epoch on Fashion-MNIST
-layers:
-  - conv: {filters: 32, kernel: 3, bias: false}
-  - bn
-  - activation: relu
-  - max_pool: 2
-  - conv: {filters: 64, kernel: 3, bias: false}
-  - bn
-  - activation: relu
-  - max_pool: 2
-  - flatten
-  - dense: {units: 128, activation: relu}
-  - dropout: 0.2
-  - dense: {units: num_classes}
-"""
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 pytestmark = [
     pytest.mark.slow,

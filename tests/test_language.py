@@ -409,7 +409,7 @@ def test_an_unregistered_type_is_an_unknown_layer_type(tmp_path, capsys):
 
 
 def test_a_plugin_layer_is_checked_like_a_built_in_one(tmp_path, capsys, registry_restored):
-    from tests.test_registry import model_counts, module_of, spec_for
+    from tests.layerchecks import model_counts, module_of, spec_for
 
     path = write(tmp_path, SHUFFLE_SPEC)
     assert cli.main(["validate", "--plugin", str(PLUGIN), path]) == 0

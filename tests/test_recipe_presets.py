@@ -15,7 +15,7 @@ import yaml
 
 from cnnspec.errors import ParamsError
 from cnnspec.pipeline.params import load_params
-from tests.test_recipes import RECIPES, applied_params
+from tests.recipedocs import RECIPES, applied_params
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data"
