@@ -5,8 +5,8 @@ import io
 import pytest
 import torch
 
-from cnnspec.models.compiler import build_model
 from cnnspec.layers.modules import RandomCrop, RandomFlip, RandomTranslation, WhiteningConv
+from cnnspec.models.compiler import build_model
 from cnnspec.models.shapes import infer_shapes
 from cnnspec.spec.reader import parse_spec
 

@@ -17,9 +17,9 @@ import pytest
 import torch
 
 import cnnspec
-from cnnspec.training import loop as training
 from cnnspec.errors import TrainingError
 from cnnspec.inference.evaluation import predict_probabilities
+from cnnspec.training import loop as training
 from tests.tinytraining import tiny_data, tiny_model, train_params, write_stage_inputs
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

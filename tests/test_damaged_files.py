@@ -9,10 +9,10 @@ import tarfile
 import numpy as np
 import pytest
 
-from cnnspec.models.checkpoint import RETRAIN_HINT, load_model, read_checkpoint
 from cnnspec.data.datasets import load_prepared
 from cnnspec.data.download import download_dataset
 from cnnspec.errors import DataError, TrainingError
+from cnnspec.models.checkpoint import RETRAIN_HINT, load_model, read_checkpoint
 from stages import evaluate as evaluate_stage
 from tests.fakedata import make_cifar10_archive, md5_of, write_fake_prepared
 from tests.tinytraining import run_training, save_tiny_checkpoint, tiny_model, train_params, write_stage_inputs

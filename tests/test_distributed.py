@@ -17,10 +17,10 @@ import pytest
 import torch
 import yaml
 
-from cnnspec.training import distributed
-from cnnspec.training.augment import Augmentation
 from cnnspec.errors import ParamsError, TrainingError
 from cnnspec.pipeline.params import load_params
+from cnnspec.training import distributed
+from cnnspec.training.augment import Augmentation
 from cnnspec.training.loop import pick_device, run_fingerprint
 from tests.tinytraining import write_stage_inputs
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from cnnspec.inference import evaluation
 from cnnspec.data.datasets import Normalize
 from cnnspec.errors import DataError, TrainingError
+from cnnspec.inference import evaluation
 from stages import evaluate as evaluate_stage
 from tests.fakedata import write_fake_prepared
 from tests.tinytraining import save_tiny_checkpoint

@@ -10,10 +10,10 @@ import torch
 import yaml
 
 import cnnspec
-from cnnspec.models.checkpoint import save_checkpoint
 from cnnspec.errors import ParamsError
-from cnnspec.training.finetune import check_init_from, init_from
+from cnnspec.models.checkpoint import save_checkpoint
 from cnnspec.pipeline.params import load_params
+from cnnspec.training.finetune import check_init_from, init_from
 from cnnspec.training.loop import TrainingInterrupted, train
 from tests.tinytraining import Sabotage, tiny_data, train_params, write_stage_inputs
 

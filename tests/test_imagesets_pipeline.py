@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from tests.fakedata import idx_bytes
-from tests.imagefiles import FASHION, class_folder_name, fashion_subset, write_image_folder
 from tests.fashion import SPEC
+from tests.imagefiles import FASHION, class_folder_name, fashion_subset, write_image_folder
 from tests.pipelinerepo import copy_working_tree, quick_training, ran_stages, run
 
 pytestmark = [

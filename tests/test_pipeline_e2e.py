@@ -17,7 +17,6 @@ import yaml
 from tests.fakedata import make_cifar10_archive, serve_folder
 from tests.pipelinerepo import STAGES, VENV_BIN, copy_working_tree, quick_training, ran_stages, run
 
-
 TINY_SPEC = """\
 name: e2e_tiny
 description: a small CNN for the end-to-end test
@@ -77,8 +76,8 @@ def test_repro_writes_sensible_pngs(pipeline_repo):
 def test_checkpoint_reloads_and_reproduces_accuracy(pipeline_repo):
     import torch
 
-    from cnnspec.models.checkpoint import load_model
     from cnnspec.data.datasets import load_prepared
+    from cnnspec.models.checkpoint import load_model
 
     repo, _, _ = pipeline_repo
     model, checkpoint = load_model(repo / "models" / "model.pt", device="cpu")
@@ -122,7 +121,8 @@ def test_experiment_reruns_only_training_side_and_diffs(pipeline_repo):
 # The `dvc exp show` flags README.md recommends (make exps runs them).
 EXP_SHOW_FLAGS = ["--only-changed", "--sort-by", "metrics/eval.json:accuracy",
                   "--keep", r"(metrics/eval\.json:)?(accuracy|learned)$",
-                  "--drop", "Created|params\\.yaml:|cnnspec|stages/|recipes|specs/|data/|metrics/|models/|train\\.|val\\.|step|lr"]
+                  "--drop", "Created|params\\.yaml:|cnnspec|stages/|recipes|specs/|data/|metrics/|models/"
+                            "|train\\.|val\\.|step|lr"]
 
 
 def test_exp_show_reads_well_in_120_columns(pipeline_repo):

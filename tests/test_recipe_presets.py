@@ -87,7 +87,8 @@ def write(folder: Path, name: str, text: str) -> Path:
 def project(tmp_path, monkeypatch):
     """A working directory with its own recipes/ and specs/."""
     monkeypatch.chdir(tmp_path)
-    write(tmp_path, "recipes/base_one.yaml", "train:\n  epochs: 7\n  batch_size: 16\n  optimizer: {name: adam, lr: 0.01}\n")
+    write(tmp_path, "recipes/base_one.yaml",
+          "train:\n  epochs: 7\n  batch_size: 16\n  optimizer: {name: adam, lr: 0.01}\n")
     write(tmp_path, "recipes/child.yaml", "base: base_one\ntrain:\n  batch_size: 8\nevaluate: {tta: flip}\n")
     write(tmp_path, "specs/named.yaml", "name: n\nrecipe: child\nlayers: [flatten, {dense: num_classes}]\n")
     write(tmp_path, "specs/plain.yaml", "name: p\nlayers: [flatten, {dense: num_classes}]\n")
@@ -136,7 +137,8 @@ def test_a_bad_value_in_a_recipe_names_the_recipe_file_and_line(project):
     ({"recipes/loop.yaml": "base: loop\n"}, "recipe: loop\n", r"recipe bases loop: loop -> loop"),
     ({"recipes/data.yaml": "data: {val_split: 0.1}\n"}, "recipe: data\n",
      r"^recipes/data.yaml:1:1: data: a recipe holds only base, train, evaluate"),
-    ({}, "recipe: auto\nmodel: {spec: specs/missing.yaml}\n", r"params.yaml: model.spec: specs/missing.yaml: no such file$"),
+    ({}, "recipe: auto\nmodel: {spec: specs/missing.yaml}\n",
+     r"params.yaml: model.spec: specs/missing.yaml: no such file$"),
 ], ids=["unknown", "spec-names-unknown", "base-loop", "data-section", "missing-spec"])
 def test_recipe_mistakes_are_one_line_naming_the_place(project, files, params_text, message):
     for name, text in files.items():

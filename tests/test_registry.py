@@ -10,13 +10,13 @@ import json
 import pytest
 import torch
 
-from cnnspec.training import augment
 from cnnspec import layers
 from cnnspec.layers import modules
 from cnnspec.models.compiler import build_model
 from cnnspec.models.shapes import infer
-from cnnspec.spec.reader import EXPANDERS, LAYER_SCHEMAS, SCHEMA, layer_options, parse_spec
 from cnnspec.models.summary import summarize
+from cnnspec.spec.reader import EXPANDERS, LAYER_SCHEMAS, SCHEMA, layer_options, parse_spec
+from cnnspec.training import augment
 from tests.layerchecks import INPUT, model_counts, module_of, spec_for
 
 CLASSES = 5

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from cnnspec.data import download
-from cnnspec.models.compiler import build_model
 from cnnspec.errors import DataError
-from cnnspec.spec.reader import load_spec
+from cnnspec.models.compiler import build_model
 from cnnspec.models.summary import summarize
+from cnnspec.spec.reader import load_spec
 
 SPECS = sorted((Path(__file__).resolve().parent.parent / "specs").glob("*.yaml"))
 

@@ -12,11 +12,19 @@ import pytest
 import torch
 
 import cnnspec
-from cnnspec.models.checkpoint import load_model
 from cnnspec.errors import TrainingError
+from cnnspec.models.checkpoint import load_model
 from cnnspec.training.loop import TrainingInterrupted, run_fingerprint, train
-from tests.tinytraining import (CLASSES, SPEC, Sabotage, run_training, tiny_data, tiny_model, train_params,
-                                write_stage_inputs)
+from tests.tinytraining import (
+    CLASSES,
+    SPEC,
+    Sabotage,
+    run_training,
+    tiny_data,
+    tiny_model,
+    train_params,
+    write_stage_inputs,
+)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
