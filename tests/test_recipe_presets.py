@@ -148,6 +148,22 @@ def test_recipe_mistakes_are_one_line_naming_the_place(project, files, params_te
     assert "\n" not in str(error.value)
 
 
+def test_an_old_recipe_name_is_one_line_naming_the_new_one(project):
+    with pytest.raises(ParamsError) as error:
+        load_params(write(project, "params.yaml", "recipe: seed003\n"))
+    assert str(error.value).endswith("params.yaml: recipe: recipe 'seed003' is now called 'adam_focal_balanced'")
+    # a user's own file of that name still wins
+    write(project, "recipes/seed003.yaml", "train: {epochs: 4}\n")
+    assert load_params(write(project, "params.yaml", "recipe: seed003\n"))["train"]["epochs"] == 4
+
+
+def test_every_renamed_recipe_names_a_shipped_one():
+    from cnnspec.pipeline import recipes
+
+    assert set(recipes.RENAMED.values()) <= set(recipes.available())
+    assert not set(recipes.RENAMED) & {path.stem for path in recipes.SHIPPED.glob("*.yaml")}
+
+
 def test_a_stage_that_reads_no_recipe_section_ignores_the_recipe(project):
     path = write(project, "params.yaml", "recipe: nope\ndata: {val_split: 0.2}\n")
     assert load_params(path, ["data"])["data"]["val_split"] == 0.2
