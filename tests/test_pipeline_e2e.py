@@ -118,7 +118,7 @@ def test_experiment_reruns_only_training_side_and_diffs(pipeline_repo):
     assert before["loss"] != after["loss"]
 
 
-# The `dvc exp show` flags README.md recommends (make exps runs them).
+# The `dvc exp show` flags `make exps` runs (README, Experiments).
 EXP_SHOW_FLAGS = ["--only-changed", "--sort-by", "metrics/eval.json:accuracy",
                   "--keep", r"(metrics/eval\.json:)?(accuracy|learned)$",
                   "--drop", "Created|params\\.yaml:|cnnspec|stages/|recipes|specs/|data/|metrics/|models/"
