@@ -21,10 +21,10 @@ $(BIN)/.bench-installed: $(BIN)/.installed
 run: $(BIN)/.installed
 	PATH="$(abspath $(BIN)):$$PATH" dvc repro
 
-# One worker per core; --dist loadfile keeps each test file on one worker, so a file's
-# module-scoped fixtures (a trained pipeline repository, say) are built once.
+# One worker per core; --dist loadgroup keeps the tests that share a module-scoped
+# fixture (a trained pipeline repository, say) on one worker (tests/conftest.py).
 test: $(BIN)/.installed
-	$(BIN)/python -m pytest -n auto --dist loadfile
+	$(BIN)/python -m pytest -n auto --dist loadgroup
 
 # ruff's lint and import order for every Python file; `ruff format` is configured but
 # not enforced (see pyproject.toml).
@@ -36,7 +36,7 @@ bench: $(BIN)/.bench-installed
 
 # The benchmark scripts' own tests that need Keras and Lightning (benchmarks/test_*.py).
 bench-test: $(BIN)/.bench-installed
-	$(BIN)/python -m pytest -n auto --dist loadfile $(wildcard benchmarks/test_*.py)
+	$(BIN)/python -m pytest -n auto --dist loadgroup $(wildcard benchmarks/test_*.py)
 
 # dvc exp show trimmed to fit a terminal: name, headline metrics, the params that differ
 # (README, Experiments). `dvc exp show` has no config file for its columns.

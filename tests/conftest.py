@@ -30,3 +30,16 @@ def cuda_paths_on_cpu(monkeypatch):
     from cnnspec.training import loop as training
 
     monkeypatch.setattr(training, "CUDA_PATHS_ON_CPU", True)
+
+
+def pytest_collection_modifyitems(config, items):
+    """For `pytest -n N --dist loadgroup`: tests that share a module-scoped fixture (a
+    trained pipeline repository, a fitted model) run on one worker, so it is built once;
+    every other test goes wherever a worker is free."""
+    for item in items:
+        fixture_defs = getattr(item, "_fixtureinfo", None)
+        if fixture_defs is None:
+            continue
+        scopes = {defs[-1].scope for defs in fixture_defs.name2fixturedefs.values() if defs}
+        if scopes & {"module", "class", "package"}:
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
