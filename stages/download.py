@@ -19,8 +19,8 @@ from cnnspec import atomic
 from cnnspec.data.datasets import USER_DATASETS
 from cnnspec.data.download import download_dataset
 from cnnspec.errors import exit_on_user_error
-from cnnspec.pipeline.params import load_stage_params
 from cnnspec.paths import PARAMS, RAW
+from cnnspec.pipeline.params import load_stage_params
 
 
 @exit_on_user_error

@@ -18,8 +18,8 @@ if __package__ in (None, ""):  # `python stages/<name>.py`: import this checkout
 
 from cnnspec.atomic import write_json, write_text
 from cnnspec.errors import exit_on_user_error
-from cnnspec.pipeline.params import load_resolved_params
 from cnnspec.paths import EVAL_JSON, EVAL_REPORT, MODEL, PARAMS, PREDICTIONS_CSV, PREPARED
+from cnnspec.pipeline.params import load_resolved_params
 
 
 @exit_on_user_error
@@ -30,8 +30,8 @@ def main() -> None:
 
     report, actual, predicted = evaluation.evaluate_checkpoint(
         MODEL, PREPARED, tta=params["tta"], batch_size=params["batch_size"])
-    from cnnspec.training import learning_check as runcheck
     from cnnspec.pipeline.headline import headline
+    from cnnspec.training import learning_check as runcheck
 
     learned, reason = runcheck.verdict(len(report["classes"]), report["accuracy"], "test accuracy")
     write_json(EVAL_REPORT, report)

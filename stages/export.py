@@ -12,8 +12,8 @@ if __package__ in (None, ""):  # `python stages/<name>.py`: import this checkout
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cnnspec.errors import exit_on_user_error
-from cnnspec.pipeline.params import load_stage_params
 from cnnspec.paths import EXPORT, MODEL, PARAMS, PREPARED
+from cnnspec.pipeline.params import load_stage_params
 
 
 @exit_on_user_error

@@ -19,10 +19,10 @@ if __package__ in (None, ""):  # `python stages/<name>.py`: import this checkout
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cnnspec.data.datasets import USER_DATASETS, decode_raw, prepare, write_prepared
-from cnnspec.errors import ParamsError, exit_on_user_error
 from cnnspec.data.user_datasets import prepare_image_dataset
-from cnnspec.pipeline.params import load_stage_params, path_problem
+from cnnspec.errors import ParamsError, exit_on_user_error
 from cnnspec.paths import PARAMS, PREPARED
+from cnnspec.pipeline.params import load_stage_params, path_problem
 
 
 @exit_on_user_error

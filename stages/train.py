@@ -24,10 +24,10 @@ from pathlib import Path
 if __package__ in (None, ""):  # `python stages/<name>.py`: import this checkout's cnnspec
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cnnspec.training import distributed
 from cnnspec.errors import exit_on_user_error
-from cnnspec.pipeline.params import load_resolved_params
 from cnnspec.paths import MODEL, PARAMS, PREPARED, RESUME_STATE, TRAIN_LOG
+from cnnspec.pipeline.params import load_resolved_params
+from cnnspec.training import distributed
 
 
 def run(params_path=PARAMS, prepared=PREPARED, model_path=MODEL, resume_path=RESUME_STATE,
@@ -41,9 +41,9 @@ def run(params_path=PARAMS, prepared=PREPARED, model_path=MODEL, resume_path=RES
     import torch
 
     from cnnspec import build_model, load_spec
-    from cnnspec.training import learning_check as runcheck
-    from cnnspec.models.checkpoint import save_checkpoint
     from cnnspec.data.datasets import load_prepared
+    from cnnspec.models.checkpoint import save_checkpoint
+    from cnnspec.training import learning_check as runcheck
     from cnnspec.training.finetune import check_init_from, init_from
     from cnnspec.training.loop import run_fingerprint, train
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import cnnspec
-from cnnspec.models.checkpoint import FORMAT, load_network, save_checkpoint
 from cnnspec.errors import TrainingError
+from cnnspec.models.checkpoint import FORMAT, load_network, save_checkpoint
 
 SPEC = """name: tiny
 layers:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cnnspec.models.compiler import build_model
 from cnnspec.errors import SpecError
+from cnnspec.models.compiler import build_model
 from cnnspec.models.shapes import infer
 from cnnspec.spec.reader import parse_spec
 
@@ -407,7 +407,7 @@ def test_an_unregistered_type_is_an_unknown_layer_type(tmp_path, capsys):
 
 
 def test_a_plugin_layer_is_checked_like_a_built_in_one(tmp_path, capsys, registry_restored):
-    from tests.test_registry import model_counts, module_of, spec_for
+    from tests.layerchecks import model_counts, module_of, spec_for
 
     path = write(tmp_path, SHUFFLE_SPEC)
     assert cli.main(["validate", "--plugin", str(PLUGIN), path]) == 0
@@ -525,7 +525,8 @@ def test_expression_grammar_and_values(text, value):
 
 @pytest.mark.parametrize("text, offset, message", [
     ("round(1, 2)", 0, "round takes 1 arguments, got 2"), ("2 +", 3, "found the end"),
-    ("(2 + 3", 6, "expected ')'"), ("2 3", 2, "expected an operator, found '3'"), ("2 ^ 3", 2, "unexpected character '^'"),
+    ("(2 + 3", 6, "expected ')'"), ("2 3", 2, "expected an operator, found '3'"),
+    ("2 ^ 3", 2, "unexpected character '^'"),
     ("eval(1)", 0, "unknown function 'eval'")])
 def test_expression_errors_carry_the_offset(text, offset, message):
     from cnnspec.spec.expressions import ExpressionError, parse

@@ -9,12 +9,12 @@ import torch
 from PIL import Image
 
 import cnnspec
-from cnnspec.inference import evaluation
-from cnnspec.models.checkpoint import FORMAT, save_checkpoint
 from cnnspec.cli import main as cli
 from cnnspec.data.datasets import RawDataset, decode_raw, load_prepared, prepare, write_prepared
-from cnnspec.errors import TrainingError
 from cnnspec.data.images import ImageReadError
+from cnnspec.errors import TrainingError
+from cnnspec.inference import evaluation
+from cnnspec.models.checkpoint import FORMAT, save_checkpoint
 from cnnspec.pipeline.params import fill_defaults, load_schema
 from cnnspec.training.loop import train
 

@@ -189,7 +189,8 @@ def layer_item(layer_type: str, layers, blocks: list[str], wild: bool) -> st.Sea
     """One layer list item, as TYPE, TYPE: shorthand or TYPE: {options}."""
     if layer_type == "use":
         call = st.fixed_dictionaries({"block": st.sampled_from(blocks or ["nowhere"])},
-                                     optional={"filters": sane_value("filters", {"type": "integer", "minimum": 1}, layers),
+                                     optional={"filters": sane_value("filters", {"type": "integer", "minimum": 1},
+                                                                     layers),
                                                **({"name": NAMES, "bogus": HOSTILE} if wild else {})})
         return call.map(lambda options: {"use": options})
     shorthand = LAYER_SCHEMAS[layer_type].get("x-shorthand")
@@ -380,10 +381,11 @@ def spec_with_layers(layers: str) -> str:
 HOSTILE_DOCUMENTS = {
     "alias_bomb": alias_bomb(),
     "alias_bomb_in_layers": "name: bomb\nlayers: &l [flatten, {dense: num_classes}]\nblocks:\n"
-                            + "".join(f"  b{i}: {{layers: [{', '.join(['{use: {block: b%d}}' % (i - 1)] * 10)}]}}\n"
+                            + "".join(f"  b{i}: {{layers: [{', '.join([f'{{use: {{block: b{i - 1}}}}}'] * 10)}]}}\n"
                                       for i in range(1, 8)).replace("b0", "b7")
                             + "  b0: {layers: [flatten]}\n",
-    "alias_repeat_bomb": "name: bomb\nlayers:\n  - repeat: {n: 1000, layers: &r [repeat: {n: 1000, layers: [repeat: {n: 1000, layers: [flatten]}]}]}\n",
+    "alias_repeat_bomb": "name: bomb\nlayers:\n  - repeat: {n: 1000, layers: &r [repeat: {n: 1000, layers: "
+                         "[repeat: {n: 1000, layers: [flatten]}]}]}\n",
     "deep_flow_lists": "name: deep\nlayers: " + "[" * 5000 + "]" * 5000 + "\n",
     "deep_flow_maps": "name: deep\nlayers: " + "{a: " * 3000 + "1" + "}" * 3000 + "\n",
     "deep_residuals": spec_with_layers("  - " + "residual: {body: [" * 40 + "conv: 4" + "]}" * 40 + "\n"),
@@ -403,7 +405,8 @@ HOSTILE_DOCUMENTS = {
     "only_a_comment": "# nothing here\n",
     "a_list": "- conv: 8\n",
     "float_size": spec_with_layers("  - conv: 1e2\n"),
-    "absurd_width": spec_with_layers("  - conv: 1000000\n  - conv: 1000000\n  - global_avg_pool\n  - dense: num_classes\n"),
+    "absurd_width": spec_with_layers("  - conv: 1000000\n  - conv: 1000000\n  - global_avg_pool\n"
+                                     "  - dense: num_classes\n"),
     "absurd_dense": spec_with_layers("  - flatten\n  - dense: 1000000\n  - dense: 1000000\n  - dense: num_classes\n"),
     "absurd_resize": spec_with_layers("  - resize: {height: 8192}\n  - conv: 1000000\n  - global_avg_pool\n"
                                       "  - dense: num_classes\n"),

@@ -33,6 +33,17 @@ SECTIONS = ("train", "evaluate")   # what a recipe may set; data.* stays in para
 SHIPPED = Path(__file__).resolve().parents[2] / "recipes"
 NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 MAX_BASES = 16
+# Recipes once named after the seed report they reproduce, now after what they are
+# (docs/recipes.md keeps the provenance). An old name is refused with its new one.
+RENAMED = {
+    "seed000_cnn": "adam_plateau_early_stop",
+    "seed000_resnet18": "adam_early_stop",
+    "seed002_fan": "adam_30_epochs",
+    "seed002_resnet50v2": "adam_3_epochs",
+    "seed003": "adam_focal_balanced",
+    "seed003_cifar10": "adam_focal_balanced_cats_dogs",
+    "seed004_resnet50": "adam_15_epochs",
+}
 
 
 def recipe_dirs(params_path=None) -> list[Path]:
@@ -62,6 +73,8 @@ def find_recipe(name: str, asked_where: str, params_path=None) -> Path:
         path = folder / f"{name}.yaml"
         if path.is_file():
             return path
+    if name in RENAMED:
+        raise ParamsError(f"{asked_where}: recipe {name!r} is now called {RENAMED[name]!r}")
     names = available(params_path)
     close = difflib.get_close_matches(name, names, n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else f"; known: {', '.join(names) or 'none'}"
