@@ -18,7 +18,6 @@ from cnnspec.models.summary import summarize
 from cnnspec.spec import schema_file
 from cnnspec.spec.reader import EXPANDERS, layer_options, layer_schemas, parse_spec
 from cnnspec.training import augment
-
 from tests.layerchecks import INPUT, model_counts, module_of, spec_for
 
 LAYER_SCHEMAS = layer_schemas()
