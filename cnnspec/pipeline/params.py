@@ -77,12 +77,12 @@ def load_schema() -> dict:
 
 def read_yaml_mapping(path) -> dict:
     name = str(path)
+    if not os.path.lexists(path):
+        raise ParamsError(f"{name}: file not found (stages read it from the directory they run in)")
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ParamsError(f"{name}: file not found (stages read it from the directory they run in)") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise ParamsError(f"{name}: cannot read: {error}") from None
+        text = yamlio.read_bounded_text(path)  # a FIFO or a huge file: refused before reading
+    except SpecError as error:
+        raise ParamsError(str(error)) from None
     data = parse_yaml(text, name)
     if not isinstance(data, dict):
         found = "an empty file" if data is None else f"a {type(data).__name__}"
