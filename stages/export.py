@@ -12,13 +12,14 @@ if __package__ in (None, ""):  # `python stages/<name>.py`: import this checkout
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cnnspec.errors import exit_on_user_error
-from cnnspec.pipeline.params import load_stage_params
+from cnnspec.pipeline.params import load_stage_params, load_workspace_plugins
 from cnnspec.paths import EXPORT, MODEL, PARAMS, PREPARED
 
 
 @exit_on_user_error
 def main() -> None:
     params = load_stage_params(PARAMS, sections=["export"])["export"]
+    load_workspace_plugins(PARAMS)  # the workspace's own model.plugins: a checkpoint never imports code
     # torch loads only after params.yaml passed, so a typo fails in a blink.
     from cnnspec.inference.export import SUFFIXES, TOLERANCE, export
 

@@ -61,6 +61,12 @@ def load_params(path="params.yaml", sections=None) -> dict:
     return filled
 
 
+def load_workspace_plugins(path="params.yaml") -> list:
+    """Import the plugins this workspace's params name (model.plugins): the stages that
+    open a checkpoint call this, since a checkpoint itself never imports code."""
+    return load_params(path, ["model"])["model"].get("plugins") or []
+
+
 def load_stage_params(path="params.yaml", sections=None) -> dict:
     """`load_params`, then `check_named_paths` on what it returned: what every stage
     does first, before it imports torch or reads any data."""
