@@ -13,13 +13,12 @@ Three differences from `yaml.safe_load`:
 from __future__ import annotations
 
 import math
-import os
 import re
-import stat
 
 import yaml
 
 from cnnspec.errors import SpecError
+from cnnspec.regular_files import not_a_regular_file
 from cnnspec.spec.nodes import Location
 
 # Generous bounds that no real spec comes near; they turn hostile input (deep
@@ -29,25 +28,17 @@ MAX_NODES = 200_000
 MAX_BYTES = 1 << 20   # a spec or params file; the largest shipped spec is a few kilobytes
 
 
-def file_kind(mode: int) -> str:
-    """What a non-regular file is, in words."""
-    for test, word in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a named pipe (FIFO)"),
-                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
-                       (stat.S_ISBLK, "a block device")):
-        if test(mode):
-            return word
-    return "not a regular file"
-
-
 def read_bounded_text(path, limit: int = MAX_BYTES) -> str:
     """The text of a regular file of at most `limit` bytes. A device, FIFO, socket or
     folder is refused before it is opened (reading one could block or never end), a
     larger file before it is parsed; each is a one-line SpecError naming the file."""
     file = str(path)
+    problem = not_a_regular_file(path)
+    if problem == "missing":
+        raise SpecError("cannot read: No such file or directory", file)
+    if problem:
+        raise SpecError(f"cannot read: it is {problem}, not a regular file", file)
     try:
-        mode = os.stat(path).st_mode
-        if not stat.S_ISREG(mode):
-            raise SpecError(f"cannot read: it is {file_kind(mode)}, not a regular file", file)
         with open(path, "rb") as handle:
             data = handle.read(limit + 1)
     except OSError as error:
