@@ -1,0 +1,202 @@
+"""Files that are not what they claim: a FIFO where a spec or an image should be, a
+16-bit PNG, a pixel bomb, a symlink loop, a NUL in a CSV path, a class too small for
+its splits. Each is named in one line and nothing blocks."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cnnspec.data import user_datasets
+from cnnspec.data.images import MAX_PIXELS, ImageReadError, read_image
+from cnnspec.errors import DataError, ParamsError, SpecError
+from cnnspec.pipeline.params import load_params
+from cnnspec.spec.reader import load_spec
+from tests.imagefiles import class_folder_name, fashion_subset, write_csv, write_image_folder
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def fashion():
+    return fashion_subset(60, 1)
+
+
+def data_params(**changes) -> dict:
+    data = load_params(ROOT / "params.yaml", ["data"])["data"]
+    data.update(dataset="folder", image_size=[28, 28], channels=1, val_split=0.1, test_split=0.2)
+    data.update(changes)
+    return data
+
+
+# ---------------------------------------------------------------- the spec reader
+
+def test_validate_answers_a_fifo_a_device_and_a_huge_file_at_once(tmp_path):
+    fifo = tmp_path / "spec.yaml"
+    os.mkfifo(fifo)  # nobody writes: opening it would block for ever
+    huge = tmp_path / "huge.yaml"
+    with open(huge, "wb") as file:
+        file.truncate(4 << 30)  # 4 GiB, sparse
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "cnnspec.cli", "validate", str(fifo), "/dev/zero", str(huge)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(ROOT), "CNNSPEC_DEBUG": ""})
+    assert time.monotonic() - started < 10
+    lines = done.stderr.splitlines()
+    assert done.returncode == 1 and len(lines) == 3, done.stderr
+    assert "named pipe (FIFO)" in lines[0] and "character device" in lines[1]
+    assert "larger than 1,048,576 bytes" in lines[2] and str(huge) in lines[2]
+
+
+def test_params_yaml_that_is_a_fifo_is_one_line(tmp_path):
+    os.mkfifo(tmp_path / "params.yaml")
+    with pytest.raises(ParamsError, match="named pipe"):
+        load_params(tmp_path / "params.yaml", ["data"])
+
+
+def test_a_symlink_loop_spec_is_named(tmp_path):
+    (tmp_path / "a.yaml").symlink_to(tmp_path / "b.yaml")
+    (tmp_path / "b.yaml").symlink_to(tmp_path / "a.yaml")
+    with pytest.raises(SpecError, match="symlink loop"):
+        load_spec(tmp_path / "a.yaml")
+
+
+@pytest.mark.parametrize("text, words", [
+    ("'make_divisible(64, 0)'", "divisor must be > 0"),
+    ("'" + "(" * 40 + "8" + ")" * 40 + " * 2'", "nested more than"),
+    ("'" + "1 + " * 300 + "1'", "characters long"),
+    ("'" + "9" * 400 + " * 2'", "not a finite number of sane size"),
+    ("'floor(1e300 * 1e300)'", "too large"),
+    ("'" + "- " * 100 + "8 * 1'", "nested more than"),
+])
+def test_hostile_expressions_are_located_spec_errors(text, words):
+    import cnnspec
+
+    spec = f"name: x\nlayers:\n  - conv: {{filters: {text}}}\n  - flatten\n  - dense: num_classes\n"
+    with pytest.raises(SpecError) as refused:
+        cnnspec.parse_spec(spec, "x.yaml")
+    assert refused.value.line == 3 and refused.value.col is not None and words in str(refused.value)
+
+
+def test_an_alias_bomb_is_stopped_while_composing():
+    import cnnspec
+
+    levels = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"] + [
+        f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, 12)]
+    started = time.monotonic()
+    with pytest.raises(SpecError, match="too large"):
+        cnnspec.parse_spec("\n".join(levels) + "\nlayers: [flatten]\n", "bomb.yaml")
+    assert time.monotonic() - started < 2
+
+
+# ---------------------------------------------------------------- images
+
+def test_a_real_16_bit_png_is_scaled_by_its_range_not_saturated(tmp_path):
+    ramp = (np.arange(64, dtype=np.uint32).reshape(8, 8) * 1000).astype(np.uint16)  # 0..63000
+    path = tmp_path / "ramp16.png"
+    Image.fromarray(ramp).save(path)
+    assert Image.open(path).mode.startswith("I")  # really 16 bits on disk
+    pixels = read_image(path, 1)[0]
+    assert np.array_equal(pixels, np.rint(ramp / 257.0).astype(np.uint8))
+    assert pixels.min() == 0 and 240 < pixels.max() < 250 and len(np.unique(pixels)) == 64
+
+
+def test_a_float_image_is_scaled_and_a_nan_one_refused(tmp_path):
+    values = np.linspace(0, 1, 16, dtype=np.float32).reshape(4, 4)
+    path = tmp_path / "float.tif"
+    Image.fromarray(values, mode="F").save(path)
+    assert np.array_equal(read_image(path, 1)[0], np.rint(values * 255).astype(np.uint8))
+    values[0, 0] = np.nan
+    Image.fromarray(values, mode="F").save(path)
+    with pytest.raises(ImageReadError, match="NaN"):
+        read_image(path, 1)
+
+
+def test_a_pixel_bomb_is_refused_before_decoding(tmp_path):
+    side = int(MAX_PIXELS ** 0.5) + 100
+    path = tmp_path / "bomb.png"
+    Image.new("1", (side, side)).save(path)  # a few kilobytes on disk
+    with pytest.raises(ImageReadError, match="more than 50,000,000 pixels"):
+        read_image(path, 1, (28, 28))
+
+
+def test_a_large_jpeg_is_decoded_reduced(tmp_path, monkeypatch):
+    from PIL import JpegImagePlugin
+
+    path = tmp_path / "large.jpg"
+    Image.new("RGB", (2048, 2048), (200, 30, 30)).save(path)
+    decoded = []
+    original = JpegImagePlugin.JpegImageFile.load
+
+    def remember(self):
+        result = original(self)
+        decoded.append(self.size)
+        return result
+
+    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "load", remember)
+    array = read_image(path, 3, (32, 32))
+    assert array.shape == (3, 32, 32) and decoded and max(decoded[0]) <= 256
+
+
+def test_a_fifo_and_a_symlink_loop_among_images_are_named_and_never_block(tmp_path, fashion):
+    root = tmp_path / "images"
+    write_image_folder(root, fashion[0], fashion[1], ".png")
+    first_class = root / class_folder_name(fashion[1][0])
+    os.mkfifo(first_class / "pipe.png")
+    (first_class / "loop.png").symlink_to(first_class / "loop.png")
+    started = time.monotonic()
+    with pytest.raises(ImageReadError) as refused:
+        user_datasets.prepare_image_dataset(data_params(source=str(root)), tmp_path / "prepared",
+                                            workers=1, log=lambda line: None)
+    assert time.monotonic() - started < 30
+    message = str(refused.value)
+    assert ("named pipe (FIFO)" in message or "symlink loop" in message) and "\n" not in message
+    lines = []
+    meta = user_datasets.prepare_image_dataset(data_params(source=str(root), bad_images="skip"),
+                                               tmp_path / "prepared", workers=1, log=lines.append)
+    assert meta["skipped_images"] == 2
+    assert any("named pipe (FIFO)" in line and "symlink loop" in line for line in lines)
+
+
+def test_a_nul_in_a_csv_path_is_one_line(tmp_path, fashion):
+    paths = write_image_folder(tmp_path / "pictures", fashion[0][:10], fashion[1][:10], ".png")
+    rows = [{"path": str(p.relative_to(tmp_path)), "label": "a"} for p in paths]
+    rows[3]["path"] = "pictures/x\x00y.png"
+    manifest = write_csv(tmp_path / "labels.csv", rows)
+    with pytest.raises(DataError) as refused:
+        user_datasets.scan_csv(manifest, {"path_column": "path", "label_column": "label"})
+    assert f"{manifest}:5:" in str(refused.value) and "U+0000" in str(refused.value)
+
+
+def test_a_csv_row_naming_a_fifo_is_named(tmp_path, fashion):
+    paths = write_image_folder(tmp_path / "pictures", fashion[0], fashion[1], ".png")
+    os.mkfifo(tmp_path / "pictures" / "pipe.png")
+    labels = [class_folder_name(int(label)) for label in fashion[1]]
+    rows = [{"path": str(p.relative_to(tmp_path)), "label": label} for p, label in zip(paths, labels)]
+    rows.append({"path": "pictures/pipe.png", "label": labels[0]})
+    manifest = write_csv(tmp_path / "labels.csv", rows)
+    with pytest.raises(ImageReadError, match=r"pipe\.png.*named pipe \(FIFO\)"):
+        user_datasets.prepare_image_dataset(data_params(dataset="csv", source=str(manifest),
+                                                        csv={"path_column": "path", "label_column": "label"}),
+                                            tmp_path / "prepared", workers=1, log=lambda line: None)
+
+
+def test_a_class_too_small_for_every_split_is_named_with_its_count(tmp_path, fashion, capsys):
+    root = tmp_path / "images"
+    write_image_folder(root, fashion[0], fashion[1], ".png")
+    rare = root / "Rare"
+    rare.mkdir()
+    Image.fromarray(fashion[0][0]).save(rare / "only.png")
+    Image.fromarray(fashion[0][1]).save(rare / "second.png")
+    with pytest.raises(DataError, match=r"class 'Rare' has only 2 images, too few .*\(train 2, val 0, test 0\)"):
+        user_datasets.prepare_image_dataset(data_params(source=str(root)), tmp_path / "prepared",
+                                            workers=1, log=lambda line: None)
+    user_datasets.prepare_image_dataset(data_params(source=str(root), bad_images="skip"),
+                                        tmp_path / "prepared", workers=1, log=lambda line: None)
+    assert "warning: data.source: class 'Rare' has only 2 images" in capsys.readouterr().err
