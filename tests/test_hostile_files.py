@@ -200,3 +200,28 @@ def test_a_class_too_small_for_every_split_is_named_with_its_count(tmp_path, fas
     user_datasets.prepare_image_dataset(data_params(source=str(root), bad_images="skip"),
                                         tmp_path / "prepared", workers=1, log=lambda line: None)
     assert "warning: data.source: class 'Rare' has only 2 images" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- activation memory
+
+def test_a_network_whose_activations_pass_a_gibibyte_warns_and_strict_refuses(tmp_path):
+    spec = tmp_path / "wide.yaml"
+    spec.write_text("name: wide\nlayers:\n  - resize: {height: 4096, width: 4096}\n  - conv: 64\n"
+                    "  - global_avg_pool\n  - dense: num_classes\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "CNNSPEC_DEBUG": ""}
+    warned = subprocess.run([sys.executable, "-m", "cnnspec.cli", "validate", str(spec)],
+                            capture_output=True, text=True, cwd=ROOT, env=env, timeout=60)
+    assert warned.returncode == 0 and "(1 warning)" in warned.stdout
+    assert f"{spec}:4:5:" in warned.stderr and "4.2 GiB of activations" in warned.stderr
+    assert "conv_1 alone outputs 64x4096x4096" in warned.stderr
+    refused = subprocess.run([sys.executable, "-m", "cnnspec.cli", "validate", "--strict", str(spec)],
+                             capture_output=True, text=True, cwd=ROOT, env=env, timeout=60)
+    assert refused.returncode == 1 and refused.stderr.startswith("error: ") and "activations" in refused.stderr
+
+
+def test_no_shipped_spec_comes_near_the_activation_bound():
+    from cnnspec.models.shapes import MAX_ACTIVATION_BYTES, activation_bytes, infer
+
+    for path in sorted((ROOT / "specs").glob("*.yaml")):
+        ctx = infer(load_spec(path), None, 10)
+        assert activation_bytes(ctx.records) < MAX_ACTIVATION_BYTES / 4, path.name
