@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from cnnspec.errors import DiskFullError
+from cnnspec.errors import DiskFullError, raise_if_terminated
 
 
 # A write that fails while the disk has less than this free is reported as a full disk:
@@ -73,6 +73,7 @@ def atomic_path(destination: str | os.PathLike):
         yield Path(temporary)
         with open(temporary, "rb") as written:
             os.fsync(written.fileno())
+        raise_if_terminated()
         os.replace(temporary, destination)
     except (OSError, RuntimeError) as error:
         full = disk_is_full(error, destination.parent)
@@ -133,6 +134,7 @@ def atomic_folder(destination):
                                       dir=destination.parent))
     try:
         yield temporary
+        raise_if_terminated()
     except BaseException as error:
         shutil.rmtree(temporary, ignore_errors=True)
         if isinstance(error, DiskFullError) and Path(error.path).is_relative_to(temporary):

@@ -19,7 +19,7 @@ if __package__ in (None, ""):  # `python stages/<name>.py`: import this checkout
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cnnspec.data.datasets import USER_DATASETS, decode_raw, prepare, write_prepared
-from cnnspec.errors import ParamsError, exit_on_user_error
+from cnnspec.errors import ParamsError, exit_on_user_error, terminate_like_interrupt
 from cnnspec.data.user_datasets import prepare_image_dataset
 from cnnspec.pipeline.params import load_stage_params, path_problem
 from cnnspec.paths import PARAMS, PREPARED
@@ -27,6 +27,7 @@ from cnnspec.paths import PARAMS, PREPARED
 
 @exit_on_user_error
 def main() -> None:
+    terminate_like_interrupt()  # SIGTERM (dvc, kill): temporaries removed, exit 143
     data = load_stage_params(PARAMS, sections=["data"])["data"]
     started = time.perf_counter()
     if data["dataset"] in USER_DATASETS:

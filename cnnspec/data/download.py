@@ -32,7 +32,7 @@ from pathlib import Path, PurePosixPath
 from cnnspec.atomic import atomic_folder, disk_is_full, sweep_stale_siblings
 from cnnspec.data.datasets import EXTRACTED, DatasetInfo, get_dataset
 from cnnspec.regular_files import not_a_regular_file
-from cnnspec.errors import DataError, DiskFullError
+from cnnspec.errors import DataError, DiskFullError, raise_if_terminated
 
 DEFAULT_TIMEOUT = 10.0   # seconds without a byte before a connection counts as stalled
 DEFAULT_ATTEMPTS = 4
@@ -114,6 +114,7 @@ def fetch(url: str, destination, md5: str | None, progress: bool = True, *,
                 raise DataError(f"{url}: md5 mismatch: got {actual}, expected {md5.lower()}; {MD5_HINT}")
         with open(partial, "rb") as written:
             os.fsync(written.fileno())
+        raise_if_terminated()
         os.replace(partial, destination)
         return destination
     finally:
