@@ -225,3 +225,104 @@ def test_no_shipped_spec_comes_near_the_activation_bound():
     for path in sorted((ROOT / "specs").glob("*.yaml")):
         ctx = infer(load_spec(path), None, 10)
         assert activation_bytes(ctx.records) < MAX_ACTIVATION_BYTES / 4, path.name
+
+
+# ---------------------------------------------------------------- downloads
+
+def test_a_file_url_naming_a_fifo_or_a_device_is_refused_at_once(tmp_path):
+    from cnnspec.data.download import fetch
+
+    os.mkfifo(tmp_path / "pipe")
+    for source, words in ((tmp_path / "pipe", "named pipe (FIFO)"), (Path("/dev/zero"), "character device")):
+        started = time.monotonic()
+        with pytest.raises(DataError) as refused:
+            fetch(source.as_uri(), tmp_path / "raw" / "x.gz", None, progress=False)
+        assert words in str(refused.value) and "\n" not in str(refused.value)
+        assert time.monotonic() - started < 5
+    assert list((tmp_path / "raw").iterdir()) == []
+
+
+def endless_server(announce: int | None = None):
+    """An HTTP server that streams zeros for ever (optionally announcing a length)."""
+    import http.server
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            self.send_response(200)
+            if announce is not None:
+                self.send_header("Content-Length", str(announce))
+            self.end_headers()
+            try:
+                for _ in range(100_000):
+                    self.wfile.write(b"\0" * 65536)
+            except OSError:
+                pass
+            self.close_connection = True
+
+    from tests.fakedata import running_server
+    return running_server(Handler)
+
+
+@pytest.mark.parametrize("announce, words", [(None, "stopped after"), (10**12, "announces 1,000,000,000,000")])
+def test_a_download_stops_at_its_size_limit(tmp_path, announce, words):
+    from cnnspec.data.download import fetch
+
+    with endless_server(announce) as base_url:
+        with pytest.raises(DataError) as refused:
+            fetch(f"{base_url}/x.gz", tmp_path / "x.gz", None, progress=False, max_bytes=1_000_000,
+                  attempts=1, timeout=5)
+    assert words in str(refused.value) and "1,000,000" in str(refused.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_mirror_file_far_above_the_known_size_is_refused(tmp_path):
+    from cnnspec.data.download import download_dataset, size_limit
+
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    with open(mirror / "train-images-idx3-ubyte.gz", "wb") as file:
+        file.truncate(size_limit("fashion-mnist", "train-images-idx3-ubyte.gz") + 1)
+    with pytest.raises(DataError, match="more than this file's size can be"):
+        download_dataset("fashion-mnist", tmp_path / "raw", url=mirror.as_uri() + "/", md5="skip",
+                         progress=False, log=lambda line: None)
+
+
+def test_an_archive_too_large_to_extract_is_refused_before_writing(tmp_path, monkeypatch):
+    import io
+    import tarfile
+
+    from cnnspec.data import download
+
+    archive = tmp_path / "bomb.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        member = tarfile.TarInfo("cifar-10-batches-py/data_batch_1")
+        member.size = 4 << 20
+        tar.addfile(member, io.BytesIO(b"\0" * member.size))  # 4 MiB of zeros: a few KiB packed
+    assert archive.stat().st_size < 50_000
+    monkeypatch.setattr(download, "MAX_EXTRACTED_BYTES", 1 << 20)
+    with pytest.raises(DataError, match=r"refusing to extract 4,194,304 bytes"):
+        download.safe_extract(archive, tmp_path / "extracted")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bomb.tar.gz"]
+
+
+def test_an_archive_missing_a_needed_file_is_named_and_discarded(tmp_path):
+    import tarfile
+
+    from cnnspec.data.download import download_dataset
+    from tests.fakedata import make_cifar10_archive
+
+    complete = make_cifar10_archive(tmp_path / "complete.tar.gz")
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    with tarfile.open(complete) as source, tarfile.open(mirror / "cifar-10-python.tar.gz", "w:gz") as target:
+        for member in source.getmembers():
+            if not member.name.endswith("data_batch_3"):
+                target.addfile(member, source.extractfile(member) if member.isfile() else None)
+    with pytest.raises(DataError) as refused:
+        download_dataset("cifar10", tmp_path / "raw", url=(mirror / "cifar-10-python.tar.gz").as_uri(),
+                         md5="skip", progress=False, log=lambda line: None)
+    assert "lacks data_batch_3" in str(refused.value) and "removed" in str(refused.value)
+    assert not (tmp_path / "raw" / "cifar-10-python.tar.gz").exists()
