@@ -4,7 +4,7 @@
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test bench exps clean-venv
+.PHONY: run test bench exps fuzz clean-venv
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || python3 -m venv $(VENV)
@@ -18,6 +18,11 @@ run: $(BIN)/.installed
 
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest
+
+# The fuzz suite with 20 times the cases of `make test`, fresh random ones each run
+# (tests/fuzzing.py): specs, expressions, params.yaml, CSV files, images, checkpoints.
+fuzz: $(BIN)/.installed
+	$(BIN)/python -m pytest tests/test_spec_fuzz.py --hypothesis-profile=fuzz -q
 
 bench: $(BIN)/.installed
 	$(BIN)/python -m pytest benchmarks --benchmark-enable

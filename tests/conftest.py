@@ -23,3 +23,6 @@ def cuda_paths_on_cpu(monkeypatch):
     from cnnspec.training import loop as training
 
     monkeypatch.setattr(training, "CUDA_PATHS_ON_CPU", True)
+
+
+import tests.fuzzing  # noqa: E402,F401  registers the hypothesis profiles (cnnspec, fuzz)

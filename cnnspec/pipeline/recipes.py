@@ -125,12 +125,16 @@ def chain(name: str, asked_where: str, params_path=None) -> list[tuple[Path, yam
 def choose(params: dict, name: str, params_path=None) -> tuple[str | None, str]:
     """The recipe's name (None for `none`) and where that choice is written."""
     choice = params.get("recipe", "none")
+    if not isinstance(choice, str):
+        raise ParamsError(f"{name}: recipe: expected a recipe name, auto or none, not "
+                          f"{yamlio.describe_scalar(choice)}")
     if choice == "none":
         return None, f"{name}: recipe"
     if choice != "auto":
         return choice, f"{name}: recipe"
-    spec = (params.get("model") or {}).get("spec")
-    if not spec:
+    model = params.get("model")
+    spec = model.get("spec") if isinstance(model, dict) else None
+    if not spec or not isinstance(spec, str):  # the schema check names a bad model section
         return DEFAULT_RECIPE, f"{name}: recipe"
     named, where = spec_recipe(spec, params_path, name)
     return (named or DEFAULT_RECIPE), (where if named else f"{name}: recipe")
