@@ -125,7 +125,8 @@ def terminate_like_interrupt() -> None:
 def die_with_parent() -> None:
     """On Linux, ask the kernel to SIGTERM this process when its parent dies (prctl
     PR_SET_PDEATHSIG), so a stage whose `dvc` is killed does not train on as an
-    orphan. A no-op elsewhere. If the parent is already gone, terminate now."""
+    orphan. A no-op elsewhere. If the parent died while this was being set up,
+    terminate now."""
     if not sys.platform.startswith("linux"):
         return
     import ctypes
@@ -138,7 +139,7 @@ def die_with_parent() -> None:
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
     except (OSError, AttributeError):
         return
-    if parent == 1 or os.getppid() != parent:  # the parent died before prctl took effect
+    if os.getppid() != parent:  # the parent died before prctl took effect: we were reparented
         os.kill(os.getpid(), signal.SIGTERM)
 
 
