@@ -326,3 +326,20 @@ def test_an_archive_missing_a_needed_file_is_named_and_discarded(tmp_path):
                          md5="skip", progress=False, log=lambda line: None)
     assert "lacks data_batch_3" in str(refused.value) and "removed" in str(refused.value)
     assert not (tmp_path / "raw" / "cifar-10-python.tar.gz").exists()
+
+
+# ---------------------------------------------------------------- found by the params fuzzer
+
+@pytest.mark.parametrize("spec, words", [("fifo.yaml", "model.spec: fifo.yaml: cannot read: it is a named pipe (FIFO)"),
+                                         ("\n\n", "model.spec: '\\n\\n': no such file")])
+def test_model_spec_naming_a_fifo_or_holding_a_newline_is_one_line(tmp_path, spec, words):
+    import yaml
+
+    os.mkfifo(tmp_path / "fifo.yaml")
+    params = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
+    params["model"]["spec"], params["recipe"] = str(tmp_path / spec) if spec == "fifo.yaml" else spec, "auto"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
+    with pytest.raises(ParamsError) as refused:
+        load_params(tmp_path / "params.yaml", ["recipe", "model", "train", "evaluate"])
+    assert words.replace("fifo.yaml", str(tmp_path / "fifo.yaml")) in str(refused.value)
+    assert "\n" not in str(refused.value)

@@ -177,7 +177,7 @@ def check_named_paths(params: dict, name="params.yaml", keys=None) -> None:
             continue
         problem = path_problem(Path(str(value)), kind)
         if problem:
-            raise ParamsError(f"{name}: {key}: {value}: {problem}")
+            raise ParamsError(f"{name}: {key}: {recipes.printable(value)}: {problem}")
 
 
 def path_problem(path: Path, kind: str) -> str | None:
