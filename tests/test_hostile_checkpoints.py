@@ -160,6 +160,12 @@ def test_an_older_checkpoint_without_a_digest_still_loads(tmp_path):
     (lambda c: c.update(std=[0.0]), "std"),
     (lambda c: c.pop("spec_text"), "spec_text"),
     (lambda c: c.update(image_size=["a", None]), "image_size"),
+    # tensors where plain values belong (found by the checkpoint fuzzer: they escaped as
+    # "Boolean value of Tensor with more than one value is ambiguous")
+    (lambda c: c.update(format=torch.zeros(2)), "not a cnnspec checkpoint"),
+    (lambda c: c.update(num_classes=torch.zeros(2)), "num_classes"),
+    (lambda c: c.update(image_size=torch.zeros(2)), "image_size"),
+    (lambda c: c.update(channels=torch.ones(2)), "channels"),
 ])
 def test_a_checkpoint_with_malformed_fields_is_one_line(tmp_path, change, words):
     path = tiny_checkpoint(tmp_path / "model.pt")

@@ -125,7 +125,7 @@ def read_checkpoint(path) -> dict:
     if isinstance(found, str) and found.startswith("cnnspec-resume/"):
         raise TrainingError(f"{path}: a training resume state, not a model checkpoint "
                             "(use models/model.pt)")
-    if found != FORMAT:
+    if not (isinstance(found, str) and found == FORMAT):  # a tensor compares element-wise
         raise TrainingError(f"{path}: not a cnnspec checkpoint (expected format {FORMAT!r})")
     problem = malformed(checkpoint)
     if problem:
@@ -152,7 +152,8 @@ def malformed(checkpoint: dict) -> str | None:
     classes = checkpoint.get("classes")
     if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
         return "classes is not a list of class names"
-    if checkpoint.get("num_classes") != len(classes):
+    count = checkpoint.get("num_classes")
+    if not isinstance(count, int) or isinstance(count, bool) or count != len(classes):
         return f"num_classes is not the number of classes ({len(classes)})"
     shape = checkpoint.get("input_shape")
     if not (isinstance(shape, list) and len(shape) == 3
@@ -169,10 +170,14 @@ def malformed(checkpoint: dict) -> str | None:
             return f"{key} is not text"
     if checkpoint.get("params") is not None and not isinstance(checkpoint["params"], dict):
         return "params is not a mapping"
-    try:
-        image_settings(checkpoint)
-    except (TypeError, ValueError, IndexError, KeyError):
-        return "image_size, channels or resize is not readable"
+    size, channels, resize = (checkpoint.get(key) for key in ("image_size", "channels", "resize"))
+    if not (size is None or (isinstance(size, list) and len(size) == 2
+                             and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in size))):
+        return "image_size is not [height, width]"
+    if not (channels is None or (isinstance(channels, int) and channels in (1, 3))):
+        return "channels is not 1 or 3"
+    if not (resize is None or isinstance(resize, str)):
+        return "resize is not text"
     return None
 
 
@@ -232,9 +237,11 @@ def unregistered_layer_types(spec_text: str) -> list[str]:
 
 
 def plugins_needed(path, missing: list[str], checkpoint: dict) -> str:
-    named = ((checkpoint.get("params") or {}).get("model") or {}).get("plugins") or []
+    model = (checkpoint.get("params") or {}).get("model")  # params: a dict or None (malformed)
+    named = model.get("plugins") if isinstance(model, dict) else None
+    named = [str(name) for name in named if isinstance(name, str)] if isinstance(named, list) else []
     trained = (f" (it was trained with the plugin{'s' * (len(named) != 1)} "
-               f"{', '.join(map(str, named))})") if isinstance(named, list) and named else ""
+               f"{', '.join(named)})") if named else ""
     return (f"{path}: the model uses layer type{'s' * (len(missing) != 1)} {', '.join(missing)} "
             f"that no loaded plugin registers{trained}; a checkpoint never imports code: load the "
             f"plugin yourself with --plugin MODULE (cnnspec.load_plugins in Python), only code you trust")
