@@ -4,7 +4,7 @@
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint bench bench-test exps clean-venv
+.PHONY: run test lint fuzz bench bench-test exps clean-venv
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || python3 -m venv $(VENV)
@@ -30,6 +30,11 @@ test: $(BIN)/.installed
 # not enforced (see pyproject.toml).
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .
+
+# The fuzz suite with 20 times the cases of `make test`, fresh random ones each run
+# (tests/fuzzing.py): specs, expressions, params.yaml, CSV files, images, checkpoints.
+fuzz: $(BIN)/.installed
+	$(BIN)/python -m pytest tests/test_spec_fuzz.py --hypothesis-profile=fuzz -q
 
 bench: $(BIN)/.bench-installed
 	$(BIN)/python -m pytest benchmarks --benchmark-enable

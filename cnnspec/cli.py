@@ -248,7 +248,10 @@ def predict_images(args) -> int:
 
 
 def export_model(args) -> int:
+    from cnnspec.errors import terminate_like_interrupt
     from cnnspec.inference.export import run_command
+
+    terminate_like_interrupt()  # SIGTERM like Ctrl-C: the half-written export is removed
 
     return run_command(args)
 

@@ -19,12 +19,13 @@ if __package__ in (None, ""):  # `python stages/<name>.py`: import this checkout
 from cnnspec.atomic import write_json, write_text
 from cnnspec.errors import exit_on_user_error
 from cnnspec.paths import EVAL_JSON, EVAL_REPORT, MODEL, PARAMS, PREDICTIONS_CSV, PREPARED
-from cnnspec.pipeline.params import load_resolved_params
+from cnnspec.pipeline.params import load_resolved_params, load_workspace_plugins
 
 
 @exit_on_user_error
 def main() -> None:
     params = load_resolved_params(PARAMS, sections=["evaluate"])["evaluate"]
+    load_workspace_plugins(PARAMS)  # the workspace's own model.plugins: a checkpoint never imports code
     # torch loads only after the params passed, so a typo fails in a blink.
     from cnnspec.inference import evaluation
 

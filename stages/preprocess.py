@@ -20,13 +20,14 @@ if __package__ in (None, ""):  # `python stages/<name>.py`: import this checkout
 
 from cnnspec.data.datasets import USER_DATASETS, decode_raw, prepare, write_prepared
 from cnnspec.data.user_datasets import prepare_image_dataset
-from cnnspec.errors import ParamsError, exit_on_user_error
+from cnnspec.errors import ParamsError, exit_on_user_error, terminate_like_interrupt
 from cnnspec.paths import PARAMS, PREPARED
 from cnnspec.pipeline.params import load_stage_params, path_problem
 
 
 @exit_on_user_error
 def main() -> None:
+    terminate_like_interrupt()  # SIGTERM (dvc, kill): temporaries removed, exit 143
     data = load_stage_params(PARAMS, sections=["data"])["data"]
     started = time.perf_counter()
     if data["dataset"] in USER_DATASETS:

@@ -18,8 +18,9 @@ if __package__ in (None, ""):  # `python stages/resolve.py` from the repository 
 import yaml
 
 from cnnspec.atomic import write_text
-from cnnspec.errors import exit_on_user_error
+from cnnspec.errors import CnnspecError, exit_on_user_error
 from cnnspec.paths import PARAMS, RESOLVED_PARAMS
+from cnnspec.pipeline.dvc_runs import busy_message, other_runs
 from cnnspec.pipeline.params import load_params
 
 HEADER = """\
@@ -38,6 +39,9 @@ def resolve(params_path=PARAMS, resolved_path=RESOLVED_PARAMS) -> dict:
 
 @exit_on_user_error
 def main() -> None:
+    runs = other_runs()
+    if runs:  # two runs in one workspace overwrite each other's files: stop before that
+        raise CnnspecError(busy_message(runs))
     params = resolve()
     print(f"recipe {params['recipe']} for {params['model']['spec']} -> {RESOLVED_PARAMS}")
 

@@ -24,7 +24,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # `python stages/<name>.py`: import this checkout's cnnspec
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cnnspec.errors import exit_on_user_error
+from cnnspec.errors import die_with_parent, exit_on_user_error
 from cnnspec.paths import MODEL, PARAMS, PREPARED, RESUME_STATE, TRAIN_LOG
 from cnnspec.pipeline.params import load_resolved_params
 from cnnspec.training import distributed
@@ -110,6 +110,7 @@ def parse_arguments(argv=None) -> dict:
 
 @exit_on_user_error
 def main(argv=None) -> None:
+    die_with_parent()  # a killed dvc must not leave this training on as an orphan
     arguments = parse_arguments(argv)
     if distributed.torchrun_environment() is None:
         run(**arguments)

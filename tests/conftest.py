@@ -43,3 +43,6 @@ def pytest_collection_modifyitems(config, items):
         scopes = {defs[-1].scope for defs in fixture_defs.name2fixturedefs.values() if defs}
         if scopes & {"module", "class", "package"}:
             item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+
+
+import tests.fuzzing  # noqa: E402,F401  registers the hypothesis profiles (cnnspec, fuzz)

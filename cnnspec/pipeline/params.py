@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 from pathlib import Path
 
 from cnnspec.errors import ParamsError, SpecError
@@ -60,6 +61,12 @@ def load_params(path=PARAMS, sections=None) -> dict:
 
         load_plugins(filled["model"].get("plugins"))
     return filled
+
+
+def load_workspace_plugins(path=PARAMS) -> list:
+    """Import the plugins this workspace's params name (model.plugins): the stages that
+    open a checkpoint call this, since a checkpoint itself never imports code."""
+    return load_params(path, ["model"])["model"].get("plugins") or []
 
 
 def load_stage_params(path=PARAMS, sections=None) -> dict:
@@ -111,12 +118,12 @@ def load_schema() -> dict:
 
 def read_yaml_mapping(path) -> dict:
     name = str(path)
+    if not os.path.lexists(path):
+        raise ParamsError(f"{name}: file not found (stages read it from the directory they run in)")
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ParamsError(f"{name}: file not found (stages read it from the directory they run in)") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise ParamsError(f"{name}: cannot read: {error}") from None
+        text = yamlio.read_bounded_text(path)  # a FIFO or a huge file: refused before reading
+    except SpecError as error:
+        raise ParamsError(str(error)) from None
     data = parse_yaml(text, name)
     if not isinstance(data, dict):
         found = "an empty file" if data is None else f"a {type(data).__name__}"
@@ -205,4 +212,4 @@ def check_named_paths(params: dict, name=str(PARAMS), keys=None) -> None:
             continue
         problem = path_problem(Path(str(value)), kind)
         if problem:
-            raise ParamsError(f"{name}: {key}: {value}: {problem}")
+            raise ParamsError(f"{name}: {key}: {recipes.printable(value)}: {problem}")

@@ -81,21 +81,28 @@ def find_recipe(name: str, asked_where: str, params_path=None) -> Path:
     raise ParamsError(f"{asked_where}: no recipe {name!r} in recipes/{hint}")
 
 
+def printable(value) -> str:
+    """A path as a one-line message shows it: as written, or quoted when it holds a
+    newline or another control character."""
+    text = str(value)
+    return text if text.isprintable() else repr(text)
+
+
 def spec_recipe(spec_path, params_path=None, name=str(PARAMS)) -> tuple[str | None, str]:
     """The `recipe:` a spec file names (None if it names none) and where it is written."""
     path = Path(spec_path)
     if not path.is_file() and params_path is not None:
         beside = Path(params_path).resolve().parent / spec_path
         path = beside if beside.is_file() else path
-    try:
-        document = yamlio.load_yaml(path.read_text(encoding="utf-8"), str(spec_path))
-    except FileNotFoundError:
-        raise ParamsError(f"{name}: model.spec: {spec_path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as error:
-        reason = getattr(error, "strerror", None) or error
-        raise ParamsError(f"{name}: model.spec: {spec_path}: cannot read: {reason}") from None
+    shown = printable(spec_path)
+    if not path.exists() and not path.is_symlink():
+        raise ParamsError(f"{name}: model.spec: {shown}: no such file")
+    try:  # bounded: a FIFO or a huge file is refused before it is read
+        document = yamlio.load_yaml(yamlio.read_bounded_text(path), shown)
     except SpecError as error:
-        raise ParamsError(str(error)) from None
+        if error.line is not None:  # inside the spec: its own file:line:col says where
+            raise ParamsError(str(error)) from None
+        raise ParamsError(f"{name}: model.spec: {shown}: {error.message}") from None
     if not isinstance(document, dict) or "recipe" not in document:
         return None, str(spec_path)
     where = document.where_of("recipe")
@@ -139,12 +146,16 @@ def chain(name: str, asked_where: str, params_path=None) -> list[tuple[Path, yam
 def choose(params: dict, name: str, params_path=None) -> tuple[str | None, str]:
     """The recipe's name (None for `none`) and where that choice is written."""
     choice = params.get("recipe", "none")
+    if not isinstance(choice, str):
+        raise ParamsError(f"{name}: recipe: expected a recipe name, auto or none, not "
+                          f"{yamlio.describe_scalar(choice)}")
     if choice == "none":
         return None, f"{name}: recipe"
     if choice != "auto":
         return choice, f"{name}: recipe"
-    spec = (params.get("model") or {}).get("spec")
-    if not spec:
+    model = params.get("model")
+    spec = model.get("spec") if isinstance(model, dict) else None
+    if not spec or not isinstance(spec, str):  # the schema check names a bad model section
         return DEFAULT_RECIPE, f"{name}: recipe"
     named, where = spec_recipe(spec, params_path, name)
     return (named or DEFAULT_RECIPE), (where if named else f"{name}: recipe")
