@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 PARAMS = Path("params.yaml")
+RESOLVED_PARAMS = Path("params.resolved.yaml")  # the resolve stage's: params.yaml merged with its recipe
 RAW = Path("data/raw")
 PREPARED = Path("data/prepared")
 MODEL = Path("models/model.pt")

@@ -2,12 +2,17 @@
 
     python stages/resolve.py
 
-params.yaml picks a recipe (`recipe: auto` takes the one model.spec names) and sets
-what differs from it; this stage merges the two (cnnspec/pipeline/recipes.py), checks the
-result against the params schema, and writes it out whole. DVC tracks it as the
-train and evaluate stages' params file, so `dvc params diff` and `dvc exp show` show
-the values a run really used, not only the overrides.
+params.yaml picks a spec (`model.spec: auto`: a small CNN for your own images, the
+CIFAR speedrun for the built-ins) and a recipe (`recipe: auto` takes the one the spec
+names) and sets what differs from it; this stage merges the two (cnnspec/pipeline/recipes.py),
+fits the batch size to the prepared training set (cnnspec/pipeline/fit.py), checks the
+result against the params schema, and writes it out whole, with the spec file's hash so
+that an edit to the spec in use re-runs train. DVC tracks it as the train and evaluate
+stages' params file, so `dvc params diff` and `dvc exp show` show the values a run
+really used, not only the overrides. It prints one line saying what was chosen and why.
 """
+import hashlib
+import json
 import sys
 from pathlib import Path
 
@@ -17,8 +22,10 @@ if __package__ in (None, ""):  # `python stages/resolve.py` from the repository 
 import yaml
 
 from cnnspec.atomic import write_text
-from cnnspec.errors import exit_on_user_error
-from cnnspec.pipeline.params import load_params
+from cnnspec.errors import ParamsError, exit_on_user_error
+from cnnspec.pipeline.fit import MIN_STEPS, fit_batch_size
+from cnnspec.pipeline.params import OWN_IMAGE_DATASETS, load_params, read_yaml_mapping
+from cnnspec.paths import PREPARED
 
 PARAMS = "params.yaml"
 RESOLVED = Path("params.resolved.yaml")
@@ -28,18 +35,65 @@ HEADER = """\
 """
 
 
-def resolve(params_path=PARAMS, resolved_path=RESOLVED) -> dict:
+def prepared_meta(prepared=PREPARED) -> dict | None:
+    """meta.json of the prepared data, or None before preprocess has run."""
+    try:
+        return json.loads((Path(prepared) / "meta.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def resolve(params_path=PARAMS, resolved_path=RESOLVED, prepared=PREPARED, log=print) -> dict:
     params = load_params(params_path, sections=["recipe", "model", "train", "evaluate"])
+    data = load_params(params_path, sections=["data"])["data"]
+    written = read_yaml_mapping(params_path)
+    spec_path = Path(params["model"]["spec"])
+    try:
+        params["model"]["spec_sha256"] = hashlib.sha256(spec_path.read_bytes()).hexdigest()
+    except OSError as error:
+        raise ParamsError(f"{params_path}: model.spec: {spec_path}: {error.strerror}") from None
+    meta = prepared_meta(prepared)
+    why = choice_line(params, data, written)
+    if meta is not None and meta.get("counts", {}).get("train"):
+        train_images = meta["counts"]["train"]
+        set_by_user = (written.get("train") or {}).get("batch_size") is not None
+        fit = fit_batch_size(params["train"]["batch_size"], train_images, set_by_user)
+        params["train"]["batch_size"] = fit.batch_size
+        shape = "x".join(str(n) for n in meta["input_shape"])
+        steps = fit.steps(train_images)
+        why += (f"; batch {fit.batch_size}: {steps} steps an epoch on {train_images} "
+                f"training images of {shape}")
+        if fit.capped_from is not None:
+            why += (f" (the recipe's {fit.capped_from} would be {train_images // fit.capped_from}; "
+                    f"capped for at least {MIN_STEPS})")
+        warnings = fit.warnings
+    else:
+        warnings = []
     text = HEADER.format(recipe="no recipe" if params["recipe"] == "none"
                                   else f"recipes/{params['recipe']}.yaml") + yaml.safe_dump(params, sort_keys=False)
     write_text(resolved_path, text)
+    log(why)
+    for warning in warnings:
+        log(warning)
     return params
+
+
+def choice_line(params: dict, data: dict, written: dict) -> str:
+    """`spec S (why), recipe R (why)`: what resolve picked, in one line."""
+    spec = params["model"]["spec"]
+    own = data["dataset"] in OWN_IMAGE_DATASETS
+    asked_spec = (written.get("model") or {}).get("spec", "auto")
+    spec_why = (f"model.spec: auto, for {'your own images' if own else 'a built-in dataset'} "
+                f"(data.dataset: {data['dataset']})") if asked_spec == "auto" else "model.spec"
+    asked_recipe = written.get("recipe", "none")
+    recipe = params["recipe"]
+    recipe_why = "recipe: auto, the one the spec names" if asked_recipe == "auto" else "recipe"
+    return f"spec {spec} ({spec_why}), recipe {recipe} ({recipe_why})"
 
 
 @exit_on_user_error
 def main() -> None:
-    params = resolve()
-    print(f"recipe {params['recipe']} for {params['model']['spec']} -> {RESOLVED}")
+    resolve()
 
 
 if __name__ == "__main__":

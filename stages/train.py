@@ -1,7 +1,7 @@
 """Stage 3 of 5, train: build the spec's model for the prepared data, train it, and write
 models/model.pt (one self-contained checkpoint) and metrics/train/ (DVCLive).
 
-    python stages/train.py        (reads params.yaml: model, train; and data/prepared/)
+    python stages/train.py        (reads params.resolved.yaml: model, train; and data/prepared/)
 
 A run killed or interrupted part-way leaves models/resume/state.pt (not a DVC
 output, so `dvc repro` keeps it); the next run with the same params, spec and data
@@ -24,10 +24,10 @@ if __package__ in (None, ""):  # `python stages/<name>.py`: import this checkout
 from cnnspec.training import distributed
 from cnnspec.errors import exit_on_user_error
 from cnnspec.pipeline.params import load_stage_params
-from cnnspec.paths import MODEL, PARAMS, PREPARED, RESUME_STATE, TRAIN_LOG
+from cnnspec.paths import MODEL, PREPARED, RESOLVED_PARAMS, RESUME_STATE, TRAIN_LOG
 
 
-def run(params_path=PARAMS, prepared=PREPARED, model_path=MODEL, resume_path=RESUME_STATE,
+def run(params_path=RESOLVED_PARAMS, prepared=PREPARED, model_path=MODEL, resume_path=RESUME_STATE,
         log_dir=TRAIN_LOG):
     params = load_stage_params(params_path, sections=["recipe", "model", "train"])
     # torch loads only after params.yaml passed, so a typo fails in a blink.
@@ -77,7 +77,8 @@ def run(params_path=PARAMS, prepared=PREPARED, model_path=MODEL, resume_path=RES
     last = result.history[-1]
     split = "val" if "val/accuracy" in last else "train"  # data.val_split: 0 has no val metrics
     where = f"{ranks.world_size} processes ({device.type}, {ranks.backend})" if ranks else str(device)
-    print(f"trained {len(result.history)} epochs on {where}: {split} accuracy {last[split + '/accuracy']:.4f}; "
+    epochs = f"{len(result.history)} epoch{'' if len(result.history) == 1 else 's'}"
+    print(f"trained {epochs} on {where}: {split} accuracy {last[split + '/accuracy']:.4f}; "
           f"first step {result.first_step_seconds:.2f}s (includes compile), "
           f"rest {result.train_seconds:.2f}s; wrote {model_path}")
     return result
@@ -91,7 +92,7 @@ def path_arguments(params_path, prepared, model_path, resume_path, log_dir) -> l
 
 def parse_arguments(argv=None) -> dict:
     parser = argparse.ArgumentParser(description="the train stage (dvc.yaml runs it without options)")
-    parser.add_argument("--params", dest="params_path", default=PARAMS)
+    parser.add_argument("--params", dest="params_path", default=RESOLVED_PARAMS)
     parser.add_argument("--prepared", default=PREPARED, type=Path)
     parser.add_argument("--model", dest="model_path", default=MODEL, type=Path)
     parser.add_argument("--resume", dest="resume_path", default=RESUME_STATE, type=Path)

@@ -36,6 +36,8 @@ from cnnspec.data.images import IMAGE_SUFFIXES, ImageReadError, is_image_file, r
 BATCH_IMAGES = 256          # images one worker decodes per task
 WINDOW_BYTES = 32 << 20     # decoded pixels in flight at once: "one chunk"
 SHOWN_BAD_IMAGES = 5        # skipped images named in the log
+SIZE_SAMPLE = 64            # image files whose size the resize note reports
+FILES_JSON = "files.json"   # in the prepared folder: {split: [each image's path, in array order]}
 
 
 @dataclass
@@ -198,14 +200,35 @@ def scan_csv(source, columns: dict) -> Listing:
 # ---------------------------------------------------------------------------------------
 # Classes and splits.
 
-def assign_splits(listing: Listing, val_split: float, test_split: float, seed: int):
+def class_order(found: set[str], asked: list[str] | None) -> list[str]:
+    """The class names in label order: `data.classes` when it is set (it must name every
+    class found, and no other), else alphabetical."""
+    if not asked:
+        return sorted(found)
+    repeated = sorted({name for name in asked if asked.count(name) > 1})
+    if repeated:
+        raise DataError(f"data.classes: '{repeated[0]}' is listed twice")
+    unknown = [name for name in asked if name not in found]
+    if unknown:
+        raise DataError(f"data.classes: '{unknown[0]}' is not a class of data.source "
+                        f"(found: {', '.join(sorted(found))})")
+    missing = sorted(found - set(asked))
+    if missing:
+        raise DataError(f"data.classes: leaves out '{missing[0]}', a class of data.source; "
+                        "list every class, in the order you want")
+    return list(asked)
+
+
+def assign_splits(listing: Listing, val_split: float, test_split: float, seed: int,
+                  class_names: list[str] | None = None):
     """(classes, {split: (indices into the listing, label ids)}).
 
     The source's own splits are kept; without a test split, a stratified `test_split`
-    is held out (seeded); without a val split, a stratified `val_split` of train."""
+    is held out (seeded); without a val split, a stratified `val_split` of train.
+    `class_names` (data.classes) fixes the label order; alphabetical without it."""
     if not listing.paths:
         raise DataError("data.source: no images found (empty dataset)")
-    classes = sorted(set(listing.labels))
+    classes = class_order(set(listing.labels), class_names)
     if len(classes) < 2:
         raise DataError(f"data.source: only one class ('{classes[0]}'); a classifier needs at least two")
     ids = _label_ids(listing.labels, classes)
@@ -382,14 +405,16 @@ def scan(data: dict) -> Listing:
 def prepare_image_dataset(data: dict, out_folder, workers: int | None = None, log=print) -> dict:
     """Scan, split, decode and write `out_folder` (all files or none). Returns meta.json."""
     listing = scan(data)
-    classes, splits = assign_splits(listing, data["val_split"], data["test_split"], data["seed"])
+    classes, splits = assign_splits(listing, data["val_split"], data["test_split"], data["seed"],
+                                    data.get("classes"))
     height, width = data["image_size"]
+    log(resize_note(listing.paths, (height, width), data["resize"]))
     shape = (data["channels"], height, width)
     workers = default_workers() if workers is None else workers
     small = len(listing.paths) < 4 * BATCH_IMAGES
     bad = _BadImages(data["bad_images"])
     histogram = np.zeros((shape[0], 256), dtype=np.int64)
-    counts, per_class = {}, {}
+    counts, per_class, files = {}, {}, {}
     executor = _InlineExecutor() if workers <= 1 or small else \
         concurrent.futures.ProcessPoolExecutor(max_workers=workers)
     with atomic_folder(out_folder) as temporary, executor:
@@ -399,6 +424,7 @@ def prepare_image_dataset(data: dict, out_folder, workers: int | None = None, lo
                                executor, bad, histogram if split == "train" else None)
             labels = labels[kept]
             atomic.save_numpy(temporary / f"{split}_labels.npy", labels)
+            files[split] = [source_relative(listing.paths[i], data) for i in indices[kept]]
             counts[split] = int(len(labels))
             per_class[split] = np.bincount(labels, minlength=len(classes))
         if counts["train"] == 0:
@@ -421,6 +447,7 @@ def prepare_image_dataset(data: dict, out_folder, workers: int | None = None, lo
             "skipped_images": bad.count,
         }
         atomic.write_json(temporary / "meta.json", meta)
+        atomic.write_json(temporary / FILES_JSON, files)
     if bad.count:
         log(f"skipped {bad.count} unreadable images (data.bad_images: skip), first: " + "; ".join(bad.first))
     total = sum(per_class.values())
@@ -428,3 +455,45 @@ def prepare_image_dataset(data: dict, out_folder, workers: int | None = None, lo
     return meta
 
 
+
+
+def source_relative(path: str, data: dict) -> str:
+    """How the prepared file list names an image: relative to data.source's folder
+    (the folder itself, or the CSV's folder), as the user wrote it in their tree."""
+    root = Path(data["source"]) if data["dataset"] == "folder" else Path(data["source"]).parent
+    try:
+        return Path(path).relative_to(root).as_posix()
+    except ValueError:
+        return Path(path).as_posix()
+
+
+def image_sizes(paths: list[str], sample: int = SIZE_SAMPLE) -> list[tuple[int, int]]:
+    """(height, width) of up to `sample` of the images, spread over the list; read from
+    the file headers (no decoding). Unreadable files are left out (decoding names them)."""
+    from PIL import Image
+
+    step = max(1, len(paths) // sample)
+    sizes = []
+    for path in paths[::step][:sample]:
+        try:
+            with Image.open(path) as image:
+                sizes.append((image.height, image.width))
+        except Exception:  # a damaged file: the decoding pass reports it with its policy
+            continue
+    return sizes
+
+
+def resize_note(paths: list[str], size: tuple[int, int], policy: str) -> str:
+    """One line saying whether and how the images are resized: `images 8x8 -> 32x32 (stretch)`."""
+    sizes = image_sizes(paths)
+    target = f"{size[0]}x{size[1]}"
+    if not sizes:
+        return f"images resized to {target} (data.image_size, {policy})"
+    if set(sizes) == {tuple(size)}:
+        return f"images {target}, as data.image_size: not resized"
+    heights, widths = [h for h, _ in sizes], [w for _, w in sizes]
+    if len(set(sizes)) == 1:
+        found = f"{sizes[0][0]}x{sizes[0][1]}"
+    else:
+        found = f"{min(heights)}x{min(widths)} to {max(heights)}x{max(widths)}"
+    return f"images {found} -> {target} (data.image_size; data.resize: {policy})"

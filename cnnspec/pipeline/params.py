@@ -44,6 +44,7 @@ def load_params(path="params.yaml", sections=None) -> dict:
     for key in params:
         if key not in known_sections:
             raise ParamsError(f"{name}: {key}: {unknown_key(key, known_sections)}")
+    params = with_auto_spec(params)
 
     origin = {}
     if set(sections) & {"recipe", *recipes.SECTIONS}:  # only these read the recipe
@@ -71,6 +72,35 @@ def load_stage_params(path="params.yaml", sections=None) -> dict:
 
 def load_schema() -> dict:
     return json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
+
+
+# --- model.spec: auto ------------------------------------------------------
+
+# What `model.spec: auto` means: the CIFAR speedrun for the built-in datasets (what their
+# benchmarks use), a small batch-normed CNN for the user's own images, which are often a
+# few hundred of any size and channel count (specs/small_images.yaml says why).
+AUTO_SPEC_BUILTIN = "specs/speedrun94.yaml"
+AUTO_SPEC_OWN_IMAGES = "specs/small_images.yaml"
+OWN_IMAGE_DATASETS = ("folder", "csv")  # cnnspec.data.datasets.USER_DATASETS, without numpy
+
+
+def auto_spec(dataset) -> str:
+    """The spec `model.spec: auto` stands for with `data.dataset: dataset`: the one in
+    ./specs/ if there is one (a checkout), else the copy shipped with cnnspec."""
+    chosen = AUTO_SPEC_OWN_IMAGES if dataset in OWN_IMAGE_DATASETS else AUTO_SPEC_BUILTIN
+    if Path(chosen).is_file():
+        return chosen
+    shipped = recipes.SHIPPED.parent / chosen
+    return str(shipped) if shipped.is_file() else chosen
+
+
+def with_auto_spec(params: dict) -> dict:
+    """`params` with `model.spec: auto` replaced by the spec it stands for."""
+    model = params.get("model")
+    if not isinstance(model, dict) or model.get("spec") != "auto":
+        return params
+    data = params.get("data") if isinstance(params.get("data"), dict) else {}
+    return {**params, "model": {**model, "spec": auto_spec(data.get("dataset", "cifar10"))}}
 
 
 # --- reading ---------------------------------------------------------------
