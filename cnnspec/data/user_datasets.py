@@ -29,7 +29,7 @@ from numpy.lib import format as npy_format
 
 from cnnspec import atomic
 from cnnspec.atomic import atomic_folder
-from cnnspec.data.datasets import SPLITS, histogram_mean_std, stratified_split
+from cnnspec.data.datasets import FILES_JSON, SPLITS, histogram_mean_std, stratified_split
 from cnnspec.errors import DataError, DiskFullError
 from cnnspec.data.images import IMAGE_SUFFIXES, ImageReadError, is_image_file, read_image
 
@@ -37,7 +37,6 @@ BATCH_IMAGES = 256          # images one worker decodes per task
 WINDOW_BYTES = 32 << 20     # decoded pixels in flight at once: "one chunk"
 SHOWN_BAD_IMAGES = 5        # skipped images named in the log
 SIZE_SAMPLE = 64            # image files whose size the resize note reports
-FILES_JSON = "files.json"   # in the prepared folder: {split: [each image's path, in array order]}
 
 
 @dataclass
@@ -407,9 +406,15 @@ def prepare_image_dataset(data: dict, out_folder, workers: int | None = None, lo
     listing = scan(data)
     classes, splits = assign_splits(listing, data["val_split"], data["test_split"], data["seed"],
                                     data.get("classes"))
-    height, width = data["image_size"]
-    log(resize_note(listing.paths, (height, width), data["resize"]))
-    shape = (data["channels"], height, width)
+    sample = sample_images(listing.paths)
+    height, width = auto_image_size(sample) if data["image_size"] == "auto" else data["image_size"]
+    channels = auto_channels(sample) if data["channels"] == "auto" else data["channels"]
+    log(resize_note(sample, (height, width), data["resize"], data["image_size"] == "auto"))
+    if data["channels"] == "auto":
+        log(f"channels: {channels} (data.channels: auto; "
+            f"{'every image is grayscale' if channels == 1 else 'colour images'})")
+    data = {**data, "image_size": [height, width], "channels": channels}
+    shape = (channels, height, width)
     workers = default_workers() if workers is None else workers
     small = len(listing.paths) < 4 * BATCH_IMAGES
     bad = _BadImages(data["bad_images"])
@@ -467,33 +472,56 @@ def source_relative(path: str, data: dict) -> str:
         return Path(path).as_posix()
 
 
-def image_sizes(paths: list[str], sample: int = SIZE_SAMPLE) -> list[tuple[int, int]]:
-    """(height, width) of up to `sample` of the images, spread over the list; read from
-    the file headers (no decoding). Unreadable files are left out (decoding names them)."""
+AUTO_SIDE = 64   # data.image_size: auto scales larger images down to fit this square
+GRAY_MODES = {"1", "L", "LA", "I", "I;16", "F"}
+
+
+def sample_images(paths: list[str], sample: int = SIZE_SAMPLE) -> list[tuple[int, int, str]]:
+    """(height, width, mode) of up to `sample` of the images, spread over the list, read
+    from the file headers (no decoding). Unreadable files are left out: decoding names them."""
     from PIL import Image
 
     step = max(1, len(paths) // sample)
-    sizes = []
+    found = []
     for path in paths[::step][:sample]:
         try:
             with Image.open(path) as image:
-                sizes.append((image.height, image.width))
-        except Exception:  # a damaged file: the decoding pass reports it with its policy
+                mode = image.mode
+                if mode == "P":  # a palette: grayscale only if every entry is
+                    palette = image.getpalette() or []
+                    triples = [palette[i:i + 3] for i in range(0, len(palette), 3)]
+                    mode = "L" if all(r == g == b for r, g, b in triples) else "RGB"
+                found.append((image.height, image.width, mode))
+        except Exception:  # a damaged file: the decoding pass reports it under data.bad_images
             continue
-    return sizes
+    return found
 
 
-def resize_note(paths: list[str], size: tuple[int, int], policy: str) -> str:
+def auto_image_size(sample) -> list[int]:
+    """data.image_size: auto: the most common size, scaled down (aspect kept) to fit AUTO_SIDE."""
+    if not sample:
+        return [32, 32]
+    sizes = collections.Counter((height, width) for height, width, _ in sample)
+    height, width = sizes.most_common(1)[0][0]
+    scale = min(1.0, AUTO_SIDE / max(height, width))
+    return [max(1, round(height * scale)), max(1, round(width * scale))]
+
+
+def auto_channels(sample) -> int:
+    """data.channels: auto: 1 when every sampled image is grayscale, else 3."""
+    return 1 if sample and all(mode in GRAY_MODES for _, _, mode in sample) else 3
+
+
+def resize_note(sample, size, policy: str, auto: bool = False) -> str:
     """One line saying whether and how the images are resized: `images 8x8 -> 32x32 (stretch)`."""
-    sizes = image_sizes(paths)
     target = f"{size[0]}x{size[1]}"
+    why = "data.image_size: auto" if auto else "data.image_size"
+    sizes = {(height, width) for height, width, _ in sample}
     if not sizes:
-        return f"images resized to {target} (data.image_size, {policy})"
-    if set(sizes) == {tuple(size)}:
-        return f"images {target}, as data.image_size: not resized"
+        return f"images resized to {target} ({why}; data.resize: {policy})"
+    if sizes == {tuple(size)}:
+        return f"images {target} ({why}): not resized"
     heights, widths = [h for h, _ in sizes], [w for _, w in sizes]
-    if len(set(sizes)) == 1:
-        found = f"{sizes[0][0]}x{sizes[0][1]}"
-    else:
-        found = f"{min(heights)}x{min(widths)} to {max(heights)}x{max(widths)}"
-    return f"images {found} -> {target} (data.image_size; data.resize: {policy})"
+    found = (f"{heights[0]}x{widths[0]}" if len(sizes) == 1
+             else f"{min(heights)}x{min(widths)} to {max(heights)}x{max(widths)}")
+    return f"images {found} -> {target} ({why}; data.resize: {policy})"

@@ -29,9 +29,8 @@ class BatchFit:
 
 
 def capped_batch(train_images: int) -> int:
-    """The largest power of two that gives `train_images` at least MIN_STEPS steps."""
-    limit = max(1, train_images // MIN_STEPS)
-    return 1 << (limit.bit_length() - 1)
+    """The largest batch that gives `train_images` at least MIN_STEPS steps."""
+    return max(1, train_images // MIN_STEPS)
 
 
 def fit_batch_size(batch_size: int, train_images: int, set_by_user: bool) -> BatchFit:
