@@ -217,7 +217,9 @@ def add_predict_command(commands, parents) -> None:
                     "checkpoint. Exit status: 0 every image classified; 1 some images could not "
                     "be read (their rows and stderr say why; the rest are classified); 2 bad "
                     "arguments or no images found; 1 for a file that is not a cnnspec checkpoint.")
-    command.add_argument("checkpoint", metavar="CHECKPOINT", help="a cnnspec checkpoint (models/model.pt)")
+    command.add_argument("checkpoint", metavar="CHECKPOINT",
+                         help="a cnnspec checkpoint (models/model.pt), or a model exported to ONNX "
+                              "(model.onnx, run by onnxruntime with the same preprocessing)")
     command.add_argument("paths", nargs="+", metavar="PATH", help="image file, folder or glob")
     command.add_argument("--top-k", type=int, default=1, metavar="K", help="classes per image (default 1)")
     command.add_argument("--format", choices=("csv", "json", "table"), default="csv",
