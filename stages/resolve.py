@@ -23,7 +23,7 @@ import yaml
 
 from cnnspec.atomic import write_text
 from cnnspec.errors import ParamsError, exit_on_user_error
-from cnnspec.pipeline.fit import MIN_STEPS, fit_batch_size
+from cnnspec.pipeline.fit import MIN_STEPS, fit_batch_size, fit_to_data
 from cnnspec.pipeline.params import OWN_IMAGE_DATASETS, load_params, read_yaml_mapping
 from cnnspec.paths import PREPARED
 
@@ -58,7 +58,7 @@ def resolve(params_path=PARAMS, resolved_path=RESOLVED, prepared=PREPARED, log=p
         train_images = meta["counts"]["train"]
         set_by_user = (written.get("train") or {}).get("batch_size") is not None
         fit = fit_batch_size(params["train"]["batch_size"], train_images, set_by_user)
-        params["train"]["batch_size"] = fit.batch_size
+        params["train"] = fit_to_data(params["train"], train_images, params_path)  # what train does
         shape = "x".join(str(n) for n in meta["input_shape"])
         steps = fit.steps(train_images)
         why += (f"; batch {fit.batch_size}: {steps} steps an epoch on {train_images} "

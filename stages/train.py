@@ -1,7 +1,7 @@
 """Stage 3 of 5, train: build the spec's model for the prepared data, train it, and write
 models/model.pt (one self-contained checkpoint) and metrics/train/ (DVCLive).
 
-    python stages/train.py        (reads params.resolved.yaml: model, train; and data/prepared/)
+    python stages/train.py        (reads params.yaml: model, train; and data/prepared/)
 
 A run killed or interrupted part-way leaves models/resume/state.pt (not a DVC
 output, so `dvc repro` keeps it); the next run with the same params, spec and data
@@ -24,10 +24,10 @@ if __package__ in (None, ""):  # `python stages/<name>.py`: import this checkout
 from cnnspec.training import distributed
 from cnnspec.errors import exit_on_user_error
 from cnnspec.pipeline.params import load_stage_params
-from cnnspec.paths import MODEL, PREPARED, RESOLVED_PARAMS, RESUME_STATE, TRAIN_LOG
+from cnnspec.paths import MODEL, PARAMS, PREPARED, RESUME_STATE, TRAIN_LOG
 
 
-def run(params_path=RESOLVED_PARAMS, prepared=PREPARED, model_path=MODEL, resume_path=RESUME_STATE,
+def run(params_path=PARAMS, prepared=PREPARED, model_path=MODEL, resume_path=RESUME_STATE,
         log_dir=TRAIN_LOG):
     params = load_stage_params(params_path, sections=["recipe", "model", "train"])
     # torch loads only after params.yaml passed, so a typo fails in a blink.
@@ -37,6 +37,7 @@ def run(params_path=RESOLVED_PARAMS, prepared=PREPARED, model_path=MODEL, resume
     from cnnspec.training import learning_check as runcheck
     from cnnspec.models.checkpoint import save_checkpoint
     from cnnspec.data.datasets import load_prepared
+    from cnnspec.pipeline.fit import fit_to_data
     from cnnspec.training.finetune import check_init_from, init_from
     from cnnspec.training.loop import pick_device, run_fingerprint, train
 
@@ -53,6 +54,7 @@ def run(params_path=RESOLVED_PARAMS, prepared=PREPARED, model_path=MODEL, resume
             return None
     data = load_prepared(prepared, mmap_mode="c")  # memory-mapped: copied to the device or streamed
     meta = data["meta"]
+    options = params["train"] = fit_to_data(options, meta["counts"]["train"], params_path)
     with distributed.joined(options) as ranks:
         device = ranks.device if ranks else pick_device(options["device"])
         torch.manual_seed(options["seed"])  # the initial weights, the same on every rank
@@ -60,7 +62,7 @@ def run(params_path=RESOLVED_PARAMS, prepared=PREPARED, model_path=MODEL, resume
         for warning in model.spec_warnings:  # e.g. an automatic projection shortcut; docs/spec.md
             print(f"warning: {warning}", file=sys.stderr)  # (rank 0 only: the others are silent)
         if start_from is not None:
-            init_from(model, start_from)
+            init_from(model, start_from, classes=meta["classes"])
         fingerprint = run_fingerprint(distributed.fingerprint_params(params), spec.text, meta)
         result = train(model, data, options, device, resume_path=resume_path, log_dir=log_dir,
                        fingerprint=fingerprint, ranks=ranks)
@@ -92,7 +94,7 @@ def path_arguments(params_path, prepared, model_path, resume_path, log_dir) -> l
 
 def parse_arguments(argv=None) -> dict:
     parser = argparse.ArgumentParser(description="the train stage (dvc.yaml runs it without options)")
-    parser.add_argument("--params", dest="params_path", default=RESOLVED_PARAMS)
+    parser.add_argument("--params", dest="params_path", default=PARAMS)
     parser.add_argument("--prepared", default=PREPARED, type=Path)
     parser.add_argument("--model", dest="model_path", default=MODEL, type=Path)
     parser.add_argument("--resume", dest="resume_path", default=RESUME_STATE, type=Path)

@@ -94,6 +94,21 @@ def test_the_readme_predict_line_classifies_a_file(own_images_repo):
     assert "Trouser" in output
 
 
+def test_the_fine_tuning_commands_of_the_docs_work_verbatim(own_images_repo):
+    """docs/finetune.md: keep the trained model as models/base.pt under DVC, fine-tune from it."""
+    repo, _ = own_images_repo
+    text = (REPO_ROOT / "docs" / "finetune.md").read_text(encoding="utf-8")
+    section = text.split("### Fine-tuning your model on new data", 1)[1]
+    block = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
+    output = shell(block, repo, timeout=300).output
+    assert (repo / "models" / "base.pt.dvc").is_file()
+    assert re.search(r"train.init_from: loaded (\d+) of \1 tensors from models/base.pt", output), output[-3000:]
+    resolved = yaml.safe_load((repo / "params.resolved.yaml").read_text())
+    assert resolved["train"]["init_from"] == "models/base.pt" and resolved["train"]["epochs"] == 5
+    accuracy = json.loads((repo / "metrics" / "eval.json").read_text())["accuracy"]
+    assert accuracy > 0.6, accuracy
+
+
 def test_one_override_switches_back_to_a_built_in_dataset(own_images_repo):
     repo, _ = own_images_repo
     output = shell("dvc exp run resolve -S data.dataset=fashion-mnist", repo, timeout=300).output

@@ -53,3 +53,14 @@ def fit_batch_size(batch_size: int, train_images: int, set_by_user: bool) -> Bat
         fit.warnings.append(f"warning: {where} leaves {dropped} images ({dropped / train_images:.0%}) "
                             f"out of every epoch (the last partial batch is dropped); {suggestion}")
     return fit
+
+
+def fit_to_data(train_options: dict, train_images: int, params_path) -> dict:
+    """`train_options` with the batch size fitted to `train_images` (a copy): what the
+    resolve stage writes to params.resolved.yaml and the train stage trains with. A
+    batch size written in the params file at `params_path` counts as the user's."""
+    from cnnspec.pipeline.params import read_yaml_mapping
+
+    written = read_yaml_mapping(params_path).get("train") or {}
+    fit = fit_batch_size(train_options["batch_size"], train_images, written.get("batch_size") is not None)
+    return {**train_options, "batch_size": fit.batch_size}
