@@ -69,6 +69,8 @@ def resolve(params_path=PARAMS, resolved_path=RESOLVED, prepared=PREPARED, log=p
         warnings = fit.warnings
     else:
         warnings = []
+    if meta is not None and meta.get("input_shape"):
+        check_input_fits(spec_path, meta, data, params_path)
     text = HEADER.format(recipe="no recipe" if params["recipe"] == "none"
                                   else f"recipes/{params['recipe']}.yaml") + yaml.safe_dump(params, sort_keys=False)
     write_text(resolved_path, text)
@@ -76,6 +78,57 @@ def resolve(params_path=PARAMS, resolved_path=RESOLVED, prepared=PREPARED, log=p
     for warning in warnings:
         log(warning)
     return params
+
+
+def fits(spec, input_shape, num_classes) -> str | None:
+    """None when the spec takes `input_shape`, else shape inference's message."""
+    from cnnspec.errors import SpecError
+    from cnnspec.models.shapes import infer_shapes
+
+    try:
+        infer_shapes(spec, tuple(input_shape), num_classes)
+        return None
+    except SpecError as error:
+        return str(error)
+
+
+def smallest_size(spec, channels: int, num_classes: int, limit: int = 1024) -> int | None:
+    """The smallest square image size the spec takes (shape inference only), or None."""
+    low, high = 1, 1
+    while fits(spec, (channels, high, high), num_classes) is not None:
+        if high >= limit:
+            return None
+        low, high = high + 1, high * 2
+    while low < high:  # fits at `high`, not below `low`
+        middle = (low + high) // 2
+        if fits(spec, (channels, middle, middle), num_classes) is None:
+            high = middle
+        else:
+            low = middle + 1
+    return high
+
+
+def check_input_fits(spec_path, meta: dict, data: dict, params_path) -> None:
+    """A spec that cannot take the prepared images stops here, before training, with the
+    param to change and the smallest size the spec takes."""
+    from cnnspec.spec.reader import load_spec
+
+    spec = load_spec(spec_path)
+    channels, height, width = (int(v) for v in meta["input_shape"])
+    num_classes = len(meta.get("classes") or []) or 10
+    problem = fits(spec, (channels, height, width), num_classes)
+    if problem is None:
+        return
+    smallest = smallest_size(spec, channels, num_classes)
+    if smallest is None:
+        raise ParamsError(f"{params_path}: model.spec: {spec_path} cannot take {channels}x{height}x{width} "
+                          f"images: {problem}")
+    if data["dataset"] in OWN_IMAGE_DATASETS:
+        raise ParamsError(f"{params_path}: data.image_size: {height}x{width} is too small for {spec_path}, "
+                          f"which takes at least {smallest}x{smallest}: -S data.image_size=[{smallest},{smallest}] "
+                          f"({problem})")
+    raise ParamsError(f"{params_path}: model.spec: {spec_path} takes images of at least {smallest}x{smallest}, "
+                      f"{data['dataset']}'s are {height}x{width}; pick another spec ({problem})")
 
 
 def choice_line(params: dict, data: dict, written: dict) -> str:

@@ -180,3 +180,25 @@ def test_an_experiments_override_changes_one_line_of_params_yaml(tmp_path):
     changed = [(old, new) for old, new in zip(before, after) if old != new]
     assert len(before) == len(after) and len(changed) == 1, changed
     assert changed[0][1].startswith("  batch_size: 64 ")
+
+
+# --- a spec that cannot take the images ----------------------------------------------
+
+def test_images_too_small_for_the_spec_name_data_image_size_and_the_smallest_size(tmp_path, monkeypatch):
+    from cnnspec.errors import ParamsError
+    from stages.resolve import resolve
+
+    monkeypatch.chdir(REPO_ROOT)
+    params_path = tmp_path / "params.yaml"
+    params_path.write_text("recipe: auto\ndata: {dataset: folder, source: data/my_images}\n"
+                           "model: {spec: specs/speedrun94.yaml}\n")
+    prepared = tmp_path / "prepared"
+    prepared.mkdir()
+    (prepared / "meta.json").write_text(json.dumps({"counts": {"train": 1000}, "input_shape": [1, 8, 8],
+                                                    "classes": [str(i) for i in range(10)]}))
+    with pytest.raises(ParamsError) as caught:
+        resolve(params_path, tmp_path / "params.resolved.yaml", prepared, log=lambda line: None)
+    message = str(caught.value)
+    assert message.startswith(f"{params_path}: data.image_size: 8x8 is too small for specs/speedrun94.yaml, "
+                              "which takes at least 25x25: -S data.image_size=[25,25]"), message
+    assert "\n" not in message and not (tmp_path / "params.resolved.yaml").exists()
