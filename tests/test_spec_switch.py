@@ -31,6 +31,7 @@ SWITCHES = {
     "group3_cnn": ("seed003", 1024, None, 0.3),
     "resnet18_cifar": ("seed000_resnet18", 1024, 0.3, 0.3),
     "speedrun94": ("airbench", 8192, None, 0.3),
+    "small_images": ("small_images", 1024, 0.3, 0.4),  # model.spec: auto for own images; 20 steps
 }
 
 pytestmark = [
