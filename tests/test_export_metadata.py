@@ -11,7 +11,7 @@ from PIL import Image
 import cnnspec
 from cnnspec.cli import main as cli
 from cnnspec.data.datasets import load_prepared
-from cnnspec.inference.export import read_metadata
+from cnnspec.inference.metadata import read_metadata
 from cnnspec.models.checkpoint import save_checkpoint
 from cnnspec.pipeline.params import fill_defaults, load_schema
 from cnnspec.training.loop import train

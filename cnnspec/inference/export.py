@@ -23,16 +23,12 @@ import numpy as np
 import torch
 
 from cnnspec.atomic import atomic_path
-from cnnspec.errors import CnnspecError
+from cnnspec.inference.metadata import METADATA_PREFIX, TORCHSCRIPT_METADATA, ExportError, metadata
 from cnnspec.paths import PREPARED
 
 TOLERANCE = 1e-4  # largest |exported - PyTorch| probability accepted
 CHECK_IMAGES = 64
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
-
-
-class ExportError(CnnspecError):
-    """The export failed or does not match PyTorch."""
 
 
 def default_output(checkpoint, fmt: str) -> Path:
@@ -62,29 +58,6 @@ def check_images(model, prepared=PREPARED, count: int = CHECK_IMAGES) -> tuple[t
     return noise.float() / 255, f"{count} random images (no prepared test images of shape {list(shape)} in {folder})"
 
 
-METADATA_PREFIX = "cnnspec."        # ONNX metadata_props keys: cnnspec.classes, ...
-TORCHSCRIPT_METADATA = "cnnspec.json"  # the TorchScript file's extra file
-
-
-def metadata(model) -> dict[str, str]:
-    """What a deployer needs besides the graph, as strings (JSON for lists): the class
-    names in output order, the input's image size, channels and resize policy, and the
-    normalization the graph already applies (pixels / 255, then (x - mean) / std)."""
-    import json
-
-    checkpoint = model.checkpoint
-    return {
-        "classes": json.dumps(list(model.classes)),
-        "image_size": json.dumps(list(model.image_size)),
-        "channels": str(model.channels),
-        "resize": model.resize,
-        "mean": json.dumps(list(checkpoint.get("mean", []))),
-        "std": json.dumps(list(checkpoint.get("std", []))),
-        "input": "images: float32 (N, C, H, W), pixels / 255 (normalization is inside the graph)",
-        "output": "probabilities: float32 (N, classes), in the order of classes",
-    }
-
-
 def _export_onnx(model, example: torch.Tensor, path: Path, opset: int) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript-based exporter's deprecation notice
@@ -109,40 +82,6 @@ def _export_torchscript(model, example: torch.Tensor, path: Path) -> None:
         warnings.simplefilter("ignore")
         traced = torch.jit.trace(model, example, check_trace=False)
         torch.jit.save(traced, str(path), _extra_files={TORCHSCRIPT_METADATA: json.dumps(metadata(model))})
-
-
-def read_metadata(path) -> dict:
-    """The metadata `export` wrote into an ONNX or TorchScript file, parsed:
-    {"classes": [...], "image_size": [h, w], "channels": c, "resize": ..., "mean", "std"}.
-    Raises ExportError naming the file when it has none."""
-    import json
-
-    path = Path(path)
-    try:
-        if path.suffix == ".onnx":
-            import onnx
-
-            props = {entry.key.removeprefix(METADATA_PREFIX): entry.value
-                     for entry in onnx.load(str(path), load_external_data=False).metadata_props
-                     if entry.key.startswith(METADATA_PREFIX)}
-        else:
-            files = {TORCHSCRIPT_METADATA: ""}
-            torch.jit.load(str(path), map_location="cpu", _extra_files=files)
-            props = json.loads(files[TORCHSCRIPT_METADATA] or "{}")
-    except ExportError:
-        raise
-    except Exception as error:  # protobuf / zip errors: the file is not what it says
-        first = (str(error).strip().splitlines() or ["unreadable"])[0]
-        raise ExportError(f"{path}: not a readable exported model ({first})") from None
-    if "classes" not in props:
-        raise ExportError(f"{path}: no cnnspec metadata (class names, image size); "
-                          "export it again with cnnspec export")
-    try:
-        return {"classes": json.loads(props["classes"]), "image_size": json.loads(props["image_size"]),
-                "channels": int(props["channels"]), "resize": props["resize"],
-                "mean": json.loads(props.get("mean", "[]")), "std": json.loads(props.get("std", "[]"))}
-    except (KeyError, ValueError) as error:
-        raise ExportError(f"{path}: damaged cnnspec metadata ({error})") from None
 
 
 def run_exported(path: Path, fmt: str, images: torch.Tensor) -> np.ndarray:

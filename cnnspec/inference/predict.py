@@ -73,7 +73,7 @@ class OnnxModel:
     reads and resizes images exactly as for the checkpoint it came from."""
 
     def __init__(self, path):
-        from cnnspec.inference.export import ExportError, read_metadata
+        from cnnspec.inference.metadata import ExportError, read_metadata
 
         settings = read_metadata(path)
         try:
