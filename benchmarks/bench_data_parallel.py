@@ -90,8 +90,8 @@ def scaling_efficiency(throughput: float, processes: int, single: float) -> floa
 
 
 def test_accuracy(folder: Path) -> float:
-    from cnnspec.models.checkpoint import load_network
     from cnnspec.data.datasets import load_prepared
+    from cnnspec.models.checkpoint import load_network
 
     model, checkpoint = load_network(folder / "models" / "model.pt")
     data = load_prepared(folder / "data" / "prepared")

@@ -30,8 +30,7 @@ from torch.utils.flop_counter import FlopCounterMode
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.bench_loop_overhead import (CIFAR_SHAPE, random_prepared, spec_model,  # noqa: E402
-                                            synchronize, train_params)
+from benchmarks.bench_loop_overhead import CIFAR_SHAPE, random_prepared, spec_model, synchronize, train_params  # noqa: E402
 from cnnspec.errors import exit_on_user_error  # noqa: E402
 from cnnspec.training import device as placement  # noqa: E402
 from cnnspec.training.device import pick_device  # noqa: E402

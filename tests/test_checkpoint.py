@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import cnnspec
-from cnnspec.models.checkpoint import FORMAT, load_network, save_checkpoint
 from cnnspec.errors import TrainingError
+from cnnspec.models.checkpoint import FORMAT, load_network, save_checkpoint
 
 SPEC = """name: tiny
 layers:
@@ -92,6 +92,7 @@ def test_weights_that_do_not_fit_the_spec_are_a_training_error(tmp_path):
     _, path = saved_model(tmp_path)
     checkpoint = torch.load(path, weights_only=True)
     checkpoint["state_dict"] = {"nonsense": torch.zeros(1)}
+    del checkpoint["weights_sha256"]  # an older checkpoint: no digest to catch the change first
     torch.save(checkpoint, path)
     with pytest.raises(TrainingError, match="do not fit"):
         load_network(path)

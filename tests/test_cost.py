@@ -2,9 +2,9 @@
 import numpy as np
 import torch
 
-from cnnspec.training import progress
 from cnnspec.models.compiler import build_model
 from cnnspec.pipeline.params import load_params
+from cnnspec.training import progress
 
 
 def clock_lines(device, per_step, steps_per_epoch=100, epochs=10, early_stopping=False):

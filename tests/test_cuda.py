@@ -17,11 +17,11 @@ import pytest
 import torch
 
 import cnnspec
-from cnnspec.training import device as placement
-from cnnspec.training import loop as training
 from cnnspec.errors import TrainingError
 from cnnspec.inference.evaluation import predict_probabilities
-from tests.test_training import tiny_data, tiny_model, train_params
+from cnnspec.training import device as placement
+from cnnspec.training import loop as training
+from tests.tinytraining import tiny_data, tiny_model, train_params, write_stage_inputs
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -110,7 +110,6 @@ def test_two_gpus_train_with_nccl_through_the_stage(tmp_path, sync_bn):
     """train.devices: 2 on CUDA: two NCCL ranks, each holding the data on its own GPU,
     batch norm synchronised or not; the checkpoint loads in one process."""
     from cnnspec.models.checkpoint import load_network
-    from tests.test_training import write_stage_inputs
 
     write_stage_inputs(tmp_path, device="cuda", devices=2, sync_bn=sync_bn, epochs=3, batch_size=16)
     root = Path(__file__).resolve().parent.parent

@@ -17,12 +17,13 @@ import pytest
 import torch
 import yaml
 
-from cnnspec.training import distributed
-from cnnspec.training.augment import Augmentation
 from cnnspec.errors import ParamsError, TrainingError
 from cnnspec.pipeline.params import load_params
+from cnnspec.training import distributed
+from cnnspec.training.augment import Augmentation
 from cnnspec.training.device import pick_device
 from cnnspec.training.loop import run_fingerprint
+from tests.tinytraining import write_stage_inputs
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 FASHION = Path("/usr/share/datasets/fashion-mnist")
@@ -346,7 +347,6 @@ def test_two_processes_train_a_checkpoint_that_scores_like_one_process(tmp_path)
 def test_the_stage_joins_a_torchrun_the_user_started(tmp_path):
     """`torchrun --nproc-per-node 2 stages/train.py` (as on a cluster): the stage sees the
     torchrun environment and trains as one of its ranks instead of launching its own."""
-    from tests.test_training import write_stage_inputs
 
     write_stage_inputs(tmp_path)  # train.devices is left at 1: torchrun's environment wins
     finished = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
@@ -362,8 +362,8 @@ def test_the_stage_joins_a_torchrun_the_user_started(tmp_path):
 RANK_WRITER = """
 import os, sys
 from pathlib import Path
-sys.path.insert(0, {tests!r})
-from test_training import tiny_data, tiny_model, train_params
+sys.path.insert(0, {root!r})
+from tests.tinytraining import tiny_data, tiny_model, train_params
 from cnnspec.training import distributed
 from cnnspec.training.loop import train
 
@@ -383,7 +383,7 @@ def test_only_rank_0_writes_and_every_rank_resumes_from_its_state(tmp_path):
     gets files, and a second run resumes on both ranks from the state on rank 0's disk
     (rank 1 has none; were it to start over, the ranks' steps would not match)."""
     script = tmp_path / "ranks.py"
-    script.write_text(RANK_WRITER.format(tests=str(REPO_ROOT / "tests")))
+    script.write_text(RANK_WRITER.format(root=str(REPO_ROOT)))
 
     def launch(epochs):
         return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
@@ -431,7 +431,6 @@ KILL_PARAMS = {"devices": 2, "epochs": 30, "batch_size": 16}
 def killed_run(tmp_path_factory):
     """A 2-process stage run on tiny data whose rank 1 is SIGKILLed once the resume state
     of an epoch exists: (folder, finished process, next_epoch saved)."""
-    from tests.test_training import write_stage_inputs
 
     folder = tmp_path_factory.mktemp("killed")
     write_stage_inputs(folder, **KILL_PARAMS)
@@ -469,7 +468,6 @@ def test_killing_one_rank_stops_the_run_with_one_line_and_keeps_the_last_epoch(k
 def test_after_a_kill_the_rerun_ends_like_an_uninterrupted_run_on_the_same_processes(killed_run, tmp_path):
     import shutil
 
-    from tests.test_training import write_stage_inputs
 
     killed, *_ = killed_run
     resumed = tmp_path / "resumed"
@@ -494,7 +492,6 @@ def test_after_a_kill_the_rerun_ends_like_an_uninterrupted_run_on_the_same_proce
 def test_sigterm_to_the_launcher_stops_every_rank_with_one_line(tmp_path):
     """What `dvc queue kill` or a scheduler sends: torchrun stops the ranks, the stage
     says so once and exits 128 + 15; no rank is left running."""
-    from tests.test_training import write_stage_inputs
 
     write_stage_inputs(tmp_path, **KILL_PARAMS)
     launcher = subprocess.Popen([sys.executable, str(REPO_ROOT / "stages" / "train.py")], cwd=tmp_path,

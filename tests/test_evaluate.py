@@ -3,19 +3,18 @@ views, outputs that are deterministic and complete."""
 import csv
 import io
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from cnnspec import build_model, parse_spec
-from cnnspec.inference import evaluation
-from cnnspec.models.checkpoint import save_checkpoint
 from cnnspec.data.datasets import Normalize
 from cnnspec.errors import DataError, TrainingError
+from cnnspec.inference import evaluation
 from stages import evaluate as evaluate_stage
+from tests.fakedata import write_fake_prepared
+from tests.tinytraining import save_tiny_checkpoint
 
 CLASSES = ["cat", "dog", "frog"]
 
@@ -209,43 +208,13 @@ def test_report_table_lists_every_class_and_the_averages():
 
 # --- the stage, with a real checkpoint ------------------------------------
 
-TINY_SPEC = """\
-name: tiny
-layers:
-  - conv: {filters: 4, kernel: 3, padding: same, activation: relu}
-  - global_avg_pool
-  - dense: num_classes
-"""
-
-
-def write_prepared(folder: Path, classes=CLASSES, count=24, shape=(3, 8, 8)) -> dict:
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(3)
-    for split in ("train", "val", "test"):
-        np.save(folder / f"{split}_images.npy", rng.integers(0, 256, (count, *shape), dtype=np.uint8))
-        np.save(folder / f"{split}_labels.npy", rng.integers(0, len(classes), count).astype(np.int64))
-    meta = {"dataset": "fake", "classes": list(classes), "input_shape": list(shape),
-            "mean": [0.5] * shape[0], "std": [0.25] * shape[0],
-            "counts": {"train": count, "val": count, "test": count}}
-    (folder / "meta.json").write_text(json.dumps(meta))
-    return meta
-
-
-def save_tiny_checkpoint(path: Path, meta: dict):
-    """A spec-built model saved as the train stage saves it; returns the model."""
-    torch.manual_seed(0)
-    spec = parse_spec(TINY_SPEC, "tiny.yaml")
-    model = build_model(spec, tuple(meta["input_shape"]), len(meta["classes"]))
-    save_checkpoint(path, model, spec, meta, {}, epoch=1, best_epoch=1)
-    return model
-
-
 @pytest.fixture
 def project(tmp_path, monkeypatch):
     """A working directory with params.yaml, data/prepared and models/model.pt."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / "params.yaml").write_text("evaluate: {batch_size: 10, tta: flip}\n")
-    meta = write_prepared(tmp_path / "data" / "prepared")
+    meta = write_fake_prepared(tmp_path / "data" / "prepared", n_train=24, n_val=24, n_test=24,
+                               classes=CLASSES, seed=3, learnable=False)
     save_tiny_checkpoint(tmp_path / "models" / "model.pt", meta)
     return tmp_path
 
