@@ -9,9 +9,9 @@ loads it as `cnnspec predict` does (`cnnspec.inference.predict.load_model`: norm
 in front, softmax behind), exports it with `cnnspec export`'s ONNX writer, and times
 both on the first Fashion-MNIST test images (float pixels in 0..1, the ONNX input):
 `probabilities_of`, the forward pass `cnnspec predict` runs on each decoded batch (and
-again with the network's weights in the channels-last layout too) and an onnxruntime session with as many intra-op threads as torch
-uses. Prints images/s for each, the ratio and the largest probability difference; asserts
-nothing. Needs onnxruntime (`pip install 'cnnspec[export]'`).
+again with the network's weights in the channels-last layout too) and an onnxruntime
+session with as many intra-op threads as torch uses. Prints images/s for each, the ratio
+and the largest probability difference; asserts nothing. Needs onnxruntime (`pip install 'cnnspec[export]'`).
 """
 from __future__ import annotations
 

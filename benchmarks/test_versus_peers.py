@@ -102,7 +102,8 @@ def test_torch_module_gets_cnnspecs_initial_weights(tiny_fashion):
     for ours, theirs in zip(peers.torch_models.weights(source), peers.torch_models.weights(target), strict=True):
         assert torch.equal(ours, theirs)
     assert all(torch.equal(ours, theirs) for ours, theirs in
-               zip(peers.torch_models.weights(source), peers.torch_models.weights(peers.torch_model(task)), strict=True))
+               zip(peers.torch_models.weights(source),
+                   peers.torch_models.weights(peers.torch_model(task)), strict=True))
     with pytest.raises(SystemExit, match="do not line up"):
         peers.copy_torch_weights(source, peers.torch_architecture(dataclasses.replace(task, model="simcnn")))
 

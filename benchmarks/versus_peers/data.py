@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from cnnspec.data.datasets import get_dataset, prepare
+from cnnspec.data.datasets import get_dataset, prepare  # noqa: E402
 
 DEBIAN_FOLDER = Path("/usr/share/datasets/fashion-mnist")
 FRAMEWORKS = ("cnnspec", "keras", "lightning", "plain")
