@@ -88,11 +88,22 @@ def register_layer(layer_type: str, rule: LayerRule, schema: dict | None = None)
     if layer_type in LAYERS:
         raise ValueError(f"layer type {layer_type!r} is already registered")
     if schema is not None:
-        from cnnspec.spec.reader import add_layer_schema
+        import sys
 
-        add_layer_schema(layer_type, schema, rule)
+        reader = sys.modules.get("cnnspec.spec.reader")
+        if reader is not None and not hasattr(reader, "add_layer_schema"):
+            SCHEMAS_WAITING.append((layer_type, schema, rule))  # the front end is importing us
+        else:
+            from cnnspec.spec.reader import add_layer_schema
+
+            add_layer_schema(layer_type, schema, rule)
     LAYERS[layer_type] = rule
     return rule
+
+
+# (type, schema, rule) of types registered while the front end was being imported:
+# it adds their schemas once it is complete (the end of cnnspec/spec/reader.py).
+SCHEMAS_WAITING: list = []
 
 
 def rule_for(node: LayerNode) -> LayerRule:
@@ -779,3 +790,6 @@ BUILT_IN_LAYERS = {
 }
 for layer_type, rule in BUILT_IN_LAYERS.items():
     register_layer(layer_type, rule)
+
+# Layer types that live in their own files (each registers itself, schema included).
+from cnnspec.layers import channel_norm, channels, residual_branch  # noqa: E402,F401

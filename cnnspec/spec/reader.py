@@ -589,3 +589,14 @@ def resolve_deferred(node: LayerNode, block_inputs: dict) -> None:
             written = next(value for path, value in node.deferred.items() if path[0] == option)
             fail(f"'{written.text}' is {node.options[option]!r} here: {message}", written.where,
                  join_key(join_key(node.path, node.type), option))
+
+
+def add_waiting_layer_schemas() -> None:
+    """Schemas of the layer types that registered while this module was being imported."""
+    from cnnspec import layers
+
+    while layers.SCHEMAS_WAITING:
+        add_layer_schema(*layers.SCHEMAS_WAITING.pop(0))
+
+
+add_waiting_layer_schemas()
