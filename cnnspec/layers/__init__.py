@@ -792,4 +792,4 @@ for layer_type, rule in BUILT_IN_LAYERS.items():
     register_layer(layer_type, rule)
 
 # Layer types that live in their own files (each registers itself, schema included).
-from cnnspec.layers import channel_norm, channels, residual_branch  # noqa: E402,F401
+from cnnspec.layers import adaptive_pool, channel_norm, channels, residual_branch  # noqa: E402,F401

@@ -13,6 +13,12 @@ keep their fresh initialisation, and the report names them. An edited architectu
 head, another stem, one more block) so still starts from the weights of every layer that
 kept its shape.
 
+A norm (only 1-d tensors) that follows a conv or a linear layer forms one unit with it, so
+a conv + batch norm pair is matched as a pair; with both networks at hand (an nn.Module as
+the source) a conv's stride is part of its signature too, so a projection shortcut's strided
+1x1 conv never takes a bottleneck's. Together these pair RegNet's shortcut (registered before
+the body it is added to) with the spec's (after it).
+
 Order: a module's own tensors come before its children's in a state_dict, but a module that
 owns a tensor beside its children (torchvision's CNBlock.layer_scale) applies it after them,
 so such tensors are moved behind the children's. Shapes: a trailing size of 1 is ignored when
@@ -52,8 +58,17 @@ def contains(prefix: str, other: str) -> bool:
     return prefix == "" and other != "" or other.startswith(prefix + ".")
 
 
-def units_of(state: dict) -> list[Unit]:
-    """The state dict's units, each module's own tensors after its children's."""
+def strides_of(model) -> dict:
+    """{module prefix: stride} of every strided conv of `model` (a stride of 1 is no fact: a 1x1
+    conv still fits a linear layer): with both networks at hand, a 1x1
+    conv with a stride (a projection shortcut) never matches one without (a bottleneck's)."""
+    return {name: tuple(module.stride) for name, module in model.named_modules()
+            if type(module).__name__ in ("Conv1d", "Conv2d", "Conv3d") and set(module.stride) != {1}}
+
+
+def units_of(state: dict, strides: dict | None = None) -> list[Unit]:
+    """The state dict's units, each module's own tensors after its children's; with `strides`
+    (strides_of the model) a conv's signature holds its stride too."""
     grouped: list[Unit] = []
     for key, tensor in state.items():
         prefix = module_of(key)
@@ -62,6 +77,8 @@ def units_of(state: dict) -> list[Unit]:
         grouped[-1].keys.append(key)
     for unit in grouped:
         unit.signature = tuple(canonical(state[key].shape) for key in unit.keys if state[key].dim() > 0)
+        if strides is not None and unit.prefix in strides:
+            unit.signature += (("stride", strides[unit.prefix]),)
     ordered, waiting = [], []  # waiting: units whose children are still coming
     for index, unit in enumerate(grouped):
         while waiting and not contains(waiting[-1].prefix, unit.prefix):
@@ -72,42 +89,66 @@ def units_of(state: dict) -> list[Unit]:
         else:
             ordered.append(unit)
     ordered.extend(reversed(waiting))
-    return [unit for unit in ordered if unit.signature]  # a unit of 0-d tensors alone matches nothing
+    merged: list[Unit] = []
+    for unit in ordered:
+        if not unit.signature:
+            continue  # a unit of 0-d tensors alone matches nothing
+        if merged and is_norm(unit) and not is_norm(merged[-1]):
+            before = merged[-1]  # a norm after a conv or linear: one unit, matched as a pair
+            merged[-1] = Unit(before.prefix, before.keys + unit.keys, before.signature + ("+",) + unit.signature)
+        else:
+            merged.append(unit)
+    return merged
+
+
+def is_norm(unit: Unit) -> bool:
+    """Only 1-d tensors (a norm's scale, shift and statistics; a bias alone)."""
+    return all(isinstance(shape, tuple) and len(shape) == 1 for shape in unit.signature)
+
+
+def longest_common(first: list, second: list) -> list[tuple[int, int]]:
+    """Index pairs of a longest common subsequence of two lists; ties go to later items of
+    `first` (a head matches the last head, not an auxiliary one)."""
+    n, m = len(first), len(second)
+    if not n or not m:
+        return []
+    table = [[0] * (m + 1) for _ in range(n + 1)]
+    for i in range(n):
+        row, below = table[i], table[i + 1]
+        for j in range(m):
+            below[j + 1] = row[j] + 1 if first[i] == second[j] else max(row[j + 1], below[j])
+    pairs, i, j = [], n, m
+    while i and j:
+        if first[i - 1] == second[j - 1] and table[i][j] == table[i - 1][j - 1] + 1:
+            pairs.append((i - 1, j - 1))
+            i, j = i - 1, j - 1
+        elif table[i - 1][j] >= table[i][j - 1]:
+            i -= 1
+        else:
+            j -= 1
+    return pairs[::-1]
 
 
 def align(source: list[Unit], target: list[Unit]) -> list[tuple[int, int]]:
-    """(source index, target index) of the longest in-order run of units with equal shapes.
-    The common beginning and end are matched directly, the middle by dynamic programming;
-    ties go to the later source unit (a head matches the last head, not an auxiliary one)."""
+    """(source index, target index) of the units to copy: the longest in-order run with equal
+    shapes (the common beginning and end directly, the middle by dynamic programming), then
+    the same over the units left on both sides, for a module its network registers before
+    the layers it computes after (RegNet's proj, its shortcut, comes before its body)."""
+    theirs = [unit.signature for unit in source]
+    ours = [unit.signature for unit in target]
     start = 0
-    while start < min(len(source), len(target)) and source[start].signature == target[start].signature:
+    while start < min(len(theirs), len(ours)) and theirs[start] == ours[start]:
         start += 1
     end = 0
-    while end < min(len(source), len(target)) - start and \
-            source[-1 - end].signature == target[-1 - end].signature:
+    while end < min(len(theirs), len(ours)) - start and theirs[-1 - end] == ours[-1 - end]:
         end += 1
-    pairs = [(i, i) for i in range(start)]
-    middle_source = [unit.signature for unit in source[start:len(source) - end]]
-    middle_target = [unit.signature for unit in target[start:len(target) - end]]
-    n, m = len(middle_source), len(middle_target)
-    if n and m:
-        table = [[0] * (m + 1) for _ in range(n + 1)]
-        for i in range(n):
-            row, below = table[i], table[i + 1]
-            for j in range(m):
-                below[j + 1] = row[j] + 1 if middle_source[i] == middle_target[j] else max(row[j + 1], below[j])
-        middle, i, j = [], n, m
-        while i and j:
-            if middle_source[i - 1] == middle_target[j - 1] and table[i][j] == table[i - 1][j - 1] + 1:
-                middle.append((start + i - 1, start + j - 1))
-                i, j = i - 1, j - 1
-            elif table[i - 1][j] >= table[i][j - 1]:
-                i -= 1
-            else:
-                j -= 1
-        pairs += reversed(middle)
-    pairs += [(len(source) - end + k, len(target) - end + k) for k in range(end)]
-    return pairs
+    middle = longest_common(theirs[start:len(theirs) - end], ours[start:len(ours) - end])
+    pairs = [(i, i) for i in range(start)] + [(start + i, start + j) for i, j in middle] + \
+        [(len(theirs) - end + k, len(ours) - end + k) for k in range(end)]
+    left_theirs = sorted(set(range(len(theirs))) - {i for i, _ in pairs})
+    left_ours = sorted(set(range(len(ours))) - {j for _, j in pairs})
+    again = longest_common([theirs[i] for i in left_theirs], [ours[j] for j in left_ours])
+    return sorted(pairs + [(left_theirs[i], left_ours[j]) for i, j in again], key=lambda pair: pair[1])
 
 
 @dataclass
@@ -149,10 +190,14 @@ def listed(names) -> str:
     return ", ".join(names[:SHOWN]) + more
 
 
-def match_by_structure(source: dict, target: dict) -> tuple[dict, Transfer]:
+def match_by_structure(source: dict, target: dict, source_strides: dict | None = None,
+                       target_strides: dict | None = None) -> tuple[dict, Transfer]:
     """The tensors of `source` (a state dict) to load into a model whose state dict is
-    `target`, keyed by the target's names and shaped like the target's, and what mapped."""
-    source_units, target_units = units_of(source), units_of(target)
+    `target`, keyed by the target's names and shaped like the target's, and what mapped.
+    Conv strides (strides_of each model) sharpen the match when both are given."""
+    if source_strides is None or target_strides is None:
+        source_strides = target_strides = None
+    source_units, target_units = units_of(source, source_strides), units_of(target, target_strides)
     transfer = Transfer(total=len(target))
     loaded, used = {}, set()
     for i, j in align(source_units, target_units):
@@ -174,9 +219,13 @@ def match_by_structure(source: dict, target: dict) -> tuple[dict, Transfer]:
     return loaded, transfer
 
 
-def load_by_structure(model, source: dict) -> Transfer:
-    """Copy into `model` every tensor of state dict `source` that fits by structure."""
-    loaded, transfer = match_by_structure(source, model.state_dict())
+def load_by_structure(model, source, source_strides: dict | None = None) -> Transfer:
+    """Copy into `model` every tensor of `source` (an nn.Module or a state dict) that fits by
+    structure. From a module, or with the strides of the network a state dict came from
+    (strides_of), convs also match on their stride."""
+    if hasattr(source, "state_dict"):
+        source, source_strides = source.state_dict(), strides_of(source)
+    loaded, transfer = match_by_structure(source, model.state_dict(), source_strides, strides_of(model))
     model.load_state_dict(loaded, strict=False)
     return transfer
 

@@ -144,9 +144,11 @@ def pretrained_state(source, key: str) -> dict:
     if not Path(source).is_file():
         raise ParamsError(f"params.yaml: {key}: {source}: no such file (and not torchvision weights "
                           f"such as ResNet50_Weights.IMAGENET1K_V2)")
+    import pickle
+
     try:
         return read_state_dict(source)
-    except (ValueError, RuntimeError, OSError, EOFError) as failure:
+    except (ValueError, RuntimeError, OSError, EOFError, pickle.UnpicklingError) as failure:
         first = str(failure).splitlines()[0] if str(failure) else type(failure).__name__
         raise ParamsError(f"params.yaml: {key}: {source}: cannot be read as weights ({first})") from None
 
