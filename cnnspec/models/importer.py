@@ -455,17 +455,23 @@ input: {{channels: 3, height: 224, width: 224}}
 """
 
 
-def spec_text(model_name: str, num_classes: int = 10, reference=None) -> tuple[str, tuple]:
-    """The spec of torchvision model `model_name` and the sizes it is to be checked at
-    (read from `reference`, the built model, when given)."""
+def checked_writer(model_name: str):
+    """The family writer of `model_name`; ImportFailure naming the importable ones if none."""
     import torchvision
 
     writer = writer_for(model_name)
-    if writer is None:
-        known = torchvision.models.list_models(module=torchvision.models)
+    known = torchvision.models.list_models(module=torchvision.models)
+    if writer is None or model_name not in known:
         what = "not a torchvision classification model" if model_name not in known else \
             "a family cnnspec cannot write yet"
         raise ImportFailure(f"import {model_name}: {what}; importable: {', '.join(importable())}")
+    return writer
+
+
+def spec_text(model_name: str, num_classes: int = 10, reference=None) -> tuple[str, tuple]:
+    """The spec of torchvision model `model_name` and the sizes it is to be checked at
+    (read from `reference`, the built model, when given)."""
+    writer = checked_writer(model_name)
     written = writer(reference if reference is not None else reference_model(model_name, num_classes), model_name)
     return header(model_name, written.sizes) + written.body, written.sizes
 
@@ -475,6 +481,7 @@ def import_model(model_name: str, num_classes: int = 10):
     from cnnspec.models.parity import check_parity
     from cnnspec.spec.reader import parse_spec
 
+    checked_writer(model_name)
     reference = reference_model(model_name, num_classes)
     text, sizes = spec_text(model_name, num_classes, reference)
     spec = parse_spec(text, f"<{model_name}>")
