@@ -413,6 +413,138 @@ layers:
     return Written(body)
 
 
+# ---------------------------------------------------------------- SqueezeNet, AlexNet, GoogLeNet
+
+def pool_line(pool, indent="  ") -> str:
+    """A torch MaxPool2d as a max_pool layer."""
+    kernel, stride, padding = (value if isinstance(value, int) else value[0]
+                               for value in (pool.kernel_size, pool.stride, pool.padding))
+    options = [f"kernel: {kernel}"] + ([f"stride: {stride}"] if stride != kernel else []) \
+        + ([f"padding: {padding}"] if padding else []) + (["ceil_mode: true"] if pool.ceil_mode else [])
+    return f"{indent}- max_pool: {{{', '.join(options)}}}"
+
+
+def conv_options(conv, filters=None) -> str:
+    """A torch Conv2d's options that differ from the defaults the writers set (padding: symmetric)."""
+    kernel, stride, padding = conv.kernel_size[0], conv.stride[0], conv.padding[0]
+    options = [f"filters: {filters if filters is not None else conv.out_channels}", f"kernel: {kernel}"]
+    options += [f"stride: {stride}"] if stride != 1 else []
+    if padding != (kernel - 1) // 2:
+        options.append("padding: valid" if padding == 0 else f"padding: {padding}")
+    return ", ".join(options)
+
+
+def squeezenet(model, name) -> Written:
+    from torch import nn
+    from torchvision.models.squeezenet import Fire
+
+    lines = []
+    for module in model.features:
+        if isinstance(module, nn.Conv2d):
+            lines.append(f"  - conv: {{{conv_options(module)}}}")
+        elif isinstance(module, nn.MaxPool2d):
+            lines.append(pool_line(module))
+        elif isinstance(module, Fire):
+            lines.append(f"  - use: {{block: fire, squeeze: {module.squeeze.out_channels}, "
+                         f"expand: {module.expand1x1.out_channels}}}")
+    body = """defaults:
+  conv: {activation: relu, padding: symmetric}
+blocks:
+  fire:                 # squeeze 1x1, then 1x1 and 3x3 expansions side by side
+    args: {squeeze: null, expand: null}
+    layers:
+      - conv: {filters: $squeeze, kernel: 1}
+      - parallel:
+          branches:
+            - [conv: {filters: $expand, kernel: 1}]
+            - [conv: {filters: $expand, kernel: 3}]
+layers:
+""" + "\n".join(lines) + """
+  - dropout: 0.5
+  - conv: {filters: num_classes, kernel: 1}            # a relu too, as torchvision's classifier
+  - global_avg_pool
+"""
+    return Written(body)
+
+
+def alexnet(model, name) -> Written:
+    from torch import nn
+
+    lines = []
+    for module in model.features:
+        if isinstance(module, nn.Conv2d):
+            lines.append(f"  - conv: {{{conv_options(module)}}}")
+        elif isinstance(module, nn.MaxPool2d):
+            lines.append(pool_line(module))
+    size = model.avgpool.output_size
+    size = size[0] if isinstance(size, tuple) else size
+    hidden = model.classifier[1].out_features
+    body = """defaults:
+  conv: {activation: relu, padding: symmetric}
+layers:
+""" + "\n".join(lines) + f"""
+  - adaptive_avg_pool: {size}             # {size}x{size} at any input size (a smaller map is repeated)
+  - flatten
+  - dropout: 0.5
+  - dense: {{units: {hidden}, activation: relu}}
+  - dropout: 0.5
+  - dense: {{units: {hidden}, activation: relu}}
+  - dense: num_classes
+"""
+    return Written(body, sizes=(64, 96))  # the 11x11 stride-4 stem and three pools need 63 pixels
+
+
+def googlenet(model, name) -> Written:
+    from torch import nn
+    from torchvision.models.googlenet import BasicConv2d, Inception
+
+    eps = model.conv1.bn.eps
+    lines = []
+    for module in model.children():
+        if isinstance(module, BasicConv2d):
+            lines.append(f"  - use: {{block: conv_bn, {conv_options(module.conv)}}}")
+        elif isinstance(module, nn.MaxPool2d):
+            lines.append(pool_line(module))
+        elif isinstance(module, Inception):
+            widths = dict(c1=module.branch1.conv.out_channels,
+                          c3_reduce=module.branch2[0].conv.out_channels, c3=module.branch2[1].conv.out_channels,
+                          c5_reduce=module.branch3[0].conv.out_channels, c5=module.branch3[1].conv.out_channels,
+                          pool=module.branch4[1].conv.out_channels)
+            lines.append("  - use: {block: inception, " + ", ".join(f"{k}: {v}" for k, v in widths.items()) + "}")
+        elif isinstance(module, nn.Dropout):
+            lines.append("  - global_avg_pool")
+            lines.append(f"  - dropout: {module.p}")
+    first = next(module for module in model.children() if isinstance(module, Inception))
+    branch_pool = pool_line(first.branch4[0], indent="              ")
+    body = f"""defaults:
+  conv: {{bias: false, padding: symmetric}}
+  bn: {{eps: {eps}}}
+blocks:
+  conv_bn:              # torchvision's BasicConv2d: conv, bn, relu
+    args: {{filters: null, kernel: 1, stride: 1}}
+    layers:
+      - conv: {{filters: $filters, kernel: $kernel, stride: $stride}}
+      - bn
+      - activation: relu
+  inception:            # 1x1 | 1x1, 3x3 | 1x1, 3x3 (torchvision's "5x5" branch) | 3x3 max pool, 1x1
+    args: {{c1: null, c3_reduce: null, c3: null, c5_reduce: null, c5: null, pool: null}}
+    layers:
+      - parallel:
+          branches:
+            - [use: {{block: conv_bn, filters: $c1}}]
+            - - use: {{block: conv_bn, filters: $c3_reduce}}
+              - use: {{block: conv_bn, filters: $c3, kernel: 3}}
+            - - use: {{block: conv_bn, filters: $c5_reduce}}
+              - use: {{block: conv_bn, filters: $c5, kernel: 3}}
+            - {branch_pool.strip()}
+              - use: {{block: conv_bn, filters: $pool}}
+layers:
+""" + "\n".join(lines) + """
+  - dense: num_classes
+"""
+    return Written(body)
+
+
 # ---------------------------------------------------------------- the families
 
 FAMILIES = [
@@ -422,6 +554,9 @@ FAMILIES = [
     (("shufflenet_v2_",), shufflenet),
     (("convnext_",), convnext),
     (("vgg",), vgg),
+    (("squeezenet",), squeezenet),
+    (("alexnet",), alexnet),
+    (("googlenet",), googlenet),
 ]
 
 
