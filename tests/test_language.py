@@ -405,7 +405,8 @@ def registry_restored():
 
 def test_an_unregistered_type_is_an_unknown_layer_type(tmp_path, capsys):
     assert cli.main(["validate", write(tmp_path, PLUGIN_SPEC)]) == 1
-    assert "layers[1]: unknown layer type 'space_to_depth'" in capsys.readouterr().err
+    assert "layers[1]: unknown layer type 'space_to_depth' (a layer type from your own code needs " \
+           "--plugin FILE, or model.plugins in params.yaml)" in capsys.readouterr().err
 
 
 def test_a_plugin_layer_is_checked_like_a_built_in_one(tmp_path, capsys, registry_restored):

@@ -51,12 +51,18 @@ ALIASES = {"conv2d": "conv", "convolution": "conv", "batchnorm": "bn", "batchnor
            "maxpooling2d": "max_pool", "avgpool": "avg_pool", "averagepooling2d": "avg_pool",
            "globalaveragepooling2d": "global_avg_pool", "adaptiveavgpool2d": "global_avg_pool",
            "relu": "activation", "gelu": "activation", "softmax": "activation",
-           "zeropadding2d": "pad", "spatialdropout2d": "spatial_dropout", "block": "use"}
+           "zeropadding2d": "pad", "spatialdropout2d": "spatial_dropout", "block": "use",
+           "layernorm": "layer_norm", "layernorm2d": "layer_norm", "groupnorm": "group_norm",
+           "layerscale": "layer_scale", "stochasticdepth": "drop_path", "droppath": "drop_path",
+           "channelshuffle": "channel_shuffle", "chunk": "channel_split", "split": "channel_split",
+           "adaptivemaxpool2d": "adaptive_max_pool"}
+
+PLUGIN_HINT = " (a layer type from your own code needs --plugin FILE, or model.plugins in params.yaml)"
 
 
 def did_you_mean_type(word) -> str:
     alias = ALIASES.get(str(word).lower().replace("_", ""))
-    return f" (did you mean '{alias}'?)" if alias else did_you_mean(word, LAYER_SCHEMAS)
+    return f" (did you mean '{alias}'?)" if alias else did_you_mean(word, LAYER_SCHEMAS) or PLUGIN_HINT
 
 
 def fail(message: str, where: Location, key: str | None = None):
