@@ -285,9 +285,29 @@ def expand_list(items, prefix: str, state: Expansion) -> list[LayerNode]:
     for index, item in enumerate(items):
         path = f"{prefix}[{index}]"
         layer_type, options, where = split_layer(item, items.where_of(index), path)
+        options, present = switched(options, join_key(path, layer_type))
+        if not present:
+            continue
         expand = EXPANDERS.get(layer_type, expand_layer)
         nodes.extend(expand(layer_type, options, where, path, state))
     return nodes
+
+
+def switched(options, key: str) -> tuple:
+    """A layer's `when: BOOL` (any layer, `use` included: an optional part of a block, switched
+    by an argument, `when: $se`): (the options without it, whether the layer is there)."""
+    if not isinstance(options, dict) or "when" not in options:
+        return options, True
+    value = options["when"]
+    if isinstance(value, str) and value.startswith("$"):  # a block checked before any use of it
+        value = True
+    if not isinstance(value, bool):
+        fail(f"when: expected true or false (or a block argument holding one), not {describe_value(value)}",
+             options.where_of("when"), join_key(key, "when"))
+    kept = LocatedDict({k: v for k, v in options.items() if k != "when"}, where=options.where)
+    kept.key_where.update({k: w for k, w in options.key_where.items() if k != "when"})
+    kept.value_where.update({k: w for k, w in options.value_where.items() if k != "when"})
+    return kept, value
 
 
 def count_layer(where: Location, path: str, state: Expansion) -> None:
