@@ -127,9 +127,9 @@ def default_text(key: str, schema: dict, required: list) -> str:
 
 
 def layer_help(layer_type: str) -> list[str]:
-    from cnnspec.spec.reader import LAYER_SCHEMAS, layer_options
+    from cnnspec.spec.reader import layer_options, layer_schemas
 
-    schema = LAYER_SCHEMAS[layer_type]
+    schema = layer_schemas()[layer_type]
     shorthand = schema.get("x-shorthand")
     lines = [f"{layer_type}: {schema['description']}"]
     if shorthand:
@@ -145,9 +145,9 @@ def layer_help(layer_type: str) -> list[str]:
 
 
 def layers(args) -> int:
-    from cnnspec.spec.reader import LAYER_SCHEMAS
+    from cnnspec.spec.reader import layer_schemas
 
-    for layer_type in LAYER_SCHEMAS:
+    for layer_type in layer_schemas():
         print("\n".join(layer_help(layer_type)))
         print()
     return 0

@@ -7,6 +7,7 @@ stage to run when one of them is missing.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 PARAMS = Path("params.yaml")
@@ -32,3 +33,16 @@ DOWNLOAD_HINT = run_stage_hint("download")
 PREPROCESS_HINT = run_stage_hint("preprocess")
 TRAIN_HINT = run_stage_hint("train")
 EVALUATE_HINT = run_stage_hint("evaluate")
+
+
+def path_problem(path: Path, kind: str) -> str | None:
+    """Why `path` cannot be read as a `kind` ("file", "folder" or "path": either), or None."""
+    if not path.exists():
+        return {"file": "no such file", "folder": "no such folder"}.get(kind, "no such file or folder")
+    if kind == "file" and not path.is_file():
+        return "is a folder, not a file" if path.is_dir() else "not a regular file"
+    if kind == "folder" and not path.is_dir():
+        return "is a file, not a folder"
+    if not os.access(path, os.R_OK | (os.X_OK if path.is_dir() else 0)):
+        return "not readable (permission denied)"
+    return None

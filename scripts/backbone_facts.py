@@ -15,10 +15,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cnnspec.atomic import write_text  # noqa: E402
-from cnnspec.layers import BACKBONE_FACTS, measure_backbone  # noqa: E402
+from cnnspec.layers.backbone import BACKBONE_FACTS, measure_backbone  # noqa: E402
 from cnnspec.models.shapes import Context  # noqa: E402
 from cnnspec.spec.nodes import LayerNode, Location  # noqa: E402
-from cnnspec.spec.reader import LAYER_SCHEMAS  # noqa: E402
+from cnnspec.spec.reader import layer_schemas  # noqa: E402
 
 INPUT_SHAPES = [(3, 32, 32), (3, 224, 224)]
 
@@ -29,7 +29,7 @@ def backbone_node(model_name: str) -> LayerNode:
 
 def measure_all() -> dict:
     models = {}
-    for model_name in LAYER_SCHEMAS["backbone"]["properties"]["model"]["enum"]:
+    for model_name in layer_schemas()["backbone"]["properties"]["model"]["enum"]:
         for shape in INPUT_SHAPES:
             try:
                 facts = measure_backbone(backbone_node(model_name), shape, Context())

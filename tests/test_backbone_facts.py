@@ -2,7 +2,7 @@
 measurement with the installed torchvision, and let `cnnspec summary` skip torch."""
 import json
 
-from cnnspec.layers import BACKBONE_FACTS
+from cnnspec.layers.backbone import BACKBONE_FACTS
 from scripts.backbone_facts import measure_all
 from tests.no_torch import run_without_torch
 

@@ -379,8 +379,9 @@ def test_summary_depth_option_on_the_command_line(capsys):
 
 import sys  # noqa: E402
 
-from cnnspec import layers as layer_registry  # noqa: E402
-from cnnspec.spec import reader as front_end  # noqa: E402
+from cnnspec.layers import registry as layer_registry  # noqa: E402
+from cnnspec.layers.geometry import shape_free  # noqa: E402
+from cnnspec.layers.reshape import build_identity  # noqa: E402
 
 PLUGIN = ROOT / "examples" / "space_to_depth.py"
 PLUGIN_SPEC = spec_of("  - conv: 6\n  - space_to_depth: 2\n  - global_avg_pool\n  - dense: num_classes")
@@ -388,19 +389,16 @@ PLUGIN_SPEC = spec_of("  - conv: 6\n  - space_to_depth: 2\n  - global_avg_pool\n
 
 @pytest.fixture
 def registry_restored():
-    """Registering is process-wide: put the registry and the schema back afterwards."""
-    saved = (dict(layer_registry.LAYERS), dict(front_end.SCHEMA["$defs"]), dict(front_end.LAYER_SCHEMAS),
-             list(front_end.SCHEMA["properties"]["defaults"]["propertyNames"]["enum"]), set(sys.modules))
+    """Registering is process-wide: put the registry (rules and schemas) back afterwards."""
+    saved = (dict(layer_registry.LAYERS), dict(layer_registry.LAYER_SCHEMAS), set(sys.modules))
     yield
-    for live, before in zip((layer_registry.LAYERS, front_end.SCHEMA["$defs"], front_end.LAYER_SCHEMAS), saved):
+    for live, before in zip((layer_registry.LAYERS, layer_registry.LAYER_SCHEMAS), saved):
         live.clear()
         live.update(before)
-    front_end.SCHEMA["properties"]["defaults"]["propertyNames"]["enum"][:] = saved[3]
-    for name in set(sys.modules) - saved[4]:
+    layer_registry.schema_changed()
+    for name in set(sys.modules) - saved[2]:
         if name.startswith("cnnspec_plugin_"):
             del sys.modules[name]
-    front_end.validator_for.cache_clear()
-    front_end.layer_options.cache_clear()
 
 
 def test_an_unregistered_type_is_an_unknown_layer_type(tmp_path, capsys):
@@ -434,7 +432,7 @@ def test_a_plugin_layer_is_checked_like_a_built_in_one(tmp_path, capsys, registr
 
 
 def test_registration_refuses_a_bad_schema_or_a_taken_name(registry_restored):
-    rule = layer_registry.LayerRule(layer_registry.shape_free, layer_registry.build_identity)
+    rule = layer_registry.LayerRule(shape_free, build_identity)
     with pytest.raises(ValueError, match="must be new"):
         layer_registry.register_layer("block", rule, schema={})
     with pytest.raises(ValueError, match="unknown keys"):

@@ -336,7 +336,7 @@ def test_the_optional_export_stage_writes_a_checked_onnx_file(tmp_path):
 
 @pytest.mark.slow
 def test_a_backbone_checkpoint_loads_offline_from_the_file_alone(tmp_path, monkeypatch):
-    from cnnspec.data import download
+    from cnnspec.layers import backbone
 
     spec = cnnspec.parse_spec("name: transfer\nlayers:\n  - backbone: {model: resnet18, weights: imagenet, "
                               "trainable: false, pooling: avg}\n  - dense: num_classes\n", "transfer.yaml")
@@ -348,7 +348,7 @@ def test_a_backbone_checkpoint_loads_offline_from_the_file_alone(tmp_path, monke
     def no_download(*args):
         raise AssertionError("loading a checkpoint fetched ImageNet weights")
 
-    monkeypatch.setattr(download, "imagenet_state_dict", no_download)
+    monkeypatch.setattr(backbone, "imagenet_state_dict", no_download)
     loaded = cnnspec.load_model(tmp_path / "model.pt")
     images = torch.rand(2, 3, 32, 32)
     with torch.inference_mode():

@@ -97,10 +97,10 @@ def test_a_torchvision_weights_name_is_read_from_torch_hub_s_folder(resnet18, tm
     torch.save({key: value.float() for key, value in resnet18.state_dict().items()},
                tmp_path / "checkpoints" / Path(weights.url).name)  # as torchvision ships them
 
-    def no_download(url, path):
+    def no_download(url, path, timeout_s):
         raise AssertionError("the file is there: nothing to download")
 
-    monkeypatch.setattr("cnnspec.data.download.download_with_timeout", no_download)
+    monkeypatch.setattr("cnnspec.fetch.download_with_timeout", no_download)
     ours = spec_resnet18()
     assert finetune.load_weights(ours, "ResNet18_Weights.IMAGENET1K_V1").complete
     assert torch.equal(ours.state_dict()["layers.conv_1.weight"], resnet18.conv1.weight.float().double())
@@ -109,8 +109,8 @@ def test_a_torchvision_weights_name_is_read_from_torch_hub_s_folder(resnet18, tm
 
 def test_weights_that_cannot_be_had_are_one_line_naming_the_param(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
-    monkeypatch.setattr("cnnspec.data.download.download_with_timeout",
-                        lambda url, path: "download failed: no internet")
+    monkeypatch.setattr("cnnspec.fetch.download_with_timeout",
+                        lambda url, path, timeout_s: "download failed: no internet")
     ours = spec_resnet18()
     with pytest.raises(ParamsError) as missing:
         finetune.load_weights(ours, "ResNet18_Weights.IMAGENET1K_V1")

@@ -1,4 +1,4 @@
-"""The layer registry and schema.json describe the same language (as timm's tests iterate
+"""The layer registry and the spec schema describe the same language (as timm's tests iterate
 list_models(), these iterate the registry): every registered layer type, built from the
 example its schema entry carries, infers the shapes its modules really produce and the
 parameter counts the built model really has; and every name list in the schema equals
@@ -10,13 +10,17 @@ import json
 import pytest
 import torch
 
-from cnnspec.training import augment
 from cnnspec import layers
-from cnnspec.layers import modules
+from cnnspec.layers import activations, augmentation, conv, registry, reshape
 from cnnspec.models.compiler import build_model
 from cnnspec.models.shapes import infer
-from cnnspec.spec.reader import EXPANDERS, LAYER_SCHEMAS, SCHEMA, layer_options, parse_spec
 from cnnspec.models.summary import summarize
+from cnnspec.spec import schema_file
+from cnnspec.spec.reader import EXPANDERS, layer_options, layer_schemas, parse_spec
+from cnnspec.training import augment
+
+LAYER_SCHEMAS = layer_schemas()
+SCHEMA = registry.spec_schema()
 
 INPUT = (3, 32, 32)
 CLASSES = 5
@@ -39,7 +43,7 @@ def spec_for(layer_type: str) -> str:
     """A model around the schema's example of the type: example, flatten if needed, logits."""
     if layer_type == "group":  # what a `use` of a block becomes
         return BLOCK_SPEC
-    example = LAYER_SCHEMAS[layer_type]["x-example"]
+    example = layer_schemas()[layer_type]["x-example"]  # plugin types too (test_language.py)
     spec = {"name": layer_type, "input": dict(zip(("channels", "height", "width"), INPUT)),
             "layers": [*example, "flatten", {"dense": "num_classes"}]}
     return json.dumps(spec)  # JSON is YAML
@@ -113,12 +117,12 @@ def enum(layer_type: str, option: str) -> set:
 
 
 def test_schema_name_lists_equal_the_tables_that_give_them_meaning():
-    assert set(SCHEMA["$defs"]["activation_name"]["enum"]) == set(layers.ACTIVATIONS)
-    assert enum("conv", "init") == enum("dense", "init") == set(layers.INITS)
-    assert enum("pad", "mode") == set(layers.PADS)
-    assert enum("random_flip", "mode") == set(modules.RandomFlip.AXES)
+    assert set(SCHEMA["$defs"]["activation_name"]["enum"]) == set(activations.ACTIVATIONS)
+    assert enum("conv", "init") == enum("dense", "init") == set(conv.INITS)
+    assert enum("pad", "mode") == set(reshape.PADS)
+    assert enum("random_flip", "mode") == set(augmentation.RandomFlip.AXES)
     assert enum("random_translation", "fill") == enum("random_crop", "mode") == set(augment.SHIFT_MODES)
-    assert set(layers.AUGMENTS) == {"random_flip", "random_translation", "random_crop"}
+    assert set(augmentation.AUGMENTS) == {"random_flip", "random_translation", "random_crop"}
     # every option naming an activation refers to the one shared list
     for layer_type in WRITTEN:
         for key, option in LAYER_SCHEMAS[layer_type]["properties"].items():
@@ -134,8 +138,8 @@ def test_shared_options_are_defined_once():
 
 def test_drift_between_registry_and_schema_is_reported_as_cnnspec_s_bug(monkeypatch):
     spec = parse_spec(spec_for("conv"), "<conv>")
-    monkeypatch.delitem(layers.ACTIVATIONS, "relu")
-    with pytest.raises(RuntimeError, match="cnnspec bug: .*'relu' passed schema.json"):
+    monkeypatch.delitem(activations.ACTIVATIONS, "relu")
+    with pytest.raises(RuntimeError, match="cnnspec bug: .*'relu' passed the spec schema"):
         build_model(spec, INPUT, CLASSES)
     monkeypatch.delitem(layers.LAYERS, "flatten")
     with pytest.raises(RuntimeError, match="cnnspec bug: layer type 'flatten'"):
@@ -144,7 +148,7 @@ def test_drift_between_registry_and_schema_is_reported_as_cnnspec_s_bug(monkeypa
 
 def test_a_type_registered_twice_is_refused():
     with pytest.raises(ValueError, match="already registered"):
-        layers.register_layer("conv", layers.LayerRule(layers.shape_conv, layers.build_conv))
+        layers.register_layer("conv", layers.LayerRule(conv.shape_conv, conv.build_conv))
 
 
 def fenced(text: str, language: str) -> list[str]:
@@ -155,9 +159,45 @@ def test_the_adding_a_layer_type_example_in_the_docs_is_the_shipped_code():
     from pathlib import Path
 
     root = Path(__file__).resolve().parent.parent
-    section = (root / "docs" / "spec.md").read_text().split("## Adding a layer type")[1]
-    source = (root / "cnnspec" / "layers" / "__init__.py").read_text()
+    section = (root / "docs" / "spec.md").read_text().split("## Adding a layer type")[1].split("\n## ")[0]
+    source = (root / "cnnspec" / "layers" / "reshape.py").read_text()
     code = fenced(section, "python")
-    assert len(code) == 2 and all(block in source for block in code)
-    (entry,) = fenced(section, "json")
-    assert json.loads("{" + entry + "}") == {"scale": LAYER_SCHEMAS["scale"]}
+    assert len(code) == 3 and all(block in source for block in code)
+    assert reshape.SCALE_OPTIONS["x-example"] == LAYER_SCHEMAS["scale"]["x-example"]
+
+
+def test_the_schema_file_editors_use_is_the_assembled_schema():
+    """cnnspec/spec/schema.json is written by `python -m cnnspec.spec.schema_file --write`."""
+    assert schema_file.SCHEMA_FILE.read_text(encoding="utf-8") == schema_file.schema_text()
+    assert json.loads(schema_file.schema_text()) == registry.spec_schema()
+    assert schema_file.main(["--check"]) == 0
+
+
+def test_an_out_of_date_schema_file_is_reported_and_rewritten(tmp_path, monkeypatch, capsys):
+    stale = tmp_path / "schema.json"
+    stale.write_text(schema_file.schema_text().replace('"scale"', '"scaling"'))
+    monkeypatch.setattr(schema_file, "SCHEMA_FILE", stale)
+    assert schema_file.main(["--check"]) == 1
+    assert "out of date" in capsys.readouterr().err
+    assert schema_file.main(["--write"]) == 0
+    assert stale.read_text() == schema_file.schema_text()
+
+
+
+def test_modules_defined_on_first_use_pickle_and_import_by_name():
+    """A type file defines its nn.Modules inside modules() (so shape rules never import torch);
+    they still carry their file's name, so pickle (and torch.save of a whole model) finds them."""
+    import pickle
+
+    from cnnspec.layers.residual import Residual
+
+    assert (Residual.__module__, Residual.__qualname__) == ("cnnspec.layers.residual", "Residual")
+    spec = parse_spec(spec_for("residual"), "<residual>")
+    model = build_model(spec, INPUT, CLASSES).eval()
+    copied = pickle.loads(pickle.dumps(model))
+    assert any(isinstance(module, Residual) for module in copied.modules())
+    images = torch.randn(2, *INPUT)
+    with torch.no_grad():
+        assert torch.equal(model(images), copied(images))
+    with pytest.raises(ImportError, match="Residuals"):
+        from cnnspec.layers.residual import Residuals  # noqa: F401

@@ -7,14 +7,14 @@ Whatever text a user feeds cnnspec, one of two things happens:
 
 Never another exception, never a hang, never an attempt to allocate absurd memory.
 The inputs come from three generators: (a) random layer lists drawn from every layer
-type of cnnspec/spec/schema.json with sane and hostile option values; (b) mutations of the
+type of the spec schema (cnnspec.layers.registry) with sane and hostile option
+values; (b) mutations of the
 shipped specs/*.yaml; (c) truncated and garbled YAML, plus hand-made hostile documents
 (alias bombs, deep nesting, huge files). Runs are derandomized, so CI sees the same
 1,000+ cases every time.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import random
@@ -31,10 +31,11 @@ from hypothesis import strategies as st
 
 import cnnspec
 from cnnspec import SpecError
+from cnnspec.layers.registry import spec_schema
 from cnnspec.models.shapes import infer_shapes
 
 ROOT = Path(__file__).resolve().parents[1]
-SCHEMA = json.loads((ROOT / "cnnspec" / "spec" / "schema.json").read_text(encoding="utf-8"))
+SCHEMA = spec_schema()
 LAYER_SCHEMAS = {name: sub for name, sub in SCHEMA["$defs"].items() if sub.get("x-layer")}
 COMPOSITES = {"residual", "parallel", "repeat", "use"}
 LEAVES = sorted(set(LAYER_SCHEMAS) - COMPOSITES)

@@ -10,12 +10,14 @@ import yaml
 from cnnspec import cli
 from cnnspec.errors import SpecError
 from cnnspec.spec.nodes import Spec
-from cnnspec.spec.reader import LAYER_SCHEMAS, load_spec, parse_spec
+from cnnspec.layers.registry import spec_schema
+from cnnspec.spec.reader import layer_schemas, load_spec, parse_spec
 from cnnspec.spec.yamlio import load_yaml
 from tests.no_torch import run_without_torch
 
 ROOT = Path(__file__).parent.parent
-SCHEMA = json.loads((ROOT / "cnnspec" / "spec" / "schema.json").read_text())
+SCHEMA = spec_schema()
+LAYER_SCHEMAS = layer_schemas()
 
 TINY = """\
 name: tiny
@@ -176,10 +178,10 @@ def test_layers_command_lists_every_type_with_defaults(capsys):
     assert cli.main(["layers"]) == 0
     out = capsys.readouterr().out
     blocks = {chunk.split(":", 1)[0]: chunk for chunk in out.strip().split("\n\n")}
-    types = set(LAYER_SCHEMAS)  # schema.json's and those registered with their schema in code
+    types = {name for name, sub in SCHEMA["$defs"].items() if sub.get("x-layer")}
     assert set(blocks) == types
     for name in types:
-        properties = LAYER_SCHEMAS[name]["properties"]
+        properties = SCHEMA["$defs"][name]["properties"]
         for key, option in properties.items():
             line = next(l for l in blocks[name].splitlines() if l.split()[0] == key)
             if "default" in option and "x-default-from" not in option:

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cnnspec.data import download
+from cnnspec.layers import backbone
 from cnnspec.models.compiler import build_model
 from cnnspec.errors import DataError
 from cnnspec.spec.reader import load_spec
@@ -62,7 +62,7 @@ def test_spec_trains_one_step(path):
                                              ("vgg16_transfer.yaml", "vgg16-397923af.pth")])
 def test_imagenet_weights_missing_offline_names_file_and_folder(name, file_name, tmp_path, monkeypatch):
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
-    monkeypatch.setattr(download, "IMAGENET_TIMEOUT_S", 5)
+    monkeypatch.setattr(backbone, "IMAGENET_TIMEOUT_S", 5)
 
     def no_network(url, dst, *args, **kwargs):
         raise OSError("network unreachable")

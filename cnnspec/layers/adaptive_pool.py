@@ -1,15 +1,17 @@
-"""Pooling to a fixed output size, whatever the input size (VGG's 7x7, AlexNet's 6x6).
+"""Pooling to a fixed output size, whatever the input size (VGG's 7x7, AlexNet's 6x6):
+`adaptive_avg_pool`, `adaptive_max_pool`.
 
     - adaptive_avg_pool: 7           # torch's AdaptiveAvgPool2d(7): (C, H, W) -> (C, 7, 7)
     - adaptive_max_pool: [3, 3]
 
-Each output cell pools the window start = floor(i * H / h) to end = ceil((i + 1) * H / h),
-so an input smaller than the output repeats its pixels (a 1x1 map becomes 7x7 copies of it),
-exactly as torchvision's classifiers see it at small input sizes.
+Each output cell pools the window floor(i * H / h) to ceil((i + 1) * H / h), so an input
+smaller than the output repeats its pixels (a 1x1 map becomes 7x7 copies of it), exactly as
+torchvision's classifiers see it at small input sizes.
 """
 from __future__ import annotations
 
-from cnnspec.layers import Inferred, LayerRule, error, fmt, nn, one, pair, register_layer
+from cnnspec.layers.geometry import error, fmt, nn, one, pair
+from cnnspec.layers.registry import Inferred, LayerRule, register_layer
 
 
 def shape_adaptive_pool(node, in_shape, ctx):
@@ -23,7 +25,7 @@ def build_adaptive_pool(node, in_shape, ctx):
     return one(node, pool(pair(node.options["size"])))
 
 
-def fragment(kind: str) -> dict:
+def adaptive_pool_options(kind: str) -> dict:
     return {
         "description": f"{kind} pooling to a fixed output size (torch's Adaptive{kind.title()}Pool2d): "
                        f"(C, H, W) -> (C, size, size) at any input size; for global pooling to a flat "
@@ -40,5 +42,7 @@ def fragment(kind: str) -> dict:
     }
 
 
-register_layer("adaptive_avg_pool", LayerRule(shape_adaptive_pool, build_adaptive_pool), schema=fragment("avg"))
-register_layer("adaptive_max_pool", LayerRule(shape_adaptive_pool, build_adaptive_pool), schema=fragment("max"))
+register_layer("adaptive_avg_pool", LayerRule(shape_adaptive_pool, build_adaptive_pool),
+               schema=adaptive_pool_options("avg"))
+register_layer("adaptive_max_pool", LayerRule(shape_adaptive_pool, build_adaptive_pool),
+               schema=adaptive_pool_options("max"))

@@ -1,22 +1,65 @@
-"""What ConvNeXt-style residual bodies end with: a learned per-channel scale, stochastic depth.
+"""What ConvNeXt-style residual bodies end with: `layer_scale`, a learned per-channel scale,
+and `drop_path`, stochastic depth.
 
     - residual:
         body: [..., layer_scale: 1.0e-6, drop_path: 0.1]
 
 layer_scale multiplies each channel by a learned weight started at `value`; drop_path
-(stochastic depth) zeroes the whole body's output for a random `rate` of the samples of a
-training batch, so the block passes only its shortcut for them; it is the identity in evaluation.
+zeroes the whole body's output for a random `rate` of the samples of a training batch (the
+others divided by 1 - rate), so the block passes only its shortcut for them; it is the
+identity in evaluation.
 """
 from __future__ import annotations
 
-from cnnspec.layers import Inferred, LayerRule, LazyModule, error, fmt, one, register_layer
+import functools
 
-extra = LazyModule("cnnspec.layers.extra_modules")
+from cnnspec.layers.geometry import error, fmt, module_attribute, one, torch_modules
+from cnnspec.layers.registry import Inferred, LayerRule, register_layer
 
 
-def scale_shape(in_shape: tuple) -> tuple:
-    """torchvision's CNBlock keeps its scale as (C, 1, 1): the same shape, so weights copy over."""
-    return (in_shape[0], 1, 1) if len(in_shape) == 3 else (in_shape[0],)
+@functools.cache
+def modules():
+    """This file's nn.Modules, defined on first use so that the shape rules never import torch."""
+    import torch
+    from torch import nn
+
+    class LayerScale(nn.Module):
+        """A learned scale per channel, started at a small value (ConvNeXt, CaiT): the weight
+        is (C, 1, 1) on an image, (C,) on a flat input, as torchvision's CNBlock.layer_scale."""
+
+        def __init__(self, shape: tuple, value: float):
+            super().__init__()
+            self.weight = nn.Parameter(torch.full(shape, float(value)))
+
+        def forward(self, x):
+            return x * self.weight
+
+        def extra_repr(self):
+            return f"channels={self.weight.shape[0]}"
+
+    class DropPath(nn.Module):
+        """Stochastic depth (torchvision's StochasticDepth, mode "row"): in training, each
+        sample is zeroed with probability `rate` and the others divided by 1 - rate."""
+
+        def __init__(self, rate: float):
+            super().__init__()
+            self.rate = rate
+
+        def forward(self, x):
+            if not self.training or self.rate == 0.0:
+                return x
+            keep = 1.0 - self.rate
+            mask = torch.empty((x.shape[0],) + (1,) * (x.dim() - 1), dtype=x.dtype, device=x.device)
+            return x * mask.bernoulli_(keep).div_(keep)
+
+        def extra_repr(self):
+            return f"rate={self.rate}"
+
+    return torch_modules(LayerScale, DropPath)
+
+
+def __getattr__(name):  # `from cnnspec.layers.residual_branch import DropPath` defines it
+    return module_attribute(modules, name, __name__)
 
 
 def shape_layer_scale(node, in_shape, ctx):
@@ -26,10 +69,11 @@ def shape_layer_scale(node, in_shape, ctx):
 
 
 def build_layer_scale(node, in_shape, ctx):
-    return one(node, extra.LayerScale(scale_shape(in_shape), node.options["value"]))
+    shape = (in_shape[0], 1, 1) if len(in_shape) == 3 else (in_shape[0],)  # torchvision's CNBlock shape
+    return one(node, modules()["LayerScale"](shape, node.options["value"]))
 
 
-LAYER_SCALE = {
+LAYER_SCALE_OPTIONS = {
     "description": "multiplies each channel by a learned weight that starts at `value` "
                    "(layer scale: ConvNeXt, CaiT; the end of a residual body)",
     "properties": {
@@ -45,10 +89,10 @@ def shape_drop_path(node, in_shape, ctx):
 
 
 def build_drop_path(node, in_shape, ctx):
-    return one(node, extra.DropPath(float(node.options["rate"])))
+    return one(node, modules()["DropPath"](float(node.options["rate"])))
 
 
-DROP_PATH = {
+DROP_PATH_OPTIONS = {
     "description": "stochastic depth: in training, zeroes the input of a random `rate` of the "
                    "samples (the others divided by 1 - rate); identity in evaluation. As the last "
                    "layer of a residual body it drops the whole body for those samples",
@@ -61,5 +105,7 @@ DROP_PATH = {
     "x-example": [{"residual": {"body": [{"conv": 3}, {"drop_path": 0.1}]}}],
 }
 
-register_layer("layer_scale", LayerRule(shape_layer_scale, build_layer_scale, weighted=True), schema=LAYER_SCALE)
-register_layer("drop_path", LayerRule(shape_drop_path, build_drop_path), schema=DROP_PATH)
+
+register_layer("layer_scale", LayerRule(shape_layer_scale, build_layer_scale, weighted=True),
+               schema=LAYER_SCALE_OPTIONS)
+register_layer("drop_path", LayerRule(shape_drop_path, build_drop_path), schema=DROP_PATH_OPTIONS)

@@ -110,7 +110,8 @@ def read_checkpoint(path) -> dict:
 def load_model(path, device="cpu"):
     """Rebuild the model a checkpoint describes, load its weights, put it in eval mode
     on `device`. Returns (model, checkpoint)."""
-    from cnnspec import build_model, parse_spec
+    from cnnspec.models.compiler import build_model
+    from cnnspec.spec.reader import parse_spec
     from cnnspec.spec.plugins import load_plugins
 
     checkpoint = read_checkpoint(path)

@@ -14,8 +14,9 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from cnnspec.layers import error, rule_for
-from cnnspec.layers.modules import WhiteningConv
+from cnnspec.layers.geometry import error
+from cnnspec.layers.registry import rule_for
+from cnnspec.layers.whiten import WhiteningConv
 from cnnspec.spec.nodes import LayerNode, walk
 from cnnspec.models.shapes import Context, as_spec, infer, resolve_input
 

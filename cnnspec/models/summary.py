@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from cnnspec.layers import rule_for
+from cnnspec.layers.registry import rule_for
 from cnnspec.models.shapes import as_spec, infer
 
 BYTES_PER_PARAM = 4  # float32

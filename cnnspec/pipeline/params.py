@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 from pathlib import Path
 
 from cnnspec.pipeline import recipes
 from cnnspec.spec import yamlio
 from cnnspec.errors import ParamsError, SpecError
+from cnnspec.paths import path_problem
 from cnnspec.spec.schema_errors import Strict, explain, key_path, unknown_key
 
 SCHEMA_PATH = Path(__file__).with_name("params_schema.json")
@@ -172,16 +172,3 @@ def check_named_paths(params: dict, name="params.yaml", keys=None) -> None:
         problem = path_problem(Path(str(value)), kind)
         if problem:
             raise ParamsError(f"{name}: {key}: {value}: {problem}")
-
-
-def path_problem(path: Path, kind: str) -> str | None:
-    """Why `path` cannot be read as a `kind` ("file", "folder" or "path": either), or None."""
-    if not path.exists():
-        return {"file": "no such file", "folder": "no such folder"}.get(kind, "no such file or folder")
-    if kind == "file" and not path.is_file():
-        return "is a folder, not a file" if path.is_dir() else "not a regular file"
-    if kind == "folder" and not path.is_dir():
-        return "is a file, not a folder"
-    if not os.access(path, os.R_OK | (os.X_OK if path.is_dir() else 0)):
-        return "not readable (permission denied)"
-    return None

@@ -1,6 +1,6 @@
 """The parsed form of a spec: what the front end (spec.py) hands the compiler.
 
-`load_spec` reads YAML, validates it against schema.json, fills in defaults,
+`load_spec` reads YAML, validates it against the spec schema, fills in defaults,
 expands `repeat` and `use` (block calls with their arguments substituted), and
 names every layer. What remains is a tree of `LayerNode`s the compiler walks:
 no `$argument`, no `repeat`, no `use` left, every option present.

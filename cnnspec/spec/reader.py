@@ -3,7 +3,8 @@
     spec = load_spec("specs/simcnn.yaml")      # or parse_spec(text, file)
 
 The steps, top to bottom in this file:
-1. read YAML with locations (yamlio), validate the top level against schema.json;
+1. read YAML with locations (yamlio), validate the top level against the spec schema
+   (assembled by the layer registry from every registered type);
 2. walk `layers`: split each item into TYPE and options (shorthand `dropout: 0.5`
    becomes `{rate: 0.5}`), expand `repeat` inline and `use` into a `group` node
    (block arguments substituted, so `$filters` = -2 is reported where it is passed);
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,13 +28,24 @@ import jsonschema
 from cnnspec.errors import SpecError
 from cnnspec.spec.expressions import (IN_CHANNELS, THIS_LAYER, Deferred, ExpressionError, bind, evaluate, is_expression,
                                  needs_shapes, parse)
-from cnnspec.layers import LAYERS
+import cnnspec.layers  # noqa: F401 - registers the built-in layer types
+from cnnspec.layers.registry import LAYERS, schema_version, spec_schema
 from cnnspec.spec.nodes import LayerNode, Location, Spec, walk
 from cnnspec.spec.schema_errors import Strict, describe_value, did_you_mean, explain, join_key, key_path, properties_of
 from cnnspec.spec.yamlio import LocatedDict, LocatedList, load_mapping, plain, where_in
 
-SCHEMA = json.loads((Path(__file__).parent / "schema.json").read_text(encoding="utf-8"))
-LAYER_SCHEMAS = {name: sub for name, sub in SCHEMA["$defs"].items() if sub.get("x-layer")}
+
+
+def layer_schemas() -> dict:
+    """Every word that may start a layer list item: the registered layer types with a
+    schema, plus `repeat` and `use`, each with its $defs entry."""
+    return _layer_schemas(schema_version())
+
+
+@functools.lru_cache(maxsize=4)
+def _layer_schemas(version: int) -> dict:
+    return {name: sub for name, sub in spec_schema()["$defs"].items() if sub.get("x-layer")}
+
 ARGUMENT = re.compile(r"^\$([A-Za-z_][A-Za-z0-9_]*)$")
 
 MAX_LAYERS = 10_000   # after expanding every repeat and block
@@ -62,7 +73,7 @@ PLUGIN_HINT = " (a layer type from your own code needs --plugin FILE, or model.p
 
 def did_you_mean_type(word) -> str:
     alias = ALIASES.get(str(word).lower().replace("_", ""))
-    return f" (did you mean '{alias}'?)" if alias else did_you_mean(word, LAYER_SCHEMAS) or PLUGIN_HINT
+    return f" (did you mean '{alias}'?)" if alias else did_you_mean(word, layer_schemas()) or PLUGIN_HINT
 
 
 def fail(message: str, where: Location, key: str | None = None):
@@ -75,11 +86,16 @@ def fail(message: str, where: Location, key: str | None = None):
 WithoutRequired = jsonschema.validators.extend(Strict, {"required": lambda *args: None})
 
 
-@functools.lru_cache(maxsize=None)
 def validator_for(definition: str, kind=Strict):
     """A validator for one entry of $defs (or the whole schema for definition '')."""
-    schema = SCHEMA if not definition else {"$defs": SCHEMA["$defs"],
-                                            "$ref": f"#/$defs/{definition}"}
+    return _validator(definition, kind, schema_version())
+
+
+@functools.lru_cache(maxsize=None)
+def _validator(definition: str, kind, version: int):
+    schema = spec_schema()
+    if definition:
+        schema = {"$defs": schema["$defs"], "$ref": f"#/$defs/{definition}"}
     return kind(schema)
 
 
@@ -106,7 +122,7 @@ def check(instance, definition: str, key: str, kind=Strict, skip=lambda path: Fa
               if not (e.validator == "required" and id(e.instance) in with_unknown_keys)]
     found = []
     for error in errors:
-        explained = explain(error, SCHEMA)
+        explained = explain(error, spec_schema())
         if explained is None:
             continue
         message, about = explained
@@ -260,10 +276,10 @@ def split_layer(item, where: Location, path: str) -> tuple[str, LocatedDict, Loc
              " (are the options indented under the type?)", second, path)
     else:
         fail(f"a layer must be TYPE or TYPE: {{options}}, not {describe_value(item)}", where, path)
-    if layer_type not in LAYER_SCHEMAS:
+    if layer_type not in layer_schemas():
         fail(f"unknown layer type '{layer_type}'{did_you_mean_type(layer_type)}",
              type_where, path)
-    shorthand = LAYER_SCHEMAS[layer_type].get("x-shorthand")
+    shorthand = layer_schemas()[layer_type].get("x-shorthand")
     if value is None:
         options = LocatedDict(where=type_where)
     elif isinstance(value, dict):
@@ -401,14 +417,18 @@ def shared(schema: dict) -> dict:
     name = schema.get("$ref", "").rsplit("/", 1)[-1]
     if not name or name == "layer_list":
         return schema
-    return {**SCHEMA["$defs"][name], **{k: v for k, v in schema.items() if k != "$ref"}}
+    return {**spec_schema()["$defs"][name], **{k: v for k, v in schema.items() if k != "$ref"}}
 
 
-@functools.lru_cache(maxsize=None)
 def layer_options(layer_type: str) -> dict:
     """Every option of a layer type, its own first, then the shared ones (name, trainable,
     l2, ...), each with its shared definition merged in."""
-    known = properties_of(LAYER_SCHEMAS[layer_type], SCHEMA)
+    return _layer_options(layer_type, schema_version())
+
+
+@functools.lru_cache(maxsize=None)
+def _layer_options(layer_type: str, version: int) -> dict:
+    known = properties_of(layer_schemas()[layer_type], spec_schema())
     return {key: shared(schema) for key, schema in known.items()}
 
 
@@ -562,40 +582,6 @@ def load_spec(path) -> Spec:
     return parse_spec(text, str(path))
 
 
-# ---------------------------------------------------------------- layer types from user code
-
-CUSTOM_SCHEMA_KEYS = {"description", "properties", "required", "x-shorthand", "x-example"}
-TYPE_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
-
-
-def add_layer_schema(layer_type: str, fragment: dict, rule) -> None:
-    """Describe a layer type registered from user code, as schema.json describes a built-in
-    one: its own options plus the shared ones (name, trainable; l2, lr_mult, wd_mult if
-    rule.weighted), unknown keys refused. Raises ValueError for a fragment that cannot be one."""
-    if not TYPE_NAME.match(layer_type) or layer_type in SCHEMA["$defs"]:
-        raise ValueError(f"layer type name {layer_type!r} must be new and written in lower case, "
-                         f"digits and underscores")
-    unknown = set(fragment) - CUSTOM_SCHEMA_KEYS
-    if unknown:
-        raise ValueError(f"schema of {layer_type!r}: unknown keys {sorted(unknown)}; "
-                         f"expected some of {sorted(CUSTOM_SCHEMA_KEYS)}")
-    shared_parts = ["layer_options"] + (["weighted_options"] if rule.weighted else [])
-    entry = {"x-layer": True, "description": fragment.get("description", f"{layer_type} (a plugin)"),
-             "type": "object", "allOf": [{"$ref": f"#/$defs/{part}"} for part in shared_parts],
-             "properties": dict(fragment.get("properties", {})), "unevaluatedProperties": False}
-    for key in ("required", "x-shorthand", "x-example"):
-        if key in fragment:
-            entry[key] = fragment[key]
-    clash = set(entry["properties"]) & set(properties_of({"allOf": entry["allOf"]}, SCHEMA))
-    if clash:
-        raise ValueError(f"schema of {layer_type!r}: {sorted(clash)} are options every layer has already")
-    jsonschema.Draft202012Validator.check_schema({"$defs": SCHEMA["$defs"], **entry})
-    SCHEMA["$defs"][layer_type] = LAYER_SCHEMAS[layer_type] = entry
-    SCHEMA["properties"]["defaults"]["propertyNames"]["enum"].append(layer_type)
-    validator_for.cache_clear()
-    layer_options.cache_clear()
-
-
 # ---------------------------------------------------------------- $in_channels, during shape inference
 
 def resolve_deferred(node: LayerNode, block_inputs: dict) -> None:
@@ -608,21 +594,11 @@ def resolve_deferred(node: LayerNode, block_inputs: dict) -> None:
             container = container[part]
         container[path[-1]] = result
     for option in {path[0] for path in node.deferred}:
-        schema = {"$defs": SCHEMA["$defs"], **layer_options(node.type)[option]}
+        schema = {"$defs": spec_schema()["$defs"], **layer_options(node.type)[option]}
         problem = next(iter(Strict(schema).iter_errors(node.options[option])), None)
         if problem is not None:
-            message = (explain(problem, SCHEMA) or (problem.message,))[0]
+            message = (explain(problem, spec_schema()) or (problem.message,))[0]
             written = next(value for path, value in node.deferred.items() if path[0] == option)
             fail(f"'{written.text}' is {node.options[option]!r} here: {message}", written.where,
                  join_key(join_key(node.path, node.type), option))
 
-
-def add_waiting_layer_schemas() -> None:
-    """Schemas of the layer types that registered while this module was being imported."""
-    from cnnspec import layers
-
-    while layers.SCHEMAS_WAITING:
-        add_layer_schema(*layers.SCHEMAS_WAITING.pop(0))
-
-
-add_waiting_layer_schemas()

@@ -18,22 +18,11 @@ from dataclasses import dataclass
 
 import torch
 
+from cnnspec.layers.augmentation import SHIFT_MODES, global_count, random_shift, rank_rows  # noqa: F401
+
 
 def _draw(shape, generator, device) -> torch.Tensor:
     return torch.rand(shape, generator=generator, device=device)
-
-
-def _rank_rows(draws: torch.Tensor, shard) -> torch.Tensor:
-    """This rank's rows of draws made for the whole global batch (`shard` None: all)."""
-    if shard is None:
-        return draws
-    rank, world_size = shard
-    share = len(draws) // world_size
-    return draws[rank * share:(rank + 1) * share]
-
-
-def _global_count(n: int, shard) -> int:
-    return n if shard is None else n * shard[1]
 
 
 def _where_images(mask: torch.Tensor, changed: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
@@ -42,7 +31,7 @@ def _where_images(mask: torch.Tensor, changed: torch.Tensor, images: torch.Tenso
 
 def random_flip(images, generator, dim: int = -1, shard=None) -> torch.Tensor:
     """Mirror each image along `dim` (-1: left-right, -2: up-down) with probability 1/2."""
-    mask = _rank_rows(_draw(_global_count(images.shape[0], shard), generator, images.device), shard) < 0.5
+    mask = rank_rows(_draw(global_count(images.shape[0], shard), generator, images.device), shard) < 0.5
     return _where_images(mask, images.flip(dim), images)
 
 
@@ -62,52 +51,6 @@ def alternating_flip(images, indices, epoch: int, first_epoch_mask) -> torch.Ten
     return _where_images(mask, images.flip(-1), images)
 
 
-def _reflect(positions: torch.Tensor, size: int) -> torch.Tensor:
-    """Map positions in [-size+1, 2*size-2] into [0, size) by mirroring at the edges
-    (the 'reflect' padding of numpy/torch: the edge pixel is not repeated)."""
-    positions = positions.abs()
-    return torch.where(positions > size - 1, 2 * (size - 1) - positions, positions)
-
-
-SHIFT_MODES = ("reflect", "zeros")  # how random_shift fills the edge it uncovers
-
-
-def random_shift(images, max_shift, generator=None, mode: str = "reflect", shard=None) -> torch.Tensor:
-    """Shift each image by its own (dy, dx), uniform in [-max_shift, max_shift]
-    (`max_shift` one int, or (rows, columns)). `generator` None draws from torch's
-    global generator (what a spec's random_translation / random_crop layers use).
-
-    Equivalent to padding by `max_shift` (reflect or zeros) and cropping the original
-    size at a random offset, but done as one gather, so it works on uint8 too and never
-    allocates the padded batch."""
-    if mode not in SHIFT_MODES:
-        raise ValueError(f"random_shift mode {mode!r} is not one of {SHIFT_MODES}")
-    shift_y, shift_x = (max_shift, max_shift) if isinstance(max_shift, int) else max_shift
-    if shift_y <= 0 and shift_x <= 0:
-        return images
-    n, _, height, width = images.shape
-    if mode == "reflect" and (shift_y >= height or shift_x >= width):
-        raise ValueError(f"a reflect shift of {shift_y}x{shift_x} needs images larger than {height}x{width}")
-    device = images.device
-    drawn = (_global_count(n, shard), 1)
-    dy = _rank_rows(torch.randint(-shift_y, shift_y + 1, drawn, generator=generator, device=device), shard)
-    dx = _rank_rows(torch.randint(-shift_x, shift_x + 1, drawn, generator=generator, device=device), shard)
-    rows = dy + torch.arange(height, device=device)  # (N, H): source row of each output row
-    cols = dx + torch.arange(width, device=device)  # (N, W)
-    inside = None
-    if mode == "zeros":
-        inside = ((rows >= 0) & (rows < height))[:, :, None] & ((cols >= 0) & (cols < width))[:, None, :]
-        rows, cols = rows.clamp(0, height - 1), cols.clamp(0, width - 1)
-    else:
-        rows, cols = _reflect(rows, height), _reflect(cols, width)
-    batch = torch.arange(n, device=device)[:, None, None]
-    shifted = images[batch, :, rows[:, :, None], cols[:, None, :]]  # (N, H, W, C)
-    shifted = shifted.permute(0, 3, 1, 2)
-    if inside is not None:
-        shifted = shifted * inside[:, None].to(shifted.dtype)
-    return shifted.contiguous()
-
-
 def cutout(images, size: int, generator, shard=None) -> torch.Tensor:
     """Zero a size x size square at a random place, wholly inside each image."""
     if size <= 0:
@@ -115,9 +58,9 @@ def cutout(images, size: int, generator, shard=None) -> torch.Tensor:
     n, _, height, width = images.shape
     size_y, size_x = min(size, height), min(size, width)
     device = images.device
-    drawn = (_global_count(n, shard), 1, 1)
-    top = _rank_rows(torch.randint(0, height - size_y + 1, drawn, generator=generator, device=device), shard)
-    left = _rank_rows(torch.randint(0, width - size_x + 1, drawn, generator=generator, device=device), shard)
+    drawn = (global_count(n, shard), 1, 1)
+    top = rank_rows(torch.randint(0, height - size_y + 1, drawn, generator=generator, device=device), shard)
+    left = rank_rows(torch.randint(0, width - size_x + 1, drawn, generator=generator, device=device), shard)
     rows = torch.arange(height, device=device).view(1, height, 1)
     cols = torch.arange(width, device=device).view(1, 1, width)
     square = (rows >= top) & (rows < top + size_y) & (cols >= left) & (cols < left + size_x)

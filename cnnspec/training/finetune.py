@@ -31,6 +31,7 @@ import sys
 from pathlib import Path
 
 from cnnspec.errors import ParamsError, TrainingError
+from cnnspec.paths import path_problem
 
 SHOWN = 12  # names listed per line of the init_from report before "... and N more"
 
@@ -38,11 +39,11 @@ SHOWN = 12  # names listed per line of the init_from report before "... and N mo
 def check_init_from(options: dict) -> Path | None:
     """The checkpoint `train.init_from` names, which must be a readable file (the stages
     check it with every other path param, params.NAMED_PATHS); None when it is ""."""
-    from cnnspec.pipeline.params import check_named_paths
-
     if not options.get("init_from"):
         return None
-    check_named_paths({"train": options}, keys=["train.init_from"])
+    problem = path_problem(Path(str(options["init_from"])), "file")
+    if problem:
+        raise ParamsError(f"params.yaml: train.init_from: {options['init_from']}: {problem}")
     return Path(options["init_from"])
 
 
@@ -62,7 +63,7 @@ def init_from(model, path, out=None) -> dict:
     """Load the tensors of checkpoint `path` that fit `model` (same key, same shape).
     Returns {"loaded", "reshaped", "missing", "unused"}: lists of state_dict keys."""
     from cnnspec.models.checkpoint import read_checkpoint
-    from cnnspec.layers.modules import WhiteningConv
+    from cnnspec.layers.whiten import WhiteningConv
 
     out = out or sys.stdout
     try:
@@ -100,6 +101,7 @@ def init_from(model, path, out=None) -> dict:
     return {"loaded": loaded, "reshaped": reshaped, "missing": missing, "unused": unused}
 
 
+WEIGHTS_TIMEOUT_S = 20  # a download of model.weights never hangs
 WEIGHTS_ENUM = re.compile(r"^[A-Za-z0-9_]+_Weights\.[A-Za-z0-9_]+$")
 
 
@@ -109,7 +111,7 @@ def weights_enum_state(name: str, key: str) -> dict:
     import torch
     import torchvision
 
-    from cnnspec.data.download import download_with_timeout
+    from cnnspec import fetch
 
     try:
         weights = torchvision.models.get_weight(name)
@@ -123,7 +125,7 @@ def weights_enum_state(name: str, key: str) -> dict:
     file_name = os.path.basename(weights.url)
     path = os.path.join(folder, file_name)
     if not os.path.exists(path):
-        failure = download_with_timeout(weights.url, path)
+        failure = fetch.download_with_timeout(weights.url, path, WEIGHTS_TIMEOUT_S)
         if failure:
             raise ParamsError(f"params.yaml: {key}: {name} is not available ({failure}); place "
                               f"{file_name} in {folder} (from {weights.url})")
