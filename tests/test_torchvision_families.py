@@ -21,6 +21,8 @@ slow = pytest.mark.slow
 SHIPPED = [
     ("shufflenet_v2_x1_0", (32, 56)),
     ("regnet_y_400mf", (32, 56)),
+    ("squeezenet1_1", (32, 56)),
+    pytest.param("googlenet", (32, 56), marks=slow),
     pytest.param("resnext50_32x4d", (32, 56), marks=slow),
     pytest.param("densenet121", (32, 56), marks=slow),
     pytest.param("vgg16_bn", (32, 56), marks=slow),      # 134M parameters in float64
@@ -38,7 +40,7 @@ def test_shipped_spec_is_torchvision_s_network(name, sizes):
     assert f"checked in float64 at {sizes[0]}x{sizes[0]} and {sizes[1]}x{sizes[1]}" in spec.text.replace("\n# ", " ")
 
 
-@pytest.mark.parametrize("name", ["shufflenet_v2_x1_0", "regnet_y_400mf",
+@pytest.mark.parametrize("name", ["shufflenet_v2_x1_0", "regnet_y_400mf", "squeezenet1_1", pytest.param("googlenet", marks=slow),
                                   pytest.param("resnext50_32x4d", marks=slow), pytest.param("densenet121", marks=slow),
                                   pytest.param("vgg16_bn", marks=slow), pytest.param("convnext_tiny", marks=slow)])
 def test_import_writes_the_shipped_spec(name):
@@ -51,6 +53,13 @@ def test_the_check_fails_a_spec_with_the_right_shapes_that_computes_something_el
     parity = check_parity(parse_spec(keras_padding, "r.yaml"), reference_model("resnet18"), (32,))
     assert parity.transfer.complete  # every shape fits ...
     assert len(parity.problems) == 1 and parity.problems[0].startswith("32x32: logits differ by up to ")  # ... yet
+
+
+def test_squeezenet_without_ceil_mode_pools_is_torchvision_s_at_some_sizes_only():
+    floor_pools = (SPECS / "squeezenet1_1.yaml").read_text().replace(", ceil_mode: true", "")
+    parity = check_parity(parse_spec(floor_pools, "s.yaml"), reference_model("squeezenet1_1"), (32, 56))
+    assert parity.differences[32] == 0.0  # floor and ceil agree at 32x32 ...
+    assert len(parity.problems) == 1 and parity.problems[0].startswith("56x56: logits differ")  # ... not at 56
 
 
 def test_reference_statistics_are_made_nontrivial():
