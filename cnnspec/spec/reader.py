@@ -498,7 +498,7 @@ def expand_layer(layer_type, options, where, path, state) -> list[LayerNode]:
     for child_key in children:
         option_where.pop(child_key, None)
     return [LayerNode(layer_type, name, values, where, path, children, option_where,
-                      deferred=deferred_in(values))]
+                      deferred=deferred_in(values), type_defaults=plain(state.defaults))]
 
 
 EXPANDERS = {"repeat": expand_repeat, "use": expand_use}
