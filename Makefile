@@ -4,7 +4,7 @@
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test bench exps clean-venv
+.PHONY: run test lint fuzz bench bench-test exps clean-venv
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || python3 -m venv $(VENV)
@@ -12,15 +12,36 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $@
 
+# The peer benchmark's frameworks (Keras, PyTorch Lightning): only `make bench*` needs them.
+$(BIN)/.bench-installed: $(BIN)/.installed
+	$(BIN)/python -m pip install --quiet -e ".[dev,bench]"
+	touch $@
+
 # The stages run `python stages/...`: the venv's python must come first on PATH.
 run: $(BIN)/.installed
 	PATH="$(abspath $(BIN)):$$PATH" dvc repro
 
+# One worker per core; --dist loadgroup keeps the tests that share a module-scoped
+# fixture (a trained pipeline repository, say) on one worker (tests/conftest.py).
 test: $(BIN)/.installed
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n auto --dist loadgroup
 
-bench: $(BIN)/.installed
+# ruff's lint and import order for every Python file; `ruff format` is configured but
+# not enforced (see pyproject.toml).
+lint: $(BIN)/.installed
+	$(BIN)/ruff check .
+
+# The fuzz suite with 20 times the cases of `make test`, fresh random ones each run
+# (tests/fuzzing.py): specs, expressions, params.yaml, CSV files, images, checkpoints.
+fuzz: $(BIN)/.installed
+	$(BIN)/python -m pytest tests/test_spec_fuzz.py --hypothesis-profile=fuzz -q
+
+bench: $(BIN)/.bench-installed
 	$(BIN)/python -m pytest benchmarks --benchmark-enable
+
+# The benchmark scripts' own tests that need Keras and Lightning (benchmarks/test_*.py).
+bench-test: $(BIN)/.bench-installed
+	$(BIN)/python -m pytest -n auto --dist loadgroup $(wildcard benchmarks/test_*.py)
 
 # dvc exp show trimmed to fit a terminal: name, headline metrics, the params that differ
 # (README, Experiments). `dvc exp show` has no config file for its columns.

@@ -21,6 +21,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.bench_loop_overhead import NO_EXTRAS, train_params  # noqa: E402
 from benchmarks.versus_peers import DEBIAN_FOLDER, fashion_task_data  # noqa: E402
 from cnnspec import build_model, load_spec  # noqa: E402
+from cnnspec.training import device as placement  # noqa: E402
 from cnnspec.training import loop as training  # noqa: E402
 
 
@@ -44,7 +45,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     # Before channels_last applied on CPU, this switch was the only way to reach it there;
     # precision "off" keeps autocast out of the comparison either way.
-    training.CUDA_PATHS_ON_CPU = True
+    placement.CUDA_PATHS_ON_CPU = True
     cut = fashion_task_data(DEBIAN_FOLDER, args.train_images, 256, batch=64)
     data = {"train_images": cut["train_images"], "train_labels": cut["train_labels"],
             "val_images": cut["test_images"], "val_labels": cut["test_labels"],

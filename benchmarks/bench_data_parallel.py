@@ -90,10 +90,10 @@ def scaling_efficiency(throughput: float, processes: int, single: float) -> floa
 
 
 def test_accuracy(folder: Path) -> float:
-    from cnnspec.models.checkpoint import load_model
     from cnnspec.data.datasets import load_prepared
+    from cnnspec.models.checkpoint import load_network
 
-    model, checkpoint = load_model(folder / "models" / "model.pt")
+    model, checkpoint = load_network(folder / "models" / "model.pt")
     data = load_prepared(folder / "data" / "prepared")
     mean = torch.tensor(checkpoint["mean"]).view(1, -1, 1, 1)
     std = torch.tensor(checkpoint["std"]).view(1, -1, 1, 1)

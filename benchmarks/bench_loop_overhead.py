@@ -36,12 +36,13 @@ from torch.utils._python_dispatch import TorchDispatchMode
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from cnnspec.training import optimization  # noqa: E402
-from cnnspec.models.compiler import build_model  # noqa: E402
 from cnnspec.data.datasets import Normalize  # noqa: E402
 from cnnspec.errors import exit_on_user_error  # noqa: E402
+from cnnspec.models.compiler import build_model  # noqa: E402
 from cnnspec.pipeline.params import load_params  # noqa: E402
-from cnnspec.training.loop import pick_device, train  # noqa: E402
+from cnnspec.training import optimization  # noqa: E402
+from cnnspec.training.device import pick_device  # noqa: E402
+from cnnspec.training.loop import train  # noqa: E402
 
 CIFAR_SHAPE = (3, 32, 32)
 
@@ -296,7 +297,8 @@ def main(argv=None):
           f"{chosen['epochs']} epoch(s) per round, {figures['rounds']} interleaved rounds, {where}, "
           f"precision {params['precision'] if device.type == 'cuda' else 'fp32'}, "
           f"compile {'on' if params['compile'] else 'off'}")
-    print(f"real loop {figures['real_images_per_s']:.0f} images/s, bare loop {figures['bare_images_per_s']:.0f} images/s")
+    print(f"real loop {figures['real_images_per_s']:.0f} images/s, "
+          f"bare loop {figures['bare_images_per_s']:.0f} images/s")
     print(f"median ratio real/bare: whole call {figures['ratio_whole_call']:.3f}, "
           f"in loop {figures['ratio_in_loop']:.3f} (target on a GPU >= 0.95)")
     operations = operations_per_step(spec)

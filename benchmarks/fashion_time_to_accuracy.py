@@ -33,7 +33,8 @@ from benchmarks.bench_loop_overhead import spec_model, train_params  # noqa: E40
 from cnnspec.data.datasets import get_dataset, prepare  # noqa: E402
 from cnnspec.errors import exit_on_user_error  # noqa: E402
 from cnnspec.inference.evaluation import predict_probabilities  # noqa: E402
-from cnnspec.training.loop import pick_device, train  # noqa: E402
+from cnnspec.training.device import pick_device  # noqa: E402
+from cnnspec.training.loop import train  # noqa: E402
 
 DEBIAN_FOLDER = Path("/usr/share/datasets/fashion-mnist")
 SPEC = ROOT / "specs" / "fashion_resnet.yaml"
@@ -88,7 +89,7 @@ def fashion_data(folder: Path, val_split: float, train_images: int | None, test_
 
 def score_on_test(model, meta: dict, images: np.ndarray, labels: np.ndarray, device) -> float:
     probabilities = predict_probabilities(model, images, meta["mean"], meta["std"], tta="none",
-                                          device=device)
+                                          batch_size=2000, device=device)
     return float((probabilities.argmax(1) == labels).mean())
 
 

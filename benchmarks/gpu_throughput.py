@@ -30,11 +30,11 @@ from torch.utils.flop_counter import FlopCounterMode
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.bench_loop_overhead import (CIFAR_SHAPE, random_prepared, spec_model,  # noqa: E402
-                                            synchronize, train_params)
+from benchmarks.bench_loop_overhead import CIFAR_SHAPE, random_prepared, spec_model, synchronize, train_params  # noqa: E402
 from cnnspec.errors import exit_on_user_error  # noqa: E402
-from cnnspec.training import loop as training  # noqa: E402
-from cnnspec.training.loop import pick_device, train  # noqa: E402
+from cnnspec.training import device as placement  # noqa: E402
+from cnnspec.training.device import pick_device  # noqa: E402
+from cnnspec.training.loop import train  # noqa: E402
 
 H100_BF16_FLOPS = 790e12  # dense bf16 matrix work per second (ANCHORS.md)
 BATCH_SIZES = {"speedrun94": 1024, "resnet18_cifar": 512}
@@ -159,7 +159,7 @@ def main(argv=None):
     chosen = main_settings(args)
     images, epochs = args.images or chosen["images"], args.epochs or chosen["epochs"]
     device = pick_device(args.device)
-    training.CUDA_PATHS_ON_CPU = True  # a CPU run measures the same precision and layout paths
+    placement.CUDA_PATHS_ON_CPU = True  # a CPU run measures the same precision and layout paths
     device_name = f"cuda: {torch.cuda.get_device_name(device)}" if device.type == "cuda" else \
         f"cpu: {torch.get_num_threads()} threads"
     data = random_prepared(images, chosen["val"])

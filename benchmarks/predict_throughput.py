@@ -35,13 +35,13 @@ def main(argv=None) -> None:
     parser.add_argument("--data", type=Path, default=FASHION, help="folder of the Fashion-MNIST .gz files")
     args = parser.parse_args(argv)
 
-    import cnnspec
     from PIL import Image
 
-    from cnnspec.models.checkpoint import save_checkpoint
+    import cnnspec
     from cnnspec.data.datasets import read_idx
     from cnnspec.data.images import read_image
     from cnnspec.inference.predict import load_model, predict_files
+    from cnnspec.models.checkpoint import save_checkpoint
 
     images = read_idx(args.data / "t10k-images-idx3-ubyte.gz", rank=3)[:args.images]
     spec_text = SPEC.read_text().split('SPEC = """\\\n', 1)[1].split('"""', 1)[0]

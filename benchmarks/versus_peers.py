@@ -79,7 +79,8 @@ from benchmarks.bench_loop_overhead import NO_EXTRAS, train_params  # noqa: E402
 from cnnspec import build_model, load_spec  # noqa: E402
 from cnnspec.data.datasets import get_dataset, prepare  # noqa: E402
 from cnnspec.errors import exit_on_user_error  # noqa: E402
-from cnnspec.training.loop import pick_device, train  # noqa: E402
+from cnnspec.training.device import pick_device  # noqa: E402
+from cnnspec.training.loop import train  # noqa: E402
 
 DEBIAN_FOLDER = Path("/usr/share/datasets/fashion-mnist")
 FRAMEWORKS = ("cnnspec", "keras", "lightning", "plain")

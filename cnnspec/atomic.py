@@ -14,15 +14,42 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
-from cnnspec.errors import DiskFullError
+from cnnspec.errors import DiskFullError, raise_if_terminated
 
 
 # A write that fails while the disk has less than this free is reported as a full disk:
 # torch.save and numpy.save do not always pass the ENOSPC errno on.
 NEARLY_FULL_BYTES = 256 * 1024
 DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+# A temporary sibling untouched for this long belongs to no running writer: a process
+# killed with SIGKILL (or a power cut) left it, and the next write removes it.
+STALE_AFTER_S = 60
+
+
+def sweep_stale_siblings(destination, suffix: str = ".tmp") -> int:
+    """Remove `.NAME.*SUFFIX` files and folders next to `destination` that no writer has
+    touched for STALE_AFTER_S seconds; returns how many."""
+    destination = Path(destination)
+    pattern = "".join(f"[{c}]" if c in "*?[" else c for c in f".{destination.name}.") + f"*{suffix}"
+    removed = 0
+    now = time.time()
+    for stale in destination.parent.glob(pattern):
+        try:
+            if now - stale.lstat().st_mtime < STALE_AFTER_S:
+                continue
+            if stale.is_dir() and not stale.is_symlink():
+                shutil.rmtree(stale)
+            else:
+                stale.unlink()
+            removed += 1
+        except OSError:
+            pass  # another process swept it, or it is not ours to remove
+    return removed
 
 
 @contextlib.contextmanager
@@ -33,6 +60,7 @@ def atomic_path(destination: str | os.PathLike):
     `destination`; the temporary file is removed either way."""
     destination = Path(destination)
     destination.parent.mkdir(parents=True, exist_ok=True)
+    sweep_stale_siblings(destination)
     try:
         handle, temporary = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".tmp",
                                              dir=destination.parent)
@@ -45,6 +73,7 @@ def atomic_path(destination: str | os.PathLike):
         yield Path(temporary)
         with open(temporary, "rb") as written:
             os.fsync(written.fileno())
+        raise_if_terminated()
         os.replace(temporary, destination)
     except (OSError, RuntimeError) as error:
         full = disk_is_full(error, destination.parent)
@@ -100,10 +129,12 @@ def atomic_folder(destination):
     (The extracted archive in data/raw/, data/prepared/.)"""
     destination = Path(destination)
     destination.parent.mkdir(parents=True, exist_ok=True)
+    sweep_stale_siblings(destination)
     temporary = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", suffix=".tmp",
                                       dir=destination.parent))
     try:
         yield temporary
+        raise_if_terminated()
     except BaseException as error:
         shutil.rmtree(temporary, ignore_errors=True)
         if isinstance(error, DiskFullError) and Path(error.path).is_relative_to(temporary):

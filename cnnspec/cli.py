@@ -21,6 +21,7 @@ import re
 import sys
 
 from cnnspec.errors import CnnspecError, UsageError, debug_enabled, exit_on_user_error
+from cnnspec.paths import PREPARED
 
 DEFAULT_CLASSES = 10
 SHAPE = re.compile(r"^(\d+)x(\d+)x(\d+)$")
@@ -235,9 +236,9 @@ def add_export_command(commands, parents) -> None:
     command.add_argument("--format", choices=("onnx", "torchscript"), required=True)
     command.add_argument("--output", metavar="FILE",
                          help="default: the checkpoint's path with .onnx or .torchscript.pt")
-    command.add_argument("--check-images", metavar="FOLDER", default="data/prepared",
+    command.add_argument("--check-images", metavar="FOLDER", default=str(PREPARED),
                          help="prepared data whose test images the export is checked on "
-                              "(default data/prepared; without it, images are generated)")
+                              f"(default {PREPARED}; without it, images are generated)")
     command.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     command.set_defaults(run=export_model)
 
@@ -278,7 +279,10 @@ def predict_images(args) -> int:
 
 
 def export_model(args) -> int:
+    from cnnspec.errors import terminate_like_interrupt
     from cnnspec.inference.export import run_command
+
+    terminate_like_interrupt()  # SIGTERM like Ctrl-C: the half-written export is removed
 
     return run_command(args)
 

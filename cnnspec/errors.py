@@ -77,6 +77,72 @@ class DiskFullError(CnnspecError):
                          "is unchanged); free some disk space and run again")
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what `dvc` and `kill` send) arrived: handled like Ctrl-C, so every
+    `finally` and atomic writer removes its temporary file on the way out."""
+
+
+# Set once SIGTERM arrived: Python drops an exception raised by a signal handler in a few
+# places (a fork's at-fork hooks, a __del__), so the atomic writers check this too and
+# never rename a temporary into place after a SIGTERM.
+TERMINATED: list = []
+
+
+def raise_if_terminated() -> None:
+    if TERMINATED:
+        raise Terminated()
+
+
+def terminate_like_interrupt() -> None:
+    """From now on SIGTERM raises Terminated in the main thread (exit 143 through
+    exit_on_user_error). Called by the stages that write large outputs."""
+    import signal
+    import threading
+    import time
+
+    def raise_terminated(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends at once
+        TERMINATED.append(signum)  # for the atomic writers, should the raise below be swallowed
+        raise Terminated()
+
+    def deliver_again():
+        time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    def swallowed(unraisable, previous=sys.unraisablehook):
+        # Raised where Python cannot propagate it (an at-fork hook, a __del__): send the
+        # signal again, so that it lands at the next ordinary line instead.
+        if isinstance(unraisable.exc_value, Terminated):
+            signal.signal(signal.SIGTERM, raise_terminated)
+            threading.Thread(target=deliver_again, daemon=True).start()
+            return
+        previous(unraisable)
+
+    sys.unraisablehook = swallowed
+    signal.signal(signal.SIGTERM, raise_terminated)
+
+
+def die_with_parent() -> None:
+    """On Linux, ask the kernel to SIGTERM this process when its parent dies (prctl
+    PR_SET_PDEATHSIG), so a stage whose `dvc` is killed does not train on as an
+    orphan. A no-op elsewhere. If the parent died while this was being set up,
+    terminate now."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        parent = os.getppid()
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before prctl took effect: we were reparented
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def debug_enabled(argv: list[str] | None = None) -> bool:
     """Show tracebacks? `--debug` anywhere on the command line (default: this process's),
     or CNNSPEC_DEBUG set to anything but 0. The one place cnnspec decides it."""
@@ -86,21 +152,26 @@ def debug_enabled(argv: list[str] | None = None) -> bool:
 
 def exit_on_user_error(main):
     """Decorate a command's main(): a CnnspecError becomes one line on stderr and
-    a non-zero exit; KeyboardInterrupt exits 130 without a traceback."""
+    a non-zero exit; KeyboardInterrupt exits 130 and SIGTERM (see terminate_like_interrupt)
+    143, without a traceback."""
 
     @functools.wraps(main)
     def guarded(*args, **kwargs):
         try:
-            return main(*args, **kwargs)
+            result = main(*args, **kwargs)
+            raise_if_terminated()  # a SIGTERM whose exception was swallowed still ends as one
+            return result
         except CnnspecError as error:
             if debug_enabled():
                 raise
             print(f"error: {error}", file=sys.stderr)
             sys.exit(error.exit_code)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as interrupt:
             if debug_enabled():
                 raise
-            print("interrupted", file=sys.stderr)
-            sys.exit(130)
+            terminated = isinstance(interrupt, Terminated)
+            print("terminated (SIGTERM); no partial output was kept" if terminated else "interrupted",
+                  file=sys.stderr)
+            sys.exit(143 if terminated else 130)
 
     return guarded

@@ -4,6 +4,7 @@ stage to run when one of them is missing.
 
     download -> data/raw -> preprocess -> data/prepared -> train -> models/model.pt,
     metrics/train -> evaluate -> metrics/eval.json, eval_report.json, predictions.csv -> plot -> metrics/plots
+    params.yaml + its recipe -> resolve -> params.resolved.yaml (what train and evaluate read)
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import os
 from pathlib import Path
 
 PARAMS = Path("params.yaml")
+RESOLVED_PARAMS = Path("params.resolved.yaml")  # the resolve stage's output, beside params.yaml
 RAW = Path("data/raw")
 PREPARED = Path("data/prepared")
 MODEL = Path("models/model.pt")
@@ -33,6 +35,7 @@ DOWNLOAD_HINT = run_stage_hint("download")
 PREPROCESS_HINT = run_stage_hint("preprocess")
 TRAIN_HINT = run_stage_hint("train")
 EVALUATE_HINT = run_stage_hint("evaluate")
+RESOLVE_HINT = run_stage_hint("resolve")
 
 
 def path_problem(path: Path, kind: str) -> str | None:

@@ -1,4 +1,4 @@
-"""Stage 1 of 5, download: fetch the dataset named in params.yaml into data/raw/.
+"""Stage 1 of 6, download: fetch the dataset named in params.yaml into data/raw/.
 
     python stages/download.py        (reads params.yaml: data.dataset, data.url, data.md5)
 
@@ -18,13 +18,14 @@ if __package__ in (None, ""):  # `python stages/<name>.py`: import this checkout
 from cnnspec import atomic
 from cnnspec.data.datasets import USER_DATASETS
 from cnnspec.data.download import download_dataset
-from cnnspec.errors import exit_on_user_error
-from cnnspec.pipeline.params import load_stage_params
+from cnnspec.errors import exit_on_user_error, terminate_like_interrupt
 from cnnspec.paths import PARAMS, RAW
+from cnnspec.pipeline.params import load_stage_params
 
 
 @exit_on_user_error
 def main() -> None:
+    terminate_like_interrupt()  # SIGTERM (dvc, kill): temporaries removed, exit 143
     data = load_stage_params(PARAMS, sections=["data"])["data"]
     if data["dataset"] in USER_DATASETS:
         RAW.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,6 @@
-"""Stage 4 of 5, evaluate: score models/model.pt on the test split of data/prepared/.
+"""Stage 5 of 6, evaluate: score models/model.pt on the test split of data/prepared/.
 
-    python stages/evaluate.py        (reads params.yaml: evaluate)
+    python stages/evaluate.py        (reads params.resolved.yaml: evaluate)
 
 Writes metrics/eval.json (the headline: accuracy, top-5 accuracy where it applies,
 loss, macro F1, learned), metrics/eval_report.json (the full report: per-class
@@ -18,20 +18,21 @@ if __package__ in (None, ""):  # `python stages/<name>.py`: import this checkout
 
 from cnnspec.atomic import write_json, write_text
 from cnnspec.errors import exit_on_user_error
-from cnnspec.pipeline.params import load_stage_params
 from cnnspec.paths import EVAL_JSON, EVAL_REPORT, MODEL, PARAMS, PREDICTIONS_CSV, PREPARED
+from cnnspec.pipeline.params import load_resolved_params, load_workspace_plugins
 
 
 @exit_on_user_error
 def main() -> None:
-    params = load_stage_params(PARAMS, sections=["evaluate"])["evaluate"]
-    # torch loads only after params.yaml passed, so a typo fails in a blink.
+    params = load_resolved_params(PARAMS, sections=["evaluate"])["evaluate"]
+    load_workspace_plugins(PARAMS)  # the workspace's own model.plugins: a checkpoint never imports code
+    # torch loads only after the params passed, so a typo fails in a blink.
     from cnnspec.inference import evaluation
 
     report, actual, predicted = evaluation.evaluate_checkpoint(
         MODEL, PREPARED, tta=params["tta"], batch_size=params["batch_size"])
-    from cnnspec.training import learning_check as runcheck
     from cnnspec.pipeline.headline import headline
+    from cnnspec.training import learning_check as runcheck
 
     learned, reason = runcheck.verdict(len(report["classes"]), report["accuracy"], "test accuracy")
     write_json(EVAL_REPORT, report)

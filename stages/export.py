@@ -11,14 +11,16 @@ from pathlib import Path
 if __package__ in (None, ""):  # `python stages/<name>.py`: import this checkout's cnnspec
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cnnspec.errors import exit_on_user_error
-from cnnspec.pipeline.params import load_stage_params
+from cnnspec.errors import exit_on_user_error, terminate_like_interrupt
 from cnnspec.paths import EXPORT, MODEL, PARAMS, PREPARED
+from cnnspec.pipeline.params import load_stage_params, load_workspace_plugins
 
 
 @exit_on_user_error
 def main() -> None:
+    terminate_like_interrupt()  # SIGTERM (dvc, kill): temporaries removed, exit 143
     params = load_stage_params(PARAMS, sections=["export"])["export"]
+    load_workspace_plugins(PARAMS)  # the workspace's own model.plugins: a checkpoint never imports code
     # torch loads only after params.yaml passed, so a typo fails in a blink.
     from cnnspec.inference.export import SUFFIXES, TOLERANCE, export
 

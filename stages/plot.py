@@ -1,4 +1,4 @@
-"""Stage 5 of 5, plot: the figures people look at after a run, as PNGs in metrics/plots/.
+"""Stage 6 of 6, plot: the figures people look at after a run, as PNGs in metrics/plots/.
 
     python stages/plot.py        (reads params.yaml: plot)
 
@@ -30,9 +30,8 @@ if __package__ in (None, ""):  # `python stages/<name>.py`: import this checkout
 from cnnspec.atomic import atomic_path
 from cnnspec.data.datasets import load_prepared
 from cnnspec.errors import DataError, TrainingError, exit_on_user_error
+from cnnspec.paths import EVAL_REPORT, EVALUATE_HINT, PARAMS, PLOTS, PREDICTIONS_CSV, PREPARED, TRAIN_CURVES, TRAIN_HINT
 from cnnspec.pipeline.params import load_stage_params
-from cnnspec.paths import (EVAL_REPORT, EVALUATE_HINT, PARAMS, PLOTS, PREDICTIONS_CSV, PREPARED,
-                              TRAIN_CURVES, TRAIN_HINT)
 
 DPI = 100
 ANNOTATE_UP_TO = 30  # classes; beyond that the counts in the cells are too small to read

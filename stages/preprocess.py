@@ -1,4 +1,4 @@
-"""Stage 2 of 5, preprocess: decode the dataset into a few uint8 arrays in data/prepared/.
+"""Stage 2 of 6, preprocess: decode the dataset into a few uint8 arrays in data/prepared/.
 
     python stages/preprocess.py        (reads params.yaml: data.*, but url and md5)
 
@@ -19,14 +19,15 @@ if __package__ in (None, ""):  # `python stages/<name>.py`: import this checkout
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cnnspec.data.datasets import USER_DATASETS, decode_raw, prepare, write_prepared
-from cnnspec.errors import ParamsError, exit_on_user_error
 from cnnspec.data.user_datasets import prepare_image_dataset
-from cnnspec.pipeline.params import load_stage_params, path_problem
+from cnnspec.errors import ParamsError, exit_on_user_error, terminate_like_interrupt
 from cnnspec.paths import PARAMS, PREPARED
+from cnnspec.pipeline.params import load_stage_params, path_problem
 
 
 @exit_on_user_error
 def main() -> None:
+    terminate_like_interrupt()  # SIGTERM (dvc, kill): temporaries removed, exit 143
     data = load_stage_params(PARAMS, sections=["data"])["data"]
     started = time.perf_counter()
     if data["dataset"] in USER_DATASETS:

@@ -1,7 +1,10 @@
-"""Stage 3 of 5, train: build the spec's model for the prepared data, train it, and write
+"""Stage 4 of 6, train: build the spec's model for the prepared data, train it, and write
 models/model.pt (one self-contained checkpoint) and metrics/train/ (DVCLive).
 
-    python stages/train.py        (reads params.yaml: model, train; and data/prepared/)
+    python stages/train.py        (reads params.resolved.yaml: model, train; and data/prepared/)
+
+Its params come from params.resolved.yaml, which the resolve stage writes; run alone
+after an edit of params.yaml or its recipe, it resolves them itself and says so.
 
 A run killed or interrupted part-way leaves models/resume/state.pt (not a DVC
 output, so `dvc repro` keeps it); the next run with the same params, spec and data
@@ -21,29 +24,33 @@ from pathlib import Path
 if __package__ in (None, ""):  # `python stages/<name>.py`: import this checkout's cnnspec
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cnnspec.training import distributed
-from cnnspec.errors import exit_on_user_error
-from cnnspec.pipeline.params import load_stage_params
+from cnnspec.errors import die_with_parent, exit_on_user_error
 from cnnspec.paths import MODEL, PARAMS, PREPARED, RESUME_STATE, TRAIN_LOG
+from cnnspec.pipeline.params import load_resolved_params
+from cnnspec.training import distributed
 
 
 def run(params_path=PARAMS, prepared=PREPARED, model_path=MODEL, resume_path=RESUME_STATE,
         log_dir=TRAIN_LOG):
-    params = load_stage_params(params_path, sections=["recipe", "model", "train"])
-    # torch loads only after params.yaml passed, so a typo fails in a blink.
+    # The ranks torchrun starts say nothing about a stale params.resolved.yaml: the
+    # launching train stage said it once, and every rank would repeat it.
+    one_process = distributed.torchrun_environment() is None
+    params = load_resolved_params(params_path, sections=["recipe", "model", "train"],
+                                  say=print if one_process else lambda line: None)
+    # torch loads only after the params passed, so a typo fails in a blink.
     import torch
 
     from cnnspec import build_model, load_spec
-    from cnnspec.training import learning_check as runcheck
-    from cnnspec.models.checkpoint import save_checkpoint
     from cnnspec.data.datasets import load_prepared
+    from cnnspec.models.checkpoint import save_checkpoint
+    from cnnspec.training import learning_check as runcheck
     from cnnspec.training.finetune import check_init_from, init_from, load_weights
-    from cnnspec.training.loop import pick_device, run_fingerprint, train
+    from cnnspec.training.loop import run_fingerprint, train
 
     spec = load_spec(params["model"]["spec"])  # a bad spec is reported before the data is read
     options = params["train"]
     start_from = check_init_from(options)
-    if distributed.torchrun_environment() is None:
+    if one_process:
         processes = distributed.process_count(options)
         if processes > 1:  # this process launches the ranks and waits for them
             distributed.check_request(options, processes)
@@ -53,8 +60,8 @@ def run(params_path=PARAMS, prepared=PREPARED, model_path=MODEL, resume_path=RES
             return None
     data = load_prepared(prepared, mmap_mode="c")  # memory-mapped: copied to the device or streamed
     meta = data["meta"]
-    with distributed.joined(options) as ranks:
-        device = ranks.device if ranks else pick_device(options["device"])
+    with distributed.joined(options) as world:  # one process: a world of size one
+        device = world.device
         torch.manual_seed(options["seed"])  # the initial weights, the same on every rank
         model = build_model(spec, tuple(meta["input_shape"]), len(meta["classes"]))
         for warning in model.spec_warnings:  # e.g. an automatic projection shortcut; docs/spec.md
@@ -65,8 +72,8 @@ def run(params_path=PARAMS, prepared=PREPARED, model_path=MODEL, resume_path=RES
             init_from(model, start_from)
         fingerprint = run_fingerprint(distributed.fingerprint_params(params), spec.text, meta)
         result = train(model, data, options, device, resume_path=resume_path, log_dir=log_dir,
-                       fingerprint=fingerprint, ranks=ranks)
-        if ranks is not None and not ranks.is_main:
+                       fingerprint=fingerprint, world=world)
+        if not world.is_writer:
             return result
         save_checkpoint(model_path, result.model, spec, meta, params,
                         epoch=len(result.history) - 1, best_epoch=result.best_epoch)
@@ -78,8 +85,7 @@ def run(params_path=PARAMS, prepared=PREPARED, model_path=MODEL, resume_path=RES
         runcheck.warn(reason, params)
     last = result.history[-1]
     split = "val" if "val/accuracy" in last else "train"  # data.val_split: 0 has no val metrics
-    where = f"{ranks.world_size} processes ({device.type}, {ranks.backend})" if ranks else str(device)
-    print(f"trained {len(result.history)} epochs on {where}: {split} accuracy {last[split + '/accuracy']:.4f}; "
+    print(f"trained {len(result.history)} epochs on {world}: {split} accuracy {last[split + '/accuracy']:.4f}; "
           f"first step {result.first_step_seconds:.2f}s (includes compile), "
           f"rest {result.train_seconds:.2f}s; wrote {model_path}")
     return result
@@ -106,6 +112,7 @@ def parse_arguments(argv=None) -> dict:
 
 @exit_on_user_error
 def main(argv=None) -> None:
+    die_with_parent()  # a killed dvc must not leave this training on as an orphan
     arguments = parse_arguments(argv)
     if distributed.torchrun_environment() is None:
         run(**arguments)

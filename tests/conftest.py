@@ -1,6 +1,7 @@
 """Shared test setup: the repository root is importable, so tests can use
 `from tests.fakedata import ...` and `from stages import train`, and tests
-that make git commits have an identity; the `cuda_paths_on_cpu` fixture."""
+that make git commits have an identity; under pytest-xdist each worker (and the
+stages it starts) gets its share of the cores; the `cuda_paths_on_cpu` fixture."""
 import os
 import sys
 from pathlib import Path
@@ -16,10 +17,32 @@ os.environ.setdefault("GIT_AUTHOR_EMAIL", "tests@cnnspec.invalid")
 os.environ.setdefault("GIT_COMMITTER_NAME", "cnnspec tests")
 os.environ.setdefault("GIT_COMMITTER_EMAIL", "tests@cnnspec.invalid")
 
+# `pytest -n 2` on two cores: two workers each using every core would fight over them.
+# Set before torch is imported here or in a subprocess, so both read it.
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
+    _share = max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    os.environ.setdefault("OMP_NUM_THREADS", str(_share))
+
 
 @pytest.fixture
 def cuda_paths_on_cpu(monkeypatch):
     """Run the training loop's CUDA-only path (autocast) on CPU."""
-    from cnnspec.training import loop as training
+    from cnnspec.training import device
 
-    monkeypatch.setattr(training, "CUDA_PATHS_ON_CPU", True)
+    monkeypatch.setattr(device, "CUDA_PATHS_ON_CPU", True)
+
+
+def pytest_collection_modifyitems(config, items):
+    """For `pytest -n N --dist loadgroup`: tests that share a module-scoped fixture (a
+    trained pipeline repository, a fitted model) run on one worker, so it is built once;
+    every other test goes wherever a worker is free."""
+    for item in items:
+        fixture_defs = getattr(item, "_fixtureinfo", None)
+        if fixture_defs is None:
+            continue
+        scopes = {defs[-1].scope for defs in fixture_defs.name2fixturedefs.values() if defs}
+        if scopes & {"module", "class", "package"}:
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+
+
+import tests.fuzzing  # noqa: E402,F401  registers the hypothesis profiles (cnnspec, fuzz)

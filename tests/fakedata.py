@@ -54,6 +54,45 @@ def class_images(n_per_class: int, n_classes: int, channels: int, size: int,
 
 
 # ---------------------------------------------------------------------------------------
+# Prepared data: what the preprocess stage writes to data/prepared/.
+
+def prepared_data(n_train: int = 48, n_val: int = 24, n_test: int = 0, shape=(3, 8, 8),
+                  classes=("cat", "dog", "ship"), seed: int = 0, learnable: bool = True) -> dict:
+    """load_prepared's dict: uint8 images, int64 labels cycling through the classes (every
+    class present), and "meta". `learnable=True` gives each class its own brightness band
+    under noise, so a tiny model learns it in a few steps; False gives uniform noise."""
+    rng = np.random.default_rng(seed)
+    band = 240 // len(classes)
+
+    def split(n):
+        labels = np.arange(n) % len(classes)
+        if learnable:
+            images = rng.integers(0, band, (n, *shape)) + labels.reshape(-1, *[1] * len(shape)) * band
+        else:
+            images = rng.integers(0, 256, (n, *shape), dtype=np.uint8)
+        return images.astype(np.uint8), labels.astype(np.int64)
+
+    data = {}
+    for name, n in (("train", n_train), ("val", n_val), ("test", n_test)):
+        data[f"{name}_images"], data[f"{name}_labels"] = split(n)
+    data["meta"] = {"dataset": "fake", "classes": list(classes), "input_shape": list(shape),
+                    "mean": [0.5] * shape[0], "std": [0.3] * shape[0],
+                    "counts": {"train": n_train, "val": n_val, "test": n_test}}
+    return data
+
+
+def write_fake_prepared(folder, **kwargs) -> dict:
+    """prepared_data(**kwargs) written into `folder` as the preprocess stage writes it;
+    returns its meta."""
+    from cnnspec.data.datasets import write_prepared
+
+    data = prepared_data(**kwargs)
+    meta = data.pop("meta")
+    write_prepared(Path(folder), data, meta)
+    return meta
+
+
+# ---------------------------------------------------------------------------------------
 # CIFAR: a tar.gz of pickled dicts with bytes keys, as the Python 2 originals load.
 
 def _pickled(obj) -> bytes:

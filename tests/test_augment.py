@@ -3,8 +3,14 @@ the same generator seed gives the same batch."""
 import numpy as np
 import torch
 
-from cnnspec.training.augment import (Augmentation, alternating_flip, alternating_flip_mask, cutout,
-                             random_flip, random_shift)
+from cnnspec.training.augment import (
+    Augmentation,
+    alternating_flip,
+    alternating_flip_mask,
+    cutout,
+    random_flip,
+    random_shift,
+)
 
 
 def distinct_images(n=16, channels=2, size=8):

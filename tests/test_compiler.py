@@ -5,9 +5,9 @@ import io
 import pytest
 import torch
 
-from cnnspec.models.compiler import build_model
 from cnnspec.layers.augmentation import RandomCrop, RandomFlip, RandomTranslation
 from cnnspec.layers.whiten import WhiteningConv
+from cnnspec.models.compiler import build_model
 from cnnspec.models.shapes import infer_shapes
 from cnnspec.spec.reader import parse_spec
 

@@ -1,15 +1,15 @@
-"""Know the cost before paying it: cnnspec/training/cost.py's lines, and the loop printing them."""
+"""Know the cost before paying it: cnnspec/training/progress.py's lines, and the loop printing them."""
 import numpy as np
 import torch
 
-from cnnspec.training import cost
 from cnnspec.models.compiler import build_model
 from cnnspec.pipeline.params import load_params
+from cnnspec.training import progress
 
 
 def clock_lines(device, per_step, steps_per_epoch=100, epochs=10, early_stopping=False):
     lines = []
-    clock = cost.CostClock(lines.append, torch.device(device), epochs, 0, steps_per_epoch, 32, 3200,
+    clock = progress.CostClock(lines.append, torch.device(device), epochs, 0, steps_per_epoch, 32, 3200,
                            early_stopping)
     clock.report(per_step)
     return lines

@@ -17,10 +17,11 @@ import pytest
 import torch
 
 import cnnspec
-from cnnspec.training import loop as training
 from cnnspec.errors import TrainingError
 from cnnspec.inference.evaluation import predict_probabilities
-from tests.test_training import tiny_data, tiny_model, train_params
+from cnnspec.training import device as placement
+from cnnspec.training import loop as training
+from tests.tinytraining import tiny_data, tiny_model, train_params, write_stage_inputs
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -39,14 +40,14 @@ def test_each_precision_learns_on_the_gpu(precision):
 
 
 def test_the_dataset_lives_on_the_gpu_as_uint8():
-    data = training.DeviceData(tiny_data(), torch.device("cuda"))
+    data = placement.DeviceData(tiny_data(), torch.device("cuda"))
     assert data.resident and data.train_images.is_cuda and data.train_images.dtype == torch.uint8
 
 
 def test_streaming_fallback_trains_the_same_weights(monkeypatch):
     resident = cuda_run(deterministic=True, precision="off")
-    monkeypatch.setattr(training, "DEVICE_MEMORY_SHARE", 0.0)
-    assert not training.DeviceData(tiny_data(), torch.device("cuda")).resident
+    monkeypatch.setattr(placement, "DEVICE_MEMORY_SHARE", 0.0)
+    assert not placement.DeviceData(tiny_data(), torch.device("cuda")).resident
     streamed = cuda_run(deterministic=True, precision="off")
     assert streamed.history == pytest.approx(resident.history, rel=1e-5)
 
@@ -90,16 +91,17 @@ layers:
 def test_evaluation_on_the_gpu_matches_the_cpu():
     model = tiny_model().eval()
     images = tiny_data()["val_images"]
-    on_gpu = predict_probabilities(model, images, [0.5] * 3, [0.3] * 3, tta="flip_translate", device="cuda")
-    on_cpu = predict_probabilities(model.cpu(), images, [0.5] * 3, [0.3] * 3, tta="flip_translate", device="cpu")
+    options = {"tta": "flip_translate", "batch_size": 2000}
+    on_gpu = predict_probabilities(model, images, [0.5] * 3, [0.3] * 3, **options, device="cuda")
+    on_cpu = predict_probabilities(model.cpu(), images, [0.5] * 3, [0.3] * 3, **options, device="cpu")
     np.testing.assert_allclose(on_gpu, on_cpu, rtol=1e-4, atol=1e-6)
 
 
 def test_pinned_gpu_that_is_not_there_is_one_line():
     missing = f"cuda:{torch.cuda.device_count()}"
     with pytest.raises(TrainingError, match=f"train.device: {missing}, but this machine shows"):
-        training.pick_device(missing)
-    assert training.pick_device("cuda:0") == torch.device("cuda", 0)
+        placement.pick_device(missing)
+    assert placement.pick_device("cuda:0") == torch.device("cuda", 0)
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
@@ -107,8 +109,7 @@ def test_pinned_gpu_that_is_not_there_is_one_line():
 def test_two_gpus_train_with_nccl_through_the_stage(tmp_path, sync_bn):
     """train.devices: 2 on CUDA: two NCCL ranks, each holding the data on its own GPU,
     batch norm synchronised or not; the checkpoint loads in one process."""
-    from cnnspec.models.checkpoint import load_model
-    from tests.test_training import write_stage_inputs
+    from cnnspec.models.checkpoint import load_network
 
     write_stage_inputs(tmp_path, device="cuda", devices=2, sync_bn=sync_bn, epochs=3, batch_size=16)
     root = Path(__file__).resolve().parent.parent
@@ -117,5 +118,5 @@ def test_two_gpus_train_with_nccl_through_the_stage(tmp_path, sync_bn):
                               env={**os.environ, "PYTHONPATH": str(root)})
     assert finished.returncode == 0, finished.stderr
     assert "on 2 processes (cuda, nccl)" in finished.stdout
-    model, checkpoint = load_model(tmp_path / "models" / "model.pt")
+    model, checkpoint = load_network(tmp_path / "models" / "model.pt")
     assert not any(key.startswith("module.") for key in checkpoint["state_dict"])

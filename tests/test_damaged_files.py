@@ -9,15 +9,13 @@ import tarfile
 import numpy as np
 import pytest
 
-from cnnspec.models.checkpoint import RETRAIN_HINT, load_model, read_checkpoint
-from cnnspec.data.datasets import load_prepared, write_prepared
+from cnnspec.data.datasets import load_prepared
 from cnnspec.data.download import download_dataset
 from cnnspec.errors import DataError, TrainingError
+from cnnspec.models.checkpoint import RETRAIN_HINT, load_network, read_checkpoint
 from stages import evaluate as evaluate_stage
-from tests.fakedata import make_cifar10_archive, md5_of
-from tests.test_evaluate import save_tiny_checkpoint
-from tests.test_evaluate import write_prepared as write_fake_prepared
-from tests.test_training import run_training, tiny_model, train_params
+from tests.fakedata import make_cifar10_archive, md5_of, write_fake_prepared
+from tests.tinytraining import run_training, save_tiny_checkpoint, tiny_model, train_params, write_stage_inputs
 
 REPREPARE = "dvc repro -f preprocess"
 
@@ -93,7 +91,7 @@ def test_a_damaged_resume_state_is_set_aside_and_training_starts_over(damage, tm
 def project(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "params.yaml").write_text("evaluate: {batch_size: 10, tta: none}\n")
-    meta = write_fake_prepared(tmp_path / "data" / "prepared")
+    meta = write_fake_prepared(tmp_path / "data" / "prepared", n_test=24)
     save_tiny_checkpoint(tmp_path / "models" / "model.pt", meta)
     return tmp_path
 
@@ -118,7 +116,7 @@ def test_read_checkpoint_tells_a_damaged_file_from_a_foreign_one(tmp_path):
     assert read_checkpoint(path)["classes"] == ["a", "b"]
     truncate(path, 0.7)
     with pytest.raises(TrainingError, match="damaged or truncated"):
-        load_model(path)
+        load_network(path)
     path.write_bytes(b"plain text, not made by torch.save")
     with pytest.raises(TrainingError, match="not a loadable cnnspec checkpoint"):
         read_checkpoint(path)
@@ -127,15 +125,8 @@ def test_read_checkpoint_tells_a_damaged_file_from_a_foreign_one(tmp_path):
 # --- prepared data ---------------------------------------------------------------------
 
 def _prepared(folder):
-    rng = np.random.default_rng(0)
-    arrays = {}
-    for split, n in (("train", 6), ("val", 2), ("test", 3)):
-        arrays[f"{split}_images"] = rng.integers(0, 256, (n, 3, 4, 4), dtype=np.uint8)
-        arrays[f"{split}_labels"] = rng.integers(0, 2, n).astype(np.int64)
-    meta = {"dataset": "fake", "classes": ["a", "b"], "input_shape": [3, 4, 4], "mean": [0.5] * 3,
-            "std": [0.2] * 3, "counts": {"train": 6, "val": 2, "test": 3}}
-    write_prepared(folder, arrays, meta)
-    return meta
+    return write_fake_prepared(folder, n_train=6, n_val=2, n_test=3, shape=(3, 4, 4), classes=["a", "b"],
+                               learnable=False)
 
 
 def _edit_meta(folder, **changes):
@@ -179,7 +170,6 @@ def test_damaged_prepared_data_names_the_file_and_says_to_preprocess_again(damag
 
 def test_train_stage_on_damaged_prepared_data_is_one_line(tmp_path, monkeypatch, capsys):
     from stages import train as train_stage
-    from tests.test_training import write_stage_inputs
 
     write_stage_inputs(tmp_path)
     truncate(tmp_path / "data" / "prepared" / "train_images.npy", 0.5)

@@ -10,12 +10,27 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cnnspec.data.datasets import (DATASETS, decode_cifar10, decode_cifar100, decode_raw, get_dataset,
-                              load_prepared, read_cifar_batch, read_idx, write_prepared)
+from cnnspec.data.datasets import (
+    DATASETS,
+    decode_cifar10,
+    decode_cifar100,
+    decode_raw,
+    get_dataset,
+    load_prepared,
+    read_cifar_batch,
+    read_idx,
+    write_prepared,
+)
 from cnnspec.data.download import safe_extract
 from cnnspec.errors import DataError
-from tests.fakedata import (CIFAR10_CLASSES, class_images, idx_bytes, make_cifar10_archive,
-                            make_cifar100_archive, make_mnist_folder)
+from tests.fakedata import (
+    CIFAR10_CLASSES,
+    class_images,
+    idx_bytes,
+    make_cifar10_archive,
+    make_cifar100_archive,
+    make_mnist_folder,
+)
 
 
 def extract(archive: Path, tmp_path: Path, folder: str) -> Path:

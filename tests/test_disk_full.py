@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from cnnspec import atomic
-from cnnspec.models.checkpoint import read_checkpoint
 from cnnspec.data.datasets import load_prepared, write_prepared
 from cnnspec.errors import DiskFullError
-from tests.test_training import write_stage_inputs
+from cnnspec.models.checkpoint import read_checkpoint
+from tests.tinytraining import write_stage_inputs
 
 FULL = "no space left on device while writing it"
 

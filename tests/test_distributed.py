@@ -17,11 +17,13 @@ import pytest
 import torch
 import yaml
 
-from cnnspec.training import distributed
-from cnnspec.training.augment import Augmentation
 from cnnspec.errors import ParamsError, TrainingError
 from cnnspec.pipeline.params import load_params
-from cnnspec.training.loop import pick_device, run_fingerprint
+from cnnspec.training import distributed
+from cnnspec.training.augment import Augmentation
+from cnnspec.training.device import pick_device
+from cnnspec.training.loop import run_fingerprint
+from tests.tinytraining import write_stage_inputs
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 FASHION = Path("/usr/share/datasets/fashion-mnist")
@@ -29,7 +31,7 @@ CPU = torch.device("cpu")
 
 
 def ranks_of(world_size: int):
-    return [distributed.Ranks(rank, world_size, rank, CPU, "gloo") for rank in range(world_size)]
+    return [distributed.World(rank, world_size, rank, CPU, "gloo") for rank in range(world_size)]
 
 
 def epoch_shard(order: torch.Tensor, steps: int, batch_size: int, ranks) -> torch.Tensor:
@@ -61,14 +63,15 @@ def test_rank_shards_cover_every_image_of_the_epoch_exactly_once(num_images, bat
 def test_sharded_augmentation_gives_each_image_the_draw_one_process_gives_it():
     images = torch.randint(0, 256, (8, 3, 10, 10), dtype=torch.uint8)
     indices = torch.arange(8)
-    options = {"hflip": True, "vflip": True, "translate": 2, "crop_padding": 1, "cutout": 3}
+    options = {"hflip": True, "alternating_flip": False, "vflip": True, "translate": 2, "crop_padding": 1,
+               "cutout": 3}
     whole = Augmentation.from_params(options, 8, 0, CPU)
     one_process = torch.Generator().manual_seed(5)
     expected = whole(images, indices, 0, one_process)
     parts, generators = [], []
     for ranks in ranks_of(2):
         shard = Augmentation.from_params(options, 8, 0, CPU)
-        shard.shard = (ranks.rank, ranks.world_size)
+        shard.shard = ranks.augment_shard
         generator = torch.Generator().manual_seed(5)
         mine = distributed.rank_slice(indices, ranks)
         parts.append(shard(images[mine], mine, 0, generator))
@@ -86,6 +89,46 @@ def test_each_rank_gets_its_own_dropout_stream_that_a_resumed_epoch_repeats():
     assert not torch.equal(draws[0], draws[1])
     distributed.seed_rank(0, 3, ranks_of(2)[1])
     assert torch.equal(torch.rand(4), draws[1])
+
+
+def test_one_process_is_a_world_of_size_one_whose_collectives_do_nothing():
+    """No process group exists for one process: every collective the loop calls hands
+    back its input, so the loop needs no branch of its own for it."""
+    world = distributed.World(device=CPU)
+    assert world.is_writer and world.handles_signals and world.augment_shard is None
+    assert not torch.distributed.is_initialized()
+    indices, losses = torch.arange(10), torch.rand(5)
+    assert distributed.rank_slice(indices, world) is indices
+    assert distributed.every_nth(indices, world) is indices
+    sums = (losses, torch.tensor(3), torch.tensor(1.5, dtype=torch.float64), torch.tensor(2))
+    assert all(a is b for a, b in zip(distributed.sum_epoch_totals(world, *sums), sums))
+    assert distributed.from_rank_0(world, lambda: "state") == "state"
+    model = torch.nn.Linear(2, 2)
+    assert distributed.data_parallel(model, world, sync_bn=True) is model
+    distributed.broadcast_buffers(model, world)
+    before = torch.get_rng_state()
+    distributed.seed_rank(0, 3, world)  # one process keeps its generator: its resume state holds it
+    assert torch.equal(torch.get_rng_state(), before)
+    distributed.check_world(train_options(unfreeze={"after_epochs": 1, "layers": ["conv_1"]},
+                                          batch_size=33), 33, world)  # nothing to split, no DDP
+    assert str(world) == "cpu"
+    assert str(distributed.World(1, 2, 1, CPU, "gloo")) == "2 processes (cpu, gloo)"
+
+
+@pytest.mark.parametrize("env", [{}, {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"}])
+def test_joined_without_several_processes_yields_a_world_of_one_and_no_process_group(env):
+    with distributed.joined(train_options(device="cpu"), env) as world:
+        assert (world.rank, world.size, world.device) == (0, 1, CPU)
+        assert not torch.distributed.is_initialized()
+
+
+def test_a_world_of_several_refuses_an_uneven_batch_and_unfreezing():
+    world = ranks_of(2)[1]
+    assert not world.is_writer and not world.handles_signals and world.augment_shard == (1, 2)
+    with pytest.raises(ParamsError, match="cannot be split evenly between 2 processes"):
+        distributed.check_world(train_options(), 33, world)
+    with pytest.raises(ParamsError, match="train.unfreeze with train.devices above 1"):
+        distributed.check_world(train_options(unfreeze={"after_epochs": 1, "layers": ["conv_1"]}), 32, world)
 
 
 # ---------------------------------------------------------------- requests and their errors
@@ -304,7 +347,6 @@ def test_two_processes_train_a_checkpoint_that_scores_like_one_process(tmp_path)
 def test_the_stage_joins_a_torchrun_the_user_started(tmp_path):
     """`torchrun --nproc-per-node 2 stages/train.py` (as on a cluster): the stage sees the
     torchrun environment and trains as one of its ranks instead of launching its own."""
-    from tests.test_training import write_stage_inputs
 
     write_stage_inputs(tmp_path)  # train.devices is left at 1: torchrun's environment wins
     finished = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
@@ -320,8 +362,8 @@ def test_the_stage_joins_a_torchrun_the_user_started(tmp_path):
 RANK_WRITER = """
 import os, sys
 from pathlib import Path
-sys.path.insert(0, {tests!r})
-from test_training import tiny_data, tiny_model, train_params
+sys.path.insert(0, {root!r})
+from tests.tinytraining import tiny_data, tiny_model, train_params
 from cnnspec.training import distributed
 from cnnspec.training.loop import train
 
@@ -331,7 +373,7 @@ with distributed.joined(options) as ranks:
     mine = root / f"rank{{ranks.rank}}"
     print(f"rank {{ranks.rank}} speaks", flush=True)
     train(tiny_model(), tiny_data(), options, ranks.device, resume_path=mine / "resume" / "state.pt",
-          log_dir=mine / "log", fingerprint="f", ranks=ranks)
+          log_dir=mine / "log", fingerprint="f", world=ranks)
 """
 
 
@@ -341,7 +383,7 @@ def test_only_rank_0_writes_and_every_rank_resumes_from_its_state(tmp_path):
     gets files, and a second run resumes on both ranks from the state on rank 0's disk
     (rank 1 has none; were it to start over, the ranks' steps would not match)."""
     script = tmp_path / "ranks.py"
-    script.write_text(RANK_WRITER.format(tests=str(REPO_ROOT / "tests")))
+    script.write_text(RANK_WRITER.format(root=str(REPO_ROOT)))
 
     def launch(epochs):
         return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
@@ -389,7 +431,6 @@ KILL_PARAMS = {"devices": 2, "epochs": 30, "batch_size": 16}
 def killed_run(tmp_path_factory):
     """A 2-process stage run on tiny data whose rank 1 is SIGKILLed once the resume state
     of an epoch exists: (folder, finished process, next_epoch saved)."""
-    from tests.test_training import write_stage_inputs
 
     folder = tmp_path_factory.mktemp("killed")
     write_stage_inputs(folder, **KILL_PARAMS)
@@ -427,7 +468,6 @@ def test_killing_one_rank_stops_the_run_with_one_line_and_keeps_the_last_epoch(k
 def test_after_a_kill_the_rerun_ends_like_an_uninterrupted_run_on_the_same_processes(killed_run, tmp_path):
     import shutil
 
-    from tests.test_training import write_stage_inputs
 
     killed, *_ = killed_run
     resumed = tmp_path / "resumed"
@@ -452,7 +492,6 @@ def test_after_a_kill_the_rerun_ends_like_an_uninterrupted_run_on_the_same_proce
 def test_sigterm_to_the_launcher_stops_every_rank_with_one_line(tmp_path):
     """What `dvc queue kill` or a scheduler sends: torchrun stops the ranks, the stage
     says so once and exits 128 + 15; no rank is left running."""
-    from tests.test_training import write_stage_inputs
 
     write_stage_inputs(tmp_path, **KILL_PARAMS)
     launcher = subprocess.Popen([sys.executable, str(REPO_ROOT / "stages" / "train.py")], cwd=tmp_path,

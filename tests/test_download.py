@@ -287,7 +287,8 @@ def test_download_dataset_skips_verified_files_and_replaces_bad_ones(tmp_path):
     lines.clear()
     download_dataset("mnist", raw, url=(tmp_path / "mirror").as_uri(), md5=sums, log=lines.append)
     assert [line for line in lines if line.startswith("downloading")] == [
-        f"downloading {(tmp_path / 'mirror').as_uri()}/t10k-labels-idx1-ubyte.gz -> {raw / 't10k-labels-idx1-ubyte.gz'}"]
+        f"downloading {(tmp_path / 'mirror').as_uri()}/t10k-labels-idx1-ubyte.gz"
+        f" -> {raw / 't10k-labels-idx1-ubyte.gz'}"]
     assert md5_of(raw / "t10k-labels-idx1-ubyte.gz") == sums["t10k-labels-idx1-ubyte.gz"]
 
 

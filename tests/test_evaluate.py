@@ -3,19 +3,18 @@ views, outputs that are deterministic and complete."""
 import csv
 import io
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from cnnspec import build_model, parse_spec
-from cnnspec.inference import evaluation
-from cnnspec.models.checkpoint import save_checkpoint
 from cnnspec.data.datasets import Normalize
 from cnnspec.errors import DataError, TrainingError
+from cnnspec.inference import evaluation
 from stages import evaluate as evaluate_stage
+from tests.fakedata import write_fake_prepared
+from tests.tinytraining import save_tiny_checkpoint
 
 CLASSES = ["cat", "dog", "frog"]
 
@@ -134,7 +133,7 @@ def test_tta_averages_exactly_the_stated_views(tta, weights):
     views = expected_views(Normalize([0.0] * 3, [1.0] * 3, "cpu")(torch.from_numpy(images)))
     model = ViewSpotter(views)
     probabilities = evaluation.predict_probabilities(model, images, [0.0] * 3, [1.0] * 3, tta=tta,
-                                                     device="cpu")
+                                                     batch_size=2000, device="cpu")
     names = list(views)
     assert sorted(names[k] for k in model.seen) == sorted(weights)
     expected = np.array([weights.get(name, 0.0) for name in names])
@@ -158,7 +157,7 @@ def test_images_are_normalized_with_the_given_mean_and_std():
 
     images = np.array([[[[255, 0]]], [[[0, 255]]]], dtype=np.uint8)  # (2, 1, 1, 2)
     mean, std = [0.5], [0.5]
-    probabilities = evaluation.predict_probabilities(Echo(), images, mean, std, "none", device="cpu")
+    probabilities = evaluation.predict_probabilities(Echo(), images, mean, std, "none", 2000, device="cpu")
     assert probabilities.argmax(axis=1).tolist() == [0, 1]
     # (1 - 0.5) / 0.5 = 1 and (0 - 0.5) / 0.5 = -1: softmax of 1000 * [1, -1]
     np.testing.assert_allclose(probabilities[0], [1.0, 0.0], atol=1e-12)
@@ -167,7 +166,7 @@ def test_images_are_normalized_with_the_given_mean_and_std():
 def test_training_and_evaluation_show_the_model_the_same_numbers():
     """One normalization for train and test: a drift between them would cost accuracy
     silently."""
-    from cnnspec.training.loop import DeviceData
+    from cnnspec.training.device import DeviceData
 
     images = np.random.default_rng(3).integers(0, 256, size=(6, 3, 4, 4), dtype=np.uint8)
     labels = np.arange(6) % 2
@@ -184,7 +183,7 @@ def test_training_and_evaluation_show_the_model_the_same_numbers():
             seen.append(batch.clone())
             return torch.zeros(len(batch), 2)
 
-    evaluation.predict_probabilities(Capture(), images, mean, std, "none", device="cpu")
+    evaluation.predict_probabilities(Capture(), images, mean, std, "none", 2000, device="cpu")
     assert torch.equal(seen[0], in_training)
     np.testing.assert_allclose(seen[0].numpy(), (images / 255 - np.array(mean)[:, None, None])
                                / np.array(std)[:, None, None], rtol=1e-5, atol=1e-6)
@@ -209,43 +208,13 @@ def test_report_table_lists_every_class_and_the_averages():
 
 # --- the stage, with a real checkpoint ------------------------------------
 
-TINY_SPEC = """\
-name: tiny
-layers:
-  - conv: {filters: 4, kernel: 3, padding: same, activation: relu}
-  - global_avg_pool
-  - dense: num_classes
-"""
-
-
-def write_prepared(folder: Path, classes=CLASSES, count=24, shape=(3, 8, 8)) -> dict:
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(3)
-    for split in ("train", "val", "test"):
-        np.save(folder / f"{split}_images.npy", rng.integers(0, 256, (count, *shape), dtype=np.uint8))
-        np.save(folder / f"{split}_labels.npy", rng.integers(0, len(classes), count).astype(np.int64))
-    meta = {"dataset": "fake", "classes": list(classes), "input_shape": list(shape),
-            "mean": [0.5] * shape[0], "std": [0.25] * shape[0],
-            "counts": {"train": count, "val": count, "test": count}}
-    (folder / "meta.json").write_text(json.dumps(meta))
-    return meta
-
-
-def save_tiny_checkpoint(path: Path, meta: dict):
-    """A spec-built model saved as the train stage saves it; returns the model."""
-    torch.manual_seed(0)
-    spec = parse_spec(TINY_SPEC, "tiny.yaml")
-    model = build_model(spec, tuple(meta["input_shape"]), len(meta["classes"]))
-    save_checkpoint(path, model, spec, meta, {}, epoch=1, best_epoch=1)
-    return model
-
-
 @pytest.fixture
 def project(tmp_path, monkeypatch):
     """A working directory with params.yaml, data/prepared and models/model.pt."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / "params.yaml").write_text("evaluate: {batch_size: 10, tta: flip}\n")
-    meta = write_prepared(tmp_path / "data" / "prepared")
+    meta = write_fake_prepared(tmp_path / "data" / "prepared", n_train=24, n_val=24, n_test=24,
+                               classes=CLASSES, seed=3, learnable=False)
     save_tiny_checkpoint(tmp_path / "models" / "model.pt", meta)
     return tmp_path
 
@@ -282,21 +251,21 @@ def test_eval_json_is_byte_identical_on_two_runs(project):
 def test_missing_model_names_the_file_and_the_train_stage(project):
     (project / "models" / "model.pt").unlink()
     with pytest.raises(TrainingError, match=r"models/model\.pt: missing; run the train stage"):
-        evaluation.evaluate_checkpoint("models/model.pt", "data/prepared")
+        evaluation.evaluate_checkpoint("models/model.pt", "data/prepared", tta="none", batch_size=2000)
     assert not (project / "metrics").exists()
 
 
 def test_missing_data_names_the_file_and_the_preprocess_stage(project):
     (project / "data" / "prepared" / "test_images.npy").unlink()
     with pytest.raises(DataError, match=r"test_images\.npy.*preprocess"):
-        evaluation.evaluate_checkpoint("models/model.pt", "data/prepared")
+        evaluation.evaluate_checkpoint("models/model.pt", "data/prepared", tta="none", batch_size=2000)
 
 
 def test_model_trained_on_other_classes_is_refused(project):
     meta = json.loads((project / "data" / "prepared" / "meta.json").read_text())
     save_tiny_checkpoint(project / "models" / "model.pt", {**meta, "classes": ["a", "b", "c"]})
     with pytest.raises(DataError, match="classes"):
-        evaluation.evaluate_checkpoint("models/model.pt", "data/prepared")
+        evaluation.evaluate_checkpoint("models/model.pt", "data/prepared", tta="none", batch_size=2000)
 
 
 def test_stage_exits_1_with_one_line_when_the_model_is_missing(project, capsys):
@@ -310,7 +279,7 @@ def test_stage_exits_1_with_one_line_when_the_model_is_missing(project, capsys):
 
 
 def test_stage_scores_the_checkpoint_as_the_model_itself_does(project):
-    """load_model must rebuild the very model that was saved: same predictions."""
+    """load_network must rebuild the very model that was saved: same predictions."""
     meta = json.loads((project / "data" / "prepared" / "meta.json").read_text())
     model = save_tiny_checkpoint(project / "models" / "model.pt", meta)
     (project / "params.yaml").write_text("evaluate: {batch_size: 7, tta: none}\n")

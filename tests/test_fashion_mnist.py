@@ -1,6 +1,7 @@
 """Learning on real images: Debian's Fashion-MNIST (dataset-fashion-mnist, which
-.ci/run installs), one epoch on the CPU through the real stage scripts, must
-reach at least 85% test accuracy."""
+.ci/run installs), one CPU epoch on two thirds of its training images through the real stage
+scripts, must reach at least 85% on all 10,000 test images (chance: 10%)."""
+import gzip
 import json
 import subprocess
 import sys
@@ -9,26 +10,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-FASHION = Path("/usr/share/datasets/fashion-mnist")
+from tests.fakedata import idx_bytes
+from tests.fashion import FASHION, SPEC
+from tests.imagefiles import fashion_subset
 
-SPEC = """\
-name: fashion_small
-description: two conv blocks with batch norm; about 89% after one epoch on Fashion-MNIST
-layers:
-  - conv: {filters: 32, kernel: 3, bias: false}
-  - bn
-  - activation: relu
-  - max_pool: 2
-  - conv: {filters: 64, kernel: 3, bias: false}
-  - bn
-  - activation: relu
-  - max_pool: 2
-  - flatten
-  - dense: {units: 128, activation: relu}
-  - dropout: 0.2
-  - dense: {units: num_classes}
-"""
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+TRAIN_IMAGES = 40_000  # two thirds: 87.6% (30,000 gave 86.2%), a third less training than all 60,000
 
 pytestmark = [
     pytest.mark.slow,
@@ -47,7 +35,13 @@ def test_one_cpu_epoch_on_fashion_mnist_reaches_85_percent(tmp_path):
     (tmp_path / "specs").mkdir()
     (tmp_path / "specs" / "fashion_small.yaml").write_text(SPEC)
     params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
-    params["data"].update(dataset="fashion-mnist", url=f"file://{FASHION}/", md5="skip", val_split=0.1)
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    train_images, train_labels, test_images, test_labels = fashion_subset(TRAIN_IMAGES, 10_000)
+    for prefix, images, labels in (("train", train_images, train_labels), ("t10k", test_images, test_labels)):
+        (mirror / f"{prefix}-images-idx3-ubyte.gz").write_bytes(gzip.compress(idx_bytes(images), mtime=0))
+        (mirror / f"{prefix}-labels-idx1-ubyte.gz").write_bytes(gzip.compress(idx_bytes(labels), mtime=0))
+    params["data"].update(dataset="fashion-mnist", url=f"file://{mirror}/", md5="skip", val_split=0.1)
     params["model"]["spec"] = "specs/fashion_small.yaml"
     train = params["train"]
     train.update(device="cpu", epochs=1, batch_size=128, precision="off", compile=False)

@@ -10,12 +10,12 @@ import torch
 import yaml
 
 import cnnspec
-from cnnspec.models.checkpoint import save_checkpoint
 from cnnspec.errors import ParamsError
-from cnnspec.training.finetune import check_init_from, init_from
+from cnnspec.models.checkpoint import save_checkpoint
 from cnnspec.pipeline.params import load_params
+from cnnspec.training.finetune import check_init_from, init_from
 from cnnspec.training.loop import TrainingInterrupted, train
-from tests.test_training import Sabotage, tiny_data, train_params
+from tests.tinytraining import Sabotage, tiny_data, train_params, write_stage_inputs
 
 SPEC = """name: base
 layers:
@@ -176,7 +176,6 @@ def test_the_train_stage_fine_tunes_from_init_from_and_refuses_a_missing_file(tm
     import shutil
 
     from stages import train as stage
-    from tests.test_training import write_stage_inputs
 
     write_stage_inputs(tmp_path)
     monkeypatch.chdir(tmp_path)

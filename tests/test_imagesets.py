@@ -12,11 +12,10 @@ import yaml
 
 from cnnspec.data import user_datasets as imagesets
 from cnnspec.data.datasets import load_prepared
-from cnnspec.errors import DataError
 from cnnspec.data.images import ImageReadError
+from cnnspec.errors import DataError
 from cnnspec.pipeline.params import load_params
-from tests.imagefiles import (FASHION, class_folder_name, fashion_subset, write_colour_set, write_csv,
-                              write_image_folder)
+from tests.imagefiles import FASHION, class_folder_name, fashion_subset, write_colour_set, write_csv, write_image_folder
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -66,7 +65,8 @@ def test_folder_without_splits_holds_out_a_stratified_seeded_test_split(tmp_path
     assert any(line.startswith("images per class: ") for line in lines)
     again = imagesets.assign_splits(imagesets.scan_folder(root), 0.1, 0.2, seed=0)[1]
     other = imagesets.assign_splits(imagesets.scan_folder(root), 0.1, 0.2, seed=1)[1]
-    assert np.array_equal(again["test"][0], imagesets.assign_splits(imagesets.scan_folder(root), 0.1, 0.2, 0)[1]["test"][0])
+    positional_seed = imagesets.assign_splits(imagesets.scan_folder(root), 0.1, 0.2, 0)[1]
+    assert np.array_equal(again["test"][0], positional_seed["test"][0])
     assert not np.array_equal(again["test"][0], other["test"][0])
 
 
@@ -326,7 +326,7 @@ def test_stages_on_a_folder_dataset_and_a_bad_image(tmp_path, fashion):
 def test_training_data_streams_from_the_memory_map(tmp_path, fashion):
     import torch
 
-    from cnnspec.training.loop import DeviceData
+    from cnnspec.training.device import DeviceData
 
     root = folder_of(tmp_path, fashion)
     prepare(tmp_path, data_params(tmp_path, source=str(root)))

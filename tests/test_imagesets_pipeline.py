@@ -10,9 +10,9 @@ import pytest
 import yaml
 
 from tests.fakedata import idx_bytes
+from tests.fashion import SPEC
 from tests.imagefiles import FASHION, class_folder_name, fashion_subset, write_image_folder
-from tests.test_fashion_mnist import SPEC
-from tests.test_pipeline_e2e import copy_working_tree, quick_training, ran_stages, run
+from tests.pipelinerepo import copy_working_tree, quick_training, ran_stages, run
 
 pytestmark = [
     pytest.mark.slow,

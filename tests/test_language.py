@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cnnspec.models.compiler import build_model
 from cnnspec.errors import SpecError
+from cnnspec.models.compiler import build_model
 from cnnspec.models.shapes import infer
 from cnnspec.spec.reader import parse_spec
 
@@ -408,7 +408,7 @@ def test_an_unregistered_type_is_an_unknown_layer_type(tmp_path, capsys):
 
 
 def test_a_plugin_layer_is_checked_like_a_built_in_one(tmp_path, capsys, registry_restored):
-    from tests.test_registry import model_counts, module_of, spec_for
+    from tests.layerchecks import model_counts, module_of, spec_for
 
     path = write(tmp_path, PLUGIN_SPEC)
     assert cli.main(["validate", "--plugin", str(PLUGIN), path]) == 0
@@ -526,7 +526,8 @@ def test_expression_grammar_and_values(text, value):
 
 @pytest.mark.parametrize("text, offset, message", [
     ("round(1, 2)", 0, "round takes 1 arguments, got 2"), ("2 +", 3, "found the end"),
-    ("(2 + 3", 6, "expected ')'"), ("2 3", 2, "expected an operator, found '3'"), ("2 ^ 3", 2, "unexpected character '^'"),
+    ("(2 + 3", 6, "expected ')'"), ("2 3", 2, "expected an operator, found '3'"),
+    ("2 ^ 3", 2, "unexpected character '^'"),
     ("eval(1)", 0, "unknown function 'eval'")])
 def test_expression_errors_carry_the_offset(text, offset, message):
     from cnnspec.spec.expressions import ExpressionError, parse
@@ -544,8 +545,9 @@ def test_words_are_not_expressions(word):
 
 
 @pytest.mark.slow
-def test_a_checkpoint_of_a_plugin_model_loads_in_a_fresh_process(tmp_path, registry_restored):
-    """Evaluation rebuilds the model from the checkpoint: the params it keeps name the plugin."""
+def test_a_checkpoint_of_a_plugin_model_loads_in_a_fresh_process_once_the_plugin_is_loaded(tmp_path, registry_restored):
+    """A checkpoint never imports its plugins: the fresh process names the missing type
+    and --plugin, and loads the model once it has loaded the plugin itself."""
     import subprocess
 
     from cnnspec.models.checkpoint import save_checkpoint
@@ -560,10 +562,18 @@ def test_a_checkpoint_of_a_plugin_model_loads_in_a_fresh_process(tmp_path, regis
     x = torch.randn(1, 3, 8, 8)
     torch.save(x, tmp_path / "x.pt")
     expected = model(x)
-    done = subprocess.run(
-        [sys.executable, "-c", "import sys, torch; from cnnspec.models.checkpoint import load_model; "
-         "model, _ = load_model(sys.argv[1]); x = torch.load(sys.argv[2], weights_only=True); "
-         "print(' '.join(f'{v:.6f}' for v in model(x)[0].tolist()))", str(path), str(tmp_path / "x.pt")],
-        capture_output=True, text=True, cwd=ROOT, env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
+    program = ("import sys, torch; from cnnspec.models.checkpoint import load_network; "
+               "from cnnspec.spec.plugins import load_plugins; load_plugins(sys.argv[3:]); "
+               "model, _ = load_network(sys.argv[1]); x = torch.load(sys.argv[2], weights_only=True); "
+               "print(' '.join(f'{v:.6f}' for v in model(x)[0].tolist()))")
+
+    def run(*plugins):
+        return subprocess.run([sys.executable, "-c", program, str(path), str(tmp_path / "x.pt"), *plugins],
+                              capture_output=True, text=True, cwd=ROOT,
+                              env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
+
+    refused = run()
+    assert refused.returncode != 0 and "channel_shuffle" in refused.stderr and "--plugin" in refused.stderr
+    done = run(str(PLUGIN))
     assert done.returncode == 0, done.stderr
     assert [float(v) for v in done.stdout.split()] == pytest.approx(expected[0].tolist(), abs=1e-5)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from cnnspec.pipeline import params as params_module
 from cnnspec.errors import ParamsError
+from cnnspec.pipeline import params as params_module
 from cnnspec.pipeline.params import check_named_paths
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

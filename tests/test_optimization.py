@@ -9,9 +9,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import cnnspec
-from cnnspec.training import optimization
 from cnnspec.errors import ParamsError
 from cnnspec.pipeline.params import fill_defaults, load_schema
+from cnnspec.training import optimization
 
 
 def train_defaults(**sections) -> dict:

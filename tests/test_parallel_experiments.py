@@ -16,7 +16,7 @@ import yaml
 
 from cnnspec.models.checkpoint import read_checkpoint
 from tests.fakedata import make_mnist_folder
-from tests.test_pipeline_e2e import VENV_BIN, copy_working_tree, run
+from tests.pipelinerepo import VENV_BIN, copy_working_tree, run
 
 pytestmark = pytest.mark.slow
 

@@ -7,9 +7,7 @@ batch size re-runs only resolve, train, evaluate and plot.
 import hashlib
 import json
 import os
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import matplotlib.image
@@ -17,10 +15,7 @@ import pytest
 import yaml
 
 from tests.fakedata import make_cifar10_archive, serve_folder
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-VENV_BIN = Path(sys.executable).parent
-STAGES = ["download", "preprocess", "resolve", "train", "evaluate", "plot"]
+from tests.pipelinerepo import STAGES, VENV_BIN, copy_working_tree, quick_training, ran_stages, run
 
 TINY_SPEC = """\
 name: e2e_tiny
@@ -38,43 +33,6 @@ layers:
 """
 
 pytestmark = pytest.mark.slow
-
-
-def copy_working_tree(destination: Path) -> None:
-    """Copy the files git would commit (tracked and untracked-not-ignored), so the
-    test exercises the working tree as it is, then make it a fresh repository."""
-    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
-                            cwd=REPO_ROOT, capture_output=True, check=True).stdout
-    for name in filter(None, listed.decode().split("\0")):
-        source = REPO_ROOT / name
-        if source.is_file():
-            target = destination / name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, target)
-    for command in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "clone"]):
-        subprocess.run(command, cwd=destination, check=True)
-
-
-def quick_training(params: dict) -> None:
-    """One short, deterministic epoch on CPU: no compile, schedule, lookahead, smoothing or TTA."""
-    params["train"].update(device="cpu", epochs=1, batch_size=64, precision="off", compile=False)
-    params["train"]["optimizer"].update(name="adam", lr=0.003, weight_decay=0.0)
-    params["train"]["scheduler"]["name"] = "none"
-    params["train"]["lookahead"]["enabled"] = False
-    params["train"]["loss"]["label_smoothing"] = 0.0
-    params["evaluate"]["tta"] = "none"
-
-
-def run(command, cwd, **kwargs):
-    env = dict(os.environ, PATH=f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}",
-               DVC_NO_ANALYTICS="1")
-    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, **kwargs)
-    assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stdout}\n{result.stderr}"
-    return result.stdout + result.stderr
-
-
-def ran_stages(output: str) -> list[str]:
-    return [stage for stage in STAGES if f"Running stage '{stage}'" in output]
 
 
 @pytest.fixture(scope="module")
@@ -118,11 +76,11 @@ def test_repro_writes_sensible_pngs(pipeline_repo):
 def test_checkpoint_reloads_and_reproduces_accuracy(pipeline_repo):
     import torch
 
-    from cnnspec.models.checkpoint import load_model
     from cnnspec.data.datasets import load_prepared
+    from cnnspec.models.checkpoint import load_network
 
     repo, _, _ = pipeline_repo
-    model, checkpoint = load_model(repo / "models" / "model.pt", device="cpu")
+    model, checkpoint = load_network(repo / "models" / "model.pt", device="cpu")
     raw = torch.load(repo / "models" / "model.pt", weights_only=True)
     assert raw["classes"] == checkpoint["classes"]
     data = load_prepared(repo / "data" / "prepared")
@@ -160,10 +118,11 @@ def test_experiment_reruns_only_training_side_and_diffs(pipeline_repo):
     assert before["loss"] != after["loss"]
 
 
-# The `dvc exp show` flags README.md recommends (make exps runs them).
+# The `dvc exp show` flags `make exps` runs (README, Experiments).
 EXP_SHOW_FLAGS = ["--only-changed", "--sort-by", "metrics/eval.json:accuracy",
                   "--keep", r"(metrics/eval\.json:)?(accuracy|learned)$",
-                  "--drop", "Created|params\\.yaml:|cnnspec|stages/|recipes|specs/|data/|metrics/|models/|train\\.|val\\.|step|lr"]
+                  "--drop", "Created|params\\.yaml:|cnnspec|stages/|recipes|specs/|data/|metrics/|models/"
+                            "|train\\.|val\\.|step|lr"]
 
 
 def test_exp_show_reads_well_in_120_columns(pipeline_repo):

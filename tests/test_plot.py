@@ -10,22 +10,10 @@ from matplotlib.image import imread
 from cnnspec.errors import DataError, TrainingError
 from cnnspec.inference.evaluation import confusion_matrix
 from stages import plot as plot_stage
+from tests.fakedata import write_fake_prepared
 
 CLASSES = ["airplane", "cat", "dog", "frog"]
 EPOCHS = 3
-
-
-def write_prepared(folder: Path, channels=3, count=20):
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for split in ("train", "val", "test"):
-        np.save(folder / f"{split}_images.npy",
-                rng.integers(0, 256, (count, channels, 8, 8), dtype=np.uint8))
-        np.save(folder / f"{split}_labels.npy", (np.arange(count) % len(CLASSES)).astype(np.int64))
-    meta = {"dataset": "fake", "classes": CLASSES, "input_shape": [channels, 8, 8],
-            "mean": [0.5] * channels, "std": [0.25] * channels,
-            "counts": {"train": count, "val": count, "test": count}}
-    (folder / "meta.json").write_text(json.dumps(meta))
 
 
 def write_predictions(path: Path, actual, predicted):
@@ -60,7 +48,8 @@ def write_training_logs(folder: Path):
 def project(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "params.yaml").write_text("plot: {misclassified: 9}\n")
-    write_prepared(tmp_path / "data" / "prepared")
+    write_fake_prepared(tmp_path / "data" / "prepared", n_train=20, n_val=20, n_test=20, classes=CLASSES,
+                        learnable=False)
     actual = np.arange(20) % len(CLASSES)
     predicted = actual.copy()
     predicted[[1, 4, 7, 10, 13]] = 0  # index 4 is an airplane already: four mistakes

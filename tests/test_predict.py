@@ -9,12 +9,12 @@ import torch
 from PIL import Image
 
 import cnnspec
-from cnnspec.inference import evaluation
-from cnnspec.models.checkpoint import FORMAT, save_checkpoint
 from cnnspec.cli import main as cli
 from cnnspec.data.datasets import RawDataset, decode_raw, load_prepared, prepare, write_prepared
-from cnnspec.errors import TrainingError
 from cnnspec.data.images import ImageReadError
+from cnnspec.errors import TrainingError
+from cnnspec.inference import evaluation
+from cnnspec.models.checkpoint import FORMAT, save_checkpoint
 from cnnspec.pipeline.params import fill_defaults, load_schema
 from cnnspec.training.loop import train
 
@@ -84,11 +84,11 @@ def write_pngs(images: np.ndarray, folder: Path) -> list[Path]:
 
 def evaluate_probabilities(checkpoint, images, tta="none") -> np.ndarray:
     """What the evaluate stage computes for these images."""
-    from cnnspec.models.checkpoint import load_model as load_network
+    from cnnspec.models.checkpoint import load_network
 
     network, saved = load_network(checkpoint)
     return evaluation.predict_probabilities(network, images, saved["mean"], saved["std"], tta,
-                                            device="cpu")
+                                            batch_size=2000, device="cpu")
 
 
 @needs_fashion

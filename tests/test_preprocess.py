@@ -13,8 +13,7 @@ import yaml
 
 from cnnspec import atomic
 from cnnspec.data import datasets
-from cnnspec.data.datasets import (RawDataset, channel_mean_std, load_prepared, prepare, stratified_split,
-                              write_prepared)
+from cnnspec.data.datasets import RawDataset, channel_mean_std, load_prepared, prepare, stratified_split, write_prepared
 from cnnspec.data.download import download_dataset
 from cnnspec.errors import DataError
 from tests.fakedata import make_cifar10_archive, make_mnist_folder, md5_of

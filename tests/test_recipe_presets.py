@@ -15,7 +15,7 @@ import yaml
 
 from cnnspec.errors import ParamsError
 from cnnspec.pipeline.params import load_params
-from tests.test_recipes import RECIPES, applied_params
+from tests.recipedocs import RECIPES, applied_params
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data"
@@ -87,7 +87,8 @@ def write(folder: Path, name: str, text: str) -> Path:
 def project(tmp_path, monkeypatch):
     """A working directory with its own recipes/ and specs/."""
     monkeypatch.chdir(tmp_path)
-    write(tmp_path, "recipes/base_one.yaml", "train:\n  epochs: 7\n  batch_size: 16\n  optimizer: {name: adam, lr: 0.01}\n")
+    write(tmp_path, "recipes/base_one.yaml",
+          "train:\n  epochs: 7\n  batch_size: 16\n  optimizer: {name: adam, lr: 0.01}\n")
     write(tmp_path, "recipes/child.yaml", "base: base_one\ntrain:\n  batch_size: 8\nevaluate: {tta: flip}\n")
     write(tmp_path, "specs/named.yaml", "name: n\nrecipe: child\nlayers: [flatten, {dense: num_classes}]\n")
     write(tmp_path, "specs/plain.yaml", "name: p\nlayers: [flatten, {dense: num_classes}]\n")
@@ -136,7 +137,8 @@ def test_a_bad_value_in_a_recipe_names_the_recipe_file_and_line(project):
     ({"recipes/loop.yaml": "base: loop\n"}, "recipe: loop\n", r"recipe bases loop: loop -> loop"),
     ({"recipes/data.yaml": "data: {val_split: 0.1}\n"}, "recipe: data\n",
      r"^recipes/data.yaml:1:1: data: a recipe holds only base, train, evaluate"),
-    ({}, "recipe: auto\nmodel: {spec: specs/missing.yaml}\n", r"params.yaml: model.spec: specs/missing.yaml: no such file$"),
+    ({}, "recipe: auto\nmodel: {spec: specs/missing.yaml}\n",
+     r"params.yaml: model.spec: specs/missing.yaml: no such file$"),
 ], ids=["unknown", "spec-names-unknown", "base-loop", "data-section", "missing-spec"])
 def test_recipe_mistakes_are_one_line_naming_the_place(project, files, params_text, message):
     for name, text in files.items():
@@ -144,6 +146,22 @@ def test_recipe_mistakes_are_one_line_naming_the_place(project, files, params_te
     with pytest.raises(ParamsError, match=message) as error:
         load_params(write(project, "params.yaml", params_text))
     assert "\n" not in str(error.value)
+
+
+def test_an_old_recipe_name_is_one_line_naming_the_new_one(project):
+    with pytest.raises(ParamsError) as error:
+        load_params(write(project, "params.yaml", "recipe: seed003\n"))
+    assert str(error.value).endswith("params.yaml: recipe: recipe 'seed003' is now called 'adam_focal_balanced'")
+    # a user's own file of that name still wins
+    write(project, "recipes/seed003.yaml", "train: {epochs: 4}\n")
+    assert load_params(write(project, "params.yaml", "recipe: seed003\n"))["train"]["epochs"] == 4
+
+
+def test_every_renamed_recipe_names_a_shipped_one():
+    from cnnspec.pipeline import recipes
+
+    assert set(recipes.RENAMED.values()) <= set(recipes.available())
+    assert not set(recipes.RENAMED) & {path.stem for path in recipes.SHIPPED.glob("*.yaml")}
 
 
 def test_a_stage_that_reads_no_recipe_section_ignores_the_recipe(project):

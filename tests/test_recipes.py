@@ -10,10 +10,6 @@ A failing recipe fails the test named after its `-n`.
 """
 from __future__ import annotations
 
-import argparse
-import re
-import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -21,14 +17,12 @@ import pytest
 import torch
 
 from cnnspec.models.compiler import build_model
-from cnnspec.pipeline.params import load_params
 from cnnspec.spec.reader import load_spec
 from cnnspec.training.loop import train
-from tests.fakedata import CIFAR10_CLASSES
+from tests.fakedata import CIFAR10_CLASSES, prepared_data
+from tests.recipedocs import RECIPES, applied_params, shell_words, spec_override
 
 REPO = Path(__file__).resolve().parent.parent
-RECIPES_DOC = REPO / "docs" / "recipes.md"
-PARAMS = REPO / "params.yaml"
 
 # What a dataset named in data.dataset looks like to the model: (C, H, W) and class names.
 DATASET_SHAPES = {
@@ -44,132 +38,6 @@ HEAVY_SPECS = {"fan.yaml": {"epochs": 1, "images": 4},
                "resnet50_transfer.yaml": {"epochs": 1, "images": 4},
                "resnet50v2_transfer.yaml": {"epochs": 1, "images": 2}}
 LIGHT = {"epochs": 2, "images": 4}
-
-
-# ---------------------------------------------------------------- reading the doc
-
-def code_blocks(markdown: str) -> list[tuple[int, str]]:
-    """(first line number, text) of every fenced code block."""
-    blocks, lines, start, inside = [], markdown.splitlines(), 0, False
-    for number, line in enumerate(lines, 1):
-        if line.startswith("```"):
-            if inside:
-                blocks.append((start, "\n".join(lines[start:number - 1])))
-            inside, start = not inside, number
-    return blocks
-
-
-def shell_words(command: str) -> list[str]:
-    """The arguments bash would hand `dvc` for this command line."""
-    script = 'dvc() { printf "%s\\0" "$@"; }\n' + command
-    out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True)
-    return out.stdout.split("\0")[:-1]
-
-
-def exp_run_commands(markdown: str) -> list[tuple[int, str]]:
-    """(line, command text) of every `dvc exp run` command, continuation lines joined."""
-    commands = []
-    for start, block in code_blocks(markdown):
-        pending, first = "", 0
-        for number, line in enumerate(block.splitlines(), start + 1):
-            first = first or number
-            pending += line.rstrip()
-            if pending.endswith("\\"):
-                pending = pending[:-1] + " "
-                continue
-            if pending.strip().startswith("dvc exp run"):
-                commands.append((first, pending.strip()))
-            pending, first = "", 0
-    return commands
-
-
-def parse_exp_run(words: list[str]) -> argparse.Namespace:
-    """The `dvc exp run` options these recipes may use; anything else is an error."""
-    assert words[:2] == ["exp", "run"], words
-    parser = argparse.ArgumentParser(prog="dvc exp run", add_help=False, exit_on_error=False)
-    parser.add_argument("-n", "--name")
-    parser.add_argument("-S", "--set-param", dest="set_param", action="append", default=[])
-    parser.add_argument("--queue", action="store_true")
-    options, unknown = parser.parse_known_args(words[2:])
-    if unknown:
-        raise ValueError(f"unexpected arguments {unknown}")
-    return options
-
-
-def load_recipes() -> list[dict]:
-    """One entry per experiment the doc's commands would run (a sweep gives several)."""
-    from dvc.utils.cli_parse import to_path_overrides
-    from dvc.utils.hydra import get_hydra_sweeps, to_hydra_overrides
-
-    recipes = []
-    for line, command in exp_run_commands(RECIPES_DOC.read_text(encoding="utf-8")):
-        words = shell_words(command)
-        options = parse_exp_run(words)
-        name = options.name or f"line {line}"
-        path_overrides = to_path_overrides(options.set_param)
-        is_sweep = any(o.is_sweep_override() for o in to_hydra_overrides(path_overrides.get("params.yaml", [])))
-        sweeps = get_hydra_sweeps(path_overrides) if is_sweep else [path_overrides]
-        for index, sweep in enumerate(sweeps, 1):
-            recipes.append({"name": f"{name}-{index}" if is_sweep else name, "line": line,
-                            "options": options, "overrides": sweep, "sweep": is_sweep})
-    return recipes
-
-
-def spec_override(recipe) -> str | None:
-    """The recipe's `-S model.spec=...` value, if it sets one."""
-    for override in recipe["overrides"].get("params.yaml", []):
-        if override.startswith("model.spec="):
-            return override.split("=", 1)[1]
-    return None
-
-
-RECIPES = load_recipes() if RECIPES_DOC.is_file() else []
-
-
-# ---------------------------------------------------------------- applying one recipe
-
-def has_key(params: dict, dotted: str) -> bool:
-    node = params
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return False
-        node = node[part]
-    return True
-
-
-def applied_params(recipe: dict, folder: Path) -> dict:
-    """params.yaml after the recipe's overrides, as DVC writes it, read by load_params."""
-    from dvc.utils.hydra import apply_overrides, to_hydra_overrides
-
-    name, overrides = recipe["name"], recipe["overrides"]
-    assert set(overrides) <= {"params.yaml"}, f"{name}: -S may only edit params.yaml, not {sorted(overrides)}"
-    original = load_params(PARAMS)
-    for override in to_hydra_overrides(overrides.get("params.yaml", [])):
-        key = override.key_or_group
-        assert not override.is_delete(), f"{name}: deletes {key}"
-        assert has_key(original, key), f"{name}: -S {override.input_line}: {key} is not a key of params.yaml"
-    copy = folder / "params.yaml"
-    shutil.copyfile(PARAMS, copy)
-    apply_overrides(copy, overrides.get("params.yaml", []))
-    return load_params(copy)
-
-
-def tiny_data(shape, classes, n_train: int, n_val: int, seed: int = 0) -> dict:
-    """load_prepared's dict of random uint8 images, every class present in training."""
-    rng = np.random.default_rng(seed)
-
-    def split(count):
-        labels = np.arange(count) % len(classes)
-        return rng.integers(0, 256, size=(count, *shape), dtype=np.uint8), labels.astype(np.int64)
-
-    train_images, train_labels = split(n_train)
-    val_images, val_labels = split(n_val)
-    meta = {"dataset": "tiny", "classes": list(classes), "input_shape": list(shape),
-            "mean": [0.5] * shape[0], "std": [0.25] * shape[0],
-            "counts": {"train": n_train, "val": n_val, "test": 0}}
-    return {"train_images": train_images, "train_labels": train_labels, "val_images": val_images,
-            "val_labels": val_labels, "test_images": val_images[:0], "test_labels": val_labels[:0],
-            "meta": meta}
 
 
 # ---------------------------------------------------------------- tests
@@ -231,7 +99,7 @@ def test_recipe_trains(recipe, tmp_path):
     budget = HEAVY_SPECS.get(Path(params["model"]["spec"]).name, LIGHT)
     options = {**params["train"], "epochs": budget["epochs"], "device": "cpu", "compile": False}
     # A handful of images: the batch size clamps to it, so each epoch is a single step.
-    data = tiny_data(shape, classes, n_train=budget["images"], n_val=2)
+    data = prepared_data(budget["images"], 2, shape=shape, classes=classes, learnable=False)
     torch.manual_seed(options["seed"])
     # Offline there are no ImageNet weights; the backbone's architecture is what matters here.
     model = build_model(spec, shape, len(classes), load_weights=False)

@@ -18,52 +18,13 @@ from cnnspec.models.summary import summarize
 from cnnspec.spec import schema_file
 from cnnspec.spec.reader import EXPANDERS, layer_options, layer_schemas, parse_spec
 from cnnspec.training import augment
+from tests.layerchecks import INPUT, model_counts, module_of, spec_for
 
 LAYER_SCHEMAS = layer_schemas()
 SCHEMA = registry.spec_schema()
 
-INPUT = (3, 32, 32)
 CLASSES = 5
 WRITTEN = sorted(t for t, rule in layers.LAYERS.items() if rule.written)
-
-BLOCK_SPEC = """
-name: group
-blocks:
-  conv_bn:
-    args: {width: 4}
-    layers: [{conv: $width}, bn]
-layers:
-  - use: {block: conv_bn, width: 6}
-  - global_avg_pool
-  - dense: num_classes
-"""
-
-
-def spec_for(layer_type: str) -> str:
-    """A model around the schema's example of the type: example, flatten if needed, logits."""
-    if layer_type == "group":  # what a `use` of a block becomes
-        return BLOCK_SPEC
-    example = layer_schemas()[layer_type]["x-example"]  # plugin types too (test_language.py)
-    spec = {"name": layer_type, "input": dict(zip(("channels", "height", "width"), INPUT)),
-            "layers": [*example, "flatten", {"dense": "num_classes"}]}
-    return json.dumps(spec)  # JSON is YAML
-
-
-def module_of(model, name: str):
-    """The module a layer named `name` built under that name, wherever it is nested."""
-    found = [module for path, module in model.named_modules() if path.rsplit(".", 1)[-1] == name]
-    assert len(found) == 1, f"{name}: {len(found)} modules of that name"
-    return found[0]
-
-
-def model_counts(model) -> tuple[int, int]:
-    """(trainable, non-trainable) the Keras way: frozen weights and BN statistics are non-trainable."""
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
-    statistics = sum(b.numel() for name, b in model.named_buffers()
-                     if name.endswith(("running_mean", "running_var")))
-    return trainable, frozen + statistics
-
 
 @pytest.mark.parametrize("layer_type", sorted(layers.LAYERS))
 def test_every_layer_type_infers_what_its_modules_compute(layer_type):

@@ -2,11 +2,11 @@
 line and the shapes involved, as one SpecError line."""
 import pytest
 
-from cnnspec.models.compiler import build_model
 from cnnspec.errors import SpecError
+from cnnspec.models.compiler import build_model
 from cnnspec.models.shapes import infer_shapes
-from cnnspec.spec.reader import parse_spec
 from cnnspec.models.summary import summarize
+from cnnspec.spec.reader import parse_spec
 
 HEAD = "name: bad\ninput: {channels: 3, height: 8, width: 8}\nlayers:\n"
 

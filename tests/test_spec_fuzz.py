@@ -12,9 +12,15 @@ values; (b) mutations of the
 shipped specs/*.yaml; (c) truncated and garbled YAML, plus hand-made hostile documents
 (alias bombs, deep nesting, huge files). Runs are derandomized, so CI sees the same
 1,000+ cases every time.
+
+The other readers get the same contract (one line, a CnnspecError, bounded time and
+memory per case) from structure-aware generators at the end of this file: expressions,
+params.yaml, CSV manifests, image files and checkpoint bytes. `make fuzz` runs every
+generator 20 times longer, with fresh random cases (tests/fuzzing.py).
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import random
@@ -26,13 +32,14 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import cnnspec
 from cnnspec import SpecError
 from cnnspec.layers.registry import spec_schema
 from cnnspec.models.shapes import infer_shapes
+from tests.fuzzing import bounded, examples, factor
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = spec_schema()
@@ -51,9 +58,8 @@ BUILD_MACS = 20_000_000
 # Errors about the whole document have no line or key to point at, only the file.
 WHOLE_DOCUMENT = re.compile(r"too large|nesting deeper|is empty|top level")
 
-FUZZ = settings(derandomize=True, database=None, deadline=10_000, print_blob=False,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                                       HealthCheck.filter_too_much, HealthCheck.large_base_example])
+FUZZ = settings()  # the loaded profile: tests/fuzzing.py ("cnnspec" by default, "fuzz" for make fuzz)
+LONG = factor()  # timeouts grow with the profile's number of cases
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -189,7 +195,8 @@ def layer_item(layer_type: str, layers, blocks: list[str], wild: bool) -> st.Sea
     """One layer list item, as TYPE, TYPE: shorthand or TYPE: {options}."""
     if layer_type == "use":
         call = st.fixed_dictionaries({"block": st.sampled_from(blocks or ["nowhere"])},
-                                     optional={"filters": sane_value("filters", {"type": "integer", "minimum": 1}, layers),
+                                     optional={"filters": sane_value("filters", {"type": "integer", "minimum": 1},
+                                                                     layers),
                                                **({"name": NAMES, "bogus": HOSTILE} if wild else {})})
         return call.map(lambda options: {"use": options})
     shorthand = LAYER_SCHEMAS[layer_type].get("x-shorthand")
@@ -249,8 +256,8 @@ def random_specs(draw) -> str:
     return dump(document)
 
 
-@pytest.mark.timeout(120)
-@settings(FUZZ, max_examples=400)
+@pytest.mark.timeout(120 * LONG)
+@settings(FUZZ, max_examples=examples(400))
 @given(random_specs())
 def test_random_specs_build_or_raise_a_located_spec_error(text):
     check_text(text)
@@ -260,7 +267,7 @@ def test_random_specs_reach_every_stage():
     """The generator is useful only if its specs get past parsing and into models."""
     outcomes = {"refused": 0, "checked": 0, "built": 0}
 
-    @settings(FUZZ, max_examples=150)
+    @settings(FUZZ, max_examples=examples(150))
     @given(random_specs())
     def tally(text):
         outcomes[check_text(text)] += 1
@@ -328,8 +335,8 @@ def mutated_specs(draw) -> str:
     return text
 
 
-@pytest.mark.timeout(120)
-@settings(FUZZ, max_examples=300)
+@pytest.mark.timeout(120 * LONG)
+@settings(FUZZ, max_examples=examples(300))
 @given(mutated_specs())
 def test_mutated_real_specs_build_or_raise_a_located_spec_error(text):
     check_text(text)
@@ -359,8 +366,8 @@ def garbled_texts(draw) -> str:
     return text
 
 
-@pytest.mark.timeout(120)
-@settings(FUZZ, max_examples=300)
+@pytest.mark.timeout(120 * LONG)
+@settings(FUZZ, max_examples=examples(300))
 @given(garbled_texts())
 def test_garbled_yaml_builds_or_raises_a_located_spec_error(text):
     check_text(text)
@@ -380,10 +387,11 @@ def spec_with_layers(layers: str) -> str:
 HOSTILE_DOCUMENTS = {
     "alias_bomb": alias_bomb(),
     "alias_bomb_in_layers": "name: bomb\nlayers: &l [flatten, {dense: num_classes}]\nblocks:\n"
-                            + "".join(f"  b{i}: {{layers: [{', '.join(['{use: {block: b%d}}' % (i - 1)] * 10)}]}}\n"
+                            + "".join(f"  b{i}: {{layers: [{', '.join([f'{{use: {{block: b{i - 1}}}}}'] * 10)}]}}\n"
                                       for i in range(1, 8)).replace("b0", "b7")
                             + "  b0: {layers: [flatten]}\n",
-    "alias_repeat_bomb": "name: bomb\nlayers:\n  - repeat: {n: 1000, layers: &r [repeat: {n: 1000, layers: [repeat: {n: 1000, layers: [flatten]}]}]}\n",
+    "alias_repeat_bomb": "name: bomb\nlayers:\n  - repeat: {n: 1000, layers: &r [repeat: {n: 1000, layers: "
+                         "[repeat: {n: 1000, layers: [flatten]}]}]}\n",
     "deep_flow_lists": "name: deep\nlayers: " + "[" * 5000 + "]" * 5000 + "\n",
     "deep_flow_maps": "name: deep\nlayers: " + "{a: " * 3000 + "1" + "}" * 3000 + "\n",
     "deep_residuals": spec_with_layers("  - " + "residual: {body: [" * 40 + "conv: 4" + "]}" * 40 + "\n"),
@@ -403,7 +411,8 @@ HOSTILE_DOCUMENTS = {
     "only_a_comment": "# nothing here\n",
     "a_list": "- conv: 8\n",
     "float_size": spec_with_layers("  - conv: 1e2\n"),
-    "absurd_width": spec_with_layers("  - conv: 1000000\n  - conv: 1000000\n  - global_avg_pool\n  - dense: num_classes\n"),
+    "absurd_width": spec_with_layers("  - conv: 1000000\n  - conv: 1000000\n  - global_avg_pool\n"
+                                     "  - dense: num_classes\n"),
     "absurd_dense": spec_with_layers("  - flatten\n  - dense: 1000000\n  - dense: 1000000\n  - dense: num_classes\n"),
     "absurd_resize": spec_with_layers("  - resize: {height: 8192}\n  - conv: 1000000\n  - global_avg_pool\n"
                                       "  - dense: num_classes\n"),
@@ -504,3 +513,373 @@ def test_validate_with_debug_shows_the_traceback(tmp_path):
     result = run_cli("validate", "--debug", str(path))
     assert result.returncode != 0
     assert "Traceback" in result.stderr and "SpecError" in result.stderr
+
+
+# ================================================================ the other readers
+# Each generator knows its format's structure, so most cases get deep into the reader
+# instead of failing at the first byte. The property is the same everywhere: the
+# reader succeeds, or raises a CnnspecError whose message is one line; never another
+# exception, never a hang, never a memory blow-up.
+
+from cnnspec.errors import CnnspecError  # noqa: E402
+
+
+def one_line_project_error(call, *args, seconds: float = 10.0, megabytes: int = 512, **kwargs):
+    """call(*args, **kwargs) inside the bounds; its result, or the CnnspecError it raised."""
+    with bounded(seconds, megabytes):
+        try:
+            return call(*args, **kwargs)
+        except CnnspecError as error:
+            assert "\n" not in str(error).strip(), f"not one line: {error!r}"
+            assert str(error).strip(), "an empty message"
+            return error
+
+
+# ---------------------------------------------------------------- expressions
+
+NUMBERS = st.one_of(st.integers(0, 64).map(str), st.sampled_from(
+    ["0", "0.0", "1e999", "1e-999", "9" * 40, "9" * 400, "1e15", "2.5", "00", "1e308", "4294967296"]))
+ARGUMENTS = st.sampled_from(["$width", "$in_channels", "$zero", "$big", "$missing", "$"])
+FUNCTION_NAMES = st.sampled_from(["round", "floor", "ceil", "min", "max", "make_divisible", "eval", "pow"])
+
+
+def expression_texts(depth: int = 0) -> st.SearchStrategy:
+    """Arithmetic as users (and attackers) write it: numbers, block arguments, the six
+    functions with right and wrong argument counts, operators, parentheses, deep nesting."""
+    atom = st.one_of(NUMBERS, ARGUMENTS)
+    if depth >= 4:
+        return atom
+    inner = st.deferred(lambda: expression_texts(depth + 1))
+    operator = st.sampled_from(["+", "-", "*", "/", "//", "%", "**", "^", ""])
+    return st.one_of(
+        atom,
+        st.tuples(inner, operator, inner).map(lambda t: f"{t[0]} {t[1]} {t[2]}"),
+        inner.map(lambda e: f"({e})"),
+        inner.map(lambda e: f"-{e}"),
+        st.tuples(FUNCTION_NAMES, st.lists(inner, min_size=0, max_size=4)).map(
+            lambda t: f"{t[0]}({', '.join(t[1])})"),
+        st.tuples(st.integers(20, 400), st.sampled_from(["(", "-", "round("])).map(
+            lambda t: t[1] * t[0] + "1" + (")" * t[0] if t[1] != "-" else "")),
+        st.integers(100, 600).map(lambda n: " + ".join(["1"] * n)),
+    )
+
+
+def spec_using(expression: str) -> str:
+    quoted = json.dumps(expression)  # a YAML double-quoted string
+    return (f"name: expressions\nblocks:\n  unit:\n    args: {{width: 8, zero: 0, big: 1000000000000}}\n"
+            f"    layers:\n      - conv: {{filters: {quoted}, kernel: 3}}\n"
+            f"layers:\n  - use: {{block: unit, width: 4}}\n  - conv: {{filters: {quoted}}}\n"
+            f"  - global_avg_pool\n  - dense: num_classes\n")
+
+
+@pytest.mark.timeout(120 * LONG)
+@settings(FUZZ, max_examples=examples(300))
+@given(expression_texts())
+def test_expressions_evaluate_or_raise_a_located_spec_error(expression):
+    from cnnspec.spec.expressions import ExpressionError, evaluate, parse
+
+    with bounded(5):
+        try:
+            evaluate(parse(expression.replace("$in_channels", "3").replace("$", "")))
+        except ExpressionError as error:
+            assert 0 <= error.offset <= len(expression)
+    text = spec_using(expression)
+    with bounded(10):
+        try:
+            spec = cnnspec.parse_spec(text, FILE)
+            infer_shapes(spec, INPUT, CLASSES)
+        except SpecError as error:
+            assert_located(error, text)
+
+
+# ---------------------------------------------------------------- params.yaml
+
+def params_values() -> st.SearchStrategy:
+    return st.one_of(HOSTILE, st.integers(-3, 10**6), st.floats(allow_nan=True, allow_infinity=True),
+                     st.text(max_size=12), st.sampled_from(["auto", "cpu", "cuda:9", "~", "fail", "skip",
+                                                            "stretch", "folder", "csv", "cifar10"]))
+
+
+@st.composite
+def params_documents(draw) -> str:
+    """The shipped params.yaml with a few keys set to hostile values, renamed, removed or
+    wrapped, and sometimes garbled as text."""
+    data = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
+    for _ in range(draw(st.integers(1, 4))):
+        section = draw(st.sampled_from(sorted(data)))
+        if not isinstance(data[section], dict) or not data[section]:
+            data[section] = draw(params_values())
+            continue
+        key = draw(st.sampled_from(sorted(data[section])))
+        action = draw(st.sampled_from(["value", "delete", "rename", "wrap", "section"]))
+        if action == "value":
+            data[section][key] = draw(params_values())
+        elif action == "delete":
+            del data[section][key]
+        elif action == "rename":
+            data[section][key + draw(st.sampled_from(["s", "_", "X"]))] = data[section].pop(key)
+        elif action == "wrap":
+            data[section][key] = [data[section][key]]
+        else:
+            data[section] = draw(params_values())
+    data.get("model", {}).pop("plugins", None) if isinstance(data.get("model"), dict) else None
+    text = dump(data)
+    if draw(st.integers(0, 3)) == 0:
+        position = draw(st.integers(0, len(text)))
+        text = text[:position] + draw(PRINTABLE_JUNK) + text[position:]
+    return text
+
+
+@pytest.mark.timeout(120 * LONG)
+def test_params_files_load_or_raise_one_line(tmp_path):
+    from cnnspec.pipeline.params import load_params
+
+    path = tmp_path / "params.yaml"
+    sections = ["recipe", "data", "train", "evaluate", "export"]
+    load_params(ROOT / "params.yaml", sections)  # the first call imports and compiles the schema
+
+    @settings(FUZZ, max_examples=examples(150))
+    @given(params_documents())
+    def load(text):
+        path.write_text(text, encoding="utf-8")
+        one_line_project_error(load_params, path, sections)
+
+    load()
+
+
+# ---------------------------------------------------------------- image files
+
+@pytest.fixture(scope="module")
+def fashion_png_bytes():
+    """Real images: the first Fashion-MNIST test images, written as PNG."""
+    import io as bytes_io
+
+    from PIL import Image
+
+    from tests.imagefiles import fashion_subset
+
+    images = fashion_subset(1, 8)[2]
+    encoded = []
+    for image in images:
+        buffer = bytes_io.BytesIO()
+        Image.fromarray(image).save(buffer, format="PNG")
+        encoded.append(buffer.getvalue())
+    return encoded
+
+
+@st.composite
+def image_bytes(draw, real_pngs) -> bytes:
+    """A real Fashion-MNIST PNG re-encoded in another format or mode, then maybe damaged:
+    truncated, bytes flipped, its header's width and height made huge."""
+    import io as bytes_io
+
+    import numpy as np
+    from PIL import Image
+
+    image = Image.open(bytes_io.BytesIO(draw(st.sampled_from(real_pngs))))
+    mode = draw(st.sampled_from(["L", "1", "P", "LA", "RGB", "RGBA", "I;16", "I", "F", "CMYK"]))
+    if mode == "I;16":
+        image = Image.fromarray(np.asarray(image, dtype=np.uint16) * 257)
+    elif mode in ("I", "F"):
+        scale = draw(st.sampled_from([1.0, 1 / 255, 1e6, -1.0]))
+        image = Image.fromarray((np.asarray(image, dtype=np.float32) * scale).astype(
+            np.int32 if mode == "I" else np.float32), mode=mode)
+    else:
+        image = image.convert(mode)
+    formats = {"L": ["PNG", "JPEG", "BMP", "TIFF", "GIF", "WEBP"], "1": ["PNG", "BMP", "TIFF"],
+               "P": ["PNG", "GIF", "BMP"], "LA": ["PNG", "WEBP"], "RGB": ["PNG", "JPEG", "WEBP", "TIFF"],
+               "RGBA": ["PNG", "WEBP", "TIFF"], "I;16": ["PNG", "TIFF"], "I": ["TIFF"], "F": ["TIFF"],
+               "CMYK": ["JPEG", "TIFF"]}
+    buffer = bytes_io.BytesIO()
+    image.save(buffer, format=draw(st.sampled_from(formats[mode])))
+    data = bytearray(buffer.getvalue())
+    damage = draw(st.sampled_from(["none", "none", "truncate", "flip", "huge_header", "splice"]))
+    if damage == "truncate":
+        data = data[:draw(st.integers(0, len(data)))]
+    elif damage == "flip":
+        for _ in range(draw(st.integers(1, 8))):
+            position = draw(st.integers(0, len(data) - 1))
+            data[position] ^= draw(st.integers(1, 255))
+    elif damage == "huge_header" and data[:8] == b"\x89PNG\r\n\x1a\n":
+        data[16:24] = (60000).to_bytes(4, "big") * 2  # IHDR width and height: 3.6 billion pixels
+    elif damage == "splice":
+        data[draw(st.integers(0, len(data))):] = draw(st.binary(max_size=64))
+    return bytes(data)
+
+
+@pytest.mark.timeout(120 * LONG)
+def test_image_files_decode_or_raise_one_line(fashion_png_bytes, tmp_path):
+    from cnnspec.data.images import read_image
+
+    path = tmp_path / "case.img"
+
+    @settings(FUZZ, max_examples=examples(300))
+    @given(image_bytes(fashion_png_bytes), st.sampled_from([1, 3]),
+           st.sampled_from(["stretch", "center_crop"]))
+    def decode(data, channels, resize):
+        path.write_bytes(data)
+        for source in (path, data):
+            result = one_line_project_error(read_image, source, channels, (28, 28), resize, seconds=5, megabytes=256)
+            if not isinstance(result, CnnspecError):
+                assert result.shape == (channels, 28, 28) and result.dtype.name == "uint8"
+
+    decode()
+
+
+# ---------------------------------------------------------------- CSV manifests
+
+CSV_PATHS = st.one_of(st.sampled_from(["pictures/0.png", "pictures/1.png", "pictures/2.png", "pictures/3.png",
+                                       "pictures/missing.png", "pictures/pipe.png", "pictures/loop.png",
+                                       "pictures/notes.txt", "/etc/passwd", "../outside.png", "pictures",
+                                       "pictures/x\x00y.png", "pictures/\u2028.png", "", " ", "pictures/0.png"]),
+                      st.text(max_size=12))
+CSV_LABELS = st.one_of(st.sampled_from(["bag", "boot", "shirt", "", " ", "bag", "boot", "\x00"]), st.text(max_size=6))
+CSV_SPLITS = st.sampled_from(["", "train", "val", "test", "TRAIN", "other"])
+
+
+@st.composite
+def csv_manifests(draw) -> bytes:
+    """A manifest over real images: rows of existing, missing, special and hostile paths,
+    labels and splits; sometimes a renamed header, a BOM, stray quotes or bad UTF-8."""
+    import csv as csv_module
+    import io as text_io
+
+    header = draw(st.sampled_from([["path", "label"], ["path", "label", "split"], ["file", "label"],
+                                   ["path"], ["label", "path", "split"]]))
+    rows = draw(st.lists(st.fixed_dictionaries({"path": CSV_PATHS, "label": CSV_LABELS, "split": CSV_SPLITS}),
+                         min_size=0, max_size=14))
+    rows += [{"path": f"pictures/{i}.png", "label": ["bag", "boot"][i % 2], "split": ""} for i in range(8)]
+    buffer = text_io.StringIO()
+    writer = csv_module.writer(buffer)
+    writer.writerow(header)
+    for row in rows:
+        writer.writerow([row.get(column, "x") for column in header])
+    data = buffer.getvalue().encode("utf-8", errors="surrogatepass")
+    extra = draw(st.sampled_from(["", "", "bom", "quote", "latin1", "blank"]))
+    if extra == "bom":
+        data = b"\xef\xbb\xbf" + data
+    elif extra == "quote":
+        data += b'"pictures/0.png,bag\n'
+    elif extra == "latin1":
+        data += "pictures/caf\xe9.png,bag\n".encode("latin-1")
+    elif extra == "blank":
+        data += b"\n,\n\n"
+    return data
+
+
+@pytest.fixture(scope="module")
+def csv_folder(tmp_path_factory, fashion_png_bytes):
+    folder = tmp_path_factory.mktemp("csvfuzz")
+    (folder / "pictures").mkdir()
+    for index in range(8):
+        (folder / "pictures" / f"{index}.png").write_bytes(fashion_png_bytes[index])
+    (folder / "pictures" / "notes.txt").write_text("not an image")
+    os.mkfifo(folder / "pictures" / "pipe.png")
+    (folder / "pictures" / "loop.png").symlink_to(folder / "pictures" / "loop.png")
+    return folder
+
+
+@pytest.mark.timeout(180 * LONG)
+def test_csv_manifests_prepare_or_raise_one_line(csv_folder):
+    from cnnspec.data.user_datasets import prepare_image_dataset
+    from cnnspec.pipeline.params import load_params
+
+    data = load_params(ROOT / "params.yaml", ["data"])["data"]
+    manifest = csv_folder / "labels.csv"
+
+    @settings(FUZZ, max_examples=examples(100))
+    @given(csv_manifests(), st.sampled_from(["fail", "skip"]), st.sampled_from(["", "split"]))
+    def prepare(text, bad_images, split_column):
+        manifest.write_bytes(text)
+        options = {**data, "dataset": "csv", "source": str(manifest), "image_size": [16, 16], "channels": 1,
+                   "bad_images": bad_images, "val_split": 0.2, "test_split": 0.2,
+                   "csv": {"path_column": "path", "label_column": "label", "split_column": split_column}}
+        one_line_project_error(prepare_image_dataset, options, csv_folder / "prepared", workers=1,
+                               log=lambda line: None, seconds=15)
+        assert not [p for p in csv_folder.iterdir() if p.name.startswith(".prepared")], "a temporary was left"
+
+    prepare()
+
+
+# ---------------------------------------------------------------- checkpoint bytes
+
+@pytest.fixture(scope="module")
+def checkpoint_bytes(tmp_path_factory):
+    """A real checkpoint of a small model, as bytes."""
+    from cnnspec.models.checkpoint import save_checkpoint
+
+    folder = tmp_path_factory.mktemp("checkpoint")
+    spec = cnnspec.parse_spec("name: tiny\nlayers:\n  - conv: {filters: 4}\n  - bn\n  - global_avg_pool\n"
+                              "  - dense: num_classes\n", "tiny.yaml")
+    model = cnnspec.build_model(spec, (1, 8, 8), 3).eval()
+    meta = {"classes": ["a", "b", "c"], "mean": [0.5], "std": [0.25], "input_shape": [1, 8, 8]}
+    save_checkpoint(folder / "model.pt", model, spec, meta, {"model": {"plugins": ["os"]}}, 0, 0)
+    return (folder / "model.pt").read_bytes()
+
+
+def rewritten_checkpoints(draw, original: bytes) -> bytes:
+    """The real checkpoint re-saved with one field replaced by a hostile value."""
+    import io as bytes_io
+
+    checkpoint = torch.load(bytes_io.BytesIO(original), weights_only=True)
+    key = draw(st.sampled_from(sorted(checkpoint) + ["extra"]))
+    replacement = draw(st.one_of(HOSTILE, st.just(torch.zeros(2)), st.just({"w": torch.ones(1)}),
+                                 st.just([torch.zeros(1)]), st.text(max_size=8),
+                                 st.just("name: x\nlayers: [{blur: 3}, flatten, {dense: num_classes}]\n"),
+                                 st.just("cnnspec-checkpoint/2"), st.just("cnnspec-resume/1")))
+    if draw(st.booleans()) and key != "extra":
+        del checkpoint[key]
+    else:
+        checkpoint[key] = replacement
+    buffer = bytes_io.BytesIO()
+    torch.save(checkpoint, buffer)
+    return buffer.getvalue()
+
+
+@st.composite
+def checkpoint_files(draw, original: bytes) -> bytes:
+    kind = draw(st.sampled_from(["truncate", "flip", "splice", "rewrite", "rewrite", "pickle", "random"]))
+    data = bytearray(original)
+    if kind == "truncate":
+        return bytes(data[:draw(st.integers(0, len(data)))])
+    if kind == "flip":
+        for _ in range(draw(st.integers(1, 6))):
+            position = draw(st.integers(0, len(data) - 1))
+            data[position] ^= draw(st.integers(1, 255))
+        return bytes(data)
+    if kind == "splice":
+        position = draw(st.integers(0, len(data)))
+        return bytes(data[:position] + draw(st.binary(max_size=256)) + data[position:])
+    if kind == "rewrite":
+        return rewritten_checkpoints(draw, original)
+    if kind == "pickle":
+        import pickle
+
+        value = draw(st.recursive(st.one_of(st.none(), st.integers(), st.text(max_size=5), st.floats()),
+                                  lambda children: st.one_of(st.lists(children, max_size=3),
+                                                             st.dictionaries(st.text(max_size=5), children,
+                                                                             max_size=3)), max_leaves=8))
+        return pickle.dumps(value, protocol=draw(st.integers(0, 5)))
+    return draw(st.binary(max_size=512))
+
+
+@pytest.mark.timeout(180 * LONG)
+def test_checkpoint_bytes_load_or_raise_one_line_and_import_nothing(checkpoint_bytes, tmp_path):
+    from cnnspec.models.checkpoint import load_network
+
+    path = tmp_path / "model.pt"
+    modules_before = set(sys.modules)
+
+    @settings(FUZZ, max_examples=examples(300))
+    @given(checkpoint_files(checkpoint_bytes))
+    def load(data):
+        path.write_bytes(data)
+        result = one_line_project_error(load_network, path, seconds=10)
+        if not isinstance(result, CnnspecError):
+            model, checkpoint = result
+            with torch.no_grad():
+                assert model(torch.zeros(1, *checkpoint["input_shape"])).shape == (1, checkpoint["num_classes"])
+
+    load()
+    imported = {name for name in set(sys.modules) - modules_before if not name.startswith(("torch", "PIL", "numpy"))}
+    assert not any(name.startswith("cnnspec_plugin_") for name in imported), imported

@@ -9,8 +9,8 @@ import yaml
 
 from cnnspec import cli
 from cnnspec.errors import SpecError
-from cnnspec.spec.nodes import Spec
 from cnnspec.layers.registry import spec_schema
+from cnnspec.spec.nodes import Spec
 from cnnspec.spec.reader import layer_schemas, load_spec, parse_spec
 from cnnspec.spec.yamlio import load_yaml
 from tests.no_torch import run_without_torch
@@ -183,7 +183,7 @@ def test_layers_command_lists_every_type_with_defaults(capsys):
     for name in types:
         properties = SCHEMA["$defs"][name]["properties"]
         for key, option in properties.items():
-            line = next(l for l in blocks[name].splitlines() if l.split()[0] == key)
+            line = next(text for text in blocks[name].splitlines() if text.split()[0] == key)
             if "default" in option and "x-default-from" not in option:
                 assert json.dumps(option["default"]) in line, line
             assert option.get("description", "") in line

@@ -27,9 +27,9 @@ REPO = Path(__file__).resolve().parent.parent
 # spec: (recipe it names, training images, test accuracy bar or None, training accuracy bar)
 SWITCHES = {
     "simcnn": ("keras_adam", 2048, 0.5, 0.4),
-    "ironhack_cnn": ("seed000_cnn", 1536, None, 0.35),
-    "group3_cnn": ("seed003", 1024, None, 0.3),
-    "resnet18_cifar": ("seed000_resnet18", 1024, 0.3, 0.3),
+    "ironhack_cnn": ("adam_plateau_early_stop", 1536, None, 0.35),
+    "group3_cnn": ("adam_focal_balanced", 1024, None, 0.3),
+    "resnet18_cifar": ("adam_early_stop", 1024, 0.3, 0.3),
     "speedrun94": ("airbench", 8192, None, 0.3),
 }
 

@@ -5,11 +5,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from cnnspec.errors import DataError
 from cnnspec.layers import backbone
 from cnnspec.models.compiler import build_model
-from cnnspec.errors import DataError
-from cnnspec.spec.reader import load_spec
 from cnnspec.models.summary import summarize
+from cnnspec.spec.reader import load_spec
 
 SPECS = sorted((Path(__file__).resolve().parent.parent / "specs").glob("*.yaml"))
 

@@ -1,8 +1,8 @@
 """The Keras-style summary: rows, footer format, MACs, and no torch import."""
 from pathlib import Path
 
-from cnnspec.spec.reader import parse_spec
 from cnnspec.models.summary import summarize
+from cnnspec.spec.reader import parse_spec
 from tests.no_torch import run_without_torch
 
 ROOT = Path(__file__).resolve().parent.parent

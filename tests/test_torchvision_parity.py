@@ -9,8 +9,8 @@ import torchvision
 
 from cnnspec.models.compiler import build_model
 from cnnspec.models.shapes import infer
-from cnnspec.spec.reader import load_spec
 from cnnspec.models.summary import summarize
+from cnnspec.spec.reader import load_spec
 
 SPECS = Path(__file__).resolve().parent.parent / "specs"
 CLASSES = 10

@@ -10,63 +10,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 
 import cnnspec
-from cnnspec.models.checkpoint import load_model
 from cnnspec.errors import TrainingError
-from cnnspec.pipeline.params import fill_defaults, load_schema
+from cnnspec.models.checkpoint import load_network
 from cnnspec.training.loop import TrainingInterrupted, run_fingerprint, train
+from tests.tinytraining import (
+    CLASSES,
+    SPEC,
+    Sabotage,
+    run_training,
+    tiny_data,
+    tiny_model,
+    train_params,
+    write_stage_inputs,
+)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-SPEC = """name: tiny
-layers:
-  - conv: {filters: 8, bias: false}
-  - bn
-  - activation: relu
-  - dropout: 0.1
-  - global_avg_pool
-  - dense: {units: num_classes}
-"""
-CLASSES = ["cat", "dog", "ship"]
-
-
-def tiny_data(n_train=48, n_val=24, seed=0) -> dict:
-    """Learnable images: each class its own brightness, under noise."""
-    rng = np.random.default_rng(seed)
-
-    def split(n):
-        labels = np.arange(n) % 3
-        images = rng.integers(0, 80, (n, 3, 8, 8)) + labels[:, None, None, None] * 80
-        return images.astype(np.uint8), labels.astype(np.int64)
-
-    train_images, train_labels = split(n_train)
-    val_images, val_labels = split(n_val)
-    return {"train_images": train_images, "train_labels": train_labels, "val_images": val_images,
-            "val_labels": val_labels,
-            "meta": {"classes": CLASSES, "mean": [0.5] * 3, "std": [0.3] * 3, "input_shape": [3, 8, 8],
-                     "counts": {"train": n_train, "val": n_val, "test": 0}}}
-
-
-def train_params(**sections) -> dict:
-    """Schema defaults, small sizes; keyword arguments replace or update sections."""
-    schema = {"properties": {"train": load_schema()["properties"]["train"]}}
-    base = fill_defaults({"train": {"epochs": 3, "batch_size": 16}}, schema)["train"]
-    for key, value in sections.items():
-        base[key] = {**base[key], **value} if isinstance(value, dict) else value
-    return base
-
-
-def tiny_model(seed=0):
-    torch.manual_seed(seed)
-    return cnnspec.build_model(cnnspec.parse_spec(SPEC, "tiny.yaml"), (3, 8, 8), 3)
-
-
-def run_training(params, tmp_path=None, model=None, **kwargs):
-    log_dir = None if tmp_path is None else tmp_path / "log"
-    resume = None if tmp_path is None else tmp_path / "resume" / "state.pt"
-    return train(model or tiny_model(), tiny_data(), params, "cpu", resume_path=resume,
-                 log_dir=log_dir, fingerprint="f", **kwargs)
 
 
 def weights(model) -> dict:
@@ -164,22 +124,6 @@ def test_compiled_training_matches_the_uncompiled_loss():
     assert compiled.history[0]["val/loss"] == pytest.approx(plain.history[0]["val/loss"], rel=1e-3)
 
 
-def Sabotage(model, at_call, action):
-    """`model` with a forward hook that runs `action` on the output of its training
-    forward number `at_call` (state_dict keys unchanged, so a resumed run can load it)."""
-    calls = {"n": 0}
-
-    def hook(module, inputs, output):
-        if module.training:
-            calls["n"] += 1
-            if calls["n"] == at_call:
-                return action(output)
-        return None
-
-    model.register_forward_hook(hook)
-    return model
-
-
 def test_nan_loss_stops_with_one_line_naming_epoch_and_step_and_keeps_the_last_state(tmp_path):
     model = Sabotage(tiny_model(), at_call=5, action=lambda out: out * float("nan"))  # epoch 2, step 2
     with pytest.raises(TrainingError) as caught:
@@ -247,9 +191,9 @@ def test_a_resume_state_for_other_params_is_ignored(tmp_path, capsys):
 
 KILLED_RUN = """
 import os, signal, sys, torch
-sys.path.insert(0, {tests!r})
+sys.path.insert(0, {root!r})
 torch.set_num_threads(1)
-from test_training import Sabotage, run_training, tiny_model, train_params
+from tests.tinytraining import Sabotage, run_training, tiny_model, train_params
 from pathlib import Path
 kill_at = int(sys.argv[2])
 model = tiny_model()
@@ -263,7 +207,7 @@ torch.save(result.model.state_dict(), Path(sys.argv[1]) / "final.pt")
 @pytest.mark.slow
 def test_sigkill_mid_epoch_then_rerun_equals_an_uninterrupted_run(tmp_path):
     script = tmp_path / "run.py"
-    script.write_text(KILLED_RUN.format(tests=str(REPO_ROOT / "tests")))
+    script.write_text(KILLED_RUN.format(root=str(REPO_ROOT)))
 
     def launch(folder, kill_at):
         return subprocess.run([sys.executable, str(script), str(folder), str(kill_at)],
@@ -284,28 +228,13 @@ def test_sigkill_mid_epoch_then_rerun_equals_an_uninterrupted_run(tmp_path):
     assert all(torch.equal(whole[key], again[key]) for key in whole)
 
 
-def write_stage_inputs(folder: Path, **train_overrides):
-    from cnnspec.data.datasets import write_prepared
-
-    data = tiny_data()
-    meta = data.pop("meta")
-    data["test_images"], data["test_labels"] = data["val_images"], data["val_labels"]
-    meta["counts"]["test"] = len(data["test_labels"])
-    write_prepared(folder / "data" / "prepared", data, meta)
-    (folder / "specs").mkdir()
-    (folder / "specs" / "tiny.yaml").write_text(SPEC)
-    params = {"model": {"spec": "specs/tiny.yaml"},
-              "train": {"device": "cpu", "epochs": 2, "batch_size": 16, **train_overrides}}
-    (folder / "params.yaml").write_text(yaml.safe_dump(params))
-
-
 def test_stage_writes_a_loadable_model_and_metrics_and_removes_its_resume_state(tmp_path, monkeypatch):
     from stages import train as stage
 
     write_stage_inputs(tmp_path)
     monkeypatch.chdir(tmp_path)
     result = stage.run()
-    model, checkpoint = load_model(tmp_path / "models" / "model.pt")
+    model, checkpoint = load_network(tmp_path / "models" / "model.pt")
     assert checkpoint["classes"] == CLASSES and checkpoint["params"]["train"]["epochs"] == 2
     assert checkpoint["epoch"] == 1 and checkpoint["spec_text"] == SPEC
     images = torch.randn(3, 3, 8, 8)

@@ -29,9 +29,11 @@ import urllib.parse
 import urllib.request
 from pathlib import Path, PurePosixPath
 
-from cnnspec.atomic import atomic_folder, disk_is_full
+from cnnspec.atomic import atomic_folder, disk_is_full, sweep_stale_siblings
 from cnnspec.data.datasets import EXTRACTED, DatasetInfo, get_dataset
-from cnnspec.errors import DataError, DiskFullError
+from cnnspec.errors import DataError, DiskFullError, raise_if_terminated
+from cnnspec.paths import RAW
+from cnnspec.regular_files import not_a_regular_file
 
 DEFAULT_TIMEOUT = 10.0   # seconds without a byte before a connection counts as stalled
 DEFAULT_ATTEMPTS = 4
@@ -42,6 +44,7 @@ LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 NETWORK_HINT = "check the network, or set data.url to a mirror (http(s):// or file://)"
 MISSING_HINT = "set data.url to a mirror that has the file"
+TOO_LARGE_HINT = "is data.url the dataset's own file?"
 MD5_HINT = ("if this mirror serves other bytes, set data.md5 to their md5 "
             "(a mapping file name -> md5 for a folder), or to 'skip'")
 
@@ -65,36 +68,66 @@ def one_line(text) -> str:
 # ---------------------------------------------------------------------------------------
 # Fetching one file.
 
+# What a download may grow to: the dataset's known size plus a margin (a mirror may
+# compress differently), else what the server announces, else this.
+SIZE_MARGIN = 0.10
+MAX_DOWNLOAD_BYTES = 4 << 30
+# The official files' sizes in bytes (the md5s are in datasets.py).
+KNOWN_SIZES = {
+    "cifar-10-python.tar.gz": 170_498_071, "cifar-100-python.tar.gz": 169_001_437,
+    "train-images-idx3-ubyte.gz": 26_421_880, "train-labels-idx1-ubyte.gz": 29_515,   # Fashion-MNIST
+    "t10k-images-idx3-ubyte.gz": 4_422_102, "t10k-labels-idx1-ubyte.gz": 5_148,
+}
+KNOWN_SIZES_MNIST = {"train-images-idx3-ubyte.gz": 9_912_422, "train-labels-idx1-ubyte.gz": 28_881,
+                     "t10k-images-idx3-ubyte.gz": 1_648_877, "t10k-labels-idx1-ubyte.gz": 4_542}
+# What an archive must hold once extracted (inside its archive_folder) for its decoder.
+ARCHIVE_CONTENTS = {
+    "cifar10": ["batches.meta", *(f"data_batch_{i}" for i in range(1, 6)), "test_batch"],
+    "cifar100": ["meta", "train", "test"],
+}
+MAX_EXTRACTED_BYTES = 8 << 30   # an archive's members together (CIFAR's: 180 MB)
+
+
+def size_limit(dataset: str, file: str) -> int:
+    """The most bytes a download of `file` of `dataset` may have."""
+    known = (KNOWN_SIZES_MNIST if dataset == "mnist" else KNOWN_SIZES).get(file)
+    return int(known * (1 + SIZE_MARGIN)) + (1 << 20) if known else MAX_DOWNLOAD_BYTES
+
+
 def fetch(url: str, destination, md5: str | None, progress: bool = True, *,
           timeout: float = DEFAULT_TIMEOUT, attempts: int = DEFAULT_ATTEMPTS,
-          backoff: float = DEFAULT_BACKOFF) -> Path:
-    """Download `url` to `destination`, checking `md5` (None: no check, the caller warned).
+          backoff: float = DEFAULT_BACKOFF, max_bytes: int = MAX_DOWNLOAD_BYTES) -> Path:
+    """Download `url` to `destination`, checking `md5` (None: no check, the caller warned)
+    and stopping at `max_bytes` (a server that sends more, or announces more, is refused).
 
     Returns the destination; raises DataError and leaves no file behind on failure."""
     destination = Path(destination)
     destination.parent.mkdir(parents=True, exist_ok=True)
+    sweep_stale_siblings(destination, ".part")  # what a download killed earlier left
     handle, name = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".part", dir=destination.parent)
     os.close(handle)
     partial = Path(name)
     try:
-        _transfer_with_retries(url, partial, progress, timeout, attempts, backoff)
+        _transfer_with_retries(url, partial, progress, timeout, attempts, backoff, max_bytes)
         if md5 is not None:
             actual = md5_of(partial)
             if actual != md5.lower():
                 raise DataError(f"{url}: md5 mismatch: got {actual}, expected {md5.lower()}; {MD5_HINT}")
         with open(partial, "rb") as written:
             os.fsync(written.fileno())
+        raise_if_terminated()
         os.replace(partial, destination)
         return destination
     finally:
         partial.unlink(missing_ok=True)
 
 
-def _transfer_with_retries(url, partial, progress, timeout, attempts, backoff) -> None:
+def _transfer_with_retries(url, partial, progress, timeout, attempts, backoff,
+                           max_bytes: int = MAX_DOWNLOAD_BYTES) -> None:
     transfer = _transfer_for(url)
     for attempt in range(1, attempts + 1):
         try:
-            transfer(url, partial, progress, timeout)
+            transfer(url, partial, progress, timeout, max_bytes)
             return
         except PermanentFault as fault:
             raise DataError(f"{url}: {fault}; {fault.hint}") from None
@@ -114,7 +147,8 @@ def _transfer_for(url: str):
     return transfers[scheme]
 
 
-def _http_transfer(url: str, partial: Path, progress: bool, timeout: float) -> None:
+def _http_transfer(url: str, partial: Path, progress: bool, timeout: float,
+                   max_bytes: int = MAX_DOWNLOAD_BYTES) -> None:
     """Append the rest of `url` to `partial`, resuming from its size when the server allows."""
     offset = partial.stat().st_size
     headers = {"User-Agent": "cnnspec"}
@@ -126,7 +160,10 @@ def _http_transfer(url: str, partial: Path, progress: bool, timeout: float) -> N
                 offset = 0  # the server sent the whole file again
             length = response.headers.get("Content-Length")
             expected = offset + int(length) if length and length.isdigit() else None
-            received = _copy(response, partial, offset, expected, progress, url)
+            if expected is not None and expected > max_bytes:
+                raise PermanentFault(f"the server announces {expected:,} bytes, more than this "
+                                     f"file's size can be ({max_bytes:,})", TOO_LARGE_HINT)
+            received = _copy(response, partial, offset, expected, progress, url, max_bytes)
     except urllib.error.HTTPError as error:
         if error.code == 416 and offset:  # the partial file is longer than the file itself
             partial.write_bytes(b"")
@@ -171,14 +208,18 @@ def _classify(error: BaseException, timeout: float) -> Exception:
     return PermanentFault(f"{type(reason).__name__}: {one_line(reason)}", NETWORK_HINT)
 
 
-def _file_transfer(url: str, partial: Path, progress: bool, timeout: float) -> None:
+def _file_transfer(url: str, partial: Path, progress: bool, timeout: float,
+                   max_bytes: int = MAX_DOWNLOAD_BYTES) -> None:
     parts = urllib.parse.urlsplit(url)
     if parts.netloc not in ("", "localhost"):
         raise PermanentFault(f"file:// URLs must name a local path, not host '{parts.netloc}'")
     source = Path(urllib.request.url2pathname(parts.path))
+    problem = not_a_regular_file(source)
+    if problem and problem not in ("missing", "a folder"):  # a FIFO would block, /dev/zero never ends
+        raise PermanentFault(f"{source} is {problem}, not a regular file")
     try:
         with open(source, "rb") as reader:
-            _copy(reader, partial, 0, source.stat().st_size, progress, url)
+            _copy(reader, partial, 0, source.stat().st_size, progress, url, max_bytes)
     except FileNotFoundError:
         raise PermanentFault(f"no such file {source}") from None
     except IsADirectoryError:
@@ -187,12 +228,17 @@ def _file_transfer(url: str, partial: Path, progress: bool, timeout: float) -> N
         raise PermanentFault(f"cannot read {source}: {one_line(error.strerror or error)}") from None
 
 
-def _copy(reader, partial: Path, offset: int, expected: int | None, progress: bool, url: str) -> int:
-    """Copy `reader` into `partial` from byte `offset`; returns the file's size afterwards."""
+def _copy(reader, partial: Path, offset: int, expected: int | None, progress: bool, url: str,
+          max_bytes: int = MAX_DOWNLOAD_BYTES) -> int:
+    """Copy `reader` into `partial` from byte `offset`; returns the file's size afterwards.
+    Stops (PermanentFault) once the file would pass `max_bytes`."""
     with open(partial, "r+b" if offset else "wb") as out, _progress_bar(progress, expected, offset, url) as bar:
         out.seek(offset)
         out.truncate()
         while chunk := reader.read(CHUNK):
+            if out.tell() + len(chunk) > max_bytes:
+                raise PermanentFault(f"stopped after {out.tell():,} bytes: more than this file's size "
+                                     f"can be ({max_bytes:,})", TOO_LARGE_HINT)
             out.write(chunk)
             bar(len(chunk))
         return out.tell()
@@ -233,6 +279,7 @@ def safe_extract(tar_path, folder) -> Path:
             members = archive.getmembers()
             for member in members:
                 _check_member(member, tar_path)
+            _check_total_size(members, tar_path, folder)
             archive.extractall(temporary, members=members, filter="data")
     except tarfile.FilterError as error:  # anything our own check missed
         member = getattr(error, "tarinfo", None)
@@ -262,6 +309,22 @@ def _check_member(member: tarfile.TarInfo, tar_path: Path) -> None:
         target = member.linkname
         if target.startswith("/") or _escapes(base / target):
             refuse(f"link to '{target}' points outside the archive folder")
+
+
+def _check_total_size(members, tar_path: Path, folder: Path) -> None:
+    """Refuse an archive whose members add up to more than MAX_EXTRACTED_BYTES or than
+    the free disk space, before anything is written (a gzip of zeros is a tar bomb)."""
+    total = sum(member.size for member in members if member.isfile())
+    try:
+        free = shutil.disk_usage(folder.parent).free
+    except OSError:
+        free = None
+    if total > MAX_EXTRACTED_BYTES:
+        raise DataError(f"{tar_path}: refusing to extract {total:,} bytes (more than "
+                        f"{MAX_EXTRACTED_BYTES:,}); is data.url the dataset's archive?")
+    if free is not None and total > free:
+        raise DiskFullError(folder, f"the archive holds {total:,} bytes, more than the "
+                                    f"{free:,} free")
 
 
 def _escapes(path: PurePosixPath) -> bool:
@@ -319,7 +382,7 @@ def _checked_md5(value, key: str) -> str | None:
     return text
 
 
-def download_dataset(name: str, raw="data/raw", url: str = "", md5="", progress: bool = True,
+def download_dataset(name: str, raw=RAW, url: str = "", md5="", progress: bool = True,
                      log=print, **fetch_options) -> Path:
     """Fetch a dataset's files into `raw` (and unpack an archive into raw/extracted/),
     skipping files already there and verified. Returns the folder the decoder reads."""
@@ -336,13 +399,19 @@ def download_dataset(name: str, raw="data/raw", url: str = "", md5="", progress:
             log(f"{destination}: present and verified, not downloading")
             continue
         log(f"downloading {source} -> {destination}")
-        fetch(source, destination, sums[file], progress, **fetch_options)
+        fetch(source, destination, sums[file], progress,
+              **{"max_bytes": size_limit(name, file), **fetch_options})
     if info.is_archive:
         archive = raw / next(iter(info.files))
         try:
             _extract_once(archive, raw / EXTRACTED, log)
             if not info.data_folder(raw).is_dir():
                 raise DataError(f"{archive}: the archive has no folder "
+                                f"'{info.archive_folder}/'; is data.url the {name} archive?")
+            missing = [part for part in ARCHIVE_CONTENTS.get(name, [])
+                       if not (info.data_folder(raw) / part).is_file()]
+            if missing:
+                raise DataError(f"{archive}: the archive lacks {', '.join(missing)} in "
                                 f"'{info.archive_folder}/'; is data.url the {name} archive?")
         except DataError as error:
             raise DataError(f"{error}; {_discard_archive(archive, raw / EXTRACTED)}") from None

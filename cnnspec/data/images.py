@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from cnnspec.errors import DataError
+from cnnspec.regular_files import not_a_regular_file
 
 RESIZE_POLICIES = ("stretch", "center_crop")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
@@ -38,33 +39,97 @@ def is_image_file(path) -> bool:
     return Path(path).suffix.lower() in IMAGE_SUFFIXES
 
 
-def _open(source):
-    """A loaded PIL image from a path, bytes or a PIL image. Raises ImageReadError."""
+# The most pixels cnnspec decodes from one file (Pillow's own default is 89 million and
+# only a warning): a larger file is refused in one line before its pixels are decoded.
+MAX_PIXELS = 50_000_000
+# Integer and float modes with more than 8 bits per pixel (16-bit PNG and TIFF, 32-bit
+# integer, 32-bit float): Pillow's convert() would clip them to 255.
+WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+_noted: set[str] = set()
+
+
+def note(message: str) -> None:
+    """One line on stderr, once per message: Pillow's warnings in cnnspec's voice."""
+    import sys
+
+    if message not in _noted:
+        _noted.add(message)
+        print(f"note: {message}", file=sys.stderr)
+
+
+def _open(source, size: tuple[int, int] | None = None):
+    """A loaded PIL image from a path, bytes or a PIL image. Raises ImageReadError.
+    With `size` (height, width) a large JPEG is decoded already reduced (Pillow's draft
+    mode: 1/2, 1/4 or 1/8 of its size, never below `size`), so memory stays small."""
+    import warnings
+
     from PIL import Image, UnidentifiedImageError
 
     if isinstance(source, Image.Image):
         return source
     name = "<bytes>" if isinstance(source, (bytes, bytearray)) else str(source)
+    if not isinstance(source, (bytes, bytearray)):
+        problem = not_a_regular_file(source)
+        if problem == "missing":
+            raise ImageReadError(f"{name}: no such image file")
+        if problem:  # opening a FIFO would block; say what it is instead
+            raise ImageReadError(f"{name}: {problem}, not an image file")
+    Image.MAX_IMAGE_PIXELS = MAX_PIXELS
     try:
-        stream = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else open(source, "rb")
-        with stream:
-            image = Image.open(stream)
-            image.load()  # decode now: a truncated file fails here, not later
-            return image
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            stream = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else open(source, "rb")
+            with stream:
+                image = Image.open(stream)
+                if size is not None and image.format == "JPEG":
+                    image.draft(image.mode, (int(size[1]), int(size[0])))
+                image.load()  # decode now: a truncated file fails here, not later
+        for warning in caught:
+            note(f"{name}: {str(warning.message).splitlines()[0] if str(warning.message) else warning.category.__name__}")
+        return image
     except FileNotFoundError:
         raise ImageReadError(f"{name}: no such image file") from None
     except UnidentifiedImageError:
         raise ImageReadError(f"{name}: not an image Pillow can read") from None
-    except (OSError, ValueError, SyntaxError) as error:  # truncated, corrupt, unsupported
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageReadError(f"{name}: refused, more than {MAX_PIXELS:,} pixels (a decompression "
+                             f"bomb, or a photo far larger than any model input)") from None
+    except (OSError, ValueError, SyntaxError, MemoryError) as error:  # truncated, corrupt, unsupported
         first = (str(error).strip().splitlines() or ["unreadable"])[0]
         raise ImageReadError(f"{name}: damaged or unreadable image ({first})") from None
-    except Image.DecompressionBombError as error:
-        raise ImageReadError(f"{name}: refused, too many pixels ({error})") from None
 
 
-def _convert(image, channels: int):
+def _to_eight_bits(image, name: str):
+    """A 16-bit, 32-bit integer or float image as 8-bit "L", scaled by its real range:
+    16-bit values by 65535 (what a 16-bit PNG's values mean), 32-bit integer and float
+    values by the smallest of 0..1, 0..255, 0..65535 that holds them, else by their own
+    minimum and maximum. NaN or infinite pixels are refused."""
     from PIL import Image
 
+    values = np.asarray(image, dtype=np.float64)
+    if not np.isfinite(values).all():
+        raise ImageReadError(f"{name}: mode {image.mode} image with NaN or infinite pixels")
+    low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+    if image.mode.startswith("I;16"):
+        low, top = 0.0, 65535.0
+    else:
+        top = next((limit for limit in (1.0, 255.0, 65535.0) if low >= 0 and high <= limit), None)
+        low = 0.0 if top is not None else low
+        top = top if top is not None else (high if high > low else low + 1)
+    scaled = np.clip(np.rint((values - low) * (255.0 / (top - low))), 0, 255).astype(np.uint8)
+    return Image.fromarray(scaled, mode="L")
+
+
+def _convert(image, channels: int, name: str = "<image>"):
+    from PIL import Image
+
+    if image.mode in WIDE_MODES:
+        image = _to_eight_bits(image, name)
+    elif image.mode not in ("1", "L", "P", "LA", "PA", "RGB", "RGBA", "RGBX", "RGBa", "La", "CMYK",
+                            "YCbCr", "LAB", "HSV"):
+        raise ImageReadError(f"{name}: image mode {image.mode} is not supported (8-bit gray or "
+                             f"colour, 16-bit or float gray are)")
     if image.mode == "P" or image.mode in ("LA", "PA", "RGBA") or "transparency" in image.info:
         image = image.convert("RGBA")
         background = Image.new("RGBA", image.size, (0, 0, 0, 255))
@@ -100,7 +165,9 @@ def read_image(source, channels: int, size: tuple[int, int] | None = None,
     `size` is (height, width); None keeps the image's own size. Raises ImageReadError
     (one line naming the file) for anything that is not a readable image.
     """
-    image = _convert(_open(source), channels)
+    name = ("<bytes>" if isinstance(source, (bytes, bytearray))
+            else str(source) if isinstance(source, (str, Path)) else "<image>")
+    image = _convert(_open(source, size), channels, name)
     if size is not None:
         image = _resize(image, (int(size[0]), int(size[1])), resize)
     array = np.asarray(image, dtype=np.uint8)

@@ -75,7 +75,10 @@ def _allowed_roots(root: Path) -> list[Path]:
 
 
 def _inside(path: Path, roots: list[Path]) -> bool:
-    resolved = path.resolve()
+    try:
+        resolved = path.resolve()
+    except (RuntimeError, OSError):  # a symlink loop leads nowhere: read_image names it
+        return True
     return any(resolved == root or root in resolved.parents for root in roots)
 
 
@@ -174,6 +177,10 @@ def scan_csv(source, columns: dict) -> Listing:
                     raise DataError(f"{where}: empty {label_column} for {text}")
                 if split not in ("", *SPLITS):
                     raise DataError(f"{where}: {split_column} '{split}' must be train, val or test")
+                control = next((c for c in text if ord(c) < 32 or ord(c) == 127), None)
+                if control is not None:
+                    raise DataError(f"{where}: {path_column} holds the control character "
+                                    f"U+{ord(control):04X} ({text!r}); a file name cannot")
                 relative = Path(text)
                 if relative.is_absolute():
                     raise DataError(f"{where}: {text}: absolute path; paths are relative to {root}/")
@@ -198,7 +205,27 @@ def scan_csv(source, columns: dict) -> Listing:
 # ---------------------------------------------------------------------------------------
 # Classes and splits.
 
-def assign_splits(listing: Listing, val_split: float, test_split: float, seed: int):
+def _name_classes_missing_from_a_split(classes, ids, split_indices, strict: bool) -> None:
+    """A class missing from a split the other classes are in is named with its counts: a
+    warning; an error when `strict` (data.bad_images: fail) and the class has fewer images
+    than there are splits, so that no split fraction could give it a place in each."""
+    counts = {split: np.bincount(ids[indices], minlength=len(classes))
+              for split, indices in split_indices.items()}
+    used = [split for split in SPLITS if counts[split].sum() > 0]  # val_split 0: no val at all
+    for index, name in enumerate(classes):
+        if all(counts[split][index] > 0 for split in used):
+            continue
+        per_split = ", ".join(f"{split} {int(counts[split][index])}" for split in SPLITS)
+        total = sum(int(counts[split][index]) for split in SPLITS)
+        message = (f"data.source: class '{name}' has only {total} image{'s' * (total != 1)}, too few "
+                   f"to appear in every split ({per_split})")
+        if strict and total < len(used):
+            raise DataError(message + "; add images (data.bad_images: fail)")
+        print(f"warning: {message}", file=sys.stderr)
+
+
+def assign_splits(listing: Listing, val_split: float, test_split: float, seed: int,
+                  strict: bool = False):
     """(classes, {split: (indices into the listing, label ids)}).
 
     The source's own splits are kept; without a test split, a stratified `test_split`
@@ -232,6 +259,7 @@ def assign_splits(listing: Listing, val_split: float, test_split: float, seed: i
             names = ", ".join(f"'{classes[i]}'" for i in missing)
             raise DataError(f"data.source: class {names} has images in {split} but none in train; "
                             "the model cannot learn a class it never sees")
+    _name_classes_missing_from_a_split(classes, ids, split_indices, strict)
     return classes, {s: (np.sort(split_indices[s]), ids[np.sort(split_indices[s])]) for s in SPLITS}
 
 
@@ -382,7 +410,8 @@ def scan(data: dict) -> Listing:
 def prepare_image_dataset(data: dict, out_folder, workers: int | None = None, log=print) -> dict:
     """Scan, split, decode and write `out_folder` (all files or none). Returns meta.json."""
     listing = scan(data)
-    classes, splits = assign_splits(listing, data["val_split"], data["test_split"], data["seed"])
+    classes, splits = assign_splits(listing, data["val_split"], data["test_split"], data["seed"],
+                                    strict=data.get("bad_images") == "fail")
     height, width = data["image_size"]
     shape = (data["channels"], height, width)
     workers = default_workers() if workers is None else workers

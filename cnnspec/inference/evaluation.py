@@ -2,8 +2,11 @@
 recall / F1 (as sklearn's classification_report computes them), the confusion
 matrix, with optional test-time augmentation.
 
-    probabilities = predict_probabilities(model, images, mean, std, tta="flip")
+    probabilities = predict_probabilities(model, images, mean, std, tta="flip", batch_size=2000)
     report = classification_report(labels, probabilities, classes)
+
+`tta` and `batch_size` are params.yaml's `evaluate` values (the schema holds their
+defaults); the device is the one chooser training and predict use (training/device.py).
 """
 from __future__ import annotations
 
@@ -16,7 +19,8 @@ import torch.nn.functional as F
 
 from cnnspec.data.datasets import Normalize, load_prepared
 from cnnspec.errors import DataError, TrainingError
-from cnnspec.paths import MODEL, PREPARED, TRAIN_HINT
+from cnnspec.paths import TRAIN_HINT
+from cnnspec.training.device import pick_device
 
 DECIMALS = 4  # metrics/eval.json is diffed by people; four digits are enough to read
 SMALLEST_PROBABILITY = 1e-12  # keeps log(0) out of the loss when a model is certain and wrong
@@ -55,21 +59,17 @@ TTA = {
 }
 
 
-def best_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 @torch.inference_mode()
-def predict_probabilities(model, images: np.ndarray, mean, std, tta: str = "none",
-                          batch_size: int = 2000, device=None) -> np.ndarray:
+def predict_probabilities(model, images: np.ndarray, mean, std, tta: str, batch_size: int,
+                          device=None) -> np.ndarray:
     """Class probabilities (N, num_classes) as float64 for uint8 images (N, C, H, W).
 
     Images travel to the device one batch at a time and are normalized there
     with the training split's per-channel `mean` and `std` (pixel/255 units), by
-    the same Normalize as in training.
+    the same Normalize as in training. `device` None: CUDA when there is one.
     """
     views = TTA[tta]
-    device = torch.device(device) if device is not None else best_device()
+    device = torch.device(device) if device is not None else pick_device("auto")
     model.eval().to(device)
     normalize = Normalize(mean, std, device)
     outputs = []
@@ -174,18 +174,19 @@ def rounded(value):
 
 # --- the whole evaluation -------------------------------------------------
 
-def evaluate_checkpoint(model_path=MODEL, prepared=PREPARED, tta="none",
-                        batch_size=2000, device=None) -> tuple[dict, np.ndarray, np.ndarray]:
-    """Score a checkpoint on the prepared test split.
+def evaluate_checkpoint(model_path, prepared, *, tta: str, batch_size: int,
+                        device=None) -> tuple[dict, np.ndarray, np.ndarray]:
+    """Score a checkpoint on the prepared test split (`tta`, `batch_size`: params.yaml's
+    evaluate section).
 
     Returns (report, actual labels, predicted labels)."""
-    from cnnspec.models.checkpoint import load_model
+    from cnnspec.models.checkpoint import load_network
 
     model_path = Path(model_path)
     if not model_path.is_file():
         raise TrainingError(f"{model_path}: missing; {TRAIN_HINT}")
-    device = torch.device(device) if device is not None else best_device()
-    model, checkpoint = load_model(model_path, device)  # a damaged model is named before the data is read
+    device = torch.device(device) if device is not None else pick_device("auto")
+    model, checkpoint = load_network(model_path, device)  # a damaged model is named before the data is read
     data = load_prepared(prepared, mmap_mode="r")  # only the test split is read from disk
     check_model_fits_data(checkpoint, data["meta"], model_path, prepared)
 

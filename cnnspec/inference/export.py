@@ -24,6 +24,7 @@ import torch
 
 from cnnspec.atomic import atomic_path
 from cnnspec.errors import CnnspecError
+from cnnspec.paths import PREPARED
 
 TOLERANCE = 1e-4  # largest |exported - PyTorch| probability accepted
 CHECK_IMAGES = 64
@@ -39,7 +40,7 @@ def default_output(checkpoint, fmt: str) -> Path:
     return checkpoint.with_name(checkpoint.name.removesuffix(".pt") + SUFFIXES[fmt])
 
 
-def check_images(model, prepared="data/prepared", count: int = CHECK_IMAGES) -> tuple[torch.Tensor, str]:
+def check_images(model, prepared=PREPARED, count: int = CHECK_IMAGES) -> tuple[torch.Tensor, str]:
     """float32 (N, C, H, W) in 0..1 to check an export on, and where they came from: the
     first `count` test images of `prepared` when their shape is the model's, else
     seeded uniform noise (said so)."""
@@ -105,7 +106,7 @@ def largest_difference(path: Path, fmt: str, model, images: torch.Tensor) -> flo
     return float(max(np.abs(whole - expected).max(), np.abs(single - expected[:len(single)]).max()))
 
 
-def export(checkpoint, fmt: str, output=None, prepared="data/prepared", opset: int = 17) -> dict:
+def export(checkpoint, fmt: str, output=None, prepared=PREPARED, opset: int = 17) -> dict:
     """Export `checkpoint` to `output` (default: beside it) and check it. Returns
     {"output", "difference", "checked_on"}; raises ExportError when it does not match."""
     from cnnspec.inference.predict import load_model

@@ -71,7 +71,7 @@ def load_model(path, device="cpu") -> InferenceModel:
     """The checkpoint at `path` as an InferenceModel in eval mode on `device`. A file that
     is not a cnnspec checkpoint, or of a format this version cannot read, raises a
     one-line TrainingError."""
-    from cnnspec.models.checkpoint import image_settings, load_model as load_network
+    from cnnspec.models.checkpoint import image_settings, load_network
 
     network, checkpoint = load_network(path, "cpu")
     channels, size, resize = image_settings(checkpoint)
@@ -298,21 +298,6 @@ def as_table(predictions: list[Prediction]) -> str:
 
 # ---------------------------------------------------------------- the command
 
-def device_from_argument(name: str) -> torch.device:
-    """--device: auto (CUDA when there is one), cpu, cuda, cuda:N."""
-    from cnnspec.errors import UsageError
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UsageError(f"--device: expected auto, cpu, cuda or cuda:N, not {name!r}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device: cuda is not available on this machine; use auto or cpu")
-    return device
-
-
 def run_command(args) -> int:
     from cnnspec.errors import UsageError
 
@@ -320,7 +305,9 @@ def run_command(args) -> int:
         raise UsageError(f"--top-k: expected a number >= 1, not {args.top_k}")
     if args.batch_size < 1:
         raise UsageError(f"--batch-size: expected a number >= 1, not {args.batch_size}")
-    model = load_model(args.checkpoint, device_from_argument(args.device))
+    from cnnspec.training.device import pick_device
+
+    model = load_model(args.checkpoint, pick_device(args.device, "--device", UsageError))
     paths = find_images(args.paths)
     predictions = predict_files(model, paths, args.top_k, args.batch_size, args.tta,
                                 progress=sys.stderr.isatty() and len(paths) > args.batch_size)

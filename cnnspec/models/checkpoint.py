@@ -7,18 +7,35 @@ refused instead of executed.
 """
 from __future__ import annotations
 
+import hashlib
 import pickle
+import warnings
 from pathlib import Path
 
 import torch
 
 from cnnspec.atomic import save_torch
-from cnnspec.errors import CnnspecError, TrainingError
+from cnnspec.errors import CnnspecError, SpecError, TrainingError
+from cnnspec.paths import MODEL
+from cnnspec.spec.plugins import PluginError
 
 FORMAT = "cnnspec-checkpoint/1"
 # Keys added after format 1 was first written are optional: an older file lacks
 # image_size / channels / resize and `image_settings` falls back to input_shape and
-# "stretch" (what every dataset of that time did), so the format number stays 1.
+# "stretch" (what every dataset of that time did), and weights_sha256 (then the weights
+# are not verified), so the format number stays 1.
+DIGEST_KEY = "weights_sha256"
+
+
+def weights_digest(state_dict: dict) -> str:
+    """sha256 over every tensor's name, dtype, shape and bytes, in sorted name order: the
+    same weights give the same digest on every machine, one flipped bit another."""
+    digest = hashlib.sha256()
+    for name in sorted(state_dict):
+        tensor = state_dict[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode("utf-8"))
+        digest.update(tensor.flatten().view(torch.uint8).numpy())
+    return digest.hexdigest()
 
 
 def _spec_text_and_path(spec) -> tuple[str, str | None]:
@@ -38,9 +55,11 @@ def save_checkpoint(path, model, spec, meta: dict, params: dict, epoch: int, bes
     when the dataset reads image files)."""
     spec_text, spec_path = _spec_text_and_path(spec)
     channels, image_size, resize = image_settings(meta)
+    state_dict = cpu_state_dict(model)
     checkpoint = {
         "format": FORMAT,
-        "state_dict": cpu_state_dict(model),
+        "state_dict": state_dict,
+        DIGEST_KEY: weights_digest(state_dict),
         "spec_text": spec_text,
         "spec_path": spec_path,
         "classes": list(meta["classes"]),
@@ -75,7 +94,8 @@ def image_settings(meta_or_checkpoint: dict) -> tuple[int, tuple[int, int], str]
 def read_checkpoint(path) -> dict:
     """torch.load with weights_only=True; anything that is not a cnnspec checkpoint
     (a missing, empty or truncated file, another format, a pickle that wants to run
-    code) is a one-line TrainingError naming the file and what to do."""
+    code, weights that no longer match their digest) is a one-line TrainingError naming
+    the file and what to do."""
     path = Path(path)
     if not path.is_file():
         raise TrainingError(f"{path}: no such checkpoint file")
@@ -85,47 +105,145 @@ def read_checkpoint(path) -> dict:
         raise TrainingError(f"{path}: the checkpoint is an empty file (damaged: a write that did "
                             f"not finish?); {RETRAIN_HINT}")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as error:
-        first_line = (str(error).strip().splitlines() or ["unreadable"])[0].split(". ")[0]
+        with warnings.catch_warnings():  # torch's warnings about odd pickles: the line below says it
+            warnings.simplefilter("ignore")
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - hostile bytes fail inside torch in many ways
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0].split(". ")[0]
         refused = isinstance(error, pickle.UnpicklingError) and len(head) == len(ZIP_MAGIC)
         if ZIP_MAGIC.startswith(head) and not refused:  # began as torch.save's zip: damaged
             cause = first_line.split(". ")[0][:120]
             raise TrainingError(f"{path}: the checkpoint is damaged or truncated ({cause}); "
                                 f"{RETRAIN_HINT}") from None
+        if isinstance(error, pickle.UnpicklingError) and first_line.startswith("Weights only load failed"):
+            first_line = "it asks to run code or build objects other than tensors and plain values"
         raise TrainingError(f"{path}: not a loadable cnnspec checkpoint "
-                            f"(refused by torch.load(weights_only=True): {first_line})") from None
+                            f"(refused by torch.load(weights_only=True): {first_line[:160]})") from None
     found = checkpoint.get("format") if isinstance(checkpoint, dict) else None
     if isinstance(found, str) and found.startswith("cnnspec-checkpoint/") and found != FORMAT:
         raise TrainingError(f"{path}: a cnnspec checkpoint of format {found!r}, which this version "
                             f"of cnnspec cannot read (it reads {FORMAT!r})")
     if isinstance(found, str) and found.startswith("cnnspec-resume/"):
         raise TrainingError(f"{path}: a training resume state, not a model checkpoint "
-                            "(use models/model.pt)")
-    if found != FORMAT:
+                            f"(use {MODEL})")
+    if not (isinstance(found, str) and found == FORMAT):  # a tensor compares element-wise
         raise TrainingError(f"{path}: not a cnnspec checkpoint (expected format {FORMAT!r})")
+    problem = malformed(checkpoint)
+    if problem:
+        raise TrainingError(f"{path}: a damaged cnnspec checkpoint: {problem}; {RETRAIN_HINT}")
+    stored = checkpoint.get(DIGEST_KEY)
+    if stored is not None and stored != weights_digest(checkpoint["state_dict"]):
+        raise TrainingError(f"{path}: the checkpoint is damaged: its weights no longer match the "
+                            f"sha256 digest stored with them (changed on disk or in transfer); "
+                            f"copy it again or {RETRAIN_HINT}")
     return checkpoint
 
 
-def load_model(path, device="cpu"):
-    """Rebuild the model a checkpoint describes, load its weights, put it in eval mode
-    on `device`. Returns (model, checkpoint)."""
+def malformed(checkpoint: dict) -> str | None:
+    """What is wrong with the fields a checkpoint must have, or None."""
+    def is_number(value):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+    state_dict = checkpoint.get("state_dict")
+    if not isinstance(state_dict, dict) or not all(
+            isinstance(name, str) and isinstance(tensor, torch.Tensor) for name, tensor in state_dict.items()):
+        return "state_dict is not a mapping of names to tensors"
+    if not isinstance(checkpoint.get("spec_text"), str):
+        return "spec_text is not text"
+    classes = checkpoint.get("classes")
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
+        return "classes is not a list of class names"
+    count = checkpoint.get("num_classes")
+    if not isinstance(count, int) or isinstance(count, bool) or count != len(classes):
+        return f"num_classes is not the number of classes ({len(classes)})"
+    shape = checkpoint.get("input_shape")
+    if not (isinstance(shape, list) and len(shape) == 3
+            and all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 65536 for v in shape)):
+        return "input_shape is not three sizes (channels, height, width)"
+    for key in ("mean", "std"):
+        values = checkpoint.get(key)
+        if not isinstance(values, list) or len(values) != shape[0] or not all(is_number(v) for v in values):
+            return f"{key} is not one number per channel"
+    if any(v == 0 for v in checkpoint["std"]):
+        return "std holds a zero"
+    for key in ("spec_path", DIGEST_KEY):
+        if checkpoint.get(key) is not None and not isinstance(checkpoint[key], str):
+            return f"{key} is not text"
+    if checkpoint.get("params") is not None and not isinstance(checkpoint["params"], dict):
+        return "params is not a mapping"
+    size, channels, resize = (checkpoint.get(key) for key in ("image_size", "channels", "resize"))
+    if not (size is None or (isinstance(size, list) and len(size) == 2
+                             and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in size))):
+        return "image_size is not [height, width]"
+    if not (channels is None or (isinstance(channels, int) and channels in (1, 3))):
+        return "channels is not 1 or 3"
+    if not (resize is None or isinstance(resize, str)):
+        return "resize is not text"
+    return None
+
+
+def load_network(path, device="cpu"):
+    """Rebuild the network (the SpecModel) a checkpoint describes, load its weights, put it in eval mode
+    on `device`. Returns (model, checkpoint).
+
+    A checkpoint is data: loading it never imports a module. When its spec uses layer
+    types from plugins, load those first (`--plugin MODULE`, `cnnspec.load_plugins`)."""
     from cnnspec.models.compiler import build_model
     from cnnspec.spec.reader import parse_spec
-    from cnnspec.spec.plugins import load_plugins
 
     checkpoint = read_checkpoint(path)
     try:
-        load_plugins(((checkpoint.get("params") or {}).get("model") or {}).get("plugins"))
         spec = parse_spec(checkpoint["spec_text"], checkpoint.get("spec_path") or str(path))
+    except SpecError as error:
+        missing = unregistered_layer_types(checkpoint["spec_text"])
+        if missing and "unknown layer type" in str(error):
+            raise PluginError(plugins_needed(path, missing, checkpoint)) from None
+        raise TrainingError(f"{path}: the spec stored in the checkpoint is not valid: {error}") from None
+    try:
         # the weights are all in the checkpoint: no ImageNet download for a backbone
         model = build_model(spec, tuple(checkpoint["input_shape"]), checkpoint["num_classes"],
                             load_weights=False)
         model.load_state_dict(checkpoint["state_dict"])
     except CnnspecError:
         raise
-    except (RuntimeError, KeyError) as error:
+    except (RuntimeError, KeyError, ValueError, TypeError) as error:
         first_line = (str(error).strip().splitlines() or ["mismatch"])[0]
         raise TrainingError(f"{path}: the weights do not fit the spec stored with them: "
                             f"{first_line}") from None
     return model.to(device).eval(), checkpoint
+
+
+def unregistered_layer_types(spec_text: str) -> list[str]:
+    """Names written where a layer type goes (a list item TYPE or {TYPE: ...}) that no
+    registered layer type has, in the order they appear."""
+    from cnnspec.spec.reader import LAYER_SCHEMAS, TYPE_NAME
+    from cnnspec.spec.yamlio import load_yaml
+
+    try:
+        document = load_yaml(spec_text)
+    except SpecError:
+        return []
+    found, stack = [], [document]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, dict):
+            stack.extend(reversed(list(value.values())))
+        elif isinstance(value, list):
+            for item in value:
+                name = item if isinstance(item, str) else next(iter(item)) if isinstance(item, dict) and len(item) == 1 else None
+                if (isinstance(name, str) and TYPE_NAME.match(name) and name not in LAYER_SCHEMAS
+                        and name not in found and not name.startswith("$")):
+                    found.append(name)
+            stack.extend(reversed(value))
+    return found
+
+
+def plugins_needed(path, missing: list[str], checkpoint: dict) -> str:
+    model = (checkpoint.get("params") or {}).get("model")  # params: a dict or None (malformed)
+    named = model.get("plugins") if isinstance(model, dict) else None
+    named = [str(name) for name in named if isinstance(name, str)] if isinstance(named, list) else []
+    trained = (f" (it was trained with the plugin{'s' * (len(named) != 1)} "
+               f"{', '.join(named)})") if named else ""
+    return (f"{path}: the model uses layer type{'s' * (len(missing) != 1)} {', '.join(missing)} "
+            f"that no loaded plugin registers{trained}; a checkpoint never imports code: load the "
+            f"plugin yourself with --plugin MODULE (cnnspec.load_plugins in Python), only code you trust")

@@ -9,6 +9,7 @@ from its records.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +20,10 @@ from cnnspec.spec.nodes import LayerNode, Spec
 
 DEFAULT_INPUT = (3, 32, 32)
 MAX_PARAMS = 1_000_000_000  # 4 GB of float32 weights: refused before anything is allocated
+# What one image's forward pass may keep for the backward pass (every layer's float32
+# output) before cnnspec warns, and `validate --strict` refuses: ResNet-50 at 224x224 keeps
+# about 0.1 GiB, so a spec above this is almost surely a mistake (a huge input or resize).
+MAX_ACTIVATION_BYTES = 1 << 30
 
 
 @dataclass
@@ -129,6 +134,7 @@ def infer(spec: Spec, input_shape, num_classes: int) -> Context:
     shape = resolve_input(spec, input_shape)
     ctx = infer_tree(spec.layers, shape, num_classes)
     check_param_limit(ctx.records)
+    check_activation_memory(ctx)
     out_shape = ctx.records[-1].out_shape if ctx.records else shape
     if tuple(out_shape) != (num_classes,):
         last = spec.layers[-1]
@@ -146,6 +152,29 @@ def check_param_limit(records) -> None:
         own = biggest.trainable + biggest.non_trainable
         raise error(biggest.node, f"the model would have {total:,} parameters, more than the "
                                   f"limit of {MAX_PARAMS:,}; {biggest.node.name} alone has {own:,}")
+
+
+def activation_bytes(records) -> int:
+    """float32 bytes every layer's output takes for one image (the layers that hold
+    others count through their children), what training keeps for the backward pass."""
+    return 4 * sum(math.prod(record.out_shape) for record in records if not record.children)
+
+
+def check_activation_memory(ctx: Context) -> None:
+    """Warn (an error under --strict) when one image's activations pass MAX_ACTIVATION_BYTES,
+    naming the layer with the largest output."""
+    total = activation_bytes(ctx.records)
+    if total > MAX_ACTIVATION_BYTES:
+        leaves = [record for record in ctx.records if not record.children]
+        biggest = max(leaves, key=lambda record: math.prod(record.out_shape))
+        ctx.warn(biggest.node, f"one image's forward pass keeps about {gib(total)} of activations "
+                               f"(more than {gib(MAX_ACTIVATION_BYTES)}): {biggest.node.name} alone "
+                               f"outputs {fmt(biggest.out_shape)}, {gib(4 * math.prod(biggest.out_shape))}; "
+                               f"a smaller input, resize or an earlier stride fixes it")
+
+
+def gib(size: int) -> str:
+    return f"{size / (1 << 30):,.1f} GiB"
 
 
 def infer_shapes(spec_or_path, input_shape=None, num_classes: int = 10) -> list:

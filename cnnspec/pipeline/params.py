@@ -1,11 +1,12 @@
 """Read params.yaml, check it against params_schema.json, fill in the defaults.
 
-    params = load_stage_params("params.yaml", sections=["evaluate"])
+    params = load_stage_params(PARAMS, sections=["data"])
+    params = load_resolved_params(PARAMS, sections=["evaluate"])   # train and evaluate
     params["evaluate"]["batch_size"]
 
-Every stage calls `load_stage_params` first (`load_params`, then `check_named_paths`),
-so a typo or a misspelt path stops the pipeline before any work is done, with one line
-that names the key:
+Every stage calls `load_stage_params` or `load_resolved_params` first (`load_params`,
+then `check_named_paths`), so a typo or a misspelt path stops the pipeline before any
+work is done, with one line that names the key:
 
     params.yaml: train.batch_size: 0 is less than the minimum of 1
     params.yaml: train.optimzer: unknown key 'optimzer' (did you mean 'optimizer'?)
@@ -14,18 +15,19 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 from pathlib import Path
 
+from cnnspec.errors import ParamsError, SpecError
+from cnnspec.paths import PARAMS, RESOLVE_HINT, RESOLVED_PARAMS, path_problem
 from cnnspec.pipeline import recipes
 from cnnspec.spec import yamlio
-from cnnspec.errors import ParamsError, SpecError
-from cnnspec.paths import path_problem
 from cnnspec.spec.schema_errors import Strict, explain, key_path, unknown_key
 
 SCHEMA_PATH = Path(__file__).with_name("params_schema.json")
 
 
-def load_params(path="params.yaml", sections=None) -> dict:
+def load_params(path=PARAMS, sections=None) -> dict:
     """Return params.yaml as a dict, validated and with defaults filled in.
 
     `sections` (e.g. ["train", "model"]) limits the check to the sections a stage
@@ -61,12 +63,51 @@ def load_params(path="params.yaml", sections=None) -> dict:
     return filled
 
 
-def load_stage_params(path="params.yaml", sections=None) -> dict:
+def load_workspace_plugins(path=PARAMS) -> list:
+    """Import the plugins this workspace's params name (model.plugins): the stages that
+    open a checkpoint call this, since a checkpoint itself never imports code."""
+    return load_params(path, ["model"])["model"].get("plugins") or []
+
+
+def load_stage_params(path=PARAMS, sections=None) -> dict:
     """`load_params`, then `check_named_paths` on what it returned: what every stage
     does first, before it imports torch or reads any data."""
     params = load_params(path, sections)
     check_named_paths(params, str(path))
     return params
+
+
+def load_resolved_params(path=PARAMS, sections=None, say=print) -> dict:
+    """What the train and evaluate stages run with: params.resolved.yaml beside `path`,
+    the file the resolve stage writes and DVC tracks as their params, so the values DVC
+    shows are the values used. It must hold what `path` and its recipe resolve to now;
+    when it is missing or out of date (a stage run alone after an edit), the params
+    resolved here are used instead and one line through `say` says so. Then
+    `check_named_paths`, as in load_stage_params."""
+    current = load_params(path, sections)
+    resolved_path = Path(path).with_name(RESOLVED_PARAMS.name)
+    written = _written_sections(resolved_path, list(current))
+    if written is None:
+        say(f"note: {resolved_path} is missing, so {path} and its recipe are resolved here; "
+            f"{RESOLVE_HINT} to write it")
+    elif written != current:
+        say(f"note: {resolved_path} is older than {path} or its recipe, so they are resolved here; "
+            f"{RESOLVE_HINT} to update it")
+    params = current if written != current else written
+    check_named_paths(params, str(path))
+    return params
+
+
+def _written_sections(path: Path, sections: list[str]):
+    """`sections` of a resolved params file, as written; None when it is missing.
+    A file that does not parse, or lacks one of them, reads as out of date ({})."""
+    if not path.is_file():
+        return None
+    try:
+        written = read_yaml_mapping(path)
+    except ParamsError:
+        return {}
+    return {section: written[section] for section in sections if section in written}
 
 
 def load_schema() -> dict:
@@ -77,12 +118,12 @@ def load_schema() -> dict:
 
 def read_yaml_mapping(path) -> dict:
     name = str(path)
+    if not os.path.lexists(path):
+        raise ParamsError(f"{name}: file not found (stages read it from the directory they run in)")
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ParamsError(f"{name}: file not found (stages read it from the directory they run in)") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise ParamsError(f"{name}: cannot read: {error}") from None
+        text = yamlio.read_bounded_text(path)  # a FIFO or a huge file: refused before reading
+    except SpecError as error:
+        raise ParamsError(str(error)) from None
     data = parse_yaml(text, name)
     if not isinstance(data, dict):
         found = "an empty file" if data is None else f"a {type(data).__name__}"
@@ -155,7 +196,7 @@ NAMED_PATHS = {
 }
 
 
-def check_named_paths(params: dict, name="params.yaml", keys=None) -> None:
+def check_named_paths(params: dict, name=str(PARAMS), keys=None) -> None:
     """Raise ParamsError for the first param in NAMED_PATHS (or `keys`) whose value
     does not name an existing, readable file (or folder, as the registry says).
 
@@ -171,4 +212,4 @@ def check_named_paths(params: dict, name="params.yaml", keys=None) -> None:
             continue
         problem = path_problem(Path(str(value)), kind)
         if problem:
-            raise ParamsError(f"{name}: {key}: {value}: {problem}")
+            raise ParamsError(f"{name}: {key}: {recipes.printable(value)}: {problem}")

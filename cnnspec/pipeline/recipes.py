@@ -26,12 +26,24 @@ from pathlib import Path
 
 from cnnspec.spec import yamlio
 from cnnspec.errors import ParamsError, SpecError
+from cnnspec.paths import PARAMS
 
 DEFAULT_RECIPE = "keras_adam"   # for a spec that names none: Adam 1e-3 trains most CNNs
 SECTIONS = ("train", "evaluate")   # what a recipe may set; data.* stays in params.yaml
 SHIPPED = Path(__file__).resolve().parents[2] / "recipes"
 NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 MAX_BASES = 16
+# Recipes once named after the seed report they reproduce, now after what they are
+# (docs/recipes.md keeps the provenance). An old name is refused with its new one.
+RENAMED = {
+    "seed000_cnn": "adam_plateau_early_stop",
+    "seed000_resnet18": "adam_early_stop",
+    "seed002_fan": "adam_30_epochs",
+    "seed002_resnet50v2": "adam_3_epochs",
+    "seed003": "adam_focal_balanced",
+    "seed003_cifar10": "adam_focal_balanced_cats_dogs",
+    "seed004_resnet50": "adam_15_epochs",
+}
 
 
 def recipe_dirs(params_path=None) -> list[Path]:
@@ -61,27 +73,36 @@ def find_recipe(name: str, asked_where: str, params_path=None) -> Path:
         path = folder / f"{name}.yaml"
         if path.is_file():
             return path
+    if name in RENAMED:
+        raise ParamsError(f"{asked_where}: recipe {name!r} is now called {RENAMED[name]!r}")
     names = available(params_path)
     close = difflib.get_close_matches(name, names, n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else f"; known: {', '.join(names) or 'none'}"
     raise ParamsError(f"{asked_where}: no recipe {name!r} in recipes/{hint}")
 
 
-def spec_recipe(spec_path, params_path=None, name="params.yaml") -> tuple[str | None, str]:
+def printable(value) -> str:
+    """A path as a one-line message shows it: as written, or quoted when it holds a
+    newline or another control character."""
+    text = str(value)
+    return text if text.isprintable() else repr(text)
+
+
+def spec_recipe(spec_path, params_path=None, name=str(PARAMS)) -> tuple[str | None, str]:
     """The `recipe:` a spec file names (None if it names none) and where it is written."""
     path = Path(spec_path)
     if not path.is_file() and params_path is not None:
         beside = Path(params_path).resolve().parent / spec_path
         path = beside if beside.is_file() else path
-    try:
-        document = yamlio.load_yaml(path.read_text(encoding="utf-8"), str(spec_path))
-    except FileNotFoundError:
-        raise ParamsError(f"{name}: model.spec: {spec_path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as error:
-        reason = getattr(error, "strerror", None) or error
-        raise ParamsError(f"{name}: model.spec: {spec_path}: cannot read: {reason}") from None
+    shown = printable(spec_path)
+    if not path.exists() and not path.is_symlink():
+        raise ParamsError(f"{name}: model.spec: {shown}: no such file")
+    try:  # bounded: a FIFO or a huge file is refused before it is read
+        document = yamlio.load_yaml(yamlio.read_bounded_text(path), shown)
     except SpecError as error:
-        raise ParamsError(str(error)) from None
+        if error.line is not None:  # inside the spec: its own file:line:col says where
+            raise ParamsError(str(error)) from None
+        raise ParamsError(f"{name}: model.spec: {shown}: {error.message}") from None
     if not isinstance(document, dict) or "recipe" not in document:
         return None, str(spec_path)
     where = document.where_of("recipe")
@@ -125,12 +146,16 @@ def chain(name: str, asked_where: str, params_path=None) -> list[tuple[Path, yam
 def choose(params: dict, name: str, params_path=None) -> tuple[str | None, str]:
     """The recipe's name (None for `none`) and where that choice is written."""
     choice = params.get("recipe", "none")
+    if not isinstance(choice, str):
+        raise ParamsError(f"{name}: recipe: expected a recipe name, auto or none, not "
+                          f"{yamlio.describe_scalar(choice)}")
     if choice == "none":
         return None, f"{name}: recipe"
     if choice != "auto":
         return choice, f"{name}: recipe"
-    spec = (params.get("model") or {}).get("spec")
-    if not spec:
+    model = params.get("model")
+    spec = model.get("spec") if isinstance(model, dict) else None
+    if not spec or not isinstance(spec, str):  # the schema check names a bad model section
         return DEFAULT_RECIPE, f"{name}: recipe"
     named, where = spec_recipe(spec, params_path, name)
     return (named or DEFAULT_RECIPE), (where if named else f"{name}: recipe")

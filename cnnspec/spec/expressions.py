@@ -34,10 +34,20 @@ class ExpressionError(Exception):
         self.message, self.offset = message, offset
 
 
+# Bounds no real spec comes near: they turn hostile text into a located error instead of
+# a RecursionError, a hang on a 10,000-digit power or an OverflowError.
+MAX_LENGTH = 1000            # characters in one expression
+MAX_NESTING = 32             # parentheses, unary minus and function calls inside each other
+MAX_TOKENS = 256             # numbers, names and operators (each operator is one level of the tree)
+MAX_MAGNITUDE = 10**15       # any number met while evaluating (a layer has at most 1e6 filters)
+
+
 def make_divisible(value, divisor=8, min_value=None):
     """MobileNet's and EfficientNet's channel rounding (torchvision's _make_divisible): the
     nearest multiple of `divisor`, at least `min_value` (default: divisor), and never more
     than 10% below `value`."""
+    if divisor <= 0:
+        raise ArithmeticError(f"make_divisible's divisor must be > 0, not {divisor}")
     min_value = divisor if min_value is None else min_value
     rounded = max(min_value, int(value + divisor / 2) // divisor * divisor)
     return rounded + divisor if rounded < 0.9 * value else rounded
@@ -80,8 +90,21 @@ def tokenize(text: str) -> list[tuple[str, str, int]]:
 
 class Parser:
     def __init__(self, text: str):
+        if len(text) > MAX_LENGTH:
+            raise ExpressionError(f"the expression is {len(text):,} characters long (at most "
+                                  f"{MAX_LENGTH:,})", 0)
         self.tokens = tokenize(text)
+        if len(self.tokens) > MAX_TOKENS:
+            raise ExpressionError(f"the expression has {len(self.tokens) - 1} parts (at most "
+                                  f"{MAX_TOKENS - 1})", self.tokens[MAX_TOKENS][2])
         self.index = 0
+        self.nesting = 0
+
+    def nested(self, at: int):
+        """Count one more level of nesting (every recursion of the parser passes here)."""
+        self.nesting += 1
+        if self.nesting > MAX_NESTING:
+            raise ExpressionError(f"nested more than {MAX_NESTING} levels deep", at)
 
     def peek(self):
         return self.tokens[self.index]
@@ -111,14 +134,24 @@ class Parser:
 
     def unary(self):
         if token := self.take("-"):
-            return ("neg", self.unary(), token[2])
+            self.nested(token[2])
+            tree = ("neg", self.unary(), token[2])
+            self.nesting -= 1
+            return tree
         return self.atom()
 
     def atom(self):
+        self.nested(self.peek()[2])
+        tree = self.bare_atom()
+        self.nesting -= 1
+        return tree
+
+    def bare_atom(self):
         kind, value, at = self.peek()
         if kind == "number":
             self.index += 1
-            return ("num", float(value) if any(c in value for c in ".eE") else int(value), at)
+            number = float(value) if any(c in value for c in ".eE") else int(value) if len(value) <= 30 else None
+            return ("num", checked_number(number, value, at), at)
         if kind == "arg":
             self.index += 1
             return ("arg", value[1:], at)
@@ -203,8 +236,34 @@ def whole(value):
     return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
+def checked_number(value, text, at: int):
+    """`value` when it is finite and of sane size, else an ExpressionError at `at`."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        raise ExpressionError(f"{describe_number(text)} is not a finite number of sane size", at)
+    if abs(value) > MAX_MAGNITUDE:
+        raise ExpressionError(f"{describe_number(text)} is too large (more than {MAX_MAGNITUDE:.0e})", at)
+    return value
+
+
+def describe_number(value) -> str:
+    text = str(value)
+    return text if len(text) <= 24 else f"{text[:10]}...{text[-6:]} ({len(text)} characters)"
+
+
 def evaluate(tree, block_inputs: dict | None = None):
-    """The value of a bound tree; block_inputs maps a block call to its input channels."""
+    """The value of a bound tree; block_inputs maps a block call to its input channels.
+    A result that is not finite or too large, and any arithmetic failure (a zero divisor,
+    an overflow), is an ExpressionError at the operator or function that made it."""
+    try:
+        value = evaluate_unchecked(tree, block_inputs)
+    except ExpressionError:
+        raise
+    except (ArithmeticError, ValueError, TypeError) as failure:
+        raise ExpressionError(str(failure).split("\n")[0], tree[-1]) from None
+    return checked_number(value, value, tree[-1])
+
+
+def evaluate_unchecked(tree, block_inputs: dict | None):
     kind = tree[0]
     if kind == "num":
         return tree[1]
@@ -213,6 +272,10 @@ def evaluate(tree, block_inputs: dict | None = None):
     if kind == "neg":
         return -evaluate(tree[1], block_inputs)
     if kind == "call":
+        if tree[1] == "make_divisible" and len(tree[2]) > 1:
+            divisor = evaluate(tree[2][1], block_inputs)
+            if divisor <= 0:
+                raise ExpressionError(f"make_divisible's divisor must be > 0, not {divisor}", tree[3])
         return whole(FUNCTIONS[tree[1]][2](*(evaluate(argument, block_inputs) for argument in tree[2])))
     symbol, left, right = tree[1], evaluate(tree[2], block_inputs), evaluate(tree[3], block_inputs)
     if symbol in ("//", "/", "%") and right == 0:

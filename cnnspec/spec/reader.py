@@ -21,7 +21,6 @@ import copy
 import functools
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import jsonschema
 
@@ -32,7 +31,7 @@ import cnnspec.layers  # noqa: F401 - registers the built-in layer types
 from cnnspec.layers.registry import LAYERS, schema_version, spec_schema
 from cnnspec.spec.nodes import LayerNode, Location, Spec, walk
 from cnnspec.spec.schema_errors import Strict, describe_value, did_you_mean, explain, join_key, key_path, properties_of
-from cnnspec.spec.yamlio import LocatedDict, LocatedList, load_mapping, plain, where_in
+from cnnspec.spec.yamlio import LocatedDict, LocatedList, load_mapping, plain, read_bounded_text, where_in
 
 
 
@@ -201,7 +200,12 @@ def parsed(text: str, where: Location):
     except ExpressionError as problem:
         hint = ("; inside { } a comma ends the value: quote the expression or write the "
                 "options one per line") if text.count("(") > text.count(")") else ""
-        fail(f"'{text}': {problem.message}{hint}", at_offset(where, problem.offset))
+        fail(f"'{shortened(text)}': {problem.message}{hint}", at_offset(where, problem.offset))
+
+
+def shortened(text: str, most: int = 60) -> str:
+    """An expression as an error message quotes it: whole, or its start and end."""
+    return text if len(text) <= most else f"{text[:most - 20]}...{text[-15:]}"
 
 
 def expression_value(text: str, values: dict, block: str | None, where: Location, call: int | None):
@@ -239,7 +243,7 @@ def evaluated(tree, text: str, where: Location, block_inputs: dict | None = None
     try:
         return evaluate(tree, block_inputs)
     except ExpressionError as problem:
-        fail(f"'{text}': {problem.message}", at_offset(where, problem.offset))
+        fail(f"'{shortened(text)}': {problem.message}", at_offset(where, problem.offset))
 
 
 # ---------------------------------------------------------------- expansion
@@ -574,12 +578,7 @@ def load_spec(path) -> Spec:
     """Read and parse a spec file (a Spec passes through unchanged)."""
     if isinstance(path, Spec):
         return path
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as error:
-        reason = getattr(error, "strerror", None) or str(error)
-        raise SpecError(f"cannot read the spec: {reason}", str(path)) from None
-    return parse_spec(text, str(path))
+    return parse_spec(read_bounded_text(path), str(path))
 
 
 # ---------------------------------------------------------------- $in_channels, during shape inference

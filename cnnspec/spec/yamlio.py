@@ -18,12 +18,39 @@ import re
 import yaml
 
 from cnnspec.errors import SpecError
+from cnnspec.regular_files import not_a_regular_file
 from cnnspec.spec.nodes import Location
 
 # Generous bounds that no real spec comes near; they turn hostile input (deep
 # nesting, alias bombs) into an error instead of a hang or a RecursionError.
 MAX_DEPTH = 64
 MAX_NODES = 200_000
+MAX_BYTES = 1 << 20   # a spec or params file; the largest shipped spec is a few kilobytes
+
+
+def read_bounded_text(path, limit: int = MAX_BYTES) -> str:
+    """The text of a regular file of at most `limit` bytes. A device, FIFO, socket or
+    folder is refused before it is opened (reading one could block or never end), a
+    larger file before it is parsed; each is a one-line SpecError naming the file."""
+    file = str(path)
+    problem = not_a_regular_file(path)
+    if problem == "missing":
+        raise SpecError("cannot read: No such file or directory", file)
+    if problem:
+        raise SpecError(f"cannot read: it is {problem}, not a regular file", file)
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(limit + 1)
+    except OSError as error:
+        raise SpecError(f"cannot read: {error.strerror or error}", file) from None
+    if len(data) > limit:
+        raise SpecError(f"the file is larger than {limit:,} bytes: not a spec or params file "
+                        f"cnnspec reads", file)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        raise SpecError(f"not UTF-8 text (byte 0x{data[error.start]:02x})", file, line) from None
 
 
 class LocatedDict(dict):
@@ -77,6 +104,35 @@ class LocatingLoader(yaml.SafeLoader):
     """SafeLoader that builds LocatedDict/LocatedList and refuses duplicate keys."""
 
     file: str | None = None
+    composed = 0        # nodes so far, an alias counting as every node of what it names
+    nesting = 0
+    sizes: dict         # id(node) -> nodes in it, for aliases
+
+    def compose_node(self, parent, index):
+        """Count nodes and nesting while the document is composed, so a huge, deeply
+        nested or alias-bombed document stops before it is built (PyYAML's composer
+        recurses once per level)."""
+        if self.check_event(yaml.AliasEvent):
+            node = super().compose_node(parent, index)
+            self.count(self.sizes.get(id(node), 1), node)
+            return node
+        self.nesting += 1
+        if self.nesting > MAX_DEPTH:
+            where = self.location(self.peek_event().start_mark)
+            raise SpecError(f"nesting deeper than {MAX_DEPTH} levels", where.file, where.line, where.col)
+        before = self.composed
+        node = super().compose_node(parent, index)
+        self.nesting -= 1
+        self.count(1, node)
+        self.sizes[id(node)] = self.composed - before
+        return node
+
+    def count(self, nodes: int, node) -> None:
+        self.composed += nodes
+        if self.composed > MAX_NODES:
+            where = self.location(node.start_mark)
+            raise SpecError(f"the document is too large (more than {MAX_NODES:,} values, "
+                            f"aliases counted each time they are used)", where.file, where.line, where.col)
 
     def location(self, mark) -> Location:
         return Location(self.file, mark.line + 1, mark.column + 1)
@@ -182,6 +238,8 @@ def check_size(data, file: str | None) -> None:
 
 def load_located(text: str, file: str | None = None) -> tuple[object, Location]:
     """Parse one YAML document into located data, and where its top value starts."""
+    if len(text) > MAX_BYTES:
+        raise SpecError(f"the document is too large (more than {MAX_BYTES:,} characters)", file)
     try:
         loader = LocatingLoader(text)  # the reader refuses control characters right here
     except yaml.reader.ReaderError as error:
@@ -191,6 +249,7 @@ def load_located(text: str, file: str | None = None) -> tuple[object, Location]:
         raise SpecError(f"invalid YAML: the control character U+{code:04X} is not allowed",
                         file, line, col) from None
     loader.file = file
+    loader.sizes = {}
     try:
         node = loader.get_single_node()
         data = None if node is None else loader.construct_document(node)

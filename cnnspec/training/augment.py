@@ -69,25 +69,24 @@ def cutout(images, size: int, generator, shard=None) -> torch.Tensor:
 
 @dataclass
 class Augmentation:
-    """The training-time augmentation chosen in params.yaml `train.augment`."""
+    """The training-time augmentation chosen in params.yaml `train.augment`: every
+    field is set from the params, whose defaults the params schema holds."""
 
-    hflip: bool = False
-    vflip: bool = False
-    translate: int = 0
-    crop_padding: int = 0
-    cutout: int = 0
+    hflip: bool
+    vflip: bool
+    translate: int
+    crop_padding: int
+    cutout: int
     first_epoch_flips: torch.Tensor | None = None  # set when alternating_flip is on
     shard: tuple[int, int] | None = None  # (rank, world_size) in data-parallel training
 
     @classmethod
     def from_params(cls, options: dict, num_images: int, seed: int, device) -> "Augmentation":
-        mask = None
-        if options.get("alternating_flip"):
-            mask = alternating_flip_mask(num_images, seed, device)
-        return cls(hflip=bool(options.get("hflip")), vflip=bool(options.get("vflip")),
-                   translate=int(options.get("translate", 0)),
-                   crop_padding=int(options.get("crop_padding", 0)),
-                   cutout=int(options.get("cutout", 0)), first_epoch_flips=mask)
+        """From `train.augment` as load_params returns it (every key filled in)."""
+        mask = alternating_flip_mask(num_images, seed, device) if options["alternating_flip"] else None
+        return cls(hflip=bool(options["hflip"]), vflip=bool(options["vflip"]),
+                   translate=int(options["translate"]), crop_padding=int(options["crop_padding"]),
+                   cutout=int(options["cutout"]), first_epoch_flips=mask)
 
     def __call__(self, images, indices, epoch: int, generator) -> torch.Tensor:
         if self.first_epoch_flips is not None:

@@ -7,9 +7,11 @@ averages the gradients, gloo (CPU) or NCCL (CUDA) carries them.
 
 A process started by torchrun (RANK, WORLD_SIZE and LOCAL_RANK in its environment)
 joins as one rank, whatever `train.devices` says; any other train stage with
-`train.devices` above 1 launches itself through torchrun on this machine.
+`train.devices` above 1 launches itself through torchrun on this machine. One process
+(WORLD_SIZE=1 included) is a `World` of size one, and joins no process group.
 
-What a rank does differently from a single process (cnnspec/training/loop.py calls these):
+What a rank does differently from a single process (cnnspec/training/loop.py calls these
+with its World; for a world of size one each of them does nothing):
 - every rank draws the same permutation of the training set each epoch, from the
   same seeded generator, and takes its slice of every global batch
   (`rank_slice`): the ranks together see exactly the images, in the order, that one
@@ -36,6 +38,7 @@ import numpy as np
 import torch
 
 from cnnspec.errors import CnnspecError, ParamsError, TrainingError
+from cnnspec.training.device import pick_device
 
 TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 LAUNCHED_BY_CNNSPEC = "CNNSPEC_LAUNCHED"  # set for the ranks our own launcher starts
@@ -44,19 +47,41 @@ RESUME_INDEPENDENT_KEYS = ("devices", "backend")  # a resume state survives a ch
 
 
 @dataclass(frozen=True)
-class Ranks:
-    """This process's place in a data-parallel run."""
+class World:
+    """The processes of a training run and this one's place among them. One process
+    is a world of size one: every collective below is then a no-op and no process
+    group exists, so the loop reads the same whatever the size."""
 
-    rank: int
-    world_size: int
-    local_rank: int
-    device: torch.device
-    backend: str
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+    device: torch.device | None = None  # this process's device (None: the caller's choice)
+    backend: str = "none"  # gloo or nccl when size > 1
 
     @property
-    def is_main(self) -> bool:
-        """Rank 0: the one process that writes files and prints."""
+    def is_writer(self) -> bool:
+        """Rank 0: the one process that writes files (resume state, DVCLive, the
+        checkpoint) and prints the run's lines."""
         return self.rank == 0
+
+    @property
+    def handles_signals(self) -> bool:
+        """One process turns Ctrl-C / SIGTERM into a saved mid-epoch state; several
+        are stopped by torchrun, and keep the last finished epoch."""
+        return self.size == 1
+
+    @property
+    def augment_shard(self) -> tuple[int, int] | None:
+        """What augment.Augmentation.shard takes: None for one process."""
+        return None if self.size == 1 else (self.rank, self.size)
+
+    def __str__(self) -> str:
+        if self.size == 1:
+            return str(self.device)
+        return f"{self.size} processes ({self.device.type}, {self.backend})"
+
+
+ONE_PROCESS = World()
 
 
 # ---------------------------------------------------------------- what was asked for
@@ -142,7 +167,7 @@ def local_batch_size(batch_size: int, world_size: int) -> int:
 def check_unfreeze(options: dict) -> None:
     """DistributedDataParallel averages the gradients of the parameters that train when
     it is built; layers unfrozen later would train apart on each rank."""
-    if (options.get("unfreeze") or {}).get("layers"):
+    if options["unfreeze"]["layers"]:
         raise ParamsError("params.yaml: train.unfreeze with train.devices above 1 is not supported "
                           "(DistributedDataParallel keeps the set of trained parameters it starts with); "
                           "train on one process, or mark the layers trainable in the spec")
@@ -152,6 +177,14 @@ def check_sync_bn(sync_bn: bool, cuda: bool) -> None:
     if sync_bn and not cuda:
         raise ParamsError("params.yaml: train.sync_bn: true needs CUDA devices (torch's SyncBatchNorm "
                           "runs on GPUs only); set it to false to train on the CPU")
+
+
+def check_world(options: dict, batch_size: int, world: World) -> None:
+    """What the loop checks before its first step: the global batch splits evenly
+    between the ranks, and no layer unfreezes part-way (else a ParamsError)."""
+    if world.size > 1:
+        local_batch_size(batch_size, world.size)
+        check_unfreeze(options)
 
 
 def check_request(options: dict, world_size: int) -> None:
@@ -192,11 +225,12 @@ def rank_device(device_name: str, local_rank: int) -> torch.device:
 
 @contextlib.contextmanager
 def joined(options: dict, env=None):
-    """Under torchrun: join the process group (env:// rendezvous) and yield this
-    process's Ranks, leave it afterwards. Otherwise yield None: one process."""
+    """Under torchrun with several processes: join the process group (env://
+    rendezvous), yield this process's World, leave the group afterwards. Otherwise
+    yield a world of size one on `train.device` (no process group)."""
     place = torchrun_environment(env)
-    if place is None:
-        yield None
+    if place is None or place["world_size"] == 1:
+        yield World(device=pick_device(options["device"]))
         return
     device = rank_device(options["device"], place["local_rank"])
     backend = choose_backend(options["backend"], device.type == "cuda")
@@ -204,10 +238,10 @@ def joined(options: dict, env=None):
     if device.type == "cuda":
         torch.cuda.set_device(device)
     torch.distributed.init_process_group(backend, device_id=device if device.type == "cuda" else None)
-    ranks = Ranks(place["rank"], place["world_size"], place["local_rank"], device, backend)
+    world = World(place["rank"], place["world_size"], place["local_rank"], device, backend)
     try:
-        with _silent_unless(ranks.is_main):
-            yield ranks
+        with _silent_unless(world.is_writer):
+            yield world
     finally:
         torch.distributed.destroy_process_group()
 
@@ -227,54 +261,71 @@ def _silent_unless(speaks: bool):
 
 # ---------------------------------------------------------------- inside the loop
 
-def rank_slice(indices: torch.Tensor, ranks: Ranks) -> torch.Tensor:
+def rank_slice(indices: torch.Tensor, world: World) -> torch.Tensor:
     """This rank's contiguous share of a global batch's `indices`."""
-    share = len(indices) // ranks.world_size
-    return indices[ranks.rank * share:(ranks.rank + 1) * share]
+    if world.size == 1:
+        return indices
+    share = len(indices) // world.size
+    return indices[world.rank * share:(world.rank + 1) * share]
 
 
-def seed_rank(seed: int, epoch: int, ranks: Ranks) -> None:
+def every_nth(indices: torch.Tensor, world: World) -> torch.Tensor:
+    """This rank's share of the validation images: every size-th one from its rank."""
+    return indices if world.size == 1 else indices[world.rank::world.size]
+
+
+def seed_rank(seed: int, epoch: int, world: World) -> None:
     """Give this rank's dropout (torch's global generator) its own stream, from the seed,
-    the epoch and the rank only, so a run resumed at an epoch draws what it drew before."""
-    torch.manual_seed(int(np.random.SeedSequence([seed, epoch, ranks.rank]).generate_state(1)[0]))
+    the epoch and the rank only, so a run resumed at an epoch draws what it drew before.
+    One process keeps its generator as it is (its resume state holds it)."""
+    if world.size > 1:
+        torch.manual_seed(int(np.random.SeedSequence([seed, epoch, world.rank]).generate_state(1)[0]))
 
 
-def data_parallel(model: torch.nn.Module, ranks: Ranks, sync_bn: bool) -> torch.nn.Module:
-    """`model` wrapped in DistributedDataParallel (batch norm synchronised when asked).
-    The wrapper shares the model's parameters; checkpoints are taken from `model`,
-    so their keys carry no `module.` prefix."""
+def data_parallel(model: torch.nn.Module, world: World, sync_bn: bool) -> torch.nn.Module:
+    """`model` wrapped in DistributedDataParallel (batch norm synchronised when asked);
+    `model` itself for one process. The wrapper shares the model's parameters;
+    checkpoints are taken from `model`, so their keys carry no `module.` prefix."""
+    if world.size == 1:
+        return model
     from torch.nn.parallel import DistributedDataParallel
 
     if sync_bn:
         torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # replaces the layers in place
-    device_ids = [ranks.device.index] if ranks.device.type == "cuda" else None
+    device_ids = [world.device.index] if world.device.type == "cuda" else None
     return DistributedDataParallel(model, device_ids=device_ids, gradient_as_bucket_view=True)
 
 
-def from_rank_0(ranks: Ranks, read):
+def from_rank_0(world: World, read):
     """What `read()` returns on rank 0, on every rank: a resume state lives on rank 0's
     disk, and the ranks of other nodes must continue from the same one."""
-    box = [read() if ranks.is_main else None]
+    if world.size == 1:
+        return read()
+    box = [read() if world.is_writer else None]
     torch.distributed.broadcast_object_list(box, src=0)
     return box[0]
 
 
-def broadcast_buffers(model: torch.nn.Module) -> None:
+def broadcast_buffers(model: torch.nn.Module, world: World) -> None:
     """Rank 0's buffers (batch-norm running statistics) to every rank: each rank updated
     its own in the last training step, and the weights saved are rank 0's."""
+    if world.size == 1:
+        return
     for buffer in model.buffers():
         torch.distributed.broadcast(buffer, src=0)
 
 
-def sum_epoch_totals(ranks: Ranks, losses: torch.Tensor, correct: torch.Tensor, val_loss: torch.Tensor,
+def sum_epoch_totals(world: World, losses: torch.Tensor, correct: torch.Tensor, val_loss: torch.Tensor,
                      val_correct: torch.Tensor):
     """The epoch's device-side totals over every rank, in one all-reduce: per-step losses
     averaged (each rank's is the mean of its equal share), counts and sums added."""
+    if world.size == 1:
+        return losses, correct, val_loss, val_correct
     packed = torch.cat([losses.double(), correct.double().view(1), val_loss.double().view(1),
                         val_correct.double().view(1)])
     torch.distributed.all_reduce(packed)
     steps = len(losses)
-    return packed[:steps] / ranks.world_size, packed[steps], packed[steps + 1], packed[steps + 2]
+    return packed[:steps] / world.size, packed[steps], packed[steps + 1], packed[steps + 2]
 
 
 # ---------------------------------------------------------------- launching

@@ -39,7 +39,7 @@ SHOWN = 12  # names listed per line of the init_from report before "... and N mo
 def check_init_from(options: dict) -> Path | None:
     """The checkpoint `train.init_from` names, which must be a readable file (the stages
     check it with every other path param, params.NAMED_PATHS); None when it is ""."""
-    if not options.get("init_from"):
+    if not options["init_from"]:
         return None
     problem = path_problem(Path(str(options["init_from"])), "file")
     if problem:
@@ -182,10 +182,9 @@ class UnfreezeSchedule:
     `after_epochs` (0-based) on. `apply(epoch)` before every epoch sets the state that
     epoch should have, whatever happened before: resuming needs nothing saved."""
 
-    def __init__(self, model, options: dict | None):
-        options = options or {}
-        self.after_epochs = int(options.get("after_epochs", 0))
-        self.entries = list(options.get("layers") or [])
+    def __init__(self, model, options: dict):
+        self.after_epochs = int(options["after_epochs"])
+        self.entries = list(options["layers"])
         self.model = model
         named = list(model.named_parameters())
         self.parameters = []

@@ -1,7 +1,13 @@
-"""The training loop, read top to bottom in `train` (in the style of airbench / nanoGPT).
+"""The training loop, read top to bottom: `train`, then the `Run` it drives (everything
+that changes during training, and the step), then the resume state and the stops
+(in the style of airbench / nanoGPT).
 
-    result = train(model, load_prepared("data/prepared"), params["train"], device,
-                   resume_path="models/resume/state.pt", log_dir="metrics/train")
+    result = train(model, load_prepared(PREPARED), params["train"], device,
+                   resume_path=RESUME_STATE, log_dir=TRAIN_LOG)
+
+Beside it: device.py (the device, precision, torch settings, the data on the device),
+progress.py (the lines a run prints, its clocks and DVCLive), distributed.py (the
+World: one process, or this one's place among several), optimization.py, augment.py.
 
 What makes it fast on a GPU:
 - the dataset goes to the device once, as uint8; each batch is gathered, normalized
@@ -26,11 +32,9 @@ What makes it safe:
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
-import os
 import signal
 import sys
 import threading
@@ -39,26 +43,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-import numpy as np
 import torch
 
-from cnnspec.training import distributed
-from cnnspec.training import optimization
 from cnnspec.atomic import save_torch
-from cnnspec.training.augment import Augmentation
-from cnnspec.training.cost import CostClock
-from cnnspec.data.datasets import Normalize
-from cnnspec.errors import ParamsError, TrainingError
-from cnnspec.training.finetune import UnfreezeSchedule
 from cnnspec.data.integrity import set_aside
+from cnnspec.errors import TrainingError
+from cnnspec.training import distributed, optimization
+from cnnspec.training.augment import Augmentation
+from cnnspec.training.device import DeviceData, autocast, autocast_dtype, to_layout, torch_settings
+from cnnspec.training.distributed import ONE_PROCESS, World
+from cnnspec.training.finetune import UnfreezeSchedule
+from cnnspec.training.progress import Clock, CostClock, EpochLog, EpochProgressBar, print_line
 
 RESUME_FORMAT = "cnnspec-resume/3"  # 3: a mid-epoch state keeps its per-step losses as `losses`
 WHITENING_IMAGES = 5000  # training images handed to model.init_from_data (airbench's figure)
-DEVICE_MEMORY_SHARE = 0.5  # the dataset may take this share of free GPU memory
 
-# Run autocast on CPU as on CUDA. Only tests and CPU benchmarks turn it on
-# (tests/conftest.py's `cuda_paths_on_cpu` fixture): on a real CPU run it costs speed.
-CUDA_PATHS_ON_CPU = False
 
 class TrainingInterrupted(TrainingError):
     """Ctrl-C or SIGTERM: the progress is saved; the exit status is 128 + the signal's
@@ -83,37 +82,33 @@ class TrainResult:
 # ---------------------------------------------------------------- the loop
 
 def train(model, data: dict, params: dict, device="cpu", *, resume_path=None, log_dir=None,
-          fingerprint: str = "", ranks: distributed.Ranks | None = None) -> TrainResult:
+          fingerprint: str = "", world: World = ONE_PROCESS) -> TrainResult:
     """Train `model` (a SpecModel) on prepared `data` (load_prepared's dict) with the
     `train` section of params.yaml. `resume_path`: where the per-epoch resume state
     lives (None: no resume); `log_dir`: the DVCLive folder (None: print only);
-    `fingerprint`: run_fingerprint of what a resume state must match; `ranks`: this
-    process's place in a data-parallel run (cnnspec/training/distributed.py), None for one
-    process. With several, only rank 0 writes, and a stop signal is torchrun's to
-    handle: it stops every rank, and the last finished epoch is the state kept."""
+    `fingerprint`: run_fingerprint of what a resume state must match; `world`: the
+    processes of a data-parallel run and this one's place (cnnspec/training/distributed.py),
+    one process by default. Only its writer (rank 0) writes; with several processes a
+    stop signal is torchrun's to handle: it stops every rank, and the last finished
+    epoch is the state kept."""
     device = torch.device(device)
-    _check_validation_needs(params, len(data["val_labels"]))
-    if ranks and not ranks.is_main:
-        log_dir = None
-    stop_signals = StopSignals() if ranks is None else contextlib.nullcontext(StopSignals())
-    with torch_settings(device, params["deterministic"]), stop_signals as stop_signal:
+    optimization.check_validation_needs(params, len(data["val_labels"]))
+    resume_path, log_dir = (resume_path, log_dir) if world.is_writer else (None, None)
+    with torch_settings(device, params["deterministic"]), StopSignals(world.handles_signals) as stop_signal:
         # setup: the data on the device, then the saved state (rank 0's) or a fresh start
         torch.manual_seed(params["seed"])
         device_data = DeviceData(data, device)
-
-        def read_saved():
-            return read_resume_state(resume_path, fingerprint) if resume_path else None
-
-        saved = distributed.from_rank_0(ranks, read_saved) if ranks else read_saved()
-        run = _Run(model, device_data, params, device, init_from_data=saved is None, ranks=ranks)
+        saved = distributed.from_rank_0(
+            world, lambda: read_resume_state(resume_path, fingerprint) if resume_path else None)
+        run = Run(model, device_data, params, device, init_from_data=saved is None, world=world)
         if saved is not None:
             run.load_state_dict(saved)
             print(f"resuming from {resume_path} at epoch {run.next_epoch + 1}", file=sys.stderr)
         start_epoch = run.next_epoch
         log = EpochLog(log_dir, run.history, start_epoch, run.epochs)
         clock = Clock(device)
-        if ranks is None or ranks.is_main:  # the device, the steps, then the time estimate
-            clock.cost = CostClock(_print_line, device, run.epochs, start_epoch, run.steps_per_epoch,
+        if world.is_writer:  # the device, the steps, then the time estimate
+            clock.cost = CostClock(print_line, device, run.epochs, start_epoch, run.steps_per_epoch,
                                    run.batch_size, len(device_data.train_labels), run.early_stopping is not None)
         try:
             for epoch in range(start_epoch, run.epochs):
@@ -133,11 +128,8 @@ def train(model, data: dict, params: dict, device="cpu", *, resume_path=None, lo
                 except torch.OutOfMemoryError:
                     raise _oom_error(run.batch_size, epoch) from None
                 # the one read of the epoch (of every rank's sums), then what depends on its numbers
-                losses, correct = progress["losses"], progress["correct"]
-                if ranks:
-                    losses, correct, val_loss, val_correct = distributed.sum_epoch_totals(
-                        ranks, losses, correct, val_loss, val_correct)
-                totals = read_epoch_totals(losses, correct, val_loss, val_correct)
+                totals = read_epoch_totals(*distributed.sum_epoch_totals(
+                    world, progress["losses"], progress["correct"], val_loss, val_correct))
                 if totals.diverged:
                     raise _divergence_error(epoch, totals.first_bad_step)
                 record = run.end_epoch(epoch, totals, progress["lr"])
@@ -148,7 +140,7 @@ def train(model, data: dict, params: dict, device="cpu", *, resume_path=None, lo
         return run.result(clock, start_epoch)
 
 
-def _train_steps(run: _Run, epoch: int, progress: dict, stop_signal: StopSignals, clock: Clock) -> None:
+def _train_steps(run: Run, epoch: int, progress: dict, stop_signal: StopSignals, clock: Clock) -> None:
     """One epoch of optimizer steps from progress["step"], each step's loss and the
     correct count kept on the device in `progress`. A stop signal ends it between
     steps with StepsInterrupted."""
@@ -197,39 +189,34 @@ def read_epoch_totals(losses: torch.Tensor, correct: torch.Tensor, val_loss_sum:
 
 # ---------------------------------------------------------------- what a run holds
 
-class _Run:
+class Run:
     """Everything that changes during training, so that it can be saved and restored
     as one resume state, and the step that changes it."""
 
     def __init__(self, model, data: DeviceData, params: dict, device: torch.device,
-                 init_from_data: bool, ranks: distributed.Ranks | None = None):
-        self.params, self.device, self.data, self.ranks = params, device, data, ranks
+                 init_from_data: bool, world: World = ONE_PROCESS):
+        self.params, self.device, self.data, self.world = params, device, data, world
         # on CPU too: oneDNN's channels-last convolutions train faster there as well
         self.channels_last = params["channels_last"]
         model = model.to(device)
         if init_from_data:  # a resumed run keeps the saved (data-initialised) weights
             with torch.no_grad():
-                model.init_from_data(_first_images(data))
-        if self.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        self.model = model
+                model.init_from_data(data.first_train_images(WHITENING_IMAGES))
+        self.model = model = to_layout(model, self.channels_last)
         num_train = len(data.train_labels)
         self.batch_size = min(params["batch_size"], num_train)  # the global batch
-        if ranks:  # the batch divides evenly, no layer unfreezes part-way: else a ParamsError
-            distributed.local_batch_size(self.batch_size, ranks.world_size)
-            distributed.check_unfreeze(params)
+        distributed.check_world(params, self.batch_size, world)
         # Full batches only (the remainder is reshuffled into later epochs): one shape
         # for cudnn.benchmark and torch.compile, and never a batch of one for batch norm.
         self.steps_per_epoch = num_train // self.batch_size
         self.epochs = params["epochs"]
         self.generator = torch.Generator(device=device).manual_seed(params["seed"])
         self.augment = Augmentation.from_params(params["augment"], num_train, params["seed"] + 1, device)
-        if ranks:
-            self.augment.shard = (ranks.rank, ranks.world_size)
+        self.augment.shard = world.augment_shard
         self.autocast_dtype = autocast_dtype(device, params["precision"])
         weight = optimization.class_weights(data.train_labels, data.classes, params["class_weights"])
         self.criterion = optimization.make_loss(params["loss"], None if weight is None else weight.to(device))
-        self.unfreeze = UnfreezeSchedule(model, params.get("unfreeze"))
+        self.unfreeze = UnfreezeSchedule(model, params["unfreeze"])
         with self.unfreeze.all_in_optimizer():  # layers unfrozen later are in its groups from the start
             self.optimizer = optimization.make_optimizer(model, params["optimizer"])
         self.schedule = optimization.make_schedule(self.optimizer, params["scheduler"], self.epochs,
@@ -243,7 +230,7 @@ class _Run:
             self.epochs * self.steps_per_epoch) if options["enabled"] else None
         options = params["ema"]
         self.ema = optimization.EMA(model, options["decay"]) if options["enabled"] else None
-        self.step_model = distributed.data_parallel(model, ranks, params["sync_bn"]) if ranks else model
+        self.step_model = distributed.data_parallel(model, world, params["sync_bn"])
         if params["compile"]:
             self.step_model = torch.compile(self.step_model)
         self.history: list[dict] = []
@@ -253,9 +240,6 @@ class _Run:
     def evaluated_model(self):
         """The weights that are validated and saved: the EMA's when it is on."""
         return self.ema.model if self.ema else self.model
-
-    def to_layout(self, images: torch.Tensor) -> torch.Tensor:
-        return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
 
     def start_epoch(self, epoch: int) -> dict:
         """The progress of `epoch`: the one an interrupted run saved, else a fresh one
@@ -268,23 +252,21 @@ class _Run:
                         "losses": torch.zeros(self.steps_per_epoch, dtype=torch.float32, device=self.device),
                         "correct": torch.zeros((), dtype=torch.int64, device=self.device)}
         if self.unfreeze.apply(epoch):
-            _print_line(f"epoch {epoch + 1}: unfreezing {', '.join(self.unfreeze.entries)}")
+            print_line(f"epoch {epoch + 1}: unfreezing {', '.join(self.unfreeze.entries)}")
         self.model.start_epoch(epoch)
-        if self.ranks:
-            distributed.seed_rank(self.params["seed"], epoch, self.ranks)
+        distributed.seed_rank(self.params["seed"], epoch, self.world)
         return progress
 
     def step(self, indices: torch.Tensor, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimizer step on the training images at `indices`. Returns the step's
         loss and correct count, left on the device. With several processes `indices` is
         the global batch, and this rank trains on its slice."""
-        if self.ranks:
-            indices = distributed.rank_slice(indices, self.ranks)
+        indices = distributed.rank_slice(indices, self.world)
         data = self.data
         images = self.augment(data.batch(data.train_images, indices), indices, epoch, self.generator)
         labels = data.train_labels[indices]
-        with _autocast(self.device, self.autocast_dtype):
-            logits = self.step_model(self.to_layout(images))
+        with autocast(self.device, self.autocast_dtype):
+            logits = self.step_model(to_layout(images, self.channels_last))
             loss = self.criterion(logits, labels)
             if self.model.l2_terms:
                 loss = loss + self.model.regularization_loss()
@@ -375,11 +357,6 @@ class _Run:
             for key, value in progress.items()}
 
 
-def _first_images(data: DeviceData) -> torch.Tensor:
-    count = min(WHITENING_IMAGES, len(data.train_labels))
-    return data.batch(data.train_images, torch.arange(count, device=data.device))
-
-
 def _nominal_lr(optimizer) -> float:
     """The schedule's lr now, without the first group's lr_mult."""
     group = optimizer.param_groups[0]
@@ -387,7 +364,7 @@ def _nominal_lr(optimizer) -> float:
 
 
 @torch.inference_mode()
-def _validate(run: _Run) -> tuple[torch.Tensor, torch.Tensor]:
+def _validate(run: Run) -> tuple[torch.Tensor, torch.Tensor]:
     """Validation loss sum and correct count, in large batches, left on the device
     (zeros when data.val_split: 0 left no validation split, airbench's protocol)."""
     model, data = run.evaluated_model, run.data
@@ -396,14 +373,12 @@ def _validate(run: _Run) -> tuple[torch.Tensor, torch.Tensor]:
     if not len(data.val_labels):
         return loss_sum, correct
     model.eval()
-    indices = torch.arange(len(data.val_labels), device=run.device)
-    if run.ranks:  # each rank validates every world_size-th image, with rank 0's statistics
-        distributed.broadcast_buffers(model)
-        indices = indices[run.ranks.rank::run.ranks.world_size]
+    distributed.broadcast_buffers(model, run.world)  # every rank validates with rank 0's statistics
+    indices = distributed.every_nth(torch.arange(len(data.val_labels), device=run.device), run.world)
     for chunk in indices.split(max(4 * run.batch_size, 1024)):
-        images = run.to_layout(data.batch(data.val_images, chunk))
+        images = to_layout(data.batch(data.val_images, chunk), run.channels_last)
         labels = data.val_labels[chunk]
-        with _autocast(run.device, run.autocast_dtype):
+        with autocast(run.device, run.autocast_dtype):
             logits = model(images)
         loss_sum += run.criterion(logits, labels).double() * len(chunk)
         correct += (logits.argmax(1) == labels).sum()
@@ -419,12 +394,12 @@ def run_fingerprint(params: dict, spec_text: str, meta: dict) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def _save_resume_state(run: _Run, resume_path, fingerprint: str, next_epoch: int,
+def _save_resume_state(run: Run, resume_path, fingerprint: str, next_epoch: int,
                        progress: dict | None = None) -> None:
     """The one writer of the resume state: after an epoch (`next_epoch` the one to run
-    next) or mid-epoch after a stop signal (`progress` of epoch `next_epoch`). Rank 0's
-    alone when there are several processes."""
-    if resume_path is not None and (run.ranks is None or run.ranks.is_main):
+    next) or mid-epoch after a stop signal (`progress` of epoch `next_epoch`). `train`
+    gives the processes other than the world's writer no `resume_path`."""
+    if resume_path is not None:
         save_torch(resume_path, run.state_dict(next_epoch, progress) | {"fingerprint": fingerprint})
 
 
@@ -462,16 +437,17 @@ class StepsInterrupted(Exception):
 
 class StopSignals:
     """Turns the first Ctrl-C (SIGINT) or SIGTERM into `received` (the signal's number),
-    which the step loop checks between steps; a second signal interrupts at once."""
+    which the step loop checks between steps; a second signal interrupts at once.
+    `install` False leaves the handlers alone (torchrun stops the ranks of a world)."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    def __init__(self):
-        self.received = 0
+    def __init__(self, install: bool = True):
+        self.received, self.install = 0, install
         self.previous = {}
 
     def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
+        if self.install and threading.current_thread() is threading.main_thread():
             self.previous = {signum: signal.signal(signum, self._handle) for signum in self.SIGNALS}
         return self
 
@@ -495,20 +471,6 @@ def _interrupted_error(stopped: StepsInterrupted, epoch: int, resume_path) -> Tr
                                f"{resume_path}, run the train stage again to continue", stopped.signum)
 
 
-def _check_validation_needs(params: dict, num_val: int) -> None:
-    """Early stopping and the plateau schedule watch the validation split."""
-    if num_val:
-        return
-    needs = []
-    if params["early_stopping"]["enabled"]:
-        needs.append("train.early_stopping.enabled: true")
-    if params["scheduler"]["name"] == "plateau":
-        needs.append("train.scheduler.name: plateau")
-    if needs:
-        raise ParamsError(f"params.yaml: {' and '.join(needs)} needs a validation split, but the "
-                          "prepared data has none (data.val_split: 0); set data.val_split above 0")
-
-
 def _divergence_error(epoch: int, step: int) -> TrainingError:
     return TrainingError(
         f"the training loss became nan or inf at epoch {epoch + 1}, step {step + 1}; "
@@ -520,222 +482,3 @@ def _oom_error(batch_size: int, epoch: int) -> TrainingError:
     return TrainingError(
         f"CUDA out of memory at epoch {epoch + 1} with train.batch_size {batch_size}; "
         f"try train.batch_size {max(1, batch_size // 2)}, or train.precision: bf16")
-
-
-# ---------------------------------------------------------------- device and data
-
-def pick_device(name: str) -> torch.device:
-    """`train.device` as a torch.device: auto, cpu, cuda, cuda:N (one GPU of those
-    CUDA_VISIBLE_DEVICES shows, to pin a queued experiment) or mps."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda"):
-        available = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if not available:
-            raise TrainingError(f"params.yaml: train.device: {name} is not available on this machine "
-                                "(no CUDA device); use auto or cpu")
-        device = torch.device(name)
-        if device.index is not None and device.index >= available:
-            raise TrainingError(f"params.yaml: train.device: {name}, but this machine shows {available} "
-                                f"CUDA device{'s' if available != 1 else ''} (cuda:0 to cuda:{available - 1})")
-        return device
-    if name == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
-        raise TrainingError("params.yaml: train.device: mps is not available on this machine "
-                            "(Apple GPUs only); use auto or cpu")
-    return torch.device(name)
-
-
-def _fits_on_device(num_bytes: int, device: torch.device) -> bool:
-    if device.type != "cuda":
-        return True
-    free, _total = torch.cuda.mem_get_info(device)
-    return num_bytes < DEVICE_MEMORY_SHARE * free
-
-
-class DeviceData:
-    """Training and validation images as uint8 tensors, on the device when they fit
-    (else in pinned host memory, or read from the memory-mapped files when `data`
-    holds np.memmap arrays, batches streamed over); labels always on the device."""
-
-    def __init__(self, data: dict, device: torch.device):
-        meta = data["meta"]
-        self.device = device
-        num_bytes = data["train_images"].nbytes + data["val_images"].nbytes
-        self.resident = _fits_on_device(num_bytes, device)
-        storage = device if self.resident else torch.device("cpu")
-        self.train_images = self._images(data["train_images"], storage)
-        self.val_images = self._images(data["val_images"], storage)
-        self.train_labels = torch.as_tensor(np.asarray(data["train_labels"]), dtype=torch.int64).to(device)
-        self.val_labels = torch.as_tensor(np.asarray(data["val_labels"]), dtype=torch.int64).to(device)
-        self.normalize = Normalize(meta["mean"], meta["std"], device)
-        self.classes = list(meta["classes"])
-
-    def _images(self, array, storage: torch.device) -> torch.Tensor:
-        if isinstance(array, np.memmap) and storage.type == "cpu":
-            # Prepared data opened as a memory map (mmap_mode="c") stays on disk: each
-            # batch reads its pages, so data larger than RAM still trains.
-            return torch.from_numpy(array)
-        images = torch.from_numpy(np.ascontiguousarray(array))
-        if storage.type == "cpu" and self.device.type == "cuda":
-            return images.pin_memory()
-        return images.to(storage)
-
-    def batch(self, images: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
-        """The images at `indices`, on the device, as normalized float32."""
-        if not self.resident:
-            indices = indices.cpu()
-        return self.normalize(images[indices].to(self.device, non_blocking=True))
-
-
-# ---------------------------------------------------------------- precision and torch settings
-
-def _cuda_paths(device: torch.device) -> bool:
-    """Whether the CUDA-only speed-up (autocast) applies on `device`."""
-    return device.type == "cuda" or CUDA_PATHS_ON_CPU
-
-
-def autocast_dtype(device: torch.device, precision: str):
-    """bf16/fp16 autocast on CUDA (on CPU only under CUDA_PATHS_ON_CPU); None when off."""
-    if precision == "off" or not _cuda_paths(device):
-        return None
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-
-
-def _autocast(device: torch.device, dtype):
-    return torch.autocast(device_type=device.type, dtype=dtype or torch.bfloat16,
-                          enabled=dtype is not None)
-
-
-@contextlib.contextmanager
-def torch_settings(device: torch.device, deterministic: bool):
-    """cudnn.benchmark for speed, or PyTorch's deterministic algorithms when asked;
-    restored afterwards so a test process is left as it was."""
-    before = (torch.backends.cudnn.benchmark, torch.are_deterministic_algorithms_enabled())
-    if deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(deterministic)
-    torch.backends.cudnn.benchmark = device.type == "cuda" and not deterministic
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.benchmark = before[0]
-        torch.use_deterministic_algorithms(before[1])
-
-
-# ---------------------------------------------------------------- timing and output
-
-class Clock:
-    """The loop's own seconds in this process, with its first step apart (it holds
-    torch.compile's work when compile is on); the device is synchronized once, after
-    that first step."""
-
-    def __init__(self, device: torch.device):
-        self.device, self.started = device, time.perf_counter()
-        self.first_step_seconds, self._first_step_started = 0.0, None
-        self._first_step_done = False
-        self.cost = None  # a cost.CostClock, told after each step
-
-    def step_starts(self) -> None:
-        if not self._first_step_done:
-            self._first_step_started = time.perf_counter()
-
-    def step_ends(self) -> None:
-        if not self._first_step_done:
-            if self.device.type == "cuda":
-                torch.cuda.synchronize(self.device)
-            self.first_step_seconds = time.perf_counter() - self._first_step_started
-            self._first_step_done = True
-        if self.cost is not None:
-            self.cost.step_done()
-
-    def seconds_without_first_step(self) -> float:
-        return time.perf_counter() - self.started - self.first_step_seconds
-
-
-class EpochLog:
-    """DVCLive under `log_dir` (train/loss, train/accuracy, val/loss, val/accuracy, lr
-    per epoch) and one printed line per epoch. A resumed run keeps the step numbering;
-    epochs saved but not yet logged when the last run died are logged from the history."""
-
-    KEYS = ("train/loss", "train/accuracy", "val/loss", "val/accuracy", "lr")
-
-    def __init__(self, log_dir, history: list[dict], start_epoch: int, epochs: int):
-        self.live, self.epochs = None, epochs
-        if log_dir is None:
-            return
-        from dvclive import Live
-
-        logged = _logged_epochs(Path(log_dir)) if start_epoch > 0 else 0
-        self.live = Live(str(log_dir), dvcyaml=False, save_dvc_exp=False, report=None,
-                         resume=start_epoch > 0)
-        self.live.step = min(logged, start_epoch)
-        for record in history[self.live.step:start_epoch]:
-            self._log(record)
-
-    def _log(self, record: dict) -> None:
-        for key in self.KEYS:
-            if key in record:  # no val/* without a validation split
-                self.live.log_metric(key, float(record[key]))
-        self.live.next_step()
-
-    def epoch(self, epoch: int, record: dict, seconds: float) -> None:
-        if self.live is not None:
-            self._log(record)
-        val = (f"  val loss {record['val/loss']:.4f} acc {record['val/accuracy']:.4f}"
-               if "val/loss" in record else "")
-        line = (f"epoch {epoch + 1}/{self.epochs}  train loss {record['train/loss']:.4f} "
-                f"acc {record['train/accuracy']:.4f}{val}  lr {record['lr']:.3g}  {seconds:.1f}s")
-        _print_line(line)
-
-    def close(self) -> None:
-        if self.live is not None:
-            self.live.end()
-
-
-def _logged_epochs(log_dir: Path) -> int:
-    try:
-        return int(json.loads((log_dir / "metrics.json").read_text())["step"]) + 1
-    except (OSError, ValueError, KeyError, TypeError):
-        return 0
-
-
-def _interactive() -> bool:
-    return sys.stderr.isatty()
-
-
-def _print_line(line: str) -> None:
-    if _interactive():
-        from tqdm import tqdm
-
-        tqdm.write(line, file=sys.stderr)
-    else:
-        print(line, flush=True)
-
-
-class EpochProgressBar:
-    """A tqdm bar of an epoch's steps on an interactive terminal, nothing otherwise.
-    Its loss and accuracy are read from the device about ten times an epoch: the only
-    syncs inside an epoch, and only when someone watches."""
-
-    def __init__(self, epoch: int, epochs: int, steps: int, start: int, batch_size: int):
-        self.bar, self.batch_size, self.every = None, batch_size, max(1, steps // 10)
-        if _interactive():
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=steps, initial=start, desc=f"epoch {epoch + 1}/{epochs}",
-                            leave=False, file=sys.stderr, dynamic_ncols=True)
-
-    def __enter__(self):
-        return self
-
-    def update(self, step: int, losses: torch.Tensor, correct: torch.Tensor) -> None:
-        if self.bar is None:
-            return
-        self.bar.update(1)
-        if step % self.every == 0:
-            self.bar.set_postfix(loss=f"{losses[:step + 1].mean().item():.4f}",
-                                 acc=f"{correct.item() / ((step + 1) * self.batch_size):.4f}")
-
-    def __exit__(self, *exc):
-        if self.bar is not None:
-            self.bar.close()

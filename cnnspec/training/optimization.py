@@ -157,7 +157,7 @@ def make_loss(options: dict, class_weight: torch.Tensor | None = None):
 def class_weights(labels, classes: list[str], options: dict) -> torch.Tensor | None:
     """Per-class loss weights: `balanced` is scikit-learn's n_samples / (n_classes * count),
     then each class named in `multipliers` is scaled by its factor. None when both are off."""
-    multipliers = options.get("multipliers") or {}
+    multipliers = options["multipliers"]
     if options["mode"] == "none" and not multipliers:
         return None
     labels = torch.as_tensor(labels)
@@ -291,3 +291,17 @@ class EMA:
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state)
+
+
+def check_validation_needs(params: dict, num_val: int) -> None:
+    """Early stopping and the plateau schedule watch the validation split."""
+    if num_val:
+        return
+    needs = []
+    if params["early_stopping"]["enabled"]:
+        needs.append("train.early_stopping.enabled: true")
+    if params["scheduler"]["name"] == "plateau":
+        needs.append("train.scheduler.name: plateau")
+    if needs:
+        raise ParamsError(f"params.yaml: {' and '.join(needs)} needs a validation split, but the "
+                          "prepared data has none (data.val_split: 0); set data.val_split above 0")

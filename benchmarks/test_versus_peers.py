@@ -188,13 +188,13 @@ def test_epoch_orders_are_the_ones_cnnspecs_loop_trains_in(tiny_fashion, monkeyp
     task = dataclasses.replace(_task(peers.fashion_task_data(tiny_fashion, None, 40, batch=32)),
                                epochs=2, hflip=hflip)
     steps = []
-    original_step = training._Run.step
+    original_step = training.Run.step
 
     def recording_step(run, indices, epoch):
         steps.append((epoch, indices.clone()))
         return original_step(run, indices, epoch)
 
-    monkeypatch.setattr(training._Run, "step", recording_step)
+    monkeypatch.setattr(training.Run, "step", recording_step)
     peers.run_cnnspec(task)
     orders = peers.cnnspec_epoch_orders(task)
     assert len(orders) == 2 and len(steps) == 2 * 192 // 32

@@ -1,0 +1,76 @@
+"""Is another `dvc exp run` / `dvc repro` working in this workspace right now?
+
+DVC records the stages it is running in `.dvc/tmp/rwlock` (JSON: the paths each
+running stage reads and writes, with the pid and command line of its dvc process).
+Two runs at once in one workspace overwrite each other's files, and DVC then stops
+one of them with a lock error; parallel experiments go through the queue instead
+(`dvc exp run --queue`, then `dvc queue start`), each in its own temporary copy.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+RWLOCK = Path(".dvc") / "tmp" / "rwlock"
+QUEUE_HINT = ("run experiments one at a time here, or queue them: dvc exp run --queue ... "
+              "then dvc queue start (each runs in its own copy)")
+
+
+def ancestors() -> set[int]:
+    """This process and its parents (the dvc that runs this stage among them)."""
+    pids, pid = set(), os.getpid()
+    while pid > 1 and pid not in pids:
+        pids.add(pid)
+        try:
+            with open(f"/proc/{pid}/stat", encoding="utf-8") as stat:
+                pid = int(stat.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            try:
+                return pids | {os.getppid()}
+            except OSError:
+                return pids
+    return pids
+
+
+def command_line(pid: int) -> str | None:
+    """The live process's command line, or None when no such process runs."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass  # alive, someone else's
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return ""
+
+
+def other_runs(root=".") -> list[tuple[int, str]]:
+    """(pid, command) of each live dvc process, not this stage's own, that holds a path of
+    the workspace at `root` in DVC's rwlock. A missing or unreadable rwlock holds none."""
+    try:
+        lock = json.loads((Path(root) / RWLOCK).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    if not isinstance(lock, dict):
+        return []
+    infos = list((lock.get("write") or {}).values()) if isinstance(lock.get("write"), dict) else []
+    for readers in (lock.get("read") or {}).values() if isinstance(lock.get("read"), dict) else []:
+        infos.extend(readers if isinstance(readers, list) else [])
+    mine, found = ancestors(), {}
+    for info in infos:
+        pid = info.get("pid") if isinstance(info, dict) else None
+        if not isinstance(pid, int) or pid in mine or pid in found:
+            continue
+        running = command_line(pid)
+        if running is None or (running and "dvc" not in running):  # gone, or the pid was reused
+            continue
+        found[pid] = str(info.get("cmd") or running)
+    return sorted(found.items())
+
+
+def busy_message(runs: list[tuple[int, str]]) -> str:
+    named = ", ".join(f"pid {pid}: {command}" for pid, command in runs)
+    return f"another DVC run is working in this workspace ({named}); {QUEUE_HINT}"

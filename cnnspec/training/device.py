@@ -1,0 +1,141 @@
+"""Where the math runs and how: the one device chooser, the precision (autocast) and
+the torch settings, shared by training, evaluation and `cnnspec predict`.
+
+    device = pick_device(params["train"]["device"])             # params.yaml: train.device
+    device = pick_device(args.device, "--device", UsageError)   # the predict command
+    with torch_settings(device, deterministic), autocast(device, autocast_dtype(device, "bf16")):
+        ...
+
+Training puts images and weights in channels_last (`to_layout`) when
+`train.channels_last` asks: oneDNN's convolutions train faster that way on a CPU too;
+its images live on the device as uint8 when they fit (`DeviceData`).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+
+import numpy as np
+import torch
+
+from cnnspec.data.datasets import Normalize
+from cnnspec.errors import TrainingError
+
+# Run autocast on CPU as on CUDA. Only tests and CPU benchmarks turn it on
+# (tests/conftest.py's `cuda_paths_on_cpu` fixture): on a real CPU run it costs speed.
+CUDA_PATHS_ON_CPU = False
+DEVICE_WORDS = "auto, cpu, cuda, cuda:N or mps"
+DEVICE_MEMORY_SHARE = 0.5  # the training data may take this share of free GPU memory
+
+
+def pick_device(name: str = "auto", source: str = "params.yaml: train.device", error=TrainingError) -> torch.device:
+    """`name` as a torch.device: auto (CUDA when there is one), cpu, cuda, cuda:N (one
+    GPU of those CUDA_VISIBLE_DEVICES shows, to pin a queued experiment) or mps. A
+    device this machine lacks is one `error` line naming `source`."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise error(f"{source}: expected {DEVICE_WORDS}, not {name!r}") from None
+    if device.type == "cuda":
+        available = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if not available:
+            raise error(f"{source}: {name} is not available on this machine (no CUDA device); use auto or cpu")
+        if device.index is not None and device.index >= available:
+            raise error(f"{source}: {name}, but this machine shows {available} CUDA "
+                        f"device{'s' if available != 1 else ''} (cuda:0 to cuda:{available - 1})")
+    if device.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise error(f"{source}: mps is not available on this machine (Apple GPUs only); use auto or cpu")
+    return device
+
+
+def _cuda_paths(device: torch.device) -> bool:
+    """Whether the CUDA-only speed-up (autocast) applies on `device`."""
+    return device.type == "cuda" or CUDA_PATHS_ON_CPU
+
+
+def autocast_dtype(device: torch.device, precision: str):
+    """bf16/fp16 autocast on CUDA (on CPU only under CUDA_PATHS_ON_CPU); None when off."""
+    if precision == "off" or not _cuda_paths(device):
+        return None
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def autocast(device: torch.device, dtype):
+    """torch.autocast at `dtype` (autocast_dtype's answer), or nothing when it is None."""
+    return torch.autocast(device_type=device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
+
+
+def to_layout(tensor, channels_last: bool):
+    """A batch of images (or a model) in channels_last when asked, else as it is."""
+    if not channels_last:
+        return tensor
+    if isinstance(tensor, torch.Tensor):
+        return tensor.contiguous(memory_format=torch.channels_last)
+    return tensor.to(memory_format=torch.channels_last)
+
+
+@contextlib.contextmanager
+def torch_settings(device: torch.device, deterministic: bool):
+    """cudnn.benchmark for speed, or PyTorch's deterministic algorithms when asked;
+    restored afterwards so a test process is left as it was."""
+    before = (torch.backends.cudnn.benchmark, torch.are_deterministic_algorithms_enabled())
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(deterministic)
+    torch.backends.cudnn.benchmark = device.type == "cuda" and not deterministic
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = before[0]
+        torch.use_deterministic_algorithms(before[1])
+
+
+# ---------------------------------------------------------------- the training data on the device
+
+def _fits_on_device(num_bytes: int, device: torch.device) -> bool:
+    if device.type != "cuda":
+        return True
+    free, _total = torch.cuda.mem_get_info(device)
+    return num_bytes < DEVICE_MEMORY_SHARE * free
+
+
+class DeviceData:
+    """Training and validation images as uint8 tensors, on the device when they fit
+    (else in pinned host memory, or read from the memory-mapped files when `data`
+    holds np.memmap arrays, batches streamed over); labels always on the device."""
+
+    def __init__(self, data: dict, device: torch.device):
+        meta = data["meta"]
+        self.device = device
+        num_bytes = data["train_images"].nbytes + data["val_images"].nbytes
+        self.resident = _fits_on_device(num_bytes, device)
+        storage = device if self.resident else torch.device("cpu")
+        self.train_images = self._images(data["train_images"], storage)
+        self.val_images = self._images(data["val_images"], storage)
+        self.train_labels = torch.as_tensor(np.asarray(data["train_labels"]), dtype=torch.int64).to(device)
+        self.val_labels = torch.as_tensor(np.asarray(data["val_labels"]), dtype=torch.int64).to(device)
+        self.normalize = Normalize(meta["mean"], meta["std"], device)
+        self.classes = list(meta["classes"])
+
+    def _images(self, array, storage: torch.device) -> torch.Tensor:
+        if isinstance(array, np.memmap) and storage.type == "cpu":
+            # Prepared data opened as a memory map (mmap_mode="c") stays on disk: each
+            # batch reads its pages, so data larger than RAM still trains.
+            return torch.from_numpy(array)
+        images = torch.from_numpy(np.ascontiguousarray(array))
+        if storage.type == "cpu" and self.device.type == "cuda":
+            return images.pin_memory()
+        return images.to(storage)
+
+    def first_train_images(self, count: int) -> torch.Tensor:
+        """Up to `count` training images, normalized (what model.init_from_data sees)."""
+        count = min(count, len(self.train_labels))
+        return self.batch(self.train_images, torch.arange(count, device=self.device))
+
+    def batch(self, images: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        """The images at `indices`, on the device, as normalized float32."""
+        if not self.resident:
+            indices = indices.cpu()
+        return self.normalize(images[indices].to(self.device, non_blocking=True))

@@ -1,0 +1,183 @@
+"""What a run shows while it trains: the device and steps line before the first epoch,
+the cost estimate a few steps in, a progress bar on an interactive terminal, one line
+and one DVCLive step per epoch, and the clocks behind the timings.
+
+Know the cost before paying it: a few steps after the first one (which holds compile
+and warm-up, so it is not counted) the estimate of the whole run is printed. On a CPU,
+a run estimated at more than CPU_MINUTES says so and names a run that fits a CPU.
+Lines go through `print_line`, which keeps a progress bar intact.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+TIMED_STEPS = 5     # steps timed after the first for the estimate
+CPU_MINUTES = 5     # a CPU run longer than this gets the advice below
+CPU_SIZED_RUN = ("dvc exp run -S model.spec=specs/simcnn.yaml -S train.epochs=2 "
+                 "(a 122k-parameter CNN with its own recipe; docs/benchmarks.md has its time and accuracy), "
+                 "or fewer epochs: -S train.epochs=N")
+
+
+def duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+class CostClock:
+    """Told after each optimizer step; prints its two lines through `say`."""
+
+    def __init__(self, say, device: torch.device, epochs: int, start_epoch: int,
+                 steps_per_epoch: int, batch_size: int, num_train: int, early_stopping: bool):
+        self.say, self.device = say, device
+        self.steps_left = (epochs - start_epoch) * steps_per_epoch
+        self.steps_per_epoch, self.early_stopping = steps_per_epoch, early_stopping
+        self.seen, self.started = 0, None
+        resumed = f", resuming at epoch {start_epoch + 1}" if start_epoch else ""
+        plural = "" if epochs == 1 else "s"
+        say(f"training on {device}: {epochs} epoch{plural} x {steps_per_epoch} steps of {batch_size} "
+            f"images ({num_train} training images){resumed}")
+
+    def step_done(self) -> None:
+        self.seen += 1
+        if self.seen == 1:
+            self.started = time.perf_counter()
+        elif self.seen == 1 + TIMED_STEPS:
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            per_step = (time.perf_counter() - self.started) / TIMED_STEPS
+            self.report(per_step)
+
+    def report(self, per_step: float) -> None:
+        total = per_step * self.steps_left
+        upper = " at most (early stopping may end it sooner)" if self.early_stopping else ""
+        self.say(f"estimate: {duration(total)} for the run{upper}, "
+                 f"{duration(per_step * self.steps_per_epoch)} per epoch ({per_step * 1000:.0f} ms per step)")
+        if self.device.type == "cpu" and total > CPU_MINUTES * 60:
+            self.say(f"this is a long run for a CPU ({duration(total)}); a CPU-sized run: {CPU_SIZED_RUN}")
+
+
+# ---------------------------------------------------------------- clocks and epoch lines
+
+class Clock:
+    """The loop's own seconds in this process, with its first step apart (it holds
+    torch.compile's work when compile is on); the device is synchronized once, after
+    that first step."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.started = device, time.perf_counter()
+        self.first_step_seconds, self._first_step_started = 0.0, None
+        self._first_step_done = False
+        self.cost = None  # a CostClock, told after each step
+
+    def step_starts(self) -> None:
+        if not self._first_step_done:
+            self._first_step_started = time.perf_counter()
+
+    def step_ends(self) -> None:
+        if not self._first_step_done:
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            self.first_step_seconds = time.perf_counter() - self._first_step_started
+            self._first_step_done = True
+        if self.cost is not None:
+            self.cost.step_done()
+
+    def seconds_without_first_step(self) -> float:
+        return time.perf_counter() - self.started - self.first_step_seconds
+
+
+class EpochLog:
+    """DVCLive under `log_dir` (train/loss, train/accuracy, val/loss, val/accuracy, lr
+    per epoch) and one printed line per epoch. A resumed run keeps the step numbering;
+    epochs saved but not yet logged when the last run died are logged from the history."""
+
+    KEYS = ("train/loss", "train/accuracy", "val/loss", "val/accuracy", "lr")
+
+    def __init__(self, log_dir, history: list[dict], start_epoch: int, epochs: int):
+        self.live, self.epochs = None, epochs
+        if log_dir is None:
+            return
+        from dvclive import Live
+
+        logged = _logged_epochs(Path(log_dir)) if start_epoch > 0 else 0
+        self.live = Live(str(log_dir), dvcyaml=False, save_dvc_exp=False, report=None,
+                         resume=start_epoch > 0)
+        self.live.step = min(logged, start_epoch)
+        for record in history[self.live.step:start_epoch]:
+            self._log(record)
+
+    def _log(self, record: dict) -> None:
+        for key in self.KEYS:
+            if key in record:  # no val/* without a validation split
+                self.live.log_metric(key, float(record[key]))
+        self.live.next_step()
+
+    def epoch(self, epoch: int, record: dict, seconds: float) -> None:
+        if self.live is not None:
+            self._log(record)
+        val = (f"  val loss {record['val/loss']:.4f} acc {record['val/accuracy']:.4f}"
+               if "val/loss" in record else "")
+        line = (f"epoch {epoch + 1}/{self.epochs}  train loss {record['train/loss']:.4f} "
+                f"acc {record['train/accuracy']:.4f}{val}  lr {record['lr']:.3g}  {seconds:.1f}s")
+        print_line(line)
+
+    def close(self) -> None:
+        if self.live is not None:
+            self.live.end()
+
+
+def _logged_epochs(log_dir: Path) -> int:
+    try:
+        return int(json.loads((log_dir / "metrics.json").read_text())["step"]) + 1
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
+
+
+def interactive() -> bool:
+    return sys.stderr.isatty()
+
+
+def print_line(line: str) -> None:
+    if interactive():
+        from tqdm import tqdm
+
+        tqdm.write(line, file=sys.stderr)
+    else:
+        print(line, flush=True)
+
+
+class EpochProgressBar:
+    """A tqdm bar of an epoch's steps on an interactive terminal, nothing otherwise.
+    Its loss and accuracy are read from the device about ten times an epoch: the only
+    syncs inside an epoch, and only when someone watches."""
+
+    def __init__(self, epoch: int, epochs: int, steps: int, start: int, batch_size: int):
+        self.bar, self.batch_size, self.every = None, batch_size, max(1, steps // 10)
+        if interactive():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=steps, initial=start, desc=f"epoch {epoch + 1}/{epochs}",
+                            leave=False, file=sys.stderr, dynamic_ncols=True)
+
+    def __enter__(self):
+        return self
+
+    def update(self, step: int, losses: torch.Tensor, correct: torch.Tensor) -> None:
+        if self.bar is None:
+            return
+        self.bar.update(1)
+        if step % self.every == 0:
+            self.bar.set_postfix(loss=f"{losses[:step + 1].mean().item():.4f}",
+                                 acc=f"{correct.item() / ((step + 1) * self.batch_size):.4f}")
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.close()

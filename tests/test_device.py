@@ -1,0 +1,46 @@
+"""One device chooser for training, evaluation and `cnnspec predict`
+(cnnspec/training/device.py): the words it takes and its one-line refusals."""
+import pytest
+import torch
+
+from cnnspec.errors import TrainingError, UsageError
+from cnnspec.training.device import autocast_dtype, pick_device, to_layout
+
+
+def test_auto_and_cpu():
+    assert pick_device("cpu") == torch.device("cpu")
+    assert pick_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_a_word_that_is_no_device_names_where_it_was_written():
+    with pytest.raises(UsageError, match=r"^--device: expected auto, cpu, cuda, cuda:N or mps, not 'gpu0'$"):
+        pick_device("gpu0", "--device", UsageError)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without CUDA")
+def test_cuda_without_cuda_is_one_line_in_each_callers_words():
+    with pytest.raises(TrainingError, match=r"^params.yaml: train.device: cuda:1 is not available"):
+        pick_device("cuda:1")
+    with pytest.raises(UsageError, match=r"^--device: cuda is not available on this machine .*use auto or cpu$"):
+        pick_device("cuda", "--device", UsageError)
+
+
+def test_predict_and_evaluate_use_this_chooser():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent / "cnnspec" / "inference"
+    for name in ("predict.py", "evaluation.py"):
+        text = (root / name).read_text(encoding="utf-8")
+        assert "pick_device" in text and "torch.cuda.is_available" not in text, name
+
+
+def test_precision_is_off_on_a_cpu_and_channels_last_only_when_asked(monkeypatch):
+    cpu = torch.device("cpu")
+    assert autocast_dtype(cpu, "bf16") is None
+    from cnnspec.training import device
+
+    monkeypatch.setattr(device, "CUDA_PATHS_ON_CPU", True)
+    assert autocast_dtype(cpu, "bf16") is torch.bfloat16 and autocast_dtype(cpu, "off") is None
+    images = torch.zeros(2, 3, 4, 4)
+    assert to_layout(images, False) is images
+    assert to_layout(images, True).is_contiguous(memory_format=torch.channels_last)

@@ -1,0 +1,178 @@
+"""A checkpoint is data: opening one never imports a module or runs its pickle's code,
+and a damaged one is named as damaged (its weights are checked against a stored sha256)."""
+from __future__ import annotations
+
+import os
+import pickle
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import cnnspec
+from cnnspec.errors import TrainingError
+from cnnspec.models.checkpoint import DIGEST_KEY, FORMAT, load_network, read_checkpoint, save_checkpoint
+from cnnspec.spec.plugins import PluginError
+from tests.imagefiles import fashion_subset
+
+ROOT = Path(__file__).resolve().parents[1]
+SPEC = "name: tiny\nlayers:\n  - conv: {filters: 4}\n  - global_avg_pool\n  - dense: num_classes\n"
+PLUGIN_SPEC = ("name: shuffled\nlayers:\n  - conv: 4\n  - channel_shuffle: 2\n"
+               "  - global_avg_pool\n  - dense: num_classes\n")
+META = {"classes": [str(i) for i in range(10)], "mean": [0.3], "std": [0.35], "input_shape": [1, 28, 28]}
+
+
+def run(*args, cwd=ROOT) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "CNNSPEC_DEBUG": ""}
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=cwd, env=env,
+                          timeout=300)
+
+
+def tiny_checkpoint(path: Path, params=None) -> Path:
+    spec = cnnspec.parse_spec(SPEC, "tiny.yaml")
+    torch.manual_seed(0)
+    model = cnnspec.build_model(spec, (1, 28, 28), 10).eval()
+    save_checkpoint(path, model, spec, META, params or {}, epoch=0, best_epoch=0)
+    return path
+
+
+def fashion_pngs(folder: Path, count: int = 3) -> list[Path]:
+    images, _, _, _ = fashion_subset(count, 1)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for index, image in enumerate(images):
+        paths.append(folder / f"image_{index}.png")
+        Image.fromarray(image).save(paths[-1])
+    return paths
+
+
+@pytest.fixture
+def plugin_checkpoint(tmp_path):
+    """A checkpoint whose stored params name a plugin that leaves a marker when imported."""
+    marker = tmp_path / "plugin_was_imported"
+    plugin = tmp_path / "shuffle_plugin.py"
+    plugin.write_text(f"open({str(marker)!r}, 'w').close()\n"
+                      + (ROOT / "examples" / "channel_shuffle.py").read_text(encoding="utf-8"))
+    checkpoint = tmp_path / "model.pt"
+    made = run("-c", "import sys, torch, cnnspec\n"
+                     "from cnnspec.models.checkpoint import save_checkpoint\n"
+                     "cnnspec.load_plugins([sys.argv[1]])\n"
+                     f"spec = cnnspec.parse_spec({PLUGIN_SPEC!r}, 'shuffled.yaml')\n"
+                     "model = cnnspec.build_model(spec, (1, 28, 28), 10).eval()\n"
+                     f"save_checkpoint(sys.argv[2], model, spec, {META!r}, "
+                     "{'model': {'plugins': [sys.argv[1]]}}, 0, 0)\n", str(plugin), str(checkpoint))
+    assert made.returncode == 0, made.stderr
+    marker.unlink()
+    return checkpoint, plugin, marker
+
+
+def test_loading_a_plugin_naming_checkpoint_imports_nothing_and_names_the_type(plugin_checkpoint):
+    checkpoint, plugin, marker = plugin_checkpoint
+    with pytest.raises(PluginError) as refused:
+        load_network(checkpoint)
+    message = str(refused.value)
+    assert not marker.exists()  # the plugin the checkpoint names was not imported
+    assert "\n" not in message and "channel_shuffle" in message and "--plugin" in message
+    assert str(plugin) in message  # what it was trained with, so the user can judge it
+
+
+def test_cnnspec_predict_refuses_in_one_line_then_runs_with_plugin(plugin_checkpoint, tmp_path):
+    checkpoint, plugin, marker = plugin_checkpoint
+    images = fashion_pngs(tmp_path / "photos")
+    refused = run("-m", "cnnspec.cli", "predict", str(checkpoint), *map(str, images))
+    assert refused.returncode == 2 and not marker.exists()
+    assert len(refused.stderr.strip().splitlines()) == 1 and "Traceback" not in refused.stderr
+    assert "channel_shuffle" in refused.stderr and "--plugin" in refused.stderr
+    done = run("-m", "cnnspec.cli", "predict", "--plugin", str(plugin), str(checkpoint), *map(str, images))
+    assert done.returncode == 0, done.stderr
+    assert marker.exists()  # the user named the plugin: now, and only now, it runs
+    assert len(done.stdout.strip().splitlines()) == 1 + len(images)
+
+
+def test_cnnspec_export_refuses_a_plugin_naming_checkpoint_without_importing(plugin_checkpoint, tmp_path):
+    checkpoint, _, marker = plugin_checkpoint
+    refused = run("-m", "cnnspec.cli", "export", str(checkpoint), "--format", "torchscript",
+                  "--output", str(tmp_path / "model.ts.pt"))
+    assert refused.returncode == 2 and not marker.exists()
+    assert "channel_shuffle" in refused.stderr and "Traceback" not in refused.stderr
+    assert not (tmp_path / "model.ts.pt").exists()
+
+
+def test_a_real_malicious_pickle_is_refused_by_predict_without_running(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class RunsACommand:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    evil = tmp_path / "evil.pt"
+    evil.write_bytes(pickle.dumps({"format": FORMAT, "state_dict": RunsACommand()}))
+    images = fashion_pngs(tmp_path / "photos", 1)
+    refused = run("-m", "cnnspec.cli", "predict", str(evil), str(images[0]))
+    assert refused.returncode == 1 and not marker.exists()
+    assert refused.stderr.count("\n") == 1 and "weights_only" in refused.stderr
+
+
+def flip_a_weight_byte(path: Path) -> None:
+    """Flip one bit inside the largest tensor record of torch.save's zip, in place: what
+    a bad disk or a bad copy does. The zip stays readable."""
+    with zipfile.ZipFile(path) as archive:
+        record = max((info for info in archive.infolist() if "/data/" in info.filename),
+                     key=lambda info: info.file_size)
+    with open(path, "r+b") as file:
+        file.seek(record.header_offset + 26)
+        name_length, extra_length = np.frombuffer(file.read(4), dtype="<u2")
+        middle = record.header_offset + 30 + int(name_length) + int(extra_length) + record.file_size // 2
+        file.seek(middle)
+        byte = file.read(1)[0]
+        file.seek(middle)
+        file.write(bytes([byte ^ 0x10]))
+
+
+def test_a_flipped_bit_in_the_weights_is_named_as_damage(tmp_path):
+    path = tiny_checkpoint(tmp_path / "model.pt")
+    assert len(read_checkpoint(path)[DIGEST_KEY]) == 64
+    flip_a_weight_byte(path)
+    with pytest.raises(TrainingError) as damaged:
+        load_network(path)
+    assert "damaged" in str(damaged.value) and "sha256" in str(damaged.value)
+    assert "\n" not in str(damaged.value)
+
+
+def test_an_older_checkpoint_without_a_digest_still_loads(tmp_path):
+    path = tiny_checkpoint(tmp_path / "model.pt")
+    checkpoint = torch.load(path, weights_only=True)
+    del checkpoint[DIGEST_KEY]
+    torch.save(checkpoint, path)
+    model, loaded = load_network(path)
+    assert DIGEST_KEY not in loaded and model(torch.zeros(1, 1, 28, 28)).shape == (1, 10)
+
+
+@pytest.mark.parametrize("change, words", [
+    (lambda c: c.update(state_dict=[1, 2]), "state_dict"),
+    (lambda c: c.update(classes=[]), "classes"),
+    (lambda c: c.update(input_shape=[1, 28]), "input_shape"),
+    (lambda c: c.update(mean="x"), "mean"),
+    (lambda c: c.update(std=[0.0]), "std"),
+    (lambda c: c.pop("spec_text"), "spec_text"),
+    (lambda c: c.update(image_size=["a", None]), "image_size"),
+    # tensors where plain values belong (found by the checkpoint fuzzer: they escaped as
+    # "Boolean value of Tensor with more than one value is ambiguous")
+    (lambda c: c.update(format=torch.zeros(2)), "not a cnnspec checkpoint"),
+    (lambda c: c.update(num_classes=torch.zeros(2)), "num_classes"),
+    (lambda c: c.update(image_size=torch.zeros(2)), "image_size"),
+    (lambda c: c.update(channels=torch.ones(2)), "channels"),
+])
+def test_a_checkpoint_with_malformed_fields_is_one_line(tmp_path, change, words):
+    path = tiny_checkpoint(tmp_path / "model.pt")
+    checkpoint = torch.load(path, weights_only=True)
+    change(checkpoint)
+    torch.save(checkpoint, path)
+    with pytest.raises(TrainingError) as refused:
+        load_network(path)
+    assert words in str(refused.value) and "\n" not in str(refused.value)

@@ -1,0 +1,345 @@
+"""Files that are not what they claim: a FIFO where a spec or an image should be, a
+16-bit PNG, a pixel bomb, a symlink loop, a NUL in a CSV path, a class too small for
+its splits. Each is named in one line and nothing blocks."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cnnspec.data import user_datasets
+from cnnspec.data.images import MAX_PIXELS, ImageReadError, read_image
+from cnnspec.errors import DataError, ParamsError, SpecError
+from cnnspec.pipeline.params import load_params
+from cnnspec.spec.reader import load_spec
+from tests.imagefiles import class_folder_name, fashion_subset, write_csv, write_image_folder
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def fashion():
+    return fashion_subset(60, 1)
+
+
+def data_params(**changes) -> dict:
+    data = load_params(ROOT / "params.yaml", ["data"])["data"]
+    data.update(dataset="folder", image_size=[28, 28], channels=1, val_split=0.1, test_split=0.2)
+    data.update(changes)
+    return data
+
+
+# ---------------------------------------------------------------- the spec reader
+
+def test_validate_answers_a_fifo_a_device_and_a_huge_file_at_once(tmp_path):
+    fifo = tmp_path / "spec.yaml"
+    os.mkfifo(fifo)  # nobody writes: opening it would block for ever
+    huge = tmp_path / "huge.yaml"
+    with open(huge, "wb") as file:
+        file.truncate(4 << 30)  # 4 GiB, sparse
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "cnnspec.cli", "validate", str(fifo), "/dev/zero", str(huge)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(ROOT), "CNNSPEC_DEBUG": ""})
+    assert time.monotonic() - started < 10
+    lines = done.stderr.splitlines()
+    assert done.returncode == 1 and len(lines) == 3, done.stderr
+    assert "named pipe (FIFO)" in lines[0] and "character device" in lines[1]
+    assert "larger than 1,048,576 bytes" in lines[2] and str(huge) in lines[2]
+
+
+def test_params_yaml_that_is_a_fifo_is_one_line(tmp_path):
+    os.mkfifo(tmp_path / "params.yaml")
+    with pytest.raises(ParamsError, match="named pipe"):
+        load_params(tmp_path / "params.yaml", ["data"])
+
+
+def test_a_symlink_loop_spec_is_named(tmp_path):
+    (tmp_path / "a.yaml").symlink_to(tmp_path / "b.yaml")
+    (tmp_path / "b.yaml").symlink_to(tmp_path / "a.yaml")
+    with pytest.raises(SpecError, match="symlink loop"):
+        load_spec(tmp_path / "a.yaml")
+
+
+@pytest.mark.parametrize("text, words", [
+    ("'make_divisible(64, 0)'", "divisor must be > 0"),
+    ("'" + "(" * 40 + "8" + ")" * 40 + " * 2'", "nested more than"),
+    ("'" + "1 + " * 300 + "1'", "characters long"),
+    ("'" + "9" * 400 + " * 2'", "not a finite number of sane size"),
+    ("'floor(1e300 * 1e300)'", "too large"),
+    ("'" + "- " * 100 + "8 * 1'", "nested more than"),
+])
+def test_hostile_expressions_are_located_spec_errors(text, words):
+    import cnnspec
+
+    spec = f"name: x\nlayers:\n  - conv: {{filters: {text}}}\n  - flatten\n  - dense: num_classes\n"
+    with pytest.raises(SpecError) as refused:
+        cnnspec.parse_spec(spec, "x.yaml")
+    assert refused.value.line == 3 and refused.value.col is not None and words in str(refused.value)
+
+
+def test_an_alias_bomb_is_stopped_while_composing():
+    import cnnspec
+
+    levels = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"] + [
+        f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, 12)]
+    started = time.monotonic()
+    with pytest.raises(SpecError, match="too large"):
+        cnnspec.parse_spec("\n".join(levels) + "\nlayers: [flatten]\n", "bomb.yaml")
+    assert time.monotonic() - started < 2
+
+
+# ---------------------------------------------------------------- images
+
+def test_a_real_16_bit_png_is_scaled_by_its_range_not_saturated(tmp_path):
+    ramp = (np.arange(64, dtype=np.uint32).reshape(8, 8) * 1000).astype(np.uint16)  # 0..63000
+    path = tmp_path / "ramp16.png"
+    Image.fromarray(ramp).save(path)
+    assert Image.open(path).mode.startswith("I")  # really 16 bits on disk
+    pixels = read_image(path, 1)[0]
+    assert np.array_equal(pixels, np.rint(ramp / 257.0).astype(np.uint8))
+    assert pixels.min() == 0 and 240 < pixels.max() < 250 and len(np.unique(pixels)) == 64
+
+
+def test_a_float_image_is_scaled_and_a_nan_one_refused(tmp_path):
+    values = np.linspace(0, 1, 16, dtype=np.float32).reshape(4, 4)
+    path = tmp_path / "float.tif"
+    Image.fromarray(values, mode="F").save(path)
+    assert np.array_equal(read_image(path, 1)[0], np.rint(values * 255).astype(np.uint8))
+    values[0, 0] = np.nan
+    Image.fromarray(values, mode="F").save(path)
+    with pytest.raises(ImageReadError, match="NaN"):
+        read_image(path, 1)
+
+
+def test_a_pixel_bomb_is_refused_before_decoding(tmp_path):
+    side = int(MAX_PIXELS ** 0.5) + 100
+    path = tmp_path / "bomb.png"
+    Image.new("1", (side, side)).save(path)  # a few kilobytes on disk
+    with pytest.raises(ImageReadError, match="more than 50,000,000 pixels"):
+        read_image(path, 1, (28, 28))
+
+
+def test_a_large_jpeg_is_decoded_reduced(tmp_path, monkeypatch):
+    from PIL import JpegImagePlugin
+
+    path = tmp_path / "large.jpg"
+    Image.new("RGB", (2048, 2048), (200, 30, 30)).save(path)
+    decoded = []
+    original = JpegImagePlugin.JpegImageFile.load
+
+    def remember(self):
+        result = original(self)
+        decoded.append(self.size)
+        return result
+
+    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "load", remember)
+    array = read_image(path, 3, (32, 32))
+    assert array.shape == (3, 32, 32) and decoded and max(decoded[0]) <= 256
+
+
+def test_a_fifo_and_a_symlink_loop_among_images_are_named_and_never_block(tmp_path, fashion):
+    root = tmp_path / "images"
+    write_image_folder(root, fashion[0], fashion[1], ".png")
+    first_class = root / class_folder_name(fashion[1][0])
+    os.mkfifo(first_class / "pipe.png")
+    (first_class / "loop.png").symlink_to(first_class / "loop.png")
+    started = time.monotonic()
+    with pytest.raises(ImageReadError) as refused:
+        user_datasets.prepare_image_dataset(data_params(source=str(root)), tmp_path / "prepared",
+                                            workers=1, log=lambda line: None)
+    assert time.monotonic() - started < 30
+    message = str(refused.value)
+    assert ("named pipe (FIFO)" in message or "symlink loop" in message) and "\n" not in message
+    lines = []
+    meta = user_datasets.prepare_image_dataset(data_params(source=str(root), bad_images="skip"),
+                                               tmp_path / "prepared", workers=1, log=lines.append)
+    assert meta["skipped_images"] == 2
+    assert any("named pipe (FIFO)" in line and "symlink loop" in line for line in lines)
+
+
+def test_a_nul_in_a_csv_path_is_one_line(tmp_path, fashion):
+    paths = write_image_folder(tmp_path / "pictures", fashion[0][:10], fashion[1][:10], ".png")
+    rows = [{"path": str(p.relative_to(tmp_path)), "label": "a"} for p in paths]
+    rows[3]["path"] = "pictures/x\x00y.png"
+    manifest = write_csv(tmp_path / "labels.csv", rows)
+    with pytest.raises(DataError) as refused:
+        user_datasets.scan_csv(manifest, {"path_column": "path", "label_column": "label"})
+    assert f"{manifest}:5:" in str(refused.value) and "U+0000" in str(refused.value)
+
+
+def test_a_csv_row_naming_a_fifo_is_named(tmp_path, fashion):
+    paths = write_image_folder(tmp_path / "pictures", fashion[0], fashion[1], ".png")
+    os.mkfifo(tmp_path / "pictures" / "pipe.png")
+    labels = [class_folder_name(int(label)) for label in fashion[1]]
+    rows = [{"path": str(p.relative_to(tmp_path)), "label": label} for p, label in zip(paths, labels)]
+    rows.append({"path": "pictures/pipe.png", "label": labels[0]})
+    manifest = write_csv(tmp_path / "labels.csv", rows)
+    with pytest.raises(ImageReadError, match=r"pipe\.png.*named pipe \(FIFO\)"):
+        user_datasets.prepare_image_dataset(data_params(dataset="csv", source=str(manifest),
+                                                        csv={"path_column": "path", "label_column": "label"}),
+                                            tmp_path / "prepared", workers=1, log=lambda line: None)
+
+
+def test_a_class_too_small_for_every_split_is_named_with_its_count(tmp_path, fashion, capsys):
+    root = tmp_path / "images"
+    write_image_folder(root, fashion[0], fashion[1], ".png")
+    rare = root / "Rare"
+    rare.mkdir()
+    Image.fromarray(fashion[0][0]).save(rare / "only.png")
+    Image.fromarray(fashion[0][1]).save(rare / "second.png")
+    with pytest.raises(DataError, match=r"class 'Rare' has only 2 images, too few .*\(train 2, val 0, test 0\)"):
+        user_datasets.prepare_image_dataset(data_params(source=str(root)), tmp_path / "prepared",
+                                            workers=1, log=lambda line: None)
+    user_datasets.prepare_image_dataset(data_params(source=str(root), bad_images="skip"),
+                                        tmp_path / "prepared", workers=1, log=lambda line: None)
+    assert "warning: data.source: class 'Rare' has only 2 images" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- activation memory
+
+def test_a_network_whose_activations_pass_a_gibibyte_warns_and_strict_refuses(tmp_path):
+    spec = tmp_path / "wide.yaml"
+    spec.write_text("name: wide\nlayers:\n  - resize: {height: 4096, width: 4096}\n  - conv: 64\n"
+                    "  - global_avg_pool\n  - dense: num_classes\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "CNNSPEC_DEBUG": ""}
+    warned = subprocess.run([sys.executable, "-m", "cnnspec.cli", "validate", str(spec)],
+                            capture_output=True, text=True, cwd=ROOT, env=env, timeout=60)
+    assert warned.returncode == 0 and "(1 warning)" in warned.stdout
+    assert f"{spec}:4:5:" in warned.stderr and "4.2 GiB of activations" in warned.stderr
+    assert "conv_1 alone outputs 64x4096x4096" in warned.stderr
+    refused = subprocess.run([sys.executable, "-m", "cnnspec.cli", "validate", "--strict", str(spec)],
+                             capture_output=True, text=True, cwd=ROOT, env=env, timeout=60)
+    assert refused.returncode == 1 and refused.stderr.startswith("error: ") and "activations" in refused.stderr
+
+
+def test_no_shipped_spec_comes_near_the_activation_bound():
+    from cnnspec.models.shapes import MAX_ACTIVATION_BYTES, activation_bytes, infer
+
+    for path in sorted((ROOT / "specs").glob("*.yaml")):
+        ctx = infer(load_spec(path), None, 10)
+        assert activation_bytes(ctx.records) < MAX_ACTIVATION_BYTES / 4, path.name
+
+
+# ---------------------------------------------------------------- downloads
+
+def test_a_file_url_naming_a_fifo_or_a_device_is_refused_at_once(tmp_path):
+    from cnnspec.data.download import fetch
+
+    os.mkfifo(tmp_path / "pipe")
+    for source, words in ((tmp_path / "pipe", "named pipe (FIFO)"), (Path("/dev/zero"), "character device")):
+        started = time.monotonic()
+        with pytest.raises(DataError) as refused:
+            fetch(source.as_uri(), tmp_path / "raw" / "x.gz", None, progress=False)
+        assert words in str(refused.value) and "\n" not in str(refused.value)
+        assert time.monotonic() - started < 5
+    assert list((tmp_path / "raw").iterdir()) == []
+
+
+def endless_server(announce: int | None = None):
+    """An HTTP server that streams zeros for ever (optionally announcing a length)."""
+    import http.server
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            self.send_response(200)
+            if announce is not None:
+                self.send_header("Content-Length", str(announce))
+            self.end_headers()
+            try:
+                for _ in range(100_000):
+                    self.wfile.write(b"\0" * 65536)
+            except OSError:
+                pass
+            self.close_connection = True
+
+    from tests.fakedata import running_server
+    return running_server(Handler)
+
+
+@pytest.mark.parametrize("announce, words", [(None, "stopped after"), (10**12, "announces 1,000,000,000,000")])
+def test_a_download_stops_at_its_size_limit(tmp_path, announce, words):
+    from cnnspec.data.download import fetch
+
+    with endless_server(announce) as base_url:
+        with pytest.raises(DataError) as refused:
+            fetch(f"{base_url}/x.gz", tmp_path / "x.gz", None, progress=False, max_bytes=1_000_000,
+                  attempts=1, timeout=5)
+    assert words in str(refused.value) and "1,000,000" in str(refused.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_mirror_file_far_above_the_known_size_is_refused(tmp_path):
+    from cnnspec.data.download import download_dataset, size_limit
+
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    with open(mirror / "train-images-idx3-ubyte.gz", "wb") as file:
+        file.truncate(size_limit("fashion-mnist", "train-images-idx3-ubyte.gz") + 1)
+    with pytest.raises(DataError, match="more than this file's size can be"):
+        download_dataset("fashion-mnist", tmp_path / "raw", url=mirror.as_uri() + "/", md5="skip",
+                         progress=False, log=lambda line: None)
+
+
+def test_an_archive_too_large_to_extract_is_refused_before_writing(tmp_path, monkeypatch):
+    import io
+    import tarfile
+
+    from cnnspec.data import download
+
+    archive = tmp_path / "bomb.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        member = tarfile.TarInfo("cifar-10-batches-py/data_batch_1")
+        member.size = 4 << 20
+        tar.addfile(member, io.BytesIO(b"\0" * member.size))  # 4 MiB of zeros: a few KiB packed
+    assert archive.stat().st_size < 50_000
+    monkeypatch.setattr(download, "MAX_EXTRACTED_BYTES", 1 << 20)
+    with pytest.raises(DataError, match=r"refusing to extract 4,194,304 bytes"):
+        download.safe_extract(archive, tmp_path / "extracted")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bomb.tar.gz"]
+
+
+def test_an_archive_missing_a_needed_file_is_named_and_discarded(tmp_path):
+    import tarfile
+
+    from cnnspec.data.download import download_dataset
+    from tests.fakedata import make_cifar10_archive
+
+    complete = make_cifar10_archive(tmp_path / "complete.tar.gz")
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    with tarfile.open(complete) as source, tarfile.open(mirror / "cifar-10-python.tar.gz", "w:gz") as target:
+        for member in source.getmembers():
+            if not member.name.endswith("data_batch_3"):
+                target.addfile(member, source.extractfile(member) if member.isfile() else None)
+    with pytest.raises(DataError) as refused:
+        download_dataset("cifar10", tmp_path / "raw", url=(mirror / "cifar-10-python.tar.gz").as_uri(),
+                         md5="skip", progress=False, log=lambda line: None)
+    assert "lacks data_batch_3" in str(refused.value) and "removed" in str(refused.value)
+    assert not (tmp_path / "raw" / "cifar-10-python.tar.gz").exists()
+
+
+# ---------------------------------------------------------------- found by the params fuzzer
+
+@pytest.mark.parametrize("spec, words", [("fifo.yaml", "model.spec: fifo.yaml: cannot read: it is a named pipe (FIFO)"),
+                                         ("\n\n", "model.spec: '\\n\\n': no such file")])
+def test_model_spec_naming_a_fifo_or_holding_a_newline_is_one_line(tmp_path, spec, words):
+    import yaml
+
+    os.mkfifo(tmp_path / "fifo.yaml")
+    params = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
+    params["model"]["spec"], params["recipe"] = str(tmp_path / spec) if spec == "fifo.yaml" else spec, "auto"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
+    with pytest.raises(ParamsError) as refused:
+        load_params(tmp_path / "params.yaml", ["recipe", "model", "train", "evaluate"])
+    assert words.replace("fifo.yaml", str(tmp_path / "fifo.yaml")) in str(refused.value)
+    assert "\n" not in str(refused.value)

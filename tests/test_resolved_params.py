@@ -1,0 +1,79 @@
+"""The train and evaluate stages take their values from params.resolved.yaml, the file
+the resolve stage writes and DVC tracks (cnnspec.pipeline.params.load_resolved_params):
+a current file is used as written and silently; a missing or out-of-date one (a stage
+run alone after an edit) is replaced by params.yaml resolved in memory, with one note."""
+from pathlib import Path
+
+import yaml
+
+from cnnspec.pipeline.params import load_params, load_resolved_params
+from stages.resolve import resolve
+
+REPO = Path(__file__).resolve().parent.parent
+SECTIONS = ["recipe", "model", "train"]
+
+
+def project(tmp_path, monkeypatch, train="{epochs: 3}") -> Path:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "net.yaml").write_text((REPO / "specs" / "simcnn.yaml").read_text(encoding="utf-8"))
+    params = Path("params.yaml")  # as a stage names it, relative to where it runs
+    params.write_text(f"recipe: keras_adam\nmodel: {{spec: net.yaml}}\ntrain: {train}\n")
+    return params
+
+
+def notes_of(params_path, sections=SECTIONS):
+    notes = []
+    return load_resolved_params(params_path, sections, say=notes.append), notes
+
+
+def test_a_current_file_is_used_as_the_resolve_stage_wrote_it(tmp_path, monkeypatch):
+    params_path = project(tmp_path, monkeypatch)
+    resolve(params_path, tmp_path / "params.resolved.yaml")
+    params, notes = notes_of(params_path)
+    written = yaml.safe_load((tmp_path / "params.resolved.yaml").read_text(encoding="utf-8"))
+    assert notes == []
+    assert params == {section: written[section] for section in SECTIONS}
+    assert params["train"]["epochs"] == 3 and params["train"]["optimizer"]["name"] == "adam"
+
+
+def test_a_missing_file_is_resolved_here_with_one_note_naming_the_resolve_stage(tmp_path, monkeypatch):
+    params_path = project(tmp_path, monkeypatch)
+    params, notes = notes_of(params_path, ["evaluate"])
+    assert params == load_params(params_path, ["evaluate"])
+    assert len(notes) == 1 and notes[0].startswith("note: params.resolved.yaml is missing")
+    assert "python stages/resolve.py" in notes[0]
+
+
+def test_an_edit_after_resolve_wins_and_is_noted(tmp_path, monkeypatch):
+    params_path = project(tmp_path, monkeypatch)
+    resolve(params_path, tmp_path / "params.resolved.yaml")
+    params_path.write_text(params_path.read_text().replace("epochs: 3", "epochs: 5"))
+    params, notes = notes_of(params_path)
+    assert params["train"]["epochs"] == 5
+    assert len(notes) == 1 and "is older than params.yaml or its recipe" in notes[0]
+    assert "python stages/resolve.py" in notes[0]
+
+
+def test_a_recipe_edited_after_resolve_is_noted_too(tmp_path, monkeypatch):
+    params_path = project(tmp_path, monkeypatch)
+    (tmp_path / "recipes").mkdir()
+    (tmp_path / "recipes" / "mine.yaml").write_text("train: {batch_size: 48}\n")
+    params_path.write_text(params_path.read_text().replace("recipe: keras_adam", "recipe: mine"))
+    resolve(params_path, tmp_path / "params.resolved.yaml")
+    (tmp_path / "recipes" / "mine.yaml").write_text("train: {batch_size: 24}\n")
+    params, notes = notes_of(params_path)
+    assert params["train"]["batch_size"] == 24 and len(notes) == 1
+
+
+def test_a_damaged_file_reads_as_out_of_date(tmp_path, monkeypatch):
+    params_path = project(tmp_path, monkeypatch)
+    (tmp_path / "params.resolved.yaml").write_text("train: [unclosed\n")
+    params, notes = notes_of(params_path)
+    assert params == load_params(params_path, SECTIONS)
+    assert len(notes) == 1 and "older than" in notes[0]
+
+
+def test_the_train_and_evaluate_stages_read_the_resolved_file():
+    for stage in ("train", "evaluate"):
+        text = (REPO / "stages" / f"{stage}.py").read_text(encoding="utf-8")
+        assert "load_resolved_params(" in text and "load_stage_params(" not in text
