@@ -11,7 +11,6 @@ from cnnspec.models.compiler import build_model
 from cnnspec.models.shapes import infer
 from cnnspec.spec.reader import parse_spec
 
-
 TAIL = "  - flatten\n  - dense: num_classes\n"  # a model ends in one logit per class
 
 

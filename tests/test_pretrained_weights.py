@@ -52,7 +52,8 @@ def test_a_torchvision_model_s_weights_give_the_same_logits(resnet18, capsys):
 
 def test_an_edited_architecture_keeps_the_weights_of_every_layer_that_kept_its_shape(resnet18, capsys):
     def edit(text):  # a wider head (a hidden layer) and one more block in the last stage
-        text = text.replace("  - dense: num_classes", "  - dense: {units: 256, activation: relu}\n  - dense: num_classes")
+        text = text.replace("  - dense: num_classes",
+                            "  - dense: {units: 256, activation: relu}\n  - dense: num_classes")
         return text.replace("      - use: {block: basic_block, filters: $filters}",
                             "      - use: {block: basic_block, filters: $filters}\n"
                             "      - use: {block: basic_block, filters: $filters}")

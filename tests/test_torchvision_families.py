@@ -40,7 +40,8 @@ def test_shipped_spec_is_torchvision_s_network(name, sizes):
     assert f"checked in float64 at {sizes[0]}x{sizes[0]} and {sizes[1]}x{sizes[1]}" in spec.text.replace("\n# ", " ")
 
 
-@pytest.mark.parametrize("name", ["shufflenet_v2_x1_0", "regnet_y_400mf", "squeezenet1_1", pytest.param("googlenet", marks=slow),
+@pytest.mark.parametrize("name", ["shufflenet_v2_x1_0", "regnet_y_400mf", "squeezenet1_1",
+                                  pytest.param("googlenet", marks=slow),
                                   pytest.param("resnext50_32x4d", marks=slow), pytest.param("densenet121", marks=slow),
                                   pytest.param("vgg16_bn", marks=slow), pytest.param("convnext_tiny", marks=slow)])
 def test_import_writes_the_shipped_spec(name):

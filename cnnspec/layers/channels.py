@@ -76,7 +76,8 @@ CHANNEL_SPLIT_OPTIONS = {
                    "ShuffleNet v2's x.chunk(2, dim=1)[index]; a parallel of splits takes a map apart",
     "properties": {
         "index": {"type": "integer", "minimum": 0, "description": "which group to keep, from 0"},
-        "parts": {"type": "integer", "minimum": 1, "default": 2, "description": "how many equal groups the channels form"},
+        "parts": {"type": "integer", "minimum": 1, "default": 2,
+                  "description": "how many equal groups the channels form"},
     },
     "required": ["index"],
     "x-shorthand": "index",

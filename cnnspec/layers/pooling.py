@@ -128,7 +128,8 @@ MAX_POOL_OPTIONS = {
         "ceil_mode": {
             "type": "boolean",
             "default": False,
-            "description": "PyTorch's ceil_mode: a last, partial window at the bottom and right counts too (SqueezeNet, GoogLeNet); output ceil instead of floor",
+            "description": "PyTorch's ceil_mode: a last, partial window at the bottom and right counts "
+                           "too (SqueezeNet, GoogLeNet); output ceil instead of floor",
         },
     },
     "x-shorthand": "kernel",
@@ -170,7 +171,8 @@ AVG_POOL_OPTIONS = {
         "ceil_mode": {
             "type": "boolean",
             "default": False,
-            "description": "PyTorch's ceil_mode: a last, partial window at the bottom and right counts too (SqueezeNet, GoogLeNet); output ceil instead of floor",
+            "description": "PyTorch's ceil_mode: a last, partial window at the bottom and right counts "
+                           "too (SqueezeNet, GoogLeNet); output ceil instead of floor",
         },
     },
     "x-shorthand": "kernel",

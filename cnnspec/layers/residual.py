@@ -168,7 +168,9 @@ RESIDUAL_OPTIONS = {
             "minItems": 1,
             "default": "auto",
             "x-hint": "auto, identity, projection, pool, none or a layer list",
-            "description": "auto (identity when shapes match, else projection), identity, projection (1x1 conv + BN), pool, none (no skip: the body alone, e.g. `shortcut: $skip` in a block), or a layer list",
+            "description": "auto (identity when shapes match, else projection), identity, projection "
+                           "(1x1 conv + BN), pool, none (no skip: the body alone, e.g. `shortcut: $skip` "
+                           "in a block), or a layer list",
         },
         "shortcut_from": {
             "type": "string",
