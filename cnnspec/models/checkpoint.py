@@ -216,7 +216,8 @@ def load_network(path, device="cpu"):
 def unregistered_layer_types(spec_text: str) -> list[str]:
     """Names written where a layer type goes (a list item TYPE or {TYPE: ...}) that no
     registered layer type has, in the order they appear."""
-    from cnnspec.spec.reader import LAYER_SCHEMAS, TYPE_NAME
+    from cnnspec.layers.registry import TYPE_NAME
+    from cnnspec.spec.reader import layer_schemas
     from cnnspec.spec.yamlio import load_yaml
 
     try:
@@ -231,7 +232,7 @@ def unregistered_layer_types(spec_text: str) -> list[str]:
         elif isinstance(value, list):
             for item in value:
                 name = item if isinstance(item, str) else next(iter(item)) if isinstance(item, dict) and len(item) == 1 else None
-                if (isinstance(name, str) and TYPE_NAME.match(name) and name not in LAYER_SCHEMAS
+                if (isinstance(name, str) and TYPE_NAME.match(name) and name not in layer_schemas()
                         and name not in found and not name.startswith("$")):
                     found.append(name)
             stack.extend(reversed(value))
