@@ -43,12 +43,22 @@ bench: $(BIN)/.bench-installed
 bench-test: $(BIN)/.bench-installed
 	$(BIN)/python -m pytest -n auto --dist loadgroup $(wildcard benchmarks/test_*.py)
 
-# dvc exp show trimmed to fit a terminal: name, headline metrics, the params that differ
-# (README, Experiments). `dvc exp show` has no config file for its columns.
-exps: $(BIN)/.installed
-	$(BIN)/dvc exp show --only-changed --sort-by metrics/eval.json:accuracy \
-	  --keep '(metrics/eval\.json:)?(accuracy|learned)$$' \
-	  --drop 'Created|params\.yaml:|cnnspec|stages/|recipes|specs/|data/|metrics/|models/|train\.|val\.|step|lr'
+# The experiments in one table that fits the terminal: name, headline metrics, the params
+# set with -S (cnnspec exps, README's Experiments). A venv already active ($$VIRTUAL_ENV)
+# or present (.venv) is used as it is: no venv is made and nothing is reinstalled.
+ifdef VIRTUAL_ENV
+EXPS_BIN := $(VIRTUAL_ENV)/bin
+EXPS_NEEDS :=
+else ifneq ($(wildcard $(BIN)/cnnspec),)
+EXPS_BIN := $(BIN)
+EXPS_NEEDS :=
+else
+EXPS_BIN := $(BIN)
+EXPS_NEEDS := $(BIN)/.installed
+endif
+
+exps: $(EXPS_NEEDS)
+	PATH="$(abspath $(EXPS_BIN)):$$PATH" cnnspec exps
 
 clean-venv:
 	rm -rf $(VENV)

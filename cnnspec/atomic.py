@@ -70,6 +70,7 @@ def atomic_path(destination: str | os.PathLike):
         raise
     os.close(handle)
     try:
+        os.chmod(temporary, user_mode(0o666))  # mkstemp makes it 0600; outputs are shared files
         yield Path(temporary)
         with open(temporary, "rb") as written:
             os.fsync(written.fileno())
@@ -86,6 +87,13 @@ def atomic_path(destination: str | os.PathLike):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)
         raise
+
+
+def user_mode(mode: int) -> int:
+    """`mode` less the process's umask: what open() or mkdir() would have created."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mode & ~mask
 
 
 def disk_is_full(error: BaseException, folder) -> bool:
@@ -133,6 +141,7 @@ def atomic_folder(destination):
     temporary = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", suffix=".tmp",
                                       dir=destination.parent))
     try:
+        os.chmod(temporary, user_mode(0o777))  # mkdtemp makes it 0700
         yield temporary
         raise_if_terminated()
     except BaseException as error:

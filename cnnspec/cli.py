@@ -190,6 +190,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_predict_command(commands, [debug, plugin])
     add_export_command(commands, [debug, plugin])
     add_import_command(commands, [debug, plugin])
+    command = commands.add_parser(
+        "exps", parents=[debug], help="the DVC experiments in one table that fits the terminal",
+        description="One row per experiment (dvc exp show --json): name, headline metrics "
+                    "(metrics/eval.json) and the params.yaml values it set (-S), under its baseline.")
+    command.add_argument("--width", type=int, default=None, metavar="N",
+                         help="columns (default: the terminal's)")
+    command.set_defaults(run=show_experiments)
     return parser
 
 
@@ -213,7 +220,9 @@ def add_predict_command(commands, parents) -> None:
                     "checkpoint. Exit status: 0 every image classified; 1 some images could not "
                     "be read (their rows and stderr say why; the rest are classified); 2 bad "
                     "arguments or no images found; 1 for a file that is not a cnnspec checkpoint.")
-    command.add_argument("checkpoint", metavar="CHECKPOINT", help="a cnnspec checkpoint (models/model.pt)")
+    command.add_argument("checkpoint", metavar="CHECKPOINT",
+                         help="a cnnspec checkpoint (models/model.pt), or a model exported to ONNX "
+                              "(model.onnx, run by onnxruntime with the same preprocessing)")
     command.add_argument("paths", nargs="+", metavar="PATH", help="image file, folder or glob")
     command.add_argument("--top-k", type=int, default=1, metavar="K", help="classes per image (default 1)")
     command.add_argument("--format", choices=("csv", "json", "table"), default="csv",
@@ -287,11 +296,17 @@ def export_model(args) -> int:
     return run_command(args)
 
 
+def show_experiments(args) -> int:
+    from cnnspec.pipeline.experiments import run_command
+
+    return run_command(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.debug = debug_enabled(sys.argv[1:] if argv is None else argv)
     run = args.run if args.debug else exit_on_user_error(args.run)
-    if args.plugin:
+    if getattr(args, "plugin", None):
         run = with_plugins(run, args.plugin)
     try:
         return run(args)

@@ -22,6 +22,7 @@ TRAIN_CURVES = TRAIN_LOG / "plots" / "metrics"  # DVCLive's TSVs, one per metric
 EVAL_JSON = Path("metrics/eval.json")  # the headline metrics
 EVAL_REPORT = Path("metrics/eval_report.json")  # per-class scores, confusion matrix
 PREDICTIONS_CSV = Path("metrics/predictions.csv")
+MISTAKES_CSV = Path("metrics/mistakes.csv")  # the wrong test predictions, most confident first
 PLOTS = Path("metrics/plots")
 EXPORT = Path("models/export")  # the optional export stage's (export/dvc.yaml)
 

@@ -4,8 +4,10 @@
 
 Writes metrics/eval.json (the headline: accuracy, top-5 accuracy where it applies,
 loss, macro F1, learned), metrics/eval_report.json (the full report: per-class
-precision/recall/F1, the confusion matrix) and metrics/predictions.csv
-(`index,actual,predicted`, for DVC's confusion template), each atomically, and
+precision/recall/F1, the confusion matrix), metrics/predictions.csv
+(`index,actual,predicted,confidence`, for DVC's confusion template, and each image's
+`path` for folder and csv datasets) and metrics/mistakes.csv (the wrong predictions,
+most confident first, with their paths), each atomically, and
 prints the report. A test accuracy at chance level prints one warning line.
 """
 from __future__ import annotations
@@ -18,7 +20,7 @@ if __package__ in (None, ""):  # `python stages/<name>.py`: import this checkout
 
 from cnnspec.atomic import write_json, write_text
 from cnnspec.errors import exit_on_user_error
-from cnnspec.paths import EVAL_JSON, EVAL_REPORT, MODEL, PARAMS, PREDICTIONS_CSV, PREPARED
+from cnnspec.paths import EVAL_JSON, EVAL_REPORT, MISTAKES_CSV, MODEL, PARAMS, PREDICTIONS_CSV, PREPARED
 from cnnspec.pipeline.params import load_resolved_params, load_workspace_plugins
 
 
@@ -27,21 +29,27 @@ def main() -> None:
     params = load_resolved_params(PARAMS, sections=["evaluate"])["evaluate"]
     load_workspace_plugins(PARAMS)  # the workspace's own model.plugins: a checkpoint never imports code
     # torch loads only after the params passed, so a typo fails in a blink.
+    from cnnspec.data.datasets import split_files
     from cnnspec.inference import evaluation
 
-    report, actual, predicted = evaluation.evaluate_checkpoint(
-        MODEL, PREPARED, tta=params["tta"], batch_size=params["batch_size"])
+    report, actual, predicted, probabilities = evaluation.evaluate_checkpoint(
+        MODEL, PREPARED, tta=params["tta"], batch_size=params["batch_size"], with_probabilities=True)
+    paths = split_files(PREPARED, "test")  # folder and csv datasets: each test image's file
+    if paths is not None and len(paths) != len(actual):
+        paths = None
     from cnnspec.pipeline.headline import headline
     from cnnspec.training import learning_check as runcheck
 
     learned, reason = runcheck.verdict(len(report["classes"]), report["accuracy"], "test accuracy")
     write_json(EVAL_REPORT, report)
-    write_text(PREDICTIONS_CSV, evaluation.predictions_csv(actual, predicted, report["classes"]))
+    write_text(PREDICTIONS_CSV, evaluation.predictions_csv(actual, predicted, report["classes"],
+                                                           probabilities, paths))
+    write_text(MISTAKES_CSV, evaluation.mistakes_csv(actual, probabilities, report["classes"], paths))
     write_json(EVAL_JSON, headline(report, learned))
     print(evaluation.report_table(report))
     if not learned:
         runcheck.warn(reason, trained_with(MODEL))
-    print(f"wrote {EVAL_JSON}, {EVAL_REPORT} and {PREDICTIONS_CSV}")
+    print(f"wrote {EVAL_JSON}, {EVAL_REPORT}, {PREDICTIONS_CSV} and {MISTAKES_CSV}")
 
 
 def trained_with(model_path) -> dict:

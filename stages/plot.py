@@ -6,6 +6,7 @@
   as metrics/eval_report.json holds them
 - learning_curves.png: loss and accuracy per epoch, train against validation, and the learning rate
 - misclassified.png:    a grid of wrongly classified test images with true and predicted labels
+                        (and file names, for folder and csv datasets; metrics/mistakes.csv lists them all)
 
 Reads metrics/eval_report.json and metrics/predictions.csv (evaluate), the DVCLive logs in
 metrics/train/plots/metrics (train) and data/prepared (preprocess). Figures are drawn
@@ -54,6 +55,21 @@ def read_predictions(path: Path, classes: list[str]) -> tuple[np.ndarray, np.nda
                                     f"data's classes; {EVALUATE_HINT} again")
                 out.append(index_of[name])
     return np.array(actual, dtype=np.int64), np.array(predicted, dtype=np.int64)
+
+
+def read_prediction_paths(path: Path) -> list[str] | None:
+    """The `path` column of predictions.csv (folder and csv datasets), else None."""
+    with open(path, newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    if not rows or "path" not in rows[0]:
+        return None
+    return [row["path"] for row in rows]
+
+
+def short_name(path: str, limit: int = 22) -> str:
+    """A file name that fits under a thumbnail: the name, cut in the middle if long."""
+    name = Path(path).name
+    return name if len(name) <= limit else name[:limit // 2 - 1] + "…" + name[-(limit // 2):]
 
 
 def read_series(path: Path) -> tuple[list[float], list[float]]:
@@ -143,13 +159,15 @@ def _epochs(steps: list[float]) -> list[float]:
 
 
 def misclassified_figure(images: np.ndarray, actual: np.ndarray, predicted: np.ndarray,
-                         classes: list[str], count: int) -> Figure:
-    """The first `count` mistakes in test-set order (the same ones every run)."""
+                         classes: list[str], count: int, paths: list[str] | None = None) -> Figure:
+    """The first `count` mistakes in test-set order (the same ones every run), each
+    titled with its file name when the images came from files."""
     wrong = np.flatnonzero(actual != predicted)[:count]
     columns = max(1, math.ceil(math.sqrt(len(wrong))))
     rows = max(1, math.ceil(len(wrong) / columns))
     cell = min(1.8, 16 / columns)  # inches, so the grid stays under 2000 px wide
-    figure = Figure(figsize=(max(6.0, columns * cell), max(2.0, rows * cell * 1.15)), dpi=DPI,
+    title_lines = 1.35 if paths is not None else 1.15  # a file name adds a line to each title
+    figure = Figure(figsize=(max(6.0, columns * cell), max(2.0, rows * cell * title_lines)), dpi=DPI,
                     layout="constrained")
     if len(wrong) == 0:
         figure.text(0.5, 0.5, "no misclassified test images", ha="center", va="center", fontsize=14)
@@ -161,8 +179,10 @@ def misclassified_figure(images: np.ndarray, actual: np.ndarray, predicted: np.n
             axes.imshow(picture[:, :, 0], cmap="gray", vmin=0, vmax=255)
         else:
             axes.imshow(picture)
-        axes.set_title(f"true: {classes[actual[index]]}\npred: {classes[predicted[index]]}",
-                       fontsize=8, color="darkred")
+        title = f"true: {classes[actual[index]]}\npred: {classes[predicted[index]]}"
+        if paths is not None:
+            title = f"{short_name(paths[index])}\n{title}"
+        axes.set_title(title, fontsize=8, color="darkred")
         axes.axis("off")
     return figure
 
@@ -191,7 +211,8 @@ def main() -> None:
         "confusion_matrix.png": confusion_figure(counts, classes),
         "learning_curves.png": learning_curves_figure(TRAIN_CURVES),
         "misclassified.png": misclassified_figure(data["test_images"], actual, predicted, classes,
-                                                  params["misclassified"]),
+                                                  params["misclassified"],
+                                                  read_prediction_paths(PREDICTIONS_CSV)),
     }
     for name, figure in figures.items():
         save_png(figure, PLOTS / name)

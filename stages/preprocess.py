@@ -2,8 +2,8 @@
 
     python stages/preprocess.py        (reads params.yaml: data.*, but url and md5)
 
-Built-ins (cifar10, ...): decodes data.source (data/raw, what the download stage
-fetched) and holds out a stratified `data.val_split` of the training set (seeded by
+Built-ins (cifar10, ...): decodes data/raw (what the download stage fetched; data.source
+is for folder and csv only) and holds out a stratified `data.val_split` of the training set (seeded by
 `data.seed`). folder / csv: reads the user's images from data.source, resizes them to
 `data.image_size` and splits them (cnnspec/data/user_datasets.py, docs/datasets.md). Either way
 meta.json records the class names and the training split's per-channel mean and std,
@@ -21,7 +21,7 @@ if __package__ in (None, ""):  # `python stages/<name>.py`: import this checkout
 from cnnspec.data.datasets import USER_DATASETS, decode_raw, prepare, write_prepared
 from cnnspec.data.user_datasets import prepare_image_dataset
 from cnnspec.errors import ParamsError, exit_on_user_error, terminate_like_interrupt
-from cnnspec.paths import PARAMS, PREPARED
+from cnnspec.paths import PARAMS, PREPARED, RAW
 from cnnspec.pipeline.params import load_stage_params, path_problem
 
 
@@ -35,14 +35,35 @@ def main() -> None:
         problem = path_problem(Path(data["source"]), kind)
         if problem:
             raise ParamsError(f"{PARAMS}: data.source: {data['source']}: {problem}")
+        note = unversioned_source_note(Path(data["source"]))
+        if note:
+            print(note)
         meta = prepare_image_dataset(data, PREPARED)
     else:
-        raw = decode_raw(data["dataset"], Path(data["source"]))
+        # A built-in dataset is always what the download stage left in data/raw: a
+        # data.source left over from a folder or csv experiment is not read.
+        if Path(data["source"]) != RAW:
+            print(f"{data['dataset']}: reading {RAW}/ (the download stage's); "
+                  f"data.source ({data['source']}) is used by folder and csv datasets only")
+        raw = decode_raw(data["dataset"], RAW)
         arrays, meta = prepare(raw, data["dataset"], data["val_split"], data["seed"])
         write_prepared(PREPARED, arrays, meta)
     counts = ", ".join(f"{split} {n}" for split, n in meta["counts"].items())
     print(f"{data['dataset']}: {counts} images of shape {meta['input_shape']} -> {PREPARED}/ "
           f"in {time.perf_counter() - started:.1f} s")
+
+
+def unversioned_source_note(source: Path) -> str | None:
+    """One line when data.source lies outside the repository: it is read, but neither
+    DVC nor git versions it, so a result cannot be traced back to the images."""
+    if not source.is_absolute():
+        return None
+    try:
+        source.resolve().relative_to(Path.cwd().resolve())
+        return None
+    except ValueError:
+        return (f"note: data.source {source} is outside the repository, so no version of it is "
+                f"recorded; `dvc add` a copy inside it, or `dvc import` it from its own repository")
 
 
 if __name__ == "__main__":

@@ -2,13 +2,17 @@
 
     python stages/resolve.py
 
-params.yaml picks a recipe (`recipe: auto` takes the one model.spec names) and sets
-what differs from it; this stage merges the two (cnnspec/pipeline/recipes.py), checks the
-result against the params schema, and writes it out whole. DVC tracks it as the
-train and evaluate stages' params file and they read their values from it
-(cnnspec.pipeline.params.load_resolved_params), so `dvc params diff` and
-`dvc exp show` show the values a run really used, not only the overrides.
+params.yaml picks a spec (`model.spec: auto`: a small CNN for your own images, the
+CIFAR speedrun for the built-ins) and a recipe (`recipe: auto` takes the one the spec
+names) and sets what differs from it; this stage merges the two (cnnspec/pipeline/recipes.py),
+fits the batch size to the prepared training set (cnnspec/pipeline/fit.py), checks the
+result against the params schema, and writes it out whole, with the spec file's hash so
+that an edit to the spec in use re-runs train. DVC tracks it as the train and evaluate
+stages' params file, so `dvc params diff` and `dvc exp show` show the values a run
+really used, not only the overrides. It prints one line saying what was chosen and why.
 """
+import hashlib
+import json
 import sys
 from pathlib import Path
 
@@ -18,10 +22,18 @@ if __package__ in (None, ""):  # `python stages/resolve.py` from the repository 
 import yaml
 
 from cnnspec.atomic import write_text
-from cnnspec.errors import CnnspecError, exit_on_user_error
-from cnnspec.paths import PARAMS, RESOLVED_PARAMS
+from cnnspec.errors import CnnspecError, ParamsError, exit_on_user_error
+from cnnspec.paths import PARAMS, PREPARED, RESOLVED_PARAMS
 from cnnspec.pipeline.dvc_runs import busy_message, other_runs
-from cnnspec.pipeline.params import load_params
+from cnnspec.pipeline.fit import MIN_STEPS, fit_batch_size, fit_to_data
+from cnnspec.pipeline.params import (
+    OWN_IMAGE_DATASETS,
+    RESOLVED_SECTIONS,
+    STAMP,
+    load_params,
+    read_yaml_mapping,
+    resolution_stamp,
+)
 
 HEADER = """\
 # Written by `dvc repro` (stage resolve) from params.yaml and {recipe}:
@@ -29,12 +41,114 @@ HEADER = """\
 """
 
 
-def resolve(params_path=PARAMS, resolved_path=RESOLVED_PARAMS) -> dict:
-    params = load_params(params_path, sections=["recipe", "model", "train", "evaluate"])
-    text = HEADER.format(recipe="no recipe" if params["recipe"] == "none"
-                                  else f"recipes/{params['recipe']}.yaml") + yaml.safe_dump(params, sort_keys=False)
+def prepared_meta(prepared=PREPARED) -> dict | None:
+    """meta.json of the prepared data, or None before preprocess has run."""
+    try:
+        return json.loads((Path(prepared) / "meta.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def resolve(params_path=PARAMS, resolved_path=RESOLVED_PARAMS, prepared=PREPARED, log=print) -> dict:
+    params = load_params(params_path, sections=RESOLVED_SECTIONS)
+    stamp = resolution_stamp(params, prepared)
+    data = load_params(params_path, sections=["data"])["data"]
+    written = read_yaml_mapping(params_path)
+    spec_path = Path(params["model"]["spec"])
+    try:
+        params["model"]["spec_sha256"] = hashlib.sha256(spec_path.read_bytes()).hexdigest()
+    except OSError as error:
+        raise ParamsError(f"{params_path}: model.spec: {spec_path}: {error.strerror}") from None
+    meta = prepared_meta(prepared)
+    why = choice_line(params, data, written)
+    if meta is not None and meta.get("counts", {}).get("train"):
+        train_images = meta["counts"]["train"]
+        set_by_user = (written.get("train") or {}).get("batch_size") is not None
+        fit = fit_batch_size(params["train"]["batch_size"], train_images, set_by_user)
+        params["train"] = fit_to_data(params["train"], train_images, params_path)  # what train does
+        shape = "x".join(str(n) for n in meta["input_shape"])
+        steps = fit.steps(train_images)
+        why += (f"; batch {fit.batch_size}: {steps} steps an epoch on {train_images} "
+                f"training images of {shape}")
+        if fit.capped_from is not None:
+            why += (f" (the recipe's {fit.capped_from} would be {train_images // fit.capped_from}; "
+                    f"capped for at least {MIN_STEPS})")
+        warnings = fit.warnings
+    else:
+        warnings = []
+    if meta is not None and meta.get("input_shape"):
+        check_input_fits(spec_path, meta, data, params_path)
+    recipe = "no recipe" if params["recipe"] == "none" else f"recipes/{params['recipe']}.yaml"
+    text = HEADER.format(recipe=recipe) + f"{STAMP}{stamp}\n" + yaml.safe_dump(params, sort_keys=False)
     write_text(resolved_path, text)
+    log(why)
+    for warning in warnings:
+        log(warning)
     return params
+
+
+def fits(spec, input_shape, num_classes) -> str | None:
+    """None when the spec takes `input_shape`, else shape inference's message."""
+    from cnnspec.errors import SpecError
+    from cnnspec.models.shapes import infer_shapes
+
+    try:
+        infer_shapes(spec, tuple(input_shape), num_classes)
+        return None
+    except SpecError as error:
+        return str(error)
+
+
+def smallest_size(spec, channels: int, num_classes: int, limit: int = 1024) -> int | None:
+    """The smallest square image size the spec takes (shape inference only), or None."""
+    low, high = 1, 1
+    while fits(spec, (channels, high, high), num_classes) is not None:
+        if high >= limit:
+            return None
+        low, high = high + 1, high * 2
+    while low < high:  # fits at `high`, not below `low`
+        middle = (low + high) // 2
+        if fits(spec, (channels, middle, middle), num_classes) is None:
+            high = middle
+        else:
+            low = middle + 1
+    return high
+
+
+def check_input_fits(spec_path, meta: dict, data: dict, params_path) -> None:
+    """A spec that cannot take the prepared images stops here, before training, with the
+    param to change and the smallest size the spec takes."""
+    from cnnspec.spec.reader import load_spec
+
+    spec = load_spec(spec_path)
+    channels, height, width = (int(v) for v in meta["input_shape"])
+    num_classes = len(meta.get("classes") or []) or 10
+    problem = fits(spec, (channels, height, width), num_classes)
+    if problem is None:
+        return
+    smallest = smallest_size(spec, channels, num_classes)
+    if smallest is None:
+        raise ParamsError(f"{params_path}: model.spec: {spec_path} cannot take {channels}x{height}x{width} "
+                          f"images: {problem}")
+    if data["dataset"] in OWN_IMAGE_DATASETS:
+        raise ParamsError(f"{params_path}: data.image_size: {height}x{width} is too small for {spec_path}, "
+                          f"which takes at least {smallest}x{smallest}: -S data.image_size=[{smallest},{smallest}] "
+                          f"({problem})")
+    raise ParamsError(f"{params_path}: model.spec: {spec_path} takes images of at least {smallest}x{smallest}, "
+                      f"{data['dataset']}'s are {height}x{width}; pick another spec ({problem})")
+
+
+def choice_line(params: dict, data: dict, written: dict) -> str:
+    """`spec S (why), recipe R (why)`: what resolve picked, in one line."""
+    spec = params["model"]["spec"]
+    own = data["dataset"] in OWN_IMAGE_DATASETS
+    asked_spec = (written.get("model") or {}).get("spec", "auto")
+    spec_why = (f"model.spec: auto, for {'your own images' if own else 'a built-in dataset'} "
+                f"(data.dataset: {data['dataset']})") if asked_spec == "auto" else "model.spec"
+    asked_recipe = written.get("recipe", "none")
+    recipe = params["recipe"]
+    recipe_why = "recipe: auto, the one the spec names" if asked_recipe == "auto" else "recipe"
+    return f"spec {spec} ({spec_why}), recipe {recipe} ({recipe_why})"
 
 
 @exit_on_user_error
@@ -42,8 +156,7 @@ def main() -> None:
     runs = other_runs()
     if runs:  # two runs in one workspace overwrite each other's files: stop before that
         raise CnnspecError(busy_message(runs))
-    params = resolve()
-    print(f"recipe {params['recipe']} for {params['model']['spec']} -> {RESOLVED_PARAMS}")
+    resolve()
 
 
 if __name__ == "__main__":

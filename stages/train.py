@@ -36,13 +36,14 @@ def run(params_path=PARAMS, prepared=PREPARED, model_path=MODEL, resume_path=RES
     # launching train stage said it once, and every rank would repeat it.
     one_process = distributed.torchrun_environment() is None
     params = load_resolved_params(params_path, sections=["recipe", "model", "train"],
-                                  say=print if one_process else lambda line: None)
+                                  say=print if one_process else lambda line: None, prepared=prepared)
     # torch loads only after the params passed, so a typo fails in a blink.
     import torch
 
     from cnnspec import build_model, load_spec
     from cnnspec.data.datasets import load_prepared
     from cnnspec.models.checkpoint import save_checkpoint
+    from cnnspec.pipeline.fit import fit_to_data
     from cnnspec.training import learning_check as runcheck
     from cnnspec.training.finetune import check_init_from, init_from, load_weights
     from cnnspec.training.loop import run_fingerprint, train
@@ -60,6 +61,7 @@ def run(params_path=PARAMS, prepared=PREPARED, model_path=MODEL, resume_path=RES
             return None
     data = load_prepared(prepared, mmap_mode="c")  # memory-mapped: copied to the device or streamed
     meta = data["meta"]
+    options = params["train"] = fit_to_data(options, meta["counts"]["train"], params_path)
     with distributed.joined(options) as world:  # one process: a world of size one
         device = world.device
         torch.manual_seed(options["seed"])  # the initial weights, the same on every rank
@@ -69,7 +71,7 @@ def run(params_path=PARAMS, prepared=PREPARED, model_path=MODEL, resume_path=RES
         if params["model"]["weights"]:
             load_weights(model, params["model"]["weights"])
         if start_from is not None:
-            init_from(model, start_from)
+            init_from(model, start_from, classes=meta["classes"])
         fingerprint = run_fingerprint(distributed.fingerprint_params(params), spec.text, meta)
         result = train(model, data, options, device, resume_path=resume_path, log_dir=log_dir,
                        fingerprint=fingerprint, world=world)
@@ -85,7 +87,8 @@ def run(params_path=PARAMS, prepared=PREPARED, model_path=MODEL, resume_path=RES
         runcheck.warn(reason, params)
     last = result.history[-1]
     split = "val" if "val/accuracy" in last else "train"  # data.val_split: 0 has no val metrics
-    print(f"trained {len(result.history)} epochs on {world}: {split} accuracy {last[split + '/accuracy']:.4f}; "
+    epochs = f"{len(result.history)} epoch{'' if len(result.history) == 1 else 's'}"
+    print(f"trained {epochs} on {world}: {split} accuracy {last[split + '/accuracy']:.4f}; "
           f"first step {result.first_step_seconds:.2f}s (includes compile), "
           f"rest {result.train_seconds:.2f}s; wrote {model_path}")
     return result

@@ -51,8 +51,9 @@ def test_a_checkpoint_of_the_same_spec_loads_every_tensor(tmp_path, capsys):
     for key, value in trained.state_dict().items():
         assert torch.equal(model.state_dict()[key], value), key
     out = capsys.readouterr().out
-    total = len(trained.state_dict())
+    total = len([key for key in trained.state_dict() if not key.endswith("num_batches_tracked")])
     assert f"loaded {total} of {total} tensors" in out and "stem, stem_bn, upper, head" in out
+    assert "num_batches_tracked" not in out and "note:" not in out
 
 
 def test_another_number_of_classes_reinitialises_the_head_and_says_so(tmp_path, capsys):
@@ -66,6 +67,31 @@ def test_another_number_of_classes_reinitialises_the_head_and_says_so(tmp_path, 
     out = capsys.readouterr().out
     assert "head is re-initialised: the checkpoint has 3 classes, this model 5" in out
     assert "layers.head.weight [3, 8] -> [5, 8]" in out
+
+
+def test_other_input_settings_are_named_when_they_keep_tensors_from_loading(tmp_path, capsys):
+    flat = SPEC.replace("  - global_avg_pool\n", "  - flatten\n")  # the head's size follows the image size
+    path, _ = trained_checkpoint(tmp_path, flat)
+    torch.manual_seed(1)
+    model = cnnspec.build_model(cnnspec.parse_spec(flat, "spec.yaml"), (1, 6, 6), 3)
+    report = init_from(model, path)
+    assert report["reshaped"] == ["layers.stem.weight", "layers.head.weight"]
+    out = capsys.readouterr().out
+    assert ("the checkpoint was trained on 3x8x8 images, this model takes 1x6x6: "
+            "-S data.channels=3 -S data.image_size=[8,8] would make more of it fit") in out
+    assert "head is re-initialised" not in out  # same classes: the head is other-shaped, not re-sized
+    assert "num_batches_tracked" not in out
+
+
+def test_class_names_that_differ_from_the_checkpoints_are_said_in_one_line(tmp_path, capsys):
+    path, _ = trained_checkpoint(tmp_path)
+    init_from(build(seed=1), path, classes=["cat", "dog", "ship"])
+    assert "note:" not in capsys.readouterr().out
+    init_from(build(seed=1), path, classes=["dog", "cat", "ship"])
+    lines = [line for line in capsys.readouterr().out.splitlines() if "note:" in line]
+    assert len(lines) == 1 and "in another order" in lines[0] and "data.classes" in lines[0]
+    init_from(build(seed=1), path, classes=["car", "plane", "ship"])
+    assert "other names (cat, dog, ship; here car, plane, ship)" in capsys.readouterr().out
 
 
 def test_a_partly_matching_spec_loads_the_layers_with_the_same_name_and_shape(tmp_path, capsys):
@@ -194,7 +220,8 @@ def test_the_train_stage_fine_tunes_from_init_from_and_refuses_a_missing_file(tm
     capsys.readouterr()
     stage.run()
     out = capsys.readouterr().out
-    base = torch.load("base.pt", weights_only=True)["state_dict"]
+    base = [key for key in torch.load("base.pt", weights_only=True)["state_dict"]
+            if not key.endswith("num_batches_tracked")]
     assert f"train.init_from: loaded {len(base)} of {len(base)} tensors from base.pt" in out
     assert (tmp_path / "models" / "model.pt").exists()
 

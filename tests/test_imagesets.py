@@ -273,7 +273,8 @@ def test_csv_without_the_named_column_names_the_param(tmp_path):
 # ---------------------------------------------------------------- params and the stage
 
 @pytest.mark.parametrize("change, message", [
-    ({"channels": 2}, "data.channels: 2 is not one of: 1, 3"),
+    ({"channels": 2}, "data.channels: 2 is not one of: auto, 1, 3"),
+    ({"image_size": "big"}, "data.image_size: 'big' is not auto or [height, width]"),
     ({"image_size": [32]}, "data.image_size: a list of 1 is too short"),
     ({"resize": "crop"}, "data.resize: 'crop' is not one of: stretch, center_crop"),
     ({"bad_images": "ignore"}, "data.bad_images: 'ignore' is not one of: fail, skip"),

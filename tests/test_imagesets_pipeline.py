@@ -47,7 +47,7 @@ def test_folder_dataset_through_dvc_matches_the_idx_pipeline(tmp_path):
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run(["git", "add", "-A"], repo)
     run(["git", "commit", "-qm", "idx params"], repo)
-    for stage in ("download", "preprocess", "train", "evaluate"):  # the stages dvc repro would run
+    for stage in ("download", "preprocess", "resolve", "train", "evaluate"):  # the stages dvc repro would run
         run(["python", f"stages/{stage}.py"], repo, timeout=300)
     idx_eval = json.loads((repo / "metrics" / "eval_report.json").read_text())
     idx_train = np.load(repo / "data" / "prepared" / "train_images.npy")

@@ -195,8 +195,9 @@ def test_resolve_stage_writes_the_effective_params(tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)
     params_path = tmp_path / "params.yaml"
     text = (REPO / "params.yaml").read_text(encoding="utf-8")
-    params_path.write_text(text.replace("spec: specs/speedrun94.yaml", "spec: specs/simcnn.yaml"), encoding="utf-8")
-    resolve(params_path, tmp_path / "params.resolved.yaml")
+    assert "\n  spec: auto " in text
+    params_path.write_text(text.replace("\n  spec: auto ", "\n  spec: specs/simcnn.yaml "), encoding="utf-8")
+    resolve(params_path, tmp_path / "params.resolved.yaml", prepared=tmp_path / "no_prepared_data")
     written = yaml.safe_load((tmp_path / "params.resolved.yaml").read_text(encoding="utf-8"))
     assert written["recipe"] == "keras_adam"
     assert written["train"]["optimizer"]["name"] == "adam" and written["train"]["batch_size"] == 32

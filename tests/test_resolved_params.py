@@ -2,6 +2,7 @@
 the resolve stage writes and DVC tracks (cnnspec.pipeline.params.load_resolved_params):
 a current file is used as written and silently; a missing or out-of-date one (a stage
 run alone after an edit) is replaced by params.yaml resolved in memory, with one note."""
+import json
 from pathlib import Path
 
 import yaml
@@ -50,7 +51,7 @@ def test_an_edit_after_resolve_wins_and_is_noted(tmp_path, monkeypatch):
     params_path.write_text(params_path.read_text().replace("epochs: 3", "epochs: 5"))
     params, notes = notes_of(params_path)
     assert params["train"]["epochs"] == 5
-    assert len(notes) == 1 and "is older than params.yaml or its recipe" in notes[0]
+    assert len(notes) == 1 and "is older than params.yaml, its recipe" in notes[0]
     assert "python stages/resolve.py" in notes[0]
 
 
@@ -77,3 +78,32 @@ def test_the_train_and_evaluate_stages_read_the_resolved_file():
     for stage in ("train", "evaluate"):
         text = (REPO / "stages" / f"{stage}.py").read_text(encoding="utf-8")
         assert "load_resolved_params(" in text and "load_stage_params(" not in text
+
+
+def write_meta(folder: Path, train_images: int) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "meta.json").write_text(json.dumps({"counts": {"train": train_images, "val": 10, "test": 10},
+                                                  "input_shape": [3, 32, 32], "classes": list("abcdefghij")}))
+
+
+def test_the_batch_resolve_fitted_to_the_data_is_used_silently(tmp_path, monkeypatch):
+    """Resolve caps the recipe's batch for a small training set; train takes the capped
+    batch from the file (its stamp matches), not the recipe's, and says nothing."""
+    params_path = project(tmp_path, monkeypatch, train="{epochs: 3, batch_size: null}")
+    write_meta(tmp_path / "data" / "prepared", train_images=200)
+    resolve(params_path, tmp_path / "params.resolved.yaml", prepared=tmp_path / "data" / "prepared",
+            log=lambda line: None)
+    recipe_batch = load_params(params_path, SECTIONS)["train"]["batch_size"]
+    params, notes = notes_of(params_path)
+    assert notes == []
+    assert params["train"]["batch_size"] < recipe_batch and 200 // params["train"]["batch_size"] >= 10
+
+
+def test_new_prepared_data_makes_the_file_out_of_date(tmp_path, monkeypatch):
+    params_path = project(tmp_path, monkeypatch)
+    write_meta(tmp_path / "data" / "prepared", train_images=200)
+    resolve(params_path, tmp_path / "params.resolved.yaml", prepared=tmp_path / "data" / "prepared",
+            log=lambda line: None)
+    write_meta(tmp_path / "data" / "prepared", train_images=5000)
+    _, notes = notes_of(params_path)
+    assert len(notes) == 1 and "the prepared data" in notes[0]

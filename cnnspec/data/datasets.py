@@ -390,3 +390,19 @@ def load_prepared(folder=PREPARED, mmap_mode: str | None = None) -> dict:
                                 f"{integrity.REPREPARE_HINT}") from None
         integrity.check_split(prepared[f"{split}_images"], prepared[f"{split}_labels"], split, meta, folder)
     return prepared
+
+
+FILES_JSON = "files.json"  # folder/csv: {split: [each image's path, relative to data.source]}
+
+
+def split_files(folder=PREPARED, split: str = "test") -> list[str] | None:
+    """The file of each image of `split`, in array order, for folder and csv datasets
+    (preprocess writes files.json); None for the built-ins or a damaged list."""
+    path = Path(folder) / FILES_JSON
+    try:
+        files = json.loads(path.read_text(encoding="utf-8")).get(split)
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not isinstance(files, list) or not all(isinstance(name, str) for name in files):
+        return None
+    return files

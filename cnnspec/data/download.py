@@ -29,7 +29,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path, PurePosixPath
 
-from cnnspec.atomic import atomic_folder, disk_is_full, sweep_stale_siblings
+from cnnspec.atomic import atomic_folder, disk_is_full, sweep_stale_siblings, user_mode
 from cnnspec.data.datasets import EXTRACTED, DatasetInfo, get_dataset
 from cnnspec.errors import DataError, DiskFullError, raise_if_terminated
 from cnnspec.paths import RAW
@@ -106,6 +106,7 @@ def fetch(url: str, destination, md5: str | None, progress: bool = True, *,
     sweep_stale_siblings(destination, ".part")  # what a download killed earlier left
     handle, name = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".part", dir=destination.parent)
     os.close(handle)
+    os.chmod(name, user_mode(0o666))  # mkstemp makes it 0600
     partial = Path(name)
     try:
         _transfer_with_retries(url, partial, progress, timeout, attempts, backoff, max_bytes)

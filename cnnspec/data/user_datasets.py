@@ -29,13 +29,14 @@ from numpy.lib import format as npy_format
 
 from cnnspec import atomic
 from cnnspec.atomic import atomic_folder
-from cnnspec.data.datasets import SPLITS, histogram_mean_std, stratified_split
+from cnnspec.data.datasets import FILES_JSON, SPLITS, histogram_mean_std, stratified_split
 from cnnspec.errors import DataError, DiskFullError
 from cnnspec.data.images import IMAGE_SUFFIXES, ImageReadError, is_image_file, read_image
 
 BATCH_IMAGES = 256          # images one worker decodes per task
 WINDOW_BYTES = 32 << 20     # decoded pixels in flight at once: "one chunk"
 SHOWN_BAD_IMAGES = 5        # skipped images named in the log
+SIZE_SAMPLE = 64            # image files whose size the resize note reports
 
 
 @dataclass
@@ -224,15 +225,35 @@ def _name_classes_missing_from_a_split(classes, ids, split_indices, strict: bool
         print(f"warning: {message}", file=sys.stderr)
 
 
+def class_order(found: set[str], asked: list[str] | None) -> list[str]:
+    """The class names in label order: `data.classes` when it is set (it must name every
+    class found, and no other), else alphabetical."""
+    if not asked:
+        return sorted(found)
+    repeated = sorted({name for name in asked if asked.count(name) > 1})
+    if repeated:
+        raise DataError(f"data.classes: '{repeated[0]}' is listed twice")
+    unknown = [name for name in asked if name not in found]
+    if unknown:
+        raise DataError(f"data.classes: '{unknown[0]}' is not a class of data.source "
+                        f"(found: {', '.join(sorted(found))})")
+    missing = sorted(found - set(asked))
+    if missing:
+        raise DataError(f"data.classes: leaves out '{missing[0]}', a class of data.source; "
+                        "list every class, in the order you want")
+    return list(asked)
+
+
 def assign_splits(listing: Listing, val_split: float, test_split: float, seed: int,
-                  strict: bool = False):
+                  class_names: list[str] | None = None, strict: bool = False):
     """(classes, {split: (indices into the listing, label ids)}).
 
     The source's own splits are kept; without a test split, a stratified `test_split`
-    is held out (seeded); without a val split, a stratified `val_split` of train."""
+    is held out (seeded); without a val split, a stratified `val_split` of train.
+    `class_names` (data.classes) fixes the label order; alphabetical without it."""
     if not listing.paths:
         raise DataError("data.source: no images found (empty dataset)")
-    classes = sorted(set(listing.labels))
+    classes = class_order(set(listing.labels), class_names)
     if len(classes) < 2:
         raise DataError(f"data.source: only one class ('{classes[0]}'); a classifier needs at least two")
     ids = _label_ids(listing.labels, classes)
@@ -411,14 +432,21 @@ def prepare_image_dataset(data: dict, out_folder, workers: int | None = None, lo
     """Scan, split, decode and write `out_folder` (all files or none). Returns meta.json."""
     listing = scan(data)
     classes, splits = assign_splits(listing, data["val_split"], data["test_split"], data["seed"],
-                                    strict=data.get("bad_images") == "fail")
-    height, width = data["image_size"]
-    shape = (data["channels"], height, width)
+                                    data.get("classes"), strict=data.get("bad_images") == "fail")
+    sample = sample_images(listing.paths)
+    height, width = auto_image_size(sample) if data["image_size"] == "auto" else data["image_size"]
+    channels = auto_channels(sample) if data["channels"] == "auto" else data["channels"]
+    log(resize_note(sample, (height, width), data["resize"], data["image_size"] == "auto"))
+    if data["channels"] == "auto":
+        log(f"channels: {channels} (data.channels: auto; "
+            f"{'every image is grayscale' if channels == 1 else 'colour images'})")
+    data = {**data, "image_size": [height, width], "channels": channels}
+    shape = (channels, height, width)
     workers = default_workers() if workers is None else workers
     small = len(listing.paths) < 4 * BATCH_IMAGES
     bad = _BadImages(data["bad_images"])
     histogram = np.zeros((shape[0], 256), dtype=np.int64)
-    counts, per_class = {}, {}
+    counts, per_class, files = {}, {}, {}
     executor = _InlineExecutor() if workers <= 1 or small else \
         concurrent.futures.ProcessPoolExecutor(max_workers=workers)
     with atomic_folder(out_folder) as temporary, executor:
@@ -428,6 +456,7 @@ def prepare_image_dataset(data: dict, out_folder, workers: int | None = None, lo
                                executor, bad, histogram if split == "train" else None)
             labels = labels[kept]
             atomic.save_numpy(temporary / f"{split}_labels.npy", labels)
+            files[split] = [source_relative(listing.paths[i], data) for i in indices[kept]]
             counts[split] = int(len(labels))
             per_class[split] = np.bincount(labels, minlength=len(classes))
         if counts["train"] == 0:
@@ -450,6 +479,7 @@ def prepare_image_dataset(data: dict, out_folder, workers: int | None = None, lo
             "skipped_images": bad.count,
         }
         atomic.write_json(temporary / "meta.json", meta)
+        atomic.write_json(temporary / FILES_JSON, files)
     if bad.count:
         log(f"skipped {bad.count} unreadable images (data.bad_images: skip), first: " + "; ".join(bad.first))
     total = sum(per_class.values())
@@ -457,3 +487,68 @@ def prepare_image_dataset(data: dict, out_folder, workers: int | None = None, lo
     return meta
 
 
+
+
+def source_relative(path: str, data: dict) -> str:
+    """How the prepared file list names an image: relative to data.source's folder
+    (the folder itself, or the CSV's folder), as the user wrote it in their tree."""
+    root = Path(data["source"]) if data["dataset"] == "folder" else Path(data["source"]).parent
+    try:
+        return Path(path).relative_to(root).as_posix()
+    except ValueError:
+        return Path(path).as_posix()
+
+
+AUTO_SIDE = 64   # data.image_size: auto scales larger images down to fit this square
+GRAY_MODES = {"1", "L", "LA", "I", "I;16", "F"}
+
+
+def sample_images(paths: list[str], sample: int = SIZE_SAMPLE) -> list[tuple[int, int, str]]:
+    """(height, width, mode) of up to `sample` of the images, spread over the list, read
+    from the file headers (no decoding). Unreadable files are left out: decoding names them."""
+    from PIL import Image
+
+    step = max(1, len(paths) // sample)
+    found = []
+    for path in paths[::step][:sample]:
+        try:
+            with Image.open(path) as image:
+                mode = image.mode
+                if mode == "P":  # a palette: grayscale only if every entry is
+                    palette = image.getpalette() or []
+                    triples = [palette[i:i + 3] for i in range(0, len(palette), 3)]
+                    mode = "L" if all(r == g == b for r, g, b in triples) else "RGB"
+                found.append((image.height, image.width, mode))
+        except Exception:  # a damaged file: the decoding pass reports it under data.bad_images
+            continue
+    return found
+
+
+def auto_image_size(sample) -> list[int]:
+    """data.image_size: auto: the most common size, scaled down (aspect kept) to fit AUTO_SIDE."""
+    if not sample:
+        return [32, 32]
+    sizes = collections.Counter((height, width) for height, width, _ in sample)
+    height, width = sizes.most_common(1)[0][0]
+    scale = min(1.0, AUTO_SIDE / max(height, width))
+    return [max(1, round(height * scale)), max(1, round(width * scale))]
+
+
+def auto_channels(sample) -> int:
+    """data.channels: auto: 1 when every sampled image is grayscale, else 3."""
+    return 1 if sample and all(mode in GRAY_MODES for _, _, mode in sample) else 3
+
+
+def resize_note(sample, size, policy: str, auto: bool = False) -> str:
+    """One line saying whether and how the images are resized: `images 8x8 -> 32x32 (stretch)`."""
+    target = f"{size[0]}x{size[1]}"
+    why = "data.image_size: auto" if auto else "data.image_size"
+    sizes = {(height, width) for height, width, _ in sample}
+    if not sizes:
+        return f"images resized to {target} ({why}; data.resize: {policy})"
+    if sizes == {tuple(size)}:
+        return f"images {target} ({why}): not resized"
+    heights, widths = [h for h, _ in sizes], [w for _, w in sizes]
+    found = (f"{heights[0]}x{widths[0]}" if len(sizes) == 1
+             else f"{min(heights)}x{min(widths)} to {max(heights)}x{max(widths)}")
+    return f"images {found} -> {target} ({why}; data.resize: {policy})"

@@ -174,12 +174,13 @@ def rounded(value):
 
 # --- the whole evaluation -------------------------------------------------
 
-def evaluate_checkpoint(model_path, prepared, *, tta: str, batch_size: int,
-                        device=None) -> tuple[dict, np.ndarray, np.ndarray]:
+def evaluate_checkpoint(model_path, prepared, *, tta: str, batch_size: int, device=None,
+                        with_probabilities: bool = False):
     """Score a checkpoint on the prepared test split (`tta`, `batch_size`: params.yaml's
     evaluate section).
 
-    Returns (report, actual labels, predicted labels)."""
+    Returns (report, actual labels, predicted labels), and the class probabilities
+    (N, classes) after them when `with_probabilities`."""
     from cnnspec.models.checkpoint import load_network
 
     model_path = Path(model_path)
@@ -198,6 +199,8 @@ def evaluate_checkpoint(model_path, prepared, *, tta: str, batch_size: int,
         raise TrainingError(f"{model_path}: the model outputs NaN or infinity for {broken} test "
                             f"images; the weights are broken, {TRAIN_HINT} again")
     report = classification_report(actual, probabilities, checkpoint["classes"], tta)
+    if with_probabilities:
+        return report, actual, probabilities.argmax(axis=1), probabilities
     return report, actual, probabilities.argmax(axis=1)
 
 
@@ -210,11 +213,43 @@ def check_model_fits_data(checkpoint: dict, meta: dict, model_path, prepared) ->
 
 # --- outputs ---------------------------------------------------------------
 
-def predictions_csv(actual: np.ndarray, predicted: np.ndarray, classes: list[str]) -> str:
-    """`index,actual,predicted` with class names: what DVC's confusion template reads."""
-    lines = ["index,actual,predicted"]
-    lines += [f"{index},{_csv_field(classes[a])},{_csv_field(classes[p])}"
-              for index, (a, p) in enumerate(zip(actual, predicted))]
+def predictions_csv(actual: np.ndarray, predicted: np.ndarray, classes: list[str],
+                    probabilities: np.ndarray | None = None, paths: list[str] | None = None) -> str:
+    """`index,actual,predicted` with class names (what DVC's confusion template reads),
+    then `confidence` (the predicted class's probability) and `path` (the image file,
+    relative to data.source, for folder and csv datasets) when given."""
+    header = ["index", "actual", "predicted"] + (["confidence"] if probabilities is not None else []) \
+        + (["path"] if paths is not None else [])
+    lines = [",".join(header)]
+    for index, (a, p) in enumerate(zip(actual, predicted)):
+        fields = [str(index), _csv_field(classes[a]), _csv_field(classes[p])]
+        if probabilities is not None:
+            fields.append(f"{probabilities[index, p]:.{DECIMALS}f}")
+        if paths is not None:
+            fields.append(_csv_field(paths[index]))
+        lines.append(",".join(fields))
+    return "\n".join(lines) + "\n"
+
+
+def mistakes_csv(actual: np.ndarray, probabilities: np.ndarray, classes: list[str],
+                 paths: list[str] | None = None) -> str:
+    """The wrongly classified test images, the most confident mistakes first (fastai's
+    top losses): a mislabelled file tends to sit at the top. Columns `path` (when the
+    files are known), `index`, `actual`, `predicted`, `confidence` (of the wrong class)
+    and `actual_probability`."""
+    predicted = probabilities.argmax(axis=1)
+    wrong = np.flatnonzero(predicted != actual)
+    confidence = probabilities[wrong, predicted[wrong]]
+    order = wrong[np.argsort(-confidence, kind="stable")]
+    header = (["path"] if paths is not None else []) + ["index", "actual", "predicted", "confidence",
+                                                       "actual_probability"]
+    lines = [",".join(header)]
+    for index in order:
+        fields = [_csv_field(paths[index])] if paths is not None else []
+        fields += [str(index), _csv_field(classes[actual[index]]), _csv_field(classes[predicted[index]]),
+                   f"{probabilities[index, predicted[index]]:.{DECIMALS}f}",
+                   f"{probabilities[index, actual[index]]:.{DECIMALS}f}"]
+        lines.append(",".join(fields))
     return "\n".join(lines) + "\n"
 
 

@@ -23,16 +23,12 @@ import numpy as np
 import torch
 
 from cnnspec.atomic import atomic_path
-from cnnspec.errors import CnnspecError
+from cnnspec.inference.metadata import METADATA_PREFIX, TORCHSCRIPT_METADATA, ExportError, metadata
 from cnnspec.paths import PREPARED
 
 TOLERANCE = 1e-4  # largest |exported - PyTorch| probability accepted
 CHECK_IMAGES = 64
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
-
-
-class ExportError(CnnspecError):
-    """The export failed or does not match PyTorch."""
 
 
 def default_output(checkpoint, fmt: str) -> Path:
@@ -68,13 +64,24 @@ def _export_onnx(model, example: torch.Tensor, path: Path, opset: int) -> None:
         torch.onnx.export(model, (example,), str(path), dynamo=False, opset_version=opset,
                           input_names=["images"], output_names=["probabilities"],
                           dynamic_axes={"images": {0: "batch"}, "probabilities": {0: "batch"}})
+    try:
+        import onnx
+    except ImportError:
+        raise ExportError("writing the ONNX model's metadata needs onnx: pip install 'cnnspec[export]'") from None
+    graph = onnx.load(str(path))
+    for key, value in metadata(model).items():
+        entry = graph.metadata_props.add()
+        entry.key, entry.value = METADATA_PREFIX + key, value
+    onnx.save(graph, str(path))
 
 
 def _export_torchscript(model, example: torch.Tensor, path: Path) -> None:
+    import json
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         traced = torch.jit.trace(model, example, check_trace=False)
-        torch.jit.save(traced, str(path))
+        torch.jit.save(traced, str(path), _extra_files={TORCHSCRIPT_METADATA: json.dumps(metadata(model))})
 
 
 def run_exported(path: Path, fmt: str, images: torch.Tensor) -> np.ndarray:

@@ -67,6 +67,28 @@ class InferenceModel(nn.Module):
         return self.logits(x).softmax(dim=1)
 
 
+class OnnxModel:
+    """An exported ONNX model (`cnnspec export --format onnx`) run by onnxruntime, with the
+    class names and image settings from its metadata: `cnnspec predict model.onnx ...`
+    reads and resizes images exactly as for the checkpoint it came from."""
+
+    def __init__(self, path):
+        from cnnspec.inference.metadata import ExportError, read_metadata
+
+        settings = read_metadata(path)
+        try:
+            import onnxruntime
+        except ImportError:
+            raise ExportError("running an ONNX model needs onnxruntime: pip install 'cnnspec[export]'") from None
+        self.session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        self.classes, self.channels = settings["classes"], settings["channels"]
+        self.image_size, self.resize = tuple(settings["image_size"]), settings["resize"]
+
+    def probabilities(self, pixels: torch.Tensor) -> torch.Tensor:
+        batch = pixels.float() / 255 if pixels.dtype == torch.uint8 else pixels.float()
+        return torch.from_numpy(self.session.run(["probabilities"], {"images": batch.numpy()})[0])
+
+
 def load_model(path, device="cpu") -> InferenceModel:
     """The checkpoint at `path` as an InferenceModel in eval mode on `device`. A file that
     is not a cnnspec checkpoint, or of a format this version cannot read, raises a
@@ -182,7 +204,10 @@ def _predict_batch(model, pixels: list[torch.Tensor], names: list[str], top_k: i
         batch = torch.stack(pixels)
     else:
         batch = torch.stack([p.float() / 255 if p.dtype == torch.uint8 else p for p in pixels])
-    probabilities = probabilities_of(model, batch, tta).cpu()
+    if isinstance(model, OnnxModel):
+        probabilities = model.probabilities(batch)
+    else:
+        probabilities = probabilities_of(model, batch, tta).cpu()
     return [Prediction(name, classes, values) for name, (classes, values)
             in zip(names, _top_k(probabilities, model.classes, top_k))]
 
@@ -307,7 +332,12 @@ def run_command(args) -> int:
         raise UsageError(f"--batch-size: expected a number >= 1, not {args.batch_size}")
     from cnnspec.training.device import pick_device
 
-    model = load_model(args.checkpoint, pick_device(args.device, "--device", UsageError))
+    if str(args.checkpoint).endswith(".onnx"):
+        if args.tta != "none":
+            raise UsageError("--tta: an ONNX model runs as exported; test-time augmentation needs the .pt checkpoint")
+        model = OnnxModel(args.checkpoint)
+    else:
+        model = load_model(args.checkpoint, pick_device(args.device, "--device", UsageError))
     paths = find_images(args.paths)
     predictions = predict_files(model, paths, args.top_k, args.batch_size, args.tta,
                                 progress=sys.stderr.isatty() and len(paths) > args.batch_size)

@@ -14,12 +14,13 @@ work is done, with one line that names the key:
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import os
 from pathlib import Path
 
 from cnnspec.errors import ParamsError, SpecError
-from cnnspec.paths import PARAMS, RESOLVE_HINT, RESOLVED_PARAMS, path_problem
+from cnnspec.paths import PARAMS, PREPARED, RESOLVE_HINT, RESOLVED_PARAMS, path_problem
 from cnnspec.pipeline import recipes
 from cnnspec.spec import yamlio
 from cnnspec.spec.schema_errors import Strict, explain, key_path, unknown_key
@@ -46,6 +47,7 @@ def load_params(path=PARAMS, sections=None) -> dict:
     for key in params:
         if key not in known_sections:
             raise ParamsError(f"{name}: {key}: {unknown_key(key, known_sections)}")
+    params = with_auto_spec(params)
 
     origin = {}
     if set(sections) & {"recipe", *recipes.SECTIONS}:  # only these read the recipe
@@ -77,25 +79,59 @@ def load_stage_params(path=PARAMS, sections=None) -> dict:
     return params
 
 
-def load_resolved_params(path=PARAMS, sections=None, say=print) -> dict:
+RESOLVED_SECTIONS = ["recipe", "model", "train", "evaluate"]  # what the resolve stage writes
+STAMP = "# resolved from: "
+
+
+def resolution_stamp(params: dict, prepared=PREPARED) -> str:
+    """A digest of everything params.resolved.yaml is computed from: `params` as
+    load_params resolves them (params.yaml over its recipe, all of RESOLVED_SECTIONS), the
+    spec file they name and the prepared data's meta.json (the batch size is fitted to it).
+    The resolve stage writes it into the file; a stage that finds another one knows the
+    file is out of date."""
+    digest = hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode())
+    for source in (Path(str(params["model"]["spec"])), Path(prepared) / "meta.json"):
+        try:
+            digest.update(source.read_bytes())
+        except OSError:
+            digest.update(b"(none)")
+    return digest.hexdigest()
+
+
+def load_resolved_params(path=PARAMS, sections=None, say=print, prepared=PREPARED) -> dict:
     """What the train and evaluate stages run with: params.resolved.yaml beside `path`,
     the file the resolve stage writes and DVC tracks as their params, so the values DVC
-    shows are the values used. It must hold what `path` and its recipe resolve to now;
-    when it is missing or out of date (a stage run alone after an edit), the params
-    resolved here are used instead and one line through `say` says so. Then
-    `check_named_paths`, as in load_stage_params."""
-    current = load_params(path, sections)
+    shows are the values used. Its stamp must match what `path`, its recipe, the spec and
+    the prepared data give now; when the file is missing or out of date (a stage run alone
+    after an edit), the params resolved here are used instead and one line through `say`
+    says so. Then `check_named_paths`, as in load_stage_params."""
+    current = load_params(path, RESOLVED_SECTIONS)
+    wanted = sections or RESOLVED_SECTIONS
     resolved_path = Path(path).with_name(RESOLVED_PARAMS.name)
-    written = _written_sections(resolved_path, list(current))
+    written = _written_sections(resolved_path, wanted)
     if written is None:
         say(f"note: {resolved_path} is missing, so {path} and its recipe are resolved here; "
             f"{RESOLVE_HINT} to write it")
-    elif written != current:
-        say(f"note: {resolved_path} is older than {path} or its recipe, so they are resolved here; "
-            f"{RESOLVE_HINT} to update it")
-    params = current if written != current else written
+    elif _stamp_of(resolved_path) != resolution_stamp(current, prepared) or set(written) != set(wanted):
+        say(f"note: {resolved_path} is older than {path}, its recipe, the spec or the prepared data, "
+            f"so they are resolved here; {RESOLVE_HINT} to update it")
+        written = None
+    params = written if written is not None else {section: current[section] for section in wanted}
     check_named_paths(params, str(path))
     return params
+
+
+def _stamp_of(path: Path) -> str | None:
+    try:
+        with open(path, encoding="utf-8") as file:
+            for line in file:
+                if line.startswith(STAMP):
+                    return line[len(STAMP):].strip()
+                if not line.startswith("#"):
+                    return None
+    except (OSError, UnicodeDecodeError):
+        return None
+    return None
 
 
 def _written_sections(path: Path, sections: list[str]):
@@ -112,6 +148,35 @@ def _written_sections(path: Path, sections: list[str]):
 
 def load_schema() -> dict:
     return json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
+
+
+# --- model.spec: auto ------------------------------------------------------
+
+# What `model.spec: auto` means: the CIFAR speedrun for the built-in datasets (what their
+# benchmarks use), a small batch-normed CNN for the user's own images, which are often a
+# few hundred of any size and channel count (specs/small_images.yaml says why).
+AUTO_SPEC_BUILTIN = "specs/speedrun94.yaml"
+AUTO_SPEC_OWN_IMAGES = "specs/small_images.yaml"
+OWN_IMAGE_DATASETS = ("folder", "csv")  # cnnspec.data.datasets.USER_DATASETS, without numpy
+
+
+def auto_spec(dataset) -> str:
+    """The spec `model.spec: auto` stands for with `data.dataset: dataset`: the one in
+    ./specs/ if there is one (a checkout), else the copy shipped with cnnspec."""
+    chosen = AUTO_SPEC_OWN_IMAGES if dataset in OWN_IMAGE_DATASETS else AUTO_SPEC_BUILTIN
+    if Path(chosen).is_file():
+        return chosen
+    shipped = recipes.SHIPPED.parent / chosen
+    return str(shipped) if shipped.is_file() else chosen
+
+
+def with_auto_spec(params: dict) -> dict:
+    """`params` with `model.spec: auto` replaced by the spec it stands for."""
+    model = params.get("model")
+    if not isinstance(model, dict) or model.get("spec") != "auto":
+        return params
+    data = params.get("data") if isinstance(params.get("data"), dict) else {}
+    return {**params, "model": {**model, "spec": auto_spec(data.get("dataset", "cifar10"))}}
 
 
 # --- reading ---------------------------------------------------------------

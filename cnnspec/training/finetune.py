@@ -59,9 +59,34 @@ def _listed(names) -> str:
     return ", ".join(names[:SHOWN]) + more
 
 
-def init_from(model, path, out=None) -> dict:
+BOOKKEEPING = ("num_batches_tracked",)  # batch-norm counters: not weights, never reported
+
+
+def _reported(keys) -> list[str]:
+    return [key for key in keys if not key.endswith(BOOKKEEPING)]
+
+
+def input_hint(checkpoint: dict, input_shape) -> str | None:
+    """The data settings under which more of the checkpoint would fit, when its input
+    differs from this model's: `-S data.channels=3 -S data.image_size=[32,32]`."""
+    theirs = checkpoint.get("input_shape")
+    if not theirs or input_shape is None or list(theirs) == list(input_shape):
+        return None
+    channels, height, width = (int(v) for v in theirs)
+    settings = []
+    if channels != int(input_shape[0]):
+        settings.append(f"-S data.channels={channels}")
+    if (height, width) != (int(input_shape[1]), int(input_shape[2])):
+        settings.append(f"-S data.image_size=[{height},{width}]")
+    shape = "x".join(str(int(v)) for v in input_shape)
+    return (f"  the checkpoint was trained on {channels}x{height}x{width} images, this model takes {shape}: "
+            f"{' '.join(settings)} would make more of it fit")
+
+
+def init_from(model, path, out=None, classes=None) -> dict:
     """Load the tensors of checkpoint `path` that fit `model` (same key, same shape).
-    Returns {"loaded", "reshaped", "missing", "unused"}: lists of state_dict keys."""
+    Returns {"loaded", "reshaped", "missing", "unused"}: lists of state_dict keys.
+    `classes` (the training data's class names) is compared with the checkpoint's."""
     from cnnspec.models.checkpoint import read_checkpoint
     from cnnspec.layers.whiten import WhiteningConv
 
@@ -86,18 +111,30 @@ def init_from(model, path, out=None) -> dict:
         if isinstance(module, WhiteningConv) and f"{name}.weight" in loaded:
             module.loaded_from_checkpoint = True  # keep its filters: no re-init from the new data
 
-    print(f"train.init_from: loaded {len(loaded)} of {len(target)} tensors from {path} "
-          f"(layers: {_listed(_layer(k) for k in loaded)})", file=out)
+    weights = _reported(target)
+    print(f"train.init_from: loaded {len(_reported(loaded))} of {len(weights)} tensors from {path} "
+          f"(layers: {_listed(_layer(k) for k in _reported(loaded))})", file=out)
     old_classes, new_classes = checkpoint.get("num_classes"), getattr(model, "num_classes", None)
-    if reshaped:
-        shapes = [f"{k} {list(source[k].shape)} -> {list(target[k].shape)}" for k in reshaped]
+    if _reported(reshaped):
+        shapes = [f"{k} {list(source[k].shape)} -> {list(target[k].shape)}" for k in _reported(reshaped)]
         head = (f"; the head is re-initialised: the checkpoint has {old_classes} classes, this model "
                 f"{new_classes}" if old_classes != new_classes else "")
         print(f"  not loaded, other shape (fresh weights){head}: {_listed(shapes)}", file=out)
-    if missing:
-        print(f"  not loaded, not in the checkpoint (fresh weights): {_listed(missing)}", file=out)
-    if unused:
-        print(f"  in the checkpoint but not in this model (ignored): {_listed(unused)}", file=out)
+        hint = input_hint(checkpoint, getattr(model, "input_shape", None))
+        if hint:
+            print(hint, file=out)
+    if _reported(missing):
+        print(f"  not loaded, not in the checkpoint (fresh weights): {_listed(_reported(missing))}", file=out)
+    if _reported(unused):
+        print(f"  in the checkpoint but not in this model (ignored): {_listed(_reported(unused))}", file=out)
+    theirs = checkpoint.get("classes")
+    if classes is not None and theirs is not None and list(theirs) != list(classes) \
+            and old_classes == new_classes:
+        same = sorted(theirs) == sorted(classes)
+        why = "in another order" if same else "other names"
+        print(f"  note: the checkpoint's classes are {why} ({_listed(theirs)}; here {_listed(classes)}): "
+              f"its head was loaded, so fine-tuning starts from outputs that meant its classes"
+              + ("; data.classes can set the checkpoint's order" if same else ""), file=out)
     return {"loaded": loaded, "reshaped": reshaped, "missing": missing, "unused": unused}
 
 

@@ -1,0 +1,45 @@
+"""A throwaway copy of this checkout as a git + DVC repository, and running commands in
+it with this venv's dvc, python and cnnspec first on PATH (what `make run` sets up)."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+STAGES = ["download", "preprocess", "resolve", "train", "evaluate", "plot"]
+
+
+def copy_checkout(destination: Path) -> Path:
+    """The files git would commit (tracked and untracked-not-ignored), committed afresh."""
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+                            cwd=REPO_ROOT, capture_output=True, check=True).stdout
+    for name in filter(None, listed.decode().split("\0")):
+        source = REPO_ROOT / name
+        if source.is_file():
+            target = destination / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
+    for command in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "clone"]):
+        subprocess.run(command, cwd=destination, check=True)
+    return destination
+
+
+def shell(command: str, cwd, timeout=600, check=True) -> subprocess.CompletedProcess:
+    """Run a README line as a user types it (through bash), stdout and stderr together."""
+    env = dict(os.environ, PATH=f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}", DVC_NO_ANALYTICS="1",
+               PYTHONPATH="", COLUMNS="120",
+               OMP_NUM_THREADS="1")  # a shared CI core: two spinning threads are 20x slower than one
+    result = subprocess.run(["bash", "-c", command], cwd=cwd, env=env, capture_output=True, text=True,
+                            timeout=timeout)
+    result.output = result.stdout + result.stderr
+    if check:
+        assert result.returncode == 0, f"{command} failed:\n{result.output}"
+    return result
+
+
+def ran_stages(output: str) -> list[str]:
+    return [stage for stage in STAGES if f"Running stage '{stage}'" in output]

@@ -1,0 +1,101 @@
+"""`cnnspec exps` and `make exps`: every experiment in one table that fits 120 columns,
+with the params it set, without making or reinstalling a venv."""
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from cnnspec.pipeline.experiments import render, rows
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def commit(rev, name, params, accuracy, experiments=()):
+    return {"rev": rev, "name": name, "error": None,
+            "data": {"params": {"params.yaml": {"data": params},
+                                "params.resolved.yaml": {"data": {"train": {"lr": 0.1}}}},
+                     "metrics": {"metrics/eval.json": {"data": {"accuracy": accuracy, "loss": 0.5,
+                                                                "learned": True}}}},
+            "experiments": list(experiments)}
+
+
+def experiment(name, params, accuracy, error=None):
+    return {"name": name, "executor": None,
+            "revs": [{"rev": name * 3, "name": name, "error": error,
+                      "data": {"params": {"params.yaml": {"data": params}},
+                               "metrics": {"metrics/eval.json": {"data": {"accuracy": accuracy, "loss": 0.4,
+                                                                          "learned": accuracy is not None
+                                                                                      and accuracy > 0.2}}}}}]}
+
+
+BASE = {"data": {"dataset": "cifar10", "source": "data/raw", "image_size": "auto"},
+        "model": {"spec": "auto"}, "train": {"batch_size": None, "epochs": None, "seed": 0}}
+
+
+def own_data_runs(count=11):
+    """Experiments that each change many params, as a few own-data runs do."""
+    runs = []
+    for index in range(count):
+        params = {"data": {"dataset": "folder", "source": f"data/my_images_{index}",
+                           "image_size": [8 + index, 8 + index]},
+                  "model": {"spec": "specs/small_images.yaml"},
+                  "train": {"batch_size": 16 * (index + 1), "epochs": index + 1, "seed": index}}
+        runs.append(experiment(f"exp-{index:02d}", params, 0.5 + index / 100))
+    return [{"rev": "workspace", "name": None, "data": {}, "error": None, "experiments": None},
+            commit("a1b2c3d4e5f6", "main", BASE, 0.9, runs)]
+
+
+def test_every_experiment_is_listed_within_120_columns():
+    table = render(own_data_runs(), width=120)
+    lines = table.splitlines()
+    assert max(len(line) for line in lines) <= 120, table
+    assert len(lines) == 1 + 1 + 11  # header, the baseline, eleven experiments
+    assert lines[1].startswith("main (a1b2c3d)")
+    names = [line.split()[0] for line in lines[2:]]
+    assert sorted(names) == [f"exp-{index:02d}" for index in range(11)]
+    assert names[0] == "exp-10"  # best accuracy first
+
+
+def test_a_row_shows_the_params_set_with_minus_s_and_the_headline_metrics():
+    table = render(own_data_runs(2), width=200)
+    row = [line for line in table.splitlines() if line.strip().startswith("exp-01")][0]
+    assert "0.5100" in row and "0.4000" in row and "true" in row
+    assert "data.dataset=folder" in row and "train.batch_size=32" in row and "data.image_size=[9,9]" in row
+    assert "train.lr" not in row  # params.resolved.yaml is not what -S set
+
+
+def test_failed_experiments_and_missing_metrics_are_shown_not_dropped():
+    show = [commit("a1b2c3d4e5f6", None, BASE, None,
+                   [experiment("broken", {**BASE, "train": {**BASE["train"], "epochs": 0}}, None, error={"msg": "x"})])]
+    show[0]["data"]["metrics"] = {}
+    table = render(show, width=120)
+    assert "a1b2c3d" in table and "broken" in table and "(failed) train.epochs=0" in table
+    assert rows(show)[1]["metrics"] == {"accuracy": None, "loss": 0.4, "learned": False}
+
+
+def test_no_experiments_says_how_to_run_one():
+    assert "dvc exp run" in render([], width=80)
+
+
+def make_dry_run(folder: Path, env: dict) -> str:
+    result = subprocess.run(["make", "-n", "exps"], cwd=folder, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+def test_make_exps_uses_an_active_or_present_venv_without_installing(tmp_path):
+    shutil.copy(REPO_ROOT / "Makefile", tmp_path / "Makefile")
+    (tmp_path / "pyproject.toml").write_text("")  # newer than any .installed stamp
+    env = {key: value for key, value in os.environ.items() if key != "VIRTUAL_ENV"}
+    active = make_dry_run(tmp_path, {**env, "VIRTUAL_ENV": "/opt/my-venv"})
+    assert "pip" not in active and "venv" not in active.replace("/opt/my-venv", "")
+    assert "/opt/my-venv/bin" in active and "cnnspec exps" in active
+    (tmp_path / ".venv" / "bin").mkdir(parents=True)
+    (tmp_path / ".venv" / "bin" / "cnnspec").write_text("")
+    present = make_dry_run(tmp_path, env)
+    assert "pip" not in present and "python3 -m venv" not in present and "cnnspec exps" in present
+    shutil.rmtree(tmp_path / ".venv")
+    assert "python3 -m venv" in make_dry_run(tmp_path, env)  # none at all: make one

@@ -1,0 +1,233 @@
+"""Defaults that fit the images a user brings, and the lines that say what was chosen:
+the batch fitted to the training set, model.spec auto, image size and channels auto,
+class order, resize notes, a source outside the repository, built-ins that ignore a
+leftover data.source, and a params.yaml that `dvc exp run -S` changes by one line."""
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from cnnspec.data.user_datasets import (
+    assign_splits,
+    auto_channels,
+    auto_image_size,
+    class_order,
+    prepare_image_dataset,
+    resize_note,
+    sample_images,
+    scan_folder,
+)
+from cnnspec.errors import DataError
+from cnnspec.pipeline.fit import MIN_STEPS, fit_batch_size, fit_to_data
+from cnnspec.pipeline.params import load_params
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+# --- the batch size ----------------------------------------------------------
+
+def test_a_recipe_batch_too_large_for_the_training_set_is_capped():
+    fit = fit_batch_size(1024, 1408, set_by_user=False)  # airbench's batch on 1,408 images
+    assert fit.batch_size == 1408 // MIN_STEPS == 70 and fit.capped_from == 1024
+    assert fit.steps(1408) == 20 and fit.warnings == []
+
+
+def test_a_batch_that_fits_is_kept_and_a_users_batch_is_never_changed():
+    assert fit_batch_size(64, 50_000, set_by_user=False).batch_size == 64
+    fit = fit_batch_size(1024, 1408, set_by_user=True)
+    assert fit.batch_size == 1024 and fit.capped_from is None
+    assert any("1 step an epoch" in warning for warning in fit.warnings), fit.warnings
+    assert any("leaves 384 images (27%) out of every epoch" in warning for warning in fit.warnings), fit.warnings
+    assert all("-S train.batch_size=70" in warning for warning in fit.warnings)
+
+
+def test_a_batch_larger_than_the_training_set_warns_that_nothing_trains():
+    fit = fit_batch_size(512, 300, set_by_user=True)
+    assert len(fit.warnings) == 1 and "no step can be trained" in fit.warnings[0]
+
+
+def test_train_and_resolve_fit_the_same_way(tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text("train:\n  batch_size:\n")
+    assert fit_to_data({"batch_size": 1024, "epochs": 3}, 1408, params) == {"batch_size": 70, "epochs": 3}
+    params.write_text("train:\n  batch_size: 1024\n")
+    assert fit_to_data({"batch_size": 1024}, 1408, params)["batch_size"] == 1024
+
+
+# --- model.spec: auto ------------------------------------------------------------
+
+@pytest.mark.parametrize("dataset, spec, recipe", [("folder", "specs/small_images.yaml", "small_images"),
+                                                   ("csv", "specs/small_images.yaml", "small_images"),
+                                                   ("cifar10", "specs/speedrun94.yaml", "airbench")])
+def test_model_spec_auto_picks_by_dataset_and_brings_its_recipe(tmp_path, monkeypatch, dataset, spec, recipe):
+    monkeypatch.chdir(REPO_ROOT)
+    path = tmp_path / "params.yaml"
+    path.write_text(f"recipe: auto\ndata: {{dataset: {dataset}}}\nmodel: {{spec: auto}}\n")
+    params = load_params(path, sections=["recipe", "model", "train"])
+    assert params["model"]["spec"] == spec and params["recipe"] == recipe
+
+
+def test_the_resolve_stage_says_what_it_chose_and_why(tmp_path, monkeypatch):
+    from stages.resolve import resolve
+
+    monkeypatch.chdir(REPO_ROOT)
+    params_path = tmp_path / "params.yaml"
+    text = (REPO_ROOT / "params.yaml").read_text().replace("  dataset: cifar10 ", "  dataset: folder  ")
+    params_path.write_text(text)
+    prepared = tmp_path / "prepared"
+    prepared.mkdir()
+    (prepared / "meta.json").write_text(json.dumps({"counts": {"train": 1408}, "input_shape": [1, 8, 8]}))
+    said = []
+    resolved = resolve(params_path, tmp_path / "params.resolved.yaml", prepared, log=said.append)
+    assert resolved["train"]["batch_size"] == 64  # the recipe's 64 already gives 22 steps
+    assert said == ["spec specs/small_images.yaml (model.spec: auto, for your own images (data.dataset: folder)), "
+                    "recipe small_images (recipe: auto, the one the spec names); batch 64: 22 steps an epoch "
+                    "on 1408 training images of 1x8x8"]
+    written = yaml.safe_load((tmp_path / "params.resolved.yaml").read_text())
+    assert len(written["model"]["spec_sha256"]) == 64
+
+
+# --- image size, channels, class order ---------------------------------------------
+
+def write_images(root: Path, sizes, mode="L", classes=("eight", "five", "nine")):
+    rng = np.random.default_rng(0)
+    for index, (height, width) in enumerate(sizes):
+        folder = root / classes[index % len(classes)]
+        folder.mkdir(parents=True, exist_ok=True)
+        shape = (height, width) if mode == "L" else (height, width, 3)
+        Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(folder / f"{index:03d}.png")
+    return root
+
+
+def test_auto_keeps_tiny_grayscale_images_as_they_are(tmp_path):
+    listing = scan_folder(write_images(tmp_path / "digits", [(8, 8)] * 30))
+    sample = sample_images(listing.paths)
+    assert auto_image_size(sample) == [8, 8] and auto_channels(sample) == 1
+    assert resize_note(sample, (8, 8), "stretch", auto=True) == "images 8x8 (data.image_size: auto): not resized"
+    assert resize_note(sample, (32, 32), "stretch") == "images 8x8 -> 32x32 (data.image_size; data.resize: stretch)"
+
+
+def test_auto_scales_large_mixed_colour_images_down_to_fit_64(tmp_path):
+    listing = scan_folder(write_images(tmp_path / "photos", [(300, 400)] * 5 + [(120, 90)], mode="RGB"))
+    sample = sample_images(listing.paths)
+    assert auto_image_size(sample) == [48, 64] and auto_channels(sample) == 3
+    assert resize_note(sample, (48, 64), "center_crop", auto=True) == \
+        "images 120x90 to 300x400 -> 48x64 (data.image_size: auto; data.resize: center_crop)"
+
+
+def test_data_classes_sets_the_label_order_and_must_name_every_class(tmp_path):
+    assert class_order({"eight", "five", "nine"}, []) == ["eight", "five", "nine"]  # alphabetical
+    assert class_order({"eight", "five", "nine"}, ["five", "eight", "nine"]) == ["five", "eight", "nine"]
+    for asked, words in [(["five", "eight"], "leaves out 'nine'"), (["five", "eight", "nine", "ten"], "'ten' is not"),
+                         (["five", "five", "eight", "nine"], "'five' is listed twice")]:
+        with pytest.raises(DataError, match=words):
+            class_order({"eight", "five", "nine"}, asked)
+    listing = scan_folder(write_images(tmp_path / "digits", [(8, 8)] * 30))
+    classes, splits = assign_splits(listing, 0.0, 0.2, 0, ["five", "eight", "nine"])
+    assert classes == ["five", "eight", "nine"]
+    first = listing.labels[splits["train"][0][0]]
+    assert classes[splits["train"][1][0]] == first
+
+
+def test_prepared_data_keeps_each_splits_file_list(tmp_path):
+    source = write_images(tmp_path / "digits", [(8, 8)] * 30)
+    data = {"dataset": "folder", "source": str(source), "val_split": 0.1, "test_split": 0.2, "seed": 0,
+            "image_size": "auto", "channels": "auto", "resize": "stretch", "bad_images": "fail",
+            "csv": {}, "classes": ["nine", "five", "eight"]}
+    said = []
+    meta = prepare_image_dataset(data, tmp_path / "prepared", workers=1, log=said.append)
+    assert meta["input_shape"] == [1, 8, 8] and meta["classes"] == ["nine", "five", "eight"]
+    assert "images 8x8 (data.image_size: auto): not resized" in said
+    files = json.loads((tmp_path / "prepared" / "files.json").read_text())
+    for split in ("train", "val", "test"):
+        labels = np.load(tmp_path / "prepared" / f"{split}_labels.npy")
+        assert len(files[split]) == len(labels) == meta["counts"][split]
+        assert [meta["classes"][label] for label in labels] == [name.split("/")[0] for name in files[split]]
+
+
+# --- data.source: outside the repository, or left over -------------------------------
+
+def test_a_source_outside_the_repository_is_named_as_unversioned(tmp_path, monkeypatch):
+    from stages.preprocess import unversioned_source_note
+
+    monkeypatch.chdir(REPO_ROOT)
+    note = unversioned_source_note(tmp_path / "images")
+    assert note.startswith(f"note: data.source {tmp_path / 'images'} is outside the repository")
+    assert "dvc add" in note and "dvc import" in note
+    assert unversioned_source_note(Path("data/my_images")) is None
+    assert unversioned_source_note(REPO_ROOT / "data" / "my_images") is None
+
+
+def test_a_built_in_dataset_reads_data_raw_whatever_data_source_says(tmp_path, monkeypatch, capsys):
+    from stages import preprocess
+    from tests.fakedata import make_mnist_folder
+
+    monkeypatch.chdir(tmp_path)
+    make_mnist_folder(tmp_path / "data" / "raw", n_train_per_class=4, n_test_per_class=1)
+    (tmp_path / "params.yaml").write_text("data: {dataset: mnist, source: data/my_images.csv, val_split: 0.1}\n")
+    preprocess.main()
+    out = capsys.readouterr().out
+    assert "data.source (data/my_images.csv) is used by folder and csv datasets only" in out
+    assert json.loads((tmp_path / "data" / "prepared" / "meta.json").read_text())["dataset"] == "mnist"
+
+
+# --- params.yaml as DVC writes it back --------------------------------------------------
+
+def test_an_experiments_override_changes_one_line_of_params_yaml(tmp_path):
+    modify_yaml = pytest.importorskip("dvc.utils.serialize").modify_yaml
+    path = tmp_path / "params.yaml"
+    shutil.copy(REPO_ROOT / "params.yaml", path)
+    before = path.read_text().splitlines()
+    with modify_yaml(path) as params:  # what `dvc exp run -S train.batch_size=64` runs
+        params["train"]["batch_size"] = 64
+    after = path.read_text().splitlines()
+    changed = [(old, new) for old, new in zip(before, after) if old != new]
+    assert len(before) == len(after) and len(changed) == 1, changed
+    assert changed[0][1].startswith("  batch_size: 64 ")
+
+
+# --- a spec that cannot take the images ----------------------------------------------
+
+def test_images_too_small_for_the_spec_name_data_image_size_and_the_smallest_size(tmp_path, monkeypatch):
+    from cnnspec.errors import ParamsError
+    from stages.resolve import resolve
+
+    monkeypatch.chdir(REPO_ROOT)
+    params_path = tmp_path / "params.yaml"
+    params_path.write_text("recipe: auto\ndata: {dataset: folder, source: data/my_images}\n"
+                           "model: {spec: specs/speedrun94.yaml}\n")
+    prepared = tmp_path / "prepared"
+    prepared.mkdir()
+    (prepared / "meta.json").write_text(json.dumps({"counts": {"train": 1000}, "input_shape": [1, 8, 8],
+                                                    "classes": [str(i) for i in range(10)]}))
+    with pytest.raises(ParamsError) as caught:
+        resolve(params_path, tmp_path / "params.resolved.yaml", prepared, log=lambda line: None)
+    message = str(caught.value)
+    assert message.startswith(f"{params_path}: data.image_size: 8x8 is too small for specs/speedrun94.yaml, "
+                              "which takes at least 25x25: -S data.image_size=[25,25]"), message
+    assert "\n" not in message and not (tmp_path / "params.resolved.yaml").exists()
+
+
+# --- the mistakes grid names the files --------------------------------------------------
+
+def test_the_mistakes_grid_titles_each_image_with_its_file_name(tmp_path):
+    from stages import plot as plot_stage
+
+    csv_path = tmp_path / "predictions.csv"
+    csv_path.write_text("index,actual,predicted,confidence,path\n"
+                        "0,cat,dog,0.9000,cat/001.png\n1,dog,dog,0.8000,dog/002.png\n"
+                        "2,dog,cat,0.7000,dog/a_very_long_file_name_of_a_photo_0003.png\n")
+    paths = plot_stage.read_prediction_paths(csv_path)
+    assert paths == ["cat/001.png", "dog/002.png", "dog/a_very_long_file_name_of_a_photo_0003.png"]
+    images = np.zeros((3, 1, 8, 8), np.uint8)
+    figure = plot_stage.misclassified_figure(images, np.array([0, 1, 1]), np.array([1, 1, 0]),
+                                             ["cat", "dog"], count=9, paths=paths)
+    titles = [axes.get_title() for axes in figure.axes]
+    assert titles[0] == "001.png\ntrue: cat\npred: dog"
+    assert titles[1].startswith("a_very_lon…") and titles[1].split("\n")[0].endswith("0003.png")
+    (tmp_path / "plain.csv").write_text("index,actual,predicted\n0,cat,dog\n")
+    assert plot_stage.read_prediction_paths(tmp_path / "plain.csv") is None  # a built-in dataset
