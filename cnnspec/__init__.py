@@ -14,8 +14,8 @@ importing torch.
 from cnnspec.errors import CnnspecError, DataError, ParamsError, SpecError, TrainingError
 
 __all__ = ["load_spec", "parse_spec", "build_model", "summarize", "register_layer", "LayerRule",
-           "Inferred", "load_plugins", "load_model", "predict", "SpecError", "CnnspecError", "ParamsError",
-           "DataError", "TrainingError"]
+           "Inferred", "load_plugins", "load_weights", "load_model", "predict", "SpecError", "CnnspecError",
+           "ParamsError", "DataError", "TrainingError"]
 
 _LAZY = {
     "load_spec": "cnnspec.spec.reader",
@@ -26,6 +26,7 @@ _LAZY = {
     "LayerRule": "cnnspec.layers",
     "Inferred": "cnnspec.layers",
     "load_plugins": "cnnspec.spec.plugins",
+    "load_weights": "cnnspec.training.finetune",  # pretrained weights by structure (docs/finetune.md)
     "load_model": "cnnspec.inference.predict",
     "predict": "cnnspec.inference.predict",
 }

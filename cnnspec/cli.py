@@ -6,6 +6,7 @@
     cnnspec layers                           # every layer type, its keys, defaults and meaning
     cnnspec predict models/model.pt photos/  # one row per image: path, class, probability
     cnnspec export models/model.pt --format onnx
+    cnnspec import resnext50_32x4d -o specs/resnext50_32x4d.yaml   # torchvision's model as a spec
 
 A mistake in a spec or an argument prints one line and exits non-zero; `--debug`
 (or CNNSPEC_DEBUG=1) shows the traceback instead. `validate` and `layers` do not
@@ -188,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     command.set_defaults(run=layers)
     add_predict_command(commands, [debug, plugin])
     add_export_command(commands, [debug, plugin])
+    add_import_command(commands, [debug, plugin])
     command = commands.add_parser(
         "exps", parents=[debug], help="the DVC experiments in one table that fits the terminal",
         description="One row per experiment (dvc exp show --json): name, headline metrics "
@@ -248,6 +250,35 @@ def add_export_command(commands, parents) -> None:
                               f"(default {PREPARED}; without it, images are generated)")
     command.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     command.set_defaults(run=export_model)
+
+
+def add_import_command(commands, parents) -> None:
+    command = commands.add_parser(
+        "import", parents=parents, help="write a torchvision classifier as a spec, checked equal",
+        description="Write torchvision model MODEL as a readable spec (its block once, then a line "
+                    "per stage or block), after checking that the spec is the same network: the same "
+                    "parameter count and, with torchvision's weights copied in by structure, the same "
+                    "logits in float64 at two input sizes. Nothing is written if the check fails.")
+    command.add_argument("model", metavar="MODEL", help="a torchvision model name: resnet50, convnext_tiny, ...")
+    command.add_argument("-o", "--output", metavar="FILE", help="write the spec here (atomically); default stdout")
+    command.add_argument("--classes", type=int, default=DEFAULT_CLASSES,
+                         help=f"classes of the networks compared (default {DEFAULT_CLASSES})")
+    command.set_defaults(run=import_spec)
+
+
+def import_spec(args) -> int:
+    from cnnspec.models.importer import import_model
+
+    text, parity = import_model(args.model, check_classes(args.classes))
+    if args.output:
+        from cnnspec.atomic import write_text
+
+        write_text(args.output, text)
+        print(f"wrote {args.output}: {parity.summary()}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+        print(f"checked: {parity.summary()}", file=sys.stderr)
+    return 0
 
 
 def predict_images(args) -> int:

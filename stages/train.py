@@ -45,7 +45,7 @@ def run(params_path=PARAMS, prepared=PREPARED, model_path=MODEL, resume_path=RES
     from cnnspec.models.checkpoint import save_checkpoint
     from cnnspec.pipeline.fit import fit_to_data
     from cnnspec.training import learning_check as runcheck
-    from cnnspec.training.finetune import check_init_from, init_from
+    from cnnspec.training.finetune import check_init_from, init_from, load_weights
     from cnnspec.training.loop import run_fingerprint, train
 
     spec = load_spec(params["model"]["spec"])  # a bad spec is reported before the data is read
@@ -68,6 +68,8 @@ def run(params_path=PARAMS, prepared=PREPARED, model_path=MODEL, resume_path=RES
         model = build_model(spec, tuple(meta["input_shape"]), len(meta["classes"]))
         for warning in model.spec_warnings:  # e.g. an automatic projection shortcut; docs/spec.md
             print(f"warning: {warning}", file=sys.stderr)  # (rank 0 only: the others are silent)
+        if params["model"]["weights"]:
+            load_weights(model, params["model"]["weights"])
         if start_from is not None:
             init_from(model, start_from, classes=meta["classes"])
         fingerprint = run_fingerprint(distributed.fingerprint_params(params), spec.text, meta)

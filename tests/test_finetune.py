@@ -224,3 +224,23 @@ def test_the_train_stage_fine_tunes_from_init_from_and_refuses_a_missing_file(tm
             if not key.endswith("num_batches_tracked")]
     assert f"train.init_from: loaded {len(base)} of {len(base)} tensors from base.pt" in out
     assert (tmp_path / "models" / "model.pt").exists()
+
+
+def test_the_train_stage_starts_from_model_weights_matched_by_structure(tmp_path, monkeypatch, capsys):
+    from stages import train as stage
+    from tests.test_training import write_stage_inputs
+
+    write_stage_inputs(tmp_path, epochs=1)
+    monkeypatch.chdir(tmp_path)
+    stage.run()
+    weights = torch.load("models/model.pt", weights_only=True)["state_dict"]
+    modules = list(dict.fromkeys(key.rsplit(".", 1)[0] for key in weights))
+    renamed = {f"net.{modules.index(key.rsplit('.', 1)[0])}.{key.rsplit('.', 1)[1]}": value
+               for key, value in weights.items()}
+    torch.save(renamed, "pretrained.pth")  # other names (net.0.weight, ...), same order and shapes
+    params = yaml.safe_load(open("params.yaml"))
+    params["model"]["weights"] = "pretrained.pth"
+    yaml.safe_dump(params, open("params.yaml", "w"))
+    capsys.readouterr()
+    stage.run()
+    assert f"model.weights: loaded {len(weights)} of {len(weights)} tensors" in capsys.readouterr().out

@@ -22,7 +22,7 @@ from tests.imagefiles import fashion_subset
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = "name: tiny\nlayers:\n  - conv: {filters: 4}\n  - global_avg_pool\n  - dense: num_classes\n"
-PLUGIN_SPEC = ("name: shuffled\nlayers:\n  - conv: 4\n  - channel_shuffle: 2\n"
+PLUGIN_SPEC = ("name: moved\nlayers:\n  - conv: 4\n  - space_to_depth: 2\n"
                "  - global_avg_pool\n  - dense: num_classes\n")
 META = {"classes": [str(i) for i in range(10)], "mean": [0.3], "std": [0.35], "input_shape": [1, 28, 28]}
 
@@ -55,14 +55,14 @@ def fashion_pngs(folder: Path, count: int = 3) -> list[Path]:
 def plugin_checkpoint(tmp_path):
     """A checkpoint whose stored params name a plugin that leaves a marker when imported."""
     marker = tmp_path / "plugin_was_imported"
-    plugin = tmp_path / "shuffle_plugin.py"
+    plugin = tmp_path / "space_to_depth_plugin.py"
     plugin.write_text(f"open({str(marker)!r}, 'w').close()\n"
-                      + (ROOT / "examples" / "channel_shuffle.py").read_text(encoding="utf-8"))
+                      + (ROOT / "examples" / "space_to_depth.py").read_text(encoding="utf-8"))
     checkpoint = tmp_path / "model.pt"
     made = run("-c", "import sys, torch, cnnspec\n"
                      "from cnnspec.models.checkpoint import save_checkpoint\n"
                      "cnnspec.load_plugins([sys.argv[1]])\n"
-                     f"spec = cnnspec.parse_spec({PLUGIN_SPEC!r}, 'shuffled.yaml')\n"
+                     f"spec = cnnspec.parse_spec({PLUGIN_SPEC!r}, 'moved.yaml')\n"
                      "model = cnnspec.build_model(spec, (1, 28, 28), 10).eval()\n"
                      f"save_checkpoint(sys.argv[2], model, spec, {META!r}, "
                      "{'model': {'plugins': [sys.argv[1]]}}, 0, 0)\n", str(plugin), str(checkpoint))
@@ -77,7 +77,7 @@ def test_loading_a_plugin_naming_checkpoint_imports_nothing_and_names_the_type(p
         load_network(checkpoint)
     message = str(refused.value)
     assert not marker.exists()  # the plugin the checkpoint names was not imported
-    assert "\n" not in message and "channel_shuffle" in message and "--plugin" in message
+    assert "\n" not in message and "space_to_depth" in message and "--plugin" in message
     assert str(plugin) in message  # what it was trained with, so the user can judge it
 
 
@@ -87,7 +87,7 @@ def test_cnnspec_predict_refuses_in_one_line_then_runs_with_plugin(plugin_checkp
     refused = run("-m", "cnnspec.cli", "predict", str(checkpoint), *map(str, images))
     assert refused.returncode == 2 and not marker.exists()
     assert len(refused.stderr.strip().splitlines()) == 1 and "Traceback" not in refused.stderr
-    assert "channel_shuffle" in refused.stderr and "--plugin" in refused.stderr
+    assert "space_to_depth" in refused.stderr and "--plugin" in refused.stderr
     done = run("-m", "cnnspec.cli", "predict", "--plugin", str(plugin), str(checkpoint), *map(str, images))
     assert done.returncode == 0, done.stderr
     assert marker.exists()  # the user named the plugin: now, and only now, it runs
@@ -99,7 +99,7 @@ def test_cnnspec_export_refuses_a_plugin_naming_checkpoint_without_importing(plu
     refused = run("-m", "cnnspec.cli", "export", str(checkpoint), "--format", "torchscript",
                   "--output", str(tmp_path / "model.ts.pt"))
     assert refused.returncode == 2 and not marker.exists()
-    assert "channel_shuffle" in refused.stderr and "Traceback" not in refused.stderr
+    assert "space_to_depth" in refused.stderr and "Traceback" not in refused.stderr
     assert not (tmp_path / "model.ts.pt").exists()
 
 

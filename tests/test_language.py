@@ -383,8 +383,8 @@ from cnnspec.layers import registry as layer_registry  # noqa: E402
 from cnnspec.layers.geometry import shape_free  # noqa: E402
 from cnnspec.layers.reshape import build_identity  # noqa: E402
 
-PLUGIN = ROOT / "examples" / "channel_shuffle.py"
-SHUFFLE_SPEC = spec_of("  - conv: 6\n  - channel_shuffle: 3\n  - global_avg_pool\n  - dense: num_classes")
+PLUGIN = ROOT / "examples" / "space_to_depth.py"
+PLUGIN_SPEC = spec_of("  - conv: 6\n  - space_to_depth: 2\n  - global_avg_pool\n  - dense: num_classes")
 
 
 @pytest.fixture
@@ -402,32 +402,33 @@ def registry_restored():
 
 
 def test_an_unregistered_type_is_an_unknown_layer_type(tmp_path, capsys):
-    assert cli.main(["validate", write(tmp_path, SHUFFLE_SPEC)]) == 1
-    assert "layers[1]: unknown layer type 'channel_shuffle'" in capsys.readouterr().err
+    assert cli.main(["validate", write(tmp_path, PLUGIN_SPEC)]) == 1
+    assert "layers[1]: unknown layer type 'space_to_depth' (a layer type from your own code needs " \
+           "--plugin FILE, or model.plugins in params.yaml)" in capsys.readouterr().err
 
 
 def test_a_plugin_layer_is_checked_like_a_built_in_one(tmp_path, capsys, registry_restored):
     from tests.layerchecks import model_counts, module_of, spec_for
 
-    path = write(tmp_path, SHUFFLE_SPEC)
+    path = write(tmp_path, PLUGIN_SPEC)
     assert cli.main(["validate", "--plugin", str(PLUGIN), path]) == 0
     # the registry test's own check, on the plugin's x-example: inferred shapes = real ones
-    spec = parse_spec(spec_for("channel_shuffle"), "<channel_shuffle>")
+    spec = parse_spec(spec_for("space_to_depth"), "<space_to_depth>")
     records = infer(spec, (3, 32, 32), 5).records
     model = build_model(spec, (3, 32, 32), 5).eval()
-    record = next(r for r in records if r.node.type == "channel_shuffle")
+    record = next(r for r in records if r.node.type == "space_to_depth")
     x = torch.randn(2, 4, 32, 32)
-    shuffled = module_of(model, record.node.name)(x)
-    assert tuple(shuffled.shape[1:]) == record.out_shape == (4, 32, 32)
-    assert torch.equal(shuffled[:, 1], x[:, 2]) and torch.equal(shuffled[:, 2], x[:, 1])
+    moved = module_of(model, record.node.name)(x)
+    assert tuple(moved.shape[1:]) == record.out_shape == (16, 16, 16)
+    assert torch.equal(moved[:, :4, 0, 0].flatten(), x[:, 0, :2, :2].flatten(1).flatten())
     summary = summarize(spec, (3, 32, 32), 5)
     assert (summary.trainable, summary.non_trainable) == model_counts(model)
     # its options are checked and its shape rule's errors point at the spec
-    assert cli.main(["validate", write(tmp_path, SHUFFLE_SPEC.replace("shuffle: 3", "shuffle: 4"))]) == 1
-    assert "t.yaml:5:22: layers[1].groups: channel_shuffle_1: needs an image whose channels divide by 4" \
+    assert cli.main(["validate", write(tmp_path, PLUGIN_SPEC.replace("depth: 2", "depth: 3"))]) == 1
+    assert "t.yaml:5:21: layers[1].block: space_to_depth_1: needs an image whose height and width divide by 3" \
         in capsys.readouterr().err
-    assert cli.main(["validate", write(tmp_path, SHUFFLE_SPEC.replace("shuffle: 3", "shuffle: {groops: 3}"))]) == 1
-    assert "unknown key 'groops' (did you mean 'groups'?)" in capsys.readouterr().err
+    assert cli.main(["validate", write(tmp_path, PLUGIN_SPEC.replace("depth: 2", "depth: {blok: 3}"))]) == 1
+    assert "unknown key 'blok' (did you mean 'block'?)" in capsys.readouterr().err
 
 
 def test_registration_refuses_a_bad_schema_or_a_taken_name(registry_restored):
@@ -442,7 +443,7 @@ def test_registration_refuses_a_bad_schema_or_a_taken_name(registry_restored):
 
 def test_a_missing_plugin_is_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        cli.main(["validate", "--plugin", "no_such_plugin_module", write(tmp_path, SHUFFLE_SPEC)])
+        cli.main(["validate", "--plugin", "no_such_plugin_module", write(tmp_path, PLUGIN_SPEC)])
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.startswith("error: plugin no_such_plugin_module: No module named")
 
@@ -451,10 +452,10 @@ def test_params_model_plugins_are_loaded_with_the_model_section(tmp_path, regist
     from cnnspec.pipeline.params import load_params
 
     params = tmp_path / "params.yaml"
-    params.write_text(f"model:\n  spec: {write(tmp_path, SHUFFLE_SPEC)}\n  plugins: [{PLUGIN}]\n")
+    params.write_text(f"model:\n  spec: {write(tmp_path, PLUGIN_SPEC)}\n  plugins: [{PLUGIN}]\n")
     assert load_params(params, ["model"])["model"]["plugins"] == [str(PLUGIN)]
-    assert "channel_shuffle" in layer_registry.LAYERS
-    infer(parse_spec(SHUFFLE_SPEC, "t.yaml"), None, 10)
+    assert "space_to_depth" in layer_registry.LAYERS
+    infer(parse_spec(PLUGIN_SPEC, "t.yaml"), None, 10)
 
 
 def test_spatial_attention_gate_weighs_every_position_like_cbam():
@@ -553,7 +554,7 @@ def test_a_checkpoint_of_a_plugin_model_loads_in_a_fresh_process_once_the_plugin
     from cnnspec.spec.plugins import load_plugins
 
     load_plugins([str(PLUGIN)])
-    spec = parse_spec(SHUFFLE_SPEC, "t.yaml")
+    spec = parse_spec(PLUGIN_SPEC, "t.yaml")
     model = build_model(spec).eval()
     meta = {"classes": [str(i) for i in range(10)], "mean": [0.0] * 3, "std": [1.0] * 3, "input_shape": [3, 8, 8]}
     path = tmp_path / "model.pt"
@@ -572,7 +573,7 @@ def test_a_checkpoint_of_a_plugin_model_loads_in_a_fresh_process_once_the_plugin
                               env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
 
     refused = run()
-    assert refused.returncode != 0 and "channel_shuffle" in refused.stderr and "--plugin" in refused.stderr
+    assert refused.returncode != 0 and "space_to_depth" in refused.stderr and "--plugin" in refused.stderr
     done = run(str(PLUGIN))
     assert done.returncode == 0, done.stderr
     assert [float(v) for v in done.stdout.split()] == pytest.approx(expected[0].tolist(), abs=1e-5)

@@ -86,7 +86,7 @@ def test_an_unreadable_spec_is_named(tmp_path, monkeypatch):
     spec = tmp_path / "secret.yaml"
     spec.write_text("name: x\n")
     # chmod 0 does not stop root, who runs these tests in CI: deny the access check instead
-    monkeypatch.setattr(params_module.os, "access", lambda path, mode: False)
+    monkeypatch.setattr("cnnspec.paths.os.access", lambda path, mode: False)  # where path_problem lives
     with pytest.raises(ParamsError) as caught:
         check_named_paths({"model": {"spec": str(spec)}})
     assert str(caught.value) == f"params.yaml: model.spec: {spec}: not readable (permission denied)"

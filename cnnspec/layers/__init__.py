@@ -8,7 +8,8 @@ everything above import it. A layer type from user code calls register_layer lik
 files do (docs/spec.md, "Adding a layer type").
 """
 from cnnspec.layers import (activations, conv, dense, normalization, pooling, reshape,  # noqa: F401
-                            augmentation, resize, whiten, residual, parallel, group, backbone)
-# the names a layer type from user code uses (examples/channel_shuffle.py)
+                            augmentation, resize, whiten, residual, parallel, group, backbone,
+                            channel_norm, residual_branch, channels, adaptive_pool)
+# the names a layer type from user code uses (examples/space_to_depth.py)
 from cnnspec.layers.geometry import error, fmt, one  # noqa: F401
 from cnnspec.layers.registry import LAYERS, Inferred, LayerRule, register_layer, rule_for  # noqa: F401

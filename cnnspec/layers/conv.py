@@ -7,7 +7,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from cnnspec.layers.activations import with_activation
-from cnnspec.layers.geometry import count, error, fmt, need_image, nn, pair, spatial, symmetric, torch
+from cnnspec.layers.geometry import (count, error, fmt, need_image, nn, pair, spatial, symmetric, torch,
+                                     warn_even_symmetric)
 from cnnspec.layers.registry import Inferred, LayerRule, register_layer, registry_drift
 
 if TYPE_CHECKING:
@@ -58,6 +59,7 @@ def conv_geometry(node, in_shape, ctx):
 
 def shape_conv(node, in_shape, ctx):
     kernel, stride, _, pads, filters, groups, out = conv_geometry(node, in_shape, ctx)
+    warn_even_symmetric(node, kernel, ctx)
     if node.options["padding"] == "same" and not symmetric(pads):
         ctx.warn(node, f"{node.name}: padding same with stride {fmt(stride)} on {fmt(in_shape)} pads "
                        f"{pads[0]}/{pads[1]} rows and {pads[2]}/{pads[3]} columns before/after (TensorFlow's "

@@ -84,8 +84,10 @@ def same_padding(size: int, kernel: int, stride: int, dilation: int = 1) -> tupl
     return total // 2, total - total // 2
 
 
-def spatial(node, in_shape, kernel, stride, padding, dilation=(1, 1)):
-    """Output (H, W) and the (top, bottom, left, right) padding of a conv or pool window."""
+def spatial(node, in_shape, kernel, stride, padding, dilation=(1, 1), ceil_mode=False):
+    """Output (H, W) and the (top, bottom, left, right) padding of a conv or pool window;
+    ceil_mode: PyTorch's pooling rule (a last, partial window counts, unless it would start
+    in the padding on the right)."""
     _, height, width = in_shape
     if padding == "same":
         pads = same_padding(height, kernel[0], stride[0], dilation[0]) + \
@@ -105,8 +107,30 @@ def spatial(node, in_shape, kernel, stride, padding, dilation=(1, 1)):
         if size + total < span:
             raise error(node, f"{node.name}: input {fmt(in_shape)} is smaller than the kernel "
                               f"{kernel[0]}x{kernel[1]}" + (f" (dilation {d})" if d > 1 else ""))
-        sizes.append((size + total - span) // s + 1)
+        out = (size + total - span) // s + 1
+        if ceil_mode:
+            out = -(-(size + total - span) // s) + 1
+            if (out - 1) * s >= size + total // 2:
+                out -= 1
+        sizes.append(out)
     return tuple(sizes), pads
+
+
+def even_symmetric_kernel(kernel, padding) -> tuple | None:
+    """The even kernel that `padding: symmetric` pads (k - 1) // 2 > 0 on each side: unlike an
+    odd one it shifts every window (ConvNeXt's 4x4 stride-4 stem has padding 0)."""
+    if padding == "symmetric" and any(k % 2 == 0 and k >= 4 for k in kernel):
+        return kernel
+    return None
+
+
+def warn_even_symmetric(node, kernel, ctx) -> None:
+    if even_symmetric_kernel(kernel, node.options["padding"]):
+        pads = "x".join(str((k - 1) // 2) for k in kernel)
+        ctx.warn(node, f"{node.name}: padding symmetric with the even kernel {fmt(kernel)} pads {pads} on "
+                       f"every side ((kernel - 1) // 2), so each window sits off the unpadded grid; a "
+                       f"PyTorch model with an even kernel usually has padding 0 (ConvNeXt's stem): write "
+                       f"padding: valid, or the number of pixels if this is meant", "padding")
 
 
 def symmetric(pads) -> bool:

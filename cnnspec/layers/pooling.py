@@ -6,7 +6,7 @@ from __future__ import annotations
 import functools
 
 from cnnspec.layers.geometry import (error, module_attribute, need_image, nn, one, pair, spatial, symmetric,
-                                     torch_modules)
+                                     torch_modules, warn_even_symmetric)
 from cnnspec.layers.registry import Inferred, LayerRule, register_layer
 
 
@@ -48,12 +48,19 @@ def pool_geometry(node, in_shape):
     if isinstance(padding, (int, list)) and any(2 * p > k for p, k in zip(pair(padding), kernel)):
         raise error(node, f"{node.name}: padding {padding} is more than half the kernel "
                           f"{kernel[0]}x{kernel[1]}", "padding")
-    (height, width), pads = spatial(node, in_shape, kernel, stride, padding)
+    ceil_mode = o["ceil_mode"]
+    if ceil_mode and padding == "same":
+        raise error(node, f"{node.name}: ceil_mode with padding same: same already keeps every partial "
+                          f"window (TensorFlow); ceil_mode is PyTorch's, with valid, symmetric or a number",
+                    "ceil_mode")
+    (height, width), pads = spatial(node, in_shape, kernel, stride, padding, ceil_mode=ceil_mode)
     return kernel, stride, pads, (in_shape[0], height, width)
 
 
 def shape_pool(node, in_shape, ctx):
-    return Inferred(pool_geometry(node, in_shape)[3])
+    kernel, _, _, out = pool_geometry(node, in_shape)
+    warn_even_symmetric(node, kernel, ctx)
+    return Inferred(out)
 
 
 def build_pool(node, in_shape, ctx):
@@ -66,8 +73,10 @@ def build_pool(node, in_shape, ctx):
         pairs.append((f"{node.name}_pad", nn.ConstantPad2d((pads[2], pads[3], pads[0], pads[1]), fill)))
         pads = (0, 0, 0, 0)
     padding = (pads[0], pads[2])
-    pool = (nn.MaxPool2d(kernel, stride, padding) if is_max else
-            nn.AvgPool2d(kernel, stride, padding, count_include_pad=node.options["padding"] != "same"))
+    ceil_mode = node.options["ceil_mode"]
+    pool = (nn.MaxPool2d(kernel, stride, padding, ceil_mode=ceil_mode) if is_max else
+            nn.AvgPool2d(kernel, stride, padding, ceil_mode=ceil_mode,
+                         count_include_pad=node.options["padding"] != "same"))
     pairs.append((node.name, pool))
     return pairs
 
@@ -116,6 +125,12 @@ MAX_POOL_OPTIONS = {
             "x-hint": "same, valid, symmetric or an integer >= 0",
             "description": "valid (none), same (keep the size at stride 1, TensorFlow style), symmetric ((kernel - 1) // 2 on every side, PyTorch style) or pixels on each side",
         },
+        "ceil_mode": {
+            "type": "boolean",
+            "default": False,
+            "description": "PyTorch's ceil_mode: a last, partial window at the bottom and right counts "
+                           "too (SqueezeNet, GoogLeNet); output ceil instead of floor",
+        },
     },
     "x-shorthand": "kernel",
     "x-example": [{"max_pool": {"kernel": 3, "stride": 2, "padding": "same"}}],
@@ -153,9 +168,15 @@ AVG_POOL_OPTIONS = {
             "x-hint": "same, valid, symmetric or an integer >= 0",
             "description": "valid (none), same (keep the size at stride 1, TensorFlow style), symmetric ((kernel - 1) // 2 on every side, PyTorch style) or pixels on each side",
         },
+        "ceil_mode": {
+            "type": "boolean",
+            "default": False,
+            "description": "PyTorch's ceil_mode: a last, partial window at the bottom and right counts "
+                           "too (SqueezeNet, GoogLeNet); output ceil instead of floor",
+        },
     },
     "x-shorthand": "kernel",
-    "x-example": [{"avg_pool": 2}],
+    "x-example": [{"avg_pool": 2}, {"avg_pool": {"kernel": 3, "stride": 2, "ceil_mode": True}}],
 }
 
 GLOBAL_AVG_POOL_OPTIONS = {

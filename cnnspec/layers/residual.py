@@ -3,13 +3,14 @@ an identity, a projection (1x1 conv + bn), a strided pool or a layer list of its
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from collections import OrderedDict
 
 from cnnspec.layers.activations import ACTIVATIONS, activation_of
 from cnnspec.layers.geometry import error, fmt, module_attribute, nn, one, torch_modules
-from cnnspec.layers.registry import Inferred, LayerRule, register_layer
+from cnnspec.layers.registry import LAYER_SCHEMAS, LAYERS, Inferred, LayerRule, register_layer
 
 
 @functools.cache
@@ -31,6 +32,8 @@ def modules():
 
         def forward(self, x):
             pre = self.pre(x)
+            if self.shortcut is None:  # shortcut: none, a block whose skip an argument switched off
+                return self.activation(self.body(pre))
             shortcut = self.shortcut(pre if self.shortcut_from_pre else x)
             return self.activation(self.body(pre) + shortcut)
 
@@ -72,12 +75,26 @@ def residual_shapes(node, in_shape, ctx):
     return pre_out, body_out, source
 
 
+def projection_bn(node):
+    """The batch norm of a projection shortcut, as a `bn` layer with the spec's `defaults: bn`
+    over the bn schema's defaults: the same eps and momentum as every other bn of the spec."""
+    options = {key: option["default"] for key, option in LAYER_SCHEMAS["bn"]["properties"].items()
+               if "default" in option}
+    options.update({key: value for key, value in node.type_defaults.get("bn", {}).items()
+                    if key in options})
+    return dataclasses.replace(node, type="bn", name=f"{node.name}_shortcut_bn", options=options,
+                               path=f"{node.path}.shortcut", children={}, deferred={},
+                               option_where={key: node.option_where.get("shortcut") for key in options})
+
+
 def shape_residual(node, in_shape, ctx):
     _, body_out, source = residual_shapes(node, in_shape, ctx)
     kind = shortcut_kind(node, source, body_out)
     own = Inferred(body_out)
     if kind == "layers":
         short_out = ctx.infer_list(node.children["shortcut"], source)
+    elif kind == "none":
+        short_out = body_out
     elif kind == "identity":
         short_out = source
     elif kind == "pool":
@@ -86,8 +103,9 @@ def shape_residual(node, in_shape, ctx):
     else:  # projection: the schema allows no other kind
         shortcut_stride(node, source, body_out)
         short_out = body_out
-        own.trainable = source[0] * body_out[0] + 2 * body_out[0]
-        own.non_trainable = 2 * body_out[0]
+        bn = LAYERS["bn"].shape(projection_bn(node), body_out, ctx)
+        own.trainable = source[0] * body_out[0] + bn.trainable
+        own.non_trainable = bn.non_trainable
         own.macs = math.prod(body_out) * source[0]
         if node.options["shortcut"] == "auto":
             ctx.warn(node, f"{node.name}: shortcut auto adds a projection (1x1 conv + bn, "
@@ -110,10 +128,12 @@ def build_residual(node, in_shape, ctx):
     elif kind == "pool":
         stride = shortcut_stride(node, source, body_out)
         shortcut = nn.Identity() if stride == (1, 1) else nn.MaxPool2d(1, stride)
+    elif kind == "none":
+        shortcut = None
     elif kind == "projection":
         shortcut = nn.Sequential(OrderedDict(
             conv=nn.Conv2d(source[0], body_out[0], 1, stride=shortcut_stride(node, source, body_out), bias=False),
-            bn=nn.BatchNorm2d(body_out[0])))
+            bn=LAYERS["bn"].build(projection_bn(node), body_out, ctx)[0][1]))
     else:
         shortcut = nn.Identity()
     fn = activation_of(node, ctx)
@@ -143,12 +163,14 @@ RESIDUAL_OPTIONS = {
         },
         "shortcut": {
             "type": ["string", "array"],
-            "pattern": "^(auto|identity|projection|pool)$",
+            "pattern": "^(auto|identity|projection|pool|none)$",
             "items": {"$ref": "#/$defs/layer"},
             "minItems": 1,
             "default": "auto",
-            "x-hint": "auto, identity, projection, pool or a layer list",
-            "description": "auto (identity when shapes match, else projection), identity, projection (1x1 conv + BN), pool, or a layer list",
+            "x-hint": "auto, identity, projection, pool, none or a layer list",
+            "description": "auto (identity when shapes match, else projection), identity, projection "
+                           "(1x1 conv + BN), pool, none (no skip: the body alone, e.g. `shortcut: $skip` "
+                           "in a block), or a layer list",
         },
         "shortcut_from": {
             "type": "string",

@@ -51,6 +51,8 @@ class LayerNode:
     option_where: dict[str, Location] = field(default_factory=dict)
     deferred: dict = field(default_factory=dict)  # option path -> expressions.Deferred (uses $in_channels)
     block_call: int | None = None  # group: the call whose input channels $in_channels means
+    type_defaults: dict = field(default_factory=dict)  # the spec's `defaults`, for modules a layer adds
+    # of another type itself (a projection shortcut's batch norm honours `defaults: bn`)
 
 
 @dataclass

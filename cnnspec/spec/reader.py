@@ -61,12 +61,18 @@ ALIASES = {"conv2d": "conv", "convolution": "conv", "batchnorm": "bn", "batchnor
            "maxpooling2d": "max_pool", "avgpool": "avg_pool", "averagepooling2d": "avg_pool",
            "globalaveragepooling2d": "global_avg_pool", "adaptiveavgpool2d": "global_avg_pool",
            "relu": "activation", "gelu": "activation", "softmax": "activation",
-           "zeropadding2d": "pad", "spatialdropout2d": "spatial_dropout", "block": "use"}
+           "zeropadding2d": "pad", "spatialdropout2d": "spatial_dropout", "block": "use",
+           "layernorm": "layer_norm", "layernorm2d": "layer_norm", "groupnorm": "group_norm",
+           "layerscale": "layer_scale", "stochasticdepth": "drop_path", "droppath": "drop_path",
+           "channelshuffle": "channel_shuffle", "chunk": "channel_split", "split": "channel_split",
+           "adaptivemaxpool2d": "adaptive_max_pool"}
+
+PLUGIN_HINT = " (a layer type from your own code needs --plugin FILE, or model.plugins in params.yaml)"
 
 
 def did_you_mean_type(word) -> str:
     alias = ALIASES.get(str(word).lower().replace("_", ""))
-    return f" (did you mean '{alias}'?)" if alias else did_you_mean(word, layer_schemas())
+    return f" (did you mean '{alias}'?)" if alias else did_you_mean(word, layer_schemas()) or PLUGIN_HINT
 
 
 def fail(message: str, where: Location, key: str | None = None):
@@ -299,9 +305,29 @@ def expand_list(items, prefix: str, state: Expansion) -> list[LayerNode]:
     for index, item in enumerate(items):
         path = f"{prefix}[{index}]"
         layer_type, options, where = split_layer(item, items.where_of(index), path)
+        options, present = switched(options, join_key(path, layer_type))
+        if not present:
+            continue
         expand = EXPANDERS.get(layer_type, expand_layer)
         nodes.extend(expand(layer_type, options, where, path, state))
     return nodes
+
+
+def switched(options, key: str) -> tuple:
+    """A layer's `when: BOOL` (any layer, `use` included: an optional part of a block, switched
+    by an argument, `when: $se`): (the options without it, whether the layer is there)."""
+    if not isinstance(options, dict) or "when" not in options:
+        return options, True
+    value = options["when"]
+    if isinstance(value, str) and value.startswith("$"):  # a block checked before any use of it
+        value = True
+    if not isinstance(value, bool):
+        fail(f"when: expected true or false (or a block argument holding one), not {describe_value(value)}",
+             options.where_of("when"), join_key(key, "when"))
+    kept = LocatedDict({k: v for k, v in options.items() if k != "when"}, where=options.where)
+    kept.key_where.update({k: w for k, w in options.key_where.items() if k != "when"})
+    kept.value_where.update({k: w for k, w in options.value_where.items() if k != "when"})
+    return kept, value
 
 
 def count_layer(where: Location, path: str, state: Expansion) -> None:
@@ -476,7 +502,7 @@ def expand_layer(layer_type, options, where, path, state) -> list[LayerNode]:
     for child_key in children:
         option_where.pop(child_key, None)
     return [LayerNode(layer_type, name, values, where, path, children, option_where,
-                      deferred=deferred_in(values))]
+                      deferred=deferred_in(values), type_defaults=plain(state.defaults))]
 
 
 EXPANDERS = {"repeat": expand_repeat, "use": expand_use}
@@ -574,3 +600,4 @@ def resolve_deferred(node: LayerNode, block_inputs: dict) -> None:
             written = next(value for path, value in node.deferred.items() if path[0] == option)
             fail(f"'{written.text}' is {node.options[option]!r} here: {message}", written.where,
                  join_key(join_key(node.path, node.type), option))
+

@@ -1,5 +1,8 @@
-"""Fine-tuning: start from an earlier checkpoint, and unfreeze layers part-way through.
+"""Fine-tuning: start from pretrained weights or an earlier checkpoint, and unfreeze layers
+part-way through.
 
+    model:
+      weights: ResNet50_Weights.IMAGENET1K_V2    # or a state-dict file; "" = fresh weights
     train:
       init_from: models/base.pt          # "" = fresh weights
       unfreeze: {after_epochs: 3, layers: [backbone]}
@@ -8,6 +11,10 @@
 match the new model's, and prints which layers were loaded and which were not. A head
 sized for another number of classes keeps its fresh initialisation, and the log says so;
 a checkpoint none of whose tensors fit is an error naming `train.init_from`.
+
+`model.weights` copies a torchvision weights enum's tensors (or those of a state-dict file)
+into the spec's network by structure: layer order and shapes, not names
+(cnnspec/models/weights.py), and prints what was loaded and what kept its fresh weights.
 
 `unfreeze` makes layers the spec marks `trainable: false` train from the epoch after
 `after_epochs` on. The optimizer holds those parameters from the first step (they get no
@@ -18,6 +25,8 @@ continues exactly as an uninterrupted one.
 from __future__ import annotations
 
 import contextlib
+import os
+import re
 import sys
 from pathlib import Path
 
@@ -127,6 +136,76 @@ def init_from(model, path, out=None, classes=None) -> dict:
               f"its head was loaded, so fine-tuning starts from outputs that meant its classes"
               + ("; data.classes can set the checkpoint's order" if same else ""), file=out)
     return {"loaded": loaded, "reshaped": reshaped, "missing": missing, "unused": unused}
+
+
+WEIGHTS_TIMEOUT_S = 20  # a download of model.weights never hangs
+WEIGHTS_ENUM = re.compile(r"^[A-Za-z0-9_]+_Weights\.[A-Za-z0-9_]+$")
+
+
+def weights_enum_state(name: str, key: str) -> dict:
+    """The state dict of torchvision weights `name` (ResNet50_Weights.IMAGENET1K_V2) from
+    torch.hub's checkpoint folder, downloaded there if missing (never hangs)."""
+    import torch
+    import torchvision
+
+    from cnnspec import fetch
+
+    try:
+        weights = torchvision.models.get_weight(name)
+    except (ValueError, KeyError, AttributeError):
+        enum_name = name.split(".")[0]
+        enum = getattr(torchvision.models, enum_name, None)
+        known = ", ".join(f"{enum_name}.{member.name}" for member in enum) if enum else \
+            "a name like ResNet50_Weights.IMAGENET1K_V2 (torchvision.models.get_weight)"
+        raise ParamsError(f"params.yaml: {key}: {name}: no such torchvision weights; known: {known}") from None
+    folder = os.path.join(torch.hub.get_dir(), "checkpoints")
+    file_name = os.path.basename(weights.url)
+    path = os.path.join(folder, file_name)
+    if not os.path.exists(path):
+        failure = fetch.download_with_timeout(weights.url, path, WEIGHTS_TIMEOUT_S)
+        if failure:
+            raise ParamsError(f"params.yaml: {key}: {name} is not available ({failure}); place "
+                              f"{file_name} in {folder} (from {weights.url})")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def pretrained_state(source, key: str) -> dict:
+    """`source` as a state dict: torchvision weights by name, a state-dict file, a model, or a dict."""
+    from cnnspec.models.weights import read_state_dict
+
+    if isinstance(source, dict):
+        return source
+    if hasattr(source, "state_dict"):
+        return source.state_dict()
+    source = str(source)
+    if WEIGHTS_ENUM.match(source) and not Path(source).exists():
+        return weights_enum_state(source, key)
+    if not Path(source).is_file():
+        raise ParamsError(f"params.yaml: {key}: {source}: no such file (and not torchvision weights "
+                          f"such as ResNet50_Weights.IMAGENET1K_V2)")
+    import pickle
+
+    try:
+        return read_state_dict(source)
+    except (ValueError, RuntimeError, OSError, EOFError, pickle.UnpicklingError) as failure:
+        first = str(failure).splitlines()[0] if str(failure) else type(failure).__name__
+        raise ParamsError(f"params.yaml: {key}: {source}: cannot be read as weights ({first})") from None
+
+
+def load_weights(model, source, key: str = "model.weights", out=None):
+    """Copy pretrained weights into `model` by structure (cnnspec/models/weights.py) and print
+    what mapped. `source`: torchvision weights by name (ResNet50_Weights.IMAGENET1K_V2), the
+    path of a state-dict file, an nn.Module or a state dict. Returns the Transfer."""
+    from cnnspec.models.weights import load_by_structure
+
+    state = pretrained_state(source, key)
+    transfer = load_by_structure(model, state)
+    name = source if isinstance(source, (str, Path)) else type(source).__name__
+    if not transfer.copied:
+        raise ParamsError(f"params.yaml: {key}: {name}: no layer of it fits this spec by order and "
+                          f"shape (its first: {next(iter(state))} {list(next(iter(state.values())).shape)})")
+    print(f"{key}: {transfer.report(str(name))}", file=out or sys.stdout)
+    return transfer
 
 
 def _matches(parameter_name: str, entry: str) -> bool:
