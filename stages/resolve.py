@@ -22,7 +22,7 @@ if __package__ in (None, ""):  # `python stages/resolve.py` from the repository 
 import yaml
 
 from cnnspec.atomic import write_text
-from cnnspec.errors import CnnspecError, ParamsError, exit_on_user_error
+from cnnspec.errors import CnnspecError, ParamsError, SpecError, exit_on_user_error
 from cnnspec.paths import PARAMS, PREPARED, RESOLVED_PARAMS
 from cnnspec.pipeline.dvc_runs import busy_message, other_runs
 from cnnspec.pipeline.fit import MIN_STEPS, fit_batch_size, fit_to_data
@@ -34,6 +34,7 @@ from cnnspec.pipeline.params import (
     read_yaml_mapping,
     resolution_stamp,
 )
+from cnnspec.spec.yamlio import read_bounded_text
 
 HEADER = """\
 # Written by `dvc repro` (stage resolve) from params.yaml and {recipe}:
@@ -56,9 +57,10 @@ def resolve(params_path=PARAMS, resolved_path=RESOLVED_PARAMS, prepared=PREPARED
     written = read_yaml_mapping(params_path)
     spec_path = Path(params["model"]["spec"])
     try:
-        params["model"]["spec_sha256"] = hashlib.sha256(spec_path.read_bytes()).hexdigest()
-    except OSError as error:
-        raise ParamsError(f"{params_path}: model.spec: {spec_path}: {error.strerror}") from None
+        spec_text = read_bounded_text(spec_path)  # a FIFO or a huge file is refused, never read
+    except SpecError as error:
+        raise ParamsError(f"{params_path}: model.spec: {error}") from None
+    params["model"]["spec_sha256"] = hashlib.sha256(spec_text.encode()).hexdigest()
     meta = prepared_meta(prepared)
     why = choice_line(params, data, written)
     if meta is not None and meta.get("counts", {}).get("train"):

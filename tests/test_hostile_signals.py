@@ -108,7 +108,8 @@ class SlowMirror:
 
 
 def test_sigterm_during_download_removes_the_partial_file(tmp_path):
-    with SlowMirror().running() as url:
+    # 4 MiB at 200 KiB/s: the first file takes 20 s, far longer than a stop should
+    with SlowMirror(size=4 << 20).running() as url:
         work = workspace(tmp_path, dataset="fashion-mnist", url=url, md5="skip")
         process = subprocess.Popen([sys.executable, str(ROOT / "stages" / "download.py")], cwd=work,
                                    env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

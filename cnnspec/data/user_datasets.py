@@ -30,6 +30,7 @@ from numpy.lib import format as npy_format
 from cnnspec import atomic
 from cnnspec.atomic import atomic_folder
 from cnnspec.data.datasets import FILES_JSON, SPLITS, histogram_mean_std, stratified_split
+from cnnspec.regular_files import not_a_regular_file
 from cnnspec.errors import DataError, DiskFullError
 from cnnspec.data.images import IMAGE_SUFFIXES, ImageReadError, is_image_file, read_image
 
@@ -511,6 +512,8 @@ def sample_images(paths: list[str], sample: int = SIZE_SAMPLE) -> list[tuple[int
     step = max(1, len(paths) // sample)
     found = []
     for path in paths[::step][:sample]:
+        if not_a_regular_file(path):  # a FIFO would block the open: decoding names it
+            continue
         try:
             with Image.open(path) as image:
                 mode = image.mode

@@ -22,6 +22,7 @@ from pathlib import Path
 from cnnspec.errors import ParamsError, SpecError
 from cnnspec.paths import PARAMS, PREPARED, RESOLVE_HINT, RESOLVED_PARAMS, path_problem
 from cnnspec.pipeline import recipes
+from cnnspec.regular_files import not_a_regular_file
 from cnnspec.spec import yamlio
 from cnnspec.spec.schema_errors import Strict, explain, key_path, unknown_key
 
@@ -92,8 +93,8 @@ def resolution_stamp(params: dict, prepared=PREPARED) -> str:
     digest = hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode())
     for source in (Path(str(params["model"]["spec"])), Path(prepared) / "meta.json"):
         try:
-            digest.update(source.read_bytes())
-        except OSError:
+            digest.update(yamlio.read_bounded_text(source).encode())
+        except SpecError:  # missing, not a regular file or too large: the stage names it
             digest.update(b"(none)")
     return digest.hexdigest()
 
@@ -122,6 +123,8 @@ def load_resolved_params(path=PARAMS, sections=None, say=print, prepared=PREPARE
 
 
 def _stamp_of(path: Path) -> str | None:
+    if not_a_regular_file(path):
+        return None
     try:
         with open(path, encoding="utf-8") as file:
             for line in file:

@@ -112,7 +112,7 @@ def spec_recipe(spec_path, params_path=None, name=str(PARAMS)) -> tuple[str | No
 def read_recipe(path: Path) -> yamlio.LocatedDict:
     name = str(path)
     try:
-        document = yamlio.load_mapping(path.read_text(encoding="utf-8"), name, "recipe")
+        document = yamlio.load_mapping(yamlio.read_bounded_text(path), name, "recipe")
     except SpecError as error:
         raise ParamsError(str(error)) from None
     for key in document:
