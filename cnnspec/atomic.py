@@ -19,7 +19,6 @@ from pathlib import Path
 
 from cnnspec.errors import DiskFullError, raise_if_terminated
 
-
 # A write that fails while the disk has less than this free is reported as a full disk:
 # torch.save and numpy.save do not always pass the ENOSPC errno on.
 NEARLY_FULL_BYTES = 256 * 1024

@@ -85,8 +85,8 @@ def validate(args) -> int:
 
 
 def summary(args) -> int:
-    from cnnspec.spec.reader import load_spec
     from cnnspec.models.summary import summarize
+    from cnnspec.spec.reader import load_spec
 
     if args.depth is not None and args.depth < 0:
         raise UsageError(f"--depth: expected a number >= 0, not {args.depth}")

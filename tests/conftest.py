@@ -43,6 +43,9 @@ def pytest_collection_modifyitems(config, items):
         scopes = {defs[-1].scope for defs in fixture_defs.name2fixturedefs.values() if defs}
         if scopes & {"module", "class", "package"}:
             item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+    # The long tests (marked slow) first: the workers then end together instead of one
+    # finishing a long test alone after the other ran out of work.
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 import tests.fuzzing  # noqa: E402,F401  registers the hypothesis profiles (cnnspec, fuzz)

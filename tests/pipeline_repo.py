@@ -1,5 +1,6 @@
-"""A throwaway copy of this checkout as a git + DVC repository, and running commands in
-it with this venv's dvc, python and cnnspec first on PATH (what `make run` sets up)."""
+"""The DVC pipeline in a throwaway repository: a copy of this checkout (the working tree
+as git would commit it), commands run in it with this venv's dvc, python and cnnspec
+first on PATH (what `make run` sets up), and which stages a `dvc repro` ran."""
 from __future__ import annotations
 
 import os
@@ -14,7 +15,8 @@ STAGES = ["download", "preprocess", "resolve", "train", "evaluate", "plot"]
 
 
 def copy_checkout(destination: Path) -> Path:
-    """The files git would commit (tracked and untracked-not-ignored), committed afresh."""
+    """The files git would commit (tracked and untracked-not-ignored), committed afresh,
+    so a test exercises the working tree as it is."""
     listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
                             cwd=REPO_ROOT, capture_output=True, check=True).stdout
     for name in filter(None, listed.decode().split("\0")):
@@ -28,6 +30,16 @@ def copy_checkout(destination: Path) -> Path:
     return destination
 
 
+def quick_training(params: dict) -> None:
+    """One short, deterministic epoch on CPU: no compile, schedule, lookahead, smoothing or TTA."""
+    params["train"].update(device="cpu", epochs=1, batch_size=64, precision="off", compile=False)
+    params["train"]["optimizer"].update(name="adam", lr=0.003, weight_decay=0.0)
+    params["train"]["scheduler"]["name"] = "none"
+    params["train"]["lookahead"]["enabled"] = False
+    params["train"]["loss"]["label_smoothing"] = 0.0
+    params["evaluate"]["tta"] = "none"
+
+
 def shell(command: str, cwd, timeout=600, check=True) -> subprocess.CompletedProcess:
     """Run a README line as a user types it (through bash), stdout and stderr together."""
     env = dict(os.environ, PATH=f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}", DVC_NO_ANALYTICS="1",
@@ -39,6 +51,14 @@ def shell(command: str, cwd, timeout=600, check=True) -> subprocess.CompletedPro
     if check:
         assert result.returncode == 0, f"{command} failed:\n{result.output}"
     return result
+
+
+def run(command, cwd, **kwargs):
+    env = dict(os.environ, PATH=f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}",
+               DVC_NO_ANALYTICS="1")
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, **kwargs)
+    assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stdout}\n{result.stderr}"
+    return result.stdout + result.stderr
 
 
 def ran_stages(output: str) -> list[str]:

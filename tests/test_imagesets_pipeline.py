@@ -12,7 +12,7 @@ import yaml
 from tests.fakedata import idx_bytes
 from tests.fashion import SPEC
 from tests.imagefiles import FASHION, class_folder_name, fashion_subset, write_image_folder
-from tests.pipelinerepo import copy_working_tree, quick_training, ran_stages, run
+from tests.pipeline_repo import copy_checkout, quick_training, ran_stages, run
 
 pytestmark = [
     pytest.mark.slow,
@@ -37,7 +37,7 @@ def test_folder_dataset_through_dvc_matches_the_idx_pipeline(tmp_path):
         (mirror / f"{prefix}-labels-idx1-ubyte.gz").write_bytes(gzip.compress(idx_bytes(labels), mtime=0))
 
     repo = tmp_path / "repo"
-    copy_working_tree(repo)
+    copy_checkout(repo)
     (repo / "specs" / "fashion_small.yaml").write_text(SPEC)
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["data"].update(dataset="fashion-mnist", url=f"file://{mirror}/", md5="skip", val_split=0.1,

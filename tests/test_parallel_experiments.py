@@ -16,7 +16,7 @@ import yaml
 
 from cnnspec.models.checkpoint import read_checkpoint
 from tests.fakedata import make_mnist_folder
-from tests.pipelinerepo import VENV_BIN, copy_working_tree, run
+from tests.pipeline_repo import VENV_BIN, copy_checkout, run
 
 pytestmark = pytest.mark.slow
 
@@ -64,7 +64,7 @@ def queued_repo(tmp_path_factory):
     mirror = tmp_path_factory.mktemp("mirror")
     sums = make_mnist_folder(mirror, n_train_per_class=8, n_test_per_class=2)
     repo = tmp_path_factory.mktemp("repo")
-    copy_working_tree(repo)
+    copy_checkout(repo)
     (repo / "specs" / "queue_tiny.yaml").write_text(SPEC)
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["data"].update(dataset="mnist", url=mirror.as_uri() + "/", md5=sums, val_split=0.25)

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from tests.fakedata import make_cifar10_archive, serve_folder
-from tests.pipelinerepo import STAGES, copy_working_tree, quick_training, ran_stages, run
+from tests.pipeline_repo import STAGES, copy_checkout, quick_training, ran_stages, run
 
 TINY_SPEC = """\
 name: e2e_tiny
@@ -40,7 +40,7 @@ def pipeline_repo(tmp_path_factory):
                                    n_test_per_class=20, seed=0)
     md5 = hashlib.md5(Path(archive).read_bytes()).hexdigest()
     repo = tmp_path_factory.mktemp("repo")
-    copy_working_tree(repo)
+    copy_checkout(repo)
     (repo / "specs" / "e2e_tiny.yaml").write_text(TINY_SPEC)
     params = yaml.safe_load((repo / "params.yaml").read_text())
     with serve_folder(served) as base_url:

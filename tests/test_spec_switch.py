@@ -30,7 +30,7 @@ SWITCHES = {
     "ironhack_cnn": ("adam_plateau_early_stop", 1536, None, 0.35),
     "group3_cnn": ("adam_focal_balanced", 1024, None, 0.3),
     "resnet18_cifar": ("adam_early_stop", 1024, 0.3, 0.3),
-    "speedrun94": ("airbench", 8192, None, 0.3),
+    "speedrun94": ("airbench", 4096, None, 0.3),
     "small_images": ("small_images", 1024, 0.3, 0.4),  # model.spec: auto for own images; 20 steps
 }
 

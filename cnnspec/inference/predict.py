@@ -24,8 +24,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from cnnspec.errors import CnnspecError, DataError
 from cnnspec.data.images import ImageReadError, is_image_file, read_image
+from cnnspec.errors import CnnspecError, DataError
 
 DECODE_THREADS = 4  # Pillow releases the GIL while decoding
 

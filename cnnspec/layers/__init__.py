@@ -7,7 +7,9 @@ It may import only the base modules (cnnspec.errors, cnnspec.fetch); the spec re
 everything above import it. A layer type from user code calls register_layer like these
 files do (docs/spec.md, "Adding a layer type").
 """
-from cnnspec.layers import (activations, conv, dense, normalization, pooling, reshape,  # noqa: F401
+# The order of these imports is the order of registration: `cnnspec layers`, the schema and
+# the registry list the types in it, so isort must leave it alone.
+from cnnspec.layers import (activations, conv, dense, normalization, pooling, reshape,  # noqa: F401, I001
                             augmentation, resize, whiten, residual, parallel, group, backbone,
                             channel_norm, residual_branch, channels, adaptive_pool)
 # the names a layer type from user code uses (examples/space_to_depth.py)

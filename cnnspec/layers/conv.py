@@ -7,8 +7,18 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from cnnspec.layers.activations import with_activation
-from cnnspec.layers.geometry import (count, error, fmt, need_image, nn, pair, spatial, symmetric, torch,
-                                     warn_even_symmetric)
+from cnnspec.layers.geometry import (
+    count,
+    error,
+    fmt,
+    need_image,
+    nn,
+    pair,
+    spatial,
+    symmetric,
+    torch,
+    warn_even_symmetric,
+)
 from cnnspec.layers.registry import Inferred, LayerRule, register_layer, registry_drift
 
 if TYPE_CHECKING:

@@ -3,10 +3,21 @@ padded pixels), `global_avg_pool` and `global_max_pool` over H and W or over cha
 """
 from __future__ import annotations
 
+import copy
 import functools
 
-from cnnspec.layers.geometry import (error, module_attribute, need_image, nn, one, pair, spatial, symmetric,
-                                     torch_modules, warn_even_symmetric)
+from cnnspec.layers.geometry import (
+    error,
+    module_attribute,
+    need_image,
+    nn,
+    one,
+    pair,
+    spatial,
+    symmetric,
+    torch_modules,
+    warn_even_symmetric,
+)
 from cnnspec.layers.registry import Inferred, LayerRule, register_layer
 
 
@@ -93,125 +104,79 @@ def build_global_pool(node, in_shape, ctx):
                                              keep_dims=node.options["keep_dims"], over=node.options["over"]))
 
 
-MAX_POOL_OPTIONS = {
-    "description": "max pooling over each channel's spatial window",
-    "properties": {
-        "kernel": {
-            "type": ["integer", "array"],
-            "minimum": 1,
-            "maximum": 4096,
-            "items": {"type": "integer", "minimum": 1, "maximum": 4096},
-            "minItems": 2,
-            "maxItems": 2,
-            "description": "window size: an integer or [h, w]",
-            "default": 2,
-        },
-        "stride": {
-            "type": ["integer", "array", "null"],
-            "minimum": 1,
-            "maximum": 4096,
-            "items": {"type": "integer", "minimum": 1, "maximum": 4096},
-            "minItems": 2,
-            "maxItems": 2,
-            "description": "step between windows (null = the kernel size)",
-            "default": None,
-            "x-default-from": "kernel",
-        },
-        "padding": {
-            "type": ["string", "integer"],
-            "pattern": "^(same|valid|symmetric)$",
-            "minimum": 0,
-            "default": "valid",
-            "x-hint": "same, valid, symmetric or an integer >= 0",
-            "description": "valid (none), same (keep the size at stride 1, TensorFlow style), symmetric ((kernel - 1) // 2 on every side, PyTorch style) or pixels on each side",
-        },
-        "ceil_mode": {
-            "type": "boolean",
-            "default": False,
-            "description": "PyTorch's ceil_mode: a last, partial window at the bottom and right counts "
-                           "too (SqueezeNet, GoogLeNet); output ceil instead of floor",
-        },
+WINDOW_POOL_PROPERTIES = {
+    "kernel": {
+        "type": ["integer", "array"],
+        "minimum": 1,
+        "maximum": 4096,
+        "items": {"type": "integer", "minimum": 1, "maximum": 4096},
+        "minItems": 2,
+        "maxItems": 2,
+        "description": "window size: an integer or [h, w]",
+        "default": 2,
     },
-    "x-shorthand": "kernel",
-    "x-example": [{"max_pool": {"kernel": 3, "stride": 2, "padding": "same"}}],
+    "stride": {
+        "type": ["integer", "array", "null"],
+        "minimum": 1,
+        "maximum": 4096,
+        "items": {"type": "integer", "minimum": 1, "maximum": 4096},
+        "minItems": 2,
+        "maxItems": 2,
+        "description": "step between windows (null = the kernel size)",
+        "default": None,
+        "x-default-from": "kernel",
+    },
+    "padding": {
+        "type": ["string", "integer"],
+        "pattern": "^(same|valid|symmetric)$",
+        "minimum": 0,
+        "default": "valid",
+        "x-hint": "same, valid, symmetric or an integer >= 0",
+        "description": "valid (none), same (keep the size at stride 1, TensorFlow style), symmetric ((kernel - 1) // 2 on every side, PyTorch style) or pixels on each side",
+    },
+    "ceil_mode": {
+        "type": "boolean",
+        "default": False,
+        "description": "PyTorch's ceil_mode: a last, partial window at the bottom and right counts "
+                       "too (SqueezeNet, GoogLeNet); output ceil instead of floor",
+    },
 }
 
-AVG_POOL_OPTIONS = {
-    "description": "average pooling over each channel's spatial window",
-    "properties": {
-        "kernel": {
-            "type": ["integer", "array"],
-            "minimum": 1,
-            "maximum": 4096,
-            "items": {"type": "integer", "minimum": 1, "maximum": 4096},
-            "minItems": 2,
-            "maxItems": 2,
-            "description": "window size: an integer or [h, w]",
-            "default": 2,
-        },
-        "stride": {
-            "type": ["integer", "array", "null"],
-            "minimum": 1,
-            "maximum": 4096,
-            "items": {"type": "integer", "minimum": 1, "maximum": 4096},
-            "minItems": 2,
-            "maxItems": 2,
-            "description": "step between windows (null = the kernel size)",
-            "default": None,
-            "x-default-from": "kernel",
-        },
-        "padding": {
-            "type": ["string", "integer"],
-            "pattern": "^(same|valid|symmetric)$",
-            "minimum": 0,
-            "default": "valid",
-            "x-hint": "same, valid, symmetric or an integer >= 0",
-            "description": "valid (none), same (keep the size at stride 1, TensorFlow style), symmetric ((kernel - 1) // 2 on every side, PyTorch style) or pixels on each side",
-        },
-        "ceil_mode": {
-            "type": "boolean",
-            "default": False,
-            "description": "PyTorch's ceil_mode: a last, partial window at the bottom and right counts "
-                           "too (SqueezeNet, GoogLeNet); output ceil instead of floor",
-        },
+
+def window_pool_options(description: str, example: list) -> dict:
+    """The options of max_pool and avg_pool, which differ only in what they compute."""
+    return {"description": description, "properties": copy.deepcopy(WINDOW_POOL_PROPERTIES),
+            "x-shorthand": "kernel", "x-example": example}
+
+
+MAX_POOL_OPTIONS = window_pool_options("max pooling over each channel's spatial window",
+                                       [{"max_pool": {"kernel": 3, "stride": 2, "padding": "same"}}])
+AVG_POOL_OPTIONS = window_pool_options("average pooling over each channel's spatial window",
+                                       [{"avg_pool": 2}, {"avg_pool": {"kernel": 3, "stride": 2, "ceil_mode": True}}])
+
+GLOBAL_POOL_PROPERTIES = {
+    "keep_dims": {
+        "type": "boolean",
+        "default": False,
+        "description": "keep a (C, 1, 1) image instead of the flat (C,): a per-channel gate to multiply into a feature map",
     },
-    "x-shorthand": "kernel",
-    "x-example": [{"avg_pool": 2}, {"avg_pool": {"kernel": 3, "stride": 2, "ceil_mode": True}}],
+    "over": {
+        "type": "string",
+        "enum": ["spatial", "channels"],
+        "default": "spatial",
+        "description": "spatial: pool each channel over H and W; channels: pool each position over the channels, giving (1, H, W) (a spatial attention map, CBAM)",
+    },
 }
 
 GLOBAL_AVG_POOL_OPTIONS = {
     "description": "average over all spatial positions; output is flat (C,), or (C, 1, 1) with keep_dims",
-    "properties": {
-        "keep_dims": {
-            "type": "boolean",
-            "default": False,
-            "description": "keep a (C, 1, 1) image instead of the flat (C,): a per-channel gate to multiply into a feature map",
-        },
-        "over": {
-            "type": "string",
-            "enum": ["spatial", "channels"],
-            "default": "spatial",
-            "description": "spatial: pool each channel over H and W; channels: pool each position over the channels, giving (1, H, W) (a spatial attention map, CBAM)",
-        },
-    },
+    "properties": copy.deepcopy(GLOBAL_POOL_PROPERTIES),
     "x-example": ["global_avg_pool"],
 }
 
 GLOBAL_MAX_POOL_OPTIONS = {
     "description": "maximum over all spatial positions; output is flat (C,), or (C, 1, 1) with keep_dims",
-    "properties": {
-        "keep_dims": {
-            "type": "boolean",
-            "default": False,
-            "description": "keep a (C, 1, 1) image instead of the flat (C,): a per-channel gate to multiply into a feature map",
-        },
-        "over": {
-            "type": "string",
-            "enum": ["spatial", "channels"],
-            "default": "spatial",
-            "description": "spatial: pool each channel over H and W; channels: pool each position over the channels, giving (1, H, W) (a spatial attention map, CBAM)",
-        },
-    },
+    "properties": copy.deepcopy(GLOBAL_POOL_PROPERTIES),
     "x-example": [
         {
             "parallel": {

@@ -6,8 +6,17 @@ from __future__ import annotations
 import functools
 import math
 
-from cnnspec.layers.geometry import (error, fmt, module_attribute, need_image, nn, one, shape_free,
-                                     shape_image_free, torch_modules)
+from cnnspec.layers.geometry import (
+    error,
+    fmt,
+    module_attribute,
+    need_image,
+    nn,
+    one,
+    shape_free,
+    shape_image_free,
+    torch_modules,
+)
 from cnnspec.layers.registry import Inferred, LayerRule, register_layer
 
 

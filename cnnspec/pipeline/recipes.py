@@ -24,9 +24,9 @@ import difflib
 import re
 from pathlib import Path
 
-from cnnspec.spec import yamlio
 from cnnspec.errors import ParamsError, SpecError
 from cnnspec.paths import PARAMS
+from cnnspec.spec import yamlio
 
 DEFAULT_RECIPE = "keras_adam"   # for a spec that names none: Adam 1e-3 trains most CNNs
 SECTIONS = ("train", "evaluate")   # what a recipe may set; data.* stays in params.yaml

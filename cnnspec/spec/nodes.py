@@ -47,7 +47,7 @@ class LayerNode:
     options: dict
     where: Location
     path: str
-    children: dict[str, list["LayerNode"]] = field(default_factory=dict)
+    children: dict[str, list[LayerNode]] = field(default_factory=dict)
     option_where: dict[str, Location] = field(default_factory=dict)
     deferred: dict = field(default_factory=dict)  # option path -> expressions.Deferred (uses $in_channels)
     block_call: int | None = None  # group: the call whose input channels $in_channels means

@@ -24,15 +24,23 @@ from dataclasses import dataclass, field
 
 import jsonschema
 
-from cnnspec.errors import SpecError
-from cnnspec.spec.expressions import (IN_CHANNELS, THIS_LAYER, Deferred, ExpressionError, bind, evaluate, is_expression,
-                                 needs_shapes, parse)
 import cnnspec.layers  # noqa: F401 - registers the built-in layer types
+from cnnspec.errors import SpecError
 from cnnspec.layers.registry import LAYERS, schema_version, spec_schema
+from cnnspec.spec.expressions import (
+    IN_CHANNELS,
+    THIS_LAYER,
+    Deferred,
+    ExpressionError,
+    bind,
+    evaluate,
+    is_expression,
+    needs_shapes,
+    parse,
+)
 from cnnspec.spec.nodes import LayerNode, Location, Spec, walk
 from cnnspec.spec.schema_errors import Strict, describe_value, did_you_mean, explain, join_key, key_path, properties_of
 from cnnspec.spec.yamlio import LocatedDict, LocatedList, load_mapping, plain, read_bounded_text, where_in
-
 
 
 def layer_schemas() -> dict:
@@ -90,7 +98,7 @@ def validator_for(definition: str, kind=Strict):
     return _validator(definition, kind, schema_version())
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _validator(definition: str, kind, version: int):
     schema = spec_schema()
     if definition:
@@ -259,7 +267,7 @@ class Expansion:
     depth: int = 0
     count: list = field(default_factory=lambda: [0])   # shared layer counter
 
-    def deeper(self, **changes) -> "Expansion":
+    def deeper(self, **changes) -> Expansion:
         values = {**self.__dict__, "depth": self.depth + 1, **changes}
         return Expansion(**values)
 
@@ -430,7 +438,7 @@ def layer_options(layer_type: str) -> dict:
     return _layer_options(layer_type, schema_version())
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _layer_options(layer_type: str, version: int) -> dict:
     known = properties_of(layer_schemas()[layer_type], spec_schema())
     return {key: shared(schema) for key, schema in known.items()}

@@ -81,7 +81,7 @@ class Augmentation:
     shard: tuple[int, int] | None = None  # (rank, world_size) in data-parallel training
 
     @classmethod
-    def from_params(cls, options: dict, num_images: int, seed: int, device) -> "Augmentation":
+    def from_params(cls, options: dict, num_images: int, seed: int, device) -> Augmentation:
         """From `train.augment` as load_params returns it (every key filled in)."""
         mask = alternating_flip_mask(num_images, seed, device) if options["alternating_flip"] else None
         return cls(hflip=bool(options["hflip"]), vflip=bool(options["vflip"]),

@@ -357,7 +357,7 @@ def launch(nproc: int, script: str, args=()) -> None:
 
 def _launch_error(failed) -> CnnspecError:
     failures = sorted(failed.failures.items(), key=lambda item: (item[1].timestamp, item[0]))
-    for rank, failure in failures:  # a user mistake reported by a rank: its own line
+    for _rank, failure in failures:  # a user mistake reported by a rank: its own line
         message = failure.message if isinstance(failure.message, str) else ""
         if failure.exitcode > 0 and message.startswith("cnnspec: "):
             error = TrainingError(message[len("cnnspec: "):])

@@ -87,8 +87,8 @@ def init_from(model, path, out=None, classes=None) -> dict:
     """Load the tensors of checkpoint `path` that fit `model` (same key, same shape).
     Returns {"loaded", "reshaped", "missing", "unused"}: lists of state_dict keys.
     `classes` (the training data's class names) is compared with the checkpoint's."""
-    from cnnspec.models.checkpoint import read_checkpoint
     from cnnspec.layers.whiten import WhiteningConv
+    from cnnspec.models.checkpoint import read_checkpoint
 
     out = out or sys.stdout
     try:
