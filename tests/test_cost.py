@@ -32,6 +32,27 @@ def test_a_short_run_or_a_gpu_run_gets_no_advice():
     assert "at most (early stopping" in clock_lines("cpu", 0.01, early_stopping=True)[1]
 
 
+def test_slow_steps_get_their_estimate_after_the_second_step():
+    """One step an epoch of 12 s: the estimate comes after the first timed step, not after
+    five epochs of silence."""
+    lines, clock_time = [], iter([0.0, 12.0, 12.0])
+    clock = progress.CostClock(lines.append, torch.device("cpu"), 10, 0, 1, 1024, 1024, False)
+    clock.step_done(now=lambda: next(clock_time))
+    assert len(lines) == 1
+    clock.step_done(now=lambda: next(clock_time))
+    assert lines[1].startswith("estimate: ") and "(12000 ms per step)" in lines[1]
+    clock.step_done(now=lambda: 99.0)
+    assert len(lines) == 2  # once
+
+
+def test_fast_steps_get_their_estimate_after_five_timed_steps():
+    lines = []
+    clock = progress.CostClock(lines.append, torch.device("cpu"), 1, 0, 100, 32, 3200, False)
+    for step in range(6):
+        clock.step_done(now=lambda step=step: step * 0.01)
+        assert len(lines) == (2 if step == 5 else 1)
+
+
 def test_the_training_loop_prints_both_lines(capsys, tmp_path):
     """Through cnnspec.training.loop.train, non-interactive (pytest captures stderr)."""
     from cnnspec.training.loop import train

@@ -343,3 +343,26 @@ def test_model_spec_naming_a_fifo_or_holding_a_newline_is_one_line(tmp_path, spe
         load_params(tmp_path / "params.yaml", ["recipe", "model", "train", "evaluate"])
     assert words.replace("fifo.yaml", str(tmp_path / "fifo.yaml")) in str(refused.value)
     assert "\n" not in str(refused.value)
+
+
+def test_a_pillow_warning_about_a_file_is_one_note_line(tmp_path, monkeypatch, capsys):
+    """Pillow warns (UserWarning) about files it can still read, e.g. corrupt EXIF data:
+    the warning becomes one `note:` line naming the file, once, and the image is read."""
+    import warnings
+
+    from PIL import Image as PILImage
+
+    path = tmp_path / "exif.png"
+    Image.fromarray(np.full((8, 8), 200, dtype=np.uint8)).save(path)
+    real_open = PILImage.open
+
+    def open_with_a_warning(*args, **kwargs):
+        warnings.warn("Corrupt EXIF data.  Expecting to read 12 bytes but only got 2.", UserWarning)
+        return real_open(*args, **kwargs)
+
+    monkeypatch.setattr(PILImage, "open", open_with_a_warning)
+    first = read_image(path, 1, (8, 8))
+    second = read_image(path, 1, (8, 8))
+    assert first.shape == (1, 8, 8) and int(first.max()) == 200 and (first == second).all()
+    notes = [line for line in capsys.readouterr().err.splitlines() if line]
+    assert notes == [f"note: {path}: Corrupt EXIF data.  Expecting to read 12 bytes but only got 2."]

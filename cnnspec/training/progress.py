@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 TIMED_STEPS = 5     # steps timed after the first for the estimate
+TIMED_SECONDS = 10  # or fewer steps, once they took this long (few, slow steps an epoch)
 CPU_MINUTES = 5     # a CPU run longer than this gets the advice below
 CPU_SIZED_RUN = ("dvc exp run -S model.spec=specs/simcnn.yaml -S train.epochs=2 "
                  "(a 122k-parameter CNN with its own recipe; docs/benchmarks.md has its time and accuracy), "
@@ -45,14 +46,17 @@ class CostClock:
         say(f"training on {device}: {epochs} epoch{plural} x {steps_per_epoch} steps of {batch_size} "
             f"images ({num_train} training images){resumed}")
 
-    def step_done(self) -> None:
+    def step_done(self, now=time.perf_counter) -> None:
+        """The first step (compile, warm-up) is not timed; the estimate comes after
+        TIMED_STEPS more, or sooner once the timed steps took TIMED_SECONDS."""
         self.seen += 1
         if self.seen == 1:
-            self.started = time.perf_counter()
-        elif self.seen == 1 + TIMED_STEPS:
+            self.started = now()
+        elif self.started is not None and (self.seen == 1 + TIMED_STEPS or now() - self.started >= TIMED_SECONDS):
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
-            per_step = (time.perf_counter() - self.started) / TIMED_STEPS
+            per_step = (now() - self.started) / (self.seen - 1)
+            self.started = None  # reported: once is enough
             self.report(per_step)
 
     def report(self, per_step: float) -> None:
