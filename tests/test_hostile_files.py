@@ -357,7 +357,7 @@ def test_a_pillow_warning_about_a_file_is_one_note_line(tmp_path, monkeypatch, c
     real_open = PILImage.open
 
     def open_with_a_warning(*args, **kwargs):
-        warnings.warn("Corrupt EXIF data.  Expecting to read 12 bytes but only got 2.", UserWarning)
+        warnings.warn("Corrupt EXIF data.  Expecting to read 12 bytes but only got 2.", UserWarning, stacklevel=2)
         return real_open(*args, **kwargs)
 
     monkeypatch.setattr(PILImage, "open", open_with_a_warning)

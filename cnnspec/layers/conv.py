@@ -94,6 +94,13 @@ def build_conv(node, in_shape, ctx):
     return with_activation(node, ctx, pairs)
 
 
+# The options conv and dense share: the activation applied after the layer, and the
+# weight initialisation (one of INITS).
+ACTIVATION_OPTION = {"$ref": "#/$defs/activation_name", "description": "activation applied after the layer",
+                     "default": "identity"}
+INIT_OPTION = {"type": "string", "enum": list(INITS), "description": "weight initialisation (default: torch's)",
+               "default": "default"}
+
 CONV_OPTIONS = {
     "description": "2-d convolution; input channels are inferred",
     "properties": {
@@ -159,25 +166,8 @@ CONV_OPTIONS = {
             "default": True,
             "description": "learn an additive bias per output channel",
         },
-        "activation": {
-            "$ref": "#/$defs/activation_name",
-            "description": "activation applied after the layer",
-            "default": "identity",
-        },
-        "init": {
-            "type": "string",
-            "enum": [
-                "default",
-                "kaiming_normal",
-                "kaiming_uniform",
-                "xavier_normal",
-                "xavier_uniform",
-                "dirac",
-                "zeros",
-            ],
-            "description": "weight initialisation (default: torch's)",
-            "default": "default",
-        },
+        "activation": dict(ACTIVATION_OPTION),
+        "init": dict(INIT_OPTION, enum=list(INITS)),
     },
     "required": ["filters"],
     "x-shorthand": "filters",

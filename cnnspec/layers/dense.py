@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from cnnspec.layers.activations import with_activation
-from cnnspec.layers.conv import initialise
+from cnnspec.layers.conv import ACTIVATION_OPTION, INIT_OPTION, INITS, initialise
 from cnnspec.layers.geometry import count, error, fmt, nn
 from cnnspec.layers.registry import Inferred, LayerRule, register_layer
 
@@ -35,25 +35,8 @@ DENSE_OPTIONS = {
             "description": "output size (or num_classes)",
         },
         "bias": {"type": "boolean", "default": True, "description": "learn an additive bias"},
-        "activation": {
-            "$ref": "#/$defs/activation_name",
-            "description": "activation applied after the layer",
-            "default": "identity",
-        },
-        "init": {
-            "type": "string",
-            "enum": [
-                "default",
-                "kaiming_normal",
-                "kaiming_uniform",
-                "xavier_normal",
-                "xavier_uniform",
-                "dirac",
-                "zeros",
-            ],
-            "description": "weight initialisation (default: torch's)",
-            "default": "default",
-        },
+        "activation": dict(ACTIVATION_OPTION),
+        "init": dict(INIT_OPTION, enum=list(INITS)),
     },
     "required": ["units"],
     "x-shorthand": "units",
