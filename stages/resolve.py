@@ -25,7 +25,7 @@ from cnnspec.atomic import write_text
 from cnnspec.errors import CnnspecError, ParamsError, SpecError, exit_on_user_error
 from cnnspec.paths import PARAMS, PREPARED, RESOLVED_PARAMS
 from cnnspec.pipeline.dvc_runs import busy_message, other_runs
-from cnnspec.pipeline.fit import MIN_STEPS, fit_batch_size, fit_to_data
+from cnnspec.pipeline.fit import MIN_STEPS, fit_batch_size
 from cnnspec.pipeline.params import (
     OWN_IMAGE_DATASETS,
     RESOLVED_SECTIONS,
@@ -67,7 +67,7 @@ def resolve(params_path=PARAMS, resolved_path=RESOLVED_PARAMS, prepared=PREPARED
         train_images = meta["counts"]["train"]
         set_by_user = (written.get("train") or {}).get("batch_size") is not None
         fit = fit_batch_size(params["train"]["batch_size"], train_images, set_by_user)
-        params["train"] = fit_to_data(params["train"], train_images, params_path)  # what train does
+        params["train"] = {**params["train"], "batch_size": fit.batch_size}  # what fit_to_data gives train
         shape = "x".join(str(n) for n in meta["input_shape"])
         steps = fit.steps(train_images)
         why += (f"; batch {fit.batch_size}: {steps} steps an epoch on {train_images} "
