@@ -140,13 +140,18 @@ NAMES = st.sampled_from(["a", "stem", "x_1", "conv_1", "b", "1bad", "has space",
 def sane_value(key: str, prop: dict, layers) -> st.SearchStrategy:
     """A value that fits the option's schema (or nearly: sizes stay small)."""
     if "$ref" in prop:
-        return layers
+        target = SCHEMA["$defs"][prop["$ref"].rsplit("/", 1)[-1]]
+        return layers if target.get("type") == "array" or "$ref" in str(target.get("items")) \
+            else sane_value(key, target, layers)
     if key == "branches":
-        return st.lists(layers, min_size=1, max_size=3)
+        return st.lists(layers, min_size=prop.get("minItems", 1), max_size=3)
     if key == "name":
         return NAMES
     if "enum" in prop:
         return st.sampled_from(prop["enum"])
+    alternatives = prop.get("oneOf", []) + prop.get("anyOf", [])
+    if alternatives:
+        return st.one_of([sane_value(key, alternative, layers) for alternative in alternatives])
     kinds = prop.get("type", [])
     kinds = [kinds] if isinstance(kinds, str) else kinds
     choices = []
@@ -155,8 +160,10 @@ def sane_value(key: str, prop: dict, layers) -> st.SearchStrategy:
         high = 16 if key in ("filters", "units", "n") else 5
         choices.append(st.integers(low, max(low, min(high, prop.get("maximum", high)))))
     if "number" in kinds:
-        low, high = prop.get("minimum", 0), min(prop.get("maximum", 2), 2)
-        choices.append(st.floats(low, high, exclude_max="exclusiveMaximum" in prop))
+        low = prop.get("minimum", prop.get("exclusiveMinimum", 0))
+        high = min(prop.get("maximum", prop.get("exclusiveMaximum", 2)), 2)
+        choices.append(st.floats(low, high, exclude_min="exclusiveMinimum" in prop,
+                                 exclude_max="exclusiveMaximum" in prop))
     if "boolean" in kinds:
         choices.append(st.booleans())
     if "string" in kinds:
@@ -164,8 +171,13 @@ def sane_value(key: str, prop: dict, layers) -> st.SearchStrategy:
         words = re.findall(r"[a-z_]+", pattern) or ["text"]
         choices.append(st.sampled_from(words))
     if "array" in kinds:
-        size, low = prop.get("minItems", 2), prop.get("items", {}).get("minimum", 0)
-        choices.append(st.lists(st.integers(low, low + 3), min_size=size, max_size=size))
+        size = prop.get("minItems", 2)
+        items = prop.get("items", {})
+        if "$ref" in items:
+            choices.append(layers)
+        else:
+            low = items.get("minimum", 0)
+            choices.append(st.lists(st.integers(low, low + 3), min_size=size, max_size=size))
     if key in ("filters", "units"):
         choices.append(st.just("num_classes"))
     return st.one_of(choices) if choices else HOSTILE
@@ -180,7 +192,7 @@ def options_for(layer_type: str, layers, wild: bool = True) -> st.SearchStrategy
     def draw_options(draw):
         options = {}
         for key, prop in properties.items():
-            keep = draw(st.integers(0, 19)) < (18 if key in required else 5)
+            keep = draw(st.integers(0, 19)) < (5 if key not in required else 18 if wild else 20)
             if keep:
                 hostile = wild and draw(st.integers(0, 9)) == 0
                 options[key] = draw(HOSTILE if hostile else sane_value(key, prop, layers))
@@ -214,6 +226,8 @@ def layer_lists(blocks: list[str], wild: bool, depth: int = 0) -> st.SearchStrat
     `wild`) hold only in-schema values, so many of them get as far as a model."""
     inner = layer_lists(blocks, wild, depth + 1) if depth < 2 else st.just(["flatten"])
     types = LEAVES + (sorted(COMPOSITES) if depth < 2 else ["use"])
+    if not (blocks or wild):
+        types = [kind for kind in types if kind != "use"]
     item = st.sampled_from(types).flatmap(lambda kind: layer_item(kind, inner, blocks, wild))
     odd = st.one_of(HOSTILE, st.just({"conv": 4, "bn": {}}), st.just({"conv2d": 8}), st.just({"relu": None}))
     items = st.one_of(item, item, item, item, item, odd) if wild else item
