@@ -32,6 +32,7 @@ def cuda_paths_on_cpu(monkeypatch):
     monkeypatch.setattr(device, "CUDA_PATHS_ON_CPU", True)
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the xdist_group marks
 def pytest_collection_modifyitems(config, items):
     """For `pytest -n N --dist loadgroup`: tests that share a module-scoped fixture (a
     trained pipeline repository, a fitted model) run on one worker, so it is built once;
