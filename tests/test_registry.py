@@ -6,7 +6,9 @@ the table in the code that gives it meaning."""
 from __future__ import annotations
 
 import json
+import re
 
+import jsonschema
 import pytest
 import torch
 
@@ -132,6 +134,15 @@ def test_the_schema_file_editors_use_is_the_assembled_schema():
     assert schema_file.SCHEMA_FILE.read_text(encoding="utf-8") == schema_file.schema_text()
     assert json.loads(schema_file.schema_text()) == registry.spec_schema()
     assert schema_file.main(["--check"]) == 0
+
+
+def test_the_assembled_schema_is_a_valid_2020_12_schema_and_every_ref_resolves():
+    """register_layer checks each new entry alone; the shared $defs and the $refs between
+    entries are checked here, once, instead of at every import."""
+    schema = registry.spec_schema()
+    jsonschema.Draft202012Validator.check_schema(schema)
+    refs = {match for match in re.findall(r'"\$ref": "#/\$defs/([a-z_0-9]+)"', json.dumps(schema))}
+    assert refs and refs <= set(schema["$defs"]), refs - set(schema["$defs"])
 
 
 def test_an_out_of_date_schema_file_is_reported_and_rewritten(tmp_path, monkeypatch, capsys):

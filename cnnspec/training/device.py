@@ -83,13 +83,19 @@ def torch_settings(device: torch.device, deterministic: bool):
     before = (torch.backends.cudnn.benchmark, torch.are_deterministic_algorithms_enabled())
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(deterministic)
+    set_deterministic(deterministic)
     torch.backends.cudnn.benchmark = device.type == "cuda" and not deterministic
     try:
         yield
     finally:
         torch.backends.cudnn.benchmark = before[0]
-        torch.use_deterministic_algorithms(before[1])
+        set_deterministic(before[1])
+
+
+def set_deterministic(wanted: bool) -> None:
+    # Only on a change: any call imports torch's compiler stack, about 1 s of every run's start.
+    if torch.are_deterministic_algorithms_enabled() != wanted:
+        torch.use_deterministic_algorithms(wanted)
 
 
 # ---------------------------------------------------------------- the training data on the device
