@@ -1,7 +1,6 @@
 """Learning on real images: Debian's Fashion-MNIST (dataset-fashion-mnist, which
 .ci/run installs), one CPU epoch on two thirds of its training images through the real stage
 scripts, must reach at least 85% on all 10,000 test images (chance: 10%)."""
-import gzip
 import json
 import subprocess
 import sys
@@ -10,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.fakedata import idx_bytes
+from tests.fakedata import write_idx_mirror
 from tests.fashion import FASHION, SPEC
 from tests.imagefiles import fashion_subset
 
@@ -38,9 +37,7 @@ def test_one_cpu_epoch_on_fashion_mnist_reaches_85_percent(tmp_path):
     mirror = tmp_path / "mirror"
     mirror.mkdir()
     train_images, train_labels, test_images, test_labels = fashion_subset(TRAIN_IMAGES, 10_000)
-    for prefix, images, labels in (("train", train_images, train_labels), ("t10k", test_images, test_labels)):
-        (mirror / f"{prefix}-images-idx3-ubyte.gz").write_bytes(gzip.compress(idx_bytes(images), mtime=0))
-        (mirror / f"{prefix}-labels-idx1-ubyte.gz").write_bytes(gzip.compress(idx_bytes(labels), mtime=0))
+    write_idx_mirror(mirror, train_images, train_labels, test_images, test_labels)
     params["data"].update(dataset="fashion-mnist", url=f"file://{mirror}/", md5="skip", val_split=0.1)
     params["model"]["spec"] = "specs/fashion_small.yaml"
     train = params["train"]

@@ -2,14 +2,13 @@
 files (the stage scripts) and once as PNG files in class folders through DVC (`dvc add` +
 `dvc exp run -S data.dataset=folder -S data.source=...`, the README's commands) give the
 same prepared arrays and the same accuracy; changing one image makes preprocess stale."""
-import gzip
 import json
 
 import numpy as np
 import pytest
 import yaml
 
-from tests.fakedata import idx_bytes
+from tests.fakedata import write_idx_mirror
 from tests.fashion import SPEC
 from tests.imagefiles import FASHION, class_folder_name, fashion_subset, write_image_folder
 from tests.pipeline_repo import copy_checkout, quick_training, ran_stages, run
@@ -32,9 +31,7 @@ def test_folder_dataset_through_dvc_matches_the_idx_pipeline(tmp_path):
 
     mirror = tmp_path / "mirror"
     mirror.mkdir()
-    for prefix, images, labels in (("train", train_images, train_labels), ("t10k", test_images, test_labels)):
-        (mirror / f"{prefix}-images-idx3-ubyte.gz").write_bytes(gzip.compress(idx_bytes(images), mtime=0))
-        (mirror / f"{prefix}-labels-idx1-ubyte.gz").write_bytes(gzip.compress(idx_bytes(labels), mtime=0))
+    write_idx_mirror(mirror, train_images, train_labels, test_images, test_labels)
 
     repo = tmp_path / "repo"
     copy_checkout(repo)

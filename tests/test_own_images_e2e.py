@@ -3,7 +3,6 @@ as files (Fashion-MNIST as PNGs in class folders, not its idx files) with every 
 the spec and recipe `auto` picks must learn, predictions must name their files, and one
 override must switch back to a built-in dataset."""
 import csv
-import gzip
 import json
 import re
 
@@ -11,7 +10,7 @@ import numpy as np
 import pytest
 import yaml
 
-from tests.fakedata import idx_bytes
+from tests.fakedata import write_idx_mirror
 from tests.imagefiles import FASHION, fashion_subset, write_image_folder
 from tests.pipeline_repo import REPO_ROOT, copy_checkout, ran_stages, shell
 
@@ -35,9 +34,7 @@ def own_images_repo(tmp_path_factory):
     # here a small idx mirror, so switching back to fashion-mnist downloads in a blink.
     mirror = tmp_path_factory.mktemp("mirror")
     train_images, train_labels, test_images, test_labels = fashion_subset(400, 100)
-    for prefix, images, labels in (("train", train_images, train_labels), ("t10k", test_images, test_labels)):
-        (mirror / f"{prefix}-images-idx3-ubyte.gz").write_bytes(gzip.compress(idx_bytes(images), mtime=0))
-        (mirror / f"{prefix}-labels-idx1-ubyte.gz").write_bytes(gzip.compress(idx_bytes(labels), mtime=0))
+    write_idx_mirror(mirror, train_images, train_labels, test_images, test_labels)
     params = (repo / "params.yaml").read_text()
     params = params.replace("  url: ''", f"  url: file://{mirror}/").replace("  md5: ''", "  md5: skip")
     (repo / "params.yaml").write_text(params)

@@ -56,7 +56,7 @@ def test_switching_only_the_spec_trains_it(spec, tmp_path, monkeypatch):
     params = load_params(params_path)
     assert params["recipe"] == recipe
 
-    prepared = write_subset(tmp_path / "prepared", n_train=images, n_val=500, n_test=1000)
+    prepared = write_subset(tmp_path / "prepared", n_train=images, n_val=250, n_test=500)
     result = run(params_path, prepared, tmp_path / "model.pt", tmp_path / "resume.pt", tmp_path / "log")
     train_accuracy = result.history[-1]["train/accuracy"]
     assert train_accuracy >= train_bar, f"{spec}: training accuracy {train_accuracy:.3f} (chance 0.1)"
