@@ -39,6 +39,11 @@ def test_precision_is_off_on_a_cpu_and_channels_last_only_when_asked(monkeypatch
     assert autocast_dtype(cpu, "bf16") is None
     from cnnspec.training import device
 
+    monkeypatch.setattr(device, "cpu_has_bf16", lambda: True)
+    assert autocast_dtype(cpu, "off", "bf16") is torch.bfloat16 and autocast_dtype(cpu, "bf16", "off") is None
+    monkeypatch.setattr(device, "cpu_has_bf16", lambda: False)
+    assert autocast_dtype(cpu, "bf16", "bf16") is None
+
     monkeypatch.setattr(device, "CUDA_PATHS_ON_CPU", True)
     assert autocast_dtype(cpu, "bf16") is torch.bfloat16 and autocast_dtype(cpu, "off") is None
     images = torch.zeros(2, 3, 4, 4)

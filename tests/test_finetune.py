@@ -14,7 +14,8 @@ from cnnspec.errors import ParamsError
 from cnnspec.models.checkpoint import save_checkpoint
 from cnnspec.pipeline.params import load_params
 from cnnspec.training.finetune import check_init_from, init_from
-from cnnspec.training.loop import TrainingInterrupted, train
+from cnnspec.training.loop import train
+from cnnspec.training.stops import TrainingInterrupted
 from tests.tinytraining import Sabotage, tiny_data, train_params, write_stage_inputs
 
 SPEC = """name: base

@@ -14,7 +14,8 @@ import torch
 import cnnspec
 from cnnspec.errors import TrainingError
 from cnnspec.models.checkpoint import load_network
-from cnnspec.training.loop import TrainingInterrupted, run_fingerprint, train
+from cnnspec.training.loop import run_fingerprint, train
+from cnnspec.training.stops import TrainingInterrupted
 from tests.tinytraining import (
     CLASSES,
     SPEC,
@@ -111,6 +112,30 @@ def test_cuda_paths_bf16_autocast_and_channels_last_run_on_cpu(cuda_paths_on_cpu
     assert bf16.history != fp32.history  # autocast really ran
     assert bf16.history[-1]["train/loss"] == pytest.approx(fp32.history[-1]["train/loss"], rel=0.1)
     assert all(np.isfinite(record["train/loss"]) for record in bf16.history)
+
+
+def test_cpu_bf16_autocasts_where_the_cpu_has_bf16_and_repeats_exactly(monkeypatch, capsys):
+    from cnnspec.training import device
+
+    monkeypatch.setattr(device, "cpu_has_bf16", lambda: True)
+    fp32 = run_training(train_params(epochs=2, cpu_precision="off"))
+    bf16 = run_training(train_params(epochs=2, cpu_precision="bf16"))
+    again = run_training(train_params(epochs=2, cpu_precision="bf16"))
+    assert "training on cpu in bf16:" in capsys.readouterr().out
+    assert bf16.history != fp32.history  # autocast really ran
+    assert bf16.history == again.history  # same seed, same metrics
+    assert bf16.history[-1]["train/loss"] == pytest.approx(fp32.history[-1]["train/loss"], rel=0.1)
+
+
+def test_cpu_bf16_without_bf16_instructions_trains_in_fp32_and_says_so(monkeypatch, capsys):
+    from cnnspec.training import device
+
+    monkeypatch.setattr(device, "cpu_has_bf16", lambda: False)
+    asked = run_training(train_params(epochs=1, cpu_precision="bf16"))
+    out = capsys.readouterr().out
+    assert "note: train.cpu_precision is bf16, but this CPU has no bf16 instructions" in out
+    assert "training on cpu:" in out
+    assert asked.history == run_training(train_params(epochs=1, cpu_precision="off")).history
 
 
 @pytest.mark.slow

@@ -55,8 +55,22 @@ def _cuda_paths(device: torch.device) -> bool:
     return device.type == "cuda" or CUDA_PATHS_ON_CPU
 
 
-def autocast_dtype(device: torch.device, precision: str):
-    """bf16/fp16 autocast on CUDA (on CPU only under CUDA_PATHS_ON_CPU); None when off."""
+def cpu_has_bf16() -> bool:
+    """Whether oneDNN runs bf16 natively here (AMX or AVX512: x86 servers, recent desktops).
+    Elsewhere bf16 is emulated and slower than fp32."""
+    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    try:
+        return bool(check and check())
+    except RuntimeError:
+        return False
+
+
+def autocast_dtype(device: torch.device, precision: str, cpu_precision: str = "off"):
+    """The autocast dtype of a run, or None for fp32: `precision` (bf16/fp16) on CUDA;
+    on a CPU `cpu_precision` bf16 where the CPU has bf16 instructions (under
+    CUDA_PATHS_ON_CPU, `precision` as on CUDA)."""
+    if device.type == "cpu" and not CUDA_PATHS_ON_CPU:
+        return torch.bfloat16 if cpu_precision == "bf16" and cpu_has_bf16() else None
     if precision == "off" or not _cuda_paths(device):
         return None
     return {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]

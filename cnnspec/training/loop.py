@@ -1,13 +1,14 @@
 """The training loop, read top to bottom: `train`, then the `Run` it drives (everything
-that changes during training, and the step), then the resume state and the stops
-(in the style of airbench / nanoGPT).
+that changes during training, and the step), then the resume state (in the style of
+airbench / nanoGPT).
 
     result = train(model, load_prepared(PREPARED), params["train"], device,
                    resume_path=RESUME_STATE, log_dir=TRAIN_LOG)
 
 Beside it: device.py (the device, precision, torch settings, the data on the device),
-progress.py (the lines a run prints, its clocks and DVCLive), distributed.py (the
-World: one process, or this one's place among several), optimization.py, augment.py.
+progress.py (the lines a run prints, its clocks and DVCLive), stops.py (Ctrl-C, SIGTERM,
+nan and out-of-memory, each ending in one line), distributed.py (the World: one
+process, or this one's place among several), optimization.py, augment.py.
 
 What makes it fast on a GPU:
 - the dataset goes to the device once, as uint8; each batch is gathered, normalized
@@ -35,9 +36,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import signal
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,8 +46,7 @@ import torch
 
 from cnnspec.atomic import save_torch
 from cnnspec.data.integrity import set_aside
-from cnnspec.errors import TrainingError
-from cnnspec.training import distributed, optimization
+from cnnspec.training import distributed, optimization, stops
 from cnnspec.training.augment import Augmentation
 from cnnspec.training.device import DeviceData, autocast, autocast_dtype, to_layout, torch_settings
 from cnnspec.training.distributed import ONE_PROCESS, World
@@ -57,15 +55,6 @@ from cnnspec.training.progress import Clock, CostClock, EpochLog, EpochProgressB
 
 RESUME_FORMAT = "cnnspec-resume/3"  # 3: a mid-epoch state keeps its per-step losses as `losses`
 WHITENING_IMAGES = 5000  # training images handed to model.init_from_data (airbench's figure)
-
-
-class TrainingInterrupted(TrainingError):
-    """Ctrl-C or SIGTERM: the progress is saved; the exit status is 128 + the signal's
-    number (130 for Ctrl-C), like any command a signal stopped."""
-
-    def __init__(self, message: str, signum: int = signal.SIGINT):
-        super().__init__(message)
-        self.exit_code = 128 + int(signum)
 
 
 @dataclass
@@ -94,7 +83,7 @@ def train(model, data: dict, params: dict, device="cpu", *, resume_path=None, lo
     device = torch.device(device)
     optimization.check_validation_needs(params, len(data["val_labels"]))
     resume_path, log_dir = (resume_path, log_dir) if world.is_writer else (None, None)
-    with torch_settings(device, params["deterministic"]), StopSignals(world.handles_signals) as stop_signal:
+    with torch_settings(device, params["deterministic"]), stops.StopSignals(world.handles_signals) as stop_signal:
         # setup: the data on the device, then the saved state (rank 0's) or a fresh start
         torch.manual_seed(params["seed"])
         device_data = DeviceData(data, device)
@@ -108,8 +97,12 @@ def train(model, data: dict, params: dict, device="cpu", *, resume_path=None, lo
         log = EpochLog(log_dir, run.history, start_epoch, run.epochs)
         clock = Clock(device)
         if world.is_writer:  # the device, the steps, then the time estimate
+            if device.type == "cpu" and params["cpu_precision"] == "bf16" and run.autocast_dtype is None:
+                print_line("note: train.cpu_precision is bf16, but this CPU has no bf16 instructions "
+                           "(AMX or AVX512): training in fp32, which is faster here")
             clock.cost = CostClock(print_line, device, run.epochs, start_epoch, run.steps_per_epoch,
-                                   run.batch_size, len(device_data.train_labels), run.early_stopping is not None)
+                                   run.batch_size, len(device_data.train_labels), run.early_stopping is not None,
+                                   precision=run.autocast_dtype)
         try:
             for epoch in range(start_epoch, run.epochs):
                 if run.stopped_early:
@@ -122,16 +115,16 @@ def train(model, data: dict, params: dict, device="cpu", *, resume_path=None, lo
                     if run.lookahead and epoch == run.epochs - 1:
                         run.lookahead.finish()
                     val_loss, val_correct = _validate(run)
-                except StepsInterrupted as stopped:
+                except stops.StepsInterrupted as stopped:
                     _save_resume_state(run, resume_path, fingerprint, epoch, stopped.progress)
-                    raise _interrupted_error(stopped, epoch, resume_path) from None
+                    raise stops.interrupted_error(stopped, epoch, resume_path) from None
                 except torch.OutOfMemoryError:
-                    raise _oom_error(run.batch_size, epoch) from None
+                    raise stops.oom_error(run.batch_size, epoch) from None
                 # the one read of the epoch (of every rank's sums), then what depends on its numbers
                 totals = read_epoch_totals(*distributed.sum_epoch_totals(
                     world, progress["losses"], progress["correct"], val_loss, val_correct))
                 if totals.diverged:
-                    raise _divergence_error(epoch, totals.first_bad_step)
+                    raise stops.divergence_error(epoch, totals.first_bad_step)
                 record = run.end_epoch(epoch, totals, progress["lr"])
                 _save_resume_state(run, resume_path, fingerprint, epoch + 1)
                 log.epoch(epoch, record, time.perf_counter() - epoch_started)
@@ -140,7 +133,7 @@ def train(model, data: dict, params: dict, device="cpu", *, resume_path=None, lo
         return run.result(clock, start_epoch)
 
 
-def _train_steps(run: Run, epoch: int, progress: dict, stop_signal: StopSignals, clock: Clock) -> None:
+def _train_steps(run: Run, epoch: int, progress: dict, stop_signal: stops.StopSignals, clock: Clock) -> None:
     """One epoch of optimizer steps from progress["step"], each step's loss and the
     correct count kept on the device in `progress`. A stop signal ends it between
     steps with StepsInterrupted."""
@@ -156,7 +149,7 @@ def _train_steps(run: Run, epoch: int, progress: dict, stop_signal: StopSignals,
             clock.step_ends()
             bar.update(step, losses, correct)
             if stop_signal.received:
-                raise StepsInterrupted(progress, stop_signal.received)
+                raise stops.StepsInterrupted(progress, stop_signal.received)
 
 
 class EpochTotals(NamedTuple):
@@ -213,7 +206,7 @@ class Run:
         self.generator = torch.Generator(device=device).manual_seed(params["seed"])
         self.augment = Augmentation.from_params(params["augment"], num_train, params["seed"] + 1, device)
         self.augment.shard = world.augment_shard
-        self.autocast_dtype = autocast_dtype(device, params["precision"])
+        self.autocast_dtype = autocast_dtype(device, params["precision"], params["cpu_precision"])
         weight = optimization.class_weights(data.train_labels, data.classes, params["class_weights"])
         self.criterion = optimization.make_loss(params["loss"], None if weight is None else weight.to(device))
         self.unfreeze = UnfreezeSchedule(model, params["unfreeze"])
@@ -422,63 +415,3 @@ def read_resume_state(path, fingerprint: str) -> dict | None:
         print(f"note: ignoring {path}: it was saved for other params, spec or data", file=sys.stderr)
         return None
     return state
-
-
-# ---------------------------------------------------------------- stopping: signals and errors
-
-class StepsInterrupted(Exception):
-    """Raised between two steps after Ctrl-C or SIGTERM; carries the epoch's progress
-    so far (next step, order, per-step losses, correct count, lr) to be saved."""
-
-    def __init__(self, progress: dict, signum: int):
-        super().__init__(f"stopped by signal {signum}")
-        self.progress, self.signum = progress, signum
-
-
-class StopSignals:
-    """Turns the first Ctrl-C (SIGINT) or SIGTERM into `received` (the signal's number),
-    which the step loop checks between steps; a second signal interrupts at once.
-    `install` False leaves the handlers alone (torchrun stops the ranks of a world)."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self, install: bool = True):
-        self.received, self.install = 0, install
-        self.previous = {}
-
-    def __enter__(self):
-        if self.install and threading.current_thread() is threading.main_thread():
-            self.previous = {signum: signal.signal(signum, self._handle) for signum in self.SIGNALS}
-        return self
-
-    def _handle(self, signum, frame):
-        if self.received:
-            raise KeyboardInterrupt
-        self.received = signum
-
-    def __exit__(self, *exc):
-        for signum, handler in self.previous.items():
-            signal.signal(signum, handler)
-
-
-def _interrupted_error(stopped: StepsInterrupted, epoch: int, resume_path) -> TrainingInterrupted:
-    name = signal.Signals(stopped.signum).name
-    where = f"epoch {epoch + 1}, step {stopped.progress['step']}"
-    if resume_path is None:
-        return TrainingInterrupted(f"training interrupted ({name}) at {where}; nothing saved "
-                                   "(no resume path)", stopped.signum)
-    return TrainingInterrupted(f"training interrupted ({name}) at {where}; progress saved to "
-                               f"{resume_path}, run the train stage again to continue", stopped.signum)
-
-
-def _divergence_error(epoch: int, step: int) -> TrainingError:
-    return TrainingError(
-        f"the training loss became nan or inf at epoch {epoch + 1}, step {step + 1}; "
-        "lower train.optimizer.lr, set train.precision: off, or add l2 / batch norm to the spec "
-        "(the last good resume state is kept)")
-
-
-def _oom_error(batch_size: int, epoch: int) -> TrainingError:
-    return TrainingError(
-        f"CUDA out of memory at epoch {epoch + 1} with train.batch_size {batch_size}; "
-        f"try train.batch_size {max(1, batch_size // 2)}, or train.precision: bf16")

@@ -36,14 +36,16 @@ class CostClock:
     """Told after each optimizer step; prints its two lines through `say`."""
 
     def __init__(self, say, device: torch.device, epochs: int, start_epoch: int,
-                 steps_per_epoch: int, batch_size: int, num_train: int, early_stopping: bool):
+                 steps_per_epoch: int, batch_size: int, num_train: int, early_stopping: bool,
+                 precision: torch.dtype | None = None):
         self.say, self.device = say, device
         self.steps_left = (epochs - start_epoch) * steps_per_epoch
         self.steps_per_epoch, self.early_stopping = steps_per_epoch, early_stopping
         self.seen, self.started = 0, None
         resumed = f", resuming at epoch {start_epoch + 1}" if start_epoch else ""
         plural = "" if epochs == 1 else "s"
-        say(f"training on {device}: {epochs} epoch{plural} x {steps_per_epoch} steps of {batch_size} "
+        autocast = {torch.bfloat16: " in bf16", torch.float16: " in fp16"}.get(precision, "")
+        say(f"training on {device}{autocast}: {epochs} epoch{plural} x {steps_per_epoch} steps of {batch_size} "
             f"images ({num_train} training images){resumed}")
 
     def step_done(self, now=time.perf_counter) -> None:
