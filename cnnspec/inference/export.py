@@ -58,21 +58,34 @@ def check_images(model, prepared=PREPARED, count: int = CHECK_IMAGES) -> tuple[t
     return noise.float() / 255, f"{count} random images (no prepared test images of shape {list(shape)} in {folder})"
 
 
-def _export_onnx(model, example: torch.Tensor, path: Path, opset: int) -> None:
+def onnx_bytes(model, example: torch.Tensor, opset: int = 17, with_metadata: bool = True) -> bytes:
+    """`model` (an InferenceModel) as an ONNX model in memory: input `images`, output
+    `probabilities`, batch dimension dynamic, traced on `example`; with cnnspec's metadata
+    (class names, image settings) unless `with_metadata` is False. `cnnspec export` writes
+    these bytes to its file; `cnnspec predict` runs them in an onnxruntime session."""
+    import io
+
+    buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript-based exporter's deprecation notice
-        torch.onnx.export(model, (example,), str(path), dynamo=False, opset_version=opset,
+        torch.onnx.export(model, (example,), buffer, dynamo=False, opset_version=opset,
                           input_names=["images"], output_names=["probabilities"],
                           dynamic_axes={"images": {0: "batch"}, "probabilities": {0: "batch"}})
+    if not with_metadata:
+        return buffer.getvalue()
     try:
         import onnx
     except ImportError:
         raise ExportError("writing the ONNX model's metadata needs onnx: pip install 'cnnspec[export]'") from None
-    graph = onnx.load(str(path))
+    graph = onnx.load_from_string(buffer.getvalue())
     for key, value in metadata(model).items():
         entry = graph.metadata_props.add()
         entry.key, entry.value = METADATA_PREFIX + key, value
-    onnx.save(graph, str(path))
+    return graph.SerializeToString()
+
+
+def _export_onnx(model, example: torch.Tensor, path: Path, opset: int) -> None:
+    Path(path).write_bytes(onnx_bytes(model, example, opset))
 
 
 def _export_torchscript(model, example: torch.Tensor, path: Path) -> None:
