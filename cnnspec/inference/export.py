@@ -23,10 +23,10 @@ import numpy as np
 import torch
 
 from cnnspec.atomic import atomic_path
-from cnnspec.inference.metadata import METADATA_PREFIX, TORCHSCRIPT_METADATA, ExportError, metadata
+from cnnspec.inference.metadata import TORCHSCRIPT_METADATA, ExportError, metadata
+from cnnspec.inference.onnx_graph import TOLERANCE, onnx_bytes
 from cnnspec.paths import PREPARED
 
-TOLERANCE = 1e-4  # largest |exported - PyTorch| probability accepted
 CHECK_IMAGES = 64
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
 
@@ -56,32 +56,6 @@ def check_images(model, prepared=PREPARED, count: int = CHECK_IMAGES) -> tuple[t
     generator = torch.Generator().manual_seed(0)
     noise = torch.randint(0, 256, (count, *shape), generator=generator, dtype=torch.uint8)
     return noise.float() / 255, f"{count} random images (no prepared test images of shape {list(shape)} in {folder})"
-
-
-def onnx_bytes(model, example: torch.Tensor, opset: int = 17, with_metadata: bool = True) -> bytes:
-    """`model` (an InferenceModel) as an ONNX model in memory: input `images`, output
-    `probabilities`, batch dimension dynamic, traced on `example`; with cnnspec's metadata
-    (class names, image settings) unless `with_metadata` is False. `cnnspec export` writes
-    these bytes to its file; `cnnspec predict` runs them in an onnxruntime session."""
-    import io
-
-    buffer = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the TorchScript-based exporter's deprecation notice
-        torch.onnx.export(model, (example,), buffer, dynamo=False, opset_version=opset,
-                          input_names=["images"], output_names=["probabilities"],
-                          dynamic_axes={"images": {0: "batch"}, "probabilities": {0: "batch"}})
-    if not with_metadata:
-        return buffer.getvalue()
-    try:
-        import onnx
-    except ImportError:
-        raise ExportError("writing the ONNX model's metadata needs onnx: pip install 'cnnspec[export]'") from None
-    graph = onnx.load_from_string(buffer.getvalue())
-    for key, value in metadata(model).items():
-        entry = graph.metadata_props.add()
-        entry.key, entry.value = METADATA_PREFIX + key, value
-    return graph.SerializeToString()
 
 
 def _export_onnx(model, example: torch.Tensor, path: Path, opset: int) -> None:
