@@ -10,8 +10,14 @@ in front, softmax behind), exports it with `cnnspec export`'s ONNX writer, and t
 both on the first Fashion-MNIST test images (float pixels in 0..1, the ONNX input):
 `probabilities_of`, the forward pass `cnnspec predict` runs on each decoded batch (and
 again with the network's weights in the channels-last layout too) and an onnxruntime
-session with as many intra-op threads as torch uses. Prints images/s for each, the ratio
-and the largest probability difference; asserts nothing. Needs onnxruntime (`pip install 'cnnspec[export]'`).
+session with as many intra-op threads as torch uses. Then what `cnnspec predict` now does
+with its default engine (auto) for that many images, timed end to end from the checkpoint
+file: load, the in-memory ONNX export and session when auto takes onnxruntime (its cost
+amortized over the images), the forward passes. `--images` above the 10,000 test images
+repeats them. Prints images/s for each, the ratio, the largest probability difference,
+the export's cost (the first in the process, with its imports, and again) and the image
+count from which onnxruntime wins that cost back at these rates; asserts nothing.
+Needs onnxruntime (`pip install 'cnnspec[export]'`).
 """
 from __future__ import annotations
 
@@ -56,15 +62,16 @@ def main(argv=None) -> dict:
 
     import cnnspec
     from cnnspec.data.datasets import read_idx
+    from cnnspec.inference import predict
     from cnnspec.inference.export import _export_onnx
-    from cnnspec.inference.predict import load_model, probabilities_of
     from cnnspec.models.checkpoint import save_checkpoint
 
     if args.threads:
         torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()
-    pixels = read_idx(args.data / "t10k-images-idx3-ubyte.gz", rank=3)[:args.images]
-    images = torch.from_numpy(np.array(pixels[:, None])).float() / 255
+    pixels = np.array(read_idx(args.data / "t10k-images-idx3-ubyte.gz", rank=3))
+    pixels = np.resize(pixels, (args.images, *pixels.shape[1:]))  # repeated past the file's count
+    images = torch.from_numpy(pixels[:, None]).float() / 255
     batches = list(images.split(args.batch_size))
     spec = cnnspec.load_spec(args.spec)
     meta = {"classes": [str(i) for i in range(10)], "mean": [0.286], "std": [0.353], "input_shape": [1, 28, 28]}
@@ -72,7 +79,21 @@ def main(argv=None) -> dict:
         folder = Path(folder)
         torch.manual_seed(0)
         save_checkpoint(folder / "model.pt", cnnspec.build_model(spec, (1, 28, 28), 10).eval(), spec, meta, {}, 0, 0)
-        model = load_model(folder / "model.pt", "cpu")
+        model = predict.load_model(folder / "model.pt", "cpu")
+        started = time.perf_counter()  # before anything here has imported onnx or run an export
+        predict.OnnxModel.from_model(model)
+        export_seconds = {"first": time.perf_counter() - started,
+                          "again": best_of(lambda: predict.OnnxModel.from_model(model), args.rounds)}
+        chosen = []
+
+        def auto_pass():  # `cnnspec predict`'s default engine, from the file to the probabilities
+            runner = predict.with_engine(predict.load_model(folder / "model.pt", "cpu"), len(images))
+            chosen[:] = ["onnxruntime" if isinstance(runner, predict.OnnxModel) else "torch"]
+            if isinstance(runner, predict.InferenceModel):
+                predict.in_fast_layout(runner)
+                return [predict.probabilities_of(runner, batch) for batch in batches]
+            return [runner.probabilities(batch) for batch in batches]
+
         _export_onnx(model, batches[0], folder / "model.onnx", opset=17)
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
@@ -80,7 +101,7 @@ def main(argv=None) -> dict:
                                                providers=["CPUExecutionProvider"])
 
         def torch_pass():  # what `cnnspec predict` runs on a decoded batch
-            return [probabilities_of(model, batch) for batch in batches]
+            return [predict.probabilities_of(model, batch) for batch in batches]
 
         def onnx_pass():
             return [session.run(["probabilities"], {"images": batch.numpy()})[0] for batch in batches]
@@ -91,6 +112,7 @@ def main(argv=None) -> dict:
                    "onnxruntime": best_of(onnx_pass, args.rounds)}
         model.network.to(memory_format=torch.channels_last)
         seconds["torch, network in channels-last too"] = best_of(torch_pass, args.rounds)
+        seconds["cnnspec predict, engine auto, end to end"] = best_of(auto_pass, args.rounds)
     load = Path("/proc/loadavg").read_text().split()[0] if Path("/proc/loadavg").exists() else "?"
     print(f"{args.spec.name}: {len(images)} Fashion-MNIST test images, batch {args.batch_size}, {threads} threads "
           f"(torch {torch.__version__}, onnxruntime {onnxruntime.__version__}), load {load}, "
@@ -100,6 +122,16 @@ def main(argv=None) -> dict:
         print(f"{name}: {rate:,.0f} images/s")
     print(f"onnxruntime / torch: {rates['onnxruntime'] / rates['torch (cnnspec predict)']:.2f}x; "
           f"largest probability difference {difference:.1e}")
+    saved = 1 / rates["torch, network in channels-last too"] - 1 / rates["onnxruntime"]  # seconds an image
+    print(f"engine auto chose {chosen[0]} for {len(images)} images "
+          f"(onnxruntime from {predict.ONNXRUNTIME_MIN_IMAGES:,}); "
+          f"in-memory export + session: {export_seconds['first']:.2f} s the first in the process, "
+          f"{export_seconds['again']:.2f} s again; onnxruntime saves {saved * 1e6:.0f} us an image, so it pays "
+          + (f"from {export_seconds['first'] / saved:,.0f} images" if saved > 0 else "at no image count"))
+    if chosen[0] == "onnxruntime":  # a `cnnspec predict` process pays the first export's cost, imports included
+        cold = len(images) / (len(images) / rates["cnnspec predict, engine auto, end to end"]
+                              - export_seconds["again"] + export_seconds["first"])
+        print(f"cnnspec predict, engine auto, end to end with the first export's cost: {cold:,.0f} images/s")
     return rates
 
 

@@ -232,6 +232,10 @@ def add_predict_command(commands, parents) -> None:
     command.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     command.add_argument("--tta", choices=("none", "flip", "flip_translate"), default="none",
                          help="test-time augmentation, as the evaluate stage's (default none)")
+    command.add_argument("--engine", choices=("auto", "torch", "onnxruntime"), default="auto",
+                         help="what runs a .pt checkpoint's network: onnxruntime on an in-memory ONNX "
+                              "export, or torch; auto (the default) takes onnxruntime for 20,000 images "
+                              "or more on the CPU without --tta when it is installed, else torch")
     command.set_defaults(run=predict_images)
 
 

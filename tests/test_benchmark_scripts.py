@@ -223,7 +223,9 @@ def test_predict_vs_onnxruntime_prints_both_rates_from_the_same_images(tmp_path,
     finally:
         torch.set_num_threads(threads)  # the script sets the process's thread count
     out = capsys.readouterr().out
-    assert set(rates) == {"torch (cnnspec predict)", "onnxruntime", "torch, network in channels-last too"}
+    assert set(rates) == {"torch (cnnspec predict)", "onnxruntime", "torch, network in channels-last too",
+                          "cnnspec predict, engine auto, end to end"}
+    assert "engine auto chose torch for 48 images" in out and "in-memory export + session" in out
     assert all(rate > 0 for rate in rates.values())
     assert "48 Fashion-MNIST test images, batch 16, 1 threads" in out
     difference = float(re.search(r"largest probability difference ([\d.e+-]+)", out).group(1))

@@ -23,10 +23,10 @@ import numpy as np
 import torch
 
 from cnnspec.atomic import atomic_path
-from cnnspec.inference.metadata import METADATA_PREFIX, TORCHSCRIPT_METADATA, ExportError, metadata
+from cnnspec.inference.metadata import TORCHSCRIPT_METADATA, ExportError, metadata
+from cnnspec.inference.onnx_graph import TOLERANCE, onnx_bytes
 from cnnspec.paths import PREPARED
 
-TOLERANCE = 1e-4  # largest |exported - PyTorch| probability accepted
 CHECK_IMAGES = 64
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
 
@@ -59,20 +59,7 @@ def check_images(model, prepared=PREPARED, count: int = CHECK_IMAGES) -> tuple[t
 
 
 def _export_onnx(model, example: torch.Tensor, path: Path, opset: int) -> None:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the TorchScript-based exporter's deprecation notice
-        torch.onnx.export(model, (example,), str(path), dynamo=False, opset_version=opset,
-                          input_names=["images"], output_names=["probabilities"],
-                          dynamic_axes={"images": {0: "batch"}, "probabilities": {0: "batch"}})
-    try:
-        import onnx
-    except ImportError:
-        raise ExportError("writing the ONNX model's metadata needs onnx: pip install 'cnnspec[export]'") from None
-    graph = onnx.load(str(path))
-    for key, value in metadata(model).items():
-        entry = graph.metadata_props.add()
-        entry.key, entry.value = METADATA_PREFIX + key, value
-    onnx.save(graph, str(path))
+    Path(path).write_bytes(onnx_bytes(model, example, opset))
 
 
 def _export_torchscript(model, example: torch.Tensor, path: Path) -> None:

@@ -26,6 +26,7 @@ from torch import nn
 
 from cnnspec.data.images import ImageReadError, is_image_file, read_image
 from cnnspec.errors import CnnspecError, DataError
+from cnnspec.inference.metadata import ExportError
 
 DECODE_THREADS = 4  # Pillow releases the GIL while decoding
 
@@ -70,23 +71,88 @@ class InferenceModel(nn.Module):
 class OnnxModel:
     """An exported ONNX model (`cnnspec export --format onnx`) run by onnxruntime, with the
     class names and image settings from its metadata: `cnnspec predict model.onnx ...`
-    reads and resizes images exactly as for the checkpoint it came from."""
+    reads and resizes images exactly as for the checkpoint it came from.
+    `OnnxModel.from_model(model)` runs a loaded InferenceModel the same way, exported in
+    memory. The session has as many intra-op threads as torch uses."""
 
     def __init__(self, path):
-        from cnnspec.inference.metadata import ExportError, read_metadata
+        from cnnspec.inference.metadata import read_metadata
 
         settings = read_metadata(path)
         try:
-            import onnxruntime
-        except ImportError:
+            self.session = _session(str(path))
+        except OnnxUnavailable as error:
+            if error.installed:
+                raise
             raise ExportError("running an ONNX model needs onnxruntime: pip install 'cnnspec[export]'") from None
-        self.session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         self.classes, self.channels = settings["classes"], settings["channels"]
         self.image_size, self.resize = tuple(settings["image_size"]), settings["resize"]
+
+    @classmethod
+    def from_model(cls, model: InferenceModel) -> OnnxModel:
+        """`model` exported to ONNX in memory by `cnnspec export`'s writer (nothing is
+        written to disk) and run by onnxruntime, checked against PyTorch on a few seeded
+        random images first. Raises OnnxUnavailable when onnxruntime is not installed or
+        does not load, ExportError when the export fails or does not match."""
+        from cnnspec.inference.onnx_graph import TOLERANCE, onnx_bytes
+
+        _import_onnxruntime()  # before the export: without onnxruntime it is wasted
+        generator = torch.Generator().manual_seed(0)
+        shape = (model.channels, *model.image_size)
+        images = torch.randint(0, 256, (3, *shape), generator=generator, dtype=torch.uint8).float() / 255
+        try:
+            data = onnx_bytes(model, images[:2], with_metadata=False)
+        except Exception as error:  # noqa: BLE001 - an exporter error of any kind: torch stays
+            first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            raise ExportError(f"the in-memory ONNX export failed: {first}") from None
+        self = cls.__new__(cls)
+        self.session = _session(data)
+        self.classes, self.channels = list(model.classes), model.channels
+        self.image_size, self.resize = tuple(model.image_size), model.resize
+        with torch.inference_mode():
+            expected = model(images)
+        difference = float((self.probabilities(images) - expected).abs().max())
+        if not difference <= TOLERANCE:
+            raise ExportError(f"the in-memory ONNX export differs from PyTorch by {difference:.2e} "
+                              f"(> {TOLERANCE:g})")
+        return self
 
     def probabilities(self, pixels: torch.Tensor) -> torch.Tensor:
         batch = pixels.float() / 255 if pixels.dtype == torch.uint8 else pixels.float()
         return torch.from_numpy(self.session.run(["probabilities"], {"images": batch.numpy()})[0])
+
+
+def _import_onnxruntime():
+    """onnxruntime, or OnnxUnavailable saying it is not installed (`installed` False) or
+    installed but failing to load (`installed` True: a broken install)."""
+    try:
+        import onnxruntime
+    except ModuleNotFoundError as error:
+        if error.name != "onnxruntime":
+            raise OnnxUnavailable(f"onnxruntime does not load: {error}", installed=True) from None
+        raise OnnxUnavailable("onnxruntime is not installed: pip install 'cnnspec[export]'",
+                              installed=False) from None
+    except Exception as error:  # noqa: BLE001 - a missing library, a bad build: any of them
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise OnnxUnavailable(f"onnxruntime does not load: {first}", installed=True) from None
+    return onnxruntime
+
+
+def _session(model):
+    """An onnxruntime CPU session of `model` (a path or the bytes of an ONNX model) with
+    torch's intra-op thread count, so both engines use the same cores."""
+    onnxruntime = _import_onnxruntime()
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = torch.get_num_threads(), 1
+    return onnxruntime.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+
+class OnnxUnavailable(ExportError):
+    """onnxruntime is not installed, or is installed and does not load (`installed`)."""
+
+    def __init__(self, message: str, installed: bool):
+        super().__init__(message)
+        self.installed = installed
 
 
 def load_model(path, device="cpu") -> InferenceModel:
@@ -101,6 +167,61 @@ def load_model(path, device="cpu") -> InferenceModel:
     model = InferenceModel(network, checkpoint["mean"], checkpoint["std"], checkpoint["classes"],
                            channels, size, resize, plain)
     return model.to(device).eval()
+
+
+# ---------------------------------------------------------------- engines
+
+ENGINES = ("auto", "torch", "onnxruntime")
+# `auto` runs onnxruntime from this many images on. Exporting costs about 0.6 s in a fresh
+# process for a small network (most of it importing onnx, which torch's exporter needs) and
+# 2 s for resnet18_cifar; onnxruntime then saves 20-150 us an image on the small networks
+# and 1 ms on resnet18_cifar: it pays from 2,000-30,000 images depending on the network and
+# thread count (docs/benchmarks.md, section 7).
+ONNXRUNTIME_MIN_IMAGES = 20_000
+
+
+def choose_engine(model: InferenceModel, images: int, engine: str = "auto", tta: str = "none") -> str:
+    """"torch" or "onnxruntime": `engine` itself unless it is auto, which picks
+    onnxruntime for at least ONNXRUNTIME_MIN_IMAGES images on a model in eval mode on
+    the CPU with no test-time augmentation (whether onnxruntime is installed is the
+    caller's question: see with_engine)."""
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {', '.join(ENGINES)}, not {engine!r}")
+    if engine != "auto":
+        return engine
+    on_cpu = model.shift.device.type == "cpu"
+    return "onnxruntime" if (on_cpu and not model.training and tta == "none"
+                             and images >= ONNXRUNTIME_MIN_IMAGES) else "torch"
+
+
+def with_engine(model: InferenceModel, images: int, engine: str = "auto", tta: str = "none"):
+    """What runs the network for `images` images: `model` itself, or an OnnxModel
+    running its in-memory ONNX export (choose_engine says which). With engine auto, a
+    missing onnxruntime or a failed export keeps torch silently, and an onnxruntime that
+    is installed but does not load keeps torch with one note on stderr; with engine
+    onnxruntime, each is a one-line ExportError."""
+    chosen = choose_engine(model, images, engine, tta)
+    if chosen == "torch":
+        return model
+    if engine == "onnxruntime":
+        if tta != "none":
+            raise ExportError("--engine onnxruntime runs the model as exported; test-time augmentation "
+                              "needs --engine torch or auto")
+        if model.shift.device.type != "cpu":
+            raise ExportError(f"--engine onnxruntime runs on the CPU, not {model.shift.device}; "
+                              "use --device cpu")
+        try:
+            return OnnxModel.from_model(model)
+        except OnnxUnavailable as error:
+            raise OnnxUnavailable(f"--engine onnxruntime: {error}", error.installed) from None
+    try:
+        return OnnxModel.from_model(model)
+    except OnnxUnavailable as error:
+        if error.installed:
+            print(f"note: {error}; predicting with torch", file=sys.stderr)
+        return model
+    except ExportError:
+        return model
 
 
 # ---------------------------------------------------------------- inputs
@@ -177,17 +298,21 @@ def _top_k(probabilities: torch.Tensor, classes: list[str], k: int):
 
 
 def predict(model_or_path, inputs, top_k: int = 1, batch_size: int = 64, device=None,
-            tta: str = "none") -> list[Prediction]:
+            tta: str = "none", engine: str = "auto") -> list[Prediction]:
     """Classify `inputs`: a path, bytes, PIL image, numpy array (uint8 HWC / CHW, or a
     float CHW in 0..1), tensor, or a list of them (a 4-D array is a batch). Returns one
-    Prediction per image, in order. An unreadable image raises ImageReadError."""
+    Prediction per image, in order. An unreadable image raises ImageReadError. `engine`:
+    auto (onnxruntime for many images on the CPU when it is installed, see
+    choose_engine), torch or onnxruntime."""
     from cnnspec.inference.evaluation import TTA
 
     if tta not in TTA:
         raise ValueError(f"tta must be one of {', '.join(TTA)}, not {tta!r}")
-    model = model_or_path if isinstance(model_or_path, InferenceModel) else \
+    model = model_or_path if isinstance(model_or_path, (InferenceModel, OnnxModel)) else \
         load_model(model_or_path, device or "cpu")
     items = _expand(inputs)
+    if isinstance(model, InferenceModel):
+        model = with_engine(model, len(items), engine, tta)
     names = [str(item) if isinstance(item, (str, Path)) else f"input {index}"
              for index, item in enumerate(items)]
     results = []
@@ -341,13 +466,24 @@ def run_command(args) -> int:
         raise UsageError(f"--batch-size: expected a number >= 1, not {args.batch_size}")
     from cnnspec.training.device import pick_device
 
+    engine = getattr(args, "engine", "auto")
     if str(args.checkpoint).endswith(".onnx"):
         if args.tta != "none":
             raise UsageError("--tta: an ONNX model runs as exported; test-time augmentation needs the .pt checkpoint")
+        if engine == "torch":
+            raise UsageError("--engine torch: an ONNX model runs with onnxruntime; give the .pt checkpoint")
         model = OnnxModel(args.checkpoint)
+        paths = find_images(args.paths)
     else:
-        model = in_fast_layout(load_model(args.checkpoint, pick_device(args.device, "--device", UsageError)))
-    paths = find_images(args.paths)
+        if engine == "onnxruntime" and args.tta != "none":
+            raise UsageError("--engine onnxruntime runs the model as exported; --tta needs --engine torch or auto")
+        # onnxruntime runs on the CPU: with it, --device auto means the CPU
+        device = "cpu" if engine == "onnxruntime" and args.device == "auto" else args.device
+        model = load_model(args.checkpoint, pick_device(device, "--device", UsageError))
+        paths = find_images(args.paths)
+        model = with_engine(model, len(paths), engine, args.tta)
+        if isinstance(model, InferenceModel):
+            model = in_fast_layout(model)
     predictions = predict_files(model, paths, args.top_k, args.batch_size, args.tta,
                                 progress=sys.stderr.isatty() and len(paths) > args.batch_size)
     text = {"csv": lambda: as_csv(predictions, args.top_k), "json": lambda: as_json(predictions),
