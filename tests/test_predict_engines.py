@@ -176,17 +176,23 @@ def test_the_session_uses_torchs_thread_count(checkpoint):
 
 # ---------------------------------------------------------------- fallbacks and errors
 
+def auto_then_forced(checkpoint, images, capsys) -> tuple[str, int, str]:
+    """`cnnspec predict` with the auto engine, which must still classify the 5 images,
+    then with --engine onnxruntime, which must exit: (auto's stderr, exit code, its stderr)."""
+    assert cli(["predict", str(checkpoint), str(images)]) == 0
+    captured = capsys.readouterr()
+    assert len(captured.out.splitlines()) == 5
+    with pytest.raises(SystemExit) as caught:
+        cli(["predict", str(checkpoint), str(images), "--engine", "onnxruntime"])
+    return captured.err, caught.value.code, capsys.readouterr().err
+
+
 def test_without_onnxruntime_auto_keeps_torch_silently_and_the_engine_flag_says_how_to_install(
         checkpoint, images, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # `import onnxruntime` fails as if absent
     monkeypatch.setattr(predict_module, "ONNXRUNTIME_MIN_IMAGES", 1)
-    assert cli(["predict", str(checkpoint), str(images)]) == 0
-    captured = capsys.readouterr()
-    assert captured.err == "" and len(captured.out.splitlines()) == 5
-    with pytest.raises(SystemExit) as caught:
-        cli(["predict", str(checkpoint), str(images), "--engine", "onnxruntime"])
-    err = capsys.readouterr().err
-    assert caught.value.code == 1 and err.count("\n") == 1
+    auto_err, code, err = auto_then_forced(checkpoint, images, capsys)
+    assert auto_err == "" and code == 1 and err.count("\n") == 1
     assert err.startswith("error: --engine onnxruntime") and "pip install 'cnnspec[export]'" in err
 
 
@@ -198,15 +204,10 @@ def test_a_broken_onnxruntime_is_one_note_with_auto_and_one_error_with_the_flag(
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
     monkeypatch.delitem(sys.modules, "onnxruntime", raising=False)
     monkeypatch.setattr(predict_module, "ONNXRUNTIME_MIN_IMAGES", 1)
-    assert cli(["predict", str(checkpoint), str(images)]) == 0
-    captured = capsys.readouterr()
-    assert len(captured.out.splitlines()) == 5
-    assert captured.err == ("note: onnxruntime does not load: libonnxruntime.so.1: cannot open shared "
-                            "object file; predicting with torch\n")
-    with pytest.raises(SystemExit) as caught:
-        cli(["predict", str(checkpoint), str(images), "--engine", "onnxruntime"])
-    err = capsys.readouterr().err
-    assert caught.value.code == 1 and err.count("\n") == 1 and "libonnxruntime.so.1" in err
+    auto_err, code, err = auto_then_forced(checkpoint, images, capsys)
+    assert auto_err == ("note: onnxruntime does not load: libonnxruntime.so.1: cannot open shared "
+                        "object file; predicting with torch\n")
+    assert code == 1 and err.count("\n") == 1 and "libonnxruntime.so.1" in err
 
 
 @needs_onnxruntime
@@ -220,13 +221,8 @@ def test_a_failing_export_keeps_torch_with_auto_and_is_an_error_with_the_flag(
     monkeypatch.setattr(predict_module, "ONNXRUNTIME_MIN_IMAGES", 1)
     model = cnnspec.load_model(checkpoint)
     assert with_engine(model, 4) is model
-    assert cli(["predict", str(checkpoint), str(images)]) == 0
-    captured = capsys.readouterr()
-    assert captured.err == "" and len(captured.out.splitlines()) == 5
-    with pytest.raises(SystemExit) as caught:
-        cli(["predict", str(checkpoint), str(images), "--engine", "onnxruntime"])
-    err = capsys.readouterr().err
-    assert caught.value.code == 1
+    auto_err, code, err = auto_then_forced(checkpoint, images, capsys)
+    assert auto_err == "" and code == 1
     assert err == ("error: the in-memory ONNX export failed: Exporting the operator 'aten::frobnicate' "
                    "to ONNX opset version 17 is not supported.\n")
 

@@ -20,6 +20,7 @@ from cnnspec.layers.geometry import (
     warn_even_symmetric,
 )
 from cnnspec.layers.registry import Inferred, LayerRule, register_layer, registry_drift
+from cnnspec.layers.schema_base import pixel_sizes
 
 if TYPE_CHECKING:
     from cnnspec.spec.nodes import LayerNode
@@ -112,26 +113,8 @@ CONV_OPTIONS = {
             "x-hint": "an integer >= 1 or num_classes",
             "description": "output channels (or num_classes)",
         },
-        "kernel": {
-            "type": ["integer", "array"],
-            "minimum": 1,
-            "maximum": 4096,
-            "items": {"type": "integer", "minimum": 1, "maximum": 4096},
-            "minItems": 2,
-            "maxItems": 2,
-            "description": "kernel size: an integer or [h, w]",
-            "default": 3,
-        },
-        "stride": {
-            "type": ["integer", "array"],
-            "minimum": 1,
-            "maximum": 4096,
-            "items": {"type": "integer", "minimum": 1, "maximum": 4096},
-            "minItems": 2,
-            "maxItems": 2,
-            "description": "stride: an integer or [h, w]",
-            "default": 1,
-        },
+        "kernel": pixel_sizes("kernel size: an integer or [h, w]", default=3),
+        "stride": pixel_sizes("stride: an integer or [h, w]", default=1),
         "padding": {
             "type": ["string", "integer", "array"],
             "pattern": "^(same|valid|symmetric)$",
@@ -144,16 +127,7 @@ CONV_OPTIONS = {
             "x-hint": "same, valid, symmetric, an integer >= 0 or [h, w]",
             "description": "same (TensorFlow/Keras: output size = input size / stride, an odd extra pixel at the end), symmetric (PyTorch/torchvision: dilation * (kernel - 1) // 2 on every side), valid (none), or pixels: an integer or [h, w]",
         },
-        "dilation": {
-            "type": ["integer", "array"],
-            "minimum": 1,
-            "maximum": 4096,
-            "items": {"type": "integer", "minimum": 1, "maximum": 4096},
-            "minItems": 2,
-            "maxItems": 2,
-            "description": "spacing between kernel taps",
-            "default": 1,
-        },
+        "dilation": pixel_sizes("spacing between kernel taps", default=1),
         "groups": {
             "type": "integer",
             "minimum": 1,

@@ -19,6 +19,7 @@ from cnnspec.layers.geometry import (
     warn_even_symmetric,
 )
 from cnnspec.layers.registry import Inferred, LayerRule, register_layer
+from cnnspec.layers.schema_base import pixel_sizes
 
 
 @functools.cache
@@ -105,27 +106,9 @@ def build_global_pool(node, in_shape, ctx):
 
 
 WINDOW_POOL_PROPERTIES = {
-    "kernel": {
-        "type": ["integer", "array"],
-        "minimum": 1,
-        "maximum": 4096,
-        "items": {"type": "integer", "minimum": 1, "maximum": 4096},
-        "minItems": 2,
-        "maxItems": 2,
-        "description": "window size: an integer or [h, w]",
-        "default": 2,
-    },
-    "stride": {
-        "type": ["integer", "array", "null"],
-        "minimum": 1,
-        "maximum": 4096,
-        "items": {"type": "integer", "minimum": 1, "maximum": 4096},
-        "minItems": 2,
-        "maxItems": 2,
-        "description": "step between windows (null = the kernel size)",
-        "default": None,
-        "x-default-from": "kernel",
-    },
+    "kernel": pixel_sizes("window size: an integer or [h, w]", default=2),
+    "stride": pixel_sizes("step between windows (null = the kernel size)", nullable=True, default=None,
+                          **{"x-default-from": "kernel"}),
     "padding": {
         "type": ["string", "integer"],
         "pattern": "^(same|valid|symmetric)$",

@@ -18,6 +18,7 @@ from cnnspec.layers.geometry import (
     torch_modules,
 )
 from cnnspec.layers.registry import Inferred, LayerRule, register_layer
+from cnnspec.layers.schema_base import pixel_sizes
 
 
 @functools.cache
@@ -142,15 +143,7 @@ SCALE_OPTIONS = {
 PAD_OPTIONS = {
     "description": "pads the spatial borders",
     "properties": {
-        "padding": {
-            "type": ["integer", "array"],
-            "minimum": 0,
-            "maximum": 4096,
-            "items": {"type": "integer", "minimum": 0, "maximum": 4096},
-            "minItems": 4,
-            "maxItems": 4,
-            "description": "pixels on every side, or [top, bottom, left, right]",
-        },
+        "padding": pixel_sizes("pixels on every side, or [top, bottom, left, right]", minimum=0, count=4),
         "mode": {
             "type": "string",
             "enum": ["zeros", "reflect", "replicate"],

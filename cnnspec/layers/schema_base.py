@@ -5,6 +5,18 @@ activation names, and the spec's own words `repeat` and `use`. registry.spec_sch
 adds one $defs entry per registered layer type.
 """
 
+MAX_PIXELS = 4096  # the largest size, stride or padding a spec may write
+
+
+def pixel_sizes(description: str, minimum: int = 1, count: int = 2, nullable: bool = False, **more) -> dict:
+    """The schema of a size written as one integer or a list of `count` (kernel, stride,
+    dilation: [h, w]; padding: [top, bottom, left, right]); `more` adds default and the like."""
+    return {"type": ["integer", "array"] + (["null"] if nullable else []),
+            "minimum": minimum, "maximum": MAX_PIXELS,
+            "items": {"type": "integer", "minimum": minimum, "maximum": MAX_PIXELS},
+            "minItems": count, "maxItems": count, "description": description, **more}
+
+
 TOP_LEVEL = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "$id": "https://cnnspec.invalid/schema/spec.json",
