@@ -72,6 +72,27 @@ def test_sigterm_during_preprocess_removes_the_temporary_folder(tmp_path):
     assert not (work / "data" / "prepared").exists()
 
 
+def test_leaving_the_decode_pool_early_ends_every_worker_it_started():
+    # The preprocess stage once hung after "terminated (SIGTERM)": the signal landed while
+    # a worker was being started, so the pool never knew that worker, which waited for
+    # work for ever and kept the stage and its pipes alive. A process started inside the
+    # pool stands in for that worker here.
+    import multiprocessing
+
+    from cnnspec.data.user_datasets import decode_pool
+
+    before = set(multiprocessing.active_children())
+    with pytest.raises(KeyboardInterrupt):
+        with decode_pool(2, inline=False) as executor:
+            busy = executor.submit(time.sleep, 60)
+            unknown = multiprocessing.get_context("fork").Process(target=time.sleep, args=(60,))
+            unknown.start()
+            wait_for(lambda: busy.running())
+            raise KeyboardInterrupt
+    assert not unknown.is_alive()
+    assert set(multiprocessing.active_children()) <= before
+
+
 class SlowMirror:
     """An HTTP mirror that trickles its file out, 4 KiB every 20 ms."""
 

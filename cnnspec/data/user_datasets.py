@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import contextlib
 import csv
+import multiprocessing
 import os
 import sys
 from dataclasses import dataclass, field
@@ -316,11 +318,43 @@ class _InlineExecutor:
         future.set_result(function(*args))
         return future
 
-    def __enter__(self):
-        return self
 
-    def __exit__(self, *exc):
-        return False
+@contextlib.contextmanager
+def decode_pool(workers: int, inline: bool):
+    """The executor that decodes images: this process when `inline`, else `workers`
+    processes. Leaving early (an error, Ctrl-C, SIGTERM) ends every worker it started at
+    once, also one whose start the signal interrupted: a worker left waiting for work
+    would keep the stage alive, and its output pipes open, for ever."""
+    if inline or workers <= 1:
+        yield _InlineExecutor()
+        return
+    before = set(multiprocessing.active_children())
+    executor = concurrent.futures.ProcessPoolExecutor(max_workers=workers,
+                                                      initializer=_quiet_worker)
+    try:
+        yield executor
+        executor.shutdown(wait=True)
+    except BaseException:
+        executor.shutdown(wait=False, cancel_futures=True)
+        started = set(multiprocessing.active_children()) - before
+        for process in started:  # SIGKILL: a worker holds nothing to clean up
+            process.kill()
+        for process in started:
+            process.join(timeout=5)
+        raise
+
+
+def _quiet_worker() -> None:
+    """A decode worker leaves signals to the stage: Ctrl-C reaches the whole process
+    group, but only the stage reacts (and ends its workers), and SIGTERM (from the stage,
+    or from the kernel when the stage dies) ends a worker without a traceback."""
+    import signal
+
+    from cnnspec.errors import die_with_parent
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    die_with_parent()
 
 
 def default_workers() -> int:
@@ -448,9 +482,7 @@ def prepare_image_dataset(data: dict, out_folder, workers: int | None = None, lo
     bad = _BadImages(data["bad_images"])
     histogram = np.zeros((shape[0], 256), dtype=np.int64)
     counts, per_class, files = {}, {}, {}
-    executor = _InlineExecutor() if workers <= 1 or small else \
-        concurrent.futures.ProcessPoolExecutor(max_workers=workers)
-    with atomic_folder(out_folder) as temporary, executor:
+    with atomic_folder(out_folder) as temporary, decode_pool(workers, small) as executor:
         for split in SPLITS:
             indices, labels = splits[split]
             kept = write_split(temporary / f"{split}_images.npy", listing, indices, shape, data,
