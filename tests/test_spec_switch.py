@@ -2,9 +2,10 @@
 
 For every shipped spec that fits a CPU, the committed params.yaml gets exactly one
 change, `-S model.spec=specs/X.yaml` (applied by DVC's own override code), and trains
-on real Fashion-MNIST images. Only the test's budget is added: one epoch, the CPU (in bf16 where it has
-bf16), and a subset of the training images (`tests/fashion.py`). Before recipes were files, the same
-switch kept airbench's SGD lr 1.5 and simcnn ended at chance level.
+on real Fashion-MNIST images. Only the test's budget is added: one epoch, the CPU (in
+bf16 where it has bf16), and a subset of the training images (`tests/fashion.py`). Before
+recipes were files, the same switch kept airbench's SGD lr 1.5 and simcnn ended at chance
+level.
 
 Accuracy is checked where a short run can show it: the test accuracy for networks whose
 batch-norm statistics settle within the subset's few steps, the epoch's training
