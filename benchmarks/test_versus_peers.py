@@ -51,20 +51,22 @@ def test_training_set_is_cut_to_whole_batches(tiny_fashion):
     assert data["train_images"].flags.writeable
 
 
-@pytest.mark.parametrize("model", ["simcnn", "ironhack_cnn", "resnet18_cifar"])
+@pytest.mark.parametrize("model", ["simcnn", "ironhack_cnn", "resnet18_cifar", "fashion_cpu"])
 def test_hand_written_torch_model_matches_the_spec(tiny_fashion, model):
     task = _task(peers.fashion_task_data(tiny_fashion, None, None, batch=32), model)
     assert peers.torch_counts(peers.torch_architecture(task)) == peers.torch_counts(peers.cnnspec_model(task))
 
 
 @needs_peers
-@pytest.mark.parametrize("model", ["simcnn", "ironhack_cnn", "resnet18_cifar"])
+@pytest.mark.parametrize("model", ["simcnn", "ironhack_cnn", "resnet18_cifar", "fashion_cpu"])
 def test_all_four_build_the_same_network(tiny_fashion, model):
     task = _task(peers.fashion_task_data(tiny_fashion, None, None, batch=32), model)
     counts = peers.parameter_counts(task)
     assert set(counts) == set(peers.FRAMEWORKS) and len(set(counts.values())) == 1
     if model == "ironhack_cnn":
         assert counts["keras"][1] == 448  # 3 batch norms' moving mean and variance: 2 x (32 + 64 + 128)
+    if model == "fashion_cpu":
+        assert counts["cnnspec"] == (278_890, 832)  # 5 batch norms' statistics: 2 x (32 + 64 + 64 + 128 + 128)
 
 
 @needs_peers
@@ -109,7 +111,7 @@ def test_torch_module_gets_cnnspecs_initial_weights(tiny_fashion):
 
 
 @needs_peers
-@pytest.mark.parametrize("model", ["simcnn", "ironhack_cnn", "resnet18_cifar"])
+@pytest.mark.parametrize("model", ["simcnn", "ironhack_cnn", "resnet18_cifar", "fashion_cpu"])
 def test_all_four_start_from_the_same_weights(tiny_fashion, model):
     task = _task(peers.fashion_task_data(tiny_fashion, None, None, batch=32), model)
     outputs = peers.start_logits(task)

@@ -62,6 +62,14 @@ def keras_model(task: Task):
         x = layers.Dense(128, activation="relu")(x)
         x = layers.Dropout(0.3)(x)
         outputs = layers.Dense(len(task.classes), activation="softmax")(x)
+    elif task.model == "fashion_cpu":
+        for filters, convs in ((32, 1), (64, 2), (128, 2)):  # the stem, then the two conv groups
+            for conv in range(convs):
+                x = layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
+                x = layers.MaxPooling2D(2)(x) if conv == 0 else x  # max pool before batch norm
+                x = layers.ReLU()(layers.BatchNormalization(momentum=0.9, epsilon=1e-5)(x))  # torch's 0.1, 1e-5
+        x = layers.GlobalMaxPooling2D()(x)
+        outputs = layers.Dense(len(task.classes))(x)  # logits
     elif task.model == "resnet18_cifar":
         x = layers.Conv2D(64, 3, padding="same", use_bias=False)(x)
         x = layers.ReLU()(layers.BatchNormalization(momentum=0.9, epsilon=1e-5)(x))
