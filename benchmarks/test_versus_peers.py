@@ -255,3 +255,133 @@ def test_keras_fits_each_epoch_on_cnnspecs_order_unshuffled(tiny_fashion, monkey
         assert (shuffle, initial, last) == (False, epoch, epoch + 1)
         expected = task.normalized(task.train_images[order.numpy()]).transpose(0, 2, 3, 1)
         np.testing.assert_allclose(x, expected, atol=1e-6)
+
+
+# ---------------------------------------------------------------- --recipes own
+
+def _own_task(data, epochs=1):
+    resolved = peers.own_recipes.resolve_own_recipe("fashion_cpu", len(data["train_labels"]))
+    recipe = peers.own_recipes.cnnspec_recipe(resolved, epochs, seed=0)
+    return peers.Task(model="fashion_cpu", **peers.whole_batches(data, recipe["batch_size"]), epochs=epochs,
+                      batch=32, lr=1e-3, hflip=False, seed=0, device=torch.device("cpu"), workers=0,
+                      recipe=recipe, recipe_name=resolved["recipe"])
+
+
+def test_own_recipe_is_the_one_the_resolve_stage_gives(tiny_fashion):
+    """fashion_cpu's recipe file over params.yaml, its batch capped to 20 steps an epoch of
+    the 200 images as the resolve stage caps it, then the benchmark's epochs and channels-last."""
+    task = _own_task(peers.fashion_task_data(tiny_fashion, None, None, batch=1), epochs=3)
+    recipe = task.recipe
+    assert task.recipe_name == "fashion_cpu" and task.recipes == "own"
+    assert recipe["batch_size"] == 10 and task.torch_batch == 10 and len(task.train_labels) == 200
+    assert (recipe["epochs"], recipe["channels_last"], recipe["cpu_precision"]) == (3, True, "bf16")
+    assert recipe["optimizer"]["name"] == "sgd" and recipe["optimizer"]["lr"] == 0.2
+    assert recipe["scheduler"]["name"] == "onecycle" and recipe["lookahead"]["enabled"]
+    assert recipe["augment"]["translate"] == 2 and recipe["augment"]["hflip"]
+
+
+def test_own_recipe_torch_schedule_matches_cnnspecs_onecycle(tiny_fashion):
+    """The optimizer and OneCycleLR Lightning and plain build from the recipe give, step by
+    step, the learning rates cnnspec's loop gets from the same recipe (make_optimizer,
+    make_schedule), with the same momentum, Nesterov and weight decay."""
+    from cnnspec.training import optimization
+
+    task = _own_task(peers.fashion_task_data(tiny_fashion, None, None, batch=1), epochs=3)
+    steps_per_epoch, total = 7, 21
+    ours = optimization.make_optimizer(peers.cnnspec_model(task), task.recipe["optimizer"])
+    our_schedule = optimization.make_schedule(ours, task.recipe["scheduler"], task.epochs, steps_per_epoch)
+    theirs, their_schedule = peers.own_recipes.torch_optimizer(peers.torch_model(task).parameters(), task.recipe,
+                                                               total)
+    assert len(ours.param_groups) == len(theirs.param_groups) == 1
+    for key in ("momentum", "nesterov", "weight_decay"):
+        assert ours.param_groups[0][key] == theirs.param_groups[0][key]
+    rates = []
+    for _ in range(total):
+        rates.append((ours.param_groups[0]["lr"], theirs.param_groups[0]["lr"]))
+        ours.step()
+        our_schedule.after_step()
+        theirs.step()
+        their_schedule.step()
+    ours_lr, theirs_lr = np.array(rates).T
+    np.testing.assert_allclose(theirs_lr, ours_lr, rtol=1e-9, atol=1e-12)
+    assert ours_lr.argmax() in (3, 4) and ours_lr.max() == pytest.approx(0.2, rel=0.05)  # warm-up: a fifth of 21 steps
+    assert ours_lr[0] == pytest.approx(0.2 / 25) and ours_lr[-1] < 1e-3
+
+
+@pytest.mark.parametrize("recipes", ["shared", "own"])
+def test_own_recipe_orders_are_the_ones_cnnspecs_loop_trains_in(tiny_fashion, monkeypatch, recipes):
+    """With the recipe's flips and translations drawn from the loop's generator every step,
+    epoch 2's order still matches a real train() call's."""
+    from cnnspec.training import loop as training
+
+    data = peers.fashion_task_data(tiny_fashion, None, 40, batch=1)
+    task = _own_task(data, epochs=2)
+    steps = []
+    original_step = training.Run.step
+
+    def recording_step(run, indices, epoch):
+        steps.append((epoch, indices.clone()))
+        return original_step(run, indices, epoch)
+
+    monkeypatch.setattr(training.Run, "step", recording_step)
+    peers.run_cnnspec(task)
+    orders = peers.cnnspec_epoch_orders(task if recipes == "own" else dataclasses.replace(task, recipe=None))
+    matches = [torch.equal(torch.cat([indices for seen, indices in steps if seen == epoch]), order)
+               for epoch, order in enumerate(orders)]
+    assert matches == ([True, True] if recipes == "own" else [True, False])  # shared: no augmentation draws
+
+
+@needs_peers
+def test_keras_callbacks_live_across_the_per_epoch_fit_calls():
+    """ReduceLROnPlateau and EarlyStopping keep their counters from one per-epoch fit call
+    to the next (a fresh fit call resets them in on_train_begin) and EarlyStopping
+    restores the best weights only when the run ends."""
+    keras = peers.import_keras(torch.device("cpu"))
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.Adam(), loss="mse")
+    plateau, early = peers.keras_fit.own_callbacks(keras)
+    x, y = np.ones((8, 2), "float32"), np.zeros((8, 1), "float32")
+    losses = [1.0, 2.0, 3.0, 4.0]  # val_loss never improves after epoch 0
+
+    class FakeValLoss(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            logs["val_loss"] = losses[epoch]
+
+    for epoch in range(4):
+        plateau.last_fit = early.last_fit = epoch == 3
+        model.fit(x, y, initial_epoch=epoch, epochs=epoch + 1, verbose=0, callbacks=[FakeValLoss(), plateau, early])
+        if epoch == 0:
+            best = [weight.copy() for weight in model.get_weights()]
+        elif not model.stop_training:  # still training on: nothing restored yet
+            assert not all(np.array_equal(a, b) for a, b in zip(model.get_weights(), best, strict=True))
+        if model.stop_training:
+            break
+    assert epoch == 3 and early.stopped_epoch == 3 and early.best_epoch == 0
+    assert all(np.array_equal(a, b) for a, b in zip(model.get_weights(), best, strict=True))  # restored at the end
+    assert float(model.optimizer.learning_rate) == pytest.approx(5e-4)  # halved once, after 2 epochs without gain
+
+
+@needs_peers
+@pytest.mark.slow
+def test_own_recipes_run_prints_one_row_and_one_recipe_per_framework(tiny_fashion, tmp_path, capsys):
+    out_json = tmp_path / "own.json"
+    rows = peers.main(["--recipes", "own", "--models", "fashion_cpu", "--device", "cpu", "--data", str(tiny_fashion),
+                       "--train-images", "0", "--epochs", "1", "--repeats", "1", "--batch", "32", "--workers", "0",
+                       "--target", "0.5", "--json", str(out_json)])
+    out = capsys.readouterr().out
+    assert [row.framework for row in rows] == list(peers.FRAMEWORKS)
+    assert len({(row.params, row.buffers) for row in rows}) == 1
+    assert "each framework's own recipe" in out
+    recipes = {line.split(" | ")[0][2:]: line.split(" | ")[1] for line in out.splitlines()
+               if line.startswith("| ") and line.count("|") == 3 and not line.startswith("| framework")
+               and not line.startswith("| ---")}
+    assert list(recipes) == list(peers.FRAMEWORKS)
+    assert "recipes/fashion_cpu.yaml" in recipes["cnnspec"] and "lookahead" in recipes["cnnspec"]
+    assert "OneCycleLR" in recipes["lightning"] and "left out: lookahead, channels-last" in recipes["lightning"]
+    assert "fp32, NCHW" in recipes["plain"] and "EarlyStopping" in recipes["keras"]
+    for row in rows:
+        assert row.epochs_trained == [1] and 0.0 <= row.final_accuracy <= 1.0
+    saved = json.loads(out_json.read_text())
+    assert saved["settings"]["recipes"] == "own"
+    assert set(saved["settings"]["recipe_lines"]["fashion_cpu"]) == set(peers.FRAMEWORKS)
+    assert saved["settings"]["cnnspec_recipes"]["fashion_cpu"]["batch_size"] == 10

@@ -60,6 +60,7 @@ parameter counts, checked before training), measure.py (peak memory, interleaved
 runs), report.py (medians, ratios, the table), pipeline.py (`dvc repro` end to end),
 __main__.py (the command line).
 """
+from benchmarks.versus_peers import own_recipes  # noqa: F401
 from benchmarks.versus_peers.cli import main  # noqa: F401
 from benchmarks.versus_peers.cnnspec_train import (  # noqa: F401
     cnnspec_model,
@@ -78,6 +79,7 @@ from benchmarks.versus_peers.data import (  # noqa: F401  (the names scripts and
     cnnspec_epoch_orders,
     fashion_task_data,
     loaders,
+    whole_batches,
 )
 from benchmarks.versus_peers.keras_fit import (  # noqa: F401
     import_keras,

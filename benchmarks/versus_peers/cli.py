@@ -18,22 +18,46 @@ from benchmarks.versus_peers.data import (
     MODELS,
     Task,
     fashion_task_data,
+    whole_batches,
 )
 from benchmarks.versus_peers.keras_fit import import_keras
 from benchmarks.versus_peers.measure import RUNNERS, interleaved
+from benchmarks.versus_peers.own_recipes import (
+    RECIPE_MODES,
+    check_torch_expressible,
+    cnnspec_recipe,
+    recipe_lines,
+    resolve_own_recipe,
+)
 from benchmarks.versus_peers.pipeline import dvc_repro
-from benchmarks.versus_peers.report import markdown_table, reprint, summarize
+from benchmarks.versus_peers.report import markdown_table, recipe_table, reprint, summarize
 from benchmarks.versus_peers.same_network import check_same_start, parameter_counts
 from cnnspec.errors import exit_on_user_error
 from cnnspec.training.device import pick_device
 
 
 def settings(args) -> dict:
+    own = args.recipes == "own"  # the spec written with its own recipe in mind
     if args.quick:
-        return {"train_images": 512, "test_images": 256, "epochs": 1, "repeats": 1, "models": ["simcnn"],
-                "target": 0.5}
+        return {"train_images": 512, "test_images": 256, "epochs": 1, "repeats": 1,
+                "models": ["fashion_cpu" if own else "simcnn"], "target": 0.5}
     return {"train_images": 6_400, "test_images": 2_000, "epochs": 3, "repeats": 3,
-            "models": ["simcnn", "ironhack_cnn"], "target": 0.80}
+            "models": ["fashion_cpu"] if own else ["simcnn", "ironhack_cnn"], "target": 0.80}
+
+
+def own_recipe_tasks(data: dict, models: list[str], frameworks: list[str], epochs: int, **shared) -> list[Task]:
+    """--recipes own: per model, the spec's recipe resolved for the training images given
+    (its batch fitted to them, as the resolve stage fits it), the images then cut to whole
+    batches of it (Keras, at --batch, may end an epoch on a partial batch: the same images)."""
+    tasks = []
+    for model in models:
+        resolved = resolve_own_recipe(model, len(data["train_labels"]))
+        recipe = cnnspec_recipe(resolved, epochs, shared["seed"])
+        if {"lightning", "plain"} & set(frameworks):
+            check_torch_expressible(recipe, model)
+        tasks.append(Task(model=model, **whole_batches(data, recipe["batch_size"]), epochs=epochs, **shared,
+                          recipe=recipe, recipe_name=resolved["recipe"]))
+    return tasks
 
 
 def profile(task: Task, frameworks: list[str], rows: int = 12) -> dict:
@@ -68,9 +92,16 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int)
     parser.add_argument("--train-images", type=int, help="the first N training images (0: all 60,000)")
     parser.add_argument("--test-images", type=int, help="the first N test images (default: all 10,000)")
-    parser.add_argument("--batch", type=int, default=64, help="seed 000's batch size")
-    parser.add_argument("--lr", type=float, default=1e-3, help="Adam's learning rate (Keras' default)")
-    parser.add_argument("--hflip", action="store_true", help="random horizontal flips, in every framework")
+    parser.add_argument("--recipes", choices=RECIPE_MODES, default="shared",
+                        help="shared: one recipe in all four (Adam --lr, --batch, --hflip); own: each framework's "
+                             "own idiomatic recipe for the network (cnnspec: the spec's recipe, channels-last; "
+                             "Lightning and plain: what they express of it; Keras: Adam defaults with the seeds' "
+                             "callbacks at --batch)")
+    parser.add_argument("--batch", type=int, default=64, help="seed 000's batch size (--recipes own: Keras' only)")
+    parser.add_argument("--lr", type=float, default=1e-3, help="Adam's learning rate (Keras' default; "
+                        "not used with --recipes own)")
+    parser.add_argument("--hflip", action="store_true", help="random horizontal flips, in every framework "
+                        "(not used with --recipes own)")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers (lightning, plain)")
     parser.add_argument("--target", type=float, help="the test accuracy whose time is reported")
     parser.add_argument("--accuracy-tolerance", type=float, default=0.01)
@@ -95,9 +126,15 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
     frameworks = list(dict.fromkeys(["cnnspec", *args.frameworks]))
-    data = fashion_task_data(args.data, chosen["train_images"], chosen["test_images"], args.batch)
-    tasks = [Task(model=model, **data, epochs=chosen["epochs"], batch=args.batch, lr=args.lr, hflip=args.hflip,
-                  seed=args.seed, device=device, workers=args.workers) for model in chosen["models"]]
+    own = args.recipes == "own"
+    data = fashion_task_data(args.data, chosen["train_images"], chosen["test_images"], 1 if own else args.batch)
+    shared = {"batch": args.batch, "lr": args.lr, "hflip": args.hflip and not own, "seed": args.seed,
+              "device": device, "workers": args.workers}
+    if own:
+        tasks = own_recipe_tasks(data, chosen["models"], frameworks, chosen["epochs"], **shared)
+    else:
+        tasks = [Task(model=model, **data, epochs=chosen["epochs"], **shared) for model in chosen["models"]]
+    lines = {task.model: recipe_lines(task) for task in tasks}
     if "keras" in frameworks:
         import_keras(device)
     if "lightning" in frameworks:
@@ -112,15 +149,29 @@ def main(argv=None):
     rows = summarize(runs, counts, chosen["target"], args.accuracy_tolerance)
     where = (torch.cuda.get_device_name(device) if device.type == "cuda"
              else f"CPU, {torch.get_num_threads()} torch threads, {os.cpu_count()} cores")
-    print(f"\nFashion-MNIST, {len(data['train_labels']):,} training / {len(data['test_labels']):,} test images, "
-          f"{chosen['epochs']} epochs, batch {args.batch}, Adam lr {args.lr:g}, "
-          f"{'hflip' if args.hflip else 'no augmentation'}, {chosen['repeats']} interleaved repeats, {where}")
+    if own:
+        trained = " / ".join(dict.fromkeys(f"{len(task.train_labels):,}" for task in tasks))
+        print(f"\nFashion-MNIST, {trained} training / {len(data['test_labels']):,} test images, "
+              f"{chosen['epochs']} epochs (Keras: at most, EarlyStopping), each framework's own recipe, "
+              f"{chosen['repeats']} interleaved repeats, {where}")
+        for task in tasks:
+            print(f"{task.model}, recipes: own")
+            print("\n".join(recipe_table({name: lines[task.model][name] for name in frameworks})))
+        print()
+    else:
+        print(f"\nFashion-MNIST, {len(data['train_labels']):,} training / {len(data['test_labels']):,} test images, "
+              f"{chosen['epochs']} epochs, batch {args.batch}, Adam lr {args.lr:g}, "
+              f"{'hflip' if args.hflip else 'no augmentation'}, {chosen['repeats']} interleaved repeats, {where}")
     print("\n".join(markdown_table(rows, chosen["target"], chosen["repeats"])))
     for model in counts:
         print(f"{model}: parameter counts equal in all four: {counts[model]['cnnspec'][0]:,} trainable + "
               f"{counts[model]['cnnspec'][1]:,} non-trainable")
     for note in dict.fromkeys(f"{row.model}: {note}" for row in rows for note in row.notes):
         print(f"FLAG {note}")
+    for row in rows:
+        if any(epochs < chosen["epochs"] for epochs in row.epochs_trained):
+            print(f"{row.model}: {row.framework} stopped early (EarlyStopping, best weights restored): "
+                  f"{', '.join(map(str, row.epochs_trained))} of {chosen['epochs']} epochs in the repeats")
     pipelines = []
     if args.dvc_repro:
         for task in tasks:
@@ -141,6 +192,10 @@ def main(argv=None):
                                          "dvc_repro": pipelines,
                                          "settings": {**chosen, "batch": args.batch, "lr": args.lr,
                                                       "hflip": args.hflip, "device": str(device),
-                                                      "workers": args.workers}}, indent=1))
+                                                      "workers": args.workers, "recipes": args.recipes,
+                                                      "recipe_lines": lines,
+                                                      "cnnspec_recipes": {task.model: task.recipe for task in tasks
+                                                                          if task.recipe is not None}}},
+                                        indent=1))
     return rows
 

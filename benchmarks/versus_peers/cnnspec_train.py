@@ -2,6 +2,7 @@
 state and DVCLive log written every epoch, to a temporary folder)."""
 from __future__ import annotations
 
+import copy
 import tempfile
 import time
 from pathlib import Path
@@ -21,7 +22,10 @@ def cnnspec_model(task: Task) -> nn.Module:
 
 
 def cnnspec_params(task: Task) -> dict:
-    """params.yaml's train section turned into the shared recipe."""
+    """params.yaml's train section turned into the shared recipe; with --recipes own the
+    spec's own recipe as resolved for the task (own_recipes.cnnspec_recipe)."""
+    if task.recipe is not None:
+        return copy.deepcopy(task.recipe)
     return train_params(**{**NO_EXTRAS, "epochs": task.epochs, "batch_size": task.batch, "seed": task.seed,
                            "precision": "off", "channels_last": False, "deterministic": False,
                            "optimizer": {"name": "adam", "lr": task.lr, "betas": [0.9, 0.999], "weight_decay": 0.0},

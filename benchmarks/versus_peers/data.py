@@ -19,7 +19,7 @@ from cnnspec.data.datasets import get_dataset, prepare  # noqa: E402
 
 DEBIAN_FOLDER = Path("/usr/share/datasets/fashion-mnist")
 FRAMEWORKS = ("cnnspec", "keras", "lightning", "plain")
-MODELS = ("simcnn", "ironhack_cnn", "resnet18_cifar")
+MODELS = ("simcnn", "ironhack_cnn", "resnet18_cifar", "fashion_cpu")
 
 
 class BenchmarkMismatch(SystemExit):
@@ -43,14 +43,27 @@ class Task:
     seed: int
     device: torch.device
     workers: int
+    # --recipes own: cnnspec's resolved train section (own_recipes.cnnspec_recipe), which
+    # Lightning and plain translate; None: the shared recipe above (lr, hflip, batch)
+    recipe: dict | None = None
+    recipe_name: str | None = None  # the recipes/NAME.yaml it was resolved from
+
+    @property
+    def recipes(self) -> str:
+        return "shared" if self.recipe is None else "own"
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
         return tuple(self.train_images.shape[1:])
 
     @property
+    def torch_batch(self) -> int:
+        """The batch of cnnspec, Lightning and plain (Keras trains with `batch` always)."""
+        return self.batch if self.recipe is None else self.recipe["batch_size"]
+
+    @property
     def eval_batch(self) -> int:
-        return max(4 * self.batch, 1024)  # cnnspec's validation batch
+        return max(4 * self.torch_batch, 1024)  # cnnspec's validation batch
 
     def normalized(self, images: np.ndarray) -> np.ndarray:
         mean = np.asarray(self.mean, dtype=np.float32)[:, None, None]
@@ -67,6 +80,13 @@ class Run:
     test_accuracy: list[float]  # after each epoch
     peak_memory: int  # bytes
     images_per_epoch: int
+    # the test accuracy of the weights the framework ends with, when they are not the last
+    # epoch's (Keras' EarlyStopping(restore_best_weights=True) in --recipes own)
+    final_accuracy: float | None = None
+
+    @property
+    def ending_accuracy(self) -> float:
+        return self.test_accuracy[-1] if self.final_accuracy is None else self.final_accuracy
 
     @property
     def epoch_seconds(self) -> list[float]:
@@ -83,21 +103,27 @@ def fashion_task_data(folder: Path, train_images: int | None, test_images: int |
     raw = get_dataset("fashion-mnist").decode(Path(folder))
     arrays, meta = prepare(raw, "fashion-mnist", 0.0, seed=0)
     count = len(arrays["train_labels"]) if not train_images else min(train_images, len(arrays["train_labels"]))
-    count -= count % batch
-    if count == 0:
-        raise BenchmarkMismatch(f"fewer training images than one batch of {batch}")
     tests = len(arrays["test_labels"]) if not test_images else test_images
     cut = {f"{split}_{kind}": np.array(arrays[f"{split}_{kind}"][:number])  # writable copies
            for split, number in (("train", count), ("test", tests)) for kind in ("images", "labels")}
-    return {**cut,
-            "mean": meta["mean"], "std": meta["std"], "classes": meta["classes"]}
+    return whole_batches({**cut, "mean": meta["mean"], "std": meta["std"], "classes": meta["classes"]}, batch)
+
+
+def whole_batches(data: dict, batch: int) -> dict:
+    """`data` with its training images cut to a whole number of batches."""
+    count = len(data["train_labels"])
+    count -= count % batch
+    if count == 0:
+        raise BenchmarkMismatch(f"fewer training images than one batch of {batch}")
+    return {**data, "train_images": data["train_images"][:count], "train_labels": data["train_labels"][:count]}
 
 
 class ImageArrays(torch.utils.data.Dataset):
-    """uint8 images converted and normalized one at a time, as ToTensor + Normalize do."""
+    """uint8 images converted and normalized one at a time, as ToTensor + Normalize do,
+    then `augment` (torchvision transforms, --recipes own) applied to each."""
 
-    def __init__(self, images, labels, mean, std, hflip=False):
-        self.images, self.labels, self.hflip = images, labels, hflip
+    def __init__(self, images, labels, mean, std, hflip=False, augment=None):
+        self.images, self.labels, self.hflip, self.augment = images, labels, hflip, augment
         self.mean = torch.tensor(mean).view(-1, 1, 1)
         self.std = torch.tensor(std).view(-1, 1, 1)
 
@@ -108,6 +134,8 @@ class ImageArrays(torch.utils.data.Dataset):
         image = (torch.from_numpy(self.images[index]).float().div_(255) - self.mean) / self.std
         if self.hflip and torch.rand(()) < 0.5:
             image = image.flip(-1)
+        if self.augment is not None:
+            image = self.augment(image)
         return image, int(self.labels[index])
 
 
@@ -118,16 +146,33 @@ def cnnspec_epoch_orders(task: Task) -> list[torch.Tensor]:
     epoch, cut into consecutive batches (the task's set is a whole number of batches, so
     the loop drops none). With --hflip the loop's flips draw torch.rand(batch) from the
     same generator at every step; those draws are replayed so later epochs stay in step.
+    With --recipes own the recipe's augmentation (cnnspec's own `Augmentation`, built as
+    the loop builds it) is run on a blank batch at every step for the same reason.
     Every framework trains in these orders: otherwise each shuffles its own way, and the
     final accuracies land points apart for that alone."""
     generator = torch.Generator(device=task.device).manual_seed(task.seed)
-    count = len(task.train_labels)
+    count, batch = len(task.train_labels), task.torch_batch
+    augment = blank = None
+    if task.recipe is not None:
+        from cnnspec.training.augment import Augmentation
+
+        options = task.recipe["augment"]
+        augment = Augmentation.from_params(options, count, task.seed + 1, task.device)
+        # The draws depend on the batch and the shifts, not on the image size (cutout's
+        # do): a blank of 3x3 pixels for a 2-pixel shift replays them 100x faster.
+        side = max(options["translate"], options["crop_padding"]) + 1
+        size = task.input_shape[1:] if options["cutout"] else (min(side, task.input_shape[1]),
+                                                               min(side, task.input_shape[2]))
+        blank = torch.zeros((batch, task.input_shape[0], *size), device=task.device)
     orders = []
-    for _ in range(task.epochs):
-        orders.append(torch.randperm(count, device=task.device, generator=generator).cpu())
-        if task.hflip:
-            for _ in range(count // task.batch):
-                torch.rand(task.batch, device=task.device, generator=generator)
+    for epoch in range(task.epochs):
+        order = torch.randperm(count, device=task.device, generator=generator)
+        orders.append(order.cpu())
+        for step in range(count // batch):
+            if augment is not None:
+                augment(blank, order[step * batch:(step + 1) * batch], epoch, generator)
+            elif task.hflip:
+                torch.rand(batch, device=task.device, generator=generator)
     return orders
 
 
@@ -151,9 +196,14 @@ class EpochOrderSampler(torch.utils.data.Sampler):
 
 def loaders(task: Task):
     cuda = task.device.type == "cuda"
-    train_set = ImageArrays(task.train_images, task.train_labels, task.mean, task.std, task.hflip)
+    augment = None
+    if task.recipe is not None:
+        from benchmarks.versus_peers.own_recipes import torch_augment
+
+        augment = torch_augment(task.recipe, task.input_shape[1:])
+    train_set = ImageArrays(task.train_images, task.train_labels, task.mean, task.std, task.hflip, augment)
     test_set = ImageArrays(task.test_images, task.test_labels, task.mean, task.std)
-    train_loader = torch.utils.data.DataLoader(train_set, batch_size=task.batch,
+    train_loader = torch.utils.data.DataLoader(train_set, batch_size=task.torch_batch,
                                                sampler=EpochOrderSampler(cnnspec_epoch_orders(task)),
                                                num_workers=task.workers, pin_memory=cuda)
     test_loader = torch.utils.data.DataLoader(test_set, batch_size=task.eval_batch, num_workers=task.workers,

@@ -1,6 +1,8 @@
 """keras: Keras 3 on its torch backend, `model.fit` on numpy arrays (the seeds' API),
 one unshuffled fit call per epoch, the model written with keras layers mirroring the
-spec and given cnnspec's initial weights in Keras' layouts."""
+spec and given cnnspec's initial weights in Keras' layouts. With --recipes own: Adam()
+with Keras' defaults and the seeds' callbacks, ReduceLROnPlateau and EarlyStopping on
+val_loss, kept across the per-epoch fit calls as one fit call keeps them."""
 from __future__ import annotations
 
 import os
@@ -100,10 +102,45 @@ def keras_logits(model) -> bool:
     return model.layers[-1].get_config().get("activation") != "softmax"
 
 
-def run_keras(task: Task) -> tuple[list[float], list[float]]:
+def across_fit_calls(keras, callback_class, **options):
+    """A Keras callback that lives through one fit call per epoch as it would through one
+    fit call of all epochs: its on_train_begin (which resets its counters) runs in the
+    first call only, its on_train_end (EarlyStopping restores the best weights there)
+    only when the run ends: after the last epoch, or when a callback stopped training."""
+
+    class AcrossFitCalls(callback_class):
+        begun, last_fit = False, False
+
+        def on_train_begin(self, logs=None):
+            if not self.begun:
+                self.begun = True
+                super().on_train_begin(logs)
+
+        def on_train_end(self, logs=None):
+            if self.last_fit or self.model.stop_training:
+                super().on_train_end(logs)
+
+    return AcrossFitCalls(**options)
+
+
+def own_callbacks(keras) -> list:
+    """The seeds' callbacks (own_recipes.KERAS_PLATEAU, KERAS_EARLY_STOPPING)."""
+    from benchmarks.versus_peers.own_recipes import KERAS_EARLY_STOPPING, KERAS_PLATEAU
+
+    return [across_fit_calls(keras, keras.callbacks.ReduceLROnPlateau, **KERAS_PLATEAU),
+            across_fit_calls(keras, keras.callbacks.EarlyStopping, **KERAS_EARLY_STOPPING)]
+
+
+def run_keras(task: Task) -> tuple[list[float], list[float]] | tuple[list[float], list[float], float]:
+    """(epoch ends, test accuracies); with --recipes own, when EarlyStopping restored an
+    earlier epoch's weights, also the test accuracy of those (the weights it ends with)."""
     keras = import_keras(task.device)
     model = keras_model(task)
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate=task.lr, beta_1=0.9, beta_2=0.999, epsilon=1e-8),
+    own = task.recipe is not None
+    optimizer = (keras.optimizers.Adam() if own else  # Keras' defaults: lr 1e-3, eps 1e-7
+                 keras.optimizers.Adam(learning_rate=task.lr, beta_1=0.9, beta_2=0.999, epsilon=1e-8))
+    callbacks = own_callbacks(keras) if own else []
+    model.compile(optimizer=optimizer,
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=keras_logits(model)),
                   metrics=["accuracy"])
     channels_last = (0, 2, 3, 1)
@@ -119,14 +156,20 @@ def run_keras(task: Task) -> tuple[list[float], list[float]]:
     accuracies = []
     started = time.perf_counter()
     for epoch, order in enumerate(orders):
+        for callback in callbacks:
+            callback.last_fit = epoch == len(orders) - 1
         # One fit call per epoch on the images in cnnspec's order, unshuffled: the gather
         # stands in for the shuffle fit(shuffle=True) does inside the timed call, so it is timed too.
         history = model.fit(x_train[order], task.train_labels[order], batch_size=task.batch,
                             initial_epoch=epoch, epochs=epoch + 1, shuffle=False,
                             validation_data=(x_test, task.test_labels), validation_batch_size=task.eval_batch,
-                            callbacks=[EpochEnds()], verbose=0)
+                            callbacks=[EpochEnds(), *callbacks], verbose=0)
         accuracies += history.history["val_accuracy"]
+        if model.stop_training:  # EarlyStopping
+            break
     synchronize(task.device)
+    if own and callbacks[1].best_weights is not None:  # restored at the end of the run
+        return ends, accuracies, accuracies[callbacks[1].best_epoch]
     return ends, accuracies
 
 

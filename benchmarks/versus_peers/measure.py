@@ -74,13 +74,18 @@ RUNNERS = {"cnnspec": run_cnnspec, "keras": run_keras, "lightning": run_lightnin
 
 
 def one_run(framework: str, task: Task, repeat: int) -> Run:
+    """One framework's run. A runner returns (epoch ends, accuracies) and may add the
+    accuracy of the weights it ends with when those are an earlier epoch's; Keras with
+    its own recipe may stop early (EarlyStopping), every other run trains every epoch."""
     with PeakMemory(task.device) as memory:
-        ends, accuracies = RUNNERS[framework](task)
-    if len(ends) != task.epochs or len(accuracies) != task.epochs:
+        ends, accuracies, *final = RUNNERS[framework](task)
+    may_stop_early = framework == "keras" and task.recipe is not None
+    epochs_ok = 1 <= len(ends) <= task.epochs if may_stop_early else len(ends) == task.epochs
+    if not epochs_ok or len(accuracies) != len(ends):
         raise BenchmarkMismatch(f"{framework} {task.model}: {len(ends)} epoch times and {len(accuracies)} "
                                 f"accuracies for {task.epochs} epochs")
     return Run(framework, task.model, repeat, [float(e) for e in ends], [float(a) for a in accuracies],
-               memory.peak, len(task.train_labels))
+               memory.peak, len(task.train_labels), float(final[0]) if final else None)
 
 
 def interleaved(tasks: list[Task], frameworks: list[str], repeats: int) -> list[Run]:

@@ -88,4 +88,4 @@ def dvc_repro(model: str, task: Task) -> dict:
     train_seconds = float(times[1]) + float(times[2]) if times else None
     return {"model": model, "seconds": seconds, "train_seconds": train_seconds,
             "test_accuracy": metrics.get("accuracy"), "train_images": len(task.train_labels),
-            "test_images": len(task.test_labels), "epochs": task.epochs, "batch": task.batch}
+            "test_images": len(task.test_labels), "epochs": task.epochs, "batch": task.torch_batch}

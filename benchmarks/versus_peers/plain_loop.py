@@ -1,6 +1,9 @@
 """plain: a script in the style of torchvision's reference train.py: a Dataset that
 converts and normalizes each image, a DataLoader with workers, a loop that reads
-loss.item() every step, an evaluate() over a test DataLoader."""
+loss.item() every step, an evaluate() over a test DataLoader. With --recipes own: the
+recipe's torch optimizer, OneCycleLR stepped every batch, label smoothing and the
+Dataset's torchvision transforms, as Lightning gets them; fp32 on a CPU (the reference
+autocasts on CUDA only, with --amp), NCHW."""
 from __future__ import annotations
 
 import time
@@ -8,15 +11,22 @@ import time
 import torch
 from torch import nn
 
-from benchmarks.versus_peers import torch_models
+from benchmarks.versus_peers import own_recipes, torch_models
 from benchmarks.versus_peers.data import Task, adam, loaders
 
 
 def run_plain(task: Task) -> tuple[list[float], list[float]]:
     model = torch_models.torch_model(task).to(task.device)
-    criterion = nn.CrossEntropyLoss()
-    optimizer = adam(model, task)
     train_loader, test_loader = loaders(task)
+    scheduler, dtype = None, None
+    if task.recipe is None:
+        criterion, optimizer = nn.CrossEntropyLoss(), adam(model, task)
+    else:
+        criterion = nn.CrossEntropyLoss(label_smoothing=task.recipe["loss"]["label_smoothing"])
+        optimizer, scheduler = own_recipes.torch_optimizer(model.parameters(), task.recipe,
+                                                           task.epochs * len(train_loader))
+        dtype = own_recipes.plain_autocast(task.recipe, task.device)
+    scaler = torch.amp.GradScaler(task.device.type, enabled=dtype is torch.float16)
     ends, accuracies = [], []
     started = time.perf_counter()
     for epoch in range(task.epochs):
@@ -26,10 +36,14 @@ def run_plain(task: Task) -> tuple[list[float], list[float]]:
         for images, labels in train_loader:
             images = images.to(task.device, non_blocking=True)
             labels = labels.to(task.device, non_blocking=True)
-            loss = criterion(model(images), labels)
+            with torch.autocast(task.device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+                loss = criterion(model(images), labels)
             optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            if scheduler is not None:
+                scheduler.step()
             running_loss += loss.item()  # the reference's MetricLogger reads the loss every step
         model.eval()
         correct = 0

@@ -27,6 +27,7 @@ class Row:
     ratio_epoch: float | None = None  # this / cnnspec, seconds per epoch
     ratio_to_target: float | None = None
     notes: list[str] = field(default_factory=list)
+    epochs_trained: list[int] = field(default_factory=list)  # per repeat (Keras may stop early)
 
 
 def summarize(runs: list[Run], counts: dict, target: float, tolerance: float) -> list[Row]:
@@ -43,8 +44,9 @@ def summarize(runs: list[Run], counts: dict, target: float, tolerance: float) ->
             rows.append(Row(model, framework, *counts[model][framework], median_epoch, min(epochs), max(epochs),
                             mine[0].images_per_epoch / median_epoch,
                             statistics.median(reached) if reached else None, len(reached),
-                            statistics.median(run.test_accuracy[-1] for run in mine),
-                            max(run.peak_memory for run in mine)))
+                            statistics.median(run.ending_accuracy for run in mine),
+                            max(run.peak_memory for run in mine),
+                            epochs_trained=[len(run.epoch_ends) for run in mine]))
         mine = [row for row in rows if row.model == model]
         for row in mine:
             if "cnnspec" in by_framework:
@@ -60,11 +62,12 @@ def summarize(runs: list[Run], counts: dict, target: float, tolerance: float) ->
 
 def paired_ratios(runs: list[Run], base_runs: list[Run], target: float) -> tuple[float, float | None]:
     """Median over repeats of this framework's time / cnnspec's time in the same repeat
-    (all epochs; and to the target where both reached it): load that drifts between
-    repeats on a shared machine cancels within each pair."""
+    (per epoch, over the whole fit; and to the target where both reached it): load that
+    drifts between repeats on a shared machine cancels within each pair."""
     base = {run.repeat: run for run in base_runs}
     pairs = [(run, base[run.repeat]) for run in runs if run.repeat in base]
-    epochs = statistics.median(run.epoch_ends[-1] / other.epoch_ends[-1] for run, other in pairs)
+    epochs = statistics.median((run.epoch_ends[-1] / len(run.epoch_ends)) / (other.epoch_ends[-1] / len(other.epoch_ends))
+                               for run, other in pairs)
     reached = [run.seconds_to(target) / other.seconds_to(target) for run, other in pairs
                if run.seconds_to(target) is not None and other.seconds_to(target) is not None]
     return epochs, statistics.median(reached) if reached else None
@@ -90,6 +93,11 @@ def markdown_table(rows: list[Row], target: float, repeats: int) -> list[str]:
     return lines
 
 
+def recipe_table(lines: dict[str, str]) -> list[str]:
+    """What each framework ran, one row per framework (own_recipes.recipe_lines)."""
+    return ["| framework | recipe |", "| --- | --- |", *(f"| {framework} | {line} |" for framework, line in lines.items())]
+
+
 def reprint(path: Path, target: float | None, tolerance: float) -> list[Row]:
     saved = json.loads(Path(path).read_text())
     runs = [Run(**run) for run in saved["runs"]]
@@ -99,4 +107,8 @@ def reprint(path: Path, target: float | None, tolerance: float) -> list[Row]:
     target = target if target is not None else saved["settings"]["target"]
     rows = summarize(runs, counts, target, tolerance)
     print("\n".join(markdown_table(rows, target, saved["settings"]["repeats"])))
+    for model, lines in (saved["settings"].get("recipe_lines", {}) if saved["settings"].get("recipes") == "own"
+                         else {}).items():
+        print(f"\n{model}, recipes: {saved['settings']['recipes']}")
+        print("\n".join(recipe_table(lines)))
     return rows
