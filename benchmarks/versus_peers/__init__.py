@@ -17,6 +17,8 @@ torchvision's resnet18 with the CIFAR stem), not cnnspec's compiled model.
     python -m benchmarks.versus_peers --quick              # seconds: a tiny subset, one epoch
     python -m benchmarks.versus_peers --device cuda --models simcnn ironhack_cnn resnet18_cifar \\
         --train-images 0 --epochs 5 --repeats 3            # all 60,000 images on a GPU
+    python -m benchmarks.versus_peers --recipes own --models fashion_cpu --train-images 0 \\
+        --test-images 10000 --epochs 5 --repeats 3 --target 0.90   # each framework's own recipe
 
 Data: Fashion-MNIST from Debian (/usr/share/datasets/fashion-mnist/), decoded and
 described by cnnspec's own `get_dataset(...).decode` and `prepare` (no validation split;
@@ -36,6 +38,37 @@ decay), cross-entropy on logits (a spec's final softmax is folded into the loss,
 the softmax stays in the model as the seeds wrote it), batch --batch, --epochs epochs, fp32,
 no schedule, no augmentation (or a random horizontal flip with --hflip).
 
+With --recipes own each framework trains the network with its own idiomatic best
+recipe instead (own_recipes.py; fashion_cpu, whose spec names the CPU speedrun recipe,
+is the model it is meant for):
+  cnnspec    the spec's recipe (recipes/<name>.yaml over params.yaml's train defaults)
+             resolved by the resolve stage's own functions (`load_params`, `fit_to_data`),
+             --epochs as train.epochs, channels-last on; cpu_precision, lookahead,
+             augmentation as the recipe says (fashion_cpu: Nesterov SGD under onecycle,
+             label smoothing, flips + 2-pixel translations, lookahead, bf16 autocast on a
+             CPU with bf16 instructions, batch 256);
+  lightning  what Lightning expresses of that recipe: torch.optim.SGD with its lr,
+             momentum, Nesterov and weight decay, OneCycleLR stepped every batch with the
+             recipe's warm-up (cycle_momentum=False, as cnnspec's onecycle), CrossEntropyLoss
+             (label_smoothing), RandomCrop(size, padding=translate, padding_mode="reflect")
+             and RandomHorizontalFlip in the Dataset, Trainer(precision="bf16-mixed") where
+             the recipe asks for bf16 and the CPU has it (else "32-true"), the recipe's batch;
+  plain      the same in fp32 (torchvision's reference script autocasts on CUDA only), NCHW;
+  keras      Adam() with Keras' defaults (lr 1e-3, eps 1e-7), batch --batch, the seeds'
+             callbacks ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=2) and
+             EarlyStopping(monitor="val_loss", patience=3, restore_best_weights=True), kept
+             across the per-epoch fit calls as one fit call keeps them; no augmentation.
+Left out of Lightning and plain, since neither expresses them without custom code:
+lookahead, EMA, channels-last. Test-time augmentation is in none of the four: it is
+cnnspec's evaluate stage, not the per-epoch test evaluation that is timed. The same
+initial weights, cnnspec's data order (its augmentation draws replayed so that later
+epochs stay in step) and the evaluation every epoch stay; the training set is cut to
+whole batches of the recipe's batch (Keras may end an epoch on a partial batch of the
+same images). Keras may stop before --epochs (EarlyStopping); its final accuracy is that
+of the weights it restores. The header and a table say which recipe each framework ran;
+--json records the mode, those lines and cnnspec's resolved recipe. --lr and --hflip do
+not apply.
+
 Runs are interleaved in one process (repeat r runs every model and framework, the
 framework order rotating by one each repeat) and repeated --repeats times. Printed per
 model and framework: seconds per epoch (median over all epochs of all repeats, with the
@@ -46,7 +79,7 @@ CPU: peak PSS of the process and its DataLoader workers, sampled from /proc ever
 0.1 s; the process holds all four frameworks' libraries, so the figure includes them),
 and each peer's ratio to cnnspec (peer / cnnspec for times: above 1 = cnnspec faster;
 the median over repeats of the ratio within each repeat, which cancels load that drifts
-between repeats on a shared machine).
+between repeats on a shared machine; per epoch, the whole fit's time over its epochs).
 Parameter counts (trainable, and non-trainable buffers such as batch-norm statistics)
 must be equal across the four, and all four start from cnnspec's initial weights (copied
 into the torch module and, converted to Keras' layouts, into the Keras model; their
@@ -55,6 +88,7 @@ more than --accuracy-tolerance apart are flagged. Never asserts a timing.
 
 Files: data.py (the task every framework gets: images, epoch orders, loaders),
 cnnspec_train.py, keras_fit.py, lightning_fit.py, plain_loop.py (one per framework),
+own_recipes.py (--recipes own: the resolved recipe and its translations),
 torch_models.py (the hand-written torch networks), same_network.py (equal weights and
 parameter counts, checked before training), measure.py (peak memory, interleaved
 runs), report.py (medians, ratios, the table), pipeline.py (`dvc repro` end to end),
