@@ -66,6 +66,31 @@ def make_statistics_nontrivial(model, seed: int = 0) -> None:
                     parameter.copy_(uniform(parameter, 0.5, 1.5) * (1.0 if abs(constant) >= 0.5 else 0.5))
 
 
+def float64_from_reference(build, reference):
+    """The module `build` makes, in float64, holding `reference`'s tensors where they fit by
+    structure (shared, not copied) and zeros elsewhere (the transfer reports those): built
+    on the meta device, so no weight is randomly initialized or allocated twice (seconds
+    for VGG's 134M parameters). Returns (module, transfer)."""
+    import torch
+
+    from cnnspec.models.weights import load_by_structure
+
+    with torch.device("meta"):
+        module = build()
+    module = module.double().eval()
+    transfer = load_by_structure(module, reference, assign=True)
+    for name, tensor in [*module.named_parameters(), *module.named_buffers()]:
+        if tensor.is_meta:
+            owner_name, _, key = name.rpartition(".")
+            owner = module.get_submodule(owner_name)
+            zeros = torch.zeros(tensor.shape, dtype=tensor.dtype)
+            if isinstance(tensor, torch.nn.Parameter):
+                setattr(owner, key, torch.nn.Parameter(zeros, requires_grad=tensor.requires_grad))
+            else:
+                owner.register_buffer(key, zeros)
+    return module, transfer
+
+
 def check_parity(spec, reference, sizes=(32, 64), num_classes: int = 10, batch: int = 1,
                  seed: int = 0) -> Parity:
     """Compare the spec's network with `reference` (an nn.Module built for num_classes),
@@ -74,7 +99,6 @@ def check_parity(spec, reference, sizes=(32, 64), num_classes: int = 10, batch: 
 
     from cnnspec.models.compiler import build_model
     from cnnspec.models.summary import summarize
-    from cnnspec.models.weights import load_by_structure
 
     reference = reference.double().eval()
     make_statistics_nontrivial(reference, seed)
@@ -85,8 +109,8 @@ def check_parity(spec, reference, sizes=(32, 64), num_classes: int = 10, batch: 
                                f"{parity.reference_params:,} in the reference")
     generator = torch.Generator().manual_seed(seed)
     for size in sizes:
-        ours = build_model(spec, (3, size, size), num_classes, load_weights=False).double().eval()
-        transfer = load_by_structure(ours, reference)
+        ours, transfer = float64_from_reference(
+            lambda: build_model(spec, (3, size, size), num_classes, load_weights=False), reference)
         if parity.transfer is None:
             parity.transfer = transfer
             if transfer.fresh or transfer.unused or not transfer.copied:

@@ -219,14 +219,15 @@ def match_by_structure(source: dict, target: dict, source_strides: dict | None =
     return loaded, transfer
 
 
-def load_by_structure(model, source, source_strides: dict | None = None) -> Transfer:
+def load_by_structure(model, source, source_strides: dict | None = None, assign: bool = False) -> Transfer:
     """Copy into `model` every tensor of `source` (an nn.Module or a state dict) that fits by
     structure. From a module, or with the strides of the network a state dict came from
-    (strides_of), convs also match on their stride."""
+    (strides_of), convs also match on their stride. `assign`: `model` takes the source's
+    tensors themselves, no copy (a model built on the meta device gets real ones)."""
     if hasattr(source, "state_dict"):
         source, source_strides = source.state_dict(), strides_of(source)
     loaded, transfer = match_by_structure(source, model.state_dict(), source_strides, strides_of(model))
-    model.load_state_dict(loaded, strict=False)
+    model.load_state_dict(loaded, strict=False, assign=assign)
     return transfer
 
 
