@@ -150,6 +150,22 @@ def test_batches_do_not_change_the_probabilities():
     np.testing.assert_allclose(whole.sum(axis=1), 1.0, rtol=1e-6)
 
 
+def test_auto_batches_are_cache_sized_on_a_cpu_and_large_on_a_gpu(monkeypatch):
+    from cnnspec.training import device
+
+    assert device.inference_batch(torch.device("cpu"), 2000) == device.CPU_INFERENCE_BATCH
+    assert device.inference_batch(torch.device("cuda"), 2000) == 2000
+    seen = []
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
+    original = evaluation.probabilities_plain
+    monkeypatch.setattr(evaluation, "TTA", {"none": lambda m, batch: seen.append(len(batch)) or original(m, batch)})
+    monkeypatch.setattr(device, "CPU_INFERENCE_BATCH", 5)  # the batches must follow the constant
+    monkeypatch.setattr(evaluation, "inference_batch", device.inference_batch)
+    images = np.zeros((12, 1, 2, 2), dtype=np.uint8)
+    probabilities = evaluation.predict_probabilities(model, images, [0.5], [0.25], "none", "auto", "cpu")
+    assert seen == [5, 5, 2] and probabilities.shape == (12, 3)
+
+
 def test_images_are_normalized_with_the_given_mean_and_std():
     class Echo(nn.Module):  # logits = the pixels themselves
         def forward(self, batch):

@@ -1,5 +1,6 @@
 """params.yaml validation: every mistake is one ParamsError line naming the key."""
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -128,7 +129,7 @@ def test_defaults_fill_missing_keys_at_every_level(tmp_path):
 
 def test_sections_limit_what_is_checked_and_returned(tmp_path):
     path = write_params(tmp_path, "train: {batch_size: 0}\nevaluate: {tta: flip}\n")
-    assert load_params(path, ["evaluate"]) == {"evaluate": {"batch_size": 2000, "tta": "flip"}}
+    assert load_params(path, ["evaluate"]) == {"evaluate": {"batch_size": "auto", "tta": "flip"}}
     with pytest.raises(ParamsError, match="train.batch_size"):
         load_params(path, ["train"])
 
@@ -170,3 +171,14 @@ def test_stage_with_bad_params_exits_2_with_one_line(tmp_path, stage):
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
     assert result.stderr.startswith(f"error: params.yaml: {key}: ")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
+
+
+@pytest.mark.parametrize("value, words", [
+    ("big", "evaluate.batch_size: 'big' is not a number of images (1 or more) or auto"),
+    ("0", "evaluate.batch_size: 0 is less than the minimum of 1"),
+])
+def test_evaluate_batch_size_is_a_number_or_auto(tmp_path, value, words):
+    assert load_params(write_params(tmp_path, "evaluate: {batch_size: 64}\n"), ["evaluate"])[
+        "evaluate"]["batch_size"] == 64
+    with pytest.raises(ParamsError, match=re.escape(words)):
+        load_params(write_params(tmp_path, f"evaluate: {{batch_size: {value}}}\n"), ["evaluate"])

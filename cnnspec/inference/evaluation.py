@@ -2,7 +2,7 @@
 recall / F1 (as sklearn's classification_report computes them), the confusion
 matrix, with optional test-time augmentation.
 
-    probabilities = predict_probabilities(model, images, mean, std, tta="flip", batch_size=2000)
+    probabilities = predict_probabilities(model, images, mean, std, tta="flip", batch_size="auto")
     report = classification_report(labels, probabilities, classes)
 
 `tta` and `batch_size` are params.yaml's `evaluate` values (the schema holds their
@@ -20,8 +20,9 @@ import torch.nn.functional as F
 from cnnspec.data.datasets import Normalize, load_prepared
 from cnnspec.errors import DataError, TrainingError
 from cnnspec.paths import TRAIN_HINT
-from cnnspec.training.device import pick_device
+from cnnspec.training.device import inference_batch, pick_device
 
+GPU_BATCH = 2000  # evaluate.batch_size: auto on a GPU
 DECIMALS = 4  # metrics/eval.json is diffed by people; four digits are enough to read
 SMALLEST_PROBABILITY = 1e-12  # keeps log(0) out of the loss when a model is certain and wrong
 
@@ -61,16 +62,19 @@ TTA = {
 
 
 @torch.inference_mode()
-def predict_probabilities(model, images: np.ndarray, mean, std, tta: str, batch_size: int,
+def predict_probabilities(model, images: np.ndarray, mean, std, tta: str, batch_size: int | str,
                           device=None) -> np.ndarray:
     """Class probabilities (N, num_classes) as float64 for uint8 images (N, C, H, W).
 
     Images travel to the device one batch at a time and are normalized there
     with the training split's per-channel `mean` and `std` (pixel/255 units), by
     the same Normalize as in training. `device` None: CUDA when there is one.
+    `batch_size` "auto": cache-sized on a CPU, GPU_BATCH on a GPU (`inference_batch`).
     """
     views = TTA[tta]
     device = torch.device(device) if device is not None else pick_device("auto")
+    if batch_size == "auto":
+        batch_size = inference_batch(device, GPU_BATCH)
     model.eval().to(device)
     normalize = Normalize(mean, std, device)
     outputs = []
@@ -179,7 +183,7 @@ def rounded(value):
 
 # --- the whole evaluation -------------------------------------------------
 
-def evaluate_checkpoint(model_path, prepared, *, tta: str, batch_size: int, device=None,
+def evaluate_checkpoint(model_path, prepared, *, tta: str, batch_size: int | str, device=None,
                         with_probabilities: bool = False):
     """Score a checkpoint on the prepared test split (`tta`, `batch_size`: params.yaml's
     evaluate section).

@@ -48,7 +48,14 @@ from cnnspec.atomic import save_torch
 from cnnspec.data.integrity import set_aside
 from cnnspec.training import distributed, optimization, stops
 from cnnspec.training.augment import Augmentation
-from cnnspec.training.device import DeviceData, autocast, autocast_dtype, to_layout, torch_settings
+from cnnspec.training.device import (
+    DeviceData,
+    autocast,
+    autocast_dtype,
+    inference_batch,
+    to_layout,
+    torch_settings,
+)
 from cnnspec.training.distributed import ONE_PROCESS, World
 from cnnspec.training.finetune import UnfreezeSchedule
 from cnnspec.training.progress import Clock, CostClock, EpochLog, EpochProgressBar, print_line
@@ -358,7 +365,8 @@ def _nominal_lr(optimizer) -> float:
 
 @torch.inference_mode()
 def _validate(run: Run) -> tuple[torch.Tensor, torch.Tensor]:
-    """Validation loss sum and correct count, in large batches, left on the device
+    """Validation loss sum and correct count, in large batches on a GPU and cache-sized
+    ones on a CPU (`inference_batch`), left on the device
     (zeros when data.val_split: 0 left no validation split, airbench's protocol)."""
     model, data = run.evaluated_model, run.data
     loss_sum = torch.zeros((), dtype=torch.float64, device=run.device)
@@ -368,7 +376,7 @@ def _validate(run: Run) -> tuple[torch.Tensor, torch.Tensor]:
     model.eval()
     distributed.broadcast_buffers(model, run.world)  # every rank validates with rank 0's statistics
     indices = distributed.every_nth(torch.arange(len(data.val_labels), device=run.device), run.world)
-    for chunk in indices.split(max(4 * run.batch_size, 1024)):
+    for chunk in indices.split(inference_batch(run.device, max(4 * run.batch_size, 1024))):
         images = to_layout(data.batch(data.val_images, chunk), run.channels_last)
         labels = data.val_labels[chunk]
         with autocast(run.device, run.autocast_dtype):
