@@ -314,17 +314,23 @@ def accuracy_of(model_path: Path, folder: Path, split: str = "test") -> float:
 @pytest.mark.slow
 @pytest.mark.skipif(not FASHION.is_dir(), reason="needs Debian's dataset-fashion-mnist")
 def test_two_processes_train_a_checkpoint_that_scores_like_one_process(tmp_path):
+    """The two-process run is `torchrun --nproc-per-node 2 stages/train.py`, as on a
+    cluster: the stage sees the torchrun environment and trains as one of its ranks
+    instead of launching its own (its own launch, train.devices: 2, is what the killed
+    run below and the pipeline's two-process experiment use)."""
     import shutil
 
     one, two = tmp_path / "one", tmp_path / "two"
     fashion_stage_folder(one, n_train=2000, n_test=1000)
-    shutil.copytree(one, two)
-    set_param(two, "devices", 2)
+    shutil.copytree(one, two)  # train.devices is left at 1 in both: torchrun's environment wins
     single = run_stage(one)
     assert single.returncode == 0, single.stderr
-    double = run_stage(two)
+    double = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                             "--nproc-per-node", "2", str(REPO_ROOT / "stages" / "train.py")],
+                            cwd=two, capture_output=True, text=True, timeout=180, env=stage_environment())
     assert double.returncode == 0, double.stderr
-    assert "launching 2 processes" in double.stdout and "on 2 processes (cpu, gloo)" in double.stdout
+    assert double.stdout.count("on 2 processes (cpu, gloo)") == 1
+    assert "launching" not in double.stdout  # no launch of its own
     assert double.stdout.count("epoch 2/2") == 1  # printed by rank 0 alone
     from benchmarks.bench_data_parallel import STAGE_LINE  # what the scaling benchmark reads
 
@@ -341,22 +347,6 @@ def test_two_processes_train_a_checkpoint_that_scores_like_one_process(tmp_path)
     logged = json.loads((two / "metrics" / "train" / "metrics.json").read_text())["val"]["accuracy"]
     assert logged == pytest.approx(accuracy_of(two / "models" / "model.pt", two, "val"), abs=1 / 200)
     assert not (two / "models" / "resume" / "state.pt").exists()
-
-
-@pytest.mark.slow
-def test_the_stage_joins_a_torchrun_the_user_started(tmp_path):
-    """`torchrun --nproc-per-node 2 stages/train.py` (as on a cluster): the stage sees the
-    torchrun environment and trains as one of its ranks instead of launching its own."""
-
-    write_stage_inputs(tmp_path)  # train.devices is left at 1: torchrun's environment wins
-    finished = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                               "--nproc-per-node", "2", str(REPO_ROOT / "stages" / "train.py")],
-                              cwd=tmp_path, capture_output=True, text=True, timeout=180, env=stage_environment())
-    assert finished.returncode == 0, finished.stderr
-    assert finished.stdout.count("on 2 processes (cpu, gloo)") == 1
-    assert "launching" not in finished.stdout  # no launch of its own
-    assert (tmp_path / "models" / "model.pt").is_file()
-    assert not (tmp_path / "models" / "resume" / "state.pt").exists()
 
 
 RANK_WRITER = """
@@ -455,6 +445,7 @@ def killed_run(tmp_path_factory):
 @pytest.mark.slow
 def test_killing_one_rank_stops_the_run_with_one_line_and_keeps_the_last_epoch(killed_run):
     folder, returncode, stdout, stderr, next_epoch = killed_run
+    assert "launching 2 processes" in stdout  # train.devices: 2, the stage's own launch
     assert returncode == 1
     errors = [line for line in stderr.splitlines() if line.strip()]
     assert len(errors) == 1, stderr

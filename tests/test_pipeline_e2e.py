@@ -101,8 +101,11 @@ def test_retraining_with_the_same_params_gives_byte_identical_eval_json(pipeline
     assert (repo / "metrics" / "eval.json").read_bytes() == before
 
 
-def test_experiment_reruns_only_training_side_and_diffs(pipeline_repo):
-    repo, _, base_url = pipeline_repo
+def test_experiment_reruns_only_training_side_diffs_and_reads_well_in_120_columns(pipeline_repo):
+    """A batch-size experiment re-runs only resolve, train, evaluate and plot; `dvc metrics
+    diff` shows the old and new loss in a few rows; `cnnspec exps` (what `make exps` runs)
+    shows the headline metrics and the one param set with -S, in 120 columns."""
+    repo, _, _ = pipeline_repo
     run(["git", "add", "-A"], repo)
     run(["git", "commit", "-qm", "first results"], repo)
     before = json.loads((repo / "metrics" / "eval.json").read_text())
@@ -115,19 +118,11 @@ def test_experiment_reruns_only_training_side_and_diffs(pipeline_repo):
     assert changed["loss"]["new"] == pytest.approx(after["loss"])
     assert before["loss"] != after["loss"]
 
-
-def test_cnnspec_exps_reads_well_in_120_columns(pipeline_repo):
-    """After a batch-size experiment: `cnnspec exps` (what `make exps` runs) shows the
-    headline metrics and the one param set with -S, in 120 columns; `dvc metrics diff`
-    stays a few rows."""
-    repo, _, _ = pipeline_repo
-    # its own experiment: the test does not depend on which tests ran before it
-    run(["dvc", "exp", "run", "-S", "train.batch_size=48"], repo, timeout=600)
     table = run(["python", "-m", "cnnspec.cli", "exps", "--width", "120"], repo)
     lines = table.splitlines()
     assert max(len(line) for line in lines) <= 120, table
     assert lines[0].split()[:4] == ["experiment", "accuracy", "loss", "learned"], table
-    experiment = [line for line in lines[2:] if "train.batch_size=48" in line]
+    experiment = [line for line in lines[2:] if "train.batch_size=32" in line]
     assert len(experiment) == 1 and "…" not in experiment[0], table
     # the JSON first; DVC may add a warning line on stderr after it (run joins both)
     rows, _ = json.JSONDecoder().raw_decode(run(["dvc", "metrics", "diff", "--json", "--all"], repo))
