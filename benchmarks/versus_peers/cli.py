@@ -187,6 +187,9 @@ def main(argv=None):
                   f"stage's training {trained} (without per-epoch validation; in this process cnnspec's "
                   f"fit with a test evaluation each epoch took {in_process:.1f} s); test accuracy "
                   f"{figure['test_accuracy']}")
+            print(f"{task.model}: each stage from DVC's 'Running stage' line to the next (the last to the "
+                  f"end, DVC's own work between stages included): "
+                  + ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in figure["stages"].items()))
     if args.json:
         args.json.write_text(json.dumps({"rows": [asdict(row) for row in rows], "runs": [asdict(run) for run in runs],
                                          "dvc_repro": pipelines,

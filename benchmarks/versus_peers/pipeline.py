@@ -49,6 +49,7 @@ def write_fashion_subset(task: Task, folder: Path) -> None:
             file.write(header + np.ascontiguousarray(array, dtype=np.uint8).tobytes())
 
 
+RUNNING_STAGE = re.compile(r"Running stage '([^']+)'")
 TRAIN_STAGE_TIMES = re.compile(r"first step ([\d.]+)s \(includes compile\), rest ([\d.]+)s")
 
 
@@ -79,13 +80,23 @@ def dvc_repro(model: str, task: Task) -> dict:
         env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
                    DVC_NO_ANALYTICS="1", PYTHONPATH=str(repo), OMP_NUM_THREADS=str(torch.get_num_threads()))
         started = time.perf_counter()
-        done = subprocess.run(["dvc", "repro"], cwd=repo, env=env, capture_output=True, text=True)
+        output, stage_starts = [], []  # (stage, seconds since the start) as DVC announces each
+        with subprocess.Popen(["dvc", "repro"], cwd=repo, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) as running:
+            for line in running.stdout:
+                output.append(line)
+                if announced := RUNNING_STAGE.search(line):
+                    stage_starts.append((announced[1], time.perf_counter() - started))
         seconds = time.perf_counter() - started
-        if done.returncode != 0:
-            raise BenchmarkMismatch(f"dvc repro failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
+        output = "".join(output)
+        if running.returncode != 0:
+            raise BenchmarkMismatch(f"dvc repro failed:\n{output[-4000:]}")
         metrics = json.loads((repo / "metrics" / "eval.json").read_text())
-    times = TRAIN_STAGE_TIMES.search(done.stdout + done.stderr)
+    times = TRAIN_STAGE_TIMES.search(output)
     train_seconds = float(times[1]) + float(times[2]) if times else None
-    return {"model": model, "seconds": seconds, "train_seconds": train_seconds,
+    ends = [moment for _, moment in stage_starts[1:]] + [seconds]
+    stages = {"dvc's start": round(stage_starts[0][1], 2) if stage_starts else None,
+              **{stage: round(end - start, 2) for (stage, start), end in zip(stage_starts, ends)}}
+    return {"model": model, "seconds": seconds, "train_seconds": train_seconds, "stages": stages,
             "test_accuracy": metrics.get("accuracy"), "train_images": len(task.train_labels),
             "test_images": len(task.test_labels), "epochs": task.epochs, "batch": task.torch_batch}
