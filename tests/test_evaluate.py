@@ -160,7 +160,6 @@ def test_auto_batches_are_cache_sized_on_a_cpu_and_large_on_a_gpu(monkeypatch):
     original = evaluation.probabilities_plain
     monkeypatch.setattr(evaluation, "TTA", {"none": lambda m, batch: seen.append(len(batch)) or original(m, batch)})
     monkeypatch.setattr(device, "CPU_INFERENCE_BATCH", 5)  # the batches must follow the constant
-    monkeypatch.setattr(evaluation, "inference_batch", device.inference_batch)
     images = np.zeros((12, 1, 2, 2), dtype=np.uint8)
     probabilities = evaluation.predict_probabilities(model, images, [0.5], [0.25], "none", "auto", "cpu")
     assert seen == [5, 5, 2] and probabilities.shape == (12, 3)
