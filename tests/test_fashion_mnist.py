@@ -15,7 +15,7 @@ from tests.imagefiles import fashion_subset
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
-TRAIN_IMAGES = 30_000  # half: 86.2% (the bar is 85%); 40,000 gave 87.6% in a third more time
+TRAIN_IMAGES = 20_000  # a third, with one-cycle Adam: 86.9% (the bar is 85%); half without a schedule gave 86.2% in 1.7x the time
 
 pytestmark = [
     pytest.mark.slow,
@@ -41,9 +41,9 @@ def test_one_cpu_epoch_on_fashion_mnist_reaches_85_percent(tmp_path):
     params["data"].update(dataset="fashion-mnist", url=f"file://{mirror}/", md5="skip", val_split=0.1)
     params["model"]["spec"] = "specs/fashion_small.yaml"
     train = params["train"]
-    train.update(device="cpu", epochs=1, batch_size=128, precision="off", compile=False)
-    train["optimizer"].update(name="adam", lr=0.002, weight_decay=0.0)
-    train["scheduler"]["name"] = "none"
+    train.update(device="cpu", epochs=1, batch_size=64, precision="off", compile=False)
+    train["optimizer"].update(name="adam", lr=0.004, weight_decay=0.0)
+    train["scheduler"].update(name="onecycle", warmup_epochs=0.2)
     train["lookahead"]["enabled"] = False
     train["loss"]["label_smoothing"] = 0.0
     train["augment"].update(alternating_flip=False, hflip=False, translate=0)
