@@ -1,5 +1,5 @@
 """Learning on real images: Debian's Fashion-MNIST (dataset-fashion-mnist, which
-.ci/run installs), one CPU epoch on half of its training images through the real stage
+.ci/run installs), one CPU epoch on a third of its training images through the real stage
 scripts, must reach at least 85% on all 10,000 test images (chance: 10%)."""
 import json
 import subprocess
