@@ -15,7 +15,9 @@ from tests.imagefiles import fashion_subset
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
-TRAIN_IMAGES = 20_000  # a third, with one-cycle Adam: 86.9% (the bar is 85%); half without a schedule gave 86.2% in 1.7x the time
+# A third of the images with one-cycle Adam: 86.9% (the bar is 85%); half of them
+# without a schedule gave 86.2% in 1.7x the time.
+TRAIN_IMAGES = 20_000
 
 pytestmark = [
     pytest.mark.slow,
