@@ -186,7 +186,10 @@ def misclassified_figure(images: np.ndarray, actual: np.ndarray, predicted: np.n
         title = f"true: {classes[actual[index]]}\npred: {classes[predicted[index]]}"
         if paths is not None:
             title = f"{short_name(paths[index])}\n{title}"
-        axes.set_title(title, fontsize=8, color="darkred")
+        # set_title's look (6 points above, on the baseline) without its layout pass over
+        # the hidden tick labels: the same pixels in half the time
+        axes.annotate(title, (0.5, 1.0), xycoords="axes fraction", xytext=(0, 6), textcoords="offset points",
+                      ha="center", va="baseline", fontsize=8, color="darkred")
         axes.axis("off")
     return figure
 

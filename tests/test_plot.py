@@ -143,7 +143,7 @@ def test_misclassified_grid_shows_the_first_mistakes_with_both_labels():
     actual = np.array([0, 1, 2, 3, 1, 2])
     predicted = np.array([0, 0, 0, 3, 3, 3])  # mistakes at 1, 2, 4, 5
     figure = plot_stage.misclassified_figure(images, actual, predicted, CLASSES, count=3)
-    titles = [axes.get_title() for axes in figure.axes]
+    titles = [axes.texts[0].get_text() for axes in figure.axes]
     assert titles == ["true: cat\npred: airplane", "true: dog\npred: airplane",
                       "true: cat\npred: frog"]
     assert all(axes.images[0].get_array().shape == (5, 5) for axes in figure.axes)
