@@ -59,6 +59,9 @@ step versus_peers "$python" -m benchmarks.versus_peers --device cuda --data "$fa
 # the same network with each framework's own recipe (cnnspec: the CPU speedrun's, fp32 on CUDA as it says)
 step versus_peers_own "$python" -m benchmarks.versus_peers --device cuda --data "$fashion" --recipes own \
     --models fashion_cpu --train-images 0 --test-images 10000 --epochs 5 --repeats 3 --workers 8 --target 0.90
+# the whole pipeline (dvc repro, training on the GPU) against its train stage's training time
+step dvc_repro "$python" -m benchmarks.versus_peers --device cuda --data "$fashion" --frameworks cnnspec \
+    --models simcnn --train-images 0 --test-images 10000 --epochs 4 --repeats 1 --target 0.88 --dvc-repro
 step predict "$python" benchmarks/predict_throughput.py --device cuda --data "$fashion" --images 10000 --batch-size 256
 # per-stage pipeline times and a no-op dvc repro (evaluate runs on the GPU)
 step pipeline_stages "$python" benchmarks/bench_pipeline_stages.py --data "$fashion"
