@@ -181,15 +181,10 @@ def test_quick_mode_prints_one_row_per_framework(tiny_fashion, tmp_path, capsys)
 
 # ---------------------------------------------------------------- the same data order everywhere
 
-@pytest.mark.parametrize("hflip", [False, True])
-def test_epoch_orders_are_the_ones_cnnspecs_loop_trains_in(tiny_fashion, monkeypatch, hflip):
-    """The indices cnnspec's loop hands each step, recorded from a real train() call,
-    are cnnspec_epoch_orders cut into consecutive batches; with hflip the flips' draws
-    from the same generator are replayed, so epoch 2 still matches."""
+def _steps_of_a_real_run(task, monkeypatch) -> list[tuple[int, torch.Tensor]]:
+    """(epoch, indices) of every step cnnspec's loop takes when it trains `task`."""
     from cnnspec.training import loop as training
 
-    task = dataclasses.replace(_task(peers.fashion_task_data(tiny_fashion, None, 40, batch=32)),
-                               epochs=2, hflip=hflip)
     steps = []
     original_step = training.Run.step
 
@@ -199,6 +194,17 @@ def test_epoch_orders_are_the_ones_cnnspecs_loop_trains_in(tiny_fashion, monkeyp
 
     monkeypatch.setattr(training.Run, "step", recording_step)
     peers.run_cnnspec(task)
+    return steps
+
+
+@pytest.mark.parametrize("hflip", [False, True])
+def test_epoch_orders_are_the_ones_cnnspecs_loop_trains_in(tiny_fashion, monkeypatch, hflip):
+    """The indices cnnspec's loop hands each step, recorded from a real train() call,
+    are cnnspec_epoch_orders cut into consecutive batches; with hflip the flips' draws
+    from the same generator are replayed, so epoch 2 still matches."""
+    task = dataclasses.replace(_task(peers.fashion_task_data(tiny_fashion, None, 40, batch=32)),
+                               epochs=2, hflip=hflip)
+    steps = _steps_of_a_real_run(task, monkeypatch)
     orders = peers.cnnspec_epoch_orders(task)
     assert len(orders) == 2 and len(steps) == 2 * 192 // 32
     for epoch, order in enumerate(orders):
@@ -312,19 +318,8 @@ def test_own_recipe_torch_schedule_matches_cnnspecs_onecycle(tiny_fashion):
 def test_own_recipe_orders_are_the_ones_cnnspecs_loop_trains_in(tiny_fashion, monkeypatch, recipes):
     """With the recipe's flips and translations drawn from the loop's generator every step,
     epoch 2's order still matches a real train() call's."""
-    from cnnspec.training import loop as training
-
-    data = peers.fashion_task_data(tiny_fashion, None, 40, batch=1)
-    task = _own_task(data, epochs=2)
-    steps = []
-    original_step = training.Run.step
-
-    def recording_step(run, indices, epoch):
-        steps.append((epoch, indices.clone()))
-        return original_step(run, indices, epoch)
-
-    monkeypatch.setattr(training.Run, "step", recording_step)
-    peers.run_cnnspec(task)
+    task = _own_task(peers.fashion_task_data(tiny_fashion, None, 40, batch=1), epochs=2)
+    steps = _steps_of_a_real_run(task, monkeypatch)
     orders = peers.cnnspec_epoch_orders(task if recipes == "own" else dataclasses.replace(task, recipe=None))
     matches = [torch.equal(torch.cat([indices for seen, indices in steps if seen == epoch]), order)
                for epoch, order in enumerate(orders)]
