@@ -102,16 +102,16 @@ IDENTITY_OPTIONS = {
     "x-example": ["identity"],
 }
 
+DROPPED_FRACTION = {
+    "type": "number",
+    "minimum": 0,
+    "exclusiveMaximum": 1,
+    "description": "fraction of values dropped during training",
+}
+
 DROPOUT_OPTIONS = {
     "description": "zeroes random values during training (scaled to keep the mean)",
-    "properties": {
-        "rate": {
-            "type": "number",
-            "minimum": 0,
-            "exclusiveMaximum": 1,
-            "description": "fraction of values dropped during training",
-        },
-    },
+    "properties": {"rate": DROPPED_FRACTION},
     "required": ["rate"],
     "x-shorthand": "rate",
     "x-example": [{"dropout": 0.5}],
@@ -119,14 +119,7 @@ DROPOUT_OPTIONS = {
 
 SPATIAL_DROPOUT_OPTIONS = {
     "description": "zeroes whole random channels during training",
-    "properties": {
-        "rate": {
-            "type": "number",
-            "minimum": 0,
-            "exclusiveMaximum": 1,
-            "description": "fraction of values dropped during training",
-        },
-    },
+    "properties": {"rate": DROPPED_FRACTION},
     "required": ["rate"],
     "x-shorthand": "rate",
     "x-example": [{"spatial_dropout": 0.2}],

@@ -434,12 +434,14 @@ def conv_options(conv, filters=None) -> str:
     return ", ".join(options)
 
 
-def squeezenet(model, name) -> Written:
+def feature_lines(features) -> list[str]:
+    """A plain `features` stack (AlexNet's, SqueezeNet's) as layer lines: its convolutions,
+    max pools and Fire blocks; its ReLUs are the convs' activation in the writer's defaults."""
     from torch import nn
     from torchvision.models.squeezenet import Fire
 
     lines = []
-    for module in model.features:
+    for module in features:
         if isinstance(module, nn.Conv2d):
             lines.append(f"  - conv: {{{conv_options(module)}}}")
         elif isinstance(module, nn.MaxPool2d):
@@ -447,6 +449,11 @@ def squeezenet(model, name) -> Written:
         elif isinstance(module, Fire):
             lines.append(f"  - use: {{block: fire, squeeze: {module.squeeze.out_channels}, "
                          f"expand: {module.expand1x1.out_channels}}}")
+    return lines
+
+
+def squeezenet(model, name) -> Written:
+    lines = feature_lines(model.features)
     body = """defaults:
   conv: {activation: relu, padding: symmetric}
 blocks:
@@ -468,14 +475,7 @@ layers:
 
 
 def alexnet(model, name) -> Written:
-    from torch import nn
-
-    lines = []
-    for module in model.features:
-        if isinstance(module, nn.Conv2d):
-            lines.append(f"  - conv: {{{conv_options(module)}}}")
-        elif isinstance(module, nn.MaxPool2d):
-            lines.append(pool_line(module))
+    lines = feature_lines(model.features)
     size = model.avgpool.output_size
     size = size[0] if isinstance(size, tuple) else size
     hidden = model.classifier[1].out_features
