@@ -86,7 +86,8 @@ def _open(source, size: tuple[int, int] | None = None):
                     image.draft(image.mode, (int(size[1]), int(size[0])))
                 image.load()  # decode now: a truncated file fails here, not later
         for warning in caught:
-            note(f"{name}: {str(warning.message).splitlines()[0] if str(warning.message) else warning.category.__name__}")
+            message = str(warning.message)
+            note(f"{name}: {message.splitlines()[0] if message else warning.category.__name__}")
         return image
     except FileNotFoundError:
         raise ImageReadError(f"{name}: no such image file") from None

@@ -32,9 +32,9 @@ from numpy.lib import format as npy_format
 from cnnspec import atomic
 from cnnspec.atomic import atomic_folder
 from cnnspec.data.datasets import FILES_JSON, SPLITS, histogram_mean_std, stratified_split
-from cnnspec.regular_files import not_a_regular_file
-from cnnspec.errors import DataError, DiskFullError
 from cnnspec.data.images import IMAGE_SUFFIXES, ImageReadError, is_image_file, read_image
+from cnnspec.errors import DataError, DiskFullError
+from cnnspec.regular_files import not_a_regular_file
 
 BATCH_IMAGES = 256          # images one worker decodes per task
 WINDOW_BYTES = 32 << 20     # decoded pixels in flight at once: "one chunk"

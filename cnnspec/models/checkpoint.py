@@ -33,7 +33,7 @@ def weights_digest(state_dict: dict) -> str:
     digest = hashlib.sha256()
     for name in sorted(state_dict):
         tensor = state_dict[name].detach().cpu().contiguous()
-        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode("utf-8"))
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
         digest.update(tensor.flatten().view(torch.uint8).numpy())
     return digest.hexdigest()
 
@@ -231,7 +231,8 @@ def unregistered_layer_types(spec_text: str) -> list[str]:
             stack.extend(reversed(list(value.values())))
         elif isinstance(value, list):
             for item in value:
-                name = item if isinstance(item, str) else next(iter(item)) if isinstance(item, dict) and len(item) == 1 else None
+                name = (item if isinstance(item, str)
+                        else next(iter(item)) if isinstance(item, dict) and len(item) == 1 else None)
                 if (isinstance(name, str) and TYPE_NAME.match(name) and name not in layer_schemas()
                         and name not in found and not name.startswith("$")):
                     found.append(name)

@@ -17,8 +17,8 @@ from torch import nn
 from cnnspec.layers.geometry import error
 from cnnspec.layers.registry import rule_for
 from cnnspec.layers.whiten import WhiteningConv
-from cnnspec.spec.nodes import LayerNode, walk
 from cnnspec.models.shapes import Context, as_spec, infer, resolve_input
+from cnnspec.spec.nodes import LayerNode, walk
 
 # l2 / lr_mult / wd_mult of a parameter no weighted layer set (a pool, a residual's projection)
 DEFAULT_PARAM_OPTIONS = {"l2": 0.0, "lr_mult": 1.0, "wd_mult": 1.0}
@@ -77,7 +77,7 @@ class Builder:
 
 
 def build_model(spec_or_path, input_shape=None, num_classes: int = 10,
-                load_weights: bool = True) -> "SpecModel":
+                load_weights: bool = True) -> SpecModel:
     """The spec's model. `load_weights=False` skips a backbone's ImageNet weights (for a
     model whose state_dict is about to be loaded from a checkpoint anyway)."""
     spec = as_spec(spec_or_path)

@@ -110,7 +110,7 @@ def check_parity(spec, reference, sizes=(32, 64), num_classes: int = 10, batch: 
     generator = torch.Generator().manual_seed(seed)
     for size in sizes:
         ours, transfer = float64_from_reference(
-            lambda: build_model(spec, (3, size, size), num_classes, load_weights=False), reference)
+            lambda size=size: build_model(spec, (3, size, size), num_classes, load_weights=False), reference)
         if parity.transfer is None:
             parity.transfer = transfer
             if transfer.fresh or transfer.unused or not transfer.copied:

@@ -13,9 +13,9 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cnnspec.spec.expressions import THIS_LAYER
 from cnnspec.layers.geometry import error, fmt
 from cnnspec.layers.registry import rule_for
+from cnnspec.spec.expressions import THIS_LAYER
 from cnnspec.spec.nodes import LayerNode, Spec
 
 DEFAULT_INPUT = (3, 32, 32)

@@ -72,7 +72,10 @@ class Summary:
                   f"{row.params * row.repeats:,}") for row in rows]
         header = ("Layer (type)", "Output Shape", "Param #")
         widths = [max(len(text) for text in column) for column in zip(header, *cells)]
-        line = lambda parts: "  ".join(part.ljust(width) for part, width in zip(parts, widths)).rstrip()
+
+        def line(parts) -> str:
+            return "  ".join(part.ljust(width) for part, width in zip(parts, widths)).rstrip()
+
         rule = "=" * len(line(header))
         return "\n".join([f'Model: "{self.name}"', rule, line(header), rule,
                           *(line(cell) for cell in cells), rule,

@@ -70,7 +70,7 @@ def units_of(state: dict, strides: dict | None = None) -> list[Unit]:
     """The state dict's units, each module's own tensors after its children's; with `strides`
     (strides_of the model) a conv's signature holds its stride too."""
     grouped: list[Unit] = []
-    for key, tensor in state.items():
+    for key in state:
         prefix = module_of(key)
         if not grouped or grouped[-1].prefix != prefix:
             grouped.append(Unit(prefix, [], ()))
@@ -170,7 +170,8 @@ class Transfer:
         lines = [f"loaded {len(self.copied)} of {self.total} tensors ({len(self.layers)} layers) "
                  f"from {source_name}, matched by structure"]
         if self.reshaped:
-            lines.append(f"  reshaped (same values): {listed(f'{t} {list(a)} <- {list(b)}' for _, t, b, a in self.reshaped)}")
+            reshaped = (f"{target} {list(after)} <- {list(before)}" for _, target, before, after in self.reshaped)
+            lines.append(f"  reshaped (same values): {listed(reshaped)}")
         if self.fresh:
             lines.append(f"  not loaded, no tensor of this shape in that place (fresh weights): "
                          f"{listed(module_of(key) for key in self.fresh)}")
