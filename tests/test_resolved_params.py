@@ -5,8 +5,10 @@ run alone after an edit) is replaced by params.yaml resolved in memory, with one
 import json
 from pathlib import Path
 
+import pytest
 import yaml
 
+from cnnspec.errors import ParamsError
 from cnnspec.pipeline.params import load_params, load_resolved_params
 from stages.resolve import resolve
 
@@ -72,6 +74,17 @@ def test_a_damaged_file_reads_as_out_of_date(tmp_path, monkeypatch):
     params, notes = notes_of(params_path)
     assert params == load_params(params_path, SECTIONS)
     assert len(notes) == 1 and "older than" in notes[0]
+
+
+def test_a_value_edited_by_hand_in_a_current_file_is_checked_like_params_yaml(tmp_path, monkeypatch):
+    params_path = project(tmp_path, monkeypatch)
+    resolved = tmp_path / "params.resolved.yaml"
+    resolve(params_path, resolved)
+    text = resolved.read_text(encoding="utf-8")
+    assert "\n  epochs: 3\n" in text
+    resolved.write_text(text.replace("\n  epochs: 3\n", "\n  epochs: -3\n"), encoding="utf-8")
+    with pytest.raises(ParamsError, match=r"^params.resolved.yaml: train.epochs: -3 is less than the minimum of 1$"):
+        notes_of(params_path)
 
 
 def test_the_train_and_evaluate_stages_read_the_resolved_file():

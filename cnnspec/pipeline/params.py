@@ -105,7 +105,8 @@ def load_resolved_params(path=PARAMS, sections=None, say=print, prepared=PREPARE
     shows are the values used. Its stamp must match what `path`, its recipe, the spec and
     the prepared data give now; when the file is missing or out of date (a stage run alone
     after an edit), the params resolved here are used instead and one line through `say`
-    says so. Then `check_named_paths`, as in load_stage_params."""
+    says so. A current file's values are checked against the schema like params.yaml's
+    (it is in git and may be edited by hand). Then `check_named_paths`, as in load_stage_params."""
     current = load_params(path, RESOLVED_SECTIONS)
     wanted = sections or RESOLVED_SECTIONS
     resolved_path = Path(path).with_name(RESOLVED_PARAMS.name)
@@ -117,6 +118,10 @@ def load_resolved_params(path=PARAMS, sections=None, say=print, prepared=PREPARE
         say(f"note: {resolved_path} is older than {path}, its recipe, the spec or the prepared data, "
             f"so they are resolved here; {RESOLVE_HINT} to update it")
         written = None
+    if written is not None:  # a file in git may have been edited by hand: its values are checked too
+        schema = load_schema()
+        check(written, {**schema, "properties": {section: schema["properties"][section] for section in wanted}},
+              str(resolved_path))
     params = written if written is not None else {section: current[section] for section in wanted}
     check_named_paths(params, str(path))
     return params
