@@ -37,7 +37,7 @@ def run(params_path=PARAMS, prepared=PREPARED, model_path=MODEL, resume_path=RES
     one_process = distributed.torchrun_environment() is None
     params = load_resolved_params(params_path, sections=["recipe", "model", "train"],
                                   say=print if one_process else lambda line: None, prepared=prepared)
-    # torch loads only after the params passed, so a typo fails in a blink.
+    # The spec, the data and the model come only after the params passed (a typo fails before them).
     import torch
 
     from cnnspec import build_model, load_spec
