@@ -67,7 +67,7 @@ def resolve(params_path=PARAMS, resolved_path=RESOLVED_PARAMS, prepared=PREPARED
         train_images = meta["counts"]["train"]
         set_by_user = (written.get("train") or {}).get("batch_size") is not None
         fit = fit_batch_size(params["train"]["batch_size"], train_images, set_by_user)
-        params["train"] = {**params["train"], "batch_size": fit.batch_size}  # what fit_to_data gives train
+        params["train"] = {**params["train"], "batch_size": fit.batch_size}  # what fit_to_data gives a stage run alone
         shape = "x".join(str(n) for n in meta["input_shape"])
         steps = fit.steps(train_images)
         why += (f"; batch {fit.batch_size}: {steps} steps an epoch on {train_images} "

@@ -43,7 +43,6 @@ def run(params_path=PARAMS, prepared=PREPARED, model_path=MODEL, resume_path=RES
     from cnnspec import build_model, load_spec
     from cnnspec.data.datasets import load_prepared
     from cnnspec.models.checkpoint import save_checkpoint
-    from cnnspec.pipeline.fit import fit_to_data
     from cnnspec.training import learning_check as runcheck
     from cnnspec.training.finetune import check_init_from, init_from, load_weights
     from cnnspec.training.loop import run_fingerprint, train
@@ -61,7 +60,6 @@ def run(params_path=PARAMS, prepared=PREPARED, model_path=MODEL, resume_path=RES
             return None
     data = load_prepared(prepared, mmap_mode="c")  # memory-mapped: copied to the device or streamed
     meta = data["meta"]
-    options = params["train"] = fit_to_data(options, meta["counts"]["train"], params_path)
     with distributed.joined(options) as world:  # one process: a world of size one
         device = world.device
         torch.manual_seed(options["seed"])  # the initial weights, the same on every rank

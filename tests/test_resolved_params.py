@@ -120,3 +120,17 @@ def test_new_prepared_data_makes_the_file_out_of_date(tmp_path, monkeypatch):
     write_meta(tmp_path / "data" / "prepared", train_images=5000)
     _, notes = notes_of(params_path)
     assert len(notes) == 1 and "the prepared data" in notes[0]
+
+
+def test_a_stage_run_alone_resolves_what_the_resolve_stage_would_write(tmp_path, monkeypatch):
+    """Without params.resolved.yaml the params are resolved in memory exactly as the
+    resolve stage writes them, the batch fitted to the prepared data included."""
+    params_path = project(tmp_path, monkeypatch, train="{epochs: 3, batch_size: null}")
+    write_meta(tmp_path / "data" / "prepared", train_images=200)
+    params, notes = notes_of(params_path)
+    assert len(notes) == 1 and "is missing" in notes[0]
+    resolve(params_path, tmp_path / "params.resolved.yaml", prepared=tmp_path / "data" / "prepared",
+            log=lambda line: None)
+    written = yaml.safe_load((tmp_path / "params.resolved.yaml").read_text(encoding="utf-8"))
+    assert params["train"] == written["train"] and params["recipe"] == written["recipe"]
+    assert params["train"]["batch_size"] < load_params(params_path, SECTIONS)["train"]["batch_size"]

@@ -57,8 +57,9 @@ def fit_batch_size(batch_size: int, train_images: int, set_by_user: bool) -> Bat
 
 def fit_to_data(train_options: dict, train_images: int, params_path) -> dict:
     """`train_options` with the batch size fitted to `train_images` (a copy): what the
-    resolve stage writes to params.resolved.yaml and the train stage trains with. A
-    batch size written in the params file at `params_path` counts as the user's."""
+    resolve stage writes to params.resolved.yaml, and what a stage run without a current
+    one resolves in memory. A batch size written in the params file at `params_path`
+    counts as the user's."""
     from cnnspec.pipeline.params import read_yaml_mapping
 
     written = read_yaml_mapping(params_path).get("train") or {}

@@ -122,8 +122,24 @@ def load_resolved_params(path=PARAMS, sections=None, say=print, prepared=PREPARE
         schema = load_schema()
         check(written, {**schema, "properties": {section: schema["properties"][section] for section in wanted}},
               str(resolved_path))
-    params = written if written is not None else {section: current[section] for section in wanted}
+    params = written if written is not None else _resolved_here(current, wanted, path, prepared)
     check_named_paths(params, str(path))
+    return params
+
+
+def _resolved_here(current: dict, sections: list[str], path, prepared) -> dict:
+    """What the resolve stage would write for `sections`: `current` (params.yaml over its
+    recipe), with the batch size fitted to the prepared training set when there is one."""
+    from cnnspec.pipeline.fit import fit_to_data
+
+    params = {section: current[section] for section in sections}
+    meta = Path(prepared) / "meta.json"
+    if "train" in params and not not_a_regular_file(meta):
+        try:
+            train_images = json.loads(meta.read_text(encoding="utf-8"))["counts"]["train"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return params  # the stage that reads the data names what is wrong with it
+        params["train"] = fit_to_data(params["train"], train_images, path)
     return params
 
 
