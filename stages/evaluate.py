@@ -21,7 +21,8 @@ if __package__ in (None, ""):  # `python stages/<name>.py`: import this checkout
 from cnnspec.atomic import write_json, write_text
 from cnnspec.errors import exit_on_user_error
 from cnnspec.paths import EVAL_JSON, EVAL_REPORT, MISTAKES_CSV, MODEL, PARAMS, PREDICTIONS_CSV, PREPARED
-from cnnspec.pipeline.params import load_resolved_params, load_workspace_plugins
+from cnnspec.pipeline.params import load_workspace_plugins
+from cnnspec.pipeline.resolved import load_resolved_params
 
 
 @exit_on_user_error

@@ -26,14 +26,8 @@ from cnnspec.errors import CnnspecError, ParamsError, SpecError, exit_on_user_er
 from cnnspec.paths import PARAMS, PREPARED, RESOLVED_PARAMS
 from cnnspec.pipeline.dvc_runs import busy_message, other_runs
 from cnnspec.pipeline.fit import MIN_STEPS, fit_batch_size
-from cnnspec.pipeline.params import (
-    OWN_IMAGE_DATASETS,
-    RESOLVED_SECTIONS,
-    STAMP,
-    load_params,
-    read_yaml_mapping,
-    resolution_stamp,
-)
+from cnnspec.pipeline.params import OWN_IMAGE_DATASETS, load_params, read_yaml_mapping
+from cnnspec.pipeline.resolved import RESOLVED_SECTIONS, STAMP, resolution_stamp
 from cnnspec.spec.yamlio import read_bounded_text
 
 HEADER = """\

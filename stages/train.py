@@ -26,7 +26,7 @@ if __package__ in (None, ""):  # `python stages/<name>.py`: import this checkout
 
 from cnnspec.errors import die_with_parent, exit_on_user_error
 from cnnspec.paths import MODEL, PARAMS, PREPARED, RESUME_STATE, TRAIN_LOG
-from cnnspec.pipeline.params import load_resolved_params
+from cnnspec.pipeline.resolved import load_resolved_params
 from cnnspec.training import distributed
 
 

@@ -1,5 +1,5 @@
 """The train and evaluate stages take their values from params.resolved.yaml, the file
-the resolve stage writes and DVC tracks (cnnspec.pipeline.params.load_resolved_params):
+the resolve stage writes and DVC tracks (cnnspec.pipeline.resolved.load_resolved_params):
 a current file is used as written and silently; a missing or out-of-date one (a stage
 run alone after an edit) is replaced by params.yaml resolved in memory, with one note."""
 import json
@@ -9,7 +9,8 @@ import pytest
 import yaml
 
 from cnnspec.errors import ParamsError
-from cnnspec.pipeline.params import load_params, load_resolved_params
+from cnnspec.pipeline.params import load_params
+from cnnspec.pipeline.resolved import load_resolved_params
 from stages.resolve import resolve
 
 REPO = Path(__file__).resolve().parent.parent

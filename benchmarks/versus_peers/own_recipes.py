@@ -27,7 +27,8 @@ import yaml
 
 from benchmarks.versus_peers.data import ROOT, BenchmarkMismatch, Task
 from cnnspec.pipeline.fit import fit_to_data
-from cnnspec.pipeline.params import RESOLVED_SECTIONS, load_params, read_yaml_mapping
+from cnnspec.pipeline.params import load_params, read_yaml_mapping
+from cnnspec.pipeline.resolved import RESOLVED_SECTIONS
 from cnnspec.training.device import cpu_has_bf16
 
 RECIPE_MODES = ("shared", "own")

@@ -1,7 +1,7 @@
 """Read params.yaml, check it against params_schema.json, fill in the defaults.
 
     params = load_stage_params(PARAMS, sections=["data"])
-    params = load_resolved_params(PARAMS, sections=["evaluate"])   # train and evaluate
+    params = load_resolved_params(PARAMS, sections=["evaluate"])   # train and evaluate (resolved.py)
     params["evaluate"]["batch_size"]
 
 Every stage calls `load_stage_params` or `load_resolved_params` first (`load_params`,
@@ -14,15 +14,13 @@ work is done, with one line that names the key:
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import os
 from pathlib import Path
 
 from cnnspec.errors import ParamsError, SpecError
-from cnnspec.paths import PARAMS, PREPARED, RESOLVE_HINT, RESOLVED_PARAMS, path_problem
+from cnnspec.paths import PARAMS, path_problem
 from cnnspec.pipeline import recipes
-from cnnspec.regular_files import not_a_regular_file
 from cnnspec.spec import yamlio
 from cnnspec.spec.schema_errors import Strict, explain, key_path, unknown_key
 
@@ -78,96 +76,6 @@ def load_stage_params(path=PARAMS, sections=None) -> dict:
     params = load_params(path, sections)
     check_named_paths(params, str(path))
     return params
-
-
-RESOLVED_SECTIONS = ["recipe", "model", "train", "evaluate"]  # what the resolve stage writes
-STAMP = "# resolved from: "
-
-
-def resolution_stamp(params: dict, prepared=PREPARED) -> str:
-    """A digest of everything params.resolved.yaml is computed from: `params` as
-    load_params resolves them (params.yaml over its recipe, all of RESOLVED_SECTIONS), the
-    spec file they name and the prepared data's meta.json (the batch size is fitted to it).
-    The resolve stage writes it into the file; a stage that finds another one knows the
-    file is out of date."""
-    digest = hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode())
-    for source in (Path(str(params["model"]["spec"])), Path(prepared) / "meta.json"):
-        try:
-            digest.update(yamlio.read_bounded_text(source).encode())
-        except SpecError:  # missing, not a regular file or too large: the stage names it
-            digest.update(b"(none)")
-    return digest.hexdigest()
-
-
-def load_resolved_params(path=PARAMS, sections=None, say=print, prepared=PREPARED) -> dict:
-    """What the train and evaluate stages run with: params.resolved.yaml beside `path`,
-    the file the resolve stage writes and DVC tracks as their params, so the values DVC
-    shows are the values used. Its stamp must match what `path`, its recipe, the spec and
-    the prepared data give now; when the file is missing or out of date (a stage run alone
-    after an edit), the params resolved here are used instead and one line through `say`
-    says so. A current file's values are checked against the schema like params.yaml's
-    (it is in git and may be edited by hand). Then `check_named_paths`, as in load_stage_params."""
-    current = load_params(path, RESOLVED_SECTIONS)
-    wanted = sections or RESOLVED_SECTIONS
-    resolved_path = Path(path).with_name(RESOLVED_PARAMS.name)
-    written = _written_sections(resolved_path, wanted)
-    if written is None:
-        say(f"note: {resolved_path} is missing, so {path} and its recipe are resolved here; "
-            f"{RESOLVE_HINT} to write it")
-    elif _stamp_of(resolved_path) != resolution_stamp(current, prepared) or set(written) != set(wanted):
-        say(f"note: {resolved_path} is older than {path}, its recipe, the spec or the prepared data, "
-            f"so they are resolved here; {RESOLVE_HINT} to update it")
-        written = None
-    if written is not None:  # a file in git may have been edited by hand: its values are checked too
-        schema = load_schema()
-        check(written, {**schema, "properties": {section: schema["properties"][section] for section in wanted}},
-              str(resolved_path))
-    params = written if written is not None else _resolved_here(current, wanted, path, prepared)
-    check_named_paths(params, str(path))
-    return params
-
-
-def _resolved_here(current: dict, sections: list[str], path, prepared) -> dict:
-    """What the resolve stage would write for `sections`: `current` (params.yaml over its
-    recipe), with the batch size fitted to the prepared training set when there is one."""
-    from cnnspec.pipeline.fit import fit_to_data
-
-    params = {section: current[section] for section in sections}
-    meta = Path(prepared) / "meta.json"
-    if "train" in params and not not_a_regular_file(meta):
-        try:
-            train_images = json.loads(meta.read_text(encoding="utf-8"))["counts"]["train"]
-        except (OSError, ValueError, KeyError, TypeError):
-            return params  # the stage that reads the data names what is wrong with it
-        params["train"] = fit_to_data(params["train"], train_images, path)
-    return params
-
-
-def _stamp_of(path: Path) -> str | None:
-    if not_a_regular_file(path):
-        return None
-    try:
-        with open(path, encoding="utf-8") as file:
-            for line in file:
-                if line.startswith(STAMP):
-                    return line[len(STAMP):].strip()
-                if not line.startswith("#"):
-                    return None
-    except (OSError, UnicodeDecodeError):
-        return None
-    return None
-
-
-def _written_sections(path: Path, sections: list[str]):
-    """`sections` of a resolved params file, as written; None when it is missing.
-    A file that does not parse, or lacks one of them, reads as out of date ({})."""
-    if not path.is_file():
-        return None
-    try:
-        written = read_yaml_mapping(path)
-    except ParamsError:
-        return {}
-    return {section: written[section] for section in sections if section in written}
 
 
 def load_schema() -> dict:
