@@ -156,14 +156,9 @@ def skip_collection_at_exit() -> None:
     """Let the interpreter's shutdown skip its last garbage collection: over the objects
     torch and its compiler stack create it takes 0.5-0.9 s, in every stage and command.
     Shutdown still runs atexit handlers and frees the modules; what a command writes it
-    has closed before it returns. Registered once, by commands, not by `import cnnspec`."""
-    global _collection_skipped
-    if not _collection_skipped:
-        atexit.register(gc.freeze)
-        _collection_skipped = True
-
-
-_collection_skipped = False
+    has closed before it returns. Registered by commands, not by `import cnnspec`."""
+    atexit.unregister(gc.freeze)  # once, however many commands one process runs
+    atexit.register(gc.freeze)
 
 
 def exit_on_user_error(main):
