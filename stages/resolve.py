@@ -12,7 +12,6 @@ stages' params file, so `dvc params diff` and `dvc exp show` show the values a r
 really used, not only the overrides. It prints one line saying what was chosen and why.
 """
 import hashlib
-import json
 import sys
 from pathlib import Path
 
@@ -27,21 +26,19 @@ from cnnspec.paths import PARAMS, PREPARED, RESOLVED_PARAMS
 from cnnspec.pipeline.dvc_runs import busy_message, other_runs
 from cnnspec.pipeline.fit import MIN_STEPS, fit_batch_size
 from cnnspec.pipeline.params import OWN_IMAGE_DATASETS, load_params, read_yaml_mapping
-from cnnspec.pipeline.resolved import RESOLVED_SECTIONS, STAMP, resolution_stamp
+from cnnspec.pipeline.resolved import (
+    RESOLVED_SECTIONS,
+    STAMP,
+    prepared_meta,
+    prepared_train_images,
+    resolution_stamp,
+)
 from cnnspec.spec.yamlio import read_bounded_text
 
 HEADER = """\
 # Written by `dvc repro` (stage resolve) from params.yaml and {recipe}:
 # the params the train and evaluate stages ran with. Edit those, not this file.
 """
-
-
-def prepared_meta(prepared=PREPARED) -> dict | None:
-    """meta.json of the prepared data, or None before preprocess has run."""
-    try:
-        return json.loads((Path(prepared) / "meta.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
 
 
 def resolve(params_path=PARAMS, resolved_path=RESOLVED_PARAMS, prepared=PREPARED, log=print) -> dict:
@@ -57,8 +54,7 @@ def resolve(params_path=PARAMS, resolved_path=RESOLVED_PARAMS, prepared=PREPARED
     params["model"]["spec_sha256"] = hashlib.sha256(spec_text.encode()).hexdigest()
     meta = prepared_meta(prepared)
     why = choice_line(params, data, written)
-    if meta is not None and meta.get("counts", {}).get("train"):
-        train_images = meta["counts"]["train"]
+    if train_images := prepared_train_images(meta):
         set_by_user = (written.get("train") or {}).get("batch_size") is not None
         fit = fit_batch_size(params["train"]["batch_size"], train_images, set_by_user)
         params["train"] = {**params["train"], "batch_size": fit.batch_size}  # what fit_to_data gives a stage run alone

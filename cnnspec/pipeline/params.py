@@ -54,7 +54,7 @@ def load_params(path=PARAMS, sections=None) -> dict:
     chosen = {section: params.get(section, schema["properties"][section].get("default", {}))
               for section in sections}
     chosen = {section: _yaml11_spellings(section, value) for section, value in chosen.items()}
-    sub_schema = {**schema, "properties": {s: schema["properties"][s] for s in sections}}
+    sub_schema = sections_schema(schema, sections)
     check(chosen, sub_schema, name, lambda key_path: recipes.origin_of(origin, key_path))
     filled = fill_defaults(chosen, sub_schema)
     if "model" in filled:  # layer types from the user's code, before any spec is read
@@ -80,6 +80,11 @@ def load_stage_params(path=PARAMS, sections=None) -> dict:
 
 def load_schema() -> dict:
     return json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
+
+
+def sections_schema(schema: dict, sections: list[str]) -> dict:
+    """The params schema narrowed to `sections` (what a stage reads)."""
+    return {**schema, "properties": {section: schema["properties"][section] for section in sections}}
 
 
 # --- model.spec: auto ------------------------------------------------------

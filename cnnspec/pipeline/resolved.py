@@ -13,7 +13,14 @@ from pathlib import Path
 from cnnspec.errors import ParamsError, SpecError
 from cnnspec.paths import PARAMS, PREPARED, RESOLVE_HINT, RESOLVED_PARAMS
 from cnnspec.pipeline.fit import fit_to_data
-from cnnspec.pipeline.params import check, check_named_paths, load_params, load_schema, read_yaml_mapping
+from cnnspec.pipeline.params import (
+    check,
+    check_named_paths,
+    load_params,
+    load_schema,
+    read_yaml_mapping,
+    sections_schema,
+)
 from cnnspec.regular_files import not_a_regular_file
 from cnnspec.spec import yamlio
 
@@ -56,24 +63,37 @@ def load_resolved_params(path=PARAMS, sections=None, say=print, prepared=PREPARE
             f"so they are resolved here; {RESOLVE_HINT} to update it")
         written = None
     if written is not None:  # a file in git may have been edited by hand: its values are checked too
-        schema = load_schema()
-        check(written, {**schema, "properties": {section: schema["properties"][section] for section in wanted}},
-              str(resolved_path))
+        check(written, sections_schema(load_schema(), wanted), str(resolved_path))
     params = written if written is not None else _resolved_here(current, wanted, path, prepared)
     check_named_paths(params, str(path))
     return params
+
+
+def prepared_meta(prepared=PREPARED) -> dict | None:
+    """meta.json of the prepared data, or None before preprocess has run (or when it is
+    not a readable JSON object: the stage that reads the data names what is wrong)."""
+    path = Path(prepared) / "meta.json"
+    if not_a_regular_file(path):
+        return None
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
+def prepared_train_images(meta: dict | None) -> int | None:
+    """The training images meta.json counts, or None without them."""
+    counts = meta.get("counts") if meta is not None else None
+    return counts.get("train") if isinstance(counts, dict) else None
 
 
 def _resolved_here(current: dict, sections: list[str], path, prepared) -> dict:
     """What the resolve stage would write for `sections`: `current` (params.yaml over its
     recipe), with the batch size fitted to the prepared training set when there is one."""
     params = {section: current[section] for section in sections}
-    meta = Path(prepared) / "meta.json"
-    if "train" in params and not not_a_regular_file(meta):
-        try:
-            train_images = json.loads(meta.read_text(encoding="utf-8"))["counts"]["train"]
-        except (OSError, ValueError, KeyError, TypeError):
-            return params  # the stage that reads the data names what is wrong with it
+    train_images = prepared_train_images(prepared_meta(prepared)) if "train" in params else None
+    if train_images:
         params["train"] = fit_to_data(params["train"], train_images, path)
     return params
 
