@@ -226,7 +226,7 @@ def test_the_mistakes_grid_titles_each_image_with_its_file_name(tmp_path):
     images = np.zeros((3, 1, 8, 8), np.uint8)
     figure = plot_stage.misclassified_figure(images, np.array([0, 1, 1]), np.array([1, 1, 0]),
                                              ["cat", "dog"], count=9, paths=paths)
-    titles = [axes.texts[0].get_text() for axes in figure.axes]
+    titles = [text.get_text() for text in figure.axes[0].texts]
     assert titles[0] == "001.png\ntrue: cat\npred: dog"
     assert titles[1].startswith("a_very_lon…") and titles[1].split("\n")[0].endswith("0003.png")
     (tmp_path / "plain.csv").write_text("index,actual,predicted\n0,cat,dog\n")

@@ -138,15 +138,39 @@ def test_learning_curves_without_a_validation_split_show_training_only(project):
     assert imread(project / "metrics" / "plots" / "learning_curves.png").shape[1] >= 600
 
 
+def _shown_at(mosaic: np.ndarray, picture: np.ndarray) -> list[tuple[int, int]]:
+    """Every (top, left) where `picture` (H, W[, C]) sits in `mosaic`."""
+    height, width = picture.shape[:2]
+    return [(top, left) for top in range(mosaic.shape[0] - height + 1)
+            for left in range(mosaic.shape[1] - width + 1)
+            if np.array_equal(mosaic[top:top + height, left:left + width], picture)]
+
+
 def test_misclassified_grid_shows_the_first_mistakes_with_both_labels():
-    images = np.zeros((6, 1, 5, 5), dtype=np.uint8)
+    images = np.random.default_rng(0).integers(0, 255, (6, 1, 5, 5), dtype=np.uint8)
     actual = np.array([0, 1, 2, 3, 1, 2])
     predicted = np.array([0, 0, 0, 3, 3, 3])  # mistakes at 1, 2, 4, 5
     figure = plot_stage.misclassified_figure(images, actual, predicted, CLASSES, count=3)
-    titles = [axes.texts[0].get_text() for axes in figure.axes]
-    assert titles == ["true: cat\npred: airplane", "true: dog\npred: airplane",
-                      "true: cat\npred: frog"]
-    assert all(axes.images[0].get_array().shape == (5, 5) for axes in figure.axes)
+    (axes,) = figure.axes  # one picture of the thumbnails, titled above each
+    assert [text.get_text() for text in axes.texts] == [
+        "true: cat\npred: airplane", "true: dog\npred: airplane", "true: cat\npred: frog"]
+    mosaic = axes.images[0].get_array()
+    places = [_shown_at(mosaic, images[index, 0]) for index in (1, 2, 4)]
+    assert all(len(found) == 1 for found in places)  # each mistake once, in reading order:
+    (first,), (second,), (third,) = places          # two to a row, then the next row
+    assert first[0] == second[0] < third[0] and first[1] == third[1] < second[1]
+    assert not _shown_at(mosaic, images[0, 0]) and not _shown_at(mosaic, images[3, 0])  # right ones
+    for text, (top, left) in zip(axes.texts, (first, second, third)):
+        x, y = text.xy  # each title just above its own image
+        assert left <= x <= left + 5 and y == top - 0.5
+
+
+def test_misclassified_grid_keeps_colour_images_in_colour():
+    images = np.random.default_rng(1).integers(0, 255, (2, 3, 4, 6), dtype=np.uint8)
+    figure = plot_stage.misclassified_figure(images, np.array([0, 1]), np.array([1, 0]), CLASSES, count=9)
+    mosaic = figure.axes[0].images[0].get_array()
+    assert mosaic.shape[2] == 3
+    assert all(len(_shown_at(mosaic, image.transpose(1, 2, 0))) == 1 for image in images)
 
 
 def test_no_mistakes_still_gives_a_figure(project):
