@@ -2,6 +2,7 @@
 broadcasting merges, expressions, PyTorch-style padding, warnings, custom layers."""
 from __future__ import annotations
 
+import jsonschema
 import pytest
 import torch
 
@@ -439,6 +440,9 @@ def test_registration_refuses_a_bad_schema_or_a_taken_name(registry_restored):
         layer_registry.register_layer("noop", rule, schema={"propertys": {}})
     with pytest.raises(ValueError, match="options every layer has already"):
         layer_registry.register_layer("noop", rule, schema={"properties": {"name": {"type": "string"}}})
+    with pytest.raises(jsonschema.SchemaError, match="integr"):  # a plugin's options are a JSON Schema
+        layer_registry.register_layer("noop", rule, schema={"properties": {"size": {"type": "integr"}}})
+    assert "noop" not in layer_registry.LAYERS
 
 
 def test_a_missing_plugin_is_one_line(tmp_path, capsys):

@@ -137,8 +137,8 @@ def test_the_schema_file_editors_use_is_the_assembled_schema():
 
 
 def test_the_assembled_schema_is_a_valid_2020_12_schema_and_every_ref_resolves():
-    """register_layer checks each new entry alone; the shared $defs and the $refs between
-    entries are checked here, once, instead of at every import."""
+    """register_layer checks a plugin's entry alone; the built-in entries, the shared $defs
+    and the $refs between entries are checked here, once, instead of at every import."""
     schema = registry.spec_schema()
     jsonschema.Draft202012Validator.check_schema(schema)
     refs = {match for match in re.findall(r'"\$ref": "#/\$defs/([a-z_0-9]+)"', json.dumps(schema))}
