@@ -32,7 +32,9 @@ def main() -> None:
     # torch loads only after the params passed, so a typo fails in a blink.
     from cnnspec.data.datasets import split_files
     from cnnspec.inference import evaluation
+    from cnnspec.training.device import reuse_freed_memory
 
+    reuse_freed_memory()  # the test set goes through in batches: each reuses the last one's memory
     report, actual, predicted, probabilities = evaluation.evaluate_checkpoint(
         MODEL, PREPARED, tta=params["tta"], batch_size=params["batch_size"], with_probabilities=True)
     paths = split_files(PREPARED, "test")  # folder and csv datasets: each test image's file

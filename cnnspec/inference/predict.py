@@ -464,8 +464,9 @@ def run_command(args) -> int:
         raise UsageError(f"--top-k: expected a number >= 1, not {args.top_k}")
     if args.batch_size < 1:
         raise UsageError(f"--batch-size: expected a number >= 1, not {args.batch_size}")
-    from cnnspec.training.device import pick_device
+    from cnnspec.training.device import pick_device, reuse_freed_memory
 
+    reuse_freed_memory()  # the images go through in batches: each reuses the last one's memory
     engine = getattr(args, "engine", "auto")
     if str(args.checkpoint).endswith(".onnx"):
         if args.tta != "none":
