@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cnnspec.data.datasets import (
     DATASETS,
@@ -31,6 +33,7 @@ from tests.fakedata import (
     make_cifar100_archive,
     make_mnist_folder,
 )
+from tests.fuzzing import bounded, examples
 
 
 def extract(archive: Path, tmp_path: Path, folder: str) -> Path:
@@ -139,6 +142,56 @@ def test_idx_header_is_checked(tmp_path):
     path.write_bytes(b"not gzip at all")
     with pytest.raises(DataError, match="not a gzip file"):
         read_idx(path, rank=3)
+
+
+def test_an_idx_gzip_bomb_stops_at_its_header(tmp_path):
+    """A mirror's file is decompressed no further than its header promises, and a header
+    promising more than MAX_IDX_BYTES is refused before any data is read."""
+    path = tmp_path / "bomb.gz"
+    huge_header = np.array([0x803, 60000, 1000, 1000], dtype=">u4").tobytes()  # 60 GB promised
+    path.write_bytes(gzip.compress(huge_header + bytes(1 << 20)))
+    with pytest.raises(DataError, match=r"bomb.gz: header promises shape \[60000, 1000, 1000\], "
+                                        r"60,000,000,000 bytes; refused above 1,073,741,824"):
+        read_idx(path, rank=3)
+    small = idx_bytes(np.zeros((2, 4, 4), np.uint8))
+    path.write_bytes(gzip.compress(small + bytes(64 << 20)))  # 64 MB of zeros behind 32 bytes of data
+    with pytest.raises(DataError, match=r"more than 32 bytes of data, header promises shape \[2, 4, 4\]"):
+        read_idx(path, rank=3)
+
+
+
+FUZZ = settings()  # the loaded profile (tests/fuzzing.py)
+
+
+@st.composite
+def idx_files(draw) -> bytes:
+    """Gzipped idx files of any header and any data, most of them nearly right."""
+    rank = draw(st.sampled_from([1, 3]))
+    magic = draw(st.sampled_from([0x801, 0x803, draw(st.integers(0, 2**32 - 1))]))
+    shape = draw(st.lists(st.one_of(st.integers(0, 6), st.integers(0, 2**32 - 1)), min_size=rank, max_size=rank))
+    header = np.array([magic, *shape], dtype=">u4").tobytes()[:draw(st.integers(0, 4 * (1 + rank)))]
+    data = draw(st.binary(max_size=300))
+    payload = gzip.compress(header + data)
+    if draw(st.booleans()):  # a damaged stream
+        cut = draw(st.integers(0, len(payload)))
+        payload = payload[:cut] + draw(st.binary(max_size=20))
+    return payload
+
+
+@settings(FUZZ, max_examples=examples(200))
+@given(idx_files(), st.sampled_from([1, 3]))
+def test_random_idx_files_decode_to_their_header_s_shape_or_raise_a_data_error(tmp_path_factory, payload, rank):
+    path = tmp_path_factory.mktemp("idx") / "x.gz"
+    path.write_bytes(payload)
+    with bounded(seconds=5, megabytes=64):
+        try:
+            array = read_idx(path, rank)
+        except DataError as error:
+            assert str(error).startswith(str(path)) and "\n" not in str(error)
+        else:
+            header = gzip.decompress(payload)[:4 * (1 + rank)]
+            assert list(array.shape) == np.frombuffer(header, dtype=">u4").tolist()[1:]
+            assert array.dtype == np.uint8
 
 
 def test_decode_raw_before_download_names_the_stage(tmp_path):

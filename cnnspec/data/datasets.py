@@ -13,7 +13,9 @@ from __future__ import annotations
 import codecs
 import gzip
 import json
+import math
 import pickle
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -157,26 +159,35 @@ def decode_cifar100(folder: Path) -> RawDataset:
 # MNIST-style idx files: a big-endian header (magic, then one uint32 per dimension), then bytes.
 
 IDX_UBYTE_MAGIC = {1: 0x00000801, 3: 0x00000803}  # rank -> magic number of unsigned-byte data
+MAX_IDX_BYTES = 1 << 30  # one idx file's data, decompressed: 20 times Fashion-MNIST's training images
 
 
 def read_idx(path: Path, rank: int) -> np.ndarray:
+    """The uint8 array of a gzipped idx file, decompressed no further than its header
+    promises (at most MAX_IDX_BYTES): a mirror's gzip bomb stops at the header."""
+    header_size = 4 * (1 + rank)
     try:
         with gzip.open(path, "rb") as file:
-            raw = file.read()
+            header = file.read(header_size)
+            if len(header) < header_size:
+                raise DataError(f"{path}: truncated idx header")
+            magic, *shape = np.frombuffer(header, dtype=">u4").tolist()
+            if magic != IDX_UBYTE_MAGIC[rank]:
+                raise DataError(f"{path}: idx magic number {magic:#010x}, expected {IDX_UBYTE_MAGIC[rank]:#010x}")
+            promised = math.prod(shape)
+            if promised > MAX_IDX_BYTES:
+                raise DataError(f"{path}: header promises shape {shape}, {promised:,} bytes; "
+                                f"refused above {MAX_IDX_BYTES:,} (Fashion-MNIST's largest file holds 47 MB)")
+            body = file.read(promised)
+            extra = len(file.read(1))
     except FileNotFoundError:
         raise DataError(f"{path}: missing; {DOWNLOAD_HINT}") from None
-    except (OSError, EOFError) as error:
+    except (OSError, EOFError, zlib.error) as error:
         raise DataError(f"{path}: not a gzip file: {error}") from None
-    header_size = 4 * (1 + rank)
-    if len(raw) < header_size:
-        raise DataError(f"{path}: truncated idx header")
-    magic, *shape = np.frombuffer(raw[:header_size], dtype=">u4").tolist()
-    if magic != IDX_UBYTE_MAGIC[rank]:
-        raise DataError(f"{path}: idx magic number {magic:#010x}, expected {IDX_UBYTE_MAGIC[rank]:#010x}")
-    body = np.frombuffer(raw, dtype=np.uint8, offset=header_size)
-    if body.size != int(np.prod(shape)):
-        raise DataError(f"{path}: {body.size} bytes of data, header promises shape {shape}")
-    return body.reshape(shape)
+    if len(body) != promised or extra:
+        found = f"more than {promised:,}" if extra else f"{len(body)}"
+        raise DataError(f"{path}: {found} bytes of data, header promises shape {shape}")
+    return np.frombuffer(body, dtype=np.uint8).reshape(shape)
 
 
 def _mnist_decoder(classes: list[str]) -> Callable[[Path], RawDataset]:
