@@ -62,7 +62,9 @@ def wait_for_queue(repo: Path, timeout: float = 300) -> int:
 @pytest.fixture(scope="module")
 def queued_repo(tmp_path_factory):
     mirror = tmp_path_factory.mktemp("mirror")
-    sums = make_mnist_folder(mirror, n_train_per_class=8, n_test_per_class=2)
+    # enough images that each experiment trains for a few seconds: the two overlap even
+    # when the second queue worker starts late on a busy machine
+    sums = make_mnist_folder(mirror, n_train_per_class=400, n_test_per_class=2)
     repo = tmp_path_factory.mktemp("repo")
     copy_checkout(repo)
     (repo / "specs" / "queue_tiny.yaml").write_text(SPEC)
