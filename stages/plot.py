@@ -178,7 +178,8 @@ def misclassified_figure(images: np.ndarray, actual: np.ndarray, predicted: np.n
     gap = max(1, round(0.05 * image_width))  # pixels of the images' own size
     inches_per_pixel = cell / (image_width + gap)
     title_inches = (3 if paths is not None else 2) * 8 * 1.3 / 72 + 0.05  # lines of 8-point text
-    mosaic = _mosaic(images, wrong, columns, gap, math.ceil(title_inches / inches_per_pixel))
+    title_pixels = math.ceil(title_inches / inches_per_pixel)
+    mosaic = _mosaic(images, wrong, columns, gap, title_pixels)
     mosaic_width, mosaic_height = columns * cell, mosaic.shape[0] * inches_per_pixel
     width, height = max(6.0, mosaic_width), max(2.0, mosaic_height)
     figure = Figure(figsize=(width, height), dpi=DPI)
@@ -186,13 +187,13 @@ def misclassified_figure(images: np.ndarray, actual: np.ndarray, predicted: np.n
                             mosaic_width / width, mosaic_height / height))
     axes.imshow(mosaic, cmap="gray", vmin=0, vmax=255, interpolation="antialiased")
     axes.axis("off")
-    pitch_height, pitch_width = mosaic.shape[0] // math.ceil(len(wrong) / columns), image_width + gap
+    pitch_height, pitch_width = image_height + title_pixels, image_width + gap
     for position, index in enumerate(wrong):
         row, column = divmod(position, columns)
         title = f"true: {classes[actual[index]]}\npred: {classes[predicted[index]]}"
         if paths is not None:
             title = f"{short_name(paths[index])}\n{title}"
-        image_top = (row + 1) * pitch_height - image_height - 0.5  # imshow centres pixels on integers
+        image_top = row * pitch_height + title_pixels - 0.5  # imshow centres pixels on integers
         axes.annotate(title, ((column + 0.5) * pitch_width - 0.5, image_top), xytext=(0, 4),
                       textcoords="offset points", ha="center", va="baseline", fontsize=8, color="darkred")
     return figure
