@@ -335,10 +335,13 @@ def decode_pool(workers: int, inline: bool):
         yield executor
         executor.shutdown(wait=True)
     except BaseException:
-        executor.shutdown(wait=False, cancel_futures=True)
         started = set(multiprocessing.active_children()) - before
         for process in started:  # SIGKILL: a worker holds nothing to clean up
             process.kill()
+        # The pool's own thread finds its workers gone and reaps them; joining them here
+        # while that thread runs would race it for their exit statuses (a worker could look
+        # alive after its end), so it finishes first. Then the rest: one the pool never knew.
+        executor.shutdown(wait=True, cancel_futures=True)
         for process in started:
             process.join(timeout=5)
         raise
