@@ -12,12 +12,12 @@ import contextlib
 import errno
 import json
 import os
+import secrets
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
-from cnnspec.errors import DiskFullError, raise_if_terminated
+from cnnspec.errors import DiskFullError, raise_if_terminated, termination_deferred
 
 # A write that fails while the disk has less than this free is reported as a full disk:
 # torch.save and numpy.save do not always pass the ENOSPC errno on.
@@ -52,6 +52,39 @@ def sweep_stale_siblings(destination, suffix: str = ".tmp") -> int:
 
 
 @contextlib.contextmanager
+def temporary_sibling(destination: Path, suffix: str = ".tmp", folder: bool = False):
+    """Yield a new empty file (or folder) `.NAME.<random>SUFFIX` next to `destination`,
+    made with the modes open() and mkdir() give (0666 or 0777 less the umask), and remove
+    it if the block raises. Its name is chosen before it is created, so a signal that
+    lands right after the creation still finds it to remove (tempfile's mkstemp and
+    mkdtemp tell the name only after the file exists, and a signal in between leaks it)."""
+    claimed = None
+    try:
+        while claimed is None:
+            claimed = destination.parent / f".{destination.name}.{secrets.token_hex(6)}{suffix}"
+            try:
+                if folder:
+                    os.mkdir(claimed, 0o777)
+                else:
+                    os.close(os.open(claimed, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            except FileExistsError:  # another writer's: draw another name
+                claimed = None
+        yield claimed
+    except BaseException:
+        if claimed is not None:
+            _remove(claimed)
+        raise
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+@contextlib.contextmanager
 def atomic_path(destination: str | os.PathLike):
     """Yield a temporary path next to `destination`; on success rename it there.
 
@@ -60,31 +93,25 @@ def atomic_path(destination: str | os.PathLike):
     destination = Path(destination)
     destination.parent.mkdir(parents=True, exist_ok=True)
     sweep_stale_siblings(destination)
-    try:
-        handle, temporary = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".tmp",
-                                             dir=destination.parent)
-    except OSError as error:
-        if disk_is_full(error, destination.parent):
-            raise DiskFullError(destination) from None
-        raise
-    os.close(handle)
-    try:
-        os.chmod(temporary, user_mode(0o666))  # mkstemp makes it 0600; outputs are shared files
-        yield Path(temporary)
+    # outside: creating the temporary can fail for a full disk too; inside: the disk is
+    # judged before the temporary's removal frees space
+    with full_disk_named(destination), temporary_sibling(destination) as temporary, full_disk_named(destination):
+        yield temporary
         with open(temporary, "rb") as written:
             os.fsync(written.fileno())
         raise_if_terminated()
         os.replace(temporary, destination)
+
+
+@contextlib.contextmanager
+def full_disk_named(destination: Path):
+    """An OSError (or a RuntimeError from torch's writer) raised while the disk is full
+    becomes DiskFullError naming `destination`."""
+    try:
+        yield
     except (OSError, RuntimeError) as error:
-        full = disk_is_full(error, destination.parent)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        if full:
+        if disk_is_full(error, destination.parent):
             raise DiskFullError(destination) from None
-        raise
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
         raise
 
 
@@ -137,27 +164,39 @@ def atomic_folder(destination):
     destination = Path(destination)
     destination.parent.mkdir(parents=True, exist_ok=True)
     sweep_stale_siblings(destination)
-    temporary = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", suffix=".tmp",
-                                      dir=destination.parent))
-    try:
-        os.chmod(temporary, user_mode(0o777))  # mkdtemp makes it 0700
-        yield temporary
-        raise_if_terminated()
-    except BaseException as error:
-        shutil.rmtree(temporary, ignore_errors=True)
-        if isinstance(error, DiskFullError) and Path(error.path).is_relative_to(temporary):
-            # name the file by where it was going, not by the temporary folder
-            raise DiskFullError(destination / Path(error.path).relative_to(temporary)) from None
-        raise
-    _swap_in(temporary, destination)
+    with temporary_sibling(destination, folder=True) as temporary:
+        try:
+            yield temporary
+            raise_if_terminated()
+        except DiskFullError as error:
+            if Path(error.path).is_relative_to(temporary):
+                # name the file by where it was going, not by the temporary folder
+                raise DiskFullError(destination / Path(error.path).relative_to(temporary)) from None
+            raise
+        _swap_in(temporary, destination)
 
 
 def _swap_in(folder: Path, destination: Path) -> None:
-    # A folder cannot be renamed over a non-empty one: move the old one aside first.
-    if not destination.exists():
-        os.replace(folder, destination)
-        return
-    aside = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", suffix=".old", dir=destination.parent))
-    os.replace(destination, aside / destination.name)
-    os.replace(folder, destination)
-    shutil.rmtree(aside)
+    """Rename `folder` to `destination`. A folder cannot be renamed over a non-empty one:
+    the old one is moved aside first, and put back if the new one cannot take its place.
+    A SIGTERM or Ctrl-C is acted on after the renames, so it never leaves the moment
+    between them, without `destination`, behind."""
+    with termination_deferred():
+        if not destination.exists():
+            os.replace(folder, destination)
+            return
+        with temporary_sibling(destination, ".old", folder=True) as aside:
+            pass  # made empty; what happens to it below is spelled out
+        old = aside / destination.name
+        try:
+            os.replace(destination, old)
+        except OSError:
+            aside.rmdir()
+            raise
+        try:
+            os.replace(folder, destination)
+        except OSError:
+            os.replace(old, destination)
+            aside.rmdir()
+            raise
+        shutil.rmtree(aside, ignore_errors=True)

@@ -10,6 +10,7 @@ with the error's `exit_code`; the traceback is shown only with `--debug` or
 from __future__ import annotations
 
 import atexit
+import contextlib
 import functools
 import gc
 import os
@@ -90,9 +91,38 @@ class Terminated(KeyboardInterrupt):
 TERMINATED: list = []
 
 
+# Non-empty while a termination_deferred block runs: SIGTERM is recorded, not raised.
+DEFERRING: list = []
+
+
 def raise_if_terminated() -> None:
     if TERMINATED:
         raise Terminated()
+
+
+@contextlib.contextmanager
+def termination_deferred():
+    """Run a few steps that must not be cut in two (renames that swap an output into
+    place): a SIGTERM (with terminate_like_interrupt's handler) or, in the main thread, a
+    Ctrl-C arriving inside is acted on when the block ends."""
+    import signal
+    import threading
+
+    interrupted = []
+    catch_interrupt = (threading.current_thread() is threading.main_thread()
+                       and signal.getsignal(signal.SIGINT) is signal.default_int_handler)
+    if catch_interrupt:
+        signal.signal(signal.SIGINT, lambda signum, frame: interrupted.append(signum))
+    DEFERRING.append(True)
+    try:
+        yield
+    finally:
+        DEFERRING.pop()
+        if catch_interrupt:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+    raise_if_terminated()
+    if interrupted:
+        raise KeyboardInterrupt
 
 
 def terminate_like_interrupt() -> None:
@@ -105,7 +135,8 @@ def terminate_like_interrupt() -> None:
     def raise_terminated(signum, frame):
         signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends at once
         TERMINATED.append(signum)  # for the atomic writers, should the raise below be swallowed
-        raise Terminated()
+        if not DEFERRING:
+            raise Terminated()
 
     def deliver_again():
         time.sleep(0.05)

@@ -275,3 +275,85 @@ def test_the_resolve_stage_names_another_run_in_one_line(tmp_path):
     assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1
     assert f"pid {other.pid}: dvc exp run" in result.stderr and "dvc exp run --queue" in result.stderr
     assert not (work / "params.resolved.yaml").exists()
+
+
+def _interrupt_right_after_creating(monkeypatch, name_start: str):
+    """os.mkdir and os.open make what they are asked to, then, the first time for a name
+    starting with `name_start`, raise KeyboardInterrupt: a signal landing right after the
+    syscall that created the temporary."""
+    interrupted = []
+    for function in ("mkdir", "open"):
+        real = getattr(os, function)
+
+        def made_then_interrupted(path, *args, real=real, **kwargs):
+            result = real(path, *args, **kwargs)
+            if Path(path).name.startswith(name_start) and not interrupted:
+                interrupted.append(path)
+                if isinstance(result, int):
+                    os.close(result)
+                raise KeyboardInterrupt
+            return result
+
+        monkeypatch.setattr(os, function, made_then_interrupted)
+
+
+def test_a_signal_right_after_a_temporary_is_made_leaves_nothing_behind(tmp_path, monkeypatch):
+    from cnnspec.atomic import atomic_folder
+    from cnnspec.data.download import fetch
+
+    source = tmp_path / "mirror.gz"
+    source.write_bytes(b"labels")
+    out = tmp_path / "out"
+    out.mkdir()
+    writers = {
+        ".metrics.json.": lambda: write_text(out / "metrics.json", "{}"),
+        ".prepared.": lambda: atomic_folder(out / "prepared").__enter__(),
+        ".labels.gz.": lambda: fetch(source.as_uri(), out / "labels.gz", None, progress=False),
+    }
+    for name_start, write in writers.items():
+        with monkeypatch.context() as patched:
+            _interrupt_right_after_creating(patched, name_start)
+            with pytest.raises(KeyboardInterrupt):
+                write()
+        assert list(out.iterdir()) == [], f"{name_start}*: a temporary was left behind"
+
+
+SWAP_WITH_SIGTERM = """
+import json, os, signal, sys
+from pathlib import Path
+from cnnspec import errors
+from cnnspec.atomic import atomic_folder
+
+destination = Path(sys.argv[1]) / "prepared"
+destination.mkdir()
+(destination / "old.txt").write_text("old")
+errors.terminate_like_interrupt()
+real_replace, signalled = os.replace, []
+
+def replace_then_signal(source, target):
+    real_replace(source, target)
+    if not signalled:  # once: the handler makes a second SIGTERM end the process
+        signalled.append(True)
+        os.kill(os.getpid(), signal.SIGTERM)  # lands before the next line: between the renames
+
+os.replace = replace_then_signal
+try:
+    with atomic_folder(destination) as temporary:
+        (temporary / "new.txt").write_text("new")
+    ended = "finished"
+except errors.Terminated:
+    ended = "terminated"
+print(json.dumps({"ended": ended, "signalled": bool(signalled),
+                  "siblings": sorted(p.name for p in destination.parent.iterdir()),
+                  "inside": sorted(p.name for p in destination.iterdir()) if destination.exists() else None}))
+"""
+
+
+def test_a_sigterm_between_the_renames_of_a_folder_swap_lands_after_them(tmp_path):
+    # Replacing data/prepared takes two renames (the old folder aside, the new one in):
+    # a SIGTERM between them once left no data/prepared at all.
+    result = subprocess.run([sys.executable, "-c", SWAP_WITH_SIGTERM, str(tmp_path)], cwd=ROOT, env=ENV,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    state = json.loads(result.stdout)
+    assert state == {"ended": "terminated", "signalled": True, "siblings": ["prepared"], "inside": ["new.txt"]}

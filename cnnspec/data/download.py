@@ -22,14 +22,13 @@ import shutil
 import socket
 import sys
 import tarfile
-import tempfile
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path, PurePosixPath
 
-from cnnspec.atomic import atomic_folder, disk_is_full, sweep_stale_siblings, user_mode
+from cnnspec.atomic import atomic_folder, disk_is_full, sweep_stale_siblings, temporary_sibling
 from cnnspec.data.datasets import EXTRACTED, DatasetInfo, get_dataset
 from cnnspec.errors import DataError, DiskFullError, raise_if_terminated
 from cnnspec.paths import RAW
@@ -104,11 +103,7 @@ def fetch(url: str, destination, md5: str | None, progress: bool = True, *,
     destination = Path(destination)
     destination.parent.mkdir(parents=True, exist_ok=True)
     sweep_stale_siblings(destination, ".part")  # what a download killed earlier left
-    handle, name = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".part", dir=destination.parent)
-    os.close(handle)
-    os.chmod(name, user_mode(0o666))  # mkstemp makes it 0600
-    partial = Path(name)
-    try:
+    with temporary_sibling(destination, ".part") as partial:
         _transfer_with_retries(url, partial, progress, timeout, attempts, backoff, max_bytes)
         if md5 is not None:
             actual = md5_of(partial)
@@ -118,9 +113,7 @@ def fetch(url: str, destination, md5: str | None, progress: bool = True, *,
             os.fsync(written.fileno())
         raise_if_terminated()
         os.replace(partial, destination)
-        return destination
-    finally:
-        partial.unlink(missing_ok=True)
+    return destination
 
 
 def _transfer_with_retries(url, partial, progress, timeout, attempts, backoff,
