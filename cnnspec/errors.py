@@ -192,6 +192,23 @@ def skip_collection_at_exit() -> None:
     atexit.register(gc.freeze)
 
 
+def end_finished_script() -> None:
+    """End a stage script's process once its main() returned: what the interpreter's own
+    shutdown does that matters (wait for non-daemon threads, run the atexit handlers,
+    flush stdout and stderr), then os._exit(0), skipping the freeing of every module and
+    object, 0.13-0.25 s once torch is imported. Only for `if __name__ == "__main__":`."""
+    import threading
+
+    for thread in threading.enumerate():
+        if thread is not threading.main_thread() and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(0)
+
+
 def exit_on_user_error(main):
     """Decorate a command's main(): a CnnspecError becomes one line on stderr and
     a non-zero exit; KeyboardInterrupt exits 130 and SIGTERM (see terminate_like_interrupt)

@@ -18,7 +18,7 @@ if __package__ in (None, ""):  # `python stages/<name>.py`: import this checkout
 from cnnspec import atomic
 from cnnspec.data.datasets import USER_DATASETS
 from cnnspec.data.download import download_dataset
-from cnnspec.errors import exit_on_user_error, terminate_like_interrupt
+from cnnspec.errors import end_finished_script, exit_on_user_error, terminate_like_interrupt
 from cnnspec.paths import PARAMS, RAW
 from cnnspec.pipeline.params import load_stage_params
 
@@ -39,3 +39,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    end_finished_script()

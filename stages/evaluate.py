@@ -19,7 +19,7 @@ if __package__ in (None, ""):  # `python stages/<name>.py`: import this checkout
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cnnspec.atomic import write_json, write_text
-from cnnspec.errors import exit_on_user_error
+from cnnspec.errors import end_finished_script, exit_on_user_error
 from cnnspec.paths import EVAL_JSON, EVAL_REPORT, MISTAKES_CSV, MODEL, PARAMS, PREDICTIONS_CSV, PREPARED
 from cnnspec.pipeline.params import load_workspace_plugins
 from cnnspec.pipeline.resolved import load_resolved_params
@@ -64,3 +64,4 @@ def trained_with(model_path) -> dict:
 
 if __name__ == "__main__":
     main()
+    end_finished_script()

@@ -11,7 +11,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # `python stages/<name>.py`: import this checkout's cnnspec
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cnnspec.errors import exit_on_user_error, terminate_like_interrupt
+from cnnspec.errors import end_finished_script, exit_on_user_error, terminate_like_interrupt
 from cnnspec.paths import EXPORT, MODEL, PARAMS, PREPARED
 from cnnspec.pipeline.params import load_stage_params, load_workspace_plugins
 
@@ -32,3 +32,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    end_finished_script()

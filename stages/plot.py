@@ -30,7 +30,7 @@ if __package__ in (None, ""):  # `python stages/<name>.py`: import this checkout
 
 from cnnspec.atomic import atomic_path
 from cnnspec.data.datasets import load_prepared
-from cnnspec.errors import DataError, TrainingError, exit_on_user_error
+from cnnspec.errors import DataError, TrainingError, end_finished_script, exit_on_user_error
 from cnnspec.paths import EVAL_REPORT, EVALUATE_HINT, PARAMS, PLOTS, PREDICTIONS_CSV, PREPARED, TRAIN_CURVES, TRAIN_HINT
 from cnnspec.pipeline.params import load_stage_params
 
@@ -250,3 +250,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    end_finished_script()

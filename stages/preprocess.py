@@ -20,7 +20,7 @@ if __package__ in (None, ""):  # `python stages/<name>.py`: import this checkout
 
 from cnnspec.data.datasets import USER_DATASETS, decode_raw, prepare, write_prepared
 from cnnspec.data.user_datasets import prepare_image_dataset
-from cnnspec.errors import ParamsError, exit_on_user_error, terminate_like_interrupt
+from cnnspec.errors import ParamsError, end_finished_script, exit_on_user_error, terminate_like_interrupt
 from cnnspec.paths import PARAMS, PREPARED, RAW
 from cnnspec.pipeline.params import load_stage_params, path_problem
 
@@ -68,3 +68,4 @@ def unversioned_source_note(source: Path) -> str | None:
 
 if __name__ == "__main__":
     main()
+    end_finished_script()

@@ -21,7 +21,7 @@ if __package__ in (None, ""):  # `python stages/resolve.py` from the repository 
 import yaml
 
 from cnnspec.atomic import write_text
-from cnnspec.errors import CnnspecError, ParamsError, SpecError, exit_on_user_error
+from cnnspec.errors import CnnspecError, ParamsError, SpecError, end_finished_script, exit_on_user_error
 from cnnspec.paths import PARAMS, PREPARED, RESOLVED_PARAMS
 from cnnspec.pipeline.dvc_runs import busy_message, other_runs
 from cnnspec.pipeline.fit import MIN_STEPS, fit_batch_size
@@ -153,3 +153,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    end_finished_script()

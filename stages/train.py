@@ -24,7 +24,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # `python stages/<name>.py`: import this checkout's cnnspec
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cnnspec.errors import die_with_parent, exit_on_user_error
+from cnnspec.errors import die_with_parent, end_finished_script, exit_on_user_error
 from cnnspec.paths import MODEL, PARAMS, PREPARED, RESUME_STATE, TRAIN_LOG
 from cnnspec.pipeline.resolved import load_resolved_params
 from cnnspec.training import distributed
@@ -123,3 +123,4 @@ def main(argv=None) -> None:
 
 if __name__ == "__main__":
     main()
+    end_finished_script()

@@ -1,6 +1,7 @@
 """A finished command leaves its last garbage to the operating system: interpreter
 shutdown skips the final collection (0.5-0.9 s once torch is loaded, in every stage),
-while a program that only imports cnnspec keeps Python's usual shutdown."""
+while a program that only imports cnnspec keeps Python's usual shutdown; a stage script
+that finished ends without freeing its modules, after its threads, exit handlers and output."""
 from __future__ import annotations
 
 import os
@@ -42,3 +43,32 @@ def test_a_command_skips_the_final_collection_and_a_library_user_does_not(tmp_pa
     assert run("command", tmp_path / "command.txt") == "returned\n"
     assert run("library", tmp_path / "library.txt") == "returned\ncollected at shutdown\n"
     assert (tmp_path / "command.txt").read_text() == "written"
+
+
+FINISHED_SCRIPT = """
+import atexit, sys, threading, time
+from pathlib import Path
+from cnnspec.errors import end_finished_script
+
+folder = Path(sys.argv[1])
+
+class Kept:
+    def __del__(self):
+        (folder / "freed").write_text("the interpreter freed the modules")
+
+kept = Kept()
+atexit.register(lambda: (folder / "atexit").write_text("ran"))
+worker = threading.Thread(target=lambda: (time.sleep(0.3), (folder / "thread").write_text("finished")))
+worker.start()
+sys.stdout.write("no newline, still buffered")
+end_finished_script()
+sys.stdout.write("never reached")
+"""
+
+
+def test_a_finished_script_ends_after_its_threads_exit_handlers_and_output_but_frees_nothing(tmp_path):
+    result = subprocess.run([sys.executable, "-c", FINISHED_SCRIPT, str(tmp_path)], capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "no newline, still buffered"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["atexit", "thread"]
