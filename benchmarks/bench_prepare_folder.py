@@ -44,8 +44,9 @@ import numpy, PIL.Image, cnnspec.data.user_datasets, cnnspec.pipeline.params, cn
 baseline = status('VmRSS:')
 sys.argv = ['stages/preprocess.py']
 import runpy
+stage = runpy.run_path({stage!r}, run_name='preprocess_stage')  # not __main__: it would end the process
 try:
-    runpy.run_path({stage!r}, run_name='__main__')
+    stage['main']()
 except SystemExit as exit:
     if exit.code:
         raise

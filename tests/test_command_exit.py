@@ -61,8 +61,11 @@ atexit.register(lambda: (folder / "atexit").write_text("ran"))
 worker = threading.Thread(target=lambda: (time.sleep(0.3), (folder / "thread").write_text("finished")))
 worker.start()
 sys.stdout.write("no newline, still buffered")
+if sys.argv[2:] == ["profiled"]:
+    sys.setprofile(lambda frame, event, arg: None)  # as `python -m cProfile` would
 end_finished_script()
-sys.stdout.write("never reached")
+sys.setprofile(None)
+sys.stdout.write(", then the usual exit")
 """
 
 
@@ -72,3 +75,11 @@ def test_a_finished_script_ends_after_its_threads_exit_handlers_and_output_but_f
     assert result.returncode == 0, result.stderr
     assert result.stdout == "no newline, still buffered"
     assert sorted(path.name for path in tmp_path.iterdir()) == ["atexit", "thread"]
+
+
+def test_a_finished_script_under_a_profiler_keeps_the_usual_exit_for_the_profiler_to_report(tmp_path):
+    result = subprocess.run([sys.executable, "-c", FINISHED_SCRIPT, str(tmp_path), "profiled"], capture_output=True,
+                            text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "no newline, still buffered, then the usual exit"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["atexit", "freed", "thread"]
