@@ -29,7 +29,7 @@ from benchmarks.versus_peers.own_recipes import (
     recipe_lines,
     resolve_own_recipe,
 )
-from benchmarks.versus_peers.pipeline import dvc_repro
+from benchmarks.versus_peers.pipeline import PIPELINE_GOAL, dvc_repro
 from benchmarks.versus_peers.report import markdown_table, recipe_table, reprint, summarize
 from benchmarks.versus_peers.same_network import check_same_start, parameter_counts
 from cnnspec.errors import exit_on_user_error
@@ -187,6 +187,10 @@ def main(argv=None):
                   f"stage's training {trained} (without per-epoch validation; in this process cnnspec's "
                   f"fit with a test evaluation each epoch took {in_process:.1f} s); test accuracy "
                   f"{figure['test_accuracy']}")
+            if figure["added_share"] is not None:
+                verdict = "met" if figure["goal_met"] else "not met"
+                print(f"{task.model}: the pipeline adds {figure['seconds'] - figure['train_seconds']:.1f} s, "
+                      f"{figure['added_share']:.1%} of the training; goal within {PIPELINE_GOAL:.0%}: {verdict}")
             print(f"{task.model}: each stage from DVC's 'Running stage' line to the next (the last to the "
                   f"end, DVC's own work between stages included): "
                   + ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in figure["stages"].items()))
