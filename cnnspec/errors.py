@@ -193,20 +193,20 @@ def skip_collection_at_exit() -> None:
 
 
 def end_finished_script() -> None:
-    """End a stage script's process once its main() returned: what the interpreter's own
-    shutdown does that matters (wait for non-daemon threads, run the atexit handlers,
-    flush stdout and stderr), then os._exit(0), skipping the freeing of every module and
-    object, 0.13-0.25 s once torch is imported. Only for `if __name__ == "__main__":`.
-    Under a profiler or tracer (`python -m cProfile`, coverage, pdb) it returns instead,
-    so that they report at the usual exit."""
+    """End a stage script's process once its main() returned: run the atexit handlers,
+    flush stdout and stderr, then os._exit(0), skipping the freeing of every module and
+    object (0.13-0.25 s once torch is imported). Only for `if __name__ == "__main__":`.
+    It returns instead, for the interpreter's usual exit, while a thread that is not a
+    daemon still runs (the usual exit waits for it and stops thread pools as it knows
+    how) or under a profiler or tracer (`python -m cProfile`, coverage, pdb: they
+    report at that exit)."""
     import threading
 
     if sys.getprofile() is not None or sys.gettrace() is not None:
         return
-
-    for thread in threading.enumerate():
-        if thread is not threading.main_thread() and not thread.daemon:
-            thread.join()
+    if any(thread is not threading.main_thread() and not thread.daemon and thread.is_alive()
+           for thread in threading.enumerate()):
+        return
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):

@@ -50,7 +50,7 @@ import atexit, sys, threading, time
 from pathlib import Path
 from cnnspec.errors import end_finished_script
 
-folder = Path(sys.argv[1])
+folder, how = Path(sys.argv[1]), sys.argv[2]
 
 class Kept:
     def __del__(self):
@@ -58,10 +58,10 @@ class Kept:
 
 kept = Kept()
 atexit.register(lambda: (folder / "atexit").write_text("ran"))
-worker = threading.Thread(target=lambda: (time.sleep(0.3), (folder / "thread").write_text("finished")))
-worker.start()
+if how == "thread":
+    threading.Thread(target=lambda: (time.sleep(0.3), (folder / "thread").write_text("finished"))).start()
 sys.stdout.write("no newline, still buffered")
-if sys.argv[2:] == ["profiled"]:
+if how == "profiled":
     sys.setprofile(lambda frame, event, arg: None)  # as `python -m cProfile` would
 end_finished_script()
 sys.setprofile(None)
@@ -69,17 +69,19 @@ sys.stdout.write(", then the usual exit")
 """
 
 
-def test_a_finished_script_ends_after_its_threads_exit_handlers_and_output_but_frees_nothing(tmp_path):
-    result = subprocess.run([sys.executable, "-c", FINISHED_SCRIPT, str(tmp_path)], capture_output=True, text=True,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout == "no newline, still buffered"
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["atexit", "thread"]
-
-
-def test_a_finished_script_under_a_profiler_keeps_the_usual_exit_for_the_profiler_to_report(tmp_path):
-    result = subprocess.run([sys.executable, "-c", FINISHED_SCRIPT, str(tmp_path), "profiled"], capture_output=True,
+def finish(folder: Path, how: str) -> tuple[str, list[str]]:
+    result = subprocess.run([sys.executable, "-c", FINISHED_SCRIPT, str(folder), how], capture_output=True,
                             text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60)
     assert result.returncode == 0, result.stderr
-    assert result.stdout == "no newline, still buffered, then the usual exit"
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["atexit", "freed", "thread"]
+    return result.stdout, sorted(path.name for path in folder.iterdir())
+
+
+def test_a_finished_script_runs_its_exit_handlers_and_flushes_its_output_but_frees_nothing(tmp_path):
+    assert finish(tmp_path, "plain") == ("no newline, still buffered", ["atexit"])
+
+
+def test_a_finished_script_keeps_the_usual_exit_while_a_thread_runs_or_a_profiler_watches(tmp_path):
+    for how, made in (("thread", ["atexit", "freed", "thread"]), ("profiled", ["atexit", "freed"])):
+        folder = tmp_path / how
+        folder.mkdir()
+        assert finish(folder, how) == ("no newline, still buffered, then the usual exit", made)
