@@ -126,6 +126,28 @@ def test_a_pixel_bomb_is_refused_before_decoding(tmp_path):
         read_image(path, 1, (28, 28))
 
 
+def tiff_with_fractional_strip_offset() -> bytes:
+    """A 28x28 grayscale TIFF whose StripOffsets entry has the type RATIONAL (a fraction):
+    Pillow hands the fraction to seek() and raises TypeError, not OSError (found by
+    `make fuzz`)."""
+    import struct
+
+    entries = [(256, 4, 1, 28), (257, 4, 1, 28), (258, 3, 1, 8), (259, 3, 1, 1), (262, 3, 1, 1),
+               (273, 5, 1, 8 + 2 + 9 * 12 + 4),  # StripOffsets as a RATIONAL stored right after the IFD
+               (278, 4, 1, 28), (279, 4, 1, 28 * 28), (284, 3, 1, 1)]
+    ifd = struct.pack("<H", len(entries)) + b"".join(struct.pack("<HHII", *entry) for entry in entries)
+    rational = struct.pack("<II", 130, 1)
+    return b"II*\x00" + struct.pack("<I", 8) + ifd + struct.pack("<I", 0) + rational + bytes(28 * 28)
+
+
+def test_a_tiff_that_makes_pillow_raise_a_type_error_is_one_line(tmp_path):
+    path = tmp_path / "strange.tif"
+    path.write_bytes(tiff_with_fractional_strip_offset())
+    for source in (path, path.read_bytes()):
+        with pytest.raises(ImageReadError, match=r"damaged or unreadable image"):
+            read_image(source, 1, (28, 28), "stretch")
+
+
 def test_a_large_jpeg_is_decoded_reduced(tmp_path, monkeypatch):
     from PIL import JpegImagePlugin
 

@@ -96,7 +96,9 @@ def _open(source, size: tuple[int, int] | None = None):
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageReadError(f"{name}: refused, more than {MAX_PIXELS:,} pixels (a decompression "
                              f"bomb, or a photo far larger than any model input)") from None
-    except (OSError, ValueError, SyntaxError, MemoryError) as error:  # truncated, corrupt, unsupported
+    except Exception as error:  # noqa: BLE001 - truncated, corrupt, unsupported: a hostile file can make
+        # Pillow's parsers raise almost anything (OSError, ValueError, SyntaxError, and also
+        # TypeError from a TIFF whose strip offsets are fractions), and all of them mean this
         first = (str(error).strip().splitlines() or ["unreadable"])[0]
         raise ImageReadError(f"{name}: damaged or unreadable image ({first})") from None
 
