@@ -148,6 +148,18 @@ def test_a_tiff_that_makes_pillow_raise_a_type_error_is_one_line(tmp_path):
             read_image(source, 1, (28, 28), "stretch")
 
 
+def test_a_cielab_tiff_reads_as_gray_and_an_unconvertible_mode_is_one_line(tmp_path):
+    # Pillow converts LAB to RGB but not straight to gray; "La" to neither.
+    path = tmp_path / "lab.tif"
+    Image.new("LAB", (8, 8), (50, 10, 10)).save(path)
+    with Image.open(path) as image:
+        expected = np.asarray(image.convert("RGB").convert("L").resize((4, 4), Image.Resampling.BILINEAR))
+    assert (read_image(path, 1, (4, 4))[0] == expected).all()
+    assert read_image(path, 3, (4, 4)).shape == (3, 4, 4)
+    with pytest.raises(ImageReadError, match=r"<image>: its image mode La cannot be converted to gray"):
+        read_image(Image.new("La", (4, 4)), 1, (4, 4))
+
+
 def test_a_large_jpeg_is_decoded_reduced(tmp_path, monkeypatch):
     from PIL import JpegImagePlugin
 

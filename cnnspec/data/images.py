@@ -137,11 +137,17 @@ def _convert(image, channels: int, name: str = "<image>"):
         image = image.convert("RGBA")
         background = Image.new("RGBA", image.size, (0, 0, 0, 255))
         image = Image.alpha_composite(background, image)
-    if channels == 1:
-        return image.convert("L")
-    if channels == 3:
-        return image.convert("RGB")
-    raise ValueError(f"channels must be 1 or 3, not {channels}")
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3, not {channels}")
+    mode = "L" if channels == 1 else "RGB"
+    try:
+        return image.convert(mode)
+    except ValueError:  # Pillow converts some modes only by way of RGB (a CIELab TIFF to gray)
+        try:
+            return image.convert("RGB").convert(mode)
+        except ValueError:
+            raise ImageReadError(f"{name}: its image mode {image.mode} cannot be converted to "
+                                 f"{'gray' if channels == 1 else 'RGB'}") from None
 
 
 def _resize(image, size: tuple[int, int], policy: str):
