@@ -160,6 +160,36 @@ def test_a_cielab_tiff_reads_as_gray_and_an_unconvertible_mode_is_one_line(tmp_p
         read_image(Image.new("La", (4, 4)), 1, (4, 4))
 
 
+PEAK_GROWTH = """
+import sys
+from cnnspec.data.images import read_image
+
+def peak():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+
+before = peak()
+image = read_image(sys.argv[1], 1, (28, 28))
+print(image.shape, (peak() - before) / 2**20)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads VmHWM from /proc")
+def test_a_tall_16_bit_image_converts_to_8_bits_in_bounded_memory(tmp_path):
+    # 28 x 393,244 pixels of 16 bits (11 megapixels, under the pixel bound): the conversion
+    # to 8 bits once made five float64 copies of it, 300 MB (found by `make fuzz`)
+    path = tmp_path / "tall.png"
+    column = (np.arange(393_244, dtype=np.uint32) % 65536).astype(np.uint16)
+    Image.fromarray(np.repeat(column[:, None], 28, axis=1)).save(path)
+    result = subprocess.run([sys.executable, "-c", PEAK_GROWTH, str(path)], capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+    assert result.returncode == 0, result.stderr
+    shape, growth = result.stdout.rsplit(" ", 1)
+    assert shape == "(1, 28, 28)"
+    assert float(growth) < 150, f"decoding grew the peak memory by {float(growth):.0f} MiB"
+
+
 def test_a_large_jpeg_is_decoded_reduced(tmp_path, monkeypatch):
     from PIL import JpegImagePlugin
 

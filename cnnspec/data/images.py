@@ -110,8 +110,10 @@ def _to_eight_bits(image, name: str):
     minimum and maximum. NaN or infinite pixels are refused."""
     from PIL import Image
 
-    values = np.asarray(image, dtype=np.float64)
-    if not np.isfinite(values).all():
+    # In its own 16- or 32-bit type, and converted a band of rows at a time: float64 copies of
+    # a whole 11-megapixel 16-bit image took 300 MB.
+    values = np.asarray(image)
+    if values.dtype.kind == "f" and not np.isfinite(values).all():
         raise ImageReadError(f"{name}: mode {image.mode} image with NaN or infinite pixels")
     low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
     if image.mode.startswith("I;16"):
@@ -120,7 +122,11 @@ def _to_eight_bits(image, name: str):
         top = next((limit for limit in (1.0, 255.0, 65535.0) if low >= 0 and high <= limit), None)
         low = 0.0 if top is not None else low
         top = top if top is not None else (high if high > low else low + 1)
-    scaled = np.clip(np.rint((values - low) * (255.0 / (top - low))), 0, 255).astype(np.uint8)
+    scaled = np.empty(values.shape, dtype=np.uint8)
+    rows = max(1, (1 << 20) // max(1, values[0].size if len(values) else 1))  # about 1M pixels
+    for start in range(0, len(values), rows):
+        block = values[start:start + rows].astype(np.float64)
+        scaled[start:start + rows] = np.clip(np.rint((block - low) * (255.0 / (top - low))), 0, 255)
     return Image.fromarray(scaled, mode="L")
 
 
