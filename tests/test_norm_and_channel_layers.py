@@ -55,6 +55,15 @@ def test_group_norm_is_torch_s_and_its_groups_must_divide_the_channels():
         in error_of("  - group_norm: 3\n")
 
 
+def test_group_norm_with_one_value_per_group_is_refused_at_its_line():
+    # torch raises for it even on one image in eval mode; found by `make fuzz`
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        torch.nn.functional.group_norm(torch.randn(1, 8, 1, 1), 8)
+    assert ("t.yaml:4:17: layers[0].groups: group_norm_1: each of its 8 groups would hold one value "
+            "(8 channels of 1x1), which normalizes to 0") in error_of("  - group_norm: 8\n", size=1)
+    assert model_of("  - group_norm: 4\n", size=1)(torch.randn(1, 8, 1, 1, dtype=torch.float64)).shape == (1, 8, 1, 1)
+
+
 def test_layer_scale_starts_at_its_value_with_torchvision_s_shape():
     ours = model_of("  - layer_scale: 0.5\n")
     (weight,) = ours.parameters()  # the layer's own: the tail is cut off

@@ -20,6 +20,7 @@ generator 20 times longer, with fresh random cases (tests/fuzzing.py).
 """
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -332,8 +333,8 @@ def mutated_specs(draw) -> str:
         elif kind == "rename" and isinstance(parent, dict):
             typo = draw(st.sampled_from([key[:-1], key + "s", key.upper(), "layer", "kernal", "Conv2D", ""]))
             parent[typo or "x"] = parent.pop(key)
-        elif kind == "replace":
-            parent[key] = draw(HOSTILE)
+        elif kind == "replace":  # a copy: HOSTILE's lists and dicts are shared by every case
+            parent[key] = copy.deepcopy(draw(HOSTILE))
         elif kind == "swap_type":
             parent[key] = swap_type(parent[key])
         elif kind == "wrap":

@@ -69,6 +69,10 @@ def shape_group_norm(node, in_shape, ctx):
     groups = node.options["groups"]
     if in_shape[0] % groups:
         raise error(node, f"{node.name}: groups {groups} must divide the input channels {in_shape[0]}", "groups")
+    if in_shape[0] // groups * in_shape[1] * in_shape[2] == 1:  # torch refuses it even for one image
+        raise error(node, f"{node.name}: each of its {groups} groups would hold one value ({in_shape[0]} "
+                          f"channels of {in_shape[1]}x{in_shape[2]}), which normalizes to 0; use fewer groups "
+                          "or place it where the input is larger", "groups")
     return Inferred(in_shape, trainable=affine_params(node, in_shape[0]))
 
 
