@@ -115,13 +115,6 @@ def full_disk_named(destination: Path):
         raise
 
 
-def user_mode(mode: int) -> int:
-    """`mode` less the process's umask: what open() or mkdir() would have created."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return mode & ~mask
-
-
 def disk_is_full(error: BaseException, folder) -> bool:
     """Whether `error` (raised by a write into `folder`) came from a full disk."""
     if isinstance(error, OSError) and error.errno in DISK_FULL_ERRNOS:
