@@ -238,6 +238,23 @@ def test_a_nul_in_a_csv_path_is_one_line(tmp_path, fashion):
     assert f"{manifest}:5:" in str(refused.value) and "U+0000" in str(refused.value)
 
 
+@pytest.mark.parametrize("column, value, expected", [
+    ("path", "0\n0", "path holds the control character U+000A ('0\\n0'); a file name cannot"),  # with an empty label
+    ("label", "bag\nboot", "label holds the control character U+000A ('bag\\nboot'); a class name cannot"),
+    ("split", "train\nval", "split 'train\\nval' must be train, val or test"),
+])
+def test_a_newline_inside_a_quoted_csv_field_is_named_on_one_line(tmp_path, column, value, expected):
+    # Found by `make fuzz`: a quoted path holding a newline, with no label, made a two-line error
+    rows = [{"path": f"pictures/{i}.png", "label": "bag", "split": "train"} for i in range(3)]
+    rows[1][column] = value
+    if column == "path":
+        rows[1]["label"] = ""
+    manifest = write_csv(tmp_path / "labels.csv", rows)
+    with pytest.raises(DataError) as refused:
+        user_datasets.scan_csv(manifest, {"path_column": "path", "label_column": "label", "split_column": "split"})
+    assert str(refused.value) == f"{manifest}:3: {expected}"
+
+
 def test_a_csv_row_naming_a_fifo_is_named(tmp_path, fashion):
     paths = write_image_folder(tmp_path / "pictures", fashion[0], fashion[1], ".png")
     os.mkfifo(tmp_path / "pictures" / "pipe.png")

@@ -169,7 +169,8 @@ def scan_csv(source, columns: dict) -> Listing:
                     raise DataError(f"{manifest}:1: no column '{column}' (data.csv.{key}); "
                                     f"the header has: {', '.join(header) or 'nothing'}")
             for row in reader:
-                where = f"{manifest}:{reader.line_num}"
+                line = _first_line(reader, row)
+                where = f"{manifest}:{line}"
                 if not any((value or "").strip() for value in row.values()):
                     continue  # a blank line
                 text = (row.get(path_column) or "").strip()
@@ -177,14 +178,15 @@ def scan_csv(source, columns: dict) -> Listing:
                 split = (row.get(split_column) or "").strip().lower() if split_column else ""
                 if not text:
                     raise DataError(f"{where}: empty {path_column}")
+                for column, value, kind in ((path_column, text, "a file name"), (label_column, label, "a class name")):
+                    control = next((c for c in value if ord(c) < 32 or ord(c) == 127), None)
+                    if control is not None:  # before any message quotes the value: one line each
+                        raise DataError(f"{where}: {column} holds the control character "
+                                        f"U+{ord(control):04X} ({value!r}); {kind} cannot")
                 if not label:
                     raise DataError(f"{where}: empty {label_column} for {text}")
                 if split not in ("", *SPLITS):
-                    raise DataError(f"{where}: {split_column} '{split}' must be train, val or test")
-                control = next((c for c in text if ord(c) < 32 or ord(c) == 127), None)
-                if control is not None:
-                    raise DataError(f"{where}: {path_column} holds the control character "
-                                    f"U+{ord(control):04X} ({text!r}); a file name cannot")
+                    raise DataError(f"{where}: {split_column} {split!r} must be train, val or test")
                 relative = Path(text)
                 if relative.is_absolute():
                     raise DataError(f"{where}: {text}: absolute path; paths are relative to {root}/")
@@ -194,7 +196,7 @@ def scan_csv(source, columns: dict) -> Listing:
                 key = os.path.normpath(text)
                 if key in first_line:
                     raise DataError(f"{where}: {text}: duplicate path, first listed on line {first_line[key]}")
-                first_line[key] = reader.line_num
+                first_line[key] = line
                 listing.add(path, label, split, place=f"{where}: {text}")
     except UnicodeDecodeError as error:
         raise DataError(f"{manifest}: not UTF-8 text ({error.reason})") from None
@@ -204,6 +206,13 @@ def scan_csv(source, columns: dict) -> Listing:
         line = [i for i, s in enumerate(listing.splits) if s == ""][0]
         raise DataError(f"{listing.name(line)}: empty {split_column}; give every row a split or none")
     return listing
+
+
+def _first_line(reader, row: dict) -> int:
+    """The line a CSV record starts on: the reader counts to its end, and a quoted field
+    can hold line breaks."""
+    values = [item for value in row.values() for item in (value if isinstance(value, list) else [value])]
+    return reader.line_num - sum(item.count("\n") for item in values if isinstance(item, str))
 
 
 # ---------------------------------------------------------------------------------------
