@@ -132,9 +132,12 @@ def dump(data) -> str:
 
 # ---------------------------------------------------------------- (a) random specs
 
+# Each case gets its own copy: the lists and dicts here would otherwise be shared by every
+# case, and a strategy that mutates what it drew would change them for the cases after it
+# (Hypothesis then stops with FlakyStrategyDefinition).
 HOSTILE = st.sampled_from([0, -1, -7, 10**9, 2**63, 10**30, 0.5, -0.0, 1e-300, float("inf"),
                            float("nan"), "", "x", "same", "num_classes", "$n", None, True, False,
-                           [], [1], [1, [2]], [0, 0, 0, 0], {}, {"a": 1}, "conv"])
+                           [], [1], [1, [2]], [0, 0, 0, 0], {}, {"a": 1}, "conv"]).map(copy.deepcopy)
 NAMES = st.sampled_from(["a", "stem", "x_1", "conv_1", "b", "1bad", "has space", "a"])
 
 
@@ -333,8 +336,8 @@ def mutated_specs(draw) -> str:
         elif kind == "rename" and isinstance(parent, dict):
             typo = draw(st.sampled_from([key[:-1], key + "s", key.upper(), "layer", "kernal", "Conv2D", ""]))
             parent[typo or "x"] = parent.pop(key)
-        elif kind == "replace":  # a copy: HOSTILE's lists and dicts are shared by every case
-            parent[key] = copy.deepcopy(draw(HOSTILE))
+        elif kind == "replace":
+            parent[key] = draw(HOSTILE)
         elif kind == "swap_type":
             parent[key] = swap_type(parent[key])
         elif kind == "wrap":
