@@ -178,18 +178,12 @@ def _swap_in(folder: Path, destination: Path) -> None:
         if not destination.exists():
             os.replace(folder, destination)
             return
-        with temporary_sibling(destination, ".old", folder=True) as aside:
-            pass  # made empty; what happens to it below is spelled out
-        old = aside / destination.name
-        try:
-            os.replace(destination, old)
-        except OSError:
-            aside.rmdir()
-            raise
+        with temporary_sibling(destination, ".old", folder=True) as aside:  # removed if this rename fails
+            os.replace(destination, aside / destination.name)
         try:
             os.replace(folder, destination)
         except OSError:
-            os.replace(old, destination)
+            os.replace(aside / destination.name, destination)  # should this fail too, the old one stays aside
             aside.rmdir()
             raise
         shutil.rmtree(aside, ignore_errors=True)
