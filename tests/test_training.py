@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ import torch
 import cnnspec
 from cnnspec.errors import TrainingError
 from cnnspec.models.checkpoint import load_network
-from cnnspec.training.loop import run_fingerprint, train
+from cnnspec.training.loop import read_resume_state, run_fingerprint, train
 from cnnspec.training.stops import TrainingInterrupted
 from tests.tinytraining import (
     CLASSES,
@@ -47,6 +48,45 @@ def test_logs_every_epoch_with_dvclive_and_learns(tmp_path):
     assert result.history[-1]["val/accuracy"] > 0.6  # chance is 1/3
     assert result.history[-1]["train/loss"] < result.history[0]["train/loss"]
     assert not result.model.training
+
+
+def test_dvclive_opens_in_a_thread_beside_the_first_steps(tmp_path, monkeypatch):
+    import dvclive
+
+    real_live, opened_on_main_thread = dvclive.Live, []
+
+    def recording_live(*args, **kwargs):
+        opened_on_main_thread.append(threading.current_thread() is threading.main_thread())
+        return real_live(*args, **kwargs)
+
+    monkeypatch.setattr(dvclive, "Live", recording_live)
+    run_training(train_params(epochs=2), tmp_path)
+    assert opened_on_main_thread == [False]
+    assert json.loads((tmp_path / "log" / "metrics.json").read_text())["step"] == 1
+
+
+def test_a_dvclive_that_cannot_open_stops_the_run_after_its_first_epoch_is_saved(tmp_path, monkeypatch):
+    import dvclive
+
+    def unopenable_live(*args, **kwargs):
+        raise PermissionError("metrics/train: read-only file system")
+
+    monkeypatch.setattr(dvclive, "Live", unopenable_live)
+    with pytest.raises(PermissionError, match="read-only"):
+        run_training(train_params(epochs=3), tmp_path)
+    assert read_resume_state(tmp_path / "resume" / "state.pt", "f")["next_epoch"] == 1
+
+
+def test_a_run_ending_with_its_own_error_reports_it_and_not_dvclive_s(tmp_path, monkeypatch):
+    import dvclive
+
+    def unopenable_live(*args, **kwargs):
+        raise PermissionError("metrics/train: read-only file system")
+
+    monkeypatch.setattr(dvclive, "Live", unopenable_live)
+    model = Sabotage(tiny_model(), at_call=2, action=lambda out: out * float("nan"))  # epoch 1
+    with pytest.raises(TrainingError, match="epoch 1, step 2"):
+        run_training(train_params(epochs=2), tmp_path, model=model)
 
 
 def test_two_cpu_runs_give_byte_identical_metrics(tmp_path):

@@ -101,16 +101,15 @@ def train(model, data: dict, params: dict, device="cpu", *, resume_path=None, lo
             run.load_state_dict(saved)
             print(f"resuming from {resume_path} at epoch {run.next_epoch + 1}", file=sys.stderr)
         start_epoch = run.next_epoch
-        log = EpochLog(log_dir, run.history, start_epoch, run.epochs)
-        clock = Clock(device)
-        if world.is_writer:  # the device, the steps, then the time estimate
-            if device.type == "cpu" and params["cpu_precision"] == "bf16" and run.autocast_dtype is None:
-                print_line("note: train.cpu_precision is bf16, but this CPU has no bf16 instructions "
-                           "(AMX or AVX512): training in fp32, which is faster here")
-            clock.cost = CostClock(print_line, device, run.epochs, start_epoch, run.steps_per_epoch,
-                                   run.batch_size, len(device_data.train_labels), run.early_stopping is not None,
-                                   precision=run.autocast_dtype)
-        try:
+        with EpochLog(log_dir, run.history, start_epoch, run.epochs) as log:
+            clock = Clock(device)
+            if world.is_writer:  # the device, the steps, then the time estimate
+                if device.type == "cpu" and params["cpu_precision"] == "bf16" and run.autocast_dtype is None:
+                    print_line("note: train.cpu_precision is bf16, but this CPU has no bf16 instructions "
+                               "(AMX or AVX512): training in fp32, which is faster here")
+                clock.cost = CostClock(print_line, device, run.epochs, start_epoch, run.steps_per_epoch,
+                                       run.batch_size, len(device_data.train_labels), run.early_stopping is not None,
+                                       precision=run.autocast_dtype)
             for epoch in range(start_epoch, run.epochs):
                 if run.stopped_early:
                     break
@@ -135,8 +134,6 @@ def train(model, data: dict, params: dict, device="cpu", *, resume_path=None, lo
                 record = run.end_epoch(epoch, totals, progress["lr"])
                 _save_resume_state(run, resume_path, fingerprint, epoch + 1)
                 log.epoch(epoch, record, time.perf_counter() - epoch_started)
-        finally:
-            log.close()
         return run.result(clock, start_epoch)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -103,41 +104,90 @@ class Clock:
 class EpochLog:
     """DVCLive under `log_dir` (train/loss, train/accuracy, val/loss, val/accuracy, lr
     per epoch) and one printed line per epoch. A resumed run keeps the step numbering;
-    epochs saved but not yet logged when the last run died are logged from the history."""
+    epochs saved but not yet logged when the last run died are logged from the history.
+
+    Opening DVCLive means opening the DVC repository: about half a second of Python
+    that nothing before the first epoch's end needs, so it runs in a thread beside the
+    first steps (which spend their time in torch's kernels, outside the GIL). A failure
+    there is raised at the first use, after that epoch's resume state is saved, or when
+    the log is left, unless the run is already ending with an error of its own."""
 
     KEYS = ("train/loss", "train/accuracy", "val/loss", "val/accuracy", "lr")
 
     def __init__(self, log_dir, history: list[dict], start_epoch: int, epochs: int):
-        self.live, self.epochs = None, epochs
-        if log_dir is None:
-            return
+        self.epochs, self._live, self._opening = epochs, None, None
+        if log_dir is not None:
+            Path(log_dir).mkdir(parents=True, exist_ok=True)  # an unwritable folder fails now
+            self._opening = BackgroundCall(self._open, Path(log_dir), history[:start_epoch], start_epoch)
+
+    def _open(self, log_dir: Path, history: list[dict], start_epoch: int):
         from dvclive import Live
 
-        logged = _logged_epochs(Path(log_dir)) if start_epoch > 0 else 0
-        self.live = Live(str(log_dir), dvcyaml=False, save_dvc_exp=False, report=None,
-                         resume=start_epoch > 0)
-        self.live.step = min(logged, start_epoch)
-        for record in history[self.live.step:start_epoch]:
-            self._log(record)
+        logged = _logged_epochs(log_dir) if start_epoch > 0 else 0
+        live = Live(str(log_dir), dvcyaml=False, save_dvc_exp=False, report=None, resume=start_epoch > 0)
+        live.step = min(logged, start_epoch)
+        for record in history[live.step:]:
+            self._log(live, record)
+        return live
 
-    def _log(self, record: dict) -> None:
+    @property
+    def live(self):
+        """The opened DVCLive (None without a log_dir), waiting for the thread once."""
+        if self._opening is not None:
+            opening, self._opening = self._opening, None
+            self._live = opening.result()
+        return self._live
+
+    def _log(self, live, record: dict) -> None:
         for key in self.KEYS:
             if key in record:  # no val/* without a validation split
-                self.live.log_metric(key, float(record[key]))
-        self.live.next_step()
+                live.log_metric(key, float(record[key]))
+        live.next_step()
 
     def epoch(self, epoch: int, record: dict, seconds: float) -> None:
         if self.live is not None:
-            self._log(record)
+            self._log(self.live, record)
         val = (f"  val loss {record['val/loss']:.4f} acc {record['val/accuracy']:.4f}"
                if "val/loss" in record else "")
         line = (f"epoch {epoch + 1}/{self.epochs}  train loss {record['train/loss']:.4f} "
                 f"acc {record['train/accuracy']:.4f}{val}  lr {record['lr']:.3g}  {seconds:.1f}s")
         print_line(line)
 
-    def close(self) -> None:
-        if self.live is not None:
-            self.live.end()
+    def __enter__(self):
+        return self
+
+    def __exit__(self, error_type, error, traceback) -> None:
+        try:
+            live = self.live
+        except Exception:
+            if error is None:
+                raise
+            return  # the run's own error is the one to report
+        if live is not None:
+            live.end()
+
+
+class BackgroundCall:
+    """`function(*args)` in a daemon thread; `result()` waits for it and returns its
+    value or raises its exception, here, in the caller's thread."""
+
+    def __init__(self, function, *args):
+        self._value, self._error = None, None
+        self._thread = threading.Thread(target=self._run, args=(function, *args), daemon=True,
+                                        name=f"cnnspec-{function.__name__.strip('_')}")
+        self._thread.start()
+
+    def _run(self, function, *args) -> None:
+        try:
+            self._value = function(*args)
+        except BaseException as error:  # handed to the caller of result()
+            self._error = error
+
+    def result(self):
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._value
 
 
 def _logged_epochs(log_dir: Path) -> int:
