@@ -65,25 +65,23 @@ def test_dvclive_opens_in_a_thread_beside_the_first_steps(tmp_path, monkeypatch)
     assert json.loads((tmp_path / "log" / "metrics.json").read_text())["step"] == 1
 
 
-def test_a_dvclive_that_cannot_open_stops_the_run_after_its_first_epoch_is_saved(tmp_path, monkeypatch):
+@pytest.fixture
+def unopenable_dvclive(monkeypatch):
     import dvclive
 
     def unopenable_live(*args, **kwargs):
         raise PermissionError("metrics/train: read-only file system")
 
     monkeypatch.setattr(dvclive, "Live", unopenable_live)
+
+
+def test_a_dvclive_that_cannot_open_stops_the_run_after_its_first_epoch_is_saved(tmp_path, unopenable_dvclive):
     with pytest.raises(PermissionError, match="read-only"):
         run_training(train_params(epochs=3), tmp_path)
     assert read_resume_state(tmp_path / "resume" / "state.pt", "f")["next_epoch"] == 1
 
 
-def test_a_run_ending_with_its_own_error_reports_it_and_not_dvclive_s(tmp_path, monkeypatch):
-    import dvclive
-
-    def unopenable_live(*args, **kwargs):
-        raise PermissionError("metrics/train: read-only file system")
-
-    monkeypatch.setattr(dvclive, "Live", unopenable_live)
+def test_a_run_ending_with_its_own_error_reports_it_and_not_dvclive_s(tmp_path, unopenable_dvclive):
     model = Sabotage(tiny_model(), at_call=2, action=lambda out: out * float("nan"))  # epoch 1
     with pytest.raises(TrainingError, match="epoch 1, step 2"):
         run_training(train_params(epochs=2), tmp_path, model=model)
