@@ -87,6 +87,25 @@ def test_a_run_ending_with_its_own_error_reports_it_and_not_dvclive_s(tmp_path, 
         run_training(train_params(epochs=2), tmp_path, model=model)
 
 
+def test_a_run_ending_as_another_removes_dvclive_s_shared_signal_file_still_ends(tmp_path, monkeypatch):
+    """DVCLive's signal file for VS Code sits in the repository root, one for every run
+    there: here another run removes it between this run's check and its removal."""
+    import types
+
+    import dvclive.vscode
+
+    def removed_by_another_run_first(path):
+        os.remove(path)
+        os.remove(path)
+
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path / "repository"))
+    racing_os = types.SimpleNamespace(**{**vars(os), "remove": removed_by_another_run_first})
+    monkeypatch.setattr(dvclive.vscode, "os", racing_os)
+    result = run_training(train_params(epochs=2), tmp_path)
+    assert len(result.history) == 2
+    assert json.loads((tmp_path / "log" / "metrics.json").read_text())["step"] == 1
+
+
 def test_two_cpu_runs_give_byte_identical_metrics(tmp_path):
     first, second = tmp_path / "a", tmp_path / "b"
     run_a = run_training(train_params(), first)

@@ -158,13 +158,24 @@ class EpochLog:
 
     def __exit__(self, error_type, error, traceback) -> None:
         try:
-            live = self.live
+            if self.live is not None:
+                _end(self.live)
         except Exception:
             if error is None:
                 raise
-            return  # the run's own error is the one to report
-        if live is not None:
-            live.end()
+            # the run's own error is the one to report
+
+
+def _end(live) -> None:
+    """live.end(), where the last thing it does may lose a race: removing its signal
+    file for VS Code, which sits in the repository root and is shared by every run
+    there (parallel queued experiments, a second training). Another run's end can remove
+    it between DVCLive's check and its own removal; the file is gone either way."""
+    try:
+        live.end()
+    except FileNotFoundError as missing:
+        if Path(missing.filename or "").name != "DVCLIVE_STEP_COMPLETED":
+            raise
 
 
 class BackgroundCall:
