@@ -9,6 +9,7 @@ Lines go through `print_line`, which keeps a progress bar intact.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import sys
 import threading
@@ -115,10 +116,10 @@ class EpochLog:
     KEYS = ("train/loss", "train/accuracy", "val/loss", "val/accuracy", "lr")
 
     def __init__(self, log_dir, history: list[dict], start_epoch: int, epochs: int):
-        self.epochs, self._live, self._opening = epochs, None, None
+        self.epochs, self._opening = epochs, None
         if log_dir is not None:
             Path(log_dir).mkdir(parents=True, exist_ok=True)  # an unwritable folder fails now
-            self._opening = BackgroundCall(self._open, Path(log_dir), history[:start_epoch], start_epoch)
+            self._opening = in_background(self._open, Path(log_dir), history[:start_epoch], start_epoch)
 
     def _open(self, log_dir: Path, history: list[dict], start_epoch: int):
         from dvclive import Live
@@ -132,11 +133,8 @@ class EpochLog:
 
     @property
     def live(self):
-        """The opened DVCLive (None without a log_dir), waiting for the thread once."""
-        if self._opening is not None:
-            opening, self._opening = self._opening, None
-            self._live = opening.result()
-        return self._live
+        """The opened DVCLive (None without a log_dir), once the thread has opened it."""
+        return None if self._opening is None else self._opening.result()
 
     def _log(self, live, record: dict) -> None:
         for key in self.KEYS:
@@ -178,27 +176,20 @@ def _end(live) -> None:
             raise
 
 
-class BackgroundCall:
-    """`function(*args)` in a daemon thread; `result()` waits for it and returns its
-    value or raises its exception, here, in the caller's thread."""
+def in_background(function, *args) -> concurrent.futures.Future:
+    """`function(*args)` in a daemon thread (a daemon does not hold up the fast exit of
+    `end_finished_script`); the Future's result() waits for it and returns its value or
+    raises its exception in the caller's thread."""
+    future = concurrent.futures.Future()
 
-    def __init__(self, function, *args):
-        self._value, self._error = None, None
-        self._thread = threading.Thread(target=self._run, args=(function, *args), daemon=True,
-                                        name=f"cnnspec-{function.__name__.strip('_')}")
-        self._thread.start()
-
-    def _run(self, function, *args) -> None:
+    def run() -> None:
         try:
-            self._value = function(*args)
+            future.set_result(function(*args))
         except BaseException as error:  # handed to the caller of result()
-            self._error = error
+            future.set_exception(error)
 
-    def result(self):
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-        return self._value
+    threading.Thread(target=run, daemon=True, name=f"cnnspec-{function.__name__.strip('_')}").start()
+    return future
 
 
 def _logged_epochs(log_dir: Path) -> int:
