@@ -4,12 +4,15 @@ import os
 import platform
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from cnnspec.errors import TrainingError, UsageError
 from cnnspec.training.device import autocast_dtype, pick_device, to_layout
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_auto_and_cpu():
@@ -84,6 +87,41 @@ def test_batch_after_batch_reuses_the_memory_instead_of_faulting_it_in_again():
     default, reused = faults("default"), faults("reuse")
     assert default > 20 * 1000  # 11 MB is 2,700 pages, twice a batch
     assert reused < default / 20
+
+
+FAULTS_OF_TWO_TRAININGS = """
+import resource, cnnspec
+from cnnspec.training import loop
+from tests.fakedata import prepared_data
+from tests.tinytraining import train_params
+
+SPEC = ("{name: wide, layers: [{conv: {filters: 32, padding: same}}, bn, {activation: relu}, "
+        "global_avg_pool, {dense: 3}]}")
+
+def faults_of_training() -> int:
+    model = cnnspec.build_model(cnnspec.parse_spec(SPEC, "wide.yaml"), (1, 28, 28), 3)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    loop.train(model, prepared_data(640, 64, shape=(1, 28, 28)), train_params(epochs=4, batch_size=64), "cpu")
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+real = loop.reuse_freed_memory
+loop.reuse_freed_memory = lambda: None  # the first training as glibc's defaults leave it
+print("faults", faults_of_training())
+loop.reuse_freed_memory = real
+print("faults", faults_of_training())
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="tunes glibc's malloc")
+def test_training_on_a_cpu_reuses_each_step_s_memory_instead_of_faulting_it_in_again():
+    """40 steps whose activations are 6 MB a tensor (batch 64, 32 channels at 28x28):
+    with glibc's defaults every step faults its memory in again (a fifth of a
+    fashion_cpu step's time); training keeps it, so only the first step does."""
+    done = subprocess.run([sys.executable, "-c", FAULTS_OF_TWO_TRAININGS], capture_output=True, text=True,
+                          check=True, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT)))
+    default, reused = (int(line.split()[1]) for line in done.stdout.splitlines() if line.startswith("faults"))
+    assert default > 40 * 1500  # 6 MB is 1,500 pages, and a step has several such tensors
+    assert reused < default / 4
 
 
 def test_the_evaluate_stage_and_predict_reuse_freed_memory():

@@ -33,7 +33,7 @@ from benchmarks.versus_peers.pipeline import PIPELINE_GOAL, dvc_repro
 from benchmarks.versus_peers.report import markdown_table, recipe_table, reprint, summarize
 from benchmarks.versus_peers.same_network import check_same_start, parameter_counts
 from cnnspec.errors import exit_on_user_error
-from cnnspec.training.device import pick_device
+from cnnspec.training.device import pick_device, reuse_freed_memory
 
 
 def settings(args) -> dict:
@@ -125,6 +125,8 @@ def main(argv=None):
     device = pick_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if device.type == "cpu":  # as cnnspec's training does, for every framework from the first run on
+        reuse_freed_memory()
     frameworks = list(dict.fromkeys(["cnnspec", *args.frameworks]))
     own = args.recipes == "own"
     data = fashion_task_data(args.data, chosen["train_images"], chosen["test_images"], 1 if own else args.batch)

@@ -53,6 +53,7 @@ from cnnspec.training.device import (
     autocast,
     autocast_dtype,
     inference_batch,
+    reuse_freed_memory,
     to_layout,
     torch_settings,
 )
@@ -89,6 +90,8 @@ def train(model, data: dict, params: dict, device="cpu", *, resume_path=None, lo
     epoch is the state kept."""
     device = torch.device(device)
     optimization.check_validation_needs(params, len(data["val_labels"]))
+    if device.type == "cpu":
+        reuse_freed_memory()  # each step's activations take the memory the last step freed
     resume_path, log_dir = (resume_path, log_dir) if world.is_writer else (None, None)
     with torch_settings(device, params["deterministic"]), stops.StopSignals(world.handles_signals) as stop_signal:
         # setup: the data on the device, then the saved state (rank 0's) or a fresh start
