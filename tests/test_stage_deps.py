@@ -45,3 +45,16 @@ def test_every_cnnspec_file_a_stage_runs_is_a_dep(stage):
 
 def test_the_import_walk_follows_lazy_imports():
     assert "cnnspec/inference/export.py" in cnnspec_files("stages/export.py")  # imported inside main()
+
+
+def test_dvc_reads_the_pipeline_s_yaml_with_ruamel_s_c_parser():
+    """Every dvc command parses dvc.yaml, dvc.lock and params.yaml (13 times in a no-op
+    `dvc repro`); ruamel.yaml's pure-Python parser made that a fifth of its time."""
+    from dvc.utils.serialize import parse_yaml
+    from ruamel.yaml import YAML
+    from ruamel.yaml.main import CParser
+
+    assert CParser is not None, "ruamel.yaml.clib is not installed: pip install -e ."
+    assert YAML(typ="safe").Parser is CParser
+    text = (REPO_ROOT / "dvc.yaml").read_text()
+    assert parse_yaml(text, "dvc.yaml") == yaml.safe_load(text)
