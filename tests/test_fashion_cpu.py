@@ -26,6 +26,15 @@ def test_the_spec_picks_its_own_recipe_when_params_yaml_says_auto():
     assert params["evaluate"]["tta"] == "flip"
 
 
+def test_the_one_minute_recipe_is_fashion_cpu_cut_to_two_epochs_of_batch_128_without_translations():
+    """`-S recipe=fashion_cpu_minute`: the same recipe but for what a two-epoch run wants."""
+    full, minute = speedrun.resolved_params(SPEC), speedrun.resolved_params(SPEC, "fashion_cpu_minute")
+    assert minute["recipe"] == "fashion_cpu_minute"
+    changed = {"epochs": 2, "batch_size": 128, "augment": {**full["train"]["augment"], "translate": 0}}
+    assert minute["train"] == {**full["train"], **changed}
+    assert minute["evaluate"] == full["evaluate"]
+
+
 def test_the_spec_builds_for_fashion_mnist_with_batch_norm_after_each_pool():
     model = build_model(SPEC, (1, 28, 28), 10)
     logits = model.eval()(torch.zeros(2, 1, 28, 28))
