@@ -70,7 +70,9 @@ of the weights it restores. The header and a table say which recipe each framewo
 not apply.
 
 Runs are interleaved in one process (repeat r runs every model and framework, the
-framework order rotating by one each repeat) and repeated --repeats times. Printed per
+framework order rotating by one each repeat) and repeated --repeats times. On a CPU the
+process keeps freed memory for reuse from the start (glibc's mallopt, as cnnspec's
+training sets it), so every framework allocates the same way. Printed per
 model and framework: seconds per epoch (median over all epochs of all repeats, with the
 min-max), training images/s (images of an epoch over the median epoch, test evaluation
 included), seconds to --target test accuracy (median over repeats, from the start of
