@@ -21,6 +21,11 @@ What makes it fast on a GPU:
   per epoch (`read_epoch_totals`): the loop never waits for the GPU inside an epoch
   (except the progress bar of an interactive run, a few times an epoch).
 
+And on a CPU: channels_last too (oneDNN's convolutions), bf16 autocast where the CPU
+has bf16 instructions, and freed memory kept for the next step (`reuse_freed_memory`):
+glibc would otherwise hand each step's activations back to the system and fault them in
+again, a fifth of a small network's step.
+
 What makes it safe:
 - after every epoch a resume state (weights, optimizer, schedule, early stopping,
   lookahead/EMA, RNG states, history) is written atomically to `resume_path`, stamped
