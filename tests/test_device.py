@@ -125,8 +125,5 @@ def test_training_on_a_cpu_reuses_each_step_s_memory_instead_of_faulting_it_in_a
 
 
 def test_the_evaluate_stage_and_predict_reuse_freed_memory():
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parent.parent
     for source in ("stages/evaluate.py", "cnnspec/inference/predict.py"):
-        assert "reuse_freed_memory()" in (root / source).read_text(encoding="utf-8"), source
+        assert "reuse_freed_memory()" in (ROOT / source).read_text(encoding="utf-8"), source
