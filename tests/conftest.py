@@ -16,6 +16,9 @@ os.environ.setdefault("GIT_AUTHOR_NAME", "cnnspec tests")
 os.environ.setdefault("GIT_AUTHOR_EMAIL", "tests@cnnspec.invalid")
 os.environ.setdefault("GIT_COMMITTER_NAME", "cnnspec tests")
 os.environ.setdefault("GIT_COMMITTER_EMAIL", "tests@cnnspec.invalid")
+# No DVC usage analytics from the tests: each `dvc` command would start a daemon that
+# tries to reach the internet.
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 
 # `pytest -n 2` on two cores: two workers each using every core would fight over them.
 # Set before torch is imported here or in a subprocess, so both read it.
