@@ -8,6 +8,7 @@ with the recipe's test-time augmentation).
     python benchmarks/fashion_time_to_accuracy.py --device cuda    # the same spec and recipe on a GPU
     python benchmarks/fashion_time_to_accuracy.py --quick          # a smoke run on a 2,000-image subset
     python benchmarks/fashion_time_to_accuracy.py --recipe fashion_cpu_short --epochs 2 5 10   # in fp32 (no bf16)
+    python benchmarks/fashion_time_to_accuracy.py --recipe fashion_cpu_short --epochs 2 --cpu-precision off  # fp32 on a bf16 CPU
 
 The default is specs/fashion_cpu.yaml with its own recipe (recipes/fashion_cpu.yaml)
 and the CPU speedrun's targets: 91% test accuracy within 60 s of training, 92.5% within
@@ -47,7 +48,7 @@ from cnnspec.data.datasets import get_dataset, prepare  # noqa: E402
 from cnnspec.errors import exit_on_user_error  # noqa: E402
 from cnnspec.inference.evaluation import predict_probabilities  # noqa: E402
 from cnnspec.pipeline.params import load_params, read_yaml_mapping  # noqa: E402
-from cnnspec.training.device import pick_device  # noqa: E402
+from cnnspec.training.device import autocast_dtype, pick_device  # noqa: E402
 from cnnspec.training.loop import train  # noqa: E402
 
 DEBIAN_FOLDER = Path("/usr/share/datasets/fashion-mnist")
@@ -212,6 +213,8 @@ def main(argv=None):
     parser.add_argument("--batch", type=int, help="train.batch_size (default: the recipe's)")
     parser.add_argument("--lr", type=float, help="train.optimizer.lr (default: the recipe's)")
     parser.add_argument("--tta", choices=["none", "flip", "flip_translate"], help="default: the recipe's")
+    parser.add_argument("--cpu-precision", choices=["bf16", "off"],
+                        help="train.cpu_precision (default: the recipe's); off measures fp32 on a CPU with bf16")
     parser.add_argument("--val-split", type=float, default=0.02, help="as params.yaml's data.val_split")
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's own, one per core); "
@@ -231,11 +234,15 @@ def main(argv=None):
         train_params["optimizer"]["lr"] = args.lr
     if args.tta:
         params["evaluate"]["tta"] = args.tta
+    if args.cpu_precision:
+        train_params["cpu_precision"] = args.cpu_precision
     data, test_images, test_labels = fashion_data(args.data, args.val_split, chosen["train_images"],
                                                   chosen["test_images"])
     runs = ladder(args.spec, data, test_images, test_labels, params, chosen["epochs"], chosen["budgets"], device)
     where = (torch.cuda.get_device_name(device) if device.type == "cuda"
              else f"CPU, {torch.get_num_threads()} threads")
+    autocast = autocast_dtype(device, train_params["precision"], train_params["cpu_precision"])
+    where += f", {'fp32' if autocast is None else str(autocast).removeprefix('torch.')}"
     print(f"\nFashion-MNIST time to accuracy: {args.spec.name} with recipe {params['recipe']}, "
           f"{len(data['train_labels'])} training / {len(test_labels)} test images, batch "
           f"{train_params['batch_size']}, TTA {params['evaluate']['tta']}, compile {train_params['compile']}, {where}")

@@ -182,11 +182,12 @@ def test_fashion_quick_mode_reads_idx_files_and_prints_the_budgets(tmp_path, cap
     spec = tmp_path / "tiny.yaml"
     spec.write_text(TINY_SPEC)
     runs = fashion.main(["--device", "cpu", "--data", str(tmp_path), "--spec", str(spec), "--val-split", "0.1",
-                         "--budgets", "30", "60", "--epochs", "1", "2", "--batch", "32"])
+                         "--budgets", "30", "60", "--epochs", "1", "2", "--batch", "32", "--cpu-precision", "off"])
     out = capsys.readouterr().out
     assert [run.epochs for run in runs] == [1, 2]
     assert all(0.0 <= run.accuracy <= 1.0 and run.seconds > 0 for run in runs)
     assert "180 training / 40 test images" in out
+    assert "threads, fp32" in out  # --cpu-precision off: fp32 even where the CPU has bf16
     assert "| 30 s |" in out and "| 60 s |" in out
     assert "| 30 s | 91% |" in out and "seconds to 91% test accuracy:" in out
 
