@@ -265,9 +265,10 @@ def test_keras_fits_each_epoch_on_cnnspecs_order_unshuffled(tiny_fashion, monkey
 
 # ---------------------------------------------------------------- --recipes own
 
-def _own_task(data, epochs=1):
+def _own_task(data, epochs=1, **augment):
     resolved = peers.own_recipes.resolve_own_recipe("fashion_cpu", len(data["train_labels"]))
     recipe = peers.own_recipes.cnnspec_recipe(resolved, epochs, seed=0)
+    recipe["augment"].update(augment)
     return peers.Task(model="fashion_cpu", **peers.whole_batches(data, recipe["batch_size"]), epochs=epochs,
                       batch=32, lr=1e-3, hflip=False, seed=0, device=torch.device("cpu"), workers=0,
                       recipe=recipe, recipe_name=resolved["recipe"])
@@ -283,7 +284,7 @@ def test_own_recipe_is_the_one_the_resolve_stage_gives(tiny_fashion):
     assert (recipe["epochs"], recipe["channels_last"], recipe["cpu_precision"]) == (3, True, "bf16")
     assert recipe["optimizer"]["name"] == "sgd" and recipe["optimizer"]["lr"] == 0.2
     assert recipe["scheduler"]["name"] == "onecycle" and recipe["lookahead"]["enabled"]
-    assert recipe["augment"]["translate"] == 2 and recipe["augment"]["hflip"]
+    assert recipe["augment"]["translate"] == 0 and recipe["augment"]["hflip"]
 
 
 def test_own_recipe_torch_schedule_matches_cnnspecs_onecycle(tiny_fashion):
@@ -317,8 +318,9 @@ def test_own_recipe_torch_schedule_matches_cnnspecs_onecycle(tiny_fashion):
 @pytest.mark.parametrize("recipes", ["shared", "own"])
 def test_own_recipe_orders_are_the_ones_cnnspecs_loop_trains_in(tiny_fashion, monkeypatch, recipes):
     """With the recipe's flips and translations drawn from the loop's generator every step,
-    epoch 2's order still matches a real train() call's."""
-    task = _own_task(peers.fashion_task_data(tiny_fashion, None, 40, batch=1), epochs=2)
+    epoch 2's order still matches a real train() call's (translations added: fashion_cpu's
+    recipe has none)."""
+    task = _own_task(peers.fashion_task_data(tiny_fashion, None, 40, batch=1), epochs=2, translate=2)
     steps = _steps_of_a_real_run(task, monkeypatch)
     orders = peers.cnnspec_epoch_orders(task if recipes == "own" else dataclasses.replace(task, recipe=None))
     matches = [torch.equal(torch.cat([indices for seen, indices in steps if seen == epoch]), order)
