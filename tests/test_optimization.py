@@ -2,6 +2,9 @@
 changes what training does, as its formula says."""
 import copy
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,6 +15,8 @@ import cnnspec
 from cnnspec.errors import ParamsError
 from cnnspec.pipeline.params import fill_defaults, load_schema
 from cnnspec.training import optimization
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def train_defaults(**sections) -> dict:
@@ -58,6 +63,64 @@ def test_each_optimizer_moves_the_weights_differently():
             assert not torch.allclose(results[name], results[other]), (name, other)
     plain = one_step({**base, "name": "sgd", "lr": 0.05, "nesterov": False})
     assert not torch.allclose(plain, results["sgd"])  # nesterov matters
+
+
+def steps_and_state(optimizer, model, steps=3):
+    """`steps` steps on fixed data; the weights and the optimizer's state dict after them."""
+    torch.manual_seed(1)
+    inputs, labels = torch.randn(8, 4), torch.randint(0, 3, (8,))
+    for _ in range(steps):
+        optimizer.zero_grad()
+        F.cross_entropy(model(inputs), labels).backward()
+        optimizer.step()
+    return model.linear.weight.detach().clone(), optimizer.state_dict()
+
+
+@pytest.mark.parametrize("name", list(optimization.OPTIMIZERS))
+def test_the_optimizer_without_compile_marks_steps_and_saves_as_torch_s_own(name):
+    """Training (train.compile off) builds optimizers without torch.compile's marks: the
+    same weights and state after steps with momentum and weight decay, and the state
+    of either class loads into the other (a resume state from an older run)."""
+    options = {**train_defaults()["optimizer"], "name": name, "lr": 0.05, "weight_decay": 1e-3}
+    unmarked_model, torch_model = TinyModel(), TinyModel()
+    unmarked = optimization.make_optimizer(unmarked_model, options)
+    own = optimization.make_optimizer(torch_model, options, compiling=True)
+    assert type(own) is optimization.OPTIMIZERS[name][0] and type(unmarked).__mro__[1] is type(own)
+    weights, state = steps_and_state(unmarked, unmarked_model)
+    torch_weights, torch_state = steps_and_state(own, torch_model)
+    assert torch.equal(weights, torch_weights)
+    assert not torch.equal(weights, TinyModel().linear.weight)
+    assert state["param_groups"] == torch_state["param_groups"]
+    for slot, values in torch_state["state"].items():
+        assert values.keys() == state["state"][slot].keys()
+        for key, value in values.items():
+            assert torch.equal(torch.as_tensor(value), torch.as_tensor(state["state"][slot][key])), (slot, key)
+    unmarked.load_state_dict(torch_state)
+    own.load_state_dict(state)
+    assert torch.equal(steps_and_state(unmarked, unmarked_model, 1)[0], steps_and_state(own, torch_model, 1)[0])
+
+
+TRAINING_WITHOUT_DYNAMO = """
+import sys
+from tests.tinytraining import run_training, train_params
+from pathlib import Path
+params = train_params(epochs=2, compile=False, scheduler={"name": "{scheduler}"}, optimizer={"name": "{optimizer}"},
+                      lookahead={"enabled": True}, ema={"enabled": True})
+run_training(params, Path(sys.argv[1]))
+assert "torch._dynamo" not in sys.modules, "training imported torch._dynamo"
+"""
+
+
+@pytest.mark.parametrize("optimizer, scheduler", [("sgd", "onecycle"), ("adam", "plateau")])
+def test_training_without_compile_never_imports_torch_s_compiler(tmp_path, optimizer, scheduler):
+    """torch._dynamo takes about a second to import, a quarter of the train stage's
+    start; a run that compiles nothing (optimizer steps, schedules, resume states,
+    lookahead and EMA included) must not import it."""
+    code = TRAINING_WITHOUT_DYNAMO.replace("{optimizer}", optimizer).replace("{scheduler}", scheduler)
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "resume" / "state.pt").is_file()  # the optimizer's state was saved each epoch
 
 
 def test_spec_lr_and_wd_multipliers_reach_the_optimizer():

@@ -223,7 +223,7 @@ class Run:
         self.criterion = optimization.make_loss(params["loss"], None if weight is None else weight.to(device))
         self.unfreeze = UnfreezeSchedule(model, params["unfreeze"])
         with self.unfreeze.all_in_optimizer():  # layers unfrozen later are in its groups from the start
-            self.optimizer = optimization.make_optimizer(model, params["optimizer"])
+            self.optimizer = optimization.make_optimizer(model, params["optimizer"], params["compile"])
         self.schedule = optimization.make_schedule(self.optimizer, params["scheduler"], self.epochs,
                                                    self.steps_per_epoch)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.autocast_dtype is torch.float16)

@@ -8,6 +8,8 @@ adding an option is adding one entry.
 from __future__ import annotations
 
 import copy
+import functools
+import inspect
 import math
 
 import torch
@@ -16,25 +18,53 @@ import torch.nn.functional as F
 from cnnspec.errors import ParamsError
 
 # ---------------------------------------------------------------- optimizers
-# Each gets the model's parameter groups (lr and weight decay already multiplied by
-# the layers' lr_mult / wd_mult) and the `train.optimizer` options.
+# Each is torch's class and its keyword arguments from the `train.optimizer` options;
+# it gets the model's parameter groups (lr and weight decay already multiplied by the
+# layers' lr_mult / wd_mult).
 
 OPTIMIZERS = {
-    "sgd": lambda groups, o: torch.optim.SGD(
-        groups, lr=o["lr"], momentum=o["momentum"], weight_decay=o["weight_decay"],
-        nesterov=bool(o["nesterov"]) and o["momentum"] > 0),
-    "adam": lambda groups, o: torch.optim.Adam(
-        groups, lr=o["lr"], betas=tuple(o["betas"]), weight_decay=o["weight_decay"]),
-    "adamw": lambda groups, o: torch.optim.AdamW(
-        groups, lr=o["lr"], betas=tuple(o["betas"]), weight_decay=o["weight_decay"]),
-    "rmsprop": lambda groups, o: torch.optim.RMSprop(
-        groups, lr=o["lr"], momentum=o["momentum"], weight_decay=o["weight_decay"]),
+    "sgd": (torch.optim.SGD, lambda o: {"lr": o["lr"], "momentum": o["momentum"], "weight_decay": o["weight_decay"],
+                                        "nesterov": bool(o["nesterov"]) and o["momentum"] > 0}),
+    "adam": (torch.optim.Adam, lambda o: {"lr": o["lr"], "betas": tuple(o["betas"]),
+                                          "weight_decay": o["weight_decay"]}),
+    "adamw": (torch.optim.AdamW, lambda o: {"lr": o["lr"], "betas": tuple(o["betas"]),
+                                            "weight_decay": o["weight_decay"]}),
+    "rmsprop": (torch.optim.RMSprop, lambda o: {"lr": o["lr"], "momentum": o["momentum"],
+                                                "weight_decay": o["weight_decay"]}),
 }
 
 
-def make_optimizer(model, options: dict) -> torch.optim.Optimizer:
-    groups = model.param_groups(options["lr"], options["weight_decay"])
-    return OPTIMIZERS[options["name"]](groups, options)
+def make_optimizer(model, options: dict, compiling: bool = False) -> torch.optim.Optimizer:
+    """The optimizer `options` (train.optimizer) names, over the model's parameter
+    groups; torch's own class when `compiling` (train.compile), else one without its
+    torch.compile marks."""
+    optimizer_class, keywords = OPTIMIZERS[options["name"]]
+    if not compiling:
+        optimizer_class = without_compile_marks(optimizer_class)
+    return optimizer_class(model.param_groups(options["lr"], options["weight_decay"]), **keywords(options))
+
+
+# torch.optim marks these methods for torch.compile (a graph break around step, "do
+# not trace" on the others), and each mark imports torch._dynamo on its first call:
+# about 1.1 s of every training process's start on a CPU. Only a compiled step can
+# use the marks, and cnnspec compiles the model's forward alone, never the optimizer.
+COMPILE_MARKED_METHODS = ("add_param_group", "zero_grad", "state_dict", "load_state_dict")
+
+
+@functools.cache
+def without_compile_marks(optimizer_class: type) -> type:
+    """A subclass of `optimizer_class` whose methods run their bodies without the marks:
+    the same arithmetic, state and hooks (step keeps its profiler and step hooks, which
+    torch adds to any optimizer class), and no import of torch._dynamo."""
+    namespace = {name: inspect.unwrap(getattr(optimizer_class, name)) for name in COMPILE_MARKED_METHODS}
+    step_body = inspect.unwrap(optimizer_class.step)
+
+    def step(self, closure=None):
+        with torch.set_grad_enabled(self.defaults["differentiable"]):  # what the step's mark does
+            return step_body(self, closure)
+
+    namespace["step"] = step
+    return type(optimizer_class.__name__, (optimizer_class,), namespace)
 
 
 # ---------------------------------------------------------------- schedules
