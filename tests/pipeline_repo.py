@@ -40,11 +40,19 @@ def quick_training(params: dict) -> None:
     params["evaluate"]["tta"] = "none"
 
 
+def user_environment(**settings) -> dict:
+    """This process's environment as a user's shell has it: this venv first on PATH, and
+    Python writing its bytecode caches beside the modules (as it does unless told not to),
+    so the stages leave cnnspec/__pycache__ in the repository as they do for users."""
+    env = dict(os.environ, PATH=f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}", DVC_NO_ANALYTICS="1", **settings)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    return env
+
+
 def shell(command: str, cwd, timeout=600, check=True) -> subprocess.CompletedProcess:
     """Run a README line as a user types it (through bash), stdout and stderr together."""
-    env = dict(os.environ, PATH=f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}", DVC_NO_ANALYTICS="1",
-               PYTHONPATH="", COLUMNS="120",
-               OMP_NUM_THREADS="1")  # a shared CI core: two spinning threads are 20x slower than one
+    env = user_environment(PYTHONPATH="", COLUMNS="120",
+                           OMP_NUM_THREADS="1")  # a shared CI core: two spinning threads are 20x slower than one
     result = subprocess.run(["bash", "-c", command], cwd=cwd, env=env, capture_output=True, text=True,
                             timeout=timeout)
     result.output = result.stdout + result.stderr
@@ -54,9 +62,7 @@ def shell(command: str, cwd, timeout=600, check=True) -> subprocess.CompletedPro
 
 
 def run(command, cwd, **kwargs):
-    env = dict(os.environ, PATH=f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}",
-               DVC_NO_ANALYTICS="1")
-    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, **kwargs)
+    result = subprocess.run(command, cwd=cwd, env=user_environment(), capture_output=True, text=True, **kwargs)
     assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stdout}\n{result.stderr}"
     return result.stdout + result.stderr
 

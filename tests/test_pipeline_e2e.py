@@ -62,6 +62,15 @@ def test_repro_runs_every_stage_and_learns(pipeline_repo):
     assert metrics["loss"] > 0
 
 
+def test_a_second_repro_finds_nothing_to_run(pipeline_repo):
+    """The stages import cnnspec/, and Python writes its bytecode caches there: DVC must
+    not count them as a change of that dependency (.dvcignore), or the next `dvc repro`
+    retrains the model."""
+    repo, _, _ = pipeline_repo
+    assert list((repo / "cnnspec").rglob("__pycache__/*.pyc"))
+    assert "Data and pipelines are up to date" in run(["dvc", "status", "dvc.yaml"], repo)
+
+
 def test_repro_writes_sensible_pngs(pipeline_repo):
     repo, _, _ = pipeline_repo
     pngs = sorted((repo / "metrics" / "plots").glob("*.png"))
