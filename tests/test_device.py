@@ -75,19 +75,23 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
 
+# glibc starts at mmap and trim thresholds of 128 KiB and raises them after some large
+# frees, so a process left alone faults in every batch's memory again, or, now and then,
+# when the order of frees lets the raise stick, only the first batch's. The processes
+# that count faults start pinned to the starting thresholds (which also turns the
+# raising off), and reuse_freed_memory then overrides them.
+GLIBC_START = {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072"}
+
+
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="tunes glibc's malloc")
 def test_batch_after_batch_reuses_the_memory_instead_of_faulting_it_in_again():
     """Counted in page faults, not seconds: without reuse_freed_memory every batch's
-    activations are handed back to the system and faulted in again. glibc starts at
-    thresholds of 128 KiB and raises them after some large frees, so an unpinned
-    process faults in 105,000 to 160,000 pages here, or, now and then, when the order of
-    frees lets the raise stick, only the first batch's 2,700: both processes start
-    pinned to glibc's starting thresholds, which reuse_freed_memory then overrides."""
-    glibc_start = {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072"}
+    activations are handed back to the system and faulted in again (105,000 to 160,000
+    pages here)."""
 
     def faults(mode: str) -> int:
         done = subprocess.run([sys.executable, "-c", FAULTS_OF_TWENTY_BATCHES, mode], capture_output=True,
-                              text=True, check=True, env=dict(os.environ, OMP_NUM_THREADS="1", **glibc_start))
+                              text=True, check=True, env=dict(os.environ, OMP_NUM_THREADS="1", **GLIBC_START))
         return int(done.stdout)
 
     default, reused = faults("default"), faults("reuse")
@@ -124,7 +128,8 @@ def test_training_on_a_cpu_reuses_each_step_s_memory_instead_of_faulting_it_in_a
     with glibc's defaults every step faults its memory in again (a fifth of a
     fashion_cpu step's time); training keeps it, so only the first step does."""
     done = subprocess.run([sys.executable, "-c", FAULTS_OF_TWO_TRAININGS], capture_output=True, text=True,
-                          check=True, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT)))
+                          check=True, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT),
+                                                         **GLIBC_START))
     default, reused = (int(line.split()[1]) for line in done.stdout.splitlines() if line.startswith("faults"))
     assert default > 40 * 1500  # 6 MB is 1,500 pages, and a step has several such tensors
     assert reused < default / 4
