@@ -65,7 +65,7 @@ def keras_model(task: Task):
         x = layers.Dropout(0.3)(x)
         outputs = layers.Dense(len(task.classes), activation="softmax")(x)
     elif task.model == "fashion_cpu":
-        for filters, convs in ((32, 1), (64, 2), (128, 2)):  # the stem, then the two conv groups
+        for filters, convs in ((32, 1), (48, 2), (96, 2)):  # the stem, then the two conv groups
             for conv in range(convs):
                 x = layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
                 x = layers.MaxPooling2D(2)(x) if conv == 0 else x  # max pool before batch norm

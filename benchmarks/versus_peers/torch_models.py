@@ -39,13 +39,13 @@ def torch_architecture(task: Task) -> nn.Module:
                              nn.Dropout(0.3), nn.Linear(128, classes))
     if task.model == "fashion_cpu":
         layers, inputs = [], channels
-        for filters, convs in ((32, 1), (64, 2), (128, 2)):  # the stem, then the two conv groups
+        for filters, convs in ((32, 1), (48, 2), (96, 2)):  # the stem, then the two conv groups
             for conv in range(convs):
                 layers += [nn.Conv2d(inputs, filters, 3, padding=1, bias=False),
                            *([nn.MaxPool2d(2)] if conv == 0 else []),  # max pool before batch norm
                            nn.BatchNorm2d(filters, eps=1e-5, momentum=0.1), nn.ReLU()]  # cnnspec's bn defaults
                 inputs = filters
-        return nn.Sequential(*layers, nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(128, classes))
+        return nn.Sequential(*layers, nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(inputs, classes))
     if task.model == "resnet18_cifar":
         import torchvision
 
