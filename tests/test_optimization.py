@@ -2,9 +2,6 @@
 changes what training does, as its formula says."""
 import copy
 import math
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,8 +12,7 @@ import cnnspec
 from cnnspec.errors import ParamsError
 from cnnspec.pipeline.params import fill_defaults, load_schema
 from cnnspec.training import optimization
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.no_torch import run_without_importing
 
 
 def train_defaults(**sections) -> dict:
@@ -101,13 +97,11 @@ def test_the_optimizer_without_compile_marks_steps_and_saves_as_torch_s_own(name
 
 
 TRAINING_WITHOUT_DYNAMO = """
-import sys
 from tests.tinytraining import run_training, train_params
 from pathlib import Path
 params = train_params(epochs=2, compile=False, scheduler={"name": "{scheduler}"}, optimizer={"name": "{optimizer}"},
                       lookahead={"enabled": True}, ema={"enabled": True})
 run_training(params, Path(sys.argv[1]))
-assert "torch._dynamo" not in sys.modules, "training imported torch._dynamo"
 """
 
 
@@ -117,9 +111,7 @@ def test_training_without_compile_never_imports_torch_s_compiler(tmp_path, optim
     start; a run that compiles nothing (optimizer steps, schedules, resume states,
     lookahead and EMA included) must not import it."""
     code = TRAINING_WITHOUT_DYNAMO.replace("{optimizer}", optimizer).replace("{scheduler}", scheduler)
-    done = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
-                          timeout=120)
-    assert done.returncode == 0, done.stderr[-2000:]
+    run_without_importing("torch._dynamo", code, str(tmp_path))
     assert (tmp_path / "resume" / "state.pt").is_file()  # the optimizer's state was saved each epoch
 
 

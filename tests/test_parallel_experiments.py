@@ -6,7 +6,6 @@ DVC's queue uses local celery workers: no network is needed."""
 import csv
 import io
 import json
-import os
 import subprocess
 import time
 from pathlib import Path
@@ -16,7 +15,7 @@ import yaml
 
 from cnnspec.models.checkpoint import read_checkpoint
 from tests.fakedata import make_mnist_folder
-from tests.pipeline_repo import VENV_BIN, copy_checkout, run
+from tests.pipeline_repo import copy_checkout, run, user_environment
 
 pytestmark = pytest.mark.slow
 
@@ -29,10 +28,6 @@ layers:
 """
 EXPERIMENTS = {"seed1": {"seed": 1, "epochs": 2}, "seed2": {"seed": 2, "epochs": 3}}
 DECOY = b"the main workspace's own resume state; no experiment may touch it"
-
-
-def dvc_env() -> dict:
-    return dict(os.environ, PATH=f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}", DVC_NO_ANALYTICS="1")
 
 
 def git_show(repo: Path, rev: str, path: str) -> str:
@@ -91,10 +86,10 @@ def queued_repo(tmp_path_factory):
     # The workers it starts keep its stdout: capturing that would wait for them to exit.
     with open(repo.parent / "queue-start.log", "w") as log:
         subprocess.run(["dvc", "queue", "start", "-j", "2"], cwd=repo, stdout=log,
-                       stderr=subprocess.STDOUT, env=dvc_env(), check=True, timeout=120)
+                       stderr=subprocess.STDOUT, env=user_environment(), check=True, timeout=120)
     most_workspaces = wait_for_queue(repo)
     shown = subprocess.run(["dvc", "exp", "show", "--json"], cwd=repo, capture_output=True,
-                           text=True, check=True, env=dvc_env())
+                           text=True, check=True, env=user_environment())
     experiments = {}
     for commit in json.loads(shown.stdout):
         for experiment in commit.get("experiments") or []:
