@@ -4,6 +4,7 @@
 # Each step's output goes to OUT_FOLDER/<step>.txt; a failing step does not stop the rest.
 #
 #   bash benchmarks/gpu_suite.sh OUT_FOLDER [FASHION_MNIST_FOLDER]
+#   bash benchmarks/gpu_suite.sh --dry-run [FASHION_MNIST_FOLDER]   # print each step's command, run none
 #
 # FASHION_MNIST_FOLDER holds the four idx .gz files (default: Debian's
 # /usr/share/datasets/fashion-mnist). Takes about 15 minutes on one H100 (estimate, not
@@ -20,19 +21,32 @@
 #   bash benchmarks/gpu_suite.sh "$OUT" .fashion
 # This script installs .whl/ into /tmp/site when it is there.
 set -uo pipefail
-out=${1:?usage: bash benchmarks/gpu_suite.sh OUT_FOLDER [FASHION_MNIST_FOLDER]}
+dry_run=false
+if [ "${1:-}" = --dry-run ]; then
+    dry_run=true
+    set -- "" "${@:2}"
+else
+    : "${1:?usage: bash benchmarks/gpu_suite.sh OUT_FOLDER [FASHION_MNIST_FOLDER]}"
+fi
+out=$1
 fashion=${2:-/usr/share/datasets/fashion-mnist}
 python=${PYTHON:-python3}
-mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 cd "$(dirname "$0")/.."
-if [ -d .whl ]; then
+$dry_run || mkdir -p "$out"
+if ! $dry_run && [ -d .whl ]; then
     "$python" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
         --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
 
+# Device time is scarce: tests/test_gpu_suite.py checks every step's command (--dry-run)
+# against its script's options on a CPU, so a renamed option cannot waste a GPU session.
 step() {
     local name=$1; shift
+    if $dry_run; then
+        printf '%s' "$name"; printf ' %q' "$@"; echo
+        return
+    fi
     echo "== $name: $*"
     local started=$SECONDS
     "$@" >"$out/$name.txt" 2>&1
