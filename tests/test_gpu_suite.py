@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import runpy
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -24,7 +26,8 @@ def dry_run_steps() -> dict[str, list[str]]:
                             env={**os.environ, "PYTHON": "python3"}, check=True).stdout
     steps = {}
     for line in listed.splitlines():
-        name, *command = shlex.split(line)
+        name, cap, *command = shlex.split(line)
+        assert int(cap) > 0
         steps[name] = command
     return steps
 
@@ -70,9 +73,45 @@ def test_the_dry_run_lists_every_step_and_runs_none(tmp_path):
     assert not any(tmp_path.iterdir())
 
 
-def test_the_suite_without_an_output_folder_says_how_to_call_it():
-    done = subprocess.run(["bash", str(SUITE)], capture_output=True, text=True, timeout=30)
-    assert done.returncode != 0 and "usage: bash benchmarks/gpu_suite.sh OUT_FOLDER" in done.stderr
+def test_the_suite_without_an_output_folder_or_with_a_wrong_option_says_how_to_call_it():
+    for arguments in ([], ["--budget", "9m", "out"], ["--dryrun"]):
+        done = subprocess.run(["bash", str(SUITE), *arguments], capture_output=True, text=True, timeout=30)
+        assert done.returncode != 0 and done.stderr.count("\n") == 1, arguments
+        assert "usage: bash benchmarks/gpu_suite.sh" in done.stderr or "--budget takes whole seconds" in done.stderr
+
+
+def stand_in_python(folder: Path, body: str) -> dict:
+    """An environment whose $PYTHON is a shell script: the suite's steps run it instead."""
+    stand_in = folder / "python"
+    stand_in.write_text(f"#!/bin/sh\n{body}\n")
+    stand_in.chmod(0o755)
+    return {**os.environ, "PYTHON": str(stand_in), "GPU_SUITE_MIN_STEP": "1"}
+
+
+def test_a_step_past_the_budget_is_stopped_and_the_steps_after_it_are_skipped(tmp_path):
+    env = stand_in_python(tmp_path, "sleep 60")
+    started = time.monotonic()
+    done = subprocess.run(["bash", str(SUITE), "--budget", "2", "--only", "cuda_tests,loop_overhead,throughput",
+                           str(tmp_path / "out")], capture_output=True, text=True, timeout=50, env=env)
+    assert done.returncode == 0 and time.monotonic() - started < 30
+    summary = (tmp_path / "out" / "summary.txt").read_text().splitlines()
+    assert summary[0] == "cuda_tests: stopped at its 2 s limit"
+    assert [line.split(":")[0] for line in summary[1:]] == ["loop_overhead", "throughput"]
+    assert all(": skipped, " in line for line in summary[1:])
+    assert sorted(path.name for path in (tmp_path / "out").iterdir()) == ["steps.log", "summary.txt"]
+
+
+def test_only_runs_the_named_steps_into_one_log(tmp_path):
+    env = stand_in_python(tmp_path, 'echo "stand-in ran: $*"')
+    done = subprocess.run(["bash", str(SUITE), "--only", "predict,dvc_repro", str(tmp_path / "out"), "/data/fm"],
+                          capture_output=True, text=True, timeout=50, env=env)
+    assert done.returncode == 0
+    assert [re.sub(r"after \d+ s", "after N s", line) for line in done.stdout.splitlines()] == [
+        "predict: exit 0 after N s", "dvc_repro: exit 0 after N s"]
+    log = (tmp_path / "out" / "steps.log").read_text()
+    assert "stand-in ran: benchmarks/predict_throughput.py --device cuda --data /data/fm" in log
+    assert "stand-in ran: -m benchmarks.versus_peers" in log and "--dvc-repro" in log
+    assert "cuda_tests" not in log
 
 
 @pytest.mark.parametrize("step", [name for name in PYTHON_STEPS if name != "cuda_tests"])
@@ -95,3 +134,15 @@ def test_the_cuda_tests_step_names_the_cuda_test_file():
     assert command[1:3] == ["-m", "pytest"]
     files = [argument for argument in command[3:] if not argument.startswith("-")]
     assert files and all((REPO / name).is_file() for name in files)
+
+
+def test_the_wheels_to_carry_name_each_package_once_and_pinned():
+    """pip refuses every wheel of one `pip download`/`pip install` call when two versions
+    of a package are given (ml-dtypes and ml_dtypes are one package), and then nothing
+    the suite needs is there."""
+    lines = (REPO / "benchmarks" / "gpu_requirements.txt").read_text().splitlines()
+    pins = [line.split("==") for line in lines if line.strip() and not line.startswith("#")]
+    assert len(pins) > 50 and all(len(pin) == 2 and pin[1] for pin in pins)
+    names = [re.sub(r"[-_.]+", "-", name).lower() for name, _ in pins]
+    assert sorted({name for name in names if names.count(name) > 1}) == []
+    assert {"dvc", "dvclive", "jsonschema", "ruamel-yaml-clib"} <= set(names)
