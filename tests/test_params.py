@@ -94,8 +94,21 @@ def test_exponent_without_dot_is_a_number(tmp_path):
 
 
 def test_precision_off_is_the_word_not_a_boolean(tmp_path):
-    params = load_params(write_params(tmp_path, "train: {precision: off}\n"), ["train"])
-    assert params["train"]["precision"] == "off"
+    params = load_params(write_params(tmp_path, "train: {precision: off, cpu_precision: off}\n"), ["train"])
+    assert params["train"]["precision"] == "off" and params["train"]["cpu_precision"] == "off"
+
+
+def test_cpu_precision_off_set_with_dash_s_is_the_word(tmp_path, monkeypatch):
+    """`dvc exp run -S train.cpu_precision=off` writes `cpu_precision: off` unquoted, over
+    a recipe that asks for bf16."""
+    from dvc.utils.hydra import apply_overrides
+
+    monkeypatch.chdir(REPO_ROOT)  # recipes/ is read from the working folder, as the stages read it
+    path = write_params(tmp_path, "recipe: fashion_cpu\ntrain: {epochs: 1, precision: bf16, cpu_precision: bf16}\n")
+    apply_overrides(path, ["train.cpu_precision=off", "train.precision=off"])
+    assert "cpu_precision: off" in path.read_text()
+    train = load_params(path, ["recipe", "train"])["train"]
+    assert train["cpu_precision"] == "off" and train["precision"] == "off"
 
 
 def test_md5_mapping_and_positive_multipliers_are_accepted(tmp_path):

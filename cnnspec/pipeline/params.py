@@ -142,10 +142,14 @@ def parse_yaml(text: str, name: str):
         raise ParamsError(str(error)) from None
 
 
+OFF_WORD_KEYS = ("precision", "cpu_precision")  # train keys whose schema word "off" YAML 1.1 reads as False
+
+
 def _yaml11_spellings(section: str, value):
-    """YAML 1.1 reads `precision: off` as False; the schema's word is "off"."""
-    if section == "train" and isinstance(value, dict) and value.get("precision") is False:
-        return {**value, "precision": "off"}
+    """YAML 1.1 reads `precision: off` (and `-S train.cpu_precision=off`, which DVC writes
+    unquoted) as False; the schema's word is "off"."""
+    if section == "train" and isinstance(value, dict):
+        return {**value, **{key: "off" for key in OFF_WORD_KEYS if value.get(key) is False}}
     return value
 
 
