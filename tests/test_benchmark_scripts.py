@@ -5,6 +5,7 @@ Timings are printed by the scripts, never asserted here."""
 import gzip
 import importlib.util
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -231,3 +232,35 @@ def test_predict_vs_onnxruntime_prints_both_rates_from_the_same_images(tmp_path,
     assert "48 Fashion-MNIST test images, batch 16, 1 threads" in out
     difference = float(re.search(r"largest probability difference ([\d.e+-]+)", out).group(1))
     assert difference < 1e-4  # the exported model computes what cnnspec's does
+
+
+def test_own_images_candidates_change_what_they_name(tmp_path):
+    """Each candidate of benchmarks/own_images_recipes.py is valid params (a renamed key
+    fails here) and differs from the shipped own-images default where it says."""
+    from benchmarks import own_images_recipes as own
+
+    loaded = {}
+    for name, overrides in own.CANDIDATES.items():
+        (tmp_path / name).mkdir()
+        loaded[name] = own.candidate_params(overrides, 0, tmp_path / name)[1]
+    shipped = loaded["shipped"]
+    assert shipped["model"]["spec"] == "specs/small_images.yaml" and shipped["recipe"] == "small_images"
+    assert shipped["train"]["cpu_precision"] == "bf16" and shipped["train"]["loss"]["label_smoothing"] == 0.1
+    assert loaded["fp32_no_smoothing"]["train"]["cpu_precision"] == "off"
+    assert loaded["fp32_no_smoothing"]["train"]["loss"]["label_smoothing"] == 0.0
+    assert loaded["lookahead"]["train"]["lookahead"]["enabled"] and not shipped["train"]["lookahead"]["enabled"]
+    assert loaded["ema"]["train"]["ema"] == {"enabled": True, "decay": 0.99}
+    assert loaded["onecycle"]["train"]["scheduler"]["name"] == "onecycle"
+    assert loaded["fashion_cpu"]["train"]["optimizer"]["name"] == "sgd"
+    assert not loaded["fashion_cpu"]["train"]["augment"]["hflip"]
+
+
+@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(), reason="needs dataset-fashion-mnist")
+def test_own_images_benchmark_trains_each_candidate_on_real_images_and_prints_a_table(capsys):
+    from benchmarks import own_images_recipes as own
+
+    own.main(["--sizes", "200", "--seeds", "1", "--candidates", "shipped", "--test-images", "500"])
+    printed = capsys.readouterr().out
+    accuracy = float(re.search(r"200 images, seed 0, shipped: ([\d.]+)% test accuracy", printed).group(1))
+    assert accuracy > 40  # chance is 10%
+    assert re.search(r"^\| 200 \| shipped \| [\d.]+% \([\d.]+%-[\d.]+%\) \| [\d.]+ \|$", printed, re.M)
