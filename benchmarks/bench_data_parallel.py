@@ -51,7 +51,7 @@ layers:
   - dense: {units: 128, activation: relu}
   - dense: {units: num_classes}
 """
-STAGE_LINE = re.compile(r"trained (\d+) epochs on .*; first step ([\d.]+)s \(includes compile\), rest ([\d.]+)s")
+STAGE_LINE = re.compile(r"trained (\d+) epochs on .*; first step ([\d.]+)s(?: \(includes compile\))?, rest ([\d.]+)s")
 
 
 def write_fashion(folder: Path, data_folder: Path, num_train: int, num_test: int, val_split=0.02) -> dict:

@@ -86,8 +86,9 @@ def run(params_path=PARAMS, prepared=PREPARED, model_path=MODEL, resume_path=RES
     last = result.history[-1]
     split = "val" if "val/accuracy" in last else "train"  # data.val_split: 0 has no val metrics
     epochs = f"{len(result.history)} epoch{'' if len(result.history) == 1 else 's'}"
+    compiled = " (includes compile)" if options["compile"] else ""
     print(f"trained {epochs} on {world}: {split} accuracy {last[split + '/accuracy']:.4f}; "
-          f"first step {result.first_step_seconds:.2f}s (includes compile), "
+          f"first step {result.first_step_seconds:.2f}s{compiled}, "
           f"rest {result.train_seconds:.2f}s; wrote {model_path}")
     return result
 

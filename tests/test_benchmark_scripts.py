@@ -198,7 +198,7 @@ def test_fashion_quick_mode_reads_idx_files_and_prints_the_budgets(tmp_path, cap
 def test_data_parallel_benchmark_reads_the_stage_line_and_counts_images_after_the_first_step():
     from benchmarks import bench_data_parallel as parallel
 
-    single = ("trained 3 epochs on cpu: val accuracy 0.8123; first step 0.21s (includes compile), "
+    single = ("trained 3 epochs on cpu: val accuracy 0.8123; first step 0.21s, "
               "rest 12.50s; wrote models/model.pt")
     several = ("trained 2 epochs on 2 processes (cpu, gloo): val accuracy 0.8000; first step 0.03s "
                "(includes compile), rest 4.00s; wrote models/model.pt")

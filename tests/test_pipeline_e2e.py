@@ -6,6 +6,7 @@ batch size re-runs only resolve, train, evaluate and plot.
 """
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import matplotlib.image
@@ -59,6 +60,9 @@ def test_repro_runs_every_stage_and_learns(pipeline_repo):
     assert ran_stages(output) == STAGES
     metrics = json.loads((repo / "metrics" / "eval.json").read_text())
     assert metrics["accuracy"] > 0.2, metrics  # 10 classes: chance is 0.1
+    trained = re.search(r"trained \d+ epochs? on cpu: .*; first step [\d.]+s(.*), rest [\d.]+s; wrote models/model.pt",
+                        output)
+    assert trained and trained.group(1) == ""  # train.compile is off: the first step holds no compile
     assert metrics["loss"] > 0
 
 

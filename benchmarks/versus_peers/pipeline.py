@@ -52,7 +52,7 @@ def write_fashion_subset(task: Task, folder: Path) -> None:
 # What `dvc repro` may add to the train stage's training, as a share of it
 PIPELINE_GOAL = 0.10
 RUNNING_STAGE = re.compile(r"Running stage '([^']+)'")
-TRAIN_STAGE_TIMES = re.compile(r"first step ([\d.]+)s \(includes compile\), rest ([\d.]+)s")
+TRAIN_STAGE_TIMES = re.compile(r"first step ([\d.]+)s(?: \(includes compile\))?, rest ([\d.]+)s")
 
 
 def dvc_repro(model: str, task: Task) -> dict:
