@@ -80,11 +80,9 @@ def main(argv=None) -> None:
 
     if not FASHION.is_dir():
         sys.exit(f"error: {FASHION} is missing: apt-get install dataset-fashion-mnist")
-    import os
-
-    os.chdir(ROOT)  # model.spec and recipes/ are read as `dvc repro` reads them
     results: dict[tuple[int, str], list[tuple[float, float]]] = {}
-    with tempfile.TemporaryDirectory() as scratch:
+    # in the repository, model.spec and recipes/ are read as `dvc repro` reads them
+    with contextlib.chdir(ROOT), tempfile.TemporaryDirectory() as scratch:
         for size in args.sizes:
             prepared = write_subset(Path(scratch) / f"prepared_{size}", n_train=size, n_val=200,
                                     n_test=args.test_images)

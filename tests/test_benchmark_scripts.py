@@ -256,10 +256,13 @@ def test_own_images_candidates_change_what_they_name(tmp_path):
 
 
 @pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(), reason="needs dataset-fashion-mnist")
-def test_own_images_benchmark_trains_each_candidate_on_real_images_and_prints_a_table(capsys):
+def test_own_images_benchmark_trains_each_candidate_on_real_images_and_prints_a_table(capsys, tmp_path,
+                                                                                       monkeypatch):
     from benchmarks import own_images_recipes as own
 
+    monkeypatch.chdir(tmp_path)
     own.main(["--sizes", "200", "--seeds", "1", "--candidates", "shipped", "--test-images", "500"])
+    assert Path.cwd() == tmp_path  # the script works in the repository and comes back
     printed = capsys.readouterr().out
     accuracy = float(re.search(r"200 images, seed 0, shipped: ([\d.]+)% test accuracy", printed).group(1))
     assert accuracy > 40  # chance is 10%
