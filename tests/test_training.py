@@ -229,6 +229,7 @@ def test_out_of_memory_names_the_batch_size():
 def test_ctrl_c_saves_mid_epoch_and_the_rerun_ends_exactly_like_an_uninterrupted_run(tmp_path):
     params = train_params(epochs=3)
     reference = run_training(params, tmp_path / "reference")
+    handler_before = signal.getsignal(signal.SIGINT)  # SIG_IGN when started in the background by a shell
 
     def press_ctrl_c(out):
         os.kill(os.getpid(), signal.SIGINT)
@@ -237,7 +238,7 @@ def test_ctrl_c_saves_mid_epoch_and_the_rerun_ends_exactly_like_an_uninterrupted
     with pytest.raises(TrainingInterrupted) as caught:  # epoch 2, step 2 of 3
         run_training(params, tmp_path / "run", model=Sabotage(tiny_model(), 5, press_ctrl_c))
     assert "epoch 2, step 2" in str(caught.value) and caught.value.exit_code == 130
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    assert signal.getsignal(signal.SIGINT) is handler_before  # handler restored
     resumed = run_training(params, tmp_path / "run")
     assert resumed.resumed_from_epoch == 1
     assert resumed.history == reference.history
