@@ -30,7 +30,10 @@ class StepsInterrupted(Exception):
 class StopSignals:
     """Turns the first Ctrl-C (SIGINT) or SIGTERM into `received` (the signal's number),
     which the step loop checks between steps; a second signal interrupts at once.
-    `install` False leaves the handlers alone (torchrun stops the ranks of a world)."""
+    `install` False leaves the handlers alone (torchrun stops the ranks of a world). A
+    signal the process was started ignoring stays ignored: a shell runs `cmd &` with
+    Ctrl-C ignored (as nohup does SIGHUP), so that a Ctrl-C meant for the foreground job
+    does not stop it."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -40,7 +43,8 @@ class StopSignals:
 
     def __enter__(self):
         if self.install and threading.current_thread() is threading.main_thread():
-            self.previous = {signum: signal.signal(signum, self._handle) for signum in self.SIGNALS}
+            self.previous = {signum: signal.signal(signum, self._handle) for signum in self.SIGNALS
+                             if signal.getsignal(signum) is not signal.SIG_IGN}
         return self
 
     def _handle(self, signum, frame):
