@@ -58,6 +58,9 @@ if ! $dry_run; then
         "$python" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
             --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
     fi
+    # dvc.yaml's stages run `python stages/...`: the machine may have only python3, or
+    # another python first on PATH; make `python` this interpreter.
+    shims=$(mktemp -d) && ln -s "$(command -v "$python")" "$shims/python" && export PATH="$shims:$PATH"
 fi
 deadline=$budget  # SECONDS counts from the script's start: the wheels' install is inside the budget
 

@@ -102,7 +102,7 @@ def test_a_step_past_the_budget_is_stopped_and_the_steps_after_it_are_skipped(tm
 
 
 def test_only_runs_the_named_steps_into_one_log(tmp_path):
-    env = stand_in_python(tmp_path, 'echo "stand-in ran: $*"')
+    env = stand_in_python(tmp_path, 'echo "stand-in ran: $*"; echo "python is $(readlink -f "$(command -v python)")"')
     done = subprocess.run(["bash", str(SUITE), "--only", "predict,dvc_repro", str(tmp_path / "out"), "/data/fm"],
                           capture_output=True, text=True, timeout=50, env=env)
     assert done.returncode == 0
@@ -112,6 +112,7 @@ def test_only_runs_the_named_steps_into_one_log(tmp_path):
     assert "stand-in ran: benchmarks/predict_throughput.py --device cuda --data /data/fm" in log
     assert "stand-in ran: -m benchmarks.versus_peers" in log and "--dvc-repro" in log
     assert "cuda_tests" not in log
+    assert f"python is {tmp_path / 'python'}" in log  # what dvc.yaml's `python stages/...` runs
 
 
 @pytest.mark.parametrize("step", [name for name in PYTHON_STEPS if name != "cuda_tests"])
