@@ -99,7 +99,8 @@ step() {
     echo "== $name: exit $status after $took s" >>"$out/steps.log"
 }
 
-step machine 30 bash -c "nvidia-smi; $python -c 'import torch; print(torch.__version__, torch.cuda.get_device_name())'"
+# git too: the pipeline steps make git repositories (dvc_repro, pipeline_stages)
+step machine 30 bash -c "nvidia-smi; git --version; $python -c 'import torch; print(torch.__version__, torch.cuda.get_device_name())'"
 step cuda_tests 150 "$python" -m pytest tests/test_cuda.py -q
 step loop_overhead 60 "$python" benchmarks/bench_loop_overhead.py --device cuda
 step throughput 60 "$python" benchmarks/gpu_throughput.py --device cuda
