@@ -3,6 +3,7 @@
 that make git commits have an identity; under pytest-xdist each worker (and the
 stages it starts) gets its share of the cores; the `cuda_paths_on_cpu` fixture."""
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -25,6 +26,12 @@ os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
     _share = max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
     os.environ.setdefault("OMP_NUM_THREADS", str(_share))
+
+# The Ctrl-C tests press Ctrl-C as a terminal does. A suite started with `&` from a script
+# inherits SIGINT ignored (and so would the stages it starts); give it Python's own
+# handler. The test of a run started ignoring Ctrl-C sets SIG_IGN itself.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture
