@@ -51,6 +51,9 @@ else
 fi
 python=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1
+# the folders as given from where the suite was started, before it moves to the repository
+fashion=$(realpath -m "$fashion")
+$dry_run || out=$(realpath -m "$out")
 cd "$(dirname "$0")/.."
 if ! $dry_run; then
     mkdir -p "$out" && : >"$out/steps.log" && : >"$out/summary.txt" || exit 1

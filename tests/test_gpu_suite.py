@@ -103,8 +103,8 @@ def test_a_step_past_the_budget_is_stopped_and_the_steps_after_it_are_skipped(tm
 
 def test_only_runs_the_named_steps_into_one_log(tmp_path):
     env = stand_in_python(tmp_path, 'echo "stand-in ran: $*"; echo "python is $(readlink -f "$(command -v python)")"')
-    done = subprocess.run(["bash", str(SUITE), "--only", "predict,dvc_repro", str(tmp_path / "out"), "/data/fm"],
-                          capture_output=True, text=True, timeout=50, env=env)
+    done = subprocess.run(["bash", str(SUITE), "--only", "predict,dvc_repro", "out", "/data/fm"],
+                          capture_output=True, text=True, timeout=50, env=env, cwd=tmp_path)  # OUT from here
     assert done.returncode == 0
     assert [re.sub(r"after \d+ s", "after N s", line) for line in done.stdout.splitlines()] == [
         "predict: exit 0 after N s", "dvc_repro: exit 0 after N s"]
