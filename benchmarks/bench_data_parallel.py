@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.bench_loop_overhead import random_prepared  # noqa: E402
 from cnnspec.data.datasets import decode_raw, prepare, write_prepared  # noqa: E402
+from stages.train import FIRST_STEP_AND_REST  # noqa: E402
 
 DEBIAN_FOLDER = Path("/usr/share/datasets/fashion-mnist")
 CPU_SPEC = """name: fashion_small
@@ -51,7 +52,7 @@ layers:
   - dense: {units: 128, activation: relu}
   - dense: {units: num_classes}
 """
-STAGE_LINE = re.compile(r"trained (\d+) epochs on .*; first step ([\d.]+)s(?: \(includes compile\))?, rest ([\d.]+)s")
+STAGE_LINE = re.compile(r"trained (\d+) epochs on .*; " + FIRST_STEP_AND_REST.pattern)
 
 
 def write_fashion(folder: Path, data_folder: Path, num_train: int, num_test: int, val_split=0.02) -> dict:

@@ -18,6 +18,7 @@ Only rank 0 writes.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -28,6 +29,9 @@ from cnnspec.errors import die_with_parent, end_finished_script, exit_on_user_er
 from cnnspec.paths import MODEL, PARAMS, PREPARED, RESUME_STATE, TRAIN_LOG
 from cnnspec.pipeline.resolved import load_resolved_params
 from cnnspec.training import distributed
+
+# The two times of the last line, as the benchmarks that time this stage read them back.
+FIRST_STEP_AND_REST = re.compile(r"first step ([\d.]+)s(?: \(includes compile\))?, rest ([\d.]+)s")
 
 
 def run(params_path=PARAMS, prepared=PREPARED, model_path=MODEL, resume_path=RESUME_STATE,

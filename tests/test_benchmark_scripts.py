@@ -16,6 +16,7 @@ from benchmarks import bench_loop_overhead as loop
 from benchmarks import fashion_time_to_accuracy as fashion
 from benchmarks import gpu_throughput as gpu
 from cnnspec.models.compiler import build_model
+from tests.fashion import FASHION
 
 TINY_SPEC = """\
 name: tiny
@@ -255,7 +256,7 @@ def test_own_images_candidates_change_what_they_name(tmp_path):
     assert not loaded["fashion_cpu"]["train"]["augment"]["hflip"]
 
 
-@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(), reason="needs dataset-fashion-mnist")
+@pytest.mark.skipif(not FASHION.is_dir(), reason="needs Debian's dataset-fashion-mnist")
 def test_own_images_benchmark_trains_each_candidate_on_real_images_and_prints_a_table(capsys, tmp_path,
                                                                                        monkeypatch):
     from benchmarks import own_images_recipes as own

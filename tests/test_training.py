@@ -1,6 +1,5 @@
 """The training loop end to end on tiny data (3 classes, 8x8 images): logging, options,
 determinism, resume after SIGKILL and Ctrl-C, divergence, out-of-memory, the stage."""
-import contextlib
 import json
 import os
 import signal
@@ -227,17 +226,6 @@ def test_out_of_memory_names_the_batch_size():
     assert "batch_size 16" in str(caught.value) and "batch_size 8" in str(caught.value)
 
 
-@contextlib.contextmanager
-def ctrl_c_handled_by(handler):
-    """SIGINT's handler set to `handler` for a block: Python's own in a terminal, SIG_IGN
-    for a command a shell started with `&` (this suite itself, when started so)."""
-    previous = signal.signal(signal.SIGINT, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
 def press_ctrl_c(out):
     os.kill(os.getpid(), signal.SIGINT)
     return out
@@ -246,11 +234,10 @@ def press_ctrl_c(out):
 def test_ctrl_c_saves_mid_epoch_and_the_rerun_ends_exactly_like_an_uninterrupted_run(tmp_path):
     params = train_params(epochs=3)
     reference = run_training(params, tmp_path / "reference")
-    with ctrl_c_handled_by(signal.default_int_handler):
-        with pytest.raises(TrainingInterrupted) as caught:  # epoch 2, step 2 of 3
-            run_training(params, tmp_path / "run", model=Sabotage(tiny_model(), 5, press_ctrl_c))
-        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    with pytest.raises(TrainingInterrupted) as caught:  # epoch 2, step 2 of 3
+        run_training(params, tmp_path / "run", model=Sabotage(tiny_model(), 5, press_ctrl_c))
     assert "epoch 2, step 2" in str(caught.value) and caught.value.exit_code == 130
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored (conftest sets it)
     resumed = run_training(params, tmp_path / "run")
     assert resumed.resumed_from_epoch == 1
     assert resumed.history == reference.history
@@ -264,9 +251,12 @@ def test_ctrl_c_saves_mid_epoch_and_the_rerun_ends_exactly_like_an_uninterrupted
 def test_a_ctrl_c_the_run_was_started_ignoring_does_not_stop_it(tmp_path):
     """`dvc repro &` from a script: the shell starts it with Ctrl-C ignored, so that a
     Ctrl-C meant for the foreground job leaves it alone; SIGTERM still stops it."""
-    with ctrl_c_handled_by(signal.SIG_IGN):
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
         result = run_training(train_params(epochs=2), tmp_path / "run", model=Sabotage(tiny_model(), 2, press_ctrl_c))
         assert len(result.history) == 2 and signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def test_sigterm_saves_like_ctrl_c_and_exits_143(tmp_path):

@@ -16,6 +16,7 @@ import torch
 from benchmarks.versus_peers.cnnspec_train import cnnspec_params
 from benchmarks.versus_peers.data import ROOT, BenchmarkMismatch, Task
 from cnnspec.data.datasets import get_dataset
+from stages.train import FIRST_STEP_AND_REST
 
 
 def copy_working_tree(destination: Path) -> None:
@@ -52,7 +53,6 @@ def write_fashion_subset(task: Task, folder: Path) -> None:
 # What `dvc repro` may add to the train stage's training, as a share of it
 PIPELINE_GOAL = 0.10
 RUNNING_STAGE = re.compile(r"Running stage '([^']+)'")
-TRAIN_STAGE_TIMES = re.compile(r"first step ([\d.]+)s(?: \(includes compile\))?, rest ([\d.]+)s")
 
 
 def dvc_repro(model: str, task: Task) -> dict:
@@ -94,7 +94,7 @@ def dvc_repro(model: str, task: Task) -> dict:
         if running.returncode != 0:
             raise BenchmarkMismatch(f"dvc repro failed:\n{output[-4000:]}")
         metrics = json.loads((repo / "metrics" / "eval.json").read_text())
-    times = TRAIN_STAGE_TIMES.search(output)
+    times = FIRST_STEP_AND_REST.search(output)
     train_seconds = float(times[1]) + float(times[2]) if times else None
     ends = [moment for _, moment in stage_starts[1:]] + [seconds]
     stages = {"dvc's start": round(stage_starts[0][1], 2) if stage_starts else None,
