@@ -172,11 +172,12 @@ def load_model(path, device="cpu") -> InferenceModel:
 # ---------------------------------------------------------------- engines
 
 ENGINES = ("auto", "torch", "onnxruntime")
-# `auto` runs onnxruntime from this many images on. Exporting costs about 0.6 s in a fresh
-# process for a small network (most of it importing onnx, which torch's exporter needs) and
-# 2 s for resnet18_cifar; onnxruntime then saves 20-150 us an image on the small networks
-# and 1 ms on resnet18_cifar: it pays from 2,000-30,000 images depending on the network and
-# thread count (docs/benchmarks.md, section 7).
+# `auto` runs onnxruntime from this many images on. Exporting costs 0.1-0.2 s in a fresh
+# process for a small network (importing onnx, which torch's exporter needs, and the
+# session) and 0.4 s for resnet18_cifar; onnxruntime then saves 10-100 us an image on
+# the small networks and 1 ms on resnet18_cifar: it pays from 1,200-18,000 images on the
+# small ones (by network and thread count) and a few hundred on resnet18_cifar, so from
+# here on it wins on each (docs/benchmarks.md, section 7).
 ONNXRUNTIME_MIN_IMAGES = 20_000
 
 
