@@ -3,6 +3,7 @@ with the params it set, without making or reinstalling a venv."""
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -72,7 +73,7 @@ def test_failed_experiments_and_missing_metrics_are_shown_not_dropped():
     show[0]["data"]["metrics"] = {}
     table = render(show, width=120)
     assert "a1b2c3d" in table and "broken" in table and "(failed) train.epochs=0" in table
-    assert rows(show)[1]["metrics"] == {"accuracy": None, "loss": 0.4, "learned": False}
+    assert rows(show)[1]["metrics"] == {}  # the commit's files, not the failed run's: none shown
 
 
 def test_no_experiments_says_how_to_run_one():
@@ -99,3 +100,27 @@ def test_make_exps_uses_an_active_or_present_venv_without_installing(tmp_path):
     assert "pip" not in present and "python3 -m venv" not in present and "cnnspec exps" in present
     shutil.rmtree(tmp_path / ".venv")
     assert "python3 -m venv" in make_dry_run(tmp_path, env)  # none at all: make one
+
+
+@pytest.mark.parametrize("state", ["queued", "running", "failed"])
+def test_an_experiment_that_has_not_finished_shows_no_metrics_of_its_own(state):
+    # DVC gives an unfinished experiment the files of the commit it started from, so its
+    # metrics are the baseline's: showing them would rank it as if it had scored them.
+    waiting = experiment("waiting", {**BASE, "train": {**BASE["train"], "epochs": 3}}, 0.9)
+    waiting["executor"] = {"state": state, "name": "dvc-task", "local": None}
+    done = experiment("done", {**BASE, "train": {**BASE["train"], "epochs": 2}}, 0.5)
+    done["executor"] = {"state": "success", "name": "dvc-task", "local": None}
+    show = [commit("a1b2c3d4e5f6", "main", BASE, 0.9, [waiting, done])]
+    table = render(show, width=120).splitlines()
+    assert [line.split()[0] for line in table[2:]] == ["done", "waiting"]  # the finished run first
+    row = table[3]
+    assert f"({state}) train.epochs=3" in row
+    assert "0.9000" not in row and row.split()[1:4] == ["-", "-", "-"]
+    assert "0.5000" in table[2] and "(" not in table[2]
+
+
+def test_exps_refuses_a_width_too_narrow_for_its_columns():
+    result = subprocess.run([sys.executable, "-m", "cnnspec.cli", "exps", "--width", "-5"],
+                            capture_output=True, text=True, cwd=REPO_ROOT)
+    assert result.returncode == 2
+    assert result.stderr.strip() == "error: --width: expected a number >= 60, not -5"

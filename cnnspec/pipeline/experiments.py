@@ -27,6 +27,7 @@ HEADLINE = "metrics/eval.json"
 PARAMS_FILE = "params.yaml"
 METRICS = (("accuracy", 8), ("loss", 7), ("learned", 7))
 NAME_WIDTH = 20
+MIN_WIDTH = 60  # the name, the metrics and the start of the params
 
 
 def exp_show_json(repo=".") -> list:
@@ -84,12 +85,23 @@ def rows(show: list) -> list[dict]:
             changed = {key: value for key, value in params.items()
                        if key not in base_params or base_params[key] != value}
             changed.update({key: None for key in base_params if key not in params})
+            state = _state(experiment, revs[0])
+            # A queued, running or failed experiment has no metrics of its own: DVC shows
+            # the files of the commit it started from, the baseline's scores.
+            metrics = _metrics(data) if state is None else {}
             experiments.append({"name": experiment.get("name") or revs[0].get("rev", "")[:7], "depth": 1,
-                                "metrics": _metrics(data), "changed": changed,
-                                "failed": bool(revs[0].get("error"))})
+                                "metrics": metrics, "changed": changed, "state": state})
         experiments.sort(key=lambda row: -_number(row["metrics"].get("accuracy")))
         table.extend(experiments)
     return table
+
+
+def _state(experiment: dict, rev: dict) -> str | None:
+    """"failed", "queued" or "running"; None for an experiment that ran to the end."""
+    state = (experiment.get("executor") or {}).get("state")
+    if rev.get("error") or state == "failed":
+        return "failed"
+    return state if state in ("queued", "running") else None
 
 
 def _number(value) -> float:
@@ -131,17 +143,21 @@ def render(show: list, width: int = 120) -> str:
         cells = [clip(name, NAME_WIDTH).ljust(NAME_WIDTH)]
         cells += [clip(_cell(row["metrics"].get(metric)), size).rjust(size) for metric, size in METRICS]
         changed = " ".join(f"{key}={_value(value)}" for key, value in sorted(row["changed"].items()))
-        if row.get("failed"):
-            changed = "(failed) " + changed
+        if row.get("state"):
+            changed = f"({row['state']}) " + changed
         cells.append(clip(changed, max(10, width - fixed)))
         lines.append(clip("  ".join(cells).rstrip(), width))
     return "\n".join(lines)
 
 
 def terminal_width() -> int:
-    return max(60, shutil.get_terminal_size((120, 24)).columns)
+    return max(MIN_WIDTH, shutil.get_terminal_size((120, 24)).columns)
 
 
 def run_command(args) -> int:
+    from cnnspec.errors import UsageError
+
+    if args.width is not None and args.width < MIN_WIDTH:
+        raise UsageError(f"--width: expected a number >= {MIN_WIDTH}, not {args.width}")
     print(render(exp_show_json(), args.width or terminal_width()))
     return 0
