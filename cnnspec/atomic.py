@@ -17,12 +17,16 @@ import shutil
 import time
 from pathlib import Path
 
-from cnnspec.errors import DiskFullError, raise_if_terminated, termination_deferred
+from cnnspec.errors import DiskFullError, OutputError, raise_if_terminated, termination_deferred
 
 # A write that fails while the disk has less than this free is reported as a full disk:
 # torch.save and numpy.save do not always pass the ENOSPC errno on.
 NEARLY_FULL_BYTES = 256 * 1024
 DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+# Errors that say what went wrong, whatever the free space (a read-only or pseudo file
+# system such as /proc reports no free space at all).
+NOT_SPACE_ERRNOS = {errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOENT, errno.EISDIR, errno.ENOTDIR,
+                    errno.EEXIST}
 
 
 # A temporary sibling untouched for this long belongs to no running writer: a process
@@ -69,6 +73,10 @@ def temporary_sibling(destination: Path, suffix: str = ".tmp", folder: bool = Fa
                     os.close(os.open(claimed, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
             except FileExistsError:  # another writer's: draw another name
                 claimed = None
+            except OSError as error:
+                if error.errno in DISK_FULL_ERRNOS:
+                    raise
+                raise cannot_write(destination, error) from None
         yield claimed
     except BaseException:
         if claimed is not None:
@@ -80,8 +88,38 @@ def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
     else:
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):  # never made (a read-only folder), or already gone
             path.unlink()
+
+
+def cannot_write(destination, error: OSError) -> OutputError:
+    reason = (error.strerror or str(error)).lower()
+    return OutputError(f"{destination}: cannot write it ({reason})")
+
+
+def check_destination(destination: str | os.PathLike) -> Path:
+    """`destination` as a Path, or OutputError when no file can be written there: it is
+    a folder, a parent is a file, or the nearest existing folder is not writable. Lets a
+    command refuse before its work rather than after."""
+    destination = Path(destination)
+    if destination.is_dir():
+        raise OutputError(f"{destination}: is a folder; give a file name")
+    existing = destination.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OutputError(f"{destination}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        reason = "read-only file system" if _read_only(existing) else "permission denied"
+        raise OutputError(f"{destination}: cannot write it ({reason} in {existing})")
+    return destination
+
+
+def _read_only(folder: Path) -> bool:
+    try:
+        return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
 
 
 @contextlib.contextmanager
@@ -90,8 +128,11 @@ def atomic_path(destination: str | os.PathLike):
 
     A write that fails because the disk is full raises DiskFullError naming
     `destination`; the temporary file is removed either way."""
-    destination = Path(destination)
-    destination.parent.mkdir(parents=True, exist_ok=True)
+    destination = check_destination(destination)
+    try:
+        destination.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise cannot_write(destination, error) from None
     sweep_stale_siblings(destination)
     # outside: creating the temporary can fail for a full disk too; inside: the disk is
     # judged before the temporary's removal frees space
@@ -100,7 +141,10 @@ def atomic_path(destination: str | os.PathLike):
         with open(temporary, "rb") as written:
             os.fsync(written.fileno())
         raise_if_terminated()
-        os.replace(temporary, destination)
+        try:
+            os.replace(temporary, destination)
+        except OSError as error:  # it became a folder meanwhile, say
+            raise cannot_write(destination, error) from None
 
 
 @contextlib.contextmanager
@@ -119,6 +163,8 @@ def disk_is_full(error: BaseException, folder) -> bool:
     """Whether `error` (raised by a write into `folder`) came from a full disk."""
     if isinstance(error, OSError) and error.errno in DISK_FULL_ERRNOS:
         return True
+    if isinstance(error, OSError) and error.errno in NOT_SPACE_ERRNOS:
+        return False
     try:
         return shutil.disk_usage(folder).free < NEARLY_FULL_BYTES
     except OSError:

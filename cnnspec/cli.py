@@ -249,7 +249,7 @@ def add_export_command(commands, parents) -> None:
     command.add_argument("--format", choices=("onnx", "torchscript"), required=True)
     command.add_argument("--output", metavar="FILE",
                          help="default: the checkpoint's path with .onnx or .torchscript.pt")
-    command.add_argument("--check-images", metavar="FOLDER", default=str(PREPARED),
+    command.add_argument("--check-images", metavar="FOLDER", default=None,
                          help="prepared data whose test images the export is checked on "
                               f"(default {PREPARED}; without it, images are generated)")
     command.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")

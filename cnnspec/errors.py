@@ -80,6 +80,11 @@ class DiskFullError(CnnspecError):
                          "is unchanged); free some disk space and run again")
 
 
+class OutputError(CnnspecError):
+    """A file cannot be written where it was asked for: the path is a folder, a parent is
+    a file, or the folder is read-only or not ours."""
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM (what `dvc` and `kill` send) arrived: handled like Ctrl-C, so every
     `finally` and atomic writer removes its temporary file on the way out."""

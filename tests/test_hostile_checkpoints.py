@@ -110,12 +110,18 @@ def test_a_real_malicious_pickle_is_refused_by_predict_without_running(tmp_path)
         def __reduce__(self):
             return (os.system, (f"touch {marker}",))
 
-    evil = tmp_path / "evil.pt"
-    evil.write_bytes(pickle.dumps({"format": FORMAT, "state_dict": RunsACommand()}))
     images = fashion_pngs(tmp_path / "photos", 1)
+    # inside torch.save's zip archive: torch.load(weights_only=True) refuses the pickle
+    evil = tmp_path / "evil.pt"
+    torch.save({"format": FORMAT, "state_dict": RunsACommand()}, evil)
     refused = run("-m", "cnnspec.cli", "predict", str(evil), str(images[0]))
     assert refused.returncode == 1 and not marker.exists()
     assert refused.stderr.count("\n") == 1 and "weights_only" in refused.stderr
+    # a bare pickle is not what torch.save writes: refused before anything reads it
+    evil.write_bytes(pickle.dumps({"format": FORMAT, "state_dict": RunsACommand()}))
+    refused = run("-m", "cnnspec.cli", "predict", str(evil), str(images[0]))
+    assert refused.returncode == 1 and not marker.exists()
+    assert refused.stderr.count("\n") == 1 and "torch.save writes a zip archive" in refused.stderr
 
 
 def flip_a_weight_byte(path: Path) -> None:

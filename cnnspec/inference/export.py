@@ -22,13 +22,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cnnspec.atomic import atomic_path
+from cnnspec.atomic import atomic_path, check_destination
 from cnnspec.inference.metadata import TORCHSCRIPT_METADATA, ExportError, metadata
 from cnnspec.inference.onnx_graph import TOLERANCE, onnx_bytes
 from cnnspec.paths import PREPARED
 
 CHECK_IMAGES = 64
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
+# Opsets written: from 13 (softmax over one axis, what every graph here ends with) to the
+# TorchScript-based exporter's newest; params.yaml's export.opset has the same bounds.
+OPSETS = (13, 20)
 
 
 def default_output(checkpoint, fmt: str) -> Path:
@@ -79,8 +82,12 @@ def run_exported(path: Path, fmt: str, images: torch.Tensor) -> np.ndarray:
         except ImportError:
             raise ExportError("checking an ONNX export needs onnxruntime: "
                               "pip install 'cnnspec[export]'") from None
-        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        return session.run(["probabilities"], {"images": images.numpy()})[0]
+        try:
+            session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            return session.run(["probabilities"], {"images": images.numpy()})[0]
+        except Exception as error:  # noqa: BLE001 - onnxruntime's own error types
+            first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            raise ExportError(f"onnxruntime cannot run the export ({first[:160]}); nothing written") from None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         loaded = torch.jit.load(str(path), map_location="cpu")
@@ -100,16 +107,25 @@ def largest_difference(path: Path, fmt: str, model, images: torch.Tensor) -> flo
     return float(max(np.abs(whole - expected).max(), np.abs(single - expected[:len(single)]).max()))
 
 
-def export(checkpoint, fmt: str, output=None, prepared=PREPARED, opset: int = 17) -> dict:
-    """Export `checkpoint` to `output` (default: beside it) and check it. Returns
-    {"output", "difference", "checked_on"}; raises ExportError when it does not match."""
+def export(checkpoint, fmt: str, output=None, prepared=None, opset: int = 17) -> dict:
+    """Export `checkpoint` to `output` (default: beside it) and check it on the test
+    images of `prepared` (default data/prepared, or generated ones when it has none).
+    Returns {"output", "difference", "checked_on"}; raises ExportError when it does not
+    match, or before any work when an argument is wrong."""
     from cnnspec.inference.predict import load_model
 
     if fmt not in SUFFIXES:
         raise ExportError(f"--format: expected onnx or torchscript, not {fmt!r}")
+    if fmt == "onnx" and not OPSETS[0] <= opset <= OPSETS[1]:
+        raise ExportError(f"--opset: expected {OPSETS[0]} to {OPSETS[1]}, not {opset}")
+    output = check_destination(output if output else default_output(checkpoint, fmt))
+    if output.exists() and Path(checkpoint).exists() and output.samefile(checkpoint):
+        raise ExportError(f"{output}: is the checkpoint being exported; give another --output")
+    if fmt == "torchscript" and output.suffix.lower() == ".onnx":
+        raise ExportError(f"{output}: a .onnx name would be read as ONNX; name a TorchScript export "
+                          f"{SUFFIXES['torchscript']} (the default) or .pt")
     model = load_model(checkpoint, "cpu")
-    output = Path(output) if output else default_output(checkpoint, fmt)
-    images, checked_on = check_images(model, prepared)
+    images, checked_on = check_images(model, PREPARED if prepared is None else prepared)
     example = images[:2]
     with atomic_path(output) as temporary:
         try:
@@ -128,6 +144,10 @@ def export(checkpoint, fmt: str, output=None, prepared=PREPARED, opset: int = 17
 
 
 def run_command(args) -> int:
+    if args.check_images is not None and not Path(args.check_images).is_dir():
+        from cnnspec.errors import UsageError
+
+        raise UsageError(f"--check-images {args.check_images}: no such folder (prepared data, like {PREPARED})")
     result = export(args.checkpoint, args.format, args.output, args.check_images, args.opset)
     print(f"wrote {result['output']}: input images float32 (N, C, H, W) in 0..1, output "
           f"probabilities; matches PyTorch within {TOLERANCE:g} (largest difference "

@@ -46,7 +46,7 @@ def read_metadata(path) -> dict:
 
     path = Path(path)
     try:
-        if path.suffix == ".onnx":
+        if path.suffix.lower() == ".onnx":
             import onnx
 
             props = {entry.key.removeprefix(METADATA_PREFIX): entry.value
@@ -65,8 +65,35 @@ def read_metadata(path) -> dict:
         raise ExportError(f"{path}: no cnnspec metadata (class names, image size); "
                           "export it again with cnnspec export")
     try:
-        return {"classes": json.loads(props["classes"]), "image_size": json.loads(props["image_size"]),
-                "channels": int(props["channels"]), "resize": props["resize"],
-                "mean": json.loads(props.get("mean", "[]")), "std": json.loads(props.get("std", "[]"))}
+        settings = {"classes": json.loads(props["classes"]), "image_size": json.loads(props["image_size"]),
+                    "channels": int(props["channels"]), "resize": props["resize"],
+                    "mean": json.loads(props.get("mean", "[]")), "std": json.loads(props.get("std", "[]"))}
     except (KeyError, ValueError) as error:
         raise ExportError(f"{path}: damaged cnnspec metadata ({error})") from None
+    problem = _malformed(settings)
+    if problem:
+        raise ExportError(f"{path}: damaged cnnspec metadata ({problem})")
+    return settings
+
+
+def _malformed(settings: dict) -> str | None:
+    """What is wrong with parsed metadata, or None."""
+    from cnnspec.data.images import RESIZE_POLICIES
+
+    classes, size = settings["classes"], settings["image_size"]
+    if not (isinstance(classes, list) and classes and all(isinstance(name, str) for name in classes)):
+        return "classes: expected a list of class names"
+    if not (isinstance(size, list) and len(size) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in size)):
+        return f"image_size: expected [height, width], not {json_text(size)}"
+    if settings["channels"] < 1:
+        return f"channels: expected a number >= 1, not {settings['channels']}"
+    if settings["resize"] not in RESIZE_POLICIES:
+        return f"resize: expected one of {', '.join(RESIZE_POLICIES)}, not {settings['resize']!r}"
+    return None
+
+
+def json_text(value) -> str:
+    import json
+
+    return json.dumps(value)[:60]

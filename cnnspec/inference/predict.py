@@ -15,6 +15,7 @@ prediction equals evaluate's probability for the same image.
 from __future__ import annotations
 
 import glob
+import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -85,8 +86,28 @@ class OnnxModel:
             if error.installed:
                 raise
             raise ExportError("running an ONNX model needs onnxruntime: pip install 'cnnspec[export]'") from None
+        except Exception as error:  # noqa: BLE001 - onnxruntime's own error types for a bad graph
+            first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            raise ExportError(f"{path}: onnxruntime cannot run this model ({first[:160]})") from None
         self.classes, self.channels = settings["classes"], settings["channels"]
         self.image_size, self.resize = tuple(settings["image_size"]), settings["resize"]
+        self._check_graph(path)
+
+    def _check_graph(self, path) -> None:
+        """The graph's input and output shapes against the metadata: a file whose metadata
+        was edited or copied from another model is refused before any image is read."""
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        names = ([i.name for i in inputs], [o.name for o in outputs])
+        if names != (["images"], ["probabilities"]):
+            raise ExportError(f"{path}: not a graph cnnspec export wrote (inputs {names[0]}, outputs "
+                              f"{names[1]}; expected images and probabilities)")
+        expected = {"images": [self.channels, *self.image_size], "probabilities": [len(self.classes)]}
+        for node in (inputs[0], outputs[0]):
+            fixed = [(want, got) for want, got in zip(expected[node.name], node.shape[1:]) if isinstance(got, int)]
+            if len(node.shape) != len(expected[node.name]) + 1 or any(want != got for want, got in fixed):
+                raise ExportError(f"{path}: its metadata does not match its graph ({node.name} "
+                                  f"{list(node.shape)}; the metadata says {expected[node.name]} after the "
+                                  f"batch): export it again with cnnspec export")
 
     @classmethod
     def from_model(cls, model: InferenceModel) -> OnnxModel:
@@ -236,6 +257,16 @@ def _from_array(array: np.ndarray, model: InferenceModel, name: str) -> torch.Te
         raise DataError(f"{name}: expected an image of 2 or 3 dimensions, got shape {array.shape}")
     if array.shape[0] != channels and array.shape[-1] in (1, 3, 4):
         array = array.transpose(2, 0, 1)  # HWC -> CHW
+    if array.dtype.kind in "iu" and array.dtype != np.uint8:  # int pixels: uint8 when they fit
+        if array.size and (array.min() < 0 or array.max() > 255):
+            raise DataError(f"{name}: integer pixels must be in 0..255, found {array.min()}..{array.max()}")
+        array = array.astype(np.uint8)
+    if array.dtype.kind != "f" and array.dtype != np.uint8:
+        raise DataError(f"{name}: expected uint8 pixels or floats in 0..1, not {array.dtype} values")
+    if array.dtype.kind == "f" and not (np.isfinite(array).all() and array.min(initial=0) >= 0
+                                        and array.max(initial=0) <= 1):
+        raise DataError(f"{name}: a float image must hold pixels / 255, in 0..1, found "
+                        f"{array.min()}..{array.max()}; divide by 255 or pass uint8 pixels")
     if array.dtype == np.uint8:
         if array.shape != (channels, height, width):
             from PIL import Image  # another size or colour layout: the checkpoint's resize policy
@@ -309,6 +340,9 @@ def predict(model_or_path, inputs, top_k: int = 1, batch_size: int = 64, device=
 
     if tta not in TTA:
         raise ValueError(f"tta must be one of {', '.join(TTA)}, not {tta!r}")
+    for name, value in (("top_k", top_k), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a whole number >= 1, not {value!r}")
     model = model_or_path if isinstance(model_or_path, (InferenceModel, OnnxModel)) else \
         load_model(model_or_path, device or "cpu")
     items = _expand(inputs)
@@ -389,20 +423,36 @@ def find_images(patterns: list[str]) -> list[str]:
         if path.is_file():
             found.append(pattern)
         elif path.is_dir():
-            found += sorted(str(p) for p in path.rglob("*") if p.is_file() and is_image_file(p))
+            images = _images_in(path)
+            if not images:
+                raise NoImagesError(f"{pattern}: no image files in this folder ({IMAGE_SUFFIX_WORDS})")
+            found += images
         elif glob.has_magic(pattern):
             matches = sorted(glob.glob(pattern, recursive=True))
             if not matches:
                 raise NoImagesError(f"{pattern}: no file matches this pattern")
             for match in matches:
-                found += find_images([match]) if Path(match).is_dir() else [match]
+                found += _images_in(Path(match)) if Path(match).is_dir() else [match]
+        elif path.exists():
+            raise NoImagesError(f"{pattern}: not a regular file or folder")
         else:
             raise NoImagesError(f"{pattern}: no such file or folder")
-    unique = list(dict.fromkeys(found))
+    # one row a file however it was named (photos/a.png, ./photos/a.png, a link to it)
+    unique, seen = [], set()
+    for name in found:
+        if os.path.realpath(name) not in seen:
+            seen.add(os.path.realpath(name))
+            unique.append(name)
     if not unique:
-        raise NoImagesError(f"no image files in {' '.join(patterns)} (suffixes: .jpg .jpeg .png "
-                            ".bmp .webp .gif .tif .tiff)")
+        raise NoImagesError(f"no image files in {' '.join(patterns)} ({IMAGE_SUFFIX_WORDS})")
     return unique
+
+
+IMAGE_SUFFIX_WORDS = "suffixes: .jpg .jpeg .png .bmp .webp .gif .tif .tiff"
+
+
+def _images_in(folder: Path) -> list[str]:
+    return sorted(str(p) for p in folder.rglob("*") if p.is_file() and is_image_file(p))
 
 
 def as_csv(predictions: list[Prediction], top_k: int) -> str:
@@ -467,9 +517,16 @@ def run_command(args) -> int:
         raise UsageError(f"--batch-size: expected a number >= 1, not {args.batch_size}")
     from cnnspec.training.device import pick_device, reuse_freed_memory
 
+    if args.output:
+        from cnnspec.atomic import check_destination
+
+        check_destination(args.output)  # before the work, not after it
     reuse_freed_memory()  # the images go through in batches: each reuses the last one's memory
     engine = getattr(args, "engine", "auto")
-    if str(args.checkpoint).endswith(".onnx"):
+    if str(args.checkpoint).lower().endswith(".onnx"):
+        if args.device not in ("auto", "cpu"):
+            raise UsageError(f"--device {args.device}: an ONNX model runs on the CPU with onnxruntime; "
+                             "give the .pt checkpoint to use another device")
         if args.tta != "none":
             raise UsageError("--tta: an ONNX model runs as exported; test-time augmentation needs the .pt checkpoint")
         if engine == "torch":
@@ -486,9 +543,10 @@ def run_command(args) -> int:
         model = with_engine(model, len(paths), engine, args.tta)
         if isinstance(model, InferenceModel):
             model = in_fast_layout(model)
-    predictions = predict_files(model, paths, args.top_k, args.batch_size, args.tta,
+    top_k = min(args.top_k, len(model.classes))  # no empty class_N columns
+    predictions = predict_files(model, paths, top_k, args.batch_size, args.tta,
                                 progress=sys.stderr.isatty() and len(paths) > args.batch_size)
-    text = {"csv": lambda: as_csv(predictions, args.top_k), "json": lambda: as_json(predictions),
+    text = {"csv": lambda: as_csv(predictions, top_k), "json": lambda: as_json(predictions),
             "table": lambda: as_table(predictions)}[args.format]()
     failed = [p for p in predictions if p.error]
     for p in failed:

@@ -91,12 +91,35 @@ def image_settings(meta_or_checkpoint: dict) -> tuple[int, tuple[int, int], str]
             (int(size[0]), int(size[1])), str(meta_or_checkpoint.get("resize") or "stretch"))
 
 
+def other_format(head: bytes) -> str:
+    """What a file that is not a zip archive seems to be, from its first bytes."""
+    if head.startswith(b"\x08"):  # an ONNX ModelProto starts with its ir_version field
+        return "perhaps an ONNX model: cnnspec predict runs one named .onnx"
+    if head.startswith((b"\x89PNG", b"\xff\xd8\xff", b"GIF8", b"BM")):
+        return "an image"
+    return "another kind of file"
+
+
+def is_torchscript(path: Path) -> bool:
+    """Whether the zip archive at `path` is what torch.jit.save writes (its code/ and
+    constants.pkl), which torch.load(weights_only=True) refuses with a puzzling message."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name.endswith("/constants.pkl") for name in archive.namelist())
+    except Exception:  # noqa: BLE001 - a damaged archive: torch.load's message says so
+        return False
+
+
 def read_checkpoint(path) -> dict:
     """torch.load with weights_only=True; anything that is not a cnnspec checkpoint
     (a missing, empty or truncated file, another format, a pickle that wants to run
     code, weights that no longer match their digest) is a one-line TrainingError naming
     the file and what to do."""
     path = Path(path)
+    if path.is_dir():
+        raise TrainingError(f"{path}: a folder, not a checkpoint file")
     if not path.is_file():
         raise TrainingError(f"{path}: no such checkpoint file")
     with open(path, "rb") as file:
@@ -104,6 +127,12 @@ def read_checkpoint(path) -> dict:
     if not head:
         raise TrainingError(f"{path}: the checkpoint is an empty file (damaged: a write that did "
                             f"not finish?); {RETRAIN_HINT}")
+    if not ZIP_MAGIC.startswith(head[:len(ZIP_MAGIC)]) or len(head) < len(ZIP_MAGIC):
+        raise TrainingError(f"{path}: not a loadable cnnspec checkpoint (torch.save writes a zip "
+                            f"archive; this is {other_format(head)})")
+    if is_torchscript(path):
+        raise TrainingError(f"{path}: a TorchScript export (cnnspec export --format torchscript), not a "
+                            f"checkpoint: give the .pt checkpoint it came from, or load it with torch.jit.load")
     try:
         with warnings.catch_warnings():  # torch's warnings about odd pickles: the line below says it
             warnings.simplefilter("ignore")

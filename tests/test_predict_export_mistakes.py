@@ -1,0 +1,243 @@
+"""What a user gets wrong or is handed when predicting and exporting: output paths that
+cannot be written, a TorchScript or ONNX file where a checkpoint is expected, ONNX
+metadata that does not fit its graph, export options out of range, the same image named
+twice, arrays of the wrong kind. Each is one line naming what and where, before any work."""
+import errno
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import cnnspec
+from cnnspec import atomic
+from cnnspec.cli import main as cli
+from cnnspec.errors import DataError, DiskFullError, OutputError, TrainingError
+from cnnspec.inference import predict as predict_module
+from cnnspec.models.checkpoint import read_checkpoint
+from tests.test_predict import SPEC, random_checkpoint
+
+
+@pytest.fixture(scope="module")
+def model_files(tmp_path_factory):
+    """A checkpoint of 10 classes for 28x28 grey images, its ONNX and TorchScript exports
+    and three PNGs."""
+    folder = tmp_path_factory.mktemp("mistakes")
+    checkpoint = random_checkpoint(folder, SPEC, (1, 28, 28))
+    assert cli(["export", str(checkpoint), "--format", "onnx", "--output", str(folder / "model.onnx")]) == 0
+    assert cli(["export", str(checkpoint), "--format", "torchscript"]) == 0
+    photos = folder / "photos"
+    photos.mkdir()
+    generator = np.random.default_rng(0)
+    for index in range(3):
+        Image.fromarray(generator.integers(0, 256, (28, 28), dtype=np.uint8)).save(photos / f"{index}.png")
+    return {"checkpoint": checkpoint, "onnx": folder / "model.onnx",
+            "torchscript": folder / "model.torchscript.pt", "photos": photos}
+
+
+def one_line_error(capsys, arguments, code):
+    with pytest.raises(SystemExit) as caught:
+        cli(arguments)
+    error = capsys.readouterr().err
+    assert caught.value.code == code, error
+    assert error.count("\n") == 1 and error.startswith("error: ") and "Traceback" not in error, error
+    return error
+
+
+# --- where the output goes ---------------------------------------------------------------
+
+def test_predict_refuses_an_output_it_cannot_write_before_reading_any_image(model_files, tmp_path, capsys,
+                                                                             monkeypatch):
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("images were classified before the output path was checked")
+
+    monkeypatch.setattr(predict_module, "predict_files", must_not_run)
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("mine")
+    for output, words in [(tmp_path, "is a folder; give a file name"),
+                          (a_file / "out.csv", f"{a_file} is a file, not a folder")]:
+        error = one_line_error(capsys, ["predict", str(model_files["checkpoint"]), str(model_files["photos"]),
+                                        "--output", str(output)], 1)
+        assert f"{output}: {words}" in error
+    assert a_file.read_text() == "mine"
+
+
+def test_a_folder_that_cannot_be_written_is_named_not_reported_as_a_full_disk(tmp_path, monkeypatch):
+    destination = tmp_path / "out" / "predictions.csv"
+    monkeypatch.setattr(atomic.os, "access", lambda path, mode: False)
+    denied = r"predictions.csv: cannot write it \((permission denied|read-only file system) in "
+    with pytest.raises(OutputError, match=denied):
+        atomic.check_destination(destination)
+    monkeypatch.undo()
+
+    # creating the temporary fails (a read-only file system) on a disk that reports no
+    # free space, as /proc and read-only mounts do: the real reason, and nothing left behind
+    real_open = os.open
+
+    def read_only(path, flags, mode=0o777):
+        if ".tmp" in str(path):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return real_open(path, flags, mode)
+
+    monkeypatch.setattr(atomic.os, "open", read_only)
+    monkeypatch.setattr(atomic.shutil, "disk_usage", lambda folder: shutil._ntuple_diskusage(0, 0, 0))
+    with pytest.raises(OutputError) as caught:
+        atomic.write_text(destination, "a,b\n")
+    assert str(caught.value) == f"{destination}: cannot write it (read-only file system)"
+    assert not isinstance(caught.value, DiskFullError)
+    assert list(destination.parent.iterdir()) == []
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
+def test_writing_into_proc_is_not_called_a_full_disk():
+    with pytest.raises(OutputError, match=r"^/proc/predictions.csv: cannot write it \(no such file"):
+        atomic.write_text("/proc/predictions.csv", "a,b\n")
+
+
+def test_export_refuses_to_overwrite_its_own_checkpoint_and_other_wrong_outputs(model_files, tmp_path, capsys):
+    checkpoint = tmp_path / "model.pt"
+    shutil.copy(model_files["checkpoint"], checkpoint)
+    before = checkpoint.read_bytes()
+    cases = [(["--format", "onnx", "--output", str(checkpoint)], 1, "is the checkpoint being exported"),
+             (["--format", "onnx", "--output", str(tmp_path / "." / "model.pt")], 1, "is the checkpoint"),
+             (["--format", "torchscript", "--output", str(tmp_path / "model.onnx")], 1,
+              "a .onnx name would be read as ONNX"),
+             (["--format", "onnx", "--output", str(tmp_path)], 1, "is a folder"),
+             (["--format", "onnx", "--opset", "5"], 1, "--opset: expected 13 to 20, not 5"),
+             (["--format", "onnx", "--opset", "99"], 1, "--opset: expected 13 to 20, not 99"),
+             (["--format", "onnx", "--check-images", str(tmp_path / "nowhere")], 2, "nowhere: no such folder")]
+    for arguments, code, words in cases:
+        error = one_line_error(capsys, ["export", str(checkpoint), *arguments], code)
+        assert words in error, error
+    assert checkpoint.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]
+
+
+def test_the_opset_bounds_are_params_yamls_and_both_ends_export(model_files, tmp_path):
+    from cnnspec.inference.export import OPSETS, export
+    from cnnspec.pipeline.params import load_schema
+
+    opset = load_schema()["properties"]["export"]["properties"]["opset"]
+    assert (opset["minimum"], opset["maximum"]) == OPSETS
+    for value in OPSETS:
+        result = export(model_files["checkpoint"], "onnx", tmp_path / f"opset{value}.onnx", tmp_path, value)
+        assert result["difference"] <= 1e-4
+
+
+# --- files that are not checkpoints ------------------------------------------------------
+
+def test_files_that_are_not_checkpoints_say_what_they_are(model_files, tmp_path):
+    onnx_named_bin = tmp_path / "model.bin"
+    shutil.copy(model_files["onnx"], onnx_named_bin)
+    text = tmp_path / "notes.pt"
+    text.write_text("hello\n")
+    for path, words in [(model_files["torchscript"], "a TorchScript export (cnnspec export --format torchscript)"),
+                        (onnx_named_bin, "perhaps an ONNX model: cnnspec predict runs one named .onnx"),
+                        (model_files["photos"] / "0.png", "this is an image"),
+                        (text, "this is another kind of file"),
+                        (tmp_path, "a folder, not a checkpoint file")]:
+        with pytest.raises(TrainingError) as caught:
+            read_checkpoint(path)
+        message = str(caught.value)
+        assert message.startswith(f"{path}: ") and words in message and "\n" not in message, message
+        assert "damaged" not in message and "run code" not in message
+
+
+def test_an_onnx_file_is_recognised_whatever_the_case_of_its_suffix(model_files, tmp_path, capsys):
+    upper = tmp_path / "MODEL.ONNX"
+    shutil.copy(model_files["onnx"], upper)
+    capsys.readouterr()
+    assert cli(["predict", str(upper), str(model_files["photos"] / "0.png"), "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["class"] in list("abcdefghij")
+
+
+def rewritten_onnx(source: Path, destination: Path, **metadata) -> Path:
+    import onnx
+
+    graph = onnx.load(str(source))
+    for entry in graph.metadata_props:
+        key = entry.key.removeprefix("cnnspec.")
+        if key in metadata:
+            entry.value = metadata[key]
+    destination.write_bytes(graph.SerializeToString())
+    return destination
+
+
+def test_onnx_metadata_that_does_not_fit_its_graph_is_refused_before_any_image(model_files, tmp_path, capsys):
+    source, image = model_files["onnx"], str(model_files["photos"] / "0.png")
+    cases = [({"classes": json.dumps(["cat", "dog"])}, "its metadata does not match its graph (probabilities"),
+             ({"image_size": "[64, 64]"}, "its metadata does not match its graph (images"),
+             ({"channels": "3"}, "its metadata does not match its graph (images"),
+             ({"classes": "5"}, "damaged cnnspec metadata (classes: expected a list of class names)"),
+             ({"image_size": "[0, 28]"}, "damaged cnnspec metadata (image_size"),
+             ({"resize": "squash"}, "damaged cnnspec metadata (resize")]
+    for index, (metadata, words) in enumerate(cases):
+        edited = rewritten_onnx(source, tmp_path / f"edited{index}.onnx", **metadata)
+        error = one_line_error(capsys, ["predict", str(edited), image], 1)
+        assert f"{edited}: {words}" in error, error
+
+
+def test_an_onnx_model_runs_on_the_cpu_only(model_files, capsys):
+    error = one_line_error(capsys, ["predict", str(model_files["onnx"]), str(model_files["photos"]),
+                                    "--device", "cuda"], 2)
+    assert "--device cuda: an ONNX model runs on the CPU" in error
+
+
+# --- the images named --------------------------------------------------------------------
+
+def test_an_image_named_twice_in_any_spelling_has_one_row(model_files, tmp_path, capsys, monkeypatch):
+    photos = model_files["photos"]
+    link = tmp_path / "link.png"
+    link.symlink_to(photos / "1.png")
+    monkeypatch.chdir(photos.parent)
+    capsys.readouterr()
+    assert cli(["predict", str(model_files["checkpoint"]), "photos/0.png", "./photos/0.png", str(link),
+                "photos", "--format", "json"]) == 0
+    rows = [row["path"] for row in json.loads(capsys.readouterr().out)]
+    assert rows == ["photos/0.png", str(link), "photos/2.png"]
+
+
+def test_an_empty_folder_or_a_fifo_among_the_paths_is_an_error(model_files, tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("not an image")
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    for path, words in [(empty, "no image files in this folder"), (fifo, "not a regular file or folder")]:
+        error = one_line_error(capsys, ["predict", str(model_files["checkpoint"]), str(model_files["photos"]),
+                                        str(path)], 2)
+        assert f"{path}: {words}" in error
+
+
+def test_top_k_beyond_the_classes_gives_every_class_once(model_files, capsys):
+    capsys.readouterr()
+    assert cli(["predict", str(model_files["checkpoint"]), str(model_files["photos"] / "0.png"),
+                "--top-k", "12"]) == 0
+    header, row = capsys.readouterr().out.splitlines()
+    assert header.split(",")[-3:] == ["class_10", "probability_10", "error"]
+    assert sorted(row.split(",")[1:-1:2]) == list("abcdefghij")
+
+
+# --- the Python API ----------------------------------------------------------------------
+
+def test_the_api_refuses_pixels_of_the_wrong_range_or_kind(model_files):
+    model = cnnspec.load_model(model_files["checkpoint"])
+    pixels = np.asarray(Image.open(model_files["photos"] / "0.png"))
+    reference = cnnspec.predict(model, pixels, top_k=3)[0]
+    as_int64 = cnnspec.predict(model, pixels.astype(np.int64), top_k=3)[0]
+    assert as_int64.classes == reference.classes and as_int64.probabilities == reference.probabilities
+    floats = cnnspec.predict(model, pixels[None].astype(np.float32) / 255, top_k=3)[0]
+    assert floats.classes == reference.classes
+    assert floats.probabilities == pytest.approx(reference.probabilities, abs=1e-6)
+    for wrong, words in [(pixels[None].astype(np.float32), "divide by 255"),
+                         (np.full((1, 28, 28), np.nan, np.float32), "divide by 255"),
+                         (pixels.astype(np.int64) + 300, "integer pixels must be in 0..255"),
+                         (pixels.astype(bool), "expected uint8 pixels or floats in 0..1, not bool")]:
+        with pytest.raises(DataError, match=words):
+            cnnspec.predict(model, wrong)
+    for options in [{"batch_size": 0}, {"top_k": 0}, {"top_k": 1.5}]:
+        with pytest.raises(ValueError, match=f"{next(iter(options))} must be a whole number >= 1"):
+            cnnspec.predict(model, pixels, **options)
