@@ -116,7 +116,7 @@ def test_auto_scales_large_mixed_colour_images_down_to_fit_64(tmp_path):
     sample = sample_images(listing.paths)
     assert auto_image_size(sample) == [48, 64] and auto_channels(sample) == 3
     assert resize_note(sample, (48, 64), "center_crop", auto=True) == \
-        "images 120x90 to 300x400 -> 48x64 (data.image_size: auto; data.resize: center_crop)"
+        "images 2 sizes, 120x90 to 300x400 (by area) -> 48x64 (data.image_size: auto; data.resize: center_crop)"
 
 
 def test_data_classes_sets_the_label_order_and_must_name_every_class(tmp_path):
@@ -231,3 +231,12 @@ def test_the_mistakes_grid_titles_each_image_with_its_file_name(tmp_path):
     assert titles[1].startswith("a_very_lon…") and titles[1].split("\n")[0].endswith("0003.png")
     (tmp_path / "plain.csv").write_text("index,actual,predicted\n0,cat,dog\n")
     assert plot_stage.read_prediction_paths(tmp_path / "plain.csv") is None  # a built-in dataset
+
+
+def test_the_batch_warnings_never_suggest_the_batch_already_in_use():
+    fit = fit_batch_size(1, 4, set_by_user=False)  # 4 images: batch 1 is all there is
+    assert fit.batch_size == 1 and len(fit.warnings) == 1
+    assert "4 steps an epoch" in fit.warnings[0] and "-S train.batch_size=1" not in fit.warnings[0]
+    assert fit.warnings[0].endswith("more images, or more epochs (train.epochs)")
+    fit = fit_batch_size(8, 20, set_by_user=True)  # a smaller batch does help here
+    assert all(warning.endswith("-S train.batch_size=1") for warning in fit.warnings) and fit.warnings

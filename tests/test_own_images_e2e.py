@@ -60,7 +60,7 @@ def test_the_readme_commands_train_with_defaults_that_fit(own_images_repo):
             "recipe small_images (recipe: auto, the one the spec names); batch 15: 20 steps an epoch on "
             "311 training images of 1x28x28 (the recipe's 64 would be 4; capped for at least 20)") in output
     assert "images 28x28 (data.image_size: auto): not resized" in output
-    assert "channels: 1 (data.channels: auto; every image is grayscale)" in output
+    assert "channels: 1 (data.channels: auto; the 256 images sampled across the dataset are grayscale)" in output
     # DVC warns of the outputs a first run has no dvc.lock entry for, but never again of
     # the optional export stage's (its output is not cached); and one epoch is no "epochs".
     assert "models/export" not in output and "trained 15 epochs" in output

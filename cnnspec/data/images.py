@@ -103,6 +103,31 @@ def _open(source, size: tuple[int, int] | None = None):
         raise ImageReadError(f"{name}: damaged or unreadable image ({first})") from None
 
 
+ROTATING_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
+
+
+def exif_orientation(image) -> int:
+    """The EXIF orientation tag (1-8; 1 when there is none or it cannot be read)."""
+    try:
+        value = image.getexif().get(0x0112, 1)
+    except Exception:  # noqa: BLE001 - damaged EXIF: the pixels as stored
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def upright(image):
+    """`image` turned as its EXIF orientation says, the way viewers show it (a phone photo
+    is often stored sideways with orientation 6); unchanged when there is none."""
+    from PIL import ImageOps
+
+    if exif_orientation(image) == 1:
+        return image
+    try:
+        return ImageOps.exif_transpose(image)
+    except Exception:  # noqa: BLE001 - damaged EXIF: the pixels as stored
+        return image
+
+
 def _to_eight_bits(image, name: str):
     """A 16-bit, 32-bit integer or float image as 8-bit "L", scaled by its real range:
     16-bit values by 65535 (what a 16-bit PNG's values mean), 32-bit integer and float
@@ -182,7 +207,10 @@ def read_image(source, channels: int, size: tuple[int, int] | None = None,
     """
     name = ("<bytes>" if isinstance(source, (bytes, bytearray))
             else str(source) if isinstance(source, (str, Path)) else "<image>")
-    image = _convert(_open(source, size), channels, name)
+    image = _open(source, size)
+    if not hasattr(source, "getpixel"):  # a file's EXIF orientation; a PIL image is taken as given
+        image = upright(image)
+    image = _convert(image, channels, name)
     if size is not None:
         image = _resize(image, (int(size[0]), int(size[1])), resize)
     array = np.asarray(image, dtype=np.uint8)

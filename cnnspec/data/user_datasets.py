@@ -32,14 +32,21 @@ from numpy.lib import format as npy_format
 from cnnspec import atomic
 from cnnspec.atomic import atomic_folder
 from cnnspec.data.datasets import FILES_JSON, SPLITS, histogram_mean_std, stratified_split
-from cnnspec.data.images import IMAGE_SUFFIXES, ImageReadError, is_image_file, read_image
+from cnnspec.data.images import (
+    IMAGE_SUFFIXES,
+    ROTATING_ORIENTATIONS,
+    ImageReadError,
+    exif_orientation,
+    is_image_file,
+    read_image,
+)
 from cnnspec.errors import DataError, DiskFullError
 from cnnspec.regular_files import not_a_regular_file
 
 BATCH_IMAGES = 256          # images one worker decodes per task
 WINDOW_BYTES = 32 << 20     # decoded pixels in flight at once: "one chunk"
 SHOWN_BAD_IMAGES = 5        # skipped images named in the log
-SIZE_SAMPLE = 64            # image files whose size the resize note reports
+SIZE_SAMPLE = 256           # image headers read, spread over the dataset, for image_size and channels: auto
 
 
 @dataclass
@@ -116,6 +123,37 @@ def _images_under(folder: Path, roots: list[Path], display: Path) -> tuple[list[
     return sorted(found), others
 
 
+# Folder names of a source that is already split, as datasets ship them (Kaggle's
+# valid/, TensorFlow's validation/, Train/ and Test/), in any case.
+SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
+               "dev": "val", "test": "test", "testing": "test"}
+
+
+def split_folders(root: Path, subfolders: list[str]) -> dict[str, str]:
+    """{folder name: split} when `root`'s subfolders are a train split and others
+    (SPLIT_NAMES), else {} (class folders). Split folders beside class folders, or two
+    folders of one split, are a DataError: taken as classes they would train a model
+    that tells the splits apart."""
+    splits = {name: SPLIT_NAMES[name.lower()] for name in subfolders if name.lower() in SPLIT_NAMES}
+    if "train" not in splits.values():
+        if len(splits) >= 2 and len(splits) == len(subfolders):
+            raise DataError(f"data.source: {root} holds split folders ({', '.join(splits)}) but no train/: "
+                            "add train/ with the class folders, or keep one folder per class")
+        return {}
+    others = [name for name in subfolders if name not in splits]
+    if others:
+        shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+        raise DataError(f"data.source: {root} holds split folders ({', '.join(splits)}) beside other "
+                        f"folders ({shown}): keep either one folder per class, or train/ and test/ "
+                        "(and val/) each holding the class folders")
+    for split in SPLITS:
+        named = [name for name, found in splits.items() if found == split]
+        if len(named) > 1:
+            raise DataError(f"data.source: {root}: {' and '.join(named)} are both the {split} split; "
+                            "merge them into one folder")
+    return dict(sorted(splits.items(), key=lambda item: SPLITS.index(item[1])))
+
+
 def scan_folder(source) -> Listing:
     root = Path(source)
     if not root.is_dir():
@@ -123,8 +161,8 @@ def scan_folder(source) -> Listing:
                         "with one subfolder per class)")
     roots = _allowed_roots(root)
     subfolders = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    presplit = "train" in subfolders and set(subfolders) <= set(SPLITS)
-    parts = [(split, root / split) for split in SPLITS if split in subfolders] if presplit else [("", root)]
+    splits = split_folders(root, subfolders)
+    parts = [(split, root / name) for name, split in splits.items()] if splits else [("", root)]
     listing = Listing()
     ignored = sum(1 for p in root.iterdir() if p.is_file() and not p.name.startswith("."))  # not in a class
     for split, folder in parts:
@@ -205,7 +243,20 @@ def scan_csv(source, columns: dict) -> Listing:
     if split_column and "" in listing.splits and set(listing.splits) != {""}:
         line = [i for i, s in enumerate(listing.splits) if s == ""][0]
         raise DataError(f"{listing.name(line)}: empty {split_column}; give every row a split or none")
+    _name_paths_written_from_elsewhere(listing, root)
     return listing
+
+
+def _name_paths_written_from_elsewhere(listing: Listing, root: Path) -> None:
+    """The first missing image, when its path as written names a file from the working
+    folder: a manifest written from the repository root rather than from its own folder."""
+    missing = next((i for i, path in enumerate(listing.paths) if not os.path.lexists(path)), None)
+    if missing is None:
+        return
+    written = Path(listing.paths[missing]).relative_to(root)
+    if written.is_file():
+        raise DataError(f"{listing.name(missing)}: not in {root}/, but there is such a file from the working "
+                        f"folder: paths in the CSV are relative to the CSV's own folder ({root}/)")
 
 
 def _first_line(reader, row: dict) -> int:
@@ -483,10 +534,15 @@ def prepare_image_dataset(data: dict, out_folder, workers: int | None = None, lo
     sample = sample_images(listing.paths)
     height, width = auto_image_size(sample) if data["image_size"] == "auto" else data["image_size"]
     channels = auto_channels(sample) if data["channels"] == "auto" else data["channels"]
-    log(resize_note(sample, (height, width), data["resize"], data["image_size"] == "auto"))
-    if data["channels"] == "auto":
-        log(f"channels: {channels} (data.channels: auto; "
-            f"{'every image is grayscale' if channels == 1 else 'colour images'})")
+    if not sample and "auto" in (data["image_size"], data["channels"]):
+        log(f"none of the sampled images could be read: data.image_size {height}x{width}, data.channels "
+            f"{channels} by default (decoding names the files)")
+    else:
+        log(resize_note(sample, (height, width), data["resize"], data["image_size"] == "auto"))
+        if data["channels"] == "auto":
+            gray = ("every image is grayscale" if len(sample) == len(listing.paths)
+                    else f"the {len(sample)} images sampled across the dataset are grayscale")
+            log(f"channels: {channels} (data.channels: auto; {gray if channels == 1 else 'colour images'})")
     data = {**data, "image_size": [height, width], "channels": channels}
     shape = (channels, height, width)
     workers = default_workers() if workers is None else workers
@@ -504,6 +560,8 @@ def prepare_image_dataset(data: dict, out_folder, workers: int | None = None, lo
             files[split] = [source_relative(listing.paths[i], data) for i in indices[kept]]
             counts[split] = int(len(labels))
             per_class[split] = np.bincount(labels, minlength=len(classes))
+        if bad.count:  # before the errors below, which these may explain
+            log(f"skipped {bad.count} unreadable images (data.bad_images: skip), first: " + "; ".join(bad.first))
         if counts["train"] == 0:
             raise DataError("data.source: no readable training images")
         missing = [classes[i] for i in np.flatnonzero(per_class["train"] == 0)]
@@ -525,8 +583,6 @@ def prepare_image_dataset(data: dict, out_folder, workers: int | None = None, lo
         }
         atomic.write_json(temporary / "meta.json", meta)
         atomic.write_json(temporary / FILES_JSON, files)
-    if bad.count:
-        log(f"skipped {bad.count} unreadable images (data.bad_images: skip), first: " + "; ".join(bad.first))
     total = sum(per_class.values())
     log("images per class: " + ", ".join(f"{name} {int(n)}" for name, n in zip(classes, total)))
     return meta
@@ -553,9 +609,9 @@ def sample_images(paths: list[str], sample: int = SIZE_SAMPLE) -> list[tuple[int
     from the file headers (no decoding). Unreadable files are left out: decoding names them."""
     from PIL import Image
 
-    step = max(1, len(paths) // sample)
+    spread = np.unique(np.linspace(0, len(paths) - 1, min(len(paths), sample)).round().astype(int))
     found = []
-    for path in paths[::step][:sample]:
+    for path in (paths[i] for i in spread):
         if not_a_regular_file(path):  # a FIFO would block the open: decoding names it
             continue
         try:
@@ -565,7 +621,8 @@ def sample_images(paths: list[str], sample: int = SIZE_SAMPLE) -> list[tuple[int
                     palette = image.getpalette() or []
                     triples = [palette[i:i + 3] for i in range(0, len(palette), 3)]
                     mode = "L" if all(r == g == b for r, g, b in triples) else "RGB"
-                found.append((image.height, image.width, mode))
+                turned = exif_orientation(image) in ROTATING_ORIENTATIONS  # read_image turns it upright
+                found.append((image.width, image.height, mode) if turned else (image.height, image.width, mode))
         except Exception:  # a damaged file: the decoding pass reports it under data.bad_images
             continue
     return found
@@ -595,7 +652,8 @@ def resize_note(sample, size, policy: str, auto: bool = False) -> str:
         return f"images resized to {target} ({why}; data.resize: {policy})"
     if sizes == {tuple(size)}:
         return f"images {target} ({why}): not resized"
-    heights, widths = [h for h, _ in sizes], [w for _, w in sizes]
-    found = (f"{heights[0]}x{widths[0]}" if len(sizes) == 1
-             else f"{min(heights)}x{min(widths)} to {max(heights)}x{max(widths)}")
+    by_area = sorted(sizes, key=lambda hw: (hw[0] * hw[1], hw))
+    smallest, largest = by_area[0], by_area[-1]
+    found = (f"{smallest[0]}x{smallest[1]}" if len(sizes) == 1
+             else f"{len(sizes)} sizes, {smallest[0]}x{smallest[1]} to {largest[0]}x{largest[1]} (by area)")
     return f"images {found} -> {target} ({why}; data.resize: {policy})"

@@ -41,7 +41,9 @@ def fit_batch_size(batch_size: int, train_images: int, set_by_user: bool) -> Bat
             fit = BatchFit(capped, capped_from=batch_size)
     steps = train_images // fit.batch_size
     dropped = train_images - steps * fit.batch_size
-    suggestion = f"-S train.batch_size={capped_batch(train_images)}"
+    smaller = capped_batch(train_images)
+    suggestion = (f"-S train.batch_size={smaller}" if smaller < fit.batch_size
+                  else "more images, or more epochs (train.epochs)")
     where = f"train.batch_size {fit.batch_size} on {train_images} training images"
     if steps == 0:
         fit.warnings.append(f"warning: {where} is not one full batch: no step can be trained; {suggestion}")

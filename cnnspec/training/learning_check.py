@@ -33,7 +33,9 @@ def verdict(num_classes: int, accuracy: float | None = None, accuracy_name: str 
             train_losses: list[float] | None = None) -> tuple[bool, str]:
     """(learned, reason it did not: '' when it did)."""
     if accuracy is not None and at_chance(accuracy, num_classes):
-        return False, (f"{accuracy_name} {accuracy:.4f} is within {margin(num_classes):.3g} of chance "
+        where = ("below chance" if accuracy < chance(num_classes)
+                 else f"within {margin(num_classes):.3g} of chance")
+        return False, (f"{accuracy_name} {accuracy:.4f} is {where} "
                        f"({chance(num_classes):.4f} for {num_classes} classes)")
     losses = [loss for loss in (train_losses or [])]
     if len(losses) >= 2 and min(losses[1:]) >= losses[0]:
@@ -62,13 +64,23 @@ def warning_line(reason: str, params: dict | None = None) -> str:
         lr = train.get("optimizer", {}).get("lr")
         if lr is not None:
             causes.append(f"train.optimizer.lr {lr:g} too high or too low for this network")
-        if recipe and spec:
+        if recipe and spec and recipe != _recipe_the_spec_names(spec):
             causes.append(f"recipe {recipe!r} not meant for {spec} (set `recipe:` in the spec, "
                           f"or -S recipe=keras_adam)")
     if not causes:
         causes = ["the learning rate (train.optimizer.lr)", "a recipe not meant for this spec"]
     causes.append("too few steps (train.epochs, data size)")
     return f"warning: this run did not learn: {reason}; likely causes: {'; '.join(causes)}"
+
+
+def _recipe_the_spec_names(spec) -> str | None:
+    from cnnspec.errors import CnnspecError
+    from cnnspec.pipeline.recipes import spec_recipe
+
+    try:
+        return spec_recipe(spec)[0]
+    except CnnspecError:  # the spec moved or changed since: the cause stays listed
+        return None
 
 
 def warn(reason: str, params: dict | None = None) -> None:
