@@ -1,6 +1,6 @@
 """Stage 1 of 6, download: fetch the dataset named in params.yaml into data/raw/.
 
-    python stages/download.py        (reads params.yaml: data.dataset, data.url, data.md5)
+    python stages/download.py        (reads params.yaml: data.dataset, data.url, data.md5, data.source)
 
 `data.url` is a mirror and `data.md5` its checksums. Files already in data/raw/ with
 the right md5 are not fetched again; an archive is extracted all at once or not at all.
@@ -20,7 +20,7 @@ from cnnspec.data.datasets import USER_DATASETS
 from cnnspec.data.download import download_dataset
 from cnnspec.errors import end_finished_script, exit_on_user_error, terminate_like_interrupt
 from cnnspec.paths import PARAMS, RAW
-from cnnspec.pipeline.params import load_stage_params
+from cnnspec.pipeline.params import check_user_source, load_stage_params
 
 
 @exit_on_user_error
@@ -28,6 +28,7 @@ def main() -> None:
     terminate_like_interrupt()  # SIGTERM (dvc, kill): temporaries removed, exit 143
     data = load_stage_params(PARAMS, sections=["data"])["data"]
     if data["dataset"] in USER_DATASETS:
+        check_user_source(data)
         RAW.mkdir(parents=True, exist_ok=True)
         atomic.write_text(RAW / "README.txt", f"data.dataset is {data['dataset']}: preprocess reads "
                           "the images from data.source; nothing is downloaded.\n")

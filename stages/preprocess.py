@@ -20,9 +20,9 @@ if __package__ in (None, ""):  # `python stages/<name>.py`: import this checkout
 
 from cnnspec.data.datasets import USER_DATASETS, decode_raw, prepare, write_prepared
 from cnnspec.data.user_datasets import prepare_image_dataset
-from cnnspec.errors import ParamsError, end_finished_script, exit_on_user_error, terminate_like_interrupt
+from cnnspec.errors import end_finished_script, exit_on_user_error, terminate_like_interrupt
 from cnnspec.paths import PARAMS, PREPARED, RAW
-from cnnspec.pipeline.params import load_stage_params, path_problem
+from cnnspec.pipeline.params import check_user_source, load_stage_params
 
 
 @exit_on_user_error
@@ -31,10 +31,7 @@ def main() -> None:
     data = load_stage_params(PARAMS, sections=["data"])["data"]
     started = time.perf_counter()
     if data["dataset"] in USER_DATASETS:
-        kind = "folder" if data["dataset"] == "folder" else "file"  # csv: the manifest
-        problem = path_problem(Path(data["source"]), kind)
-        if problem:
-            raise ParamsError(f"{PARAMS}: data.source: {data['source']}: {problem}")
+        check_user_source(data)
         note = unversioned_source_note(Path(data["source"]))
         if note:
             print(note)

@@ -438,6 +438,27 @@ def test_download_stage_offline_fails_within_seconds_with_one_line(tmp_path):
     assert not (tmp_path / "data" / "raw" / "cifar-10-python.tar.gz").exists()
 
 
+def test_the_download_stage_names_a_misspelt_source_of_your_own_images(tmp_path):
+    # under dvc repro the download stage runs first: without this check DVC itself stops
+    # at preprocess's missing dependency, with an errno and no param key
+    (tmp_path / "data" / "my_images" / "cat").mkdir(parents=True)
+    _write_params(tmp_path, dataset="folder", source="data/my_image")
+    result = _run_stage(tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip() == "error: params.yaml: data.source: data/my_image: no such folder"
+    assert not (tmp_path / "data" / "raw").exists()
+    _write_params(tmp_path, dataset="csv", source="data/my_images")
+    result = _run_stage(tmp_path)
+    assert result.stderr.strip() == "error: params.yaml: data.source: data/my_images: is a folder, not a file"
+    _write_params(tmp_path, dataset="folder", source="data/raw")  # -S data.dataset=folder alone
+    (tmp_path / "data" / "raw").mkdir()
+    result = _run_stage(tmp_path)
+    assert result.stderr.strip() == ("error: params.yaml: data.source: still data/raw, the built-in datasets' "
+                                     "download folder; set it to your images' folder (-S data.source=...)")
+    dvc_yaml = yaml.safe_load((REPO / "dvc.yaml").read_text())
+    assert "data.source" in dvc_yaml["stages"]["download"]["params"]
+
+
 def test_download_stage_fetches_from_a_local_mirror(tmp_path):
     archive = make_cifar10_archive(tmp_path / "mirror" / "cifar-10-python.tar.gz", 2, 1)
     _write_params(tmp_path, url=(tmp_path / "mirror").as_uri() + "/", md5=md5_of(archive))

@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 
 from cnnspec.errors import ParamsError, SpecError
-from cnnspec.paths import PARAMS, path_problem
+from cnnspec.paths import PARAMS, RAW, path_problem
 from cnnspec.pipeline import recipes
 from cnnspec.spec import yamlio
 from cnnspec.spec.schema_errors import Strict, explain, key_path, unknown_key
@@ -200,6 +200,21 @@ NAMED_PATHS = {
     "model.spec": "file",
     "train.init_from": "file",
 }
+
+
+def check_user_source(data: dict, name=str(PARAMS)) -> None:
+    """For a folder or csv dataset, ParamsError when data.source is not the folder or the
+    CSV file it must be. The download stage checks it too: under `dvc repro` it runs
+    first, so a misspelt source is named with its key instead of by DVC's missing
+    dependency of preprocess."""
+    kind = "folder" if data["dataset"] == "folder" else "file"  # csv: the manifest
+    if Path(str(data["source"])) == RAW:
+        wanted = "your images' folder" if kind == "folder" else "your CSV manifest"
+        raise ParamsError(f"{name}: data.source: still {RAW}, the built-in datasets' download folder; "
+                          f"set it to {wanted} (-S data.source=...)")
+    problem = path_problem(Path(str(data["source"])), kind)
+    if problem:
+        raise ParamsError(f"{name}: data.source: {recipes.printable(data['source'])}: {problem}")
 
 
 def check_named_paths(params: dict, name=str(PARAMS), keys=None) -> None:
