@@ -138,3 +138,33 @@ def test_training_on_a_cpu_reuses_each_step_s_memory_instead_of_faulting_it_in_a
 def test_the_evaluate_stage_and_predict_reuse_freed_memory():
     for source in ("stages/evaluate.py", "cnnspec/inference/predict.py"):
         assert "reuse_freed_memory()" in (ROOT / source).read_text(encoding="utf-8"), source
+
+
+def test_a_batch_whose_activations_cannot_fit_stops_before_the_first_step(monkeypatch):
+    import cnnspec
+    from cnnspec.training import device as device_module
+    from cnnspec.training import loop
+    from tests.fakedata import prepared_data
+    from tests.tinytraining import train_params
+
+    spec = cnnspec.parse_spec("{name: wide, layers: [{conv: {filters: 32, padding: same}}, global_avg_pool, "
+                              "{dense: 3}]}", "wide.yaml")
+    model = cnnspec.build_model(spec, (1, 28, 28), 3)
+    assert model.activation_bytes == 4 * (32 * 28 * 28 + 32 + 3)  # the conv's, the pool's and the logits
+    real_free = device_module.available_memory(torch.device("cpu"))
+    assert real_free is None or real_free > 1 << 20  # /proc/meminfo's MemAvailable, where there is one
+    free = 64 * model.activation_bytes  # as if the machine had room for 64 images' activations
+    monkeypatch.setattr(device_module, "available_memory", lambda device: free)
+
+    def no_step(*args, **kwargs):
+        raise AssertionError("training started")
+
+    monkeypatch.setattr(loop, "DeviceData", no_step)
+    with pytest.raises(TrainingError) as caught:
+        loop.train(model, prepared_data(640, 64, shape=(1, 28, 28)), train_params(batch_size=128), "cpu")
+    assert str(caught.value) == ("train.batch_size 128 of 1x28x28 images keeps about 12.3 MiB of activations a "
+                                 "step, and this machine has 6.1 MiB free: lower train.batch_size or "
+                                 "data.image_size")
+    monkeypatch.undo()
+    result = loop.train(model, prepared_data(64, 8, shape=(1, 28, 28)), train_params(epochs=1, batch_size=32), "cpu")
+    assert len(result.history) == 1  # a batch that fits trains as before

@@ -17,7 +17,7 @@ from torch import nn
 from cnnspec.layers.geometry import error
 from cnnspec.layers.registry import rule_for
 from cnnspec.layers.whiten import WhiteningConv
-from cnnspec.models.shapes import Context, as_spec, infer, resolve_input
+from cnnspec.models.shapes import Context, activation_bytes, as_spec, infer, resolve_input
 from cnnspec.spec.nodes import LayerNode, walk
 
 # l2 / lr_mult / wd_mult of a parameter no weighted layer set (a pool, a residual's projection)
@@ -88,6 +88,7 @@ def build_model(spec_or_path, input_shape=None, num_classes: int = 10,
     model = SpecModel(body, shape, num_classes, builder.param_settings, frozen,
                       final_activation="softmax" if builder.softmax_node is not None else None)
     model.spec_warnings = builder.shapes.warnings  # likely mistakes (cnnspec validate prints them too)
+    model.activation_bytes = activation_bytes(builder.shapes.records)  # one image's, float32
     return model
 
 

@@ -144,6 +144,41 @@ def set_deterministic(wanted: bool) -> None:
 
 # ---------------------------------------------------------------- the training data on the device
 
+def available_memory(device: torch.device) -> int | None:
+    """Bytes free for training on `device`: CUDA's free memory, the host's MemAvailable on
+    Linux; None where it is not known."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    if device.type != "cpu":
+        return None
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def check_step_memory(activation_bytes: int, batch_size: int, input_shape, device: torch.device) -> None:
+    """TrainingError before the first step when a batch's activations alone (what the
+    forward pass keeps for the backward one, float32) exceed the memory `device` has free:
+    the step could only end in an out-of-memory kill, after minutes of loading."""
+    needed, free = activation_bytes * batch_size, available_memory(device)
+    if free is None or needed <= free:
+        return
+    where = "GPU" if device.type == "cuda" else "machine"
+    size = "x".join(str(int(v)) for v in input_shape)
+    raise TrainingError(f"train.batch_size {batch_size} of {size} images keeps about {_bytes(needed)} "
+                        f"of activations a step, and this {where} has {_bytes(free)} free: lower "
+                        f"train.batch_size or data.image_size")
+
+
+def _bytes(size: int) -> str:
+    return f"{size / (1 << 30):,.1f} GiB" if size >= 1 << 30 else f"{size / (1 << 20):,.1f} MiB"
+
+
 def _fits_on_device(num_bytes: int, device: torch.device) -> bool:
     if device.type != "cuda":
         return True

@@ -57,6 +57,7 @@ from cnnspec.training.device import (
     DeviceData,
     autocast,
     autocast_dtype,
+    check_step_memory,
     inference_batch,
     reuse_freed_memory,
     to_layout,
@@ -95,6 +96,8 @@ def train(model, data: dict, params: dict, device="cpu", *, resume_path=None, lo
     epoch is the state kept."""
     device = torch.device(device)
     optimization.check_validation_needs(params, len(data["val_labels"]))
+    if hasattr(model, "activation_bytes"):  # a SpecModel: its batch's activations must fit
+        check_step_memory(model.activation_bytes, params["batch_size"], model.input_shape, device)
     if device.type == "cpu":
         reuse_freed_memory()  # each step's activations take the memory the last step freed
     resume_path, log_dir = (resume_path, log_dir) if world.is_writer else (None, None)
