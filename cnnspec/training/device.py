@@ -163,7 +163,8 @@ def available_memory(device: torch.device) -> int | None:
 
 def check_step_memory(activation_bytes: int, batch_size: int, input_shape, device: torch.device) -> None:
     """TrainingError before the first step when a batch's activations alone (what the
-    forward pass keeps for the backward one, float32) exceed the memory `device` has free:
+    forward pass keeps for the backward one; `activation_bytes` is one image's, in the
+    run's precision) exceed the memory `device` has free:
     the step could only end in an out-of-memory kill, after minutes of loading."""
     needed, free = activation_bytes * batch_size, available_memory(device)
     if free is None or needed <= free:

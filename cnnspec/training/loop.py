@@ -97,7 +97,9 @@ def train(model, data: dict, params: dict, device="cpu", *, resume_path=None, lo
     device = torch.device(device)
     optimization.check_validation_needs(params, len(data["val_labels"]))
     if hasattr(model, "activation_bytes"):  # a SpecModel: its batch's activations must fit
-        check_step_memory(model.activation_bytes, params["batch_size"], model.input_shape, device)
+        half = autocast_dtype(device, params["precision"], params["cpu_precision"]) is not None
+        check_step_memory(model.activation_bytes // (2 if half else 1), params["batch_size"],
+                          model.input_shape, device)
     if device.type == "cpu":
         reuse_freed_memory()  # each step's activations take the memory the last step freed
     resume_path, log_dir = (resume_path, log_dir) if world.is_writer else (None, None)
