@@ -75,11 +75,11 @@ def warning_line(reason: str, params: dict | None = None) -> str:
 
 def _recipe_the_spec_names(spec) -> str | None:
     from cnnspec.errors import CnnspecError
-    from cnnspec.pipeline.recipes import spec_recipe
+    from cnnspec.spec.reader import load_spec
 
     try:
-        return spec_recipe(spec)[0]
-    except CnnspecError:  # the spec moved or changed since: the cause stays listed
+        return load_spec(spec).recipe
+    except (CnnspecError, OSError):  # the spec moved or changed since: the cause stays listed
         return None
 
 
