@@ -581,3 +581,21 @@ def test_a_checkpoint_of_a_plugin_model_loads_in_a_fresh_process_once_the_plugin
     done = run(str(PLUGIN))
     assert done.returncode == 0, done.stderr
     assert [float(v) for v in done.stdout.split()] == pytest.approx(expected[0].tolist(), abs=1e-5)
+
+
+def test_a_softmax_that_other_layers_follow_is_a_warning():
+    # only the last layer's softmax is folded into the loss: a softmax before a trailing
+    # dropout or scale would train the loss on probabilities
+    for tail in ("  - dropout: 0.5", "  - scale: 2.0"):
+        text = spec_of("  - conv: 4\n  - global_avg_pool\n  - dense: {units: num_classes, activation: softmax}\n"
+                       + tail)
+        (found,) = warnings_of(text)
+        assert found.startswith("t.yaml:6:") and "layers[2].activation: dense_1: a softmax before the end" in found
+    last = spec_of("  - conv: 4\n  - global_avg_pool\n  - dense: {units: num_classes, activation: softmax}")
+    assert warnings_of(last) == []  # the Keras way: folded into the loss, no warning
+
+
+def test_repeat_n_may_be_arithmetic_outside_a_block_too():
+    text = spec_of('  - repeat: {n: "2 * 3", layers: [conv: 4]}\n  - global_avg_pool\n  - dense: num_classes')
+    model = build_model(parse_spec(text, "t.yaml"))
+    assert sum(isinstance(module, torch.nn.Conv2d) for module in model.modules()) == 6

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from cnnspec import layers
+from cnnspec.errors import SpecError
 from cnnspec.layers import activations, augmentation, conv, registry, reshape
 from cnnspec.models.compiler import build_model
 from cnnspec.models.shapes import infer
@@ -173,3 +174,22 @@ def test_modules_defined_on_first_use_pickle_and_import_by_name():
         assert torch.equal(model(images), copied(images))
     with pytest.raises(ImportError, match="Residuals"):
         from cnnspec.layers.residual import Residuals  # noqa: F401
+
+
+def test_a_plugin_shape_rule_that_returns_nothing_is_one_located_line(monkeypatch):
+    def forgot_to_return(node, in_shape, ctx):
+        in_shape  # noqa: B018 - the bug under test: no return
+
+    monkeypatch.setitem(layers.LAYERS, "flatten", layers.LayerRule(forgot_to_return, reshape.build_flatten))
+    with pytest.raises(SpecError) as caught:
+        infer(parse_spec(spec_for("conv"), "<conv>"), INPUT, CLASSES)
+    message = str(caught.value)
+    assert message.startswith("<conv>:") and "its shape rule returned NoneType, not Inferred(" in message
+
+
+def test_import_of_a_misspelt_model_says_the_name_it_meant():
+    from cnnspec.models.importer import ImportFailure, checked_writer
+
+    with pytest.raises(ImportFailure, match=r"import resnet_18: not a torchvision classification model "
+                                            r"\(did you mean 'resnet18'\?\); importable: alexnet"):
+        checked_writer("resnet_18")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from cnnspec.layers.geometry import error, fmt, nn, one, pair
 from cnnspec.layers.registry import Inferred, LayerRule, register_layer
+from cnnspec.layers.schema_base import pixel_sizes
 
 
 def shape_adaptive_pool(node, in_shape, ctx):
@@ -31,10 +32,7 @@ def adaptive_pool_options(kind: str) -> dict:
                        f"(C, H, W) -> (C, size, size) at any input size; for global pooling to a flat "
                        f"vector use global_{kind}_pool",
         "properties": {
-            "size": {"oneOf": [{"type": "integer", "minimum": 1},
-                               {"type": "array", "items": {"type": "integer", "minimum": 1},
-                                "minItems": 2, "maxItems": 2}],
-                     "description": "output height and width: an int or [h, w]"},
+            "size": pixel_sizes("output height and width: an int or [h, w]"),
         },
         "required": ["size"],
         "x-shorthand": "size",

@@ -158,7 +158,7 @@ SHARED_DEFS = {
                 "description": "argument name -> default value (null = required); $in_channels, the channels entering the block, is always there",
                 "propertyNames": {
                     "pattern": "^[A-Za-z_][A-Za-z0-9_]*$",
-                    "not": {"enum": ["block", "name", "trainable", "in_channels"]},
+                    "not": {"enum": ["block", "name", "trainable", "in_channels", "when"]},
                 },
             },
             "layers": {

@@ -597,9 +597,12 @@ def checked_writer(model_name: str):
     writer = writer_for(model_name)
     known = torchvision.models.list_models(module=torchvision.models)
     if writer is None or model_name not in known:
+        from cnnspec.spec.schema_errors import did_you_mean
+
         what = "not a torchvision classification model" if model_name not in known else \
             "a family cnnspec cannot write yet"
-        raise ImportFailure(f"import {model_name}: {what}; importable: {', '.join(importable())}")
+        hint = did_you_mean(model_name, importable()) if model_name not in known else ""  # a typo
+        raise ImportFailure(f"import {model_name}: {what}{hint}; importable: {', '.join(importable())}")
     return writer
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cnnspec.layers.geometry import error, fmt
-from cnnspec.layers.registry import rule_for
+from cnnspec.layers.registry import Inferred, rule_for
 from cnnspec.spec.expressions import THIS_LAYER
 from cnnspec.spec.nodes import LayerNode, Spec
 
@@ -82,6 +82,9 @@ class Context:
         finally:
             self._depth -= 1
             self._frozen -= frozen
+        if not isinstance(inferred, Inferred):  # a plugin's rule that forgot its return
+            raise error(node, f"{node.type} {node.name!r}: its shape rule returned {type(inferred).__name__}, "
+                              f"not Inferred(out_shape, ...) (docs/spec.md, your own layer types)")
         record.out_shape = tuple(inferred.out_shape)
         record.trainable, record.non_trainable = inferred.trainable, inferred.non_trainable
         if self._frozen or frozen:
@@ -135,6 +138,7 @@ def infer(spec: Spec, input_shape, num_classes: int) -> Context:
     ctx = infer_tree(spec.layers, shape, num_classes)
     check_param_limit(ctx.records)
     check_activation_memory(ctx)
+    check_softmax_is_last(spec.layers, ctx)
     out_shape = ctx.records[-1].out_shape if ctx.records else shape
     if tuple(out_shape) != (num_classes,):
         last = spec.layers[-1]
@@ -142,6 +146,26 @@ def infer(spec: Spec, input_shape, num_classes: int) -> Context:
                           f"it must end in ({num_classes},), one logit per class "
                           f"(write units: num_classes)")
     return ctx
+
+
+def top_level(nodes: list[LayerNode]) -> list[LayerNode]:
+    """The model's main path: its layers in order, blocks' layers in their place."""
+    return [inner for node in nodes
+            for inner in (top_level(node.children["layers"]) if node.type == "group" else [node])]
+
+
+def check_softmax_is_last(nodes: list[LayerNode], ctx: Context) -> None:
+    """Warn about a softmax on the main path that other layers follow: only the last
+    layer's softmax is folded into the loss, so the loss would take probabilities for
+    logits (and predict apply a second softmax)."""
+    path = top_level(nodes)
+    for index, node in enumerate(path[:-1]):
+        option = rule_for(node).softmax_option
+        if option and node.options.get(option) == "softmax":
+            after = ", ".join(later.name for later in path[index + 1:][:3]) + (", ..." if len(path) > index + 4 else "")
+            ctx.warn(node, f"{node.name}: a softmax before the end ({after} after it): the loss and predict "
+                           f"apply softmax to what the model ends in; make this the last layer (its softmax is "
+                           f"then folded into the loss) or leave the softmax out", option)
 
 
 def check_param_limit(records) -> None:

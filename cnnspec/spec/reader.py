@@ -313,7 +313,7 @@ def expand_list(items, prefix: str, state: Expansion) -> list[LayerNode]:
     for index, item in enumerate(items):
         path = f"{prefix}[{index}]"
         layer_type, options, where = split_layer(item, items.where_of(index), path)
-        options, present = switched(options, join_key(path, layer_type))
+        options, present = switched(options, join_key(path, layer_type), state.in_block)
         if not present:
             continue
         expand = EXPANDERS.get(layer_type, expand_layer)
@@ -321,14 +321,16 @@ def expand_list(items, prefix: str, state: Expansion) -> list[LayerNode]:
     return nodes
 
 
-def switched(options, key: str) -> tuple:
+def switched(options, key: str, in_block: bool = False) -> tuple:
     """A layer's `when: BOOL` (any layer, `use` included: an optional part of a block, switched
     by an argument, `when: $se`): (the options without it, whether the layer is there)."""
     if not isinstance(options, dict) or "when" not in options:
         return options, True
     value = options["when"]
-    if isinstance(value, str) and value.startswith("$"):  # a block checked before any use of it
-        value = True
+    if isinstance(value, str) and value.startswith("$"):
+        if not in_block:
+            fail(f"'{value}' can only be used inside a block", options.where_of("when"), join_key(key, "when"))
+        value = True  # a block checked before any use of it
     if not isinstance(value, bool):
         fail(f"when: expected true or false (or a block argument holding one), not {describe_value(value)}",
              options.where_of("when"), join_key(key, "when"))
@@ -346,6 +348,15 @@ def count_layer(where: Location, path: str, state: Expansion) -> None:
 
 def expand_repeat(layer_type, options, where, path, state) -> list[LayerNode]:
     key = join_key(path, "repeat")
+    if not state.in_block:  # `n: 2 * 3`, as in any other option outside a block
+        refuse_arguments_outside_blocks(options, key, state)
+        if isinstance(options, dict) and is_expression(options.get("n")):
+            evaluated = dict(options)
+            evaluated["n"] = expression_value(options["n"], {}, None, options.where_of("n"), None)
+            evaluated = LocatedDict(evaluated, where=options.where)
+            evaluated.key_where.update(options.key_where)
+            evaluated.value_where.update(options.value_where)
+            options = evaluated
     check(options, "repeat", key, skip=inside_a_layer)
     inner = state.deeper()
     nodes = []
@@ -375,6 +386,12 @@ def block_arguments(block: str, definition: dict, call: LocatedDict, key: str, b
             if default is None:
                 fail(f"block '{block}' needs argument '{name}'", call.where, join_key(key, name))
             if is_expression(default):  # `squeeze: max(1, $out // 4)`: over the arguments before it
+                later = [used for used in re.findall(r"\$([A-Za-z_][A-Za-z0-9_]*)", default)
+                         if used in declared and used not in passed and used != "in_channels"]
+                if later:
+                    fail(f"block '{block}': the default of '{name}' uses ${later[0]}, which is declared after "
+                         f"it; a default may use only the arguments declared before it",
+                         declared.where_of(name), f"blocks.{block}.args.{name}")
                 default = expression_value(default, passed, block, declared.where_of(name), block_call)
             values[name] = passed[name] = (default, declared.where_of(name))
     return values

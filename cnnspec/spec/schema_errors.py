@@ -50,6 +50,8 @@ def describe_value(value) -> str:
         return "a mapping"
     if isinstance(value, list):
         return "a list"
+    if isinstance(value, bool):  # as YAML writes it
+        return "true" if value else "false"
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
 
