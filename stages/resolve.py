@@ -60,7 +60,7 @@ def resolve(params_path=PARAMS, resolved_path=RESOLVED_PARAMS, prepared=PREPARED
         params["train"] = {**params["train"], "batch_size": fit.batch_size}  # what fit_to_data gives a stage run alone
         shape = "x".join(str(n) for n in meta["input_shape"])
         steps = fit.steps(train_images)
-        why += (f"; batch {fit.batch_size}: {steps} steps an epoch on {train_images} "
+        why += (f"; batch {fit.batch_size}: {steps} step{'' if steps == 1 else 's'} an epoch on {train_images} "
                 f"training images of {shape}")
         if fit.capped_from is not None:
             why += (f" (the recipe's {fit.capped_from} would be {train_images // fit.capped_from}; "

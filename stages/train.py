@@ -74,7 +74,8 @@ def run(params_path=PARAMS, prepared=PREPARED, model_path=MODEL, resume_path=RES
             load_weights(model, params["model"]["weights"])
         if start_from is not None:
             init_from(model, start_from, classes=meta["classes"])
-        fingerprint = run_fingerprint(distributed.fingerprint_params(params), spec.text, meta)
+        fingerprint = run_fingerprint(distributed.fingerprint_params(params), spec.text, meta,
+                                      starting_files(params))
         result = train(model, data, options, device, resume_path=resume_path, log_dir=log_dir,
                        fingerprint=fingerprint, world=world)
         if not world.is_writer:
@@ -95,6 +96,14 @@ def run(params_path=PARAMS, prepared=PREPARED, model_path=MODEL, resume_path=RES
           f"first step {result.first_step_seconds:.2f}s{compiled}, "
           f"rest {result.train_seconds:.2f}s; wrote {model_path}")
     return result
+
+
+def starting_files(params: dict) -> list[str]:
+    """The files the weights start from (train.init_from, a model.weights file): their
+    contents are part of the resume fingerprint, so a base checkpoint replaced under the
+    same name starts the run over instead of resuming the old one."""
+    named = [params["train"]["init_from"], params["model"]["weights"]]
+    return [path for path in named if path and Path(path).is_file()]
 
 
 def path_arguments(params_path, prepared, model_path, resume_path, log_dir) -> list[str]:

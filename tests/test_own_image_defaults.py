@@ -45,9 +45,11 @@ def test_a_batch_that_fits_is_kept_and_a_users_batch_is_never_changed():
     assert all("-S train.batch_size=70" in warning for warning in fit.warnings)
 
 
-def test_a_batch_larger_than_the_training_set_warns_that_nothing_trains():
+def test_a_batch_larger_than_the_training_set_is_recorded_as_the_one_batch_training_takes():
     fit = fit_batch_size(512, 300, set_by_user=True)
-    assert len(fit.warnings) == 1 and "no step can be trained" in fit.warnings[0]
+    assert fit.batch_size == 300  # what the training loop takes: all 300 as one batch
+    assert fit.warnings == ["warning: train.batch_size 512 is more than the 300 training images: each epoch "
+                            "is one step on all of them, too few to learn much; -S train.batch_size=15"]
 
 
 def test_train_and_resolve_fit_the_same_way(tmp_path):

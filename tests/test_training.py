@@ -435,3 +435,17 @@ def test_deterministic_mode_is_on_while_training_and_restored_after():
     run_training(train_params(epochs=1, deterministic=True), model=model)
     assert during == [True]
     assert not torch.are_deterministic_algorithms_enabled()
+
+
+def test_a_base_checkpoint_replaced_under_the_same_name_does_not_resume_the_old_run(tmp_path):
+    from stages.train import starting_files
+
+    base = tmp_path / "base.pt"
+    base.write_bytes(b"the first base")
+    params = {"train": {"init_from": str(base)}, "model": {"weights": ""}}
+    assert starting_files(params) == [str(base)]
+    assert starting_files({"train": {"init_from": ""}, "model": {"weights": "ResNet50_Weights.IMAGENET1K_V2"}}) == []
+    before = run_fingerprint(params, SPEC, {"classes": CLASSES}, starting_files(params))
+    assert run_fingerprint(params, SPEC, {"classes": CLASSES}, starting_files(params)) == before
+    base.write_bytes(b"another base, same name")
+    assert run_fingerprint(params, SPEC, {"classes": CLASSES}, starting_files(params)) != before
