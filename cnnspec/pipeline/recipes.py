@@ -30,6 +30,11 @@ from cnnspec.spec import yamlio
 
 DEFAULT_RECIPE = "keras_adam"   # for a spec that names none: Adam 1e-3 trains most CNNs
 SECTIONS = ("train", "evaluate")   # what a recipe may set; data.* stays in params.yaml
+# Where, on what and from what a run happens, not how it trains: params.yaml gives each a
+# value (not null), which would always win over a recipe's, so a recipe may not set them.
+RUN_KEYS = {"train": ("device", "devices", "backend", "sync_bn", "seed", "deterministic", "init_from",
+                      "unfreeze"),
+            "evaluate": ("batch_size",)}
 SHIPPED = Path(__file__).resolve().parents[2] / "recipes"
 NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 MAX_BASES = 16
@@ -120,6 +125,13 @@ def read_recipe(path: Path) -> yamlio.LocatedDict:
             where = document.key_where.get(key) or document.where
             raise ParamsError(f"{name}:{where.line}:{where.col}: {key}: a recipe holds only "
                               f"base, {', '.join(SECTIONS)} (data and model stay in params.yaml)")
+        section = document[key]
+        for run_key in RUN_KEYS.get(key, ()):
+            if isinstance(section, dict) and run_key in section:
+                where = section.key_where.get(run_key) or document.where
+                raise ParamsError(f"{name}:{where.line}:{where.col}: {key}.{run_key}: set in params.yaml, "
+                                  f"not in a recipe (it says where and from what a run happens, not how it "
+                                  f"trains; params.yaml's value would win)")
     return document
 
 
