@@ -42,6 +42,11 @@ def main() -> None:
         if Path(data["source"]) != RAW:
             print(f"{data['dataset']}: reading {RAW}/ (the download stage's); "
                   f"data.source ({data['source']}) is used by folder and csv datasets only")
+        own_image_settings = [f"data.{key} {value}" for key, value in data.items()
+                              if key in ("image_size", "channels") and value != "auto"]
+        if own_image_settings:
+            print(f"{data['dataset']}: its images keep their own size and channels; "
+                  f"{', '.join(own_image_settings)} apply to folder and csv datasets only")
         raw = decode_raw(data["dataset"], RAW)
         arrays, meta = prepare(raw, data["dataset"], data["val_split"], data["seed"])
         write_prepared(PREPARED, arrays, meta)

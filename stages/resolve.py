@@ -41,6 +41,17 @@ HEADER = """\
 """
 
 
+def check_class_weight_names(params: dict, classes: list, written: dict, params_name: str, recipe: str) -> None:
+    """train.class_weights.multipliers names only classes of the prepared data; the error
+    names the file the multipliers came from (params.yaml, or the recipe)."""
+    multipliers = params["train"]["class_weights"]["multipliers"]
+    own = ((written.get("train") or {}).get("class_weights") or {}).get("multipliers") is not None
+    for name in multipliers:
+        if name not in classes:
+            raise ParamsError(f"{params_name if own else recipe}: train.class_weights.multipliers.{name}: "
+                              f"unknown class {name!r}; the classes are {', '.join(classes)}")
+
+
 def resolve(params_path=PARAMS, resolved_path=RESOLVED_PARAMS, prepared=PREPARED, log=print) -> dict:
     params = load_params(params_path, sections=RESOLVED_SECTIONS)
     stamp = resolution_stamp(params, prepared)
@@ -71,6 +82,8 @@ def resolve(params_path=PARAMS, resolved_path=RESOLVED_PARAMS, prepared=PREPARED
     if meta is not None and meta.get("input_shape"):
         check_input_fits(spec_path, meta, data, params_path)
     recipe = "no recipe" if params["recipe"] == "none" else f"recipes/{params['recipe']}.yaml"
+    if meta is not None and meta.get("classes"):
+        check_class_weight_names(params, meta["classes"], written, str(params_path), recipe)
     text = HEADER.format(recipe=recipe) + f"{STAMP}{stamp}\n" + yaml.safe_dump(params, sort_keys=False)
     write_text(resolved_path, text)
     log(why)

@@ -241,3 +241,17 @@ def test_load_prepared_refuses_arrays_that_disagree_with_meta(tmp_path):
     (tmp_path / "prepared" / "meta.json").write_text("{not json")
     with pytest.raises(DataError, match="meta.json: damaged .*dvc repro -f preprocess"):
         load_prepared(tmp_path / "prepared")
+
+
+def test_a_split_fraction_that_rounds_to_no_image_is_warned_about(capsys):
+    from cnnspec.data.datasets import stratified_split
+
+    labels = np.arange(300) % 3  # 100 images a class: 0.001 of 100 rounds to none
+    train, val = stratified_split(labels, 0.001, seed=0)
+    assert len(val) == 0 and len(train) == 300
+    assert capsys.readouterr().err == ("warning: data.val_split 0.001 gives that split no image (300 images; "
+                                       "each class gives round(0.001 x its count)); raise it\n")
+    train, val = stratified_split(labels, 0.1, seed=0, param="data.test_split")
+    assert len(val) == 30 and capsys.readouterr().err == ""
+    stratified_split(labels, 0.0, seed=0)  # 0 asks for no split: nothing to say
+    assert capsys.readouterr().err == ""

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cnnspec.errors import TrainingError, UsageError
+from cnnspec.errors import ParamsError, TrainingError, UsageError
 from cnnspec.training.device import autocast_dtype, pick_device, to_layout
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,8 +27,9 @@ def test_a_word_that_is_no_device_names_where_it_was_written():
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without CUDA")
 def test_cuda_without_cuda_is_one_line_in_each_callers_words():
-    with pytest.raises(TrainingError, match=r"^params.yaml: train.device: cuda:1 is not available"):
+    with pytest.raises(ParamsError, match=r"^params.yaml: train.device: cuda:1 is not available") as caught:
         pick_device("cuda:1")
+    assert caught.value.exit_code == 2  # a params.yaml mistake, as the README's exit codes say
     with pytest.raises(UsageError, match=r"^--device: cuda is not available on this machine .*use auto or cpu$"):
         pick_device("cuda", "--device", UsageError)
 

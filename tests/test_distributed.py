@@ -193,7 +193,7 @@ def test_unavailable_backend_cpu_sync_bn_and_unfreezing_are_refused():
 @pytest.mark.parametrize("name, words", [("cuda:1", "train.device: cuda:1 is not available"),
                                          ("cuda", "train.device: cuda is not available")])
 def test_pinned_cuda_device_without_cuda_is_one_line(name, words):
-    with pytest.raises(TrainingError, match=words):
+    with pytest.raises(ParamsError, match=words):
         pick_device(name)
 
 
@@ -201,7 +201,7 @@ def test_mps_is_refused_where_torch_has_none():
     if torch.backends.mps.is_available():
         assert pick_device("mps").type == "mps"
     else:
-        with pytest.raises(TrainingError, match="train.device: mps is not available"):
+        with pytest.raises(ParamsError, match="train.device: mps is not available"):
             pick_device("mps")
 
 

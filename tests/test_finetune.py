@@ -78,8 +78,9 @@ def test_other_input_settings_are_named_when_they_keep_tensors_from_loading(tmp_
     report = init_from(model, path)
     assert report["reshaped"] == ["layers.stem.weight", "layers.head.weight"]
     out = capsys.readouterr().out
-    assert ("the checkpoint was trained on 3x8x8 images, this model takes 1x6x6: "
-            "-S data.channels=3 -S data.image_size=[8,8] would make more of it fit") in out
+    assert ("the checkpoint was trained on 3x8x8 images, this model takes 1x6x6: on your own images "
+            "(data.dataset folder or csv), -S data.channels=3 -S data.image_size=[8,8] would make more of it "
+            "fit; a built-in dataset keeps its own size") in out
     assert "head is re-initialised" not in out  # same classes: the head is other-shaped, not re-sized
     assert "num_batches_tracked" not in out
 
@@ -165,6 +166,17 @@ def test_named_layers_stay_frozen_until_their_epoch_then_train(capsys):
         assert not torch.equal(after[key], initial[key]), key  # trained from the third epoch on
     assert not torch.equal(before["layers.upper.weight"], initial["layers.upper.weight"])
     assert "epoch 3: unfreezing stem, stem_bn" in capsys.readouterr().out
+
+
+def test_unfreezing_a_layer_that_is_not_frozen_or_after_the_last_epoch_is_said(capsys):
+    with pytest.raises(ParamsError, match=r"train.unfreeze.layers: 'upper' is not frozen, so there is nothing "
+                                          r"to unfreeze \(mark it trainable: false in the spec\)"):
+        run(train_params(unfreeze={"after_epochs": 1, "layers": ["upper"]}))
+    initial = build(FROZEN_SPEC).state_dict()
+    late = run(unfreeze_params(epochs=2, unfreeze={"after_epochs": 2, "layers": ["stem"]})).model.state_dict()
+    assert torch.equal(late["layers.stem.weight"], initial["layers.stem.weight"])  # never unfrozen
+    assert ("warning: train.unfreeze.after_epochs 2 is not below train.epochs 2: stem stay frozen for the "
+            "whole run") in capsys.readouterr().err
 
 
 def test_a_name_matching_no_layer_is_an_error_naming_the_param():

@@ -170,11 +170,15 @@ def test_a_built_in_dataset_reads_data_raw_whatever_data_source_says(tmp_path, m
 
     monkeypatch.chdir(tmp_path)
     make_mnist_folder(tmp_path / "data" / "raw", n_train_per_class=4, n_test_per_class=1)
-    (tmp_path / "params.yaml").write_text("data: {dataset: mnist, source: data/my_images.csv, val_split: 0.1}\n")
+    (tmp_path / "params.yaml").write_text("data: {dataset: mnist, source: data/my_images.csv, val_split: 0.1,\n"
+                                          "       image_size: [32, 32], channels: 3}\n")
     preprocess.main()
     out = capsys.readouterr().out
     assert "data.source (data/my_images.csv) is used by folder and csv datasets only" in out
-    assert json.loads((tmp_path / "data" / "prepared" / "meta.json").read_text())["dataset"] == "mnist"
+    assert ("mnist: its images keep their own size and channels; data.image_size [32, 32], data.channels 3 "
+            "apply to folder and csv datasets only") in out
+    meta = json.loads((tmp_path / "data" / "prepared" / "meta.json").read_text())
+    assert meta["dataset"] == "mnist" and meta["input_shape"] == [1, 28, 28]
 
 
 # --- params.yaml as DVC writes it back --------------------------------------------------

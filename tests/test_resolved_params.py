@@ -135,3 +135,21 @@ def test_a_stage_run_alone_resolves_what_the_resolve_stage_would_write(tmp_path,
     written = yaml.safe_load((tmp_path / "params.resolved.yaml").read_text(encoding="utf-8"))
     assert params["train"] == written["train"] and params["recipe"] == written["recipe"]
     assert params["train"]["batch_size"] < load_params(params_path, SECTIONS)["train"]["batch_size"]
+
+
+def test_a_class_weight_for_an_unknown_class_names_the_file_it_came_from(tmp_path, monkeypatch):
+    prepared = tmp_path / "data" / "prepared"
+    write_meta(prepared, train_images=200)  # classes a..j
+    params_path = project(tmp_path, monkeypatch, train="{epochs: 3}")
+    (tmp_path / "recipes").mkdir()
+    (tmp_path / "recipes" / "cats.yaml").write_text(
+        "base: keras_adam\ntrain:\n  class_weights: {multipliers: {cat: 2.0}}\n")
+    params_path.write_text("recipe: cats\nmodel: {spec: net.yaml}\ntrain: {epochs: 3}\n")
+    with pytest.raises(ParamsError, match=r"^recipes/cats.yaml: train.class_weights.multipliers.cat: unknown "
+                                          r"class 'cat'; the classes are a, b, c"):
+        resolve(params_path, tmp_path / "params.resolved.yaml", prepared=prepared, log=lambda line: None)
+    params_path.write_text("recipe: cats\nmodel: {spec: net.yaml}\n"
+                           "train: {epochs: 3, class_weights: {multipliers: {dog: 2.0}}}\n")
+    with pytest.raises(ParamsError, match=r"^params.yaml: train.class_weights.multipliers.dog: unknown class"):
+        resolve(params_path, tmp_path / "params.resolved.yaml", prepared=prepared, log=lambda line: None)
+    assert not (tmp_path / "params.resolved.yaml").exists()

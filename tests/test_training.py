@@ -212,9 +212,19 @@ def test_nan_loss_stops_with_one_line_naming_epoch_and_step_and_keeps_the_last_s
         run_training(train_params(epochs=3), tmp_path, model=model)
     message = str(caught.value)
     assert "epoch 2, step 2" in message and "lr" in message and "\n" not in message
+    assert "precision" not in message  # fp32: no precision to turn off
     state = torch.load(tmp_path / "resume" / "state.pt", weights_only=True)
     assert state["next_epoch"] == 1  # epoch 1's state, not the diverged one
     assert all(torch.isfinite(value).all() for value in state["model"].values() if value.is_floating_point())
+
+
+def test_a_nan_loss_in_bf16_names_the_key_that_turned_bf16_on(monkeypatch):
+    from cnnspec.training import device as device_module
+
+    monkeypatch.setattr(device_module, "cpu_has_bf16", lambda: True)  # as on a CPU with bf16 instructions
+    model = Sabotage(tiny_model(), at_call=2, action=lambda out: out * float("nan"))
+    with pytest.raises(TrainingError, match=r"lower train.optimizer.lr, set train.cpu_precision: off, or add l2"):
+        run_training(train_params(epochs=2, cpu_precision="bf16"), model=model)
 
 
 def test_out_of_memory_names_the_batch_size():

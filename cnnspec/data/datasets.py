@@ -15,6 +15,7 @@ import gzip
 import json
 import math
 import pickle
+import sys
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -272,11 +273,13 @@ def decode_raw(name: str, raw: Path) -> RawDataset:
 # ---------------------------------------------------------------------------------------
 # Preprocessing: a stratified validation split and the training split's statistics.
 
-def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def stratified_split(labels: np.ndarray, val_fraction: float, seed: int,
+                     param: str = "data.val_split") -> tuple[np.ndarray, np.ndarray]:
     """Indices (train, val), each sorted: every class gives round(val_fraction * its count)
-    images to validation (but keeps at least one for training), picked at random by `seed`."""
+    images to validation (but keeps at least one for training), picked at random by `seed`.
+    A fraction above 0 that rounds to no image at all is warned about, naming `param`."""
     if not 0 <= val_fraction < 1:
-        raise DataError(f"data.val_split: {val_fraction} must be at least 0 and below 1")
+        raise DataError(f"{param}: {val_fraction} must be at least 0 and below 1")
     rng = np.random.default_rng(seed)
     val_parts = []
     for label in np.unique(labels):
@@ -284,6 +287,9 @@ def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tupl
         n_val = min(int(round(val_fraction * len(members))), len(members) - 1)
         val_parts.append(rng.permutation(members)[:n_val])
     val = np.sort(np.concatenate(val_parts)) if val_parts else np.zeros(0, dtype=np.int64)
+    if val_fraction > 0 and len(val) == 0 and len(labels):
+        print(f"warning: {param} {val_fraction:g} gives that split no image ({len(labels)} images; each "
+              f"class gives round({val_fraction:g} x its count)); raise it", file=sys.stderr)
     train = np.setdiff1d(np.arange(len(labels)), val, assume_unique=True)
     return train.astype(np.int64), val.astype(np.int64)
 

@@ -330,7 +330,7 @@ def assign_splits(listing: Listing, val_split: float, test_split: float, seed: i
         if test_split == 0:
             raise DataError("data.test_split: 0, but data.source has no test split; "
                             "set a fraction such as 0.2 or add a test split")
-        keep, held = stratified_split(ids[train_pool], test_split, seed)
+        keep, held = stratified_split(ids[train_pool], test_split, seed, "data.test_split")
         split_indices["test"], train_pool = train_pool[held], train_pool[keep]
     if "val" not in given_splits:
         keep, held = stratified_split(ids[train_pool], val_split, seed)

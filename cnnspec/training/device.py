@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from cnnspec.data.datasets import Normalize
-from cnnspec.errors import TrainingError
+from cnnspec.errors import ParamsError, TrainingError
 
 # Run autocast on CPU as on CUDA. Only tests and CPU benchmarks turn it on
 # (tests/conftest.py's `cuda_paths_on_cpu` fixture): on a real CPU run it costs speed.
@@ -33,7 +33,7 @@ CPU_INFERENCE_BATCH = 128
 MALLOC_TRIM_THRESHOLD, MALLOC_MMAP_THRESHOLD = -1, -3  # mallopt's options (glibc's malloc.h)
 
 
-def pick_device(name: str = "auto", source: str = "params.yaml: train.device", error=TrainingError) -> torch.device:
+def pick_device(name: str = "auto", source: str = "params.yaml: train.device", error=ParamsError) -> torch.device:
     """`name` as a torch.device: auto (CUDA when there is one), cpu, cuda, cuda:N (one
     GPU of those CUDA_VISIBLE_DEVICES shows, to pin a queued experiment) or mps. A
     device this machine lacks is one `error` line naming `source`."""

@@ -80,7 +80,8 @@ def input_hint(checkpoint: dict, input_shape) -> str | None:
         settings.append(f"-S data.image_size=[{height},{width}]")
     shape = "x".join(str(int(v)) for v in input_shape)
     return (f"  the checkpoint was trained on {channels}x{height}x{width} images, this model takes {shape}: "
-            f"{' '.join(settings)} would make more of it fit")
+            f"on your own images (data.dataset folder or csv), {' '.join(settings)} would make more of it "
+            f"fit; a built-in dataset keeps its own size")
 
 
 def init_from(model, path, out=None, classes=None) -> dict:
@@ -219,7 +220,7 @@ class UnfreezeSchedule:
     `after_epochs` (0-based) on. `apply(epoch)` before every epoch sets the state that
     epoch should have, whatever happened before: resuming needs nothing saved."""
 
-    def __init__(self, model, options: dict):
+    def __init__(self, model, options: dict, epochs: int | None = None):
         self.after_epochs = int(options["after_epochs"])
         self.entries = list(options["layers"])
         self.model = model
@@ -231,8 +232,15 @@ class UnfreezeSchedule:
                 layers = _listed(dict.fromkeys(_layer(name) for name, _ in named))
                 raise ParamsError(f"params.yaml: train.unfreeze.layers: {entry!r} names no layer "
                                   f"with parameters in this spec (layers: {layers})")
-            self.parameters += [p for p in matched if not p.requires_grad]
+            frozen = [p for p in matched if not p.requires_grad]
+            if not frozen:
+                raise ParamsError(f"params.yaml: train.unfreeze.layers: {entry!r} is not frozen, so there is "
+                                  f"nothing to unfreeze (mark it trainable: false in the spec)")
+            self.parameters += frozen
         self.frozen_layers = list(getattr(model, "frozen_layers", []))
+        if self.entries and epochs is not None and self.after_epochs >= epochs:
+            print(f"warning: train.unfreeze.after_epochs {self.after_epochs} is not below train.epochs "
+                  f"{epochs}: {', '.join(self.entries)} stay frozen for the whole run", file=sys.stderr)
 
     @contextlib.contextmanager
     def all_in_optimizer(self):

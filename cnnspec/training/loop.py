@@ -143,7 +143,7 @@ def train(model, data: dict, params: dict, device="cpu", *, resume_path=None, lo
                 totals = read_epoch_totals(*distributed.sum_epoch_totals(
                     world, progress["losses"], progress["correct"], val_loss, val_correct))
                 if totals.diverged:
-                    raise stops.divergence_error(epoch, totals.first_bad_step)
+                    raise stops.divergence_error(epoch, totals.first_bad_step, run.precision_key())
                 record = run.end_epoch(epoch, totals, progress["lr"])
                 _save_resume_state(run, resume_path, fingerprint, epoch + 1)
                 log.epoch(epoch, record, time.perf_counter() - epoch_started)
@@ -226,7 +226,7 @@ class Run:
         self.autocast_dtype = autocast_dtype(device, params["precision"], params["cpu_precision"])
         weight = optimization.class_weights(data.train_labels, data.classes, params["class_weights"])
         self.criterion = optimization.make_loss(params["loss"], None if weight is None else weight.to(device))
-        self.unfreeze = UnfreezeSchedule(model, params["unfreeze"])
+        self.unfreeze = UnfreezeSchedule(model, params["unfreeze"], params["epochs"] if world.is_writer else None)
         with self.unfreeze.all_in_optimizer():  # layers unfrozen later are in its groups from the start
             self.optimizer = optimization.make_optimizer(model, params["optimizer"], params["compile"])
         self.schedule = optimization.make_schedule(self.optimizer, params["scheduler"], self.epochs,
@@ -287,6 +287,12 @@ class Run:
         self.scaler.update()
         self.after_step()
         return loss.detach(), (logits.detach().argmax(1) == labels).sum()
+
+    def precision_key(self) -> str | None:
+        """The param that turned reduced precision on for this run, None in fp32."""
+        if self.autocast_dtype is None:
+            return None
+        return "train.cpu_precision" if self.device.type == "cpu" else "train.precision"
 
     def after_step(self) -> None:
         """What follows every optimizer step: the per-step schedule and weight averaging."""

@@ -334,4 +334,5 @@ def check_validation_needs(params: dict, num_val: int) -> None:
         needs.append("train.scheduler.name: plateau")
     if needs:
         raise ParamsError(f"params.yaml: {' and '.join(needs)} needs a validation split, but the "
-                          "prepared data has none (data.val_split: 0); set data.val_split above 0")
+                          "prepared data has no validation image (data.val_split 0, or so small that "
+                          "no class gives one); raise data.val_split")

@@ -67,10 +67,12 @@ def interrupted_error(stopped: StepsInterrupted, epoch: int, resume_path) -> Tra
                                f"{resume_path}, run the train stage again to continue", stopped.signum)
 
 
-def divergence_error(epoch: int, step: int) -> TrainingError:
+def divergence_error(epoch: int, step: int, precision_key: str | None = None) -> TrainingError:
+    """`precision_key`: the param that turned on the run's reduced precision (None: fp32)."""
+    precision = f"set {precision_key}: off, " if precision_key else ""
     return TrainingError(
         f"the training loss became nan or inf at epoch {epoch + 1}, step {step + 1}; "
-        "lower train.optimizer.lr, set train.precision: off, or add l2 / batch norm to the spec "
+        f"lower train.optimizer.lr, {precision}or add l2 / batch norm to the spec "
         "(the last good resume state is kept)")
 
 
