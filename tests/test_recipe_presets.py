@@ -139,12 +139,15 @@ def test_a_bad_value_in_a_recipe_names_the_recipe_file_and_line(project):
      r"^recipes/data.yaml:1:1: data: a recipe holds only base, train, evaluate"),
     ({}, "recipe: auto\nmodel: {spec: specs/missing.yaml}\n",
      r"params.yaml: model.spec: specs/missing.yaml: no such file$"),
+    ({"specs/inner/x.yaml": "name: x\nlayers: [flatten, {dense: num_classes}]\n"},
+     "recipe: auto\nmodel: {spec: specs/inner}\n", r"params.yaml: model.spec: specs/inner: is a folder, not a file$"),
     # params.yaml gives these a value, which would silently win over the recipe's
     ({"recipes/seeded.yaml": "train:\n  epochs: 3\n  seed: 5\n"}, "recipe: seeded\n",
      r"^recipes/seeded.yaml:3:3: train.seed: set in params.yaml, not in a recipe"),
     ({"recipes/eval.yaml": "evaluate: {tta: flip, batch_size: 7}\n"}, "recipe: eval\n",
      r"^recipes/eval.yaml:1:23: evaluate.batch_size: set in params.yaml, not in a recipe"),
-], ids=["unknown", "spec-names-unknown", "base-loop", "data-section", "missing-spec", "run-key", "evaluate-batch"])
+], ids=["unknown", "spec-names-unknown", "base-loop", "data-section", "missing-spec", "spec-is-a-folder", "run-key",
+        "evaluate-batch"])
 def test_recipe_mistakes_are_one_line_naming_the_place(project, files, params_text, message):
     for name, text in files.items():
         write(project, name, text)

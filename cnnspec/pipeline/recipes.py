@@ -25,7 +25,7 @@ import re
 from pathlib import Path
 
 from cnnspec.errors import ParamsError, SpecError
-from cnnspec.paths import PARAMS
+from cnnspec.paths import PARAMS, path_problem
 from cnnspec.spec import yamlio
 
 DEFAULT_RECIPE = "keras_adam"   # for a spec that names none: Adam 1e-3 trains most CNNs
@@ -100,8 +100,9 @@ def spec_recipe(spec_path, params_path=None, name=str(PARAMS)) -> tuple[str | No
         beside = Path(params_path).resolve().parent / spec_path
         path = beside if beside.is_file() else path
     shown = printable(spec_path)
-    if not path.exists() and not path.is_symlink():
-        raise ParamsError(f"{name}: model.spec: {shown}: no such file")
+    problem = path_problem(path, "file")  # the same words check_named_paths gives
+    if problem:
+        raise ParamsError(f"{name}: model.spec: {shown}: {problem}")
     try:  # bounded: a FIFO or a huge file is refused before it is read
         document = yamlio.load_yaml(yamlio.read_bounded_text(path), shown)
     except SpecError as error:
