@@ -372,9 +372,9 @@ def _member(name, kind=tarfile.REGTYPE, linkname=""):
     (_member("../evil.txt"), "'..'"),
     (_member("data/../../evil.txt"), "'..'"),
     (_member("/tmp/evil.txt"), "absolute path"),
-    (_member("data/link", tarfile.SYMTYPE, "../../etc/passwd"), "points outside"),
-    (_member("data/link", tarfile.SYMTYPE, "/etc/passwd"), "points outside"),
-    (_member("data/hard", tarfile.LNKTYPE, "../outside"), "points outside"),
+    (_member("data/link", tarfile.SYMTYPE, "../../etc/passwd"), "a symbolic link"),
+    (_member("data/link", tarfile.SYMTYPE, "/etc/passwd"), "a symbolic link"),
+    (_member("data/hard", tarfile.LNKTYPE, "../outside"), "a hard link"),
     (_member("data/dev", tarfile.CHRTYPE), "device"),
 ], ids=["dotdot", "nested-dotdot", "absolute", "symlink-up", "symlink-absolute", "hardlink", "device"])
 def test_safe_extract_refuses_escaping_members(tmp_path, member, why):
@@ -389,14 +389,47 @@ def test_safe_extract_refuses_escaping_members(tmp_path, member, why):
     assert not (tmp_path / "evil.txt").exists()
 
 
-def test_safe_extract_allows_links_inside_and_replaces_the_folder(tmp_path):
-    archive = _tar_with(tmp_path / "good.tar.gz", _member("data/link", tarfile.SYMTYPE, "ok.txt"))
+def test_safe_extract_replaces_the_folder_and_refuses_even_a_link_that_stays_inside(tmp_path):
     target = tmp_path / "extracted"
     target.mkdir()
     (target / "stale").write_text("old")
-    safe_extract(archive, target)
-    assert (target / "data" / "link").read_text() == "ok"
-    assert not (target / "stale").exists()
+    safe_extract(_tar_with(tmp_path / "good.tar.gz", _member("data/other.txt")), target)
+    assert (target / "data" / "ok.txt").read_text() == "ok" and not (target / "stale").exists()
+    # links, each harmless alone, can chain out of the folder (Python's filter="data"
+    # missed such a chain before 3.11.13): a dataset archive never needs one
+    archive = _tar_with(tmp_path / "link.tar.gz", _member("data/link", tarfile.SYMTYPE, "ok.txt"))
+    with pytest.raises(DataError, match=r"refusing member 'data/link': a symbolic link \(to 'ok.txt'\)"):
+        safe_extract(archive, target)
+    assert (target / "data" / "ok.txt").read_text() == "ok"  # the folder as it was
+
+
+def test_a_symlink_chain_out_of_the_folder_writes_nothing_outside(tmp_path):
+    # a/x -> .., then escape -> a/x/.., then escape/victim.txt: each link lexically inside
+    victim = tmp_path / "victim.txt"
+    victim.write_text("original")
+    path = tmp_path / "chain.tar.gz"
+    with tarfile.open(path, "w:gz") as archive:
+        archive.addfile(_member("a", tarfile.DIRTYPE))
+        archive.addfile(_member("a/x", tarfile.SYMTYPE, ".."))
+        archive.addfile(_member("escape", tarfile.SYMTYPE, "a/x/.."))
+        payload = b"written outside"
+        member = _member("escape/victim.txt")
+        member.size = len(payload)
+        archive.addfile(member, io.BytesIO(payload))
+    with pytest.raises(DataError, match="refusing member 'a/x': a symbolic link"):
+        safe_extract(path, tmp_path / "out" / "extracted")
+    assert victim.read_text() == "original" and not (tmp_path / "out" / "extracted").exists()
+
+
+def test_an_archive_of_too_many_members_is_refused_while_it_is_read(tmp_path, monkeypatch):
+    monkeypatch.setattr("cnnspec.data.download.MAX_MEMBERS", 3)
+    path = tmp_path / "many.tar.gz"
+    with tarfile.open(path, "w:gz") as archive:
+        for index in range(5):
+            archive.addfile(_member(f"data/{index}.bin"), io.BytesIO(b""))
+    with pytest.raises(DataError, match=r"refusing an archive of more than 3 members"):
+        safe_extract(path, tmp_path / "out" / "extracted")
+    assert list((tmp_path / "out").iterdir()) == []
 
 
 def test_safe_extract_of_a_corrupt_archive_is_one_line(tmp_path):

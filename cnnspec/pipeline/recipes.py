@@ -100,9 +100,8 @@ def spec_recipe(spec_path, params_path=None, name=str(PARAMS)) -> tuple[str | No
         beside = Path(params_path).resolve().parent / spec_path
         path = beside if beside.is_file() else path
     shown = printable(spec_path)
-    problem = path_problem(path, "file")  # the same words check_named_paths gives
-    if problem:
-        raise ParamsError(f"{name}: model.spec: {shown}: {problem}")
+    if path.is_dir() or not (path.exists() or path.is_symlink()):  # as check_named_paths words them
+        raise ParamsError(f"{name}: model.spec: {shown}: {path_problem(path, 'file')}")
     try:  # bounded: a FIFO or a huge file is refused before it is read
         document = yamlio.load_yaml(yamlio.read_bounded_text(path), shown)
     except SpecError as error:
