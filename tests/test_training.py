@@ -459,3 +459,29 @@ def test_a_base_checkpoint_replaced_under_the_same_name_does_not_resume_the_old_
     assert run_fingerprint(params, SPEC, {"classes": CLASSES}, starting_files(params)) == before
     base.write_bytes(b"another base, same name")
     assert run_fingerprint(params, SPEC, {"classes": CLASSES}, starting_files(params)) != before
+
+
+@pytest.mark.parametrize("damage, words", [
+    (lambda state: state.update(next_epoch=10**6), "next_epoch 1000000 is not an epoch of this run (0 to 3)"),
+    (lambda state: state.update(next_epoch=-3), "next_epoch -3 is not an epoch"),
+    (lambda state: state.update(history=7), "history is not a list of epoch records"),
+    (lambda state: state["rng"].update(torch=torch.zeros(3, dtype=torch.uint8)), "rng.torch is not a random"),
+    (lambda state: state["model"].popitem(), "its model's tensors are not this model's"),
+    (lambda state: next(v for v in state["model"].values() if v.is_floating_point()).fill_(float("nan")),
+     "holds NaN or infinite values"),
+], ids=["epoch-huge", "epoch-negative", "history", "rng", "model-keys", "model-nan"])
+def test_a_resume_state_edited_by_hand_is_set_aside_in_one_line(tmp_path, damage, words):
+    params = train_params(epochs=3)
+    with pytest.raises(TrainingInterrupted):  # leaves a real state: epoch 2, step 2 of 3
+        run_training(params, tmp_path / "run", model=Sabotage(tiny_model(), 5, press_ctrl_c))
+    path = tmp_path / "run" / "resume" / "state.pt"
+    state = torch.load(path, weights_only=True)
+    damage(state)
+    torch.save(state, path)
+    with pytest.raises(TrainingError) as caught:
+        run_training(params, tmp_path / "run")
+    message = str(caught.value)
+    assert message.startswith(f"{path}: a damaged resume state (") and words in message, message
+    assert "run the train stage again to start over" in message and "\n" not in message
+    assert not path.exists() and list(path.parent.glob("state.pt.damaged*"))
+    assert len(run_training(params, tmp_path / "run").history) == 3  # and the next run starts over

@@ -51,6 +51,7 @@ import torch
 
 from cnnspec.atomic import save_torch
 from cnnspec.data.integrity import set_aside
+from cnnspec.errors import TrainingError
 from cnnspec.training import distributed, optimization, stops
 from cnnspec.training.augment import Augmentation
 from cnnspec.training.device import (
@@ -111,7 +112,7 @@ def train(model, data: dict, params: dict, device="cpu", *, resume_path=None, lo
             world, lambda: read_resume_state(resume_path, fingerprint) if resume_path else None)
         run = Run(model, device_data, params, device, init_from_data=saved is None, world=world)
         if saved is not None:
-            run.load_state_dict(saved)
+            load_resume_state(run, saved, resume_path)
             print(f"resuming from {resume_path} at epoch {run.next_epoch + 1}", file=sys.stderr)
         start_epoch = run.next_epoch
         with EpochLog(log_dir, run.history, start_epoch, run.epochs) as log:
@@ -429,6 +430,50 @@ def _save_resume_state(run: Run, resume_path, fingerprint: str, next_epoch: int,
     gives the processes other than the world's writer no `resume_path`."""
     if resume_path is not None:
         save_torch(resume_path, run.state_dict(next_epoch, progress) | {"fingerprint": fingerprint})
+
+
+def resume_state_problem(state: dict, run: Run) -> str | None:
+    """What makes a resume state of the right format and fingerprint unusable (edited or
+    damaged by hand), or None: its fields' types and ranges, the model's tensors."""
+    epoch = state.get("next_epoch")
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or not 0 <= epoch <= run.epochs:
+        return f"next_epoch {epoch!r} is not an epoch of this run (0 to {run.epochs})"
+    if not isinstance(state.get("history"), list) or not all(isinstance(r, dict) for r in state["history"]):
+        return "history is not a list of epoch records"
+    if not isinstance(state.get("stopped_early"), bool):
+        return "stopped_early is not true or false"
+    if not (state.get("progress") is None or isinstance(state.get("progress"), dict)):
+        return "progress is neither empty nor a record"
+    rng = state.get("rng")
+    for name, current in (("torch", torch.get_rng_state()), ("data", run.generator.get_state())):
+        saved = rng.get(name) if isinstance(rng, dict) else None
+        if not isinstance(saved, torch.Tensor) or saved.dtype != current.dtype or saved.shape != current.shape:
+            return f"rng.{name} is not a random generator state"
+    weights, expected = state.get("model"), run.model.state_dict()
+    if not isinstance(weights, dict) or set(weights) != set(expected):
+        return "its model's tensors are not this model's"
+    for key, tensor in weights.items():
+        if not isinstance(tensor, torch.Tensor) or tensor.shape != expected[key].shape:
+            return f"model tensor {key} is not this model's shape"
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            return f"model tensor {key} holds NaN or infinite values"
+    return None
+
+
+def load_resume_state(run: Run, state: dict, resume_path) -> None:
+    """Continue `run` from `state`; a state that cannot be continued is set aside (so the
+    next run starts over) and stops this one with one line saying why."""
+    problem = resume_state_problem(state, run)
+    if problem is None:
+        try:
+            run.load_state_dict(state)
+        except Exception as error:  # noqa: BLE001 - a field torch refuses: the same answer
+            problem = (str(error).strip().splitlines() or [type(error).__name__])[0][:160]
+    if problem is not None:
+        where = resume_path if resume_path is not None else "the resume state"
+        aside = f"; moved it to {set_aside(Path(resume_path))}" if resume_path is not None else ""
+        raise TrainingError(f"{where}: a damaged resume state ({problem}){aside}; run the train stage "
+                            "again to start over")
 
 
 def read_resume_state(path, fingerprint: str) -> dict | None:
