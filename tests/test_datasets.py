@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 import os
 import pickle
 import re
@@ -255,3 +256,28 @@ def test_a_split_fraction_that_rounds_to_no_image_is_warned_about(capsys):
     assert len(val) == 30 and capsys.readouterr().err == ""
     stratified_split(labels, 0.0, seed=0)  # 0 asks for no split: nothing to say
     assert capsys.readouterr().err == ""
+
+
+def test_an_idx_of_images_with_no_pixels_is_refused_at_its_header(tmp_path):
+    path = tmp_path / "x.gz"
+    path.write_bytes(gzip.compress(idx_bytes(np.zeros((100, 0, 0), np.uint8))))
+    with pytest.raises(DataError, match=r"header promises images of shape \[0, 0\]; an image needs at least one"):
+        read_idx(path, rank=3)
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"std": ["x", 0.2, 0.2]}, "std ['x', 0.2, 0.2] is not a list of finite numbers"),
+    ({"std": [None, 0.2, 0.2]}, "std [None, 0.2, 0.2] is not a list of finite numbers"),
+    ({"std": [0.0, 0.2, 0.2]}, "std [0.0, 0.2, 0.2] must be above 0"),
+    ({"mean": [1e308, 0.5, 0.5]}, "mean [1e+308, 0.5, 0.5] is not in 0..1"),
+    ({"classes": [0, 1]}, "classes is not a list of class names"),
+], ids=["std-text", "std-null", "std-zero", "mean-huge", "classes-numbers"])
+def test_meta_json_statistics_and_classes_edited_by_hand_name_the_file(tmp_path, change, words):
+    arrays, meta = _prepared_arrays()
+    write_prepared(tmp_path / "prepared", arrays, meta)
+    meta_path = tmp_path / "prepared" / "meta.json"
+    edited = json.loads(meta_path.read_text()) | change
+    meta_path.write_text(json.dumps(edited))
+    with pytest.raises(DataError) as caught:
+        load_prepared(tmp_path / "prepared")
+    assert str(caught.value).startswith(f"{meta_path}: {words}") and "preprocess" in str(caught.value)

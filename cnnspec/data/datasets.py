@@ -175,6 +175,9 @@ def read_idx(path: Path, rank: int) -> np.ndarray:
             magic, *shape = np.frombuffer(header, dtype=">u4").tolist()
             if magic != IDX_UBYTE_MAGIC[rank]:
                 raise DataError(f"{path}: idx magic number {magic:#010x}, expected {IDX_UBYTE_MAGIC[rank]:#010x}")
+            if 0 in shape[1:]:  # images of no pixels: nothing a model could read
+                raise DataError(f"{path}: header promises images of shape {shape[1:]}; an image needs "
+                                "at least one pixel")
             promised = math.prod(shape)
             if promised > MAX_IDX_BYTES:
                 raise DataError(f"{path}: header promises shape {shape}, {promised:,} bytes; "

@@ -8,6 +8,7 @@
 """
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -48,8 +49,18 @@ def check_meta(meta, meta_path: Path) -> None:
         if len(meta[key]) != shape[0]:
             raise DataError(f"{meta_path}: {key} has {len(meta[key])} values for {shape[0]} "
                             f"channels; {REPREPARE_HINT}")
+        values = meta[key]
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values):
+            raise DataError(f"{meta_path}: {key} {values} is not a list of finite numbers; {REPREPARE_HINT}")
+        if key == "std" and not all(v > 0 for v in values):
+            raise DataError(f"{meta_path}: std {values} must be above 0 (a channel of one value "
+                            f"cannot be normalized); {REPREPARE_HINT}")
+        if key == "mean" and not all(0 <= v <= 1 for v in values):
+            raise DataError(f"{meta_path}: mean {values} is not in 0..1 (pixels / 255); {REPREPARE_HINT}")
     if not meta["classes"]:
         raise DataError(f"{meta_path}: no classes; {REPREPARE_HINT}")
+    if not all(isinstance(name, str) and name for name in meta["classes"]):
+        raise DataError(f"{meta_path}: classes is not a list of class names; {REPREPARE_HINT}")
 
 
 def check_split(images, labels, split: str, meta: dict, folder: Path) -> None:
