@@ -40,27 +40,38 @@ ANNOTATE_UP_TO = 30  # classes; beyond that the counts in the cells are too smal
 
 # --- reading ---------------------------------------------------------------
 
+def table_rows(path: Path, delimiter: str, error, hint: str) -> tuple[list[str], list[dict]]:
+    """(columns, rows) of a CSV or TSV file a stage wrote; bytes that are not UTF-8 or a
+    field past csv's limit (a file damaged or edited by hand) are `error`, naming it."""
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle, delimiter=delimiter)
+            rows = list(reader)
+            return list(reader.fieldnames or []), rows
+    except (UnicodeDecodeError, csv.Error) as failure:
+        raise error(f"{path}: not a readable {'TSV' if delimiter == chr(9) else 'CSV'} file "
+                    f"({str(failure).splitlines()[0][:80]}); {hint} again") from None
+
+
 def read_predictions(path: Path, classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """(actual, predicted) class indices from predictions.csv's class names."""
     if not path.is_file():
         raise DataError(f"{path}: missing; {EVALUATE_HINT}")
     index_of = {name: index for index, name in enumerate(classes)}
     actual, predicted = [], []
-    with open(path, newline="", encoding="utf-8") as handle:
-        for row in csv.DictReader(handle):
-            for column, out in (("actual", actual), ("predicted", predicted)):
-                name = row.get(column)
-                if name not in index_of:
-                    raise DataError(f"{path}: {column} class {name!r} is not one of the prepared "
-                                    f"data's classes; {EVALUATE_HINT} again")
-                out.append(index_of[name])
+    for row in table_rows(path, ",", DataError, EVALUATE_HINT)[1]:
+        for column, out in (("actual", actual), ("predicted", predicted)):
+            name = row.get(column)
+            if name not in index_of:
+                raise DataError(f"{path}: {column} class {name!r} is not one of the prepared "
+                                f"data's classes; {EVALUATE_HINT} again")
+            out.append(index_of[name])
     return np.array(actual, dtype=np.int64), np.array(predicted, dtype=np.int64)
 
 
 def read_prediction_paths(path: Path) -> list[str] | None:
     """The `path` column of predictions.csv (folder and csv datasets), else None."""
-    with open(path, newline="", encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle))
+    rows = table_rows(path, ",", DataError, EVALUATE_HINT)[1]
     if not rows or "path" not in rows[0]:
         return None
     return [row["path"] for row in rows]
@@ -77,16 +88,15 @@ def read_series(path: Path) -> tuple[list[float], list[float]]:
     if not path.is_file():
         raise TrainingError(f"{path}: missing; {TRAIN_HINT}")
     steps, values = [], []
-    with open(path, newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle, delimiter="\t")
-        column = path.stem if path.stem in (reader.fieldnames or []) else (reader.fieldnames or [""])[-1]
-        for row in reader:
-            try:
-                steps.append(float(row["step"]))
-                values.append(float(row[column]))
-            except (KeyError, TypeError, ValueError):
-                raise TrainingError(f"{path}: not a DVCLive log (columns step and {column}); "
-                                    f"{TRAIN_HINT} again") from None
+    columns, rows = table_rows(path, "\t", TrainingError, TRAIN_HINT)
+    column = path.stem if path.stem in columns else (columns or [""])[-1]
+    for row in rows:
+        try:
+            steps.append(float(row["step"]))
+            values.append(float(row[column]))
+        except (KeyError, TypeError, ValueError):
+            raise TrainingError(f"{path}: not a DVCLive log (columns step and {column}); "
+                                f"{TRAIN_HINT} again") from None
     return steps, values
 
 
@@ -98,7 +108,7 @@ def read_confusion_matrix(path: Path, classes: list[str]) -> np.ndarray:
         report = json.loads(path.read_text(encoding="utf-8"))
         counts = np.array(report["confusion_matrix"], dtype=np.int64)
         report_classes = list(report["classes"])
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, OverflowError):
         raise DataError(f"{path}: no confusion_matrix and classes; {EVALUATE_HINT} again") from None
     if report_classes != classes or counts.shape != (len(classes), len(classes)):
         raise DataError(f"{path}: made for other classes than the prepared data's; {EVALUATE_HINT} again")

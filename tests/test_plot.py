@@ -192,3 +192,22 @@ def test_predictions_of_unknown_classes_are_refused(project):
     (project / "metrics" / "predictions.csv").write_text("index,actual,predicted\n0,cat,zebra\n")
     with pytest.raises(DataError, match="predicted class 'zebra'"):
         plot_stage.read_predictions(project / "metrics" / "predictions.csv", CLASSES)
+
+
+@pytest.mark.parametrize("damage, file, words", [
+    (lambda p: p.write_bytes(p.read_bytes() + b"\xff\xfe\n"), "metrics/train/plots/metrics/train/loss.tsv",
+     "loss.tsv: not a readable TSV file ("),
+    (lambda p: p.write_text(p.read_text() + "1\t2\t" + "9" * 200_000 + "\n"),
+     "metrics/train/plots/metrics/train/loss.tsv", "loss.tsv: not a readable TSV file (field larger than"),
+    (lambda p: p.write_bytes(b"\xff" + p.read_bytes()), "metrics/predictions.csv",
+     "predictions.csv: not a readable CSV file ("),
+    (lambda p: p.write_text(p.read_text().replace("[[", "[[1" + "0" * 30 + ", ", 1)), "metrics/eval_report.json",
+     "eval_report.json: no confusion_matrix and classes"),
+], ids=["tsv-bytes", "tsv-huge-field", "csv-bytes", "matrix-overflow"])
+def test_a_damaged_log_or_report_is_one_line_naming_it(project, capsys, damage, file, words):
+    damage(project / file)
+    with pytest.raises(SystemExit) as caught:
+        plot_stage.main()
+    error = capsys.readouterr().err
+    assert caught.value.code != 0 and error.startswith("error: ") and words in error, error
+    assert error.count("\n") == 1 and not (project / "metrics" / "plots").exists()
