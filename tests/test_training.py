@@ -2,6 +2,7 @@
 determinism, resume after SIGKILL and Ctrl-C, divergence, out-of-memory, the stage."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -485,3 +486,17 @@ def test_a_resume_state_edited_by_hand_is_set_aside_in_one_line(tmp_path, damage
     assert "run the train stage again to start over" in message and "\n" not in message
     assert not path.exists() and list(path.parent.glob("state.pt.damaged*"))
     assert len(run_training(params, tmp_path / "run").history) == 3  # and the next run starts over
+
+
+def test_a_damaged_dvclive_summary_when_resuming_is_one_line_naming_it(tmp_path):
+    params = train_params(epochs=3)
+    with pytest.raises(TrainingInterrupted):  # a resume state at epoch 2, and the log of epoch 1
+        run_training(params, tmp_path / "run", model=Sabotage(tiny_model(), 5, press_ctrl_c))
+    summary = tmp_path / "run" / "log" / "metrics.json"
+    summary.write_text('{"step": 3, "train": ')
+    with pytest.raises(TrainingError) as caught:
+        run_training(params, tmp_path / "run")
+    assert str(caught.value).startswith(f"{summary}: damaged (not DVCLive's JSON summary); remove ")
+    shutil.rmtree(tmp_path / "run" / "log")  # what the message says to do: the run resumes
+    resumed = run_training(params, tmp_path / "run")
+    assert resumed.resumed_from_epoch == 1 and json.loads(summary.read_text())["step"] == 2

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+from cnnspec.errors import TrainingError
+
 TIMED_STEPS = 5     # steps timed after the first for the estimate
 TIMED_SECONDS = 10  # or fewer steps, once they took this long (few, slow steps an epoch)
 CPU_MINUTES = 5     # a CPU run longer than this gets the advice below
@@ -119,6 +121,11 @@ class EpochLog:
         self.epochs, self._opening = epochs, None
         if log_dir is not None:
             Path(log_dir).mkdir(parents=True, exist_ok=True)  # an unwritable folder fails now
+            summary = Path(log_dir) / "metrics.json"
+            if start_epoch > 0 and summary.exists() and _logged_epochs(Path(log_dir)) == 0:
+                # DVCLive would resume from it and fail inside with a JSON traceback
+                raise TrainingError(f"{summary}: damaged (not DVCLive's JSON summary); remove {log_dir}/ "
+                                    "and run the train stage again (it resumes; the log starts over)")
             self._opening = in_background(self._open, Path(log_dir), history[:start_epoch], start_epoch)
 
     def _open(self, log_dir: Path, history: list[dict], start_epoch: int):
