@@ -104,6 +104,22 @@ def _stall(handler, owner):
     owner.release.wait(10)  # never answer; the client's timeout must fire first
 
 
+def _drip(handler, owner):
+    # Promise the whole file, then send 100 bytes every 0.05 s: never silent long enough
+    # for the socket timeout, far too slow to finish.
+    handler.send_response(200)
+    handler.send_header("Content-Length", str(len(owner.payload)))
+    handler.end_headers()
+    for start in range(0, len(owner.payload), 100):
+        if owner.release.wait(0.05):
+            return
+        try:
+            handler.wfile.write(owner.payload[start:start + 100])
+            handler.wfile.flush()
+        except OSError:  # the client gave up
+            return
+
+
 FAULTS = {
     "ok": _serve_ok,
     "ok_no_range": _serve_ok_no_range,
@@ -113,6 +129,7 @@ FAULTS = {
     "short": _short_body,
     "drop": _drop_mid_transfer,
     "stall": _stall,
+    "drip": _drip,
 }
 
 
@@ -154,6 +171,20 @@ def test_fault_fails_with_one_line_and_leaves_nothing(tmp_path, plan, cause, hin
             fetch(url, destination, PAYLOAD_MD5, progress=False, **FAST)
         assert time.monotonic() - started < 5
     assert_one_line_error(caught.value, url, cause, hint)
+    assert_nothing_left(tmp_path / "raw")
+
+
+def test_a_mirror_that_drips_bytes_is_given_up_on(tmp_path, monkeypatch):
+    # a byte now and then never trips the socket timeout: the average rate does
+    monkeypatch.setattr("cnnspec.data.download.SLOW_AFTER_S", 0.3)
+    monkeypatch.setattr("cnnspec.data.download.MIN_BYTES_PER_S", 100_000)
+    server = FaultyServer(["drip"] * 3)
+    with server.running() as url:
+        started = time.monotonic()
+        with pytest.raises(DataError) as caught:
+            fetch(url, tmp_path / "raw" / "cifar-10-python.tar.gz", PAYLOAD_MD5, progress=False, **FAST)
+        assert time.monotonic() - started < 5
+    assert_one_line_error(caught.value, url, r"slower than 97 KiB/s \(after 3 attempts\)", "data.url")
     assert_nothing_left(tmp_path / "raw")
 
 

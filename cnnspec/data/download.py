@@ -35,6 +35,11 @@ from cnnspec.paths import RAW
 from cnnspec.regular_files import not_a_regular_file
 
 DEFAULT_TIMEOUT = 10.0   # seconds without a byte before a connection counts as stalled
+# A mirror that drips a byte now and then never stalls for DEFAULT_TIMEOUT: after this
+# long, a transfer slower than this on average counts as failed (CIFAR-10 at this rate
+# would take three hours).
+SLOW_AFTER_S = 60.0
+MIN_BYTES_PER_S = 16 * 1024
 DEFAULT_ATTEMPTS = 4
 DEFAULT_BACKOFF = 0.5    # seconds before the first retry; doubles after each
 CHUNK = 1 << 20
@@ -227,15 +232,21 @@ def _copy(reader, partial: Path, offset: int, expected: int | None, progress: bo
           max_bytes: int = MAX_DOWNLOAD_BYTES) -> int:
     """Copy `reader` into `partial` from byte `offset`; returns the file's size afterwards.
     Stops (PermanentFault) once the file would pass `max_bytes`."""
+    read = getattr(reader, "read1", reader.read)  # what has arrived: a trickle cannot hold one read open
+    started = time.monotonic()
     with open(partial, "r+b" if offset else "wb") as out, _progress_bar(progress, expected, offset, url) as bar:
         out.seek(offset)
         out.truncate()
-        while chunk := reader.read(CHUNK):
+        while chunk := read(CHUNK):
             if out.tell() + len(chunk) > max_bytes:
                 raise PermanentFault(f"stopped after {out.tell():,} bytes: more than this file's size "
                                      f"can be ({max_bytes:,})", TOO_LARGE_HINT)
             out.write(chunk)
             bar(len(chunk))
+            elapsed = time.monotonic() - started
+            if elapsed > SLOW_AFTER_S and (out.tell() - offset) / elapsed < MIN_BYTES_PER_S:
+                raise TransientFault(f"the mirror sent {out.tell() - offset:,} bytes in {elapsed:.0f} s, slower "
+                                     f"than {MIN_BYTES_PER_S // 1024} KiB/s")
         return out.tell()
 
 
