@@ -281,3 +281,24 @@ def test_meta_json_statistics_and_classes_edited_by_hand_name_the_file(tmp_path,
     with pytest.raises(DataError) as caught:
         load_prepared(tmp_path / "prepared")
     assert str(caught.value).startswith(f"{meta_path}: {words}") and "preprocess" in str(caught.value)
+
+
+def test_a_npy_header_promising_terabytes_is_refused_before_it_is_read_into_memory(tmp_path):
+    from numpy.lib import format as npy_format
+
+    arrays, meta = _prepared_arrays()
+    write_prepared(tmp_path / "prepared", arrays, meta)
+    path = tmp_path / "prepared" / "train_images.npy"
+    with open(path, "wb") as file:  # a header for 10**12 images, and no data after it
+        npy_format.write_array_header_1_0(file, {"descr": "|u1", "fortran_order": False,
+                                                 "shape": (10**12, 3, 4, 4)})
+    with pytest.raises(DataError, match=r"train_images.npy: damaged or truncated"):
+        load_prepared(tmp_path / "prepared")  # not memory-mapped: it used to try to allocate it all
+    loaded = load_prepared(_rewrite(tmp_path / "again", arrays, meta))
+    assert not isinstance(loaded["train_images"], np.memmap)  # in memory, as asked
+    assert np.array_equal(loaded["train_images"], arrays["train_images"])
+
+
+def _rewrite(folder, arrays, meta):
+    write_prepared(folder, arrays, meta)
+    return folder
