@@ -125,17 +125,21 @@ def ten_epoch_run(data: dict, compile: bool, device: torch.device) -> tuple[floa
 
 # ---------------------------------------------------------------- the table
 
-def markdown_table(rows: list[Row], device_name: str) -> str:
-    lines = ["| spec | compile | precision | batch | s/epoch | images/s | peak memory | "
-             "train GFLOP/image | MFU (of 790 TFLOP/s) | first step s (compile) |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+TABLE_HEADER = ("| spec | compile | precision | batch | s/epoch | images/s | peak memory | "
+                "train GFLOP/image | MFU (of 790 TFLOP/s) | first step s (compile) |\n"
+                "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+
+
+def table_row(row: Row, device_name: str) -> str:
     memory = "peak allocated" if device_name.startswith("cuda") else "peak RSS"
-    for row in rows:
-        lines.append(f"| {row.spec} | {'yes' if row.compile else 'no'} | {row.precision} | {row.batch} | "
-                     f"{row.seconds_per_epoch:.3f} | {row.images_per_second:,.0f} | "
-                     f"{row.peak_memory / 2**20:,.0f} MiB {memory} | {row.flops_per_image / 1e9:.3f} | "
-                     f"{100 * row.mfu:.2f}% | {row.first_step_seconds:.2f} |")
-    return "\n".join(lines)
+    return (f"| {row.spec} | {'yes' if row.compile else 'no'} | {row.precision} | {row.batch} | "
+            f"{row.seconds_per_epoch:.3f} | {row.images_per_second:,.0f} | "
+            f"{row.peak_memory / 2**20:,.0f} MiB {memory} | {row.flops_per_image / 1e9:.3f} | "
+            f"{100 * row.mfu:.2f}% | {row.first_step_seconds:.2f} |")
+
+
+def markdown_table(rows: list[Row], device_name: str) -> str:
+    return "\n".join([TABLE_HEADER] + [table_row(row, device_name) for row in rows])
 
 
 def main_settings(args) -> dict:
@@ -165,6 +169,10 @@ def main(argv=None):
     data = random_prepared(images, chosen["val"])
     compiles = {"both": [False, True], "off": [False], "on": [True]}[args.compile]
     rows = []
+    # each row as soon as it is measured: a run stopped by a time limit keeps what it measured
+    print(f"\ntraining throughput, {images} random CIFAR-shaped images, {epochs} epoch(s) per row, "
+          f"validation on {chosen['val']} images per epoch included, {device_name}, torch {torch.__version__}\n")
+    print(TABLE_HEADER, flush=True)
     for spec in args.specs:
         batch = max(16, int(BATCH_SIZES.get(spec, 512) * chosen["batch_scale"]))
         model = spec_model(ROOT / "specs" / f"{spec}.yaml", CIFAR_SHAPE, 10, 0)
@@ -173,11 +181,9 @@ def main(argv=None):
             for precision in args.precisions:
                 started = time.perf_counter()
                 rows.append(measure(spec, data, batch, epochs, compile, precision, device, flops))
+                print(table_row(rows[-1], device_name), flush=True)
                 print(f"measured {spec} compile={compile} precision={precision} "
                       f"in {time.perf_counter() - started:.1f} s", file=sys.stderr)
-    print(f"\ntraining throughput, {images} random CIFAR-shaped images, {epochs} epoch(s) per row, "
-          f"validation on {chosen['val']} images per epoch included, {device_name}, torch {torch.__version__}\n")
-    print(markdown_table(rows, device_name))
     if not args.no_ten_epoch:
         for compile in compiles:
             seconds, first = ten_epoch_run(data, compile, device)

@@ -32,6 +32,10 @@ _LAZY = {
 }
 
 
+def __dir__():  # tab completion lists the API that loads on first use
+    return sorted(set(globals()) | set(_LAZY))
+
+
 def __getattr__(name):
     if name in _LAZY:
         import importlib

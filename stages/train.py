@@ -74,8 +74,9 @@ def run(params_path=PARAMS, prepared=PREPARED, model_path=MODEL, resume_path=RES
             load_weights(model, params["model"]["weights"])
         if start_from is not None:
             init_from(model, start_from, classes=meta["classes"])
-        fingerprint = run_fingerprint(distributed.fingerprint_params(params), spec.text, meta,
-                                      starting_files(params))
+        # the device type too: a state saved on the CPU holds a CPU generator, not a GPU's
+        fingerprint = run_fingerprint({**distributed.fingerprint_params(params), "on": device.type}, spec.text,
+                                      meta, starting_files(params))
         result = train(model, data, options, device, resume_path=resume_path, log_dir=log_dir,
                        fingerprint=fingerprint, world=world)
         if not world.is_writer:

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import cnnspec
-from cnnspec.errors import TrainingError
+from cnnspec.errors import ParamsError, TrainingError
 from cnnspec.inference.evaluation import predict_probabilities
 from cnnspec.training import device as placement
 from cnnspec.training import loop as training
@@ -58,13 +58,18 @@ def test_deterministic_mode_repeats_exactly_on_the_gpu():
     assert first.history == second.history
 
 
-def test_compiled_training_matches_eager_on_the_gpu():
+def test_compiled_training_matches_eager_on_the_gpu(monkeypatch):
+    import torch._inductor.config
+
+    # Inductor draws dropout's masks its own way unless told to fall back to eager's: with
+    # other masks the losses differ by about 3e-3 (measured on a CPU)
+    monkeypatch.setattr(torch._inductor.config, "fallback_random", True)
     eager = cuda_run(precision="off", epochs=1)
     compiled = cuda_run(precision="off", epochs=1, compile=True)
     assert compiled.history[0]["train/loss"] == pytest.approx(eager.history[0]["train/loss"], rel=1e-3)
 
 
-def test_real_out_of_memory_names_the_batch_size_and_leaves_the_gpu_usable():
+def test_real_out_of_memory_names_the_batch_size_and_leaves_the_gpu_usable(monkeypatch):
     huge = """name: huge
 layers:
   - conv: {filters: 8192, kernel: 3}
@@ -81,8 +86,14 @@ layers:
     data["val_images"] = data["train_images"][:8]
     data["val_labels"] = data["train_labels"][:8]
     data["meta"] = {**data["meta"], "input_shape": [3, 64, 64]}
+    params = train_params(epochs=1, batch_size=4096, precision="off")
+    # the pre-check refuses it first (about 1 TiB of activations a step) ...
+    with pytest.raises(TrainingError, match=r"train.batch_size 4096 of 3x64x64 images keeps about .* this GPU has"):
+        training.train(model, data, params, "cuda")
+    # ... and without it, the real out-of-memory error of the first step is named
+    monkeypatch.setattr(training, "check_step_memory", lambda *args, **kwargs: None)
     with pytest.raises(TrainingError, match=r"out of memory.*train.batch_size 4096; try train.batch_size 2048"):
-        training.train(model, data, train_params(epochs=1, batch_size=4096, precision="off"), "cuda")
+        training.train(model, data, params, "cuda")
     del model
     torch.cuda.empty_cache()
     assert cuda_run(epochs=1).history[0]["train/loss"] > 0
@@ -99,7 +110,7 @@ def test_evaluation_on_the_gpu_matches_the_cpu():
 
 def test_pinned_gpu_that_is_not_there_is_one_line():
     missing = f"cuda:{torch.cuda.device_count()}"
-    with pytest.raises(TrainingError, match=f"train.device: {missing}, but this machine shows"):
+    with pytest.raises(ParamsError, match=f"train.device: {missing}, but this machine shows"):
         placement.pick_device(missing)
     assert placement.pick_device("cuda:0") == torch.device("cuda", 0)
 

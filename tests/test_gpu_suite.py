@@ -148,3 +148,22 @@ def test_the_wheels_to_carry_name_each_package_once_and_pinned():
     names = [re.sub(r"[-_.]+", "-", name).lower() for name, _ in pins]
     assert sorted({name for name in names if names.count(name) > 1}) == []
     assert {"dvc", "dvclive", "jsonschema", "ruamel-yaml-clib"} <= set(names)
+
+
+def test_the_pipeline_benchmarks_copy_the_tree_without_git_too():
+    # a lent machine's copy may have no .git: the fallback walk must find what git lists
+    import subprocess
+
+    from benchmarks.versus_peers.pipeline import ROOT, made_here
+
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=ROOT,
+                            capture_output=True, check=True).stdout.decode().split("\0")
+    walked = {str(path.relative_to(ROOT)) for path in ROOT.rglob("*")
+              if path.is_file() and not made_here(path.relative_to(ROOT).parts)}
+    assert set(filter(None, listed)) <= walked
+    assert not any(name.startswith((".venv/", ".git/", "models/model", ".dvc/cache/")) for name in walked)
+
+
+def test_the_dvc_repro_benchmark_runs_dvc_through_its_own_interpreter():
+    source = (REPO / "benchmarks" / "versus_peers" / "pipeline.py").read_text()
+    assert '[sys.executable, "-m", "dvc", "repro"]' in source and 'os.environ.get("PYTHONPATH")' in source

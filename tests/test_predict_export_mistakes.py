@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import cnnspec
@@ -241,3 +242,40 @@ def test_the_api_refuses_pixels_of_the_wrong_range_or_kind(model_files):
     for options in [{"batch_size": 0}, {"top_k": 0}, {"top_k": 1.5}]:
         with pytest.raises(ValueError, match=f"{next(iter(options))} must be a whole number >= 1"):
             cnnspec.predict(model, pixels, **options)
+
+
+def test_the_api_refuses_inputs_it_cannot_read_and_a_device_it_would_ignore(model_files):
+    model = cnnspec.load_model(model_files["checkpoint"])
+    with open(model_files["photos"] / "0.png", "rb") as handle:  # an int: once opened as a descriptor
+        with pytest.raises(DataError, match=r"input 0: expected a path, the bytes of an image file, .* not int"):
+            cnnspec.predict(model, [handle.fileno()])
+        assert handle.read(4) == b"\x89PNG"  # the caller's file is still open
+    with pytest.raises(DataError, match="not int"):
+        cnnspec.predict(model, memoryview(b"\x89PNG"))  # a memoryview is a sequence of ints
+    with pytest.raises(ValueError, match="device applies when predict loads the checkpoint"):
+        cnnspec.predict(model, str(model_files["photos"] / "0.png"), device="cpu")
+    pixels = np.asarray(Image.open(model_files["photos"] / "0.png"))[None].astype(np.float32) / 255
+    as_bf16 = cnnspec.predict(model, torch.from_numpy(pixels).bfloat16(), top_k=3)[0]
+    assert as_bf16.classes[0] == cnnspec.predict(model, pixels, top_k=3)[0].classes[0]
+
+
+def test_the_onnxruntime_engine_refuses_a_model_in_training_mode_and_leaves_it_alone(model_files):
+    from cnnspec.inference.metadata import ExportError
+
+    model = cnnspec.load_model(model_files["checkpoint"]).train()
+    before = {key: value.clone() for key, value in model.state_dict().items()}
+    with pytest.raises(ExportError, match="runs the model in eval mode; call model.eval"):
+        cnnspec.predict(model, str(model_files["photos"] / "0.png"), engine="onnxruntime")
+    assert all(torch.equal(before[key], value) for key, value in model.state_dict().items())
+
+
+def test_reading_an_image_leaves_pillows_own_pixel_limit_alone(model_files):
+    from cnnspec.data.images import read_image
+
+    before = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None  # the user's own choice for their own images
+    try:
+        read_image(model_files["photos"] / "0.png", 1)
+        assert Image.MAX_IMAGE_PIXELS is None
+    finally:
+        Image.MAX_IMAGE_PIXELS = before

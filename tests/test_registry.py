@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import jsonschema
 import pytest
@@ -193,3 +194,66 @@ def test_import_of_a_misspelt_model_says_the_name_it_meant():
     with pytest.raises(ImportFailure, match=r"import resnet_18: not a torchvision classification model "
                                             r"\(did you mean 'resnet18'\?\); importable: alexnet"):
         checked_writer("resnet_18")
+
+
+def test_build_model_refuses_an_input_shape_or_class_count_it_cannot_build():
+    spec = parse_spec(spec_for("conv"), "<conv>")
+    for shape, classes, words in [((0, 8, 8), 5, "input_shape must be"), ((3, 8.5, 8), 5, "input_shape must be"),
+                                  ("3x8x8", 5, "input_shape must be"), ((3, 8, 8), 0, "num_classes must be"),
+                                  ((3, 8, 8), True, "num_classes must be"), ((3, 8, 8), "5", "num_classes must be")]:
+        with pytest.raises(ValueError, match=words):
+            build_model(spec, shape, classes)
+
+
+def test_builds_of_one_spec_from_several_threads_each_get_their_own_widths():
+    import concurrent.futures
+
+    spec = parse_spec('name: t\nlayers:\n  - conv: {filters: "$in_channels * 4", kernel: 3}\n'
+                      '  - conv: {filters: "$in_channels * 2", kernel: 3}\n  - global_avg_pool\n'
+                      '  - dense: num_classes\n', "t.yaml")
+
+    def widths(channels):
+        model = build_model(spec, (channels, 12, 12), 3)
+        return channels, [tuple(p.shape) for name, p in model.named_parameters() if name.endswith("weight")]
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(widths, [1, 3] * 40))
+    for channels, shapes in results:
+        assert shapes[:2] == [(channels * 4, channels, 3, 3), (channels * 8, channels * 4, 3, 3)], (channels, shapes)
+
+
+def test_a_plugin_build_rule_that_returns_a_module_is_one_located_line(monkeypatch):
+    monkeypatch.setitem(layers.LAYERS, "flatten",
+                        layers.LayerRule(reshape.shape_flatten, lambda node, in_shape, ctx: torch.nn.Flatten()))
+    with pytest.raises(SpecError, match=r"its build rule returned Flatten, not a list of \(name, nn.Module\) pairs"):
+        build_model(parse_spec(spec_for("conv"), "<conv>"), INPUT, CLASSES)
+
+
+def test_two_plugin_files_of_one_name_in_two_folders_are_two_plugins(tmp_path):
+    import cnnspec
+
+    for folder, layer_type in (("pa", "alpha_id"), ("pb", "beta_id")):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "layers.py").write_text(
+            f"import cnnspec\nfrom cnnspec.layers import reshape\n"
+            f"cnnspec.register_layer({layer_type!r}, cnnspec.LayerRule(reshape.shape_flatten, reshape.build_flatten),"
+            f" schema={{'description': 'test', 'properties': {{}}}})\n")
+    try:
+        modules = cnnspec.load_plugins([tmp_path / "pa" / "layers.py", str(tmp_path / "pb" / "layers.py")])
+        assert [Path(m.__file__).parent.name for m in modules] == ["pa", "pb"]
+        assert {"alpha_id", "beta_id"} <= set(layers.LAYERS)
+        alone = cnnspec.load_plugins(str(tmp_path / "pa" / "layers.py"))  # one name alone: a list of one
+        assert alone == [modules[0]]
+    finally:
+        for layer_type in ("alpha_id", "beta_id"):
+            layers.LAYERS.pop(layer_type, None)
+
+
+def test_load_weights_from_nothing_is_a_params_error_and_the_api_lists_itself():
+    import cnnspec
+    from cnnspec.errors import ParamsError
+
+    model = build_model(parse_spec(spec_for("conv"), "<conv>"), INPUT, CLASSES)
+    with pytest.raises(ParamsError, match="no layer of it fits this spec by order and shape \\(it holds no tensors\\)"):
+        cnnspec.load_weights(model, {})
+    assert {"build_model", "predict", "load_model", "summarize"} <= set(dir(cnnspec))

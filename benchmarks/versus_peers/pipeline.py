@@ -19,14 +19,27 @@ from cnnspec.data.datasets import get_dataset
 from stages.train import FIRST_STEP_AND_REST
 
 
+def made_here(parts: tuple) -> bool:
+    """A path of what runs make (venvs, caches, DVC's outputs and cache), not of the tree."""
+    return bool({".git", ".venv", "__pycache__", ".whl", ".fashion", ".hypothesis", ".pytest_cache", ".ruff_cache",
+                 ".benchmarks"} & set(parts)) or \
+        parts[:2] in ((".dvc", "cache"), (".dvc", "tmp")) or \
+        (parts[0] in ("data", "models", "metrics") and parts[-1] != ".gitignore")
+
+
 def copy_working_tree(destination: Path) -> None:
     """The files git would commit, in a fresh repository (as the end-to-end test does)."""
     import shutil
     import subprocess
 
     listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
-                            cwd=ROOT, capture_output=True, check=True).stdout
-    for name in filter(None, listed.decode().split("\0")):
+                            cwd=ROOT, capture_output=True)
+    if listed.returncode == 0:
+        names = list(filter(None, listed.stdout.decode().split("\0")))
+    else:  # a copy without .git (a lent machine's): the tree less what the pipeline makes
+        names = [str(path.relative_to(ROOT)) for path in ROOT.rglob("*")
+                 if path.is_file() and not made_here(path.relative_to(ROOT).parts)]
+    for name in names:
         if (ROOT / name).is_file():
             (destination / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / name, destination / name)
@@ -79,11 +92,15 @@ def dvc_repro(model: str, task: Task) -> dict:
         params["train"] = {**cnnspec_params(task), "device": str(task.device)}
         params["evaluate"]["tta"] = "none"
         (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        # dvc through this interpreter, and PYTHONPATH kept: where the packages were installed
+        # with pip --target (the GPU suite), neither a `dvc` script on PATH nor the site folder
+        # without PYTHONPATH would find them
+        python_path = os.pathsep.join(filter(None, [str(repo), os.environ.get("PYTHONPATH")]))
         env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-                   DVC_NO_ANALYTICS="1", PYTHONPATH=str(repo), OMP_NUM_THREADS=str(torch.get_num_threads()))
+                   DVC_NO_ANALYTICS="1", PYTHONPATH=python_path, OMP_NUM_THREADS=str(torch.get_num_threads()))
         started = time.perf_counter()
         output, stage_starts = [], []  # (stage, seconds since the start) as DVC announces each
-        with subprocess.Popen(["dvc", "repro"], cwd=repo, env=env, stdout=subprocess.PIPE,
+        with subprocess.Popen([sys.executable, "-m", "dvc", "repro"], cwd=repo, env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True) as running:
             for line in running.stdout:
                 output.append(line)

@@ -74,14 +74,15 @@ def _open(source, size: tuple[int, int] | None = None):
             raise ImageReadError(f"{name}: no such image file")
         if problem:  # opening a FIFO would block; say what it is instead
             raise ImageReadError(f"{name}: {problem}, not an image file")
-    Image.MAX_IMAGE_PIXELS = MAX_PIXELS
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             stream = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else open(source, "rb")
             with stream:
-                image = Image.open(stream)
+                image = Image.open(stream)  # the header only: the size is known, nothing decoded
+                if image.width * image.height > MAX_PIXELS:  # our bound; Pillow's global is the user's
+                    raise Image.DecompressionBombError(f"{image.width * image.height} pixels")
                 if size is not None and image.format == "JPEG":
                     image.draft(image.mode, (int(size[1]), int(size[0])))
                 image.load()  # decode now: a truncated file fails here, not later
@@ -207,9 +208,7 @@ def read_image(source, channels: int, size: tuple[int, int] | None = None,
     """
     name = ("<bytes>" if isinstance(source, (bytes, bytearray))
             else str(source) if isinstance(source, (str, Path)) else "<image>")
-    image = _open(source, size)
-    if not hasattr(source, "getpixel"):  # a file's EXIF orientation; a PIL image is taken as given
-        image = upright(image)
+    image = upright(_open(source, size))  # the EXIF orientation, of a PIL image too (upright once: it drops the tag)
     image = _convert(image, channels, name)
     if size is not None:
         image = _resize(image, (int(size[0]), int(size[1])), resize)

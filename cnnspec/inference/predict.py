@@ -226,6 +226,8 @@ def with_engine(model: InferenceModel, images: int, engine: str = "auto", tta: s
     if chosen == "torch":
         return model
     if engine == "onnxruntime":
+        if model.training:  # the export is of eval mode; its check would also move batch norm's statistics
+            raise ExportError("--engine onnxruntime runs the model in eval mode; call model.eval() first")
         if tta != "none":
             raise ExportError("--engine onnxruntime runs the model as exported; test-time augmentation "
                               "needs --engine torch or auto")
@@ -285,9 +287,14 @@ def to_pixels(item, model: InferenceModel, name: str = "input") -> torch.Tensor:
     """One input (a path, bytes, a PIL image, a numpy array or a tensor) as a (C, H, W)
     tensor the model takes: uint8 pixels, or float in 0..1 for float inputs."""
     if isinstance(item, torch.Tensor):
-        item = item.detach().cpu().numpy()
+        item = item.detach().cpu()
+        item = (item.float() if item.is_floating_point() else item).numpy()  # bf16 has no numpy type
     if isinstance(item, np.ndarray):
         return _from_array(item, model, name)
+    if not isinstance(item, (str, Path, bytes, bytearray)) and not hasattr(item, "getpixel"):
+        # an int would be opened as a file descriptor (0: stdin), and closed
+        raise DataError(f"{name}: expected a path, the bytes of an image file, a PIL image, an array or a "
+                        f"tensor, not {type(item).__name__}")
     return torch.tensor(read_image(item, model.channels, model.image_size, model.resize))
 
 
@@ -343,8 +350,11 @@ def predict(model_or_path, inputs, top_k: int = 1, batch_size: int = 64, device=
     for name, value in (("top_k", top_k), ("batch_size", batch_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a whole number >= 1, not {value!r}")
-    model = model_or_path if isinstance(model_or_path, (InferenceModel, OnnxModel)) else \
-        load_model(model_or_path, device or "cpu")
+    loaded = isinstance(model_or_path, (InferenceModel, OnnxModel))
+    if loaded and device is not None:
+        raise ValueError("device applies when predict loads the checkpoint; move a loaded model with "
+                         "model.to(device)")
+    model = model_or_path if loaded else load_model(model_or_path, device or "cpu")
     items = _expand(inputs)
     if isinstance(model, InferenceModel):
         model = with_engine(model, len(items), engine, tta)

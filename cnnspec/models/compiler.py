@@ -17,7 +17,7 @@ from torch import nn
 from cnnspec.layers.geometry import error
 from cnnspec.layers.registry import rule_for
 from cnnspec.layers.whiten import WhiteningConv
-from cnnspec.models.shapes import Context, activation_bytes, as_spec, infer, resolve_input
+from cnnspec.models.shapes import ONE_SPEC_WALK_AT_A_TIME, Context, activation_bytes, as_spec, infer, resolve_input
 from cnnspec.spec.nodes import LayerNode, walk
 
 # l2 / lr_mult / wd_mult of a parameter no weighted layer set (a pool, a residual's projection)
@@ -63,6 +63,10 @@ class Builder:
     def build(self, node: LayerNode) -> list:
         rule = rule_for(node)
         pairs = rule.build(node, self.shapes.in_shape(node), self)
+        if not isinstance(pairs, (list, tuple)) or not all(
+                isinstance(pair, tuple) and len(pair) == 2 and isinstance(pair[1], nn.Module) for pair in pairs):
+            raise error(node, f"{node.type} {node.name!r}: its build rule returned {type(pairs).__name__}, not a "
+                              f"list of (name, nn.Module) pairs (docs/spec.md, your own layer types)")
         if not node.options["trainable"]:
             for _, module in pairs:
                 module.requires_grad_(False)
@@ -80,6 +84,11 @@ def build_model(spec_or_path, input_shape=None, num_classes: int = 10,
                 load_weights: bool = True) -> SpecModel:
     """The spec's model. `load_weights=False` skips a backbone's ImageNet weights (for a
     model whose state_dict is about to be loaded from a checkpoint anyway)."""
+    with ONE_SPEC_WALK_AT_A_TIME:  # inference writes $in_channels values the builders read
+        return _build_model(spec_or_path, input_shape, num_classes, load_weights)
+
+
+def _build_model(spec_or_path, input_shape, num_classes: int, load_weights: bool) -> SpecModel:
     spec = as_spec(spec_or_path)
     shape = resolve_input(spec, input_shape)
     builder = Builder(infer(spec, shape, num_classes), final_softmax(spec.layers), load_weights)

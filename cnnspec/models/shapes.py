@@ -10,6 +10,7 @@ from its records.
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -125,15 +126,36 @@ def as_spec(spec_or_path) -> Spec:
     return load_spec(Path(spec_or_path))
 
 
+def whole_number(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) or (
+        hasattr(value, "__index__") and not isinstance(value, (bool, float)))
+
+
 def resolve_input(spec: Spec, input_shape) -> tuple:
-    """The given input shape, else the spec's own `input`, else 3x32x32."""
-    if input_shape is not None:
-        return tuple(int(size) for size in input_shape)
-    return tuple(spec.input) if spec.input else DEFAULT_INPUT
+    """The given input shape, else the spec's own `input`, else 3x32x32. A given shape
+    must be three whole numbers >= 1 (channels, height, width): ValueError otherwise."""
+    if input_shape is None:
+        return tuple(spec.input) if spec.input else DEFAULT_INPUT
+    if isinstance(input_shape, (str, bytes)) or not hasattr(input_shape, "__len__") or len(input_shape) != 3 \
+            or not all(whole_number(size) and size >= 1 for size in input_shape):
+        raise ValueError(f"input_shape must be (channels, height, width), whole numbers >= 1, not {input_shape!r}")
+    return tuple(int(size) for size in input_shape)
+
+
+# Inference resolves `$in_channels` values into the parsed spec's own nodes (and build_model's
+# builders read them there): two walks of one spec at once, from threads, must not interleave.
+ONE_SPEC_WALK_AT_A_TIME = threading.RLock()
 
 
 def infer(spec: Spec, input_shape, num_classes: int) -> Context:
     """The context after walking the whole tree; the model must end in one logit per class."""
+    with ONE_SPEC_WALK_AT_A_TIME:
+        return _infer(spec, input_shape, num_classes)
+
+
+def _infer(spec: Spec, input_shape, num_classes: int) -> Context:
+    if not whole_number(num_classes) or num_classes < 1:
+        raise ValueError(f"num_classes must be a whole number >= 1, not {num_classes!r}")
     shape = resolve_input(spec, input_shape)
     ctx = infer_tree(spec.layers, shape, num_classes)
     check_param_limit(ctx.records)

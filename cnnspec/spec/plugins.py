@@ -11,6 +11,7 @@ would run yourself. Nothing in a spec file can load one.
 """
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
 import sys
@@ -30,7 +31,9 @@ def load_plugin(name: str):
     try:
         if name.endswith(".py"):
             path = Path(name).resolve()
-            module_name = f"cnnspec_plugin_{path.stem}"
+            # the folder's digest too: pa/layers.py and pb/layers.py are two plugins
+            folder = hashlib.sha256(str(path.parent).encode()).hexdigest()[:8]
+            module_name = f"cnnspec_plugin_{path.stem}_{folder}"
             if module_name in sys.modules:
                 return sys.modules[module_name]
             if not path.is_file():
@@ -54,4 +57,8 @@ def load_plugin(name: str):
 
 
 def load_plugins(names) -> list:
+    """Import each plugin in `names` (a list of module names or .py paths; one name alone
+    is taken as a list of one)."""
+    if isinstance(names, (str, Path)):
+        names = [names]
     return [load_plugin(str(name)) for name in names or ()]

@@ -203,8 +203,9 @@ def load_weights(model, source, key: str = "model.weights", out=None):
     transfer = load_by_structure(model, state)
     name = source if isinstance(source, (str, Path)) else type(source).__name__
     if not transfer.copied:
-        raise ParamsError(f"params.yaml: {key}: {name}: no layer of it fits this spec by order and "
-                          f"shape (its first: {next(iter(state))} {list(next(iter(state.values())).shape)})")
+        first = (f" (its first: {next(iter(state))} {list(next(iter(state.values())).shape)})" if state
+                 else " (it holds no tensors)")
+        raise ParamsError(f"params.yaml: {key}: {name}: no layer of it fits this spec by order and shape{first}")
     print(f"{key}: {transfer.report(str(name))}", file=out or sys.stdout)
     return transfer
 

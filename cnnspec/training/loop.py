@@ -99,8 +99,8 @@ def train(model, data: dict, params: dict, device="cpu", *, resume_path=None, lo
     optimization.check_validation_needs(params, len(data["val_labels"]))
     if hasattr(model, "activation_bytes"):  # a SpecModel: its batch's activations must fit
         half = autocast_dtype(device, params["precision"], params["cpu_precision"]) is not None
-        check_step_memory(model.activation_bytes // (2 if half else 1), params["batch_size"],
-                          model.input_shape, device)
+        check_step_memory(model.activation_bytes // (2 if half else 1), max(1, params["batch_size"] // world.size),
+                          model.input_shape, device)  # each process holds its share of the batch
     if device.type == "cpu":
         reuse_freed_memory()  # each step's activations take the memory the last step freed
     resume_path, log_dir = (resume_path, log_dir) if world.is_writer else (None, None)
@@ -350,7 +350,8 @@ class Run:
             "scaler": self.scaler.state_dict(),
             **{name: part.state_dict() for name, part in parts.items() if part is not None},
             "rng": {"torch": torch.get_rng_state(), "data": self.generator.get_state(),
-                    "cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else []},
+                    # this process's GPU only: a machine that shows fewer GPUs can still resume
+                    "cuda": [torch.cuda.get_rng_state(self.device)] if self.device.type == "cuda" else []},
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -365,7 +366,7 @@ class Run:
         torch.set_rng_state(state["rng"]["torch"])
         self.generator.set_state(state["rng"]["data"])
         if self.device.type == "cuda" and state["rng"]["cuda"]:
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+            torch.cuda.set_rng_state(state["rng"]["cuda"][0], self.device)
         self.history, self.next_epoch = list(state["history"]), state["next_epoch"]
         self.stopped_early = state["stopped_early"]
         progress = state["progress"]
@@ -492,6 +493,6 @@ def read_resume_state(path, fingerprint: str) -> dict | None:
         print(f"note: ignoring {path}: not a cnnspec resume state of this version", file=sys.stderr)
         return None
     if state.get("fingerprint") != fingerprint:
-        print(f"note: ignoring {path}: it was saved for other params, spec or data", file=sys.stderr)
+        print(f"note: ignoring {path}: it was saved for other params, spec, data or device", file=sys.stderr)
         return None
     return state
