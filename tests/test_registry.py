@@ -244,9 +244,11 @@ def test_two_plugin_files_of_one_name_in_two_folders_are_two_plugins(tmp_path):
         assert {"alpha_id", "beta_id"} <= set(layers.LAYERS)
         alone = cnnspec.load_plugins(str(tmp_path / "pa" / "layers.py"))  # one name alone: a list of one
         assert alone == [modules[0]]
-    finally:
+    finally:  # the other tests of this worker see the built-in types only
         for layer_type in ("alpha_id", "beta_id"):
             layers.LAYERS.pop(layer_type, None)
+            if registry.LAYER_SCHEMAS.pop(layer_type, None) is not None:
+                registry.schema_changed()
 
 
 def test_load_weights_from_nothing_is_a_params_error_and_the_api_lists_itself():
