@@ -259,3 +259,33 @@ def test_load_weights_from_nothing_is_a_params_error_and_the_api_lists_itself():
     with pytest.raises(ParamsError, match="no layer of it fits this spec by order and shape \\(it holds no tensors\\)"):
         cnnspec.load_weights(model, {})
     assert {"build_model", "predict", "load_model", "summarize"} <= set(dir(cnnspec))
+
+
+def test_a_notebook_cell_run_again_can_replace_its_own_type_and_a_failed_plugin_leaves_none(tmp_path):
+    import cnnspec
+    from cnnspec.spec.plugins import PluginError
+
+    rule = layers.LayerRule(reshape.shape_flatten, reshape.build_flatten)
+    schema = {"description": "test", "properties": {}}
+    cnnspec.register_layer("cell_type", rule, schema=schema)
+    try:
+        with pytest.raises(ValueError, match="already registered \\(replace=True registers it again\\)"):
+            cnnspec.register_layer("cell_type", rule, schema=schema)
+        assert cnnspec.register_layer("cell_type", rule, schema=schema, replace=True) is rule
+        with pytest.raises(ValueError, match="'flatten' is already registered$"):
+            cnnspec.register_layer("flatten", rule, replace=True)  # a built-in type stays
+    finally:
+        registry.unregister_layer("cell_type")
+    half = tmp_path / "half.py"  # registers one type, then fails on a typo
+    half.write_text("import cnnspec\nfrom cnnspec.layers import reshape\n"
+                    "cnnspec.register_layer('gamma_id', cnnspec.LayerRule(reshape.shape_flatten, "
+                    "reshape.build_flatten), schema={'properties': {}})\nnot_defined\n")
+    with pytest.raises(PluginError, match="NameError"):
+        cnnspec.load_plugins([half])
+    assert "gamma_id" not in layers.LAYERS and "gamma_id" not in registry.LAYER_SCHEMAS
+    half.write_text(half.read_text().replace("not_defined\n", ""))  # fixed: it loads
+    try:
+        cnnspec.load_plugins([half])
+        assert "gamma_id" in layers.LAYERS
+    finally:
+        registry.unregister_layer("gamma_id")

@@ -68,6 +68,7 @@ class LayerRule:
 
 LAYERS: dict[str, LayerRule] = {}
 LAYER_SCHEMAS: dict[str, dict] = {}  # layer type -> its $defs entry in the spec schema
+BUILT_IN_TYPES: set[str] = set()     # registered by cnnspec.layers itself: never replaced
 
 SCHEMA_KEYS = {"description", "properties", "required", "x-shorthand", "x-example"}
 TYPE_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -86,17 +87,33 @@ def registering_built_ins():
         _registering_built_ins[0] = False
 
 
-def register_layer(layer_type: str, rule: LayerRule, schema: dict | None = None) -> LayerRule:
+def register_layer(layer_type: str, rule: LayerRule, schema: dict | None = None,
+                   replace: bool = False) -> LayerRule:
     """Add a layer type. `schema` describes its options (docs/spec.md, "Adding a layer type");
     a type without one (group) is made by the spec reader, never written in a spec.
-    Raises ValueError for a name taken or a schema fragment that cannot be one."""
+    Raises ValueError for a name taken (unless `replace`, for a notebook cell run again;
+    a built-in type is never replaced) or a schema fragment that cannot be one."""
     if layer_type in LAYERS:
-        raise ValueError(f"layer type {layer_type!r} is already registered")
+        if not replace or layer_type in BUILT_IN_TYPES:
+            raise ValueError(f"layer type {layer_type!r} is already registered"
+                             + ("" if layer_type in BUILT_IN_TYPES else " (replace=True registers it again)"))
+        unregister_layer(layer_type)
+    if _registering_built_ins[0]:
+        BUILT_IN_TYPES.add(layer_type)
     if schema is not None:
         LAYER_SCHEMAS[layer_type] = layer_schema_entry(layer_type, schema, rule)
         schema_changed()
     LAYERS[layer_type] = rule
     return rule
+
+
+def unregister_layer(layer_type: str) -> None:
+    """Remove a type a plugin registered (a built-in one stays)."""
+    if layer_type in BUILT_IN_TYPES:
+        raise ValueError(f"layer type {layer_type!r} is built in")
+    LAYERS.pop(layer_type, None)
+    if LAYER_SCHEMAS.pop(layer_type, None) is not None:
+        schema_changed()
 
 
 def layer_schema_entry(layer_type: str, fragment: dict, rule: LayerRule) -> dict:

@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from cnnspec.errors import CnnspecError
+from cnnspec.layers import registry
 
 
 class PluginError(CnnspecError):
@@ -41,10 +42,13 @@ def load_plugin(name: str):
             spec = importlib.util.spec_from_file_location(module_name, path)
             module = importlib.util.module_from_spec(spec)
             sys.modules[module_name] = module
+            before = set(registry.LAYERS)
             try:
                 spec.loader.exec_module(module)
             except BaseException:
                 del sys.modules[module_name]
+                for layer_type in set(registry.LAYERS) - before:  # fixed and loaded again, it registers anew
+                    registry.unregister_layer(layer_type)
                 raise
             return module
         return importlib.import_module(name)
