@@ -17,6 +17,12 @@ import os
 import sys
 
 
+def first_line(error: BaseException, default: str | None = None) -> str:
+    """The first line of an exception's message; `default` (else its type's name) when it
+    has none. For errors from torch, onnxruntime or Pillow quoted in one line of ours."""
+    return (str(error).strip().splitlines() or [default or type(error).__name__])[0]
+
+
 class CnnspecError(Exception):
     """Base class of every error caused by user input or the environment."""
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cnnspec.errors import DataError
+from cnnspec.errors import DataError, first_line
 from cnnspec.regular_files import not_a_regular_file
 
 RESIZE_POLICIES = ("stretch", "center_crop")
@@ -100,7 +100,7 @@ def _open(source, size: tuple[int, int] | None = None):
     except Exception as error:  # noqa: BLE001 - truncated, corrupt, unsupported: a hostile file can make
         # Pillow's parsers raise almost anything (OSError, ValueError, SyntaxError, and also
         # TypeError from a TIFF whose strip offsets are fractions), and all of them mean this
-        first = (str(error).strip().splitlines() or ["unreadable"])[0]
+        first = first_line(error, "unreadable")
         raise ImageReadError(f"{name}: damaged or unreadable image ({first})") from None
 
 

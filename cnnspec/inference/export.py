@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from cnnspec.atomic import atomic_path, check_destination
+from cnnspec.errors import first_line
 from cnnspec.inference.metadata import TORCHSCRIPT_METADATA, ExportError, metadata
 from cnnspec.inference.onnx_graph import TOLERANCE, onnx_bytes
 from cnnspec.paths import PREPARED
@@ -86,7 +87,7 @@ def run_exported(path: Path, fmt: str, images: torch.Tensor) -> np.ndarray:
             session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
             return session.run(["probabilities"], {"images": images.numpy()})[0]
         except Exception as error:  # noqa: BLE001 - onnxruntime's own error types
-            first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            first = first_line(error)
             raise ExportError(f"onnxruntime cannot run the export ({first[:160]}); nothing written") from None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -134,7 +135,7 @@ def export(checkpoint, fmt: str, output=None, prepared=None, opset: int = 17) ->
             else:
                 _export_torchscript(model, example, temporary)
         except (RuntimeError, torch.onnx.errors.OnnxExporterError) as error:
-            first = (str(error).strip().splitlines() or ["failed"])[0]
+            first = first_line(error, "failed")
             raise ExportError(f"{checkpoint}: {fmt} export failed: {first}") from None
         difference = largest_difference(temporary, fmt, model, images)
         if not difference <= TOLERANCE:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from cnnspec.errors import CnnspecError
+from cnnspec.errors import CnnspecError, first_line
 
 
 class ExportError(CnnspecError):
@@ -59,7 +59,7 @@ def read_metadata(path) -> dict:
     except ExportError:
         raise
     except Exception as error:  # protobuf / zip errors: the file is not what it says
-        first = (str(error).strip().splitlines() or ["unreadable"])[0]
+        first = first_line(error, "unreadable")
         raise ExportError(f"{path}: not a readable exported model ({first})") from None
     if "classes" not in props:
         raise ExportError(f"{path}: no cnnspec metadata (class names, image size); "

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from cnnspec.data.images import ImageReadError, is_image_file, read_image
-from cnnspec.errors import CnnspecError, DataError
+from cnnspec.errors import CnnspecError, DataError, first_line
 from cnnspec.inference.metadata import ExportError
 
 DECODE_THREADS = 4  # Pillow releases the GIL while decoding
@@ -87,7 +87,7 @@ class OnnxModel:
                 raise
             raise ExportError("running an ONNX model needs onnxruntime: pip install 'cnnspec[export]'") from None
         except Exception as error:  # noqa: BLE001 - onnxruntime's own error types for a bad graph
-            first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            first = first_line(error)
             raise ExportError(f"{path}: onnxruntime cannot run this model ({first[:160]})") from None
         self.classes, self.channels = settings["classes"], settings["channels"]
         self.image_size, self.resize = tuple(settings["image_size"]), settings["resize"]
@@ -124,7 +124,7 @@ class OnnxModel:
         try:
             data = onnx_bytes(model, images[:2], with_metadata=False)
         except Exception as error:  # noqa: BLE001 - an exporter error of any kind: torch stays
-            first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            first = first_line(error)
             raise ExportError(f"the in-memory ONNX export failed: {first}") from None
         self = cls.__new__(cls)
         self.session = _session(data)
@@ -154,7 +154,7 @@ def _import_onnxruntime():
         raise OnnxUnavailable("onnxruntime is not installed: pip install 'cnnspec[export]'",
                               installed=False) from None
     except Exception as error:  # noqa: BLE001 - a missing library, a bad build: any of them
-        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        first = first_line(error)
         raise OnnxUnavailable(f"onnxruntime does not load: {first}", installed=True) from None
     return onnxruntime
 

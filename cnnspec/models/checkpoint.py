@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from cnnspec.atomic import save_torch
-from cnnspec.errors import CnnspecError, SpecError, TrainingError
+from cnnspec.errors import CnnspecError, SpecError, TrainingError, first_line
 from cnnspec.paths import MODEL
 from cnnspec.spec.plugins import PluginError
 
@@ -138,16 +138,15 @@ def read_checkpoint(path) -> dict:
             warnings.simplefilter("ignore")
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - hostile bytes fail inside torch in many ways
-        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0].split(". ")[0]
+        said = first_line(error).split(". ")[0]
         refused = isinstance(error, pickle.UnpicklingError) and len(head) == len(ZIP_MAGIC)
         if ZIP_MAGIC.startswith(head) and not refused:  # began as torch.save's zip: damaged
-            cause = first_line.split(". ")[0][:120]
-            raise TrainingError(f"{path}: the checkpoint is damaged or truncated ({cause}); "
+            raise TrainingError(f"{path}: the checkpoint is damaged or truncated ({said[:120]}); "
                                 f"{RETRAIN_HINT}") from None
-        if isinstance(error, pickle.UnpicklingError) and first_line.startswith("Weights only load failed"):
-            first_line = "it asks to run code or build objects other than tensors and plain values"
+        if isinstance(error, pickle.UnpicklingError) and said.startswith("Weights only load failed"):
+            said = "it asks to run code or build objects other than tensors and plain values"
         raise TrainingError(f"{path}: not a loadable cnnspec checkpoint "
-                            f"(refused by torch.load(weights_only=True): {first_line[:160]})") from None
+                            f"(refused by torch.load(weights_only=True): {said[:160]})") from None
     found = checkpoint.get("format") if isinstance(checkpoint, dict) else None
     if isinstance(found, str) and found.startswith("cnnspec-checkpoint/") and found != FORMAT:
         raise TrainingError(f"{path}: a cnnspec checkpoint of format {found!r}, which this version "
@@ -236,9 +235,8 @@ def load_network(path, device="cpu"):
     except CnnspecError:
         raise
     except (RuntimeError, KeyError, ValueError, TypeError) as error:
-        first_line = (str(error).strip().splitlines() or ["mismatch"])[0]
         raise TrainingError(f"{path}: the weights do not fit the spec stored with them: "
-                            f"{first_line}") from None
+                            f"{first_line(error, 'mismatch')}") from None
     return model.to(device).eval(), checkpoint
 
 

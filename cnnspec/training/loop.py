@@ -51,7 +51,7 @@ import torch
 
 from cnnspec.atomic import save_torch
 from cnnspec.data.integrity import set_aside
-from cnnspec.errors import TrainingError
+from cnnspec.errors import TrainingError, first_line
 from cnnspec.training import distributed, optimization, stops
 from cnnspec.training.augment import Augmentation
 from cnnspec.training.device import (
@@ -469,7 +469,7 @@ def load_resume_state(run: Run, state: dict, resume_path) -> None:
         try:
             run.load_state_dict(state)
         except Exception as error:  # noqa: BLE001 - a field torch refuses: the same answer
-            problem = (str(error).strip().splitlines() or [type(error).__name__])[0][:160]
+            problem = first_line(error)[:160]
     if problem is not None:
         where = resume_path if resume_path is not None else "the resume state"
         aside = f"; moved it to {set_aside(Path(resume_path))}" if resume_path is not None else ""
