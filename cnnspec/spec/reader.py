@@ -32,6 +32,7 @@ from cnnspec.spec.expressions import (
     THIS_LAYER,
     Deferred,
     ExpressionError,
+    arguments_of,
     bind,
     evaluate,
     is_expression,
@@ -334,10 +335,7 @@ def switched(options, key: str, in_block: bool = False) -> tuple:
     if not isinstance(value, bool):
         fail(f"when: expected true or false (or a block argument holding one), not {describe_value(value)}",
              options.where_of("when"), join_key(key, "when"))
-    kept = LocatedDict({k: v for k, v in options.items() if k != "when"}, where=options.where)
-    kept.key_where.update({k: w for k, w in options.key_where.items() if k != "when"})
-    kept.value_where.update({k: w for k, w in options.value_where.items() if k != "when"})
-    return kept, value
+    return options.changed(drop=("when",)), value
 
 
 def count_layer(where: Location, path: str, state: Expansion) -> None:
@@ -351,12 +349,7 @@ def expand_repeat(layer_type, options, where, path, state) -> list[LayerNode]:
     if not state.in_block:  # `n: 2 * 3`, as in any other option outside a block
         refuse_arguments_outside_blocks(options, key, state)
         if isinstance(options, dict) and is_expression(options.get("n")):
-            evaluated = dict(options)
-            evaluated["n"] = expression_value(options["n"], {}, None, options.where_of("n"), None)
-            evaluated = LocatedDict(evaluated, where=options.where)
-            evaluated.key_where.update(options.key_where)
-            evaluated.value_where.update(options.value_where)
-            options = evaluated
+            options = options.changed(n=expression_value(options["n"], {}, None, options.where_of("n"), None))
     check(options, "repeat", key, skip=inside_a_layer)
     inner = state.deeper()
     nodes = []
@@ -386,8 +379,8 @@ def block_arguments(block: str, definition: dict, call: LocatedDict, key: str, b
             if default is None:
                 fail(f"block '{block}' needs argument '{name}'", call.where, join_key(key, name))
             if is_expression(default):  # `squeeze: max(1, $out // 4)`: over the arguments before it
-                later = [used for used in re.findall(r"\$([A-Za-z_][A-Za-z0-9_]*)", default)
-                         if used in declared and used not in passed and used != "in_channels"]
+                later = [used for used, _ in arguments_of(parsed(default, declared.where_of(name)))
+                         if used in declared and used not in passed and used != IN_CHANNELS]
                 if later:
                     fail(f"block '{block}': the default of '{name}' uses ${later[0]}, which is declared after "
                          f"it; a default may use only the arguments declared before it",

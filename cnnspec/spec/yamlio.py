@@ -66,6 +66,15 @@ class LocatedDict(dict):
         """Where the value of `key` is written (the mapping itself if unknown)."""
         return self.value_where.get(key) or self.key_where.get(key) or self.where
 
+    def changed(self, drop=(), **values) -> LocatedDict:
+        """A copy without the keys in `drop` and with `values` set, each written where the
+        original's was."""
+        copy = LocatedDict({key: value for key, value in self.items() if key not in drop}, where=self.where)
+        copy.update(values)
+        copy.key_where = {key: where for key, where in self.key_where.items() if key not in drop}
+        copy.value_where = {key: where for key, where in self.value_where.items() if key not in drop}
+        return copy
+
 
 class LocatedList(list):
     """A list that knows where it and each of its items are written."""
