@@ -450,8 +450,9 @@ def find_images(patterns: list[str]) -> list[str]:
     # one row a file however it was named (photos/a.png, ./photos/a.png, a link to it)
     unique, seen = [], set()
     for name in found:
-        if os.path.realpath(name) not in seen:
-            seen.add(os.path.realpath(name))
+        real = os.path.realpath(name)
+        if real not in seen:
+            seen.add(real)
             unique.append(name)
     if not unique:
         raise NoImagesError(f"no image files in {' '.join(patterns)} ({IMAGE_SUFFIX_WORDS})")

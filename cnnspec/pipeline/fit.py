@@ -35,11 +35,9 @@ def capped_batch(train_images: int) -> int:
 
 def fit_batch_size(batch_size: int, train_images: int, set_by_user: bool) -> BatchFit:
     fit = BatchFit(batch_size)
-    if not set_by_user and train_images // batch_size < MIN_STEPS:
-        capped = capped_batch(train_images)
-        if capped < batch_size:
-            fit = BatchFit(capped, capped_from=batch_size)
-    smaller = capped_batch(train_images)
+    smaller = capped_batch(train_images)  # the largest batch with MIN_STEPS steps
+    if not set_by_user and train_images // batch_size < MIN_STEPS and smaller < batch_size:
+        fit = BatchFit(smaller, capped_from=batch_size)
     suggestion = (f"-S train.batch_size={smaller}" if smaller < fit.batch_size
                   else "more images, or more epochs (train.epochs)")
     if 0 < train_images < fit.batch_size:  # training takes them all as one batch: say so, record that

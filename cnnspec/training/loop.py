@@ -50,6 +50,7 @@ from typing import NamedTuple
 import torch
 
 from cnnspec.atomic import save_torch
+from cnnspec.data.download import md5_of
 from cnnspec.data.integrity import set_aside
 from cnnspec.errors import TrainingError, first_line
 from cnnspec.training import distributed, optimization, stops
@@ -410,18 +411,10 @@ def _validate(run: Run) -> tuple[torch.Tensor, torch.Tensor]:
 def run_fingerprint(params: dict, spec_text: str, meta: dict, starting_files=()) -> str:
     """What a resume state must match to be continued: params, spec, data, and the
     contents of the files the weights started from (`starting_files`)."""
-    contents = {str(path): file_digest(path) for path in starting_files}
+    contents = {str(path): md5_of(path) for path in starting_files}
     text = json.dumps({"params": params, "spec": spec_text, "meta": meta, "starting_files": contents},
                       sort_keys=True)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def file_digest(path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for chunk in iter(lambda: file.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _save_resume_state(run: Run, resume_path, fingerprint: str, next_epoch: int,
