@@ -213,7 +213,9 @@ def parsed(text: str, where: Location):
 
 
 def shortened(text: str, most: int = 60) -> str:
-    """An expression as an error message quotes it: whole, or its start and end."""
+    """An expression as an error message quotes it: whole, or its start and end, on one
+    line (a line break or other control character in it written as an escape)."""
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
     return text if len(text) <= most else f"{text[:most - 20]}...{text[-15:]}"
 
 
