@@ -84,7 +84,8 @@ def test_non_mapping_is_refused(tmp_path, text, found):
 
 
 def test_duplicate_key_is_refused(tmp_path):
-    assert "duplicate key 'epochs'" in error_for(tmp_path, "train:\n  epochs: 1\n  epochs: 2\n")
+    message = error_for(tmp_path, "train:\n  epochs: 1\n  epochs: 2\n")
+    assert message.endswith(":3:3: train.epochs: duplicate key (first written on line 2)")
 
 
 def test_exponent_without_dot_is_a_number(tmp_path):

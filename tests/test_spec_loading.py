@@ -168,8 +168,27 @@ def test_yaml_locations_duplicates_and_floats():
     assert [place.line for place in data["b"].item_where] == [3, 4]
     assert data["b"][1].key_where["c"].col == 6
     assert yaml.safe_load("a: 1e-4") == {"a": "1e-4"}   # PyYAML itself is left as it was
-    with pytest.raises(SpecError, match="duplicate key 'a'"):
+    with pytest.raises(SpecError, match="^f.yaml:2:1: a: duplicate key \\(first written on line 1\\)$"):
         load_yaml("a: 1\na: 2\n", "f.yaml")
+
+
+@pytest.mark.parametrize("text, where", [
+    ("layers:\n  - conv: 8\n  - dense:\n      units: 10\n      'units': 12\n",
+     "f.yaml:5:7: layers[1].dense.units: duplicate key (first written on line 4)"),
+    # the first duplicate in the order the file is written, a nested one before a later one
+    ("a:\n  b: {c: 1, c: 2}\nd: 1\nd: 2\n", "f.yaml:2:13: a.b.c: duplicate key (first written on line 2)"),
+    # a mapping shared through an alias is named where it is first written
+    ("base: &b {x: 1, x: 2}\nuse: *b\n", "f.yaml:1:17: base.x: duplicate key (first written on line 1)"),
+])
+def test_a_duplicate_key_names_its_path(text, where):
+    with pytest.raises(SpecError) as caught:
+        load_yaml(text, "f.yaml")
+    assert str(caught.value) == where
+
+
+def test_keys_that_only_look_alike_are_not_duplicates():
+    data = load_yaml("a: 1\n'a ': 2\nA: 3\n", "f.yaml")
+    assert list(data) == ["a", "a ", "A"]
 
 
 # ---------------------------------------------------------------- the command

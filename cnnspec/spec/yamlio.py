@@ -110,7 +110,8 @@ EXPONENT_FLOAT = re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$")
 
 
 class LocatingLoader(yaml.SafeLoader):
-    """SafeLoader that builds LocatedDict/LocatedList and refuses duplicate keys."""
+    """SafeLoader that builds LocatedDict/LocatedList (`refuse_duplicate_keys` checks what it
+    composes first)."""
 
     file: str | None = None
     composed = 0        # nodes so far, an alias counting as every node of what it names
@@ -172,14 +173,48 @@ def construct_located_mapping(loader: LocatingLoader, node: yaml.MappingNode) ->
         if not isinstance(key, str):
             raise SpecError(f"keys must be text, not {type(key).__name__} {key!r}",
                             key_where.file, key_where.line, key_where.col)
-        if key in mapping:
-            first = mapping.key_where[key]
-            raise SpecError(f"duplicate key {key!r} (first written on line {first.line})",
-                            key_where.file, key_where.line, key_where.col, key)
         mapping[key] = loader.construct_object(value_node, deep=True)
         mapping.key_where[key] = key_where
         mapping.value_where[key] = loader.value_location(value_node)
     return mapping
+
+
+STR_TAG = "tag:yaml.org,2002:str"
+
+
+def refuse_duplicate_keys(root: yaml.Node, loader: LocatingLoader) -> None:
+    """The first key, in the order the file is written, that its mapping already holds: a
+    SpecError naming its path (`layers[2].dense.units`), found in the composed document
+    before anything is built. A node shared through an alias is named where it is first
+    reached."""
+    seen: set[int] = set()
+    stack: list[tuple[yaml.Node, str]] = [(root, "")]
+    duplicates = []  # (line, col, path, first line)
+    while stack:
+        node, path = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        children = []
+        if isinstance(node, yaml.SequenceNode):
+            children = [(child, f"{path}[{index}]") for index, child in enumerate(node.value)]
+        elif isinstance(node, yaml.MappingNode):
+            first_line: dict[str, int] = {}
+            for key_node, value_node in node.value:
+                if not (isinstance(key_node, yaml.ScalarNode) and key_node.tag == STR_TAG):
+                    continue  # the constructor refuses keys that are not text
+                key = key_node.value
+                key_path = f"{path}.{key}" if path else key
+                if key in first_line:
+                    mark = key_node.start_mark
+                    duplicates.append((mark.line, mark.column, key_path, first_line[key]))
+                else:
+                    first_line[key] = key_node.start_mark.line + 1
+                children.append((value_node, key_path))
+        stack.extend(reversed(children))  # taken in the order they are written
+    if duplicates:
+        line, col, path, first = min(duplicates)
+        raise SpecError(f"duplicate key (first written on line {first})", loader.file, line + 1, col + 1, path)
 
 
 def construct_located_sequence(loader: LocatingLoader, node: yaml.SequenceNode) -> LocatedList:
@@ -264,6 +299,8 @@ def load_located(text: str, file: str | None = None) -> tuple[object, Location]:
     loader.sizes = {}
     try:
         node = loader.get_single_node()
+        if node is not None:
+            refuse_duplicate_keys(node, loader)
         data = None if node is None else loader.construct_document(node)
     except yaml.YAMLError as error:
         raise yaml_error_to_spec_error(error, file) from None
