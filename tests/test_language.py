@@ -519,7 +519,8 @@ def test_a_negative_depth_is_a_usage_error(capsys):
 @pytest.mark.parametrize("text, value", [
     ("2 + 3 * 4", 14), ("(2 + 3) * 4", 20), ("-3 // 2", -2), ("7 % 4", 3), ("10 - 4 - 3", 3),
     ("64 // 2 // 2", 16), ("min(3, 5, 1)", 1), ("max(1, 6 // 4)", 1), ("round(2.5)", 2), ("round(3.5)", 4),
-    ("ceil(7 / 2)", 4), ("floor(7 / 2)", 3), ("0.5 * 64", 32), ("make_divisible(37, 8)", 40), ("3 / 2", 1.5)])
+    ("ceil(7 / 2)", 4), ("floor(7 / 2)", 3), ("0.5 * 64", 32), ("make_divisible(37, 8)", 40), ("3 / 2", 1.5),
+    ("((4))", 4), ("-(8)", -8), ("2e1 * 2", 40), ("1e-3", 0.001)])
 def test_expression_grammar_and_values(text, value):
     from cnnspec.spec.expressions import evaluate, is_expression, parse
 
@@ -541,7 +542,8 @@ def test_expression_errors_carry_the_offset(text, offset, message):
     assert caught.value.offset == offset and message in caught.value.message
 
 
-@pytest.mark.parametrize("word", ["same", "valid", "symmetric", "num_classes", "relu6", "horizontal_and_vertical"])
+@pytest.mark.parametrize("word", ["same", "valid", "symmetric", "num_classes", "relu6", "horizontal_and_vertical",
+                                  "e", "(e)", "1x1", "3"])
 def test_words_are_not_expressions(word):
     from cnnspec.spec.expressions import is_expression
 

@@ -66,12 +66,13 @@ THIS_LAYER = 0  # the block call of an $in_channels written outside any block: t
 
 TOKEN = re.compile(r"(?P<space>\s+)|(?P<number>\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)|(?P<arg>\$[A-Za-z_]\w*)"
                    r"|(?P<name>[A-Za-z_]\w*)|(?P<op>//|[-+*/%(),])")
-LOOKS_LIKE = re.compile(r"\$|^\s*[A-Za-z_]\w*\s*\(|^(?=.*\d)(?=.*[-+*/%])[\d\s.()+\-*/%]+$")
+LOOKS_LIKE = re.compile(r"\$|^\s*[A-Za-z_]\w*\s*\(|^(?=.*\d)(?=.*[-+*/%()])[\d\s.()+\-*/%eE]+$")
 
 
 def is_expression(value) -> bool:
     """A string that is meant as arithmetic: it holds a `$`, starts with a function call, or
-    is numbers and operators (`4 * 16`). Words like `same` or `num_classes` are not."""
+    is numbers with operators or parentheses (`4 * 16`, `(8)`, `2e1 * 2`). Words like `same`
+    or `num_classes` are not."""
     return isinstance(value, str) and bool(LOOKS_LIKE.search(value))
 
 
