@@ -237,6 +237,24 @@ def test_out_of_memory_names_the_batch_size():
     assert "batch_size 16" in str(caught.value) and "batch_size 8" in str(caught.value)
 
 
+def test_out_of_memory_while_setting_up_is_one_line_naming_the_model(monkeypatch):
+    """Before the first step (the data, the model and its copies moving to the GPU) an
+    out-of-memory is not the batch size's fault, and says so."""
+    def no_room(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    from cnnspec.training import loop
+
+    monkeypatch.setattr(loop, "DeviceData", no_room)
+    model = tiny_model()
+    with pytest.raises(TrainingError) as caught:
+        run_training(train_params(), model=model)
+    message = str(caught.value)
+    parameters = sum(parameter.numel() for parameter in model.parameters())
+    assert message.startswith("CUDA out of memory while setting up training")
+    assert f"{parameters:,} parameters" in message and "batch_size" not in message and "\n" not in message
+
+
 def press_ctrl_c(out):
     os.kill(os.getpid(), signal.SIGINT)
     return out

@@ -108,12 +108,16 @@ def train(model, data: dict, params: dict, device="cpu", *, resume_path=None, lo
     with torch_settings(device, params["deterministic"]), stops.StopSignals(world.handles_signals) as stop_signal:
         # setup: the data on the device, then the saved state (rank 0's) or a fresh start
         torch.manual_seed(params["seed"])
-        device_data = DeviceData(data, device)
-        saved = distributed.from_rank_0(
-            world, lambda: read_resume_state(resume_path, fingerprint) if resume_path else None)
-        run = Run(model, device_data, params, device, init_from_data=saved is None, world=world)
+        try:
+            device_data = DeviceData(data, device)
+            saved = distributed.from_rank_0(
+                world, lambda: read_resume_state(resume_path, fingerprint) if resume_path else None)
+            run = Run(model, device_data, params, device, init_from_data=saved is None, world=world)
+            if saved is not None:
+                load_resume_state(run, saved, resume_path)
+        except torch.OutOfMemoryError:
+            raise stops.setup_oom_error(model) from None
         if saved is not None:
-            load_resume_state(run, saved, resume_path)
             print(f"resuming from {resume_path} at epoch {run.next_epoch + 1}", file=sys.stderr)
         start_epoch = run.next_epoch
         with EpochLog(log_dir, run.history, start_epoch, run.epochs) as log:

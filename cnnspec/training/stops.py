@@ -80,3 +80,12 @@ def oom_error(batch_size: int, epoch: int) -> TrainingError:
     return TrainingError(
         f"CUDA out of memory at epoch {epoch + 1} with train.batch_size {batch_size}; "
         f"try train.batch_size {max(1, batch_size // 2)}, or train.precision: bf16")
+
+
+def setup_oom_error(model) -> TrainingError:
+    """Out of memory before the first step: the model, its copies or the data did not fit."""
+    parameters = sum(parameter.numel() for parameter in model.parameters())
+    return TrainingError(
+        f"CUDA out of memory while setting up training (the model's {parameters:,} parameters, "
+        "their optimizer state and EMA copy, the training images); another process may hold "
+        "the GPU (nvidia-smi lists them), else use a smaller spec or dataset")
