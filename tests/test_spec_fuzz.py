@@ -462,6 +462,16 @@ KNOWN_BUGS = {
         spec_with_layers("  - activation: {fn: celu, alpha: 0}\n  - flatten\n  - dense: num_classes\n"),
         "activation alpha has no minimum in schema.json: celu with alpha 0 raises "
         "RuntimeError (ZeroDivisionError) in forward"),
+    "celu_alpha_underflows_float32": known_bug(
+        spec_with_layers("  - activation: {fn: celu, alpha: 2.7647055469289417e-117}\n  - flatten\n"
+                         "  - dense: num_classes\n"),
+        "alpha's minimum was 0 exclusive: torch turns 1/alpha into a float32 at the first forward "
+        "and raises RuntimeError (found by make fuzz)"),
+    "leaky_slope_overflows_float32": known_bug(
+        spec_with_layers("  - activation: {fn: leaky_relu, negative_slope: 1.0e+300}\n  - flatten\n"
+                         "  - dense: num_classes\n"),
+        "negative_slope had no bounds: torch turns it into a float32 at the first forward and "
+        "raises RuntimeError"),
     "integer_over_4300_digits": known_bug(
         spec_with_layers("  - conv: " + "9" * 5000 + "\n"),
         "PyYAML's int() of a 5000-digit scalar raises ValueError (Python's 4300-digit limit); "

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from cnnspec.layers.geometry import nn, one, shape_free
 from cnnspec.layers.registry import LayerRule, register_layer, registry_drift
+from cnnspec.layers.schema_base import MAX_FACTOR
 
 if TYPE_CHECKING:
     from cnnspec.spec.nodes import LayerNode
@@ -51,19 +52,24 @@ def build_activation(node, in_shape, ctx):
     return one(node, ACTIVATIONS[activation_of(node, ctx, "fn")](node.options))
 
 
+MIN_ALPHA = 1e-6  # celu divides by alpha
+
 ACTIVATION_OPTIONS = {
     "description": "an element-wise activation function",
     "properties": {
         "fn": {"$ref": "#/$defs/activation_name", "description": "the function"},
         "negative_slope": {
             "type": "number",
+            "minimum": -MAX_FACTOR,
+            "maximum": MAX_FACTOR,
             "description": "slope for negative inputs (leaky_relu)",
             "default": 0.01,
         },
         "alpha": {
             "type": "number",
-            "exclusiveMinimum": 0,
-            "description": "alpha of elu and celu (greater than 0)",
+            "minimum": MIN_ALPHA,
+            "maximum": MAX_FACTOR,
+            "description": "alpha of elu and celu",
             "default": 1.0,
         },
     },

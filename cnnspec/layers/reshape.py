@@ -18,7 +18,7 @@ from cnnspec.layers.geometry import (
     torch_modules,
 )
 from cnnspec.layers.registry import Inferred, LayerRule, register_layer
-from cnnspec.layers.schema_base import pixel_sizes
+from cnnspec.layers.schema_base import MAX_FACTOR, pixel_sizes
 
 
 @functools.cache
@@ -127,7 +127,8 @@ SPATIAL_DROPOUT_OPTIONS = {
 
 SCALE_OPTIONS = {
     "description": "multiplies the input by a constant",
-    "properties": {"factor": {"type": "number", "description": "the constant"}},
+    "properties": {"factor": {"type": "number", "minimum": -MAX_FACTOR, "maximum": MAX_FACTOR,
+                              "description": "the constant"}},
     "required": ["factor"],
     "x-shorthand": "factor",
     "x-example": [{"scale": 0.5}],

@@ -15,6 +15,7 @@ import functools
 
 from cnnspec.layers.geometry import error, fmt, module_attribute, one, torch_modules
 from cnnspec.layers.registry import Inferred, LayerRule, register_layer
+from cnnspec.layers.schema_base import MAX_FACTOR
 
 
 @functools.cache
@@ -77,7 +78,8 @@ LAYER_SCALE_OPTIONS = {
     "description": "multiplies each channel by a learned weight that starts at `value` "
                    "(layer scale: ConvNeXt, CaiT; the end of a residual body)",
     "properties": {
-        "value": {"type": "number", "default": 1e-6, "description": "the weights' starting value"},
+        "value": {"type": "number", "minimum": -MAX_FACTOR, "maximum": MAX_FACTOR, "default": 1e-6,
+                  "description": "the weights' starting value"},
     },
     "x-shorthand": "value",
     "x-example": [{"conv": 8}, {"layer_scale": 1e-6}],

@@ -6,6 +6,10 @@ adds one $defs entry per registered layer type.
 """
 
 MAX_PIXELS = 4096  # the largest size, stride or padding a spec may write
+# The largest magnitude of a constant a layer multiplies by (scale, layer_scale, an
+# activation's slope or alpha): far beyond any real network, and torch turns each into a
+# float32, which a spec's 1e300 would overflow.
+MAX_FACTOR = 1e6
 
 
 def pixel_sizes(description: str, minimum: int = 1, count: int = 2, nullable: bool = False, **more) -> dict:
