@@ -151,6 +151,40 @@ def test_prepared_data_keeps_each_splits_file_list(tmp_path):
         assert [meta["classes"][label] for label in labels] == [name.split("/")[0] for name in files[split]]
 
 
+# --- data.val_split: auto ------------------------------------------------------------
+
+@pytest.mark.parametrize("training_images, fraction", [
+    (50_000, 0.02), (60_000, 0.02), (200_000, 0.02),   # the built-ins keep CIFAR's 2%
+    (10_000, 0.1), (7_000, 0.14), (325, 0.2), (12, 0.2)])
+def test_val_split_auto_holds_out_about_a_thousand_images_between_2_and_20_percent(training_images, fraction, capsys):
+    from cnnspec.data.datasets import val_fraction
+
+    assert val_fraction("auto", training_images) == fraction
+    assert f"data.val_split auto: {fraction:g} of {training_images:,} training images" in capsys.readouterr().out
+    assert val_fraction(0.05, training_images) == 0.05 and capsys.readouterr().out == ""  # a number as written
+
+
+def test_val_split_auto_gives_a_few_hundred_own_images_a_validation_set_to_steer_by(tmp_path):
+    """400 Fashion-MNIST images as files: CIFAR's 2% would leave 6 validation images (none
+    for most classes); auto holds out a fifth of what test leaves, from every class."""
+    from tests.imagefiles import fashion_subset, write_image_folder
+
+    images, labels, _, _ = fashion_subset(400, 0)
+    write_image_folder(tmp_path / "clothes", images, labels)
+    data = {"dataset": "folder", "source": str(tmp_path / "clothes"), "val_split": "auto", "test_split": 0.2,
+            "seed": 0, "image_size": "auto", "channels": "auto", "resize": "stretch", "bad_images": "fail",
+            "csv": {}, "classes": []}
+    meta = prepare_image_dataset(data, tmp_path / "prepared", workers=1, log=lambda line: None)
+    counts = meta["counts"]
+    assert counts["test"] == 80 and counts["val"] == pytest.approx(0.2 * 320, abs=len(meta["classes"]))
+    val_labels = np.load(tmp_path / "prepared" / "val_labels.npy")
+    assert set(val_labels.tolist()) == set(range(len(meta["classes"])))  # every class has val images
+
+
+def test_params_yaml_ships_val_split_auto():
+    assert load_params(REPO_ROOT / "params.yaml")["data"]["val_split"] == "auto"
+
+
 # --- data.source: outside the repository, or left over -------------------------------
 
 def test_a_source_outside_the_repository_is_named_as_unversioned(tmp_path, monkeypatch):

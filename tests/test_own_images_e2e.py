@@ -53,12 +53,14 @@ def test_the_readme_commands_train_with_defaults_that_fit(own_images_repo):
     assert ran_stages(output) == ["download", "preprocess", "resolve", "train", "evaluate", "plot"]
     resolved = yaml.safe_load((repo / "params.resolved.yaml").read_text())
     assert resolved["model"]["spec"] == "specs/small_images.yaml" and resolved["recipe"] == "small_images"
-    # 400 images: 311 train after the test and val splits, so the recipe's batch 64 is
-    # capped to give 20 steps an epoch; the images are 28x28 grayscale, and auto keeps them so.
-    assert resolved["train"]["batch_size"] == 15
+    # 400 images: 320 after the test split, of which data.val_split auto holds out a fifth
+    # (254 train, each class rounding its own share), so the recipe's batch 64 is capped to give 20 steps an epoch; the
+    # images are 28x28 grayscale, and auto keeps them so.
+    assert "data.val_split auto: 0.2 of 320 training images" in output
+    assert resolved["train"]["batch_size"] == 12
     assert ("spec specs/small_images.yaml (model.spec: auto, for your own images (data.dataset: folder)), "
-            "recipe small_images (recipe: auto, the one the spec names); batch 15: 20 steps an epoch on "
-            "311 training images of 1x28x28 (the recipe's 64 would be 4; capped for at least 20)") in output
+            "recipe small_images (recipe: auto, the one the spec names); batch 12: 21 steps an epoch on "
+            "254 training images of 1x28x28 (the recipe's 64 would be 3; capped for at least 20)") in output
     assert "images 28x28 (data.image_size: auto): not resized" in output
     assert "channels: 1 (data.channels: auto; the 256 images sampled across the dataset are grayscale)" in output
     # DVC warns of the outputs a first run has no dvc.lock entry for, but never again of

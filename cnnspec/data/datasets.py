@@ -276,6 +276,24 @@ def decode_raw(name: str, raw: Path) -> RawDataset:
 # ---------------------------------------------------------------------------------------
 # Preprocessing: a stratified validation split and the training split's statistics.
 
+AUTO_VAL_IMAGES = 1000          # data.val_split: auto holds out about this many images,
+AUTO_VAL_SHARE = (0.02, 0.2)    # but at least and at most these shares of the training set
+
+
+def val_fraction(val_split, training_images: int) -> float:
+    """data.val_split as a fraction: a number as written; `auto` about 1,000 validation images,
+    2% to 20% of the `training_images` (rounded to two digits): the built-ins' 50,000-60,000
+    give 0.02, a few hundred images of one's own 0.2, enough for early stopping to steer by.
+    Prints the fraction `auto` chose."""
+    if val_split != "auto":
+        return val_split
+    low, high = AUTO_VAL_SHARE
+    fraction = float(f"{min(high, max(low, AUTO_VAL_IMAGES / max(1, training_images))):.2g}")
+    print(f"data.val_split auto: {fraction:g} of {training_images:,} training images "
+          f"(about {AUTO_VAL_IMAGES:,}, {low:.0%} to {high:.0%})")
+    return fraction
+
+
 def stratified_split(labels: np.ndarray, val_fraction: float, seed: int,
                      param: str = "data.val_split") -> tuple[np.ndarray, np.ndarray]:
     """Indices (train, val), each sorted: every class gives round(val_fraction * its count)
@@ -339,9 +357,10 @@ class Normalize:
         return self.shift.addcmul(pixels.float(), self.scale)
 
 
-def prepare(raw: RawDataset, dataset: str, val_fraction: float, seed: int) -> tuple[dict, dict]:
-    """Split and describe a decoded dataset: (arrays by file stem, meta.json contents)."""
-    train, val = stratified_split(raw.train_labels, val_fraction, seed)
+def prepare(raw: RawDataset, dataset: str, val_split, seed: int) -> tuple[dict, dict]:
+    """Split and describe a decoded dataset: (arrays by file stem, meta.json contents).
+    `val_split`: data.val_split, a fraction or auto."""
+    train, val = stratified_split(raw.train_labels, val_fraction(val_split, len(raw.train_labels)), seed)
     arrays = {
         "train_images": np.ascontiguousarray(raw.train_images[train]),
         "train_labels": raw.train_labels[train].astype(np.int64),

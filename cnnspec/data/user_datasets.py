@@ -31,7 +31,7 @@ from numpy.lib import format as npy_format
 
 from cnnspec import atomic
 from cnnspec.atomic import atomic_folder
-from cnnspec.data.datasets import FILES_JSON, SPLITS, histogram_mean_std, stratified_split
+from cnnspec.data.datasets import FILES_JSON, SPLITS, histogram_mean_std, stratified_split, val_fraction
 from cnnspec.data.images import (
     IMAGE_SUFFIXES,
     ROTATING_ORIENTATIONS,
@@ -307,12 +307,13 @@ def class_order(found: set[str], asked: list[str] | None) -> list[str]:
     return list(asked)
 
 
-def assign_splits(listing: Listing, val_split: float, test_split: float, seed: int,
+def assign_splits(listing: Listing, val_split, test_split: float, seed: int,
                   class_names: list[str] | None = None, strict: bool = False):
     """(classes, {split: (indices into the listing, label ids)}).
 
     The source's own splits are kept; without a test split, a stratified `test_split`
-    is held out (seeded); without a val split, a stratified `val_split` of train.
+    is held out (seeded); without a val split, a stratified `val_split` of train (a
+    fraction, or auto: datasets.val_fraction).
     `class_names` (data.classes) fixes the label order; alphabetical without it."""
     if not listing.paths:
         raise DataError("data.source: no images found (empty dataset)")
@@ -333,7 +334,7 @@ def assign_splits(listing: Listing, val_split: float, test_split: float, seed: i
         keep, held = stratified_split(ids[train_pool], test_split, seed, "data.test_split")
         split_indices["test"], train_pool = train_pool[held], train_pool[keep]
     if "val" not in given_splits:
-        keep, held = stratified_split(ids[train_pool], val_split, seed)
+        keep, held = stratified_split(ids[train_pool], val_fraction(val_split, len(train_pool)), seed)
         split_indices["val"], train_pool = train_pool[held], train_pool[keep]
     split_indices["train"] = train_pool
     in_train = set(ids[train_pool].tolist())
