@@ -172,8 +172,10 @@ def disk_is_full(error: BaseException, folder) -> bool:
 
 
 def write_text(destination, text: str) -> None:
+    """`text` as UTF-8. A file name that was not UTF-8 on disk reaches Python as lone
+    surrogates, which UTF-8 cannot hold: they are written as `\\udcxx` escapes."""
     with atomic_path(destination) as temporary:
-        temporary.write_text(text, encoding="utf-8")
+        temporary.write_text(text, encoding="utf-8", errors="backslashreplace")
 
 
 def write_json(destination, data) -> None:

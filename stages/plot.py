@@ -74,7 +74,7 @@ def read_prediction_paths(path: Path) -> list[str] | None:
     rows = table_rows(path, ",", DataError, EVALUATE_HINT)[1]
     if not rows or "path" not in rows[0]:
         return None
-    return [row["path"] for row in rows]
+    return [row.get("path") or "" for row in rows]  # a row cut short: no name under its thumbnail
 
 
 def short_name(path: str, limit: int = 22) -> str:
@@ -108,7 +108,7 @@ def read_confusion_matrix(path: Path, classes: list[str]) -> np.ndarray:
         report = json.loads(path.read_text(encoding="utf-8"))
         counts = np.array(report["confusion_matrix"], dtype=np.int64)
         report_classes = list(report["classes"])
-    except (OSError, ValueError, KeyError, TypeError, OverflowError):
+    except (OSError, ValueError, KeyError, TypeError, OverflowError, RecursionError):
         raise DataError(f"{path}: no confusion_matrix and classes; {EVALUATE_HINT} again") from None
     if report_classes != classes or counts.shape != (len(classes), len(classes)):
         raise DataError(f"{path}: made for other classes than the prepared data's; {EVALUATE_HINT} again")

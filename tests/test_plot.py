@@ -203,7 +203,8 @@ def test_predictions_of_unknown_classes_are_refused(project):
      "predictions.csv: not a readable CSV file ("),
     (lambda p: p.write_text(json.dumps(json.loads(p.read_text()) | {"confusion_matrix": [[10**30]]})),
      "metrics/eval_report.json", "eval_report.json: no confusion_matrix and classes"),
-], ids=["tsv-bytes", "tsv-huge-field", "csv-bytes", "matrix-overflow"])
+    (lambda p: p.write_text("[" * 100_000), "metrics/eval_report.json", "eval_report.json: no confusion_matrix"),
+], ids=["tsv-bytes", "tsv-huge-field", "csv-bytes", "matrix-overflow", "deeply-nested-json"])
 def test_a_damaged_log_or_report_is_one_line_naming_it(project, capsys, damage, file, words):
     damage(project / file)
     with pytest.raises(SystemExit) as caught:
@@ -211,3 +212,15 @@ def test_a_damaged_log_or_report_is_one_line_naming_it(project, capsys, damage, 
     error = capsys.readouterr().err
     assert caught.value.code != 0 and error.startswith("error: ") and words in error, error
     assert error.count("\n") == 1 and not (project / "metrics" / "plots").exists()
+
+
+def test_a_prediction_row_cut_short_leaves_its_thumbnail_untitled(project):
+    """A predictions.csv edited by hand: a mistake's row has no path field."""
+    csv_path = project / "metrics" / "predictions.csv"
+    lines = csv_path.read_text().splitlines()
+    lines[0] += ",path"
+    lines[1:] = [f"{line},img{i}.png" for i, line in enumerate(lines[1:])]
+    lines[2] = lines[2].rsplit(",", 1)[0]  # index 1, a mistake: no path
+    csv_path.write_text("\n".join(lines) + "\n")
+    plot_stage.main()
+    assert (project / "metrics" / "plots" / "misclassified.png").stat().st_size > 1000

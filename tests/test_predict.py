@@ -1,6 +1,7 @@
 """Using a trained model: `cnnspec predict`, `cnnspec.load_model` / `cnnspec.predict`, and
 `cnnspec export`, on a small model trained on real Fashion-MNIST images written to files."""
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -171,6 +172,20 @@ def test_unreadable_images_are_reported_in_their_rows_and_the_rest_go_on(tmp_pat
     assert broken[0].endswith("broken.png") and broken[1] == "" and "broken.png" in broken[3]
     assert good[0].endswith("good.png") and good[1] in "abcdefghij" and 0 < float(good[2]) <= 1
     assert f"error: {tmp_path / 'broken.png'}" in captured.err and captured.out == ""
+
+
+def test_an_image_whose_name_is_not_utf8_is_predicted_and_written_escaped(tmp_path, capsys):
+    """A file name from another system's encoding (bytes that are not UTF-8) reaches Python
+    as lone surrogates: the CSV written stays UTF-8, the name escaped."""
+    checkpoint = random_checkpoint(tmp_path, SPEC, (1, 28, 28))
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.fromarray(np.full((28, 28), 200, np.uint8)).save(os.fsdecode(bytes(images) + b"/bad\xff.png"))
+    output = tmp_path / "predictions.csv"
+    assert cli(["predict", str(checkpoint), str(images), "--output", str(output)]) == 0
+    row = output.read_bytes().decode("utf-8").splitlines()[1].split(",")
+    assert row[0].endswith("bad\\udcff.png") and 0 < float(row[2]) <= 1
+    capsys.readouterr()
 
 
 def test_paths_that_match_nothing_are_one_line_errors(tmp_path, capsys):
