@@ -84,12 +84,38 @@ def resolve(params_path=PARAMS, resolved_path=RESOLVED_PARAMS, prepared=PREPARED
     recipe = "no recipe" if params["recipe"] == "none" else f"recipes/{params['recipe']}.yaml"
     if meta is not None and meta.get("classes"):
         check_class_weight_names(params, meta["classes"], written, str(params_path), recipe)
+        if params["train"]["class_weights"]["mode"] == "none":
+            warnings = warnings + imbalance_notes(prepared, meta["classes"])
     text = HEADER.format(recipe=recipe) + f"{STAMP}{stamp}\n" + yaml.safe_dump(params, sort_keys=False)
     write_text(resolved_path, text)
     log(why)
     for warning in warnings:
         log(warning)
     return params
+
+
+IMBALANCE_RATIO = 3  # the commonest class's training images to the rarest's, from which it is said
+
+
+def imbalance_notes(prepared, classes: list) -> list[str]:
+    """One note when the training classes are far from even and nothing weighs them: the
+    model then learns to favour the common classes, and the rare ones' recall suffers."""
+    import numpy as np  # here: the stage's other work needs no numpy
+
+    try:
+        labels = np.load(Path(prepared) / "train_labels.npy", mmap_mode="r", allow_pickle=False)
+        counts = np.bincount(np.asarray(labels), minlength=len(classes))
+    except (OSError, ValueError, TypeError):
+        return []  # the train stage names what is wrong with the prepared data
+    if len(counts) != len(classes) or counts.min() == 0:
+        return []
+    rare, common = int(counts.argmin()), int(counts.argmax())
+    ratio = counts[common] / counts[rare]
+    if ratio < IMBALANCE_RATIO:
+        return []
+    return [f"note: the training classes are uneven: '{classes[rare]}' has {counts[rare]} images, "
+            f"'{classes[common]}' {counts[common]} ({ratio:.0f}:1); -S train.class_weights.mode=balanced "
+            "weighs each class's loss by its rarity"]
 
 
 def fits(spec, input_shape, num_classes) -> str | None:

@@ -93,6 +93,34 @@ def test_the_resolve_stage_says_what_it_chose_and_why(tmp_path, monkeypatch):
     assert len(written["model"]["spec_sha256"]) == 64
 
 
+def test_resolve_notes_uneven_classes_only_while_nothing_weighs_them(tmp_path, monkeypatch):
+    """Fashion-MNIST as files, one class with 8 images against 60 for each of the others."""
+    from stages.resolve import resolve
+    from tests.imagefiles import fashion_subset, write_image_folder
+
+    images, labels, _, _ = fashion_subset(2000, 0)
+    keep = np.concatenate([np.flatnonzero(labels == label)[:8 if label == 9 else 60] for label in range(4, 10)])
+    write_image_folder(tmp_path / "clothes", images[keep], labels[keep])
+    data = {"dataset": "folder", "source": str(tmp_path / "clothes"), "val_split": "auto", "test_split": 0.2,
+            "seed": 0, "image_size": "auto", "channels": "auto", "resize": "stretch", "bad_images": "fail",
+            "csv": {}, "classes": []}
+    prepare_image_dataset(data, tmp_path / "prepared", workers=1, log=lambda line: None)
+    monkeypatch.chdir(REPO_ROOT)
+    text = (REPO_ROOT / "params.yaml").read_text().replace("  dataset: cifar10 ", "  dataset: folder  ")
+    notes = {}
+    for mode in ("", "balanced"):  # params.yaml's empty mode: the recipe's, none
+        (tmp_path / "params.yaml").write_text(text.replace("    mode:                 # none | balanced",
+                                                            f"    mode: {mode}  # none | balanced"))
+        said = []
+        resolve(tmp_path / "params.yaml", tmp_path / "params.resolved.yaml", tmp_path / "prepared", log=said.append)
+        assert said[0].startswith("spec specs/small_images.yaml")
+        notes[mode] = [line for line in said if "uneven" in line]
+    assert notes["balanced"] == []
+    assert len(notes[""]) == 1 and notes[""][0].startswith(
+        "note: the training classes are uneven: 'Ankle boot' has ")
+    assert notes[""][0].endswith("-S train.class_weights.mode=balanced weighs each class's loss by its rarity")
+
+
 # --- image size, channels, class order ---------------------------------------------
 
 def write_images(root: Path, sizes, mode="L", classes=("eight", "five", "nine")):
