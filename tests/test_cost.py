@@ -26,6 +26,18 @@ def test_a_long_cpu_run_says_so_and_names_a_cpu_sized_run():
     assert "long run for a CPU" in lines[2] and "specs/simcnn.yaml" in lines[2]
 
 
+def test_the_advice_for_ones_own_images_is_their_size_then_fewer_epochs():
+    """Not CIFAR's simcnn: for a folder or csv dataset the image size is the first lever."""
+    lines = []
+    clock = progress.CostClock(lines.append, torch.device("cpu"), 10, 0, 100, 32, 3200, False,
+                               advice=progress.cpu_sized_run(True, [3, 96, 64]))
+    clock.report(0.5)
+    assert lines[2].endswith("a CPU-sized run: dvc exp run -S 'data.image_size=[48,32]' (smaller images, about "
+                             "25% of the arithmetic of 96x64), or dvc exp run -S train.epochs=N (fewer epochs)")
+    assert progress.cpu_sized_run(True, [1, 28, 28]) == "dvc exp run -S train.epochs=N (fewer epochs)"
+    assert progress.cpu_sized_run(False, [3, 96, 96]) == progress.CPU_SIZED_RUN
+
+
 def test_a_short_run_or_a_gpu_run_gets_no_advice():
     assert len(clock_lines("cpu", 0.01)) == 2
     assert len(clock_lines("cuda", 0.5)) == 2  # long, but not on a CPU

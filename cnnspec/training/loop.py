@@ -50,6 +50,7 @@ from typing import NamedTuple
 import torch
 
 from cnnspec.atomic import save_torch
+from cnnspec.data.datasets import USER_DATASETS
 from cnnspec.data.download import md5_of
 from cnnspec.data.integrity import set_aside
 from cnnspec.errors import TrainingError, first_line
@@ -67,7 +68,7 @@ from cnnspec.training.device import (
 )
 from cnnspec.training.distributed import ONE_PROCESS, World
 from cnnspec.training.finetune import UnfreezeSchedule
-from cnnspec.training.progress import Clock, CostClock, EpochLog, EpochProgressBar, print_line
+from cnnspec.training.progress import Clock, CostClock, EpochLog, EpochProgressBar, cpu_sized_run, print_line
 
 RESUME_FORMAT = "cnnspec-resume/3"  # 3: a mid-epoch state keeps its per-step losses as `losses`
 WHITENING_IMAGES = 5000  # training images handed to model.init_from_data (airbench's figure)
@@ -126,9 +127,11 @@ def train(model, data: dict, params: dict, device="cpu", *, resume_path=None, lo
                 if device.type == "cpu" and params["cpu_precision"] == "bf16" and run.autocast_dtype is None:
                     print_line("note: train.cpu_precision is bf16, but this CPU has no bf16 instructions "
                                "(AMX or AVX512): training in fp32, which is faster here")
+                own_images = data["meta"].get("dataset") in USER_DATASETS
                 clock.cost = CostClock(print_line, device, run.epochs, start_epoch, run.steps_per_epoch,
                                        run.batch_size, len(device_data.train_labels), run.early_stopping is not None,
-                                       precision=run.autocast_dtype)
+                                       precision=run.autocast_dtype,
+                                       advice=cpu_sized_run(own_images, data["meta"].get("input_shape")))
             for epoch in range(start_epoch, run.epochs):
                 if run.stopped_early:
                     break

@@ -26,6 +26,24 @@ CPU_MINUTES = 5     # a CPU run longer than this gets the advice below
 CPU_SIZED_RUN = ("dvc exp run -S model.spec=specs/simcnn.yaml -S train.epochs=2 "
                  "(a 122k-parameter CNN with its own recipe; docs/benchmarks.md has its time and accuracy), "
                  "or fewer epochs: -S train.epochs=N")
+SMALL_IMAGE_SIDE = 32  # own images larger than this: the advice names data.image_size first
+
+
+def cpu_sized_run(own_images: bool, input_shape) -> str:
+    """The advice for a long CPU run. For one's own images the image size is the first
+    lever (the arithmetic of a conv network grows with the pixels), and their spec and
+    recipe stay."""
+    if not own_images:
+        return CPU_SIZED_RUN
+    fewer_epochs = "dvc exp run -S train.epochs=N (fewer epochs)"
+    height, width = input_shape[-2:] if input_shape else (0, 0)
+    if min(height, width) <= SMALL_IMAGE_SIDE:
+        return fewer_epochs
+    scale = SMALL_IMAGE_SIDE / min(height, width)
+    smaller = [round(height * scale), round(width * scale)]
+    share = smaller[0] * smaller[1] / (height * width)
+    return (f"dvc exp run -S 'data.image_size=[{smaller[0]},{smaller[1]}]' (smaller images, about {share:.0%} "
+            f"of the arithmetic of {height}x{width}), or {fewer_epochs}")
 
 
 def duration(seconds: float) -> str:
@@ -41,8 +59,8 @@ class CostClock:
 
     def __init__(self, say, device: torch.device, epochs: int, start_epoch: int,
                  steps_per_epoch: int, batch_size: int, num_train: int, early_stopping: bool,
-                 precision: torch.dtype | None = None):
-        self.say, self.device = say, device
+                 precision: torch.dtype | None = None, advice: str = CPU_SIZED_RUN):
+        self.say, self.device, self.advice = say, device, advice
         self.steps_left = (epochs - start_epoch) * steps_per_epoch
         self.steps_per_epoch, self.early_stopping = steps_per_epoch, early_stopping
         self.seen, self.started = 0, None
@@ -71,7 +89,7 @@ class CostClock:
         self.say(f"estimate: {duration(total)} for the run{upper}, "
                  f"{duration(per_step * self.steps_per_epoch)} per epoch ({per_step * 1000:.0f} ms per step)")
         if self.device.type == "cpu" and total > CPU_MINUTES * 60:
-            self.say(f"this is a long run for a CPU ({duration(total)}); a CPU-sized run: {CPU_SIZED_RUN}")
+            self.say(f"this is a long run for a CPU ({duration(total)}); a CPU-sized run: {self.advice}")
 
 
 # ---------------------------------------------------------------- clocks and epoch lines
