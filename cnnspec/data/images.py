@@ -4,7 +4,8 @@ The preprocess stage (folder and CSV datasets), `cnnspec predict` and `cnnspec e
 checks all call `read_image`, so an image is decoded, converted and resized identically
 at training and at prediction time.
 
-Decoding is Pillow's (JPEG, PNG, BMP, WebP, GIF's first frame, TIFF, ...). Colour modes
+Decoding is Pillow's, limited to JPEG, PNG, BMP, WebP, GIF's first frame and TIFF (a file
+in any other format, e.g. PostScript named .png, is refused unread). Colour modes
 are converted to the channels asked for:
 - 1 channel: Pillow's "L" (ITU-R 601-2 luma); transparency is composited onto black first.
 - 3 channels: "RGB"; palette and grayscale images are expanded, transparency is
@@ -29,6 +30,11 @@ from cnnspec.regular_files import not_a_regular_file
 
 RESIZE_POLICIES = ("stretch", "center_crop")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
+# The only decoders Pillow may use, whatever a file's name or content claims: Pillow picks
+# the decoder from the content, and some (EPS: Ghostscript, a PostScript interpreter) run
+# what the file holds.
+READ_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "WEBP", "TIFF")
+NOT_READ = "not an image cnnspec reads (JPEG, PNG, BMP, GIF, WebP or TIFF)"
 
 
 class ImageReadError(DataError):
@@ -57,6 +63,13 @@ def note(message: str) -> None:
         print(f"note: {message}", file=sys.stderr)
 
 
+def open_image(stream):
+    """Pillow's Image.open limited to READ_FORMATS: reads the header only."""
+    from PIL import Image
+
+    return Image.open(stream, formats=READ_FORMATS)
+
+
 def _open(source, size: tuple[int, int] | None = None):
     """A loaded PIL image from a path, bytes or a PIL image. Raises ImageReadError.
     With `size` (height, width) a large JPEG is decoded already reduced (Pillow's draft
@@ -80,7 +93,7 @@ def _open(source, size: tuple[int, int] | None = None):
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             stream = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else open(source, "rb")
             with stream:
-                image = Image.open(stream)  # the header only: the size is known, nothing decoded
+                image = open_image(stream)  # the header only: the size is known, nothing decoded
                 if image.width * image.height > MAX_PIXELS:  # our bound; Pillow's global is the user's
                     raise Image.DecompressionBombError(f"{image.width * image.height} pixels")
                 if size is not None and image.format == "JPEG":
@@ -93,7 +106,7 @@ def _open(source, size: tuple[int, int] | None = None):
     except FileNotFoundError:
         raise ImageReadError(f"{name}: no such image file") from None
     except UnidentifiedImageError:
-        raise ImageReadError(f"{name}: not an image Pillow can read") from None
+        raise ImageReadError(f"{name}: {NOT_READ}") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageReadError(f"{name}: refused, more than {MAX_PIXELS:,} pixels (a decompression "
                              f"bomb, or a photo far larger than any model input)") from None

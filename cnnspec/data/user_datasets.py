@@ -38,6 +38,7 @@ from cnnspec.data.images import (
     ImageReadError,
     exif_orientation,
     is_image_file,
+    open_image,
     read_image,
 )
 from cnnspec.errors import DataError, DiskFullError
@@ -608,15 +609,13 @@ GRAY_MODES = {"1", "L", "LA", "I", "I;16", "F"}
 def sample_images(paths: list[str], sample: int = SIZE_SAMPLE) -> list[tuple[int, int, str]]:
     """(height, width, mode) of up to `sample` of the images, spread over the list, read
     from the file headers (no decoding). Unreadable files are left out: decoding names them."""
-    from PIL import Image
-
     spread = np.unique(np.linspace(0, len(paths) - 1, min(len(paths), sample)).round().astype(int))
     found = []
     for path in (paths[i] for i in spread):
         if not_a_regular_file(path):  # a FIFO would block the open: decoding names it
             continue
         try:
-            with Image.open(path) as image:
+            with open_image(path) as image:
                 mode = image.mode
                 if mode == "P":  # a palette: grayscale only if every entry is
                     palette = image.getpalette() or []
