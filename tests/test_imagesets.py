@@ -270,6 +270,33 @@ def test_csv_without_the_named_column_names_the_param(tmp_path):
         prepare(tmp_path, data_params(tmp_path, dataset="csv", source=str(manifest)))
 
 
+@pytest.mark.parametrize("renamed", ["class folder", "image file"])
+def test_a_folder_name_that_is_not_utf8_is_refused_naming_it(tmp_path, fashion, renamed):
+    root = folder_of(tmp_path, fashion)
+    if renamed == "class folder":
+        os.rename(bytes(root / "Bag"), bytes(root) + b"/B\xe9g")
+        expected = f"{root}/B\\xe9g: the name is not valid UTF-8 text; rename it"
+    else:
+        image = sorted((root / "Bag").iterdir())[0]
+        os.rename(bytes(image), bytes(root) + b"/Bag/\xff.png")
+        expected = f"{root}/Bag/\\xff.png: the name is not valid UTF-8 text; rename it"
+    with pytest.raises(DataError) as caught:
+        prepare(tmp_path, data_params(tmp_path, source=str(root)))
+    message = str(caught.value)
+    assert message.startswith(expected) and message.isprintable() and message.encode("utf-8")
+    assert not (tmp_path / "prepared").exists()
+
+
+def test_a_csv_in_a_folder_whose_name_is_not_utf8_is_refused_naming_it(tmp_path, fashion):
+    folder = Path(os.fsdecode(bytes(tmp_path) + b"/lists-\xe9"))
+    root = folder_of(folder, fashion)
+    rows = [{"path": str(p.relative_to(folder)), "label": p.parent.name} for p in sorted(root.glob("*/*.png"))]
+    manifest = write_csv(folder / "list.csv", rows)
+    with pytest.raises(DataError, match=r"lists-\\xe9: the name is not valid UTF-8 text; rename it"):
+        prepare(tmp_path, data_params(tmp_path, dataset="csv", source=str(manifest)))
+    assert not (tmp_path / "prepared").exists()
+
+
 # ---------------------------------------------------------------- params and the stage
 
 @pytest.mark.parametrize("change, message", [

@@ -61,6 +61,7 @@ class Listing:
     places: list[str] | None = None                   # csv: "labels.csv:12: a.jpg" for messages
 
     def add(self, path, label: str, split: str, place: str | None = None) -> None:
+        _refuse_a_name_not_in_utf8(Path(path))
         self.paths.append(str(path))
         self.labels.append(sys.intern(label))
         self.splits.append(split)
@@ -71,6 +72,19 @@ class Listing:
     def name(self, index: int) -> str:
         """How messages name an image: its path, or its CSV line and path."""
         return self.places[index] if self.places is not None else self.paths[index]
+
+
+def _refuse_a_name_not_in_utf8(path: Path) -> None:
+    """A file or folder name whose bytes are not UTF-8 (Python holds them as surrogates)
+    cannot be written to meta.json or printed by the later stages: refuse it here, named
+    with its bytes escaped."""
+    for depth, part in enumerate(path.parts, start=1):
+        try:
+            part.encode("utf-8")
+        except UnicodeEncodeError:
+            shown = os.fsencode(Path(*path.parts[:depth])).decode("utf-8", "backslashreplace")
+            raise DataError(f"{shown}: the name is not valid UTF-8 text; rename it (cnnspec writes "
+                            "class names and paths to meta.json and its reports as UTF-8)") from None
 
 
 # ---------------------------------------------------------------------------------------
