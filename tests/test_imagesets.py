@@ -270,6 +270,16 @@ def test_csv_without_the_named_column_names_the_param(tmp_path):
         prepare(tmp_path, data_params(tmp_path, dataset="csv", source=str(manifest)))
 
 
+@pytest.mark.parametrize("row, fields", [(",,extra", 3), ("images/a.png,Bag,b,c", 4)])
+def test_a_csv_row_with_more_fields_than_the_header_names_its_line(tmp_path, row, fields):
+    manifest = tmp_path / "list.csv"
+    manifest.write_text(f"path,label\nimages/b.png,Coat\n{row}\n")
+    with pytest.raises(DataError) as caught:
+        prepare(tmp_path, data_params(tmp_path, dataset="csv", source=str(manifest)))
+    assert str(caught.value) == (f"{manifest}:3: {fields} fields, but the header has 2; "
+                                 "quote a value that holds a comma")
+
+
 @pytest.mark.parametrize("renamed", ["class folder", "image file"])
 def test_a_folder_name_that_is_not_utf8_is_refused_naming_it(tmp_path, fashion, renamed):
     root = folder_of(tmp_path, fashion)
