@@ -107,6 +107,27 @@ def test_parallel_decoding_writes_the_same_files(tmp_path, fashion, monkeypatch)
         assert (tmp_path / "one" / f"{name}.npy").read_bytes() == (tmp_path / "two" / f"{name}.npy").read_bytes()
 
 
+def decode_then_die_like_the_oom_killer(*args):
+    import signal
+
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_a_decoding_worker_that_dies_is_one_line_and_keeps_the_old_prepared_data(tmp_path, fashion, monkeypatch):
+    monkeypatch.setattr(imagesets, "BATCH_IMAGES", 8)  # enough tasks for a pool of workers
+    root = folder_of(tmp_path, fashion, n=60)
+    data = data_params(tmp_path, source=str(root))
+    prepare(tmp_path, data)
+    before = (tmp_path / "prepared" / "train_images.npy").read_bytes()
+    monkeypatch.setattr(imagesets, "_decode_batch", decode_then_die_like_the_oom_killer)
+    with pytest.raises(DataError) as caught:
+        prepare(tmp_path, data, workers=2)
+    assert str(caught.value) == imagesets.WORKER_DIED
+    assert "a decoding worker died" in imagesets.WORKER_DIED and "\n" not in imagesets.WORKER_DIED
+    assert (tmp_path / "prepared" / "train_images.npy").read_bytes() == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".prepared")]
+
+
 def test_mixed_formats_modes_and_sizes_become_rgb_of_one_size(tmp_path):
     expected = write_colour_set(tmp_path / "colours", per_class=8)
     for resize in ("stretch", "center_crop"):

@@ -23,6 +23,7 @@ import csv
 import multiprocessing
 import os
 import sys
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -467,12 +468,19 @@ def _pixel_histogram(images: np.ndarray, histogram: np.ndarray) -> None:
             histogram[channel] += np.bincount(block[:, channel].ravel(), minlength=256)
 
 
+WORKER_DIED = ("data.source: a decoding worker died (killed, most likely out of memory while decoding a "
+               "very large image); free some memory, or shrink or remove the largest images, and run "
+               "again (data/prepared is unchanged)")
+
+
 def write_split(path: Path, listing: Listing, indices: np.ndarray, shape, options: dict,
                 executor, bad: _BadImages, histogram: np.ndarray | None) -> np.ndarray:
     """Decode the images at `indices` into `path` (.npy, shape (n,) + shape), in order.
     Returns the positions (into `indices`) of the images written (bad ones skipped)."""
     try:
         return _write_split(path, listing, indices, shape, options, executor, bad, histogram)
+    except BrokenProcessPool:
+        raise DataError(WORKER_DIED) from None
     except OSError as error:
         if atomic.disk_is_full(error, path.parent):
             raise DiskFullError(path) from None
