@@ -291,6 +291,30 @@ def test_csv_without_the_named_column_names_the_param(tmp_path):
         prepare(tmp_path, data_params(tmp_path, dataset="csv", source=str(manifest)))
 
 
+def test_windows_backslash_paths_in_a_csv_are_named_with_the_path_that_exists(tmp_path, fashion):
+    root = folder_of(tmp_path, fashion, suffix=".jpg")
+    rows = [{"path": str(p.relative_to(tmp_path)).replace("/", "\\"), "label": p.parent.name}
+            for p in sorted(root.glob("*/*.jpg"))]
+    manifest = write_csv(tmp_path / "list.csv", rows)
+    first = rows[0]["path"].replace("\\", "/")
+    with pytest.raises(DataError) as caught:
+        prepare(tmp_path, data_params(tmp_path, dataset="csv", source=str(manifest)))
+    assert str(caught.value) == (f"{manifest}:2: {rows[0]['path']}: no such file, but there is {first}: write "
+                                 "the CSV's paths with / (a \\ is part of a file name here, not a folder separator)")
+
+
+def test_a_csv_header_written_with_comma_space_says_so(tmp_path, fashion):
+    root = folder_of(tmp_path, fashion)
+    manifest = tmp_path / "list.csv"
+    manifest.write_text("path, label\n" + "".join(f"{p.relative_to(tmp_path)}, {p.parent.name}\n"
+                                                  for p in sorted(root.glob("*/*.png"))))
+    with pytest.raises(DataError) as caught:
+        prepare(tmp_path, data_params(tmp_path, dataset="csv", source=str(manifest)))
+    assert str(caught.value) == (f"{manifest}:1: no column 'label' (data.csv.label_column); the header has: "
+                                 "path,  label; the header's names have spaces around them (' label'): "
+                                 "write the header with a bare comma between names")
+
+
 @pytest.mark.parametrize("row, fields", [(",,extra", 3), ("images/a.png,Bag,b,c", 4)])
 def test_a_csv_row_with_more_fields_than_the_header_names_its_line(tmp_path, row, fields):
     manifest = tmp_path / "list.csv"

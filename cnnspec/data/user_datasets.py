@@ -221,7 +221,8 @@ def scan_csv(source, columns: dict) -> Listing:
                                 ("split_column", split_column)):
                 if column and column not in header:
                     raise DataError(f"{manifest}:1: no column '{column}' (data.csv.{key}); "
-                                    f"the header has: {', '.join(header) or 'nothing'}")
+                                    f"the header has: {', '.join(header) or 'nothing'}"
+                                    f"{_spaces_around(column, header)}")
             for row in reader:
                 line = _first_line(reader, row)
                 where = f"{manifest}:{line}"
@@ -267,13 +268,27 @@ def scan_csv(source, columns: dict) -> Listing:
     return listing
 
 
+def _spaces_around(column: str, header: list[str]) -> str:
+    """The hint for a header written with ', ' between its names (' label')."""
+    spaced = next((name for name in header if name.strip() == column), None)
+    if spaced is None:
+        return ""
+    return (f"; the header's names have spaces around them ({spaced!r}): write the header "
+            "with a bare comma between names")
+
+
 def _name_paths_written_from_elsewhere(listing: Listing, root: Path) -> None:
-    """The first missing image, when its path as written names a file from the working
-    folder: a manifest written from the repository root rather than from its own folder."""
+    """The first missing image, when its path as written names a file once its Windows
+    backslashes are slashes, or from the working folder: a manifest written from the
+    repository root rather than from its own folder."""
     missing = next((i for i, path in enumerate(listing.paths) if not os.path.lexists(path)), None)
     if missing is None:
         return
     written = Path(listing.paths[missing]).relative_to(root)
+    with_slashes = str(written).replace("\\", "/")
+    if with_slashes != str(written) and os.path.lexists(root / with_slashes):
+        raise DataError(f"{listing.name(missing)}: no such file, but there is {with_slashes}: write the "
+                        "CSV's paths with / (a \\ is part of a file name here, not a folder separator)")
     if written.is_file():
         raise DataError(f"{listing.name(missing)}: not in {root}/, but there is such a file from the working "
                         f"folder: paths in the CSV are relative to the CSV's own folder ({root}/)")
