@@ -284,6 +284,19 @@ def test_empty_dataset_and_single_class_are_refused(tmp_path, fashion):
         prepare(tmp_path, data_params(tmp_path, source=str(one)))
 
 
+def test_a_source_one_folder_above_the_class_folders_suggests_the_one_below(tmp_path, fashion):
+    wrap = tmp_path / "wrap"
+    write_image_folder(wrap / "photos", fashion[0][:60], fashion[1][:60], ".png")
+    classes = sorted(p.name for p in (wrap / "photos").iterdir())
+    with pytest.raises(DataError) as caught:
+        prepare(tmp_path, data_params(tmp_path, source=str(wrap)))
+    assert str(caught.value) == (f"data.source: only one class ('photos'), a folder holding only folders "
+                                 f"({', '.join(classes[:3])}, ...); if those are the classes, "
+                                 f"set data.source={wrap / 'photos'}")
+    meta, _, _ = prepare(tmp_path, data_params(tmp_path, source=str(wrap / "photos")))
+    assert meta["classes"] == classes
+
+
 def test_csv_without_the_named_column_names_the_param(tmp_path):
     manifest = tmp_path / "list.csv"
     manifest.write_text("file,label\na.png,x\n")

@@ -185,6 +185,8 @@ def scan_folder(source) -> Listing:
         class_folders = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
         if not class_folders:
             raise DataError(f"{folder}: no class subfolders; expected {folder}/<class name>/<images>")
+        if len(class_folders) == 1 and not split:
+            _refuse_a_folder_one_level_too_high(class_folders[0])
         for class_folder in class_folders:
             if class_folder.is_symlink() and not _inside(class_folder, roots):
                 raise _escape_error(str(class_folder), "a symlinked class folder")
@@ -199,6 +201,16 @@ def scan_folder(source) -> Listing:
         print(f"{root}: ignored {ignored} files outside the class folders or not images "
               f"({' '.join(IMAGE_SUFFIXES)})")
     return listing
+
+
+def _refuse_a_folder_one_level_too_high(only_class: Path) -> None:
+    """One class folder holding only folders: data.source names the folder above the
+    class folders (data/wrap rather than data/wrap/photos)."""
+    entries = [p for p in only_class.iterdir() if not p.name.startswith(".")]
+    if entries and all(p.is_dir() for p in entries):
+        shown = ", ".join(sorted(p.name for p in entries)[:3]) + (", ..." if len(entries) > 3 else "")
+        raise DataError(f"data.source: only one class ('{only_class.name}'), a folder holding only folders "
+                        f"({shown}); if those are the classes, set data.source={only_class}")
 
 
 # ---------------------------------------------------------------------------------------
