@@ -594,6 +594,9 @@ def prepare_image_dataset(data: dict, out_folder, workers: int | None = None, lo
             f"{channels} by default (decoding names the files)")
     else:
         log(resize_note(sample, (height, width), data["resize"], data["image_size"] == "auto"))
+        stretched = stretch_warning(sample, (height, width), data["resize"])
+        if stretched:
+            print(stretched, file=sys.stderr)
         if data["channels"] == "auto":
             gray = ("every image is grayscale" if len(sample) == len(listing.paths)
                     else f"the {len(sample)} images sampled across the dataset are grayscale")
@@ -710,3 +713,23 @@ def resize_note(sample, size, policy: str, auto: bool = False) -> str:
     found = (f"{smallest[0]}x{smallest[1]}" if len(sizes) == 1
              else f"{len(sizes)} sizes, {smallest[0]}x{smallest[1]} to {largest[0]}x{largest[1]} (by area)")
     return f"images {found} -> {target} ({why}; data.resize: {policy})"
+
+
+# Sampled images whose width/height ratios differ by this factor or more (4:3 landscape and
+# 3:4 portrait: 1.78) cannot all be stretched to one shape without visibly squeezing some.
+MIXED_ASPECT = 1.5
+
+
+def stretch_warning(sample, size, policy: str) -> str | None:
+    """A warning line when data.resize: stretch would squeeze sampled images of very
+    different proportions (portrait and landscape photos) to one shape."""
+    if policy != "stretch" or not sample:
+        return None
+    by_ratio = sorted({(height, width) for height, width, _ in sample}, key=lambda hw: hw[1] / hw[0])
+    (tall_h, tall_w), (wide_h, wide_w) = by_ratio[0], by_ratio[-1]
+    if (wide_w / wide_h) / (tall_w / tall_h) < MIXED_ASPECT:
+        return None
+    return (f"warning: the sampled images mix proportions, {tall_h}x{tall_w} to {wide_h}x{wide_w} (height x "
+            f"width): data.resize: stretch squeezes every one to {size[0]}x{size[1]}; data.resize: "
+            "center_crop keeps their proportions")
+
