@@ -319,3 +319,29 @@ def test_photos_of_mixed_orientation_under_stretch_warn_once_and_suggest_center_
     same = fashion_photos(tmp_path / "same", [(36, 48), (30, 40)])
     prepare_image_dataset(own_data(same), tmp_path / "prepared", workers=1, log=lambda line: None)
     assert "proportions" not in capsys.readouterr().err
+
+
+def test_images_beyond_the_sample_that_decoding_resizes_or_turns_gray_are_counted(tmp_path, monkeypatch, capsys):
+    import cnnspec.data.user_datasets as imagesets
+
+    source = fashion_photos(tmp_path / "photos", [(28, 28)])
+    original = imagesets.sample_images
+    monkeypatch.setattr(imagesets, "sample_images", lambda paths: original(paths, 8))
+    paths = scan_folder(source).paths
+    sampled = {paths[i] for i in np.unique(np.linspace(0, len(paths) - 1, 8).round().astype(int))}
+    outside = [path for path in paths if path not in sampled][:3]
+    for path in outside:  # colour, and of another size, where the sample saw none
+        gray = Image.open(path).convert("L").resize((40, 40))
+        Image.merge("RGB", (gray, gray.point(lambda v: v // 2), gray.point(lambda v: v // 4))).save(path)
+    said = []
+    meta = prepare_image_dataset(own_data(source), tmp_path / "prepared", workers=1, log=said.append)
+    assert meta["input_shape"] == [1, 28, 28]
+    assert "images 28x28 (data.image_size: auto): not resized" in said  # what the sample showed
+    assert "decoding found 3 images not 28x28, unlike the 8 sampled: resized to 28x28 (data.resize: stretch)" in said
+    assert ("warning: decoding found 3 colour images, unlike the 8 sampled: read as gray (data.channels: auto "
+            "chose 1); set data.channels: 3 to keep their colour") in capsys.readouterr().err.splitlines()
+    said.clear()  # with every image as sampled, nothing more is said
+    prepare_image_dataset(own_data(fashion_photos(tmp_path / "plain", [(28, 28)])), tmp_path / "prepared",
+                          workers=1, log=said.append)
+    assert not [line for line in said if line.startswith("decoding found")]
+    assert "decoding found" not in capsys.readouterr().err

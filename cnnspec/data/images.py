@@ -21,6 +21,7 @@ Both use bilinear filtering with antialiasing (Pillow's BILINEAR on reduce).
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -212,6 +213,24 @@ def _resize(image, size: tuple[int, int], policy: str):
     raise ValueError(f"resize policy must be one of {RESIZE_POLICIES}, not {policy!r}")
 
 
+GRAY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"}
+
+
+def is_gray(image) -> bool:
+    """Whether `image` holds gray levels only: a gray mode, or a palette of grays."""
+    if image.mode == "P":
+        palette = image.getpalette() or []
+        return all(palette[i] == palette[i + 1] == palette[i + 2] for i in range(0, len(palette) - 2, 3))
+    return image.mode in GRAY_MODES
+
+
+@dataclass(frozen=True)
+class Decoded:
+    pixels: np.ndarray    # uint8 (channels, H, W)
+    resized: bool         # its own (upright) size was not the size asked for
+    lost_colour: bool     # a colour image read as one channel
+
+
 def read_image(source, channels: int, size: tuple[int, int] | None = None,
                resize: str = "stretch") -> np.ndarray:
     """Decode `source` (a path, bytes or a PIL image) to uint8 (channels, H, W).
@@ -219,13 +238,21 @@ def read_image(source, channels: int, size: tuple[int, int] | None = None,
     `size` is (height, width); None keeps the image's own size. Raises ImageReadError
     (one line naming the file) for anything that is not a readable image.
     """
+    return decode_image(source, channels, size, resize).pixels
+
+
+def decode_image(source, channels: int, size: tuple[int, int] | None = None,
+                 resize: str = "stretch") -> Decoded:
+    """read_image's pixels, and whether it resized the image or dropped its colour."""
     name = ("<bytes>" if isinstance(source, (bytes, bytearray))
             else str(source) if isinstance(source, (str, Path)) else "<image>")
     image = upright(_open(source, size))  # the EXIF orientation, of a PIL image too (upright once: it drops the tag)
+    lost_colour = channels == 1 and not is_gray(image)
     image = _convert(image, channels, name)
-    if size is not None:
+    resized = size is not None and image.size != (int(size[1]), int(size[0]))
+    if resized:
         image = _resize(image, (int(size[0]), int(size[1])), resize)
     array = np.asarray(image, dtype=np.uint8)
     if array.ndim == 2:
         array = array[:, :, None]
-    return np.ascontiguousarray(array.transpose(2, 0, 1))
+    return Decoded(np.ascontiguousarray(array.transpose(2, 0, 1)), resized, lost_colour)

@@ -34,13 +34,15 @@ from cnnspec import atomic
 from cnnspec.atomic import atomic_folder
 from cnnspec.data.datasets import FILES_JSON, SPLITS, histogram_mean_std, stratified_split, val_fraction
 from cnnspec.data.images import (
+    GRAY_MODES,
     IMAGE_SUFFIXES,
     ROTATING_ORIENTATIONS,
     ImageReadError,
+    decode_image,
     exif_orientation,
+    is_gray,
     is_image_file,
     open_image,
-    read_image,
 )
 from cnnspec.errors import DataError, DiskFullError
 from cnnspec.regular_files import not_a_regular_file
@@ -403,19 +405,34 @@ def _label_ids(labels, classes):
 # ---------------------------------------------------------------------------------------
 # Decoding, in parallel, in order, a window at a time.
 
+@dataclass
+class Changed:
+    """How many decoded images were resized, and how many colour ones read as gray."""
+
+    resized: int = 0
+    lost_colour: int = 0
+
+    def add(self, other: Changed) -> None:
+        self.resized += other.resized
+        self.lost_colour += other.lost_colour
+
+
 def _decode_batch(paths: list[str], names: list[str], channels: int, size, resize: str):
-    """Worker task: (uint8 (n_good, C, H, W), positions of the good ones, errors)."""
-    good, positions, errors = [], [], []
+    """Worker task: (uint8 (n_good, C, H, W), positions of the good ones, errors, Changed)."""
+    good, positions, errors, changed = [], [], [], Changed()
     for position, (path, name) in enumerate(zip(paths, names)):
         try:
-            good.append(read_image(path, channels, size, resize))
-            positions.append(position)
+            decoded = decode_image(path, channels, size, resize)
         except ImageReadError as error:
             reason = str(error).removeprefix(f"{path}: ")  # read_image names the path first
             errors.append(f"{name}: {reason}")
+            continue
+        good.append(decoded.pixels)
+        positions.append(position)
+        changed.add(Changed(int(decoded.resized), int(decoded.lost_colour)))
     height, width = size
     array = np.stack(good) if good else np.zeros((0, channels, height, width), np.uint8)
-    return array, positions, errors
+    return array, positions, errors, changed
 
 
 class _InlineExecutor:
@@ -501,11 +518,14 @@ WORKER_DIED = ("data.source: a decoding worker died (killed, most likely out of 
 
 
 def write_split(path: Path, listing: Listing, indices: np.ndarray, shape, options: dict,
-                executor, bad: _BadImages, histogram: np.ndarray | None) -> np.ndarray:
-    """Decode the images at `indices` into `path` (.npy, shape (n,) + shape), in order.
-    Returns the positions (into `indices`) of the images written (bad ones skipped)."""
+                executor, bad: _BadImages, histogram: np.ndarray | None,
+                changed: Changed | None = None) -> np.ndarray:
+    """Decode the images at `indices` into `path` (.npy, shape (n,) + shape), in order,
+    counting what decoding changed into `changed`. Returns the positions (into `indices`)
+    of the images written (bad ones skipped)."""
+    changed = Changed() if changed is None else changed
     try:
-        return _write_split(path, listing, indices, shape, options, executor, bad, histogram)
+        return _write_split(path, listing, indices, shape, options, executor, bad, histogram, changed)
     except BrokenProcessPool:
         raise DataError(WORKER_DIED) from None
     except OSError as error:
@@ -514,7 +534,7 @@ def write_split(path: Path, listing: Listing, indices: np.ndarray, shape, option
         raise
 
 
-def _write_split(path, listing, indices, shape, options, executor, bad, histogram):
+def _write_split(path, listing, indices, shape, options, executor, bad, histogram, changed):
     channels, height, width = shape
     row_bytes = channels * height * width
     created = npy_format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(len(indices), *shape))
@@ -540,7 +560,8 @@ def _write_split(path, listing, indices, shape, options, executor, bad, histogra
                 break
         while tasks:
             start, future = tasks.popleft()
-            array, positions, errors = future.result()
+            array, positions, errors, batch_changed = future.result()
+            changed.add(batch_changed)
             next_start = next(starts, None)
             if next_start is not None:
                 submit(next_start)
@@ -601,18 +622,20 @@ def prepare_image_dataset(data: dict, out_folder, workers: int | None = None, lo
             gray = ("every image is grayscale" if len(sample) == len(listing.paths)
                     else f"the {len(sample)} images sampled across the dataset are grayscale")
             log(f"channels: {channels} (data.channels: auto; {gray if channels == 1 else 'colour images'})")
+    channels_auto = data["channels"] == "auto"
     data = {**data, "image_size": [height, width], "channels": channels}
     shape = (channels, height, width)
     workers = default_workers() if workers is None else workers
     small = len(listing.paths) < 4 * BATCH_IMAGES
     bad = _BadImages(data["bad_images"])
     histogram = np.zeros((shape[0], 256), dtype=np.int64)
+    changed = Changed()
     counts, per_class, files = {}, {}, {}
     with atomic_folder(out_folder) as temporary, decode_pool(workers, small) as executor:
         for split in SPLITS:
             indices, labels = splits[split]
             kept = write_split(temporary / f"{split}_images.npy", listing, indices, shape, data,
-                               executor, bad, histogram if split == "train" else None)
+                               executor, bad, histogram if split == "train" else None, changed)
             labels = labels[kept]
             atomic.save_numpy(temporary / f"{split}_labels.npy", labels)
             files[split] = [source_relative(listing.paths[i], data) for i in indices[kept]]
@@ -620,6 +643,12 @@ def prepare_image_dataset(data: dict, out_folder, workers: int | None = None, lo
             per_class[split] = np.bincount(labels, minlength=len(classes))
         if bad.count:  # before the errors below, which these may explain
             log(f"skipped {bad.count} unreadable images (data.bad_images: skip), first: " + "; ".join(bad.first))
+        resized, lost_colour = beyond_the_sample(sample, (height, width), data["resize"], channels_auto,
+                                                 changed)
+        if resized:
+            log(resized)
+        if lost_colour:
+            print(lost_colour, file=sys.stderr)
         if counts["train"] == 0:
             raise DataError("data.source: no readable training images")
         missing = [classes[i] for i in np.flatnonzero(per_class["train"] == 0)]
@@ -659,7 +688,6 @@ def source_relative(path: str, data: dict) -> str:
 
 
 AUTO_SIDE = 64   # data.image_size: auto scales larger images down to fit this square
-GRAY_MODES = {"1", "L", "LA", "I", "I;16", "F"}
 
 
 def sample_images(paths: list[str], sample: int = SIZE_SAMPLE) -> list[tuple[int, int, str]]:
@@ -674,9 +702,7 @@ def sample_images(paths: list[str], sample: int = SIZE_SAMPLE) -> list[tuple[int
             with open_image(path) as image:
                 mode = image.mode
                 if mode == "P":  # a palette: grayscale only if every entry is
-                    palette = image.getpalette() or []
-                    triples = [palette[i:i + 3] for i in range(0, len(palette), 3)]
-                    mode = "L" if all(r == g == b for r, g, b in triples) else "RGB"
+                    mode = "L" if is_gray(image) else "RGB"
                 turned = exif_orientation(image) in ROTATING_ORIENTATIONS  # read_image turns it upright
                 found.append((image.width, image.height, mode) if turned else (image.height, image.width, mode))
         except Exception:  # a damaged file: the decoding pass reports it under data.bad_images
@@ -713,6 +739,23 @@ def resize_note(sample, size, policy: str, auto: bool = False) -> str:
     found = (f"{smallest[0]}x{smallest[1]}" if len(sizes) == 1
              else f"{len(sizes)} sizes, {smallest[0]}x{smallest[1]} to {largest[0]}x{largest[1]} (by area)")
     return f"images {found} -> {target} ({why}; data.resize: {policy})"
+
+
+def beyond_the_sample(sample, size, policy: str, channels_auto: bool,
+                      changed: Changed) -> tuple[str | None, str | None]:
+    """The lines that correct what the sampled headers said, once decoding found more: images
+    of another size where every sampled one fitted ('not resized'), colour images where every
+    sampled one was gray (data.channels: auto chose 1)."""
+    resized = lost_colour = None
+    if changed.resized and {(height, width) for height, width, _ in sample} == {tuple(size)}:
+        resized = (f"decoding found {changed.resized} image{'s' * (changed.resized != 1)} not "
+                   f"{size[0]}x{size[1]}, unlike the {len(sample)} sampled: resized to {size[0]}x{size[1]} "
+                   f"(data.resize: {policy})")
+    if changed.lost_colour and channels_auto:
+        lost_colour = (f"warning: decoding found {changed.lost_colour} colour "
+                       f"image{'s' * (changed.lost_colour != 1)}, unlike the {len(sample)} sampled: read as "
+                       "gray (data.channels: auto chose 1); set data.channels: 3 to keep their colour")
+    return resized, lost_colour
 
 
 # Sampled images whose width/height ratios differ by this factor or more (4:3 landscape and
