@@ -23,6 +23,12 @@ def first_line(error: BaseException, default: str | None = None) -> str:
     return (str(error).strip().splitlines() or [default or type(error).__name__])[0]
 
 
+def on_one_line(text: str) -> str:
+    """`text` with line breaks and other control characters escaped as Python writes
+    them (`\\n`, `\\x1b`): a name taken from a user's file cannot print a line of its own."""
+    return "".join(char if char.isprintable() or char == "\t" else ascii(char)[1:-1] for char in text)
+
+
 class CnnspecError(Exception):
     """Base class of every error caused by user input or the environment."""
 
@@ -226,7 +232,8 @@ def end_finished_script() -> None:
 
 
 def exit_on_user_error(main):
-    """Decorate a command's main(): a CnnspecError becomes one line on stderr and
+    """Decorate a command's main(): a CnnspecError becomes one line on stderr (any line
+    break in it escaped) and
     a non-zero exit; KeyboardInterrupt exits 130 and SIGTERM (see terminate_like_interrupt)
     143, without a traceback. The process's exit skips the final garbage collection."""
 
@@ -240,7 +247,7 @@ def exit_on_user_error(main):
         except CnnspecError as error:
             if debug_enabled():
                 raise
-            print(f"error: {error}", file=sys.stderr)
+            print(f"error: {on_one_line(str(error))}", file=sys.stderr)
             sys.exit(error.exit_code)
         except KeyboardInterrupt as interrupt:
             if debug_enabled():

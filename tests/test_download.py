@@ -3,6 +3,7 @@ extraction, md5 settings, file:// mirrors, and the download stage as a command."
 from __future__ import annotations
 
 import contextlib
+import gzip
 import hashlib
 import http.server
 import io
@@ -469,6 +470,69 @@ def test_safe_extract_of_a_corrupt_archive_is_one_line(tmp_path):
     with pytest.raises(DataError, match="not a readable tar archive"):
         safe_extract(archive, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def _archive_with_a_header_of(path: Path, kind: bytes, body_bytes: int) -> Path:
+    """A gzip'd tar whose first member is an extended header (PAX 'x', GNU long name 'L'
+    or long link 'K') declaring `body_bytes` of zeros: a few kB on disk."""
+    header = tarfile.TarInfo("././@LongHeader")
+    header.type, header.size = kind, body_bytes
+    block = header._create_header(header.get_info(), tarfile.USTAR_FORMAT, "utf-8", "surrogateescape")
+    zeros = b"\0" * (1 << 20)
+    with gzip.open(path, "wb") as archive:
+        archive.write(block)
+        for start in range(0, body_bytes + (-body_bytes) % 512, len(zeros)):
+            archive.write(zeros[:min(len(zeros), body_bytes + (-body_bytes) % 512 - start)])
+        archive.write(b"\0" * 1024)
+    return path
+
+
+@pytest.mark.parametrize("kind", [tarfile.XHDTYPE, tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK],
+                         ids=["pax", "gnu-longname", "gnu-longlink"])
+def test_safe_extract_refuses_an_extended_header_bomb_before_reading_it(tmp_path, kind):
+    archive = _archive_with_a_header_of(tmp_path / "bomb.tar.gz", kind, 200 << 20)
+    assert archive.stat().st_size < 1 << 20
+    started = time.monotonic()
+    with pytest.raises(DataError) as caught:
+        safe_extract(archive, tmp_path / "out" / "extracted")
+    message = str(caught.value)
+    assert message.startswith(f"{archive}: refusing an extended header of 209,715,200 bytes") and "\n" not in message
+    assert time.monotonic() - started < 1.0  # tarfile read 200 MB of zeros in seconds before
+    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
+
+
+def test_safe_extract_refuses_a_long_chain_of_extended_headers(tmp_path):
+    path = tmp_path / "chain.tar.gz"
+    with gzip.open(path, "wb") as archive:
+        for index in range(40):
+            header = tarfile.TarInfo(f"././@PaxHeader{index}")
+            header.type, header.size = tarfile.XHDTYPE, 512
+            archive.write(header._create_header(header.get_info(), tarfile.USTAR_FORMAT, "utf-8",
+                                                "surrogateescape"))
+            archive.write(b"\0" * 512)
+        archive.write(b"\0" * 1024)
+    with pytest.raises(DataError, match="refusing more than 16 extended headers before one member"):
+        safe_extract(path, tmp_path / "out")
+
+
+def test_a_real_pax_archive_still_extracts(tmp_path):
+    path = tmp_path / "pax.tar.gz"
+    name = "data/" + "long-name-" * 20 + ".txt"  # longer than ustar's 100 characters
+    with tarfile.open(path, "w:gz", format=tarfile.PAX_FORMAT) as archive:
+        member = _member(name)
+        member.size = 2
+        archive.addfile(member, io.BytesIO(b"ok"))
+    safe_extract(path, tmp_path / "out")
+    assert (tmp_path / "out" / name).read_text() == "ok"
+
+
+def test_a_member_name_with_a_line_break_is_quoted_on_one_line(tmp_path):
+    archive = _tar_with(tmp_path / "evil.tar.gz", _member("evil\nerror: all good", tarfile.SYMTYPE, "x\ny"))
+    with pytest.raises(DataError) as caught:
+        safe_extract(archive, tmp_path / "out")
+    message = str(caught.value)
+    assert "\n" not in message
+    assert "refusing member 'evil\\nerror: all good': a symbolic link (to 'x\\ny')" in message
 
 
 # ---------------------------------------------------------------------------------------

@@ -447,3 +447,21 @@ def test_a_pillow_warning_about_a_file_is_one_note_line(tmp_path, monkeypatch, c
     assert first.shape == (1, 8, 8) and int(first.max()) == 200 and (first == second).all()
     notes = [line for line in capsys.readouterr().err.splitlines() if line]
     assert notes == [f"note: {path}: Corrupt EXIF data.  Expecting to read 12 bytes but only got 2."]
+
+
+@pytest.mark.parametrize("name", ["evil\nerror: all good", "evil\r\nerror: all good", "evil\u2028error: all good",
+                                  "evil\x1b[1Aerror: all good"], ids=["lf", "crlf", "u2028", "escape"])
+def test_a_user_error_never_prints_a_second_line(name, capsys):
+    from cnnspec.errors import exit_on_user_error
+
+    @exit_on_user_error
+    def command():
+        raise DataError(f"{name}: not an image")
+
+    with pytest.raises(SystemExit) as exited:
+        command()
+    printed = capsys.readouterr().err
+    assert exited.value.code == 1
+    assert printed.count("\n") == 1 and printed.endswith("\n")
+    assert printed.startswith("error: evil\\") and printed.rstrip("\n").endswith("error: all good: not an image")
+    assert all(char.isprintable() for char in printed.rstrip("\n"))

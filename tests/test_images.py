@@ -69,3 +69,36 @@ def test_unreadable_images_name_the_file(tmp_path):
     for name in ("cut.jpg", "text.png", "missing.png"):
         with pytest.raises(ImageReadError, match=name):
             read_image(tmp_path / name, channels=1)
+
+
+EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 28 28\n/Times-Roman findfont 12 scalefont setfont\nshowpage\n"
+
+
+def test_a_postscript_file_named_png_never_reaches_ghostscript(tmp_path, monkeypatch):
+    from PIL import EpsImagePlugin
+
+    from cnnspec.data.user_datasets import sample_images
+
+    ran = []
+    monkeypatch.setattr(EpsImagePlugin, "Ghostscript", lambda *args, **kwargs: ran.append(args))
+    path = tmp_path / "eps_as.png"
+    path.write_bytes(EPS)
+    with pytest.raises(ImageReadError) as caught:
+        read_image(path, channels=1, size=(28, 28))
+    assert str(caught.value) == f"{path}: not an image cnnspec reads (JPEG, PNG, BMP, GIF, WebP or TIFF)"
+    with pytest.raises(ImageReadError, match="not an image cnnspec reads"):
+        read_image(EPS, channels=1)
+    assert sample_images([str(path)]) == []  # its header is not read as an image's either
+    assert ran == []
+
+
+def test_only_the_formats_cnnspec_names_are_decoded(tmp_path):
+    pixels = fashion_images(1)[0]
+    for suffix in (".png", ".jpg", ".bmp", ".gif", ".webp", ".tif"):
+        Image.fromarray(pixels).save(tmp_path / f"real{suffix}")
+        assert read_image(tmp_path / f"real{suffix}", channels=1).shape == (1, 28, 28)
+    for pillow_format in ("PPM", "PCX", "TGA", "ICO"):  # Pillow reads these, cnnspec does not
+        path = tmp_path / f"{pillow_format}.png"
+        Image.fromarray(pixels).save(path, format=pillow_format)
+        with pytest.raises(ImageReadError, match="not an image cnnspec reads"):
+            read_image(path, channels=1)

@@ -107,6 +107,27 @@ def test_parallel_decoding_writes_the_same_files(tmp_path, fashion, monkeypatch)
         assert (tmp_path / "one" / f"{name}.npy").read_bytes() == (tmp_path / "two" / f"{name}.npy").read_bytes()
 
 
+def decode_then_die_like_the_oom_killer(*args):
+    import signal
+
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_a_decoding_worker_that_dies_is_one_line_and_keeps_the_old_prepared_data(tmp_path, fashion, monkeypatch):
+    monkeypatch.setattr(imagesets, "BATCH_IMAGES", 8)  # enough tasks for a pool of workers
+    root = folder_of(tmp_path, fashion, n=60)
+    data = data_params(tmp_path, source=str(root))
+    prepare(tmp_path, data)
+    before = (tmp_path / "prepared" / "train_images.npy").read_bytes()
+    monkeypatch.setattr(imagesets, "_decode_batch", decode_then_die_like_the_oom_killer)
+    with pytest.raises(DataError) as caught:
+        prepare(tmp_path, data, workers=2)
+    assert str(caught.value) == imagesets.WORKER_DIED
+    assert "a decoding worker died" in imagesets.WORKER_DIED and "\n" not in imagesets.WORKER_DIED
+    assert (tmp_path / "prepared" / "train_images.npy").read_bytes() == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".prepared")]
+
+
 def test_mixed_formats_modes_and_sizes_become_rgb_of_one_size(tmp_path):
     expected = write_colour_set(tmp_path / "colours", per_class=8)
     for resize in ("stretch", "center_crop"):
@@ -263,11 +284,85 @@ def test_empty_dataset_and_single_class_are_refused(tmp_path, fashion):
         prepare(tmp_path, data_params(tmp_path, source=str(one)))
 
 
+def test_a_source_one_folder_above_the_class_folders_suggests_the_one_below(tmp_path, fashion):
+    wrap = tmp_path / "wrap"
+    write_image_folder(wrap / "photos", fashion[0][:60], fashion[1][:60], ".png")
+    classes = sorted(p.name for p in (wrap / "photos").iterdir())
+    with pytest.raises(DataError) as caught:
+        prepare(tmp_path, data_params(tmp_path, source=str(wrap)))
+    assert str(caught.value) == (f"data.source: only one class ('photos'), a folder holding only folders "
+                                 f"({', '.join(classes[:3])}, ...); if those are the classes, "
+                                 f"set data.source={wrap / 'photos'}")
+    meta, _, _ = prepare(tmp_path, data_params(tmp_path, source=str(wrap / "photos")))
+    assert meta["classes"] == classes
+
+
 def test_csv_without_the_named_column_names_the_param(tmp_path):
     manifest = tmp_path / "list.csv"
     manifest.write_text("file,label\na.png,x\n")
     with pytest.raises(DataError, match=r"list\.csv:1: no column 'path' \(data\.csv\.path_column\)"):
         prepare(tmp_path, data_params(tmp_path, dataset="csv", source=str(manifest)))
+
+
+def test_windows_backslash_paths_in_a_csv_are_named_with_the_path_that_exists(tmp_path, fashion):
+    root = folder_of(tmp_path, fashion, suffix=".jpg")
+    rows = [{"path": str(p.relative_to(tmp_path)).replace("/", "\\"), "label": p.parent.name}
+            for p in sorted(root.glob("*/*.jpg"))]
+    manifest = write_csv(tmp_path / "list.csv", rows)
+    first = rows[0]["path"].replace("\\", "/")
+    with pytest.raises(DataError) as caught:
+        prepare(tmp_path, data_params(tmp_path, dataset="csv", source=str(manifest)))
+    assert str(caught.value) == (f"{manifest}:2: {rows[0]['path']}: no such file, but there is {first}: write "
+                                 "the CSV's paths with / (a \\ is part of a file name here, not a folder separator)")
+
+
+def test_a_csv_header_written_with_comma_space_says_so(tmp_path, fashion):
+    root = folder_of(tmp_path, fashion)
+    manifest = tmp_path / "list.csv"
+    manifest.write_text("path, label\n" + "".join(f"{p.relative_to(tmp_path)}, {p.parent.name}\n"
+                                                  for p in sorted(root.glob("*/*.png"))))
+    with pytest.raises(DataError) as caught:
+        prepare(tmp_path, data_params(tmp_path, dataset="csv", source=str(manifest)))
+    assert str(caught.value) == (f"{manifest}:1: no column 'label' (data.csv.label_column); the header has: "
+                                 "path,  label; the header's names have spaces around them (' label'): "
+                                 "write the header with a bare comma between names")
+
+
+@pytest.mark.parametrize("row, fields", [(",,extra", 3), ("images/a.png,Bag,b,c", 4)])
+def test_a_csv_row_with_more_fields_than_the_header_names_its_line(tmp_path, row, fields):
+    manifest = tmp_path / "list.csv"
+    manifest.write_text(f"path,label\nimages/b.png,Coat\n{row}\n")
+    with pytest.raises(DataError) as caught:
+        prepare(tmp_path, data_params(tmp_path, dataset="csv", source=str(manifest)))
+    assert str(caught.value) == (f"{manifest}:3: {fields} fields, but the header has 2; "
+                                 "quote a value that holds a comma")
+
+
+@pytest.mark.parametrize("renamed", ["class folder", "image file"])
+def test_a_folder_name_that_is_not_utf8_is_refused_naming_it(tmp_path, fashion, renamed):
+    root = folder_of(tmp_path, fashion)
+    if renamed == "class folder":
+        os.rename(bytes(root / "Bag"), bytes(root) + b"/B\xe9g")
+        expected = f"{root}/B\\xe9g: the name is not valid UTF-8 text; rename it"
+    else:
+        image = sorted((root / "Bag").iterdir())[0]
+        os.rename(bytes(image), bytes(root) + b"/Bag/\xff.png")
+        expected = f"{root}/Bag/\\xff.png: the name is not valid UTF-8 text; rename it"
+    with pytest.raises(DataError) as caught:
+        prepare(tmp_path, data_params(tmp_path, source=str(root)))
+    message = str(caught.value)
+    assert message.startswith(expected) and message.isprintable() and message.encode("utf-8")
+    assert not (tmp_path / "prepared").exists()
+
+
+def test_a_csv_in_a_folder_whose_name_is_not_utf8_is_refused_naming_it(tmp_path, fashion):
+    folder = Path(os.fsdecode(bytes(tmp_path) + b"/lists-\xe9"))
+    root = folder_of(folder, fashion)
+    rows = [{"path": str(p.relative_to(folder)), "label": p.parent.name} for p in sorted(root.glob("*/*.png"))]
+    manifest = write_csv(folder / "list.csv", rows)
+    with pytest.raises(DataError, match=r"lists-\\xe9: the name is not valid UTF-8 text; rename it"):
+        prepare(tmp_path, data_params(tmp_path, dataset="csv", source=str(manifest)))
+    assert not (tmp_path / "prepared").exists()
 
 
 # ---------------------------------------------------------------- params and the stage

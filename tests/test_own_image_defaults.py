@@ -308,3 +308,68 @@ def test_the_batch_warnings_never_suggest_the_batch_already_in_use():
     assert fit.warnings[0].endswith("more images, or more epochs (train.epochs)")
     fit = fit_batch_size(8, 20, set_by_user=True)  # a smaller batch does help here
     assert all(warning.endswith("-S train.batch_size=1") for warning in fit.warnings) and fit.warnings
+
+
+# --- what decoding did, against what the sample said ----------------------------------
+
+def fashion_photos(root: Path, shapes, count: int = 30, channels: str = "L") -> Path:
+    """Real Fashion-MNIST images as JPEGs in class folders, image i resized to shapes[i % len]
+    (height, width), in colour (a tint) when `channels` is "RGB"."""
+    from tests.imagefiles import class_folder_name, fashion_subset
+
+    images, labels, _, _ = fashion_subset(count, 0)
+    for index, (pixels, label) in enumerate(zip(images, labels)):
+        height, width = shapes[index % len(shapes)]
+        image = Image.fromarray(pixels).resize((width, height))
+        if channels == "RGB":
+            image = Image.merge("RGB", (image, image.point(lambda v: v // 2), image.point(lambda v: v // 4)))
+        folder = root / class_folder_name(label)
+        folder.mkdir(parents=True, exist_ok=True)
+        image.save(folder / f"{index:03d}.jpg", quality=95)
+    return root
+
+
+def own_data(source: Path, **changes) -> dict:
+    return {"dataset": "folder", "source": str(source), "val_split": 0.1, "test_split": 0.2, "seed": 0,
+            "image_size": "auto", "channels": "auto", "resize": "stretch", "bad_images": "skip",
+            "csv": {}, "classes": [], **changes}
+
+
+def test_photos_of_mixed_orientation_under_stretch_warn_once_and_suggest_center_crop(tmp_path, capsys):
+    mixed = fashion_photos(tmp_path / "mixed", [(36, 48), (36, 48), (48, 36)])  # 2/3 landscape, 1/3 portrait
+    prepare_image_dataset(own_data(mixed), tmp_path / "prepared", workers=1, log=lambda line: None)
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "proportions" in line]
+    assert warnings == ["warning: the sampled images mix proportions, 48x36 to 36x48 (height x width): "
+                        "data.resize: stretch squeezes every one to 36x48; data.resize: center_crop keeps "
+                        "their proportions"]
+    prepare_image_dataset(own_data(mixed, resize="center_crop"), tmp_path / "prepared", workers=1,
+                          log=lambda line: None)
+    same = fashion_photos(tmp_path / "same", [(36, 48), (30, 40)])
+    prepare_image_dataset(own_data(same), tmp_path / "prepared", workers=1, log=lambda line: None)
+    assert "proportions" not in capsys.readouterr().err
+
+
+def test_images_beyond_the_sample_that_decoding_resizes_or_turns_gray_are_counted(tmp_path, monkeypatch, capsys):
+    import cnnspec.data.user_datasets as imagesets
+
+    source = fashion_photos(tmp_path / "photos", [(28, 28)])
+    original = imagesets.sample_images
+    monkeypatch.setattr(imagesets, "sample_images", lambda paths: original(paths, 8))
+    paths = scan_folder(source).paths
+    sampled = {paths[i] for i in np.unique(np.linspace(0, len(paths) - 1, 8).round().astype(int))}
+    outside = [path for path in paths if path not in sampled][:3]
+    for path in outside:  # colour, and of another size, where the sample saw none
+        gray = Image.open(path).convert("L").resize((40, 40))
+        Image.merge("RGB", (gray, gray.point(lambda v: v // 2), gray.point(lambda v: v // 4))).save(path)
+    said = []
+    meta = prepare_image_dataset(own_data(source), tmp_path / "prepared", workers=1, log=said.append)
+    assert meta["input_shape"] == [1, 28, 28]
+    assert "images 28x28 (data.image_size: auto): not resized" in said  # what the sample showed
+    assert "decoding found 3 images not 28x28, unlike the 8 sampled: resized to 28x28 (data.resize: stretch)" in said
+    assert ("warning: decoding found 3 colour images, unlike the 8 sampled: read as gray (data.channels: auto "
+            "chose 1); set data.channels: 3 to keep their colour") in capsys.readouterr().err.splitlines()
+    said.clear()  # with every image as sampled, nothing more is said
+    prepare_image_dataset(own_data(fashion_photos(tmp_path / "plain", [(28, 28)])), tmp_path / "prepared",
+                          workers=1, log=said.append)
+    assert not [line for line in said if line.startswith("decoding found")]
+    assert "decoding found" not in capsys.readouterr().err

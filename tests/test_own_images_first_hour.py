@@ -123,7 +123,7 @@ def test_skipped_images_are_named_before_the_error_they_cause(fashion, tmp_path)
         prepare_image_dataset(data_params(root, bad_images="skip", test_split=0.1), tmp_path / "prepared",
                               workers=1, log=lines.append)
     skipped = [line for line in lines if line.startswith("skipped 3 unreadable images")]
-    assert skipped and "Dress/0.jpg" in skipped[0] and "not an image Pillow can read" in skipped[0]
+    assert skipped and "Dress/0.jpg" in skipped[0] and "not an image cnnspec reads" in skipped[0]
     assert not (tmp_path / "prepared").exists()
 
 

@@ -91,6 +91,11 @@ ARCHIVE_CONTENTS = {
 }
 MAX_EXTRACTED_BYTES = 8 << 30   # an archive's members together (CIFAR's: 180 MB)
 MAX_MEMBERS = 10_000            # members of an archive (CIFAR-10's: 8, CIFAR-100's: 5)
+# tarfile reads a PAX extended header's or a GNU long name's body into memory before it
+# returns the member it describes: a gzip of zeros declared as a 1.5 GB header would cost
+# 1.5 GB. Real ones hold a path and a few times, well under this.
+MAX_HEADER_BYTES = 64 << 10
+MAX_HEADERS_IN_A_ROW = 16       # such headers before one member: each is held until it arrives
 
 
 def size_limit(dataset: str, file: str) -> int:
@@ -275,14 +280,39 @@ def md5_of(path) -> str:
 # ---------------------------------------------------------------------------------------
 # Safe extraction.
 
+class HeaderTooLarge(Exception):
+    """An archive's extended header (PAX, GNU long name) larger than MAX_HEADER_BYTES,
+    or more than MAX_HEADERS_IN_A_ROW of them before one member."""
+
+
+class _BoundedTarInfo(tarfile.TarInfo):
+    """tarfile's member header, refusing an extended header too large to read into memory
+    (tarfile reads its body before safe_extract sees the member)."""
+
+    def _proc_member(self, archive):
+        extended = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE,
+                    tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK)
+        if self.type not in extended:
+            archive.cnnspec_headers_in_a_row = 0
+            return super()._proc_member(archive)
+        if self.size > MAX_HEADER_BYTES:
+            raise HeaderTooLarge(f"an extended header of {self.size:,} bytes (more than {MAX_HEADER_BYTES:,})")
+        in_a_row = getattr(archive, "cnnspec_headers_in_a_row", 0) + 1
+        if in_a_row > MAX_HEADERS_IN_A_ROW:
+            raise HeaderTooLarge(f"more than {MAX_HEADERS_IN_A_ROW} extended headers before one member")
+        archive.cnnspec_headers_in_a_row = in_a_row
+        return super()._proc_member(archive)
+
+
 def safe_extract(tar_path, folder) -> Path:
     """Unpack the tar archive `tar_path` into `folder` (replacing it), refusing any
     member that could write outside it (absolute paths, '..', links of any kind,
-    devices) and archives of more than MAX_MEMBERS members. The folder appears
-    complete or not at all."""
+    devices), archives of more than MAX_MEMBERS members and extended headers of more
+    than MAX_HEADER_BYTES. The folder appears complete or not at all."""
     tar_path, folder = Path(tar_path), Path(folder)
     try:
-        with tarfile.open(tar_path, "r:*") as archive, atomic_folder(folder) as temporary:
+        with tarfile.open(tar_path, "r:*", tarinfo=_BoundedTarInfo) as archive, \
+                atomic_folder(folder) as temporary:
             members = []
             for member in archive:  # one at a time: a million-member archive stops at the cap
                 if len(members) == MAX_MEMBERS:
@@ -292,10 +322,12 @@ def safe_extract(tar_path, folder) -> Path:
                 members.append(member)
             _check_total_size(members, tar_path, folder)
             archive.extractall(temporary, members=members, filter="data")
+    except HeaderTooLarge as error:
+        raise DataError(f"{tar_path}: refusing {error}; is data.url the dataset's archive?") from None
     except tarfile.FilterError as error:  # anything our own check missed
         member = getattr(error, "tarinfo", None)
-        name = member.name if member is not None else "?"
-        raise DataError(f"{tar_path}: refusing member '{name}': {one_line(error)}") from None
+        name = repr(member.name) if member is not None else "'?'"
+        raise DataError(f"{tar_path}: refusing member {name}: {one_line(error)}") from None
     except (tarfile.TarError, EOFError, OSError) as error:
         if isinstance(error, OSError) and disk_is_full(error, folder.parent):
             raise DiskFullError(folder) from None  # the archive is fine: keep it
@@ -305,7 +337,9 @@ def safe_extract(tar_path, folder) -> Path:
 
 def _check_member(member: tarfile.TarInfo, tar_path: Path) -> None:
     def refuse(why: str):
-        raise DataError(f"{tar_path}: refusing member '{member.name}': {why}")
+        # repr: a member's name is the archive's author's text, and a line break in it
+        # must not print as a line of its own
+        raise DataError(f"{tar_path}: refusing member {member.name!r}: {why}")
 
     if member.name.startswith(("/", "\\")) or PurePosixPath(member.name).is_absolute() \
             or (len(member.name) > 1 and member.name[1] == ":"):
@@ -316,7 +350,7 @@ def _check_member(member: tarfile.TarInfo, tar_path: Path) -> None:
         # The datasets' archives hold files and folders only. Links are refused outright: a
         # chain of links, each harmless on its own, can still lead out (Python's own
         # filter="data" missed one such chain before 3.11.13 and 3.12.11).
-        refuse(f"a {'symbolic' if member.issym() else 'hard'} link (to '{member.linkname}'); "
+        refuse(f"a {'symbolic' if member.issym() else 'hard'} link (to {member.linkname!r}); "
                "a dataset archive holds files and folders only")
     if member.isdev() or not (member.isfile() or member.isdir()):
         refuse("device or special file")

@@ -4,7 +4,8 @@ The preprocess stage (folder and CSV datasets), `cnnspec predict` and `cnnspec e
 checks all call `read_image`, so an image is decoded, converted and resized identically
 at training and at prediction time.
 
-Decoding is Pillow's (JPEG, PNG, BMP, WebP, GIF's first frame, TIFF, ...). Colour modes
+Decoding is Pillow's, limited to JPEG, PNG, BMP, WebP, GIF's first frame and TIFF (a file
+in any other format, e.g. PostScript named .png, is refused unread). Colour modes
 are converted to the channels asked for:
 - 1 channel: Pillow's "L" (ITU-R 601-2 luma); transparency is composited onto black first.
 - 3 channels: "RGB"; palette and grayscale images are expanded, transparency is
@@ -20,6 +21,7 @@ Both use bilinear filtering with antialiasing (Pillow's BILINEAR on reduce).
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +31,11 @@ from cnnspec.regular_files import not_a_regular_file
 
 RESIZE_POLICIES = ("stretch", "center_crop")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
+# The only decoders Pillow may use, whatever a file's name or content claims: Pillow picks
+# the decoder from the content, and some (EPS: Ghostscript, a PostScript interpreter) run
+# what the file holds.
+READ_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "WEBP", "TIFF")
+NOT_READ = "not an image cnnspec reads (JPEG, PNG, BMP, GIF, WebP or TIFF)"
 
 
 class ImageReadError(DataError):
@@ -57,6 +64,13 @@ def note(message: str) -> None:
         print(f"note: {message}", file=sys.stderr)
 
 
+def open_image(stream):
+    """Pillow's Image.open limited to READ_FORMATS: reads the header only."""
+    from PIL import Image
+
+    return Image.open(stream, formats=READ_FORMATS)
+
+
 def _open(source, size: tuple[int, int] | None = None):
     """A loaded PIL image from a path, bytes or a PIL image. Raises ImageReadError.
     With `size` (height, width) a large JPEG is decoded already reduced (Pillow's draft
@@ -80,7 +94,7 @@ def _open(source, size: tuple[int, int] | None = None):
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             stream = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else open(source, "rb")
             with stream:
-                image = Image.open(stream)  # the header only: the size is known, nothing decoded
+                image = open_image(stream)  # the header only: the size is known, nothing decoded
                 if image.width * image.height > MAX_PIXELS:  # our bound; Pillow's global is the user's
                     raise Image.DecompressionBombError(f"{image.width * image.height} pixels")
                 if size is not None and image.format == "JPEG":
@@ -93,7 +107,7 @@ def _open(source, size: tuple[int, int] | None = None):
     except FileNotFoundError:
         raise ImageReadError(f"{name}: no such image file") from None
     except UnidentifiedImageError:
-        raise ImageReadError(f"{name}: not an image Pillow can read") from None
+        raise ImageReadError(f"{name}: {NOT_READ}") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageReadError(f"{name}: refused, more than {MAX_PIXELS:,} pixels (a decompression "
                              f"bomb, or a photo far larger than any model input)") from None
@@ -199,6 +213,24 @@ def _resize(image, size: tuple[int, int], policy: str):
     raise ValueError(f"resize policy must be one of {RESIZE_POLICIES}, not {policy!r}")
 
 
+GRAY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"}
+
+
+def is_gray(image) -> bool:
+    """Whether `image` holds gray levels only: a gray mode, or a palette of grays."""
+    if image.mode == "P":
+        palette = image.getpalette() or []
+        return all(palette[i] == palette[i + 1] == palette[i + 2] for i in range(0, len(palette) - 2, 3))
+    return image.mode in GRAY_MODES
+
+
+@dataclass(frozen=True)
+class Decoded:
+    pixels: np.ndarray    # uint8 (channels, H, W)
+    resized: bool         # its own (upright) size was not the size asked for
+    lost_colour: bool     # a colour image read as one channel
+
+
 def read_image(source, channels: int, size: tuple[int, int] | None = None,
                resize: str = "stretch") -> np.ndarray:
     """Decode `source` (a path, bytes or a PIL image) to uint8 (channels, H, W).
@@ -206,13 +238,21 @@ def read_image(source, channels: int, size: tuple[int, int] | None = None,
     `size` is (height, width); None keeps the image's own size. Raises ImageReadError
     (one line naming the file) for anything that is not a readable image.
     """
+    return decode_image(source, channels, size, resize).pixels
+
+
+def decode_image(source, channels: int, size: tuple[int, int] | None = None,
+                 resize: str = "stretch") -> Decoded:
+    """read_image's pixels, and whether it resized the image or dropped its colour."""
     name = ("<bytes>" if isinstance(source, (bytes, bytearray))
             else str(source) if isinstance(source, (str, Path)) else "<image>")
     image = upright(_open(source, size))  # the EXIF orientation, of a PIL image too (upright once: it drops the tag)
+    lost_colour = channels == 1 and not is_gray(image)
     image = _convert(image, channels, name)
-    if size is not None:
+    resized = size is not None and image.size != (int(size[1]), int(size[0]))
+    if resized:
         image = _resize(image, (int(size[0]), int(size[1])), resize)
     array = np.asarray(image, dtype=np.uint8)
     if array.ndim == 2:
         array = array[:, :, None]
-    return np.ascontiguousarray(array.transpose(2, 0, 1))
+    return Decoded(np.ascontiguousarray(array.transpose(2, 0, 1)), resized, lost_colour)

@@ -23,6 +23,7 @@ import csv
 import multiprocessing
 import os
 import sys
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,12 +34,15 @@ from cnnspec import atomic
 from cnnspec.atomic import atomic_folder
 from cnnspec.data.datasets import FILES_JSON, SPLITS, histogram_mean_std, stratified_split, val_fraction
 from cnnspec.data.images import (
+    GRAY_MODES,
     IMAGE_SUFFIXES,
     ROTATING_ORIENTATIONS,
     ImageReadError,
+    decode_image,
     exif_orientation,
+    is_gray,
     is_image_file,
-    read_image,
+    open_image,
 )
 from cnnspec.errors import DataError, DiskFullError
 from cnnspec.regular_files import not_a_regular_file
@@ -60,6 +64,7 @@ class Listing:
     places: list[str] | None = None                   # csv: "labels.csv:12: a.jpg" for messages
 
     def add(self, path, label: str, split: str, place: str | None = None) -> None:
+        _refuse_a_name_not_in_utf8(Path(path))
         self.paths.append(str(path))
         self.labels.append(sys.intern(label))
         self.splits.append(split)
@@ -70,6 +75,19 @@ class Listing:
     def name(self, index: int) -> str:
         """How messages name an image: its path, or its CSV line and path."""
         return self.places[index] if self.places is not None else self.paths[index]
+
+
+def _refuse_a_name_not_in_utf8(path: Path) -> None:
+    """A file or folder name whose bytes are not UTF-8 (Python holds them as surrogates)
+    cannot be written to meta.json or printed by the later stages: refuse it here, named
+    with its bytes escaped."""
+    for depth, part in enumerate(path.parts, start=1):
+        try:
+            part.encode("utf-8")
+        except UnicodeEncodeError:
+            shown = os.fsencode(Path(*path.parts[:depth])).decode("utf-8", "backslashreplace")
+            raise DataError(f"{shown}: the name is not valid UTF-8 text; rename it (cnnspec writes "
+                            "class names and paths to meta.json and its reports as UTF-8)") from None
 
 
 # ---------------------------------------------------------------------------------------
@@ -169,6 +187,8 @@ def scan_folder(source) -> Listing:
         class_folders = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
         if not class_folders:
             raise DataError(f"{folder}: no class subfolders; expected {folder}/<class name>/<images>")
+        if len(class_folders) == 1 and not split:
+            _refuse_a_folder_one_level_too_high(class_folders[0])
         for class_folder in class_folders:
             if class_folder.is_symlink() and not _inside(class_folder, roots):
                 raise _escape_error(str(class_folder), "a symlinked class folder")
@@ -183,6 +203,16 @@ def scan_folder(source) -> Listing:
         print(f"{root}: ignored {ignored} files outside the class folders or not images "
               f"({' '.join(IMAGE_SUFFIXES)})")
     return listing
+
+
+def _refuse_a_folder_one_level_too_high(only_class: Path) -> None:
+    """One class folder holding only folders: data.source names the folder above the
+    class folders (data/wrap rather than data/wrap/photos)."""
+    entries = [p for p in only_class.iterdir() if not p.name.startswith(".")]
+    if entries and all(p.is_dir() for p in entries):
+        shown = ", ".join(sorted(p.name for p in entries)[:3]) + (", ..." if len(entries) > 3 else "")
+        raise DataError(f"data.source: only one class ('{only_class.name}'), a folder holding only folders "
+                        f"({shown}); if those are the classes, set data.source={only_class}")
 
 
 # ---------------------------------------------------------------------------------------
@@ -205,10 +235,15 @@ def scan_csv(source, columns: dict) -> Listing:
                                 ("split_column", split_column)):
                 if column and column not in header:
                     raise DataError(f"{manifest}:1: no column '{column}' (data.csv.{key}); "
-                                    f"the header has: {', '.join(header) or 'nothing'}")
+                                    f"the header has: {', '.join(header) or 'nothing'}"
+                                    f"{_spaces_around(column, header)}")
             for row in reader:
                 line = _first_line(reader, row)
                 where = f"{manifest}:{line}"
+                if None in row:  # DictReader keeps the fields beyond the header's under None
+                    fields = len(header) + len(row[None])
+                    raise DataError(f"{where}: {fields} fields, but the header has {len(header)}; "
+                                    "quote a value that holds a comma")
                 if not any((value or "").strip() for value in row.values()):
                     continue  # a blank line
                 text = (row.get(path_column) or "").strip()
@@ -247,13 +282,27 @@ def scan_csv(source, columns: dict) -> Listing:
     return listing
 
 
+def _spaces_around(column: str, header: list[str]) -> str:
+    """The hint for a header written with ', ' between its names (' label')."""
+    spaced = next((name for name in header if name.strip() == column), None)
+    if spaced is None:
+        return ""
+    return (f"; the header's names have spaces around them ({spaced!r}): write the header "
+            "with a bare comma between names")
+
+
 def _name_paths_written_from_elsewhere(listing: Listing, root: Path) -> None:
-    """The first missing image, when its path as written names a file from the working
-    folder: a manifest written from the repository root rather than from its own folder."""
+    """The first missing image, when its path as written names a file once its Windows
+    backslashes are slashes, or from the working folder: a manifest written from the
+    repository root rather than from its own folder."""
     missing = next((i for i, path in enumerate(listing.paths) if not os.path.lexists(path)), None)
     if missing is None:
         return
     written = Path(listing.paths[missing]).relative_to(root)
+    with_slashes = str(written).replace("\\", "/")
+    if with_slashes != str(written) and os.path.lexists(root / with_slashes):
+        raise DataError(f"{listing.name(missing)}: no such file, but there is {with_slashes}: write the "
+                        "CSV's paths with / (a \\ is part of a file name here, not a folder separator)")
     if written.is_file():
         raise DataError(f"{listing.name(missing)}: not in {root}/, but there is such a file from the working "
                         f"folder: paths in the CSV are relative to the CSV's own folder ({root}/)")
@@ -356,19 +405,34 @@ def _label_ids(labels, classes):
 # ---------------------------------------------------------------------------------------
 # Decoding, in parallel, in order, a window at a time.
 
+@dataclass
+class Changed:
+    """How many decoded images were resized, and how many colour ones read as gray."""
+
+    resized: int = 0
+    lost_colour: int = 0
+
+    def add(self, other: Changed) -> None:
+        self.resized += other.resized
+        self.lost_colour += other.lost_colour
+
+
 def _decode_batch(paths: list[str], names: list[str], channels: int, size, resize: str):
-    """Worker task: (uint8 (n_good, C, H, W), positions of the good ones, errors)."""
-    good, positions, errors = [], [], []
+    """Worker task: (uint8 (n_good, C, H, W), positions of the good ones, errors, Changed)."""
+    good, positions, errors, changed = [], [], [], Changed()
     for position, (path, name) in enumerate(zip(paths, names)):
         try:
-            good.append(read_image(path, channels, size, resize))
-            positions.append(position)
+            decoded = decode_image(path, channels, size, resize)
         except ImageReadError as error:
             reason = str(error).removeprefix(f"{path}: ")  # read_image names the path first
             errors.append(f"{name}: {reason}")
+            continue
+        good.append(decoded.pixels)
+        positions.append(position)
+        changed.add(Changed(int(decoded.resized), int(decoded.lost_colour)))
     height, width = size
     array = np.stack(good) if good else np.zeros((0, channels, height, width), np.uint8)
-    return array, positions, errors
+    return array, positions, errors, changed
 
 
 class _InlineExecutor:
@@ -448,19 +512,29 @@ def _pixel_histogram(images: np.ndarray, histogram: np.ndarray) -> None:
             histogram[channel] += np.bincount(block[:, channel].ravel(), minlength=256)
 
 
+WORKER_DIED = ("data.source: a decoding worker died (killed, most likely out of memory while decoding a "
+               "very large image); free some memory, or shrink or remove the largest images, and run "
+               "again (data/prepared is unchanged)")
+
+
 def write_split(path: Path, listing: Listing, indices: np.ndarray, shape, options: dict,
-                executor, bad: _BadImages, histogram: np.ndarray | None) -> np.ndarray:
-    """Decode the images at `indices` into `path` (.npy, shape (n,) + shape), in order.
-    Returns the positions (into `indices`) of the images written (bad ones skipped)."""
+                executor, bad: _BadImages, histogram: np.ndarray | None,
+                changed: Changed | None = None) -> np.ndarray:
+    """Decode the images at `indices` into `path` (.npy, shape (n,) + shape), in order,
+    counting what decoding changed into `changed`. Returns the positions (into `indices`)
+    of the images written (bad ones skipped)."""
+    changed = Changed() if changed is None else changed
     try:
-        return _write_split(path, listing, indices, shape, options, executor, bad, histogram)
+        return _write_split(path, listing, indices, shape, options, executor, bad, histogram, changed)
+    except BrokenProcessPool:
+        raise DataError(WORKER_DIED) from None
     except OSError as error:
         if atomic.disk_is_full(error, path.parent):
             raise DiskFullError(path) from None
         raise
 
 
-def _write_split(path, listing, indices, shape, options, executor, bad, histogram):
+def _write_split(path, listing, indices, shape, options, executor, bad, histogram, changed):
     channels, height, width = shape
     row_bytes = channels * height * width
     created = npy_format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(len(indices), *shape))
@@ -486,7 +560,8 @@ def _write_split(path, listing, indices, shape, options, executor, bad, histogra
                 break
         while tasks:
             start, future = tasks.popleft()
-            array, positions, errors = future.result()
+            array, positions, errors, batch_changed = future.result()
+            changed.add(batch_changed)
             next_start = next(starts, None)
             if next_start is not None:
                 submit(next_start)
@@ -540,22 +615,27 @@ def prepare_image_dataset(data: dict, out_folder, workers: int | None = None, lo
             f"{channels} by default (decoding names the files)")
     else:
         log(resize_note(sample, (height, width), data["resize"], data["image_size"] == "auto"))
+        stretched = stretch_warning(sample, (height, width), data["resize"])
+        if stretched:
+            print(stretched, file=sys.stderr)
         if data["channels"] == "auto":
             gray = ("every image is grayscale" if len(sample) == len(listing.paths)
                     else f"the {len(sample)} images sampled across the dataset are grayscale")
             log(f"channels: {channels} (data.channels: auto; {gray if channels == 1 else 'colour images'})")
+    channels_auto = data["channels"] == "auto"
     data = {**data, "image_size": [height, width], "channels": channels}
     shape = (channels, height, width)
     workers = default_workers() if workers is None else workers
     small = len(listing.paths) < 4 * BATCH_IMAGES
     bad = _BadImages(data["bad_images"])
     histogram = np.zeros((shape[0], 256), dtype=np.int64)
+    changed = Changed()
     counts, per_class, files = {}, {}, {}
     with atomic_folder(out_folder) as temporary, decode_pool(workers, small) as executor:
         for split in SPLITS:
             indices, labels = splits[split]
             kept = write_split(temporary / f"{split}_images.npy", listing, indices, shape, data,
-                               executor, bad, histogram if split == "train" else None)
+                               executor, bad, histogram if split == "train" else None, changed)
             labels = labels[kept]
             atomic.save_numpy(temporary / f"{split}_labels.npy", labels)
             files[split] = [source_relative(listing.paths[i], data) for i in indices[kept]]
@@ -563,6 +643,12 @@ def prepare_image_dataset(data: dict, out_folder, workers: int | None = None, lo
             per_class[split] = np.bincount(labels, minlength=len(classes))
         if bad.count:  # before the errors below, which these may explain
             log(f"skipped {bad.count} unreadable images (data.bad_images: skip), first: " + "; ".join(bad.first))
+        resized, lost_colour = beyond_the_sample(sample, (height, width), data["resize"], channels_auto,
+                                                 changed)
+        if resized:
+            log(resized)
+        if lost_colour:
+            print(lost_colour, file=sys.stderr)
         if counts["train"] == 0:
             raise DataError("data.source: no readable training images")
         missing = [classes[i] for i in np.flatnonzero(per_class["train"] == 0)]
@@ -602,26 +688,21 @@ def source_relative(path: str, data: dict) -> str:
 
 
 AUTO_SIDE = 64   # data.image_size: auto scales larger images down to fit this square
-GRAY_MODES = {"1", "L", "LA", "I", "I;16", "F"}
 
 
 def sample_images(paths: list[str], sample: int = SIZE_SAMPLE) -> list[tuple[int, int, str]]:
     """(height, width, mode) of up to `sample` of the images, spread over the list, read
     from the file headers (no decoding). Unreadable files are left out: decoding names them."""
-    from PIL import Image
-
     spread = np.unique(np.linspace(0, len(paths) - 1, min(len(paths), sample)).round().astype(int))
     found = []
     for path in (paths[i] for i in spread):
         if not_a_regular_file(path):  # a FIFO would block the open: decoding names it
             continue
         try:
-            with Image.open(path) as image:
+            with open_image(path) as image:
                 mode = image.mode
                 if mode == "P":  # a palette: grayscale only if every entry is
-                    palette = image.getpalette() or []
-                    triples = [palette[i:i + 3] for i in range(0, len(palette), 3)]
-                    mode = "L" if all(r == g == b for r, g, b in triples) else "RGB"
+                    mode = "L" if is_gray(image) else "RGB"
                 turned = exif_orientation(image) in ROTATING_ORIENTATIONS  # read_image turns it upright
                 found.append((image.width, image.height, mode) if turned else (image.height, image.width, mode))
         except Exception:  # a damaged file: the decoding pass reports it under data.bad_images
@@ -658,3 +739,40 @@ def resize_note(sample, size, policy: str, auto: bool = False) -> str:
     found = (f"{smallest[0]}x{smallest[1]}" if len(sizes) == 1
              else f"{len(sizes)} sizes, {smallest[0]}x{smallest[1]} to {largest[0]}x{largest[1]} (by area)")
     return f"images {found} -> {target} ({why}; data.resize: {policy})"
+
+
+def beyond_the_sample(sample, size, policy: str, channels_auto: bool,
+                      changed: Changed) -> tuple[str | None, str | None]:
+    """The lines that correct what the sampled headers said, once decoding found more: images
+    of another size where every sampled one fitted ('not resized'), colour images where every
+    sampled one was gray (data.channels: auto chose 1)."""
+    resized = lost_colour = None
+    if changed.resized and {(height, width) for height, width, _ in sample} == {tuple(size)}:
+        resized = (f"decoding found {changed.resized} image{'s' * (changed.resized != 1)} not "
+                   f"{size[0]}x{size[1]}, unlike the {len(sample)} sampled: resized to {size[0]}x{size[1]} "
+                   f"(data.resize: {policy})")
+    if changed.lost_colour and channels_auto:
+        lost_colour = (f"warning: decoding found {changed.lost_colour} colour "
+                       f"image{'s' * (changed.lost_colour != 1)}, unlike the {len(sample)} sampled: read as "
+                       "gray (data.channels: auto chose 1); set data.channels: 3 to keep their colour")
+    return resized, lost_colour
+
+
+# Sampled images whose width/height ratios differ by this factor or more (4:3 landscape and
+# 3:4 portrait: 1.78) cannot all be stretched to one shape without visibly squeezing some.
+MIXED_ASPECT = 1.5
+
+
+def stretch_warning(sample, size, policy: str) -> str | None:
+    """A warning line when data.resize: stretch would squeeze sampled images of very
+    different proportions (portrait and landscape photos) to one shape."""
+    if policy != "stretch" or not sample:
+        return None
+    by_ratio = sorted({(height, width) for height, width, _ in sample}, key=lambda hw: hw[1] / hw[0])
+    (tall_h, tall_w), (wide_h, wide_w) = by_ratio[0], by_ratio[-1]
+    if (wide_w / wide_h) / (tall_w / tall_h) < MIXED_ASPECT:
+        return None
+    return (f"warning: the sampled images mix proportions, {tall_h}x{tall_w} to {wide_h}x{wide_w} (height x "
+            f"width): data.resize: stretch squeezes every one to {size[0]}x{size[1]}; data.resize: "
+            "center_crop keeps their proportions")
+
