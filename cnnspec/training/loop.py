@@ -53,6 +53,7 @@ from cnnspec.atomic import save_torch
 from cnnspec.data.download import md5_of
 from cnnspec.data.integrity import set_aside
 from cnnspec.errors import TrainingError, first_line
+from cnnspec.models.checkpoint import torch_file_problem
 from cnnspec.training import distributed, optimization, stops
 from cnnspec.training.augment import Augmentation
 from cnnspec.training.device import (
@@ -479,11 +480,14 @@ def read_resume_state(path, fingerprint: str) -> dict | None:
     path = Path(path)
     if not path.is_file():
         return None
+    why = torch_file_problem(path)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = None if why else torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # a torn or foreign file: set it aside and start over
+        why = type(error).__name__
+    if why:
         aside = set_aside(path)
-        print(f"note: resume state {path} is damaged ({type(error).__name__}); moved it to {aside} "
+        print(f"note: resume state {path} is damaged ({why}); moved it to {aside} "
               "and training starts over from epoch 1", file=sys.stderr)
         return None
     if not isinstance(state, dict) or state.get("format") != RESUME_FORMAT:
