@@ -173,6 +173,12 @@ def test_an_older_checkpoint_without_a_digest_still_loads(tmp_path):
     (lambda c: c.update(num_classes=torch.zeros(2)), "num_classes"),
     (lambda c: c.update(image_size=torch.zeros(2)), "image_size"),
     (lambda c: c.update(channels=torch.ones(2)), "channels"),
+    # fields the weights' digest does not cover: bounded, and checked against input_shape
+    (lambda c: c.update(image_size=[40000, 40000]), "image_size [40000, 40000] is not the height and width"),
+    (lambda c: c.update(input_shape=[1, 20000, 20000]), "input_shape [1, 20000, 20000] is not"),
+    (lambda c: c.update(resize="bogus"), "resize is not one of stretch, center_crop"),
+    (lambda c: c.update(channels=3), "channels 3 is not the channels of input_shape [1, 28, 28]"),
+    (lambda c: c.update(mean=[float("nan")]), "mean is not one finite number per channel"),
 ])
 def test_a_checkpoint_with_malformed_fields_is_one_line(tmp_path, change, words):
     path = tiny_checkpoint(tmp_path / "model.pt")
@@ -249,6 +255,35 @@ def test_a_checkpoint_that_is_a_fifo_a_device_or_a_symlink_loop_says_what_it_is(
         with pytest.raises(TrainingError) as refused:
             read_checkpoint(tmp_path / name)
         assert str(refused.value) == f"{tmp_path / name}: cannot read the checkpoint: it is {kind}, not a regular file"
+
+
+def test_predict_refuses_nan_weights_under_a_matching_digest_in_one_line(tmp_path, capsys):
+    from cnnspec.cli import main as cli
+    from cnnspec.models.checkpoint import weights_digest
+
+    path = tiny_checkpoint(tmp_path / "model.pt")
+    checkpoint = torch.load(path, weights_only=True)
+    checkpoint["state_dict"]["layers.conv_1.weight"].fill_(float("nan"))
+    checkpoint[DIGEST_KEY] = weights_digest(checkpoint["state_dict"])  # what an editor would do
+    torch.save(checkpoint, path)
+    image = fashion_pngs(tmp_path / "photos", 1)[0]
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as caught:
+        cli(["predict", str(path), str(image), "--format", "json"])
+    out, err = capsys.readouterr()
+    assert caught.value.code == 1 and out == "" and err.count("\n") == 1, err
+    assert err.startswith(f"error: {path}: the weights hold NaN or infinity (layers.conv_1.weight)")
+    with pytest.raises(SystemExit):
+        cli(["export", str(path), "--format", "onnx", "--output", str(tmp_path / "model.onnx")])
+    assert not (tmp_path / "model.onnx").exists()
+
+
+def test_predict_refuses_probabilities_that_are_not_finite(tmp_path):
+    model = cnnspec.load_model(tiny_checkpoint(tmp_path / "model.pt"))
+    with torch.no_grad():  # finite weights whose outputs overflow
+        model.network.layers[-1].weight.fill_(3e38)
+    with pytest.raises(TrainingError, match="the model outputs NaN or infinity for 1 images"):
+        cnnspec.predict(model, np.full((1, 28, 28), 255, dtype=np.uint8), engine="torch")
 
 
 def state_dict_file(path: Path, state) -> Path:

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from cnnspec.data.images import ImageReadError, is_image_file, read_image
-from cnnspec.errors import CnnspecError, DataError, first_line
+from cnnspec.errors import CnnspecError, DataError, TrainingError, first_line
 from cnnspec.inference.metadata import ExportError
 
 DECODE_THREADS = 4  # Pillow releases the GIL while decoding
@@ -378,6 +378,10 @@ def _predict_batch(model, pixels: list[torch.Tensor], names: list[str], top_k: i
         probabilities = model.probabilities(batch)
     else:
         probabilities = probabilities_of(model, batch, tta).cpu()
+    broken = [name for name, row in zip(names, torch.isfinite(probabilities).all(dim=1).tolist()) if not row]
+    if broken:  # weights that overflow: never print a NaN probability (nor invalid JSON)
+        raise TrainingError(f"the model outputs NaN or infinity for {len(broken)} images (the first: "
+                            f"{broken[0]}); its weights are broken, train it again")
     return [Prediction(name, classes, values) for name, (classes, values)
             in zip(names, _top_k(probabilities, model.classes, top_k))]
 

@@ -8,6 +8,7 @@ refused instead of executed.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import pickle
 import struct
@@ -83,6 +84,7 @@ def save_checkpoint(path, model, spec, meta: dict, params: dict, epoch: int, bes
 
 RETRAIN_HINT = "train it again (dvc repro -f train, or python stages/train.py)"
 ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes a zip archive
+MAX_IMAGE_SIZE = 8192  # params' data.image_size bound: a height or width above it is no model of ours
 
 # torch.save writes one zip entry per tensor storage plus a few, each about 100 bytes in
 # the zip's directory: these bounds leave room for tens of thousands of tensors.
@@ -168,6 +170,15 @@ def refusal_words(error: Exception) -> str:
     if isinstance(error, pickle.UnpicklingError) and said.startswith("Weights only load failed"):
         return "it asks to run code or build objects other than tensors and plain values"
     return said
+
+
+def non_finite_tensor(state_dict: dict) -> str | None:
+    """The name of the first floating-point tensor holding NaN or infinity, or None:
+    weights that produce NaN probabilities (training stops before it saves such)."""
+    for name, tensor in state_dict.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            return name
+    return None
 
 
 def image_settings(meta_or_checkpoint: dict) -> tuple[int, tuple[int, int], str]:
@@ -257,14 +268,16 @@ def read_checkpoint(path) -> dict:
         raise TrainingError(f"{path}: the checkpoint is damaged: its weights no longer match the "
                             f"sha256 digest stored with them (changed on disk or in transfer); "
                             f"copy it again or {RETRAIN_HINT}")
+    broken = non_finite_tensor(checkpoint["state_dict"])
+    if broken:
+        raise TrainingError(f"{path}: the weights hold NaN or infinity ({broken[:80]}), so the model would "
+                            f"output NaN; the weights are broken, {RETRAIN_HINT}")
     return checkpoint
 
 
 def malformed(checkpoint: dict) -> str | None:
-    """What is wrong with the fields a checkpoint must have, or None."""
-    def is_number(value):
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-
+    """What is wrong with the fields a checkpoint must have, or None. The weights' digest
+    does not cover these fields, so each is bounded and checked against the others."""
     state_dict = checkpoint.get("state_dict")
     if not isinstance(state_dict, dict) or not all(
             isinstance(name, str) and isinstance(tensor, torch.Tensor) for name, tensor in state_dict.items()):
@@ -278,13 +291,15 @@ def malformed(checkpoint: dict) -> str | None:
     if not isinstance(count, int) or isinstance(count, bool) or count != len(classes):
         return f"num_classes is not the number of classes ({len(classes)})"
     shape = checkpoint.get("input_shape")
-    if not (isinstance(shape, list) and len(shape) == 3
-            and all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 65536 for v in shape)):
+    if not (isinstance(shape, list) and len(shape) == 3 and all(is_whole(v) for v in shape)):
         return "input_shape is not three sizes (channels, height, width)"
+    if shape[0] not in (1, 3) or not all(1 <= v <= MAX_IMAGE_SIZE for v in shape[1:]):
+        return (f"input_shape {shape[:3]} is not 1 or 3 channels of a height and width from 1 to "
+                f"{MAX_IMAGE_SIZE}")
     for key in ("mean", "std"):
         values = checkpoint.get(key)
-        if not isinstance(values, list) or len(values) != shape[0] or not all(is_number(v) for v in values):
-            return f"{key} is not one number per channel"
+        if not isinstance(values, list) or len(values) != shape[0] or not all(is_finite_number(v) for v in values):
+            return f"{key} is not one finite number per channel"
     if any(v == 0 for v in checkpoint["std"]):
         return "std holds a zero"
     for key in ("spec_path", DIGEST_KEY):
@@ -292,15 +307,34 @@ def malformed(checkpoint: dict) -> str | None:
             return f"{key} is not text"
     if checkpoint.get("params") is not None and not isinstance(checkpoint["params"], dict):
         return "params is not a mapping"
+    return image_settings_problem(checkpoint, shape)
+
+
+def image_settings_problem(checkpoint: dict, shape: list) -> str | None:
+    """What is wrong with the optional image_size, channels and resize, or None: each
+    must agree with input_shape, the size the network was built for."""
+    from cnnspec.data.images import RESIZE_POLICIES
+
     size, channels, resize = (checkpoint.get(key) for key in ("image_size", "channels", "resize"))
-    if not (size is None or (isinstance(size, list) and len(size) == 2
-                             and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in size))):
+    if not (size is None or (isinstance(size, list) and len(size) == 2 and all(is_whole(v) for v in size))):
         return "image_size is not [height, width]"
+    if size is not None and size != shape[1:]:
+        return f"image_size {size} is not the height and width of input_shape {shape}"
     if not (channels is None or (isinstance(channels, int) and channels in (1, 3))):
         return "channels is not 1 or 3"
-    if not (resize is None or isinstance(resize, str)):
-        return "resize is not text"
+    if channels is not None and channels != shape[0]:
+        return f"channels {channels} is not the channels of input_shape {shape}"
+    if not (resize is None or (isinstance(resize, str) and resize in RESIZE_POLICIES)):
+        return f"resize is not one of {', '.join(RESIZE_POLICIES)}"
     return None
+
+
+def is_whole(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_finite_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def load_network(path, device="cpu"):

@@ -53,7 +53,7 @@ from cnnspec.atomic import save_torch
 from cnnspec.data.download import md5_of
 from cnnspec.data.integrity import set_aside
 from cnnspec.errors import TrainingError, first_line
-from cnnspec.models.checkpoint import torch_file_problem
+from cnnspec.models.checkpoint import non_finite_tensor, torch_file_problem
 from cnnspec.training import distributed, optimization, stops
 from cnnspec.training.augment import Augmentation
 from cnnspec.training.device import (
@@ -454,8 +454,9 @@ def resume_state_problem(state: dict, run: Run) -> str | None:
     for key, tensor in weights.items():
         if not isinstance(tensor, torch.Tensor) or tensor.shape != expected[key].shape:
             return f"model tensor {key} is not this model's shape"
-        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-            return f"model tensor {key} holds NaN or infinite values"
+    broken = non_finite_tensor(weights)
+    if broken:
+        return f"model tensor {broken} holds NaN or infinite values"
     return None
 
 
