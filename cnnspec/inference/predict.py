@@ -77,11 +77,12 @@ class OnnxModel:
     memory. The session has as many intra-op threads as torch uses."""
 
     def __init__(self, path):
-        from cnnspec.inference.metadata import read_metadata
+        from cnnspec.inference.metadata import onnx_settings, read_onnx
 
-        settings = read_metadata(path)
+        data, graph = read_onnx(path)
+        settings = onnx_settings(path, graph)
         try:
-            self.session = _session(str(path))
+            self.session = _session(data)  # the bytes checked, not the path: nothing else is read
         except OnnxUnavailable as error:
             if error.installed:
                 raise
