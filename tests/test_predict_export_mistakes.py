@@ -278,6 +278,19 @@ def test_an_empty_folder_or_a_fifo_among_the_paths_is_an_error(model_files, tmp_
         assert f"{path}: {words}" in error
 
 
+@pytest.mark.timeout(60)
+def test_a_recursive_glob_does_not_follow_symlinked_folders(model_files, tmp_path, monkeypatch):
+    (tmp_path / "g" / "sub" / ".hidden").mkdir(parents=True)
+    for name in ["g/a.png", "g/sub/b.png", "g/sub/.c.png", "g/sub/.hidden/d.png"]:
+        shutil.copy(model_files["photos"] / "0.png", tmp_path / name)
+    for link, target in [("g/sub/l1", ".."), ("g/sub/l2", ".."), ("g/l3", ".")]:
+        (tmp_path / link).symlink_to(target)  # glob.glob(recursive=True) runs for ever here
+    monkeypatch.chdir(tmp_path)
+    assert predict_module.find_images(["g/**/*.png"]) == ["g/a.png", "g/sub/b.png"]
+    assert predict_module.find_images([f"{tmp_path}/**/.*.png"]) == [f"{tmp_path}/g/sub/.c.png"]
+    assert predict_module.find_images(["g/*/b.png"]) == ["g/sub/b.png"]  # one level: as glob has it
+
+
 def test_top_k_beyond_the_classes_gives_every_class_once(model_files, capsys):
     capsys.readouterr()
     assert cli(["predict", str(model_files["checkpoint"]), str(model_files["photos"] / "0.png"),

@@ -14,6 +14,7 @@ prediction equals evaluate's probability for the same image.
 """
 from __future__ import annotations
 
+import fnmatch
 import glob
 import os
 import sys
@@ -443,7 +444,7 @@ def find_images(patterns: list[str]) -> list[str]:
                 raise NoImagesError(f"{pattern}: no image files in this folder ({IMAGE_SUFFIX_WORDS})")
             found += images
         elif glob.has_magic(pattern):
-            matches = sorted(glob.glob(pattern, recursive=True))
+            matches = sorted(glob_matches(pattern))
             if not matches:
                 raise NoImagesError(f"{pattern}: no file matches this pattern")
             for match in matches:
@@ -462,6 +463,64 @@ def find_images(patterns: list[str]) -> list[str]:
     if not unique:
         raise NoImagesError(f"no image files in {' '.join(patterns)} ({IMAGE_SUFFIX_WORDS})")
     return unique
+
+
+def glob_matches(pattern: str) -> list[str]:
+    """glob.glob(pattern, recursive=True), except that `**` never enters a symlinked
+    folder: glob's does, and two links to a parent folder make it run for ever (it
+    stops only where the kernel refuses 40 links in a row, after 2**40 paths)."""
+    if "**" not in pattern:
+        return glob.glob(pattern)
+    parts = [part for part in pattern.split(os.sep) if part]
+    start = os.sep if pattern.startswith(os.sep) else ""
+    return list(_matches_below(start, parts))
+
+
+def _matches_below(folder: str, parts: list[str]):
+    """The paths under `folder` ('' for the working folder) that `parts` match, one
+    pattern part per path part; hidden names only where the part starts with a dot, as
+    glob does."""
+    part, rest = parts[0], parts[1:]
+    if part == "**":
+        for below in _real_folders(folder):
+            if rest:
+                yield from _matches_below(below, rest)
+            else:
+                yield from (os.path.join(below, name) for name in _names_in(below) if not name.startswith("."))
+    elif glob.has_magic(part):
+        for name in _names_in(folder):
+            if fnmatch.fnmatch(name, part) and (part.startswith(".") or not name.startswith(".")):
+                path = os.path.join(folder, name)
+                if not rest:
+                    yield path
+                elif os.path.isdir(path):
+                    yield from _matches_below(path, rest)
+    else:
+        path = os.path.join(folder, part)
+        if not rest and os.path.lexists(path):
+            yield path
+        elif rest and os.path.isdir(path):
+            yield from _matches_below(path, rest)
+
+
+def _names_in(folder: str) -> list[str]:
+    try:
+        return sorted(os.listdir(folder or os.curdir))
+    except OSError:
+        return []
+
+
+def _real_folders(folder: str):
+    """`folder` and every folder below it that is neither hidden nor reached through a
+    symlink."""
+    waiting = [folder]
+    while waiting:
+        current = waiting.pop()
+        yield current
+        for name in reversed(_names_in(current)):
+            path = os.path.join(current, name)
+            if not name.startswith(".") and os.path.isdir(path) and not os.path.islink(path):
+                waiting.append(path)
 
 
 IMAGE_SUFFIX_WORDS = "suffixes: .jpg .jpeg .png .bmp .webp .gif .tif .tiff"
