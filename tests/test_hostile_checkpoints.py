@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 import cnnspec
-from cnnspec.errors import TrainingError
+from cnnspec.errors import ParamsError, TrainingError
 from cnnspec.models.checkpoint import DIGEST_KEY, FORMAT, load_network, read_checkpoint, save_checkpoint
 from cnnspec.spec.plugins import PluginError
 from tests.imagefiles import fashion_subset
@@ -173,6 +173,12 @@ def test_an_older_checkpoint_without_a_digest_still_loads(tmp_path):
     (lambda c: c.update(num_classes=torch.zeros(2)), "num_classes"),
     (lambda c: c.update(image_size=torch.zeros(2)), "image_size"),
     (lambda c: c.update(channels=torch.ones(2)), "channels"),
+    # fields the weights' digest does not cover: bounded, and checked against input_shape
+    (lambda c: c.update(image_size=[40000, 40000]), "image_size [40000, 40000] is not the height and width"),
+    (lambda c: c.update(input_shape=[1, 20000, 20000]), "input_shape [1, 20000, 20000] is not"),
+    (lambda c: c.update(resize="bogus"), "resize is not one of stretch, center_crop"),
+    (lambda c: c.update(channels=3), "channels 3 is not the channels of input_shape [1, 28, 28]"),
+    (lambda c: c.update(mean=[float("nan")]), "mean is not one finite number per channel"),
 ])
 def test_a_checkpoint_with_malformed_fields_is_one_line(tmp_path, change, words):
     path = tiny_checkpoint(tmp_path / "model.pt")
@@ -182,3 +188,126 @@ def test_a_checkpoint_with_malformed_fields_is_one_line(tmp_path, change, words)
     with pytest.raises(TrainingError) as refused:
         load_network(path)
     assert words in str(refused.value) and "\n" not in str(refused.value)
+
+
+# ---------------------------------------------------------------- torch files handed over
+
+def rezipped(source: Path, destination: Path) -> Path:
+    """`source` (torch.save's zip) with every entry DEFLATE-compressed: torch.load still
+    reads it, and a few megabytes of such a file can unpack to gigabytes."""
+    with zipfile.ZipFile(source) as old, zipfile.ZipFile(destination, "w", zipfile.ZIP_DEFLATED) as new:
+        for info in old.infolist():
+            new.writestr(info.filename, old.read(info))
+    return destination
+
+
+def test_a_compressed_torch_file_is_refused_by_every_reader_before_torch_load(tmp_path, monkeypatch, capsys):
+    from cnnspec.models.weights import read_state_dict
+    from cnnspec.training.finetune import pretrained_state
+    from cnnspec.training.loop import RESUME_FORMAT, read_resume_state
+
+    bomb = rezipped(tiny_checkpoint(tmp_path / "model.pt"), tmp_path / "bomb.pt")
+    torch.save({"format": RESUME_FORMAT, "fingerprint": "f"}, tmp_path / "plain_state.pt")
+    state = rezipped(tmp_path / "plain_state.pt", tmp_path / "state.pt")
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("torch.load was given a compressed archive")
+
+    monkeypatch.setattr(torch, "load", must_not_run)
+    with pytest.raises(TrainingError) as refused:
+        read_checkpoint(bomb)
+    message = str(refused.value)
+    assert message.startswith(f"{bomb}: not a loadable cnnspec checkpoint (its zip entry ")
+    assert "is compressed" in message and "\n" not in message
+    with pytest.raises(ValueError, match="is compressed"):
+        read_state_dict(bomb)
+    with pytest.raises(ParamsError, match=f"model.weights: {bomb}: cannot be read as weights .*is compressed"):
+        pretrained_state(str(bomb), "model.weights")
+    assert read_resume_state(state, "f") is None
+    assert "is compressed" in capsys.readouterr().err and (tmp_path / "state.pt.damaged").exists()
+
+
+def test_a_zip_that_unpacks_beyond_its_size_or_lists_too_many_entries_is_refused(tmp_path, monkeypatch):
+    from cnnspec.models import checkpoint as checkpoint_module
+
+    path = tiny_checkpoint(tmp_path / "model.pt")
+    data = bytearray(path.read_bytes())
+    entry = data.rfind(b"PK\x01\x02")  # the last entry of the zip's directory: its unpacked size
+    data[entry + 24:entry + 28] = (2**32 - 1).to_bytes(4, "little")
+    (tmp_path / "big.pt").write_bytes(bytes(data))
+    with pytest.raises(TrainingError, match=r"its zip entries unpack to [\d,]+ bytes, more than the file's"):
+        read_checkpoint(tmp_path / "big.pt")
+    monkeypatch.setattr(checkpoint_module, "MAX_ZIP_ENTRIES", 3)
+    with pytest.raises(TrainingError, match=r"its zip archive holds \d+ entries \(at most 3\)"):
+        read_checkpoint(path)
+    monkeypatch.setattr(checkpoint_module, "MAX_ZIP_DIRECTORY_BYTES", 100)
+    with pytest.raises(TrainingError, match=r"its zip directory takes [\d,]+ bytes"):
+        read_checkpoint(path)
+
+
+def test_a_checkpoint_that_is_a_fifo_a_device_or_a_symlink_loop_says_what_it_is(tmp_path):
+    os.mkfifo(tmp_path / "fifo.pt")  # nobody writes: opening it would block for ever
+    (tmp_path / "zero.pt").symlink_to("/dev/zero")
+    (tmp_path / "a.pt").symlink_to(tmp_path / "b.pt")
+    (tmp_path / "b.pt").symlink_to(tmp_path / "a.pt")
+    for name, kind in [("fifo.pt", "a named pipe (FIFO)"), ("zero.pt", "a character device"),
+                       ("a.pt", "a symlink loop")]:
+        with pytest.raises(TrainingError) as refused:
+            read_checkpoint(tmp_path / name)
+        assert str(refused.value) == f"{tmp_path / name}: cannot read the checkpoint: it is {kind}, not a regular file"
+
+
+def test_predict_refuses_nan_weights_under_a_matching_digest_in_one_line(tmp_path, capsys):
+    from cnnspec.cli import main as cli
+    from cnnspec.models.checkpoint import weights_digest
+
+    path = tiny_checkpoint(tmp_path / "model.pt")
+    checkpoint = torch.load(path, weights_only=True)
+    checkpoint["state_dict"]["layers.conv_1.weight"].fill_(float("nan"))
+    checkpoint[DIGEST_KEY] = weights_digest(checkpoint["state_dict"])  # what an editor would do
+    torch.save(checkpoint, path)
+    image = fashion_pngs(tmp_path / "photos", 1)[0]
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as caught:
+        cli(["predict", str(path), str(image), "--format", "json"])
+    out, err = capsys.readouterr()
+    assert caught.value.code == 1 and out == "" and err.count("\n") == 1, err
+    assert err.startswith(f"error: {path}: the weights hold NaN or infinity (layers.conv_1.weight)")
+    with pytest.raises(SystemExit):
+        cli(["export", str(path), "--format", "onnx", "--output", str(tmp_path / "model.onnx")])
+    assert not (tmp_path / "model.onnx").exists()
+
+
+def test_predict_refuses_probabilities_that_are_not_finite(tmp_path):
+    model = cnnspec.load_model(tiny_checkpoint(tmp_path / "model.pt"))
+    with torch.no_grad():  # finite weights whose outputs overflow
+        model.network.layers[-1].weight.fill_(3e38)
+    with pytest.raises(TrainingError, match="the model outputs NaN or infinity for 1 images"):
+        cnnspec.predict(model, np.full((1, 28, 28), 255, dtype=np.uint8), engine="torch")
+
+
+def state_dict_file(path: Path, state) -> Path:
+    torch.save(state, path)
+    return path
+
+
+def test_weights_with_names_that_are_not_text_or_a_pickle_that_runs_code_are_one_line(tmp_path):
+    from cnnspec.training.finetune import pretrained_state
+
+    marker = tmp_path / "pwned"
+
+    class RunsACommand:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    numbered = state_dict_file(tmp_path / "numbered.pt", {1: torch.zeros(2), 2: torch.zeros(3)})
+    with pytest.raises(ParamsError) as refused:
+        pretrained_state(str(numbered), "model.weights")
+    assert "its key 1 is a int, not a tensor's name" in str(refused.value)
+    evil = state_dict_file(tmp_path / "evil.pt", {"weight": RunsACommand()})
+    with pytest.raises(ParamsError) as refused:
+        pretrained_state(str(evil), "model.weights")
+    message = str(refused.value)
+    assert not marker.exists() and "\n" not in message
+    assert "asks to run code" in message and "weights_only set to False" not in message
+    assert "arbitrary code execution" not in message

@@ -174,11 +174,76 @@ def test_onnx_metadata_that_does_not_fit_its_graph_is_refused_before_any_image(m
              ({"channels": "3"}, "its metadata does not match its graph (images"),
              ({"classes": "5"}, "damaged cnnspec metadata (classes: expected a list of class names)"),
              ({"image_size": "[0, 28]"}, "damaged cnnspec metadata (image_size"),
-             ({"resize": "squash"}, "damaged cnnspec metadata (resize")]
+             ({"resize": "squash"}, "damaged cnnspec metadata (resize"),
+             ({"image_size": "[40000, 40000]"}, "damaged cnnspec metadata (image_size: expected [height, width], "
+                                                "each 1 to 8192"),
+             ({"channels": "2"}, "damaged cnnspec metadata (channels: expected 1 or 3, not 2)"),
+             ({"classes": "[" * 100000}, "damaged cnnspec metadata (JSON nested deeper")]
     for index, (metadata, words) in enumerate(cases):
         edited = rewritten_onnx(source, tmp_path / f"edited{index}.onnx", **metadata)
         error = one_line_error(capsys, ["predict", str(edited), image], 1)
         assert f"{edited}: {words}" in error, error
+
+
+def external_data_onnx(source: Path, destination: Path, where: str) -> Path:
+    """`source` with one tensor's data said to lie in ../../../etc/passwd: in an
+    initializer, a node attribute, or an initializer of a subgraph (an If node's branch)."""
+    import onnx
+    from onnx import helper
+
+    model = onnx.load(str(source))
+
+    def outside(tensor):
+        tensor.ClearField("raw_data")
+        tensor.data_location = onnx.TensorProto.EXTERNAL
+        tensor.external_data.add(key="location", value="../../../etc/passwd")
+        return tensor
+
+    if where == "initializer":
+        outside(model.graph.initializer[0])
+    else:
+        tensor = outside(helper.make_tensor("stolen", onnx.TensorProto.FLOAT, [1], [0.0]))
+        if where == "attribute":
+            node = helper.make_node("Constant", [], ["unused"], value=tensor)
+        else:
+            branch = helper.make_graph([], "branch", [], [helper.make_tensor_value_info("stolen", 1, [1])],
+                                       initializer=[tensor])
+            node = helper.make_node("If", ["condition"], ["unused"], then_branch=branch, else_branch=branch)
+        model.graph.node.append(node)
+    destination.write_bytes(model.SerializeToString())
+    return destination
+
+
+@pytest.mark.parametrize("where", ["initializer", "attribute", "subgraph"])
+def test_an_onnx_tensor_whose_data_lies_in_another_file_is_refused(model_files, tmp_path, capsys, monkeypatch, where):
+    def must_not_run(model):
+        raise AssertionError("onnxruntime was given a model that reads another file")
+
+    monkeypatch.setattr(predict_module, "_session", must_not_run)
+    edited = external_data_onnx(model_files["onnx"], tmp_path / "outside.onnx", where)
+    error = one_line_error(capsys, ["predict", str(edited), str(model_files["photos"] / "0.png")], 1)
+    assert f"{edited}: tensor '" in error and "keeps its data in another file" in error
+
+
+def test_onnxruntime_runs_the_bytes_that_were_checked(model_files, monkeypatch):
+    given = []
+    monkeypatch.setattr(predict_module, "_session", lambda model, run=predict_module._session: (
+        given.append(model), run(model))[1])
+    predict_module.OnnxModel(model_files["onnx"])
+    assert given == [model_files["onnx"].read_bytes()]
+
+
+def test_an_onnx_path_that_is_a_fifo_a_device_or_huge_is_refused_at_once(model_files, tmp_path, capsys):
+    os.mkfifo(tmp_path / "fifo.onnx")
+    (tmp_path / "zero.onnx").symlink_to("/dev/zero")
+    with open(tmp_path / "huge.onnx", "wb") as file:
+        file.truncate(3 << 30)  # sparse
+    image = str(model_files["photos"] / "0.png")
+    for name, words in [("fifo.onnx", "it is a named pipe (FIFO), not a regular file"),
+                        ("zero.onnx", "it is a character device, not a regular file"),
+                        ("huge.onnx", "larger than 2,147,483,647 bytes")]:
+        error = one_line_error(capsys, ["predict", str(tmp_path / name), image], 1)
+        assert f"{tmp_path / name}: " in error and words in error, error
 
 
 def test_an_onnx_model_runs_on_the_cpu_only(model_files, capsys):
@@ -211,6 +276,19 @@ def test_an_empty_folder_or_a_fifo_among_the_paths_is_an_error(model_files, tmp_
         error = one_line_error(capsys, ["predict", str(model_files["checkpoint"]), str(model_files["photos"]),
                                         str(path)], 2)
         assert f"{path}: {words}" in error
+
+
+@pytest.mark.timeout(60)
+def test_a_recursive_glob_does_not_follow_symlinked_folders(model_files, tmp_path, monkeypatch):
+    (tmp_path / "g" / "sub" / ".hidden").mkdir(parents=True)
+    for name in ["g/a.png", "g/sub/b.png", "g/sub/.c.png", "g/sub/.hidden/d.png"]:
+        shutil.copy(model_files["photos"] / "0.png", tmp_path / name)
+    for link, target in [("g/sub/l1", ".."), ("g/sub/l2", ".."), ("g/l3", ".")]:
+        (tmp_path / link).symlink_to(target)  # glob.glob(recursive=True) runs for ever here
+    monkeypatch.chdir(tmp_path)
+    assert predict_module.find_images(["g/**/*.png"]) == ["g/a.png", "g/sub/b.png"]
+    assert predict_module.find_images([f"{tmp_path}/**/.*.png"]) == [f"{tmp_path}/g/sub/.c.png"]
+    assert predict_module.find_images(["g/*/b.png"]) == ["g/sub/b.png"]  # one level: as glob has it
 
 
 def test_top_k_beyond_the_classes_gives_every_class_once(model_files, capsys):

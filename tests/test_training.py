@@ -488,7 +488,15 @@ def test_a_base_checkpoint_replaced_under_the_same_name_does_not_resume_the_old_
     (lambda state: state["model"].popitem(), "its model's tensors are not this model's"),
     (lambda state: next(v for v in state["model"].values() if v.is_floating_point()).fill_(float("nan")),
      "holds NaN or infinite values"),
-], ids=["epoch-huge", "epoch-negative", "history", "rng", "model-keys", "model-nan"])
+    # the progress of the epoch the stop cut short: its fields, lengths and indices
+    (lambda state: state.update(progress={"step": 0}), "progress lacks lr, order, losses, correct"),
+    (lambda state: state["progress"]["order"].__setitem__(-1, 10**6), "progress.order holds an index outside"),
+    (lambda state: state["progress"].update(order=state["progress"]["order"][:5]), "progress.order is not an order"),
+    (lambda state: state["progress"].update(losses=torch.zeros(1)), "progress.losses is not one loss for each"),
+    (lambda state: state["progress"].update(step="2"), "progress.step '2' is not a step of the epoch"),
+    (lambda state: state["progress"].update(correct=3.5), "progress.correct is not a count"),
+], ids=["epoch-huge", "epoch-negative", "history", "rng", "model-keys", "model-nan", "progress-keys",
+        "progress-index", "progress-order-length", "progress-losses", "progress-step", "progress-correct"])
 def test_a_resume_state_edited_by_hand_is_set_aside_in_one_line(tmp_path, damage, words):
     params = train_params(epochs=3)
     with pytest.raises(TrainingInterrupted):  # leaves a real state: epoch 2, step 2 of 3

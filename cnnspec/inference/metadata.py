@@ -38,6 +38,10 @@ def metadata(model) -> dict[str, str]:
     }
 
 
+MAX_ONNX_BYTES = (2 << 30) - 1  # protobuf's own limit on a message
+MAX_IMAGE_SIZE = 8192  # params' data.image_size bound
+
+
 def read_metadata(path) -> dict:
     """The metadata `export` wrote into an ONNX or TorchScript file, parsed:
     {"classes": [...], "image_size": [h, w], "channels": c, "resize": ..., "mean", "std"}.
@@ -45,22 +49,98 @@ def read_metadata(path) -> dict:
     import json
 
     path = Path(path)
+    if path.suffix.lower() == ".onnx":
+        return onnx_settings(path, read_onnx(path)[1])
+    check_regular_file(path)
     try:
-        if path.suffix.lower() == ".onnx":
-            import onnx
-
-            props = {entry.key.removeprefix(METADATA_PREFIX): entry.value
-                     for entry in onnx.load(str(path), load_external_data=False).metadata_props
-                     if entry.key.startswith(METADATA_PREFIX)}
-        else:
-            files = {TORCHSCRIPT_METADATA: ""}
-            torch.jit.load(str(path), map_location="cpu", _extra_files=files)
-            props = json.loads(files[TORCHSCRIPT_METADATA] or "{}")
-    except ExportError:
-        raise
-    except Exception as error:  # protobuf / zip errors: the file is not what it says
+        files = {TORCHSCRIPT_METADATA: ""}
+        torch.jit.load(str(path), map_location="cpu", _extra_files=files)
+        props = json.loads(files[TORCHSCRIPT_METADATA] or "{}")
+    except Exception as error:  # zip errors: the file is not what it says
         first = first_line(error, "unreadable")
         raise ExportError(f"{path}: not a readable exported model ({first})") from None
+    return parsed_settings(path, props if isinstance(props, dict) else {})
+
+
+def check_regular_file(path: Path) -> None:
+    from cnnspec.regular_files import not_a_regular_file
+
+    kind = not_a_regular_file(path)
+    if kind:
+        raise ExportError(f"{path}: cannot read the model: it is {kind}, not a regular file")
+
+
+def read_onnx(path) -> tuple[bytes, object]:
+    """The bytes of the ONNX file at `path`, read once and bounded, and the ModelProto
+    they parse to. Give onnxruntime these bytes, not the path: then it runs what was
+    checked here. A tensor whose data lies in another file is refused: onnxruntime
+    would open whatever path the file names (../../etc/passwd), outside the model's folder."""
+    import onnx
+
+    path = Path(path)
+    check_regular_file(path)
+    if path.stat().st_size > MAX_ONNX_BYTES:
+        raise too_large(path)
+    with open(path, "rb") as file:
+        data = file.read(MAX_ONNX_BYTES + 1)  # bounded too where the size was not known ahead
+    if len(data) > MAX_ONNX_BYTES:
+        raise too_large(path)
+    try:
+        model = onnx.load_model_from_string(data)
+    except Exception as error:  # noqa: BLE001 - protobuf's errors: the file is not what it says
+        first = first_line(error, "unreadable")
+        raise ExportError(f"{path}: not a readable exported model ({first[:160]})") from None
+    outside = external_tensor(model)
+    if outside is not None:
+        raise ExportError(f"{path}: tensor {outside[:80]!r} keeps its data in another file; cnnspec export "
+                          f"writes every weight into the .onnx file and reads no other")
+    return data, model
+
+
+def too_large(path) -> ExportError:
+    return ExportError(f"{path}: larger than {MAX_ONNX_BYTES:,} bytes, protobuf's limit for an ONNX model")
+
+
+def external_tensor(model) -> str | None:
+    """The name of the first tensor whose data lies in another file (initializers, node
+    attributes, subgraphs at any depth, functions), or None."""
+    graphs, nodes = [model.graph], [node for function in model.functions for node in function.node]
+    while graphs or nodes:
+        tensors = []
+        if graphs:
+            graph = graphs.pop()
+            tensors += [*graph.initializer, *sparse_parts(graph.sparse_initializer)]
+            nodes += graph.node
+        else:
+            for attribute in nodes.pop().attribute:
+                tensors += [attribute.t, *attribute.tensors, *sparse_parts([attribute.sparse_tensor]),
+                            *sparse_parts(attribute.sparse_tensors)]
+                graphs += [*([attribute.g] if attribute.HasField("g") else []), *attribute.graphs]
+        for tensor in tensors:
+            if tensor.data_location == tensor.EXTERNAL or len(tensor.external_data):
+                return tensor.name or "(unnamed)"
+    return None
+
+
+def sparse_parts(sparse_tensors) -> list:
+    return [part for sparse in sparse_tensors for part in (sparse.values, sparse.indices)]
+
+
+def onnx_settings(path, model) -> dict:
+    """The cnnspec metadata of a parsed ONNX model, checked against its graph's input."""
+    props = {entry.key.removeprefix(METADATA_PREFIX): entry.value
+             for entry in model.metadata_props if entry.key.startswith(METADATA_PREFIX)}
+    settings = parsed_settings(path, props)
+    problem = graph_input_problem(model, settings)
+    if problem:
+        raise ExportError(f"{path}: its metadata does not match its graph ({problem}): export it again "
+                          f"with cnnspec export")
+    return settings
+
+
+def parsed_settings(path, props: dict) -> dict:
+    import json
+
     if "classes" not in props:
         raise ExportError(f"{path}: no cnnspec metadata (class names, image size); "
                           "export it again with cnnspec export")
@@ -68,8 +148,10 @@ def read_metadata(path) -> dict:
         settings = {"classes": json.loads(props["classes"]), "image_size": json.loads(props["image_size"]),
                     "channels": int(props["channels"]), "resize": props["resize"],
                     "mean": json.loads(props.get("mean", "[]")), "std": json.loads(props.get("std", "[]"))}
-    except (KeyError, ValueError) as error:
-        raise ExportError(f"{path}: damaged cnnspec metadata ({error})") from None
+    except RecursionError:
+        raise ExportError(f"{path}: damaged cnnspec metadata (JSON nested deeper than Python's stack)") from None
+    except (KeyError, ValueError, TypeError) as error:
+        raise ExportError(f"{path}: damaged cnnspec metadata ({first_line(error)[:120]})") from None
     problem = _malformed(settings)
     if problem:
         raise ExportError(f"{path}: damaged cnnspec metadata ({problem})")
@@ -84,13 +166,28 @@ def _malformed(settings: dict) -> str | None:
     if not (isinstance(classes, list) and classes and all(isinstance(name, str) for name in classes)):
         return "classes: expected a list of class names"
     if not (isinstance(size, list) and len(size) == 2
-            and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in size)):
-        return f"image_size: expected [height, width], not {json_text(size)}"
-    if settings["channels"] < 1:
-        return f"channels: expected a number >= 1, not {settings['channels']}"
+            and all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_IMAGE_SIZE for v in size)):
+        return f"image_size: expected [height, width], each 1 to {MAX_IMAGE_SIZE}, not {json_text(size)}"
+    if settings["channels"] not in (1, 3):
+        return f"channels: expected 1 or 3, not {settings['channels']}"
     if settings["resize"] not in RESIZE_POLICIES:
-        return f"resize: expected one of {', '.join(RESIZE_POLICIES)}, not {settings['resize']!r}"
+        return f"resize: expected one of {', '.join(RESIZE_POLICIES)}, not {settings['resize'][:40]!r}"
     return None
+
+
+def graph_input_problem(model, settings: dict) -> str | None:
+    """Where the graph's input `images` has a static channel count, height or width that
+    the metadata contradicts, in words, or None."""
+    inputs = [graph_input for graph_input in model.graph.input if graph_input.name == "images"]
+    if not inputs:
+        return None  # predict names a graph without `images` itself
+    dims = inputs[0].type.tensor_type.shape.dim
+    static = [dim.dim_value if dim.HasField("dim_value") else None for dim in dims]
+    expected = [settings["channels"], *settings["image_size"]]
+    if len(static) == 4 and all(got in (None, want) for got, want in zip(static[1:], expected)):
+        return None
+    shown = ["?" if got is None else got for got in static]
+    return f"images {shown}; the metadata says {expected} after the batch"
 
 
 def json_text(value) -> str:

@@ -14,6 +14,7 @@ prediction equals evaluate's probability for the same image.
 """
 from __future__ import annotations
 
+import fnmatch
 import glob
 import os
 import sys
@@ -26,7 +27,7 @@ import torch
 from torch import nn
 
 from cnnspec.data.images import ImageReadError, is_image_file, read_image
-from cnnspec.errors import CnnspecError, DataError, first_line
+from cnnspec.errors import CnnspecError, DataError, TrainingError, first_line
 from cnnspec.inference.metadata import ExportError
 
 DECODE_THREADS = 4  # Pillow releases the GIL while decoding
@@ -77,11 +78,12 @@ class OnnxModel:
     memory. The session has as many intra-op threads as torch uses."""
 
     def __init__(self, path):
-        from cnnspec.inference.metadata import read_metadata
+        from cnnspec.inference.metadata import onnx_settings, read_onnx
 
-        settings = read_metadata(path)
+        data, graph = read_onnx(path)
+        settings = onnx_settings(path, graph)
         try:
-            self.session = _session(str(path))
+            self.session = _session(data)  # the bytes checked, not the path: nothing else is read
         except OnnxUnavailable as error:
             if error.installed:
                 raise
@@ -378,6 +380,10 @@ def _predict_batch(model, pixels: list[torch.Tensor], names: list[str], top_k: i
         probabilities = model.probabilities(batch)
     else:
         probabilities = probabilities_of(model, batch, tta).cpu()
+    broken = [name for name, row in zip(names, torch.isfinite(probabilities).all(dim=1).tolist()) if not row]
+    if broken:  # weights that overflow: never print a NaN probability (nor invalid JSON)
+        raise TrainingError(f"the model outputs NaN or infinity for {len(broken)} images (the first: "
+                            f"{broken[0]}); its weights are broken, train it again")
     return [Prediction(name, classes, values) for name, (classes, values)
             in zip(names, _top_k(probabilities, model.classes, top_k))]
 
@@ -438,7 +444,7 @@ def find_images(patterns: list[str]) -> list[str]:
                 raise NoImagesError(f"{pattern}: no image files in this folder ({IMAGE_SUFFIX_WORDS})")
             found += images
         elif glob.has_magic(pattern):
-            matches = sorted(glob.glob(pattern, recursive=True))
+            matches = sorted(glob_matches(pattern))
             if not matches:
                 raise NoImagesError(f"{pattern}: no file matches this pattern")
             for match in matches:
@@ -457,6 +463,64 @@ def find_images(patterns: list[str]) -> list[str]:
     if not unique:
         raise NoImagesError(f"no image files in {' '.join(patterns)} ({IMAGE_SUFFIX_WORDS})")
     return unique
+
+
+def glob_matches(pattern: str) -> list[str]:
+    """glob.glob(pattern, recursive=True), except that `**` never enters a symlinked
+    folder: glob's does, and two links to a parent folder make it run for ever (it
+    stops only where the kernel refuses 40 links in a row, after 2**40 paths)."""
+    if "**" not in pattern:
+        return glob.glob(pattern)
+    parts = [part for part in pattern.split(os.sep) if part]
+    start = os.sep if pattern.startswith(os.sep) else ""
+    return list(_matches_below(start, parts))
+
+
+def _matches_below(folder: str, parts: list[str]):
+    """The paths under `folder` ('' for the working folder) that `parts` match, one
+    pattern part per path part; hidden names only where the part starts with a dot, as
+    glob does."""
+    part, rest = parts[0], parts[1:]
+    if part == "**":
+        for below in _real_folders(folder):
+            if rest:
+                yield from _matches_below(below, rest)
+            else:
+                yield from (os.path.join(below, name) for name in _names_in(below) if not name.startswith("."))
+    elif glob.has_magic(part):
+        for name in _names_in(folder):
+            if fnmatch.fnmatch(name, part) and (part.startswith(".") or not name.startswith(".")):
+                path = os.path.join(folder, name)
+                if not rest:
+                    yield path
+                elif os.path.isdir(path):
+                    yield from _matches_below(path, rest)
+    else:
+        path = os.path.join(folder, part)
+        if not rest and os.path.lexists(path):
+            yield path
+        elif rest and os.path.isdir(path):
+            yield from _matches_below(path, rest)
+
+
+def _names_in(folder: str) -> list[str]:
+    try:
+        return sorted(os.listdir(folder or os.curdir))
+    except OSError:
+        return []
+
+
+def _real_folders(folder: str):
+    """`folder` and every folder below it that is neither hidden nor reached through a
+    symlink."""
+    waiting = [folder]
+    while waiting:
+        current = waiting.pop()
+        yield current
+        for name in reversed(_names_in(current)):
+            path = os.path.join(current, name)
+            if not name.startswith(".") and os.path.isdir(path) and not os.path.islink(path):
+                waiting.append(path)
 
 
 IMAGE_SUFFIX_WORDS = "suffixes: .jpg .jpeg .png .bmp .webp .gif .tif .tiff"

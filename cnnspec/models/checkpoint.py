@@ -8,8 +8,12 @@ refused instead of executed.
 from __future__ import annotations
 
 import hashlib
+import math
+import os
 import pickle
+import struct
 import warnings
+import zipfile
 from pathlib import Path
 
 import torch
@@ -17,6 +21,7 @@ import torch
 from cnnspec.atomic import save_torch
 from cnnspec.errors import CnnspecError, SpecError, TrainingError, first_line
 from cnnspec.paths import MODEL
+from cnnspec.regular_files import not_a_regular_file
 from cnnspec.spec.plugins import PluginError
 
 FORMAT = "cnnspec-checkpoint/1"
@@ -79,6 +84,101 @@ def save_checkpoint(path, model, spec, meta: dict, params: dict, epoch: int, bes
 
 RETRAIN_HINT = "train it again (dvc repro -f train, or python stages/train.py)"
 ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes a zip archive
+MAX_IMAGE_SIZE = 8192  # params' data.image_size bound: a height or width above it is no model of ours
+
+# torch.save writes one zip entry per tensor storage plus a few, each about 100 bytes in
+# the zip's directory: these bounds leave room for tens of thousands of tensors.
+MAX_ZIP_ENTRIES = 50_000
+MAX_ZIP_DIRECTORY_BYTES = 8 << 20
+ZIP_SLACK_BYTES = 1 << 16
+END_RECORD, ZIP64_LOCATOR, ZIP64_END_RECORD = b"PK\x05\x06", b"PK\x06\x07", b"PK\x06\x06"
+
+
+def torch_file_problem(path) -> str | None:
+    """Why `path` must not be handed to torch.load, in words, or None. Every reader of a
+    torch file (checkpoint, state dict, resume state) asks this first. It must be a
+    regular file (a FIFO blocks, a device never ends). A zip archive, what torch.save
+    writes, must have a small directory and entries stored uncompressed, as torch.save
+    stores them, that unpack to no more than the file holds: a compressed entry can
+    unpack to gigabytes from a file of a megabyte. A file that is not a zip archive, or
+    one whose directory does not read, is left to torch.load, which refuses it."""
+    kind = not_a_regular_file(path)
+    if kind:
+        return f"it is {kind}, not a regular file"
+    with open(path, "rb") as file:
+        if file.read(len(ZIP_MAGIC)) != ZIP_MAGIC:
+            return None
+    problem = zip_directory_problem(path)
+    if problem:
+        return problem
+    size = os.path.getsize(path)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            entries = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, struct.error):
+        return None
+    if len(entries) > MAX_ZIP_ENTRIES:
+        return f"its zip archive holds {len(entries):,} entries (at most {MAX_ZIP_ENTRIES:,})"
+    compressed = next((entry for entry in entries if entry.compress_type != zipfile.ZIP_STORED), None)
+    if compressed is not None:
+        return (f"its zip entry {compressed.filename[:80]} is compressed: torch.save stores every entry "
+                f"as it is, and a compressed one can unpack to far more than the file's size")
+    unpacked = sum(entry.file_size for entry in entries)
+    if unpacked > size + ZIP_SLACK_BYTES:
+        return f"its zip entries unpack to {unpacked:,} bytes, more than the file's {size:,}"
+    return None
+
+
+def zip_directory_problem(path) -> str | None:
+    """Whether the zip archive at `path` announces a directory too large to read, asked
+    before zipfile reads it (and builds an object for every entry)."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as file:
+        directory_bytes = zip_directory_bytes(file, size)
+    if directory_bytes is not None and directory_bytes > MAX_ZIP_DIRECTORY_BYTES:
+        return (f"its zip directory takes {directory_bytes:,} bytes (torch.save's take at most "
+                f"{MAX_ZIP_DIRECTORY_BYTES:,})")
+    return None
+
+
+def zip_directory_bytes(file, size: int) -> int | None:
+    """The size of the zip's central directory as its end record (zip64's when there is
+    one) announces it, read before zipfile builds an object for every entry; None when
+    there is no end record."""
+    tail_size = min(size, 22 + 65535)  # the end record, then a comment of up to 64 KiB
+    file.seek(size - tail_size)
+    tail = file.read(tail_size)
+    end = tail.rfind(END_RECORD)
+    if end < 0 or end + 22 > len(tail):
+        return None
+    (directory_bytes,) = struct.unpack_from("<I", tail, end + 12)
+    locator = end - 20
+    if locator >= 0 and tail[locator:locator + 4] == ZIP64_LOCATOR:
+        (offset,) = struct.unpack_from("<Q", tail, locator + 8)
+        file.seek(min(offset, size))
+        record = file.read(56)
+        if len(record) == 56 and record.startswith(ZIP64_END_RECORD):
+            (directory_bytes,) = struct.unpack_from("<Q", record, 40)
+    return directory_bytes
+
+
+def refusal_words(error: Exception) -> str:
+    """torch.load's error in one short line. Its refusal of a pickle that wants to run
+    code advises loading with weights_only=False, which would run that code: never
+    repeat that advice about a file someone handed over."""
+    said = first_line(error).split(". ")[0]
+    if isinstance(error, pickle.UnpicklingError) and said.startswith("Weights only load failed"):
+        return "it asks to run code or build objects other than tensors and plain values"
+    return said
+
+
+def non_finite_tensor(state_dict: dict) -> str | None:
+    """The name of the first floating-point tensor holding NaN or infinity, or None:
+    weights that produce NaN probabilities (training stops before it saves such)."""
+    for name, tensor in state_dict.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            return name
+    return None
 
 
 def image_settings(meta_or_checkpoint: dict) -> tuple[int, tuple[int, int], str]:
@@ -103,8 +203,8 @@ def other_format(head: bytes) -> str:
 def is_torchscript(path: Path) -> bool:
     """Whether the zip archive at `path` is what torch.jit.save writes (its code/ and
     constants.pkl), which torch.load(weights_only=True) refuses with a puzzling message."""
-    import zipfile
-
+    if zip_directory_problem(path):
+        return False
     try:
         with zipfile.ZipFile(path) as archive:
             return any(name.endswith("/constants.pkl") for name in archive.namelist())
@@ -118,10 +218,13 @@ def read_checkpoint(path) -> dict:
     code, weights that no longer match their digest) is a one-line TrainingError naming
     the file and what to do."""
     path = Path(path)
-    if path.is_dir():
+    kind = not_a_regular_file(path)
+    if kind == "a folder":
         raise TrainingError(f"{path}: a folder, not a checkpoint file")
-    if not path.is_file():
+    if kind == "missing":
         raise TrainingError(f"{path}: no such checkpoint file")
+    if kind:
+        raise TrainingError(f"{path}: cannot read the checkpoint: it is {kind}, not a regular file")
     with open(path, "rb") as file:
         head = file.read(len(ZIP_MAGIC))
     if not head:
@@ -133,18 +236,19 @@ def read_checkpoint(path) -> dict:
     if is_torchscript(path):
         raise TrainingError(f"{path}: a TorchScript export (cnnspec export --format torchscript), not a "
                             f"checkpoint: give the .pt checkpoint it came from, or load it with torch.jit.load")
+    problem = torch_file_problem(path)
+    if problem:
+        raise TrainingError(f"{path}: not a loadable cnnspec checkpoint ({problem})")
     try:
         with warnings.catch_warnings():  # torch's warnings about odd pickles: the line below says it
             warnings.simplefilter("ignore")
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - hostile bytes fail inside torch in many ways
-        said = first_line(error).split(". ")[0]
+        said = refusal_words(error)
         refused = isinstance(error, pickle.UnpicklingError) and len(head) == len(ZIP_MAGIC)
         if ZIP_MAGIC.startswith(head) and not refused:  # began as torch.save's zip: damaged
             raise TrainingError(f"{path}: the checkpoint is damaged or truncated ({said[:120]}); "
                                 f"{RETRAIN_HINT}") from None
-        if isinstance(error, pickle.UnpicklingError) and said.startswith("Weights only load failed"):
-            said = "it asks to run code or build objects other than tensors and plain values"
         raise TrainingError(f"{path}: not a loadable cnnspec checkpoint "
                             f"(refused by torch.load(weights_only=True): {said[:160]})") from None
     found = checkpoint.get("format") if isinstance(checkpoint, dict) else None
@@ -164,14 +268,16 @@ def read_checkpoint(path) -> dict:
         raise TrainingError(f"{path}: the checkpoint is damaged: its weights no longer match the "
                             f"sha256 digest stored with them (changed on disk or in transfer); "
                             f"copy it again or {RETRAIN_HINT}")
+    broken = non_finite_tensor(checkpoint["state_dict"])
+    if broken:
+        raise TrainingError(f"{path}: the weights hold NaN or infinity ({broken[:80]}), so the model would "
+                            f"output NaN; the weights are broken, {RETRAIN_HINT}")
     return checkpoint
 
 
 def malformed(checkpoint: dict) -> str | None:
-    """What is wrong with the fields a checkpoint must have, or None."""
-    def is_number(value):
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-
+    """What is wrong with the fields a checkpoint must have, or None. The weights' digest
+    does not cover these fields, so each is bounded and checked against the others."""
     state_dict = checkpoint.get("state_dict")
     if not isinstance(state_dict, dict) or not all(
             isinstance(name, str) and isinstance(tensor, torch.Tensor) for name, tensor in state_dict.items()):
@@ -185,13 +291,15 @@ def malformed(checkpoint: dict) -> str | None:
     if not isinstance(count, int) or isinstance(count, bool) or count != len(classes):
         return f"num_classes is not the number of classes ({len(classes)})"
     shape = checkpoint.get("input_shape")
-    if not (isinstance(shape, list) and len(shape) == 3
-            and all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 65536 for v in shape)):
+    if not (isinstance(shape, list) and len(shape) == 3 and all(is_whole(v) for v in shape)):
         return "input_shape is not three sizes (channels, height, width)"
+    if shape[0] not in (1, 3) or not all(1 <= v <= MAX_IMAGE_SIZE for v in shape[1:]):
+        return (f"input_shape {shape[:3]} is not 1 or 3 channels of a height and width from 1 to "
+                f"{MAX_IMAGE_SIZE}")
     for key in ("mean", "std"):
         values = checkpoint.get(key)
-        if not isinstance(values, list) or len(values) != shape[0] or not all(is_number(v) for v in values):
-            return f"{key} is not one number per channel"
+        if not isinstance(values, list) or len(values) != shape[0] or not all(is_finite_number(v) for v in values):
+            return f"{key} is not one finite number per channel"
     if any(v == 0 for v in checkpoint["std"]):
         return "std holds a zero"
     for key in ("spec_path", DIGEST_KEY):
@@ -199,15 +307,34 @@ def malformed(checkpoint: dict) -> str | None:
             return f"{key} is not text"
     if checkpoint.get("params") is not None and not isinstance(checkpoint["params"], dict):
         return "params is not a mapping"
+    return image_settings_problem(checkpoint, shape)
+
+
+def image_settings_problem(checkpoint: dict, shape: list) -> str | None:
+    """What is wrong with the optional image_size, channels and resize, or None: each
+    must agree with input_shape, the size the network was built for."""
+    from cnnspec.data.images import RESIZE_POLICIES
+
     size, channels, resize = (checkpoint.get(key) for key in ("image_size", "channels", "resize"))
-    if not (size is None or (isinstance(size, list) and len(size) == 2
-                             and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in size))):
+    if not (size is None or (isinstance(size, list) and len(size) == 2 and all(is_whole(v) for v in size))):
         return "image_size is not [height, width]"
+    if size is not None and size != shape[1:]:
+        return f"image_size {size} is not the height and width of input_shape {shape}"
     if not (channels is None or (isinstance(channels, int) and channels in (1, 3))):
         return "channels is not 1 or 3"
-    if not (resize is None or isinstance(resize, str)):
-        return "resize is not text"
+    if channels is not None and channels != shape[0]:
+        return f"channels {channels} is not the channels of input_shape {shape}"
+    if not (resize is None or (isinstance(resize, str) and resize in RESIZE_POLICIES)):
+        return f"resize is not one of {', '.join(RESIZE_POLICIES)}"
     return None
+
+
+def is_whole(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_finite_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def load_network(path, device="cpu"):

@@ -234,9 +234,16 @@ def load_by_structure(model, source, source_strides: dict | None = None, assign:
 
 def read_state_dict(path) -> dict:
     """A state dict saved with torch.save: a plain {name: tensor} dict, or a checkpoint that
-    holds one under "state_dict" or "model" (cnnspec's, Lightning's, many training scripts')."""
+    holds one under "state_dict" or "model" (cnnspec's, Lightning's, many training scripts').
+    Raises ValueError saying what is wrong with a file that is none of these, or that
+    torch.load must not be given (checkpoint.torch_file_problem)."""
     import torch
 
+    from cnnspec.models.checkpoint import torch_file_problem
+
+    problem = torch_file_problem(path)
+    if problem:
+        raise ValueError(problem)
     state = torch.load(path, map_location="cpu", weights_only=True)
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
@@ -244,4 +251,8 @@ def read_state_dict(path) -> dict:
     if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError("not a state dict (a {name: tensor} mapping, or a checkpoint holding one "
                          "under 'state_dict' or 'model')")
+    named = next((key for key in state if not isinstance(key, str)), None)
+    if named is not None:
+        raise ValueError(f"not a state dict: its key {str(named)[:40]} is a {type(named).__name__}, "
+                         f"not a tensor's name")
     return state

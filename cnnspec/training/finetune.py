@@ -32,6 +32,7 @@ from pathlib import Path
 
 from cnnspec.errors import ParamsError, TrainingError
 from cnnspec.paths import path_problem
+from cnnspec.regular_files import not_a_regular_file
 
 SHOWN = 12  # names listed per line of the init_from report before "... and N more"
 
@@ -167,7 +168,16 @@ def weights_enum_state(name: str, key: str) -> dict:
         if failure:
             raise ParamsError(f"params.yaml: {key}: {name} is not available ({failure}); place "
                               f"{file_name} in {folder} (from {weights.url})")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    from cnnspec.models.checkpoint import refusal_words, torch_file_problem
+
+    problem = torch_file_problem(path)
+    try:
+        if problem is None:
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - a damaged download fails inside torch in many ways
+        problem = refusal_words(error)[:160]
+    raise ParamsError(f"params.yaml: {key}: {path}: cannot be read as {name} ({problem}); delete it to "
+                      f"download it again")
 
 
 def pretrained_state(source, key: str) -> dict:
@@ -181,16 +191,18 @@ def pretrained_state(source, key: str) -> dict:
     source = str(source)
     if WEIGHTS_ENUM.match(source) and not Path(source).exists():
         return weights_enum_state(source, key)
-    if not Path(source).is_file():
+    if not_a_regular_file(source) == "missing":
         raise ParamsError(f"params.yaml: {key}: {source}: no such file (and not torchvision weights "
                           f"such as ResNet50_Weights.IMAGENET1K_V2)")
     import pickle
 
+    from cnnspec.models.checkpoint import refusal_words
+
     try:
         return read_state_dict(source)
     except (ValueError, RuntimeError, OSError, EOFError, pickle.UnpicklingError) as failure:
-        first = str(failure).splitlines()[0] if str(failure) else type(failure).__name__
-        raise ParamsError(f"params.yaml: {key}: {source}: cannot be read as weights ({first})") from None
+        raise ParamsError(f"params.yaml: {key}: {source}: cannot be read as weights "
+                          f"({refusal_words(failure)[:200]})") from None
 
 
 def load_weights(model, source, key: str = "model.weights", out=None):

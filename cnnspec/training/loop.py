@@ -54,6 +54,7 @@ from cnnspec.data.datasets import USER_DATASETS
 from cnnspec.data.download import md5_of
 from cnnspec.data.integrity import set_aside
 from cnnspec.errors import TrainingError, first_line
+from cnnspec.models.checkpoint import non_finite_tensor, torch_file_problem
 from cnnspec.training import distributed, optimization, stops
 from cnnspec.training.augment import Augmentation
 from cnnspec.training.device import (
@@ -443,8 +444,13 @@ def resume_state_problem(state: dict, run: Run) -> str | None:
         return "history is not a list of epoch records"
     if not isinstance(state.get("stopped_early"), bool):
         return "stopped_early is not true or false"
-    if not (state.get("progress") is None or isinstance(state.get("progress"), dict)):
-        return "progress is neither empty nor a record"
+    progress = state.get("progress")
+    if progress is not None:
+        problem = progress_problem(progress, run)
+        if problem:
+            return problem
+        if epoch == run.epochs:
+            return "progress is saved for an epoch after the last"
     rng = state.get("rng")
     for name, current in (("torch", torch.get_rng_state()), ("data", run.generator.get_state())):
         saved = rng.get(name) if isinstance(rng, dict) else None
@@ -456,8 +462,37 @@ def resume_state_problem(state: dict, run: Run) -> str | None:
     for key, tensor in weights.items():
         if not isinstance(tensor, torch.Tensor) or tensor.shape != expected[key].shape:
             return f"model tensor {key} is not this model's shape"
-        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-            return f"model tensor {key} holds NaN or infinite values"
+    broken = non_finite_tensor(weights)
+    if broken:
+        return f"model tensor {broken} holds NaN or infinite values"
+    return None
+
+
+def progress_problem(progress, run: Run) -> str | None:
+    """What is wrong with a mid-epoch progress record (Run.start_epoch's fields: the step
+    to go on from, the epoch's lr, shuffled order, per-step losses and correct count),
+    or None. Every index the remaining steps take from `order` must be a training image."""
+    if not isinstance(progress, dict):
+        return "progress is neither empty nor a record"
+    missing = [key for key in ("step", "lr", "order", "losses", "correct") if key not in progress]
+    if missing:
+        return f"progress lacks {', '.join(missing)}"
+    step, lr, order = progress["step"], progress["lr"], progress["order"]
+    losses, correct = progress["losses"], progress["correct"]
+    if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= run.steps_per_epoch:
+        return f"progress.step {step!r} is not a step of the epoch (0 to {run.steps_per_epoch})"
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr):
+        return "progress.lr is not a number"
+    images = len(run.data.train_labels)
+    if not (isinstance(order, torch.Tensor) and order.dtype == torch.int64 and order.shape == (images,)):
+        return f"progress.order is not an order of the {images} training images"
+    if images and not (0 <= int(order.min()) and int(order.max()) < images):
+        return f"progress.order holds an index outside 0 to {images - 1}"
+    if not (isinstance(losses, torch.Tensor) and losses.is_floating_point()
+            and losses.shape == (run.steps_per_epoch,)):
+        return f"progress.losses is not one loss for each of the {run.steps_per_epoch} steps"
+    if not (isinstance(correct, torch.Tensor) and correct.dtype == torch.int64 and correct.dim() == 0):
+        return "progress.correct is not a count"
     return None
 
 
@@ -482,11 +517,14 @@ def read_resume_state(path, fingerprint: str) -> dict | None:
     path = Path(path)
     if not path.is_file():
         return None
+    why = torch_file_problem(path)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = None if why else torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # a torn or foreign file: set it aside and start over
+        why = type(error).__name__
+    if why:
         aside = set_aside(path)
-        print(f"note: resume state {path} is damaged ({type(error).__name__}); moved it to {aside} "
+        print(f"note: resume state {path} is damaged ({why}); moved it to {aside} "
               "and training starts over from epoch 1", file=sys.stderr)
         return None
     if not isinstance(state, dict) or state.get("format") != RESUME_FORMAT:
