@@ -311,3 +311,10 @@ def test_weights_with_names_that_are_not_text_or_a_pickle_that_runs_code_are_one
     assert not marker.exists() and "\n" not in message
     assert "asks to run code" in message and "weights_only set to False" not in message
     assert "arbitrary code execution" not in message
+
+
+def test_the_checkpoint_knows_the_resize_policies_images_are_read_with():
+    from cnnspec.data.images import RESIZE_POLICIES
+    from cnnspec.models import checkpoint
+
+    assert checkpoint.RESIZE_POLICIES == RESIZE_POLICIES

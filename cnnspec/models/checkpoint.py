@@ -310,11 +310,14 @@ def malformed(checkpoint: dict) -> str | None:
     return image_settings_problem(checkpoint, shape)
 
 
+# cnnspec.data.images.RESIZE_POLICIES, the ways an image file becomes the model's input:
+# models sits below data, so the checkpoint names them again (a test keeps the two equal).
+RESIZE_POLICIES = ("stretch", "center_crop")
+
+
 def image_settings_problem(checkpoint: dict, shape: list) -> str | None:
     """What is wrong with the optional image_size, channels and resize, or None: each
     must agree with input_shape, the size the network was built for."""
-    from cnnspec.data.images import RESIZE_POLICIES
-
     size, channels, resize = (checkpoint.get(key) for key in ("image_size", "channels", "resize"))
     if not (size is None or (isinstance(size, list) and len(size) == 2 and all(is_whole(v) for v in size))):
         return "image_size is not [height, width]"
