@@ -66,8 +66,22 @@ def test_another_number_of_classes_reinitialises_the_head_and_says_so(tmp_path, 
     assert torch.equal(model.state_dict()["layers.head.weight"], fresh.state_dict()["layers.head.weight"])
     assert torch.equal(model.state_dict()["layers.upper.weight"], trained.state_dict()["layers.upper.weight"])
     out = capsys.readouterr().out
-    assert "head is re-initialised: the checkpoint has 3 classes, this model 5" in out
-    assert "layers.head.weight [3, 8] -> [5, 8]" in out
+    assert "\n  the head is re-initialised: the checkpoint has 3 classes, this model 5\n" in out
+    assert "not loaded, other shape (fresh weights): layers.head.weight [3, 8] -> [5, 8]" in out
+
+
+def test_the_head_line_never_blames_the_head_for_another_layers_shape(tmp_path, capsys):
+    """Another channel count and another number of classes: the first conv is listed
+    among the other shapes, the head line stands apart."""
+    path, _ = trained_checkpoint(tmp_path)
+    torch.manual_seed(1)
+    model = cnnspec.build_model(cnnspec.parse_spec(SPEC, "spec.yaml"), (1, 8, 8), 5)
+    init_from(model, path)
+    out = capsys.readouterr().out
+    shapes = next(line for line in out.splitlines() if "other shape" in line)
+    assert shapes.startswith("  not loaded, other shape (fresh weights): layers.stem.weight [")
+    assert "re-initialised" not in shapes
+    assert "  the head is re-initialised: the checkpoint has 3 classes, this model 5" in out.splitlines()
 
 
 def test_other_input_settings_are_named_when_they_keep_tensors_from_loading(tmp_path, capsys):

@@ -119,9 +119,10 @@ def init_from(model, path, out=None, classes=None) -> dict:
     old_classes, new_classes = checkpoint.get("num_classes"), getattr(model, "num_classes", None)
     if _reported(reshaped):
         shapes = [f"{k} {list(source[k].shape)} -> {list(target[k].shape)}" for k in _reported(reshaped)]
-        head = (f"; the head is re-initialised: the checkpoint has {old_classes} classes, this model "
-                f"{new_classes}" if old_classes != new_classes else "")
-        print(f"  not loaded, other shape (fresh weights){head}: {_listed(shapes)}", file=out)
+        print(f"  not loaded, other shape (fresh weights): {_listed(shapes)}", file=out)
+        if old_classes != new_classes:
+            print(f"  the head is re-initialised: the checkpoint has {old_classes} classes, this model "
+                  f"{new_classes}", file=out)
         hint = input_hint(checkpoint, getattr(model, "input_shape", None))
         if hint:
             print(hint, file=out)
