@@ -188,6 +188,23 @@ def test_an_image_whose_name_is_not_utf8_is_predicted_and_written_escaped(tmp_pa
     capsys.readouterr()
 
 
+def test_the_table_format_has_a_header_and_aligned_columns(tmp_path, capsys):
+    checkpoint = random_checkpoint(tmp_path, SPEC, (1, 28, 28))
+    Image.fromarray(np.full((28, 28), 200, np.uint8)).save(tmp_path / "a-long-name.png")
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    code = cli(["predict", str(checkpoint), str(tmp_path / "*.png"), "--format", "table", "--top-k", "2"])
+    lines = capsys.readouterr().out.splitlines()
+    assert code == 1 and len(lines) == 3
+    header = lines[0]
+    good, broken = sorted(lines[1:], key=lambda line: "broken.png" in line)
+    assert header.split() == ["path", "class", "probability", "class_2", "probability_2"]
+    assert broken.split()[1] == "error:" and len(good.split()) == 5
+    # each column starts where its heading does
+    for name, cell in zip(header.split(), good.split()):
+        assert header.index(name) == good.index(cell, header.index(name)), (header, good)
+    assert header.index("class") == broken.index("error:")
+
+
 def test_paths_that_match_nothing_are_one_line_errors(tmp_path, capsys):
     checkpoint = random_checkpoint(tmp_path, SPEC, (1, 28, 28))
     for pattern in [str(tmp_path / "missing.png"), str(tmp_path / "*.jpg"), str(tmp_path / "empty")]:

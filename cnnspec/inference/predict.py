@@ -561,15 +561,21 @@ def as_json(predictions: list[Prediction]) -> str:
 
 
 def as_table(predictions: list[Prediction]) -> str:
-    width = max(len(p.source) for p in predictions)
+    """Aligned columns for reading, headed like the CSV's: path, class, probability,
+    class_2, probability_2, ...; an unreadable image's row holds its error."""
+    ranks = max((len(p.classes) for p in predictions), default=1) or 1
+    header = ["path", "class", "probability"]
+    for rank in range(2, ranks + 1):
+        header += [f"class_{rank}", f"probability_{rank}"]
+    rows = [[p.source] + [cell for c, v in zip(p.classes, p.probabilities) for cell in (c, f"{v:.4f}")]
+            for p in predictions if not p.error]
+    widths = [max(len(row[column]) for row in [header, *rows] if column < len(row)) for column in range(len(header))]
+    widths[0] = max([widths[0]] + [len(p.source) for p in predictions])  # an unreadable image's path too
     lines = []
     for p in predictions:
-        if p.error:
-            lines.append(f"{p.source:<{width}}  error: {p.error}")
-        else:
-            lines.append(f"{p.source:<{width}}  " + "  ".join(
-                f"{c} {v:.4f}" for c, v in zip(p.classes, p.probabilities)))
-    return "\n".join(lines) + "\n"
+        cells = [p.source, f"error: {p.error}"] if p.error else rows.pop(0)
+        lines.append("  ".join(cell.ljust(width) for cell, width in zip(cells, widths)).rstrip())
+    return "\n".join(["  ".join(name.ljust(width) for name, width in zip(header, widths)).rstrip(), *lines]) + "\n"
 
 
 # ---------------------------------------------------------------- the command
