@@ -3,6 +3,7 @@ until someone writes, a device may never end, a symlink loop fails deep inside a
 library. Each of those becomes one line naming what the path is.
 
     problem = not_a_regular_file(path)   # None, or "a named pipe (FIFO)", "a symlink loop", ...
+    value = read_json(path)              # bounded in bytes and depth; any problem is a ValueError
 """
 from __future__ import annotations
 
@@ -34,3 +35,35 @@ def not_a_regular_file(path) -> str | None:
             return "a broken symlink" if os.path.islink(path) else "missing"
         return f"unreadable ({error.strerror or error})"
     return None if stat.S_ISREG(mode) else file_kind(mode)
+
+
+# The JSON files cnnspec reads (meta.json, files.json, DVCLive's metrics.json, the evaluate
+# report) can come from a colleague's cache or a pull request. The largest real one, the
+# file list of a million images, is about 60 MB.
+MAX_JSON_BYTES = 256 << 20
+
+
+def read_json(path, limit: int = MAX_JSON_BYTES):
+    """The JSON value in the regular file `path` of at most `limit` bytes. Anything else
+    raises ValueError saying why in a few words (what the path is, too large, not UTF-8,
+    not JSON, nested too deep), for the caller's own one-line error."""
+    import json
+
+    problem = not_a_regular_file(path)
+    if problem:
+        raise ValueError(problem if problem == "missing" else f"{problem}, not a regular file")
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(limit + 1)
+    except OSError as error:
+        raise ValueError(f"unreadable ({error.strerror or error})") from None
+    if len(data) > limit:
+        raise ValueError(f"larger than {limit:,} bytes")
+    try:
+        return json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ValueError("not UTF-8 text") from None
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+    except ValueError as error:  # json.JSONDecodeError
+        raise ValueError(f"not JSON ({error})") from None

@@ -16,7 +16,6 @@ written atomically.
 from __future__ import annotations
 
 import csv
-import json
 import math
 import sys
 from pathlib import Path
@@ -33,6 +32,7 @@ from cnnspec.data.datasets import load_prepared
 from cnnspec.errors import DataError, TrainingError, end_finished_script, exit_on_user_error
 from cnnspec.paths import EVAL_REPORT, EVALUATE_HINT, PARAMS, PLOTS, PREDICTIONS_CSV, PREPARED, TRAIN_CURVES, TRAIN_HINT
 from cnnspec.pipeline.params import load_stage_params
+from cnnspec.regular_files import read_json
 
 DPI = 100
 ANNOTATE_UP_TO = 30  # classes; beyond that the counts in the cells are too small to read
@@ -105,10 +105,10 @@ def read_confusion_matrix(path: Path, classes: list[str]) -> np.ndarray:
     if not path.is_file():
         raise DataError(f"{path}: missing; {EVALUATE_HINT}")
     try:
-        report = json.loads(path.read_text(encoding="utf-8"))
+        report = read_json(path)
         counts = np.array(report["confusion_matrix"], dtype=np.int64)
         report_classes = list(report["classes"])
-    except (OSError, ValueError, KeyError, TypeError, OverflowError, RecursionError):
+    except (ValueError, KeyError, TypeError, OverflowError):
         raise DataError(f"{path}: no confusion_matrix and classes; {EVALUATE_HINT} again") from None
     if report_classes != classes or counts.shape != (len(classes), len(classes)):
         raise DataError(f"{path}: made for other classes than the prepared data's; {EVALUATE_HINT} again")

@@ -67,6 +67,39 @@ def test_a_symlink_loop_spec_is_named(tmp_path):
         load_spec(tmp_path / "a.yaml")
 
 
+@pytest.mark.parametrize("make, words", [
+    (lambda path: os.mkfifo(path), "a named pipe (FIFO), not a regular file"),
+    (lambda path: path.write_bytes(b"[" * 1020), "nested too deeply"),
+    (lambda path: path.write_bytes(b'{"a": "\xff"}'), "not UTF-8 text"),
+    (lambda path: path.write_text('{"a": 1'), "not JSON ("),
+    (lambda path: path.write_text(" " * 2048 + "{}"), "larger than 1,024 bytes"),
+    (lambda path: None, "missing"),
+], ids=["fifo", "nested", "bytes", "cut", "large", "missing"])
+def test_every_json_file_is_read_bounded_and_its_problem_named(tmp_path, make, words):
+    from cnnspec.regular_files import read_json
+
+    path = tmp_path / "meta.json"
+    make(path)
+    with pytest.raises(ValueError) as caught:
+        read_json(path, limit=1024)
+    assert str(caught.value).startswith(words)
+
+
+def test_prepared_data_whose_meta_json_is_a_fifo_or_nested_is_one_line(tmp_path):
+    """meta.json from someone's DVC cache: a FIFO no longer blocks the stage, nor reads as missing."""
+    from cnnspec.data.datasets import load_prepared
+
+    prepared = tmp_path / "prepared"
+    prepared.mkdir()
+    os.mkfifo(prepared / "meta.json")
+    with pytest.raises(DataError, match=r"meta.json: damaged \(a named pipe \(FIFO\), not a regular file\)"):
+        load_prepared(prepared)
+    (prepared / "meta.json").unlink()
+    (prepared / "meta.json").write_text("[" * 100_000)
+    with pytest.raises(DataError, match=r"meta.json: damaged \(nested too deeply\)"):
+        load_prepared(prepared)
+
+
 @pytest.mark.parametrize("text, words", [
     ("'make_divisible(64, 0)'", "divisor must be > 0"),
     ("'" + "(" * 40 + "8" + ")" * 40 + " * 2'", "nested more than"),

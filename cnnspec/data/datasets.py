@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import codecs
 import gzip
-import json
 import math
 import pickle
 import sys
@@ -26,6 +25,7 @@ import numpy as np
 from cnnspec import atomic
 from cnnspec.errors import DataError
 from cnnspec.paths import DOWNLOAD_HINT, PREPARED, PREPROCESS_HINT
+from cnnspec.regular_files import not_a_regular_file, read_json
 
 SPLITS = ("train", "val", "test")
 USER_DATASETS = ("folder", "csv")  # the user's own files (cnnspec/data/user_datasets.py), nothing to download
@@ -408,11 +408,11 @@ def load_prepared(folder=PREPARED, mmap_mode: str | None = None) -> dict:
 
     folder = Path(folder)
     meta_path = folder / "meta.json"
-    if not meta_path.is_file():
+    if not_a_regular_file(meta_path) == "missing":
         raise DataError(f"{meta_path}: missing; {PREPROCESS_HINT}")
     try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
+        meta = read_json(meta_path)
+    except ValueError as error:
         raise DataError(f"{meta_path}: damaged ({' '.join(str(error).split())}); "
                         f"{integrity.REPREPARE_HINT}") from None
     integrity.check_meta(meta, meta_path)
@@ -444,8 +444,8 @@ def split_files(folder=PREPARED, split: str = "test") -> list[str] | None:
     (preprocess writes files.json); None for the built-ins or a damaged list."""
     path = Path(folder) / FILES_JSON
     try:
-        files = json.loads(path.read_text(encoding="utf-8")).get(split)
-    except (OSError, ValueError, AttributeError):
+        files = read_json(path).get(split)
+    except (ValueError, AttributeError):
         return None
     if not isinstance(files, list) or not all(isinstance(name, str) for name in files):
         return None

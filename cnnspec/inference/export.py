@@ -44,12 +44,12 @@ def check_images(model, prepared=PREPARED, count: int = CHECK_IMAGES) -> tuple[t
     """float32 (N, C, H, W) in 0..1 to check an export on, and where they came from: the
     first `count` test images of `prepared` when their shape is the model's, else
     seeded uniform noise (said so)."""
-    import json
+    from cnnspec.regular_files import read_json
 
     shape = tuple(model.checkpoint["input_shape"])
     folder = Path(prepared)
     try:
-        meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+        meta = read_json(folder / "meta.json")
         if tuple(meta["input_shape"]) == shape:
             images = np.load(folder / "test_images.npy", mmap_mode="r", allow_pickle=False)[:count]
             if len(images):

@@ -8,9 +8,10 @@ one of them with a lock error; parallel experiments go through the queue instead
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
+
+from cnnspec.regular_files import read_json
 
 RWLOCK = Path(".dvc") / "tmp" / "rwlock"
 QUEUE_HINT = ("run experiments one at a time here, or queue them: dvc exp run --queue ... "
@@ -51,8 +52,8 @@ def other_runs(root=".") -> list[tuple[int, str]]:
     """(pid, command) of each live dvc process, not this stage's own, that holds a path of
     the workspace at `root` in DVC's rwlock. A missing or unreadable rwlock holds none."""
     try:
-        lock = json.loads((Path(root) / RWLOCK).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        lock = read_json(Path(root) / RWLOCK)
+    except ValueError:
         return []
     if not isinstance(lock, dict):
         return []

@@ -21,7 +21,7 @@ from cnnspec.pipeline.params import (
     read_yaml_mapping,
     sections_schema,
 )
-from cnnspec.regular_files import not_a_regular_file
+from cnnspec.regular_files import not_a_regular_file, read_json
 from cnnspec.spec import yamlio
 
 RESOLVED_SECTIONS = ["recipe", "model", "train", "evaluate"]  # what the resolve stage writes
@@ -72,12 +72,9 @@ def load_resolved_params(path=PARAMS, sections=None, say=print, prepared=PREPARE
 def prepared_meta(prepared=PREPARED) -> dict | None:
     """meta.json of the prepared data, or None before preprocess has run (or when it is
     not a readable JSON object: the stage that reads the data names what is wrong)."""
-    path = Path(prepared) / "meta.json"
-    if not_a_regular_file(path):
-        return None
     try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        meta = read_json(Path(prepared) / "meta.json")
+    except ValueError:
         return None
     return meta if isinstance(meta, dict) else None
 

@@ -8,11 +8,11 @@ epoch's. Both stages print one warning line with the likely causes and record
 """
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 from cnnspec.atomic import write_json
+from cnnspec.regular_files import read_json
 
 
 def chance(num_classes: int) -> float:
@@ -92,8 +92,8 @@ def record(metrics_path, learned: bool) -> None:
     that its `dvc exp show` column does not collide with the headline's `learned`)."""
     path = Path(metrics_path)
     try:
-        metrics = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        metrics = read_json(path)
+    except ValueError:
         return
     if isinstance(metrics, dict):
         train = metrics.get("train") if isinstance(metrics.get("train"), dict) else {}

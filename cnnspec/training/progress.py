@@ -10,7 +10,6 @@ Lines go through `print_line`, which keeps a progress bar intact.
 from __future__ import annotations
 
 import concurrent.futures
-import json
 import sys
 import threading
 import time
@@ -19,6 +18,7 @@ from pathlib import Path
 import torch
 
 from cnnspec.errors import TrainingError
+from cnnspec.regular_files import read_json
 
 TIMED_STEPS = 5     # steps timed after the first for the estimate
 TIMED_SECONDS = 10  # or fewer steps, once they took this long (few, slow steps an epoch)
@@ -219,8 +219,8 @@ def in_background(function, *args) -> concurrent.futures.Future:
 
 def _logged_epochs(log_dir: Path) -> int:
     try:
-        return int(json.loads((log_dir / "metrics.json").read_text())["step"]) + 1
-    except (OSError, ValueError, KeyError, TypeError):
+        return int(read_json(log_dir / "metrics.json")["step"]) + 1
+    except (ValueError, KeyError, TypeError):
         return 0
 
 
