@@ -29,6 +29,15 @@ def on_one_line(text: str) -> str:
     return "".join(char if char.isprintable() or char == "\t" else ascii(char)[1:-1] for char in text)
 
 
+def listed_names(names) -> str:
+    """Names (classes, columns) joined by ', ', each quoted only where it would otherwise
+    blur the list: a comma, a quote, space at an end, or a character that does not print."""
+    def shown(name: str) -> str:
+        plain = name and name.strip() == name and on_one_line(name) == name and not any(c in name for c in ",'\"")
+        return name if plain else repr(name)
+    return ", ".join(shown(str(name)) for name in names)
+
+
 class CnnspecError(Exception):
     """Base class of every error caused by user input or the environment."""
 

@@ -21,7 +21,14 @@ if __package__ in (None, ""):  # `python stages/resolve.py` from the repository 
 import yaml
 
 from cnnspec.atomic import write_text
-from cnnspec.errors import CnnspecError, ParamsError, SpecError, end_finished_script, exit_on_user_error
+from cnnspec.errors import (
+    CnnspecError,
+    ParamsError,
+    SpecError,
+    end_finished_script,
+    exit_on_user_error,
+    listed_names,
+)
 from cnnspec.paths import PARAMS, PREPARED, RESOLVED_PARAMS
 from cnnspec.pipeline.dvc_runs import busy_message, other_runs
 from cnnspec.pipeline.fit import MIN_STEPS, fit_batch_size
@@ -49,7 +56,7 @@ def check_class_weight_names(params: dict, classes: list, written: dict, params_
     for name in multipliers:
         if name not in classes:
             raise ParamsError(f"{params_name if own else recipe}: train.class_weights.multipliers.{name}: "
-                              f"unknown class {name!r}; the classes are {', '.join(classes)}")
+                              f"unknown class {name!r}; the classes are {listed_names(classes)}")
 
 
 def resolve(params_path=PARAMS, resolved_path=RESOLVED_PARAMS, prepared=PREPARED, log=print) -> dict:

@@ -163,6 +163,13 @@ def test_data_classes_sets_the_label_order_and_must_name_every_class(tmp_path):
     assert classes[splits["train"][1][0]] == first
 
 
+def test_class_names_holding_a_comma_are_quoted_in_lists():
+    """Fashion-MNIST's 'T-shirt, top' would read as two classes in a bare list."""
+    with pytest.raises(DataError) as caught:
+        class_order({"T-shirt, top", "bag"}, ["coat"])
+    assert caught.value.args[0].endswith("(found: 'T-shirt, top', bag)")
+
+
 def test_prepared_data_keeps_each_splits_file_list(tmp_path):
     source = write_images(tmp_path / "digits", [(8, 8)] * 30)
     data = {"dataset": "folder", "source": str(source), "val_split": 0.1, "test_split": 0.2, "seed": 0,

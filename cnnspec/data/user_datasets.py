@@ -44,7 +44,7 @@ from cnnspec.data.images import (
     is_image_file,
     open_image,
 )
-from cnnspec.errors import DataError, DiskFullError
+from cnnspec.errors import DataError, DiskFullError, listed_names
 from cnnspec.regular_files import not_a_regular_file
 
 BATCH_IMAGES = 256          # images one worker decodes per task
@@ -348,7 +348,7 @@ def class_order(found: set[str], asked: list[str] | None) -> list[str]:
     unknown = [name for name in asked if name not in found]
     if unknown:
         raise DataError(f"data.classes: '{unknown[0]}' is not a class of data.source "
-                        f"(found: {', '.join(sorted(found))})")
+                        f"(found: {listed_names(sorted(found))})")
     missing = sorted(found - set(asked))
     if missing:
         raise DataError(f"data.classes: leaves out '{missing[0]}', a class of data.source; "
@@ -671,7 +671,7 @@ def prepare_image_dataset(data: dict, out_folder, workers: int | None = None, lo
         atomic.write_json(temporary / "meta.json", meta)
         atomic.write_json(temporary / FILES_JSON, files)
     total = sum(per_class.values())
-    log("images per class: " + ", ".join(f"{name} {int(n)}" for name, n in zip(classes, total)))
+    log("images per class: " + ", ".join(f"{listed_names([name])} {int(n)}" for name, n in zip(classes, total)))
     return meta
 
 

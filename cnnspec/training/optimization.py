@@ -15,7 +15,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from cnnspec.errors import ParamsError
+from cnnspec.errors import ParamsError, listed_names
 
 # ---------------------------------------------------------------- optimizers
 # Each is torch's class and its keyword arguments from the `train.optimizer` options;
@@ -198,7 +198,7 @@ def class_weights(labels, classes: list[str], options: dict) -> torch.Tensor | N
     for name, factor in multipliers.items():
         if name not in classes:
             raise ParamsError(f"params.yaml: train.class_weights.multipliers.{name}: "
-                              f"unknown class {name!r}; the classes are {', '.join(classes)}")
+                              f"unknown class {name!r}; the classes are {listed_names(classes)}")
         weights[classes.index(name)] *= factor
     return weights
 
