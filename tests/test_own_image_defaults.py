@@ -163,6 +163,20 @@ def test_data_classes_sets_the_label_order_and_must_name_every_class(tmp_path):
     assert classes[splits["train"][1][0]] == first
 
 
+def test_an_image_size_that_blows_every_image_up_is_noted_with_its_cost(tmp_path):
+    from cnnspec.data.user_datasets import enlarge_note
+    from tests.imagefiles import fashion_subset, write_image_folder
+
+    images, labels, _, _ = fashion_subset(30, 0)
+    write_image_folder(tmp_path / "clothes", images, labels)
+    sample = sample_images(scan_folder(tmp_path / "clothes").paths)
+    assert enlarge_note(sample, (280, 280), 30, 1) == (
+        "note: data.image_size 280x280 enlarges even the largest images sampled (28x28) 10x a side: no detail "
+        "is added, and the prepared images take 0.0 GB; data.image_size: auto keeps their own size")
+    assert enlarge_note(sample, (1000, 1000), 1_200, 1).split("take ")[1].startswith("1.2 GB")
+    assert enlarge_note(sample, (48, 48), 30, 1) is None  # under twice a side: upscaling a little is common
+
+
 def test_class_names_holding_a_comma_are_quoted_in_lists():
     """Fashion-MNIST's 'T-shirt, top' would read as two classes in a bare list."""
     with pytest.raises(DataError) as caught:

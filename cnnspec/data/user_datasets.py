@@ -618,6 +618,9 @@ def prepare_image_dataset(data: dict, out_folder, workers: int | None = None, lo
         stretched = stretch_warning(sample, (height, width), data["resize"])
         if stretched:
             print(stretched, file=sys.stderr)
+        enlarged = enlarge_note(sample, (height, width), len(listing.paths), channels)
+        if enlarged:
+            log(enlarged)
         if data["channels"] == "auto":
             gray = ("every image is grayscale" if len(sample) == len(listing.paths)
                     else f"the {len(sample)} images sampled across the dataset are grayscale")
@@ -739,6 +742,24 @@ def resize_note(sample, size, policy: str, auto: bool = False) -> str:
     found = (f"{smallest[0]}x{smallest[1]}" if len(sizes) == 1
              else f"{len(sizes)} sizes, {smallest[0]}x{smallest[1]} to {largest[0]}x{largest[1]} (by area)")
     return f"images {found} -> {target} ({why}; data.resize: {policy})"
+
+
+ENLARGE_NOTED = 2  # a data.image_size this many times the largest sampled image's side, or more
+
+
+def enlarge_note(sample, size, images: int, channels: int) -> str | None:
+    """One note when data.image_size blows every sampled image up: enlarging adds no
+    detail, only pixels to store and compute on."""
+    if not sample:
+        return None
+    height, width = max(((h, w) for h, w, _ in sample), key=lambda hw: hw[0] * hw[1])
+    factor = min(size[0] / height, size[1] / width)
+    if factor < ENLARGE_NOTED:
+        return None
+    gigabytes = images * channels * size[0] * size[1] / 1e9
+    return (f"note: data.image_size {size[0]}x{size[1]} enlarges even the largest images sampled ({height}x{width}) "
+            f"{factor:.0f}x a side: no detail is added, and the prepared images take {gigabytes:.1f} GB; "
+            "data.image_size: auto keeps their own size")
 
 
 def beyond_the_sample(sample, size, policy: str, channels_auto: bool,
