@@ -84,6 +84,19 @@ def test_the_head_line_never_blames_the_head_for_another_layers_shape(tmp_path, 
     assert "  the head is re-initialised: the checkpoint has 3 classes, this model 5" in out.splitlines()
 
 
+def test_a_checkpoint_sharing_only_a_bn_step_counter_is_of_another_spec(tmp_path):
+    """Two unrelated specs both name a batch norm stem_bn: its num_batches_tracked counter
+    fits, but no weight does, and that is the error, not a run from scratch."""
+    path, _ = trained_checkpoint(tmp_path)
+    other = SPEC.replace("filters: 8, bias: false, name: stem", "filters: 16, bias: false, name: stem").replace(
+        "filters: 8, name: upper", "filters: 12, name: upper")
+    torch.manual_seed(1)
+    model = cnnspec.build_model(cnnspec.parse_spec(other, "o.yaml"),
+                                (3, 8, 8), 4)
+    with pytest.raises(ParamsError, match="no weight fits this model's spec"):
+        init_from(model, path)
+
+
 def test_other_input_settings_are_named_when_they_keep_tensors_from_loading(tmp_path, capsys):
     flat = SPEC.replace("  - global_avg_pool\n", "  - flatten\n")  # the head's size follows the image size
     path, _ = trained_checkpoint(tmp_path, flat)

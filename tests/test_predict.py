@@ -13,7 +13,7 @@ import cnnspec
 from cnnspec.cli import main as cli
 from cnnspec.data.datasets import RawDataset, decode_raw, load_prepared, prepare, write_prepared
 from cnnspec.data.images import ImageReadError
-from cnnspec.errors import TrainingError
+from cnnspec.errors import DataError, TrainingError
 from cnnspec.inference import evaluation
 from cnnspec.models.checkpoint import FORMAT, save_checkpoint
 from cnnspec.pipeline.params import fill_defaults, load_schema
@@ -129,10 +129,18 @@ def test_python_api_takes_paths_pil_numpy_and_tensors_alike(trained, tmp_path):
     for prediction in cnnspec.predict(model, inputs, top_k=3):
         assert prediction.classes[0] == model.classes[expected.argmax()]
         np.testing.assert_allclose(prediction.probabilities, np.sort(expected)[::-1][:3], atol=1e-5)
-    # the module itself: uint8 or float in 0..1, normalization inside
+    # the module itself: uint8 or float in 0..1, normalization inside, no graph to detach
     pixels = torch.from_numpy(image[None])
-    np.testing.assert_allclose(model(pixels).detach().numpy()[0], expected, atol=1e-5)
-    np.testing.assert_allclose(model(pixels.float() / 255).detach().numpy()[0], expected, atol=1e-5)
+    np.testing.assert_allclose(model(pixels).numpy()[0], expected, atol=1e-5)
+    np.testing.assert_allclose(model(pixels.float() / 255).numpy()[0], expected, atol=1e-5)
+    # a gray model's (N, H, W) uint8 array is a batch of N images, as Fashion-MNIST arrays come
+    for count in (3, 4, 5):
+        batch = data["test_images"][:count, 0]
+        rows = cnnspec.predict(model, batch)
+        assert [row.classes[0] for row in rows] == [
+            model.classes[p.argmax()] for p in evaluate_probabilities(checkpoint, batch[:, None])]
+    with pytest.raises(DataError, match=r"got shape \(5, 28, 28\); a batch is \(N, C, H, W\)"):
+        cnnspec.predict(model, [data["test_images"][:5, 0]])  # one item of five channels
     # a larger image is resized with the checkpoint's policy, like preprocess would
     big = Image.open(path).resize((56, 56))
     assert cnnspec.predict(model, big)[0].classes

@@ -189,6 +189,7 @@ def load_model(path, device="cpu") -> InferenceModel:
     plain = {key: value for key, value in checkpoint.items() if key != "state_dict"}
     model = InferenceModel(network, checkpoint["mean"], checkpoint["std"], checkpoint["classes"],
                            channels, size, resize, plain)
+    model.requires_grad_(False)  # model(x) gives probabilities to use, not a graph to train
     return model.to(device).eval()
 
 
@@ -261,6 +262,9 @@ def _from_array(array: np.ndarray, model: InferenceModel, name: str) -> torch.Te
         raise DataError(f"{name}: expected an image of 2 or 3 dimensions, got shape {array.shape}")
     if array.shape[0] != channels and array.shape[-1] in (1, 3, 4):
         array = array.transpose(2, 0, 1)  # HWC -> CHW
+    if array.shape[0] not in (1, 3, 4):
+        raise DataError(f"{name}: expected an image (H, W), (H, W, C) or (C, H, W) with 1, 3 or 4 channels, got "
+                        f"shape {tuple(array.shape)}; a batch is (N, C, H, W), or (N, H, W) for a 1-channel model")
     if array.dtype.kind in "iu" and array.dtype != np.uint8:  # int pixels: uint8 when they fit
         if array.size and (array.min() < 0 or array.max() > 255):
             raise DataError(f"{name}: integer pixels must be in 0..255, found {array.min()}..{array.max()}")
@@ -300,12 +304,15 @@ def to_pixels(item, model: InferenceModel, name: str = "input") -> torch.Tensor:
     return torch.tensor(read_image(item, model.channels, model.image_size, model.resize))
 
 
-def _expand(inputs) -> list:
-    """A single input or a sequence of them; a 4-D array or tensor is a batch of images."""
+def _expand(inputs, channels: int) -> list:
+    """A single input or a sequence of them. A 4-D array or tensor is a batch of images;
+    so is a 3-D one (N, H, W) for a model of `channels` 1, unless its last axis holds
+    1, 3 or 4 channels (one (H, W, C) image)."""
     if isinstance(inputs, (str, Path, bytes, bytearray)) or hasattr(inputs, "getpixel"):
         return [inputs]
     if isinstance(inputs, (np.ndarray, torch.Tensor)):
-        return list(inputs) if inputs.ndim == 4 else [inputs]
+        gray_batch = inputs.ndim == 3 and channels == 1 and inputs.shape[0] != 1 and inputs.shape[-1] not in (1, 3, 4)
+        return list(inputs) if inputs.ndim == 4 or gray_batch else [inputs]
     return list(inputs)
 
 
@@ -341,7 +348,8 @@ def _top_k(probabilities: torch.Tensor, classes: list[str], k: int):
 def predict(model_or_path, inputs, top_k: int = 1, batch_size: int = 64, device=None,
             tta: str = "none", engine: str = "auto") -> list[Prediction]:
     """Classify `inputs`: a path, bytes, PIL image, numpy array (uint8 HWC / CHW, or a
-    float CHW in 0..1), tensor, or a list of them (a 4-D array is a batch). Returns one
+    float CHW in 0..1), tensor, or a list of them (a 4-D array is a batch, and so is (N, H, W)
+    for a 1-channel model). Returns one
     Prediction per image, in order. An unreadable image raises ImageReadError. `engine`:
     auto (onnxruntime for many images on the CPU when it is installed, see
     choose_engine), torch or onnxruntime."""
@@ -357,7 +365,7 @@ def predict(model_or_path, inputs, top_k: int = 1, batch_size: int = 64, device=
         raise ValueError("device applies when predict loads the checkpoint; move a loaded model with "
                          "model.to(device)")
     model = model_or_path if loaded else load_model(model_or_path, device or "cpu")
-    items = _expand(inputs)
+    items = _expand(inputs, model.channels)
     if isinstance(model, InferenceModel):
         model = with_engine(model, len(items), engine, tta)
     names = [str(item) if isinstance(item, (str, Path)) else f"input {index}"

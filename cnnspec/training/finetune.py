@@ -102,7 +102,7 @@ def init_from(model, path, out=None, classes=None) -> dict:
     reshaped = [key for key in target if key in source and source[key].shape != target[key].shape]
     missing = [key for key in target if key not in source]
     unused = [key for key in source if key not in target]
-    if not loaded:
+    if not _reported(loaded):  # a shared bn's step counter alone is no weight
         first = reshaped[0] if reshaped else next(iter(target), "")
         why = (f"{first} is {list(source[first].shape)} there, {list(target[first].shape)} here"
                if reshaped else f"it has no tensor named like this model's ({first})")
