@@ -33,6 +33,7 @@ from cnnspec.paths import PARAMS, PREPARED, RESOLVED_PARAMS
 from cnnspec.pipeline.dvc_runs import busy_message, other_runs
 from cnnspec.pipeline.fit import MIN_STEPS, fit_batch_size
 from cnnspec.pipeline.params import OWN_IMAGE_DATASETS, load_params, read_yaml_mapping
+from cnnspec.pipeline.recipes import spec_recipe
 from cnnspec.pipeline.resolved import (
     RESOLVED_SECTIONS,
     STAMP,
@@ -87,7 +88,9 @@ def resolve(params_path=PARAMS, resolved_path=RESOLVED_PARAMS, prepared=PREPARED
     else:
         warnings = []
     if meta is not None and meta.get("input_shape"):
-        check_input_fits(spec_path, meta, data, params_path)
+        declared = check_input_fits(spec_path, meta, data, params_path)
+        named = (written.get("model") or {}).get("spec", "auto") != "auto"  # auto's spec is made to adapt
+        warnings = warnings + ([declared] if declared and named else [])
     recipe = "no recipe" if params["recipe"] == "none" else f"recipes/{params['recipe']}.yaml"
     if meta is not None and meta.get("classes"):
         check_class_weight_names(params, meta["classes"], written, str(params_path), recipe)
@@ -153,9 +156,10 @@ def smallest_size(spec, channels: int, num_classes: int, limit: int = 1024) -> i
     return high
 
 
-def check_input_fits(spec_path, meta: dict, data: dict, params_path) -> None:
+def check_input_fits(spec_path, meta: dict, data: dict, params_path) -> str | None:
     """A spec that cannot take the prepared images stops here, before training, with the
-    param to change and the smallest size the spec takes."""
+    param to change and the smallest size the spec takes. One that declares another
+    `input:` than the data's gets a note (the model is built for the data), returned."""
     from cnnspec.spec.reader import load_spec
 
     spec = load_spec(spec_path)
@@ -163,7 +167,12 @@ def check_input_fits(spec_path, meta: dict, data: dict, params_path) -> None:
     num_classes = len(meta.get("classes") or []) or 10
     problem = fits(spec, (channels, height, width), num_classes)
     if problem is None:
-        return
+        if spec.input is None or tuple(spec.input) == (channels, height, width):
+            return None
+        declared, data_shape = "x".join(map(str, spec.input)), f"{channels}x{height}x{width}"
+        return (f"note: {spec_path} declares input {declared}, the prepared images are {data_shape}: the "
+                f"model is built for the images (cnnspec summary {spec_path} --input {data_shape} "
+                f"--classes {num_classes} shows it)")
     smallest = smallest_size(spec, channels, num_classes)
     if smallest is None:
         raise ParamsError(f"{params_path}: model.spec: {spec_path} cannot take {channels}x{height}x{width} "
@@ -185,7 +194,12 @@ def choice_line(params: dict, data: dict, written: dict) -> str:
                 f"(data.dataset: {data['dataset']})") if asked_spec == "auto" else "model.spec"
     asked_recipe = written.get("recipe", "none")
     recipe = params["recipe"]
-    recipe_why = "recipe: auto, the one the spec names" if asked_recipe == "auto" else "recipe"
+    if asked_recipe != "auto":
+        recipe_why = "recipe"
+    elif spec_recipe(spec)[0] is not None:
+        recipe_why = "recipe: auto, the one the spec names"
+    else:
+        recipe_why = "recipe: auto; the spec names none, so the default"
     return f"spec {spec} ({spec_why}), recipe {recipe} ({recipe_why})"
 
 

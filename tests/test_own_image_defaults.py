@@ -121,6 +121,29 @@ def test_resolve_notes_uneven_classes_only_while_nothing_weighs_them(tmp_path, m
     assert notes[""][0].endswith("-S train.class_weights.mode=balanced weighs each class's loss by its rarity")
 
 
+def test_resolve_says_when_a_spec_declares_another_input_and_names_no_recipe(tmp_path, monkeypatch):
+    """A spec written for 3x32x32 trained on 1x8x8 images: the model is built for the
+    images (its parameter count is not the summary's), and auto's recipe is the default."""
+    from stages.resolve import resolve
+
+    monkeypatch.chdir(REPO_ROOT)
+    spec = tmp_path / "plain.yaml"
+    spec.write_text("name: plain\ninput: {channels: 3, height: 32, width: 32}\nlayers:\n"
+                    "  - conv: 8\n  - global_avg_pool\n  - dense: num_classes\n")
+    text = (REPO_ROOT / "params.yaml").read_text().replace("  dataset: cifar10 ", "  dataset: folder  ")
+    (tmp_path / "params.yaml").write_text(text.replace("  spec: auto ", f"  spec: {spec} "))
+    prepared = tmp_path / "prepared"
+    prepared.mkdir()
+    (prepared / "meta.json").write_text(json.dumps({"counts": {"train": 1408}, "input_shape": [1, 8, 8],
+                                                    "classes": ["a", "b", "c"]}))
+    said = []
+    resolve(tmp_path / "params.yaml", tmp_path / "params.resolved.yaml", prepared, log=said.append)
+    assert said[0].startswith(f"spec {spec} (model.spec), recipe keras_adam (recipe: auto; the spec names "
+                              "none, so the default)")
+    assert f"note: {spec} declares input 3x32x32, the prepared images are 1x8x8: the model is built for the " \
+           f"images (cnnspec summary {spec} --input 1x8x8 --classes 3 shows it)" in said
+
+
 # --- image size, channels, class order ---------------------------------------------
 
 def write_images(root: Path, sizes, mode="L", classes=("eight", "five", "nine")):
