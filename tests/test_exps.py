@@ -76,6 +76,18 @@ def test_failed_experiments_and_missing_metrics_are_shown_not_dropped():
     assert rows(show)[1]["metrics"] == {}  # the commit's files, not the failed run's: none shown
 
 
+def test_the_workspace_is_a_row_when_its_results_are_not_its_commits():
+    """After a `dvc repro` not committed yet: its scores and what it changed, first."""
+    show = own_data_runs(1)
+    show[0]["data"] = {"params": {"params.yaml": {"data": {**BASE, "train": {**BASE["train"], "epochs": 3}}}},
+                       "metrics": {"metrics/eval.json": {"data": {"accuracy": 0.575, "loss": 1.2, "learned": True}}}}
+    lines = render(show, width=120).splitlines()
+    assert lines[1].startswith("workspace") and "0.5750" in lines[1] and "train.epochs=3" in lines[1]
+    assert lines[2].startswith("main (a1b2c3d)")
+    show[0]["data"] = show[1]["data"]  # the workspace holds its commit's results: no row of its own
+    assert not render(show, width=120).splitlines()[1].startswith("workspace")
+
+
 def test_no_experiments_says_how_to_run_one():
     assert "dvc exp run" in render([], width=80)
 

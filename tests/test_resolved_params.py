@@ -30,6 +30,18 @@ def notes_of(params_path, sections=SECTIONS):
     return load_resolved_params(params_path, sections, say=notes.append), notes
 
 
+def test_the_committed_file_is_what_resolve_writes_from_the_committed_params(tmp_path, monkeypatch):
+    """params.resolved.yaml is in git (what a pull request compares): an edit of params.yaml
+    or a recipe that does not refresh it would show effective values nobody runs. The
+    values are compared, not the stamp, which also hashes the prepared data of a real run."""
+    monkeypatch.chdir(REPO)
+    resolve(REPO / "params.yaml", tmp_path / "params.resolved.yaml", tmp_path / "no-prepared-data",
+            log=lambda line: None)
+    written = yaml.safe_load((tmp_path / "params.resolved.yaml").read_text(encoding="utf-8"))
+    committed = yaml.safe_load((REPO / "params.resolved.yaml").read_text(encoding="utf-8"))
+    assert written == committed, "params.resolved.yaml is stale: run python stages/resolve.py and commit it"
+
+
 def test_a_current_file_is_used_as_the_resolve_stage_wrote_it(tmp_path, monkeypatch):
     params_path = project(tmp_path, monkeypatch)
     resolve(params_path, tmp_path / "params.resolved.yaml")

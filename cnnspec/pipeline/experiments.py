@@ -63,12 +63,23 @@ def _metrics(data: dict) -> dict:
     return ((data.get("metrics") or {}).get(HEADLINE) or {}).get("data") or {}
 
 
+def _changed(params: dict, base_params: dict) -> dict:
+    """{key: value} of `params` that differ from `base_params` (None for a key dropped)."""
+    changed = {key: value for key, value in params.items()
+               if key not in base_params or base_params[key] != value}
+    changed.update({key: None for key in base_params if key not in params})
+    return changed
+
+
 def rows(show: list) -> list[dict]:
     """One dict per baseline commit and experiment: name, depth (0 baseline, 1 experiment),
-    metrics, changed ({key: value} of params.yaml differing from the baseline's)."""
+    metrics, changed ({key: value} of params.yaml differing from the baseline's). The
+    workspace comes first when its results are not its commit's (a `dvc repro` not
+    committed yet)."""
     table = []
+    workspace = next((commit for commit in show if commit.get("rev") == "workspace"), None)
     for commit in show:
-        if commit.get("rev") == "workspace":
+        if commit is workspace:
             continue
         data = commit.get("data") or {}
         base_params = _params(data)
@@ -81,10 +92,7 @@ def rows(show: list) -> list[dict]:
             if not revs:
                 continue
             data = revs[0].get("data") or {}
-            params = _params(data)
-            changed = {key: value for key, value in params.items()
-                       if key not in base_params or base_params[key] != value}
-            changed.update({key: None for key in base_params if key not in params})
+            changed = _changed(_params(data), base_params)
             state = _state(experiment, revs[0])
             # A queued, running or failed experiment has no metrics of its own: DVC shows
             # the files of the commit it started from, the baseline's scores.
@@ -93,6 +101,12 @@ def rows(show: list) -> list[dict]:
                                 "metrics": metrics, "changed": changed, "state": state})
         experiments.sort(key=lambda row: -_number(row["metrics"].get("accuracy")))
         table.extend(experiments)
+    if workspace is not None and table:
+        data = workspace.get("data") or {}
+        head = next(commit for commit in show if commit is not workspace)
+        changed = _changed(_params(data), _params(head.get("data") or {}))
+        if _metrics(data) and (_metrics(data) != table[0]["metrics"] or changed):
+            table.insert(0, {"name": "workspace", "depth": 0, "metrics": _metrics(data), "changed": changed})
     return table
 
 
