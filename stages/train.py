@@ -25,7 +25,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # `python stages/<name>.py`: import this checkout's cnnspec
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cnnspec.errors import die_with_parent, end_finished_script, exit_on_user_error
+from cnnspec.errors import ParamsError, die_with_parent, end_finished_script, exit_on_user_error
 from cnnspec.paths import MODEL, PARAMS, PREPARED, RESUME_STATE, TRAIN_LOG
 from cnnspec.pipeline.resolved import load_resolved_params
 from cnnspec.training import distributed
@@ -71,7 +71,10 @@ def run(params_path=PARAMS, prepared=PREPARED, model_path=MODEL, resume_path=RES
         for warning in model.spec_warnings:  # e.g. an automatic projection shortcut; docs/spec.md
             print(f"warning: {warning}", file=sys.stderr)  # (rank 0 only: the others are silent)
         if params["model"]["weights"]:
-            load_weights(model, params["model"]["weights"])
+            try:
+                load_weights(model, params["model"]["weights"], key="model.weights")
+            except ParamsError as error:  # the key is params.yaml's
+                raise ParamsError(f"params.yaml: {error}") from None
         if start_from is not None:
             init_from(model, start_from, classes=meta["classes"])
         # the device type too: a state saved on the CPU holds a CPU generator, not a GPU's

@@ -284,3 +284,7 @@ def test_the_train_stage_starts_from_model_weights_matched_by_structure(tmp_path
     capsys.readouterr()
     stage.run()
     assert f"model.weights: loaded {len(weights)} of {len(weights)} tensors" in capsys.readouterr().out
+    params["model"]["weights"] = "missing.pth"  # the stage's error names params.yaml's key
+    yaml.safe_dump(params, open("params.yaml", "w"))
+    with pytest.raises(ParamsError, match=r"^params.yaml: model.weights: missing.pth: no such file"):
+        stage.run()

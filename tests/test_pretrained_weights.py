@@ -46,7 +46,7 @@ def test_a_torchvision_model_s_weights_give_the_same_logits(resnet18, capsys):
     images = torch.randn(2, 3, SIZE, SIZE, dtype=torch.float64)
     torch.testing.assert_close(logits(ours, images), logits(resnet18, images), rtol=1e-10, atol=1e-10)
     out = capsys.readouterr().out
-    assert out.startswith("model.weights: loaded 122 of 122 tensors (") and "not loaded" not in out
+    assert out.startswith("load_weights: loaded 122 of 122 tensors (") and "not loaded" not in out
     assert "layers.conv_1 <- conv1" in transfer.mapping().splitlines()  # a conv and its bn, as one unit
 
 
@@ -105,21 +105,22 @@ def test_a_torchvision_weights_name_is_read_from_torch_hub_s_folder(resnet18, tm
     ours = spec_resnet18()
     assert finetune.load_weights(ours, "ResNet18_Weights.IMAGENET1K_V1").complete
     assert torch.equal(ours.state_dict()["layers.conv_1.weight"], resnet18.conv1.weight.float().double())
-    assert "model.weights: loaded 122 of 122 tensors" in capsys.readouterr().out
+    assert "load_weights: loaded 122 of 122 tensors" in capsys.readouterr().out
 
 
-def test_weights_that_cannot_be_had_are_one_line_naming_the_param(tmp_path, monkeypatch):
+def test_weights_that_cannot_be_had_are_one_line_naming_what_asked_for_them(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
     monkeypatch.setattr("cnnspec.fetch.download_with_timeout",
                         lambda url, path, timeout_s: "download failed: no internet")
     ours = spec_resnet18()
     with pytest.raises(ParamsError) as missing:
         finetune.load_weights(ours, "ResNet18_Weights.IMAGENET1K_V1")
-    assert str(missing.value).startswith("params.yaml: model.weights: ResNet18_Weights.IMAGENET1K_V1 is not "
+    # called from Python, the error names the function, not a params.yaml nobody wrote
+    assert str(missing.value).startswith("load_weights: ResNet18_Weights.IMAGENET1K_V1 is not "
                                          "available (download failed: no internet); place resnet18-f37072fd.pth in ")
     with pytest.raises(ParamsError, match="no such torchvision weights; known: ResNet18_Weights.IMAGENET1K_V1$"):
         finetune.load_weights(ours, "ResNet18_Weights.IMAGENET1K_V9")
-    with pytest.raises(ParamsError, match=r"model.weights: nope.pth: no such file \(and not torchvision weights"):
+    with pytest.raises(ParamsError, match=r"load_weights: nope.pth: no such file \(and not torchvision weights"):
         finetune.load_weights(ours, "nope.pth")
     garbage = tmp_path / "garbage.pth"
     garbage.write_bytes(b"not a torch file")

@@ -160,14 +160,14 @@ def weights_enum_state(name: str, key: str) -> dict:
         enum = getattr(torchvision.models, enum_name, None)
         known = ", ".join(f"{enum_name}.{member.name}" for member in enum) if enum else \
             "a name like ResNet50_Weights.IMAGENET1K_V2 (torchvision.models.get_weight)"
-        raise ParamsError(f"params.yaml: {key}: {name}: no such torchvision weights; known: {known}") from None
+        raise ParamsError(f"{key}: {name}: no such torchvision weights; known: {known}") from None
     folder = os.path.join(torch.hub.get_dir(), "checkpoints")
     file_name = os.path.basename(weights.url)
     path = os.path.join(folder, file_name)
     if not os.path.exists(path):
         failure = fetch.download_with_timeout(weights.url, path, WEIGHTS_TIMEOUT_S)
         if failure:
-            raise ParamsError(f"params.yaml: {key}: {name} is not available ({failure}); place "
+            raise ParamsError(f"{key}: {name} is not available ({failure}); place "
                               f"{file_name} in {folder} (from {weights.url})")
     from cnnspec.models.checkpoint import refusal_words, torch_file_problem
 
@@ -177,7 +177,7 @@ def weights_enum_state(name: str, key: str) -> dict:
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - a damaged download fails inside torch in many ways
         problem = refusal_words(error)[:160]
-    raise ParamsError(f"params.yaml: {key}: {path}: cannot be read as {name} ({problem}); delete it to "
+    raise ParamsError(f"{key}: {path}: cannot be read as {name} ({problem}); delete it to "
                       f"download it again")
 
 
@@ -193,7 +193,7 @@ def pretrained_state(source, key: str) -> dict:
     if WEIGHTS_ENUM.match(source) and not Path(source).exists():
         return weights_enum_state(source, key)
     if not_a_regular_file(source) == "missing":
-        raise ParamsError(f"params.yaml: {key}: {source}: no such file (and not torchvision weights "
+        raise ParamsError(f"{key}: {source}: no such file (and not torchvision weights "
                           f"such as ResNet50_Weights.IMAGENET1K_V2)")
     import pickle
 
@@ -202,14 +202,15 @@ def pretrained_state(source, key: str) -> dict:
     try:
         return read_state_dict(source)
     except (ValueError, RuntimeError, OSError, EOFError, pickle.UnpicklingError) as failure:
-        raise ParamsError(f"params.yaml: {key}: {source}: cannot be read as weights "
+        raise ParamsError(f"{key}: {source}: cannot be read as weights "
                           f"({refusal_words(failure)[:200]})") from None
 
 
-def load_weights(model, source, key: str = "model.weights", out=None):
+def load_weights(model, source, key: str = "load_weights", out=None):
     """Copy pretrained weights into `model` by structure (cnnspec/models/weights.py) and print
     what mapped. `source`: torchvision weights by name (ResNet50_Weights.IMAGENET1K_V2), the
-    path of a state-dict file, an nn.Module or a state dict. Returns the Transfer."""
+    path of a state-dict file, an nn.Module or a state dict. Returns the Transfer. `key`
+    starts the printed line and every error: the train stage's is params.yaml's key."""
     from cnnspec.models.weights import load_by_structure
 
     state = pretrained_state(source, key)
@@ -218,7 +219,7 @@ def load_weights(model, source, key: str = "model.weights", out=None):
     if not transfer.copied:
         first = (f" (its first: {next(iter(state))} {list(next(iter(state.values())).shape)})" if state
                  else " (it holds no tensors)")
-        raise ParamsError(f"params.yaml: {key}: {name}: no layer of it fits this spec by order and shape{first}")
+        raise ParamsError(f"{key}: {name}: no layer of it fits this spec by order and shape{first}")
     print(f"{key}: {transfer.report(str(name))}", file=out or sys.stdout)
     return transfer
 
