@@ -107,9 +107,11 @@ def test_export_refuses_to_overwrite_its_own_checkpoint_and_other_wrong_outputs(
              (["--format", "torchscript", "--output", str(tmp_path / "model.onnx")], 1,
               "a .onnx name would be read as ONNX"),
              (["--format", "onnx", "--output", str(tmp_path)], 1, "is a folder"),
-             (["--format", "onnx", "--opset", "5"], 1, "--opset: expected 13 to 20, not 5"),
-             (["--format", "onnx", "--opset", "99"], 1, "--opset: expected 13 to 20, not 99"),
-             (["--format", "onnx", "--check-images", str(tmp_path / "nowhere")], 2, "nowhere: no such folder")]
+             (["--format", "onnx", "--opset", "5"], 2, "--opset: expected 13 to 20, not 5"),
+             (["--format", "onnx", "--opset", "99"], 2, "--opset: expected 13 to 20, not 99"),
+             (["--format", "onnx", "--check-images", str(tmp_path / "nowhere")], 2, "nowhere: no such folder"),
+             # a folder named on purpose that holds no prepared images: not a check on noise
+             (["--format", "onnx", "--check-images", str(tmp_path)], 2, "no prepared test images of shape")]
     for arguments, code, words in cases:
         error = one_line_error(capsys, ["export", str(checkpoint), *arguments], code)
         assert words in error, error

@@ -40,10 +40,12 @@ def default_output(checkpoint, fmt: str) -> Path:
     return checkpoint.with_name(checkpoint.name.removesuffix(".pt") + SUFFIXES[fmt])
 
 
-def check_images(model, prepared=PREPARED, count: int = CHECK_IMAGES) -> tuple[torch.Tensor, str]:
+def check_images(model, prepared=PREPARED, count: int = CHECK_IMAGES,
+                 required: bool = False) -> tuple[torch.Tensor, str]:
     """float32 (N, C, H, W) in 0..1 to check an export on, and where they came from: the
     first `count` test images of `prepared` when their shape is the model's, else
-    seeded uniform noise (said so)."""
+    seeded uniform noise (said so), or, when the images were `required` (a folder named on
+    the command line), a UsageError."""
     from cnnspec.regular_files import read_json
 
     shape = tuple(model.checkpoint["input_shape"])
@@ -57,6 +59,11 @@ def check_images(model, prepared=PREPARED, count: int = CHECK_IMAGES) -> tuple[t
                     f"{len(images)} test images of {folder}"
     except (OSError, ValueError, KeyError, TypeError):
         pass
+    if required:
+        from cnnspec.errors import UsageError
+
+        raise UsageError(f"--check-images {folder}: no prepared test images of shape {list(shape)} there "
+                         f"(meta.json and test_images.npy, as preprocess writes them in {PREPARED})")
     generator = torch.Generator().manual_seed(0)
     noise = torch.randint(0, 256, (count, *shape), generator=generator, dtype=torch.uint8)
     return noise.float() / 255, f"{count} random images (no prepared test images of shape {list(shape)} in {folder})"
@@ -108,17 +115,20 @@ def largest_difference(path: Path, fmt: str, model, images: torch.Tensor) -> flo
     return float(max(np.abs(whole - expected).max(), np.abs(single - expected[:len(single)]).max()))
 
 
-def export(checkpoint, fmt: str, output=None, prepared=None, opset: int = 17) -> dict:
+def export(checkpoint, fmt: str, output=None, prepared=None, opset: int = 17,
+           prepared_required: bool = False) -> dict:
     """Export `checkpoint` to `output` (default: beside it) and check it on the test
-    images of `prepared` (default data/prepared, or generated ones when it has none).
-    Returns {"output", "difference", "checked_on"}; raises ExportError when it does not
-    match, or before any work when an argument is wrong."""
+    images of `prepared` (default data/prepared, or generated ones when it has none,
+    unless `prepared_required`). Returns {"output", "difference", "checked_on"}; raises
+    ExportError when it does not match, or a UsageError before any work when an argument
+    is wrong."""
+    from cnnspec.errors import UsageError
     from cnnspec.inference.predict import load_model
 
     if fmt not in SUFFIXES:
-        raise ExportError(f"--format: expected onnx or torchscript, not {fmt!r}")
+        raise UsageError(f"--format: expected onnx or torchscript, not {fmt!r}")
     if fmt == "onnx" and not OPSETS[0] <= opset <= OPSETS[1]:
-        raise ExportError(f"--opset: expected {OPSETS[0]} to {OPSETS[1]}, not {opset}")
+        raise UsageError(f"--opset: expected {OPSETS[0]} to {OPSETS[1]}, not {opset}")
     output = check_destination(output if output else default_output(checkpoint, fmt))
     if output.exists() and Path(checkpoint).exists() and output.samefile(checkpoint):
         raise ExportError(f"{output}: is the checkpoint being exported; give another --output")
@@ -126,7 +136,8 @@ def export(checkpoint, fmt: str, output=None, prepared=None, opset: int = 17) ->
         raise ExportError(f"{output}: a .onnx name would be read as ONNX; name a TorchScript export "
                           f"{SUFFIXES['torchscript']} (the default) or .pt")
     model = load_model(checkpoint, "cpu")
-    images, checked_on = check_images(model, PREPARED if prepared is None else prepared)
+    images, checked_on = check_images(model, PREPARED if prepared is None else prepared,
+                                      required=prepared_required)
     example = images[:2]
     with atomic_path(output) as temporary:
         try:
@@ -149,7 +160,8 @@ def run_command(args) -> int:
         from cnnspec.errors import UsageError
 
         raise UsageError(f"--check-images {args.check_images}: no such folder (prepared data, like {PREPARED})")
-    result = export(args.checkpoint, args.format, args.output, args.check_images, args.opset)
+    result = export(args.checkpoint, args.format, args.output, args.check_images, args.opset,
+                    prepared_required=args.check_images is not None)
     print(f"wrote {result['output']}: input images float32 (N, C, H, W) in 0..1, output "
           f"probabilities; matches PyTorch within {TOLERANCE:g} (largest difference "
           f"{result['difference']:.1e}) on {result['checked_on']}")
