@@ -166,7 +166,7 @@ def find_argument(data, where: Location):
     return None
 
 
-def substitute(data, values: dict, block: str, where: Location, call: int | None = None):
+def substitute(data, values: dict, block: str, where: Location, call: int | None = None, path: str = ""):
     """A copy of `data` with every `$arg` replaced by (value, where the value is written)
     and every expression evaluated (or, when it needs `$in_channels`, made a Deferred value
     bound to the block call `call`). With call None the block is only checked: its names
@@ -179,18 +179,20 @@ def substitute(data, values: dict, block: str, where: Location, call: int | None
             return Deferred(("in", THIS_LAYER if call is None else call, 0), data, where), where
         if name not in values:
             fail(f"'{data}' is not an argument of block '{block}'{did_you_mean(name, values)}",
-                 where, data)
+                 where, path or data)
         return copy.deepcopy(values[name][0]), values[name][1]
     if is_expression(data):
-        return expression_value(data, values, block, where, call), where
+        return expression_value(data, values, block, where, call, path), where
     if isinstance(data, dict):
         copied = LocatedDict(where=getattr(data, "where", where))
         for key, value in data.items():
-            copied[key], copied.value_where[key] = substitute(value, values, block, where_in(data, key), call)
+            copied[key], copied.value_where[key] = substitute(value, values, block, where_in(data, key), call,
+                                                              join_key(path, key))
             copied.key_where[key] = getattr(data, "key_where", {}).get(key, where)
         return copied, where
     if isinstance(data, list):
-        pairs = [substitute(item, values, block, where_in(data, i), call) for i, item in enumerate(data)]
+        pairs = [substitute(item, values, block, where_in(data, i), call, f"{path}[{i}]")
+                 for i, item in enumerate(data)]
         return LocatedList([p[0] for p in pairs], where=getattr(data, "where", where),
                            item_where=[p[1] for p in pairs]), where
     return data, where
@@ -203,13 +205,13 @@ def at_offset(where: Location, offset: int) -> Location:
     return Location(where.file, where.line, where.col + offset + where.quoted)
 
 
-def parsed(text: str, where: Location):
+def parsed(text: str, where: Location, path: str | None = None):
     try:
         return parse(text)
     except ExpressionError as problem:
         hint = ("; inside { } a comma ends the value: quote the expression or write the "
                 "options one per line") if text.count("(") > text.count(")") else ""
-        fail(f"'{shortened(text)}': {problem.message}{hint}", at_offset(where, problem.offset))
+        fail(f"'{shortened(text)}': {problem.message}{hint}", at_offset(where, problem.offset), path)
 
 
 def shortened(text: str, most: int = 60) -> str:
@@ -219,9 +221,11 @@ def shortened(text: str, most: int = 60) -> str:
     return text if len(text) <= most else f"{text[:most - 20]}...{text[-15:]}"
 
 
-def expression_value(text: str, values: dict, block: str | None, where: Location, call: int | None):
-    """The value of an expression: a number, or a Deferred one when it needs $in_channels."""
-    tree = parsed(text, where)
+def expression_value(text: str, values: dict, block: str | None, where: Location, call: int | None,
+                     path: str | None = None):
+    """The value of an expression: a number, or a Deferred one when it needs $in_channels.
+    `path`: the key it is written under, for the errors."""
+    tree = parsed(text, where, path)
 
     def lookup(name, offset):
         if name == IN_CHANNELS:
@@ -230,16 +234,16 @@ def expression_value(text: str, values: dict, block: str | None, where: Location
             return ("in", THIS_LAYER if call is None else call, offset)
         if name not in values:
             if block is None:
-                fail(f"'{text}': ${name} can only be used inside a block", at_offset(where, offset))
+                fail(f"'{text}': ${name} can only be used inside a block", at_offset(where, offset), path)
             fail(f"'{text}': '${name}' is not an argument of block '{block}'{did_you_mean(name, values)}",
-                 at_offset(where, offset))
+                 at_offset(where, offset), path)
         value = values[name][0]
         if isinstance(value, Deferred):
             return value.tree
         if value is None and call is None:  # only checking a block's names
             return ("num", 1, offset)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            fail(f"'{text}': ${name} is {describe_value(value)}, not a number", at_offset(where, offset))
+            fail(f"'{text}': ${name} is {describe_value(value)}, not a number", at_offset(where, offset), path)
         return ("num", value, offset)
 
     tree = bind(tree, lookup)
@@ -247,14 +251,14 @@ def expression_value(text: str, values: dict, block: str | None, where: Location
         return text
     if needs_shapes(tree):
         return Deferred(tree, text, where)
-    return evaluated(tree, text, where)
+    return evaluated(tree, text, where, path=path)
 
 
-def evaluated(tree, text: str, where: Location, block_inputs: dict | None = None):
+def evaluated(tree, text: str, where: Location, block_inputs: dict | None = None, path: str | None = None):
     try:
         return evaluate(tree, block_inputs)
     except ExpressionError as problem:
-        fail(f"'{shortened(text)}': {problem.message}", at_offset(where, problem.offset))
+        fail(f"'{shortened(text)}': {problem.message}", at_offset(where, problem.offset), path)
 
 
 # ---------------------------------------------------------------- expansion
@@ -351,7 +355,8 @@ def expand_repeat(layer_type, options, where, path, state) -> list[LayerNode]:
     if not state.in_block:  # `n: 2 * 3`, as in any other option outside a block
         refuse_arguments_outside_blocks(options, key, state)
         if isinstance(options, dict) and is_expression(options.get("n")):
-            options = options.changed(n=expression_value(options["n"], {}, None, options.where_of("n"), None))
+            options = options.changed(n=expression_value(options["n"], {}, None, options.where_of("n"), None,
+                                                         f"{key}.n"))
     check(options, "repeat", key, skip=inside_a_layer)
     inner = state.deeper()
     nodes = []
@@ -373,7 +378,7 @@ def block_arguments(block: str, definition: dict, call: LocatedDict, key: str, b
             fail(f"block '{block}' has no argument '{name}'{hint}", call.key_where[name],
                  join_key(key, name))
         if is_expression(value):  # a call outside any block: `out: $in_channels * 2`
-            value = expression_value(value, {}, None, call.where_of(name), block_call)
+            value = expression_value(value, {}, None, call.where_of(name), block_call, join_key(key, name))
         values[name] = (value, call.where_of(name))
     passed = dict(values)
     for name, default in declared.items():
@@ -381,13 +386,14 @@ def block_arguments(block: str, definition: dict, call: LocatedDict, key: str, b
             if default is None:
                 fail(f"block '{block}' needs argument '{name}'", call.where, join_key(key, name))
             if is_expression(default):  # `squeeze: max(1, $out // 4)`: over the arguments before it
-                later = [used for used, _ in arguments_of(parsed(default, declared.where_of(name)))
+                written = f"blocks.{block}.args.{name}"
+                later = [used for used, _ in arguments_of(parsed(default, declared.where_of(name), written))
                          if used in declared and used not in passed and used != IN_CHANNELS]
                 if later:
                     fail(f"block '{block}': the default of '{name}' uses ${later[0]}, which is declared after "
                          f"it; a default may use only the arguments declared before it",
-                         declared.where_of(name), f"blocks.{block}.args.{name}")
-                default = expression_value(default, passed, block, declared.where_of(name), block_call)
+                         declared.where_of(name), written)
+                default = expression_value(default, passed, block, declared.where_of(name), block_call, written)
             values[name] = passed[name] = (default, declared.where_of(name))
     return values
 
@@ -412,7 +418,8 @@ def expand_use(layer_type, options, where, path, state) -> list[LayerNode]:
     count_layer(where, path, state)
     block_call = state.count[0]  # this call's $in_channels: its input's channels
     values = block_arguments(block, definition, options, key, block_call)
-    layers, _ = substitute(definition["layers"], values, block, definition.where_of("layers"), block_call)
+    layers, _ = substitute(definition["layers"], values, block, definition.where_of("layers"), block_call,
+                           f"blocks.{block}.layers")
     children = expand_list(layers, f"{path} (block {block}) > layers",
                            state.deeper(in_block=True, calls=state.calls + (block,)))
     group_options = {"block": block, "args": {name: value for name, (value, _) in values.items()},
@@ -508,7 +515,7 @@ def expand_layer(layer_type, options, where, path, state) -> list[LayerNode]:
     key = join_key(path, layer_type)
     refuse_arguments_outside_blocks(options, key, state)
     if not state.in_block:  # `filters: make_divisible(24 * 1.4, 8)`, `filters: $in_channels * 2`
-        options, _ = substitute(options, {}, None, where, None)
+        options, _ = substitute(options, {}, None, where, None, key)
     merged = with_defaults(options, state.defaults.get(layer_type))
     waiting = deferred_in(merged)
     check(merged, layer_type, key, skip=lambda error_path: any(
@@ -573,7 +580,7 @@ def check_blocks(blocks: LocatedDict) -> None:
     for block, definition in blocks.items():
         declared = definition.get("args") or {}
         substitute(definition["layers"], {name: (None, None) for name in declared},
-                   block, definition.where_of("layers"))
+                   block, definition.where_of("layers"), path=f"blocks.{block}.layers")
 
 
 def parse_spec(text: str, file: str | None = None) -> Spec:
