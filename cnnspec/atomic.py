@@ -14,10 +14,12 @@ import json
 import os
 import secrets
 import shutil
+import stat
 import time
 from pathlib import Path
 
 from cnnspec.errors import DiskFullError, OutputError, raise_if_terminated, termination_deferred
+from cnnspec.regular_files import file_kind
 
 # A write that fails while the disk has less than this free is reported as a full disk:
 # torch.save and numpy.save do not always pass the ENOSPC errno on.
@@ -99,11 +101,22 @@ def cannot_write(destination, error: OSError) -> OutputError:
 
 def check_destination(destination: str | os.PathLike) -> Path:
     """`destination` as a Path, or OutputError when no file can be written there: it is
-    a folder, a parent is a file, or the nearest existing folder is not writable. Lets a
-    command refuse before its work rather than after."""
+    a folder, a device, a FIFO or a socket (the write would replace it with a file: as
+    root, /dev/null itself), a parent is a file, or the nearest existing folder is not
+    writable. Lets a command refuse before its work rather than after."""
     destination = Path(destination)
     if destination.is_dir():
         raise OutputError(f"{destination}: is a folder; give a file name")
+    try:
+        mode = os.stat(destination).st_mode  # through a symlink: /dev/stdout is one
+    except OSError:
+        mode = None  # nothing there (or a broken link): a new file
+    if mode is not None and not stat.S_ISREG(mode):
+        raise OutputError(f"{destination}: is {file_kind(mode)}, not a file; give a file name")
+    system = in_system_folder(destination)
+    if system:  # /dev/stdout is a link there: the write would replace the link itself
+        raise OutputError(f"{destination}: is in {system}, the system's, not a folder for files; give "
+                          f"another path")
     existing = destination.parent
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
@@ -113,6 +126,18 @@ def check_destination(destination: str | os.PathLike) -> Path:
         reason = "read-only file system" if _read_only(existing) else "permission denied"
         raise OutputError(f"{destination}: cannot write it ({reason} in {existing})")
     return destination
+
+
+SYSTEM_FOLDERS = ("/dev", "/proc", "/sys")  # devices and kernel files: an atomic write replaces them
+FILE_FOLDERS = ("/dev/shm",)                  # but /dev/shm holds ordinary files
+
+
+def in_system_folder(destination: Path) -> str | None:
+    """The system folder `destination` would be written in (its folder resolved), or None."""
+    folder = destination.parent.resolve()
+    if any(folder.is_relative_to(top) for top in FILE_FOLDERS):
+        return None
+    return next((top for top in SYSTEM_FOLDERS if folder.is_relative_to(top)), None)
 
 
 def _read_only(folder: Path) -> bool:

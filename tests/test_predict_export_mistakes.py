@@ -92,10 +92,28 @@ def test_a_folder_that_cannot_be_written_is_named_not_reported_as_a_full_disk(tm
     assert list(destination.parent.iterdir()) == []
 
 
+def test_an_output_that_is_a_fifo_a_device_or_in_dev_is_refused_and_left_as_it_was(model_files, tmp_path, capsys):
+    """An atomic write renames a new file over the destination: over a FIFO, a device (as
+    root, /dev/null itself) or the /dev/stdout link, that would replace it."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    to_null = tmp_path / "null-link"
+    to_null.symlink_to("/dev/null")
+    for output, words in [(fifo, "is a named pipe (FIFO), not a file"), (to_null, "is a character device, not a file"),
+                          (Path("/dev/stdout"), "is in /dev, the system's"),
+                          (Path("/dev/new.csv"), "is in /dev, the system's")]:
+        error = one_line_error(capsys, ["predict", str(model_files["checkpoint"]), str(model_files["photos"]),
+                                        "--output", str(output)], 1)
+        assert words in error, error
+    assert fifo.is_fifo() and to_null.is_symlink() and not Path("/dev/new.csv").exists()
+    assert atomic.in_system_folder(Path("/dev/shm/predictions.csv")) is None  # ordinary files live there
+
+
 @pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
 def test_writing_into_proc_is_not_called_a_full_disk():
-    with pytest.raises(OutputError, match=r"^/proc/predictions.csv: cannot write it \(no such file"):
+    with pytest.raises(OutputError, match=r"^/proc/predictions.csv: is in /proc, the system's") as caught:
         atomic.write_text("/proc/predictions.csv", "a,b\n")
+    assert "full" not in str(caught.value)
 
 
 def test_export_refuses_to_overwrite_its_own_checkpoint_and_other_wrong_outputs(model_files, tmp_path, capsys):
