@@ -313,6 +313,32 @@ def test_weights_with_names_that_are_not_text_or_a_pickle_that_runs_code_are_one
     assert "arbitrary code execution" not in message
 
 
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("tamper", ["expanded", "one_storage_many_names"])
+def test_tensors_that_claim_more_than_the_file_holds_are_refused_by_every_reader(tmp_path, tamper):
+    """A 4 KB file whose extra tensor is zeros(1) expanded to 1,000,000 x 1,000,000 (stride
+    0), or one tensor stored once and named 5,000 times: the digest and the NaN check would
+    allocate 4 TB or run for minutes on them."""
+    from cnnspec.models.weights import read_state_dict
+    from cnnspec.training.loop import read_resume_state
+
+    checkpoint = torch.load(tiny_checkpoint(tmp_path / "model.pt"), weights_only=True)
+    checkpoint.pop(DIGEST_KEY)  # older checkpoints have none, so a file may leave it out
+    if tamper == "expanded":
+        checkpoint["state_dict"]["ghost"] = torch.zeros(1).expand(1_000_000, 1_000_000)
+    else:
+        shared = torch.zeros(256, 1024)
+        checkpoint["state_dict"].update({f"copy_{index}": shared for index in range(5_000)})
+    hostile = tmp_path / "hostile.pt"
+    torch.save(checkpoint, hostile)
+    with pytest.raises(TrainingError, match=r"hostile.pt: not a loadable cnnspec checkpoint \(its tensors claim "
+                                            r"more than the file's [\d,]+ bytes"):
+        read_checkpoint(hostile)
+    with pytest.raises(ValueError, match="its tensors claim more than the file's"):
+        read_state_dict(hostile)
+    assert read_resume_state(hostile, "any") is None and not hostile.exists()  # set aside as damaged
+
+
 def test_the_checkpoint_knows_the_resize_policies_images_are_read_with():
     from cnnspec.data.images import RESIZE_POLICIES
     from cnnspec.models import checkpoint

@@ -162,6 +162,34 @@ def zip_directory_bytes(file, size: int) -> int | None:
     return directory_bytes
 
 
+MAX_LOADED_VALUES = 1_000_000  # dicts, lists and tensors in one torch file: a resume state holds a few thousand
+
+
+def claimed_bytes_problem(loaded, path) -> str | None:
+    """Why what torch.load gave cannot be what the file at `path` holds, or None. Every
+    tensor's elements are counted, once per place it appears: a tensor of stride 0
+    (expand) or one storage named under many keys claims far more than the file stores,
+    and the first reader to touch every element (the digest, the NaN check) would
+    allocate or compute on all of it."""
+    budget = os.path.getsize(path) + ZIP_SLACK_BYTES
+    claimed, seen, stack = 0, 0, [loaded]
+    while stack:
+        value = stack.pop()
+        seen += 1
+        if seen > MAX_LOADED_VALUES:
+            return f"it holds more than {MAX_LOADED_VALUES:,} values"
+        if isinstance(value, torch.Tensor):
+            claimed += value.numel() * value.element_size()
+            if claimed > budget:
+                return (f"its tensors claim more than the file's {budget - ZIP_SLACK_BYTES:,} bytes (data "
+                        f"repeated or shared under many names)")
+        elif isinstance(value, dict):
+            stack.extend(value.values())
+        elif isinstance(value, (list, tuple)):
+            stack.extend(value)
+    return None
+
+
 def refusal_words(error: Exception) -> str:
     """torch.load's error in one short line. Its refusal of a pickle that wants to run
     code advises loading with weights_only=False, which would run that code: never
@@ -251,6 +279,9 @@ def read_checkpoint(path) -> dict:
                                 f"{RETRAIN_HINT}") from None
         raise TrainingError(f"{path}: not a loadable cnnspec checkpoint "
                             f"(refused by torch.load(weights_only=True): {said[:160]})") from None
+    claimed = claimed_bytes_problem(checkpoint, path)
+    if claimed:
+        raise TrainingError(f"{path}: not a loadable cnnspec checkpoint ({claimed})")
     found = checkpoint.get("format") if isinstance(checkpoint, dict) else None
     if isinstance(found, str) and found.startswith("cnnspec-checkpoint/") and found != FORMAT:
         raise TrainingError(f"{path}: a cnnspec checkpoint of format {found!r}, which this version "

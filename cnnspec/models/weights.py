@@ -239,12 +239,15 @@ def read_state_dict(path) -> dict:
     torch.load must not be given (checkpoint.torch_file_problem)."""
     import torch
 
-    from cnnspec.models.checkpoint import torch_file_problem
+    from cnnspec.models.checkpoint import claimed_bytes_problem, torch_file_problem
 
     problem = torch_file_problem(path)
     if problem:
         raise ValueError(problem)
     state = torch.load(path, map_location="cpu", weights_only=True)
+    problem = claimed_bytes_problem(state, path)
+    if problem:
+        raise ValueError(problem)
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
