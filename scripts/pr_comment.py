@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -25,7 +26,8 @@ if __package__ in (None, ""):  # `python scripts/pr_comment.py` from the reposit
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cnnspec.atomic import write_text
-from cnnspec.errors import CnnspecError, exit_on_user_error
+from cnnspec.errors import CnnspecError, exit_on_user_error, on_one_line
+from cnnspec.regular_files import MAX_JSON_BYTES, read_json
 
 MARKER = "<!-- cnnspec-pr-comment -->"  # lets a workflow find its earlier comment
 HEADLINE = "metrics/eval.json"
@@ -53,7 +55,10 @@ def run_dvc(arguments: list[str], cwd) -> str:
 
 def dvc_json(arguments: list[str], cwd) -> dict:
     text = run_dvc(arguments, cwd).strip()
-    return json.loads(text) if text else {}
+    try:
+        return json.loads(text) if text else {}
+    except (ValueError, RecursionError):
+        raise DvcDiffError(f"`dvc {' '.join(arguments)}` did not print readable JSON") from None
 
 
 def table_rows(markdown: str) -> list[str]:
@@ -68,12 +73,24 @@ def diff_section(title: str, markdown: str) -> str:
     return f"### {title}\n\n{markdown.strip()}\n"
 
 
+PLAIN = re.compile(r"[\w.,:/+= -]*")  # names and values shown as they are; anything else as code
+MAX_CELL = 120
+
+
 def cell(value) -> str:
+    """A table cell. A metric or a param comes from the pull request's own files: text that
+    is not plain is shown as code, on one line and shortened, so no value can add lines,
+    headings, links, images, HTML or @-mentions to the comment."""
     if value is None:
         return "-"
     if isinstance(value, float):
         return f"{value:.4g}"
-    return str(value).replace("|", "\\|")
+    text = on_one_line(str(value))
+    text = text if len(text) <= MAX_CELL else text[:MAX_CELL - 1] + "…"
+    if PLAIN.fullmatch(text):
+        return text
+    fence = "`" * (max((len(run) for run in re.findall("`+", text)), default=0) + 1)
+    return f"{fence} {text} {fence}".replace("|", "\\|")
 
 
 def markdown_table(header: list[str], rows: list[list]) -> str:
@@ -105,15 +122,18 @@ def params_table(diff: dict, base: str, head: str) -> str:
 
 
 def head_headline(head: str | None, cwd) -> dict:
-    """The head's metrics/eval.json, {} when it has none."""
+    """The head's metrics/eval.json, {} when it has none or it cannot be read (bounded:
+    a pull request's own file)."""
     try:
         if head is None:
-            text = (Path(cwd) / HEADLINE).read_text(encoding="utf-8")
+            data = read_json(Path(cwd) / HEADLINE)
         else:
             text = subprocess.run(["git", "show", f"{head}:{HEADLINE}"], cwd=cwd, capture_output=True,
                                   text=True, check=True).stdout
-        data = json.loads(text)
-    except (OSError, ValueError, subprocess.CalledProcessError):
+            if len(text) > MAX_JSON_BYTES:
+                return {}
+            data = json.loads(text)
+    except (OSError, ValueError, RecursionError, subprocess.CalledProcessError):
         return {}
     return data if isinstance(data, dict) else {}
 

@@ -89,6 +89,24 @@ def test_an_empty_table_has_no_rows():
     assert pr_comment.diff_section("Metrics", empty) == "### Metrics\n\nno changes\n"
 
 
+def test_a_pull_requests_own_values_cannot_add_lines_links_or_html_to_the_comment(tmp_path):
+    """A metric or a param is the pull request author's text: it stays inside its cell."""
+    hostile = "x\n\n## Hijacked\n<img src=https://example.invalid/a.png>\n[click](https://example.invalid) @octocat"
+    metrics = {"metrics/eval.json": {"loss": {"old": 1.0, "new": hostile, "diff": None},
+                                     "a|b": {"old": 0.5, "new": 0.75, "diff": 0.25}}}
+    table = pr_comment.metrics_table(metrics, "main", "pr")
+    lines = table.splitlines()
+    assert len(lines) == 4  # header, rule, two rows: nothing added a line
+    row = next(line for line in lines if line.startswith("| loss"))
+    assert "` x\\n\\n## Hijacked\\n<img src=https://example.invalid/a.png>\\n[click](https://example.invalid) " \
+           "@octocat `" in row  # one code span: no heading, image, link or mention renders
+    assert "| ` a\\|b ` | 0.5 | 0.75 | 0.25 |" in lines
+    assert pr_comment.cell("train.batch_size") == "train.batch_size"  # plain names stay plain
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics" / "eval.json").write_text("[" * 100_000)
+    assert pr_comment.head_headline(None, tmp_path) == {}  # nested too deep: no headline, no traceback
+
+
 REALISTIC_DVC_YAML = """\
 stages:
   resolve:
