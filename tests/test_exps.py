@@ -88,6 +88,20 @@ def test_the_workspace_is_a_row_when_its_results_are_not_its_commits():
     assert not render(show, width=120).splitlines()[1].startswith("workspace")
 
 
+def test_hostile_metrics_and_params_print_on_their_line_and_sort_last():
+    """An experiment's files are anyone's text: a 400-digit accuracy, a param holding
+    terminal escapes and a line break."""
+    show = own_data_runs(2)
+    huge = show[1]["experiments"][0]["revs"][0]["data"]
+    huge["metrics"]["metrics/eval.json"]["data"]["accuracy"] = 10 ** 400
+    huge["params"]["params.yaml"]["data"]["train"]["note"] = "x\x1b[2J\x1b]0;t\x07\nfake row"
+    table = render(show, width=400)
+    assert "\x1b" not in table and "\x07" not in table
+    lines = table.splitlines()
+    assert len(lines) == 4 and lines[-1].lstrip().startswith("exp-00")  # sorted last, no extra line
+    assert "train.note=x\\x1b[2J\\x1b]0;t\\x07\\nfake row" in lines[-1]
+
+
 def test_no_experiments_says_how_to_run_one():
     assert "dvc exp run" in render([], width=80)
 

@@ -21,7 +21,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from cnnspec.errors import CnnspecError
+from cnnspec.errors import CnnspecError, on_one_line
 
 HEADLINE = "metrics/eval.json"
 PARAMS_FILE = "params.yaml"
@@ -119,7 +119,13 @@ def _state(experiment: dict, rev: dict) -> str | None:
 
 
 def _number(value) -> float:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else float("-inf")
+    """A metric to sort by; anything else (text, a 400-digit integer) sorts last."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return float("-inf")
+    try:
+        return float(value)
+    except OverflowError:
+        return float("-inf")
 
 
 def _cell(value) -> str:
@@ -129,15 +135,15 @@ def _cell(value) -> str:
         return "true" if value else "false"
     if isinstance(value, float):
         return f"{value:.4f}"
-    return str(value)
+    return on_one_line(str(value))  # an experiment's files are text anyone could have written
 
 
 def _value(value) -> str:
     if value is None:
         return "null"
     if isinstance(value, (list, dict)):
-        return json.dumps(value, separators=(",", ":"))
-    return _cell(value) if isinstance(value, bool) else str(value)
+        return on_one_line(json.dumps(value, separators=(",", ":")))
+    return _cell(value) if isinstance(value, bool) else on_one_line(str(value))
 
 
 def clip(text: str, width: int) -> str:
@@ -153,10 +159,10 @@ def render(show: list, width: int = 120) -> str:
     lines = [clip("  ".join(head), width)]
     fixed = NAME_WIDTH + sum(size + 2 for _, size in METRICS) + 2
     for row in table:
-        name = ("  " * row["depth"]) + row["name"]
+        name = ("  " * row["depth"]) + on_one_line(row["name"])
         cells = [clip(name, NAME_WIDTH).ljust(NAME_WIDTH)]
         cells += [clip(_cell(row["metrics"].get(metric)), size).rjust(size) for metric, size in METRICS]
-        changed = " ".join(f"{key}={_value(value)}" for key, value in sorted(row["changed"].items()))
+        changed = " ".join(f"{on_one_line(key)}={_value(value)}" for key, value in sorted(row["changed"].items()))
         if row.get("state"):
             changed = f"({row['state']}) " + changed
         cells.append(clip(changed, max(10, width - fixed)))
