@@ -213,6 +213,15 @@ def test_the_table_format_has_a_header_and_aligned_columns(tmp_path, capsys):
     assert header.index("class") == broken.index("error:")
 
 
+def test_a_top_k_above_the_class_count_ranks_every_class_and_says_so(tmp_path, capsys):
+    checkpoint = random_checkpoint(tmp_path, SPEC, (1, 28, 28))
+    Image.fromarray(np.full((28, 28), 200, np.uint8)).save(tmp_path / "a.png")
+    assert cli(["predict", str(checkpoint), str(tmp_path / "a.png"), "--top-k", "11"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == "note: --top-k 11: the model has 10 classes, so each row ranks all 10\n"
+    assert captured.out.splitlines()[0].endswith("class_10,probability_10,error")
+
+
 def test_paths_that_match_nothing_are_one_line_errors(tmp_path, capsys):
     checkpoint = random_checkpoint(tmp_path, SPEC, (1, 28, 28))
     for pattern in [str(tmp_path / "missing.png"), str(tmp_path / "*.jpg"), str(tmp_path / "empty")]:

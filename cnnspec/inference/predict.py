@@ -633,6 +633,9 @@ def run_command(args) -> int:
         if isinstance(model, InferenceModel):
             model = in_fast_layout(model)
     top_k = min(args.top_k, len(model.classes))  # no empty class_N columns
+    if top_k < args.top_k:
+        print(f"note: --top-k {args.top_k}: the model has {top_k} classes, so each row ranks all {top_k}",
+              file=sys.stderr)
     predictions = predict_files(model, paths, top_k, args.batch_size, args.tta,
                                 progress=sys.stderr.isatty() and len(paths) > args.batch_size)
     text = {"csv": lambda: as_csv(predictions, top_k), "json": lambda: as_json(predictions),

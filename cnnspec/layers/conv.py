@@ -74,8 +74,8 @@ def shape_conv(node, in_shape, ctx):
     if node.options["padding"] == "same" and not symmetric(pads):
         ctx.warn(node, f"{node.name}: padding same with stride {fmt(stride)} on {fmt(in_shape)} pads "
                        f"{pads[0]}/{pads[1]} rows and {pads[2]}/{pads[3]} columns before/after (TensorFlow's "
-                       f"convention); a PyTorch model pads both sides alike: write padding: symmetric "
-                       f"when porting one", "padding")
+                       f"convention, as a Keras port needs); a PyTorch model pads both sides alike: write "
+                       f"padding: symmetric when porting one", "padding")
     per_output = in_shape[0] // groups * kernel[0] * kernel[1]
     bias = filters if node.options["bias"] else 0
     return Inferred(out, trainable=filters * per_output + bias,
