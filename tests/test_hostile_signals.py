@@ -161,9 +161,9 @@ def test_sigterm_during_cnnspec_export_leaves_no_partial_export(tmp_path):
         "    return original(module, target, *args, **kwargs)\n"
         "torch.jit.save = save\n")
     result = subprocess.run([sys.executable, "-m", "cnnspec.cli", "export", str(tmp_path / "model.pt"),
-                             "--format", "torchscript", "--output", str(tmp_path / "out.ts.pt"),
-                             "--check-images", str(tmp_path)],  # no prepared data there: generated images
-                            cwd=ROOT, env={**ENV, "PYTHONPATH": f"{hook}:{ROOT}"}, capture_output=True,
+                             "--format", "torchscript", "--output", str(tmp_path / "out.ts.pt")],
+                            cwd=tmp_path,  # no data/prepared there: the check runs on generated images
+                            env={**ENV, "PYTHONPATH": f"{hook}:{ROOT}"}, capture_output=True,
                             text=True, timeout=300)
     assert result.returncode == 143, result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("terminated (SIGTERM)")
