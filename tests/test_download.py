@@ -2,6 +2,7 @@
 extraction, md5 settings, file:// mirrors, and the download stage as a command."""
 from __future__ import annotations
 
+import bz2
 import contextlib
 import gzip
 import hashlib
@@ -624,6 +625,34 @@ def test_a_downloaded_archive_with_a_sparse_member_is_discarded(tmp_path):
         assert result.returncode == 1 and "Traceback" not in result.stderr
         assert "a sparse file" in lines[-1] and "removed" in lines[-1], result.stderr
         assert not (tmp_path / "data" / "raw" / "cifar-10-python.tar.gz").exists()
+
+
+def test_a_tar_bomb_is_refused_at_its_first_header_not_after_decompressing_it(tmp_path):
+    # concatenated bz2 streams of zeros: 1 GiB of the declared 9 GiB in under 5 kB (1 TiB
+    # fits in 1.4 MB); every member was decompressed before the sizes were added up
+    member = tarfile.TarInfo("cifar-10-batches-py/data_batch_1")
+    member.size = 9 << 30
+    zeros = bz2.compress(b"\0" * (16 << 20))
+    archive = tmp_path / "bomb.tar.bz2"
+    archive.write_bytes(bz2.compress(member.tobuf(tarfile.GNU_FORMAT)) + zeros * 64)
+    assert archive.stat().st_size < 5_000
+    started = time.monotonic()
+    with pytest.raises(DataError, match=r"refusing to extract 9,663,676,416 bytes \(more than 8,589,934,592\)"):
+        safe_extract(archive, tmp_path / "out" / "extracted")
+    assert time.monotonic() - started < 1.0
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_the_running_total_is_refused_at_the_member_that_crosses_the_bound(tmp_path, monkeypatch):
+    monkeypatch.setattr("cnnspec.data.download.MAX_EXTRACTED_BYTES", 1_000_000)
+    path = tmp_path / "three.tar.gz"
+    with tarfile.open(path, "w:gz") as archive:
+        for index in range(3):
+            member = _member(f"data/{index}.bin")
+            member.size = 600_000
+            archive.addfile(member, io.BytesIO(b"\0" * member.size))
+    with pytest.raises(DataError, match=r"refusing to extract 1,200,000 bytes \(more than 1,000,000\)"):
+        safe_extract(path, tmp_path / "out" / "extracted")
 
 
 # ---------------------------------------------------------------------------------------

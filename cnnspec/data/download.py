@@ -338,14 +338,17 @@ def safe_extract(tar_path, folder) -> Path:
     try:
         with tarfile.open(tar_path, "r:*", tarinfo=_BoundedTarInfo) as archive, \
                 atomic_folder(folder) as temporary:
-            members = []
+            members, total, free = [], 0, _free_space(folder.parent)
             for member in archive:  # one at a time: a million-member archive stops at the cap
                 if len(members) == MAX_MEMBERS:
                     raise DataError(f"{tar_path}: refusing an archive of more than {MAX_MEMBERS:,} members "
                                     "(the datasets' hold a few); is data.url the dataset's archive?")
                 _check_member(member, tar_path)
+                if member.isfile():
+                    # now, from the size in its header: reading the next header decompresses its data
+                    total += member.size
+                    _check_total_size(total, free, tar_path, folder)
                 members.append(member)
-            _check_total_size(members, tar_path, folder)
             archive.extractall(temporary, members=members, filter="data")
     except (DataError, DiskFullError):
         raise
@@ -393,14 +396,16 @@ def _check_member(member: tarfile.TarInfo, tar_path: Path) -> None:
         refuse("device or special file")
 
 
-def _check_total_size(members, tar_path: Path, folder: Path) -> None:
-    """Refuse an archive whose members add up to more than MAX_EXTRACTED_BYTES or than
-    the free disk space, before anything is written (a gzip of zeros is a tar bomb)."""
-    total = sum(member.size for member in members if member.isfile())
+def _free_space(folder: Path) -> int | None:
     try:
-        free = shutil.disk_usage(folder.parent).free
+        return shutil.disk_usage(folder).free
     except OSError:
-        free = None
+        return None
+
+
+def _check_total_size(total: int, free: int | None, tar_path: Path, folder: Path) -> None:
+    """Refuse an archive whose members so far add up to more than MAX_EXTRACTED_BYTES or
+    than the free disk space, before anything is written (a gzip of zeros is a tar bomb)."""
     if total > MAX_EXTRACTED_BYTES:
         raise DataError(f"{tar_path}: refusing to extract {total:,} bytes (more than "
                         f"{MAX_EXTRACTED_BYTES:,}); is data.url the dataset's archive?")
