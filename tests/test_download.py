@@ -2,6 +2,7 @@
 extraction, md5 settings, file:// mirrors, and the download stage as a command."""
 from __future__ import annotations
 
+import bz2
 import contextlib
 import gzip
 import hashlib
@@ -533,6 +534,125 @@ def test_a_member_name_with_a_line_break_is_quoted_on_one_line(tmp_path):
     message = str(caught.value)
     assert "\n" not in message
     assert "refusing member 'evil\\nerror: all good': a symbolic link (to 'x\\ny')" in message
+
+
+# A dataset archive holds plain files: every GNU sparse format is refused before
+# tarfile reads its map.
+
+def _block(name: str, size: int, kind: bytes) -> bytes:
+    header = tarfile.TarInfo(name)
+    header.size, header.type = size, kind
+    return header._create_header(header.get_info(), tarfile.GNU_FORMAT, "utf-8", "surrogateescape")
+
+
+def _padded(body: bytes) -> bytes:
+    return body + b"\0" * (-len(body) % 512)
+
+
+def _pax_records(records: dict[str, str]) -> bytes:
+    text = b""
+    for keyword, value in records.items():
+        record = f" {keyword}={value}\n".encode()
+        length = len(record) + 1
+        while len(str(length)) + len(record) != length:
+            length = len(str(length)) + len(record)
+        text += str(length).encode() + record
+    return text
+
+
+def _sparse_archive(path: Path, records: dict[str, str], body: bytes = b"x") -> Path:
+    """A gzip'd tar of one member under a PAX header holding GNU.sparse `records`."""
+    pax = _pax_records(records)
+    with gzip.open(path, "wb") as archive:
+        archive.write(_block("././@PaxHeader", len(pax), tarfile.XHDTYPE) + _padded(pax))
+        archive.write(_block("GNUSparseFile.0/data_batch_1", len(body), tarfile.REGTYPE))
+        archive.write(_padded(body) + b"\0" * 1024)
+    return path
+
+
+def _old_gnu_sparse_archive(path: Path) -> Path:
+    with gzip.open(path, "wb") as archive:
+        archive.write(_block("cifar-10-batches-py/data_batch_1", 512, tarfile.GNUTYPE_SPARSE))
+        archive.write(b"\0" * 512 * 3)
+    return path
+
+
+SPARSE_1_0 = {"GNU.sparse.major": "1", "GNU.sparse.minor": "0",
+              "GNU.sparse.name": "cifar-10-batches-py/data_batch_1", "GNU.sparse.realsize": "10"}
+SPARSE_ARCHIVES = {
+    "1.0-short-map": lambda path: _sparse_archive(path, SPARSE_1_0, b"2\n1\n"),
+    # tarfile collects the map into a list: 4 million numbers cost seconds and hundreds of MB
+    "1.0-huge-map": lambda path: _sparse_archive(path, SPARSE_1_0, b"2000000\n" + b"0\n" * 4_000_000),
+    "0.0-not-a-number": lambda path: _sparse_archive(path, {"GNU.sparse.size": "abc"}),
+    "0.1": lambda path: _sparse_archive(path, {"GNU.sparse.map": "0,1", "GNU.sparse.size": "1"}),
+    "name-only": lambda path: _sparse_archive(path, {"GNU.sparse.realsize": "abc"}),
+    "old-gnu": _old_gnu_sparse_archive,
+}
+
+
+@pytest.mark.parametrize("make", SPARSE_ARCHIVES.values(), ids=SPARSE_ARCHIVES.keys())
+def test_a_sparse_member_is_refused_before_its_map_is_read(tmp_path, make):
+    archive = make(tmp_path / "sparse.tar.gz")
+    assert archive.stat().st_size < 50_000
+    started = time.monotonic()
+    with pytest.raises(DataError) as caught:
+        safe_extract(archive, tmp_path / "out" / "extracted")
+    assert time.monotonic() - started < 1.0
+    message = str(caught.value)
+    assert message.startswith(f"{archive}: refusing member '") and "\n" not in message
+    assert message.endswith("': a sparse file; a dataset archive holds plain files and folders only")
+    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
+
+
+def test_a_header_tarfile_cannot_parse_is_one_line_not_a_traceback(tmp_path):
+    # a NUL in a PAX path made the extraction raise ValueError: embedded null byte
+    path = tmp_path / "nul.tar"
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as archive:
+        member = _member("data/ok.txt")
+        member.size, member.pax_headers = 2, {"path": "data/a\0b.txt"}
+        archive.addfile(member, io.BytesIO(b"ok"))
+    with pytest.raises(DataError, match=r"not a readable tar archive: embedded null byte$"):
+        safe_extract(path, tmp_path / "out" / "extracted")
+    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
+
+
+def test_a_downloaded_archive_with_a_sparse_member_is_discarded(tmp_path):
+    mirror = _sparse_archive(tmp_path / "cifar-10-python.tar.gz", SPARSE_1_0, b"2\n1\n")
+    _write_params(tmp_path, url=mirror.as_uri(), md5="skip")
+    for _ in range(2):  # the next run fetches the archive again rather than keep a bad one
+        result = _run_stage(tmp_path)
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 1 and "Traceback" not in result.stderr
+        assert "a sparse file" in lines[-1] and "removed" in lines[-1], result.stderr
+        assert not (tmp_path / "data" / "raw" / "cifar-10-python.tar.gz").exists()
+
+
+def test_a_tar_bomb_is_refused_at_its_first_header_not_after_decompressing_it(tmp_path):
+    # concatenated bz2 streams of zeros: 1 GiB of the declared 9 GiB in under 5 kB (1 TiB
+    # fits in 1.4 MB); every member was decompressed before the sizes were added up
+    member = tarfile.TarInfo("cifar-10-batches-py/data_batch_1")
+    member.size = 9 << 30
+    zeros = bz2.compress(b"\0" * (16 << 20))
+    archive = tmp_path / "bomb.tar.bz2"
+    archive.write_bytes(bz2.compress(member.tobuf(tarfile.GNU_FORMAT)) + zeros * 64)
+    assert archive.stat().st_size < 5_000
+    started = time.monotonic()
+    with pytest.raises(DataError, match=r"refusing to extract 9,663,676,416 bytes \(more than 8,589,934,592\)"):
+        safe_extract(archive, tmp_path / "out" / "extracted")
+    assert time.monotonic() - started < 1.0
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_the_running_total_is_refused_at_the_member_that_crosses_the_bound(tmp_path, monkeypatch):
+    monkeypatch.setattr("cnnspec.data.download.MAX_EXTRACTED_BYTES", 1_000_000)
+    path = tmp_path / "three.tar.gz"
+    with tarfile.open(path, "w:gz") as archive:
+        for index in range(3):
+            member = _member(f"data/{index}.bin")
+            member.size = 600_000
+            archive.addfile(member, io.BytesIO(b"\0" * member.size))
+    with pytest.raises(DataError, match=r"refusing to extract 1,200,000 bytes \(more than 1,000,000\)"):
+        safe_extract(path, tmp_path / "out" / "extracted")
 
 
 # ---------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 its splits. Each is named in one line and nothing blocks."""
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
@@ -241,6 +242,40 @@ def test_a_large_jpeg_is_decoded_reduced(tmp_path, monkeypatch):
     assert array.shape == (3, 32, 32) and decoded and max(decoded[0]) <= 256
 
 
+def progressive_jpeg(repeat_last_scan: int = 0, comment: bytes = b"", trailer: bytes = b"") -> bytes:
+    """A 64x64 progressive JPEG (6 scans) whose last scan, with the Huffman table before
+    it, is repeated `repeat_last_scan` more times; `comment` goes into a COM segment and
+    `trailer` after the end of the image (where phones put a motion photo's video)."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.arange(64 * 64, dtype=np.uint8).reshape(64, 64)).save(buffer, "JPEG", progressive=True)
+    data = buffer.getvalue()
+    last_scan = data.rindex(b"\xff\xc4", 0, data.rindex(b"\xff\xda"))
+    com = b"\xff\xfe" + (len(comment) + 2).to_bytes(2, "big") + comment if comment else b""
+    return data[:2] + com + data[2:-2] + data[last_scan:-2] * repeat_last_scan + b"\xff\xd9" + trailer
+
+
+@pytest.mark.parametrize("trailer", [b"", b"\0" * (2 << 20)], ids=["small", "over-1-MiB"])
+def test_a_jpeg_of_endless_scans_is_refused_before_decoding(tmp_path, trailer):
+    # each scan decodes the whole image again: 20,000 of them in a 2.1 MB 7000x7000 file took 72 s
+    path = tmp_path / "scans.jpg"
+    path.write_bytes(progressive_jpeg(repeat_last_scan=95, trailer=trailer))  # 101 scans
+    for source, name in ((path, str(path)), (path.read_bytes(), "<bytes>")):
+        with pytest.raises(ImageReadError) as caught:
+            read_image(source, 1, (28, 28))
+        assert str(caught.value) == (f"{name}: refused, a JPEG of more than 100 scans (real ones have about 10; "
+                                     "each one decodes the whole image again)")
+    path.write_bytes(progressive_jpeg(repeat_last_scan=94, trailer=trailer))  # 100: read
+    assert read_image(path, 1).shape == (1, 64, 64)
+
+
+def test_scan_markers_outside_the_image_data_are_not_counted(tmp_path):
+    # FF DA in a comment, or in a motion photo's video after the end of the image, is no scan
+    path = tmp_path / "motion.jpg"
+    path.write_bytes(progressive_jpeg(comment=b"\xff\xda" * 200, trailer=b"\xff\xda\0\x08" * 300_000))
+    plain = read_image(progressive_jpeg(), 1)
+    assert path.stat().st_size > 1 << 20 and (read_image(path, 1) == plain).all()
+
+
 def test_a_fifo_and_a_symlink_loop_among_images_are_named_and_never_block(tmp_path, fashion):
     root = tmp_path / "images"
     write_image_folder(root, fashion[0], fashion[1], ".png")
@@ -286,6 +321,36 @@ def test_a_newline_inside_a_quoted_csv_field_is_named_on_one_line(tmp_path, colu
     with pytest.raises(DataError) as refused:
         user_datasets.scan_csv(manifest, {"path_column": "path", "label_column": "label", "split_column": "split"})
     assert str(refused.value) == f"{manifest}:3: {expected}"
+
+
+def test_a_csv_line_without_an_end_is_refused_before_it_is_read_whole(tmp_path):
+    # csv's field limit fired only once the whole line was in memory: a 2 GB sparse file
+    # without a line break cost 4.2 GB and 9.5 s, an 8 GB one ran out of memory
+    import tracemalloc
+
+    manifest = tmp_path / "labels.csv"
+    manifest.write_text("path,label\n")
+    with open(manifest, "r+b") as file:
+        file.truncate(64 << 20)  # then 64 MiB of NUL bytes, sparse
+    tracemalloc.start()
+    try:
+        with pytest.raises(DataError) as refused:
+            user_datasets.scan_csv(manifest, {"path_column": "path", "label_column": "label"})
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert str(refused.value) == (f"{manifest}:2: a line longer than 1,048,576 characters; "
+                                  "is data.source the CSV manifest?")
+    assert peak < 16 << 20, f"{peak / 2**20:.0f} MiB"
+
+
+def test_a_csv_with_a_bom_crlf_and_a_quoted_line_break_keeps_its_line_numbers(tmp_path):
+    manifest = tmp_path / "labels.csv"
+    manifest.write_bytes('\ufeffpath,label,note\r\na.png,bag,"two\r\nlines"\r\nb.png,bag,plain\r\n'
+                         './a.png,boot,x\r\n'.encode())
+    with pytest.raises(DataError) as refused:
+        user_datasets.scan_csv(manifest, {"path_column": "path", "label_column": "label"})
+    assert str(refused.value) == f"{manifest}:5: ./a.png: duplicate path, first listed on line 2"
 
 
 def test_a_csv_row_naming_a_fifo_is_named(tmp_path, fashion):

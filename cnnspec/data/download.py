@@ -30,7 +30,7 @@ from pathlib import Path, PurePosixPath
 
 from cnnspec.atomic import atomic_folder, disk_is_full, sweep_stale_siblings, temporary_sibling
 from cnnspec.data.datasets import EXTRACTED, DatasetInfo, get_dataset
-from cnnspec.errors import DataError, DiskFullError, raise_if_terminated
+from cnnspec.errors import DataError, DiskFullError, first_line, raise_if_terminated
 from cnnspec.paths import RAW
 from cnnspec.regular_files import not_a_regular_file
 
@@ -285,9 +285,13 @@ class HeaderTooLarge(Exception):
     or more than MAX_HEADERS_IN_A_ROW of them before one member."""
 
 
+class SparseMember(Exception):
+    """A GNU sparse member (old GNU type 'S' or a PAX GNU.sparse header): the member's name."""
+
+
 class _BoundedTarInfo(tarfile.TarInfo):
     """tarfile's member header, refusing an extended header too large to read into memory
-    (tarfile reads its body before safe_extract sees the member)."""
+    and sparse members (tarfile reads both before safe_extract sees the member)."""
 
     def _proc_member(self, archive):
         extended = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE,
@@ -303,6 +307,27 @@ class _BoundedTarInfo(tarfile.TarInfo):
         archive.cnnspec_headers_in_a_row = in_a_row
         return super()._proc_member(archive)
 
+    # A dataset archive holds plain files. tarfile reads a sparse member's map into memory
+    # while it reads the header, trusting its numbers (a 117 KB map took 3 GB and 86 s, a
+    # short one ended in a ValueError), so each GNU sparse format is refused before that.
+    def _proc_sparse(self, archive):  # old GNU, type 'S'
+        raise SparseMember(self.name)
+
+    def _proc_gnusparse_00(self, member, pax_headers, buf):
+        raise SparseMember(pax_headers.get("GNU.sparse.name", member.name))
+
+    def _proc_gnusparse_01(self, member, pax_headers):
+        raise SparseMember(pax_headers.get("GNU.sparse.name", member.name))
+
+    def _proc_gnusparse_10(self, member, pax_headers, archive):
+        raise SparseMember(pax_headers.get("GNU.sparse.name", member.name))
+
+    def _apply_pax_info(self, pax_headers, encoding, errors):
+        # GNU.sparse.name or .realsize without the records above: still a sparse member
+        if any(keyword.startswith("GNU.sparse.") for keyword in pax_headers):
+            raise SparseMember(pax_headers.get("GNU.sparse.name", self.name))
+        super()._apply_pax_info(pax_headers, encoding, errors)
+
 
 def safe_extract(tar_path, folder) -> Path:
     """Unpack the tar archive `tar_path` into `folder` (replacing it), refusing any
@@ -313,26 +338,41 @@ def safe_extract(tar_path, folder) -> Path:
     try:
         with tarfile.open(tar_path, "r:*", tarinfo=_BoundedTarInfo) as archive, \
                 atomic_folder(folder) as temporary:
-            members = []
+            members, total, free = [], 0, _free_space(folder.parent)
             for member in archive:  # one at a time: a million-member archive stops at the cap
                 if len(members) == MAX_MEMBERS:
                     raise DataError(f"{tar_path}: refusing an archive of more than {MAX_MEMBERS:,} members "
                                     "(the datasets' hold a few); is data.url the dataset's archive?")
                 _check_member(member, tar_path)
+                if member.isfile():
+                    # now, from the size in its header: reading the next header decompresses its data
+                    total += member.size
+                    _check_total_size(total, free, tar_path, folder)
                 members.append(member)
-            _check_total_size(members, tar_path, folder)
             archive.extractall(temporary, members=members, filter="data")
+    except (DataError, DiskFullError):
+        raise
     except HeaderTooLarge as error:
         raise DataError(f"{tar_path}: refusing {error}; is data.url the dataset's archive?") from None
+    except SparseMember as error:
+        raise DataError(f"{tar_path}: refusing member {error.args[0]!r}: a sparse file; "
+                        "a dataset archive holds plain files and folders only") from None
     except tarfile.FilterError as error:  # anything our own check missed
         member = getattr(error, "tarinfo", None)
         name = repr(member.name) if member is not None else "'?'"
         raise DataError(f"{tar_path}: refusing member {name}: {one_line(error)}") from None
-    except (tarfile.TarError, EOFError, OSError) as error:
-        if isinstance(error, OSError) and disk_is_full(error, folder.parent):
+    except OSError as error:
+        if disk_is_full(error, folder.parent):
             raise DiskFullError(folder) from None  # the archive is fine: keep it
-        raise DataError(f"{tar_path}: not a readable tar archive: {one_line(error)}") from None
+        raise _unreadable(tar_path, error) from None
+    except Exception as error:  # noqa: BLE001 - tarfile trusts the numbers in a header: a damaged
+        # or hostile one makes it raise ValueError, UnicodeError, zlib.error, LZMAError and more
+        raise _unreadable(tar_path, error) from None
     return folder
+
+
+def _unreadable(tar_path: Path, error: BaseException) -> DataError:
+    return DataError(f"{tar_path}: not a readable tar archive: {one_line(first_line(error))}")
 
 
 def _check_member(member: tarfile.TarInfo, tar_path: Path) -> None:
@@ -356,14 +396,16 @@ def _check_member(member: tarfile.TarInfo, tar_path: Path) -> None:
         refuse("device or special file")
 
 
-def _check_total_size(members, tar_path: Path, folder: Path) -> None:
-    """Refuse an archive whose members add up to more than MAX_EXTRACTED_BYTES or than
-    the free disk space, before anything is written (a gzip of zeros is a tar bomb)."""
-    total = sum(member.size for member in members if member.isfile())
+def _free_space(folder: Path) -> int | None:
     try:
-        free = shutil.disk_usage(folder.parent).free
+        return shutil.disk_usage(folder).free
     except OSError:
-        free = None
+        return None
+
+
+def _check_total_size(total: int, free: int | None, tar_path: Path, folder: Path) -> None:
+    """Refuse an archive whose members so far add up to more than MAX_EXTRACTED_BYTES or
+    than the free disk space, before anything is written (a gzip of zeros is a tar bomb)."""
     if total > MAX_EXTRACTED_BYTES:
         raise DataError(f"{tar_path}: refusing to extract {total:,} bytes (more than "
                         f"{MAX_EXTRACTED_BYTES:,}); is data.url the dataset's archive?")
