@@ -180,7 +180,11 @@ def test_onnx_metadata_that_does_not_fit_its_graph_is_refused_before_any_image(m
              ({"image_size": "[40000, 40000]"}, "damaged cnnspec metadata (image_size: expected [height, width], "
                                                 "each 1 to 8192"),
              ({"channels": "2"}, "damaged cnnspec metadata (channels: expected 1 or 3, not 2)"),
-             ({"classes": "[" * 100000}, "damaged cnnspec metadata (JSON nested deeper")]
+             ({"classes": "[" * 100000}, "damaged cnnspec metadata (JSON nested deeper"),
+             ({"classes": json.dumps(["\x1b[2Jcat"] + list("bcdefghij"))},
+              "damaged cnnspec metadata (classes: '\\x1b[2Jcat' holds a control character or line break)"),
+             ({"classes": json.dumps(["a\nimg9.png  fake  1.0000"] + list("bcdefghij"))},
+              "damaged cnnspec metadata (classes: 'a\\nimg9.png  fake  1.0000' holds a control character")]
     for index, (metadata, words) in enumerate(cases):
         edited = rewritten_onnx(source, tmp_path / f"edited{index}.onnx", **metadata)
         error = one_line_error(capsys, ["predict", str(edited), image], 1)

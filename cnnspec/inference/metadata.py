@@ -224,6 +224,9 @@ def _malformed(settings: dict) -> str | None:
     classes, size = settings["classes"], settings["image_size"]
     if not (isinstance(classes, list) and classes and all(isinstance(name, str) for name in classes)):
         return "classes: expected a list of class names"
+    unprintable = next((name for name in classes if not name.isprintable()), None)
+    if unprintable is not None:  # they are printed in predict's table and CSV
+        return f"classes: {unprintable[:60]!r} holds a control character or line break"
     if not (isinstance(size, list) and len(size) == 2
             and all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_IMAGE_SIZE for v in size)):
         return f"image_size: expected [height, width], each 1 to {MAX_IMAGE_SIZE}, not {json_text(size)}"
