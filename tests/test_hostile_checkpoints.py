@@ -179,6 +179,10 @@ def test_an_older_checkpoint_without_a_digest_still_loads(tmp_path):
     (lambda c: c.update(resize="bogus"), "resize is not one of stretch, center_crop"),
     (lambda c: c.update(channels=3), "channels 3 is not the channels of input_shape [1, 28, 28]"),
     (lambda c: c.update(mean=[float("nan")]), "mean is not one finite number per channel"),
+    # class names are printed by predict's table and CSV: escape sequences and line breaks fake rows
+    (lambda c: c.update(classes=["\x1b[2J\x1b[31mPWNED"] + [str(i) for i in range(9)]),
+     "class name '\\x1b[2J\\x1b[31mPWNED' holds a control character or line break"),
+    (lambda c: c.update(classes=["line\nimg9.png  fake  1.0000"] * 10), "holds a control character or line break"),
 ])
 def test_a_checkpoint_with_malformed_fields_is_one_line(tmp_path, change, words):
     path = tiny_checkpoint(tmp_path / "model.pt")

@@ -310,6 +310,8 @@ def test_a_nul_in_a_csv_path_is_one_line(tmp_path, fashion):
     ("path", "0\n0", "path holds the control character U+000A ('0\\n0'); a file name cannot"),  # with an empty label
     ("label", "bag\nboot", "label holds the control character U+000A ('bag\\nboot'); a class name cannot"),
     ("split", "train\nval", "split 'train\\nval' must be train, val or test"),
+    # a C1 control (CSI), which a terminal reads as the start of an escape sequence
+    ("label", "bag\x9b2J", "label holds the control character U+009B ('bag\\x9b2J'); a class name cannot"),
 ])
 def test_a_newline_inside_a_quoted_csv_field_is_named_on_one_line(tmp_path, column, value, expected):
     # Found by `make fuzz`: a quoted path holding a newline, with no label, made a two-line error
@@ -351,6 +353,20 @@ def test_a_csv_with_a_bom_crlf_and_a_quoted_line_break_keeps_its_line_numbers(tm
     with pytest.raises(DataError) as refused:
         user_datasets.scan_csv(manifest, {"path_column": "path", "label_column": "label"})
     assert str(refused.value) == f"{manifest}:5: ./a.png: duplicate path, first listed on line 2"
+
+
+@pytest.mark.parametrize("name", ["bag\x1b[2J", "bag\nboot", "bag\x9b"])
+def test_a_class_folder_whose_name_does_not_print_is_one_line(tmp_path, fashion, name):
+    root = tmp_path / "pictures"
+    write_image_folder(root, fashion[0][:6], fashion[1][:6], ".png")
+    odd = root / name
+    odd.mkdir()
+    Image.fromarray(fashion[0][0]).save(odd / "0.png")
+    with pytest.raises(DataError) as refused:
+        user_datasets.scan_folder(root)
+    message = str(refused.value)
+    assert message.startswith(f"{root}/{repr(name)[1:-1]}: the class folder's name holds the control character U+")
+    assert message.isprintable()
 
 
 def test_a_csv_row_naming_a_fifo_is_named(tmp_path, fashion):

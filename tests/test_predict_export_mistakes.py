@@ -198,7 +198,11 @@ def test_onnx_metadata_that_does_not_fit_its_graph_is_refused_before_any_image(m
              ({"image_size": "[40000, 40000]"}, "damaged cnnspec metadata (image_size: expected [height, width], "
                                                 "each 1 to 8192"),
              ({"channels": "2"}, "damaged cnnspec metadata (channels: expected 1 or 3, not 2)"),
-             ({"classes": "[" * 100000}, "damaged cnnspec metadata (JSON nested deeper")]
+             ({"classes": "[" * 100000}, "damaged cnnspec metadata (JSON nested deeper"),
+             ({"classes": json.dumps(["\x1b[2Jcat"] + list("bcdefghij"))},
+              "damaged cnnspec metadata (classes: '\\x1b[2Jcat' holds a control character or line break)"),
+             ({"classes": json.dumps(["a\nimg9.png  fake  1.0000"] + list("bcdefghij"))},
+              "damaged cnnspec metadata (classes: 'a\\nimg9.png  fake  1.0000' holds a control character")]
     for index, (metadata, words) in enumerate(cases):
         edited = rewritten_onnx(source, tmp_path / f"edited{index}.onnx", **metadata)
         error = one_line_error(capsys, ["predict", str(edited), image], 1)
@@ -270,6 +274,158 @@ def test_an_onnx_model_runs_on_the_cpu_only(model_files, capsys):
     error = one_line_error(capsys, ["predict", str(model_files["onnx"]), str(model_files["photos"]),
                                     "--device", "cuda"], 2)
     assert "--device cuda: an ONNX model runs on the CPU" in error
+
+
+# --- ONNX graphs that loop, size tensors from data or return another shape ----------------
+
+def graph_after_probabilities(source: Path, destination: Path, nodes, initializers=(), functions=()) -> Path:
+    """`source` with `nodes` appended after its softmax: they read `softmax` (the real
+    probabilities) and the input `images`, and must write `probabilities`."""
+    import onnx
+
+    model = onnx.load(str(source))
+    for node in model.graph.node:
+        node.output[:] = ["softmax" if name == "probabilities" else name for name in node.output]
+    model.graph.node.extend(nodes)
+    model.graph.initializer.extend(initializers)
+    model.functions.extend(functions)
+    destination.write_bytes(model.SerializeToString())
+    return destination
+
+
+def hostile_nodes(kind: str):
+    """Nodes (and initializers) that add a term of 0 computed by `kind` to the probabilities."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    def constant(name, values, dtype=np.int64):
+        return numpy_helper.from_array(np.array(values, dtype), name)
+
+    zero = [constant("zero", 0.0, np.float32)]
+    summed = [helper.make_node("ReduceSum", ["images"], ["total"], keepdims=0)]
+    add_zero_times = [helper.make_node("ReduceSum", ["big"], ["big_total"], keepdims=0),
+                      helper.make_node("Mul", ["big_total", "zero"], ["nothing"]),
+                      helper.make_node("Add", ["softmax", "nothing"], ["probabilities"])]
+    if kind == "Loop":  # 10**15 iterations of x + 1
+        body = helper.make_graph(
+            [helper.make_node("Add", ["x_in", "one"], ["x_out"]), helper.make_node("Identity", ["go_in"], ["go_out"])],
+            "body", [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+                     helper.make_tensor_value_info("go_in", TensorProto.BOOL, []),
+                     helper.make_tensor_value_info("x_in", TensorProto.FLOAT, [])],
+            [helper.make_tensor_value_info("go_out", TensorProto.BOOL, []),
+             helper.make_tensor_value_info("x_out", TensorProto.FLOAT, [])],
+            [constant("one", 1.0, np.float32)])
+        nodes = [helper.make_node("Loop", ["trips", "go", "total"], ["big"], body=body)]
+        return summed + nodes + add_zero_times, zero + [constant("trips", 10**15), constant("go", True, bool)]
+    if kind in ("Expand", "Tile"):  # 30000 x 30000 floats from one image
+        return summed + [helper.make_node("Reshape", ["total", "one_by_one"], ["cell"]),
+                         helper.make_node(kind, ["cell", "size"], ["big"])] + add_zero_times, \
+            zero + [constant("one_by_one", [1, 1]), constant("size", [30000, 30000])]
+    if kind == "Range":
+        return [helper.make_node("Range", ["start", "total", "step"], ["big"])] + summed + add_zero_times, \
+            zero + [constant("start", 0.0, np.float32), constant("step", 1e-9, np.float32)]
+    if kind == "ConstantOfShape":  # folded when the session is made: 160 GB
+        return [helper.make_node("ConstantOfShape", ["size"], ["big"])] + add_zero_times, \
+            zero + [constant("size", [200000, 200000])]
+    if kind == "custom operator set":
+        return [helper.make_node("Unknown", ["softmax"], ["probabilities"], domain="example.hostile")], []
+    raise ValueError(kind)
+
+
+@pytest.mark.parametrize("kind", ["Loop", "Expand", "Tile", "Range", "ConstantOfShape", "custom operator set"])
+def test_a_graph_that_loops_or_sizes_tensors_from_values_is_refused_before_onnxruntime(
+        model_files, tmp_path, capsys, monkeypatch, kind):
+    def must_not_run(model):
+        raise AssertionError("onnxruntime was given a graph that loops or sizes tensors from values")
+
+    monkeypatch.setattr(predict_module, "_session", must_not_run)
+    nodes, initializers = hostile_nodes(kind)
+    hostile = graph_after_probabilities(model_files["onnx"], tmp_path / "hostile.onnx", nodes, initializers)
+    error = one_line_error(capsys, ["predict", str(hostile), str(model_files["photos"] / "0.png")], 1)
+    named = "ConstantOfShape" if kind == "ConstantOfShape" else "example.hostile" if kind.startswith("custom") \
+        else f"node of type {kind}"
+    assert f"{hostile}: the graph holds " in error and named in error and "cnnspec export never writes" in error
+
+
+def test_a_graph_with_a_local_function_is_refused(model_files, tmp_path, capsys):
+    from onnx import helper
+
+    function = helper.make_function("example.hostile", "Twice", ["x"], ["y"],
+                                    [helper.make_node("Identity", ["x"], ["y"])], [helper.make_opsetid("", 17)])
+    node = helper.make_node("Twice", ["softmax"], ["probabilities"], domain="example.hostile")
+    hostile = graph_after_probabilities(model_files["onnx"], tmp_path / "function.onnx", [node], functions=[function])
+    error = one_line_error(capsys, ["predict", str(hostile), str(model_files["photos"] / "0.png")], 1)
+    assert f"{hostile}: the graph holds a local function ('Twice')" in error
+
+
+@pytest.mark.parametrize("spec_name", ["resnet50v2_transfer", "shufflenet_v2_x1_0", "mobilenet_v3_small",
+                                       "convnext_tiny", "speedrun94"])
+def test_cnnspecs_own_exports_of_shipped_specs_pass_the_operator_check(spec_name):
+    """The specs whose exports hold the most kinds of operators: resnet50v2_transfer's
+    pad layers write ConstantOfShape and Pad and its resize Resize, shufflenet's channel
+    shuffle Reshape from Shape; the others LayerNormalization, HardSwish, MatMul."""
+    import onnx
+
+    from cnnspec.inference.metadata import refused_operator
+    from cnnspec.inference.onnx_graph import onnx_bytes
+
+    spec_file = Path(__file__).parent.parent / "specs" / f"{spec_name}.yaml"
+    spec = cnnspec.parse_spec(spec_file.read_text(), str(spec_file))
+    network = cnnspec.build_model(spec, (3, 32, 32), 10, load_weights=False).eval()
+    model = predict_module.InferenceModel(network, [0.5] * 3, [0.25] * 3, list("abcdefghij"), 3, (32, 32),
+                                          "stretch", {"mean": [0.5] * 3, "std": [0.25] * 3}).eval()
+    for opset in (13, 17, 20):
+        assert refused_operator(onnx.load_from_string(onnx_bytes(model, torch.rand(2, 3, 32, 32), opset))) is None
+
+
+def test_a_graph_that_returns_another_shape_than_n_by_classes_is_one_line(model_files, tmp_path, capsys):
+    from onnx import helper
+
+    averaged = helper.make_node("ReduceMean", ["softmax"], ["probabilities"], axes=[0], keepdims=1)
+    edited = graph_after_probabilities(model_files["onnx"], tmp_path / "mean.onnx", [averaged])
+    output = tmp_path / "predictions.csv"
+    error = one_line_error(capsys, ["predict", str(edited), str(model_files["photos"]), "--output", str(output)], 1)
+    assert f"{edited}: the graph returned probabilities of shape [1, 10] for 3 images, not [3, 10]" in error
+    assert not output.exists()
+
+
+def test_onnxruntimes_failures_are_one_line_and_its_log_prints_nothing(model_files, tmp_path, capfd):
+    from onnx import helper, numpy_helper
+
+    # 3 images x 10 classes do not reshape to 4 rows: onnxruntime fails while it runs
+    unused = numpy_helper.from_array(np.zeros(1, np.float32), "unused")  # onnxruntime warns it removes it
+    rows = numpy_helper.from_array(np.array([4, -1], np.int64), "rows")
+    reshape = helper.make_node("Reshape", ["softmax", "rows"], ["probabilities"])
+    failing = graph_after_probabilities(model_files["onnx"], tmp_path / "failing.onnx", [reshape], [unused, rows])
+    with pytest.raises(SystemExit) as caught:
+        cli(["predict", str(failing), str(model_files["photos"])])
+    error = capfd.readouterr().err  # onnxruntime logs to the file descriptor, past sys.stderr
+    assert caught.value.code == 1 and error.count("\n") == 1 and "\x1b" not in error, error
+    assert error.startswith(f"error: {failing}: onnxruntime failed on 3 images (") and "Reshape" in error
+
+    warned = graph_after_probabilities(model_files["onnx"], tmp_path / "warned.onnx",
+                                       [helper.make_node("Identity", ["softmax"], ["probabilities"])], [unused])
+    assert cli(["predict", str(warned), str(model_files["photos"]), "--format", "json"]) == 0
+    assert capfd.readouterr().err == ""
+
+
+def test_an_onnx_run_past_its_time_limit_is_stopped_with_one_line(model_files, tmp_path, monkeypatch):
+    """A Loop of 10**15 iterations (refused when the file is read, so given to a session
+    here directly) is stopped by the time limit of each batch."""
+    import time
+
+    from cnnspec.inference.metadata import ExportError
+
+    nodes, initializers = hostile_nodes("Loop")
+    looping = graph_after_probabilities(model_files["onnx"], tmp_path / "loop.onnx", nodes, initializers)
+    monkeypatch.setattr(predict_module, "RUN_SECONDS_FLOOR", 1)
+    monkeypatch.setattr(predict_module, "RUN_SECONDS_PER_MILLION_INPUT_VALUES", 0)
+    model = predict_module.OnnxModel.__new__(predict_module.OnnxModel)
+    model.session, model.name = predict_module._session(looping.read_bytes()), str(looping)
+    model.classes = list("abcdefghij")
+    started = time.monotonic()
+    with pytest.raises(ExportError, match=r"loop.onnx: onnxruntime ran for more than 1 s on 2 images and was stopped"):
+        model.probabilities(torch.rand(2, 1, 28, 28))
+    assert time.monotonic() - started < 10
 
 
 # --- the images named --------------------------------------------------------------------

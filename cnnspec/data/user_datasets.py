@@ -190,6 +190,7 @@ def scan_folder(source) -> Listing:
         if len(class_folders) == 1 and not split:
             _refuse_a_folder_one_level_too_high(class_folders[0])
         for class_folder in class_folders:
+            _refuse_a_class_name_that_does_not_print(class_folder)
             if class_folder.is_symlink() and not _inside(class_folder, roots):
                 raise _escape_error(str(class_folder), "a symlinked class folder")
             images, others = _images_under(class_folder, roots, class_folder)
@@ -203,6 +204,16 @@ def scan_folder(source) -> Listing:
         print(f"{root}: ignored {ignored} files outside the class folders or not images "
               f"({' '.join(IMAGE_SUFFIXES)})")
     return listing
+
+
+def _refuse_a_class_name_that_does_not_print(class_folder: Path) -> None:
+    """A class folder named with a control character or line break: the name would be
+    printed raw by predict's table and CSV."""
+    control = next((c for c in class_folder.name if not c.isprintable()), None)
+    if control is not None:
+        shown = str(class_folder.parent / repr(class_folder.name)[1:-1])
+        raise DataError(f"{shown}: the class folder's name holds the control character U+{ord(control):04X}; "
+                        "a class name cannot, rename the folder")
 
 
 def _refuse_a_folder_one_level_too_high(only_class: Path) -> None:
@@ -270,7 +281,8 @@ def scan_csv(source, columns: dict) -> Listing:
                 if not text:
                     raise DataError(f"{where}: empty {path_column}")
                 for column, value, kind in ((path_column, text, "a file name"), (label_column, label, "a class name")):
-                    control = next((c for c in value if ord(c) < 32 or ord(c) == 127), None)
+                    control = next((c for c in value if ord(c) < 32 or ord(c) == 127
+                                    or (kind == "a class name" and not c.isprintable())), None)
                     if control is not None:  # before any message quotes the value: one line each
                         raise DataError(f"{where}: {column} holds the control character "
                                         f"U+{ord(control):04X} ({value!r}); {kind} cannot")

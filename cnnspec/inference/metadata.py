@@ -94,6 +94,10 @@ def read_onnx(path) -> tuple[bytes, object]:
     if outside is not None:
         raise ExportError(f"{path}: tensor {outside[:80]!r} keeps its data in another file; cnnspec export "
                           f"writes every weight into the .onnx file and reads no other")
+    refused = refused_operator(model)
+    if refused is not None:
+        raise ExportError(f"{path}: the graph holds {refused}; cnnspec export never writes one, and it could run "
+                          f"for ever or fill the memory on one image")
     return data, model
 
 
@@ -124,6 +128,61 @@ def external_tensor(model) -> str | None:
 
 def sparse_parts(sparse_tensors) -> list:
     return [part for sparse in sparse_tensors for part in (sparse.values, sparse.indices)]
+
+
+# Operators that loop or branch, and operators that size their output from values
+# computed at run time: cnnspec's exports of the shipped specs hold none of them
+# (tests/test_predict_export_mistakes.py exports a representative set and checks).
+LOOPING_OPERATORS = {"Loop", "Scan", "If", "SequenceMap"}
+SIZING_OPERATORS = {"Expand", "Tile", "Range", "OneHot", "MaxUnpool", "Col2Im", "CenterCropPad", "Upsample"}
+# The pad layer's export builds its padding with ConstantOfShape of a constant shape of
+# one value per padded dimension; a larger constant shape is no export of ours.
+MAX_CONSTANT_OF_SHAPE_ELEMENTS = 64
+
+
+def refused_operator(model) -> str | None:
+    """The first node onnxruntime must not be given, in words ("a node of type Loop, ..."), or None:
+    one that loops, branches or carries a subgraph; one that sizes a tensor from values
+    (Expand, Tile, Range, ...); a ConstantOfShape whose shape is not a small constant;
+    an operator outside the standard set; or any model-local function."""
+    if len(model.functions):
+        return f"a local function ({model.functions[0].name[:40]!r})"
+    constants = constant_tensors(model.graph)
+    for node in model.graph.node:
+        op = node.op_type[:40]
+        if node.domain not in ("", "ai.onnx"):
+            return f"a node of type {op} from the operator set {node.domain[:40]!r}, not a standard ONNX operator"
+        if node.op_type in LOOPING_OPERATORS or any(a.HasField("g") or len(a.graphs) for a in node.attribute):
+            return f"a node of type {op}, which loops or branches"
+        if node.op_type in SIZING_OPERATORS:
+            return f"a node of type {op}, which sizes a tensor from values computed at run time"
+        if node.op_type == "ConstantOfShape" and not small_constant_shape(constants.get(node.input[0])):
+            return (f"a ConstantOfShape node whose shape is not a constant of at most "
+                    f"{MAX_CONSTANT_OF_SHAPE_ELEMENTS} elements")
+    return None
+
+
+def constant_tensors(graph) -> dict:
+    """The graph's initializers and Constant nodes' tensors, by the name they go by."""
+    found = {tensor.name: tensor for tensor in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant" and node.output:
+            value = next((a.t for a in node.attribute if a.name == "value"), None)
+            if value is not None:
+                found[node.output[0]] = value
+    return found
+
+
+def small_constant_shape(tensor) -> bool:
+    """Whether `tensor` is a 1-D int64 shape of a few sizes whose product is small."""
+    import math
+
+    from onnx import TensorProto, numpy_helper
+
+    if tensor is None or tensor.data_type != TensorProto.INT64 or len(tensor.dims) != 1 or tensor.dims[0] > 8:
+        return False
+    sizes = [int(v) for v in numpy_helper.to_array(tensor)]
+    return all(v >= 0 for v in sizes) and math.prod(sizes) <= MAX_CONSTANT_OF_SHAPE_ELEMENTS
 
 
 def onnx_settings(path, model) -> dict:
@@ -165,6 +224,9 @@ def _malformed(settings: dict) -> str | None:
     classes, size = settings["classes"], settings["image_size"]
     if not (isinstance(classes, list) and classes and all(isinstance(name, str) for name in classes)):
         return "classes: expected a list of class names"
+    unprintable = next((name for name in classes if not name.isprintable()), None)
+    if unprintable is not None:  # they are printed in predict's table and CSV
+        return f"classes: {unprintable[:60]!r} holds a control character or line break"
     if not (isinstance(size, list) and len(size) == 2
             and all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_IMAGE_SIZE for v in size)):
         return f"image_size: expected [height, width], each 1 to {MAX_IMAGE_SIZE}, not {json_text(size)}"

@@ -18,6 +18,7 @@ import fnmatch
 import glob
 import os
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -91,6 +92,7 @@ class OnnxModel:
         except Exception as error:  # noqa: BLE001 - onnxruntime's own error types for a bad graph
             first = first_line(error)
             raise ExportError(f"{path}: onnxruntime cannot run this model ({first[:160]})") from None
+        self.name = str(path)
         self.classes, self.channels = settings["classes"], settings["channels"]
         self.image_size, self.resize = tuple(settings["image_size"]), settings["resize"]
         self._check_graph(path)
@@ -129,7 +131,7 @@ class OnnxModel:
             first = first_line(error)
             raise ExportError(f"the in-memory ONNX export failed: {first}") from None
         self = cls.__new__(cls)
-        self.session = _session(data)
+        self.session, self.name = _session(data), "the in-memory ONNX export"
         self.classes, self.channels = list(model.classes), model.channels
         self.image_size, self.resize = tuple(model.image_size), model.resize
         with torch.inference_mode():
@@ -141,8 +143,55 @@ class OnnxModel:
         return self
 
     def probabilities(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(N, classes) probabilities of a (N, C, H, W) batch. onnxruntime's errors, a run
+        past run_seconds_limit and an output of another shape are one-line ExportErrors."""
         batch = pixels.float() / 255 if pixels.dtype == torch.uint8 else pixels.float()
-        return torch.from_numpy(self.session.run(["probabilities"], {"images": batch.numpy()})[0])
+        output = self._run_bounded(batch.numpy())
+        expected = (len(batch), len(self.classes))
+        if not (isinstance(output, np.ndarray) and output.shape == expected and output.dtype == np.float32):
+            shown = list(output.shape) if isinstance(output, np.ndarray) else type(output).__name__
+            raise ExportError(f"{self.name}: the graph returned probabilities of shape {shown} for "
+                              f"{len(batch)} images, not {list(expected)}; not a graph cnnspec export wrote")
+        return torch.from_numpy(output)
+
+    def _run_bounded(self, batch: np.ndarray):
+        """The session's output for `batch`, run in a thread that is told to stop after
+        run_seconds_limit or on Ctrl-C: while onnxruntime runs, Python cannot be interrupted."""
+        options = _import_onnxruntime().RunOptions()
+        options.log_severity_level = QUIET
+        outcome = {}
+
+        def run():
+            try:
+                outcome["output"] = self.session.run(["probabilities"], {"images": batch}, options)[0]
+            except Exception as error:  # noqa: BLE001 - onnxruntime's own error types
+                outcome["error"] = error
+
+        worker = threading.Thread(target=run, daemon=True)  # daemon: a run that ignores terminate
+        worker.start()
+        limit = run_seconds_limit(batch)
+        try:
+            worker.join(limit)
+        finally:  # also on Ctrl-C
+            if worker.is_alive():
+                options.terminate = True
+        if worker.is_alive():
+            raise ExportError(f"{self.name}: onnxruntime ran for more than {limit:.0f} s on {len(batch)} images "
+                              f"and was stopped; the graph is no export of a cnnspec spec, or far too slow here")
+        if "error" in outcome:
+            said = first_line(outcome["error"]).removeprefix("[ONNXRuntimeError] : ")
+            raise ExportError(f"{self.name}: onnxruntime failed on {len(batch)} images ({said[:200]})")
+        return outcome["output"]
+
+
+# A bound on one batch's run, far above what the shipped specs need on a slow CPU
+# (vgg16 takes about 1 s an image of 3x224x224, 150,000 input values).
+RUN_SECONDS_FLOOR = 60
+RUN_SECONDS_PER_MILLION_INPUT_VALUES = 200
+
+
+def run_seconds_limit(batch: np.ndarray) -> float:
+    return RUN_SECONDS_FLOOR + RUN_SECONDS_PER_MILLION_INPUT_VALUES * batch.size / 1e6
 
 
 def _import_onnxruntime():
@@ -161,13 +210,43 @@ def _import_onnxruntime():
     return onnxruntime
 
 
+QUIET = 4  # onnxruntime logs only fatal errors: its warnings print coloured lines of their own
+
+
 def _session(model):
     """An onnxruntime CPU session of `model` (a path or the bytes of an ONNX model) with
-    torch's intra-op thread count, so both engines use the same cores."""
+    torch's intra-op thread count, so both engines use the same cores, and its memory
+    drawn from an arena of at most half the machine's memory (bounded_cpu_arena)."""
     onnxruntime = _import_onnxruntime()
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads, options.inter_op_num_threads = torch.get_num_threads(), 1
+    options.log_severity_level = QUIET
+    if bounded_cpu_arena(onnxruntime):
+        options.add_session_config_entry("session.use_env_allocators", "1")
     return onnxruntime.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+
+_arena_registered = False
+
+
+def bounded_cpu_arena(onnxruntime) -> bool:
+    """Whether onnxruntime's shared CPU arena, which this process registers once, caps
+    what a run allocates at half the machine's memory: then a graph that asks for more
+    fails with onnxruntime's error instead of exhausting the machine."""
+    global _arena_registered
+    if not _arena_registered:
+        memory = onnxruntime.OrtMemoryInfo("Cpu", onnxruntime.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0,
+                                           onnxruntime.OrtMemType.DEFAULT)
+        try:
+            onnxruntime.create_and_register_allocator(memory, onnxruntime.OrtArenaCfg(max_run_bytes(), -1, -1, -1))
+        except Exception:  # noqa: BLE001 - an older onnxruntime, or one registered already
+            return False
+        _arena_registered = True
+    return True
+
+
+def max_run_bytes() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
 
 
 class OnnxUnavailable(ExportError):

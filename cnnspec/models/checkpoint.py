@@ -318,6 +318,9 @@ def malformed(checkpoint: dict) -> str | None:
     classes = checkpoint.get("classes")
     if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
         return "classes is not a list of class names"
+    unprintable = next((name for name in classes if not name.isprintable()), None)
+    if unprintable is not None:  # they are printed in predict's table and CSV
+        return f"class name {unprintable[:60]!r} holds a control character or line break"
     count = checkpoint.get("num_classes")
     if not isinstance(count, int) or isinstance(count, bool) or count != len(classes):
         return f"num_classes is not the number of classes ({len(classes)})"
