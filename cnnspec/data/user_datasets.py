@@ -209,6 +209,7 @@ def scan_folder(source) -> Listing:
 def _refuse_a_class_name_that_does_not_print(class_folder: Path) -> None:
     """A class folder named with a control character or line break: the name would be
     printed raw by predict's table and CSV."""
+    _refuse_a_name_not_in_utf8(class_folder)  # bytes that are not UTF-8 are their own mistake
     control = next((c for c in class_folder.name if not c.isprintable()), None)
     if control is not None:
         shown = str(class_folder.parent / repr(class_folder.name)[1:-1])
