@@ -57,9 +57,9 @@ def main() -> None:
 
 def trained_with(model_path) -> dict:
     """The params the checkpoint was trained with, for the warning's likely causes."""
-    import torch
+    from cnnspec.models.checkpoint import read_checkpoint
 
-    return torch.load(model_path, map_location="cpu", weights_only=True).get("params") or {}
+    return read_checkpoint(model_path).get("params") or {}
 
 
 if __name__ == "__main__":

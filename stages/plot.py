@@ -32,7 +32,7 @@ from cnnspec.data.datasets import load_prepared
 from cnnspec.errors import DataError, TrainingError, end_finished_script, exit_on_user_error
 from cnnspec.paths import EVAL_REPORT, EVALUATE_HINT, PARAMS, PLOTS, PREDICTIONS_CSV, PREPARED, TRAIN_CURVES, TRAIN_HINT
 from cnnspec.pipeline.params import load_stage_params
-from cnnspec.regular_files import read_json
+from cnnspec.regular_files import not_a_regular_file, read_json
 
 DPI = 100
 ANNOTATE_UP_TO = 30  # classes; beyond that the counts in the cells are too small to read
@@ -40,9 +40,20 @@ ANNOTATE_UP_TO = 30  # classes; beyond that the counts in the cells are too smal
 
 # --- reading ---------------------------------------------------------------
 
+MAX_TABLE_BYTES = 256 << 20  # predictions.csv of a million test images is about 60 MB
+
+
 def table_rows(path: Path, delimiter: str, error, hint: str) -> tuple[list[str], list[dict]]:
-    """(columns, rows) of a CSV or TSV file a stage wrote; bytes that are not UTF-8 or a
-    field past csv's limit (a file damaged or edited by hand) are `error`, naming it."""
+    """(columns, rows) of a CSV or TSV file a stage wrote; a FIFO or a device, a file past
+    MAX_TABLE_BYTES, bytes that are not UTF-8 or a field past csv's limit (a file damaged
+    or edited by hand) are `error`, naming it."""
+    kind = not_a_regular_file(path)
+    if kind == "missing":
+        raise error(f"{path}: missing; {hint}")
+    if kind:
+        raise error(f"{path}: is {kind}, not a regular file; {hint} again")
+    if path.stat().st_size > MAX_TABLE_BYTES:
+        raise error(f"{path}: larger than {MAX_TABLE_BYTES:,} bytes, not a file the stages write; {hint} again")
     try:
         with open(path, newline="", encoding="utf-8") as handle:
             reader = csv.DictReader(handle, delimiter=delimiter)
@@ -55,8 +66,6 @@ def table_rows(path: Path, delimiter: str, error, hint: str) -> tuple[list[str],
 
 def read_predictions(path: Path, classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """(actual, predicted) class indices from predictions.csv's class names."""
-    if not path.is_file():
-        raise DataError(f"{path}: missing; {EVALUATE_HINT}")
     index_of = {name: index for index, name in enumerate(classes)}
     actual, predicted = [], []
     for row in table_rows(path, ",", DataError, EVALUATE_HINT)[1]:
@@ -85,8 +94,6 @@ def short_name(path: str, limit: int = 22) -> str:
 
 def read_series(path: Path) -> tuple[list[float], list[float]]:
     """(steps, values) from one DVCLive TSV: columns timestamp, step, <metric name>."""
-    if not path.is_file():
-        raise TrainingError(f"{path}: missing; {TRAIN_HINT}")
     steps, values = [], []
     columns, rows = table_rows(path, "\t", TrainingError, TRAIN_HINT)
     column = path.stem if path.stem in columns else (columns or [""])[-1]

@@ -1,5 +1,6 @@
 """The plot stage: PNGs that open at sensible sizes and show what they claim."""
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -224,3 +225,14 @@ def test_a_prediction_row_cut_short_leaves_its_thumbnail_untitled(project):
     csv_path.write_text("\n".join(lines) + "\n")
     plot_stage.main()
     assert (project / "metrics" / "plots" / "misclassified.png").stat().st_size > 1000
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("file", ["metrics/train/plots/metrics/train/loss.tsv", "metrics/predictions.csv"])
+def test_a_log_or_table_that_is_a_fifo_is_named_and_never_blocks(project, capsys, file):
+    (project / file).unlink()
+    os.mkfifo(project / file)
+    with pytest.raises(SystemExit):
+        plot_stage.main()
+    error = capsys.readouterr().err
+    assert error.startswith(f"error: {file}: is a named pipe (FIFO), not a regular file; ") and error.count("\n") == 1
