@@ -38,6 +38,18 @@ def listed_names(names) -> str:
     return ", ".join(shown(str(name)) for name in names)
 
 
+CONTROL_CATEGORIES = ("Cc", "Zl", "Zp", "Cs")  # controls, line and paragraph breaks, lone surrogates
+
+
+def control_character(text: str) -> str | None:
+    """The first character of `text` that would move a terminal's cursor or break a line
+    (a control, a line or paragraph separator, a lone surrogate), or None. Spaces of every
+    kind, accents and emoji with joiners are text."""
+    import unicodedata
+
+    return next((char for char in text if unicodedata.category(char) in CONTROL_CATEGORIES), None)
+
+
 class CnnspecError(Exception):
     """Base class of every error caused by user input or the environment."""
 

@@ -355,6 +355,15 @@ def test_a_csv_with_a_bom_crlf_and_a_quoted_line_break_keeps_its_line_numbers(tm
     assert str(refused.value) == f"{manifest}:5: ./a.png: duplicate path, first listed on line 2"
 
 
+@pytest.mark.parametrize("name", ["sac à main", "a\u00a0b", "\U0001f469\u200d\U0001f4bb", "鞋"])
+def test_class_folder_names_with_any_spaces_accents_or_joined_emoji_are_text(tmp_path, fashion, name):
+    root = tmp_path / "pictures"
+    write_image_folder(root, fashion[0][:6], fashion[1][:6], ".png")
+    (root / name).mkdir()
+    Image.fromarray(fashion[0][0]).save(root / name / "0.png")
+    assert name in set(user_datasets.scan_folder(root).labels)
+
+
 @pytest.mark.parametrize("name", ["bag\x1b[2J", "bag\nboot", "bag\x9b"])
 def test_a_class_folder_whose_name_does_not_print_is_one_line(tmp_path, fashion, name):
     root = tmp_path / "pictures"

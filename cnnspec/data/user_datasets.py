@@ -44,7 +44,7 @@ from cnnspec.data.images import (
     is_image_file,
     open_image,
 )
-from cnnspec.errors import DataError, DiskFullError, listed_names
+from cnnspec.errors import DataError, DiskFullError, control_character, listed_names
 from cnnspec.regular_files import not_a_regular_file
 
 BATCH_IMAGES = 256          # images one worker decodes per task
@@ -210,7 +210,7 @@ def _refuse_a_class_name_that_does_not_print(class_folder: Path) -> None:
     """A class folder named with a control character or line break: the name would be
     printed raw by predict's table and CSV."""
     _refuse_a_name_not_in_utf8(class_folder)  # bytes that are not UTF-8 are their own mistake
-    control = next((c for c in class_folder.name if not c.isprintable()), None)
+    control = control_character(class_folder.name)
     if control is not None:
         shown = str(class_folder.parent / repr(class_folder.name)[1:-1])
         raise DataError(f"{shown}: the class folder's name holds the control character U+{ord(control):04X}; "
@@ -282,8 +282,8 @@ def scan_csv(source, columns: dict) -> Listing:
                 if not text:
                     raise DataError(f"{where}: empty {path_column}")
                 for column, value, kind in ((path_column, text, "a file name"), (label_column, label, "a class name")):
-                    control = next((c for c in value if ord(c) < 32 or ord(c) == 127
-                                    or (kind == "a class name" and not c.isprintable())), None)
+                    control = (control_character(value) if kind == "a class name"
+                               else next((c for c in value if ord(c) < 32 or ord(c) == 127), None))
                     if control is not None:  # before any message quotes the value: one line each
                         raise DataError(f"{where}: {column} holds the control character "
                                         f"U+{ord(control):04X} ({value!r}); {kind} cannot")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from cnnspec.errors import CnnspecError, first_line
+from cnnspec.errors import CnnspecError, control_character, first_line
 
 
 class ExportError(CnnspecError):
@@ -224,7 +224,7 @@ def _malformed(settings: dict) -> str | None:
     classes, size = settings["classes"], settings["image_size"]
     if not (isinstance(classes, list) and classes and all(isinstance(name, str) for name in classes)):
         return "classes: expected a list of class names"
-    unprintable = next((name for name in classes if not name.isprintable()), None)
+    unprintable = next((name for name in classes if control_character(name)), None)
     if unprintable is not None:  # they are printed in predict's table and CSV
         return f"classes: {unprintable[:60]!r} holds a control character or line break"
     if not (isinstance(size, list) and len(size) == 2

@@ -176,6 +176,7 @@ class OnnxModel:
             if worker.is_alive():
                 options.terminate = True
         if worker.is_alive():
+            worker.join(STOP_SECONDS)  # let onnxruntime see terminate: the next engine needs the cores
             raise ExportError(f"{self.name}: onnxruntime ran for more than {limit:.0f} s on {len(batch)} images "
                               f"and was stopped; the graph is no export of a cnnspec spec, or far too slow here")
         if "error" in outcome:
@@ -187,6 +188,7 @@ class OnnxModel:
 # A bound on one batch's run, far above what the shipped specs need on a slow CPU
 # (vgg16 takes about 1 s an image of 3x224x224, 150,000 input values).
 RUN_SECONDS_FLOOR = 60
+STOP_SECONDS = 5  # a run told to terminate stops between two of its nodes
 RUN_SECONDS_PER_MILLION_INPUT_VALUES = 200
 
 
@@ -215,38 +217,15 @@ QUIET = 4  # onnxruntime logs only fatal errors: its warnings print coloured lin
 
 def _session(model):
     """An onnxruntime CPU session of `model` (a path or the bytes of an ONNX model) with
-    torch's intra-op thread count, so both engines use the same cores, and its memory
-    drawn from an arena of at most half the machine's memory (bounded_cpu_arena)."""
+    torch's intra-op thread count, so both engines use the same cores. Its memory is not
+    capped: a process-wide arena would keep a run's peak for the rest of the process (a
+    notebook's), and the graphs that size tensors from values are refused before this
+    (metadata.refused_operator)."""
     onnxruntime = _import_onnxruntime()
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads, options.inter_op_num_threads = torch.get_num_threads(), 1
     options.log_severity_level = QUIET
-    if bounded_cpu_arena(onnxruntime):
-        options.add_session_config_entry("session.use_env_allocators", "1")
     return onnxruntime.InferenceSession(model, options, providers=["CPUExecutionProvider"])
-
-
-_arena_registered = False
-
-
-def bounded_cpu_arena(onnxruntime) -> bool:
-    """Whether onnxruntime's shared CPU arena, which this process registers once, caps
-    what a run allocates at half the machine's memory: then a graph that asks for more
-    fails with onnxruntime's error instead of exhausting the machine."""
-    global _arena_registered
-    if not _arena_registered:
-        memory = onnxruntime.OrtMemoryInfo("Cpu", onnxruntime.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0,
-                                           onnxruntime.OrtMemType.DEFAULT)
-        try:
-            onnxruntime.create_and_register_allocator(memory, onnxruntime.OrtArenaCfg(max_run_bytes(), -1, -1, -1))
-        except Exception:  # noqa: BLE001 - an older onnxruntime, or one registered already
-            return False
-        _arena_registered = True
-    return True
-
-
-def max_run_bytes() -> int:
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
 
 
 class OnnxUnavailable(ExportError):

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from cnnspec.atomic import save_torch
-from cnnspec.errors import CnnspecError, SpecError, TrainingError, first_line
+from cnnspec.errors import CnnspecError, SpecError, TrainingError, control_character, first_line
 from cnnspec.paths import MODEL
 from cnnspec.regular_files import not_a_regular_file
 from cnnspec.spec.plugins import PluginError
@@ -318,7 +318,7 @@ def malformed(checkpoint: dict) -> str | None:
     classes = checkpoint.get("classes")
     if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
         return "classes is not a list of class names"
-    unprintable = next((name for name in classes if not name.isprintable()), None)
+    unprintable = next((name for name in classes if control_character(name)), None)
     if unprintable is not None:  # they are printed in predict's table and CSV
         return f"class name {unprintable[:60]!r} holds a control character or line break"
     count = checkpoint.get("num_classes")
