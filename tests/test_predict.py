@@ -134,11 +134,15 @@ def test_python_api_takes_paths_pil_numpy_and_tensors_alike(trained, tmp_path):
     np.testing.assert_allclose(model(pixels).numpy()[0], expected, atol=1e-5)
     np.testing.assert_allclose(model(pixels.float() / 255).numpy()[0], expected, atol=1e-5)
     # a gray model's (N, H, W) uint8 array is a batch of N images, as Fashion-MNIST arrays come
-    for count in (3, 4, 5):
+    for count in (2, 5):
         batch = data["test_images"][:count, 0]
         rows = cnnspec.predict(model, batch)
         assert [row.classes[0] for row in rows] == [
             model.classes[p.argmax()] for p in evaluate_probabilities(checkpoint, batch[:, None])]
+    for count in (3, 4):  # as many as a colour image's channels: which is meant is asked
+        asked = rf"is {count} gray images or one colour image: pass \({count}, 1, 28, 28\)"
+        with pytest.raises(DataError, match=asked):
+            cnnspec.predict(model, data["test_images"][:count, 0])
     with pytest.raises(DataError, match=r"got shape \(5, 28, 28\); a batch is \(N, C, H, W\)"):
         cnnspec.predict(model, [data["test_images"][:5, 0]])  # one item of five channels
     # a larger image is resized with the checkpoint's policy, like preprocess would

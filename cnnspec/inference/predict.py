@@ -365,12 +365,18 @@ def to_pixels(item, model: InferenceModel, name: str = "input") -> torch.Tensor:
 def _expand(inputs, channels: int) -> list:
     """A single input or a sequence of them. A 4-D array or tensor is a batch of images;
     so is a 3-D one (N, H, W) for a model of `channels` 1, unless its last axis holds
-    1, 3 or 4 channels (one (H, W, C) image)."""
+    1, 3 or 4 channels (one (H, W, C) image). (3, H, W) and (4, H, W) could be either a
+    colour image or 3 or 4 gray ones: a DataError asks which."""
     if isinstance(inputs, (str, Path, bytes, bytearray)) or hasattr(inputs, "getpixel"):
         return [inputs]
     if isinstance(inputs, (np.ndarray, torch.Tensor)):
-        gray_batch = inputs.ndim == 3 and channels == 1 and inputs.shape[0] != 1 and inputs.shape[-1] not in (1, 3, 4)
-        return list(inputs) if inputs.ndim == 4 or gray_batch else [inputs]
+        shape = tuple(inputs.shape)
+        gray_batch = len(shape) == 3 and channels == 1 and shape[0] != 1 and shape[-1] not in (1, 3, 4)
+        if gray_batch and shape[0] in (3, 4):
+            raise DataError(f"input: a {shape} array for a 1-channel model is {shape[0]} gray images or one "
+                            f"colour image: pass ({shape[0]}, 1, {shape[1]}, {shape[2]}) for images, or "
+                            f"({shape[1]}, {shape[2]}, {shape[0]}) for one image")
+        return list(inputs) if len(shape) == 4 or gray_batch else [inputs]
     return list(inputs)
 
 
