@@ -87,7 +87,7 @@ def cell(value) -> str:
         return f"{value:.4g}"
     text = on_one_line(str(value))
     text = text if len(text) <= MAX_CELL else text[:MAX_CELL - 1] + "…"
-    if PLAIN.fullmatch(text):
+    if PLAIN.fullmatch(text) and "://" not in text and "www." not in text:  # GitHub links bare URLs
         return text
     fence = "`" * (max((len(run) for run in re.findall("`+", text)), default=0) + 1)
     return f"{fence} {text} {fence}".replace("|", "\\|")

@@ -338,6 +338,15 @@ def test_a_csv_row_with_more_fields_than_the_header_names_its_line(tmp_path, row
                                  "quote a value that holds a comma")
 
 
+def test_a_spreadsheets_trailing_comma_is_no_extra_field(tmp_path, fashion):
+    root = folder_of(tmp_path, fashion)
+    manifest = tmp_path / "list.csv"
+    manifest.write_text("path,label\n" + "".join(f"{p.relative_to(tmp_path)},{p.parent.name},\n"
+                                                  for p in sorted(root.glob("*/*.png"))))
+    meta, _, _ = prepare(tmp_path, data_params(tmp_path, dataset="csv", source=str(manifest)))
+    assert sum(meta["counts"].values()) == len(list(root.glob("*/*.png")))
+
+
 @pytest.mark.parametrize("renamed", ["class folder", "image file"])
 def test_a_folder_name_that_is_not_utf8_is_refused_naming_it(tmp_path, fashion, renamed):
     root = folder_of(tmp_path, fashion)

@@ -102,6 +102,7 @@ def test_a_pull_requests_own_values_cannot_add_lines_links_or_html_to_the_commen
            "@octocat `" in row  # one code span: no heading, image, link or mention renders
     assert "| ` a\\|b ` | 0.5 | 0.75 | 0.25 |" in lines
     assert pr_comment.cell("train.batch_size") == "train.batch_size"  # plain names stay plain
+    assert pr_comment.cell("https://example.invalid/x") == "` https://example.invalid/x `"  # no bare link
     (tmp_path / "metrics").mkdir()
     (tmp_path / "metrics" / "eval.json").write_text("[" * 100_000)
     assert pr_comment.head_headline(None, tmp_path) == {}  # nested too deep: no headline, no traceback

@@ -162,9 +162,10 @@ def _open(source, size: tuple[int, int] | None = None):
                 image = open_image(stream)  # the header only: the size is known, nothing decoded
                 if image.width * image.height > MAX_PIXELS:  # our bound; Pillow's global is the user's
                     raise Image.DecompressionBombError(f"{image.width * image.height} pixels")
-                if image.format == "JPEG":
-                    _refuse_too_many_scans(stream, name)
-                if size is not None and image.format == "JPEG":
+                jpeg = image.format in ("JPEG", "MPO")  # MPO: a phone's JPEG with a multi-picture block
+                if jpeg and (image.info.get("progressive") or image.info.get("progression")):
+                    _refuse_too_many_scans(stream, name)  # only a progressive JPEG decodes scan after scan
+                if size is not None and jpeg:
                     image.draft(image.mode, (int(size[1]), int(size[0])))
                 image.load()  # decode now: a truncated file fails here, not later
         for warning in caught:

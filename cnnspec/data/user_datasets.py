@@ -270,10 +270,10 @@ def scan_csv(source, columns: dict) -> Listing:
             for row in reader:
                 line = _first_line(reader, row)
                 where = f"{manifest}:{line}"
-                if None in row:  # DictReader keeps the fields beyond the header's under None
-                    fields = len(header) + len(row[None])
-                    raise DataError(f"{where}: {fields} fields, but the header has {len(header)}; "
-                                    "quote a value that holds a comma")
+                extra = row.pop(None, None) or []  # DictReader's fields beyond the header's
+                if any((value or "").strip() for value in extra):  # empty ones: a trailing comma
+                    raise DataError(f"{where}: {len(header) + len(extra)} fields, but the header has "
+                                    f"{len(header)}; quote a value that holds a comma")
                 if not any((value or "").strip() for value in row.values()):
                     continue  # a blank line
                 text = (row.get(path_column) or "").strip()

@@ -66,6 +66,8 @@ def check_regular_file(path: Path) -> None:
     from cnnspec.regular_files import not_a_regular_file
 
     kind = not_a_regular_file(path)
+    if kind == "missing":
+        raise ExportError(f"{path}: no such model file")
     if kind:
         raise ExportError(f"{path}: cannot read the model: it is {kind}, not a regular file")
 
