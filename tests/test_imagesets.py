@@ -316,11 +316,16 @@ def test_windows_backslash_paths_in_a_csv_are_named_with_the_path_that_exists(tm
                                  "the CSV's paths with / (a \\ is part of a file name here, not a folder separator)")
 
 
-def test_a_csv_header_written_with_comma_space_says_so(tmp_path, fashion):
-    root = folder_of(tmp_path, fashion)
+def manifest_by_hand(tmp_path, root, header: str, row: str) -> Path:
+    """list.csv as a person might type it: `row` formatted with each image's path and class."""
     manifest = tmp_path / "list.csv"
-    manifest.write_text("path, label\n" + "".join(f"{p.relative_to(tmp_path)}, {p.parent.name}\n"
-                                                  for p in sorted(root.glob("*/*.png"))))
+    manifest.write_text(header + "".join(row.format(path=p.relative_to(tmp_path), label=p.parent.name)
+                                         for p in sorted(root.glob("*/*.png"))))
+    return manifest
+
+
+def test_a_csv_header_written_with_comma_space_says_so(tmp_path, fashion):
+    manifest = manifest_by_hand(tmp_path, folder_of(tmp_path, fashion), "path, label\n", "{path}, {label}\n")
     with pytest.raises(DataError) as caught:
         prepare(tmp_path, data_params(tmp_path, dataset="csv", source=str(manifest)))
     assert str(caught.value) == (f"{manifest}:1: no column 'label' (data.csv.label_column); the header has: "
@@ -340,9 +345,7 @@ def test_a_csv_row_with_more_fields_than_the_header_names_its_line(tmp_path, row
 
 def test_a_spreadsheets_trailing_comma_is_no_extra_field(tmp_path, fashion):
     root = folder_of(tmp_path, fashion)
-    manifest = tmp_path / "list.csv"
-    manifest.write_text("path,label\n" + "".join(f"{p.relative_to(tmp_path)},{p.parent.name},\n"
-                                                  for p in sorted(root.glob("*/*.png"))))
+    manifest = manifest_by_hand(tmp_path, root, "path,label\n", "{path},{label},\n")
     meta, _, _ = prepare(tmp_path, data_params(tmp_path, dataset="csv", source=str(manifest)))
     assert sum(meta["counts"].values()) == len(list(root.glob("*/*.png")))
 
