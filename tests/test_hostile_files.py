@@ -268,6 +268,24 @@ def test_a_jpeg_of_endless_scans_is_refused_before_decoding(tmp_path, trailer):
     assert read_image(path, 1).shape == (1, 64, 64)
 
 
+def test_a_phones_multi_picture_jpeg_of_endless_scans_is_refused_too(tmp_path):
+    """Pillow opens a JPEG that carries a multi-picture block (phones write them) as MPO:
+    its first picture gets the same scan bound."""
+    gray = Image.fromarray(np.arange(64 * 64, dtype=np.uint8).reshape(64, 64))
+    buffer = io.BytesIO()
+    gray.save(buffer, "MPO", save_all=True, append_images=[gray], progressive=True)
+    data = buffer.getvalue()
+    first_end = data.index(b"\xff\xd9")
+    last_scan = data.rindex(b"\xff\xc4", 0, data.rindex(b"\xff\xda", 0, first_end))
+    path = tmp_path / "phone.jpg"
+    path.write_bytes(data[:first_end] + data[last_scan:first_end] * 95 + data[first_end:])  # 101 scans
+    assert Image.open(path).format == "MPO"
+    with pytest.raises(ImageReadError, match="refused, a JPEG of more than 100 scans"):
+        read_image(path, 1, (28, 28))
+    path.write_bytes(data)
+    assert read_image(path, 1, (28, 28)).shape == (1, 28, 28)
+
+
 def test_scan_markers_outside_the_image_data_are_not_counted(tmp_path):
     # FF DA in a comment, or in a motion photo's video after the end of the image, is no scan
     path = tmp_path / "motion.jpg"
