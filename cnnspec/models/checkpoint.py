@@ -190,6 +190,28 @@ def claimed_bytes_problem(loaded, path) -> str | None:
     return None
 
 
+class UnsafeTorchFile(ValueError):
+    """A torch file that must not reach torch.load, or whose tensors claim more than it
+    stores: the reason, in words."""
+
+
+def load_torch_file(path):
+    """torch.load(weights_only=True) of a file someone may have handed over (a checkpoint,
+    a state dict, a resume state), asked torch_file_problem before and
+    claimed_bytes_problem after: their answers are an UnsafeTorchFile. torch's own errors
+    on damaged or hostile bytes pass through, for each reader to word."""
+    problem = torch_file_problem(path)
+    if problem:
+        raise UnsafeTorchFile(problem)
+    with warnings.catch_warnings():  # torch's warnings about odd pickles: the reader's line says it
+        warnings.simplefilter("ignore")
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    problem = claimed_bytes_problem(loaded, path)
+    if problem:
+        raise UnsafeTorchFile(problem)
+    return loaded
+
+
 def refusal_words(error: Exception) -> str:
     """torch.load's error in one short line. Its refusal of a pickle that wants to run
     code advises loading with weights_only=False, which would run that code: never
@@ -264,13 +286,10 @@ def read_checkpoint(path) -> dict:
     if is_torchscript(path):
         raise TrainingError(f"{path}: a TorchScript export (cnnspec export --format torchscript), not a "
                             f"checkpoint: give the .pt checkpoint it came from, or load it with torch.jit.load")
-    problem = torch_file_problem(path)
-    if problem:
-        raise TrainingError(f"{path}: not a loadable cnnspec checkpoint ({problem})")
     try:
-        with warnings.catch_warnings():  # torch's warnings about odd pickles: the line below says it
-            warnings.simplefilter("ignore")
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = load_torch_file(path)
+    except UnsafeTorchFile as problem:
+        raise TrainingError(f"{path}: not a loadable cnnspec checkpoint ({problem})") from None
     except Exception as error:  # noqa: BLE001 - hostile bytes fail inside torch in many ways
         said = refusal_words(error)
         refused = isinstance(error, pickle.UnpicklingError) and len(head) == len(ZIP_MAGIC)
@@ -279,9 +298,6 @@ def read_checkpoint(path) -> dict:
                                 f"{RETRAIN_HINT}") from None
         raise TrainingError(f"{path}: not a loadable cnnspec checkpoint "
                             f"(refused by torch.load(weights_only=True): {said[:160]})") from None
-    claimed = claimed_bytes_problem(checkpoint, path)
-    if claimed:
-        raise TrainingError(f"{path}: not a loadable cnnspec checkpoint ({claimed})")
     found = checkpoint.get("format") if isinstance(checkpoint, dict) else None
     if isinstance(found, str) and found.startswith("cnnspec-checkpoint/") and found != FORMAT:
         raise TrainingError(f"{path}: a cnnspec checkpoint of format {found!r}, which this version "

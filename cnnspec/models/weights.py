@@ -236,18 +236,12 @@ def read_state_dict(path) -> dict:
     """A state dict saved with torch.save: a plain {name: tensor} dict, or a checkpoint that
     holds one under "state_dict" or "model" (cnnspec's, Lightning's, many training scripts').
     Raises ValueError saying what is wrong with a file that is none of these, or that
-    torch.load must not be given (checkpoint.torch_file_problem)."""
+    must not be loaded (checkpoint.load_torch_file)."""
     import torch
 
-    from cnnspec.models.checkpoint import claimed_bytes_problem, torch_file_problem
+    from cnnspec.models.checkpoint import load_torch_file
 
-    problem = torch_file_problem(path)
-    if problem:
-        raise ValueError(problem)
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    problem = claimed_bytes_problem(state, path)
-    if problem:
-        raise ValueError(problem)
+    state = load_torch_file(path)
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]

@@ -169,12 +169,12 @@ def weights_enum_state(name: str, key: str) -> dict:
         if failure:
             raise ParamsError(f"{key}: {name} is not available ({failure}); place "
                               f"{file_name} in {folder} (from {weights.url})")
-    from cnnspec.models.checkpoint import refusal_words, torch_file_problem
+    from cnnspec.models.checkpoint import UnsafeTorchFile, load_torch_file, refusal_words
 
-    problem = torch_file_problem(path)
     try:
-        if problem is None:
-            return torch.load(path, map_location="cpu", weights_only=True)
+        return load_torch_file(path)
+    except UnsafeTorchFile as unsafe:
+        problem = str(unsafe)
     except Exception as error:  # noqa: BLE001 - a damaged download fails inside torch in many ways
         problem = refusal_words(error)[:160]
     raise ParamsError(f"{key}: {path}: cannot be read as {name} ({problem}); delete it to "

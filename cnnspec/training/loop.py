@@ -54,7 +54,7 @@ from cnnspec.data.datasets import USER_DATASETS
 from cnnspec.data.download import md5_of
 from cnnspec.data.integrity import set_aside
 from cnnspec.errors import TrainingError, first_line
-from cnnspec.models.checkpoint import claimed_bytes_problem, non_finite_tensor, torch_file_problem
+from cnnspec.models.checkpoint import UnsafeTorchFile, load_torch_file, non_finite_tensor
 from cnnspec.training import distributed, optimization, stops
 from cnnspec.training.augment import Augmentation
 from cnnspec.training.device import (
@@ -517,10 +517,11 @@ def read_resume_state(path, fingerprint: str) -> dict | None:
     path = Path(path)
     if not path.is_file():
         return None
-    why = torch_file_problem(path)
+    why = None
     try:
-        state = None if why else torch.load(path, map_location="cpu", weights_only=True)
-        why = why or claimed_bytes_problem(state, path)
+        state = load_torch_file(path)
+    except UnsafeTorchFile as problem:
+        why = str(problem)
     except Exception as error:  # a torn or foreign file: set it aside and start over
         why = type(error).__name__
     if why:
