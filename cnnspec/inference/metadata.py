@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from cnnspec.errors import CnnspecError, control_character, first_line
+from cnnspec.models.checkpoint import MAX_IMAGE_SIZE
 
 
 class ExportError(CnnspecError):
@@ -39,7 +40,6 @@ def metadata(model) -> dict[str, str]:
 
 
 MAX_ONNX_BYTES = (2 << 30) - 1  # protobuf's own limit on a message
-MAX_IMAGE_SIZE = 8192  # params' data.image_size bound
 
 
 def read_metadata(path) -> dict:
@@ -192,7 +192,7 @@ def onnx_settings(path, model) -> dict:
     props = {entry.key.removeprefix(METADATA_PREFIX): entry.value
              for entry in model.metadata_props if entry.key.startswith(METADATA_PREFIX)}
     settings = parsed_settings(path, props)
-    problem = graph_input_problem(model, settings)
+    problem = graph_shape_problem(model, settings)
     if problem:
         raise ExportError(f"{path}: its metadata does not match its graph ({problem}): export it again "
                           f"with cnnspec export")
@@ -239,19 +239,21 @@ def _malformed(settings: dict) -> str | None:
     return None
 
 
-def graph_input_problem(model, settings: dict) -> str | None:
-    """Where the graph's input `images` has a static channel count, height or width that
-    the metadata contradicts, in words, or None."""
-    inputs = [graph_input for graph_input in model.graph.input if graph_input.name == "images"]
-    if not inputs:
-        return None  # predict names a graph without `images` itself
-    dims = inputs[0].type.tensor_type.shape.dim
-    static = [dim.dim_value if dim.HasField("dim_value") else None for dim in dims]
-    expected = [settings["channels"], *settings["image_size"]]
-    if len(static) == 4 and all(got in (None, want) for got, want in zip(static[1:], expected)):
-        return None
-    shown = ["?" if got is None else got for got in static]
-    return f"images {shown}; the metadata says {expected} after the batch"
+def graph_shape_problem(model, settings: dict) -> str | None:
+    """Where the graph's input `images` or output `probabilities` has a static size that
+    the metadata contradicts (channels, height, width; the number of classes), in words,
+    or None. A graph without them is named by predict, which checks the names."""
+    expected = {"images": [settings["channels"], *settings["image_size"]],
+                "probabilities": [len(settings["classes"])]}
+    for value in [*model.graph.input, *model.graph.output]:
+        if value.name not in expected:
+            continue
+        static = [dim.dim_value if dim.HasField("dim_value") else None for dim in value.type.tensor_type.shape.dim]
+        wanted = expected[value.name]
+        if len(static) != len(wanted) + 1 or any(got not in (None, want) for got, want in zip(static[1:], wanted)):
+            shown = ["?" if got is None else got for got in static]
+            return f"{value.name} {shown}; the metadata says {wanted} after the batch"
+    return None
 
 
 def json_text(value) -> str:

@@ -98,20 +98,12 @@ class OnnxModel:
         self._check_graph(path)
 
     def _check_graph(self, path) -> None:
-        """The graph's input and output shapes against the metadata: a file whose metadata
-        was edited or copied from another model is refused before any image is read."""
-        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
-        names = ([i.name for i in inputs], [o.name for o in outputs])
+        """The graph's one input and one output are cnnspec's `images` and `probabilities`
+        (their sizes were checked against the metadata as the file was read)."""
+        names = ([i.name for i in self.session.get_inputs()], [o.name for o in self.session.get_outputs()])
         if names != (["images"], ["probabilities"]):
             raise ExportError(f"{path}: not a graph cnnspec export wrote (inputs {names[0]}, outputs "
                               f"{names[1]}; expected images and probabilities)")
-        expected = {"images": [self.channels, *self.image_size], "probabilities": [len(self.classes)]}
-        for node in (inputs[0], outputs[0]):
-            fixed = [(want, got) for want, got in zip(expected[node.name], node.shape[1:]) if isinstance(got, int)]
-            if len(node.shape) != len(expected[node.name]) + 1 or any(want != got for want, got in fixed):
-                raise ExportError(f"{path}: its metadata does not match its graph ({node.name} "
-                                  f"{list(node.shape)}; the metadata says {expected[node.name]} after the "
-                                  f"batch): export it again with cnnspec export")
 
     @classmethod
     def from_model(cls, model: InferenceModel) -> OnnxModel:
@@ -602,14 +594,20 @@ def _images_in(folder: Path) -> list[str]:
     return sorted(str(p) for p in folder.rglob("*") if p.is_file() and is_image_file(p))
 
 
+def prediction_columns(top_k: int) -> list[str]:
+    """path, class, probability, class_2, probability_2, ... up to `top_k`."""
+    columns = ["path", "class", "probability"]
+    for rank in range(2, top_k + 1):
+        columns += [f"class_{rank}", f"probability_{rank}"]
+    return columns
+
+
 def as_csv(predictions: list[Prediction], top_k: int) -> str:
     """`path,class,probability[,class_2,probability_2,...],error`."""
     import csv
     import io
 
-    header = ["path", "class", "probability"]
-    for rank in range(2, top_k + 1):
-        header += [f"class_{rank}", f"probability_{rank}"]
+    header = prediction_columns(top_k)
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(header + ["error"])
@@ -635,10 +633,7 @@ def as_json(predictions: list[Prediction]) -> str:
 def as_table(predictions: list[Prediction]) -> str:
     """Aligned columns for reading, headed like the CSV's: path, class, probability,
     class_2, probability_2, ...; an unreadable image's row holds its error."""
-    ranks = max((len(p.classes) for p in predictions), default=1) or 1
-    header = ["path", "class", "probability"]
-    for rank in range(2, ranks + 1):
-        header += [f"class_{rank}", f"probability_{rank}"]
+    header = prediction_columns(max((len(p.classes) for p in predictions), default=1) or 1)
     rows = [[p.source] + [cell for c, v in zip(p.classes, p.probabilities) for cell in (c, f"{v:.4f}")]
             for p in predictions if not p.error]
     widths = [max(len(row[column]) for row in [header, *rows] if column < len(row)) for column in range(len(header))]
