@@ -460,7 +460,8 @@ def _decode_batch(paths: list[str], names: list[str], channels: int, size, resiz
             continue
         good.append(decoded.pixels)
         positions.append(position)
-        changed.add(Changed(int(decoded.resized), int(decoded.lost_colour)))
+        changed.resized += decoded.resized
+        changed.lost_colour += decoded.lost_colour
     height, width = size
     array = np.stack(good) if good else np.zeros((0, channels, height, width), np.uint8)
     return array, positions, errors, changed
