@@ -5,7 +5,7 @@
 Built-ins (cifar10, ...): decodes data/raw (what the download stage fetched; data.source
 is for folder and csv only) and holds out a stratified `data.val_split` of the training set (seeded by
 `data.seed`). folder / csv: reads the user's images from data.source, resizes them to
-`data.image_size` and splits them (cnnspec/data/user_datasets.py, docs/datasets.md). Either way
+`data.image_size` and splits them (cnnspec/data/listing.py, user_datasets.py; docs/datasets.md). Either way
 meta.json records the class names and the training split's per-channel mean and std,
 and the folder is written all at once or not at all.
 """

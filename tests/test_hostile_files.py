@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cnnspec.data import user_datasets
+from cnnspec.data import listing, user_datasets
 from cnnspec.data.images import MAX_PIXELS, ImageReadError, read_image
 from cnnspec.errors import DataError, ParamsError, SpecError
 from cnnspec.pipeline.params import load_params
@@ -320,7 +320,7 @@ def test_a_nul_in_a_csv_path_is_one_line(tmp_path, fashion):
     rows[3]["path"] = "pictures/x\x00y.png"
     manifest = write_csv(tmp_path / "labels.csv", rows)
     with pytest.raises(DataError) as refused:
-        user_datasets.scan_csv(manifest, {"path_column": "path", "label_column": "label"})
+        listing.scan_csv(manifest, {"path_column": "path", "label_column": "label"})
     assert f"{manifest}:5:" in str(refused.value) and "U+0000" in str(refused.value)
 
 
@@ -339,7 +339,7 @@ def test_a_newline_inside_a_quoted_csv_field_is_named_on_one_line(tmp_path, colu
         rows[1]["label"] = ""
     manifest = write_csv(tmp_path / "labels.csv", rows)
     with pytest.raises(DataError) as refused:
-        user_datasets.scan_csv(manifest, {"path_column": "path", "label_column": "label", "split_column": "split"})
+        listing.scan_csv(manifest, {"path_column": "path", "label_column": "label", "split_column": "split"})
     assert str(refused.value) == f"{manifest}:3: {expected}"
 
 
@@ -355,7 +355,7 @@ def test_a_csv_line_without_an_end_is_refused_before_it_is_read_whole(tmp_path):
     tracemalloc.start()
     try:
         with pytest.raises(DataError) as refused:
-            user_datasets.scan_csv(manifest, {"path_column": "path", "label_column": "label"})
+            listing.scan_csv(manifest, {"path_column": "path", "label_column": "label"})
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
@@ -369,7 +369,7 @@ def test_a_csv_with_a_bom_crlf_and_a_quoted_line_break_keeps_its_line_numbers(tm
     manifest.write_bytes('\ufeffpath,label,note\r\na.png,bag,"two\r\nlines"\r\nb.png,bag,plain\r\n'
                          './a.png,boot,x\r\n'.encode())
     with pytest.raises(DataError) as refused:
-        user_datasets.scan_csv(manifest, {"path_column": "path", "label_column": "label"})
+        listing.scan_csv(manifest, {"path_column": "path", "label_column": "label"})
     assert str(refused.value) == f"{manifest}:5: ./a.png: duplicate path, first listed on line 2"
 
 
@@ -379,7 +379,7 @@ def test_class_folder_names_with_any_spaces_accents_or_joined_emoji_are_text(tmp
     write_image_folder(root, fashion[0][:6], fashion[1][:6], ".png")
     (root / name).mkdir()
     Image.fromarray(fashion[0][0]).save(root / name / "0.png")
-    assert name in set(user_datasets.scan_folder(root).labels)
+    assert name in set(listing.scan_folder(root).labels)
 
 
 @pytest.mark.parametrize("name", ["bag\x1b[2J", "bag\nboot", "bag\x9b"])
@@ -390,7 +390,7 @@ def test_a_class_folder_whose_name_does_not_print_is_one_line(tmp_path, fashion,
     odd.mkdir()
     Image.fromarray(fashion[0][0]).save(odd / "0.png")
     with pytest.raises(DataError) as refused:
-        user_datasets.scan_folder(root)
+        listing.scan_folder(root)
     message = str(refused.value)
     assert message.startswith(f"{root}/{repr(name)[1:-1]}: the class folder's name holds the control character U+")
     assert message.isprintable()

@@ -77,7 +77,7 @@ EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 28 28\n/Times-Roman findfont
 def test_a_postscript_file_named_png_never_reaches_ghostscript(tmp_path, monkeypatch):
     from PIL import EpsImagePlugin
 
-    from cnnspec.data.user_datasets import sample_images
+    from cnnspec.data.image_sample import sample_images
 
     ran = []
     monkeypatch.setattr(EpsImagePlugin, "Ghostscript", lambda *args, **kwargs: ran.append(args))

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import yaml
 
+from cnnspec.data import listing
 from cnnspec.data import user_datasets as imagesets
 from cnnspec.data.datasets import load_prepared
 from cnnspec.data.images import ImageReadError
@@ -63,9 +64,9 @@ def test_folder_without_splits_holds_out_a_stratified_seeded_test_split(tmp_path
     folder_order = [names.index(class_folder_name(i)) for i in range(10)]
     assert np.abs(test_per_class[folder_order] - 0.2 * per_class).max() <= 1  # stratified
     assert any(line.startswith("images per class: ") for line in lines)
-    again = imagesets.assign_splits(imagesets.scan_folder(root), 0.1, 0.2, seed=0)[1]
-    other = imagesets.assign_splits(imagesets.scan_folder(root), 0.1, 0.2, seed=1)[1]
-    positional_seed = imagesets.assign_splits(imagesets.scan_folder(root), 0.1, 0.2, 0)[1]
+    again = listing.assign_splits(listing.scan_folder(root), 0.1, 0.2, seed=0)[1]
+    other = listing.assign_splits(listing.scan_folder(root), 0.1, 0.2, seed=1)[1]
+    positional_seed = listing.assign_splits(listing.scan_folder(root), 0.1, 0.2, 0)[1]
     assert np.array_equal(again["test"][0], positional_seed["test"][0])
     assert not np.array_equal(again["test"][0], other["test"][0])
 

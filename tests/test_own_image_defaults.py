@@ -11,16 +11,9 @@ import pytest
 import yaml
 from PIL import Image
 
-from cnnspec.data.user_datasets import (
-    assign_splits,
-    auto_channels,
-    auto_image_size,
-    class_order,
-    prepare_image_dataset,
-    resize_note,
-    sample_images,
-    scan_folder,
-)
+from cnnspec.data.image_sample import auto_channels, auto_image_size, resize_note, sample_images
+from cnnspec.data.listing import assign_splits, class_order, scan_folder
+from cnnspec.data.user_datasets import prepare_image_dataset
 from cnnspec.errors import DataError
 from cnnspec.pipeline.fit import MIN_STEPS, fit_batch_size, fit_to_data
 from cnnspec.pipeline.params import load_params
@@ -187,7 +180,7 @@ def test_data_classes_sets_the_label_order_and_must_name_every_class(tmp_path):
 
 
 def test_an_image_size_that_blows_every_image_up_is_noted_with_its_cost(tmp_path):
-    from cnnspec.data.user_datasets import enlarge_note
+    from cnnspec.data.image_sample import enlarge_note
     from tests.imagefiles import fashion_subset, write_image_folder
 
     images, labels, _, _ = fashion_subset(30, 0)

@@ -8,16 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cnnspec.data.image_sample import auto_channels, auto_image_size, resize_note, sample_images
 from cnnspec.data.images import read_image
-from cnnspec.data.user_datasets import (
-    auto_channels,
-    auto_image_size,
-    prepare_image_dataset,
-    resize_note,
-    sample_images,
-    scan_csv,
-    scan_folder,
-)
+from cnnspec.data.listing import scan_csv, scan_folder
+from cnnspec.data.user_datasets import prepare_image_dataset
 from cnnspec.errors import DataError
 from cnnspec.training import learning_check
 from tests.imagefiles import FASHION, class_folder_name, fashion_subset, write_csv, write_image_folder
