@@ -93,3 +93,13 @@ def _spec(folder):
     path = folder / "tiny.yaml"
     path.write_text("name: tiny\nlayers: [flatten, {dense: num_classes}]\n")
     return path
+
+
+def test_a_long_run_of_the_cpu_sized_spec_itself_is_told_to_train_fewer_epochs():
+    """Advising `-S model.spec=specs/simcnn.yaml` to someone already training it says nothing."""
+    from pathlib import Path
+
+    model = build_model(Path(__file__).resolve().parent.parent / "specs" / "simcnn.yaml", (1, 28, 28), 10)
+    assert model.spec_name == progress.CPU_SIZED_SPEC
+    assert progress.cpu_sized_run(False, [1, 28, 28], model.spec_name) == "dvc exp run -S train.epochs=N (fewer epochs)"
+    assert progress.cpu_sized_run(False, [1, 28, 28], "speedrun94") == progress.CPU_SIZED_RUN

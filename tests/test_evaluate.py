@@ -324,3 +324,22 @@ def test_top5_accuracy_counts_the_true_class_among_the_five_most_probable():
     # five classes or fewer: top-5 would always be 1, so it is left out
     small = evaluation.classification_report(np.array(ACTUAL), one_hot_probabilities(np.array(PREDICTED), 3), CLASSES)
     assert "top5_accuracy" not in small
+
+
+def test_the_docs_give_the_csv_columns_evaluate_writes():
+    """docs/datasets.md and docs/architecture.md quote these headers to people reading the files;
+    without file paths (the built-in datasets) the same columns lack `path`."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    docs = (root / "docs" / "datasets.md").read_text() + (root / "docs" / "architecture.md").read_text()
+    actual, probabilities = np.array([0, 1]), one_hot_probabilities(np.array([1, 1]), 3)
+
+    def headers(paths):
+        return [evaluation.predictions_csv(actual, probabilities.argmax(1), CLASSES, probabilities,
+                                           paths).splitlines()[0],
+                evaluation.mistakes_csv(actual, probabilities, CLASSES, paths).splitlines()[0]]
+
+    for with_paths, without in zip(headers(["a.png", "b.png"]), headers(None)):
+        assert f"`{with_paths}`" in docs
+        assert without.split(",") == [column for column in with_paths.split(",") if column != "path"]

@@ -289,3 +289,37 @@ def test_a_notebook_cell_run_again_can_replace_its_own_type_and_a_failed_plugin_
         assert "gamma_id" in layers.LAYERS
     finally:
         registry.unregister_layer("gamma_id")
+
+
+def reference_table() -> dict[str, tuple[str, str]]:
+    """docs/spec.md's "Layer types" table: type -> (shorthand, options cell)."""
+    root = Path(__file__).resolve().parent.parent
+    section = (root / "docs" / "spec.md").read_text().split("## Layer types")[1].split("\n## ")[0]
+    rows = {}
+    for line in section.splitlines()[2:]:
+        if line.startswith("| "):
+            names, shorthand, options = (cell.strip() for cell in line.strip().strip("|").split("|"))
+            rows.update({name.strip(): (shorthand, options) for name in names.split(",")})
+    return rows
+
+
+SHARED_OPTIONS = {"name", "trainable", "l2", "lr_mult", "wd_mult"}
+
+
+@pytest.mark.parametrize("layer_type", WRITTEN)
+def test_the_reference_table_gives_every_layer_type_its_shorthand_and_options(layer_type):
+    """A type or option added to the registry is added to docs/spec.md's table too."""
+    rows = reference_table()
+    assert layer_type in rows, f"docs/spec.md's layer table has no row for {layer_type}"
+    shorthand, options = rows[layer_type]
+    assert shorthand == (LAYER_SCHEMAS[layer_type].get("x-shorthand") or "")
+    for option in set(LAYER_SCHEMAS[layer_type]["properties"]) - SHARED_OPTIONS:
+        assert re.search(rf"\b{option}\b", options), f"{layer_type}: {option} is not in docs/spec.md's table"
+
+
+def test_the_reference_names_every_weighted_layer_type():
+    root = Path(__file__).resolve().parent.parent
+    text = (root / "docs" / "spec.md").read_text()
+    named = re.search(r"Weighted layers \(([^)]*)\) also accept", text).group(1)
+    weighted = {t for t in WRITTEN if layers.LAYERS[t].weighted}
+    assert set(named.split(", ")) == weighted

@@ -130,3 +130,10 @@ def test_garbled_spec_parses_or_raises_a_located_spec_error(cuts):
         assert error.file == "fuzz.yaml"
         assert error.line is not None and 1 <= error.line <= text.count("\n") + 2, str(error)
         assert "\n" not in str(error)
+
+
+def test_docs_reliability_counts_the_bad_specs_there_are():
+    text = (HERE.parent / "docs" / "reliability.md").read_text(encoding="utf-8")
+    stated = re.findall(r"\((\d+) files in `tests/bad_specs/`\), "
+                        r"`test_validate_command_prints_one_error_line` \((\d+)\)", text)
+    assert stated == [(str(len(BAD)), str(len(BAD)))]

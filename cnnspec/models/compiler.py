@@ -97,6 +97,7 @@ def _build_model(spec_or_path, input_shape, num_classes: int, load_weights: bool
     model = SpecModel(body, shape, num_classes, builder.param_settings, frozen,
                       final_activation="softmax" if builder.softmax_node is not None else None)
     model.spec_warnings = builder.shapes.warnings  # likely mistakes (cnnspec validate prints them too)
+    model.spec_name = spec.name
     model.activation_bytes = activation_bytes(builder.shapes.records)  # one image's, float32
     return model
 

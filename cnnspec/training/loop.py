@@ -132,7 +132,8 @@ def train(model, data: dict, params: dict, device="cpu", *, resume_path=None, lo
                 clock.cost = CostClock(print_line, device, run.epochs, start_epoch, run.steps_per_epoch,
                                        run.batch_size, len(device_data.train_labels), run.early_stopping is not None,
                                        precision=run.autocast_dtype,
-                                       advice=cpu_sized_run(own_images, data["meta"].get("input_shape")))
+                                       advice=cpu_sized_run(own_images, data["meta"].get("input_shape"),
+                                                            getattr(model, "spec_name", None)))
             for epoch in range(start_epoch, run.epochs):
                 if run.stopped_early:
                     break

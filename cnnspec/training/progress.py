@@ -23,19 +23,20 @@ from cnnspec.regular_files import read_json
 TIMED_STEPS = 5     # steps timed after the first for the estimate
 TIMED_SECONDS = 10  # or fewer steps, once they took this long (few, slow steps an epoch)
 CPU_MINUTES = 5     # a CPU run longer than this gets the advice below
+CPU_SIZED_SPEC = "simcnn"  # the `name:` of specs/simcnn.yaml, which CPU_SIZED_RUN advises
 CPU_SIZED_RUN = ("dvc exp run -S model.spec=specs/simcnn.yaml -S train.epochs=2 "
                  "(a 122k-parameter CNN with its own recipe; docs/benchmarks.md has its time and accuracy), "
                  "or fewer epochs: -S train.epochs=N")
 SMALL_IMAGE_SIDE = 32  # own images larger than this: the advice names data.image_size first
 
 
-def cpu_sized_run(own_images: bool, input_shape) -> str:
+def cpu_sized_run(own_images: bool, input_shape, spec_name: str | None = None) -> str:
     """The advice for a long CPU run. For one's own images the image size is the first
     lever (the arithmetic of a conv network grows with the pixels), and their spec and
-    recipe stay."""
-    if not own_images:
-        return CPU_SIZED_RUN
+    recipe stay. A run of the CPU-sized spec itself is told only to train fewer epochs."""
     fewer_epochs = "dvc exp run -S train.epochs=N (fewer epochs)"
+    if not own_images:
+        return fewer_epochs if spec_name == CPU_SIZED_SPEC else CPU_SIZED_RUN
     height, width = input_shape[-2:] if input_shape else (0, 0)
     if min(height, width) <= SMALL_IMAGE_SIDE:
         return fewer_epochs
