@@ -448,10 +448,25 @@ def test_an_empty_folder_or_a_fifo_among_the_paths_is_an_error(model_files, tmp_
     (empty / "notes.txt").write_text("not an image")
     fifo = tmp_path / "pipe"
     os.mkfifo(fifo)
-    for path, words in [(empty, "no image files in this folder"), (fifo, "not a regular file or folder")]:
+    for path, words in [(empty, "no image files in this folder (only 1 file without an image suffix (.txt); "),
+                        (fifo, "not a regular file or folder")]:
         error = one_line_error(capsys, ["predict", str(model_files["checkpoint"]), str(model_files["photos"]),
                                         str(path)], 2)
         assert f"{path}: {words}" in error
+
+
+def test_a_folder_leaves_out_hidden_files_and_names_the_files_it_does_not_read(model_files, tmp_path, capsys):
+    """A Mac writes `._IMG.jpg` beside each photo on a USB stick, and an iPhone's photos
+    are .heic: neither may fail the run, and neither may vanish unsaid."""
+    (tmp_path / "trip" / ".thumbnails").mkdir(parents=True)
+    for name in ["trip/a.png", "trip/.thumbnails/a.png"]:
+        shutil.copy(model_files["photos"] / "0.png", tmp_path / name)
+    (tmp_path / "trip" / "._a.png").write_bytes(b"\x00\x05\x16\x07Mac OS X")
+    (tmp_path / "trip" / "IMG_1.HEIC").write_bytes(b"\x00\x00\x00\x18ftypheic")
+    assert cli(["predict", str(model_files["checkpoint"]), str(tmp_path / "trip")]) == 0
+    captured = capsys.readouterr()
+    assert [line.split(",")[0] for line in captured.out.splitlines()[1:]] == [str(tmp_path / "trip" / "a.png")]
+    assert captured.err == f"note: {tmp_path / 'trip'}: 1 file without an image suffix (.heic) not read\n"
 
 
 @pytest.mark.timeout(60)

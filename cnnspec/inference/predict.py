@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from cnnspec.data.images import ImageReadError, is_image_file, read_image
+from cnnspec.data.images import ImageReadError, is_image_file, note, read_image
 from cnnspec.errors import CnnspecError, DataError, TrainingError, first_line
 from cnnspec.inference.metadata import ExportError
 
@@ -503,16 +503,17 @@ def find_images(patterns: list[str]) -> list[str]:
         if path.is_file():
             found.append(pattern)
         elif path.is_dir():
-            images = _images_in(path)
+            images, others = _images_in(path)
             if not images:
-                raise NoImagesError(f"{pattern}: no image files in this folder ({IMAGE_SUFFIX_WORDS})")
+                only = f"only {others}; " if others else ""
+                raise NoImagesError(f"{pattern}: no image files in this folder ({only}{IMAGE_SUFFIX_WORDS})")
             found += images
         elif glob.has_magic(pattern):
             matches = sorted(glob_matches(pattern))
             if not matches:
                 raise NoImagesError(f"{pattern}: no file matches this pattern")
             for match in matches:
-                found += _images_in(Path(match)) if Path(match).is_dir() else [match]
+                found += _images_in(Path(match))[0] if Path(match).is_dir() else [match]
         elif path.exists():
             raise NoImagesError(f"{pattern}: not a regular file or folder")
         else:
@@ -590,8 +591,24 @@ def _real_folders(folder: str):
 IMAGE_SUFFIX_WORDS = "suffixes: .jpg .jpeg .png .bmp .webp .gif .tif .tiff"
 
 
-def _images_in(folder: Path) -> list[str]:
-    return sorted(str(p) for p in folder.rglob("*") if p.is_file() and is_image_file(p))
+def _images_in(folder: Path) -> tuple[list[str], str]:
+    """The image files below `folder`, sorted, and a count of the other files ('' when
+    none). Hidden files and folders are left out, as preprocess leaves them out: a Mac
+    writes an `._IMG_1.jpg` of metadata beside each photo it copies to a USB stick. The
+    other files are counted by suffix, so that photos in a format cnnspec does not read
+    (an iPhone's .heic) are not skipped unsaid."""
+    images, others = [], []
+    for current, folders, names in os.walk(folder):
+        folders[:] = [name for name in folders if not name.startswith(".")]
+        for path in (os.path.join(current, name) for name in names if not name.startswith(".")):
+            if os.path.isfile(path):
+                (images if is_image_file(path) else others).append(path)
+    suffixes = sorted({Path(path).suffix.lower() or "no suffix" for path in others})
+    counted = (f"{len(others)} file{'s' if len(others) > 1 else ''} without an image suffix "
+               f"({', '.join(suffixes[:5])}{', ...' if len(suffixes) > 5 else ''})") if others else ""
+    if images and counted:
+        note(f"{folder}: {counted} not read")
+    return sorted(images), counted
 
 
 def prediction_columns(top_k: int) -> list[str]:
