@@ -136,6 +136,15 @@ def _refuse_too_many_scans(stream, name: str) -> None:
                                  "about 10; each one decodes the whole image again)")
 
 
+def _refuse_too_many_pixels(pixels: int, name: str) -> None:
+    """MAX_PIXELS bounds what decoding holds: a baseline JPEG decoded reduced (draft mode)
+    never holds its full size, so a 108-megapixel phone photo reads at an eighth of its
+    sides; a progressive one keeps coefficients for every pixel of every scan."""
+    if pixels > MAX_PIXELS:
+        raise ImageReadError(f"{name}: refused, more than {MAX_PIXELS:,} pixels (a decompression "
+                             f"bomb, or a photo far larger than any model input)")
+
+
 def _open(source, size: tuple[int, int] | None = None):
     """A loaded PIL image from a path, bytes or a PIL image. Raises ImageReadError.
     With `size` (height, width) a large JPEG is decoded already reduced (Pillow's draft
@@ -156,18 +165,20 @@ def _open(source, size: tuple[int, int] | None = None):
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
             stream = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else open(source, "rb")
             with stream:
                 image = open_image(stream)  # the header only: the size is known, nothing decoded
-                if image.width * image.height > MAX_PIXELS:  # our bound; Pillow's global is the user's
-                    raise Image.DecompressionBombError(f"{image.width * image.height} pixels")
+                full_size = image.width * image.height
                 jpeg = image.format in ("JPEG", "MPO")  # MPO: a phone's JPEG with a multi-picture block
-                if jpeg and (image.info.get("progressive") or image.info.get("progression")):
-                    _refuse_too_many_scans(stream, name)  # only a progressive JPEG decodes scan after scan
+                progressive = jpeg and bool(image.info.get("progressive") or image.info.get("progression"))
                 if size is not None and jpeg:
                     image.draft(image.mode, (int(size[1]), int(size[0])))
+                _refuse_too_many_pixels(full_size if progressive else image.width * image.height, name)
+                if progressive:
+                    _refuse_too_many_scans(stream, name)  # only a progressive JPEG decodes scan after scan
                 image.load()  # decode now: a truncated file fails here, not later
+        # Pillow's warning of a large image: the bound above is cnnspec's, on what is decoded
+        caught = [warning for warning in caught if warning.category is not Image.DecompressionBombWarning]
         for warning in caught:
             message = str(warning.message)
             note(f"{name}: {message.splitlines()[0] if message else warning.category.__name__}")
@@ -178,9 +189,8 @@ def _open(source, size: tuple[int, int] | None = None):
         raise ImageReadError(f"{name}: no such image file") from None
     except UnidentifiedImageError:
         raise ImageReadError(f"{name}: {NOT_READ}") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageReadError(f"{name}: refused, more than {MAX_PIXELS:,} pixels (a decompression "
-                             f"bomb, or a photo far larger than any model input)") from None
+    except Image.DecompressionBombError as error:  # Pillow's own bound, PIL.Image.MAX_IMAGE_PIXELS
+        raise ImageReadError(f"{name}: refused by Pillow ({first_line(error, 'a decompression bomb')})") from None
     except Exception as error:  # noqa: BLE001 - truncated, corrupt, unsupported: a hostile file can make
         # Pillow's parsers raise almost anything (OSError, ValueError, SyntaxError, and also
         # TypeError from a TIFF whose strip offsets are fractions), and all of them mean this
