@@ -116,6 +116,20 @@ def test_writing_into_proc_is_not_called_a_full_disk():
     assert "full" not in str(caught.value)
 
 
+def test_predict_refuses_an_output_that_is_its_model_or_one_of_its_images(model_files, tmp_path, capsys):
+    for name in ("model.pt", "model.onnx"):
+        shutil.copy(model_files["onnx" if name.endswith(".onnx") else "checkpoint"], tmp_path / name)
+    shutil.copy(model_files["photos"] / "0.png", tmp_path / "a.png")
+    before = {path: path.read_bytes() for path in tmp_path.iterdir()}
+    for model, output, words in [("model.pt", "model.pt", "is the model being read"),
+                                 ("model.onnx", "./model.onnx", "is the model being read"),
+                                 ("model.pt", "a.png", "is one of the images being classified")]:
+        error = one_line_error(capsys, ["predict", str(tmp_path / model), str(tmp_path / "a.png"),
+                                        "--output", str(tmp_path / output)], 1)
+        assert f"{tmp_path / output}: {words}; give another --output" in error
+    assert {path: path.read_bytes() for path in tmp_path.iterdir()} == before
+
+
 def test_export_refuses_to_overwrite_its_own_checkpoint_and_other_wrong_outputs(model_files, tmp_path, capsys):
     checkpoint = tmp_path / "model.pt"
     shutil.copy(model_files["checkpoint"], checkpoint)

@@ -673,6 +673,24 @@ def in_fast_layout(model: InferenceModel) -> InferenceModel:
     return model
 
 
+def refuse_an_output_that_is_read(output, checkpoint, paths: list[str]) -> None:
+    """--output must not be the model or one of the images: the predictions would replace
+    it (`--output photo.jpg other.jpg`, meant as two images)."""
+    from cnnspec.errors import OutputError
+
+    if not output or not os.path.isfile(output):
+        return
+    written = os.stat(output)
+
+    def is_output(path) -> bool:
+        return os.path.exists(path) and os.path.samestat(written, os.stat(path))
+
+    if is_output(checkpoint):
+        raise OutputError(f"{output}: is the model being read; give another --output")
+    if any(is_output(path) for path in paths):
+        raise OutputError(f"{output}: is one of the images being classified; give another --output")
+
+
 def run_command(args) -> int:
     from cnnspec.errors import UsageError
 
@@ -698,6 +716,7 @@ def run_command(args) -> int:
             raise UsageError("--engine torch: an ONNX model runs with onnxruntime; give the .pt checkpoint")
         model = OnnxModel(args.checkpoint)
         paths = find_images(args.paths)
+        refuse_an_output_that_is_read(args.output, args.checkpoint, paths)
     else:
         if engine == "onnxruntime" and args.tta != "none":
             raise UsageError("--engine onnxruntime runs the model as exported; --tta needs --engine torch or auto")
@@ -705,6 +724,7 @@ def run_command(args) -> int:
         device = "cpu" if engine == "onnxruntime" and args.device == "auto" else args.device
         model = load_model(args.checkpoint, pick_device(device, "--device", UsageError))
         paths = find_images(args.paths)
+        refuse_an_output_that_is_read(args.output, args.checkpoint, paths)
         model = with_engine(model, len(paths), engine, args.tta)
         if isinstance(model, InferenceModel):
             model = in_fast_layout(model)
