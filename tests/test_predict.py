@@ -217,6 +217,23 @@ def test_the_table_format_has_a_header_and_aligned_columns(tmp_path, capsys):
     assert header.index("class") == broken.index("error:")
 
 
+def test_the_table_stays_aligned_for_wide_characters_and_one_line_a_row(tmp_path, capsys):
+    import unicodedata
+
+    checkpoint = random_checkpoint(tmp_path, SPEC, (1, 28, 28))
+    for name in ("a.png", "写真 1.png", "café.png", "new\nline.png"):
+        Image.fromarray(np.full((28, 28), 200, np.uint8)).save(tmp_path / unicodedata.normalize("NFD", name))
+    assert cli(["predict", str(checkpoint), str(tmp_path), "--format", "table"]) == 0
+    header, *rows = capsys.readouterr().out.splitlines()
+    assert len(rows) == 4 and any(r"new\nline.png" in row for row in rows)
+    for row in rows:  # the class starts in the column its heading does, on screen
+        after_path = row.split(".png", 1)[1]
+        before_class = row[:len(row) - len(after_path.lstrip())]
+        columns = sum(0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) == "W" else 1
+                      for c in before_class)
+        assert columns == header.index("class"), (row, header)
+
+
 def test_a_top_k_above_the_class_count_ranks_every_class_and_says_so(tmp_path, capsys):
     checkpoint = random_checkpoint(tmp_path, SPEC, (1, 28, 28))
     Image.fromarray(np.full((28, 28), 200, np.uint8)).save(tmp_path / "a.png")

@@ -19,6 +19,7 @@ import glob
 import os
 import sys
 import threading
+import unicodedata
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -647,19 +648,36 @@ def as_json(predictions: list[Prediction]) -> str:
     return json.dumps(rows, indent=2) + "\n"
 
 
+def _shown(text: str) -> str:
+    """`text` on one line: control characters (a line break in a file name) escaped."""
+    return "".join(repr(char)[1:-1] if unicodedata.category(char) == "Cc" else char for char in text)
+
+
+def _width(text: str) -> int:
+    """The columns `text` takes in a terminal: two for a wide (CJK) character, none for a
+    combining accent."""
+    return sum(0 if unicodedata.combining(char) else 2 if unicodedata.east_asian_width(char) in "WF" else 1
+               for char in text)
+
+
+def _padded(text: str, width: int) -> str:
+    return text + " " * (width - _width(text))
+
+
 def as_table(predictions: list[Prediction]) -> str:
     """Aligned columns for reading, headed like the CSV's: path, class, probability,
     class_2, probability_2, ...; an unreadable image's row holds its error."""
     header = prediction_columns(max((len(p.classes) for p in predictions), default=1) or 1)
-    rows = [[p.source] + [cell for c, v in zip(p.classes, p.probabilities) for cell in (c, f"{v:.4f}")]
+    rows = [[_shown(p.source)] + [cell for c, v in zip(p.classes, p.probabilities) for cell in (_shown(c), f"{v:.4f}")]
             for p in predictions if not p.error]
-    widths = [max(len(row[column]) for row in [header, *rows] if column < len(row)) for column in range(len(header))]
-    widths[0] = max([widths[0]] + [len(p.source) for p in predictions])  # an unreadable image's path too
+    widths = [max(_width(row[column]) for row in [header, *rows] if column < len(row))
+              for column in range(len(header))]
+    widths[0] = max([widths[0]] + [_width(_shown(p.source)) for p in predictions])  # an unreadable image's path too
     lines = []
     for p in predictions:
-        cells = [p.source, f"error: {p.error}"] if p.error else rows.pop(0)
-        lines.append("  ".join(cell.ljust(width) for cell, width in zip(cells, widths)).rstrip())
-    return "\n".join(["  ".join(name.ljust(width) for name, width in zip(header, widths)).rstrip(), *lines]) + "\n"
+        cells = [_shown(p.source), f"error: {_shown(p.error)}"] if p.error else rows.pop(0)
+        lines.append("  ".join(_padded(cell, width) for cell, width in zip(cells, widths)).rstrip())
+    return "\n".join(["  ".join(_padded(name, width) for name, width in zip(header, widths)).rstrip(), *lines]) + "\n"
 
 
 # ---------------------------------------------------------------- the command
