@@ -276,7 +276,7 @@ def _convert(image, channels: int, name: str = "<image>"):
                                  f"{'gray' if channels == 1 else 'RGB'}") from None
 
 
-def _resize(image, size: tuple[int, int], policy: str):
+def _resize(image, size: tuple[int, int], policy: str, name: str = "<image>"):
     from PIL import Image
 
     height, width = size
@@ -287,6 +287,10 @@ def _resize(image, size: tuple[int, int], policy: str):
     if policy == "center_crop":
         scale = max(width / image.width, height / image.height)
         scaled_w, scaled_h = max(width, round(image.width * scale)), max(height, round(image.height * scale))
+        if scaled_w * scaled_h > MAX_PIXELS:  # a 2 KB PNG of 1,000,000x2 pixels scales to 28x14,000,000
+            raise ImageReadError(f"{name}: refused, {image.width}x{image.height} pixels is too elongated to "
+                                 f"center_crop to {width}x{height} (scaled first, it would hold "
+                                 f"{scaled_w * scaled_h:,} pixels, more than {MAX_PIXELS:,})")
         image = image.resize((scaled_w, scaled_h), Image.Resampling.BILINEAR)
         left, top = (scaled_w - width) // 2, (scaled_h - height) // 2
         return image.crop((left, top, left + width, top + height))
@@ -331,7 +335,7 @@ def decode_image(source, channels: int, size: tuple[int, int] | None = None,
     image = _convert(image, channels, name)
     resized = size is not None and image.size != (int(size[1]), int(size[0]))
     if resized:
-        image = _resize(image, (int(size[0]), int(size[1])), resize)
+        image = _resize(image, (int(size[0]), int(size[1])), resize, name)
     array = np.asarray(image, dtype=np.uint8)
     if array.ndim == 2:
         array = array[:, :, None]
