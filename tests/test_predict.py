@@ -12,7 +12,7 @@ from PIL import Image
 import cnnspec
 from cnnspec.cli import main as cli
 from cnnspec.data.datasets import RawDataset, decode_raw, load_prepared, prepare, write_prepared
-from cnnspec.data.images import ImageReadError
+from cnnspec.data.images import NOT_READ, ImageReadError
 from cnnspec.errors import DataError, TrainingError
 from cnnspec.inference import evaluation
 from cnnspec.models.checkpoint import FORMAT, save_checkpoint
@@ -221,10 +221,15 @@ def test_the_table_stays_aligned_for_wide_characters_and_one_line_a_row(tmp_path
     import unicodedata
 
     checkpoint = random_checkpoint(tmp_path, SPEC, (1, 28, 28))
+    photos = tmp_path / "photos"
+    photos.mkdir()
     for name in ("a.png", "写真 1.png", "café.png", "new\nline.png"):
-        Image.fromarray(np.full((28, 28), 200, np.uint8)).save(tmp_path / unicodedata.normalize("NFD", name))
-    assert cli(["predict", str(checkpoint), str(tmp_path), "--format", "table"]) == 0
-    header, *rows = capsys.readouterr().out.splitlines()
+        Image.fromarray(np.full((28, 28), 200, np.uint8)).save(photos / unicodedata.normalize("NFD", name))
+    (photos / "broken\n.png").write_bytes(b"not an image")
+    assert cli(["predict", str(checkpoint), str(photos), "--format", "table"]) == 1
+    captured = capsys.readouterr()
+    assert captured.err.splitlines()[0] == rf"error: {photos}/broken\n.png: {NOT_READ}"
+    header, *rows = [row for row in captured.out.splitlines() if "broken" not in row]
     assert len(rows) == 4 and any(r"new\nline.png" in row for row in rows)
     for row in rows:  # the class starts in the column its heading does, on screen
         after_path = row.split(".png", 1)[1]

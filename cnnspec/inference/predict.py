@@ -756,7 +756,7 @@ def run_command(args) -> int:
             "table": lambda: as_table(predictions)}[args.format]()
     failed = [p for p in predictions if p.error]
     for p in failed:
-        print(f"error: {p.error}", file=sys.stderr)
+        print(f"error: {_shown(p.error)}", file=sys.stderr)
     if args.output:
         from cnnspec.atomic import write_text
 
