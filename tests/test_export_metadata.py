@@ -107,3 +107,50 @@ def test_an_onnx_file_without_metadata_or_with_tta_is_refused_in_one_line(checkp
             cli(["predict", str(bare), str(image), *arguments])
         error = capsys.readouterr().err
         assert caught.value.code == code and error.count("\n") == 1 and words in error, error
+
+
+def photos_as_people_have_them(folder, image) -> list:
+    """One gray image as a sideways phone JPEG, a large JPEG, a transparent PNG, a palette
+    PNG, a 16-bit PNG, a CMYK JPEG and a GIF."""
+    gray = Image.fromarray(image)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # viewers turn it 90 degrees clockwise
+    gray.resize((60, 45)).rotate(90, expand=True).save(folder / "phone.jpg", exif=exif.tobytes())
+    gray.convert("RGB").resize((400, 300)).save(folder / "large.jpg")
+    rgba = np.stack([image] * 3 + [np.where(image > 40, 255, 0).astype(np.uint8)], axis=-1)
+    Image.fromarray(rgba).save(folder / "alpha.png")
+    gray.convert("RGB").quantize(16).save(folder / "palette.png")
+    Image.fromarray(image.astype(np.uint16) * 257 + 3).save(folder / "gray16.png")
+    gray.convert("CMYK").save(folder / "cmyk.jpg")
+    gray.resize((30, 50)).save(folder / "tall.gif")
+    return sorted(folder.iterdir())
+
+
+def test_the_docs_plain_python_for_an_onnx_file_reads_images_as_cnnspec_does(checkpoint, tmp_path, capsys):
+    """docs/export.md's block for a deployer without cnnspec: its pixels are read_image's,
+    whatever the file, and its probabilities cnnspec predict's."""
+    import re
+    from pathlib import Path
+
+    from cnnspec.data.images import read_image
+
+    path, prepared, data = checkpoint
+    onnx_path = tmp_path / "model.onnx"
+    assert cli(["export", str(path), "--format", "onnx", "--output", str(onnx_path),
+                "--check-images", str(prepared)]) == 0
+    (tmp_path / "photos").mkdir()
+    photos = photos_as_people_have_them(tmp_path / "photos", data["test_images"][0][0])
+    text = (Path(__file__).resolve().parent.parent / "docs" / "export.md").read_text(encoding="utf-8")
+    block = re.search(r"## Using the ONNX file.*?```python\n(.*?)```", text, re.S).group(1)
+    code = block.replace('"models/model.onnx"', repr(str(onnx_path))).replace('"cat.jpg"', repr(str(photos[0])))
+    namespace = {}
+    capsys.readouterr()
+    exec(compile(code, "docs/export.md", "exec"), namespace)
+    printed = capsys.readouterr().out.strip().rsplit(" ", 1)  # a class name may hold spaces
+    assert cli(["predict", str(onnx_path), str(photos[0]), "--format", "json"]) == 0
+    predicted = json.loads(capsys.readouterr().out)[0]
+    assert printed[0] == predicted["class"] and float(printed[1]) == pytest.approx(predicted["probability"], abs=1e-6)
+    for channels, resize, size in [(1, "stretch", (28, 28)), (3, "center_crop", (20, 36)), (3, "stretch", (32, 32))]:
+        namespace.update(channels=channels, resize=resize, height=size[0], width=size[1])
+        for photo in photos:
+            assert np.array_equal(namespace["pixels"](photo), read_image(photo, channels, size, resize)), photo

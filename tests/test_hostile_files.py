@@ -160,6 +160,42 @@ def test_a_pixel_bomb_is_refused_before_decoding(tmp_path):
         read_image(path, 1, (28, 28))
 
 
+def test_a_baseline_jpeg_is_bounded_by_the_pixels_it_is_decoded_to(tmp_path, monkeypatch, capsys):
+    """A phone's 50- or 108-megapixel photo, read for a small model, is decoded at an eighth
+    of its sides and is no bomb; a progressive JPEG keeps coefficients for all its pixels."""
+    from cnnspec.data import images
+
+    monkeypatch.setattr(images, "MAX_PIXELS", 100 * 100)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 300 * 300)  # Pillow warns above it, refuses above twice it
+    photo = Image.new("L", (400, 400), 128)
+    photo.save(tmp_path / "phone.jpg")
+    assert (read_image(tmp_path / "phone.jpg", 1, (28, 28)) == 128).all()
+    assert capsys.readouterr().err == ""
+    with pytest.raises(ImageReadError, match="phone.jpg: refused, more than 10,000 pixels"):
+        read_image(tmp_path / "phone.jpg", 1, (200, 200))  # decoded at half its sides: 40,000
+    photo.save(tmp_path / "progressive.jpg", progressive=True)
+    with pytest.raises(ImageReadError, match="progressive.jpg: refused, more than 10,000 pixels"):
+        read_image(tmp_path / "progressive.jpg", 1, (28, 28))
+    Image.new("L", (500, 500)).save(tmp_path / "huge.jpg")
+    with pytest.raises(ImageReadError, match="huge.jpg: refused by Pillow \\(Image size \\(250000 pixels\\)"):
+        read_image(tmp_path / "huge.jpg", 1, (28, 28))
+
+
+def test_an_image_too_elongated_to_center_crop_is_refused_before_it_is_scaled(tmp_path, monkeypatch):
+    """A 20 KB PNG of 20,000,000x1 pixels, center-cropped to 28x28, was first scaled to
+    28 high: 15.7 billion pixels. Here the bound is lowered so that the test allocates little."""
+    from cnnspec.data import images
+
+    monkeypatch.setattr(images, "MAX_PIXELS", 100 * 100)
+    path = tmp_path / "strip.png"
+    Image.new("L", (1000, 1)).save(path)
+    with pytest.raises(ImageReadError, match=r"strip.png: refused, 1000x1 pixels is too elongated to "
+                                             r"center_crop to 28x28 \(scaled first, it would hold 784,000"):
+        read_image(path, 1, (28, 28), "center_crop")
+    assert read_image(path, 1, (28, 28), "stretch").shape == (1, 28, 28)
+    assert read_image(Image.new("L", (200, 50)), 1, (28, 28), "center_crop").shape == (1, 28, 28)
+
+
 def tiff_with_fractional_strip_offset() -> bytes:
     """A 28x28 grayscale TIFF whose StripOffsets entry has the type RATIONAL (a fraction):
     Pillow hands the fraction to seek() and raises TypeError, not OSError (found by

@@ -92,6 +92,18 @@ def test_a_postscript_file_named_png_never_reaches_ghostscript(tmp_path, monkeyp
     assert ran == []
 
 
+def test_sampling_the_size_of_a_large_photo_prints_no_pillow_warning(tmp_path, monkeypatch):
+    import warnings
+
+    from cnnspec.data.user_datasets import sample_images
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100 * 100)  # Pillow warns from here, as from 89 M pixels
+    Image.new("RGB", (150, 120)).save(tmp_path / "phone.jpg")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert sample_images([str(tmp_path / "phone.jpg")]) == [(120, 150, "RGB")]
+
+
 def test_only_the_formats_cnnspec_names_are_decoded(tmp_path):
     pixels = fashion_images(1)[0]
     for suffix in (".png", ".jpg", ".bmp", ".gif", ".webp", ".tif"):

@@ -12,7 +12,7 @@ from PIL import Image
 import cnnspec
 from cnnspec.cli import main as cli
 from cnnspec.data.datasets import RawDataset, decode_raw, load_prepared, prepare, write_prepared
-from cnnspec.data.images import ImageReadError
+from cnnspec.data.images import NOT_READ, ImageReadError
 from cnnspec.errors import DataError, TrainingError
 from cnnspec.inference import evaluation
 from cnnspec.models.checkpoint import FORMAT, save_checkpoint
@@ -215,6 +215,28 @@ def test_the_table_format_has_a_header_and_aligned_columns(tmp_path, capsys):
     for name, cell in zip(header.split(), good.split()):
         assert header.index(name) == good.index(cell, header.index(name)), (header, good)
     assert header.index("class") == broken.index("error:")
+
+
+def test_the_table_stays_aligned_for_wide_characters_and_one_line_a_row(tmp_path, capsys):
+    import unicodedata
+
+    checkpoint = random_checkpoint(tmp_path, SPEC, (1, 28, 28))
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("a.png", "写真 1.png", "café.png", "new\nline.png"):
+        Image.fromarray(np.full((28, 28), 200, np.uint8)).save(photos / unicodedata.normalize("NFD", name))
+    (photos / "broken\n.png").write_bytes(b"not an image")
+    assert cli(["predict", str(checkpoint), str(photos), "--format", "table"]) == 1
+    captured = capsys.readouterr()
+    assert captured.err.splitlines()[0] == rf"error: {photos}/broken\n.png: {NOT_READ}"
+    header, *rows = [row for row in captured.out.splitlines() if "broken" not in row]
+    assert len(rows) == 4 and any(r"new\nline.png" in row for row in rows)
+    for row in rows:  # the class starts in the column its heading does, on screen
+        after_path = row.split(".png", 1)[1]
+        before_class = row[:len(row) - len(after_path.lstrip())]
+        columns = sum(0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) == "W" else 1
+                      for c in before_class)
+        assert columns == header.index("class"), (row, header)
 
 
 def test_a_top_k_above_the_class_count_ranks_every_class_and_says_so(tmp_path, capsys):

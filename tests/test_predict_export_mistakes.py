@@ -116,6 +116,20 @@ def test_writing_into_proc_is_not_called_a_full_disk():
     assert "full" not in str(caught.value)
 
 
+def test_predict_refuses_an_output_that_is_its_model_or_one_of_its_images(model_files, tmp_path, capsys):
+    for name in ("model.pt", "model.onnx"):
+        shutil.copy(model_files["onnx" if name.endswith(".onnx") else "checkpoint"], tmp_path / name)
+    shutil.copy(model_files["photos"] / "0.png", tmp_path / "a.png")
+    before = {path: path.read_bytes() for path in tmp_path.iterdir()}
+    for model, output, words in [("model.pt", "model.pt", "is the model being read"),
+                                 ("model.onnx", "./model.onnx", "is the model being read"),
+                                 ("model.pt", "a.png", "is one of the images being classified")]:
+        error = one_line_error(capsys, ["predict", str(tmp_path / model), str(tmp_path / "a.png"),
+                                        "--output", str(tmp_path / output)], 1)
+        assert f"{tmp_path / output}: {words}; give another --output" in error
+    assert {path: path.read_bytes() for path in tmp_path.iterdir()} == before
+
+
 def test_export_refuses_to_overwrite_its_own_checkpoint_and_other_wrong_outputs(model_files, tmp_path, capsys):
     checkpoint = tmp_path / "model.pt"
     shutil.copy(model_files["checkpoint"], checkpoint)
@@ -448,10 +462,25 @@ def test_an_empty_folder_or_a_fifo_among_the_paths_is_an_error(model_files, tmp_
     (empty / "notes.txt").write_text("not an image")
     fifo = tmp_path / "pipe"
     os.mkfifo(fifo)
-    for path, words in [(empty, "no image files in this folder"), (fifo, "not a regular file or folder")]:
+    for path, words in [(empty, "no image files in this folder (only 1 file without an image suffix (.txt); "),
+                        (fifo, "not a regular file or folder")]:
         error = one_line_error(capsys, ["predict", str(model_files["checkpoint"]), str(model_files["photos"]),
                                         str(path)], 2)
         assert f"{path}: {words}" in error
+
+
+def test_a_folder_leaves_out_hidden_files_and_names_the_files_it_does_not_read(model_files, tmp_path, capsys):
+    """A Mac writes `._IMG.jpg` beside each photo on a USB stick, and an iPhone's photos
+    are .heic: neither may fail the run, and neither may vanish unsaid."""
+    (tmp_path / "trip" / ".thumbnails").mkdir(parents=True)
+    for name in ["trip/a.png", "trip/.thumbnails/a.png"]:
+        shutil.copy(model_files["photos"] / "0.png", tmp_path / name)
+    (tmp_path / "trip" / "._a.png").write_bytes(b"\x00\x05\x16\x07Mac OS X")
+    (tmp_path / "trip" / "IMG_1.HEIC").write_bytes(b"\x00\x00\x00\x18ftypheic")
+    assert cli(["predict", str(model_files["checkpoint"]), str(tmp_path / "trip")]) == 0
+    captured = capsys.readouterr()
+    assert [line.split(",")[0] for line in captured.out.splitlines()[1:]] == [str(tmp_path / "trip" / "a.png")]
+    assert captured.err == f"note: {tmp_path / 'trip'}: 1 file without an image suffix (.heic) not read\n"
 
 
 @pytest.mark.timeout(60)

@@ -18,13 +18,21 @@ AUTO_SIDE = 64      # data.image_size: auto scales larger images down to fit thi
 def sample_images(paths: list[str], sample: int = SIZE_SAMPLE) -> list[tuple[int, int, str]]:
     """(height, width, mode) of up to `sample` of the images, spread over the list, read
     from the file headers (no decoding). Unreadable files are left out: decoding names them."""
+    import warnings
+
+    from PIL import Image
+
     spread = np.unique(np.linspace(0, len(paths) - 1, min(len(paths), sample)).round().astype(int))
     found = []
     for path in (paths[i] for i in spread):
         if not_a_regular_file(path):  # a FIFO would block the open: decoding names it
             continue
         try:
-            with open_image(path) as image:
+            with warnings.catch_warnings():
+                # Pillow warns of a large image from its header; decoding applies cnnspec's bound
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                image = open_image(path)
+            with image:
                 mode = image.mode
                 if mode == "P":  # a palette: grayscale only if every entry is
                     mode = "L" if is_gray(image) else "RGB"

@@ -136,6 +136,15 @@ def _refuse_too_many_scans(stream, name: str) -> None:
                                  "about 10; each one decodes the whole image again)")
 
 
+def _refuse_too_many_pixels(pixels: int, name: str) -> None:
+    """MAX_PIXELS bounds what decoding holds: a baseline JPEG decoded reduced (draft mode)
+    never holds its full size, so a 108-megapixel phone photo reads at an eighth of its
+    sides; a progressive one keeps coefficients for every pixel of every scan."""
+    if pixels > MAX_PIXELS:
+        raise ImageReadError(f"{name}: refused, more than {MAX_PIXELS:,} pixels (a decompression "
+                             f"bomb, or a photo far larger than any model input)")
+
+
 def _open(source, size: tuple[int, int] | None = None):
     """A loaded PIL image from a path, bytes or a PIL image. Raises ImageReadError.
     With `size` (height, width) a large JPEG is decoded already reduced (Pillow's draft
@@ -156,18 +165,20 @@ def _open(source, size: tuple[int, int] | None = None):
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
             stream = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else open(source, "rb")
             with stream:
                 image = open_image(stream)  # the header only: the size is known, nothing decoded
-                if image.width * image.height > MAX_PIXELS:  # our bound; Pillow's global is the user's
-                    raise Image.DecompressionBombError(f"{image.width * image.height} pixels")
+                full_size = image.width * image.height
                 jpeg = image.format in ("JPEG", "MPO")  # MPO: a phone's JPEG with a multi-picture block
-                if jpeg and (image.info.get("progressive") or image.info.get("progression")):
-                    _refuse_too_many_scans(stream, name)  # only a progressive JPEG decodes scan after scan
+                progressive = jpeg and bool(image.info.get("progressive") or image.info.get("progression"))
                 if size is not None and jpeg:
                     image.draft(image.mode, (int(size[1]), int(size[0])))
+                _refuse_too_many_pixels(full_size if progressive else image.width * image.height, name)
+                if progressive:
+                    _refuse_too_many_scans(stream, name)  # only a progressive JPEG decodes scan after scan
                 image.load()  # decode now: a truncated file fails here, not later
+        # Pillow's warning of a large image: the bound above is cnnspec's, on what is decoded
+        caught = [warning for warning in caught if warning.category is not Image.DecompressionBombWarning]
         for warning in caught:
             message = str(warning.message)
             note(f"{name}: {message.splitlines()[0] if message else warning.category.__name__}")
@@ -178,9 +189,8 @@ def _open(source, size: tuple[int, int] | None = None):
         raise ImageReadError(f"{name}: no such image file") from None
     except UnidentifiedImageError:
         raise ImageReadError(f"{name}: {NOT_READ}") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageReadError(f"{name}: refused, more than {MAX_PIXELS:,} pixels (a decompression "
-                             f"bomb, or a photo far larger than any model input)") from None
+    except Image.DecompressionBombError as error:  # Pillow's own bound, PIL.Image.MAX_IMAGE_PIXELS
+        raise ImageReadError(f"{name}: refused by Pillow ({first_line(error, 'a decompression bomb')})") from None
     except Exception as error:  # noqa: BLE001 - truncated, corrupt, unsupported: a hostile file can make
         # Pillow's parsers raise almost anything (OSError, ValueError, SyntaxError, and also
         # TypeError from a TIFF whose strip offsets are fractions), and all of them mean this
@@ -266,7 +276,7 @@ def _convert(image, channels: int, name: str = "<image>"):
                                  f"{'gray' if channels == 1 else 'RGB'}") from None
 
 
-def _resize(image, size: tuple[int, int], policy: str):
+def _resize(image, size: tuple[int, int], policy: str, name: str = "<image>"):
     from PIL import Image
 
     height, width = size
@@ -277,6 +287,10 @@ def _resize(image, size: tuple[int, int], policy: str):
     if policy == "center_crop":
         scale = max(width / image.width, height / image.height)
         scaled_w, scaled_h = max(width, round(image.width * scale)), max(height, round(image.height * scale))
+        if scaled_w * scaled_h > MAX_PIXELS:  # a 2 KB PNG of 1,000,000x2 pixels scales to 28x14,000,000
+            raise ImageReadError(f"{name}: refused, {image.width}x{image.height} pixels is too elongated to "
+                                 f"center_crop to {width}x{height} (scaled first, it would hold "
+                                 f"{scaled_w * scaled_h:,} pixels, more than {MAX_PIXELS:,})")
         image = image.resize((scaled_w, scaled_h), Image.Resampling.BILINEAR)
         left, top = (scaled_w - width) // 2, (scaled_h - height) // 2
         return image.crop((left, top, left + width, top + height))
@@ -321,7 +335,7 @@ def decode_image(source, channels: int, size: tuple[int, int] | None = None,
     image = _convert(image, channels, name)
     resized = size is not None and image.size != (int(size[1]), int(size[0]))
     if resized:
-        image = _resize(image, (int(size[0]), int(size[1])), resize)
+        image = _resize(image, (int(size[0]), int(size[1])), resize, name)
     array = np.asarray(image, dtype=np.uint8)
     if array.ndim == 2:
         array = array[:, :, None]

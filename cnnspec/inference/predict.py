@@ -19,6 +19,7 @@ import glob
 import os
 import sys
 import threading
+import unicodedata
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from cnnspec.data.images import ImageReadError, is_image_file, read_image
+from cnnspec.data.images import ImageReadError, is_image_file, note, read_image
 from cnnspec.errors import CnnspecError, DataError, TrainingError, first_line
 from cnnspec.inference.metadata import ExportError
 
@@ -503,16 +504,17 @@ def find_images(patterns: list[str]) -> list[str]:
         if path.is_file():
             found.append(pattern)
         elif path.is_dir():
-            images = _images_in(path)
+            images, others = _images_in(path)
             if not images:
-                raise NoImagesError(f"{pattern}: no image files in this folder ({IMAGE_SUFFIX_WORDS})")
+                only = f"only {others}; " if others else ""
+                raise NoImagesError(f"{pattern}: no image files in this folder ({only}{IMAGE_SUFFIX_WORDS})")
             found += images
         elif glob.has_magic(pattern):
             matches = sorted(glob_matches(pattern))
             if not matches:
                 raise NoImagesError(f"{pattern}: no file matches this pattern")
             for match in matches:
-                found += _images_in(Path(match)) if Path(match).is_dir() else [match]
+                found += _images_in(Path(match))[0] if Path(match).is_dir() else [match]
         elif path.exists():
             raise NoImagesError(f"{pattern}: not a regular file or folder")
         else:
@@ -590,8 +592,24 @@ def _real_folders(folder: str):
 IMAGE_SUFFIX_WORDS = "suffixes: .jpg .jpeg .png .bmp .webp .gif .tif .tiff"
 
 
-def _images_in(folder: Path) -> list[str]:
-    return sorted(str(p) for p in folder.rglob("*") if p.is_file() and is_image_file(p))
+def _images_in(folder: Path) -> tuple[list[str], str]:
+    """The image files below `folder`, sorted, and a count of the other files ('' when
+    none). Hidden files and folders are left out, as preprocess leaves them out: a Mac
+    writes an `._IMG_1.jpg` of metadata beside each photo it copies to a USB stick. The
+    other files are counted by suffix, so that photos in a format cnnspec does not read
+    (an iPhone's .heic) are not skipped unsaid."""
+    images, others = [], []
+    for current, folders, names in os.walk(folder):
+        folders[:] = [name for name in folders if not name.startswith(".")]
+        for path in (os.path.join(current, name) for name in names if not name.startswith(".")):
+            if os.path.isfile(path):
+                (images if is_image_file(path) else others).append(path)
+    suffixes = sorted({Path(path).suffix.lower() or "no suffix" for path in others})
+    counted = (f"{len(others)} file{'s' if len(others) > 1 else ''} without an image suffix "
+               f"({', '.join(suffixes[:5])}{', ...' if len(suffixes) > 5 else ''})") if others else ""
+    if images and counted:
+        note(f"{folder}: {counted} not read")
+    return sorted(images), counted
 
 
 def prediction_columns(top_k: int) -> list[str]:
@@ -630,19 +648,36 @@ def as_json(predictions: list[Prediction]) -> str:
     return json.dumps(rows, indent=2) + "\n"
 
 
+def _shown(text: str) -> str:
+    """`text` on one line: control characters (a line break in a file name) escaped."""
+    return "".join(repr(char)[1:-1] if unicodedata.category(char) == "Cc" else char for char in text)
+
+
+def _width(text: str) -> int:
+    """The columns `text` takes in a terminal: two for a wide (CJK) character, none for a
+    combining accent."""
+    return sum(0 if unicodedata.combining(char) else 2 if unicodedata.east_asian_width(char) in "WF" else 1
+               for char in text)
+
+
+def _padded(text: str, width: int) -> str:
+    return text + " " * (width - _width(text))
+
+
 def as_table(predictions: list[Prediction]) -> str:
     """Aligned columns for reading, headed like the CSV's: path, class, probability,
     class_2, probability_2, ...; an unreadable image's row holds its error."""
     header = prediction_columns(max((len(p.classes) for p in predictions), default=1) or 1)
-    rows = [[p.source] + [cell for c, v in zip(p.classes, p.probabilities) for cell in (c, f"{v:.4f}")]
+    rows = [[_shown(p.source)] + [cell for c, v in zip(p.classes, p.probabilities) for cell in (_shown(c), f"{v:.4f}")]
             for p in predictions if not p.error]
-    widths = [max(len(row[column]) for row in [header, *rows] if column < len(row)) for column in range(len(header))]
-    widths[0] = max([widths[0]] + [len(p.source) for p in predictions])  # an unreadable image's path too
+    widths = [max(_width(row[column]) for row in [header, *rows] if column < len(row))
+              for column in range(len(header))]
+    widths[0] = max([widths[0]] + [_width(_shown(p.source)) for p in predictions])  # an unreadable image's path too
     lines = []
     for p in predictions:
-        cells = [p.source, f"error: {p.error}"] if p.error else rows.pop(0)
-        lines.append("  ".join(cell.ljust(width) for cell, width in zip(cells, widths)).rstrip())
-    return "\n".join(["  ".join(name.ljust(width) for name, width in zip(header, widths)).rstrip(), *lines]) + "\n"
+        cells = [_shown(p.source), f"error: {_shown(p.error)}"] if p.error else rows.pop(0)
+        lines.append("  ".join(_padded(cell, width) for cell, width in zip(cells, widths)).rstrip())
+    return "\n".join(["  ".join(_padded(name, width) for name, width in zip(header, widths)).rstrip(), *lines]) + "\n"
 
 
 # ---------------------------------------------------------------- the command
@@ -654,6 +689,24 @@ def in_fast_layout(model: InferenceModel) -> InferenceModel:
     agree with the standard layout's to float rounding, not bit for bit."""
     model.network.to(memory_format=torch.channels_last)
     return model
+
+
+def refuse_an_output_that_is_read(output, checkpoint, paths: list[str]) -> None:
+    """--output must not be the model or one of the images: the predictions would replace
+    it (`--output photo.jpg other.jpg`, meant as two images)."""
+    from cnnspec.errors import OutputError
+
+    if not output or not os.path.isfile(output):
+        return
+    written = os.stat(output)
+
+    def is_output(path) -> bool:
+        return os.path.exists(path) and os.path.samestat(written, os.stat(path))
+
+    if is_output(checkpoint):
+        raise OutputError(f"{output}: is the model being read; give another --output")
+    if any(is_output(path) for path in paths):
+        raise OutputError(f"{output}: is one of the images being classified; give another --output")
 
 
 def run_command(args) -> int:
@@ -681,6 +734,7 @@ def run_command(args) -> int:
             raise UsageError("--engine torch: an ONNX model runs with onnxruntime; give the .pt checkpoint")
         model = OnnxModel(args.checkpoint)
         paths = find_images(args.paths)
+        refuse_an_output_that_is_read(args.output, args.checkpoint, paths)
     else:
         if engine == "onnxruntime" and args.tta != "none":
             raise UsageError("--engine onnxruntime runs the model as exported; --tta needs --engine torch or auto")
@@ -688,6 +742,7 @@ def run_command(args) -> int:
         device = "cpu" if engine == "onnxruntime" and args.device == "auto" else args.device
         model = load_model(args.checkpoint, pick_device(device, "--device", UsageError))
         paths = find_images(args.paths)
+        refuse_an_output_that_is_read(args.output, args.checkpoint, paths)
         model = with_engine(model, len(paths), engine, args.tta)
         if isinstance(model, InferenceModel):
             model = in_fast_layout(model)
@@ -701,7 +756,7 @@ def run_command(args) -> int:
             "table": lambda: as_table(predictions)}[args.format]()
     failed = [p for p in predictions if p.error]
     for p in failed:
-        print(f"error: {p.error}", file=sys.stderr)
+        print(f"error: {_shown(p.error)}", file=sys.stderr)
     if args.output:
         from cnnspec.atomic import write_text
 
