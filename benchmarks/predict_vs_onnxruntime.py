@@ -64,6 +64,7 @@ def main(argv=None) -> dict:
     from cnnspec.data.datasets import read_idx
     from cnnspec.inference import predict
     from cnnspec.inference.export import _export_onnx
+    from cnnspec.inference.onnx_model import OnnxModel
     from cnnspec.models.checkpoint import save_checkpoint
 
     if args.threads:
@@ -81,14 +82,14 @@ def main(argv=None) -> dict:
         save_checkpoint(folder / "model.pt", cnnspec.build_model(spec, (1, 28, 28), 10).eval(), spec, meta, {}, 0, 0)
         model = predict.load_model(folder / "model.pt", "cpu")
         started = time.perf_counter()  # before anything here has imported onnx or run an export
-        predict.OnnxModel.from_model(model)
+        OnnxModel.from_model(model)
         export_seconds = {"first": time.perf_counter() - started,
-                          "again": best_of(lambda: predict.OnnxModel.from_model(model), args.rounds)}
+                          "again": best_of(lambda: OnnxModel.from_model(model), args.rounds)}
         chosen = []
 
         def auto_pass():  # `cnnspec predict`'s default engine, from the file to the probabilities
             runner = predict.with_engine(predict.load_model(folder / "model.pt", "cpu"), len(images))
-            chosen[:] = ["onnxruntime" if isinstance(runner, predict.OnnxModel) else "torch"]
+            chosen[:] = ["onnxruntime" if isinstance(runner, OnnxModel) else "torch"]
             if isinstance(runner, predict.InferenceModel):
                 predict.in_fast_layout(runner)
                 return [predict.probabilities_of(runner, batch) for batch in batches]

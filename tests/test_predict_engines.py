@@ -16,7 +16,8 @@ from cnnspec.cli import main as cli
 from cnnspec.inference import export as export_module
 from cnnspec.inference import onnx_graph
 from cnnspec.inference import predict as predict_module
-from cnnspec.inference.predict import ONNXRUNTIME_MIN_IMAGES, OnnxModel, choose_engine, with_engine
+from cnnspec.inference.onnx_model import OnnxModel
+from cnnspec.inference.predict import ONNXRUNTIME_MIN_IMAGES, choose_engine, with_engine
 from tests.test_predict import META_GRAY, SPEC, needs_fashion, random_checkpoint, write_pngs
 from tests.test_predict import trained as trained  # the module-scoped fixture: a model trained on real images
 

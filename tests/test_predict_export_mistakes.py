@@ -17,6 +17,7 @@ import cnnspec
 from cnnspec import atomic
 from cnnspec.cli import main as cli
 from cnnspec.errors import DataError, DiskFullError, OutputError, TrainingError
+from cnnspec.inference import image_paths, onnx_model
 from cnnspec.inference import predict as predict_module
 from cnnspec.models.checkpoint import read_checkpoint
 from tests.test_predict import SPEC, random_checkpoint
@@ -257,7 +258,7 @@ def test_an_onnx_tensor_whose_data_lies_in_another_file_is_refused(model_files, 
     def must_not_run(model):
         raise AssertionError("onnxruntime was given a model that reads another file")
 
-    monkeypatch.setattr(predict_module, "_session", must_not_run)
+    monkeypatch.setattr(onnx_model, "_session", must_not_run)
     edited = external_data_onnx(model_files["onnx"], tmp_path / "outside.onnx", where)
     error = one_line_error(capsys, ["predict", str(edited), str(model_files["photos"] / "0.png")], 1)
     assert f"{edited}: tensor '" in error and "keeps its data in another file" in error
@@ -265,9 +266,9 @@ def test_an_onnx_tensor_whose_data_lies_in_another_file_is_refused(model_files, 
 
 def test_onnxruntime_runs_the_bytes_that_were_checked(model_files, monkeypatch):
     given = []
-    monkeypatch.setattr(predict_module, "_session", lambda model, run=predict_module._session: (
+    monkeypatch.setattr(onnx_model, "_session", lambda model, run=onnx_model._session: (
         given.append(model), run(model))[1])
-    predict_module.OnnxModel(model_files["onnx"])
+    onnx_model.OnnxModel(model_files["onnx"])
     assert given == [model_files["onnx"].read_bytes()]
 
 
@@ -351,7 +352,7 @@ def test_a_graph_that_loops_or_sizes_tensors_from_values_is_refused_before_onnxr
     def must_not_run(model):
         raise AssertionError("onnxruntime was given a graph that loops or sizes tensors from values")
 
-    monkeypatch.setattr(predict_module, "_session", must_not_run)
+    monkeypatch.setattr(onnx_model, "_session", must_not_run)
     nodes, initializers = hostile_nodes(kind)
     hostile = graph_after_probabilities(model_files["onnx"], tmp_path / "hostile.onnx", nodes, initializers)
     error = one_line_error(capsys, ["predict", str(hostile), str(model_files["photos"] / "0.png")], 1)
@@ -431,10 +432,10 @@ def test_an_onnx_run_past_its_time_limit_is_stopped_with_one_line(model_files, t
 
     nodes, initializers = hostile_nodes("Loop")
     looping = graph_after_probabilities(model_files["onnx"], tmp_path / "loop.onnx", nodes, initializers)
-    monkeypatch.setattr(predict_module, "RUN_SECONDS_FLOOR", 1)
-    monkeypatch.setattr(predict_module, "RUN_SECONDS_PER_MILLION_INPUT_VALUES", 0)
-    model = predict_module.OnnxModel.__new__(predict_module.OnnxModel)
-    model.session, model.name = predict_module._session(looping.read_bytes()), str(looping)
+    monkeypatch.setattr(onnx_model, "RUN_SECONDS_FLOOR", 1)
+    monkeypatch.setattr(onnx_model, "RUN_SECONDS_PER_MILLION_INPUT_VALUES", 0)
+    model = onnx_model.OnnxModel.__new__(onnx_model.OnnxModel)
+    model.session, model.name = onnx_model._session(looping.read_bytes()), str(looping)
     model.classes = list("abcdefghij")
     started = time.monotonic()
     with pytest.raises(ExportError, match=r"loop.onnx: onnxruntime ran for more than 1 s on 2 images and was stopped"):
@@ -491,9 +492,9 @@ def test_a_recursive_glob_does_not_follow_symlinked_folders(model_files, tmp_pat
     for link, target in [("g/sub/l1", ".."), ("g/sub/l2", ".."), ("g/l3", ".")]:
         (tmp_path / link).symlink_to(target)  # glob.glob(recursive=True) runs for ever here
     monkeypatch.chdir(tmp_path)
-    assert predict_module.find_images(["g/**/*.png"]) == ["g/a.png", "g/sub/b.png"]
-    assert predict_module.find_images([f"{tmp_path}/**/.*.png"]) == [f"{tmp_path}/g/sub/.c.png"]
-    assert predict_module.find_images(["g/*/b.png"]) == ["g/sub/b.png"]  # one level: as glob has it
+    assert image_paths.find_images(["g/**/*.png"]) == ["g/a.png", "g/sub/b.png"]
+    assert image_paths.find_images([f"{tmp_path}/**/.*.png"]) == [f"{tmp_path}/g/sub/.c.png"]
+    assert image_paths.find_images(["g/*/b.png"]) == ["g/sub/b.png"]  # one level: as glob has it
 
 
 def test_top_k_beyond_the_classes_gives_every_class_once(model_files, capsys):

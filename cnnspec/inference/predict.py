@@ -14,11 +14,8 @@ prediction equals evaluate's probability for the same image.
 """
 from __future__ import annotations
 
-import fnmatch
-import glob
 import os
 import sys
-import threading
 import unicodedata
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -28,9 +25,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from cnnspec.data.images import ImageReadError, is_image_file, note, read_image
-from cnnspec.errors import CnnspecError, DataError, TrainingError, first_line
+from cnnspec.data.images import ImageReadError, read_image
+from cnnspec.errors import DataError, TrainingError
+from cnnspec.inference.image_paths import find_images
 from cnnspec.inference.metadata import ExportError
+from cnnspec.inference.onnx_model import OnnxModel, OnnxUnavailable
 
 DECODE_THREADS = 4  # Pillow releases the GIL while decoding
 
@@ -70,163 +69,6 @@ class InferenceModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.logits(x).softmax(dim=1)
-
-
-class OnnxModel:
-    """An exported ONNX model (`cnnspec export --format onnx`) run by onnxruntime, with the
-    class names and image settings from its metadata: `cnnspec predict model.onnx ...`
-    reads and resizes images exactly as for the checkpoint it came from.
-    `OnnxModel.from_model(model)` runs a loaded InferenceModel the same way, exported in
-    memory. The session has as many intra-op threads as torch uses."""
-
-    def __init__(self, path):
-        from cnnspec.inference.metadata import onnx_settings, read_onnx
-
-        data, graph = read_onnx(path)
-        settings = onnx_settings(path, graph)
-        try:
-            self.session = _session(data)  # the bytes checked, not the path: nothing else is read
-        except OnnxUnavailable as error:
-            if error.installed:
-                raise
-            raise ExportError("running an ONNX model needs onnxruntime: pip install 'cnnspec[export]'") from None
-        except Exception as error:  # noqa: BLE001 - onnxruntime's own error types for a bad graph
-            first = first_line(error)
-            raise ExportError(f"{path}: onnxruntime cannot run this model ({first[:160]})") from None
-        self.name = str(path)
-        self.classes, self.channels = settings["classes"], settings["channels"]
-        self.image_size, self.resize = tuple(settings["image_size"]), settings["resize"]
-        self._check_graph(path)
-
-    def _check_graph(self, path) -> None:
-        """The graph's one input and one output are cnnspec's `images` and `probabilities`
-        (their sizes were checked against the metadata as the file was read)."""
-        names = ([i.name for i in self.session.get_inputs()], [o.name for o in self.session.get_outputs()])
-        if names != (["images"], ["probabilities"]):
-            raise ExportError(f"{path}: not a graph cnnspec export wrote (inputs {names[0]}, outputs "
-                              f"{names[1]}; expected images and probabilities)")
-
-    @classmethod
-    def from_model(cls, model: InferenceModel) -> OnnxModel:
-        """`model` exported to ONNX in memory by `cnnspec export`'s writer (nothing is
-        written to disk) and run by onnxruntime, checked against PyTorch on a few seeded
-        random images first. Raises OnnxUnavailable when onnxruntime is not installed or
-        does not load, ExportError when the export fails or does not match."""
-        from cnnspec.inference.onnx_graph import TOLERANCE, onnx_bytes
-
-        _import_onnxruntime()  # before the export: without onnxruntime it is wasted
-        generator = torch.Generator().manual_seed(0)
-        shape = (model.channels, *model.image_size)
-        images = torch.randint(0, 256, (3, *shape), generator=generator, dtype=torch.uint8).float() / 255
-        try:
-            data = onnx_bytes(model, images[:2], with_metadata=False)
-        except Exception as error:  # noqa: BLE001 - an exporter error of any kind: torch stays
-            first = first_line(error)
-            raise ExportError(f"the in-memory ONNX export failed: {first}") from None
-        self = cls.__new__(cls)
-        self.session, self.name = _session(data), "the in-memory ONNX export"
-        self.classes, self.channels = list(model.classes), model.channels
-        self.image_size, self.resize = tuple(model.image_size), model.resize
-        with torch.inference_mode():
-            expected = model(images)
-        difference = float((self.probabilities(images) - expected).abs().max())
-        if not difference <= TOLERANCE:
-            raise ExportError(f"the in-memory ONNX export differs from PyTorch by {difference:.2e} "
-                              f"(> {TOLERANCE:g})")
-        return self
-
-    def probabilities(self, pixels: torch.Tensor) -> torch.Tensor:
-        """(N, classes) probabilities of a (N, C, H, W) batch. onnxruntime's errors, a run
-        past run_seconds_limit and an output of another shape are one-line ExportErrors."""
-        batch = pixels.float() / 255 if pixels.dtype == torch.uint8 else pixels.float()
-        output = self._run_bounded(batch.numpy())
-        expected = (len(batch), len(self.classes))
-        if not (isinstance(output, np.ndarray) and output.shape == expected and output.dtype == np.float32):
-            shown = list(output.shape) if isinstance(output, np.ndarray) else type(output).__name__
-            raise ExportError(f"{self.name}: the graph returned probabilities of shape {shown} for "
-                              f"{len(batch)} images, not {list(expected)}; not a graph cnnspec export wrote")
-        return torch.from_numpy(output)
-
-    def _run_bounded(self, batch: np.ndarray):
-        """The session's output for `batch`, run in a thread that is told to stop after
-        run_seconds_limit or on Ctrl-C: while onnxruntime runs, Python cannot be interrupted."""
-        options = _import_onnxruntime().RunOptions()
-        options.log_severity_level = QUIET
-        outcome = {}
-
-        def run():
-            try:
-                outcome["output"] = self.session.run(["probabilities"], {"images": batch}, options)[0]
-            except Exception as error:  # noqa: BLE001 - onnxruntime's own error types
-                outcome["error"] = error
-
-        worker = threading.Thread(target=run, daemon=True)  # daemon: a run that ignores terminate
-        worker.start()
-        limit = run_seconds_limit(batch)
-        try:
-            worker.join(limit)
-        finally:  # also on Ctrl-C
-            if worker.is_alive():
-                options.terminate = True
-        if worker.is_alive():
-            worker.join(STOP_SECONDS)  # let onnxruntime see terminate: the next engine needs the cores
-            raise ExportError(f"{self.name}: onnxruntime ran for more than {limit:.0f} s on {len(batch)} images "
-                              f"and was stopped; the graph is no export of a cnnspec spec, or far too slow here")
-        if "error" in outcome:
-            said = first_line(outcome["error"]).removeprefix("[ONNXRuntimeError] : ")
-            raise ExportError(f"{self.name}: onnxruntime failed on {len(batch)} images ({said[:200]})")
-        return outcome["output"]
-
-
-# A bound on one batch's run, far above what the shipped specs need on a slow CPU
-# (vgg16 takes about 1 s an image of 3x224x224, 150,000 input values).
-RUN_SECONDS_FLOOR = 60
-STOP_SECONDS = 5  # a run told to terminate stops between two of its nodes
-RUN_SECONDS_PER_MILLION_INPUT_VALUES = 200
-
-
-def run_seconds_limit(batch: np.ndarray) -> float:
-    return RUN_SECONDS_FLOOR + RUN_SECONDS_PER_MILLION_INPUT_VALUES * batch.size / 1e6
-
-
-def _import_onnxruntime():
-    """onnxruntime, or OnnxUnavailable saying it is not installed (`installed` False) or
-    installed but failing to load (`installed` True: a broken install)."""
-    try:
-        import onnxruntime
-    except ModuleNotFoundError as error:
-        if error.name != "onnxruntime":
-            raise OnnxUnavailable(f"onnxruntime does not load: {error}", installed=True) from None
-        raise OnnxUnavailable("onnxruntime is not installed: pip install 'cnnspec[export]'",
-                              installed=False) from None
-    except Exception as error:  # noqa: BLE001 - a missing library, a bad build: any of them
-        first = first_line(error)
-        raise OnnxUnavailable(f"onnxruntime does not load: {first}", installed=True) from None
-    return onnxruntime
-
-
-QUIET = 4  # onnxruntime logs only fatal errors: its warnings print coloured lines of their own
-
-
-def _session(model):
-    """An onnxruntime CPU session of `model` (a path or the bytes of an ONNX model) with
-    torch's intra-op thread count, so both engines use the same cores. Its memory is not
-    capped: a process-wide arena would keep a run's peak for the rest of the process (a
-    notebook's), and the graphs that size tensors from values are refused before this
-    (metadata.refused_operator)."""
-    onnxruntime = _import_onnxruntime()
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads, options.inter_op_num_threads = torch.get_num_threads(), 1
-    options.log_severity_level = QUIET
-    return onnxruntime.InferenceSession(model, options, providers=["CPUExecutionProvider"])
-
-
-class OnnxUnavailable(ExportError):
-    """onnxruntime is not installed, or is installed and does not load (`installed`)."""
-
-    def __init__(self, message: str, installed: bool):
-        super().__init__(message)
-        self.installed = installed
 
 
 def load_model(path, device="cpu") -> InferenceModel:
@@ -486,130 +328,6 @@ def predict_files(model: InferenceModel, paths: list[str], top_k: int = 1, batch
     if bar is not None:
         bar.close()
     return results
-
-
-# ---------------------------------------------------------------- files on the command line
-
-class NoImagesError(CnnspecError):
-    exit_code = 2
-
-
-def find_images(patterns: list[str]) -> list[str]:
-    """Every image named by `patterns`: a file (taken as given, whatever its suffix), a
-    folder (its image files, recursively) or a glob (`**` recurses). Sorted within each
-    pattern, in the order the patterns came; a path given twice is listed once."""
-    found: list[str] = []
-    for pattern in patterns:
-        path = Path(pattern)
-        if path.is_file():
-            found.append(pattern)
-        elif path.is_dir():
-            images, others = _images_in(path)
-            if not images:
-                only = f"only {others}; " if others else ""
-                raise NoImagesError(f"{pattern}: no image files in this folder ({only}{IMAGE_SUFFIX_WORDS})")
-            found += images
-        elif glob.has_magic(pattern):
-            matches = sorted(glob_matches(pattern))
-            if not matches:
-                raise NoImagesError(f"{pattern}: no file matches this pattern")
-            for match in matches:
-                found += _images_in(Path(match))[0] if Path(match).is_dir() else [match]
-        elif path.exists():
-            raise NoImagesError(f"{pattern}: not a regular file or folder")
-        else:
-            raise NoImagesError(f"{pattern}: no such file or folder")
-    # one row a file however it was named (photos/a.png, ./photos/a.png, a link to it)
-    unique, seen = [], set()
-    for name in found:
-        real = os.path.realpath(name)
-        if real not in seen:
-            seen.add(real)
-            unique.append(name)
-    if not unique:
-        raise NoImagesError(f"no image files in {' '.join(patterns)} ({IMAGE_SUFFIX_WORDS})")
-    return unique
-
-
-def glob_matches(pattern: str) -> list[str]:
-    """glob.glob(pattern, recursive=True), except that `**` never enters a symlinked
-    folder: glob's does, and two links to a parent folder make it run for ever (it
-    stops only where the kernel refuses 40 links in a row, after 2**40 paths)."""
-    if "**" not in pattern:
-        return glob.glob(pattern)
-    parts = [part for part in pattern.split(os.sep) if part]
-    start = os.sep if pattern.startswith(os.sep) else ""
-    return list(_matches_below(start, parts))
-
-
-def _matches_below(folder: str, parts: list[str]):
-    """The paths under `folder` ('' for the working folder) that `parts` match, one
-    pattern part per path part; hidden names only where the part starts with a dot, as
-    glob does."""
-    part, rest = parts[0], parts[1:]
-    if part == "**":
-        for below in _real_folders(folder):
-            if rest:
-                yield from _matches_below(below, rest)
-            else:
-                yield from (os.path.join(below, name) for name in _names_in(below) if not name.startswith("."))
-    elif glob.has_magic(part):
-        for name in _names_in(folder):
-            if fnmatch.fnmatch(name, part) and (part.startswith(".") or not name.startswith(".")):
-                path = os.path.join(folder, name)
-                if not rest:
-                    yield path
-                elif os.path.isdir(path):
-                    yield from _matches_below(path, rest)
-    else:
-        path = os.path.join(folder, part)
-        if not rest and os.path.lexists(path):
-            yield path
-        elif rest and os.path.isdir(path):
-            yield from _matches_below(path, rest)
-
-
-def _names_in(folder: str) -> list[str]:
-    try:
-        return sorted(os.listdir(folder or os.curdir))
-    except OSError:
-        return []
-
-
-def _real_folders(folder: str):
-    """`folder` and every folder below it that is neither hidden nor reached through a
-    symlink."""
-    waiting = [folder]
-    while waiting:
-        current = waiting.pop()
-        yield current
-        for name in reversed(_names_in(current)):
-            path = os.path.join(current, name)
-            if not name.startswith(".") and os.path.isdir(path) and not os.path.islink(path):
-                waiting.append(path)
-
-
-IMAGE_SUFFIX_WORDS = "suffixes: .jpg .jpeg .png .bmp .webp .gif .tif .tiff"
-
-
-def _images_in(folder: Path) -> tuple[list[str], str]:
-    """The image files below `folder`, sorted, and a count of the other files ('' when
-    none). Hidden files and folders are left out, as preprocess leaves them out: a Mac
-    writes an `._IMG_1.jpg` of metadata beside each photo it copies to a USB stick. The
-    other files are counted by suffix, so that photos in a format cnnspec does not read
-    (an iPhone's .heic) are not skipped unsaid."""
-    images, others = [], []
-    for current, folders, names in os.walk(folder):
-        folders[:] = [name for name in folders if not name.startswith(".")]
-        for path in (os.path.join(current, name) for name in names if not name.startswith(".")):
-            if os.path.isfile(path):
-                (images if is_image_file(path) else others).append(path)
-    suffixes = sorted({Path(path).suffix.lower() or "no suffix" for path in others})
-    counted = (f"{len(others)} file{'s' if len(others) > 1 else ''} without an image suffix "
-               f"({', '.join(suffixes[:5])}{', ...' if len(suffixes) > 5 else ''})") if others else ""
-    if images and counted:
-        note(f"{folder}: {counted} not read")
-    return sorted(images), counted
 
 
 def prediction_columns(top_k: int) -> list[str]:
