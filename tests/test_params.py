@@ -130,6 +130,33 @@ def test_val_split_zero_and_the_airbench_knobs_are_accepted(tmp_path):
     assert params["train"]["scheduler"]["initial_lr_fraction"] == 0.2
 
 
+def test_settings_of_a_section_left_off_are_refused_where_written(tmp_path):
+    """Keras turns early stopping on by adding the callback with its settings; a recipe
+    that writes them without `enabled: true` trained without it, silently. The same for
+    a focal loss's gamma without `name: focal` and a plateau's settings without a name."""
+    recipes = tmp_path / "recipes"
+    recipes.mkdir()
+    (recipes / "mine.yaml").write_text("base: keras_adam\ntrain:\n  early_stopping:\n"
+                                       "    monitor: val_accuracy\n    patience: 5\n")
+    message = error_for(tmp_path, "recipe: mine\n")
+    assert message.startswith(f"{recipes / 'mine.yaml'}:4:5: train.early_stopping: monitor, patience: "), message
+    assert "train.early_stopping.enabled is false (from " in message and "keras_adam.yaml:" in message
+    assert "write enabled: true" in message
+    (recipes / "mine.yaml").write_text("base: keras_adam\ntrain:\n  loss: {gamma: 2, alpha: 0.25}\n")
+    assert "train.loss.name is cross_entropy" in error_for(tmp_path, "recipe: mine\n")
+    (recipes / "mine.yaml").write_text("base: keras_adam\ntrain:\n  scheduler: {factor: 0.5}\n")
+    assert "write name: plateau" in error_for(tmp_path, "recipe: mine\n")
+    # params.yaml (an -S override) over a recipe that leaves early stopping off
+    message = error_for(tmp_path, "recipe: keras_adam\ntrain: {early_stopping: {patience: 1}}\n")
+    assert message.startswith(f"{tmp_path / 'params.yaml'}: train.early_stopping: patience: it is set"), message
+    # saying the switch either way is a choice, and a later layer's switch settles it
+    (recipes / "mine.yaml").write_text("base: keras_adam\ntrain:\n  early_stopping: {enabled: false, patience: 5}\n")
+    assert not load_params(write_params(tmp_path, "recipe: mine\n"))["train"]["early_stopping"]["enabled"]
+    (recipes / "mine.yaml").write_text("base: keras_adam\ntrain:\n  early_stopping: {patience: 5}\n")
+    on = write_params(tmp_path, "recipe: mine\ntrain: {early_stopping: {enabled: true}}\n")
+    assert load_params(on)["train"]["early_stopping"]["patience"] == 5
+
+
 def test_defaults_fill_missing_keys_at_every_level(tmp_path):
     params = load_params(write_params(tmp_path, "train: {optimizer: {name: adam}}\n"))
     schema = load_schema()["properties"]

@@ -48,15 +48,16 @@ def load_params(path=PARAMS, sections=None) -> dict:
             raise ParamsError(f"{name}: {key}: {unknown_key(key, known_sections)}")
     params = with_auto_spec(params)
 
-    origin = {}
+    origin, layers = {}, []
     if set(sections) & {"recipe", *recipes.SECTIONS}:  # only these read the recipe
-        params, _, origin = recipes.apply(params, name, schema, path)
+        params, _, origin, layers = recipes.apply(params, name, schema, path)
     chosen = {section: params.get(section, schema["properties"][section].get("default", {}))
               for section in sections}
     chosen = {section: _yaml11_spellings(section, value) for section, value in chosen.items()}
     sub_schema = sections_schema(schema, sections)
     check(chosen, sub_schema, name, lambda key_path: recipes.origin_of(origin, key_path))
     filled = fill_defaults(chosen, sub_schema)
+    recipes.check_switches(layers, filled, origin)
     if "model" in filled:  # layer types from the user's code, before any spec is read
         from cnnspec.spec.plugins import load_plugins
 

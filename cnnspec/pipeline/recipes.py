@@ -210,21 +210,76 @@ def located(document, path) -> str:
     return f":{where.line}:{where.col}" if where is not None and where.line else ""
 
 
-def apply(params: dict, name: str, schema: dict, params_path=None) -> tuple[dict, str | None, dict]:
-    """(effective params, recipe name or None, origins for `origin_of`). The result is
-    not yet validated; its `recipe` is the name used ("none" for none)."""
+def apply(params: dict, name: str, schema: dict, params_path=None) -> tuple[dict, str | None, dict, list]:
+    """(effective params, recipe name or None, origins for `origin_of`, the layers for
+    `check_switches`: each recipe, base first, then params.yaml). The result is not yet
+    validated; its `recipe` is the name used ("none" for none)."""
     recipe, asked_where = choose(params, name, params_path)
     origin: dict = {}
     effective = {}
+    layers = []
     if recipe is not None:
         for path, document in chain(recipe, asked_where, params_path):
             body = {key: yamlio.plain(document[key]) for key in SECTIONS if key in document}
             effective = merge(effective, body, schema, origin, (path, document))
+            layers.append((body, lambda key_path, path=path, document=document:
+                           f"{path}{located(document, key_path)}"))
     own = {key: drop_nulls(value) if key in SECTIONS else value
            for key, value in params.items() if key != "recipe"}
     effective = merge(effective, own, schema, origin, None)
+    layers.append((own, lambda key_path: name))
     effective["recipe"] = recipe or "none"
-    return effective, recipe, origin
+    return effective, recipe, origin, layers
+
+
+# Sections whose other keys do nothing while one key leaves them off: (the switch, the
+# value that turns them off, the keys it silences; None = every other key). Keras turns
+# early stopping on by adding the callback with its settings, so a recipe that writes
+# `patience: 3` without `enabled: true` most likely means it on.
+SWITCHES = {
+    ("train", "early_stopping"): ("enabled", False, None),
+    ("train", "lookahead"): ("enabled", False, None),
+    ("train", "ema"): ("enabled", False, None),
+    ("train", "scheduler"): ("name", "none", None),
+    ("train", "loss"): ("name", "cross_entropy", ("gamma", "alpha")),
+}
+
+
+def check_switches(layers, effective: dict, origin: dict) -> None:
+    """Refuse settings that the run would ignore because their section stays off: the
+    last recipe (or params.yaml) that sets them without saying `enabled` (`name`) leaves
+    an earlier `enabled: false` in force. Saying the switch either way is a choice.
+    `effective` is validated, with its defaults filled in."""
+    for section, (switch, off, silenced) in SWITCHES.items():
+        pending = None
+        for body, where in layers:
+            written = body
+            for part in section:
+                written = written.get(part) if isinstance(written, dict) else None
+            if not isinstance(written, dict):
+                continue
+            if switch in written:
+                pending = None
+                continue
+            keys = [key for key in written if key != switch and (silenced is None or key in silenced)]
+            if keys:
+                pending = (keys, where)
+        value = effective
+        for part in (*section, switch):
+            value = value.get(part) if isinstance(value, dict) else None
+        if pending is None or value != off:
+            continue
+        keys, where = pending
+        dotted = ".".join(section)
+        source = origin_of(origin, (*section, switch)) or "the schema's default"
+        shown = str(off).lower() if isinstance(off, bool) else off
+        they = ("it is", "it") if len(keys) == 1 else ("they are", "them")
+        todo = {"enabled": f"write enabled: true to use {they[1]} (or enabled: false to keep it off)",
+                "name": f"write name: {'focal' if section[-1] == 'loss' else 'plateau (step, cosine, ...)'} "
+                        f"to use {they[1]}"}[switch]
+        raise ParamsError(f"{where(section)}: {dotted}: {', '.join(keys)}: {they[0]} set, but "
+                          f"{dotted}.{switch} is {shown} (from {source}), so the run would ignore "
+                          f"{they[1]}; {todo}")
 
 
 def origin_of(origin: dict, key_path) -> str | None:
