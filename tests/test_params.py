@@ -56,6 +56,14 @@ BAD_PARAMS = [
     ("data: {url: ftp://mirror/x.tgz}\n", "data.url", "http://"),
     ("plot: {misclassified: -1}\n", "plot.misclassified", "less than the minimum of 0"),
     ("model: []\n", "model", "expected object, got a list"),
+    # a key one level off, a value where its section belongs: pointed to, never moved
+    ("train: {lr: 0.1}\n", "train.lr", "(did you mean 'optimizer.lr'?)"),
+    ("train: {hflip: true}\n", "train.hflip", "(did you mean 'augment.hflip'?)"),
+    ("early_stopping: {patience: 3}\n", "early_stopping", "(did you mean 'train.early_stopping'?)"),
+    ("train: {loss: {focal: {gamma: 2.0}}}\n", "train.loss.focal", "(focal is a value of 'name': write name: focal)"),
+    ("train: {scheduler: plateau}\n", "train.scheduler", "got 'plateau' (write train.scheduler.name: plateau)"),
+    ("train: {early_stopping: true}\n", "train.early_stopping", "(write train.early_stopping.enabled: true)"),
+    ("train: {class_weights: balanced}\n", "train.class_weights", "(write train.class_weights.mode: balanced)"),
 ]
 
 
@@ -155,6 +163,21 @@ def test_settings_of_a_section_left_off_are_refused_where_written(tmp_path):
     (recipes / "mine.yaml").write_text("base: keras_adam\ntrain:\n  early_stopping: {patience: 5}\n")
     on = write_params(tmp_path, "recipe: mine\ntrain: {early_stopping: {enabled: true}}\n")
     assert load_params(on)["train"]["early_stopping"]["patience"] == 5
+
+
+def test_a_recipe_value_where_a_section_belongs_is_named_under_params_yaml_nulls(tmp_path):
+    """params.yaml writes every section with null keys; merged over a recipe's
+    `scheduler: plateau` they used to replace it, and the run took the schema's
+    warmup_linear without a word."""
+    recipes = tmp_path / "recipes"
+    recipes.mkdir()
+    shipped = (REPO_ROOT / "params.yaml").read_text().replace("recipe: auto", "recipe: mine")
+    (recipes / "mine.yaml").write_text("base: keras_adam\ntrain:\n  scheduler: plateau\n")
+    message = error_for(tmp_path, shipped)
+    assert message == (f"{recipes / 'mine.yaml'}:3:14: train.scheduler: expected object, got 'plateau' "
+                       f"(write train.scheduler.name: plateau)"), message
+    (recipes / "mine.yaml").write_text("base: keras_adam\ntrain: {}\nearly_stopping: {patience: 3}\n")
+    assert "early_stopping belongs under train:" in error_for(tmp_path, shipped)
 
 
 def test_defaults_fill_missing_keys_at_every_level(tmp_path):

@@ -45,7 +45,7 @@ def load_params(path=PARAMS, sections=None) -> dict:
     params = read_yaml_mapping(path)
     for key in params:
         if key not in known_sections:
-            raise ParamsError(f"{name}: {key}: {unknown_key(key, known_sections)}")
+            raise ParamsError(f"{name}: {key}: {unknown_key(key, schema['properties'], schema)}")
     params = with_auto_spec(params)
 
     origin, layers = {}, []

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import json
 import re
 from pathlib import Path
 
@@ -124,7 +125,8 @@ def read_recipe(path: Path) -> yamlio.LocatedDict:
         if key != "base" and key not in SECTIONS:
             where = document.key_where.get(key) or document.where
             raise ParamsError(f"{name}:{where.line}:{where.col}: {key}: a recipe holds only "
-                              f"base, {', '.join(SECTIONS)} (data and model stay in params.yaml)")
+                              f"base, {', '.join(SECTIONS)} (data and model stay in params.yaml)"
+                              f"{section_of(key)}")
         section = document[key]
         for run_key in RUN_KEYS.get(key, ()):
             if isinstance(section, dict) and run_key in section:
@@ -133,6 +135,16 @@ def read_recipe(path: Path) -> yamlio.LocatedDict:
                                   f"not in a recipe (it says where and from what a run happens, not how it "
                                   f"trains; params.yaml's value would win)")
     return document
+
+
+def section_of(key) -> str:
+    """'; early_stopping belongs under train:' for a train or evaluate key written at the
+    top of a recipe."""
+    schema = json.loads(Path(__file__).with_name("params_schema.json").read_text(encoding="utf-8"))
+    for section in SECTIONS:
+        if key in schema["properties"][section].get("properties", {}):
+            return f"; {key} belongs under {section}: (indent it below `{section}:`)"
+    return ""
 
 
 def chain(name: str, asked_where: str, params_path=None) -> list[tuple[Path, yamlio.LocatedDict]]:
@@ -191,6 +203,8 @@ def merge(under: dict, over: dict, schema: dict, origin: dict, source, prefix=()
         sub_schema = properties.get(key, {})
         if isinstance(value, dict) and isinstance(result.get(key), dict) and "properties" in sub_schema:
             result[key] = merge(result[key], value, sub_schema, origin, source, path)
+        elif isinstance(value, dict) and result.get(key) is not None and "properties" in sub_schema:
+            continue  # `scheduler: plateau` below a section: kept for the check to name where it is written
         else:
             result[key] = copy.deepcopy(value)
             for stale in [p for p in origin if p[:len(path)] == path]:
