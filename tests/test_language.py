@@ -64,6 +64,16 @@ def test_a_keras_port_s_near_misses_get_the_right_word(layer, hint):
     assert hint in message and message.startswith("t.yaml:4:"), message
 
 
+@pytest.mark.parametrize("tail, fix", [
+    ("  - conv: 4", "(end with flatten (or global_avg_pool), then dense: num_classes)"),
+    ("  - flatten\n  - dense: 7", "(write units: num_classes)"),
+    ("  - flatten\n  - dropout: 0.5", "(end with dense: num_classes)"),
+])
+def test_a_model_that_does_not_end_in_the_logits_is_told_what_ends_one(tail, fix):
+    message = error_of(spec_of(tail))
+    assert "one logit per class " + fix in message, message
+
+
 def test_relu6_is_its_own_function_not_relu():
     spec = parse_spec(spec_of("  - conv: {filters: 4, activation: relu6}\n  - flatten\n  - dense: num_classes"),
                       "t.yaml")
