@@ -96,6 +96,7 @@ def value_of_a_key(word, known: dict, root: dict) -> str:
     return ""
 
 
+PAIR = re.compile(r"^\s*\(?\s*(\d+)\s*[x,]\s*(\d+)\s*\)?\s*$")  # Keras' (3, 3), or 3x3
 ALTERNATIVES = re.compile(r"^\^\(?([a-z_|]+)\)?\$$")
 
 
@@ -194,6 +195,8 @@ def explain(error: jsonschema.ValidationError, root: dict) -> tuple[str, str | N
         wanted = error.validator_value
         wanted = " or ".join(wanted) if isinstance(wanted, list) else wanted
         hint = object_hint(instance, schema, key_path(error.absolute_path)) if wanted == "object" else ""
+        pair = PAIR.match(instance) if isinstance(instance, str) and "array" in error.validator_value else None
+        hint = hint or (f" (write [{pair.group(1)}, {pair.group(2)}])" if pair else "")
         return f"expected {wanted}, got {describe_value(instance)}{hint}", None
     if rule == "minItems" and instance == [] and schema.get("items", {}).get("$ref", "").endswith("/layer"):
         return ("an empty layer list: write at least one layer (`identity` passes the input "
