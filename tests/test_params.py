@@ -60,6 +60,8 @@ BAD_PARAMS = [
     ("train: {lr: 0.1}\n", "train.lr", "(did you mean 'optimizer.lr'?)"),
     ("train: {hflip: true}\n", "train.hflip", "(did you mean 'augment.hflip'?)"),
     ("early_stopping: {patience: 3}\n", "early_stopping", "(did you mean 'train.early_stopping'?)"),
+    ("train: {tta: flip}\n", "train.tta", "(did you mean 'evaluate.tta'?)"),
+    ("evaluate: {epochs: 3}\n", "evaluate.epochs", "(did you mean 'train.epochs'?)"),
     ("train: {loss: {focal: {gamma: 2.0}}}\n", "train.loss.focal", "(focal is a value of 'name': write name: focal)"),
     ("train: {scheduler: plateau}\n", "train.scheduler", "got 'plateau' (write train.scheduler.name: plateau)"),
     ("train: {early_stopping: true}\n", "train.early_stopping", "(write train.early_stopping.enabled: true)"),

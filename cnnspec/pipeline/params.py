@@ -161,7 +161,7 @@ def check(params: dict, schema: dict, name: str, origin_of=lambda key_path: None
     a recipe is named by its recipe file and line (`origin_of`)."""
     errors = sorted(Strict(schema).iter_errors(params), key=_error_order)
     if errors:
-        _, about = explain(errors[0], schema)
+        _, about = explain(errors[0], schema, anywhere=True)
         path = list(errors[0].absolute_path) + ([about] if about is not None else [])
         raise ParamsError(f"{origin_of(path) or name}: {describe_error(errors[0], schema)}")
 
@@ -172,7 +172,7 @@ def _error_order(error):
 
 def describe_error(error, schema: dict) -> str:
     """`key.path: message` for one schema error."""
-    message, about = explain(error, schema)
+    message, about = explain(error, schema, anywhere=True)
     parts = list(error.absolute_path) + ([about] if about is not None else [])
     return f"{key_path(parts) or '(top level)'}: {message}"
 

@@ -74,14 +74,17 @@ def key_path(parts, base: str = "") -> str:
     return base
 
 
-def unknown_key(key, known, root: dict | None = None) -> str:
+def unknown_key(key, known, root: dict | None = None, anywhere: bool = False) -> str:
     """`known`: the keys allowed here, or their schemas by name; with `root` (the whole
     schema, for `$ref`s) a key that belongs one level down, or that is a value of a key
-    here, is pointed to: `train.lr` is `optimizer.lr`, `loss: {focal: ...}` is `name: focal`."""
+    here, is pointed to: `train.lr` is `optimizer.lr`, `loss: {focal: ...}` is `name: focal`;
+    `anywhere`: else a key of another section of the document (params: `evaluate.tta`)."""
     hint = value_of_a_key(key, known, root or {}) if isinstance(known, dict) else ""
     hint = hint or did_you_mean(key, known)
     if not hint and isinstance(known, dict):
         hint = key_further_down(key, known, root or {})
+    if not hint and anywhere and root:  # params: `train: {tta: flip}` is evaluate.tta
+        hint = key_further_down(key, root.get("properties", {}), root, depth=3)
     if not hint and folded(key) == "inputshape":
         hint = " (a spec's input is its top-level `input: {channels: 3, height: 32, width: 32}`)"
     return f"unknown key '{key}'{hint or '; expected one of: ' + ', '.join(known)}"
@@ -159,7 +162,7 @@ def properties_of(schema: dict, root: dict) -> dict:
     return known
 
 
-def explain(error: jsonschema.ValidationError, root: dict) -> tuple[str, str | None] | None:
+def explain(error: jsonschema.ValidationError, root: dict, anywhere: bool = False) -> tuple[str, str | None] | None:
     """The message for one schema error of a document checked against `root`, and the
     key it is about when that key is not in the error's path (an unknown or a missing key).
     None for an error that only echoes another (a key reported unevaluated because a
@@ -169,7 +172,7 @@ def explain(error: jsonschema.ValidationError, root: dict) -> tuple[str, str | N
         known = properties_of(schema, root)
         unknown = [key for key in instance if key not in known]
         if unknown:
-            return unknown_key(unknown[0], known, root), unknown[0]
+            return unknown_key(unknown[0], known, root, anywhere), unknown[0]
         if rule == "unevaluatedProperties":
             return None
     if rule == "required":
