@@ -57,7 +57,7 @@ def load_params(path=PARAMS, sections=None) -> dict:
     sub_schema = sections_schema(schema, sections)
     check(chosen, sub_schema, name, lambda key_path: recipes.origin_of(origin, key_path))
     filled = fill_defaults(chosen, sub_schema)
-    recipes.check_switches(layers, filled, origin)
+    recipes.check_switches(layers, filled)
     if "model" in filled:  # layer types from the user's code, before any spec is read
         from cnnspec.spec.plugins import load_plugins
 

@@ -259,13 +259,13 @@ SWITCHES = {
 }
 
 
-def check_switches(layers, effective: dict, origin: dict) -> None:
+def check_switches(layers, effective: dict) -> None:
     """Refuse settings that the run would ignore because their section stays off: the
     last recipe (or params.yaml) that sets them without saying `enabled` (`name`) leaves
     an earlier `enabled: false` in force. Saying the switch either way is a choice.
     `effective` is validated, with its defaults filled in."""
     for section, (switch, off, silenced) in SWITCHES.items():
-        pending = None
+        pending, switched_at = None, "the schema's default"
         for body, where in layers:
             written = body
             for part in section:
@@ -273,11 +273,11 @@ def check_switches(layers, effective: dict, origin: dict) -> None:
             if not isinstance(written, dict):
                 continue
             if switch in written:
-                pending = None
+                pending, switched_at = None, where((*section, switch))
                 continue
             keys = [key for key in written if key != switch and (silenced is None or key in silenced)]
             if keys:
-                pending = (keys, where)
+                pending = (keys, where(section))
         value = effective
         for part in (*section, switch):
             value = value.get(part) if isinstance(value, dict) else None
@@ -285,15 +285,14 @@ def check_switches(layers, effective: dict, origin: dict) -> None:
             continue
         keys, where = pending
         dotted = ".".join(section)
-        source = origin_of(origin, (*section, switch)) or "the schema's default"
-        shown = str(off).lower() if isinstance(off, bool) else off
         they = ("it is", "it") if len(keys) == 1 else ("they are", "them")
-        todo = {"enabled": f"write enabled: true to use {they[1]} (or enabled: false to keep it off)",
-                "name": f"write name: {'focal' if section[-1] == 'loss' else 'plateau (step, cosine, ...)'} "
-                        f"to use {they[1]}"}[switch]
-        raise ParamsError(f"{where(section)}: {dotted}: {', '.join(keys)}: {they[0]} set, but "
-                          f"{dotted}.{switch} is {shown} (from {source}), so the run would ignore "
-                          f"{they[1]}; {todo}")
+        if switch == "enabled":
+            todo = f"write enabled: true to use {they[1]} (or enabled: false to keep it off)"
+        else:
+            todo = f"write name: {'focal' if section[-1] == 'loss' else 'plateau (step, cosine, ...)'} to use {they[1]}"
+        shown = str(off).lower() if isinstance(off, bool) else off
+        raise ParamsError(f"{where}: {dotted}: {', '.join(keys)}: {they[0]} set, but {dotted}.{switch} is "
+                          f"{shown} (from {switched_at}), so the run would ignore {they[1]}; {todo}")
 
 
 def origin_of(origin: dict, key_path) -> str | None:
