@@ -96,10 +96,32 @@ def run(params_path=PARAMS, prepared=PREPARED, model_path=MODEL, resume_path=RES
     split = "val" if "val/accuracy" in last else "train"  # data.val_split: 0 has no val metrics
     epochs = f"{len(result.history)} epoch{'' if len(result.history) == 1 else 's'}"
     compiled = " (includes compile)" if options["compile"] else ""
-    print(f"trained {epochs} on {world}: {split} accuracy {last[split + '/accuracy']:.4f}; "
-          f"first step {result.first_step_seconds:.2f}s{compiled}, "
-          f"rest {result.train_seconds:.2f}s; wrote {model_path}")
+    kept = result.history[result.best_epoch]
+    print(f"trained {epochs} on {world}: {split} accuracy {kept[split + '/accuracy']:.4f}"
+          f"{best_epoch_note(result, split)}{early_stop_note(result, options)}; "
+          f"first step {result.first_step_seconds:.2f}s{compiled}, rest {result.train_seconds:.2f}s; "
+          f"wrote {model_path}")
     return result
+
+
+def early_stop_note(result, options: dict) -> str:
+    """'; stopped early: val_loss not better for 3 epochs', or ''."""
+    if not result.stopped_early:
+        return ""
+    stopping = options["early_stopping"]
+    return (f"; stopped early: {stopping['monitor']} not better for {stopping['patience']} "
+            f"epoch{'' if stopping['patience'] == 1 else 's'}")
+
+
+def best_epoch_note(result, split: str) -> str:
+    """Which epoch's weights the checkpoint holds when they are not the last epoch's
+    (early stopping's restore_best): the accuracy printed is theirs."""
+    last = len(result.history) - 1
+    if result.best_epoch == last:
+        return ""
+    final = result.history[last][split + "/accuracy"]
+    return (f" (epoch {result.best_epoch + 1}'s weights, kept by restore_best, "
+            f"not epoch {last + 1}'s: {final:.4f})")
 
 
 def starting_files(params: dict) -> list[str]:

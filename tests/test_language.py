@@ -45,6 +45,38 @@ def test_misspelt_activation_is_refused_with_a_suggestion(written, suggested):
     assert message.startswith("t.yaml:4:")
 
 
+@pytest.mark.parametrize("layer, hint", [
+    # Keras' argument names, a value written as a key, a word of an option that also takes numbers
+    ("max_pool: {pool_size: 2}", "unknown key 'pool_size' (did you mean 'kernel'?)"),
+    ("conv: {filters: 4, kernel_regularizer: 0.01}", "unknown key 'kernel_regularizer' (did you mean 'l2'?)"),
+    ("conv: {filters: 4, use_bias: false}", "unknown key 'use_bias' (did you mean 'bias'?)"),
+    ("bn: {epsilon: 0.001}", "unknown key 'epsilon' (did you mean 'eps'?)"),
+    ("conv: {filters: 4, input_shape: [32, 32, 3]}", "a spec's input is its top-level `input: {channels: 3"),
+    ("conv: {filters: 4, relu: true}", "(relu is a value of 'activation': write activation: relu)"),
+    ("conv: {filters: 4, same: true}", "(same is a value of 'padding': write padding: same)"),
+    ("conv: {filters: 4, padding: SAME}", "'SAME' is not same, valid, symmetric, an integer >= 0 or [h, w] "
+                                          "(did you mean 'same'?)"),
+    ("conv: {filters: num_class}", "(did you mean 'num_classes'?)"),
+    ("max_pool: {padding: vaild}", "(did you mean 'valid'?)"),
+    ("conv: {filters: 4, kernel: 3x3}", "got '3x3' (write [3, 3])"),
+    ("max_pool: {kernel: '(2, 2)'}", "got '(2, 2)' (write [2, 2])"),
+    ("random_translation: 0.05", "not 0.05 (it has no shorthand: write random_translation: {height: 0.05})"),
+])
+def test_a_keras_port_s_near_misses_get_the_right_word(layer, hint):
+    message = error_of(spec_of(f"  - {layer}\n  - flatten\n  - dense: num_classes"))
+    assert hint in message and message.startswith("t.yaml:4:"), message
+
+
+@pytest.mark.parametrize("tail, fix", [
+    ("  - conv: 4", "(end with flatten (or global_avg_pool), then dense: num_classes)"),
+    ("  - flatten\n  - dense: 7", "(write units: num_classes)"),
+    ("  - flatten\n  - dropout: 0.5", "(end with dense: num_classes)"),
+])
+def test_a_model_that_does_not_end_in_the_logits_is_told_what_ends_one(tail, fix):
+    message = error_of(spec_of(tail))
+    assert "one logit per class " + fix in message, message
+
+
 def test_relu6_is_its_own_function_not_relu():
     spec = parse_spec(spec_of("  - conv: {filters: 4, activation: relu6}\n  - flatten\n  - dense: num_classes"),
                       "t.yaml")

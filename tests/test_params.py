@@ -56,6 +56,16 @@ BAD_PARAMS = [
     ("data: {url: ftp://mirror/x.tgz}\n", "data.url", "http://"),
     ("plot: {misclassified: -1}\n", "plot.misclassified", "less than the minimum of 0"),
     ("model: []\n", "model", "expected object, got a list"),
+    # a key one level off, a value where its section belongs: pointed to, never moved
+    ("train: {lr: 0.1}\n", "train.lr", "(did you mean 'optimizer.lr'?)"),
+    ("train: {hflip: true}\n", "train.hflip", "(did you mean 'augment.hflip'?)"),
+    ("early_stopping: {patience: 3}\n", "early_stopping", "(did you mean 'train.early_stopping'?)"),
+    ("train: {tta: flip}\n", "train.tta", "(did you mean 'evaluate.tta'?)"),
+    ("evaluate: {epochs: 3}\n", "evaluate.epochs", "(did you mean 'train.epochs'?)"),
+    ("train: {loss: {focal: {gamma: 2.0}}}\n", "train.loss.focal", "(focal is a value of 'name': write name: focal)"),
+    ("train: {scheduler: plateau}\n", "train.scheduler", "got 'plateau' (write train.scheduler.name: plateau)"),
+    ("train: {early_stopping: true}\n", "train.early_stopping", "(write train.early_stopping.enabled: true)"),
+    ("train: {class_weights: balanced}\n", "train.class_weights", "(write train.class_weights.mode: balanced)"),
 ]
 
 
@@ -128,6 +138,48 @@ def test_val_split_zero_and_the_airbench_knobs_are_accepted(tmp_path):
     assert params["data"]["val_split"] == 0
     assert params["train"]["lookahead"]["schedule"] == "cubic"
     assert params["train"]["scheduler"]["initial_lr_fraction"] == 0.2
+
+
+def test_settings_of_a_section_left_off_are_refused_where_written(tmp_path):
+    """Keras turns early stopping on by adding the callback with its settings; a recipe
+    that writes them without `enabled: true` trained without it, silently. The same for
+    a focal loss's gamma without `name: focal` and a plateau's settings without a name."""
+    recipes = tmp_path / "recipes"
+    recipes.mkdir()
+    (recipes / "mine.yaml").write_text("base: keras_adam\ntrain:\n  early_stopping:\n"
+                                       "    monitor: val_accuracy\n    patience: 5\n")
+    message = error_for(tmp_path, "recipe: mine\n")
+    assert message.startswith(f"{recipes / 'mine.yaml'}:4:5: train.early_stopping: monitor, patience: "), message
+    assert "train.early_stopping.enabled is false (from " in message and "keras_adam.yaml:" in message
+    assert "write enabled: true" in message
+    (recipes / "mine.yaml").write_text("base: keras_adam\ntrain:\n  loss: {gamma: 2, alpha: 0.25}\n")
+    assert "train.loss.name is cross_entropy" in error_for(tmp_path, "recipe: mine\n")
+    (recipes / "mine.yaml").write_text("base: keras_adam\ntrain:\n  scheduler: {factor: 0.5}\n")
+    assert "write name: plateau" in error_for(tmp_path, "recipe: mine\n")
+    # params.yaml (an -S override) over a recipe that leaves early stopping off
+    message = error_for(tmp_path, "recipe: keras_adam\ntrain: {early_stopping: {patience: 1}}\n")
+    assert message.startswith(f"{tmp_path / 'params.yaml'}: train.early_stopping: patience: it is set"), message
+    # saying the switch either way is a choice, and a later layer's switch settles it
+    (recipes / "mine.yaml").write_text("base: keras_adam\ntrain:\n  early_stopping: {enabled: false, patience: 5}\n")
+    assert not load_params(write_params(tmp_path, "recipe: mine\n"))["train"]["early_stopping"]["enabled"]
+    (recipes / "mine.yaml").write_text("base: keras_adam\ntrain:\n  early_stopping: {patience: 5}\n")
+    on = write_params(tmp_path, "recipe: mine\ntrain: {early_stopping: {enabled: true}}\n")
+    assert load_params(on)["train"]["early_stopping"]["patience"] == 5
+
+
+def test_a_recipe_value_where_a_section_belongs_is_named_under_params_yaml_nulls(tmp_path):
+    """params.yaml writes every section with null keys; merged over a recipe's
+    `scheduler: plateau` they used to replace it, and the run took the schema's
+    warmup_linear without a word."""
+    recipes = tmp_path / "recipes"
+    recipes.mkdir()
+    shipped = (REPO_ROOT / "params.yaml").read_text().replace("recipe: auto", "recipe: mine")
+    (recipes / "mine.yaml").write_text("base: keras_adam\ntrain:\n  scheduler: plateau\n")
+    message = error_for(tmp_path, shipped)
+    assert message == (f"{recipes / 'mine.yaml'}:3:14: train.scheduler: expected object, got 'plateau' "
+                       f"(write train.scheduler.name: plateau)"), message
+    (recipes / "mine.yaml").write_text("base: keras_adam\ntrain: {}\nearly_stopping: {patience: 3}\n")
+    assert "early_stopping belongs under train:" in error_for(tmp_path, shipped)
 
 
 def test_defaults_fill_missing_keys_at_every_level(tmp_path):

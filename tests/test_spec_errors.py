@@ -87,6 +87,20 @@ def test_impossible_shapes_name_line_and_layer(path, capsys, monkeypatch):
     assert key is None or key in err[0]
 
 
+@pytest.mark.parametrize("text, place, hint", [
+    ("name: x\nlayers:\n  - conv: 8\n   - flatten\n", "4:4", "check this line's indentation"),
+    ("name: x\nlayers:\n  - dense:\n      units: 8\n       activation: relu\n", "5:18",
+     "otherwise this line is indented deeper than the key above it"),
+    ("name: x\ndescription: net: a test\nlayers: [flatten]\n", "2:17", "a value that holds ': ' needs quotes"),
+    ("name: x\nlayers:\n\t- flatten\n", "3:1", "YAML indents with spaces, not tabs"),
+])
+def test_yaml_layout_mistakes_say_what_usually_causes_them(text, place, hint):
+    with pytest.raises(SpecError) as caught:
+        parse_spec(text, "x.yaml")
+    message = str(caught.value)
+    assert message.startswith(f"x.yaml:{place}: invalid YAML: ") and hint in message, message
+
+
 # ---------------------------------------------------------------- garbled specs
 
 GOOD = """\

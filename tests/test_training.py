@@ -162,6 +162,13 @@ def test_early_stopping_ends_the_run_and_restores_the_best_epoch():
     result = run_training(params)
     assert len(result.history) == 2  # epoch 1 set the best; epoch 2 could not beat it by 100
     assert result.stopped_early and result.best_epoch == 0
+    # the stage's last line gives the accuracy of the weights it saves, and says why it stopped
+    from stages import train as train_stage
+
+    last = result.history[1]["val/accuracy"]
+    assert train_stage.best_epoch_note(result, "val") == (
+        f" (epoch 1's weights, kept by restore_best, not epoch 2's: {last:.4f})")
+    assert train_stage.early_stop_note(result, params) == "; stopped early: val_loss not better for 1 epoch"
 
 
 def test_cuda_paths_bf16_autocast_and_channels_last_run_on_cpu(cuda_paths_on_cpu):

@@ -164,9 +164,10 @@ def _infer(spec: Spec, input_shape, num_classes: int) -> Context:
     out_shape = ctx.records[-1].out_shape if ctx.records else shape
     if tuple(out_shape) != (num_classes,):
         last = spec.layers[-1]
+        fix = ("end with flatten (or global_avg_pool), then dense: num_classes" if len(out_shape) > 1
+               else "write units: num_classes" if last.type == "dense" else "end with dense: num_classes")
         raise error(last, f"{last.name}: the model ends in shape {fmt(out_shape)}; "
-                          f"it must end in ({num_classes},), one logit per class "
-                          f"(write units: num_classes)")
+                          f"it must end in ({num_classes},), one logit per class ({fix})")
     return ctx
 
 

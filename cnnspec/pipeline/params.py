@@ -45,18 +45,19 @@ def load_params(path=PARAMS, sections=None) -> dict:
     params = read_yaml_mapping(path)
     for key in params:
         if key not in known_sections:
-            raise ParamsError(f"{name}: {key}: {unknown_key(key, known_sections)}")
+            raise ParamsError(f"{name}: {key}: {unknown_key(key, schema['properties'], schema)}")
     params = with_auto_spec(params)
 
-    origin = {}
+    origin, layers = {}, []
     if set(sections) & {"recipe", *recipes.SECTIONS}:  # only these read the recipe
-        params, _, origin = recipes.apply(params, name, schema, path)
+        params, _, origin, layers = recipes.apply(params, name, schema, path)
     chosen = {section: params.get(section, schema["properties"][section].get("default", {}))
               for section in sections}
     chosen = {section: _yaml11_spellings(section, value) for section, value in chosen.items()}
     sub_schema = sections_schema(schema, sections)
     check(chosen, sub_schema, name, lambda key_path: recipes.origin_of(origin, key_path))
     filled = fill_defaults(chosen, sub_schema)
+    recipes.check_switches(layers, filled)
     if "model" in filled:  # layer types from the user's code, before any spec is read
         from cnnspec.spec.plugins import load_plugins
 
@@ -160,7 +161,7 @@ def check(params: dict, schema: dict, name: str, origin_of=lambda key_path: None
     a recipe is named by its recipe file and line (`origin_of`)."""
     errors = sorted(Strict(schema).iter_errors(params), key=_error_order)
     if errors:
-        _, about = explain(errors[0], schema)
+        _, about = explain(errors[0], schema, anywhere=True)
         path = list(errors[0].absolute_path) + ([about] if about is not None else [])
         raise ParamsError(f"{origin_of(path) or name}: {describe_error(errors[0], schema)}")
 
@@ -171,7 +172,7 @@ def _error_order(error):
 
 def describe_error(error, schema: dict) -> str:
     """`key.path: message` for one schema error."""
-    message, about = explain(error, schema)
+    message, about = explain(error, schema, anywhere=True)
     parts = list(error.absolute_path) + ([about] if about is not None else [])
     return f"{key_path(parts) or '(top level)'}: {message}"
 

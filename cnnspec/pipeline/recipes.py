@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import json
 import re
 from pathlib import Path
 
@@ -124,7 +125,8 @@ def read_recipe(path: Path) -> yamlio.LocatedDict:
         if key != "base" and key not in SECTIONS:
             where = document.key_where.get(key) or document.where
             raise ParamsError(f"{name}:{where.line}:{where.col}: {key}: a recipe holds only "
-                              f"base, {', '.join(SECTIONS)} (data and model stay in params.yaml)")
+                              f"base, {', '.join(SECTIONS)} (data and model stay in params.yaml)"
+                              f"{section_of(key)}")
         section = document[key]
         for run_key in RUN_KEYS.get(key, ()):
             if isinstance(section, dict) and run_key in section:
@@ -133,6 +135,16 @@ def read_recipe(path: Path) -> yamlio.LocatedDict:
                                   f"not in a recipe (it says where and from what a run happens, not how it "
                                   f"trains; params.yaml's value would win)")
     return document
+
+
+def section_of(key) -> str:
+    """'; early_stopping belongs under train:' for a train or evaluate key written at the
+    top of a recipe."""
+    schema = json.loads(Path(__file__).with_name("params_schema.json").read_text(encoding="utf-8"))
+    for section in SECTIONS:
+        if key in schema["properties"][section].get("properties", {}):
+            return f"; {key} belongs under {section}: (indent it below `{section}:`)"
+    return ""
 
 
 def chain(name: str, asked_where: str, params_path=None) -> list[tuple[Path, yamlio.LocatedDict]]:
@@ -191,6 +203,8 @@ def merge(under: dict, over: dict, schema: dict, origin: dict, source, prefix=()
         sub_schema = properties.get(key, {})
         if isinstance(value, dict) and isinstance(result.get(key), dict) and "properties" in sub_schema:
             result[key] = merge(result[key], value, sub_schema, origin, source, path)
+        elif isinstance(value, dict) and result.get(key) is not None and "properties" in sub_schema:
+            continue  # `scheduler: plateau` below a section: kept for the check to name where it is written
         else:
             result[key] = copy.deepcopy(value)
             for stale in [p for p in origin if p[:len(path)] == path]:
@@ -210,21 +224,75 @@ def located(document, path) -> str:
     return f":{where.line}:{where.col}" if where is not None and where.line else ""
 
 
-def apply(params: dict, name: str, schema: dict, params_path=None) -> tuple[dict, str | None, dict]:
-    """(effective params, recipe name or None, origins for `origin_of`). The result is
-    not yet validated; its `recipe` is the name used ("none" for none)."""
+def apply(params: dict, name: str, schema: dict, params_path=None) -> tuple[dict, str | None, dict, list]:
+    """(effective params, recipe name or None, origins for `origin_of`, the layers for
+    `check_switches`: each recipe, base first, then params.yaml). The result is not yet
+    validated; its `recipe` is the name used ("none" for none)."""
     recipe, asked_where = choose(params, name, params_path)
     origin: dict = {}
     effective = {}
+    layers = []
     if recipe is not None:
         for path, document in chain(recipe, asked_where, params_path):
             body = {key: yamlio.plain(document[key]) for key in SECTIONS if key in document}
             effective = merge(effective, body, schema, origin, (path, document))
+            layers.append((body, lambda key_path, path=path, document=document:
+                           f"{path}{located(document, key_path)}"))
     own = {key: drop_nulls(value) if key in SECTIONS else value
            for key, value in params.items() if key != "recipe"}
     effective = merge(effective, own, schema, origin, None)
+    layers.append((own, lambda key_path: name))
     effective["recipe"] = recipe or "none"
-    return effective, recipe, origin
+    return effective, recipe, origin, layers
+
+
+# Sections whose other keys do nothing while one key leaves them off: (the switch, the
+# value that turns them off, the keys it silences; None = every other key). Keras turns
+# early stopping on by adding the callback with its settings, so a recipe that writes
+# `patience: 3` without `enabled: true` most likely means it on.
+SWITCHES = {
+    ("train", "early_stopping"): ("enabled", False, None),
+    ("train", "lookahead"): ("enabled", False, None),
+    ("train", "ema"): ("enabled", False, None),
+    ("train", "scheduler"): ("name", "none", None),
+    ("train", "loss"): ("name", "cross_entropy", ("gamma", "alpha")),
+}
+
+
+def check_switches(layers, effective: dict) -> None:
+    """Refuse settings that the run would ignore because their section stays off: the
+    last recipe (or params.yaml) that sets them without saying `enabled` (`name`) leaves
+    an earlier `enabled: false` in force. Saying the switch either way is a choice.
+    `effective` is validated, with its defaults filled in."""
+    for section, (switch, off, silenced) in SWITCHES.items():
+        pending, switched_at = None, "the schema's default"
+        for body, where in layers:
+            written = body
+            for part in section:
+                written = written.get(part) if isinstance(written, dict) else None
+            if not isinstance(written, dict):
+                continue
+            if switch in written:
+                pending, switched_at = None, where((*section, switch))
+                continue
+            keys = [key for key in written if key != switch and (silenced is None or key in silenced)]
+            if keys:
+                pending = (keys, where(section))
+        value = effective
+        for part in (*section, switch):
+            value = value.get(part) if isinstance(value, dict) else None
+        if pending is None or value != off:
+            continue
+        keys, where = pending
+        dotted = ".".join(section)
+        they = ("it is", "it") if len(keys) == 1 else ("they are", "them")
+        if switch == "enabled":
+            todo = f"write enabled: true to use {they[1]} (or enabled: false to keep it off)"
+        else:
+            todo = f"write name: {'focal' if section[-1] == 'loss' else 'plateau (step, cosine, ...)'} to use {they[1]}"
+        shown = str(off).lower() if isinstance(off, bool) else off
+        raise ParamsError(f"{where}: {dotted}: {', '.join(keys)}: {they[0]} set, but {dotted}.{switch} is "
+                          f"{shown} (from {switched_at}), so the run would ignore {they[1]}; {todo}")
 
 
 def origin_of(origin: dict, key_path) -> str | None:

@@ -308,8 +308,12 @@ def split_layer(item, where: Location, path: str) -> tuple[str, LocatedDict, Loc
         options = LocatedDict({shorthand: value}, where=value_where)
         options.key_where[shorthand] = options.value_where[shorthand] = value_where
     else:
-        fail(f"{layer_type} takes a mapping of options, not {describe_value(value)}",
-             item.value_where[layer_type], join_key(path, layer_type))
+        required = layer_schemas()[layer_type].get("required") or []
+        shown = value if isinstance(value, (int, float, str)) and not isinstance(value, bool) else "..."
+        hint = (f"write {layer_type}: {{{required[0]}: {shown}}}" if required
+                else "`cnnspec layers` lists its options")
+        fail(f"{layer_type} takes a mapping of options, not {describe_value(value)} (it has no shorthand: "
+             f"{hint})", item.value_where[layer_type], join_key(path, layer_type))
     return layer_type, options, type_where
 
 

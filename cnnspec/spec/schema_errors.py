@@ -10,6 +10,7 @@ not one of a list, not of a type, out of range.
 from __future__ import annotations
 
 import difflib
+import re
 
 import jsonschema
 
@@ -20,8 +21,12 @@ Strict = jsonschema.validators.extend(
         "integer", lambda checker, value: isinstance(value, int) and not isinstance(value, bool)))
 
 
-# Other frameworks' names for the same function, suggested (never substituted) when offered.
-SYNONYMS = {"swish": "silu", "hswish": "hardswish", "hsigmoid": "hardsigmoid", "linear": "identity"}
+# Other frameworks' names for the same function or option (Keras' layer arguments, folded),
+# suggested (never substituted) when the right one is allowed where they are written.
+SYNONYMS = {"swish": "silu", "hswish": "hardswish", "hsigmoid": "hardsigmoid", "linear": "identity",
+            "poolsize": "kernel", "kernelsize": "kernel", "strides": "stride", "dilationrate": "dilation",
+            "usebias": "bias", "kernelinitializer": "init", "kernelregularizer": "l2", "epsilon": "eps",
+            "inputshape": "input"}
 
 
 def folded(word) -> str:
@@ -69,9 +74,82 @@ def key_path(parts, base: str = "") -> str:
     return base
 
 
-def unknown_key(key, known) -> str:
-    hint = did_you_mean(key, known) or f"; expected one of: {', '.join(known)}"
-    return f"unknown key '{key}'{hint}"
+def unknown_key(key, known, root: dict | None = None, anywhere: bool = False) -> str:
+    """`known`: the keys allowed here, or their schemas by name; with `root` (the whole
+    schema, for `$ref`s) a key that belongs one level down, or that is a value of a key
+    here, is pointed to: `train.lr` is `optimizer.lr`, `loss: {focal: ...}` is `name: focal`;
+    `anywhere`: else a key of another section of the document (params: `evaluate.tta`)."""
+    hint = value_of_a_key(key, known, root or {}) if isinstance(known, dict) else ""
+    hint = hint or did_you_mean(key, known)
+    if not hint and isinstance(known, dict):
+        hint = key_further_down(key, known, root or {})
+    if not hint and anywhere and root:  # params: `train: {tta: flip}` is evaluate.tta
+        hint = key_further_down(key, root.get("properties", {}), root, depth=3)
+    if not hint and folded(key) == "inputshape":
+        hint = " (a spec's input is its top-level `input: {channels: 3, height: 32, width: 32}`)"
+    return f"unknown key '{key}'{hint or '; expected one of: ' + ', '.join(known)}"
+
+
+def value_of_a_key(word, known: dict, root: dict) -> str:
+    """' (focal is a value of 'name': write name: focal)' when `word` is one of the words
+    a key in `known` takes."""
+    for key, schema in known.items():
+        if isinstance(word, str) and word in words_of(schema, root):
+            return f" ({word} is a value of '{key}': write {key}: {word})"
+    return ""
+
+
+PAIR = re.compile(r"^\s*\(?\s*(\d+)\s*[x,]\s*(\d+)\s*\)?\s*$")  # Keras' (3, 3), or 3x3
+ALTERNATIVES = re.compile(r"^\^\(?([a-z_|]+)\)?\$$")
+
+
+def words_of(schema, root: dict) -> list[str]:
+    """The words an option takes: its enum, or the alternatives of a `^(same|valid)$`
+    or `^num_classes$` pattern (an option that also takes numbers), through a `#/$defs/...` reference."""
+    if not isinstance(schema, dict):
+        return []
+    if "$ref" in schema and schema["$ref"].startswith("#/$defs/"):
+        schema = root.get("$defs", {}).get(schema["$ref"].rsplit("/", 1)[-1], {})
+    words = [word for word in schema.get("enum") or () if isinstance(word, str)]
+    match = ALTERNATIVES.match(str(schema.get("pattern", "")))
+    return words + (match.group(1).split("|") if match else [])
+
+
+def key_further_down(word, known: dict, root: dict, depth: int = 2) -> str:
+    """' (did you mean 'optimizer.lr'?)' when `word` is a key of a section under `known`
+    (at most `depth` levels down), the nearest first."""
+    level = [("", known)]
+    for _ in range(depth):
+        below = []
+        for prefix, properties in level:
+            for key, schema in properties.items():
+                inner = properties_of(schema, root) if isinstance(schema, dict) else {}
+                if word in inner:
+                    return f" (did you mean '{prefix}{key}.{word}'?)"
+                below.append((f"{prefix}{key}.", inner))
+        level = below
+    return ""
+
+
+def object_hint(instance, schema: dict, where: str) -> str:
+    """For a value written where a section belongs (`scheduler: plateau`,
+    `early_stopping: true`): ' (write scheduler.name: plateau)' when it fits one key."""
+    properties = schema.get("properties")
+    if not isinstance(properties, dict) or isinstance(instance, (dict, list)) or instance is None:
+        return ""
+    shown = yaml_word(instance)
+    for key, sub in properties.items():
+        if not isinstance(sub, dict):
+            continue
+        if isinstance(instance, str) and instance in (sub.get("enum") or ()):
+            return f" (write {where}.{key}: {shown})"
+        if isinstance(instance, bool) and sub.get("type") == "boolean" and key == "enabled":
+            return f" (write {where}.{key}: {shown})"
+    return ""
+
+
+def yaml_word(value) -> str:
+    return ("true" if value else "false") if isinstance(value, bool) else str(value)
 
 
 def properties_of(schema: dict, root: dict) -> dict:
@@ -80,11 +158,11 @@ def properties_of(schema: dict, root: dict) -> dict:
     known = dict(schema.get("properties", {}))
     for part in schema.get("allOf", []):
         if "$ref" in part:
-            known.update(root["$defs"][part["$ref"].rsplit("/", 1)[-1]].get("properties", {}))
+            known.update(root.get("$defs", {}).get(part["$ref"].rsplit("/", 1)[-1], {}).get("properties", {}))
     return known
 
 
-def explain(error: jsonschema.ValidationError, root: dict) -> tuple[str, str | None] | None:
+def explain(error: jsonschema.ValidationError, root: dict, anywhere: bool = False) -> tuple[str, str | None] | None:
     """The message for one schema error of a document checked against `root`, and the
     key it is about when that key is not in the error's path (an unknown or a missing key).
     None for an error that only echoes another (a key reported unevaluated because a
@@ -94,7 +172,7 @@ def explain(error: jsonschema.ValidationError, root: dict) -> tuple[str, str | N
         known = properties_of(schema, root)
         unknown = [key for key in instance if key not in known]
         if unknown:
-            return unknown_key(unknown[0], known), unknown[0]
+            return unknown_key(unknown[0], known, root, anywhere), unknown[0]
         if rule == "unevaluatedProperties":
             return None
     if rule == "required":
@@ -112,13 +190,17 @@ def explain(error: jsonschema.ValidationError, root: dict) -> tuple[str, str | N
         return (f"{describe_value(instance)} is not one of: {choices}"
                 f"{did_you_mean(instance, error.validator_value)}", None)
     if rule in ("type", "pattern") and "x-hint" in schema:
-        return f"{describe_value(instance)} is not {schema['x-hint']}", None
+        hint = did_you_mean(instance, words_of(schema, root)) if isinstance(instance, str) else ""
+        return f"{describe_value(instance)} is not {schema['x-hint']}{hint}", None
     if rule == "pattern" and "description" in schema:
         return f"{describe_value(instance)} is not {schema['description']}", None
     if rule == "type":
         wanted = error.validator_value
         wanted = " or ".join(wanted) if isinstance(wanted, list) else wanted
-        return f"expected {wanted}, got {describe_value(instance)}", None
+        hint = object_hint(instance, schema, key_path(error.absolute_path)) if wanted == "object" else ""
+        pair = PAIR.match(instance) if isinstance(instance, str) and "array" in error.validator_value else None
+        hint = hint or (f" (write [{pair.group(1)}, {pair.group(2)}])" if pair else "")
+        return f"expected {wanted}, got {describe_value(instance)}{hint}", None
     if rule == "minItems" and instance == [] and schema.get("items", {}).get("$ref", "").endswith("/layer"):
         return ("an empty layer list: write at least one layer (`identity` passes the input "
                 "through; only a parallel branch may be [])"), None

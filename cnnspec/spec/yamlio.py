@@ -245,6 +245,16 @@ LocatingLoader.add_constructor("tag:yaml.org,2002:map", construct_located_mappin
 LocatingLoader.add_constructor("tag:yaml.org,2002:seq", construct_located_sequence)
 
 
+# PyYAML's words for the mistakes people make most, and what they usually mean.
+YAML_HINTS = (
+    ("expected <block end>, but found", "check this line's indentation: a key or '-' item lines up with "
+                                        "the ones above it that belong to the same list or mapping"),
+    ("mapping values are not allowed here", "a value that holds ': ' needs quotes; otherwise this line is "
+                                            "indented deeper than the key above it"),
+    ("found character '\\t' that cannot start any token", "YAML indents with spaces, not tabs"),
+)
+
+
 def yaml_error_to_spec_error(error: yaml.YAMLError, file: str | None) -> SpecError:
     problem_mark = getattr(error, "problem_mark", None)
     context_mark = getattr(error, "context_mark", None)
@@ -257,6 +267,7 @@ def yaml_error_to_spec_error(error: yaml.YAMLError, file: str | None) -> SpecErr
         else:
             context += f" that starts on line {context_mark.line + 1}"
     message = f"invalid YAML: {problem}" + (f" ({context})" if context else "")
+    message += next((f"; {hint}" for start, hint in YAML_HINTS if problem.startswith(start)), "")
     message = message.replace("\n", " ")
     if mark is None:
         return SpecError(message, file)
