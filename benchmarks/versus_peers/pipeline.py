@@ -98,6 +98,9 @@ def dvc_repro(model: str, task: Task) -> dict:
         python_path = os.pathsep.join(filter(None, [str(repo), os.environ.get("PYTHONPATH")]))
         env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
                    DVC_NO_ANALYTICS="1", PYTHONPATH=python_path, OMP_NUM_THREADS=str(torch.get_num_threads()))
+        # Python writes its bytecode caches, as on a user's machine: the first stage to import
+        # a cnnspec module compiles it once for the rest (some machines switch this off)
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
         started = time.perf_counter()
         output, stage_starts = [], []  # (stage, seconds since the start) as DVC announces each
         with subprocess.Popen([sys.executable, "-m", "dvc", "repro"], cwd=repo, env=env, stdout=subprocess.PIPE,
