@@ -51,6 +51,7 @@ BAD_PARAMS = [
      "expected object, got a list"),
     ("data: {val_split: 1.5}\n", "data.val_split", "1.5"),
     ("data: {val_split: -0.1}\n", "data.val_split", "-0.1"),
+    ("data: {val_split: 10}\n", "data.val_split", "maximum of 1 (a fraction: for 10% write 0.1)"),
     ("data: {md5: {cifar.tar.gz: nothex}}\n", "data.md5.cifar.tar.gz", "md5 (32 hex digits)"),
     ("data: {md5: 12}\n", "data.md5", "expected string or object, got 12"),
     ("data: {url: ftp://mirror/x.tgz}\n", "data.url", "http://"),

@@ -151,3 +151,15 @@ def test_docs_reliability_counts_the_bad_specs_there_are():
     stated = re.findall(r"\((\d+) files in `tests/bad_specs/`\), "
                         r"`test_validate_command_prints_one_error_line` \((\d+)\)", text)
     assert stated == [(str(len(BAD)), str(len(BAD)))]
+
+
+def test_a_fraction_written_as_a_percentage_is_shown_the_fraction(tmp_path):
+    spec = tmp_path / "percent.yaml"
+    spec.write_text("name: percent\nlayers:\n  - conv: 8\n  - dropout: 50\n  - flatten\n  - dense: num_classes\n")
+    with pytest.raises(SpecError, match=r"percent\.yaml:4:\d+: layers\[1\]\.dropout\.rate: 50 is greater than or "
+                                        r"equal to the maximum of 1 \(a fraction: for 50% write 0\.5\)$"):
+        load_spec(spec)
+    spec.write_text("name: percent\nlayers:\n  - conv: 8\n  - dropout: 150\n  - flatten\n  - dense: num_classes\n")
+    with pytest.raises(SpecError) as caught:  # beyond 100: not a percentage, no hint
+        load_spec(spec)
+    assert str(caught.value).endswith("is greater than or equal to the maximum of 1")

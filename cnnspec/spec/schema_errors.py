@@ -208,4 +208,12 @@ def explain(error: jsonschema.ValidationError, root: dict, anywhere: bool = Fals
         return error.message.replace(repr(instance), f"a list of {len(instance)}"), None
     if rule in ("minProperties", "maxProperties") and isinstance(instance, dict):
         return f"a layer is one TYPE: options pair, found {len(instance)} keys: {', '.join(instance)}", None
-    return " ".join(error.message.split()), None
+    return " ".join(error.message.split()) + percent_hint(rule, instance, error.validator_value), None
+
+
+def percent_hint(rule: str, instance, bound) -> str:
+    """For a fraction given as a percentage (`val_split: 10`), the fraction to write."""
+    is_number = isinstance(instance, (int, float)) and not isinstance(instance, bool)
+    if rule in ("maximum", "exclusiveMaximum") and bound == 1 and is_number and 1 < instance <= 100:
+        return f" (a fraction: for {instance:g}% write {instance / 100:g})"
+    return ""
