@@ -82,7 +82,10 @@ def resolve(params_path=PARAMS, resolved_path=RESOLVED_PARAMS, prepared=PREPARED
         why += (f"; batch {fit.batch_size}: {steps} step{'' if steps == 1 else 's'} an epoch on {train_images} "
                 f"training images of {shape}")
         if fit.capped_from is not None:
-            why += (f" (the recipe's {fit.capped_from} would be {train_images // fit.capped_from}; "
+            whose = "the default" if params["recipe"] == "none" else "the recipe's"
+            steps_before = train_images // fit.capped_from
+            plural = "" if steps_before == 1 else "s"
+            why += (f" ({whose} batch {fit.capped_from} would give {steps_before} step{plural}; "
                     f"capped for at least {MIN_STEPS})")
         warnings = fit.warnings
     else:

@@ -86,6 +86,23 @@ def test_the_resolve_stage_says_what_it_chose_and_why(tmp_path, monkeypatch):
     assert len(written["model"]["spec_sha256"]) == 64
 
 
+
+def test_a_capped_default_batch_is_called_the_default_with_its_steps(tmp_path, monkeypatch):
+    """With recipe: none the batch comes from the schema's defaults, not from a recipe."""
+    from stages.resolve import resolve
+
+    monkeypatch.chdir(REPO_ROOT)
+    text = (REPO_ROOT / "params.yaml").read_text().replace("  dataset: cifar10 ", "  dataset: folder  ")
+    (tmp_path / "params.yaml").write_text(text.replace("\nrecipe: auto", "\nrecipe: none", 1))
+    prepared = tmp_path / "prepared"
+    prepared.mkdir()
+    (prepared / "meta.json").write_text(json.dumps({"counts": {"train": 900}, "input_shape": [1, 8, 8]}))
+    said = []
+    resolved = resolve(tmp_path / "params.yaml", tmp_path / "params.resolved.yaml", prepared, log=said.append)
+    assert resolved["recipe"] == "none" and resolved["train"]["batch_size"] == 900 // MIN_STEPS
+    assert said[0].endswith("batch 45: 20 steps an epoch on 900 training images of 1x8x8 (the default batch "
+                            "1024 would give 0 steps; capped for at least 20)")
+
 def test_resolve_notes_uneven_classes_only_while_nothing_weighs_them(tmp_path, monkeypatch):
     """Fashion-MNIST as files, one class with 8 images against 60 for each of the others."""
     from stages.resolve import resolve

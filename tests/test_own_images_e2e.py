@@ -59,8 +59,8 @@ def test_the_readme_commands_train_with_defaults_that_fit(own_images_repo):
     assert "data.val_split auto: 0.2 of 320 training images" in output
     assert resolved["train"]["batch_size"] == 12
     assert ("spec specs/small_images.yaml (model.spec: auto, for your own images (data.dataset: folder)), "
-            "recipe small_images (recipe: auto, the one the spec names); batch 12: 21 steps an epoch on "
-            "254 training images of 1x28x28 (the recipe's 64 would be 3; capped for at least 20)") in output
+            "recipe small_images (recipe: auto, the one the spec names); batch 12: 21 steps an epoch on 254 "
+            "training images of 1x28x28 (the recipe's batch 64 would give 3 steps; capped for at least 20)") in output
     assert "images 28x28 (data.image_size: auto): not resized" in output
     assert "channels: 1 (data.channels: auto; the 256 images sampled across the dataset are grayscale)" in output
     # DVC warns of the outputs a first run has no dvc.lock entry for, but never again of
