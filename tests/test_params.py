@@ -249,3 +249,12 @@ def test_evaluate_batch_size_is_a_number_or_auto(tmp_path, value, words):
         "evaluate"]["batch_size"] == 64
     with pytest.raises(ParamsError, match=re.escape(words)):
         load_params(write_params(tmp_path, f"evaluate: {{batch_size: {value}}}\n"), ["evaluate"])
+
+
+def test_equally_near_spellings_are_all_offered():
+    from cnnspec.spec.schema_errors import did_you_mean
+
+    assert did_you_mean("my_seed00", ["keras_adam", "my_seed003", "my_seed000"]) == \
+        " (did you mean 'my_seed000' or 'my_seed003'?)"
+    assert did_you_mean("kernal", ["kernel", "filters"]) == " (did you mean 'kernel'?)"
+    assert did_you_mean("xyz", ["kernel", "filters"]) == ""

@@ -42,9 +42,17 @@ def did_you_mean(word, choices) -> str:
     by_fold = {folded(c): c for c in choices}
     close = [by_fold.get(folded(word)) or by_fold.get(SYNONYMS.get(folded(word), ""))]
     if close[0] is None:
-        close = difflib.get_close_matches(str(word), choices, n=1, cutoff=0.6) or \
-            [by_fold[c] for c in difflib.get_close_matches(folded(word), list(by_fold), n=1, cutoff=0.6)]
-    return f" (did you mean '{close[0]}'?)" if close else ""
+        close = closest(str(word), choices) or [by_fold[c] for c in closest(folded(word), list(by_fold))]
+    quoted = " or ".join(f"'{choice}'" for choice in close)
+    return f" (did you mean {quoted}?)" if close else ""
+
+
+def closest(word: str, choices: list[str]) -> list[str]:
+    """The spellings nearest to `word` (difflib's ratio, at least 0.6): one, or the two or
+    three that are equally near (`my_seed00`: my_seed000 and my_seed003)."""
+    near = difflib.get_close_matches(word, choices, n=3, cutoff=0.6)
+    ratio = [difflib.SequenceMatcher(None, word, choice).ratio() for choice in near]
+    return sorted(choice for choice, r in zip(near, ratio) if r == ratio[0])
 
 
 def describe_value(value) -> str:
