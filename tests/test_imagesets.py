@@ -177,7 +177,8 @@ def test_bad_images_skip_counts_names_and_leaves_them_out(tmp_path, fashion, cap
     (victims[0].parent / "fake.jpg").write_text("not an image either")
     meta, prepared, lines = prepare(tmp_path, data_params(tmp_path, source=str(root), bad_images="skip"))
     assert meta["skipped_images"] == 8
-    assert f"{root}: ignored 1 files outside the class folders or not images" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert f"{root}: ignored 1 file (.txt) outside the class folders or not images (images are .jpg" in said
     assert sum(meta["counts"].values()) == 60 - 7
     skipped = [line for line in lines if line.startswith("skipped 8 unreadable images")]
     assert skipped and str(victims[0]) in skipped[0] and skipped[0].count(str(root)) == 5
@@ -203,6 +204,15 @@ def test_a_full_disk_names_the_prepared_file_and_keeps_the_old_folder(tmp_path, 
         prepare(tmp_path, data)
     assert (tmp_path / "prepared" / "meta.json").read_bytes() == before
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".prepared")]
+
+
+def test_a_class_folder_of_photos_in_a_format_not_read_says_which(tmp_path, fashion, capsys):
+    root = folder_of(tmp_path, fashion)
+    (root / "Zebra").mkdir()
+    for name in ("IMG_1.HEIC", "IMG_2.heic", "notes"):
+        (root / "Zebra" / name).write_bytes(b"not read")
+    with pytest.raises(DataError, match=r"Zebra: empty class folder \(no .*files, only 3 files \(.heic, no suffix\)\)"):
+        listing.scan_folder(root)
 
 
 def test_empty_class_folder_is_named(tmp_path, fashion):

@@ -90,10 +90,10 @@ def _escape_error(name: str, where: str) -> DataError:
 # ---------------------------------------------------------------------------------------
 # Folder layout.
 
-def _images_under(folder: Path, roots: list[Path], display: Path) -> tuple[list[Path], int]:
-    """Image files under `folder` at any depth, sorted, and the count of other files.
+def _images_under(folder: Path, roots: list[Path], display: Path) -> tuple[list[Path], list[Path]]:
+    """Image files under `folder` at any depth, sorted, and the other files.
     Hidden files are left out; a symlink (file or folder) leading outside is an error."""
-    found, others = [], 0
+    found, others = [], []
     for current, dirnames, filenames in os.walk(folder, followlinks=False):
         current = Path(current)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
@@ -109,7 +109,7 @@ def _images_under(folder: Path, roots: list[Path], display: Path) -> tuple[list[
             if is_image_file(path):
                 found.append(path)
             else:
-                others += 1
+                others.append(path)
     return sorted(found), others
 
 
@@ -154,7 +154,7 @@ def scan_folder(source) -> Listing:
     splits = split_folders(root, subfolders)
     parts = [(split, root / name) for name, split in splits.items()] if splits else [("", root)]
     listing = Listing()
-    ignored = sum(1 for p in root.iterdir() if p.is_file() and not p.name.startswith("."))  # not in a class
+    ignored = [p for p in root.iterdir() if p.is_file() and not p.name.startswith(".")]  # not in a class
     for split, folder in parts:
         class_folders = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
         if not class_folders:
@@ -168,14 +168,23 @@ def scan_folder(source) -> Listing:
             images, others = _images_under(class_folder, roots, class_folder)
             ignored += others
             if not images:
+                held = f", only {_by_suffix(others)}" if others else ""
                 raise DataError(f"{class_folder}: empty class folder (no {'/'.join(IMAGE_SUFFIXES)} "
-                                "files); add images or remove it")
+                                f"files{held}); add images or remove it")
             for path in images:
                 listing.add(path, class_folder.name, split)
     if ignored:
-        print(f"{root}: ignored {ignored} files outside the class folders or not images "
-              f"({' '.join(IMAGE_SUFFIXES)})")
+        print(f"{root}: ignored {_by_suffix(ignored)} outside the class folders or not images "
+              f"(images are {' '.join(IMAGE_SUFFIXES)})")
     return listing
+
+
+def _by_suffix(paths: list[Path]) -> str:
+    """'3 files (.heic, .txt)': how many, and of which kinds (a photo format cnnspec does
+    not read, an iPhone's .heic, should not go unsaid)."""
+    suffixes = sorted({path.suffix.lower() or "no suffix" for path in paths})
+    shown = ", ".join(suffixes[:5]) + (", ..." if len(suffixes) > 5 else "")
+    return f"{len(paths)} file{'s' * (len(paths) != 1)} ({shown})"
 
 
 def _refuse_a_class_name_that_does_not_print(class_folder: Path) -> None:
