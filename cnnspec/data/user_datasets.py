@@ -320,8 +320,6 @@ def prepare_image_dataset(data: dict, out_folder, workers: int | None = None, lo
     return meta
 
 
-
-
 def source_relative(path: str, data: dict) -> str:
     """How the prepared file list names an image: relative to data.source's folder
     (the folder itself, or the CSV's folder), as the user wrote it in their tree."""
