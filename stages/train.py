@@ -109,8 +109,8 @@ def early_stop_note(result, options: dict) -> str:
     if not result.stopped_early:
         return ""
     stopping = options["early_stopping"]
-    return (f"; stopped early: {stopping['monitor']} not better for {stopping['patience']} "
-            f"epoch{'' if stopping['patience'] == 1 else 's'}")
+    epochs = max(1, stopping["patience"])  # patience 0 stops at the first epoch not better
+    return f"; stopped early: {stopping['monitor']} not better for {epochs} epoch{'' if epochs == 1 else 's'}"
 
 
 def best_epoch_note(result, split: str) -> str:

@@ -95,7 +95,7 @@ def test_a_postscript_file_named_png_never_reaches_ghostscript(tmp_path, monkeyp
 def test_sampling_the_size_of_a_large_photo_prints_no_pillow_warning(tmp_path, monkeypatch):
     import warnings
 
-    from cnnspec.data.user_datasets import sample_images
+    from cnnspec.data.image_sample import sample_images
 
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100 * 100)  # Pillow warns from here, as from 89 M pixels
     Image.new("RGB", (150, 120)).save(tmp_path / "phone.jpg")

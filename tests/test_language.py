@@ -61,6 +61,7 @@ def test_misspelt_activation_is_refused_with_a_suggestion(written, suggested):
     ("conv: {filters: 4, kernel: 3x3}", "got '3x3' (write [3, 3])"),
     ("max_pool: {kernel: '(2, 2)'}", "got '(2, 2)' (write [2, 2])"),
     ("random_translation: 0.05", "not 0.05 (it has no shorthand: write random_translation: {height: 0.05})"),
+    ("repeat: 3", "not 3 (it has no shorthand: write repeat: {n: 3, layers: ...})"),
 ])
 def test_a_keras_port_s_near_misses_get_the_right_word(layer, hint):
     message = error_of(spec_of(f"  - {layer}\n  - flatten\n  - dense: num_classes"))
@@ -71,6 +72,9 @@ def test_a_keras_port_s_near_misses_get_the_right_word(layer, hint):
     ("  - conv: 4", "(end with flatten (or global_avg_pool), then dense: num_classes)"),
     ("  - flatten\n  - dense: 7", "(write units: num_classes)"),
     ("  - flatten\n  - dropout: 0.5", "(end with dense: num_classes)"),
+    # Keras' ending: the dense's units are what is wrong, not a missing dense
+    ("  - flatten\n  - dense: 7\n  - activation: softmax", "(write units: num_classes in dense_1)"),
+    ("  - flatten\n  - dense: 7\n  - dropout: 0.5", "(write units: num_classes in dense_1)"),
 ])
 def test_a_model_that_does_not_end_in_the_logits_is_told_what_ends_one(tail, fix):
     message = error_of(spec_of(tail))

@@ -169,6 +169,11 @@ def test_early_stopping_ends_the_run_and_restores_the_best_epoch():
     assert train_stage.best_epoch_note(result, "val") == (
         f" (epoch 1's weights, kept by restore_best, not epoch 2's: {last:.4f})")
     assert train_stage.early_stop_note(result, params) == "; stopped early: val_loss not better for 1 epoch"
+    # patience 0 stops at the first epoch that is not better, as patience 1 does (Keras' rule)
+    at_once = train_params(epochs=6, early_stopping={"enabled": True, "patience": 0, "min_delta": 100.0})
+    stopped = run_training(at_once)
+    assert len(stopped.history) == 2
+    assert train_stage.early_stop_note(stopped, at_once) == "; stopped early: val_loss not better for 1 epoch"
 
 
 def test_cuda_paths_bf16_autocast_and_channels_last_run_on_cpu(cuda_paths_on_cpu):

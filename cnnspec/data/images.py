@@ -50,8 +50,9 @@ def is_image_file(path) -> bool:
     return Path(path).suffix.lower() in IMAGE_SUFFIXES
 
 
-# The most pixels cnnspec decodes from one file (Pillow's own default is 89 million and
-# only a warning): a larger file is refused in one line before its pixels are decoded.
+# The most pixels cnnspec decodes from one file, refused in one line before any is decoded.
+# A JPEG read reduced (draft mode) counts the pixels it is reduced to. Pillow's own bound
+# (PIL.Image.MAX_IMAGE_PIXELS, 89 million: a warning, twice that an error) stays the user's.
 MAX_PIXELS = 50_000_000
 # Integer and float modes with more than 8 bits per pixel (16-bit PNG and TIFF, 32-bit
 # integer, 32-bit float): Pillow's convert() would clip them to 255.
@@ -287,7 +288,7 @@ def _resize(image, size: tuple[int, int], policy: str, name: str = "<image>"):
     if policy == "center_crop":
         scale = max(width / image.width, height / image.height)
         scaled_w, scaled_h = max(width, round(image.width * scale)), max(height, round(image.height * scale))
-        if scaled_w * scaled_h > MAX_PIXELS:  # a 2 KB PNG of 1,000,000x2 pixels scales to 28x14,000,000
+        if scaled_w * scaled_h > MAX_PIXELS:  # a 2 KB PNG of 1,000,000x2 pixels scales to 14,000,000x28
             raise ImageReadError(f"{name}: refused, {image.width}x{image.height} pixels is too elongated to "
                                  f"center_crop to {width}x{height} (scaled first, it would hold "
                                  f"{scaled_w * scaled_h:,} pixels, more than {MAX_PIXELS:,})")

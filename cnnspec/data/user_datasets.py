@@ -1,5 +1,6 @@
 """Datasets from the user's own image files: a folder of class subfolders or a CSV
-manifest, scanned and split (listing.py), decoded in parallel and written chunk by chunk.
+manifest, scanned and split (listing.py), sized from a sample of image headers
+(image_sample.py), decoded in parallel and written chunk by chunk.
 
     prepare_image_dataset(data_params, "data/prepared")
 
@@ -252,21 +253,7 @@ def prepare_image_dataset(data: dict, out_folder, workers: int | None = None, lo
     sample = sample_images(listing.paths)
     height, width = auto_image_size(sample) if data["image_size"] == "auto" else data["image_size"]
     channels = auto_channels(sample) if data["channels"] == "auto" else data["channels"]
-    if not sample and "auto" in (data["image_size"], data["channels"]):
-        log(f"none of the sampled images could be read: data.image_size {height}x{width}, data.channels "
-            f"{channels} by default (decoding names the files)")
-    else:
-        log(resize_note(sample, (height, width), data["resize"], data["image_size"] == "auto"))
-        stretched = stretch_warning(sample, (height, width), data["resize"])
-        if stretched:
-            print(stretched, file=sys.stderr)
-        enlarged = enlarge_note(sample, (height, width), len(listing.paths), channels)
-        if enlarged:
-            log(enlarged)
-        if data["channels"] == "auto":
-            gray = ("every image is grayscale" if len(sample) == len(listing.paths)
-                    else f"the {len(sample)} images sampled across the dataset are grayscale")
-            log(f"channels: {channels} (data.channels: auto; {gray if channels == 1 else 'colour images'})")
+    _say_what_the_sample_shows(sample, data, (height, width), channels, len(listing.paths), log)
     channels_auto = data["channels"] == "auto"
     data = {**data, "image_size": [height, width], "channels": channels}
     shape = (channels, height, width)
@@ -320,6 +307,25 @@ def prepare_image_dataset(data: dict, out_folder, workers: int | None = None, lo
     return meta
 
 
+def _say_what_the_sample_shows(sample, data: dict, size, channels: int, images: int, log) -> None:
+    """The lines printed before decoding: the size and channels chosen and how the images
+    are resized, with image_sample's warning and note on what the sampled headers show."""
+    height, width = size
+    if not sample and "auto" in (data["image_size"], data["channels"]):
+        log(f"none of the sampled images could be read: data.image_size {height}x{width}, data.channels "
+            f"{channels} by default (decoding names the files)")
+        return
+    log(resize_note(sample, size, data["resize"], data["image_size"] == "auto"))
+    stretched = stretch_warning(sample, size, data["resize"])
+    if stretched:
+        print(stretched, file=sys.stderr)
+    enlarged = enlarge_note(sample, size, images, channels)
+    if enlarged:
+        log(enlarged)
+    if data["channels"] == "auto":
+        gray = ("every image is grayscale" if len(sample) == images
+                else f"the {len(sample)} images sampled across the dataset are grayscale")
+        log(f"channels: {channels} (data.channels: auto; {gray if channels == 1 else 'colour images'})")
 
 
 def source_relative(path: str, data: dict) -> str:

@@ -8,7 +8,7 @@ import glob
 import os
 from pathlib import Path
 
-from cnnspec.data.images import is_image_file, note
+from cnnspec.data.images import IMAGE_SUFFIXES, is_image_file, note
 from cnnspec.errors import CnnspecError
 
 
@@ -111,7 +111,7 @@ def _real_folders(folder: str):
                 waiting.append(path)
 
 
-IMAGE_SUFFIX_WORDS = "suffixes: .jpg .jpeg .png .bmp .webp .gif .tif .tiff"
+IMAGE_SUFFIX_WORDS = "suffixes: " + " ".join(IMAGE_SUFFIXES)
 
 
 def _images_in(folder: Path) -> tuple[list[str], str]:

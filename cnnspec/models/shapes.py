@@ -164,11 +164,24 @@ def _infer(spec: Spec, input_shape, num_classes: int) -> Context:
     out_shape = ctx.records[-1].out_shape if ctx.records else shape
     if tuple(out_shape) != (num_classes,):
         last = spec.layers[-1]
-        fix = ("end with flatten (or global_avg_pool), then dense: num_classes" if len(out_shape) > 1
-               else "write units: num_classes" if last.type == "dense" else "end with dense: num_classes")
-        raise error(last, f"{last.name}: the model ends in shape {fmt(out_shape)}; "
-                          f"it must end in ({num_classes},), one logit per class ({fix})")
+        raise error(last, f"{last.name}: the model ends in shape {fmt(out_shape)}; it must end in "
+                          f"({num_classes},), one logit per class ({ending_fix(spec.layers, ctx.records)})")
     return ctx
+
+
+def ending_fix(layers: list[LayerNode], records: list[Record]) -> str:
+    """What makes a model end in its logits: the units of its last dense when only layers
+    that keep the shape (a Keras-style softmax, dropout) follow it, else a dense to end with."""
+    out_shape = {id(record.node): tuple(record.out_shape) for record in records}
+    final = out_shape[id(layers[-1])]
+    if len(final) > 1:
+        return "end with flatten (or global_avg_pool), then dense: num_classes"
+    for layer in reversed(layers):
+        if out_shape[id(layer)] != final:
+            break
+        if layer.type == "dense":
+            return "write units: num_classes" + ("" if layer is layers[-1] else f" in {layer.name}")
+    return "end with dense: num_classes"
 
 
 def top_level(nodes: list[LayerNode]) -> list[LayerNode]:

@@ -13,6 +13,8 @@ The effective params are, from weakest to strongest: the schema's defaults, the
 recipe (a recipe may start from another with `base: NAME`), then every value that
 params.yaml sets. A key params.yaml writes as `null` (`~`) takes the recipe's value;
 params.yaml keeps every key so that `dvc exp run -S train.batch_size=64` finds it.
+Settings of a section that stays off (`early_stopping: {patience: 3}` under an
+`enabled: false`) are refused where they are written (check_switches).
 
 Recipes are looked up in `recipes/` of the working directory, then beside the
 params file, then the ones shipped with cnnspec; the first file found wins.
@@ -21,7 +23,6 @@ from __future__ import annotations
 
 import copy
 import difflib
-import json
 import re
 from pathlib import Path
 
@@ -140,7 +141,9 @@ def read_recipe(path: Path) -> yamlio.LocatedDict:
 def section_of(key) -> str:
     """'; early_stopping belongs under train:' for a train or evaluate key written at the
     top of a recipe."""
-    schema = json.loads(Path(__file__).with_name("params_schema.json").read_text(encoding="utf-8"))
+    from cnnspec.pipeline.params import load_schema  # params imports this module
+
+    schema = load_schema()
     for section in SECTIONS:
         if key in schema["properties"][section].get("properties", {}):
             return f"; {key} belongs under {section}: (indent it below `{section}:`)"
@@ -247,15 +250,16 @@ def apply(params: dict, name: str, schema: dict, params_path=None) -> tuple[dict
 
 
 # Sections whose other keys do nothing while one key leaves them off: (the switch, the
-# value that turns them off, the keys it silences; None = every other key). Keras turns
-# early stopping on by adding the callback with its settings, so a recipe that writes
-# `patience: 3` without `enabled: true` most likely means it on.
+# value that turns them off, the keys it silences (None: every other key), what to write
+# to turn them on). Keras turns early stopping on by adding the callback with its
+# settings, so a recipe that writes `patience: 3` without `enabled: true` most likely
+# means it on.
 SWITCHES = {
-    ("train", "early_stopping"): ("enabled", False, None),
-    ("train", "lookahead"): ("enabled", False, None),
-    ("train", "ema"): ("enabled", False, None),
-    ("train", "scheduler"): ("name", "none", None),
-    ("train", "loss"): ("name", "cross_entropy", ("gamma", "alpha")),
+    ("train", "early_stopping"): ("enabled", False, None, "enabled: true"),
+    ("train", "lookahead"): ("enabled", False, None, "enabled: true"),
+    ("train", "ema"): ("enabled", False, None, "enabled: true"),
+    ("train", "scheduler"): ("name", "none", None, "name: plateau (step, cosine, ...)"),
+    ("train", "loss"): ("name", "cross_entropy", ("gamma", "alpha"), "name: focal"),
 }
 
 
@@ -264,35 +268,45 @@ def check_switches(layers, effective: dict) -> None:
     last recipe (or params.yaml) that sets them without saying `enabled` (`name`) leaves
     an earlier `enabled: false` in force. Saying the switch either way is a choice.
     `effective` is validated, with its defaults filled in."""
-    for section, (switch, off, silenced) in SWITCHES.items():
-        pending, switched_at = None, "the schema's default"
-        for body, where in layers:
-            written = body
-            for part in section:
-                written = written.get(part) if isinstance(written, dict) else None
-            if not isinstance(written, dict):
-                continue
-            if switch in written:
-                pending, switched_at = None, where((*section, switch))
-                continue
-            keys = [key for key in written if key != switch and (silenced is None or key in silenced)]
-            if keys:
-                pending = (keys, where(section))
-        value = effective
-        for part in (*section, switch):
-            value = value.get(part) if isinstance(value, dict) else None
-        if pending is None or value != off:
+    for section, (switch, off, silenced, turn_on) in SWITCHES.items():
+        if value_at(effective, (*section, switch)) != off:
             continue
-        keys, where = pending
+        unswitched, switched_at = settings_set_without_their_switch(layers, section, switch, silenced)
+        if unswitched is None:
+            continue
+        keys, where = unswitched
         dotted = ".".join(section)
-        they = ("it is", "it") if len(keys) == 1 else ("they are", "them")
-        if switch == "enabled":
-            todo = f"write enabled: true to use {they[1]} (or enabled: false to keep it off)"
-        else:
-            todo = f"write name: {'focal' if section[-1] == 'loss' else 'plateau (step, cosine, ...)'} to use {they[1]}"
+        it_is, it = ("it is", "it") if len(keys) == 1 else ("they are", "them")
+        keep_off = " (or enabled: false to keep it off)" if switch == "enabled" else ""
         shown = str(off).lower() if isinstance(off, bool) else off
-        raise ParamsError(f"{where}: {dotted}: {', '.join(keys)}: {they[0]} set, but {dotted}.{switch} is "
-                          f"{shown} (from {switched_at}), so the run would ignore {they[1]}; {todo}")
+        raise ParamsError(f"{where}: {dotted}: {', '.join(keys)}: {it_is} set, but {dotted}.{switch} is "
+                          f"{shown} (from {switched_at}), so the run would ignore {it}; "
+                          f"write {turn_on} to use {it}{keep_off}")
+
+
+def settings_set_without_their_switch(layers, section: tuple, switch: str, silenced):
+    """((keys, where) or None, where the switch was last written): the keys of `section`
+    that the last layer to write any of them wrote without its switch, None when a later
+    layer (or that one) writes the switch."""
+    unswitched, switched_at = None, "the schema's default"
+    for body, where in layers:
+        written = value_at(body, section)
+        if not isinstance(written, dict):
+            continue
+        if switch in written:
+            unswitched, switched_at = None, where((*section, switch))
+            continue
+        keys = [key for key in written if key != switch and (silenced is None or key in silenced)]
+        if keys:
+            unswitched = (keys, where(section))
+    return unswitched, switched_at
+
+
+def value_at(mapping, key_path):
+    """mapping[a][b]... for key_path (a, b, ...), or None where a level is missing."""
+    for key in key_path:
+        mapping = mapping.get(key) if isinstance(mapping, dict) else None
+    return mapping
 
 
 def origin_of(origin: dict, key_path) -> str | None:

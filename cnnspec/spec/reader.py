@@ -310,8 +310,8 @@ def split_layer(item, where: Location, path: str) -> tuple[str, LocatedDict, Loc
     else:
         required = layer_schemas()[layer_type].get("required") or []
         shown = value if isinstance(value, (int, float, str)) and not isinstance(value, bool) else "..."
-        hint = (f"write {layer_type}: {{{required[0]}: {shown}}}" if required
-                else "`cnnspec layers` lists its options")
+        options = ", ".join(f"{key}: {shown if key == required[0] else '...'}" for key in required)
+        hint = f"write {layer_type}: {{{options}}}" if required else "`cnnspec layers` lists its options"
         fail(f"{layer_type} takes a mapping of options, not {describe_value(value)} (it has no shorthand: "
              f"{hint})", item.value_where[layer_type], join_key(path, layer_type))
     return layer_type, options, type_where
