@@ -83,14 +83,17 @@ def cell(value) -> str:
     headings, links, images, HTML or @-mentions to the comment."""
     if value is None:
         return "-"
-    if isinstance(value, float):
-        return f"{value:.4g}"
     text = on_one_line(str(value))
     text = text if len(text) <= MAX_CELL else text[:MAX_CELL - 1] + "…"
     if PLAIN.fullmatch(text) and "://" not in text and "www." not in text:  # GitHub links bare URLs
         return text
     fence = "`" * (max((len(run) for run in re.findall("`+", text)), default=0) + 1)
     return f"{fence} {text} {fence}".replace("|", "\\|")
+
+
+def metric_value(value):
+    """A metric rounded for reading (a param is shown as written: see `cell`)."""
+    return f"{value:.4g}" if isinstance(value, float) else value
 
 
 def markdown_table(header: list[str], rows: list[list]) -> str:
@@ -104,7 +107,7 @@ def metrics_table(diff: dict, base: str, head: str) -> str:
     rows = []
     for path in sorted(diff):
         for name, change in sorted(diff[path].items()):
-            rows.append([name, change.get("old"), change.get("new"), change.get("diff")])
+            rows.append([name, *(metric_value(change.get(key)) for key in ("old", "new", "diff"))])
     return markdown_table(["metric", base, head, "change"], rows)
 
 

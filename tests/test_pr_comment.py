@@ -195,3 +195,12 @@ def test_the_workflow_runs_the_smoke_recipe_only_without_real_results(tmp_path):
     (tmp_path / "params.yaml").write_text(text)
     params = load_params(tmp_path / "params.yaml")
     assert params["train"]["epochs"] == 1 and params["evaluate"]["tta"] == "none"
+
+
+def test_params_that_differ_never_look_the_same():
+    """A param is shown as written: rounding would make 0.0010001 and 0.001 one value."""
+    diff = {"params.yaml": {"train.optimizer.lr": {"old": 0.0010001, "new": 0.001},
+                            "train.optimizer.weight_decay": {"old": 5e-05, "new": 0.000123456}}}
+    rows = pr_comment.table_rows(pr_comment.params_table(diff, "main", "pr"))
+    assert rows == ["| train.optimizer.lr | 0.0010001 | 0.001 |",
+                    "| train.optimizer.weight_decay | 5e-05 | 0.000123456 |"]
