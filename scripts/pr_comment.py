@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import subprocess
@@ -73,7 +74,7 @@ def diff_section(title: str, markdown: str) -> str:
     return f"### {title}\n\n{markdown.strip()}\n"
 
 
-PLAIN = re.compile(r"[\w.,:/+= -]*")  # names and values shown as they are; anything else as code
+PLAIN = re.compile(r"[\w.,:/+=() -]*")  # names and values shown as they are; anything else as code
 MAX_CELL = 120
 
 
@@ -91,9 +92,44 @@ def cell(value) -> str:
     return f"{fence} {text} {fence}".replace("|", "\\|")
 
 
+HIGHER_IS_BETTER = {"accuracy", "top5_accuracy", "macro_f1", "learned"}
+LOWER_IS_BETTER = {"loss"}
+
+
 def metric_value(value):
     """A metric rounded for reading (a param is shown as written: see `cell`)."""
-    return f"{value:.4g}" if isinstance(value, float) else value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return "NaN" if math.isnan(value) else f"{value:.4g}"
+    return value
+
+
+def is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def verdict(name: str, delta: float) -> str | None:
+    """better or worse, for the headline metrics whose good direction is known."""
+    if delta == 0 or name not in HIGHER_IS_BETTER | LOWER_IS_BETTER:
+        return None
+    return "better" if (delta > 0) == (name in HIGHER_IS_BETTER) else "worse"
+
+
+def metric_change(name: str, old, new) -> str | None:
+    """The change column: signed, with its verdict (`+0.125 (better)`); `new` or `missing`
+    for a metric on one side only; `better`/`worse` alone for `learned`."""
+    if old is None or new is None:
+        return None if old is new else ("new" if old is None else "missing")
+    if isinstance(old, bool) and isinstance(new, bool):
+        return verdict(name, int(new) - int(old))
+    if not (is_number(old) and is_number(new)):
+        return None
+    delta = new - old
+    if math.isnan(delta):
+        return "NaN"
+    judged = verdict(name, delta)
+    return f"{delta:+.4g}" + (f" ({judged})" if judged else "")
 
 
 def markdown_table(header: list[str], rows: list[list]) -> str:
@@ -107,7 +143,8 @@ def metrics_table(diff: dict, base: str, head: str) -> str:
     rows = []
     for path in sorted(diff):
         for name, change in sorted(diff[path].items()):
-            rows.append([name, *(metric_value(change.get(key)) for key in ("old", "new", "diff"))])
+            old, new = change.get("old"), change.get("new")
+            rows.append([name, metric_value(old), metric_value(new), metric_change(name, old, new)])
     return markdown_table(["metric", base, head, "change"], rows)
 
 

@@ -100,7 +100,7 @@ def test_a_pull_requests_own_values_cannot_add_lines_links_or_html_to_the_commen
     row = next(line for line in lines if line.startswith("| loss"))
     assert "` x\\n\\n## Hijacked\\n<img src=https://example.invalid/a.png>\\n[click](https://example.invalid) " \
            "@octocat `" in row  # one code span: no heading, image, link or mention renders
-    assert "| ` a\\|b ` | 0.5 | 0.75 | 0.25 |" in lines
+    assert "| ` a\\|b ` | 0.5 | 0.75 | +0.25 |" in lines
     assert pr_comment.cell("train.batch_size") == "train.batch_size"  # plain names stay plain
     assert pr_comment.cell("https://example.invalid/x") == "` https://example.invalid/x `"  # no bare link
     (tmp_path / "metrics").mkdir()
@@ -204,3 +204,25 @@ def test_params_that_differ_never_look_the_same():
     rows = pr_comment.table_rows(pr_comment.params_table(diff, "main", "pr"))
     assert rows == ["| train.optimizer.lr | 0.0010001 | 0.001 |",
                     "| train.optimizer.weight_decay | 5e-05 | 0.000123456 |"]
+
+
+def test_each_change_says_whether_the_model_got_better_or_worse():
+    """Signed, with the direction each headline metric improves in: loss falls, the rest rise;
+    a metric on one side only, a NaN and `learned` read as words, not as `-` or -1."""
+    diff = {"metrics/eval.json": {
+        "accuracy": {"old": 0.6125, "new": 0.7375, "diff": 0.125},
+        "loss": {"old": 1.0432, "new": 1.2, "diff": 0.1568},
+        "macro_f1": {"old": 0.6, "new": float("nan"), "diff": float("nan")},
+        "top5_accuracy": {"old": None, "new": 0.99},
+        "custom": {"old": 3, "new": 1, "diff": -2},
+        "learned": {"old": True, "new": False, "diff": -1},
+        "old_metric": {"old": 0.5, "new": None}}}
+    rows = {row.split("|")[1].strip(): row for row in pr_comment.table_rows(
+        pr_comment.metrics_table(diff, "main", "pr"))}
+    assert rows["accuracy"] == "| accuracy | 0.6125 | 0.7375 | +0.125 (better) |"
+    assert rows["loss"] == "| loss | 1.043 | 1.2 | +0.1568 (worse) |"
+    assert rows["macro_f1"] == "| macro_f1 | 0.6 | NaN | NaN |"
+    assert rows["top5_accuracy"] == "| top5_accuracy | - | 0.99 | new |"
+    assert rows["custom"] == "| custom | 3 | 1 | -2 |"  # no known direction: no verdict
+    assert rows["learned"] == "| learned | true | false | worse |"
+    assert rows["old_metric"] == "| old_metric | 0.5 | - | missing |"
