@@ -9,7 +9,8 @@ accuracy, top-5, loss, macro F1, learned) and `dvc params diff <base> --json`
 (against the workspace, or against `--head` when given) and writes each as a table;
 a diff with no rows reads "no changes". Params appear once, with their effective
 value (params.resolved.yaml) where the run has one. `--smoke` labels the results as
-the CI smoke recipe's; a run that did not learn gets a warning at the top; `--plots-url`
+the CI smoke recipe's; a run that did not learn, or a head without metrics, gets a
+warning at the top; `--base` and `--head` take experiment names too; `--plots-url`
 links the plots diff. The workflow in .github/workflows/pr.yml posts the result.
 """
 from __future__ import annotations
@@ -28,7 +29,6 @@ if __package__ in (None, ""):  # `python scripts/pr_comment.py` from the reposit
 
 from cnnspec.atomic import write_text
 from cnnspec.errors import CnnspecError, exit_on_user_error, on_one_line
-from cnnspec.regular_files import MAX_JSON_BYTES, read_json
 
 MARKER = "<!-- cnnspec-pr-comment -->"  # lets a workflow find its earlier comment
 HEADLINE = "metrics/eval.json"
@@ -161,36 +161,39 @@ def params_table(diff: dict, base: str, head: str) -> str:
     return markdown_table(["param", base, head], rows)
 
 
-def head_headline(head: str | None, cwd) -> dict:
-    """The head's metrics/eval.json, {} when it has none or it cannot be read (bounded:
-    a pull request's own file)."""
-    try:
-        if head is None:
-            data = read_json(Path(cwd) / HEADLINE)
-        else:
-            text = subprocess.run(["git", "show", f"{head}:{HEADLINE}"], cwd=cwd, capture_output=True,
-                                  text=True, check=True).stdout
-            if len(text) > MAX_JSON_BYTES:
-                return {}
-            data = json.loads(text)
-    except (OSError, ValueError, RecursionError, subprocess.CalledProcessError):
-        return {}
-    return data if isinstance(data, dict) else {}
+def changed_only(diff: dict) -> dict:
+    """`dvc metrics diff --all` without the metrics that are the same on both sides."""
+    def same(change):
+        old, new = change.get("old"), change.get("new")
+        return old == new or (is_number(old) and is_number(new) and math.isnan(old) and math.isnan(new))
+    return {path: {name: change for name, change in metrics.items() if not same(change)}
+            for path, metrics in diff.items()}
+
+
+def head_values(diff: dict) -> dict:
+    """The head's headline metrics (those it has), from `dvc metrics diff --all`: a commit,
+    the workspace or an experiment alike."""
+    return {name: change["new"] for name, change in (diff.get(HEADLINE) or {}).items()
+            if isinstance(change, dict) and change.get("new") is not None}
 
 
 def build_comment(base: str, head: str | None = None, cwd=".", smoke: bool = False,
                   plots_url: str | None = None) -> str:
     revisions = [base] + ([head] if head else [])
     head_name = head or "workspace"
-    metrics = dvc_json(["metrics", "diff", *revisions, "--targets", HEADLINE, "--json"], cwd)
+    metrics = dvc_json(["metrics", "diff", *revisions, "--targets", HEADLINE, "--all", "--json"], cwd)
     params = dvc_json(["params", "diff", *revisions, "--json"], cwd)
     parts = [MARKER, f"## cnnspec: `{base}` → `{head_name}`\n"]
     if smoke:
         parts.append(SMOKE_NOTE + "\n")
-    if head_headline(head, cwd).get("learned") is False:
+    headline = head_values(metrics)
+    if not headline:
+        parts.append(f"> **No metrics for `{head_name}`**: it has no readable {HEADLINE} (the run "
+                     "failed, or its results were not committed with `git add metrics dvc.lock`).\n")
+    elif headline.get("learned") is False:
         parts.append("> **Warning: this run did not learn**: its test accuracy is at chance level "
                      "(see the train and evaluate logs for the likely causes).\n")
-    parts.append(diff_section("Metrics", metrics_table(metrics, base, head_name)))
+    parts.append(diff_section("Metrics", metrics_table(changed_only(metrics), base, head_name)))
     parts.append(diff_section("Params", params_table(params, base, head_name)))
     if plots_url:
         parts.append(f"### Plots\n\n[plots diff against `{base}`]({plots_url}) "

@@ -89,7 +89,7 @@ def test_an_empty_table_has_no_rows():
     assert pr_comment.diff_section("Metrics", empty) == "### Metrics\n\nno changes\n"
 
 
-def test_a_pull_requests_own_values_cannot_add_lines_links_or_html_to_the_comment(tmp_path):
+def test_a_pull_requests_own_values_cannot_add_lines_links_or_html_to_the_comment():
     """A metric or a param is the pull request author's text: it stays inside its cell."""
     hostile = "x\n\n## Hijacked\n<img src=https://example.invalid/a.png>\n[click](https://example.invalid) @octocat"
     metrics = {"metrics/eval.json": {"loss": {"old": 1.0, "new": hostile, "diff": None},
@@ -103,9 +103,6 @@ def test_a_pull_requests_own_values_cannot_add_lines_links_or_html_to_the_commen
     assert "| ` a\\|b ` | 0.5 | 0.75 | +0.25 |" in lines
     assert pr_comment.cell("train.batch_size") == "train.batch_size"  # plain names stay plain
     assert pr_comment.cell("https://example.invalid/x") == "` https://example.invalid/x `"  # no bare link
-    (tmp_path / "metrics").mkdir()
-    (tmp_path / "metrics" / "eval.json").write_text("[" * 100_000)
-    assert pr_comment.head_headline(None, tmp_path) == {}  # nested too deep: no headline, no traceback
 
 
 REALISTIC_DVC_YAML = """\
@@ -226,3 +223,66 @@ def test_each_change_says_whether_the_model_got_better_or_worse():
     assert rows["custom"] == "| custom | 3 | 1 | -2 |"  # no known direction: no verdict
     assert rows["learned"] == "| learned | true | false | worse |"
     assert rows["old_metric"] == "| old_metric | 0.5 | - | missing |"
+
+
+def test_a_head_without_metrics_says_so(realistic_repo):
+    """A run that failed, or whose results were not committed, has no metrics/eval.json:
+    the comment says so at the top instead of a table of dashes."""
+    git(realistic_repo, "checkout", "-q", "-b", "no-results", "pr")
+    git(realistic_repo, "rm", "-q", "metrics/eval.json")
+    git(realistic_repo, "commit", "-q", "-m", "results not committed")
+    git(realistic_repo, "checkout", "-q", "pr")
+    comment = pr_comment.build_comment("main", "no-results", cwd=realistic_repo)
+    assert "**No metrics for `no-results`**" in comment
+    assert "did not learn" not in comment
+    assert "| accuracy | 0.9401 | - | missing |" in comment
+
+
+EXPERIMENT_DVC_YAML = """\
+stages:
+  evaluate:
+    cmd: python evaluate.py
+    params: [train.lr]
+    metrics:
+      - metrics/eval.json: {cache: false}
+"""
+
+EVALUATE = """\
+import json, yaml
+lr = yaml.safe_load(open("params.yaml"))["train"]["lr"]
+learned = lr < 1
+json.dump({"accuracy": 0.8 if learned else 0.1, "loss": 0.5 if learned else 2.3, "learned": learned},
+          open("metrics/eval.json", "w"))
+"""
+
+
+def test_an_experiment_can_be_the_head_of_the_comparison(tmp_path):
+    """`--head` names a DVC experiment as well as a commit: its metrics, params and
+    did-not-learn warning come from the experiment (a ref git show cannot read)."""
+    repo = tmp_path
+    git(repo, "init", "-q", "-b", "main")
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=repo, check=True)
+    (repo / "metrics").mkdir()
+    (repo / "dvc.yaml").write_text(EXPERIMENT_DVC_YAML)
+    (repo / "evaluate.py").write_text(EVALUATE)
+    (repo / "params.yaml").write_text("train:\n  lr: 0.1\n")
+    subprocess.run([sys.executable, "-m", "dvc", "repro", "-q"], cwd=repo, check=True)
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "base")
+    subprocess.run([sys.executable, "-m", "dvc", "exp", "run", "-q", "-n", "too-fast", "-S", "train.lr=10"],
+                   cwd=repo, check=True, capture_output=True)
+    git(repo, "checkout", "-q", "--", ".")
+    comment = pr_comment.build_comment("main", "too-fast", cwd=repo)
+    assert "| accuracy | 0.8 | 0.1 | -0.7 (worse) |" in comment
+    assert "| train.lr | 0.1 | 10 |" in comment
+    assert "**Warning: this run did not learn**" in comment
+
+
+def test_an_unreadable_headline_reads_as_no_metrics(realistic_repo):
+    headline = realistic_repo / "metrics" / "eval.json"
+    headline.write_text("[" * 100_000)  # nested too deep: no headline, no traceback
+    try:
+        comment = pr_comment.build_comment("main", cwd=realistic_repo)
+    finally:
+        git(realistic_repo, "checkout", "-q", "--", "metrics/eval.json")
+    assert "**No metrics for `workspace`**" in comment
