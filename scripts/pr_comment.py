@@ -34,9 +34,10 @@ MARKER = "<!-- cnnspec-pr-comment -->"  # lets a workflow find its earlier comme
 HEADLINE = "metrics/eval.json"
 RESOLVED = "params.resolved.yaml"
 SMOKE_NOTE = ("> **Smoke run.** These results come from the `smoke` recipe (one short epoch "
-              "on the CI runner's CPU), not from the recipe the PR trains with: they show that "
-              "the pipeline runs and learns, not how good the model is. Real results appear "
-              "here when the PR's outputs are pushed to the DVC remote (see docs/pull_requests.md).")
+              "on the CI runner's CPU), run on the base branch and on the PR, not from the recipe "
+              "the PR trains with: they show that the pipeline runs and learns, not how good the "
+              "model is. Real results appear here when the PR's outputs are pushed to the DVC "
+              "remote (see docs/pull_requests.md).")
 
 
 class DvcDiffError(CnnspecError):

@@ -188,6 +188,13 @@ def test_the_workflow_runs_the_smoke_recipe_only_without_real_results(tmp_path):
     assert "dvc pull --run-cache" in results and "dvc exp run -S recipe=smoke" in results
     assert "dvc repro\n" not in results  # never the full recipe on the CPU runner
     assert "--smoke" in steps["Write the comment"]["run"] and "--plots-url" in steps["Write the comment"]["run"]
+    # A smoke run is compared with the base's smoke run, never with the base's real results,
+    # and the params diff holds the pull request's changes, not the smoke recipe's.
+    assert "dvc exp run --temp -S recipe=smoke -n smoke-base" in results
+    assert "base=smoke-base" in results and "base=origin/" in results
+    for step in ("Plots diff", "Write the comment"):
+        assert "${{ steps.results.outputs.base }}" in steps[step]["run"]
+        assert "github.base_ref" not in steps[step]["run"]
     text = (REPO_ROOT / "params.yaml").read_text().replace("recipe: auto", "recipe: smoke")
     (tmp_path / "params.yaml").write_text(text)
     params = load_params(tmp_path / "params.yaml")
