@@ -9,13 +9,15 @@ accuracy, top-5, loss, macro F1, learned) and `dvc params diff <base> --json`
 (against the workspace, or against `--head` when given) and writes each as a table;
 a diff with no rows reads "no changes". Params appear once, with their effective
 value (params.resolved.yaml) where the run has one. `--smoke` labels the results as
-the CI smoke recipe's; a run that did not learn gets a warning at the top; `--plots-url`
+the CI smoke recipe's; a run that did not learn, or a head without metrics, gets a
+warning at the top; `--base` and `--head` take experiment names too; `--plots-url`
 links the plots diff. The workflow in .github/workflows/pr.yml posts the result.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import subprocess
@@ -27,15 +29,15 @@ if __package__ in (None, ""):  # `python scripts/pr_comment.py` from the reposit
 
 from cnnspec.atomic import write_text
 from cnnspec.errors import CnnspecError, exit_on_user_error, on_one_line
-from cnnspec.regular_files import MAX_JSON_BYTES, read_json
 
 MARKER = "<!-- cnnspec-pr-comment -->"  # lets a workflow find its earlier comment
 HEADLINE = "metrics/eval.json"
 RESOLVED = "params.resolved.yaml"
 SMOKE_NOTE = ("> **Smoke run.** These results come from the `smoke` recipe (one short epoch "
-              "on the CI runner's CPU), not from the recipe the PR trains with: they show that "
-              "the pipeline runs and learns, not how good the model is. Real results appear "
-              "here when the PR's outputs are pushed to the DVC remote (see docs/pull_requests.md).")
+              "on the CI runner's CPU), run on the base branch and on the PR, not from the recipe "
+              "the PR trains with: they show that the pipeline runs and learns, not how good the "
+              "model is. Real results appear here when the PR's outputs are pushed to the DVC "
+              "remote (see docs/pull_requests.md).")
 
 
 class DvcDiffError(CnnspecError):
@@ -73,7 +75,7 @@ def diff_section(title: str, markdown: str) -> str:
     return f"### {title}\n\n{markdown.strip()}\n"
 
 
-PLAIN = re.compile(r"[\w.,:/+= -]*")  # names and values shown as they are; anything else as code
+PLAIN = re.compile(r"[\w.,:/+=() -]*")  # names and values shown as they are; anything else as code
 MAX_CELL = 120
 
 
@@ -83,14 +85,52 @@ def cell(value) -> str:
     headings, links, images, HTML or @-mentions to the comment."""
     if value is None:
         return "-"
-    if isinstance(value, float):
-        return f"{value:.4g}"
     text = on_one_line(str(value))
     text = text if len(text) <= MAX_CELL else text[:MAX_CELL - 1] + "…"
     if PLAIN.fullmatch(text) and "://" not in text and "www." not in text:  # GitHub links bare URLs
         return text
     fence = "`" * (max((len(run) for run in re.findall("`+", text)), default=0) + 1)
     return f"{fence} {text} {fence}".replace("|", "\\|")
+
+
+HIGHER_IS_BETTER = {"accuracy", "top5_accuracy", "macro_f1", "learned"}
+LOWER_IS_BETTER = {"loss"}
+
+
+def metric_value(value):
+    """A metric rounded for reading (a param is shown as written: see `cell`)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return "NaN" if math.isnan(value) else f"{value:.4g}"
+    return value
+
+
+def is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def verdict(name: str, delta: float) -> str | None:
+    """better or worse, for the headline metrics whose good direction is known."""
+    if delta == 0 or name not in HIGHER_IS_BETTER | LOWER_IS_BETTER:
+        return None
+    return "better" if (delta > 0) == (name in HIGHER_IS_BETTER) else "worse"
+
+
+def metric_change(name: str, old, new) -> str | None:
+    """The change column: signed, with its verdict (`+0.125 (better)`); `new` or `missing`
+    for a metric on one side only; `better`/`worse` alone for `learned`."""
+    if old is None or new is None:
+        return None if old is new else ("new" if old is None else "missing")
+    if isinstance(old, bool) and isinstance(new, bool):
+        return verdict(name, int(new) - int(old))
+    if not (is_number(old) and is_number(new)):
+        return None
+    delta = new - old
+    if math.isnan(delta):
+        return "NaN"
+    judged = verdict(name, delta)
+    return f"{delta:+.4g}" + (f" ({judged})" if judged else "")
 
 
 def markdown_table(header: list[str], rows: list[list]) -> str:
@@ -104,7 +144,8 @@ def metrics_table(diff: dict, base: str, head: str) -> str:
     rows = []
     for path in sorted(diff):
         for name, change in sorted(diff[path].items()):
-            rows.append([name, change.get("old"), change.get("new"), change.get("diff")])
+            old, new = change.get("old"), change.get("new")
+            rows.append([name, metric_value(old), metric_value(new), metric_change(name, old, new)])
     return markdown_table(["metric", base, head, "change"], rows)
 
 
@@ -121,36 +162,39 @@ def params_table(diff: dict, base: str, head: str) -> str:
     return markdown_table(["param", base, head], rows)
 
 
-def head_headline(head: str | None, cwd) -> dict:
-    """The head's metrics/eval.json, {} when it has none or it cannot be read (bounded:
-    a pull request's own file)."""
-    try:
-        if head is None:
-            data = read_json(Path(cwd) / HEADLINE)
-        else:
-            text = subprocess.run(["git", "show", f"{head}:{HEADLINE}"], cwd=cwd, capture_output=True,
-                                  text=True, check=True).stdout
-            if len(text) > MAX_JSON_BYTES:
-                return {}
-            data = json.loads(text)
-    except (OSError, ValueError, RecursionError, subprocess.CalledProcessError):
-        return {}
-    return data if isinstance(data, dict) else {}
+def changed_only(diff: dict) -> dict:
+    """`dvc metrics diff --all` without the metrics that are the same on both sides."""
+    def same(change):
+        old, new = change.get("old"), change.get("new")
+        return old == new or (is_number(old) and is_number(new) and math.isnan(old) and math.isnan(new))
+    return {path: {name: change for name, change in metrics.items() if not same(change)}
+            for path, metrics in diff.items()}
+
+
+def head_values(diff: dict) -> dict:
+    """The head's headline metrics (those it has), from `dvc metrics diff --all`: a commit,
+    the workspace or an experiment alike."""
+    return {name: change["new"] for name, change in (diff.get(HEADLINE) or {}).items()
+            if isinstance(change, dict) and change.get("new") is not None}
 
 
 def build_comment(base: str, head: str | None = None, cwd=".", smoke: bool = False,
                   plots_url: str | None = None) -> str:
     revisions = [base] + ([head] if head else [])
     head_name = head or "workspace"
-    metrics = dvc_json(["metrics", "diff", *revisions, "--targets", HEADLINE, "--json"], cwd)
+    metrics = dvc_json(["metrics", "diff", *revisions, "--targets", HEADLINE, "--all", "--json"], cwd)
     params = dvc_json(["params", "diff", *revisions, "--json"], cwd)
     parts = [MARKER, f"## cnnspec: `{base}` → `{head_name}`\n"]
     if smoke:
         parts.append(SMOKE_NOTE + "\n")
-    if head_headline(head, cwd).get("learned") is False:
+    headline = head_values(metrics)
+    if not headline:
+        parts.append(f"> **No metrics for `{head_name}`**: it has no readable {HEADLINE} (the run "
+                     "failed, or its results were not committed with `git add metrics dvc.lock`).\n")
+    elif headline.get("learned") is False:
         parts.append("> **Warning: this run did not learn**: its test accuracy is at chance level "
                      "(see the train and evaluate logs for the likely causes).\n")
-    parts.append(diff_section("Metrics", metrics_table(metrics, base, head_name)))
+    parts.append(diff_section("Metrics", metrics_table(changed_only(metrics), base, head_name)))
     parts.append(diff_section("Params", params_table(params, base, head_name)))
     if plots_url:
         parts.append(f"### Plots\n\n[plots diff against `{base}`]({plots_url}) "

@@ -150,3 +150,11 @@ def test_exps_refuses_a_width_too_narrow_for_its_columns():
                             capture_output=True, text=True, cwd=REPO_ROOT)
     assert result.returncode == 2
     assert result.stderr.strip() == "error: --width: expected a number >= 60, not -5"
+
+
+def test_a_nan_accuracy_sorts_last_and_leaves_the_others_best_first():
+    """NaN compares false with everything: as a sort key it would leave the rows unsorted."""
+    show = own_data_runs(4)
+    show[1]["experiments"][1]["revs"][0]["data"]["metrics"]["metrics/eval.json"]["data"]["accuracy"] = float("nan")
+    names = [line.split()[0] for line in render(show, width=120).splitlines()[2:]]
+    assert names == ["exp-03", "exp-02", "exp-00", "exp-01"]

@@ -89,7 +89,7 @@ def test_an_empty_table_has_no_rows():
     assert pr_comment.diff_section("Metrics", empty) == "### Metrics\n\nno changes\n"
 
 
-def test_a_pull_requests_own_values_cannot_add_lines_links_or_html_to_the_comment(tmp_path):
+def test_a_pull_requests_own_values_cannot_add_lines_links_or_html_to_the_comment():
     """A metric or a param is the pull request author's text: it stays inside its cell."""
     hostile = "x\n\n## Hijacked\n<img src=https://example.invalid/a.png>\n[click](https://example.invalid) @octocat"
     metrics = {"metrics/eval.json": {"loss": {"old": 1.0, "new": hostile, "diff": None},
@@ -100,12 +100,9 @@ def test_a_pull_requests_own_values_cannot_add_lines_links_or_html_to_the_commen
     row = next(line for line in lines if line.startswith("| loss"))
     assert "` x\\n\\n## Hijacked\\n<img src=https://example.invalid/a.png>\\n[click](https://example.invalid) " \
            "@octocat `" in row  # one code span: no heading, image, link or mention renders
-    assert "| ` a\\|b ` | 0.5 | 0.75 | 0.25 |" in lines
+    assert "| ` a\\|b ` | 0.5 | 0.75 | +0.25 |" in lines
     assert pr_comment.cell("train.batch_size") == "train.batch_size"  # plain names stay plain
     assert pr_comment.cell("https://example.invalid/x") == "` https://example.invalid/x `"  # no bare link
-    (tmp_path / "metrics").mkdir()
-    (tmp_path / "metrics" / "eval.json").write_text("[" * 100_000)
-    assert pr_comment.head_headline(None, tmp_path) == {}  # nested too deep: no headline, no traceback
 
 
 REALISTIC_DVC_YAML = """\
@@ -191,7 +188,108 @@ def test_the_workflow_runs_the_smoke_recipe_only_without_real_results(tmp_path):
     assert "dvc pull --run-cache" in results and "dvc exp run -S recipe=smoke" in results
     assert "dvc repro\n" not in results  # never the full recipe on the CPU runner
     assert "--smoke" in steps["Write the comment"]["run"] and "--plots-url" in steps["Write the comment"]["run"]
+    # A smoke run is compared with the base's smoke run, never with the base's real results,
+    # and the params diff holds the pull request's changes, not the smoke recipe's.
+    assert "dvc exp run --temp -S recipe=smoke -n smoke-base" in results
+    assert "base=smoke-base" in results and "base=origin/" in results
+    for step in ("Plots diff", "Write the comment"):
+        assert "${{ steps.results.outputs.base }}" in steps[step]["run"]
+        assert "github.base_ref" not in steps[step]["run"]
     text = (REPO_ROOT / "params.yaml").read_text().replace("recipe: auto", "recipe: smoke")
     (tmp_path / "params.yaml").write_text(text)
     params = load_params(tmp_path / "params.yaml")
     assert params["train"]["epochs"] == 1 and params["evaluate"]["tta"] == "none"
+
+
+def test_params_that_differ_never_look_the_same():
+    """A param is shown as written: rounding would make 0.0010001 and 0.001 one value."""
+    diff = {"params.yaml": {"train.optimizer.lr": {"old": 0.0010001, "new": 0.001},
+                            "train.optimizer.weight_decay": {"old": 5e-05, "new": 0.000123456}}}
+    rows = pr_comment.table_rows(pr_comment.params_table(diff, "main", "pr"))
+    assert rows == ["| train.optimizer.lr | 0.0010001 | 0.001 |",
+                    "| train.optimizer.weight_decay | 5e-05 | 0.000123456 |"]
+
+
+def test_each_change_says_whether_the_model_got_better_or_worse():
+    """Signed, with the direction each headline metric improves in: loss falls, the rest rise;
+    a metric on one side only, a NaN and `learned` read as words, not as `-` or -1."""
+    diff = {"metrics/eval.json": {
+        "accuracy": {"old": 0.6125, "new": 0.7375, "diff": 0.125},
+        "loss": {"old": 1.0432, "new": 1.2, "diff": 0.1568},
+        "macro_f1": {"old": 0.6, "new": float("nan"), "diff": float("nan")},
+        "top5_accuracy": {"old": None, "new": 0.99},
+        "custom": {"old": 3, "new": 1, "diff": -2},
+        "learned": {"old": True, "new": False, "diff": -1},
+        "old_metric": {"old": 0.5, "new": None}}}
+    rows = {row.split("|")[1].strip(): row for row in pr_comment.table_rows(
+        pr_comment.metrics_table(diff, "main", "pr"))}
+    assert rows["accuracy"] == "| accuracy | 0.6125 | 0.7375 | +0.125 (better) |"
+    assert rows["loss"] == "| loss | 1.043 | 1.2 | +0.1568 (worse) |"
+    assert rows["macro_f1"] == "| macro_f1 | 0.6 | NaN | NaN |"
+    assert rows["top5_accuracy"] == "| top5_accuracy | - | 0.99 | new |"
+    assert rows["custom"] == "| custom | 3 | 1 | -2 |"  # no known direction: no verdict
+    assert rows["learned"] == "| learned | true | false | worse |"
+    assert rows["old_metric"] == "| old_metric | 0.5 | - | missing |"
+
+
+def test_a_head_without_metrics_says_so(realistic_repo):
+    """A run that failed, or whose results were not committed, has no metrics/eval.json:
+    the comment says so at the top instead of a table of dashes."""
+    git(realistic_repo, "checkout", "-q", "-b", "no-results", "pr")
+    git(realistic_repo, "rm", "-q", "metrics/eval.json")
+    git(realistic_repo, "commit", "-q", "-m", "results not committed")
+    git(realistic_repo, "checkout", "-q", "pr")
+    comment = pr_comment.build_comment("main", "no-results", cwd=realistic_repo)
+    assert "**No metrics for `no-results`**" in comment
+    assert "did not learn" not in comment
+    assert "| accuracy | 0.9401 | - | missing |" in comment
+
+
+EXPERIMENT_DVC_YAML = """\
+stages:
+  evaluate:
+    cmd: python evaluate.py
+    params: [train.lr]
+    metrics:
+      - metrics/eval.json: {cache: false}
+"""
+
+EVALUATE = """\
+import json, yaml
+lr = yaml.safe_load(open("params.yaml"))["train"]["lr"]
+learned = lr < 1
+json.dump({"accuracy": 0.8 if learned else 0.1, "loss": 0.5 if learned else 2.3, "learned": learned},
+          open("metrics/eval.json", "w"))
+"""
+
+
+def test_an_experiment_can_be_the_head_of_the_comparison(tmp_path):
+    """`--head` names a DVC experiment as well as a commit: its metrics, params and
+    did-not-learn warning come from the experiment (a ref git show cannot read)."""
+    repo = tmp_path
+    git(repo, "init", "-q", "-b", "main")
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=repo, check=True)
+    (repo / "metrics").mkdir()
+    (repo / "dvc.yaml").write_text(EXPERIMENT_DVC_YAML)
+    (repo / "evaluate.py").write_text(EVALUATE)
+    (repo / "params.yaml").write_text("train:\n  lr: 0.1\n")
+    subprocess.run([sys.executable, "-m", "dvc", "repro", "-q"], cwd=repo, check=True)
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "base")
+    subprocess.run([sys.executable, "-m", "dvc", "exp", "run", "-q", "-n", "too-fast", "-S", "train.lr=10"],
+                   cwd=repo, check=True, capture_output=True)
+    git(repo, "checkout", "-q", "--", ".")
+    comment = pr_comment.build_comment("main", "too-fast", cwd=repo)
+    assert "| accuracy | 0.8 | 0.1 | -0.7 (worse) |" in comment
+    assert "| train.lr | 0.1 | 10 |" in comment
+    assert "**Warning: this run did not learn**" in comment
+
+
+def test_an_unreadable_headline_reads_as_no_metrics(realistic_repo):
+    headline = realistic_repo / "metrics" / "eval.json"
+    headline.write_text("[" * 100_000)  # nested too deep: no headline, no traceback
+    try:
+        comment = pr_comment.build_comment("main", cwd=realistic_repo)
+    finally:
+        git(realistic_repo, "checkout", "-q", "--", "metrics/eval.json")
+    assert "**No metrics for `workspace`**" in comment

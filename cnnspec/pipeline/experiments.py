@@ -16,6 +16,7 @@ baseline, best accuracy first; the table fits `--width` columns (the terminal's)
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import subprocess
 import sys
@@ -119,13 +120,14 @@ def _state(experiment: dict, rev: dict) -> str | None:
 
 
 def _number(value) -> float:
-    """A metric to sort by; anything else (text, a 400-digit integer) sorts last."""
+    """A metric to sort by; anything else (text, NaN, a 400-digit integer) sorts last."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return float("-inf")
     try:
-        return float(value)
+        number = float(value)
     except OverflowError:
         return float("-inf")
+    return float("-inf") if math.isnan(number) else number
 
 
 def _cell(value) -> str:
