@@ -95,6 +95,9 @@ ARCHIVE_CONTENTS = {
 }
 MAX_EXTRACTED_BYTES = 8 << 30   # an archive's members together (CIFAR's: 180 MB)
 MAX_MEMBERS = 10_000            # members of an archive (CIFAR-10's: 8, CIFAR-100's: 5)
+# Folders a member may lie in (CIFAR's: 1). A thousand nested folders, a 20 KB archive, took
+# tarfile's filter half a minute, and shutil.rmtree, recursive, could not remove them.
+MAX_MEMBER_DEPTH = 16
 # tarfile reads a PAX extended header's or a GNU long name's body into memory before it
 # returns the member it describes: a gzip of zeros declared as a 1.5 GB header would cost
 # 1.5 GB. Real ones hold a path and a few times, well under this.
@@ -466,8 +469,11 @@ def _check_member(member: tarfile.TarInfo, tar_path: Path) -> None:
     if member.name.startswith(("/", "\\")) or PurePosixPath(member.name).is_absolute() \
             or (len(member.name) > 1 and member.name[1] == ":"):
         refuse("absolute path")
-    if ".." in PurePosixPath(member.name.replace("\\", "/")).parts:
+    parts = PurePosixPath(member.name.replace("\\", "/")).parts
+    if ".." in parts:
         refuse("path contains '..'")
+    if len(parts) > MAX_MEMBER_DEPTH + 1:
+        refuse(f"{len(parts) - 1:,} folders deep (more than {MAX_MEMBER_DEPTH}); a dataset archive holds a few")
     if member.issym() or member.islnk():
         # The datasets' archives hold files and folders only. Links are refused outright: a
         # chain of links, each harmless on its own, can still lead out (Python's own
