@@ -110,7 +110,30 @@ def test_malicious_pickle_in_a_cifar_archive_does_not_run(tmp_path):
     assert marker.exists()
 
 
+class ClaimedArray:
+    """Pickles as numpy.ndarray(shape) or _reconstruct(ndarray, shape): an array of
+    `shape` built by the unpickler from no bytes of the file."""
+
+    def __init__(self, shape, direct=True):
+        self.shape, self.direct = shape, direct
+
+    def __reduce__(self):
+        if self.direct:
+            return (np.ndarray, (self.shape, np.dtype(np.uint8)))
+        return (np.zeros(0).__reduce__()[0], (np.ndarray, self.shape, b"B"))
+
+
+def _claiming(**arrays) -> bytes:
+    return pickle.dumps({b"data": arrays["data"], b"labels": arrays["labels"]}, protocol=2)
+
+
 @pytest.mark.parametrize("content, problem", [
+    # 2,000,000 images (6 GB, never touched) and labels in a 240-byte file: decoding
+    # concatenated five such batches and ran out of memory
+    (_claiming(data=ClaimedArray((2_000_000, 3072)), labels=ClaimedArray((2_000_000,))),
+     "numpy.ndarray is called directly"),
+    (_claiming(data=ClaimedArray((2_000_000, 3072), direct=False), labels=[0]),
+     "an array is rebuilt with shape (2000000, 3072)"),
     (pickle.dumps([1, 2, 3]), "holds a list"),
     (pickle.dumps({b"data": np.zeros((2, 10), np.uint8), b"labels": [0, 1]}), "uint8 [N, 3072]"),
     (pickle.dumps({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0]}), "1 labels for 2 images"),
