@@ -147,6 +147,23 @@ def test_malformed_cifar_batch_is_a_one_line_data_error(tmp_path, content, probl
     assert str(tmp_path / "batch") in str(caught.value)
 
 
+@pytest.mark.parametrize("name, problem", [
+    (b"cat\nerror: all good", r"class name 'cat\\nerror: all good' holds the control character U\+000A"),
+    (b"\x1b[2Jdog", r"class name '\\x1b\[2Jdog' holds the control character U\+001B"),
+    (b"caf\xe9", r"class name b'caf\\xe9' is not UTF-8 text"),
+], ids=["newline", "escape", "latin-1"])
+def test_cifar_class_names_that_do_not_print_or_decode_are_one_line(tmp_path, name, problem):
+    # before, a line break reached meta.json and the checkpoint, refused only after training;
+    # a byte that is not UTF-8 was a UnicodeDecodeError traceback
+    names = [name] + [f"class{index}".encode() for index in range(9)]
+    meta = pickle.dumps({b"label_names": names}, protocol=2)
+    archive = make_cifar10_archive(tmp_path / "c.tar.gz", 1, 1, extra_files={"batches.meta": meta})
+    with pytest.raises(DataError) as caught:
+        decode_cifar10(extract(archive, tmp_path, "cifar-10-batches-py"))
+    message = str(caught.value)
+    assert "batches.meta" in message and re.search(problem, message) and "\n" not in message, message
+
+
 def test_out_of_range_labels_are_refused(tmp_path):
     bad = pickle.dumps({b"data": np.zeros((1, 3072), np.uint8), b"labels": [10]}, protocol=2)
     archive = make_cifar10_archive(tmp_path / "c.tar.gz", 1, 1, extra_files={"test_batch": bad})

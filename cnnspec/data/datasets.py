@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from cnnspec import atomic
-from cnnspec.errors import DataError
+from cnnspec.errors import DataError, control_character
 from cnnspec.paths import DOWNLOAD_HINT, PREPARED, PREPROCESS_HINT
 from cnnspec.regular_files import not_a_regular_file, read_json
 
@@ -144,7 +144,21 @@ def _label_names(path: Path, key: bytes) -> list[str]:
     names = read_cifar_pickle(path).get(key)
     if not isinstance(names, list) or not names:
         raise DataError(f"{path}: no {key!r} list of class names")
-    return [name.decode() if isinstance(name, bytes) else str(name) for name in names]
+    return [_label_name(name, path) for name in names]
+
+
+def _label_name(name, path: Path) -> str:
+    """A class name from a CIFAR meta file: UTF-8 text that prints on one line (it reaches
+    the checkpoint, which refuses it after a whole training otherwise, and predict's table)."""
+    try:
+        text = name.decode() if isinstance(name, bytes) else str(name)
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: class name {name[:60]!r} is not UTF-8 text") from None
+    control = control_character(text)
+    if control is not None:
+        raise DataError(f"{path}: class name {text[:60]!r} holds the control character U+{ord(control):04X}; "
+                        "is data.url the dataset's archive?")
+    return text
 
 
 def _check_labels(labels: np.ndarray, classes: list[str], where: Path) -> None:
