@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cnnspec.errors import DataError, first_line
+from cnnspec.errors import DataError, first_line, on_one_line
 from cnnspec.regular_files import not_a_regular_file
 
 RESIZE_POLICIES = ("stretch", "center_crop")
@@ -60,12 +60,13 @@ _noted: set[str] = set()
 
 
 def note(message: str) -> None:
-    """One line on stderr, once per message: Pillow's warnings in cnnspec's voice."""
+    """One line on stderr, once per message: Pillow's warnings in cnnspec's voice. A file's
+    name in it may hold a line break or an escape sequence: they are printed escaped."""
     import sys
 
     if message not in _noted:
         _noted.add(message)
-        print(f"note: {message}", file=sys.stderr)
+        print(f"note: {on_one_line(message)}", file=sys.stderr)
 
 
 def open_image(stream):
