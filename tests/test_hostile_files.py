@@ -626,6 +626,24 @@ def test_a_pillow_warning_about_a_file_is_one_note_line(tmp_path, monkeypatch, c
     assert notes == [f"note: {path}: Corrupt EXIF data.  Expecting to read 12 bytes but only got 2."]
 
 
+def test_a_key_holding_a_line_break_is_named_on_one_line_in_python_too(tmp_path):
+    # the command line's printer escaped it, but str(error) held the line break and the
+    # escape sequence, for cnnspec.build_model's callers and every message quoting it
+    from cnnspec.pipeline.params import load_params
+    from cnnspec.spec.reader import parse_spec
+
+    spec = 'name: t\ninput: {channels: 1, height: 8, width: 8}\nlayers:\n  - conv: {"fil\\nters": 3}\n'
+    with pytest.raises(SpecError) as spec_error:
+        parse_spec(spec, "t.yaml")
+    params = tmp_path / "params.yaml"
+    params.write_text((ROOT / "params.yaml").read_text().replace("  ema:\n", '  "e\\x1b[2Jma": 1\n  ema:\n'))
+    with pytest.raises(ParamsError) as params_error:
+        load_params(params)
+    assert str(spec_error.value) == ("t.yaml:4:12: layers[0].conv.fil\\nters: unknown key 'fil\\nters' "
+                                     "(did you mean 'filters'?)")
+    assert str(params_error.value).endswith(": train.e\\x1b[2Jma: unknown key 'e\\x1b[2Jma' (did you mean 'ema'?)")
+
+
 @pytest.mark.parametrize("name", ["evil\nerror: all good", "evil\r\nerror: all good", "evil\u2028error: all good",
                                   "evil\x1b[1Aerror: all good"], ids=["lf", "crlf", "u2028", "escape"])
 def test_a_user_error_never_prints_a_second_line(name, capsys):
