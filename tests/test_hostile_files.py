@@ -194,6 +194,9 @@ def test_an_image_too_elongated_to_center_crop_is_refused_before_it_is_scaled(tm
         read_image(path, 1, (28, 28), "center_crop")
     assert read_image(path, 1, (28, 28), "stretch").shape == (1, 28, 28)
     assert read_image(Image.new("L", (200, 50)), 1, (28, 28), "center_crop").shape == (1, 28, 28)
+    # a square image asked for at a size above the bound is not elongated: it was refused
+    # as such, though stretch read it
+    assert read_image(Image.new("L", (20, 20)), 1, (120, 120), "center_crop").shape == (1, 120, 120)
 
 
 def tiff_with_fractional_strip_offset() -> bytes:

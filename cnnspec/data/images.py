@@ -288,7 +288,9 @@ def _resize(image, size: tuple[int, int], policy: str, name: str = "<image>"):
     if policy == "center_crop":
         scale = max(width / image.width, height / image.height)
         scaled_w, scaled_h = max(width, round(image.width * scale)), max(height, round(image.height * scale))
-        if scaled_w * scaled_h > MAX_PIXELS:  # a 2 KB PNG of 1,000,000x2 pixels scales to 28x14,000,000
+        # a 2 KB PNG of 1,000,000x2 pixels scales to 28x14,000,000; what is cut off is bounded, not
+        # the size asked for (stretch makes 8192x8192 too)
+        if scaled_w * scaled_h - width * height > MAX_PIXELS:
             raise ImageReadError(f"{name}: refused, {image.width}x{image.height} pixels is too elongated to "
                                  f"center_crop to {width}x{height} (scaled first, it would hold "
                                  f"{scaled_w * scaled_h:,} pixels, more than {MAX_PIXELS:,})")
