@@ -51,9 +51,14 @@ def control_character(text: str) -> str | None:
 
 
 class CnnspecError(Exception):
-    """Base class of every error caused by user input or the environment."""
+    """Base class of every error caused by user input or the environment. Its message is
+    one line: a line break or escape sequence from a user's file (a key, a URL, a name)
+    is escaped, for callers in Python as for the command line's printer."""
 
     exit_code = 1
+
+    def __str__(self) -> str:
+        return on_one_line(super().__str__())
 
 
 class SpecError(CnnspecError):
@@ -81,7 +86,7 @@ class SpecError(CnnspecError):
                     place += f":{self.col}"
             place += ": "
         key = f"{self.key}: " if self.key else ""
-        return f"{place}{key}{self.message}"
+        return on_one_line(f"{place}{key}{self.message}")
 
 
 class ParamsError(CnnspecError):

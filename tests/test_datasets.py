@@ -110,7 +110,30 @@ def test_malicious_pickle_in_a_cifar_archive_does_not_run(tmp_path):
     assert marker.exists()
 
 
+class ClaimedArray:
+    """Pickles as numpy.ndarray(shape) or _reconstruct(ndarray, shape): an array of
+    `shape` built by the unpickler from no bytes of the file."""
+
+    def __init__(self, shape, direct=True):
+        self.shape, self.direct = shape, direct
+
+    def __reduce__(self):
+        if self.direct:
+            return (np.ndarray, (self.shape, np.dtype(np.uint8)))
+        return (np.zeros(0).__reduce__()[0], (np.ndarray, self.shape, b"B"))
+
+
+def _claiming(**arrays) -> bytes:
+    return pickle.dumps({b"data": arrays["data"], b"labels": arrays["labels"]}, protocol=2)
+
+
 @pytest.mark.parametrize("content, problem", [
+    # 2,000,000 images (6 GB, never touched) and labels in a 240-byte file: decoding
+    # concatenated five such batches and ran out of memory
+    (_claiming(data=ClaimedArray((2_000_000, 3072)), labels=ClaimedArray((2_000_000,))),
+     "numpy.ndarray is called directly"),
+    (_claiming(data=ClaimedArray((2_000_000, 3072), direct=False), labels=[0]),
+     "an array is rebuilt with shape (2000000, 3072)"),
     (pickle.dumps([1, 2, 3]), "holds a list"),
     (pickle.dumps({b"data": np.zeros((2, 10), np.uint8), b"labels": [0, 1]}), "uint8 [N, 3072]"),
     (pickle.dumps({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0]}), "1 labels for 2 images"),
@@ -122,6 +145,23 @@ def test_malformed_cifar_batch_is_a_one_line_data_error(tmp_path, content, probl
     with pytest.raises(DataError, match=re.escape(problem)) as caught:
         read_cifar_batch(tmp_path / "batch", b"labels")
     assert str(tmp_path / "batch") in str(caught.value)
+
+
+@pytest.mark.parametrize("name, problem", [
+    (b"cat\nerror: all good", r"class name 'cat\\nerror: all good' holds the control character U\+000A"),
+    (b"\x1b[2Jdog", r"class name '\\x1b\[2Jdog' holds the control character U\+001B"),
+    (b"caf\xe9", r"class name b'caf\\xe9' is not UTF-8 text"),
+], ids=["newline", "escape", "latin-1"])
+def test_cifar_class_names_that_do_not_print_or_decode_are_one_line(tmp_path, name, problem):
+    # before, a line break reached meta.json and the checkpoint, refused only after training;
+    # a byte that is not UTF-8 was a UnicodeDecodeError traceback
+    names = [name] + [f"class{index}".encode() for index in range(9)]
+    meta = pickle.dumps({b"label_names": names}, protocol=2)
+    archive = make_cifar10_archive(tmp_path / "c.tar.gz", 1, 1, extra_files={"batches.meta": meta})
+    with pytest.raises(DataError) as caught:
+        decode_cifar10(extract(archive, tmp_path, "cifar-10-batches-py"))
+    message = str(caught.value)
+    assert "batches.meta" in message and re.search(problem, message) and "\n" not in message, message
 
 
 def test_out_of_range_labels_are_refused(tmp_path):

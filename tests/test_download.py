@@ -122,8 +122,41 @@ def _drip(handler, owner):
             return
 
 
+def _drip_head(handler, owner):
+    # A status line and a header a byte at a time: no read waits long, the head never ends.
+    handler.wfile.write(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+    while not owner.release.wait(0.05):
+        try:
+            handler.wfile.write(b"a")
+            handler.wfile.flush()
+        except OSError:
+            return
+    handler.close_connection = True
+
+
+def _continue_forever(handler, owner):
+    while not owner.release.is_set():
+        try:
+            handler.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n" * 50)
+        except OSError:
+            return
+    handler.close_connection = True
+
+
+def _redirect(location):
+    def redirect(handler, owner):
+        _send(handler, b"", 302, extra=[("Location", location)])
+    return redirect
+
+
 FAULTS = {
     "ok": _serve_ok,
+    "drip_head": _drip_head,
+    "continue_forever": _continue_forever,
+    "redirect_to_ftp": _redirect("ftp://127.0.0.1:1/cifar-10-python.tar.gz"),
+    "redirect_to_bad_ipv6": _redirect("http://[::1/cifar-10-python.tar.gz"),
+    "length_superscript": lambda handler, owner: _send(handler, owner.payload, length="\u00b2"),
+    "length_5000_digits": lambda handler, owner: _send(handler, owner.payload, length="9" * 5000),
     "ok_no_range": _serve_ok_no_range,
     "404": lambda handler, owner: handler.send_error(404, "Not Found"),
     "503": lambda handler, owner: handler.send_error(503, "Service Unavailable"),
@@ -188,6 +221,55 @@ def test_a_mirror_that_drips_bytes_is_given_up_on(tmp_path, monkeypatch):
         assert time.monotonic() - started < 5
     assert_one_line_error(caught.value, url, r"slower than 97 KiB/s \(after 3 attempts\)", "data.url")
     assert_nothing_left(tmp_path / "raw")
+
+
+@pytest.mark.parametrize("fault", ["drip_head", "continue_forever"])
+def test_a_response_head_that_never_ends_is_given_up_on(tmp_path, monkeypatch, fault):
+    # each read gets a byte or a line in time: only a bound on the whole head ends it
+    monkeypatch.setattr("cnnspec.data.download.HEAD_WITHIN_S", 0.3)
+    with FaultyServer([fault] * 3).running() as url:
+        started = time.monotonic()
+        with pytest.raises(DataError) as caught:
+            fetch(url, tmp_path / "raw" / "cifar-10-python.tar.gz", PAYLOAD_MD5, progress=False, **FAST)
+        assert time.monotonic() - started < 5
+    assert_one_line_error(caught.value, url, r"no complete response head within 0.3 s \(after 3 attempts\)",
+                          "data.url")
+    assert_nothing_left(tmp_path / "raw")
+
+
+@pytest.mark.parametrize("fault", ["length_superscript", "length_5000_digits"])
+def test_a_content_length_that_is_not_a_number_is_ignored(tmp_path, fault):
+    destination = tmp_path / "cifar-10-python.tar.gz"
+    with FaultyServer([fault]).running() as url:
+        fetch(url, destination, PAYLOAD_MD5, progress=False, **FAST)
+    assert destination.read_bytes() == PAYLOAD
+
+
+@pytest.mark.parametrize("fault, cause", [
+    ("redirect_to_ftp", r"HTTP 302 redirects to 'ftp://127.0.0.1:1/cifar-10-python.tar.gz', not an http\(s\)://"),
+    ("redirect_to_bad_ipv6", r"not a usable URL \(Invalid IPv6 URL\)"),
+])
+def test_a_redirect_to_another_scheme_or_a_broken_url_is_one_line(tmp_path, fault, cause):
+    server = FaultyServer([fault] * 3)
+    with server.running() as url, pytest.raises(DataError) as caught:
+        fetch(url, tmp_path / "raw" / "cifar-10-python.tar.gz", PAYLOAD_MD5, progress=False, **FAST)
+    assert_one_line_error(caught.value, url, cause, "data.url")
+    assert len(server.requests) == 1  # not retried
+    assert_nothing_left(tmp_path / "raw")
+
+
+@pytest.mark.parametrize("url, cause", [
+    ("http://[::1/cifar-10-python.tar.gz", r"not a usable URL \(Invalid IPv6 URL\)"),
+    ("http://" + "a" * 300 + "/cifar-10-python.tar.gz", r"not a usable URL \(.*label too long"),
+    ("file:///tmp/a%00b.tar.gz", r"the path '/tmp/a\\x00b.tar.gz' holds a NUL character"),
+    ("http://127.0.0.1:1/a\nb.tar.gz", r"control characters"),
+], ids=["ipv6", "long-label", "file-nul", "newline"])
+def test_a_data_url_urllib_cannot_parse_is_one_line(tmp_path, url, cause):
+    with pytest.raises(DataError) as caught:
+        fetch(url, tmp_path / "raw" / "cifar-10-python.tar.gz", None, progress=False, **FAST)
+    message = str(caught.value)
+    assert "\n" not in message and re.search(cause, message), message
+    assert not (tmp_path / "raw").exists() or not list((tmp_path / "raw").iterdir())
 
 
 def test_404_and_md5_mismatch_are_not_retried(tmp_path):
@@ -463,6 +545,24 @@ def test_an_archive_of_too_many_members_is_refused_while_it_is_read(tmp_path, mo
     with pytest.raises(DataError, match=r"refusing an archive of more than 3 members"):
         safe_extract(path, tmp_path / "out" / "extracted")
     assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_an_archive_of_folders_nested_a_thousand_deep_is_refused_while_it_is_read(tmp_path):
+    # 1,200 nested folders in 20 KB took tarfile's filter 35 s, then the removal of what
+    # came out of it ended in shutil.rmtree's RecursionError
+    mirror = tmp_path / "mirror" / "cifar-10-python.tar.gz"
+    mirror.parent.mkdir()
+    with tarfile.open(mirror, "w:gz", format=tarfile.PAX_FORMAT) as archive:
+        for depth in range(1, 1200):
+            archive.addfile(_member("a/" * depth, tarfile.DIRTYPE))
+    started = time.monotonic()
+    with pytest.raises(DataError) as caught:
+        download_dataset("cifar10", tmp_path / "raw", url=mirror.as_uri(), md5="skip", progress=False,
+                         log=lambda line: None)
+    assert time.monotonic() - started < 5
+    message = str(caught.value)
+    assert re.search(r"refusing member 'a(/a){17}': 17 folders deep \(more than 16\)", message), message
+    assert "removed" in message and list((tmp_path / "raw").iterdir()) == []
 
 
 def test_safe_extract_of_a_corrupt_archive_is_one_line(tmp_path):

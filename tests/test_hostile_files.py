@@ -190,10 +190,14 @@ def test_an_image_too_elongated_to_center_crop_is_refused_before_it_is_scaled(tm
     path = tmp_path / "strip.png"
     Image.new("L", (1000, 1)).save(path)
     with pytest.raises(ImageReadError, match=r"strip.png: refused, 1000x1 pixels is too elongated to "
-                                             r"center_crop to 28x28 \(scaled first, it would hold 784,000"):
+                                             r"center_crop to 28x28 \(scaled first, it would hold 784,000 "
+                                             r"pixels, 783,216 of them cut off: more than 10,000\)$"):
         read_image(path, 1, (28, 28), "center_crop")
     assert read_image(path, 1, (28, 28), "stretch").shape == (1, 28, 28)
     assert read_image(Image.new("L", (200, 50)), 1, (28, 28), "center_crop").shape == (1, 28, 28)
+    # a square image asked for at a size above the bound is not elongated: it was refused
+    # as such, though stretch read it
+    assert read_image(Image.new("L", (20, 20)), 1, (120, 120), "center_crop").shape == (1, 120, 120)
 
 
 def tiff_with_fractional_strip_offset() -> bytes:
@@ -624,6 +628,24 @@ def test_a_pillow_warning_about_a_file_is_one_note_line(tmp_path, monkeypatch, c
     assert first.shape == (1, 8, 8) and int(first.max()) == 200 and (first == second).all()
     notes = [line for line in capsys.readouterr().err.splitlines() if line]
     assert notes == [f"note: {path}: Corrupt EXIF data.  Expecting to read 12 bytes but only got 2."]
+
+
+def test_a_key_holding_a_line_break_is_named_on_one_line_in_python_too(tmp_path):
+    # the command line's printer escaped it, but str(error) held the line break and the
+    # escape sequence, for cnnspec.build_model's callers and every message quoting it
+    from cnnspec.pipeline.params import load_params
+    from cnnspec.spec.reader import parse_spec
+
+    spec = 'name: t\ninput: {channels: 1, height: 8, width: 8}\nlayers:\n  - conv: {"fil\\nters": 3}\n'
+    with pytest.raises(SpecError) as spec_error:
+        parse_spec(spec, "t.yaml")
+    params = tmp_path / "params.yaml"
+    params.write_text((ROOT / "params.yaml").read_text().replace("  ema:\n", '  "e\\x1b[2Jma": 1\n  ema:\n'))
+    with pytest.raises(ParamsError) as params_error:
+        load_params(params)
+    assert str(spec_error.value) == ("t.yaml:4:12: layers[0].conv.fil\\nters: unknown key 'fil\\nters' "
+                                     "(did you mean 'filters'?)")
+    assert str(params_error.value).endswith(": train.e\\x1b[2Jma: unknown key 'e\\x1b[2Jma' (did you mean 'ema'?)")
 
 
 @pytest.mark.parametrize("name", ["evil\nerror: all good", "evil\r\nerror: all good", "evil\u2028error: all good",

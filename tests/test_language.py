@@ -2,6 +2,8 @@
 broadcasting merges, expressions, PyTorch-style padding, warnings, custom layers."""
 from __future__ import annotations
 
+import time
+
 import jsonschema
 import pytest
 import torch
@@ -66,6 +68,14 @@ def test_misspelt_activation_is_refused_with_a_suggestion(written, suggested):
 def test_a_keras_port_s_near_misses_get_the_right_word(layer, hint):
     message = error_of(spec_of(f"  - {layer}\n  - flatten\n  - dense: num_classes"))
     assert hint in message and message.startswith("t.yaml:4:"), message
+
+
+@pytest.mark.parametrize("kernel", [" " * 100_000 + "y", "( 3x3" + " " * 100_000 + "y"], ids=["before", "after"])
+def test_the_pair_hint_takes_linear_time_on_a_long_value(kernel):
+    # the hint's pattern took time quadratic in the spaces: 100,000 of them about a minute
+    started = time.monotonic()
+    message = error_of(spec_of(f"  - conv: {{filters: 4, kernel: '{kernel}'}}\n  - flatten\n  - dense: num_classes"))
+    assert time.monotonic() - started < 2 and "expected integer or array" in message and "write [" not in message
 
 
 @pytest.mark.parametrize("tail, fix", [

@@ -484,6 +484,21 @@ def test_a_folder_leaves_out_hidden_files_and_names_the_files_it_does_not_read(m
     assert captured.err == f"note: {tmp_path / 'trip'}: 1 file without an image suffix (.heic) not read\n"
 
 
+def test_a_file_whose_suffix_holds_a_line_break_is_counted_on_one_line(tmp_path, capsys):
+    # the count of files not read quotes their suffixes: a name from someone else's folder
+    # printed "error: the model is broken" as a line of its own, and an escape sequence raw
+    (tmp_path / "trip" / "only").mkdir(parents=True)
+    (tmp_path / "trip" / "a.png").write_bytes(b"")
+    (tmp_path / "trip" / "evil.x\nerror: the model is broken").write_bytes(b"")
+    (tmp_path / "trip" / "only" / "b.x\x1b[2Jy").write_bytes(b"")
+    assert image_paths.find_images([str(tmp_path / "trip")]) == [str(tmp_path / "trip" / "a.png")]
+    assert capsys.readouterr().err == (f"note: {tmp_path / 'trip'}: 2 files without an image suffix "
+                                       "(.x\\nerror: the model is broken, .x\\x1b[2jy) not read\n")
+    with pytest.raises(image_paths.NoImagesError) as caught:
+        image_paths.find_images([str(tmp_path / "trip" / "only")])
+    assert "(.x\\x1b[2jy)" in str(caught.value) and "\x1b" not in str(caught.value)
+
+
 @pytest.mark.timeout(60)
 def test_a_recursive_glob_does_not_follow_symlinked_folders(model_files, tmp_path, monkeypatch):
     (tmp_path / "g" / "sub" / ".hidden").mkdir(parents=True)

@@ -911,3 +911,79 @@ def test_checkpoint_bytes_load_or_raise_one_line_and_import_nothing(checkpoint_b
     load()
     imported = {name for name in set(sys.modules) - modules_before if not name.startswith(("torch", "PIL", "numpy"))}
     assert not any(name.startswith("cnnspec_plugin_") for name in imported), imported
+
+
+# ---------------------------------------------------------------- a mirror's HTTP responses
+
+STATUS_LINES = st.sampled_from([b"HTTP/1.1 200 OK", b"HTTP/1.1 206 Partial", b"HTTP/1.0 302 Found",
+                                b"HTTP/1.1 301 Moved", b"HTTP/1.1 404 Not Found", b"HTTP/1.1 416 Range",
+                                b"HTTP/1.1 503 Busy", b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK",
+                                b"HTTP/1.1 2000 OK", b"HTTP/9 200", b"ICY 200 OK", b"HTTP/1.1 200 \x1b[2J\n"])
+HEADER_NAMES = st.sampled_from([b"Content-Length", b"Content-Range", b"Location", b"Transfer-Encoding",
+                                b"Content-Encoding", b"X-Other"])
+HEADER_VALUES = st.one_of(
+    st.sampled_from([b"0", b"10", b"-5", b"9" * 5000, "\u00b2".encode("latin-1"), b"1, 2", b"chunked",
+                     b"bytes 0-9/10", b"bytes */*", b"gzip", b"/file", b"http://[::1/x", b"ftp://127.0.0.1:1/x",
+                     b"file:///etc/passwd", b"data:,x", b"http://127.0.0.1:1/x", b"//", b"\x00", b""]),
+    st.binary(max_size=40).map(lambda value: value.replace(b"\r", b"").replace(b"\n", b"")))
+CHUNKED_BODIES = st.sampled_from([b"5\r\nhello\r\n0\r\n\r\n", b"f" * 70 + b"\r\nx", b"zz\r\n", b"-1\r\n",
+                                  b"5;ext=1\r\nhello\r\n0\r\n\r\n"])
+
+
+@st.composite
+def http_responses(draw) -> bytes:
+    """What a hostile mirror answers: a status line, headers with lying or garbled values,
+    a body (chunked or not); or bytes of no protocol at all."""
+    if draw(st.integers(0, 9)) == 0:
+        return draw(st.binary(max_size=300))
+    headers = draw(st.lists(st.tuples(HEADER_NAMES, HEADER_VALUES), max_size=5))
+    head = draw(STATUS_LINES) + b"".join(b"\r\n" + name + b": " + value for name, value in headers)
+    body = draw(st.one_of(CHUNKED_BODIES, st.binary(max_size=300)))
+    return head + b"\r\n\r\n" + body
+
+
+@pytest.mark.timeout(120 * LONG)
+def test_http_responses_download_or_raise_one_line(tmp_path):
+    import socket
+    import threading
+
+    from cnnspec.data.download import fetch
+
+    answer = {"bytes": b""}
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.1)
+    stop = threading.Event()
+
+    def serve():
+        while not stop.is_set():
+            try:
+                connection, _ = listener.accept()
+            except OSError:
+                continue
+            with connection:
+                try:
+                    connection.settimeout(1)
+                    connection.recv(65536)  # the request
+                    connection.sendall(answer["bytes"])
+                except OSError:
+                    pass
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}/cifar-10-python.tar.gz"
+    destination = tmp_path / "raw" / "cifar-10-python.tar.gz"
+
+    @settings(FUZZ, max_examples=examples(150))
+    @given(http_responses())
+    def download(response):
+        answer["bytes"] = response
+        one_line_project_error(fetch, url, destination, None, progress=False, timeout=0.5, attempts=2,
+                               backoff=0, max_bytes=4096, seconds=5)
+        assert not [path.name for path in destination.parent.iterdir() if path.name != destination.name]
+
+    try:
+        download()
+    finally:
+        stop.set()
+        server.join(5)
+        listener.close()

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from cnnspec import atomic
-from cnnspec.errors import DataError
+from cnnspec.errors import DataError, control_character
 from cnnspec.paths import DOWNLOAD_HINT, PREPARED, PREPROCESS_HINT
 from cnnspec.regular_files import not_a_regular_file, read_json
 
@@ -74,10 +74,29 @@ def _latin1_encode(text, encoding="latin1"):
 # numpy moved _reconstruct from numpy.core to numpy._core in 2.0; ask an array for it.
 _reconstruct = np.zeros(0).__reduce__()[0]
 
+
+class _ArrayClass:
+    """numpy.ndarray as a CIFAR pickle names it: only ever _reconstruct's first argument.
+    Called itself, ndarray((2_000_000, 3072)) claims 6 GB that no byte of the file holds
+    (untouched until decoding concatenates the batches, and runs out of memory)."""
+
+    def __new__(cls, *args, **kwargs):
+        raise pickle.UnpicklingError("numpy.ndarray is called directly: an array not made of the file's bytes")
+
+
+def _empty_array(array_class, shape, dtype):
+    # numpy pickles an array as an empty one whose __setstate__ then brings the shape and
+    # the bytes, so every byte of a real array is in the file
+    if array_class is not _ArrayClass or not isinstance(shape, tuple) or shape != (0,):
+        raise pickle.UnpicklingError(f"an array is rebuilt with shape {str(shape)[:40]}, not from "
+                                     "the file's bytes")
+    return _reconstruct(np.ndarray, (0,), dtype)
+
+
 _PICKLE_ALLOWED = {
-    ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
-    ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
-    ("numpy", "ndarray"): np.ndarray,
+    ("numpy.core.multiarray", "_reconstruct"): _empty_array,
+    ("numpy._core.multiarray", "_reconstruct"): _empty_array,
+    ("numpy", "ndarray"): _ArrayClass,
     ("numpy", "dtype"): np.dtype,
     ("_codecs", "encode"): _latin1_encode,
 }
@@ -125,7 +144,21 @@ def _label_names(path: Path, key: bytes) -> list[str]:
     names = read_cifar_pickle(path).get(key)
     if not isinstance(names, list) or not names:
         raise DataError(f"{path}: no {key!r} list of class names")
-    return [name.decode() if isinstance(name, bytes) else str(name) for name in names]
+    return [_label_name(name, path) for name in names]
+
+
+def _label_name(name, path: Path) -> str:
+    """A class name from a CIFAR meta file: UTF-8 text that prints on one line (it reaches
+    the checkpoint, which refuses it after a whole training otherwise, and predict's table)."""
+    try:
+        text = name.decode() if isinstance(name, bytes) else str(name)
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: class name {name[:60]!r} is not UTF-8 text") from None
+    control = control_character(text)
+    if control is not None:
+        raise DataError(f"{path}: class name {text[:60]!r} holds the control character U+{ord(control):04X}; "
+                        "is data.url the dataset's archive?")
+    return text
 
 
 def _check_labels(labels: np.ndarray, classes: list[str], where: Path) -> None:

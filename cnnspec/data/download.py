@@ -22,6 +22,7 @@ import shutil
 import socket
 import sys
 import tarfile
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -30,7 +31,7 @@ from pathlib import Path, PurePosixPath
 
 from cnnspec.atomic import atomic_folder, disk_is_full, sweep_stale_siblings, temporary_sibling
 from cnnspec.data.datasets import EXTRACTED, DatasetInfo, get_dataset
-from cnnspec.errors import DataError, DiskFullError, first_line, raise_if_terminated
+from cnnspec.errors import DataError, DiskFullError, first_line, on_one_line, raise_if_terminated
 from cnnspec.paths import RAW
 from cnnspec.regular_files import not_a_regular_file
 
@@ -40,6 +41,9 @@ DEFAULT_TIMEOUT = 10.0   # seconds without a byte before a connection counts as 
 # would take three hours).
 SLOW_AFTER_S = 60.0
 MIN_BYTES_PER_S = 16 * 1024
+# Nor does a status line and headers sent a byte at a time, or an endless run of
+# "100 Continue" responses: a response's head must arrive within this of connecting.
+HEAD_WITHIN_S = 60.0
 DEFAULT_ATTEMPTS = 4
 DEFAULT_BACKOFF = 0.5    # seconds before the first retry; doubles after each
 CHUNK = 1 << 20
@@ -91,6 +95,9 @@ ARCHIVE_CONTENTS = {
 }
 MAX_EXTRACTED_BYTES = 8 << 30   # an archive's members together (CIFAR's: 180 MB)
 MAX_MEMBERS = 10_000            # members of an archive (CIFAR-10's: 8, CIFAR-100's: 5)
+# Folders a member may lie in (CIFAR's: 1). A thousand nested folders, a 20 KB archive, took
+# tarfile's filter half a minute, and shutil.rmtree, recursive, could not remove them.
+MAX_MEMBER_DEPTH = 16
 # tarfile reads a PAX extended header's or a GNU long name's body into memory before it
 # returns the member it describes: a gzip of zeros declared as a 1.5 GB header would cost
 # 1.5 GB. Real ones hold a path and a few times, well under this.
@@ -119,7 +126,7 @@ def fetch(url: str, destination, md5: str | None, progress: bool = True, *,
         if md5 is not None:
             actual = md5_of(partial)
             if actual != md5.lower():
-                raise DataError(f"{url}: md5 mismatch: got {actual}, expected {md5.lower()}; {MD5_HINT}")
+                raise DataError(f"{on_one_line(url)}: md5 mismatch: got {actual}, expected {md5.lower()}; {MD5_HINT}")
         with open(partial, "rb") as written:
             os.fsync(written.fileno())
         raise_if_terminated()
@@ -135,19 +142,23 @@ def _transfer_with_retries(url, partial, progress, timeout, attempts, backoff,
             transfer(url, partial, progress, timeout, max_bytes)
             return
         except PermanentFault as fault:
-            raise DataError(f"{url}: {fault}; {fault.hint}") from None
+            raise DataError(f"{on_one_line(url)}: {fault}; {fault.hint}") from None
         except TransientFault as fault:
             if attempt == attempts:
                 tries = f" (after {attempts} attempts)" if attempts > 1 else ""
-                raise DataError(f"{url}: {fault}{tries}; {NETWORK_HINT}") from None
+                raise DataError(f"{on_one_line(url)}: {fault}{tries}; {NETWORK_HINT}") from None
             time.sleep(backoff * 2 ** (attempt - 1))
 
 
 def _transfer_for(url: str):
-    scheme = urllib.parse.urlsplit(url).scheme.lower()
+    try:
+        scheme = urllib.parse.urlsplit(url).scheme.lower()
+    except ValueError as error:  # "http://[::1"
+        raise DataError(f"{on_one_line(url)}: not a usable URL ({one_line(error)}); "
+                        "set data.url to an http://, https:// or file:// URL") from None
     transfers = {"http": _http_transfer, "https": _http_transfer, "file": _file_transfer}
     if scheme not in transfers:
-        raise DataError(f"{url}: unsupported URL scheme '{scheme}'; "
+        raise DataError(f"{on_one_line(url)}: unsupported URL scheme '{scheme}'; "
                         "set data.url to an http://, https:// or file:// URL")
     return transfers[scheme]
 
@@ -163,8 +174,8 @@ def _http_transfer(url: str, partial: Path, progress: bool, timeout: float,
         with _opener_for(url).open(urllib.request.Request(url, headers=headers), timeout=timeout) as response:
             if offset and not _resumes_at(response, offset):
                 offset = 0  # the server sent the whole file again
-            length = response.headers.get("Content-Length")
-            expected = offset + int(length) if length and length.isdigit() else None
+            length = _announced_length(response)
+            expected = offset + length if length is not None else None
             if expected is not None and expected > max_bytes:
                 raise PermanentFault(f"the server announces {expected:,} bytes, more than this "
                                      f"file's size can be ({max_bytes:,})", TOO_LARGE_HINT)
@@ -179,15 +190,87 @@ def _http_transfer(url: str, partial: Path, progress: bool, timeout: float,
         raise PermanentFault(cause) from None
     except (urllib.error.URLError, OSError, http.client.HTTPException) as error:
         raise _classify(error, timeout) from None
+    except ValueError as error:  # a URL urllib cannot parse: data.url's, or where a redirect points
+        raise PermanentFault(f"not a usable URL ({one_line(error)})") from None
     if expected is not None and received < expected:
         raise TransientFault(f"the server closed the connection after {received} of {expected} bytes")
 
 
+def _announced_length(response) -> int | None:
+    """The Content-Length the server announces, or None when it is absent or not a
+    number (urllib passes on what the server wrote: '²', or 5,000 digits)."""
+    length = response.headers.get("Content-Length", "").strip()
+    return int(length) if length.isascii() and length.isdigit() and len(length) <= 18 else None
+
+
 def _opener_for(url: str):
+    handlers = [_HTTPHandler, _HTTPSHandler, _RedirectHandler]
     # A mirror on this machine is never reached through the http_proxy of the environment.
     if urllib.parse.urlsplit(url).hostname in LOOPBACK:
-        return urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    return urllib.request.build_opener()
+        handlers.append(urllib.request.ProxyHandler({}))
+    return urllib.request.build_opener(*handlers)
+
+
+class _HeadDeadline:
+    """Mixed into http.client's connections: the socket is shut down when the response's
+    head has not arrived HEAD_WITHIN_S after connecting (each read only waits `timeout`)."""
+
+    late = False
+
+    def connect(self):
+        self._deadline = threading.Timer(HEAD_WITHIN_S, self._too_late)
+        self._deadline.daemon = True
+        self._deadline.start()
+        super().connect()
+
+    def _too_late(self):
+        self.late = True
+        with contextlib.suppress(OSError, AttributeError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+
+    def getresponse(self):
+        try:
+            response = super().getresponse()
+        except (OSError, http.client.HTTPException):
+            if not self.late:
+                raise
+        finally:
+            self._deadline.cancel()
+        if self.late:  # the head it parsed, if any, was cut short
+            raise TransientFault(f"no complete response head within {HEAD_WITHIN_S:g} s")
+        return response
+
+    def close(self):
+        if hasattr(self, "_deadline"):
+            self._deadline.cancel()
+        super().close()
+
+
+class _HTTPConnection(_HeadDeadline, http.client.HTTPConnection):
+    pass
+
+
+class _HTTPSConnection(_HeadDeadline, http.client.HTTPSConnection):
+    pass
+
+
+class _HTTPHandler(urllib.request.HTTPHandler):
+    def do_open(self, http_class, request, **options):
+        return super().do_open(_HTTPConnection, request, **options)
+
+
+class _HTTPSHandler(urllib.request.HTTPSHandler):
+    def do_open(self, http_class, request, **options):
+        return super().do_open(_HTTPSConnection, request, **options)
+
+
+class _RedirectHandler(urllib.request.HTTPRedirectHandler):
+    """urllib's redirects, but only to http(s):// (urllib would follow one to ftp://)."""
+
+    def redirect_request(self, request, response, code, message, headers, new_url):
+        if urllib.parse.urlsplit(new_url).scheme.lower() not in ("http", "https"):
+            raise PermanentFault(f"HTTP {code} redirects to {new_url!r}, not an http(s):// URL")
+        return super().redirect_request(request, response, code, message, headers, new_url)
 
 
 def _resumes_at(response, offset: int) -> bool:
@@ -219,6 +302,8 @@ def _file_transfer(url: str, partial: Path, progress: bool, timeout: float,
     if parts.netloc not in ("", "localhost"):
         raise PermanentFault(f"file:// URLs must name a local path, not host '{parts.netloc}'")
     source = Path(urllib.request.url2pathname(parts.path))
+    if "\0" in str(source):
+        raise PermanentFault(f"the path {str(source)!r} holds a NUL character")
     problem = not_a_regular_file(source)
     if problem and problem not in ("missing", "a folder"):  # a FIFO would block, /dev/zero never ends
         raise PermanentFault(f"{source} is {problem}, not a regular file")
@@ -384,8 +469,11 @@ def _check_member(member: tarfile.TarInfo, tar_path: Path) -> None:
     if member.name.startswith(("/", "\\")) or PurePosixPath(member.name).is_absolute() \
             or (len(member.name) > 1 and member.name[1] == ":"):
         refuse("absolute path")
-    if ".." in PurePosixPath(member.name.replace("\\", "/")).parts:
+    parts = PurePosixPath(member.name.replace("\\", "/")).parts
+    if ".." in parts:
         refuse("path contains '..'")
+    if len(parts) > MAX_MEMBER_DEPTH + 1:
+        refuse(f"{len(parts) - 1:,} folders deep (more than {MAX_MEMBER_DEPTH}); a dataset archive holds a few")
     if member.issym() or member.islnk():
         # The datasets' archives hold files and folders only. Links are refused outright: a
         # chain of links, each harmless on its own, can still lead out (Python's own

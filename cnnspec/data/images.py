@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cnnspec.errors import DataError, first_line
+from cnnspec.errors import DataError, first_line, on_one_line
 from cnnspec.regular_files import not_a_regular_file
 
 RESIZE_POLICIES = ("stretch", "center_crop")
@@ -61,12 +61,13 @@ _noted: set[str] = set()
 
 
 def note(message: str) -> None:
-    """One line on stderr, once per message: Pillow's warnings in cnnspec's voice."""
+    """One line on stderr, once per message: Pillow's warnings in cnnspec's voice. A file's
+    name in it may hold a line break or an escape sequence: they are printed escaped."""
     import sys
 
     if message not in _noted:
         _noted.add(message)
-        print(f"note: {message}", file=sys.stderr)
+        print(f"note: {on_one_line(message)}", file=sys.stderr)
 
 
 def open_image(stream):
@@ -288,10 +289,13 @@ def _resize(image, size: tuple[int, int], policy: str, name: str = "<image>"):
     if policy == "center_crop":
         scale = max(width / image.width, height / image.height)
         scaled_w, scaled_h = max(width, round(image.width * scale)), max(height, round(image.height * scale))
-        if scaled_w * scaled_h > MAX_PIXELS:  # a 2 KB PNG of 1,000,000x2 pixels scales to 14,000,000x28
+        # a 2 KB PNG of 1,000,000x2 pixels scales to 28x14,000,000; what is cut off is bounded, not
+        # the size asked for (stretch makes 8192x8192 too)
+        if scaled_w * scaled_h - width * height > MAX_PIXELS:
             raise ImageReadError(f"{name}: refused, {image.width}x{image.height} pixels is too elongated to "
                                  f"center_crop to {width}x{height} (scaled first, it would hold "
-                                 f"{scaled_w * scaled_h:,} pixels, more than {MAX_PIXELS:,})")
+                                 f"{scaled_w * scaled_h:,} pixels, {scaled_w * scaled_h - width * height:,} "
+                                 f"of them cut off: more than {MAX_PIXELS:,})")
         image = image.resize((scaled_w, scaled_h), Image.Resampling.BILINEAR)
         left, top = (scaled_w - width) // 2, (scaled_h - height) // 2
         return image.crop((left, top, left + width, top + height))

@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 
 from cnnspec.data.images import IMAGE_SUFFIXES, is_image_file, note
-from cnnspec.errors import CnnspecError
+from cnnspec.errors import CnnspecError, on_one_line
 
 
 class NoImagesError(CnnspecError):
@@ -126,7 +126,7 @@ def _images_in(folder: Path) -> tuple[list[str], str]:
         for path in (os.path.join(current, name) for name in names if not name.startswith(".")):
             if os.path.isfile(path):
                 (images if is_image_file(path) else others).append(path)
-    suffixes = sorted({Path(path).suffix.lower() or "no suffix" for path in others})
+    suffixes = sorted({on_one_line(Path(path).suffix.lower()) or "no suffix" for path in others})
     counted = (f"{len(others)} file{'s' if len(others) > 1 else ''} without an image suffix "
                f"({', '.join(suffixes[:5])}{', ...' if len(suffixes) > 5 else ''})") if others else ""
     if images and counted:

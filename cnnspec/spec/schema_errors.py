@@ -107,7 +107,9 @@ def value_of_a_key(word, known: dict, root: dict) -> str:
     return ""
 
 
-PAIR = re.compile(r"^\s*\(?\s*(\d+)\s*[x,]\s*(\d+)\s*\)?\s*$")  # Keras' (3, 3), or 3x3
+# Keras' (3, 3), or 3x3; matched against the stripped text: two \s* on either side of an
+# optional bracket took time quadratic in the spaces (a 1 MB spec's value, hours)
+PAIR = re.compile(r"\(?\s*(\d+)\s*[x,]\s*(\d+)\s*\)?")
 ALTERNATIVES = re.compile(r"^\^\(?([a-z_|]+)\)?\$$")
 
 
@@ -206,7 +208,8 @@ def explain(error: jsonschema.ValidationError, root: dict, anywhere: bool = Fals
         wanted = error.validator_value
         wanted = " or ".join(wanted) if isinstance(wanted, list) else wanted
         hint = object_hint(instance, schema, key_path(error.absolute_path)) if wanted == "object" else ""
-        pair = PAIR.match(instance) if isinstance(instance, str) and "array" in error.validator_value else None
+        written_as_text = isinstance(instance, str) and "array" in error.validator_value
+        pair = PAIR.fullmatch(instance.strip()) if written_as_text else None
         hint = hint or (f" (write [{pair.group(1)}, {pair.group(2)}])" if pair else "")
         return f"expected {wanted}, got {describe_value(instance)}{hint}", None
     if rule == "minItems" and instance == [] and schema.get("items", {}).get("$ref", "").endswith("/layer"):
