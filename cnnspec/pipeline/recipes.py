@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import json
 import re
 from pathlib import Path
 
@@ -141,9 +142,7 @@ def read_recipe(path: Path) -> yamlio.LocatedDict:
 def section_of(key) -> str:
     """'; early_stopping belongs under train:' for a train or evaluate key written at the
     top of a recipe."""
-    from cnnspec.pipeline.params import load_schema  # params imports this module
-
-    schema = load_schema()
+    schema = json.loads(Path(__file__).with_name("params_schema.json").read_text(encoding="utf-8"))
     for section in SECTIONS:
         if key in schema["properties"][section].get("properties", {}):
             return f"; {key} belongs under {section}: (indent it below `{section}:`)"
