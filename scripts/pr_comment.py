@@ -159,7 +159,16 @@ def params_table(diff: dict, base: str, head: str) -> str:
             if name not in resolved:
                 rows.append([name if path == "params.yaml" else f"{path}:{name}",
                              change.get("old"), change.get("new")])
-    return markdown_table(["param", base, head], rows)
+    return markdown_table(["param", base, head], [[name, short_hash(old), short_hash(new)]
+                                                  for name, old, new in rows])
+
+
+def short_hash(value):
+    """A SHA-256 (model.spec_sha256: the spec's text changed) as its first 12 digits, as
+    git shows a commit: enough to tell two apart, short enough to read."""
+    if isinstance(value, str) and re.fullmatch(r"[0-9a-f]{64}", value):
+        return value[:12]
+    return value
 
 
 def changed_only(diff: dict) -> dict:

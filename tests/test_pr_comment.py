@@ -210,6 +210,15 @@ def test_params_that_differ_never_look_the_same():
                     "| train.optimizer.weight_decay | 5e-05 | 0.000123456 |"]
 
 
+
+def test_a_changed_spec_hash_reads_as_twelve_digits():
+    old, new = "0f" * 32, "a1" * 32
+    diff = {"params.resolved.yaml": {"model.spec_sha256": {"old": old, "new": new}},
+            "params.yaml": {"model.spec": {"old": "specs/a.yaml", "new": "specs/b.yaml"}}}
+    rows = pr_comment.table_rows(pr_comment.params_table(diff, "main", "pr"))
+    assert rows == ["| model.spec_sha256 | 0f0f0f0f0f0f | a1a1a1a1a1a1 |",
+                    "| model.spec | specs/a.yaml | specs/b.yaml |"]
+
 def test_each_change_says_whether_the_model_got_better_or_worse():
     """Signed, with the direction each headline metric improves in: loss falls, the rest rise;
     a metric on one side only, a NaN and `learned` read as words, not as `-` or -1."""
