@@ -164,6 +164,7 @@ def test_a_baseline_jpeg_is_bounded_by_the_pixels_it_is_decoded_to(tmp_path, mon
     """A phone's 50- or 108-megapixel photo, read for a small model, is decoded at an eighth
     of its sides and is no bomb; a progressive JPEG keeps coefficients for all its pixels."""
     from cnnspec.data import images
+    from cnnspec.data.image_sample import sample_images
 
     monkeypatch.setattr(images, "MAX_PIXELS", 100 * 100)
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 300 * 300)  # Pillow warns above it, refuses above twice it
@@ -176,9 +177,19 @@ def test_a_baseline_jpeg_is_bounded_by_the_pixels_it_is_decoded_to(tmp_path, mon
     photo.save(tmp_path / "progressive.jpg", progressive=True)
     with pytest.raises(ImageReadError, match="progressive.jpg: refused, more than 10,000 pixels"):
         read_image(tmp_path / "progressive.jpg", 1, (28, 28))
-    Image.new("L", (500, 500)).save(tmp_path / "huge.jpg")
-    with pytest.raises(ImageReadError, match="huge.jpg: refused by Pillow \\(Image size \\(250000 pixels\\)"):
+    # beyond Pillow's own bound (twice 90,000): a JPEG is still read reduced, and our bound
+    # counts what that holds; any other file, or a JPEG read whole, stays refused
+    Image.new("L", (500, 500), 77).save(tmp_path / "huge.jpg")
+    assert (read_image(tmp_path / "huge.jpg", 1, (28, 28)) == 77).all()  # decoded at 63x63
+    assert sample_images([str(tmp_path / "huge.jpg")]) == [(500, 500, "L")]  # preprocess's size sample
+    with pytest.raises(ImageReadError, match="huge.jpg: refused, more than 10,000 pixels"):
+        read_image(tmp_path / "huge.jpg", 1, (250, 250))
+    Image.new("L", (500, 500)).save(tmp_path / "huge.jpg", progressive=True)
+    with pytest.raises(ImageReadError, match="huge.jpg: refused, more than 10,000 pixels"):
         read_image(tmp_path / "huge.jpg", 1, (28, 28))
+    Image.new("L", (500, 500)).save(tmp_path / "huge.png")
+    with pytest.raises(ImageReadError, match="huge.png: refused by Pillow \\(Image size \\(250000 pixels\\)"):
+        read_image(tmp_path / "huge.png", 1, (28, 28))
 
 
 def test_an_image_too_elongated_to_center_crop_is_refused_before_it_is_scaled(tmp_path, monkeypatch):

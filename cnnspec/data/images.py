@@ -52,7 +52,8 @@ def is_image_file(path) -> bool:
 
 # The most pixels cnnspec decodes from one file, refused in one line before any is decoded.
 # A JPEG read reduced (draft mode) counts the pixels it is reduced to. Pillow's own bound
-# (PIL.Image.MAX_IMAGE_PIXELS, 89 million: a warning, twice that an error) stays the user's.
+# (PIL.Image.MAX_IMAGE_PIXELS, 89 million: a warning, twice that an error) stays the user's
+# for every other file.
 MAX_PIXELS = 50_000_000
 # Integer and float modes with more than 8 bits per pixel (16-bit PNG and TIFF, 32-bit
 # integer, 32-bit float): Pillow's convert() would clip them to 255.
@@ -71,10 +72,30 @@ def note(message: str) -> None:
 
 
 def open_image(stream):
-    """Pillow's Image.open limited to READ_FORMATS: reads the header only."""
+    """Pillow's Image.open limited to READ_FORMATS: reads the header only. A JPEG beyond
+    Pillow's own pixel bound (a 200-megapixel phone photo) is opened by its plugin: it is
+    decoded reduced or not at all, MAX_PIXELS bounding what decoding holds."""
     from PIL import Image
 
-    return Image.open(stream, formats=READ_FORMATS)
+    try:
+        return Image.open(stream, formats=READ_FORMATS)
+    except Image.DecompressionBombError:
+        if _first_bytes(stream, 3) != b"\xff\xd8\xff":  # not a JPEG: Pillow's bound stands
+            raise
+        from PIL import JpegImagePlugin
+
+        return JpegImagePlugin.JpegImageFile(stream)
+
+
+def _first_bytes(source, count: int) -> bytes:
+    """The first `count` bytes of a path or a seekable stream (left at its start)."""
+    if hasattr(source, "seek"):
+        source.seek(0)
+        start = source.read(count)
+        source.seek(0)
+        return start
+    with open(source, "rb") as file:
+        return file.read(count)
 
 
 # A progressive JPEG is decoded over the whole image once per scan, and nothing in the
