@@ -5,6 +5,7 @@ twice, arrays of the wrong kind. Each is one line naming what and where, before 
 import errno
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -255,7 +256,7 @@ def external_data_onnx(source: Path, destination: Path, where: str) -> Path:
 
 @pytest.mark.parametrize("where", ["initializer", "attribute", "subgraph"])
 def test_an_onnx_tensor_whose_data_lies_in_another_file_is_refused(model_files, tmp_path, capsys, monkeypatch, where):
-    def must_not_run(model):
+    def must_not_run(model, **options):
         raise AssertionError("onnxruntime was given a model that reads another file")
 
     monkeypatch.setattr(onnx_model, "_session", must_not_run)
@@ -266,8 +267,8 @@ def test_an_onnx_tensor_whose_data_lies_in_another_file_is_refused(model_files, 
 
 def test_onnxruntime_runs_the_bytes_that_were_checked(model_files, monkeypatch):
     given = []
-    monkeypatch.setattr(onnx_model, "_session", lambda model, run=onnx_model._session: (
-        given.append(model), run(model))[1])
+    monkeypatch.setattr(onnx_model, "_session", lambda model, run=onnx_model._session, **options: (
+        given.append(model), run(model, **options))[1])
     onnx_model.OnnxModel(model_files["onnx"])
     assert given == [model_files["onnx"].read_bytes()]
 
@@ -349,7 +350,7 @@ def hostile_nodes(kind: str):
 @pytest.mark.parametrize("kind", ["Loop", "Expand", "Tile", "Range", "ConstantOfShape", "custom operator set"])
 def test_a_graph_that_loops_or_sizes_tensors_from_values_is_refused_before_onnxruntime(
         model_files, tmp_path, capsys, monkeypatch, kind):
-    def must_not_run(model):
+    def must_not_run(model, **options):
         raise AssertionError("onnxruntime was given a graph that loops or sizes tensors from values")
 
     monkeypatch.setattr(onnx_model, "_session", must_not_run)
@@ -391,6 +392,39 @@ def test_cnnspecs_own_exports_of_shipped_specs_pass_the_operator_check(spec_name
     for opset in (13, 17, 20):
         assert refused_operator(onnx.load_from_string(onnx_bytes(model, torch.rand(2, 3, 32, 32), opset))) is None
 
+
+
+def test_an_onnx_file_asking_for_more_memory_than_its_cap_is_one_line(model_files, tmp_path):
+    """The probabilities padded by 100,000,000 zeros a side (800 MB for one image) and sliced
+    back to (N, 10): onnxruntime would hold all of it, and a larger pad would draw the
+    kernel's OOM killer. Run in a fresh process, whose arena (registered once a process)
+    gets a 64 MiB cap."""
+    import subprocess
+    import sys
+
+    from onnx import helper, numpy_helper
+
+    def constant(name, values):
+        return numpy_helper.from_array(np.array(values, np.int64), name)
+
+    nodes = [helper.make_node("Pad", ["softmax", "pads"], ["padded"]),
+             helper.make_node("Slice", ["padded", "starts", "ends", "axes"], ["probabilities"])]
+    constants = [constant("pads", [0, 10**8, 0, 10**8]), constant("starts", [10**8]),
+                 constant("ends", [10**8 + 10]), constant("axes", [1])]
+    padded = graph_after_probabilities(model_files["onnx"], tmp_path / "padded.onnx", nodes, constants)
+    image = str(model_files["photos"] / "0.png")
+    script = ("import sys\nfrom cnnspec.inference import onnx_model\nonnx_model.arena_bytes = lambda: 64 << 20\n"
+              f"from cnnspec.cli import main\nsys.exit(main(['predict', {str(padded)!r}, {image!r}]))\n")
+    repository = Path(__file__).resolve().parent.parent
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(repository)})
+    assert done.returncode == 1, done.stderr
+    said = done.stderr.removeprefix(f"error: {padded}: ")
+    assert re.fullmatch(r"the graph asked for 800,000,\d{3} bytes at once on 1 images, more than the 64 MiB "
+                        r"cnnspec lets an ONNX file's runs hold \(half the memory free when the first was loaded\); "
+                        r"a smaller --batch-size helps a real model\n", said), done.stderr  # 800,000,040 aligned
+    model = onnx_model.OnnxModel(model_files["onnx"])  # a real export runs as before, in this process
+    assert model.probabilities(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
 
 def test_a_graph_that_returns_another_shape_than_n_by_classes_is_one_line(model_files, tmp_path, capsys):
     from onnx import helper

@@ -1,9 +1,11 @@
 """An exported ONNX model run by onnxruntime (`cnnspec predict model.onnx`, and the
 engine `cnnspec predict` picks for many images): the graph read once and checked
-(metadata.read_onnx), each batch's run bounded in time, onnxruntime's errors one line.
+(metadata.read_onnx), each batch's run bounded in time, a file's runs in memory too,
+onnxruntime's errors one line.
 """
 from __future__ import annotations
 
+import re
 import threading
 from typing import TYPE_CHECKING
 
@@ -30,7 +32,9 @@ class OnnxModel:
         data, graph = read_onnx(path)
         settings = onnx_settings(path, graph)
         try:
-            self.session = _session(data)  # the bytes checked, not the path: nothing else is read
+            # the bytes checked, not the path: nothing else is read; its memory capped: a file
+            # from someone else may ask for any size (a Pad of a billion values)
+            self.session = _session(data, capped=True)
         except OnnxUnavailable as error:
             if error.installed:
                 raise
@@ -119,6 +123,12 @@ class OnnxModel:
                               f"and was stopped; the graph is no export of a cnnspec spec, or far too slow here")
         if "error" in outcome:
             said = first_line(outcome["error"]).removeprefix("[ONNXRuntimeError] : ")
+            asked = ARENA_REFUSAL.search(said)
+            if asked:
+                raise ExportError(f"{self.name}: the graph asked for {int(asked[1]):,} bytes at once on "
+                                  f"{len(batch)} images, more than the {ARENA_MIB:,} MiB cnnspec lets an ONNX "
+                                  f"file's runs hold (half the memory free when the first was loaded); "
+                                  f"a smaller --batch-size helps a real model")
             raise ExportError(f"{self.name}: onnxruntime failed on {len(batch)} images ({said[:200]})")
         return outcome["output"]
 
@@ -153,17 +163,55 @@ def _import_onnxruntime():
 QUIET = 4  # onnxruntime logs only fatal errors: its warnings print coloured lines of their own
 
 
-def _session(model):
+def _session(model, capped: bool = False):
     """An onnxruntime CPU session of `model` (a path or the bytes of an ONNX model) with
-    torch's intra-op thread count, so both engines use the same cores. Its memory is not
-    capped: a process-wide arena would keep a run's peak for the rest of the process (a
-    notebook's), and the graphs that size tensors from values are refused before this
-    (metadata.refused_operator)."""
+    torch's intra-op thread count, so both engines use the same cores. `capped` (a file
+    from someone else): it takes its memory from the process's capped arena (capped_arena);
+    cnnspec's own export of a loaded model keeps an arena of its own, freed with it."""
     onnxruntime = _import_onnxruntime()
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads, options.inter_op_num_threads = torch.get_num_threads(), 1
     options.log_severity_level = QUIET
+    if capped and capped_arena(onnxruntime):
+        options.add_session_config_entry("session.use_env_allocators", "1")
     return onnxruntime.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+
+# The memory an ONNX file's runs may hold at once: one arena for the process, registered
+# with onnxruntime when the first file is loaded, at this share of the memory then free.
+# A graph asking more (a Pad or Resize to a billion values; the graphs that size tensors
+# from values are refused before: metadata.refused_operator) fails in one line instead of
+# waking the kernel's OOM killer. The arena keeps what its largest run held until the
+# process ends (a notebook's too): handing it back after every run (onnxruntime's arena
+# shrinkage) cost 10-35% of predict's speed on fashion_cpu.
+ARENA_SHARE = 0.5
+ARENA_FALLBACK_BYTES = 4 << 30  # where the memory free is not known
+ARENA_MIB = 0                   # the cap, once registered (for messages)
+ARENA_REFUSAL = re.compile(r"Available memory of \d+ is smaller than requested bytes of (\d+)")
+_arena_registered: bool | None = None
+
+
+def arena_bytes() -> int:
+    from cnnspec.training.device import available_memory
+
+    free = available_memory(torch.device("cpu"))
+    return int(free * ARENA_SHARE) if free else ARENA_FALLBACK_BYTES
+
+
+def capped_arena(onnxruntime) -> bool:
+    """Registers the capped arena once; False where onnxruntime refuses it (one is
+    registered already, by the caller's own code: then the sessions use no shared one)."""
+    global _arena_registered, ARENA_MIB
+    if _arena_registered is None:
+        cap = arena_bytes()
+        memory = onnxruntime.OrtMemoryInfo("Cpu", onnxruntime.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0,
+                                           onnxruntime.OrtMemType.DEFAULT)
+        try:  # 1: each chunk as large as asked, so the cap is the bytes held
+            onnxruntime.create_and_register_allocator(memory, onnxruntime.OrtArenaCfg(cap, 1, -1, -1))
+            _arena_registered, ARENA_MIB = True, cap >> 20
+        except Exception:  # noqa: BLE001 - onnxruntime's error: an allocator is registered already
+            _arena_registered = False
+    return _arena_registered
 
 
 class OnnxUnavailable(ExportError):
