@@ -23,6 +23,12 @@ def first_line(error: BaseException, default: str | None = None) -> str:
     return (str(error).strip().splitlines() or [default or type(error).__name__])[0]
 
 
+def one_line(text) -> str:
+    """`text` with every run of whitespace, line breaks included, as one space: a
+    library's or the system's message (urllib's, tarfile's) quoted in one line of ours."""
+    return " ".join(str(text).split())
+
+
 def on_one_line(text: str) -> str:
     """`text` with line breaks and other control characters escaped as Python writes
     them (`\\n`, `\\x1b`): a name taken from a user's file cannot print a line of its own."""

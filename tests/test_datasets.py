@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from cnnspec.data.archives import safe_extract
 from cnnspec.data.datasets import (
     DATASETS,
     decode_cifar10,
@@ -24,7 +25,6 @@ from cnnspec.data.datasets import (
     read_idx,
     write_prepared,
 )
-from cnnspec.data.download import safe_extract
 from cnnspec.errors import DataError
 from tests.fakedata import (
     CIFAR10_CLASSES,

@@ -22,8 +22,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from cnnspec.data.archives import safe_extract
 from cnnspec.data.datasets import get_dataset
-from cnnspec.data.download import download_dataset, expected_md5s, fetch, file_urls, safe_extract
+from cnnspec.data.download import download_dataset, expected_md5s, fetch, file_urls
 from cnnspec.errors import DataError
 from tests.fakedata import make_cifar10_archive, make_mnist_folder, md5_of, running_server, serve_folder
 
@@ -537,7 +538,7 @@ def test_a_symlink_chain_out_of_the_folder_writes_nothing_outside(tmp_path):
 
 
 def test_an_archive_of_too_many_members_is_refused_while_it_is_read(tmp_path, monkeypatch):
-    monkeypatch.setattr("cnnspec.data.download.MAX_MEMBERS", 3)
+    monkeypatch.setattr("cnnspec.data.archives.MAX_MEMBERS", 3)
     path = tmp_path / "many.tar.gz"
     with tarfile.open(path, "w:gz") as archive:
         for index in range(5):
@@ -744,7 +745,7 @@ def test_a_tar_bomb_is_refused_at_its_first_header_not_after_decompressing_it(tm
 
 
 def test_the_running_total_is_refused_at_the_member_that_crosses_the_bound(tmp_path, monkeypatch):
-    monkeypatch.setattr("cnnspec.data.download.MAX_EXTRACTED_BYTES", 1_000_000)
+    monkeypatch.setattr("cnnspec.data.archives.MAX_EXTRACTED_BYTES", 1_000_000)
     path = tmp_path / "three.tar.gz"
     with tarfile.open(path, "w:gz") as archive:
         for index in range(3):

@@ -232,7 +232,7 @@ def test_a_compressed_torch_file_is_refused_by_every_reader_before_torch_load(tm
 
 
 def test_a_zip_that_unpacks_beyond_its_size_or_lists_too_many_entries_is_refused(tmp_path, monkeypatch):
-    from cnnspec.models import checkpoint as checkpoint_module
+    from cnnspec.models import torch_files
 
     path = tiny_checkpoint(tmp_path / "model.pt")
     data = bytearray(path.read_bytes())
@@ -241,10 +241,10 @@ def test_a_zip_that_unpacks_beyond_its_size_or_lists_too_many_entries_is_refused
     (tmp_path / "big.pt").write_bytes(bytes(data))
     with pytest.raises(TrainingError, match=r"its zip entries unpack to [\d,]+ bytes, more than the file's"):
         read_checkpoint(tmp_path / "big.pt")
-    monkeypatch.setattr(checkpoint_module, "MAX_ZIP_ENTRIES", 3)
+    monkeypatch.setattr(torch_files, "MAX_ZIP_ENTRIES", 3)
     with pytest.raises(TrainingError, match=r"its zip archive holds \d+ entries \(at most 3\)"):
         read_checkpoint(path)
-    monkeypatch.setattr(checkpoint_module, "MAX_ZIP_DIRECTORY_BYTES", 100)
+    monkeypatch.setattr(torch_files, "MAX_ZIP_DIRECTORY_BYTES", 100)
     with pytest.raises(TrainingError, match=r"its zip directory takes [\d,]+ bytes"):
         read_checkpoint(path)
 

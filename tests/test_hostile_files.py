@@ -567,7 +567,7 @@ def test_an_archive_too_large_to_extract_is_refused_before_writing(tmp_path, mon
     import io
     import tarfile
 
-    from cnnspec.data import download
+    from cnnspec.data import archives
 
     archive = tmp_path / "bomb.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
@@ -575,9 +575,9 @@ def test_an_archive_too_large_to_extract_is_refused_before_writing(tmp_path, mon
         member.size = 4 << 20
         tar.addfile(member, io.BytesIO(b"\0" * member.size))  # 4 MiB of zeros: a few KiB packed
     assert archive.stat().st_size < 50_000
-    monkeypatch.setattr(download, "MAX_EXTRACTED_BYTES", 1 << 20)
+    monkeypatch.setattr(archives, "MAX_EXTRACTED_BYTES", 1 << 20)
     with pytest.raises(DataError, match=r"refusing to extract 4,194,304 bytes"):
-        download.safe_extract(archive, tmp_path / "extracted")
+        archives.safe_extract(archive, tmp_path / "extracted")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bomb.tar.gz"]
 
 

@@ -1,5 +1,5 @@
 """The data part: datasets on disk. It owns downloading and extracting the built-in
-datasets (download), the prepared arrays and their facts (datasets), reading images
+datasets (download, archives), the prepared arrays and their facts (datasets), reading images
 (images), the user's folder and CSV datasets (listing, image_sample, user_datasets) and
 checksums (integrity).
 

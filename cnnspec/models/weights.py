@@ -236,10 +236,10 @@ def read_state_dict(path) -> dict:
     """A state dict saved with torch.save: a plain {name: tensor} dict, or a checkpoint that
     holds one under "state_dict" or "model" (cnnspec's, Lightning's, many training scripts').
     Raises ValueError saying what is wrong with a file that is none of these, or that
-    must not be loaded (checkpoint.load_torch_file)."""
+    must not be loaded (torch_files.load_torch_file)."""
     import torch
 
-    from cnnspec.models.checkpoint import load_torch_file
+    from cnnspec.models.torch_files import load_torch_file
 
     state = load_torch_file(path)
     for key in ("state_dict", "model"):

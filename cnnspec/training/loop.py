@@ -54,7 +54,8 @@ from cnnspec.data.datasets import USER_DATASETS
 from cnnspec.data.download import md5_of
 from cnnspec.data.integrity import set_aside
 from cnnspec.errors import TrainingError, first_line
-from cnnspec.models.checkpoint import UnsafeTorchFile, load_torch_file, non_finite_tensor
+from cnnspec.models.checkpoint import non_finite_tensor
+from cnnspec.models.torch_files import UnsafeTorchFile, load_torch_file
 from cnnspec.training import distributed, optimization, stops
 from cnnspec.training.augment import Augmentation
 from cnnspec.training.device import (
