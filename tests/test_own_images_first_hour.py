@@ -153,6 +153,7 @@ def test_the_did_not_learn_warning_fits_the_run(tmp_path):
 def test_decoding_says_how_far_it_is_on_stderr_in_plain_lines_in_a_log(fashion, tmp_path, capsys, monkeypatch):
     # a folder of 100,000 photos takes minutes: a CI log hears of it now and then
     monkeypatch.setattr("cnnspec.progress.LINE_EVERY_S", 0)
+    monkeypatch.setattr("cnnspec.progress.LINE_EVERY_MAX_S", 0)  # a line at every update
     train_images, train_labels, _, _ = fashion
     root = tmp_path / "photos"
     write_image_folder(root, train_images, train_labels)

@@ -190,6 +190,7 @@ def test_unreadable_images_are_reported_in_their_rows_and_the_rest_go_on(tmp_pat
 def test_progress_in_a_log_is_plain_lines_on_stderr_and_stdout_is_only_the_rows(tmp_path, capsys, monkeypatch):
     # stderr redirected (a CI log): no bar, a line now and then saying how far it is
     monkeypatch.setattr("cnnspec.progress.LINE_EVERY_S", 0)
+    monkeypatch.setattr("cnnspec.progress.LINE_EVERY_MAX_S", 0)  # a line at every update
     checkpoint = random_checkpoint(tmp_path, SPEC, (1, 28, 28))
     images = tmp_path / "images"
     images.mkdir()
