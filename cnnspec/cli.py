@@ -24,6 +24,8 @@ from cnnspec.errors import CnnspecError, UsageError, debug_enabled, exit_on_user
 from cnnspec.paths import PREPARED
 
 DEFAULT_CLASSES = 10
+EXIT_STATUS = ("Exit status: 0 done, 1 failed (one error line on stderr), 2 bad arguments, "
+               "130 Ctrl-C, 143 SIGTERM (nothing half-written is kept).")
 SHAPE = re.compile(r"^(\d+)x(\d+)x(\d+)$")
 
 
@@ -171,8 +173,10 @@ def build_parser() -> argparse.ArgumentParser:
     shape.add_argument("--strict", action="store_true",
                        help="treat warnings (likely mistakes in a valid spec) as errors")
 
-    parser = argparse.ArgumentParser(prog="cnnspec", parents=[debug],
-                                     description="Describe a CNN in YAML; check it, summarize it.")
+    parser = argparse.ArgumentParser(
+        prog="cnnspec", parents=[debug],
+        description="Describe a CNN in YAML; check it, summarize it, use the model it trained.",
+        epilog=f"Results go to stdout; notes, errors and progress to stderr. {EXIT_STATUS}")
     commands = parser.add_subparsers(dest="command", required=True)
     command = commands.add_parser("validate", parents=[debug, plugin, shape],
                                   help="check specs (schema and shapes)")

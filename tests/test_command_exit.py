@@ -85,3 +85,12 @@ def test_a_finished_script_keeps_the_usual_exit_while_a_thread_runs_or_a_profile
         folder = tmp_path / how
         folder.mkdir()
         assert finish(folder, how) == ("no newline, still buffered, then the usual exit", made)
+
+
+def test_the_help_names_the_streams_and_every_exit_status():
+    from cnnspec.cli import build_parser
+
+    help_text = " ".join(build_parser().format_help().split())
+    assert "notes, errors and progress to stderr" in help_text
+    for status in ("0 done", "1 failed", "2 bad arguments", "130 Ctrl-C", "143 SIGTERM"):
+        assert status in help_text, status

@@ -837,3 +837,20 @@ def test_progress_bar_only_on_a_terminal(tmp_path, monkeypatch):
         monkeypatch.setattr(sys, "stderr", terminal)
         fetch(source.as_uri(), tmp_path / "raw" / "a.tar.gz", PAYLOAD_MD5, progress=True)
         assert ("archive.tar.gz" in terminal.getvalue() and "100k" in terminal.getvalue()) == shown
+
+
+def test_a_slow_download_into_a_log_says_how_far_it_is_in_plain_lines(tmp_path, monkeypatch):
+    # stderr a pipe or a file (a CI log): no bar, no carriage returns, a line now and then
+    monkeypatch.setattr("cnnspec.progress.LINE_EVERY_S", 0.2)
+    monkeypatch.setattr("cnnspec.data.download.SLOW_AFTER_S", 60)
+    log = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", log)
+    payload = PAYLOAD[:2500]  # dripped in 25 pieces over about 1.3 s
+    with FaultyServer(["drip"], payload).running() as url:
+        fetch(url, tmp_path / "a.tar.gz", hashlib.md5(payload).hexdigest(), progress=True, **FAST)
+    lines = log.getvalue().splitlines()
+    assert 2 <= len(lines) <= 8, lines
+    assert "\r" not in log.getvalue() and "\x1b" not in log.getvalue()
+    for line in lines:
+        assert re.fullmatch(r"downloading cifar-10-python\.tar\.gz: [\d.]+/2\.4 KiB \(\d+%\), "
+                            r"[\d.]+ KiB/s, about \d+ s left", line), line

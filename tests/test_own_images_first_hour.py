@@ -148,3 +148,18 @@ def test_the_did_not_learn_warning_fits_the_run(tmp_path):
     assert below == (False, "accuracy 0.2000 is below chance (0.3333 for 3 classes)")
     near = learning_check.verdict(3, 0.35)
     assert near == (False, "accuracy 0.3500 is within 0.05 of chance (0.3333 for 3 classes)")
+
+
+def test_decoding_says_how_far_it_is_on_stderr_in_plain_lines_in_a_log(fashion, tmp_path, capsys, monkeypatch):
+    # a folder of 100,000 photos takes minutes: a CI log hears of it now and then
+    monkeypatch.setattr("cnnspec.progress.LINE_EVERY_S", 0)
+    monkeypatch.setattr("cnnspec.progress.LINE_EVERY_MAX_S", 0)  # a line at every update
+    train_images, train_labels, _, _ = fashion
+    root = tmp_path / "photos"
+    write_image_folder(root, train_images, train_labels)
+    meta = prepare_image_dataset(data_params(root), tmp_path / "prepared", workers=1, log=lambda line: None)
+    captured = capsys.readouterr()
+    total = len(train_images)
+    assert captured.out == "" and "\r" not in captured.err and "\x1b" not in captured.err
+    assert [line.split(" (")[0] for line in captured.err.splitlines()] == [
+        f"decoding: {meta['counts']['train']}/{total} images", f"decoding: {total}/{total} images"]

@@ -2,6 +2,7 @@
 `cnnspec export`, on a small model trained on real Fashion-MNIST images written to files."""
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -184,6 +185,25 @@ def test_unreadable_images_are_reported_in_their_rows_and_the_rest_go_on(tmp_pat
     assert broken[0].endswith("broken.png") and broken[1] == "" and "broken.png" in broken[3]
     assert good[0].endswith("good.png") and good[1] in "abcdefghij" and 0 < float(good[2]) <= 1
     assert f"error: {tmp_path / 'broken.png'}" in captured.err and captured.out == ""
+
+
+def test_progress_in_a_log_is_plain_lines_on_stderr_and_stdout_is_only_the_rows(tmp_path, capsys, monkeypatch):
+    # stderr redirected (a CI log): no bar, a line now and then saying how far it is
+    monkeypatch.setattr("cnnspec.progress.LINE_EVERY_S", 0)
+    monkeypatch.setattr("cnnspec.progress.LINE_EVERY_MAX_S", 0)  # a line at every update
+    checkpoint = random_checkpoint(tmp_path, SPEC, (1, 28, 28))
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(12):
+        Image.fromarray(np.full((28, 28), 20 * i, np.uint8)).save(images / f"{i:02}.png")
+    assert cli(["predict", str(checkpoint), str(images), "--batch-size", "4"]) == 0
+    captured = capsys.readouterr()
+    assert [line.split(",")[0] for line in captured.out.splitlines()[1:]] == \
+        [str(images / f"{i:02}.png") for i in range(12)]
+    lines = captured.err.splitlines()
+    assert [line.split(" (")[0] for line in lines] == [f"predicting: {n}/12 images" for n in (4, 8, 12)]
+    assert all(re.search(r"\(\d+%\), [\d,.]+ images/s, about \d+ s left$", line) for line in lines), lines
+    assert "\r" not in captured.err and "\x1b" not in captured.err
 
 
 def test_an_image_whose_name_is_not_utf8_is_predicted_and_written_escaped(tmp_path, capsys):

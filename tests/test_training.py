@@ -51,6 +51,19 @@ def test_logs_every_epoch_with_dvclive_and_learns(tmp_path):
     assert not result.model.training
 
 
+def test_steps_within_an_epoch_are_plain_lines_on_stderr_in_a_log(capsys, monkeypatch):
+    # a CPU epoch can take many minutes: a CI log hears how far it is between epoch lines
+    monkeypatch.setattr("cnnspec.progress.LINE_EVERY_S", 0)
+    monkeypatch.setattr("cnnspec.progress.LINE_EVERY_MAX_S", 0)  # a line at every update
+    run_training(train_params(epochs=2))  # 48 images, batch 16: 3 steps an epoch
+    captured = capsys.readouterr()
+    assert [line.split(" (")[0] for line in captured.err.splitlines()] == [
+        f"epoch {epoch}/2: {step}/3 steps" for epoch in (1, 2) for step in (1, 2, 3)]
+    assert "\r" not in captured.err and "\x1b" not in captured.err
+    assert [line.split("  ")[0] for line in captured.out.splitlines() if line.startswith("epoch")] == \
+        ["epoch 1/2", "epoch 2/2"]
+
+
 def test_dvclive_opens_in_a_thread_beside_the_first_steps(tmp_path, monkeypatch):
     import dvclive
 

@@ -32,6 +32,7 @@ from cnnspec.data.archives import safe_extract
 from cnnspec.data.datasets import EXTRACTED, DatasetInfo, get_dataset
 from cnnspec.errors import DataError, on_one_line, one_line, raise_if_terminated
 from cnnspec.paths import RAW
+from cnnspec.progress import Progress
 from cnnspec.regular_files import not_a_regular_file
 
 DEFAULT_TIMEOUT = 10.0   # seconds without a byte before a connection counts as stalled
@@ -317,7 +318,7 @@ def _copy(reader, partial: Path, offset: int, expected: int | None, progress: bo
                 raise PermanentFault(f"stopped after {out.tell():,} bytes: more than this file's size "
                                      f"can be ({max_bytes:,})", TOO_LARGE_HINT)
             out.write(chunk)
-            bar(len(chunk))
+            bar.update(len(chunk))
             elapsed = time.monotonic() - started
             if elapsed > SLOW_AFTER_S and (out.tell() - offset) / elapsed < MIN_BYTES_PER_S:
                 raise TransientFault(f"the mirror sent {out.tell() - offset:,} bytes in {elapsed:.0f} s, slower "
@@ -325,18 +326,10 @@ def _copy(reader, partial: Path, offset: int, expected: int | None, progress: bo
         return out.tell()
 
 
-@contextlib.contextmanager
-def _progress_bar(enabled: bool, total: int | None, initial: int, url: str):
-    """Yield update(n): a tqdm bar on an interactive terminal, nothing otherwise."""
-    if not (enabled and sys.stderr.isatty()):
-        yield lambda n: None
-        return
-    from tqdm import tqdm
-
+def _progress_bar(enabled: bool, total: int | None, initial: int, url: str) -> Progress:
+    """A Progress of the file's bytes: a bar on a terminal, a line now and then in a log."""
     name = PurePosixPath(urllib.parse.urlsplit(url).path).name or url
-    with tqdm(total=total, initial=initial, unit="B", unit_scale=True, unit_divisor=1024,
-              desc=name, leave=False) as bar:
-        yield bar.update
+    return Progress(f"downloading {on_one_line(name)}", total, unit="B", initial=initial, enabled=enabled)
 
 
 def md5_of(path) -> str:

@@ -39,6 +39,7 @@ from cnnspec.data.image_sample import (
 from cnnspec.data.images import ImageReadError, decode_image
 from cnnspec.data.listing import Listing, assign_splits, scan_csv, scan_folder
 from cnnspec.errors import DataError, DiskFullError, listed_names
+from cnnspec.progress import Progress
 
 BATCH_IMAGES = 256          # images one worker decodes per task
 WINDOW_BYTES = 32 << 20     # decoded pixels in flight at once: "one chunk"
@@ -162,13 +163,14 @@ WORKER_DIED = ("data.source: a decoding worker died (killed, most likely out of 
 
 def write_split(path: Path, listing: Listing, indices: np.ndarray, shape, options: dict,
                 executor, bad: _BadImages, histogram: np.ndarray | None,
-                changed: Changed | None = None) -> np.ndarray:
+                changed: Changed | None = None, progress: Progress | None = None) -> np.ndarray:
     """Decode the images at `indices` into `path` (.npy, shape (n,) + shape), in order,
     counting what decoding changed into `changed`. Returns the positions (into `indices`)
-    of the images written (bad ones skipped)."""
+    of the images written (bad ones skipped); `progress` is told of each batch decoded."""
     changed = Changed() if changed is None else changed
+    progress = Progress("", None, enabled=False) if progress is None else progress
     try:
-        return _write_split(path, listing, indices, shape, options, executor, bad, histogram, changed)
+        return _write_split(path, listing, indices, shape, options, executor, bad, histogram, changed, progress)
     except BrokenProcessPool:
         raise DataError(WORKER_DIED) from None
     except OSError as error:
@@ -177,7 +179,7 @@ def write_split(path: Path, listing: Listing, indices: np.ndarray, shape, option
         raise
 
 
-def _write_split(path, listing, indices, shape, options, executor, bad, histogram, changed):
+def _write_split(path, listing, indices, shape, options, executor, bad, histogram, changed, progress):
     channels, height, width = shape
     row_bytes = channels * height * width
     created = npy_format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(len(indices), *shape))
@@ -209,6 +211,7 @@ def _write_split(path, listing, indices, shape, options, executor, bad, histogra
             if next_start is not None:
                 submit(next_start)
             bad.add(errors)
+            progress.update(min(batch, len(indices) - start))
             if len(array):
                 os.pwrite(file.fileno(), array.tobytes(), header_bytes + written * row_bytes)
                 written += len(array)
@@ -263,11 +266,12 @@ def prepare_image_dataset(data: dict, out_folder, workers: int | None = None, lo
     histogram = np.zeros((shape[0], 256), dtype=np.int64)
     changed = Changed()
     counts, per_class, files = {}, {}, {}
-    with atomic_folder(out_folder) as temporary, decode_pool(workers, small) as executor:
+    with atomic_folder(out_folder) as temporary, decode_pool(workers, small) as executor, \
+            Progress("decoding", sum(len(splits[split][0]) for split in SPLITS)) as progress:
         for split in SPLITS:
             indices, labels = splits[split]
             kept = write_split(temporary / f"{split}_images.npy", listing, indices, shape, data,
-                               executor, bad, histogram if split == "train" else None, changed)
+                               executor, bad, histogram if split == "train" else None, changed, progress)
             labels = labels[kept]
             atomic.save_numpy(temporary / f"{split}_labels.npy", labels)
             files[split] = [source_relative(listing.paths[i], data) for i in indices[kept]]

@@ -30,6 +30,7 @@ from cnnspec.errors import DataError, TrainingError
 from cnnspec.inference.image_paths import find_images
 from cnnspec.inference.metadata import ExportError
 from cnnspec.inference.onnx_model import OnnxModel, OnnxUnavailable
+from cnnspec.progress import Progress
 
 DECODE_THREADS = 4  # Pillow releases the GIL while decoding
 
@@ -300,11 +301,6 @@ def predict_files(model: InferenceModel, paths: list[str], top_k: int = 1, batch
     """Classify image files; an unreadable one gets a Prediction with its `error` and
     the others go on. Files are decoded in a few threads while the model runs."""
     results: list[Prediction] = []
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(paths), unit="image", file=sys.stderr, dynamic_ncols=True, leave=False)
 
     def decode(path):
         try:
@@ -312,7 +308,8 @@ def predict_files(model: InferenceModel, paths: list[str], top_k: int = 1, batch
         except ImageReadError as error:
             return error
 
-    with ThreadPoolExecutor(DECODE_THREADS) as pool:
+    with ThreadPoolExecutor(DECODE_THREADS) as pool, \
+            Progress("predicting", len(paths), unit="images", enabled=progress) as bar:
         for start in range(0, len(paths), batch_size):
             names = paths[start:start + batch_size]
             decoded = list(pool.map(decode, names))
@@ -323,10 +320,7 @@ def predict_files(model: InferenceModel, paths: list[str], top_k: int = 1, batch
             for name, array in zip(names, decoded):
                 results.append(Prediction(name, error=str(array)) if isinstance(array, Exception)
                                else next(predicted))
-            if bar is not None:
-                bar.update(len(names))
-    if bar is not None:
-        bar.close()
+            bar.update(len(names))
     return results
 
 
@@ -469,7 +463,7 @@ def run_command(args) -> int:
         print(f"note: --top-k {args.top_k}: the model has {top_k} classes, so each row ranks all {top_k}",
               file=sys.stderr)
     predictions = predict_files(model, paths, top_k, args.batch_size, args.tta,
-                                progress=sys.stderr.isatty() and len(paths) > args.batch_size)
+                                progress=len(paths) > args.batch_size)
     text = {"csv": lambda: as_csv(predictions, top_k), "json": lambda: as_json(predictions),
             "table": lambda: as_table(predictions)}[args.format]()
     failed = [p for p in predictions if p.error]

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from cnnspec.errors import TrainingError
+from cnnspec.progress import Progress, duration
 from cnnspec.regular_files import read_json
 
 TIMED_STEPS = 5     # steps timed after the first for the estimate
@@ -45,14 +46,6 @@ def cpu_sized_run(own_images: bool, input_shape, spec_name: str | None = None) -
     share = smaller[0] * smaller[1] / (height * width)
     return (f"dvc exp run -S 'data.image_size=[{smaller[0]},{smaller[1]}]' (smaller images, about {share:.0%} "
             f"of the arithmetic of {height}x{width}), or {fewer_epochs}")
-
-
-def duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
 
 
 class CostClock:
@@ -239,22 +232,29 @@ def print_line(line: str) -> None:
 
 
 class EpochProgressBar:
-    """A tqdm bar of an epoch's steps on an interactive terminal, nothing otherwise.
-    Its loss and accuracy are read from the device about ten times an epoch: the only
-    syncs inside an epoch, and only when someone watches."""
+    """A tqdm bar of an epoch's steps on an interactive terminal; elsewhere (a pipe, a CI
+    log) a plain line of the steps done now and then (cnnspec.progress), which a long CPU
+    epoch needs between its epoch lines. The bar's loss and accuracy are read from the
+    device about ten times an epoch: the only syncs inside an epoch, and only when
+    someone watches."""
 
     def __init__(self, epoch: int, epochs: int, steps: int, start: int, batch_size: int):
         self.bar, self.batch_size, self.every = None, batch_size, max(1, steps // 10)
+        self.lines = None
         if interactive():
             from tqdm import tqdm
 
             self.bar = tqdm(total=steps, initial=start, desc=f"epoch {epoch + 1}/{epochs}",
                             leave=False, file=sys.stderr, dynamic_ncols=True)
+        else:
+            self.lines = Progress(f"epoch {epoch + 1}/{epochs}", steps, unit="steps", initial=start)
 
     def __enter__(self):
         return self
 
     def update(self, step: int, losses: torch.Tensor, correct: torch.Tensor) -> None:
+        if self.lines is not None:
+            self.lines.update(1)
         if self.bar is None:
             return
         self.bar.update(1)
