@@ -135,6 +135,21 @@ def test_frozen_layers_keep_their_batch_norm_statistics():
     assert not model.layers.bn_1.training and torch.equal(before, model.layers.bn_1.running_mean)
 
 
+def test_a_frozen_layer_leaves_modules_of_its_name_inside_other_layers_training():
+    """A frozen spec layer named bn1 runs in inference mode; a trainable backbone's own bn1
+    modules do not: only the spec's layers are matched by name."""
+    text = """
+name: ported
+layers:
+  - bn: {name: bn1, trainable: false}
+  - backbone: {model: resnet18, pooling: avg, name: base}
+  - dense: num_classes
+"""
+    model = build_model(parse_spec(text, "ported.yaml"), (3, 32, 32), 10, load_weights=False).train()
+    assert not model.layers.bn1.training
+    assert model.layers.base.features.bn1.training and model.layers.base.features.layer1[0].bn1.training
+
+
 def test_augmentation_acts_only_in_training():
     text = """
 name: aug

@@ -143,6 +143,25 @@ def test_a_checkpoint_of_an_unrelated_spec_is_an_error_naming_the_param(tmp_path
     assert "\n" not in message
 
 
+def test_init_from_the_train_stages_own_output_says_to_copy_it_first(tmp_path, monkeypatch):
+    """DVC removes models/model.pt before the train stage runs: fine-tuning from it in place
+    would end in `no such file` with the model gone, so it is refused, even while it exists."""
+    from cnnspec.pipeline.params import check_named_paths
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "model.pt").write_bytes(b"a checkpoint")
+    for value in ("models/model.pt", "./models/model.pt", str(tmp_path / "models" / "model.pt")):
+        with pytest.raises(ParamsError) as caught:
+            check_named_paths({"train": {"init_from": value}})
+        assert str(caught.value) == (
+            f"params.yaml: train.init_from: {value}: is the train stage's output, which DVC removes before the "
+            f"stage runs; copy it first (cp models/model.pt models/base.pt) and start from the copy "
+            f"(docs/finetune.md)")
+    (tmp_path / "models" / "base.pt").write_bytes(b"a checkpoint")
+    check_named_paths({"train": {"init_from": "models/base.pt"}})
+
+
 def test_init_from_must_name_an_existing_checkpoint_of_the_right_type(tmp_path):
     with pytest.raises(ParamsError, match=r"^params.yaml: train.init_from: .*missing.pt: no such file$"):
         check_init_from({"init_from": str(tmp_path / "missing.pt")})

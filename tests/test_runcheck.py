@@ -43,6 +43,18 @@ def test_the_warning_is_one_line_naming_the_likely_causes():
     line = runcheck.warning_line("val accuracy 0.1000 is within 0.05 of chance", params)
     assert "\n" not in line and line.startswith("warning: this run did not learn: val accuracy 0.1000")
     assert "train.optimizer.lr 1.5" in line and "recipe 'airbench' not meant for specs/simcnn.yaml" in line
+    assert "which names 'keras_adam' (-S recipe=auto uses it)" in line
+
+
+def test_a_default_recipe_is_never_suggested_as_its_own_fix():
+    """A spec naming no recipe trains with keras_adam, the default: the warning asks for a
+    recipe, not for -S recipe=keras_adam, the one that just did not learn."""
+    params = {"recipe": "keras_adam", "model": {"spec": "specs/resnet50_finetune.yaml"},
+              "train": {"optimizer": {"lr": 0.001}}}
+    line = runcheck.warning_line("val accuracy 0.2188 is within 0.05 of chance", params)
+    assert "recipe=keras_adam" not in line
+    assert ("recipe 'keras_adam' not meant for specs/resnet50_finetune.yaml, which names no recipe (set `recipe:` "
+            "in the spec, or pick one with -S recipe=NAME, docs/recipes.md)") in line
 
 
 @pytest.fixture(scope="module")

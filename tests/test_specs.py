@@ -92,3 +92,30 @@ def test_imagenet_weights_load_from_checkpoint_folder(tmp_path, monkeypatch):
                       "  - global_avg_pool\n  - dense: num_classes\n", "t.yaml")
     model = build_model(spec, input_shape=(3, 32, 32))
     torch.testing.assert_close(model.layers.backbone_1.features.conv1.weight, reference.conv1.weight)
+
+
+@pytest.mark.parametrize("content, said", [
+    (b"PK\x03\x04 cut short", "cannot be read as the ImageNet weights of resnet18"),
+    ("resnet50", "is not the ImageNet weights of resnet18 (layer1.0.conv1.weight: [64, 64, 1, 1] there"),
+])
+def test_a_wrong_imagenet_file_placed_by_hand_is_one_line(content, said, tmp_path, monkeypatch):
+    """Offline, the user places the file the error named: a truncated copy, or another
+    model's weights under its name, is one line naming the file, not a traceback."""
+    import torchvision
+
+    from cnnspec.spec.reader import parse_spec
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    (tmp_path / "checkpoints").mkdir()
+    path = tmp_path / "checkpoints" / Path(torchvision.models.ResNet18_Weights.DEFAULT.url).name
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        torch.save(torchvision.models.get_model(content).state_dict(), path)
+    spec = parse_spec("name: t\nlayers:\n  - backbone: {model: resnet18, weights: imagenet}\n"
+                      "  - global_avg_pool\n  - dense: num_classes\n", "t.yaml")
+    with pytest.raises(DataError) as caught:
+        build_model(spec, input_shape=(3, 32, 32))
+    message = str(caught.value)
+    assert said in message and str(path) in message and "\n" not in message
+    assert message.startswith("t.yaml:3: backbone_1: ") and "download.pytorch.org" in message

@@ -84,5 +84,10 @@ def test_cnnspec_import_writes_a_checked_spec_or_nothing(tmp_path, capsys):
     assert err.startswith("error: import mnasnet0_5: a family cnnspec cannot write yet; importable: ")
     assert len(err.splitlines()) == 1 and not (tmp_path / "m.yaml").exists()
     with pytest.raises(SystemExit):
+        cli.main(["import", "mobilenet_v2"])  # a family written by hand: the shipped spec is named
+    assert ("import mobilenet_v2: a family cnnspec cannot write yet (specs/mobilenet_v2.yaml ships it, equal "
+            "to torchvision's: copy that file, and model.weights loads torchvision's weights into it); "
+            "importable: ") in capsys.readouterr().err
+    with pytest.raises(SystemExit):
         cli.main(["import", "resnet_51"])
     assert "import resnet_51: not a torchvision classification model" in capsys.readouterr().err

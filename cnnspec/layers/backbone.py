@@ -11,7 +11,7 @@ import os
 from collections import OrderedDict
 from pathlib import Path
 
-from cnnspec.errors import DataError, SpecError
+from cnnspec.errors import DataError, SpecError, first_line
 from cnnspec.fetch import download_with_timeout
 from cnnspec.layers.geometry import error, fmt, module_attribute, need_image, nn, one, torch, torch_modules
 from cnnspec.layers.pooling import modules as pooling_modules
@@ -120,31 +120,65 @@ def build_backbone(node, in_shape, ctx):
     name = node.options["model"]
     model = torchvision.models.get_model(name, weights=None)
     if node.options["weights"] == "imagenet" and ctx.load_weights:
-        model.load_state_dict(imagenet_state_dict(node, name))
+        load_imagenet(node, name, model)
     return one(node, modules()["Backbone"](backbone_features(name, model), node.options["pooling"]))
 
 
 IMAGENET_TIMEOUT_S = 20
 
 
-def imagenet_state_dict(node, model_name):
-    """torchvision's ImageNet weights from torch.hub's checkpoint folder, downloaded there
-    if missing; never hangs: the download gets IMAGENET_TIMEOUT_S seconds."""
+def imagenet_file(model_name) -> tuple[str, str]:
+    """(path, url) of torchvision's ImageNet weights for `model_name` in torch.hub's
+    checkpoint folder."""
     import torch
     import torchvision
 
-    weights = torchvision.models.get_model_weights(model_name).DEFAULT
-    folder = os.path.join(torch.hub.get_dir(), "checkpoints")
-    file_name = os.path.basename(weights.url)
-    path = os.path.join(folder, file_name)
+    url = torchvision.models.get_model_weights(model_name).DEFAULT.url
+    return os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(url)), url
+
+
+def placed(node) -> str:
+    """'specs/x.yaml:4: ' where the backbone is written, or ''."""
+    where = node.where
+    return f"{where.file}:{where.line}: " if where and where.file else ""
+
+
+def imagenet_state_dict(node, model_name):
+    """torchvision's ImageNet weights from torch.hub's checkpoint folder, downloaded there
+    if missing; never hangs: the download gets IMAGENET_TIMEOUT_S seconds. A file there
+    that is not a state dict is one line naming it."""
+    import torch
+
+    path, url = imagenet_file(model_name)
     if not os.path.exists(path):
-        failure = download_with_timeout(weights.url, path, IMAGENET_TIMEOUT_S)
+        failure = download_with_timeout(url, path, IMAGENET_TIMEOUT_S)
         if failure:
-            where = node.where
-            place = f"{where.file}:{where.line}: " if where and where.file else ""
-            raise DataError(f"{place}{node.name}: ImageNet weights for {model_name} are not available "
-                            f"({failure}); place {file_name} in {folder} (from {weights.url})")
-    return torch.load(path, map_location="cpu", weights_only=True)
+            raise DataError(f"{placed(node)}{node.name}: ImageNet weights for {model_name} are not available "
+                            f"({failure}); place {os.path.basename(path)} in {os.path.dirname(path)} (from {url})")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - a damaged file fails inside torch in many ways
+        problem = first_line(error).split(". ")[0][:160]
+    else:
+        if isinstance(state, dict):
+            return state
+        problem = f"it holds a {type(state).__name__}, not a state dict"
+    raise DataError(f"{placed(node)}{node.name}: {path}: cannot be read as the ImageNet weights of "
+                    f"{model_name} ({problem}); replace it with {url}")
+
+
+def load_imagenet(node, model_name, model) -> None:
+    """The ImageNet weights into torchvision's `model`: a file of another model (a resnet18's
+    under resnet50's name) is one line naming the file and its first misfit tensor."""
+    state = imagenet_state_dict(node, model_name)
+    target = model.state_dict()
+    misfit = next((key for key in target if key not in state or state[key].shape != target[key].shape), None)
+    if misfit is not None:
+        path, url = imagenet_file(model_name)
+        found = f"{list(state[misfit].shape)} there" if misfit in state else "missing there"
+        raise DataError(f"{placed(node)}{node.name}: {path} is not the ImageNet weights of {model_name} "
+                        f"({misfit}: {found}, {list(target[misfit].shape)} here); replace it with {url}")
+    model.load_state_dict({key: state[key] for key in target})
 
 
 BACKBONE_OPTIONS = {

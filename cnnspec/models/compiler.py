@@ -46,6 +46,7 @@ class Builder:
         self.softmax_node = softmax_node  # the final softmax folded into the loss
         self.load_weights = load_weights  # backbone: fetch ImageNet weights when the spec asks
         self.param_settings: dict = {}  # id(parameter) -> its options
+        self.layer_modules: set = set()  # id() of the modules the spec's layers built
 
     def out_shape(self, node: LayerNode) -> tuple:
         return self.shapes.out_shape(node)
@@ -67,6 +68,7 @@ class Builder:
                 isinstance(pair, tuple) and len(pair) == 2 and isinstance(pair[1], nn.Module) for pair in pairs):
             raise error(node, f"{node.type} {node.name!r}: its build rule returned {type(pairs).__name__}, not a "
                               f"list of (name, nn.Module) pairs (docs/spec.md, your own layer types)")
+        self.layer_modules.update(id(module) for _, module in pairs)
         if not node.options["trainable"]:
             for _, module in pairs:
                 module.requires_grad_(False)
@@ -94,7 +96,7 @@ def _build_model(spec_or_path, input_shape, num_classes: int, load_weights: bool
     builder = Builder(infer(spec, shape, num_classes), final_softmax(spec.layers), load_weights)
     body = builder.build_list(spec.layers)
     frozen = [node.name for node in walk(spec.layers) if not node.options["trainable"]]
-    model = SpecModel(body, shape, num_classes, builder.param_settings, frozen,
+    model = SpecModel(body, shape, num_classes, builder.param_settings, frozen, builder.layer_modules,
                       final_activation="softmax" if builder.softmax_node is not None else None)
     model.spec_warnings = builder.shapes.warnings  # likely mistakes (cnnspec validate prints them too)
     model.spec_name = spec.name
@@ -107,7 +109,8 @@ class SpecModel(nn.Module):
     per-layer training options the spec set (L2, learning-rate and weight-decay multipliers)."""
 
     def __init__(self, layers: nn.Sequential, input_shape: tuple, num_classes: int,
-                 param_settings: dict, frozen_layers: list[str], final_activation: str | None = None):
+                 param_settings: dict, frozen_layers: list[str], layer_modules: set,
+                 final_activation: str | None = None):
         super().__init__()
         self.layers = layers
         self.input_shape = tuple(input_shape)
@@ -116,6 +119,9 @@ class SpecModel(nn.Module):
         by_id = {id(p): name for name, p in self.named_parameters()}
         self.param_options = {by_id[key]: settings for key, settings in param_settings.items() if key in by_id}
         self.frozen_layers = frozen_layers
+        # The paths of the spec's layers, whose last part is the layer's name: not the modules
+        # inside a layer (a backbone's own bn1), which may share a name with a frozen layer.
+        self.layer_paths = [name for name, module in self.named_modules() if id(module) in layer_modules]
         self.frozen_this_epoch: list[nn.Parameter] = []
         # Found once here, not on every training step: (parameter, coefficient) of each L2 term.
         self.l2_terms = [(parameter, self.options_of(name)["l2"])
@@ -127,9 +133,9 @@ class SpecModel(nn.Module):
     def train(self, mode: bool = True):
         # Keras: a frozen layer runs in inference mode (its batch norms keep their statistics).
         super().train(mode)
-        for name, module in self.named_modules():
-            if name.rsplit(".", 1)[-1] in self.frozen_layers:
-                module.eval()
+        for path in self.layer_paths:
+            if path.rsplit(".", 1)[-1] in self.frozen_layers:
+                self.get_submodule(path).eval()
         return self
 
     def options_of(self, name: str) -> dict:

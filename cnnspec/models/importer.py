@@ -12,6 +12,7 @@ A model whose spec fails the check is refused, never written.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from cnnspec.errors import CnnspecError
 
@@ -590,6 +591,18 @@ input: {{channels: 3, height: 224, width: 224}}
 """
 
 
+SHIPPED_SPECS = Path(__file__).resolve().parents[2] / "specs"
+
+
+def shipped_note(model_name: str) -> str:
+    """' (specs/mobilenet_v2.yaml ships it, ...)' where this checkout has a spec of that model
+    written by hand, else ''."""
+    if not (SHIPPED_SPECS / f"{model_name}.yaml").is_file():
+        return ""
+    return (f" (specs/{model_name}.yaml ships it, equal to torchvision's: copy that file, and "
+            f"model.weights loads torchvision's weights into it)")
+
+
 def checked_writer(model_name: str):
     """The family writer of `model_name`; ImportFailure naming the importable ones if none."""
     import torchvision
@@ -600,7 +613,7 @@ def checked_writer(model_name: str):
         from cnnspec.spec.schema_errors import did_you_mean
 
         what = "not a torchvision classification model" if model_name not in known else \
-            "a family cnnspec cannot write yet"
+            "a family cnnspec cannot write yet" + shipped_note(model_name)
         hint = did_you_mean(model_name, importable()) if model_name not in known else ""  # a typo
         raise ImportFailure(f"import {model_name}: {what}{hint}; importable: {', '.join(importable())}")
     return writer

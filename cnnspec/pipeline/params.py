@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 
 from cnnspec.errors import ParamsError, SpecError
-from cnnspec.paths import PARAMS, RAW, path_problem
+from cnnspec.paths import MODEL, PARAMS, RAW, path_problem
 from cnnspec.pipeline import recipes
 from cnnspec.spec import yamlio
 from cnnspec.spec.schema_errors import Strict, explain, key_path, unknown_key
@@ -232,6 +232,15 @@ def check_named_paths(params: dict, name=str(PARAMS), keys=None) -> None:
             value = value.get(part) if isinstance(value, dict) else None
         if value in (None, ""):
             continue
-        problem = path_problem(Path(str(value)), kind)
+        problem = own_output_problem(key, value) or path_problem(Path(str(value)), kind)
         if problem:
             raise ParamsError(f"{name}: {key}: {recipes.printable(value)}: {problem}")
+
+
+def own_output_problem(key: str, value) -> str | None:
+    """train.init_from naming models/model.pt, the train stage's own output: DVC removes
+    it before the stage runs, so the run would stop at `no such file` with it gone."""
+    if key != "train.init_from" or Path(str(value)).resolve() != MODEL.resolve():
+        return None
+    return (f"is the train stage's output, which DVC removes before the stage runs; copy it first "
+            f"(cp {MODEL} models/base.pt) and start from the copy (docs/finetune.md)")

@@ -64,13 +64,24 @@ def warning_line(reason: str, params: dict | None = None) -> str:
         lr = train.get("optimizer", {}).get("lr")
         if lr is not None:
             causes.append(f"train.optimizer.lr {lr:g} too high or too low for this network")
-        if recipe and spec and recipe != _recipe_the_spec_names(spec):
-            causes.append(f"recipe {recipe!r} not meant for {spec} (set `recipe:` in the spec, "
-                          f"or -S recipe=keras_adam)")
+        if recipe and spec:
+            causes += _recipe_cause(recipe, spec)
     if not causes:
         causes = ["the learning rate (train.optimizer.lr)", "a recipe not meant for this spec"]
     causes.append("too few steps (train.epochs, data size)")
     return f"warning: this run did not learn: {reason}; likely causes: {'; '.join(causes)}"
+
+
+def _recipe_cause(recipe: str, spec) -> list[str]:
+    """The recipe as a likely cause, with what to run instead: the spec's own recipe when it
+    names one, else a recipe to pick (`recipe: auto` fell back to a default)."""
+    named = _recipe_the_spec_names(spec)
+    if recipe == named:
+        return []
+    if named:
+        return [f"recipe {recipe!r} not meant for {spec}, which names {named!r} (-S recipe=auto uses it)"]
+    return [f"recipe {recipe!r} not meant for {spec}, which names no recipe (set `recipe:` in the spec, "
+            f"or pick one with -S recipe=NAME, docs/recipes.md)"]
 
 
 def _recipe_the_spec_names(spec) -> str | None:
