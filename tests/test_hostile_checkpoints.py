@@ -232,7 +232,7 @@ def test_a_compressed_torch_file_is_refused_by_every_reader_before_torch_load(tm
 
 
 def test_a_zip_that_unpacks_beyond_its_size_or_lists_too_many_entries_is_refused(tmp_path, monkeypatch):
-    from cnnspec.models import torch_files
+    from cnnspec import torch_files
 
     path = tiny_checkpoint(tmp_path / "model.pt")
     data = bytearray(path.read_bytes())
@@ -348,3 +348,28 @@ def test_the_checkpoint_knows_the_resize_policies_images_are_read_with():
     from cnnspec.models import checkpoint
 
     assert checkpoint.RESIZE_POLICIES == RESIZE_POLICIES
+
+
+def test_an_imagenet_file_placed_by_hand_is_screened_like_any_torch_file(tmp_path, monkeypatch):
+    """The backbone's weights file is one a user copies from somewhere when offline: a
+    compressed zip entry (a bomb's shape) is refused before torch.load, in one line."""
+    import zipfile
+
+    from cnnspec.errors import DataError
+    from cnnspec.layers import backbone
+
+    path = tmp_path / "resnet18-f37072fd.pth"
+    torch.save({"fc.bias": torch.zeros(3)}, path)
+    with zipfile.ZipFile(path) as stored, zipfile.ZipFile(tmp_path / "packed.pth", "w", zipfile.ZIP_DEFLATED) as packed:
+        for item in stored.infolist():
+            packed.writestr(item.filename, stored.read(item.filename))
+    (tmp_path / "packed.pth").replace(path)
+    monkeypatch.setattr(backbone, "imagenet_file", lambda name: (str(path), "https://example.org/r.pth"))
+    monkeypatch.setattr(torch, "load", lambda *args, **kwargs: pytest.fail("torch.load was reached"))
+
+    class Node:
+        name, where = "backbone_1", None
+
+    with pytest.raises(DataError, match=r"^backbone_1: .*resnet18-f37072fd.pth: cannot be read as the ImageNet "
+                                        r"weights of resnet18 \(its zip entry .*data.pkl is compressed"):
+        backbone.imagenet_state_dict(Node(), "resnet18")

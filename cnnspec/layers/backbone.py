@@ -11,7 +11,7 @@ import os
 from collections import OrderedDict
 from pathlib import Path
 
-from cnnspec.errors import DataError, SpecError, first_line
+from cnnspec.errors import DataError, SpecError
 from cnnspec.fetch import download_with_timeout
 from cnnspec.layers.geometry import error, fmt, module_attribute, need_image, nn, one, torch, torch_modules
 from cnnspec.layers.pooling import modules as pooling_modules
@@ -147,7 +147,6 @@ def imagenet_state_dict(node, model_name):
     """torchvision's ImageNet weights from torch.hub's checkpoint folder, downloaded there
     if missing; never hangs: the download gets IMAGENET_TIMEOUT_S seconds. A file there
     that is not a state dict is one line naming it."""
-    import torch
 
     path, url = imagenet_file(model_name)
     if not os.path.exists(path):
@@ -155,10 +154,14 @@ def imagenet_state_dict(node, model_name):
         if failure:
             raise DataError(f"{placed(node)}{node.name}: ImageNet weights for {model_name} are not available "
                             f"({failure}); place {os.path.basename(path)} in {os.path.dirname(path)} (from {url})")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+    from cnnspec.torch_files import UnsafeTorchFile, load_torch_file, refusal_words
+
+    try:  # a file placed by hand is screened like any torch file someone handed over
+        state = load_torch_file(path)
+    except UnsafeTorchFile as error:
+        problem = str(error)[:200]
     except Exception as error:  # noqa: BLE001 - a damaged file fails inside torch in many ways
-        problem = first_line(error).split(". ")[0][:160]
+        problem = refusal_words(error)[:160]
     else:
         if isinstance(state, dict):
             return state

@@ -17,16 +17,16 @@ import torch
 
 from cnnspec.atomic import save_torch
 from cnnspec.errors import CnnspecError, SpecError, TrainingError, control_character, first_line
-from cnnspec.models.torch_files import (
+from cnnspec.paths import MODEL
+from cnnspec.regular_files import not_a_regular_file
+from cnnspec.spec.plugins import PluginError
+from cnnspec.torch_files import (
     ZIP_MAGIC,
     UnsafeTorchFile,
     load_torch_file,
     refusal_words,
     zip_directory_problem,
 )
-from cnnspec.paths import MODEL
-from cnnspec.regular_files import not_a_regular_file
-from cnnspec.spec.plugins import PluginError
 
 FORMAT = "cnnspec-checkpoint/1"
 # Keys added after format 1 was first written are optional: an older file lacks

@@ -239,7 +239,7 @@ def read_state_dict(path) -> dict:
     must not be loaded (torch_files.load_torch_file)."""
     import torch
 
-    from cnnspec.models.torch_files import load_torch_file
+    from cnnspec.torch_files import load_torch_file
 
     state = load_torch_file(path)
     for key in ("state_dict", "model"):

@@ -169,7 +169,7 @@ def weights_enum_state(name: str, key: str) -> dict:
         if failure:
             raise ParamsError(f"{key}: {name} is not available ({failure}); place "
                               f"{file_name} in {folder} (from {weights.url})")
-    from cnnspec.models.torch_files import UnsafeTorchFile, load_torch_file, refusal_words
+    from cnnspec.torch_files import UnsafeTorchFile, load_torch_file, refusal_words
 
     try:
         return load_torch_file(path)
@@ -197,7 +197,7 @@ def pretrained_state(source, key: str) -> dict:
                           f"such as ResNet50_Weights.IMAGENET1K_V2)")
     import pickle
 
-    from cnnspec.models.torch_files import refusal_words
+    from cnnspec.torch_files import refusal_words
 
     try:
         return read_state_dict(source)

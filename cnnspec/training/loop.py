@@ -55,7 +55,7 @@ from cnnspec.data.download import md5_of
 from cnnspec.data.integrity import set_aside
 from cnnspec.errors import TrainingError, first_line
 from cnnspec.models.checkpoint import non_finite_tensor
-from cnnspec.models.torch_files import UnsafeTorchFile, load_torch_file
+from cnnspec.torch_files import UnsafeTorchFile, load_torch_file
 from cnnspec.training import distributed, optimization, stops
 from cnnspec.training.augment import Augmentation
 from cnnspec.training.device import (
