@@ -3,6 +3,7 @@ views, outputs that are deterministic and complete."""
 import csv
 import io
 import json
+import re
 
 import numpy as np
 import pytest
@@ -252,6 +253,26 @@ def test_stage_writes_eval_json_and_predictions(project, capsys):
     assert np.array(report["confusion_matrix"]).sum() == len(labels)
     assert "weighted avg" in capsys.readouterr().out
     assert not list((project / "metrics").glob(".*.tmp"))
+
+
+def test_the_stage_says_how_far_it_is_on_stderr_in_plain_lines_in_a_log(project, capsys, monkeypatch):
+    # a resnet50 on 10,000 images at 224x224 on a CPU runs for minutes: a CI log hears of it
+    monkeypatch.setattr("cnnspec.progress.LINE_EVERY_S", 0)
+    monkeypatch.setattr("cnnspec.progress.LINE_EVERY_MAX_S", 0)  # a line at every update
+    evaluate_stage.main()  # 24 test images, batch 10
+    captured = capsys.readouterr()
+    lines = [line for line in captured.err.splitlines() if not line.startswith("warning: this run did not learn")]
+    assert [line.split(" (")[0] for line in lines] == [f"evaluating: {n}/24 images" for n in (10, 20, 24)]
+    assert all(re.search(r"\(\d+%\), [\d,.]+ images/s, about \d+ s left$", line) for line in lines), lines
+    assert "\r" not in captured.err and "\x1b" not in captured.err
+    assert "evaluating" not in captured.out
+
+
+def test_one_batch_says_nothing_of_how_far_it_is(project, capsys, monkeypatch):
+    monkeypatch.setattr("cnnspec.progress.LINE_EVERY_S", 0)
+    (project / "params.yaml").write_text("evaluate: {batch_size: 24, tta: none}\n")
+    evaluate_stage.main()
+    assert "evaluating" not in capsys.readouterr().err
 
 
 def test_eval_json_is_byte_identical_on_two_runs(project):

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from cnnspec.data.datasets import Normalize, load_prepared
 from cnnspec.errors import DataError, TrainingError
 from cnnspec.paths import TRAIN_HINT
+from cnnspec.progress import Progress
 from cnnspec.training.device import inference_batch, pick_device
 
 GPU_BATCH = 2000  # evaluate.batch_size: auto on a GPU
@@ -63,13 +64,15 @@ TTA = {
 
 @torch.inference_mode()
 def predict_probabilities(model, images: np.ndarray, mean, std, tta: str, batch_size: int | str,
-                          device=None) -> np.ndarray:
+                          device=None, progress: bool = False) -> np.ndarray:
     """Class probabilities (N, num_classes) as float64 for uint8 images (N, C, H, W).
 
     Images travel to the device one batch at a time and are normalized there
     with the training split's per-channel `mean` and `std` (pixel/255 units), by
     the same Normalize as in training. `device` None: CUDA when there is one.
     `batch_size` "auto": cache-sized on a CPU, GPU_BATCH on a GPU (`inference_batch`).
+    `progress`: say how far it is on stderr (cnnspec.progress) when there is more than
+    one batch; each batch's probabilities come to the CPU anyway, so it adds no sync.
     """
     views = TTA[tta]
     device = torch.device(device) if device is not None else pick_device("auto")
@@ -80,10 +83,14 @@ def predict_probabilities(model, images: np.ndarray, mean, std, tta: str, batch_
     outputs = []
     model.to(memory_format=torch.channels_last)  # as in training; put back below
     try:
-        for start in range(0, len(images), batch_size):
-            batch = torch.from_numpy(np.array(images[start:start + batch_size])).to(device)  # a copy: mmap is read-only
-            batch = normalize(batch)
-            outputs.append(views(model, batch).double().cpu())
+        with Progress("evaluating", len(images), unit="images",
+                      enabled=progress and len(images) > batch_size) as bar:
+            for start in range(0, len(images), batch_size):
+                piece = np.array(images[start:start + batch_size])  # a copy: mmap is read-only
+                batch = torch.from_numpy(piece).to(device)
+                batch = normalize(batch)
+                outputs.append(views(model, batch).double().cpu())
+                bar.update(len(batch))
     finally:
         model.to(memory_format=torch.contiguous_format)
     if not outputs:
@@ -184,9 +191,9 @@ def rounded(value):
 # --- the whole evaluation -------------------------------------------------
 
 def evaluate_checkpoint(model_path, prepared, *, tta: str, batch_size: int | str, device=None,
-                        with_probabilities: bool = False):
+                        with_probabilities: bool = False, progress: bool = False):
     """Score a checkpoint on the prepared test split (`tta`, `batch_size`: params.yaml's
-    evaluate section).
+    evaluate section; `progress`: as predict_probabilities).
 
     Returns (report, actual labels, predicted labels), and the class probabilities
     (N, classes) after them when `with_probabilities`."""
@@ -202,7 +209,7 @@ def evaluate_checkpoint(model_path, prepared, *, tta: str, batch_size: int | str
 
     images, actual = data["test_images"], np.asarray(data["test_labels"], dtype=np.int64)
     probabilities = predict_probabilities(model, images, checkpoint["mean"], checkpoint["std"],
-                                          tta, batch_size, device)
+                                          tta, batch_size, device, progress)
     broken = int((~np.isfinite(probabilities)).any(axis=1).sum())
     if broken:
         raise TrainingError(f"{model_path}: the model outputs NaN or infinity for {broken} test "
