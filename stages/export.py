@@ -25,7 +25,7 @@ def main() -> None:
     from cnnspec.inference.export import SUFFIXES, TOLERANCE, export
 
     output = EXPORT / f"model{SUFFIXES[params['format']]}"
-    result = export(MODEL, params["format"], output, PREPARED, params["opset"])
+    result = export(MODEL, params["format"], output, PREPARED, params["opset"], progress=True)
     print(f"wrote {output}: matches PyTorch within {TOLERANCE:g} (largest difference "
           f"{result['difference']:.1e}) on {result['checked_on']}")
 

@@ -396,10 +396,44 @@ def test_a_failing_check_writes_nothing(tmp_path, monkeypatch):
     from cnnspec.inference import export as export_module
 
     checkpoint = random_checkpoint(tmp_path, SPEC, (1, 28, 28), META_GRAY)
-    monkeypatch.setattr(export_module, "run_exported", lambda path, fmt, images: np.zeros((len(images), 10)))
+    # the check loads the export once and runs it batch by batch
+    monkeypatch.setattr(export_module, "exported_runner", lambda path, fmt: lambda images: np.zeros((len(images), 10)))
     with pytest.raises(export_module.ExportError, match="differs from PyTorch"):
         export_module.export(checkpoint, "torchscript", tmp_path / "out.pt")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]
+
+
+def test_a_check_that_outputs_nan_on_one_image_fails(tmp_path, monkeypatch):
+    from cnnspec.inference import export as export_module
+
+    checkpoint = random_checkpoint(tmp_path, SPEC, (1, 28, 28), META_GRAY)
+    real = export_module.exported_runner
+
+    def nan_on_the_last_batch(path, fmt):
+        run = real(path, fmt)
+        return lambda images: run(images) * (np.nan if len(images) == 16 and images[0, 0, 0, 0] < 0 else 1)
+    monkeypatch.setattr(export_module, "exported_runner", nan_on_the_last_batch)
+    images = torch.rand(64, 1, 28, 28)
+    images[48, 0, 0, 0] = -1.0
+    monkeypatch.setattr(export_module, "check_images", lambda *args, **kwargs: (images, "64 test images"))
+    with pytest.raises(export_module.ExportError, match="differs from PyTorch by nan"):
+        export_module.export(checkpoint, "torchscript", tmp_path / "out.pt")
+
+
+def test_the_check_says_how_far_it_is_on_stderr_in_plain_lines_in_a_log(tmp_path, capsys, monkeypatch):
+    # a resnet50 at 224x224 takes most of a minute to check on a CPU: a CI log hears of it
+    monkeypatch.setattr("cnnspec.progress.LINE_EVERY_S", 0)
+    monkeypatch.setattr("cnnspec.progress.LINE_EVERY_MAX_S", 0)  # a line at every update
+    monkeypatch.chdir(tmp_path)  # no data/prepared: 64 random images
+    checkpoint = random_checkpoint(tmp_path, SPEC, (1, 28, 28), META_GRAY)
+    assert cli(["export", str(checkpoint), "--format", "torchscript"]) == 0
+    captured = capsys.readouterr()
+    lines = captured.err.splitlines()
+    assert [line.split(" (")[0] for line in lines] == \
+        [f"checking the torchscript export: {n}/64 images" for n in (16, 32, 48, 64)]
+    assert all(re.search(r"\(\d+%\), [\d,.]+ images/s, about \d+ s left$", line) for line in lines), lines
+    assert "\r" not in captured.err and "\x1b" not in captured.err
+    assert captured.out.startswith("wrote ") and captured.out.count("\n") == 1
 
 
 def test_load_model_refuses_a_missing_file_in_one_line(tmp_path):

@@ -11,7 +11,7 @@ identity, so neither leaves a trace in the graph.
 
 Before the file is put in place, its outputs are compared with PyTorch's on real test
 images (the prepared test split when it fits the model, else seeded random images, and
-the message says which), at two batch sizes; a difference above TOLERANCE is an error
+the message says which), at two batch sizes, saying how far it is on stderr; a difference above TOLERANCE is an error
 and nothing is written.
 """
 from __future__ import annotations
@@ -27,8 +27,10 @@ from cnnspec.errors import first_line
 from cnnspec.inference.metadata import TORCHSCRIPT_METADATA, ExportError, metadata
 from cnnspec.inference.onnx_graph import TOLERANCE, onnx_bytes
 from cnnspec.paths import PREPARED
+from cnnspec.progress import Progress
 
 CHECK_IMAGES = 64
+CHECK_BATCH = 16  # neither 1 nor the traced batch of 2, and a progress line every quarter
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
 # Opsets written: from 13 (softmax over one axis, what every graph here ends with) to the
 # TorchScript-based exporter's newest; params.yaml's export.opset has the same bounds.
@@ -82,8 +84,9 @@ def _export_torchscript(model, example: torch.Tensor, path: Path) -> None:
         torch.jit.save(traced, str(path), _extra_files={TORCHSCRIPT_METADATA: json.dumps(metadata(model))})
 
 
-def run_exported(path: Path, fmt: str, images: torch.Tensor) -> np.ndarray:
-    """The exported file's probabilities for `images` (float32 NCHW in 0..1)."""
+def exported_runner(path: Path, fmt: str):
+    """The exported file, loaded once, as a function from `images` (float32 NCHW in 0..1)
+    to its probabilities."""
     if fmt == "onnx":
         try:
             import onnxruntime
@@ -92,36 +95,66 @@ def run_exported(path: Path, fmt: str, images: torch.Tensor) -> np.ndarray:
                               "pip install 'cnnspec[export]'") from None
         try:
             session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-            return session.run(["probabilities"], {"images": images.numpy()})[0]
         except Exception as error:  # noqa: BLE001 - onnxruntime's own error types
-            first = first_line(error)
-            raise ExportError(f"onnxruntime cannot run the export ({first[:160]}); nothing written") from None
+            raise _cannot_run(error) from None
+
+        def run_onnx(images: torch.Tensor) -> np.ndarray:
+            try:
+                return session.run(["probabilities"], {"images": images.numpy()})[0]
+            except Exception as error:  # noqa: BLE001 - onnxruntime's own error types
+                raise _cannot_run(error) from None
+        return run_onnx
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         loaded = torch.jit.load(str(path), map_location="cpu")
-    with torch.inference_mode():
-        return loaded(images).numpy()
+
+    def run_torchscript(images: torch.Tensor) -> np.ndarray:
+        with torch.inference_mode():
+            return loaded(images).numpy()
+    return run_torchscript
 
 
-def largest_difference(path: Path, fmt: str, model, images: torch.Tensor) -> float:
-    """max |exported - PyTorch| over `images` run as one batch and one image at a time
-    (a batch size the graph was not traced with: the batch dimension is dynamic)."""
+def _cannot_run(error: Exception) -> ExportError:
+    return ExportError(f"onnxruntime cannot run the export ({first_line(error)[:160]}); nothing written")
+
+
+def run_exported(path: Path, fmt: str, images: torch.Tensor) -> np.ndarray:
+    """The exported file's probabilities for `images` (float32 NCHW in 0..1)."""
+    return exported_runner(path, fmt)(images)
+
+
+def largest_difference(path: Path, fmt: str, model, images: torch.Tensor, progress: bool = False) -> float:
+    """max |exported - PyTorch| over `images` run CHECK_BATCH at a time and the first few
+    one at a time (batch sizes the graph was not traced with: the batch dimension is
+    dynamic). `progress`: say how far it is on stderr (cnnspec.progress); a resnet50 at
+    224x224 takes most of a minute on a CPU."""
+    run = exported_runner(path, fmt)
+    differences = []
+    with Progress(f"checking the {fmt} export", len(images), unit="images", enabled=progress) as bar:
+        for start in range(0, len(images), CHECK_BATCH):
+            batch = images[start:start + CHECK_BATCH]
+            differences.append(_difference(path, run(batch), model, batch))
+            bar.update(len(batch))
+    differences += [_difference(path, run(images[i:i + 1]), model, images[i:i + 1])
+                    for i in range(min(3, len(images)))]
+    return float(np.max(differences))  # NaN stays NaN: a graph that outputs NaN fails the check
+
+
+def _difference(path: Path, got: np.ndarray, model, images: torch.Tensor) -> float:
     with torch.inference_mode():
         expected = model(images).numpy()
-    whole = run_exported(path, fmt, images)
-    single = np.concatenate([run_exported(path, fmt, images[i:i + 1]) for i in range(min(3, len(images)))])
-    if whole.shape != expected.shape:
-        raise ExportError(f"{path}: the export returns shape {whole.shape}, PyTorch {expected.shape}")
-    return float(max(np.abs(whole - expected).max(), np.abs(single - expected[:len(single)]).max()))
+    if got.shape != expected.shape:
+        raise ExportError(f"{path}: the export returns shape {got.shape}, PyTorch {expected.shape}")
+    return float(np.abs(got - expected).max())
 
 
 def export(checkpoint, fmt: str, output=None, prepared=None, opset: int = 17,
-           prepared_required: bool = False) -> dict:
+           prepared_required: bool = False, progress: bool = False) -> dict:
     """Export `checkpoint` to `output` (default: beside it) and check it on the test
     images of `prepared` (default data/prepared, or generated ones when it has none,
-    unless `prepared_required`). Returns {"output", "difference", "checked_on"}; raises
-    ExportError when it does not match, or a UsageError before any work when an argument
-    is wrong."""
+    unless `prepared_required`; `progress`: as largest_difference). Returns {"output",
+    "difference", "checked_on"}; raises ExportError when it does not match, or a
+    UsageError before any work when an argument is wrong."""
     from cnnspec.errors import UsageError
     from cnnspec.inference.predict import load_model
 
@@ -148,7 +181,7 @@ def export(checkpoint, fmt: str, output=None, prepared=None, opset: int = 17,
         except (RuntimeError, torch.onnx.errors.OnnxExporterError) as error:
             first = first_line(error, "failed")
             raise ExportError(f"{checkpoint}: {fmt} export failed: {first}") from None
-        difference = largest_difference(temporary, fmt, model, images)
+        difference = largest_difference(temporary, fmt, model, images, progress)
         if not difference <= TOLERANCE:
             raise ExportError(f"{checkpoint}: the {fmt} export differs from PyTorch by {difference:.2e} "
                               f"(> {TOLERANCE:g}) on {checked_on}; nothing written")
@@ -161,7 +194,7 @@ def run_command(args) -> int:
 
         raise UsageError(f"--check-images {args.check_images}: no such folder (prepared data, like {PREPARED})")
     result = export(args.checkpoint, args.format, args.output, args.check_images, args.opset,
-                    prepared_required=args.check_images is not None)
+                    prepared_required=args.check_images is not None, progress=True)
     print(f"wrote {result['output']}: input images float32 (N, C, H, W) in 0..1, output "
           f"probabilities; matches PyTorch within {TOLERANCE:g} (largest difference "
           f"{result['difference']:.1e}) on {result['checked_on']}")
