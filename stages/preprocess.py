@@ -50,9 +50,13 @@ def main() -> None:
         raw = decode_raw(data["dataset"], RAW)
         arrays, meta = prepare(raw, data["dataset"], data["val_split"], data["seed"])
         write_prepared(PREPARED, arrays, meta)
-    counts = ", ".join(f"{split} {n}" for split, n in meta["counts"].items())
-    print(f"{data['dataset']}: {counts} images of shape {meta['input_shape']} -> {PREPARED}/ "
-          f"in {time.perf_counter() - started:.1f} s")
+    print(summary(data["dataset"], meta, time.perf_counter() - started))
+
+
+def summary(dataset: str, meta: dict, seconds: float) -> str:
+    """The stage's last line; counts grouped by thousands, as every other line writes them."""
+    counts = ", ".join(f"{split} {n:,}" for split, n in meta["counts"].items())
+    return f"{dataset}: {counts} images of shape {meta['input_shape']} -> {PREPARED}/ in {seconds:.1f} s"
 
 
 def unversioned_source_note(source: Path) -> str | None:

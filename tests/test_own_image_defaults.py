@@ -242,7 +242,9 @@ def test_val_split_auto_holds_out_about_a_thousand_images_between_2_and_20_perce
     from cnnspec.data.datasets import val_fraction
 
     assert val_fraction("auto", training_images) == fraction
-    assert f"data.val_split auto: {fraction:g} of {training_images:,} training images" in capsys.readouterr().out
+    # says what the fraction is for, and that 1,000 is the aim, not what was held out
+    assert capsys.readouterr().out == (f"data.val_split auto: {fraction:g} of {training_images:,} training images "
+                                       "held out for validation (auto aims at 1,000 images, within 2% to 20%)\n")
     assert val_fraction(0.05, training_images) == 0.05 and capsys.readouterr().out == ""  # a number as written
 
 

@@ -168,6 +168,14 @@ def test_preprocess_stage_on_mnist_folder(tmp_path):
     assert meta["input_shape"] == [1, 28, 28] and meta["counts"] == {"train": 40, "val": 10, "test": 20}
 
 
+def test_the_stage_line_groups_counts_by_thousands_as_the_line_before_it_does():
+    from stages.preprocess import summary
+
+    meta = {"counts": {"train": 58800, "val": 1200, "test": 10000}, "input_shape": [1, 28, 28]}
+    assert summary("fashion-mnist", meta, 0.64) == \
+        "fashion-mnist: train 58,800, val 1,200, test 10,000 images of shape [1, 28, 28] -> data/prepared/ in 0.6 s"
+
+
 def test_preprocess_stage_without_raw_data_says_what_to_run(tmp_path):
     result = run_stage(tmp_path, "preprocess")
     assert result.returncode != 0

@@ -322,8 +322,8 @@ def val_fraction(val_split, training_images: int) -> float:
         return val_split
     low, high = AUTO_VAL_SHARE
     fraction = float(f"{min(high, max(low, AUTO_VAL_IMAGES / max(1, training_images))):.2g}")
-    print(f"data.val_split auto: {fraction:g} of {training_images:,} training images "
-          f"(about {AUTO_VAL_IMAGES:,}, {low:.0%} to {high:.0%})")
+    print(f"data.val_split auto: {fraction:g} of {training_images:,} training images held out for "
+          f"validation (auto aims at {AUTO_VAL_IMAGES:,} images, within {low:.0%} to {high:.0%})")
     return fraction
 
 
