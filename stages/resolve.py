@@ -79,7 +79,7 @@ def resolve(params_path=PARAMS, resolved_path=RESOLVED_PARAMS, prepared=PREPARED
         params["train"] = {**params["train"], "batch_size": fit.batch_size}  # what fit_to_data gives a stage run alone
         shape = "x".join(str(n) for n in meta["input_shape"])
         steps = fit.steps(train_images)
-        why += (f"; batch {fit.batch_size}: {steps} step{'' if steps == 1 else 's'} an epoch on {train_images} "
+        why += (f"; batch {fit.batch_size}: {steps} step{'' if steps == 1 else 's'} an epoch on {train_images:,} "
                 f"training images of {shape}")
         if fit.capped_from is not None:
             whose = "the default" if params["recipe"] == "none" else "the recipe's"

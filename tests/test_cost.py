@@ -17,7 +17,12 @@ def clock_lines(device, per_step, steps_per_epoch=100, epochs=10, early_stopping
 
 def test_first_line_names_device_steps_and_images():
     line = clock_lines("cpu", 0.01)[0]
-    assert line == "training on cpu: 10 epochs x 100 steps of 32 images (3200 training images)"
+    assert line == "training on cpu: 10 epochs x 100 steps of 32 images (3,200 training images)"  # as 60,000 elsewhere
+
+
+def test_the_estimate_of_one_epoch_left_gives_its_time_once():
+    lines = clock_lines("cpu", 0.039, steps_per_epoch=918, epochs=1)
+    assert lines[1] == "estimate: 36 s for the run (39 ms per step)"
 
 
 def test_a_long_cpu_run_says_so_and_names_a_cpu_sized_run():

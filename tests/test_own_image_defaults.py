@@ -103,6 +103,20 @@ def test_a_capped_default_batch_is_called_the_default_with_its_steps(tmp_path, m
     assert said[0].endswith("batch 45: 20 steps an epoch on 900 training images of 1x8x8 (the default batch "
                             "1024 would give 0 steps; capped for at least 20)")
 
+def test_the_resolve_line_groups_the_training_images_by_thousands(tmp_path, monkeypatch):
+    from stages.resolve import resolve
+
+    monkeypatch.chdir(REPO_ROOT)
+    text = (REPO_ROOT / "params.yaml").read_text().replace("  dataset: cifar10 ", "  dataset: folder  ")
+    (tmp_path / "params.yaml").write_text(text.replace("\nrecipe: auto", "\nrecipe: none", 1))
+    prepared = tmp_path / "prepared"
+    prepared.mkdir()
+    (prepared / "meta.json").write_text(json.dumps({"counts": {"train": 58800}, "input_shape": [1, 8, 8]}))
+    said = []
+    resolve(tmp_path / "params.yaml", tmp_path / "params.resolved.yaml", prepared, log=said.append)
+    assert said[0].endswith("batch 1024: 57 steps an epoch on 58,800 training images of 1x8x8")  # as preprocess says
+
+
 def test_resolve_notes_uneven_classes_only_while_nothing_weighs_them(tmp_path, monkeypatch):
     """Fashion-MNIST as files, one class with 8 images against 60 for each of the others."""
     from stages.resolve import resolve

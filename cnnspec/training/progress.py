@@ -61,8 +61,8 @@ class CostClock:
         resumed = f", resuming at epoch {start_epoch + 1}" if start_epoch else ""
         plural = "" if epochs == 1 else "s"
         autocast = {torch.bfloat16: " in bf16", torch.float16: " in fp16"}.get(precision, "")
-        say(f"training on {device}{autocast}: {epochs} epoch{plural} x {steps_per_epoch} steps of {batch_size} "
-            f"images ({num_train} training images){resumed}")
+        say(f"training on {device}{autocast}: {epochs} epoch{plural} x {steps_per_epoch:,} steps of {batch_size} "
+            f"images ({num_train:,} training images){resumed}")
 
     def step_done(self, now=time.perf_counter) -> None:
         """The first step (compile, warm-up) is not timed; the estimate comes after
@@ -80,8 +80,9 @@ class CostClock:
     def report(self, per_step: float) -> None:
         total = per_step * self.steps_left
         upper = " at most (early stopping may end it sooner)" if self.early_stopping else ""
-        self.say(f"estimate: {duration(total)} for the run{upper}, "
-                 f"{duration(per_step * self.steps_per_epoch)} per epoch ({per_step * 1000:.0f} ms per step)")
+        per_epoch = "" if self.steps_left <= self.steps_per_epoch else \
+            f", {duration(per_step * self.steps_per_epoch)} per epoch"  # one epoch: the run's time again
+        self.say(f"estimate: {duration(total)} for the run{upper}{per_epoch} ({per_step * 1000:.0f} ms per step)")
         if self.device.type == "cpu" and total > CPU_MINUTES * 60:
             self.say(f"this is a long run for a CPU ({duration(total)}); a CPU-sized run: {self.advice}")
 
