@@ -262,7 +262,8 @@ def main() -> None:
     }
     for name, figure in figures.items():
         save_png(figure, PLOTS / name)
-        print(f"wrote {PLOTS / name}")
+    *first, last = figures
+    print(f"wrote {PLOTS}/{', '.join(first)} and {last}")  # one line, as evaluate's
 
 
 if __name__ == "__main__":

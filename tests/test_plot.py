@@ -60,8 +60,10 @@ def project(tmp_path, monkeypatch):
     return tmp_path
 
 
-def test_stage_writes_three_pngs_of_sensible_size(project):
+def test_stage_writes_three_pngs_of_sensible_size(project, capsys):
     plot_stage.main()
+    assert capsys.readouterr().out == \
+        "wrote metrics/plots/confusion_matrix.png, learning_curves.png and misclassified.png\n"
     written = sorted(path.name for path in (project / "metrics" / "plots").iterdir())
     assert written == ["confusion_matrix.png", "learning_curves.png", "misclassified.png"]
     for name in written:
