@@ -100,7 +100,7 @@ def test_weights_that_do_not_fit_the_spec_are_a_training_error(tmp_path):
 
 def resaved(path, **changes):
     """The checkpoint at `path` saved again with `changes` (None deletes a key)."""
-    checkpoint = torch.load(path, weights_only=True)
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     for key, value in changes.items():
         if value is None:
             checkpoint.pop(key, None)
@@ -151,3 +151,32 @@ def test_an_odd_cnnspec_version_is_never_shown_nor_refused(tmp_path):
     with pytest.raises(TrainingError) as caught:
         load_network(path)
     assert "written by" not in str(caught.value) and "\x1b" not in str(caught.value)
+
+
+def test_an_older_or_newer_checkpoint_loads_without_the_optional_keys_or_with_unknown_ones(tmp_path):
+    model, path = saved_model(tmp_path)
+    optional = ["image_size", "channels", "resize", "weights_sha256", "cnnspec_version", "spec_path",
+                "params", "epoch", "best_epoch"]
+    resaved(path, **dict.fromkeys(optional), augment_policy={"name": "trivial"})
+    loaded, checkpoint = load_network(path)
+    images = torch.randn(2, 3, 8, 8)
+    assert torch.equal(loaded(images), model(images))
+    assert cnnspec.load_model(path).image_size == (8, 8)
+
+
+def test_a_checkpoint_saved_on_a_gpu_or_in_half_precision_loads_on_a_cpu(tmp_path, monkeypatch):
+    import torch.serialization
+
+    model, path = saved_model(tmp_path)
+    checkpoint = torch.load(path, weights_only=True)
+    with monkeypatch.context() as patch:  # what torch.save writes for tensors on cuda:0
+        patch.setattr(torch.serialization, "location_tag", lambda storage: "cuda:0")
+        torch.save(checkpoint, path)
+    images = torch.randn(2, 3, 8, 8)
+    assert torch.equal(load_network(path)[0](images), model(images))
+    half = {name: tensor.to(torch.bfloat16) if tensor.is_floating_point() else tensor
+            for name, tensor in checkpoint["state_dict"].items()}
+    resaved(path, state_dict=half, weights_sha256=None)
+    loaded, _ = load_network(path)
+    assert next(loaded.parameters()).dtype == torch.float32
+    assert torch.allclose(loaded(images), model(images), atol=0.05)
