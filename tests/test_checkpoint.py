@@ -8,7 +8,8 @@ import torch
 
 import cnnspec
 from cnnspec.errors import CnnspecError, TrainingError
-from cnnspec.models.checkpoint import FORMAT, cnnspec_version, load_network, save_checkpoint
+from cnnspec.models.checkpoint import FORMAT, load_network, save_checkpoint
+from cnnspec.version import cnnspec_version
 
 SPEC = """name: tiny
 layers:

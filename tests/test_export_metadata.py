@@ -12,9 +12,10 @@ import cnnspec
 from cnnspec.cli import main as cli
 from cnnspec.data.datasets import load_prepared
 from cnnspec.inference.metadata import ExportError, parsed_settings, read_metadata
-from cnnspec.models.checkpoint import cnnspec_version, save_checkpoint
+from cnnspec.models.checkpoint import save_checkpoint
 from cnnspec.pipeline.params import fill_defaults, load_schema
 from cnnspec.training.loop import train
+from cnnspec.version import cnnspec_version
 from tests.fashion import FASHION, write_subset
 
 pytestmark = pytest.mark.skipif(not FASHION.is_dir(), reason="needs Debian's dataset-fashion-mnist")

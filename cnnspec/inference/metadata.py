@@ -9,7 +9,8 @@ from pathlib import Path
 import torch
 
 from cnnspec.errors import CnnspecError, control_character, first_line
-from cnnspec.models.checkpoint import MAX_IMAGE_SIZE, VERSION_PATTERN, cnnspec_version
+from cnnspec.models.checkpoint import MAX_IMAGE_SIZE
+from cnnspec.version import cnnspec_version, shown_version
 
 
 class ExportError(CnnspecError):
@@ -230,9 +231,8 @@ REQUIRED_KEYS = ("classes", "image_size", "channels", "resize")  # mean and std 
 
 def exported_by(props: dict) -> str:
     """Which cnnspec wrote the metadata, as far as it says."""
-    found = props.get("version")
-    return (f"exported by cnnspec {found}" if isinstance(found, str) and VERSION_PATTERN.fullmatch(found)
-            else "perhaps exported by another cnnspec version")
+    found = shown_version(props.get("version"))
+    return f"exported by cnnspec {found}" if found else "perhaps exported by another cnnspec version"
 
 
 def _malformed(settings: dict) -> str | None:

@@ -28,6 +28,7 @@ from cnnspec.torch_files import (
     refusal_words,
     zip_directory_problem,
 )
+from cnnspec.version import cnnspec_version, shown_version
 
 FORMAT = "cnnspec-checkpoint/1"
 # Keys added after format 1 was first written are optional: an older file lacks
@@ -36,17 +37,6 @@ FORMAT = "cnnspec-checkpoint/1"
 # are not verified) and cnnspec_version, so the format number stays 1.
 DIGEST_KEY = "weights_sha256"
 VERSION_KEY = "cnnspec_version"  # the cnnspec that wrote it, named when another cannot read it; never checked
-VERSION_PATTERN = re.compile(r"[0-9][0-9A-Za-z.+-]{0,39}")
-
-
-def cnnspec_version() -> str:
-    """This cnnspec's version, as installed ("unknown" when run from a bare source tree)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("cnnspec")
-    except PackageNotFoundError:
-        return "unknown"
 
 
 def weights_digest(state_dict: dict) -> str:
@@ -207,8 +197,7 @@ def read_checkpoint(path) -> dict:
 
 def recorded_version(checkpoint: dict) -> str | None:
     """The cnnspec version a checkpoint names, when it is a plausible one (older files name none)."""
-    found = checkpoint.get(VERSION_KEY)
-    return found if isinstance(found, str) and VERSION_PATTERN.fullmatch(found) else None
+    return shown_version(checkpoint.get(VERSION_KEY))
 
 
 def written_by(checkpoint: dict) -> str:
