@@ -11,10 +11,11 @@ from PIL import Image
 import cnnspec
 from cnnspec.cli import main as cli
 from cnnspec.data.datasets import load_prepared
-from cnnspec.inference.metadata import read_metadata
+from cnnspec.inference.metadata import ExportError, parsed_settings, read_metadata
 from cnnspec.models.checkpoint import save_checkpoint
 from cnnspec.pipeline.params import fill_defaults, load_schema
 from cnnspec.training.loop import train
+from cnnspec.version import cnnspec_version
 from tests.fashion import FASHION, write_subset
 
 pytestmark = pytest.mark.skipif(not FASHION.is_dir(), reason="needs Debian's dataset-fashion-mnist")
@@ -64,6 +65,7 @@ def test_exports_carry_class_names_and_image_settings(checkpoint, tmp_path, fmt)
 
         props = {entry.key: entry.value for entry in onnx.load(str(output)).metadata_props}
         assert json.loads(props["cnnspec.classes"]) == meta["classes"]
+        assert props["cnnspec.version"] == cnnspec_version()
 
 
 def test_predict_runs_an_onnx_file_like_its_checkpoint(checkpoint, tmp_path, capsys):
@@ -107,6 +109,21 @@ def test_an_onnx_file_without_metadata_or_with_tta_is_refused_in_one_line(checkp
             cli(["predict", str(bare), str(image), *arguments])
         error = capsys.readouterr().err
         assert caught.value.code == code and error.count("\n") == 1 and words in error, error
+
+
+def test_metadata_without_a_key_this_cnnspec_needs_names_the_key_and_the_version():
+    """An export by another cnnspec version, whose metadata lacks a key this one reads."""
+    props = {"classes": '["a", "b"]', "image_size": "[8, 8]", "channels": "3", "resize": "stretch"}
+    assert parsed_settings("m.onnx", props)["image_size"] == [8, 8]  # mean, std and version are optional
+    for version, words in [(None, "perhaps exported by another cnnspec version"),
+                           ("0.3.0", "exported by cnnspec 0.3.0")]:
+        older = {key: value for key, value in props.items() if key != "resize"}
+        older.update({"version": version} if version else {})
+        with pytest.raises(ExportError) as caught:
+            parsed_settings("m.onnx", older)
+        assert str(caught.value) == (f"m.onnx: its cnnspec metadata has no resize ({words}; this is cnnspec "
+                                     f"{cnnspec_version()}); export it again from its checkpoint with this "
+                                     f"cnnspec (cnnspec export)")
 
 
 def photos_as_people_have_them(folder, image) -> list:

@@ -9,7 +9,7 @@ PACKAGE = ROOT / "cnnspec"
 
 # bottom to top; a module's part is its subpackage, or its own name at the top level
 ORDER = ["base", "layers", "spec", "models", "data", "training", "inference", "pipeline", "top"]
-BASE = {"errors", "atomic", "paths", "fetch", "regular_files", "torch_files", "progress"}
+BASE = {"errors", "atomic", "paths", "fetch", "regular_files", "torch_files", "progress", "version"}
 TOP = {"cli", "__init__", "__main__"}
 
 

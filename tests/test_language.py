@@ -12,6 +12,7 @@ from cnnspec.errors import SpecError
 from cnnspec.models.compiler import build_model
 from cnnspec.models.shapes import infer
 from cnnspec.spec.reader import parse_spec
+from cnnspec.version import cnnspec_version
 
 
 def spec_of(layers: str, blocks: str = "", input_line: str = "input: {channels: 3, height: 8, width: 8}") -> str:
@@ -451,7 +452,8 @@ def registry_restored():
 def test_an_unregistered_type_is_an_unknown_layer_type(tmp_path, capsys):
     assert cli.main(["validate", write(tmp_path, PLUGIN_SPEC)]) == 1
     assert "layers[1]: unknown layer type 'space_to_depth' (a layer type from your own code needs " \
-           "--plugin FILE, or model.plugins in params.yaml)" in capsys.readouterr().err
+           "--plugin FILE, or model.plugins in params.yaml; one from a newer cnnspec than this one, " \
+           f"{cnnspec_version()}, needs that version)" in capsys.readouterr().err
 
 
 def test_a_plugin_layer_is_checked_like_a_built_in_one(tmp_path, capsys, registry_restored):

@@ -57,6 +57,17 @@ def test_a_default_recipe_is_never_suggested_as_its_own_fix():
             "in the spec, or pick one with -S recipe=NAME, docs/recipes.md)") in line
 
 
+@pytest.mark.parametrize("params", [
+    {"train": {"optimizer": {"lr": "auto"}}}, {"train": {"optimizer": "adam"}}, {"train": None},
+    {"model": "specs/simcnn.yaml", "recipe": "airbench"}, {"recipe": ["a"], "model": {"spec": 3}},
+])
+def test_the_warning_takes_the_params_a_checkpoint_of_another_version_stores(params):
+    """evaluate words the warning from the params stored in models/model.pt, which another
+    cnnspec version may have written with other shapes of value: the generic causes, no crash."""
+    line = runcheck.warning_line("test accuracy 0.1000 is within 0.05 of chance", params)
+    assert "\n" not in line and "likely causes: the learning rate (train.optimizer.lr)" in line
+
+
 @pytest.fixture(scope="module")
 def fashion(tmp_path_factory):
     if not FASHION.is_dir():

@@ -10,6 +10,7 @@ import torch
 
 from cnnspec.errors import CnnspecError, control_character, first_line
 from cnnspec.models.checkpoint import MAX_IMAGE_SIZE
+from cnnspec.version import cnnspec_version, shown_version
 
 
 class ExportError(CnnspecError):
@@ -34,6 +35,7 @@ def metadata(model) -> dict[str, str]:
         "resize": model.resize,
         "mean": json.dumps(list(checkpoint.get("mean", []))),
         "std": json.dumps(list(checkpoint.get("std", []))),
+        "version": cnnspec_version(),  # named when another cnnspec cannot read this metadata
         "input": "images: float32 (N, C, H, W), pixels / 255 (normalization is inside the graph)",
         "output": "probabilities: float32 (N, classes), in the order of classes",
     }
@@ -205,6 +207,11 @@ def parsed_settings(path, props: dict) -> dict:
     if "classes" not in props:
         raise ExportError(f"{path}: no cnnspec metadata (class names, image size); "
                           "export it again with cnnspec export")
+    missing = [key for key in REQUIRED_KEYS if key not in props]
+    if missing:
+        raise ExportError(f"{path}: its cnnspec metadata has no {', '.join(missing)} ({exported_by(props)}; "
+                          f"this is cnnspec {cnnspec_version()}); export it again "
+                          f"from its checkpoint with this cnnspec (cnnspec export)")
     try:
         settings = {"classes": json.loads(props["classes"]), "image_size": json.loads(props["image_size"]),
                     "channels": int(props["channels"]), "resize": props["resize"],
@@ -217,6 +224,15 @@ def parsed_settings(path, props: dict) -> dict:
     if problem:
         raise ExportError(f"{path}: damaged cnnspec metadata ({problem})")
     return settings
+
+
+REQUIRED_KEYS = ("classes", "image_size", "channels", "resize")  # mean and std are optional
+
+
+def exported_by(props: dict) -> str:
+    """Which cnnspec wrote the metadata, as far as it says."""
+    found = shown_version(props.get("version"))
+    return f"exported by cnnspec {found}" if found else "perhaps exported by another cnnspec version"
 
 
 def _malformed(settings: dict) -> str | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import math
 import pickle
+import re
 import zipfile
 from pathlib import Path
 
@@ -27,13 +28,15 @@ from cnnspec.torch_files import (
     refusal_words,
     zip_directory_problem,
 )
+from cnnspec.version import cnnspec_version, shown_version
 
 FORMAT = "cnnspec-checkpoint/1"
 # Keys added after format 1 was first written are optional: an older file lacks
 # image_size / channels / resize and `image_settings` falls back to input_shape and
-# "stretch" (what every dataset of that time did), and weights_sha256 (then the weights
-# are not verified), so the format number stays 1.
+# "stretch" (what every dataset of that time did), weights_sha256 (then the weights
+# are not verified) and cnnspec_version, so the format number stays 1.
 DIGEST_KEY = "weights_sha256"
+VERSION_KEY = "cnnspec_version"  # the cnnspec that wrote it, named when another cannot read it; never checked
 
 
 def weights_digest(state_dict: dict) -> str:
@@ -67,6 +70,7 @@ def save_checkpoint(path, model, spec, meta: dict, params: dict, epoch: int, bes
     state_dict = cpu_state_dict(model)
     checkpoint = {
         "format": FORMAT,
+        VERSION_KEY: cnnspec_version(),
         "state_dict": state_dict,
         DIGEST_KEY: weights_digest(state_dict),
         "spec_text": spec_text,
@@ -168,8 +172,9 @@ def read_checkpoint(path) -> dict:
                             f"(refused by torch.load(weights_only=True): {said[:160]})") from None
     found = checkpoint.get("format") if isinstance(checkpoint, dict) else None
     if isinstance(found, str) and found.startswith("cnnspec-checkpoint/") and found != FORMAT:
-        raise TrainingError(f"{path}: a cnnspec checkpoint of format {found!r}, which this version "
-                            f"of cnnspec cannot read (it reads {FORMAT!r})")
+        raise TrainingError(f"{path}: a cnnspec checkpoint of format {found[:40]!r}{written_by(checkpoint)}, "
+                            f"which this version of cnnspec ({cnnspec_version()}) cannot read (it reads "
+                            f"{FORMAT!r}){upgrade_hint(found)}")
     if isinstance(found, str) and found.startswith("cnnspec-resume/"):
         raise TrainingError(f"{path}: a training resume state, not a model checkpoint "
                             f"(use {MODEL})")
@@ -188,6 +193,25 @@ def read_checkpoint(path) -> dict:
         raise TrainingError(f"{path}: the weights hold NaN or infinity ({broken[:80]}), so the model would "
                             f"output NaN; the weights are broken, {RETRAIN_HINT}")
     return checkpoint
+
+
+def recorded_version(checkpoint: dict) -> str | None:
+    """The cnnspec version a checkpoint names, when it is a plausible one (older files name none)."""
+    return shown_version(checkpoint.get(VERSION_KEY))
+
+
+def written_by(checkpoint: dict) -> str:
+    found = recorded_version(checkpoint)
+    return f" written by cnnspec {found}" if found else ""
+
+
+def upgrade_hint(found_format: str) -> str:
+    """What to do about a checkpoint format this cnnspec cannot read: a higher number
+    comes from a newer cnnspec."""
+    number = found_format.removeprefix("cnnspec-checkpoint/")
+    if re.fullmatch(r"[0-9]{1,9}", number) and int(number) > int(FORMAT.rsplit("/", 1)[1]):
+        return "; it comes from a newer cnnspec: upgrade cnnspec (pip install -U cnnspec) to load it"
+    return ""
 
 
 def malformed(checkpoint: dict) -> str | None:
@@ -274,7 +298,8 @@ def load_network(path, device="cpu"):
         missing = unregistered_layer_types(checkpoint["spec_text"])
         if missing and "unknown layer type" in str(error):
             raise PluginError(plugins_needed(path, missing, checkpoint)) from None
-        raise TrainingError(f"{path}: the spec stored in the checkpoint is not valid: {error}") from None
+        raise TrainingError(f"{path}: the spec stored in the checkpoint is not valid: {error}"
+                            f"{newer_cnnspec_hint(checkpoint, str(error))}") from None
     try:
         # the weights are all in the checkpoint: no ImageNet download for a backbone
         model = build_model(spec, tuple(checkpoint["input_shape"]), checkpoint["num_classes"],
@@ -321,6 +346,20 @@ def plugins_needed(path, missing: list[str], checkpoint: dict) -> str:
     named = [str(name) for name in named if isinstance(name, str)] if isinstance(named, list) else []
     trained = (f" (it was trained with the plugin{'s' * (len(named) != 1)} "
                f"{', '.join(named)})") if named else ""
+    newer = "" if named else newer_cnnspec_hint(checkpoint, "unknown layer type")
     return (f"{path}: the model uses layer type{'s' * (len(missing) != 1)} {', '.join(missing)} "
             f"that no loaded plugin registers{trained}; a checkpoint never imports code: load the "
-            f"plugin yourself with --plugin MODULE (cnnspec.load_plugins in Python), only code you trust")
+            f"plugin yourself with --plugin MODULE (cnnspec.load_plugins in Python), only code you trust"
+            f"{newer}")
+
+
+def newer_cnnspec_hint(checkpoint: dict, problem: str) -> str:
+    """Why a stored spec this cnnspec does not know (a layer type, an option, a key) may
+    be fine after all: it passed the checks of the cnnspec it was trained with, perhaps a
+    newer one that has them."""
+    if "unknown" not in problem:
+        return ""
+    ours, theirs = cnnspec_version(), recorded_version(checkpoint)
+    if theirs and theirs != ours:
+        return f"; it was written by cnnspec {theirs}, this is cnnspec {ours}: load it with cnnspec {theirs}"
+    return f"; if it was trained with a newer cnnspec than this one ({ours}), upgrade cnnspec to load it"

@@ -76,12 +76,17 @@ ALIASES = {"conv2d": "conv", "convolution": "conv", "batchnorm": "bn", "batchnor
            "channelshuffle": "channel_shuffle", "chunk": "channel_split", "split": "channel_split",
            "adaptivemaxpool2d": "adaptive_max_pool"}
 
-PLUGIN_HINT = " (a layer type from your own code needs --plugin FILE, or model.plugins in params.yaml)"
+def plugin_hint() -> str:
+    """Where a layer type no near name explains may come from: the user's code, or a newer cnnspec."""
+    from cnnspec.version import cnnspec_version
+
+    return (" (a layer type from your own code needs --plugin FILE, or model.plugins in params.yaml; "
+            f"one from a newer cnnspec than this one, {cnnspec_version()}, needs that version)")
 
 
 def did_you_mean_type(word) -> str:
     alias = ALIASES.get(str(word).lower().replace("_", ""))
-    return f" (did you mean '{alias}'?)" if alias else did_you_mean(word, layer_schemas()) or PLUGIN_HINT
+    return f" (did you mean '{alias}'?)" if alias else did_you_mean(word, layer_schemas()) or plugin_hint()
 
 
 def fail(message: str, where: Location, key: str | None = None):

@@ -60,16 +60,23 @@ def warning_line(reason: str, params: dict | None = None) -> str:
     """The one line a stage prints when a run did not learn."""
     causes = []
     if params:
-        train, recipe, spec = params.get("train", {}), params.get("recipe"), params.get("model", {}).get("spec")
-        lr = train.get("optimizer", {}).get("lr")
-        if lr is not None:
+        recipe, spec = params.get("recipe"), _mapping(params, "model").get("spec")
+        lr = _mapping(_mapping(params, "train"), "optimizer").get("lr")
+        if isinstance(lr, (int, float)) and not isinstance(lr, bool):
             causes.append(f"train.optimizer.lr {lr:g} too high or too low for this network")
-        if recipe and spec:
+        if isinstance(recipe, str) and recipe and isinstance(spec, str) and spec:
             causes += _recipe_cause(recipe, spec)
     if not causes:
         causes = ["the learning rate (train.optimizer.lr)", "a recipe not meant for this spec"]
     causes.append("too few steps (train.epochs, data size)")
     return f"warning: this run did not learn: {reason}; likely causes: {'; '.join(causes)}"
+
+
+def _mapping(params: dict, key: str) -> dict:
+    """params[key] when it is a mapping, else {}: the params a checkpoint stores were written
+    by the cnnspec that trained it, perhaps another version with other shapes of value."""
+    value = params.get(key)
+    return value if isinstance(value, dict) else {}
 
 
 def _recipe_cause(recipe: str, spec) -> list[str]:
