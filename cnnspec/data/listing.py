@@ -46,8 +46,9 @@ class Listing:
 
     def sort_by_path(self) -> None:
         """Entries in path order, as a folder's scan lists them: the split and the arrays
-        then depend on which images a CSV lists, not on the order of its rows."""
-        order = sorted(range(len(self.paths)), key=lambda i: Path(self.paths[i]))
+        then depend on which images a CSV lists, not on the order of its rows. A NUL, which
+        no name holds, for the separator: the order of Path's parts, in a string per image."""
+        order = sorted(range(len(self.paths)), key=lambda i: self.paths[i].replace(os.sep, "\0"))
         self.paths, self.labels, self.splits = ([column[i] for i in order]
                                                 for column in (self.paths, self.labels, self.splits))
         if self.places is not None:
