@@ -97,6 +97,19 @@ def test_csv_with_renamed_columns_and_a_split_column(tmp_path, fashion):
     assert prepared["train_images"].shape[1:] == (1, 28, 28)
 
 
+def test_a_csv_of_a_folders_images_gives_its_arrays_whatever_the_row_order(tmp_path, fashion):
+    root = folder_of(tmp_path, fashion, n=150)
+    rows = [{"path": p.relative_to(root).as_posix(), "label": p.parent.name} for p in sorted(root.rglob("*.png"))]
+    _, from_folder, _ = prepare(tmp_path / "folder", data_params(tmp_path, source=str(root)))
+    for name, order in (("sorted.csv", rows), ("reversed.csv", rows[::-1])):
+        manifest = write_csv(root / name, order)
+        _, from_csv, _ = prepare(tmp_path / name, data_params(tmp_path, dataset="csv", source=str(manifest)))
+        for key in ("train_images", "train_labels", "val_images", "val_labels", "test_images", "test_labels"):
+            assert np.array_equal(from_csv[key], from_folder[key]), (name, key)
+        assert (tmp_path / name / "prepared" / "files.json").read_bytes() == \
+            (tmp_path / "folder" / "prepared" / "files.json").read_bytes()
+
+
 def test_parallel_decoding_writes_the_same_files(tmp_path, fashion, monkeypatch):
     monkeypatch.setattr(imagesets, "BATCH_IMAGES", 8)  # several tasks per worker
     root = folder_of(tmp_path, fashion, n=200, suffix=".jpg")

@@ -44,6 +44,16 @@ class Listing:
             self.places = [] if self.places is None else self.places
             self.places.append(place)
 
+    def sort_by_path(self) -> None:
+        """Entries in path order, as a folder's scan lists them: the split and the arrays
+        then depend on which images a CSV lists, not on the order of its rows. A NUL, which
+        no name holds, for the separator: the order of Path's parts, in a string per image."""
+        order = sorted(range(len(self.paths)), key=lambda i: self.paths[i].replace(os.sep, "\0"))
+        self.paths, self.labels, self.splits = ([column[i] for i in order]
+                                                for column in (self.paths, self.labels, self.splits))
+        if self.places is not None:
+            self.places = [self.places[i] for i in order]
+
     def name(self, index: int) -> str:
         """How messages name an image: its path, or its CSV line and path."""
         return self.places[index] if self.places is not None else self.paths[index]
@@ -291,6 +301,7 @@ def scan_csv(source, columns: dict) -> Listing:
         line = [i for i, s in enumerate(listing.splits) if s == ""][0]
         raise DataError(f"{listing.name(line)}: empty {split_column}; give every row a split or none")
     _name_paths_written_from_elsewhere(listing, root)
+    listing.sort_by_path()
     return listing
 
 
