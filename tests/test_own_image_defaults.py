@@ -81,7 +81,7 @@ def test_the_resolve_stage_says_what_it_chose_and_why(tmp_path, monkeypatch):
     assert resolved["train"]["batch_size"] == 64  # the recipe's 64 already gives 22 steps
     assert said == ["spec specs/small_images.yaml (model.spec: auto, for your own images (data.dataset: folder)), "
                     "recipe small_images (recipe: auto, the one the spec names); batch 64: 22 steps an epoch "
-                    "on 1408 training images of 1x8x8"]
+                    "on 1,408 training images of 1x8x8"]
     written = yaml.safe_load((tmp_path / "params.resolved.yaml").read_text())
     assert len(written["model"]["spec_sha256"]) == 64
 
