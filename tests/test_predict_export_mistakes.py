@@ -555,6 +555,17 @@ def test_top_k_beyond_the_classes_gives_every_class_once(model_files, capsys):
     assert sorted(row.split(",")[1:-1:2]) == list("abcdefghij")
 
 
+def test_the_closing_counts_group_thousands_as_the_progress_lines_do(model_files, tmp_path, capsys, monkeypatch):
+    image = str(model_files["photos"] / "0.png")
+    rows = [predict_module.Prediction(image, ["a"], [1.0], None)] * 1234
+    rows += [predict_module.Prediction(image, [], [], f"{image}: damaged or unreadable image (x)")] * 2
+    monkeypatch.setattr(predict_module, "predict_files", lambda *args, **kwargs: rows)
+    capsys.readouterr()
+    assert cli(["predict", str(model_files["checkpoint"]), image, "--output", str(tmp_path / "out.csv")]) == 1
+    said = capsys.readouterr().err.splitlines()
+    assert said[-2:] == [f"wrote 1,236 predictions to {tmp_path / 'out.csv'}", "2 of 1,236 images could not be read"]
+
+
 # --- the Python API ----------------------------------------------------------------------
 
 def test_the_api_refuses_pixels_of_the_wrong_range_or_kind(model_files):
