@@ -533,6 +533,24 @@ def test_a_file_whose_suffix_holds_a_line_break_is_counted_on_one_line(tmp_path,
     assert "(.x\\x1b[2jy)" in str(caught.value) and "\x1b" not in str(caught.value)
 
 
+def test_the_counts_of_files_left_out_group_thousands(tmp_path, capsys):
+    """As predict's other lines write counts; preprocess's line of files it ignored likewise."""
+    from cnnspec.data import listing
+
+    (tmp_path / "photos" / "cat").mkdir(parents=True)
+    (tmp_path / "photos" / "dog").mkdir()
+    for name in ("cat", "dog"):
+        (tmp_path / "photos" / name / "a.png").write_bytes(b"")
+    for index in range(1000):
+        (tmp_path / "photos" / f"{index}.txt").write_bytes(b"")
+    capsys.readouterr()
+    image_paths.find_images([str(tmp_path / "photos")])
+    assert capsys.readouterr().err == \
+        f"note: {tmp_path / 'photos'}: 1,000 files without an image suffix (.txt) not read\n"
+    listing.scan_folder(tmp_path / "photos")
+    assert capsys.readouterr().out.startswith(f"{tmp_path / 'photos'}: ignored 1,000 files (.txt) outside the class")
+
+
 @pytest.mark.timeout(60)
 def test_a_recursive_glob_does_not_follow_symlinked_folders(model_files, tmp_path, monkeypatch):
     (tmp_path / "g" / "sub" / ".hidden").mkdir(parents=True)
