@@ -38,6 +38,15 @@ def test_a_batch_that_fits_is_kept_and_a_users_batch_is_never_changed():
     assert all("-S train.batch_size=70" in warning for warning in fit.warnings)
 
 
+def test_the_warnings_group_counts_by_thousands_as_the_resolve_line_does():
+    fit = fit_batch_size(5000, 12_000, set_by_user=True)
+    assert any("train.batch_size 5000 on 12,000 training images is 2 steps an epoch" in warning
+               for warning in fit.warnings), fit.warnings
+    assert any("leaves 2,000 images (17%) out of every epoch" in warning for warning in fit.warnings), fit.warnings
+    assert fit_batch_size(5000, 4_500, set_by_user=True).warnings[0].startswith(
+        "warning: train.batch_size 5000 is more than the 4,500 training images")
+
+
 def test_a_batch_larger_than_the_training_set_is_recorded_as_the_one_batch_training_takes():
     fit = fit_batch_size(512, 300, set_by_user=True)
     assert fit.batch_size == 300  # what the training loop takes: all 300 as one batch

@@ -533,6 +533,24 @@ def test_a_file_whose_suffix_holds_a_line_break_is_counted_on_one_line(tmp_path,
     assert "(.x\\x1b[2jy)" in str(caught.value) and "\x1b" not in str(caught.value)
 
 
+def test_the_counts_of_files_left_out_group_thousands(tmp_path, capsys):
+    """As predict's other lines write counts; preprocess's line of files it ignored likewise."""
+    from cnnspec.data import listing
+
+    (tmp_path / "photos" / "cat").mkdir(parents=True)
+    (tmp_path / "photos" / "dog").mkdir()
+    for name in ("cat", "dog"):
+        (tmp_path / "photos" / name / "a.png").write_bytes(b"")
+    for index in range(1000):
+        (tmp_path / "photos" / f"{index}.txt").write_bytes(b"")
+    capsys.readouterr()
+    image_paths.find_images([str(tmp_path / "photos")])
+    assert capsys.readouterr().err == \
+        f"note: {tmp_path / 'photos'}: 1,000 files without an image suffix (.txt) not read\n"
+    listing.scan_folder(tmp_path / "photos")
+    assert capsys.readouterr().out.startswith(f"{tmp_path / 'photos'}: ignored 1,000 files (.txt) outside the class")
+
+
 @pytest.mark.timeout(60)
 def test_a_recursive_glob_does_not_follow_symlinked_folders(model_files, tmp_path, monkeypatch):
     (tmp_path / "g" / "sub" / ".hidden").mkdir(parents=True)
@@ -553,6 +571,17 @@ def test_top_k_beyond_the_classes_gives_every_class_once(model_files, capsys):
     header, row = capsys.readouterr().out.splitlines()
     assert header.split(",")[-3:] == ["class_10", "probability_10", "error"]
     assert sorted(row.split(",")[1:-1:2]) == list("abcdefghij")
+
+
+def test_the_closing_counts_group_thousands_as_the_progress_lines_do(model_files, tmp_path, capsys, monkeypatch):
+    image = str(model_files["photos"] / "0.png")
+    rows = [predict_module.Prediction(image, ["a"], [1.0], None)] * 1234
+    rows += [predict_module.Prediction(image, [], [], f"{image}: damaged or unreadable image (x)")] * 2
+    monkeypatch.setattr(predict_module, "predict_files", lambda *args, **kwargs: rows)
+    capsys.readouterr()
+    assert cli(["predict", str(model_files["checkpoint"]), image, "--output", str(tmp_path / "out.csv")]) == 1
+    said = capsys.readouterr().err.splitlines()
+    assert said[-2:] == [f"wrote 1,236 predictions to {tmp_path / 'out.csv'}", "2 of 1,236 images could not be read"]
 
 
 # --- the Python API ----------------------------------------------------------------------

@@ -183,3 +183,22 @@ def test_preprocess_stage_without_raw_data_says_what_to_run(tmp_path):
     assert len(lines) == 1 and "run the download stage" in lines[0], result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "data" / "prepared").exists()
+
+
+def test_the_images_per_class_line_groups_counts_by_thousands(tmp_path):
+    """As every other line of the stage writes counts: 'many 1,000', not 'many 1000'."""
+    from PIL import Image
+
+    from cnnspec.data.user_datasets import prepare_image_dataset
+    from cnnspec.pipeline.params import load_params
+
+    for name, count in (("many", 1000), ("few", 10)):
+        (tmp_path / "images" / name).mkdir(parents=True)
+        for i in range(count):
+            Image.new("L", (4, 4), i % 256).save(tmp_path / "images" / name / f"{i}.png")
+    data = load_params(REPO / "params.yaml", ["data"])["data"]
+    data.update(dataset="folder", source=str(tmp_path / "images"), image_size=[4, 4], channels=1,
+                val_split=0.1, test_split=0.2)
+    lines = []
+    prepare_image_dataset(data, tmp_path / "prepared", workers=1, log=lines.append)
+    assert lines[-1] == "images per class: few 10, many 1,000"

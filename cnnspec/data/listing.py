@@ -194,7 +194,7 @@ def _by_suffix(paths: list[Path]) -> str:
     not read, an iPhone's .heic, should not go unsaid)."""
     suffixes = sorted({path.suffix.lower() or "no suffix" for path in paths})
     shown = ", ".join(suffixes[:5]) + (", ..." if len(suffixes) > 5 else "")
-    return f"{len(paths)} file{'s' * (len(paths) != 1)} ({shown})"
+    return f"{len(paths):,} file{'s' * (len(paths) != 1)} ({shown})"
 
 
 def _refuse_a_class_name_that_does_not_print(class_folder: Path) -> None:

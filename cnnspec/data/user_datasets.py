@@ -307,7 +307,7 @@ def prepare_image_dataset(data: dict, out_folder, workers: int | None = None, lo
         atomic.write_json(temporary / "meta.json", meta)
         atomic.write_json(temporary / FILES_JSON, files)
     total = sum(per_class.values())
-    log("images per class: " + ", ".join(f"{listed_names([name])} {int(n)}" for name, n in zip(classes, total)))
+    log("images per class: " + ", ".join(f"{listed_names([name])} {int(n):,}" for name, n in zip(classes, total)))
     return meta
 
 

@@ -127,7 +127,7 @@ def _images_in(folder: Path) -> tuple[list[str], str]:
             if os.path.isfile(path):
                 (images if is_image_file(path) else others).append(path)
     suffixes = sorted({on_one_line(Path(path).suffix.lower()) or "no suffix" for path in others})
-    counted = (f"{len(others)} file{'s' if len(others) > 1 else ''} without an image suffix "
+    counted = (f"{len(others):,} file{'s' if len(others) > 1 else ''} without an image suffix "
                f"({', '.join(suffixes[:5])}{', ...' if len(suffixes) > 5 else ''})") if others else ""
     if images and counted:
         note(f"{folder}: {counted} not read")

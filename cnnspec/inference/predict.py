@@ -473,9 +473,9 @@ def run_command(args) -> int:
         from cnnspec.atomic import write_text
 
         write_text(args.output, text)
-        print(f"wrote {len(predictions)} predictions to {args.output}", file=sys.stderr)
+        print(f"wrote {len(predictions):,} predictions to {args.output}", file=sys.stderr)
     else:
         sys.stdout.write(text)
     if failed:
-        print(f"{len(failed)} of {len(predictions)} images could not be read", file=sys.stderr)
+        print(f"{len(failed):,} of {len(predictions):,} images could not be read", file=sys.stderr)
     return 1 if failed else 0

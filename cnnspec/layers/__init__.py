@@ -3,8 +3,8 @@ file per family, each holding its types' schema fragments, shape rules, builders
 nn.Modules they need. Importing this package registers the built-in types, in the order
 below (the order of the spec schema's $defs).
 
-It may import only the base modules (cnnspec.errors, cnnspec.fetch); the spec reader and
-everything above import it. A layer type from user code calls register_layer like these
+It may import only the base modules (cnnspec.errors, cnnspec.fetch, cnnspec.torch_files);
+the spec reader and everything above import it. A layer type from user code calls register_layer like these
 files do (docs/spec.md, "Adding a layer type").
 """
 # The order of these imports is the order of registration: `cnnspec layers`, the schema and

@@ -41,20 +41,20 @@ def fit_batch_size(batch_size: int, train_images: int, set_by_user: bool) -> Bat
     suggestion = (f"-S train.batch_size={smaller}" if smaller < fit.batch_size
                   else "more images, or more epochs (train.epochs)")
     if 0 < train_images < fit.batch_size:  # training takes them all as one batch: say so, record that
-        fit.warnings.append(f"warning: train.batch_size {fit.batch_size} is more than the {train_images} "
+        fit.warnings.append(f"warning: train.batch_size {fit.batch_size} is more than the {train_images:,} "
                             f"training images: each epoch is one step on all of them, too few to learn "
                             f"much; {suggestion}")
         fit.batch_size = train_images
         return fit
     steps = train_images // fit.batch_size
     dropped = train_images - steps * fit.batch_size
-    where = f"train.batch_size {fit.batch_size} on {train_images} training images"
+    where = f"train.batch_size {fit.batch_size} on {train_images:,} training images"  # grouped, as resolve's
     if steps < FEW_STEPS:
         plural = "" if steps == 1 else "s"
         fit.warnings.append(f"warning: {where} is {steps} step{plural} an epoch, too few to learn "
                             f"much; {suggestion}")
     if steps and dropped / train_images > DROPPED_SHARE:
-        fit.warnings.append(f"warning: {where} leaves {dropped} images ({dropped / train_images:.0%}) "
+        fit.warnings.append(f"warning: {where} leaves {dropped:,} images ({dropped / train_images:.0%}) "
                             f"out of every epoch (the last partial batch is dropped); {suggestion}")
     return fit
 
