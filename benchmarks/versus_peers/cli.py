@@ -36,6 +36,10 @@ from cnnspec.errors import exit_on_user_error
 from cnnspec.training.device import pick_device, reuse_freed_memory
 
 
+def threads_named(count: int) -> str:
+    return f"{count} torch thread{'s' * (count != 1)}"
+
+
 def settings(args) -> dict:
     own = args.recipes == "own"  # the spec written with its own recipe in mind
     if args.quick:
@@ -150,7 +154,7 @@ def main(argv=None):
     runs = interleaved(tasks, frameworks, chosen["repeats"])
     rows = summarize(runs, counts, chosen["target"], args.accuracy_tolerance)
     where = (torch.cuda.get_device_name(device) if device.type == "cuda"
-             else f"CPU, {torch.get_num_threads()} torch threads, {os.cpu_count()} cores")
+             else f"CPU, {threads_named(torch.get_num_threads())}, {os.cpu_count()} cores")
     if own:
         trained = " / ".join(dict.fromkeys(f"{len(task.train_labels):,}" for task in tasks))
         print(f"\nFashion-MNIST, {trained} training / {len(data['test_labels']):,} test images, "
@@ -185,7 +189,8 @@ def main(argv=None):
             trained = "?" if figure["train_seconds"] is None else f"{figure['train_seconds']:.1f} s"
             print(f"{task.model}: dvc repro end to end (download {figure['train_images']:,} training / "
                   f"{figure['test_images']:,} test images from a local folder, preprocess, train "
-                  f"{figure['epochs']} epochs, evaluate, plot): {figure['seconds']:.1f} s; of it the train "
+                  f"{figure['epochs']} epochs, evaluate, plot; {threads_named(figure['threads'])}): "
+                  f"{figure['seconds']:.1f} s; of it the train "
                   f"stage's training {trained} (without per-epoch validation; in this process cnnspec's "
                   f"fit with a test evaluation each epoch took {in_process:.1f} s); test accuracy "
                   f"{figure['test_accuracy']}")

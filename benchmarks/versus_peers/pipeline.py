@@ -123,4 +123,5 @@ def dvc_repro(model: str, task: Task) -> dict:
     return {"model": model, "seconds": seconds, "train_seconds": train_seconds, "stages": stages,
             "added_share": added, "goal_met": None if added is None else added <= PIPELINE_GOAL,
             "test_accuracy": metrics.get("accuracy"), "train_images": len(task.train_labels),
-            "test_images": len(task.test_labels), "epochs": task.epochs, "batch": task.torch_batch}
+            "test_images": len(task.test_labels), "epochs": task.epochs, "batch": task.torch_batch,
+            "threads": torch.get_num_threads()}
