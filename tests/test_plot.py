@@ -168,6 +168,32 @@ def test_misclassified_grid_shows_the_first_mistakes_with_both_labels():
         assert left <= x <= left + 5 and y == top - 0.5
 
 
+def test_misclassified_grid_shows_the_most_confident_mistakes_first(project, monkeypatch):
+    """An own-image test set is sorted by class: the grid showed the first classes' mistakes
+    only. It takes mistakes.csv's order, where a mislabelled image tends to sit at the top."""
+    from cnnspec.inference.evaluation import mistakes_csv, predictions_csv
+
+    (project / "params.yaml").write_text("plot: {misclassified: 2}\n")
+    actual = np.repeat(np.arange(len(CLASSES)), 5)  # sorted by class, as a folder's test set
+    probabilities = np.full((20, len(CLASSES)), 0.1)
+    probabilities[np.arange(20), actual] = 0.7
+    for index, wrong, confidence in ((1, 2, 0.4), (2, 3, 0.5), (16, 0, 0.9), (12, 1, 0.8)):
+        probabilities[index] = 0.0
+        probabilities[index, wrong], probabilities[index, actual[index]] = confidence, 1 - confidence
+    predicted = probabilities.argmax(axis=1)
+    paths = [f"{CLASSES[label]}/{index:03d}.png" for index, label in enumerate(actual)]
+    (project / "metrics" / "predictions.csv").write_text(
+        predictions_csv(actual, predicted, CLASSES, probabilities, paths))
+    write_eval_json(project / "metrics" / "eval_report.json", actual, predicted)
+    drawn = {}
+    monkeypatch.setattr(plot_stage, "save_png", lambda figure, path: drawn.setdefault(path.name, figure))
+    plot_stage.main()
+    titles = [text.get_text().split("\n")[0] for text in drawn["misclassified.png"].axes[0].texts]
+    mistakes = mistakes_csv(actual, probabilities, CLASSES, paths).splitlines()[1:3]
+    most_confident = [line.split(",")[0] for line in mistakes]
+    assert titles == ["016.png", "012.png"] == [Path(path).name for path in most_confident]
+
+
 def test_misclassified_grid_keeps_colour_images_in_colour():
     images = np.random.default_rng(1).integers(0, 255, (2, 3, 4, 6), dtype=np.uint8)
     figure = plot_stage.misclassified_figure(images, np.array([0, 1]), np.array([1, 0]), CLASSES, count=9)
