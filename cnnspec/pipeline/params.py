@@ -163,7 +163,18 @@ def check(params: dict, schema: dict, name: str, origin_of=lambda key_path: None
     if errors:
         _, about = explain(errors[0], schema, anywhere=True)
         path = list(errors[0].absolute_path) + ([about] if about is not None else [])
-        raise ParamsError(f"{origin_of(path) or name}: {describe_error(errors[0], schema)}")
+        origin = origin_of(path)
+        hint = empty_value_hint(errors[0].instance, path) if origin is None else ""
+        raise ParamsError(f"{origin or name}: {describe_error(errors[0], schema)}{hint}")
+
+
+def empty_value_hint(value, path: list) -> str:
+    """For '' in train or evaluate (what `-S train.optimizer.lr=` writes, meant as "back to
+    the recipe's value"): how to write the empty value that means it."""
+    if value != "" or not path or path[0] not in recipes.SECTIONS:
+        return ""
+    key = key_path(path)
+    return f" (for the recipe's value leave it empty: -S {key}=null, or nothing after `{path[-1]}:`)"
 
 
 def _error_order(error):
