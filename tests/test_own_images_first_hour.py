@@ -121,6 +121,25 @@ def test_skipped_images_are_named_before_the_error_they_cause(fashion, tmp_path)
     assert not (tmp_path / "prepared").exists()
 
 
+def test_one_bad_file_says_how_to_skip_it_and_then_that_it_was_skipped(fashion, tmp_path):
+    """A user's first run stops at the one damaged photo: the message names the -S that
+    goes on, and the run after it counts one image, not "1 unreadable images"."""
+    train_images, train_labels, _, _ = fashion
+    root = tmp_path / "data"
+    write_image_folder(root, train_images[:30], train_labels[:30])
+    victim = sorted(root.glob("*/*.png"))[4]
+    victim.write_bytes(victim.read_bytes()[:100])  # truncated
+    with pytest.raises(DataError) as caught:
+        prepare_image_dataset(data_params(root), tmp_path / "prepared", workers=1, log=lambda line: None)
+    assert str(caught.value).startswith(str(victim))
+    assert str(caught.value).endswith("(data.bad_images: fail; -S data.bad_images=skip leaves such images out)")
+    lines = []
+    prepare_image_dataset(data_params(root, bad_images="skip"), tmp_path / "prepared", workers=1, log=lines.append)
+    assert [line for line in lines if line.startswith("skipped")] == [
+        f"skipped 1 unreadable image (data.bad_images: skip): {victim}: damaged or unreadable image "
+        "(image file is truncated)"]
+
+
 def test_csv_paths_written_from_the_working_folder_are_named_so(fashion, tmp_path, monkeypatch):
     train_images, train_labels, _, _ = fashion
     monkeypatch.chdir(tmp_path)

@@ -142,7 +142,8 @@ class _BadImages:
 
     def add(self, errors: list[str]) -> None:
         if errors and self.policy == "fail":
-            raise ImageReadError(f"{errors[0]} (data.bad_images: fail; 'skip' leaves such images out)")
+            raise ImageReadError(f"{errors[0]} (data.bad_images: fail; -S data.bad_images=skip leaves such "
+                                 "images out)")
         self.count += len(errors)
         self.first.extend(errors[:SHOWN_BAD_IMAGES - len(self.first)])
 
@@ -278,7 +279,9 @@ def prepare_image_dataset(data: dict, out_folder, workers: int | None = None, lo
             counts[split] = int(len(labels))
             per_class[split] = np.bincount(labels, minlength=len(classes))
         if bad.count:  # before the errors below, which these may explain
-            log(f"skipped {bad.count} unreadable images (data.bad_images: skip), first: " + "; ".join(bad.first))
+            first = "first: " if bad.count > len(bad.first) else ""
+            log(f"skipped {bad.count:,} unreadable image{'s' if bad.count != 1 else ''} (data.bad_images: skip): "
+                + first + "; ".join(bad.first))
         resized, lost_colour = beyond_the_sample(sample, (height, width), data["resize"], channels_auto,
                                                  changed.resized, changed.lost_colour)
         if resized:
