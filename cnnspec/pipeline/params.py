@@ -224,9 +224,25 @@ def check_user_source(data: dict, name=str(PARAMS)) -> None:
         wanted = "your images' folder" if kind == "folder" else "your CSV manifest"
         raise ParamsError(f"{name}: data.source: still {RAW}, the built-in datasets' download folder; "
                           f"set it to {wanted} (-S data.source=...)")
-    problem = path_problem(Path(str(data["source"])), kind)
+    source = Path(str(data["source"]))
+    problem = path_problem(source, kind)
     if problem:
-        raise ParamsError(f"{name}: data.source: {recipes.printable(data['source'])}: {problem}")
+        raise ParamsError(f"{name}: data.source: {recipes.printable(data['source'])}: {problem}"
+                          f"{source_hint(source, kind)}")
+
+
+def source_hint(source: Path, kind: str) -> str:
+    """What a newcomer most likely meant by a data.source that is not there or not of its
+    kind: the same name under data/ (the README puts images there; paths are relative to
+    the repository root), or the other of folder and csv."""
+    if kind == "folder" and source.is_file():
+        return " (a CSV manifest is read with -S data.dataset=csv)" if source.suffix.lower() == ".csv" else ""
+    if kind == "file" and source.is_dir():
+        return " (a folder of class folders is read with -S data.dataset=folder)"
+    under_data = Path("data") / source
+    if not source.exists() and not source.is_absolute() and path_problem(under_data, kind) is None:
+        return f" (-S data.source={under_data.as_posix()}? paths are relative to the repository root)"
+    return ""
 
 
 def check_named_paths(params: dict, name=str(PARAMS), keys=None) -> None:
