@@ -264,3 +264,17 @@ def test_a_log_or_table_that_is_a_fifo_is_named_and_never_blocks(project, capsys
         plot_stage.main()
     error = capsys.readouterr().err
     assert error.startswith(f"error: {file}: is a named pipe (FIFO), not a regular file; ") and error.count("\n") == 1
+
+
+def test_the_html_dvc_plots_writes_is_not_left_for_git_add(tmp_path):
+    """`dvc plots show` (and `dvc plots diff main`, as the README suggests) write
+    dvc_plots/index.html in the workspace: a `git add -A` after a run committed it."""
+    import shutil
+    import subprocess
+
+    shutil.copy(Path(__file__).resolve().parent.parent / ".gitignore", tmp_path / ".gitignore")
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    (tmp_path / "dvc_plots").mkdir()
+    (tmp_path / "dvc_plots" / "index.html").write_text("<html></html>")
+    ignored = subprocess.run(["git", "-C", str(tmp_path), "check-ignore", "-q", "dvc_plots/index.html"])
+    assert ignored.returncode == 0
