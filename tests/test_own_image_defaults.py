@@ -112,6 +112,25 @@ def test_a_capped_default_batch_is_called_the_default_with_its_steps(tmp_path, m
     assert said[0].endswith("batch 45: 20 steps an epoch on 900 training images of 1x8x8 (the default batch "
                             "1024 would give 0 steps; capped for at least 20)")
 
+def test_a_dozen_photos_are_not_said_to_give_twenty_steps(tmp_path, monkeypatch):
+    """A first try on a dozen photos: the batch is capped to 1 and an epoch still has fewer
+    than 20 steps; the line said "capped for at least 20" beside "10 steps"."""
+    from stages.resolve import resolve
+
+    monkeypatch.chdir(REPO_ROOT)
+    text = (REPO_ROOT / "params.yaml").read_text().replace("  dataset: cifar10 ", "  dataset: folder  ")
+    (tmp_path / "params.yaml").write_text(text)
+    prepared = tmp_path / "prepared"
+    prepared.mkdir()
+    (prepared / "meta.json").write_text(json.dumps({"counts": {"train": 10}, "input_shape": [3, 28, 28],
+                                                    "classes": ["cat", "dog"]}))
+    said = []
+    resolve(tmp_path / "params.yaml", tmp_path / "params.resolved.yaml", prepared, log=said.append)
+    assert said[0].endswith("batch 1: 10 steps an epoch on 10 training images of 3x28x28 (the recipe's batch 64 "
+                            "would give 0 steps; capped to one image a step, still short of the 20 steps "
+                            "aimed at: more images help)")
+
+
 def test_the_resolve_line_groups_the_training_images_by_thousands(tmp_path, monkeypatch):
     from stages.resolve import resolve
 
