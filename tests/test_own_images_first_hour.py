@@ -169,6 +169,18 @@ def test_the_did_not_learn_warning_fits_the_run(tmp_path):
     assert near == (False, "accuracy 0.3500 is within 0.05 of chance (0.3333 for 3 classes)")
 
 
+def test_a_chance_verdict_on_a_handful_of_images_says_they_are_too_few():
+    """A first try on 16 photos holds out 2 for validation and 4 for test: 0.5 on 2 images
+    is a coin toss, not a verdict on the learning rate."""
+    said = learning_check.verdict(2, 0.5, "val accuracy", images=2)
+    assert said == (False, "val accuracy 0.5000 is within 0.05 of chance (0.5000 for 2 classes); on 2 images, "
+                           "too few to tell (more images or a larger data.val_split)")
+    history = [{"train/loss": 0.7, "train/accuracy": 0.5, "val/accuracy": 0.5}]
+    assert learning_check.history_verdict(history, 2, images=2) == said
+    assert learning_check.verdict(2, 0.5, "test accuracy", images=4)[1].endswith("larger data.test_split)")
+    assert learning_check.verdict(2, 0.5, "test accuracy", images=300)[1].endswith("for 2 classes)")
+
+
 def test_decoding_says_how_far_it_is_on_stderr_in_plain_lines_in_a_log(fashion, tmp_path, capsys, monkeypatch):
     # a folder of 100,000 photos takes minutes: a CI log hears of it now and then
     monkeypatch.setattr("cnnspec.progress.LINE_EVERY_S", 0)
