@@ -140,6 +140,25 @@ def test_one_bad_file_says_how_to_skip_it_and_then_that_it_was_skipped(fashion, 
         "(image file is truncated)"]
 
 
+def test_auto_colour_among_grayscale_files_says_how_many_and_the_setting(fashion, tmp_path):
+    """Gray photos of which a few were saved as RGB JPEGs: auto takes 3 channels, and said
+    only 'colour images', hiding that most files are grayscale."""
+    train_images, train_labels, _, _ = fashion
+    root = tmp_path / "data"
+    paths = write_image_folder(root, train_images[:30], train_labels[:30])
+    for path in paths[:4]:
+        Image.open(path).convert("RGB").save(path.with_suffix(".jpg"))
+        path.unlink()
+    lines = []
+    prepare_image_dataset(data_params(root), tmp_path / "prepared", workers=1, log=lines.append)
+    assert "channels: 3 (data.channels: auto; 4 of the 30 images sampled are colour files, the others " \
+           "grayscale; -S data.channels=1 reads every image as grayscale)" in lines
+    for path in sorted(root.glob("*/*.png")):
+        Image.open(path).convert("RGB").save(path)
+    prepare_image_dataset(data_params(root), tmp_path / "prepared", workers=1, log=lines.append)
+    assert "channels: 3 (data.channels: auto; colour images)" in lines
+
+
 def test_csv_paths_written_from_the_working_folder_are_named_so(fashion, tmp_path, monkeypatch):
     train_images, train_labels, _, _ = fashion
     monkeypatch.chdir(tmp_path)

@@ -36,7 +36,7 @@ from cnnspec.data.image_sample import (
     sample_images,
     stretch_warning,
 )
-from cnnspec.data.images import ImageReadError, decode_image
+from cnnspec.data.images import GRAY_MODES, ImageReadError, decode_image
 from cnnspec.data.listing import Listing, assign_splits, scan_csv, scan_folder
 from cnnspec.errors import DataError, DiskFullError, listed_names
 from cnnspec.progress import Progress
@@ -332,7 +332,17 @@ def _say_what_the_sample_shows(sample, data: dict, size, channels: int, images: 
     if data["channels"] == "auto":
         gray = ("every image is grayscale" if len(sample) == images
                 else f"the {len(sample)} images sampled across the dataset are grayscale")
-        log(f"channels: {channels} (data.channels: auto; {gray if channels == 1 else 'colour images'})")
+        log(f"channels: {channels} (data.channels: auto; {gray if channels == 1 else colour_count(sample)})")
+
+
+def colour_count(sample) -> str:
+    """Why auto chose 3: 'colour images', and when grayscale ones are among them (gray
+    scans, some saved as RGB JPEGs), how many of each and the setting that reads all as gray."""
+    colour = sum(mode not in GRAY_MODES for _, _, mode in sample)
+    if colour == len(sample):
+        return "colour images"
+    return (f"{colour:,} of the {len(sample):,} images sampled are colour files, the others grayscale; "
+            f"-S data.channels=1 reads every image as grayscale")
 
 
 def source_relative(path: str, data: dict) -> str:
