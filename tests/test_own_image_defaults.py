@@ -324,6 +324,32 @@ def test_a_source_outside_the_repository_is_named_as_unversioned(tmp_path, monke
     assert unversioned_source_note(REPO_ROOT / "data" / "my_images") is None
 
 
+def test_images_neither_dvc_added_nor_in_git_are_warned_about(tmp_path, monkeypatch):
+    """Skipping the README's `dvc add` line trains all the same, but `dvc exp run` then puts
+    every untracked image into the experiment's git commit: .git swells with the photos."""
+    import subprocess
+
+    from stages.preprocess import untracked_source_warning
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data" / "my_images" / "cat").mkdir(parents=True)
+    (tmp_path / "data" / "my_images" / "cat" / "1.png").write_bytes(b"png")
+    (tmp_path / "data" / "my_images" / "labels.csv").write_text("path,label\ncat/1.png,cat\n")
+    assert untracked_source_warning(Path("data/my_images"), "folder") is None  # not a git repository
+    subprocess.run(["git", "init", "-q"], check=True)
+    warning = untracked_source_warning(Path("data/my_images"), "folder")
+    assert warning.startswith("warning: data/my_images is neither `dvc add`ed nor committed to git: ")
+    assert warning.endswith("run `dvc add data/my_images` and commit data/my_images.dvc first "
+                            "(README, Train on your own images)")
+    assert untracked_source_warning(Path("data/my_images/labels.csv"), "csv") == warning
+    (tmp_path / "data" / ".gitignore").write_text("/my_images\n")  # what `dvc add data/my_images` writes
+    assert untracked_source_warning(Path("data/my_images"), "folder") is None
+    assert untracked_source_warning(Path("data/my_images/labels.csv"), "csv") is None
+    (tmp_path / "data" / ".gitignore").unlink()
+    subprocess.run(["git", "add", "data/my_images"], check=True)  # a small set kept in git itself
+    assert untracked_source_warning(Path("data/my_images"), "folder") is None
+
+
 def test_a_built_in_dataset_reads_data_raw_whatever_data_source_says(tmp_path, monkeypatch, capsys):
     from stages import preprocess
     from tests.fakedata import make_mnist_folder
