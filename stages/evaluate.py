@@ -44,7 +44,8 @@ def main() -> None:
     from cnnspec.pipeline.headline import headline
     from cnnspec.training import learning_check as runcheck
 
-    learned, reason = runcheck.verdict(len(report["classes"]), report["accuracy"], "test accuracy")
+    learned, reason = runcheck.verdict(len(report["classes"]), report["accuracy"], "test accuracy",
+                                       images=len(actual))
     write_json(EVAL_REPORT, report)
     write_text(PREDICTIONS_CSV, evaluation.predictions_csv(actual, predicted, report["classes"],
                                                            probabilities, paths))

@@ -5,8 +5,9 @@
 - confusion_matrix.png: counts of true class (rows) against predicted class (columns),
   as metrics/eval_report.json holds them
 - learning_curves.png: loss and accuracy per epoch, train against validation, and the learning rate
-- misclassified.png:    a grid of wrongly classified test images with true and predicted labels
-                        (and file names, for folder and csv datasets; metrics/mistakes.csv lists them all)
+- misclassified.png:    a grid of wrongly classified test images with true and predicted labels,
+                        the most confident mistakes first, as in metrics/mistakes.csv, which lists
+                        them all (and file names, for folder and csv datasets)
 
 Reads metrics/eval_report.json and metrics/predictions.csv (evaluate), the DVCLive logs in
 metrics/train/plots/metrics (train) and data/prepared (preprocess). Figures are drawn
@@ -84,6 +85,21 @@ def read_prediction_paths(path: Path) -> list[str] | None:
     if not rows or "path" not in rows[0]:
         return None
     return [row.get("path") or "" for row in rows]  # a row cut short: no name under its thumbnail
+
+
+def read_prediction_confidence(path: Path) -> np.ndarray | None:
+    """The `confidence` column of predictions.csv (the predicted class's probability), else
+    None; a value that is not a number counts as 0, so that image comes last."""
+    rows = table_rows(path, ",", DataError, EVALUATE_HINT)[1]
+    if not rows or "confidence" not in rows[0]:
+        return None
+    values = []
+    for row in rows:
+        try:
+            values.append(float(row.get("confidence") or 0.0))
+        except ValueError:
+            values.append(0.0)
+    return np.nan_to_num(np.array(values, dtype=np.float64), nan=0.0)
 
 
 def short_name(path: str, limit: int = 22) -> str:
@@ -179,10 +195,17 @@ def _epochs(steps: list[float]) -> list[float]:
 
 
 def misclassified_figure(images: np.ndarray, actual: np.ndarray, predicted: np.ndarray,
-                         classes: list[str], count: int, paths: list[str] | None = None) -> Figure:
-    """The first `count` mistakes in test-set order (the same ones every run), each
-    titled with its file name when the images came from files."""
-    wrong = np.flatnonzero(actual != predicted)[:count]
+                         classes: list[str], count: int, paths: list[str] | None = None,
+                         confidence: np.ndarray | None = None) -> Figure:
+    """`count` mistakes, each titled with its file name when the images came from files:
+    the most confident first when `confidence` is given (metrics/mistakes.csv's order, where
+    a mislabelled image tends to sit), else the first in test-set order. Not simply the first
+    in test-set order: an own-image test set is sorted by class, and the grid showed the
+    mistakes of the first two or three classes only."""
+    wrong = np.flatnonzero(actual != predicted)
+    if confidence is not None:
+        wrong = wrong[np.argsort(-confidence[wrong], kind="stable")]
+    wrong = wrong[:count]
     if len(wrong) == 0:
         figure = Figure(figsize=(6.0, 2.0), dpi=DPI)
         figure.text(0.5, 0.5, "no misclassified test images", ha="center", va="center", fontsize=14)
@@ -258,7 +281,8 @@ def main() -> None:
         "learning_curves.png": learning_curves_figure(TRAIN_CURVES),
         "misclassified.png": misclassified_figure(data["test_images"], actual, predicted, classes,
                                                   params["misclassified"],
-                                                  read_prediction_paths(PREDICTIONS_CSV)),
+                                                  read_prediction_paths(PREDICTIONS_CSV),
+                                                  read_prediction_confidence(PREDICTIONS_CSV)),
     }
     for name, figure in figures.items():
         save_png(figure, PLOTS / name)

@@ -35,6 +35,9 @@ def main() -> None:
         note = unversioned_source_note(Path(data["source"]))
         if note:
             print(note)
+        untracked = untracked_source_warning(Path(data["source"]), data["dataset"])
+        if untracked:
+            print(untracked, file=sys.stderr)
         meta = prepare_image_dataset(data, PREPARED)
     else:
         # A built-in dataset is always what the download stage left in data/raw: a
@@ -70,6 +73,34 @@ def unversioned_source_note(source: Path) -> str | None:
     except ValueError:
         return (f"note: data.source {source} is outside the repository, so no version of it is "
                 f"recorded; `dvc add` a copy inside it, or `dvc import` it from its own repository")
+
+
+def untracked_source_warning(source: Path, dataset: str) -> str | None:
+    """One line when the images inside the repository are neither `dvc add`ed (DVC's
+    .gitignore entry ignores them) nor committed to git: `dvc exp run` then puts every
+    image into the experiment's git commit, and a folder of photos swells .git. None
+    outside a git repository, or when git cannot say."""
+    import subprocess
+
+    images = source if dataset == "folder" else source.parent
+    if source.is_absolute() or not images.is_dir() or images.resolve() == Path.cwd().resolve():
+        return None
+
+    def git(*args) -> subprocess.CompletedProcess | None:
+        try:
+            return subprocess.run(["git", *args], capture_output=True, text=True, timeout=20)
+        except (OSError, subprocess.SubprocessError):
+            return None
+
+    ignored = git("check-ignore", "-q", str(images))
+    if ignored is None or ignored.returncode != 1:  # 0: ignored (dvc add); 128: no repository
+        return None
+    tracked = git("ls-files", "--", str(images))
+    if tracked is None or tracked.returncode != 0 or tracked.stdout.strip():
+        return None
+    return (f"warning: {images} is neither `dvc add`ed nor committed to git: `dvc exp run` puts untracked "
+            f"files, every image, into the experiment's git commit; run `dvc add {images}` and commit "
+            f"{images}.dvc first (README, Train on your own images)")
 
 
 if __name__ == "__main__":

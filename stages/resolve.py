@@ -85,8 +85,10 @@ def resolve(params_path=PARAMS, resolved_path=RESOLVED_PARAMS, prepared=PREPARED
             whose = "the default" if params["recipe"] == "none" else "the recipe's"
             steps_before = train_images // fit.capped_from
             plural = "" if steps_before == 1 else "s"
-            why += (f" ({whose} batch {fit.capped_from} would give {steps_before} step{plural}; "
-                    f"capped for at least {MIN_STEPS})")
+            capped = (f"capped for at least {MIN_STEPS}" if steps >= MIN_STEPS else
+                      f"capped to one image a step, still short of the {MIN_STEPS} steps aimed at: "
+                      f"more images help")
+            why += f" ({whose} batch {fit.capped_from} would give {steps_before} step{plural}; {capped})"
         warnings = fit.warnings
     else:
         warnings = []

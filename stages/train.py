@@ -87,7 +87,9 @@ def run(params_path=PARAMS, prepared=PREPARED, model_path=MODEL, resume_path=RES
         save_checkpoint(model_path, result.model, spec, meta, params,
                         epoch=len(result.history) - 1, best_epoch=result.best_epoch)
         Path(resume_path).unlink(missing_ok=True)
-    learned, reason = runcheck.history_verdict(result.history, len(meta["classes"]))
+    counts = meta.get("counts") or {}
+    measured_on = counts.get("val") or counts.get("train")  # what history_verdict's accuracy counts
+    learned, reason = runcheck.history_verdict(result.history, len(meta["classes"]), measured_on)
     if log_dir is not None:
         runcheck.record(Path(log_dir) / "metrics.json", learned)
     if not learned:

@@ -20,6 +20,12 @@ def test_first_line_names_device_steps_and_images():
     assert line == "training on cpu: 10 epochs x 100 steps of 32 images (3,200 training images)"  # as 60,000 elsewhere
 
 
+def test_first_line_counts_one_step_and_one_image_as_one():
+    lines = []
+    progress.CostClock(lines.append, torch.device("cpu"), 1, 0, 1, 1, 2, False)  # 1 dropped
+    assert lines == ["training on cpu: 1 epoch x 1 step of 1 image (2 training images)"]
+
+
 def test_the_estimate_of_one_epoch_left_gives_its_time_once():
     lines = clock_lines("cpu", 0.039, steps_per_epoch=918, epochs=1)
     assert lines[1] == "estimate: 36 s for the run (39 ms per step)"

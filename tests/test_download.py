@@ -787,6 +787,32 @@ def test_download_stage_offline_fails_within_seconds_with_one_line(tmp_path):
     assert not (tmp_path / "data" / "raw" / "cifar-10-python.tar.gz").exists()
 
 
+@pytest.mark.parametrize("dataset, source, said", [
+    ("folder", "my_images",
+     "no such folder (-S data.source=data/my_images? paths are relative to the repository root)"),
+    ("csv", "my_images/labels.csv",
+     "no such file (-S data.source=data/my_images/labels.csv? paths are relative to the repository root)"),
+    ("folder", "data/my_images/labels.csv",
+     "is a file, not a folder (a CSV manifest is read with -S data.dataset=csv)"),
+    ("csv", "data/my_images",
+     "is a folder, not a file (a folder of class folders is read with -S data.dataset=folder)"),
+    ("folder", "pictures", "no such folder"),  # nothing like it: no guess
+])
+def test_a_source_of_your_own_images_that_is_not_there_says_what_was_likely_meant(
+        tmp_path, monkeypatch, dataset, source, said):
+    """The README puts the images under data/ and the CSV beside them; a newcomer types the
+    folder's own name, or switches folder and csv with only one of the two keys."""
+    from cnnspec.errors import ParamsError
+    from cnnspec.pipeline.params import check_user_source
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data" / "my_images" / "cat").mkdir(parents=True)
+    (tmp_path / "data" / "my_images" / "labels.csv").write_text("path,label\n")
+    with pytest.raises(ParamsError) as caught:
+        check_user_source({"dataset": dataset, "source": source})
+    assert str(caught.value) == f"params.yaml: data.source: {source}: {said}"
+
+
 def test_the_download_stage_names_a_misspelt_source_of_your_own_images(tmp_path):
     # under dvc repro the download stage runs first: without this check DVC itself stops
     # at preprocess's missing dependency, with an errno and no param key
@@ -798,7 +824,8 @@ def test_the_download_stage_names_a_misspelt_source_of_your_own_images(tmp_path)
     assert not (tmp_path / "data" / "raw").exists()
     _write_params(tmp_path, dataset="csv", source="data/my_images")
     result = _run_stage(tmp_path)
-    assert result.stderr.strip() == "error: params.yaml: data.source: data/my_images: is a folder, not a file"
+    assert result.stderr.strip() == ("error: params.yaml: data.source: data/my_images: is a folder, not a file "
+                                     "(a folder of class folders is read with -S data.dataset=folder)")
     _write_params(tmp_path, dataset="folder", source="data/raw")  # -S data.dataset=folder alone
     (tmp_path / "data" / "raw").mkdir()
     result = _run_stage(tmp_path)

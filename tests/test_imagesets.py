@@ -328,6 +328,25 @@ def test_csv_without_the_named_column_names_the_param(tmp_path):
         prepare(tmp_path, data_params(tmp_path, dataset="csv", source=str(manifest)))
 
 
+@pytest.mark.parametrize("header, columns, hint", [
+    ("filename,class", {}, "; to read it: -S data.csv.path_column=filename -S data.csv.label_column=class"),
+    ("Image,Label", {}, "; to read it: -S data.csv.path_column=Image -S data.csv.label_column=Label"),
+    ("path,Category", {}, "; to read it: -S data.csv.label_column=Category"),
+    ("file,label", {"path_column": "image"}, "; to read it: -S data.csv.path_column=file"),
+    ("a,b", {}, ""),  # nothing to guess from: the header is listed, no -S
+])
+def test_csv_with_other_column_names_says_what_to_set(tmp_path, header, columns, hint):
+    """A Kaggle manifest is `filename,class` or `image_id,label`: the first error names the
+    settings that read it, all of them, instead of one round trip per column."""
+    manifest = tmp_path / "list.csv"
+    manifest.write_text(header + "\na.png,x\n")
+    data = data_params(tmp_path, dataset="csv", source=str(manifest))
+    data["csv"] = {**data["csv"], **columns}
+    with pytest.raises(DataError) as caught:
+        prepare(tmp_path, data)
+    assert str(caught.value).endswith(f"the header has: {header.replace(',', ', ')}{hint}")
+
+
 def test_windows_backslash_paths_in_a_csv_are_named_with_the_path_that_exists(tmp_path, fashion):
     root = folder_of(tmp_path, fashion, suffix=".jpg")
     rows = [{"path": str(p.relative_to(tmp_path)).replace("/", "\\"), "label": p.parent.name}
@@ -407,6 +426,9 @@ def test_a_csv_in_a_folder_whose_name_is_not_utf8_is_refused_naming_it(tmp_path,
     ({"channels": 2}, "data.channels: 2 is not one of: auto, 1, 3"),
     ({"image_size": "big"}, "data.image_size: 'big' is not auto or [height, width]"),
     ({"image_size": [32]}, "data.image_size: a list of 1 is too short"),
+    # one side, as Keras' and torchvision's sizes are often written, and a size as text
+    ({"image_size": 32}, "data.image_size: 32 is not auto or [height, width] (write [32, 32] for 32x32)"),
+    ({"image_size": "64x48"}, "data.image_size: '64x48' is not auto or [height, width] (write [64, 48])"),
     ({"resize": "crop"}, "data.resize: 'crop' is not one of: stretch, center_crop"),
     ({"bad_images": "ignore"}, "data.bad_images: 'ignore' is not one of: fail, skip"),
     ({"csv": {"path_colum": "p"}}, "data.csv.path_colum: unknown key 'path_colum' (did you mean 'path_column'?)"),

@@ -112,6 +112,25 @@ def test_a_capped_default_batch_is_called_the_default_with_its_steps(tmp_path, m
     assert said[0].endswith("batch 45: 20 steps an epoch on 900 training images of 1x8x8 (the default batch "
                             "1024 would give 0 steps; capped for at least 20)")
 
+def test_a_dozen_photos_are_not_said_to_give_twenty_steps(tmp_path, monkeypatch):
+    """A first try on a dozen photos: the batch is capped to 1 and an epoch still has fewer
+    than 20 steps; the line said "capped for at least 20" beside "10 steps"."""
+    from stages.resolve import resolve
+
+    monkeypatch.chdir(REPO_ROOT)
+    text = (REPO_ROOT / "params.yaml").read_text().replace("  dataset: cifar10 ", "  dataset: folder  ")
+    (tmp_path / "params.yaml").write_text(text)
+    prepared = tmp_path / "prepared"
+    prepared.mkdir()
+    (prepared / "meta.json").write_text(json.dumps({"counts": {"train": 10}, "input_shape": [3, 28, 28],
+                                                    "classes": ["cat", "dog"]}))
+    said = []
+    resolve(tmp_path / "params.yaml", tmp_path / "params.resolved.yaml", prepared, log=said.append)
+    assert said[0].endswith("batch 1: 10 steps an epoch on 10 training images of 3x28x28 (the recipe's batch 64 "
+                            "would give 0 steps; capped to one image a step, still short of the 20 steps "
+                            "aimed at: more images help)")
+
+
 def test_the_resolve_line_groups_the_training_images_by_thousands(tmp_path, monkeypatch):
     from stages.resolve import resolve
 
@@ -303,6 +322,32 @@ def test_a_source_outside_the_repository_is_named_as_unversioned(tmp_path, monke
     assert "dvc add" in note and "dvc import" in note
     assert unversioned_source_note(Path("data/my_images")) is None
     assert unversioned_source_note(REPO_ROOT / "data" / "my_images") is None
+
+
+def test_images_neither_dvc_added_nor_in_git_are_warned_about(tmp_path, monkeypatch):
+    """Skipping the README's `dvc add` line trains all the same, but `dvc exp run` then puts
+    every untracked image into the experiment's git commit: .git swells with the photos."""
+    import subprocess
+
+    from stages.preprocess import untracked_source_warning
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data" / "my_images" / "cat").mkdir(parents=True)
+    (tmp_path / "data" / "my_images" / "cat" / "1.png").write_bytes(b"png")
+    (tmp_path / "data" / "my_images" / "labels.csv").write_text("path,label\ncat/1.png,cat\n")
+    assert untracked_source_warning(Path("data/my_images"), "folder") is None  # not a git repository
+    subprocess.run(["git", "init", "-q"], check=True)
+    warning = untracked_source_warning(Path("data/my_images"), "folder")
+    assert warning.startswith("warning: data/my_images is neither `dvc add`ed nor committed to git: ")
+    assert warning.endswith("run `dvc add data/my_images` and commit data/my_images.dvc first "
+                            "(README, Train on your own images)")
+    assert untracked_source_warning(Path("data/my_images/labels.csv"), "csv") == warning
+    (tmp_path / "data" / ".gitignore").write_text("/my_images\n")  # what `dvc add data/my_images` writes
+    assert untracked_source_warning(Path("data/my_images"), "folder") is None
+    assert untracked_source_warning(Path("data/my_images/labels.csv"), "csv") is None
+    (tmp_path / "data" / ".gitignore").unlink()
+    subprocess.run(["git", "add", "data/my_images"], check=True)  # a small set kept in git itself
+    assert untracked_source_warning(Path("data/my_images"), "folder") is None
 
 
 def test_a_built_in_dataset_reads_data_raw_whatever_data_source_says(tmp_path, monkeypatch, capsys):

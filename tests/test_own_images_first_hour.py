@@ -121,6 +121,44 @@ def test_skipped_images_are_named_before_the_error_they_cause(fashion, tmp_path)
     assert not (tmp_path / "prepared").exists()
 
 
+def test_one_bad_file_says_how_to_skip_it_and_then_that_it_was_skipped(fashion, tmp_path):
+    """A user's first run stops at the one damaged photo: the message names the -S that
+    goes on, and the run after it counts one image, not "1 unreadable images"."""
+    train_images, train_labels, _, _ = fashion
+    root = tmp_path / "data"
+    write_image_folder(root, train_images[:30], train_labels[:30])
+    victim = sorted(root.glob("*/*.png"))[4]
+    victim.write_bytes(victim.read_bytes()[:100])  # truncated
+    with pytest.raises(DataError) as caught:
+        prepare_image_dataset(data_params(root), tmp_path / "prepared", workers=1, log=lambda line: None)
+    assert str(caught.value).startswith(str(victim))
+    assert str(caught.value).endswith("(data.bad_images: fail; -S data.bad_images=skip leaves such images out)")
+    lines = []
+    prepare_image_dataset(data_params(root, bad_images="skip"), tmp_path / "prepared", workers=1, log=lines.append)
+    assert [line for line in lines if line.startswith("skipped")] == [
+        f"skipped 1 unreadable image (data.bad_images: skip): {victim}: damaged or unreadable image "
+        "(image file is truncated)"]
+
+
+def test_auto_colour_among_grayscale_files_says_how_many_and_the_setting(fashion, tmp_path):
+    """Gray photos of which a few were saved as RGB JPEGs: auto takes 3 channels, and said
+    only 'colour images', hiding that most files are grayscale."""
+    train_images, train_labels, _, _ = fashion
+    root = tmp_path / "data"
+    paths = write_image_folder(root, train_images[:30], train_labels[:30])
+    for path in paths[:4]:
+        Image.open(path).convert("RGB").save(path.with_suffix(".jpg"))
+        path.unlink()
+    lines = []
+    prepare_image_dataset(data_params(root), tmp_path / "prepared", workers=1, log=lines.append)
+    assert "channels: 3 (data.channels: auto; 4 of the 30 images sampled are colour files, the others " \
+           "grayscale; -S data.channels=1 reads every image as grayscale)" in lines
+    for path in sorted(root.glob("*/*.png")):
+        Image.open(path).convert("RGB").save(path)
+    prepare_image_dataset(data_params(root), tmp_path / "prepared", workers=1, log=lines.append)
+    assert "channels: 3 (data.channels: auto; colour images)" in lines
+
+
 def test_csv_paths_written_from_the_working_folder_are_named_so(fashion, tmp_path, monkeypatch):
     train_images, train_labels, _, _ = fashion
     monkeypatch.chdir(tmp_path)
@@ -148,6 +186,18 @@ def test_the_did_not_learn_warning_fits_the_run(tmp_path):
     assert below == (False, "accuracy 0.2000 is below chance (0.3333 for 3 classes)")
     near = learning_check.verdict(3, 0.35)
     assert near == (False, "accuracy 0.3500 is within 0.05 of chance (0.3333 for 3 classes)")
+
+
+def test_a_chance_verdict_on_a_handful_of_images_says_they_are_too_few():
+    """A first try on 16 photos holds out 2 for validation and 4 for test: 0.5 on 2 images
+    is a coin toss, not a verdict on the learning rate."""
+    said = learning_check.verdict(2, 0.5, "val accuracy", images=2)
+    assert said == (False, "val accuracy 0.5000 is within 0.05 of chance (0.5000 for 2 classes); on 2 images, "
+                           "too few to tell (more images or a larger data.val_split)")
+    history = [{"train/loss": 0.7, "train/accuracy": 0.5, "val/accuracy": 0.5}]
+    assert learning_check.history_verdict(history, 2, images=2) == said
+    assert learning_check.verdict(2, 0.5, "test accuracy", images=4)[1].endswith("larger data.test_split)")
+    assert learning_check.verdict(2, 0.5, "test accuracy", images=300)[1].endswith("for 2 classes)")
 
 
 def test_decoding_says_how_far_it_is_on_stderr_in_plain_lines_in_a_log(fashion, tmp_path, capsys, monkeypatch):

@@ -123,6 +123,23 @@ def test_cpu_precision_off_set_with_dash_s_is_the_word(tmp_path, monkeypatch):
     assert train["cpu_precision"] == "off" and train["precision"] == "off"
 
 
+def test_a_recipe_key_set_empty_with_dash_s_says_how_to_write_empty(tmp_path, monkeypatch):
+    """After a fine-tune experiment leaves `lr: 0.0005` in params.yaml, `-S train.optimizer.lr=`
+    is how a user hands it back to the recipe; DVC writes '' there, which is not a number."""
+    from dvc.utils.hydra import apply_overrides
+
+    monkeypatch.chdir(REPO_ROOT)
+    path = write_params(tmp_path, "recipe: small_images\ntrain: {optimizer: {lr: 0.0005}}\n")
+    apply_overrides(path, ["train.optimizer.lr="])
+    with pytest.raises(ParamsError) as caught:
+        load_params(path, ["recipe", "train"])
+    assert str(caught.value).endswith("train.optimizer.lr: expected number, got '' (for the recipe's value "
+                                      "leave it empty: -S train.optimizer.lr=null, or nothing after `lr:`)")
+    apply_overrides(path, ["train.optimizer.lr=null"])  # what the message says works
+    assert load_params(path, ["recipe", "train"])["train"]["optimizer"]["lr"] == 2e-3  # small_images' own
+    assert "(for the recipe's value" not in error_for(tmp_path, "data: {val_split: ''}\n")  # no recipe there
+
+
 def test_md5_mapping_and_positive_multipliers_are_accepted(tmp_path):
     text = ("data: {md5: {train-images-idx3-ubyte.gz: cf8536b0aa1a6ac5fa3f23001093305c}}\n"
             "train: {class_weights: {mode: balanced, multipliers: {cat: 2.0, dog: 2}}}\n")

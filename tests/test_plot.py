@@ -168,6 +168,32 @@ def test_misclassified_grid_shows_the_first_mistakes_with_both_labels():
         assert left <= x <= left + 5 and y == top - 0.5
 
 
+def test_misclassified_grid_shows_the_most_confident_mistakes_first(project, monkeypatch):
+    """An own-image test set is sorted by class: the grid showed the first classes' mistakes
+    only. It takes mistakes.csv's order, where a mislabelled image tends to sit at the top."""
+    from cnnspec.inference.evaluation import mistakes_csv, predictions_csv
+
+    (project / "params.yaml").write_text("plot: {misclassified: 2}\n")
+    actual = np.repeat(np.arange(len(CLASSES)), 5)  # sorted by class, as a folder's test set
+    probabilities = np.full((20, len(CLASSES)), 0.1)
+    probabilities[np.arange(20), actual] = 0.7
+    for index, wrong, confidence in ((1, 2, 0.4), (2, 3, 0.5), (16, 0, 0.9), (12, 1, 0.8)):
+        probabilities[index] = 0.0
+        probabilities[index, wrong], probabilities[index, actual[index]] = confidence, 1 - confidence
+    predicted = probabilities.argmax(axis=1)
+    paths = [f"{CLASSES[label]}/{index:03d}.png" for index, label in enumerate(actual)]
+    (project / "metrics" / "predictions.csv").write_text(
+        predictions_csv(actual, predicted, CLASSES, probabilities, paths))
+    write_eval_json(project / "metrics" / "eval_report.json", actual, predicted)
+    drawn = {}
+    monkeypatch.setattr(plot_stage, "save_png", lambda figure, path: drawn.setdefault(path.name, figure))
+    plot_stage.main()
+    titles = [text.get_text().split("\n")[0] for text in drawn["misclassified.png"].axes[0].texts]
+    mistakes = mistakes_csv(actual, probabilities, CLASSES, paths).splitlines()[1:3]
+    most_confident = [line.split(",")[0] for line in mistakes]
+    assert titles == ["016.png", "012.png"] == [Path(path).name for path in most_confident]
+
+
 def test_misclassified_grid_keeps_colour_images_in_colour():
     images = np.random.default_rng(1).integers(0, 255, (2, 3, 4, 6), dtype=np.uint8)
     figure = plot_stage.misclassified_figure(images, np.array([0, 1]), np.array([1, 0]), CLASSES, count=9)
@@ -238,3 +264,17 @@ def test_a_log_or_table_that_is_a_fifo_is_named_and_never_blocks(project, capsys
         plot_stage.main()
     error = capsys.readouterr().err
     assert error.startswith(f"error: {file}: is a named pipe (FIFO), not a regular file; ") and error.count("\n") == 1
+
+
+def test_the_html_dvc_plots_writes_is_not_left_for_git_add(tmp_path):
+    """`dvc plots show` (and `dvc plots diff main`, as the README suggests) write
+    dvc_plots/index.html in the workspace: a `git add -A` after a run committed it."""
+    import shutil
+    import subprocess
+
+    shutil.copy(Path(__file__).resolve().parent.parent / ".gitignore", tmp_path / ".gitignore")
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    (tmp_path / "dvc_plots").mkdir()
+    (tmp_path / "dvc_plots" / "index.html").write_text("<html></html>")
+    ignored = subprocess.run(["git", "-C", str(tmp_path), "check-ignore", "-q", "dvc_plots/index.html"])
+    assert ignored.returncode == 0

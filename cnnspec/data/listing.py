@@ -252,12 +252,15 @@ def scan_csv(source, columns: dict) -> Listing:
         with open(manifest, newline="", encoding="utf-8-sig") as file:
             reader = csv.DictReader(_bounded_lines(file, manifest))
             header = reader.fieldnames or []
-            for key, column in (("path_column", path_column), ("label_column", label_column),
-                                ("split_column", split_column)):
-                if column and column not in header:
-                    raise DataError(f"{manifest}:1: no column '{column}' (data.csv.{key}); "
-                                    f"the header has: {', '.join(header) or 'nothing'}"
-                                    f"{_spaces_around(column, header)}")
+            missing = [(key, column) for key, column in (("path_column", path_column),
+                                                         ("label_column", label_column),
+                                                         ("split_column", split_column))
+                       if column and column not in header]
+            if missing:
+                key, column = missing[0]
+                raise DataError(f"{manifest}:1: no column '{column}' (data.csv.{key}); "
+                                f"the header has: {', '.join(header) or 'nothing'}"
+                                f"{_spaces_around(column, header) or _columns_to_set(missing, header)}")
             for row in reader:
                 line = _first_line(reader, row)
                 where = f"{manifest}:{line}"
@@ -303,6 +306,29 @@ def scan_csv(source, columns: dict) -> Listing:
     _name_paths_written_from_elsewhere(listing, root)
     listing.sort_by_path()
     return listing
+
+
+# Header names manifests use for the image and the class (Kaggle's, fastai's, Keras'),
+# lower-cased: what `_columns_to_set` offers for a missing path or label column.
+LIKELY_COLUMNS = {
+    "path_column": ("path", "filename", "file", "file_name", "filepath", "file_path", "image",
+                    "image_path", "image_name", "image_id", "img", "fname", "name"),
+    "label_column": ("label", "class", "labels", "class_name", "category", "target", "y"),
+}
+
+
+def _columns_to_set(missing: list[tuple[str, str]], header: list[str]) -> str:
+    """For a header that names its columns otherwise (`filename,class`), the -S settings
+    that read it, every missing column at once; '' when a column has no likely name."""
+    settings = []
+    for key, _ in missing:
+        taken = {setting.split("=", 1)[1] for setting in settings}
+        found = next((name for likely in LIKELY_COLUMNS.get(key, ()) for name in header
+                      if name.lower() == likely and name not in taken), None)
+        if found is None:
+            return ""
+        settings.append(f"data.csv.{key}={found}")
+    return "; to read it: " + " ".join(f"-S {setting}" for setting in settings)
 
 
 def _spaces_around(column: str, header: list[str]) -> str:

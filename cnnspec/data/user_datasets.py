@@ -36,7 +36,7 @@ from cnnspec.data.image_sample import (
     sample_images,
     stretch_warning,
 )
-from cnnspec.data.images import ImageReadError, decode_image
+from cnnspec.data.images import GRAY_MODES, ImageReadError, decode_image
 from cnnspec.data.listing import Listing, assign_splits, scan_csv, scan_folder
 from cnnspec.errors import DataError, DiskFullError, listed_names
 from cnnspec.progress import Progress
@@ -142,7 +142,8 @@ class _BadImages:
 
     def add(self, errors: list[str]) -> None:
         if errors and self.policy == "fail":
-            raise ImageReadError(f"{errors[0]} (data.bad_images: fail; 'skip' leaves such images out)")
+            raise ImageReadError(f"{errors[0]} (data.bad_images: fail; -S data.bad_images=skip leaves such "
+                                 "images out)")
         self.count += len(errors)
         self.first.extend(errors[:SHOWN_BAD_IMAGES - len(self.first)])
 
@@ -278,7 +279,9 @@ def prepare_image_dataset(data: dict, out_folder, workers: int | None = None, lo
             counts[split] = int(len(labels))
             per_class[split] = np.bincount(labels, minlength=len(classes))
         if bad.count:  # before the errors below, which these may explain
-            log(f"skipped {bad.count} unreadable images (data.bad_images: skip), first: " + "; ".join(bad.first))
+            first = "first: " if bad.count > len(bad.first) else ""
+            log(f"skipped {bad.count:,} unreadable image{'s' if bad.count != 1 else ''} (data.bad_images: skip): "
+                + first + "; ".join(bad.first))
         resized, lost_colour = beyond_the_sample(sample, (height, width), data["resize"], channels_auto,
                                                  changed.resized, changed.lost_colour)
         if resized:
@@ -329,7 +332,17 @@ def _say_what_the_sample_shows(sample, data: dict, size, channels: int, images: 
     if data["channels"] == "auto":
         gray = ("every image is grayscale" if len(sample) == images
                 else f"the {len(sample)} images sampled across the dataset are grayscale")
-        log(f"channels: {channels} (data.channels: auto; {gray if channels == 1 else 'colour images'})")
+        log(f"channels: {channels} (data.channels: auto; {gray if channels == 1 else colour_count(sample)})")
+
+
+def colour_count(sample) -> str:
+    """Why auto chose 3: 'colour images', and when grayscale ones are among them (gray
+    scans, some saved as RGB JPEGs), how many of each and the setting that reads all as gray."""
+    colour = sum(mode not in GRAY_MODES for _, _, mode in sample)
+    if colour == len(sample):
+        return "colour images"
+    return (f"{colour:,} of the {len(sample):,} images sampled are colour files, the others grayscale; "
+            f"-S data.channels=1 reads every image as grayscale")
 
 
 def source_relative(path: str, data: dict) -> str:

@@ -163,7 +163,18 @@ def check(params: dict, schema: dict, name: str, origin_of=lambda key_path: None
     if errors:
         _, about = explain(errors[0], schema, anywhere=True)
         path = list(errors[0].absolute_path) + ([about] if about is not None else [])
-        raise ParamsError(f"{origin_of(path) or name}: {describe_error(errors[0], schema)}")
+        origin = origin_of(path)
+        hint = empty_value_hint(errors[0].instance, path) if origin is None else ""
+        raise ParamsError(f"{origin or name}: {describe_error(errors[0], schema)}{hint}")
+
+
+def empty_value_hint(value, path: list) -> str:
+    """For '' in train or evaluate (what `-S train.optimizer.lr=` writes, meant as "back to
+    the recipe's value"): how to write the empty value that means it."""
+    if value != "" or not path or path[0] not in recipes.SECTIONS:
+        return ""
+    key = key_path(path)
+    return f" (for the recipe's value leave it empty: -S {key}=null, or nothing after `{path[-1]}:`)"
 
 
 def _error_order(error):
@@ -213,9 +224,25 @@ def check_user_source(data: dict, name=str(PARAMS)) -> None:
         wanted = "your images' folder" if kind == "folder" else "your CSV manifest"
         raise ParamsError(f"{name}: data.source: still {RAW}, the built-in datasets' download folder; "
                           f"set it to {wanted} (-S data.source=...)")
-    problem = path_problem(Path(str(data["source"])), kind)
+    source = Path(str(data["source"]))
+    problem = path_problem(source, kind)
     if problem:
-        raise ParamsError(f"{name}: data.source: {recipes.printable(data['source'])}: {problem}")
+        raise ParamsError(f"{name}: data.source: {recipes.printable(data['source'])}: {problem}"
+                          f"{source_hint(source, kind)}")
+
+
+def source_hint(source: Path, kind: str) -> str:
+    """What a newcomer most likely meant by a data.source that is not there or not of its
+    kind: the same name under data/ (the README puts images there; paths are relative to
+    the repository root), or the other of folder and csv."""
+    if kind == "folder" and source.is_file():
+        return " (a CSV manifest is read with -S data.dataset=csv)" if source.suffix.lower() == ".csv" else ""
+    if kind == "file" and source.is_dir():
+        return " (a folder of class folders is read with -S data.dataset=folder)"
+    under_data = Path("data") / source
+    if not source.exists() and not source.is_absolute() and path_problem(under_data, kind) is None:
+        return f" (-S data.source={under_data.as_posix()}? paths are relative to the repository root)"
+    return ""
 
 
 def check_named_paths(params: dict, name=str(PARAMS), keys=None) -> None:

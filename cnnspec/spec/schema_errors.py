@@ -201,16 +201,14 @@ def explain(error: jsonschema.ValidationError, root: dict, anywhere: bool = Fals
                 f"{did_you_mean(instance, error.validator_value)}", None)
     if rule in ("type", "pattern") and "x-hint" in schema:
         hint = did_you_mean(instance, words_of(schema, root)) if isinstance(instance, str) else ""
-        return f"{describe_value(instance)} is not {schema['x-hint']}{hint}", None
+        return f"{describe_value(instance)} is not {schema['x-hint']}{hint or pair_hint(instance, schema)}", None
     if rule == "pattern" and "description" in schema:
         return f"{describe_value(instance)} is not {schema['description']}", None
     if rule == "type":
         wanted = error.validator_value
         wanted = " or ".join(wanted) if isinstance(wanted, list) else wanted
         hint = object_hint(instance, schema, key_path(error.absolute_path)) if wanted == "object" else ""
-        written_as_text = isinstance(instance, str) and "array" in error.validator_value
-        pair = PAIR.fullmatch(instance.strip()) if written_as_text else None
-        hint = hint or (f" (write [{pair.group(1)}, {pair.group(2)}])" if pair else "")
+        hint = hint or pair_hint(instance, schema)
         return f"expected {wanted}, got {describe_value(instance)}{hint}", None
     if rule == "minItems" and instance == [] and schema.get("items", {}).get("$ref", "").endswith("/layer"):
         return ("an empty layer list: write at least one layer (`identity` passes the input "
@@ -220,6 +218,22 @@ def explain(error: jsonschema.ValidationError, root: dict, anywhere: bool = Fals
     if rule in ("minProperties", "maxProperties") and isinstance(instance, dict):
         return f"a layer is one TYPE: options pair, found {len(instance)} keys: {', '.join(instance)}", None
     return " ".join(error.message.split()) + percent_hint(rule, instance, error.validator_value), None
+
+
+def pair_hint(instance, schema: dict) -> str:
+    """For a pair written as text (`32x32`, `(3, 3)`) where a list may stand, the list to
+    write; for one number where only a pair may (`image_size: 32`, as Keras and torchvision
+    take one side), the square pair."""
+    types = schema.get("type")
+    if "array" not in (types if isinstance(types, list) else [types]):
+        return ""
+    if isinstance(instance, str):
+        pair = PAIR.fullmatch(instance.strip())
+        return f" (write [{pair.group(1)}, {pair.group(2)}])" if pair else ""
+    is_integer = isinstance(instance, int) and not isinstance(instance, bool)
+    if is_integer and schema.get("minItems") == schema.get("maxItems") == 2:
+        return f" (write [{instance}, {instance}] for {instance}x{instance})"
+    return ""
 
 
 def percent_hint(rule: str, instance, bound) -> str:

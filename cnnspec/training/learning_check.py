@@ -29,14 +29,18 @@ def at_chance(accuracy: float, num_classes: int) -> bool:
     return accuracy <= chance(num_classes) + margin(num_classes)
 
 
+FEW_IMAGES = 30  # an accuracy on fewer images than this says little: the warning says so
+
+
 def verdict(num_classes: int, accuracy: float | None = None, accuracy_name: str = "accuracy",
-            train_losses: list[float] | None = None) -> tuple[bool, str]:
-    """(learned, reason it did not: '' when it did)."""
+            train_losses: list[float] | None = None, images: int | None = None) -> tuple[bool, str]:
+    """(learned, reason it did not: '' when it did). `images`: how many the accuracy was
+    measured on; under FEW_IMAGES the reason says they are too few to tell."""
     if accuracy is not None and at_chance(accuracy, num_classes):
         where = ("below chance" if accuracy < chance(num_classes)
                  else f"within {margin(num_classes):.3g} of chance")
         return False, (f"{accuracy_name} {accuracy:.4f} is {where} "
-                       f"({chance(num_classes):.4f} for {num_classes} classes)")
+                       f"({chance(num_classes):.4f} for {num_classes} classes){few_images(images, accuracy_name)}")
     losses = [loss for loss in (train_losses or [])]
     if len(losses) >= 2 and min(losses[1:]) >= losses[0]:
         return False, (f"the training loss never fell below its first epoch's "
@@ -44,16 +48,26 @@ def verdict(num_classes: int, accuracy: float | None = None, accuracy_name: str 
     return True, ""
 
 
-def history_verdict(history: list[dict], num_classes: int) -> tuple[bool, str]:
+def few_images(images: int | None, accuracy_name: str) -> str:
+    """'; on 2 images, too few to tell ...' when the accuracy was measured on so few that
+    chance and learning look alike (a first try on a dozen photos), else ''."""
+    if images is None or images >= FEW_IMAGES:
+        return ""
+    split = accuracy_name.split()[0]
+    more = {"val": " or a larger data.val_split", "test": " or a larger data.test_split"}.get(split, "")
+    return f"; on {images} image{'' if images == 1 else 's'}, too few to tell (more images{more})"
+
+
+def history_verdict(history: list[dict], num_classes: int, images: int | None = None) -> tuple[bool, str]:
     """The verdict on a training history (training.train's per-epoch records): the last
     epoch's validation accuracy (training accuracy without a validation split) and the
-    training loss."""
+    training loss. `images`: the validation images (the training images without them)."""
     if not history:
         return True, ""
     last = history[-1]
     split = "val" if "val/accuracy" in last else "train"
     return verdict(num_classes, last[f"{split}/accuracy"], f"{split} accuracy",
-                   [record["train/loss"] for record in history])
+                   [record["train/loss"] for record in history], images)
 
 
 def warning_line(reason: str, params: dict | None = None) -> str:

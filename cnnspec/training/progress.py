@@ -61,8 +61,10 @@ class CostClock:
         resumed = f", resuming at epoch {start_epoch + 1}" if start_epoch else ""
         plural = "" if epochs == 1 else "s"
         autocast = {torch.bfloat16: " in bf16", torch.float16: " in fp16"}.get(precision, "")
-        say(f"training on {device}{autocast}: {epochs} epoch{plural} x {steps_per_epoch:,} steps of {batch_size} "
-            f"images ({num_train:,} training images){resumed}")
+        steps = f"{steps_per_epoch:,} step{'' if steps_per_epoch == 1 else 's'}"
+        images = f"{batch_size} image{'' if batch_size == 1 else 's'}"
+        say(f"training on {device}{autocast}: {epochs} epoch{plural} x {steps} of {images} "
+            f"({num_train:,} training images){resumed}")
 
     def step_done(self, now=time.perf_counter) -> None:
         """The first step (compile, warm-up) is not timed; the estimate comes after
