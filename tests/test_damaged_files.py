@@ -5,6 +5,7 @@ to do; a damaged resume state or archive is moved out of the way so the next run
 import io
 import json
 import tarfile
+import warnings
 
 import numpy as np
 import pytest
@@ -134,6 +135,12 @@ def _edit_meta(folder, **changes):
     (folder / "meta.json").write_text(json.dumps({**meta, **changes}))
 
 
+def _npy_header(path, shape, descr="<i8"):
+    """A .npy file whose header claims `shape` (numpy's own writer refuses the odd ones)."""
+    header = repr({"descr": descr, "fortran_order": False, "shape": shape}).encode().ljust(117) + b"\n"
+    path.write_bytes(b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header + b"\0" * 64)
+
+
 DAMAGES = {
     # name: (how to damage the folder, the file the message must name, words in it)
     "truncated images": (lambda f: truncate(f / "train_images.npy", 0.6), "train_images.npy", "truncated"),
@@ -150,6 +157,16 @@ DAMAGES = {
     "label out of range": (lambda f: _edit_meta(f, classes=["a"]), "train_labels.npy", "1 classes"),
     "std per channel": (lambda f: _edit_meta(f, std=[0.2]), "meta.json", "1 values for 3 channels"),
     "missing key": (lambda f: _edit_meta(f, classes=None), "meta.json", "'classes' is missing"),
+    # headers numpy reads into OverflowError and TypeError, and one past the address space,
+    # where numpy also warned on stderr; each was a traceback, or a second line
+    "negative shape": (lambda f: _npy_header(f / "val_labels.npy", (-100,)), "val_labels.npy", "damaged"),
+    "shape of true": (lambda f: _npy_header(f / "val_labels.npy", (True,)), "val_labels.npy", "damaged"),
+    "overflowing shape": (lambda f: _npy_header(f / "test_images.npy", (2**31, 2**31, 2**31, 4), "|u1"),
+                          "test_images.npy", "damaged"),
+    "count not a number": (lambda f: _edit_meta(f, counts={"train": 6, "val": "2", "test": 3}), "meta.json",
+                           "counts.val '2' is not a number of images"),
+    "channels true": (lambda f: _edit_meta(f, input_shape=[True, 4, 4], mean=[0.5], std=[0.2]), "meta.json",
+                      "input_shape [True, 4, 4] is not [channels, height, width]"),
 }
 
 
@@ -161,7 +178,8 @@ def test_damaged_prepared_data_names_the_file_and_says_to_preprocess_again(damag
     spoil, file, words = DAMAGES[damage]
     spoil(folder)
     for mmap_mode in (None, "r"):  # train reads the arrays, evaluate and plot map them
-        with pytest.raises(DataError) as caught:
+        with pytest.raises(DataError) as caught, warnings.catch_warnings():
+            warnings.simplefilter("error")  # nothing printed beside the one line
             load_prepared(folder, mmap_mode=mmap_mode)
         message = str(caught.value)
         assert message.startswith(f"{folder / file}: ") and "\n" not in message

@@ -153,6 +153,23 @@ def test_export_refuses_to_overwrite_its_own_checkpoint_and_other_wrong_outputs(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]
 
 
+@pytest.mark.timeout(30)
+def test_check_images_whose_array_header_is_damaged_or_a_fifo_is_one_line(model_files, tmp_path, capsys):
+    """--check-images names a folder someone sent: a test_images.npy whose header claims a negative
+    shape was an OverflowError traceback, and a FIFO blocked the export for good."""
+    prepared = tmp_path / "prepared"
+    prepared.mkdir()
+    (prepared / "meta.json").write_text(json.dumps({"input_shape": [1, 28, 28]}))  # the checkpoint's
+    header = repr({"descr": "|u1", "fortran_order": False, "shape": (-100, 1, 28, 28)}).encode().ljust(117) + b"\n"
+    (prepared / "test_images.npy").write_bytes(b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header)
+    for _ in ("damaged header", "fifo"):
+        error = one_line_error(capsys, ["export", str(model_files["checkpoint"]), "--format", "onnx",
+                                        "--output", str(tmp_path / "m.onnx"), "--check-images", str(prepared)], 2)
+        assert "no prepared test images of shape [1, 28, 28]" in error and not (tmp_path / "m.onnx").exists()
+        (prepared / "test_images.npy").unlink()
+        os.mkfifo(prepared / "test_images.npy")
+
+
 def test_the_opset_bounds_are_params_yamls_and_both_ends_export(model_files, tmp_path):
     from cnnspec.inference.export import OPSETS, export
     from cnnspec.pipeline.params import load_schema

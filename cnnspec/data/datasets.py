@@ -458,9 +458,9 @@ def load_prepared(folder=PREPARED, mmap_mode: str | None = None) -> dict:
             try:
                 # mapped first, in any mode: a header promising terabytes is checked against
                 # meta.json below before anything that size is read into memory
-                prepared[f"{split}_{kind}"] = np.load(path, mmap_mode=mmap_mode or "r", allow_pickle=False)
-            except (OSError, ValueError, EOFError) as error:
-                raise DataError(f"{path}: damaged or truncated ({' '.join(str(error).split())}); "
+                prepared[f"{split}_{kind}"] = integrity.load_npy(path, mmap_mode=mmap_mode or "r")
+            except ValueError as error:
+                raise DataError(f"{path}: damaged or truncated ({error}); "
                                 f"{integrity.REPREPARE_HINT}") from None
         integrity.check_split(prepared[f"{split}_images"], prepared[f"{split}_labels"], split, meta, folder)
         if mmap_mode is None:  # read into memory, as asked, once they are known to fit meta.json

@@ -2,6 +2,8 @@
 
 - `set_aside(path)`: move a damaged file out of the way (`state.pt` -> `state.pt.damaged`)
   so the next run starts over instead of tripping on it again.
+- `load_npy(path, mmap_mode)`: np.load without pickles, where any damage to the header is a
+  ValueError (numpy raises five kinds, and warns on an overflowing shape).
 - `check_meta(meta, path)`, `check_split(images, labels, split, meta, folder)`: meta.json has
   the documented keys, and the arrays of data/prepared/ agree with it (counts, shapes, dtypes,
   label range) - else one line naming the file and the fix (`load_prepared` calls both).
@@ -15,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from cnnspec.errors import DataError
+from cnnspec.regular_files import not_a_regular_file
 
 DAMAGED_SUFFIX = ".damaged"
 REPREPARE_HINT = ("re-run preprocess (dvc repro -f preprocess, or delete data/prepared "
@@ -31,6 +34,25 @@ def set_aside(path) -> Path:
 
 # --- prepared data ---------------------------------------------------------
 
+NPY_ERRORS = (OSError, ValueError, EOFError, OverflowError, TypeError)  # np.load on a damaged file
+
+
+def load_npy(path, mmap_mode: str | None = "r"):
+    """The array in the .npy file `path` (memory-mapped by default: a header promising
+    terabytes costs nothing until it is checked). A file numpy cannot read, truncated or with
+    a header whose shape is negative (OverflowError), not whole numbers (TypeError) or past
+    the address space (a RuntimeWarning on stderr, then ValueError), is ValueError saying why;
+    so is a path that is not a regular file (a FIFO would block the open)."""
+    problem = not_a_regular_file(path)
+    if problem:
+        raise ValueError(problem if problem == "missing" else f"{problem}, not a regular file")
+    try:
+        with np.errstate(all="ignore"):
+            return np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
+    except NPY_ERRORS as error:
+        raise ValueError(" ".join(str(error).split()) or type(error).__name__) from None
+
+
 META_KEYS = {"classes": list, "input_shape": list, "mean": list, "std": list, "counts": dict}
 
 
@@ -42,7 +64,7 @@ def check_meta(meta, meta_path: Path) -> None:
         if not isinstance(meta.get(key), kind):
             raise DataError(f"{meta_path}: '{key}' is missing or not a {kind.__name__}; {REPREPARE_HINT}")
     shape = meta["input_shape"]
-    if len(shape) != 3 or not all(isinstance(v, int) and v > 0 for v in shape):
+    if len(shape) != 3 or not all(_whole(v) and v > 0 for v in shape):
         raise DataError(f"{meta_path}: input_shape {shape} is not [channels, height, width]; "
                         f"{REPREPARE_HINT}")
     for key in ("mean", "std"):
@@ -57,10 +79,17 @@ def check_meta(meta, meta_path: Path) -> None:
                             f"cannot be normalized); {REPREPARE_HINT}")
         if key == "mean" and not all(0 <= v <= 1 for v in values):
             raise DataError(f"{meta_path}: mean {values} is not in 0..1 (pixels / 255); {REPREPARE_HINT}")
+    for split, count in meta["counts"].items():
+        if not (_whole(count) and count >= 0):
+            raise DataError(f"{meta_path}: counts.{split} {count!r} is not a number of images; {REPREPARE_HINT}")
     if not meta["classes"]:
         raise DataError(f"{meta_path}: no classes; {REPREPARE_HINT}")
     if not all(isinstance(name, str) and name for name in meta["classes"]):
         raise DataError(f"{meta_path}: classes is not a list of class names; {REPREPARE_HINT}")
+
+
+def _whole(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def check_split(images, labels, split: str, meta: dict, folder: Path) -> None:

@@ -48,6 +48,7 @@ def check_images(model, prepared=PREPARED, count: int = CHECK_IMAGES,
     first `count` test images of `prepared` when their shape is the model's, else
     seeded uniform noise (said so), or, when the images were `required` (a folder named on
     the command line), a UsageError."""
+    from cnnspec.data.integrity import load_npy
     from cnnspec.regular_files import read_json
 
     shape = tuple(model.checkpoint["input_shape"])
@@ -55,7 +56,7 @@ def check_images(model, prepared=PREPARED, count: int = CHECK_IMAGES,
     try:
         meta = read_json(folder / "meta.json")
         if tuple(meta["input_shape"]) == shape:
-            images = np.load(folder / "test_images.npy", mmap_mode="r", allow_pickle=False)[:count]
+            images = load_npy(folder / "test_images.npy")[:count]
             if len(images):
                 return torch.from_numpy(np.array(images)).float() / 255, \
                     f"{len(images)} test images of {folder}"
