@@ -77,10 +77,10 @@ def resolve(params_path=PARAMS, resolved_path=RESOLVED_PARAMS, prepared=PREPARED
         set_by_user = (written.get("train") or {}).get("batch_size") is not None
         fit = fit_batch_size(params["train"]["batch_size"], train_images, set_by_user)
         params["train"] = {**params["train"], "batch_size": fit.batch_size}  # what fit_to_data gives a stage run alone
-        shape = "x".join(str(n) for n in meta["input_shape"])
+        shape = "x".join(str(n) for n in meta.get("input_shape", ()))  # absent when damaged
         steps = fit.steps(train_images)
         why += (f"; batch {fit.batch_size}: {steps} step{'' if steps == 1 else 's'} an epoch on {train_images:,} "
-                f"training images of {shape}")
+                f"training images" + (f" of {shape}" if shape else ""))
         if fit.capped_from is not None:
             whose = "the default" if params["recipe"] == "none" else "the recipe's"
             steps_before = train_images // fit.capped_from
@@ -117,11 +117,17 @@ def imbalance_notes(prepared, classes: list) -> list[str]:
     model then learns to favour the common classes, and the rare ones' recall suffers."""
     import numpy as np  # here: the stage's other work needs no numpy
 
+    from cnnspec.data.integrity import load_npy
+
     try:
-        labels = np.load(Path(prepared) / "train_labels.npy", mmap_mode="r", allow_pickle=False)
+        labels = load_npy(Path(prepared) / "train_labels.npy")
+        # a label far past the classes would have bincount allocate a count for each number below it
+        if labels.dtype != np.int64 or labels.ndim != 1 or not len(labels) \
+                or labels.min() < 0 or labels.max() >= len(classes):
+            return []  # the train stage names what is wrong with the prepared data
         counts = np.bincount(np.asarray(labels), minlength=len(classes))
-    except (OSError, ValueError, TypeError):
-        return []  # the train stage names what is wrong with the prepared data
+    except ValueError:
+        return []
     if len(counts) != len(classes) or counts.min() == 0:
         return []
     rare, common = int(counts.argmin()), int(counts.argmax())

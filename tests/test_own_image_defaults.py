@@ -3,6 +3,7 @@ the batch fitted to the training set, model.spec auto, image size and channels a
 class order, resize notes, a source outside the repository, built-ins that ignore a
 leftover data.source, and a params.yaml that `dvc exp run -S` changes by one line."""
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -171,6 +172,48 @@ def test_resolve_notes_uneven_classes_only_while_nothing_weighs_them(tmp_path, m
     assert len(notes[""]) == 1 and notes[""][0].startswith(
         "note: the training classes are uneven: 'Ankle boot' has ")
     assert notes[""][0].endswith("-S train.class_weights.mode=balanced weighs each class's loss by its rarity")
+
+
+def _labels_fifo(path):
+    os.mkfifo(path)
+
+
+def _labels_with_a_negative_shape(path):
+    header = repr({"descr": "<i8", "fortran_order": False, "shape": (-100,)}).encode().ljust(117) + b"\n"
+    path.write_bytes(b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("meta, labels", [
+    ({"counts": {"train": "1408"}}, None),
+    ({"counts": {"train": [1408]}}, None),
+    ({"input_shape": 5}, None),
+    ({"input_shape": ["a", "b", "c"]}, None),
+    ({"input_shape": [1, -8, 0]}, None),
+    ({}, _labels_fifo),
+    ({}, lambda path: np.save(path, np.array([0, 1, 2, 10**12]))),
+    ({}, _labels_with_a_negative_shape),
+], ids=["count-text", "count-list", "shape-number", "shape-text", "shape-negative",
+        "labels-fifo", "label-10-to-the-12", "labels-negative-shape"])
+def test_resolve_takes_a_damaged_meta_json_or_train_labels_as_absent(tmp_path, monkeypatch, meta, labels):
+    """meta.json and train_labels.npy come from someone's DVC cache. Values of another type were
+    a traceback, a FIFO hung the stage, and a label of 10**12 had bincount ask for 8 TB: resolve
+    now writes its file without them, and the train stage names what is wrong."""
+    from stages.resolve import resolve
+
+    monkeypatch.chdir(REPO_ROOT)
+    prepared = tmp_path / "prepared"
+    prepared.mkdir()
+    whole = {"counts": {"train": 1408}, "input_shape": [1, 8, 8], "classes": ["a", "b", "c"]}
+    (prepared / "meta.json").write_text(json.dumps({**whole, **meta}))
+    if labels is not None:
+        labels(prepared / "train_labels.npy")
+    text = (REPO_ROOT / "params.yaml").read_text().replace("  dataset: cifar10 ", "  dataset: folder  ")
+    (tmp_path / "params.yaml").write_text(text)
+    said = []
+    resolve(tmp_path / "params.yaml", tmp_path / "params.resolved.yaml", prepared, log=said.append)
+    assert said[0].startswith("spec specs/small_images.yaml") and "\n" not in said[0]
+    assert (tmp_path / "params.resolved.yaml").is_file() and not any("uneven" in line for line in said)
 
 
 def test_resolve_says_when_a_spec_declares_another_input_and_names_no_recipe(tmp_path, monkeypatch):

@@ -71,12 +71,29 @@ def load_resolved_params(path=PARAMS, sections=None, say=print, prepared=PREPARE
 
 def prepared_meta(prepared=PREPARED) -> dict | None:
     """meta.json of the prepared data, or None before preprocess has run (or when it is
-    not a readable JSON object: the stage that reads the data names what is wrong)."""
+    not a readable JSON object: the stage that reads the data names what is wrong). A key
+    this stage reads whose value is not of the documented form is left out, likewise."""
     try:
         meta = read_json(Path(prepared) / "meta.json")
     except ValueError:
         return None
-    return meta if isinstance(meta, dict) else None
+    if not isinstance(meta, dict):
+        return None
+    return {key: value for key, value in meta.items() if _well_formed(key, value)}
+
+
+def _well_formed(key: str, value) -> bool:
+    """Whether meta.json's `key` holds what preprocess writes there, for the keys resolve reads."""
+    def whole(number):
+        return isinstance(number, int) and not isinstance(number, bool)
+
+    if key == "input_shape":
+        return isinstance(value, list) and len(value) == 3 and all(whole(v) and v > 0 for v in value)
+    if key == "classes":
+        return isinstance(value, list) and all(isinstance(name, str) and name for name in value)
+    if key == "counts":
+        return isinstance(value, dict) and all(whole(v) and v >= 0 for v in value.values())
+    return True
 
 
 def prepared_train_images(meta: dict | None) -> int | None:
