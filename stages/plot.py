@@ -17,6 +17,7 @@ written atomically.
 from __future__ import annotations
 
 import csv
+import io
 import math
 import sys
 from pathlib import Path
@@ -108,18 +109,27 @@ def short_name(path: str, limit: int = 22) -> str:
     return name if len(name) <= limit else name[:limit // 2 - 1] + "…" + name[-(limit // 2):]
 
 
+MAX_PLOTTED = 1e300  # an axis from -1e308 to 1e308 is wider than a float: matplotlib's ticks fail
+
+
 def read_series(path: Path) -> tuple[list[float], list[float]]:
-    """(steps, values) from one DVCLive TSV: columns timestamp, step, <metric name>."""
+    """(steps, values) from one DVCLive TSV: columns timestamp, step, <metric name>. NaN and
+    infinity are left out of the curve; a finite number beyond MAX_PLOTTED is refused."""
     steps, values = [], []
     columns, rows = table_rows(path, "\t", TrainingError, TRAIN_HINT)
     column = path.stem if path.stem in columns else (columns or [""])[-1]
-    for row in rows:
+    for line, row in enumerate(rows, start=2):
         try:
-            steps.append(float(row["step"]))
-            values.append(float(row[column]))
+            step, value = float(row["step"]), float(row[column])
         except (KeyError, TypeError, ValueError):
             raise TrainingError(f"{path}: not a DVCLive log (columns step and {column}); "
                                 f"{TRAIN_HINT} again") from None
+        for number in (step, value):
+            if math.isfinite(number) and abs(number) > MAX_PLOTTED:
+                raise TrainingError(f"{path}:{line}: {number:g} is beyond any step or {column} a run logs "
+                                    f"(at most {MAX_PLOTTED:g} in size); {TRAIN_HINT} again")
+        steps.append(step)
+        values.append(value)
     return steps, values
 
 
@@ -256,9 +266,17 @@ def _mosaic(images: np.ndarray, chosen: np.ndarray, columns: int, gap: int, titl
     return mosaic
 
 
-def save_png(figure: Figure, path: Path) -> None:
+def png_bytes(figure: Figure) -> bytes:
+    """The figure drawn as a PNG. matplotlib lays a figure out and draws it only here, so
+    this is where a figure fails, if it does."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=DPI)
+    return buffer.getvalue()
+
+
+def save_png(png: bytes, path: Path) -> None:
     with atomic_path(path) as temporary:
-        figure.savefig(temporary, format="png", dpi=DPI)
+        temporary.write_bytes(png)
 
 
 # --- the stage -------------------------------------------------------------
@@ -277,15 +295,15 @@ def main() -> None:
 
     # Draw all three before writing any, so a bad input leaves the old set whole.
     figures = {
-        "confusion_matrix.png": confusion_figure(counts, classes),
-        "learning_curves.png": learning_curves_figure(TRAIN_CURVES),
-        "misclassified.png": misclassified_figure(data["test_images"], actual, predicted, classes,
-                                                  params["misclassified"],
-                                                  read_prediction_paths(PREDICTIONS_CSV),
-                                                  read_prediction_confidence(PREDICTIONS_CSV)),
+        "confusion_matrix.png": png_bytes(confusion_figure(counts, classes)),
+        "learning_curves.png": png_bytes(learning_curves_figure(TRAIN_CURVES)),
+        "misclassified.png": png_bytes(misclassified_figure(data["test_images"], actual, predicted, classes,
+                                                            params["misclassified"],
+                                                            read_prediction_paths(PREDICTIONS_CSV),
+                                                            read_prediction_confidence(PREDICTIONS_CSV))),
     }
-    for name, figure in figures.items():
-        save_png(figure, PLOTS / name)
+    for name, png in figures.items():
+        save_png(png, PLOTS / name)
     *first, last = figures
     print(f"wrote {PLOTS}/{', '.join(first)} and {last}")  # one line, as evaluate's
 

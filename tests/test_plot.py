@@ -185,8 +185,9 @@ def test_misclassified_grid_shows_the_most_confident_mistakes_first(project, mon
     (project / "metrics" / "predictions.csv").write_text(
         predictions_csv(actual, predicted, CLASSES, probabilities, paths))
     write_eval_json(project / "metrics" / "eval_report.json", actual, predicted)
-    drawn = {}
-    monkeypatch.setattr(plot_stage, "save_png", lambda figure, path: drawn.setdefault(path.name, figure))
+    drawn, draw = {}, plot_stage.misclassified_figure
+    monkeypatch.setattr(plot_stage, "misclassified_figure",
+                        lambda *args: drawn.setdefault("misclassified.png", draw(*args)))
     plot_stage.main()
     titles = [text.get_text().split("\n")[0] for text in drawn["misclassified.png"].axes[0].texts]
     mistakes = mistakes_csv(actual, probabilities, CLASSES, paths).splitlines()[1:3]
@@ -233,7 +234,10 @@ def test_predictions_of_unknown_classes_are_refused(project):
     (lambda p: p.write_text(json.dumps(json.loads(p.read_text()) | {"confusion_matrix": [[10**30]]})),
      "metrics/eval_report.json", "eval_report.json: no confusion_matrix and classes"),
     (lambda p: p.write_text("[" * 100_000), "metrics/eval_report.json", "eval_report.json: no confusion_matrix"),
-], ids=["tsv-bytes", "tsv-huge-field", "csv-bytes", "matrix-overflow", "deeply-nested-json"])
+    # matplotlib's ticks cannot span -1e308 to 1e308: a traceback after the first PNG was written
+    (lambda p: p.write_text(p.read_text() + "3\t1e308\n4\t-1e308\n"),
+     "metrics/train/plots/metrics/train/loss.tsv", "loss.tsv:5: 1e+308 is beyond any step or loss a run logs"),
+], ids=["tsv-bytes", "tsv-huge-field", "csv-bytes", "matrix-overflow", "deeply-nested-json", "tsv-huge-value"])
 def test_a_damaged_log_or_report_is_one_line_naming_it(project, capsys, damage, file, words):
     damage(project / file)
     with pytest.raises(SystemExit) as caught:
@@ -278,3 +282,21 @@ def test_the_html_dvc_plots_writes_is_not_left_for_git_add(tmp_path):
     (tmp_path / "dvc_plots" / "index.html").write_text("<html></html>")
     ignored = subprocess.run(["git", "-C", str(tmp_path), "check-ignore", "-q", "dvc_plots/index.html"])
     assert ignored.returncode == 0
+
+
+def test_a_figure_that_fails_to_draw_leaves_the_old_plots_as_they_were(project, monkeypatch):
+    """matplotlib draws a figure only when it is saved: every PNG is drawn before any is written."""
+    plot_stage.main()
+    before = {path.name: path.read_bytes() for path in (project / "metrics" / "plots").iterdir()}
+
+    def failing(*args, **kwargs):
+        figure = plot_stage.Figure()
+        figure.add_subplot().set_title("x")
+        monkeypatch.setattr(figure, "savefig", lambda *args, **kwargs: (_ for _ in ()).throw(RuntimeError("draw")))
+        return figure
+
+    monkeypatch.setattr(plot_stage, "misclassified_figure", failing)
+    monkeypatch.setattr(plot_stage, "confusion_figure", lambda counts, classes: plot_stage.Figure(figsize=(2, 2)))
+    with pytest.raises(RuntimeError, match="draw"):
+        plot_stage.main()
+    assert {path.name: path.read_bytes() for path in (project / "metrics" / "plots").iterdir()} == before
