@@ -157,8 +157,8 @@ def confusion_figure(counts: np.ndarray, classes: list[str]) -> Figure:
     image = axes.imshow(counts, cmap="Blues", interpolation="nearest")
     figure.colorbar(image, ax=axes, shrink=0.8)
     ticks = range(len(classes))
-    axes.set_xticks(ticks, classes, rotation=45, ha="right")
-    axes.set_yticks(ticks, classes)
+    axes.set_xticks(ticks, classes, rotation=45, ha="right", parse_math=False)
+    axes.set_yticks(ticks, classes, parse_math=False)
     axes.set_xlabel("predicted")
     axes.set_ylabel("true")
     axes.set_title(f"Confusion matrix ({int(counts.sum())} test images, "
@@ -245,7 +245,8 @@ def misclassified_figure(images: np.ndarray, actual: np.ndarray, predicted: np.n
             title = f"{short_name(paths[index])}\n{title}"
         image_top = row * pitch_height + title_pixels - 0.5  # imshow centres pixels on integers
         axes.annotate(title, ((column + 0.5) * pitch_width - 0.5, image_top), xytext=(0, 4),
-                      textcoords="offset points", ha="center", va="baseline", fontsize=8, color="darkred")
+                      textcoords="offset points", ha="center", va="baseline", fontsize=8, color="darkred",
+                      parse_math=False)
     return figure
 
 

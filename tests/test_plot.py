@@ -284,6 +284,26 @@ def test_the_html_dvc_plots_writes_is_not_left_for_git_add(tmp_path):
     assert ignored.returncode == 0
 
 
+def test_class_and_file_names_with_dollar_signs_are_drawn_as_written(project):
+    """Two `$` in a label made matplotlib parse it as TeX math: classes `$1` and `$5` (coins),
+    or a file `a$\\foo$.png`, ended the stage in a ParseFatalException after writing a PNG."""
+    classes = ["$1", "$5", "a$\\foo$b", "d"]
+    confusion = plot_stage.confusion_figure(np.arange(16).reshape(4, 4), classes)
+    assert [label.get_text() for label in confusion.axes[0].get_xticklabels()] == classes
+    mistakes = plot_stage.misclassified_figure(np.zeros((4, 3, 8, 8), np.uint8), np.arange(4),
+                                               np.array([1, 0, 3, 2]), classes, 4, ["$x$.png"] * 4)
+    for figure in (confusion, mistakes):
+        assert plot_stage.png_bytes(figure).startswith(b"\x89PNG")
+    assert "true: $1\npred: $5" in [text.get_text() for text in mistakes.axes[0].texts][0]
+
+    csv_path = project / "metrics" / "predictions.csv"
+    lines = csv_path.read_text().splitlines()
+    csv_path.write_text("\n".join([lines[0] + ",path"] + [f"{line},a$\\foo${i}.png" for i, line in
+                                                          enumerate(lines[1:])]) + "\n")
+    plot_stage.main()
+    assert len(list((project / "metrics" / "plots").iterdir())) == 3
+
+
 def test_a_figure_that_fails_to_draw_leaves_the_old_plots_as_they_were(project, monkeypatch):
     """matplotlib draws a figure only when it is saved: every PNG is drawn before any is written."""
     plot_stage.main()
