@@ -38,9 +38,16 @@ def parse_shape(text: str | None) -> tuple[int, int, int] | None:
     return shape
 
 
-def check_classes(classes: int) -> int:
-    if classes < 1:
-        raise UsageError(f"--classes: expected a number >= 1, not {classes}")
+# `cnnspec import` builds torchvision's network with this many outputs before any spec
+# exists to be bounded: 10**12 was a torch allocation traceback, 10**7 tens of gigabytes.
+# ImageNet-21k, the largest label set torchvision's families are trained on, has 21,841.
+MAX_IMPORT_CLASSES = 100_000
+
+
+def check_classes(classes: int, most: int | None = None) -> int:
+    if classes < 1 or (most is not None and classes > most):
+        expected = f"1 to {most:,}" if most is not None else "a number >= 1"
+        raise UsageError(f"--classes: expected {expected}, not {classes}")
     return classes
 
 
@@ -270,17 +277,20 @@ def add_import_command(commands, parents) -> None:
     command.add_argument("model", metavar="MODEL", help="a torchvision model name: resnet50, convnext_tiny, ...")
     command.add_argument("-o", "--output", metavar="FILE", help="write the spec here (atomically); default stdout")
     command.add_argument("--classes", type=int, default=DEFAULT_CLASSES,
-                         help=f"classes of the networks compared (default {DEFAULT_CLASSES})")
+                         help=f"classes of the networks compared, at most {MAX_IMPORT_CLASSES:,} "
+                              f"(default {DEFAULT_CLASSES})")
     command.set_defaults(run=import_spec)
 
 
 def import_spec(args) -> int:
+    from cnnspec.atomic import check_destination, write_text
     from cnnspec.models.importer import import_model
 
-    text, parity = import_model(args.model, check_classes(args.classes))
+    classes = check_classes(args.classes, MAX_IMPORT_CLASSES)
     if args.output:
-        from cnnspec.atomic import write_text
-
+        check_destination(args.output)  # before the minutes of building and checking, not after
+    text, parity = import_model(args.model, classes)
+    if args.output:
         write_text(args.output, text)
         print(f"wrote {args.output}: {parity.summary()}", file=sys.stderr)
     else:

@@ -72,6 +72,24 @@ def test_reference_statistics_are_made_nontrivial():
     assert len(set(bn.weight.tolist())) > 1 and len(set(bn.bias.tolist())) > 1
 
 
+@pytest.mark.parametrize("arguments, code, words", [
+    (["--classes", "1000000000000"], 2, "error: --classes: expected 1 to 100,000, not 1000000000000"),
+    (["-o", "{tmp}"], 1, "error: {tmp}: is a folder; give a file name"),
+    (["-o", "/dev/null"], 1, "error: /dev/null: is a character device, not a file; give a file name"),
+], ids=["classes-10-to-the-12", "output-folder", "output-device"])
+def test_cnnspec_import_refuses_an_impossible_request_before_building_anything(tmp_path, capsys, monkeypatch,
+                                                                                arguments, code, words):
+    """--classes 10**12 was torch's allocation traceback (10**7, tens of gigabytes, would have
+    been tried); an --output that cannot be written was found only after the parity check."""
+    import cnnspec.models.importer as importer
+
+    monkeypatch.setattr(importer, "import_model", lambda *args: pytest.fail("the network was built"))
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["import", "resnet18", *(argument.format(tmp=tmp_path) for argument in arguments)])
+    assert exit_info.value.code == code
+    assert capsys.readouterr().err == words.format(tmp=tmp_path) + "\n"
+
+
 def test_cnnspec_import_writes_a_checked_spec_or_nothing(tmp_path, capsys):
     target = tmp_path / "resnet18.yaml"
     assert cli.main(["import", "resnet18", "-o", str(target)]) == 0
