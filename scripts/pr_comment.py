@@ -29,6 +29,7 @@ if __package__ in (None, ""):  # `python scripts/pr_comment.py` from the reposit
 
 from cnnspec.atomic import write_text
 from cnnspec.errors import CnnspecError, exit_on_user_error, on_one_line
+from cnnspec.pipeline.dvc_runs import unreadable_for_dvc
 
 MARKER = "<!-- cnnspec-pr-comment -->"  # lets a workflow find its earlier comment
 HEADLINE = "metrics/eval.json"
@@ -44,10 +45,17 @@ class DvcDiffError(CnnspecError):
     """dvc could not produce a diff (an unknown revision, not a DVC repository, ...)."""
 
 
+DVC_TIMEOUT = 600  # seconds: a CI job that waits longer is stopped with one line, not by the runner
+
+
 def run_dvc(arguments: list[str], cwd) -> str:
     command = [sys.executable, "-m", "dvc", *arguments]
     environment = {**os.environ, "DVC_NO_ANALYTICS": "1"}
-    result = subprocess.run(command, cwd=cwd, capture_output=True, text=True, env=environment)
+    try:
+        result = subprocess.run(command, cwd=cwd, capture_output=True, text=True, env=environment,
+                                timeout=DVC_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        raise DvcDiffError(f"`dvc {' '.join(arguments)}` gave no answer after {DVC_TIMEOUT} s; stopped") from None
     if result.returncode != 0:
         lines = [line for line in (result.stderr + result.stdout).splitlines() if line.strip()]
         reason = lines[0] if lines else f"exit status {result.returncode}"
@@ -191,6 +199,10 @@ def build_comment(base: str, head: str | None = None, cwd=".", smoke: bool = Fal
                   plots_url: str | None = None) -> str:
     revisions = [base] + ([head] if head else [])
     head_name = head or "workspace"
+    if head is None:  # DVC reads the workspace's files as they are; a revision's come from git
+        problem = unreadable_for_dvc(cwd)
+        if problem:
+            raise DvcDiffError(problem)
     metrics = dvc_json(["metrics", "diff", *revisions, "--targets", HEADLINE, "--all", "--json"], cwd)
     params = dvc_json(["params", "diff", *revisions, "--json"], cwd)
     parts = [MARKER, f"## cnnspec: `{base}` → `{head_name}`\n"]

@@ -158,3 +158,36 @@ def test_a_nan_accuracy_sorts_last_and_leaves_the_others_best_first():
     show[1]["experiments"][1]["revs"][0]["data"]["metrics"]["metrics/eval.json"]["data"]["accuracy"] = float("nan")
     names = [line.split()[0] for line in render(show, width=120).splitlines()[2:]]
     assert names == ["exp-03", "exp-02", "exp-00", "exp-01"]
+
+
+@pytest.mark.parametrize("name, make, words", [
+    ("params.yaml", os.mkfifo, "params.yaml: a named pipe (FIFO), not a regular file; DVC would block"),
+    ("metrics/eval.json", lambda path: path.symlink_to("/dev/zero"),
+     "metrics/eval.json: a character device, not a regular file; DVC would block"),
+], ids=["fifo", "dev-zero"])
+def test_a_workspace_file_dvc_would_never_finish_reading_is_named_before_dvc_runs(tmp_path, monkeypatch,
+                                                                                   name, make, words):
+    """`dvc exp show` opens params.yaml and the metrics as they are: a FIFO hung `cnnspec exps` for
+    good, a link to /dev/zero had DVC fill the memory until the kernel killed it."""
+    from cnnspec.errors import CnnspecError
+    from cnnspec.pipeline import experiments
+
+    (tmp_path / "metrics").mkdir()
+    make(tmp_path / name)
+    monkeypatch.setattr(experiments.subprocess, "run", lambda *args, **kwargs: pytest.fail("dvc ran"))
+    with pytest.raises(CnnspecError) as refused:
+        experiments.exp_show_json(tmp_path)
+    assert str(refused.value).startswith(words)
+
+
+def test_a_dvc_that_never_answers_is_stopped_with_one_line(tmp_path, monkeypatch):
+    from cnnspec.errors import CnnspecError
+    from cnnspec.pipeline import experiments
+
+    def hangs(command, **kwargs):
+        assert kwargs["timeout"] == experiments.DVC_TIMEOUT
+        raise subprocess.TimeoutExpired(command, kwargs["timeout"])
+
+    monkeypatch.setattr(experiments.subprocess, "run", hangs)
+    with pytest.raises(CnnspecError, match=r"^dvc exp show --json: no answer after 300 s; stopped$"):
+        experiments.exp_show_json(tmp_path)

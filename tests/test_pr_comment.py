@@ -302,3 +302,24 @@ def test_an_unreadable_headline_reads_as_no_metrics(realistic_repo):
     finally:
         git(realistic_repo, "checkout", "-q", "--", "metrics/eval.json")
     assert "**No metrics for `workspace`**" in comment
+
+
+def test_a_workspace_headline_dvc_would_block_on_is_named_before_dvc_runs(tmp_path, monkeypatch):
+    """The workflow compares against the checked-out pull request: its metrics/eval.json made a
+    link to /dev/zero had `dvc metrics diff` fill the memory (a FIFO blocks it for good)."""
+    import os
+
+    (tmp_path / "metrics").mkdir()
+    os.mkfifo(tmp_path / "metrics" / "eval.json")
+    monkeypatch.setattr(pr_comment.subprocess, "run", lambda *args, **kwargs: pytest.fail("dvc ran"))
+    with pytest.raises(pr_comment.DvcDiffError, match=r"^metrics/eval.json: a named pipe \(FIFO\), not a regular "
+                                                       "file; DVC would block or never finish reading it"):
+        pr_comment.build_comment("main", cwd=tmp_path)
+
+    def hangs(command, **kwargs):
+        raise subprocess.TimeoutExpired(command, kwargs["timeout"])
+
+    (tmp_path / "metrics" / "eval.json").unlink()
+    monkeypatch.setattr(pr_comment.subprocess, "run", hangs)
+    with pytest.raises(pr_comment.DvcDiffError, match="gave no answer after 600 s; stopped"):
+        pr_comment.build_comment("main", cwd=tmp_path)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from cnnspec.regular_files import read_json
+from cnnspec.regular_files import not_a_regular_file, read_json
 
 RWLOCK = Path(".dvc") / "tmp" / "rwlock"
 QUEUE_HINT = ("run experiments one at a time here, or queue them: dvc exp run --queue ... "
@@ -75,3 +75,27 @@ def other_runs(root=".") -> list[tuple[int, str]]:
 def busy_message(runs: list[tuple[int, str]]) -> str:
     named = ", ".join(f"pid {pid}: {command}" for pid, command in runs)
     return f"another DVC run is working in this workspace ({named}); {QUEUE_HINT}"
+
+
+# The workspace files `dvc exp show`, `dvc metrics diff` and `dvc params diff` open as they
+# are, with no bound: a FIFO blocks DVC for good, a link to /dev/zero fills the memory until
+# the kernel kills it. A git checkout can make such a link (a pull request's own metrics).
+DVC_READS = ("dvc.yaml", "dvc.lock", "params.yaml", "params.resolved.yaml", "metrics/eval.json",
+             "metrics/train/metrics.json")
+MAX_DVC_READ = 64 << 20  # the largest of them, dvc.lock, is a few KB
+
+
+def unreadable_for_dvc(root=".") -> str | None:
+    """'NAME: what it is; ...' for the first of DVC_READS in the workspace at `root` that
+    DVC would block on or read without end, else None. A missing file, a broken link or a
+    folder DVC reads as absent."""
+    for name in DVC_READS:
+        path = Path(root) / name
+        problem = not_a_regular_file(path)
+        if problem in ("missing", "a broken symlink", "a folder"):
+            continue
+        if problem is None and path.stat().st_size <= MAX_DVC_READ:
+            continue
+        what = f"{problem}, not a regular file" if problem else f"larger than {MAX_DVC_READ:,} bytes"
+        return f"{name}: {what}; DVC would block or never finish reading it: put the file itself there"
+    return None

@@ -31,19 +31,31 @@ NAME_WIDTH = 20
 MIN_WIDTH = 60  # the name, the metrics and the start of the params
 
 
+DVC_TIMEOUT = 300  # seconds; a repository of hundreds of experiments answers in well under a minute
+
+
 def exp_show_json(repo=".") -> list:
     """`dvc exp show --json` of the repository at `repo` (the dvc beside this Python first)."""
+    from cnnspec.pipeline.dvc_runs import unreadable_for_dvc
+
     beside = Path(sys.executable).parent / "dvc"
     dvc = str(beside) if beside.is_file() else shutil.which("dvc")
     if dvc is None:
         raise CnnspecError("dvc: not found on PATH; activate the project's venv (make run creates .venv)")
-    result = subprocess.run([dvc, "exp", "show", "--json"], cwd=repo, capture_output=True, text=True)
+    problem = unreadable_for_dvc(repo)
+    if problem:
+        raise CnnspecError(problem)
+    try:
+        result = subprocess.run([dvc, "exp", "show", "--json"], cwd=repo, capture_output=True, text=True,
+                                timeout=DVC_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        raise CnnspecError(f"dvc exp show --json: no answer after {DVC_TIMEOUT} s; stopped") from None
     if result.returncode != 0:
         reason = (result.stderr.strip().splitlines() or ["failed"])[-1]
         raise CnnspecError(f"dvc exp show --json: {reason}")
     try:
         return json.loads(result.stdout)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise CnnspecError("dvc exp show --json: did not print JSON") from None
 
 
