@@ -6,6 +6,7 @@ the table in the code that gives it meaning."""
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -289,6 +290,20 @@ def test_a_notebook_cell_run_again_can_replace_its_own_type_and_a_failed_plugin_
         assert "gamma_id" in layers.LAYERS
     finally:
         registry.unregister_layer("gamma_id")
+
+
+def test_a_plugin_path_that_is_a_fifo_or_a_folder_says_what_it_is(tmp_path):
+    """`--plugin x.py` naming a FIFO or a folder said `no such file`, though the path is there."""
+    import cnnspec
+    from cnnspec.spec.plugins import PluginError
+
+    os.mkfifo(tmp_path / "pipe.py")
+    (tmp_path / "folder.py").mkdir()
+    for name, words in (("pipe.py", "a named pipe (FIFO), not a regular file"),
+                        ("folder.py", "a folder, not a regular file"), ("gone.py", "no such file")):
+        with pytest.raises(PluginError) as refused:
+            cnnspec.load_plugins([str(tmp_path / name)])
+        assert str(refused.value) == f"plugin {tmp_path / name}: {words}"
 
 
 def reference_table() -> dict[str, tuple[str, str]]:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from cnnspec.errors import CnnspecError
 from cnnspec.layers import registry
+from cnnspec.regular_files import not_a_regular_file
 
 
 class PluginError(CnnspecError):
@@ -37,8 +38,10 @@ def load_plugin(name: str):
             module_name = f"cnnspec_plugin_{path.stem}_{folder}"
             if module_name in sys.modules:
                 return sys.modules[module_name]
-            if not path.is_file():
-                raise PluginError(f"plugin {name}: no such file")
+            kind = not_a_regular_file(path)
+            if kind:  # a FIFO would block the import: say what the path is instead
+                raise PluginError(f"plugin {name}: " + ("no such file" if kind == "missing" else
+                                                        f"{kind}, not a regular file"))
             spec = importlib.util.spec_from_file_location(module_name, path)
             module = importlib.util.module_from_spec(spec)
             sys.modules[module_name] = module
