@@ -22,6 +22,26 @@ from cnnspec.pipeline.params import load_params
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
+def folder_params() -> str:
+    """params.yaml as committed, with data.dataset: folder."""
+    return (REPO_ROOT / "params.yaml").read_text().replace("  dataset: cifar10 ", "  dataset: folder  ")
+
+
+def resolve_folder(tmp_path, meta: dict | None, params_text: str | None = None) -> tuple[dict, list[str]]:
+    """The resolve stage on `params_text` (default: folder_params()) and a prepared meta.json
+    holding `meta` (None: tmp_path/prepared is used as it is): (resolved params, lines said)."""
+    from stages.resolve import resolve
+
+    (tmp_path / "params.yaml").write_text(params_text or folder_params())
+    prepared = tmp_path / "prepared"
+    if meta is not None:
+        prepared.mkdir(exist_ok=True)
+        (prepared / "meta.json").write_text(json.dumps(meta))
+    said = []
+    resolved = resolve(tmp_path / "params.yaml", tmp_path / "params.resolved.yaml", prepared, log=said.append)
+    return resolved, said
+
+
 # --- the batch size ----------------------------------------------------------
 
 def test_a_recipe_batch_too_large_for_the_training_set_is_capped():
@@ -77,17 +97,8 @@ def test_model_spec_auto_picks_by_dataset_and_brings_its_recipe(tmp_path, monkey
 
 
 def test_the_resolve_stage_says_what_it_chose_and_why(tmp_path, monkeypatch):
-    from stages.resolve import resolve
-
     monkeypatch.chdir(REPO_ROOT)
-    params_path = tmp_path / "params.yaml"
-    text = (REPO_ROOT / "params.yaml").read_text().replace("  dataset: cifar10 ", "  dataset: folder  ")
-    params_path.write_text(text)
-    prepared = tmp_path / "prepared"
-    prepared.mkdir()
-    (prepared / "meta.json").write_text(json.dumps({"counts": {"train": 1408}, "input_shape": [1, 8, 8]}))
-    said = []
-    resolved = resolve(params_path, tmp_path / "params.resolved.yaml", prepared, log=said.append)
+    resolved, said = resolve_folder(tmp_path, {"counts": {"train": 1408}, "input_shape": [1, 8, 8]})
     assert resolved["train"]["batch_size"] == 64  # the recipe's 64 already gives 22 steps
     assert said == ["spec specs/small_images.yaml (model.spec: auto, for your own images (data.dataset: folder)), "
                     "recipe small_images (recipe: auto, the one the spec names); batch 64: 22 steps an epoch "
@@ -96,59 +107,35 @@ def test_the_resolve_stage_says_what_it_chose_and_why(tmp_path, monkeypatch):
     assert len(written["model"]["spec_sha256"]) == 64
 
 
-
 def test_a_capped_default_batch_is_called_the_default_with_its_steps(tmp_path, monkeypatch):
     """With recipe: none the batch comes from the schema's defaults, not from a recipe."""
-    from stages.resolve import resolve
-
     monkeypatch.chdir(REPO_ROOT)
-    text = (REPO_ROOT / "params.yaml").read_text().replace("  dataset: cifar10 ", "  dataset: folder  ")
-    (tmp_path / "params.yaml").write_text(text.replace("\nrecipe: auto", "\nrecipe: none", 1))
-    prepared = tmp_path / "prepared"
-    prepared.mkdir()
-    (prepared / "meta.json").write_text(json.dumps({"counts": {"train": 900}, "input_shape": [1, 8, 8]}))
-    said = []
-    resolved = resolve(tmp_path / "params.yaml", tmp_path / "params.resolved.yaml", prepared, log=said.append)
+    resolved, said = resolve_folder(tmp_path, {"counts": {"train": 900}, "input_shape": [1, 8, 8]},
+                                    folder_params().replace("\nrecipe: auto", "\nrecipe: none", 1))
     assert resolved["recipe"] == "none" and resolved["train"]["batch_size"] == 900 // MIN_STEPS
     assert said[0].endswith("batch 45: 20 steps an epoch on 900 training images of 1x8x8 (the default batch "
                             "1024 would give 0 steps; capped for at least 20)")
 
+
 def test_a_dozen_photos_are_not_said_to_give_twenty_steps(tmp_path, monkeypatch):
     """A first try on a dozen photos: the batch is capped to 1 and an epoch still has fewer
     than 20 steps; the line said "capped for at least 20" beside "10 steps"."""
-    from stages.resolve import resolve
-
     monkeypatch.chdir(REPO_ROOT)
-    text = (REPO_ROOT / "params.yaml").read_text().replace("  dataset: cifar10 ", "  dataset: folder  ")
-    (tmp_path / "params.yaml").write_text(text)
-    prepared = tmp_path / "prepared"
-    prepared.mkdir()
-    (prepared / "meta.json").write_text(json.dumps({"counts": {"train": 10}, "input_shape": [3, 28, 28],
-                                                    "classes": ["cat", "dog"]}))
-    said = []
-    resolve(tmp_path / "params.yaml", tmp_path / "params.resolved.yaml", prepared, log=said.append)
+    _, said = resolve_folder(tmp_path, {"counts": {"train": 10}, "input_shape": [3, 28, 28], "classes": ["cat", "dog"]})
     assert said[0].endswith("batch 1: 10 steps an epoch on 10 training images of 3x28x28 (the recipe's batch 64 "
                             "would give 0 steps; capped to one image a step, still short of the 20 steps "
                             "aimed at: more images help)")
 
 
 def test_the_resolve_line_groups_the_training_images_by_thousands(tmp_path, monkeypatch):
-    from stages.resolve import resolve
-
     monkeypatch.chdir(REPO_ROOT)
-    text = (REPO_ROOT / "params.yaml").read_text().replace("  dataset: cifar10 ", "  dataset: folder  ")
-    (tmp_path / "params.yaml").write_text(text.replace("\nrecipe: auto", "\nrecipe: none", 1))
-    prepared = tmp_path / "prepared"
-    prepared.mkdir()
-    (prepared / "meta.json").write_text(json.dumps({"counts": {"train": 58800}, "input_shape": [1, 8, 8]}))
-    said = []
-    resolve(tmp_path / "params.yaml", tmp_path / "params.resolved.yaml", prepared, log=said.append)
+    _, said = resolve_folder(tmp_path, {"counts": {"train": 58800}, "input_shape": [1, 8, 8]},
+                             folder_params().replace("\nrecipe: auto", "\nrecipe: none", 1))
     assert said[0].endswith("batch 1024: 57 steps an epoch on 58,800 training images of 1x8x8")  # as preprocess says
 
 
 def test_resolve_notes_uneven_classes_only_while_nothing_weighs_them(tmp_path, monkeypatch):
     """Fashion-MNIST as files, one class with 8 images against 60 for each of the others."""
-    from stages.resolve import resolve
     from tests.imagefiles import fashion_subset, write_image_folder
 
     images, labels, _, _ = fashion_subset(2000, 0)
@@ -159,13 +146,10 @@ def test_resolve_notes_uneven_classes_only_while_nothing_weighs_them(tmp_path, m
             "csv": {}, "classes": []}
     prepare_image_dataset(data, tmp_path / "prepared", workers=1, log=lambda line: None)
     monkeypatch.chdir(REPO_ROOT)
-    text = (REPO_ROOT / "params.yaml").read_text().replace("  dataset: cifar10 ", "  dataset: folder  ")
     notes = {}
     for mode in ("", "balanced"):  # params.yaml's empty mode: the recipe's, none
-        (tmp_path / "params.yaml").write_text(text.replace("    mode:                 # none | balanced",
-                                                            f"    mode: {mode}  # none | balanced"))
-        said = []
-        resolve(tmp_path / "params.yaml", tmp_path / "params.resolved.yaml", tmp_path / "prepared", log=said.append)
+        _, said = resolve_folder(tmp_path, None, folder_params().replace(
+            "    mode:                 # none | balanced", f"    mode: {mode}  # none | balanced"))
         assert said[0].startswith("spec specs/small_images.yaml")
         notes[mode] = [line for line in said if "uneven" in line]
     assert notes["balanced"] == []
@@ -199,19 +183,12 @@ def test_resolve_takes_a_damaged_meta_json_or_train_labels_as_absent(tmp_path, m
     """meta.json and train_labels.npy come from someone's DVC cache. Values of another type were
     a traceback, a FIFO hung the stage, and a label of 10**12 had bincount ask for 8 TB: resolve
     now writes its file without them, and the train stage names what is wrong."""
-    from stages.resolve import resolve
-
     monkeypatch.chdir(REPO_ROOT)
-    prepared = tmp_path / "prepared"
-    prepared.mkdir()
-    whole = {"counts": {"train": 1408}, "input_shape": [1, 8, 8], "classes": ["a", "b", "c"]}
-    (prepared / "meta.json").write_text(json.dumps({**whole, **meta}))
+    (tmp_path / "prepared").mkdir()
     if labels is not None:
-        labels(prepared / "train_labels.npy")
-    text = (REPO_ROOT / "params.yaml").read_text().replace("  dataset: cifar10 ", "  dataset: folder  ")
-    (tmp_path / "params.yaml").write_text(text)
-    said = []
-    resolve(tmp_path / "params.yaml", tmp_path / "params.resolved.yaml", prepared, log=said.append)
+        labels(tmp_path / "prepared" / "train_labels.npy")
+    whole = {"counts": {"train": 1408}, "input_shape": [1, 8, 8], "classes": ["a", "b", "c"]}
+    _, said = resolve_folder(tmp_path, {**whole, **meta})
     assert said[0].startswith("spec specs/small_images.yaml") and "\n" not in said[0]
     assert (tmp_path / "params.resolved.yaml").is_file() and not any("uneven" in line for line in said)
 
@@ -219,20 +196,12 @@ def test_resolve_takes_a_damaged_meta_json_or_train_labels_as_absent(tmp_path, m
 def test_resolve_says_when_a_spec_declares_another_input_and_names_no_recipe(tmp_path, monkeypatch):
     """A spec written for 3x32x32 trained on 1x8x8 images: the model is built for the
     images (its parameter count is not the summary's), and auto's recipe is the default."""
-    from stages.resolve import resolve
-
     monkeypatch.chdir(REPO_ROOT)
     spec = tmp_path / "plain.yaml"
     spec.write_text("name: plain\ninput: {channels: 3, height: 32, width: 32}\nlayers:\n"
                     "  - conv: 8\n  - global_avg_pool\n  - dense: num_classes\n")
-    text = (REPO_ROOT / "params.yaml").read_text().replace("  dataset: cifar10 ", "  dataset: folder  ")
-    (tmp_path / "params.yaml").write_text(text.replace("  spec: auto ", f"  spec: {spec} "))
-    prepared = tmp_path / "prepared"
-    prepared.mkdir()
-    (prepared / "meta.json").write_text(json.dumps({"counts": {"train": 1408}, "input_shape": [1, 8, 8],
-                                                    "classes": ["a", "b", "c"]}))
-    said = []
-    resolve(tmp_path / "params.yaml", tmp_path / "params.resolved.yaml", prepared, log=said.append)
+    meta = {"counts": {"train": 1408}, "input_shape": [1, 8, 8], "classes": ["a", "b", "c"]}
+    _, said = resolve_folder(tmp_path, meta, folder_params().replace("  spec: auto ", f"  spec: {spec} "))
     assert said[0].startswith(f"spec {spec} (model.spec), recipe keras_adam (recipe: auto; the spec names "
                               "none, so the default)")
     assert f"note: {spec} declares input 3x32x32, the prepared images are 1x8x8: the model is built for the " \
