@@ -4,6 +4,7 @@ are truncated or disagree with meta.json. Each gives one line naming the file an
 to do; a damaged resume state or archive is moved out of the way so the next run works."""
 import io
 import json
+import os
 import tarfile
 import warnings
 
@@ -167,7 +168,17 @@ DAMAGES = {
                            "counts.val '2' is not a number of images"),
     "channels true": (lambda f: _edit_meta(f, input_shape=[True, 4, 4], mean=[0.5], std=[0.2]), "meta.json",
                       "input_shape [True, 4, 4] is not [channels, height, width]"),
+    # in place of an array, what someone's copy may hold: not "missing", which says preprocess never ran
+    "labels a fifo": (lambda f: _replace(f / "val_labels.npy", os.mkfifo), "val_labels.npy",
+                      "a named pipe (FIFO), not a regular file"),
+    "images a folder": (lambda f: _replace(f / "test_images.npy", os.mkdir), "test_images.npy",
+                        "a folder, not a regular file"),
 }
+
+
+def _replace(path, make):
+    path.unlink()
+    make(path)
 
 
 @pytest.mark.parametrize("damage", DAMAGES)

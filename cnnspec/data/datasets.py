@@ -453,8 +453,11 @@ def load_prepared(folder=PREPARED, mmap_mode: str | None = None) -> dict:
     for split in SPLITS:
         for kind in ("images", "labels"):
             path = folder / f"{split}_{kind}.npy"
-            if not path.is_file():
+            problem = not_a_regular_file(path)
+            if problem == "missing":
                 raise DataError(f"{path}: missing; {PREPROCESS_HINT}")
+            if problem:  # a folder or a FIFO is not an array that preprocess forgot to write
+                raise DataError(f"{path}: {problem}, not a regular file; {integrity.REPREPARE_HINT}")
             try:
                 # mapped first, in any mode: a header promising terabytes is checked against
                 # meta.json below before anything that size is read into memory
