@@ -20,6 +20,7 @@ import csv
 import io
 import math
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -66,41 +67,44 @@ def table_rows(path: Path, delimiter: str, error, hint: str) -> tuple[list[str],
                     f"({str(failure).splitlines()[0][:80]}); {hint} again") from None
 
 
-def read_predictions(path: Path, classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """(actual, predicted) class indices from predictions.csv's class names."""
+@dataclass
+class Predictions:
+    """predictions.csv as the plots use it: class indices, and for folder and csv datasets
+    each image's path; the predicted class's probability when the file has it."""
+    actual: np.ndarray
+    predicted: np.ndarray
+    paths: list[str] | None
+    confidence: np.ndarray | None
+
+
+def read_predictions(path: Path, classes: list[str]) -> Predictions:
+    """predictions.csv, read once: its class names as indices into `classes`, its `path`
+    column (else None) and its `confidence` column (else None; a value that is not a number
+    counts as 0, so that image comes last)."""
+    columns, rows = table_rows(path, ",", DataError, EVALUATE_HINT)
     index_of = {name: index for index, name in enumerate(classes)}
     actual, predicted = [], []
-    for row in table_rows(path, ",", DataError, EVALUATE_HINT)[1]:
+    for row in rows:
         for column, out in (("actual", actual), ("predicted", predicted)):
             name = row.get(column)
             if name not in index_of:
                 raise DataError(f"{path}: {column} class {name!r} is not one of the prepared "
                                 f"data's classes; {EVALUATE_HINT} again")
             out.append(index_of[name])
-    return np.array(actual, dtype=np.int64), np.array(predicted, dtype=np.int64)
+    # a row cut short: no name under its thumbnail
+    paths = [row.get("path") or "" for row in rows] if "path" in columns else None
+    confidence = None
+    if "confidence" in columns:
+        values = np.array([_number_or_zero(row.get("confidence")) for row in rows], dtype=np.float64)
+        confidence = np.nan_to_num(values, nan=0.0)
+    return Predictions(np.array(actual, dtype=np.int64), np.array(predicted, dtype=np.int64), paths, confidence)
 
 
-def read_prediction_paths(path: Path) -> list[str] | None:
-    """The `path` column of predictions.csv (folder and csv datasets), else None."""
-    rows = table_rows(path, ",", DataError, EVALUATE_HINT)[1]
-    if not rows or "path" not in rows[0]:
-        return None
-    return [row.get("path") or "" for row in rows]  # a row cut short: no name under its thumbnail
-
-
-def read_prediction_confidence(path: Path) -> np.ndarray | None:
-    """The `confidence` column of predictions.csv (the predicted class's probability), else
-    None; a value that is not a number counts as 0, so that image comes last."""
-    rows = table_rows(path, ",", DataError, EVALUATE_HINT)[1]
-    if not rows or "confidence" not in rows[0]:
-        return None
-    values = []
-    for row in rows:
-        try:
-            values.append(float(row.get("confidence") or 0.0))
-        except ValueError:
-            values.append(0.0)
-    return np.nan_to_num(np.array(values, dtype=np.float64), nan=0.0)
+def _number_or_zero(text: str | None) -> float:
+    try:
+        return float(text or 0.0)
+    except ValueError:
+        return 0.0
 
 
 def short_name(path: str, limit: int = 22) -> str:
@@ -287,9 +291,9 @@ def main() -> None:
     params = load_stage_params(PARAMS, sections=["plot"])["plot"]
     data = load_prepared(PREPARED, mmap_mode="r")  # only the test images are read from disk
     classes = list(data["meta"]["classes"])
-    actual, predicted = read_predictions(PREDICTIONS_CSV, classes)
+    predictions = read_predictions(PREDICTIONS_CSV, classes)
     counts = read_confusion_matrix(EVAL_REPORT, classes)
-    for path, count in ((PREDICTIONS_CSV, len(actual)), (EVAL_REPORT, int(counts.sum()))):
+    for path, count in ((PREDICTIONS_CSV, len(predictions.actual)), (EVAL_REPORT, int(counts.sum()))):
         if count != len(data["test_labels"]):
             raise DataError(f"{path}: {count} test images counted for {len(data['test_labels'])} "
                             f"in {PREPARED}; {EVALUATE_HINT} again")
@@ -298,10 +302,9 @@ def main() -> None:
     figures = {
         "confusion_matrix.png": png_bytes(confusion_figure(counts, classes)),
         "learning_curves.png": png_bytes(learning_curves_figure(TRAIN_CURVES)),
-        "misclassified.png": png_bytes(misclassified_figure(data["test_images"], actual, predicted, classes,
-                                                            params["misclassified"],
-                                                            read_prediction_paths(PREDICTIONS_CSV),
-                                                            read_prediction_confidence(PREDICTIONS_CSV))),
+        "misclassified.png": png_bytes(misclassified_figure(data["test_images"], predictions.actual,
+                                                            predictions.predicted, classes, params["misclassified"],
+                                                            predictions.paths, predictions.confidence)),
     }
     for name, png in figures.items():
         save_png(png, PLOTS / name)

@@ -425,7 +425,7 @@ def test_the_mistakes_grid_titles_each_image_with_its_file_name(tmp_path):
     csv_path.write_text("index,actual,predicted,confidence,path\n"
                         "0,cat,dog,0.9000,cat/001.png\n1,dog,dog,0.8000,dog/002.png\n"
                         "2,dog,cat,0.7000,dog/a_very_long_file_name_of_a_photo_0003.png\n")
-    paths = plot_stage.read_prediction_paths(csv_path)
+    paths = plot_stage.read_predictions(csv_path, ["cat", "dog"]).paths
     assert paths == ["cat/001.png", "dog/002.png", "dog/a_very_long_file_name_of_a_photo_0003.png"]
     images = np.zeros((3, 1, 8, 8), np.uint8)
     figure = plot_stage.misclassified_figure(images, np.array([0, 1, 1]), np.array([1, 1, 0]),
@@ -434,7 +434,7 @@ def test_the_mistakes_grid_titles_each_image_with_its_file_name(tmp_path):
     assert titles[0] == "001.png\ntrue: cat\npred: dog"
     assert titles[1].startswith("a_very_lon…") and titles[1].split("\n")[0].endswith("0003.png")
     (tmp_path / "plain.csv").write_text("index,actual,predicted\n0,cat,dog\n")
-    assert plot_stage.read_prediction_paths(tmp_path / "plain.csv") is None  # a built-in dataset
+    assert plot_stage.read_predictions(tmp_path / "plain.csv", ["cat", "dog"]).paths is None  # a built-in dataset
 
 
 def test_the_batch_warnings_never_suggest_the_batch_already_in_use():
