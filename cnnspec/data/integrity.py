@@ -6,7 +6,8 @@
   ValueError (numpy raises five kinds, and warns on an overflowing shape).
 - `check_meta(meta, path)`, `check_split(images, labels, split, meta, folder)`: meta.json has
   the documented keys, and the arrays of data/prepared/ agree with it (counts, shapes, dtypes,
-  label range) - else one line naming the file and the fix (`load_prepared` calls both).
+  label range) - else one line naming the file and the fix (`load_prepared` calls both);
+  `well_formed(key, value)`: check_meta's rule for one key, as a yes or no.
 """
 from __future__ import annotations
 
@@ -64,7 +65,7 @@ def check_meta(meta, meta_path: Path) -> None:
         if not isinstance(meta.get(key), kind):
             raise DataError(f"{meta_path}: '{key}' is missing or not a {kind.__name__}; {REPREPARE_HINT}")
     shape = meta["input_shape"]
-    if len(shape) != 3 or not all(_whole(v) and v > 0 for v in shape):
+    if not well_formed("input_shape", shape):
         raise DataError(f"{meta_path}: input_shape {shape} is not [channels, height, width]; "
                         f"{REPREPARE_HINT}")
     for key in ("mean", "std"):
@@ -80,16 +81,33 @@ def check_meta(meta, meta_path: Path) -> None:
         if key == "mean" and not all(0 <= v <= 1 for v in values):
             raise DataError(f"{meta_path}: mean {values} is not in 0..1 (pixels / 255); {REPREPARE_HINT}")
     for split, count in meta["counts"].items():
-        if not (_whole(count) and count >= 0):
+        if not _image_count(count):
             raise DataError(f"{meta_path}: counts.{split} {count!r} is not a number of images; {REPREPARE_HINT}")
     if not meta["classes"]:
         raise DataError(f"{meta_path}: no classes; {REPREPARE_HINT}")
-    if not all(isinstance(name, str) and name for name in meta["classes"]):
+    if not well_formed("classes", meta["classes"]):
         raise DataError(f"{meta_path}: classes is not a list of class names; {REPREPARE_HINT}")
+
+
+def well_formed(key: str, value) -> bool:
+    """Whether meta.json's input_shape, classes or counts holds what preprocess writes there
+    (any other key: True). check_meta's rules for them, for readers that take a key of another
+    form as absent instead of refusing the file (the resolve stage)."""
+    if key == "input_shape":
+        return isinstance(value, list) and len(value) == 3 and all(_whole(v) and v > 0 for v in value)
+    if key == "classes":
+        return isinstance(value, list) and all(isinstance(name, str) and name for name in value)
+    if key == "counts":
+        return isinstance(value, dict) and all(_image_count(v) for v in value.values())
+    return True
 
 
 def _whole(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _image_count(value) -> bool:
+    return _whole(value) and value >= 0
 
 
 def check_split(images, labels, split: str, meta: dict, folder: Path) -> None:

@@ -10,6 +10,7 @@ import hashlib
 import json
 from pathlib import Path
 
+from cnnspec.data.integrity import well_formed
 from cnnspec.errors import ParamsError, SpecError
 from cnnspec.paths import PARAMS, PREPARED, RESOLVE_HINT, RESOLVED_PARAMS
 from cnnspec.pipeline.fit import fit_to_data
@@ -79,21 +80,7 @@ def prepared_meta(prepared=PREPARED) -> dict | None:
         return None
     if not isinstance(meta, dict):
         return None
-    return {key: value for key, value in meta.items() if _well_formed(key, value)}
-
-
-def _well_formed(key: str, value) -> bool:
-    """Whether meta.json's `key` holds what preprocess writes there, for the keys resolve reads."""
-    def whole(number):
-        return isinstance(number, int) and not isinstance(number, bool)
-
-    if key == "input_shape":
-        return isinstance(value, list) and len(value) == 3 and all(whole(v) and v > 0 for v in value)
-    if key == "classes":
-        return isinstance(value, list) and all(isinstance(name, str) and name for name in value)
-    if key == "counts":
-        return isinstance(value, dict) and all(whole(v) and v >= 0 for v in value.values())
-    return True
+    return {key: value for key, value in meta.items() if well_formed(key, value)}
 
 
 def prepared_train_images(meta: dict | None) -> int | None:
