@@ -320,15 +320,14 @@ LIKELY_COLUMNS = {
 def _columns_to_set(missing: list[tuple[str, str]], header: list[str]) -> str:
     """For a header that names its columns otherwise (`filename,class`), the -S settings
     that read it, every missing column at once; '' when a column has no likely name."""
-    settings = []
+    chosen = {}  # key -> header name; one column serves one key
     for key, _ in missing:
-        taken = {setting.split("=", 1)[1] for setting in settings}
         found = next((name for likely in LIKELY_COLUMNS.get(key, ()) for name in header
-                      if name.lower() == likely and name not in taken), None)
+                      if name.lower() == likely and name not in chosen.values()), None)
         if found is None:
             return ""
-        settings.append(f"data.csv.{key}={found}")
-    return "; to read it: " + " ".join(f"-S {setting}" for setting in settings)
+        chosen[key] = found
+    return "; to read it: " + " ".join(f"-S data.csv.{key}={name}" for key, name in chosen.items())
 
 
 def _spaces_around(column: str, header: list[str]) -> str:
